@@ -1,0 +1,31 @@
+"""fastce: fast CPU softmax cross-entropy with PyTorch's semantics and a NumPy interface."""
+
+from ._config import show_config
+from .functional import (
+    CrossEntropyLoss,
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    cross_entropy_grad,
+    cross_entropy_with_grad,
+    log_softmax,
+    logsumexp,
+    nll_loss,
+    softmax,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CrossEntropyLoss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "cross_entropy_grad",
+    "cross_entropy_with_grad",
+    "log_softmax",
+    "logsumexp",
+    "nll_loss",
+    "show_config",
+    "softmax",
+]

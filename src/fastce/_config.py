@@ -1,0 +1,48 @@
+"""What the installed extension was built with, and how it runs now."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import numpy as np
+
+from . import _kernels
+
+
+def config() -> dict:
+    """The build and runtime facts :func:`show_config` prints, as a dict."""
+    from . import __version__
+
+    return {
+        "version": __version__,
+        "openmp": _kernels.openmp_enabled(),
+        "threads": _kernels.max_threads(),
+        "compile_args": _kernels.compile_args(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+    }
+
+
+def show_config() -> dict:
+    """Print the version, whether OpenMP is on, the thread count and the compile flags.
+
+    The thread count is what a large call would use now: OpenMP's maximum,
+    which ``OMP_NUM_THREADS`` sets.  Returns the same facts as a dict.
+
+    Examples
+    --------
+    >>> import fastce
+    >>> info = fastce.show_config()  # doctest: +ELLIPSIS
+    fastce ...
+    >>> sorted(info)
+    ['compile_args', 'machine', 'numpy', 'openmp', 'python', 'threads', 'version']
+    """
+    info = config()
+    print(f"fastce {info['version']}")
+    print(f"  openmp:       {'on' if info['openmp'] else 'OFF (serial build)'}")
+    print(f"  threads:      {info['threads']}")
+    print(f"  compile args: {info['compile_args']}")
+    print(f"  python:       {info['python']}  numpy: {info['numpy']}  machine: {info['machine']}")
+    return info

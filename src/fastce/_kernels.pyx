@@ -1,0 +1,840 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Softmax cross-entropy kernels over an ``(outer, C, inner)`` view.
+
+Every public function reduces its input to a three-dimensional strided view:
+``outer`` positions before the class axis, ``C`` classes, ``inner`` positions
+after it.  A *sample* is one ``(o, i)`` pair; its row is ``x[o, :, i]``.
+
+Two loop shapes serve every case:
+
+* the row kernel walks one sample at a time along its class row; it is used
+  when the class stride is the smallest one (``inner == 1`` for C-ordered
+  data);
+* the tile kernel walks a tile of up to ``TILE`` neighbouring samples at once
+  with the tile's positions in the innermost loop; it is used when the inner
+  positions are contiguous (channels-first data such as ``(N, C, H, W)``).
+
+Reductions over samples are computed per fixed-size block into float64
+partials, then added in block order, so totals do not depend on the number of
+threads.  The Python layer validates everything; these functions cannot fail.
+"""
+
+cimport cython
+from cython.parallel cimport prange
+from libc.math cimport exp, expf, log, isinf, INFINITY
+from libc.stdint cimport int32_t, int64_t
+
+import numpy as np
+
+cdef extern from *:
+    """
+    #ifndef FASTCE_COMPILE_ARGS
+    #define FASTCE_COMPILE_ARGS ""
+    #endif
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define FASTCE_OPENMP 1
+    static int fastce_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    #define FASTCE_OPENMP 0
+    static int fastce_max_threads(void) { return 1; }
+    #endif
+    """
+    const char* FASTCE_COMPILE_ARGS
+    int FASTCE_OPENMP
+    int fastce_max_threads() noexcept nogil
+
+ctypedef fused floating:
+    float
+    double
+
+ctypedef fused index_t:
+    int32_t
+    int64_t
+
+# Samples per tile in the tile kernel, and the stack arrays sized by it.
+cdef enum:
+    TILE = 64
+
+# Below this many logits a call runs on the calling thread only: starting a
+# team costs more than it saves.
+cdef enum:
+    SERIAL_BELOW = 1 << 15
+
+cdef enum:
+    OP_LOG_SOFTMAX = 0
+    OP_SOFTMAX = 1
+    OP_LOGSUMEXP = 2
+
+LOG_SOFTMAX = OP_LOG_SOFTMAX
+SOFTMAX = OP_SOFTMAX
+LOGSUMEXP = OP_LOGSUMEXP
+TILE_SIZE = TILE
+
+
+def openmp_enabled():
+    """Whether the extension was compiled with OpenMP."""
+    return bool(FASTCE_OPENMP)
+
+
+def max_threads():
+    """The number of threads a parallel kernel would use now."""
+    return fastce_max_threads()
+
+
+def compile_args():
+    """The compiler flags the extension was built with."""
+    return FASTCE_COMPILE_ARGS.decode()
+
+
+# --------------------------------------------------------------------------
+# Scalar helpers
+# --------------------------------------------------------------------------
+
+cdef inline floating exp_of(floating v) noexcept nogil:
+    if floating is float:
+        return expf(v)
+    else:
+        return exp(v)
+
+
+cdef inline floating row_max(const floating* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    # A NaN anywhere reaches the result through the sum of exponentials, so
+    # the maximum may skip it.
+    cdef floating m = -INFINITY
+    cdef floating v
+    cdef Py_ssize_t c
+    if stride == 1:
+        for c in range(n):
+            v = x[c]
+            m = v if v > m else m
+    else:
+        for c in range(n):
+            v = x[c * stride]
+            m = v if v > m else m
+    return m
+
+
+cdef inline double row_sum_exp(const floating* x, Py_ssize_t n, Py_ssize_t stride,
+                               floating shift) noexcept nogil:
+    cdef double s = 0.0
+    cdef Py_ssize_t c
+    if stride == 1:
+        for c in range(n):
+            s += exp_of(x[c] - shift)
+    else:
+        for c in range(n):
+            s += exp_of(x[c * stride] - shift)
+    return s
+
+
+cdef inline double row_weighted_shifted_sum(const floating* x, Py_ssize_t n, Py_ssize_t stride,
+                                            floating shift, const double* weight) noexcept nogil:
+    # sum_c w[c] * (x[c] - shift), where a zero weight contributes nothing even
+    # against a -inf logit.
+    cdef double acc = 0.0
+    cdef double wc
+    cdef Py_ssize_t c
+    for c in range(n):
+        wc = 1.0 if weight == NULL else weight[c]
+        if wc != 0.0:
+            acc += wc * (<double>x[c * stride] - <double>shift)
+    return acc
+
+
+cdef inline void shift_for_logsumexp(floating* m) noexcept nogil:
+    # As torch.logsumexp: an infinite maximum is not subtracted, so that
+    # logsumexp([inf, 1]) is inf and logsumexp([-inf, -inf]) is -inf.
+    if isinf(m[0]):
+        m[0] = 0
+
+
+# --------------------------------------------------------------------------
+# Layout of one call
+# --------------------------------------------------------------------------
+
+cdef struct Layout:
+    Py_ssize_t outer
+    Py_ssize_t C
+    Py_ssize_t inner
+    # element strides of the logits (x), of the per-class output (y, the
+    # gradient or the softmax), of probability targets (p), and of the
+    # per-sample arrays: targets (t), per-sample output (l), grad_output (g)
+    Py_ssize_t xo, xc, xi
+    Py_ssize_t yo, yc, yi
+    Py_ssize_t po, pc, pi
+    Py_ssize_t to, ti
+    Py_ssize_t lo, li
+    Py_ssize_t go, gi
+
+
+cdef inline Py_ssize_t elem_stride(Py_ssize_t byte_stride, Py_ssize_t itemsize) noexcept nogil:
+    return byte_stride // itemsize
+
+
+cdef inline bint use_tile_kernel(Layout* L) noexcept nogil:
+    # Tiles pay off when neighbouring samples are closer in memory than
+    # neighbouring classes.
+    cdef Py_ssize_t ac = L.xc if L.xc >= 0 else -L.xc
+    cdef Py_ssize_t ai = L.xi if L.xi >= 0 else -L.xi
+    return L.inner > 1 and ai < ac
+
+
+cdef inline int thread_count(Py_ssize_t work_items, Py_ssize_t n_elements) noexcept nogil:
+    cdef int n = fastce_max_threads()
+    if n_elements < SERIAL_BELOW or work_items < 2:
+        return 1
+    if n > work_items:
+        n = <int>work_items
+    return n if n > 0 else 1
+
+
+cdef Py_ssize_t rows_per_block(Py_ssize_t C) noexcept nogil:
+    # Fixed by the problem only, never by the thread count: the block
+    # partials are what make totals reproducible.
+    cdef Py_ssize_t r = 16384 // (C if C > 0 else 1)
+    return r if r > 0 else 1
+
+
+# --------------------------------------------------------------------------
+# Cross-entropy of one sample, row layout
+# --------------------------------------------------------------------------
+
+cdef struct CEOptions:
+    const double* weight    # NULL when there are no class weights
+    double weight_sum       # sum of the weights (C when there are none)
+    double smoothing
+    int64_t ignore_index
+    bint has_ignore
+    double denominator      # g[n] = grad_output[n] / denominator
+    bint want_loss_array
+    bint want_grad
+
+
+cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
+                                int64_t target, const CEOptions* opt,
+                                floating* grad, Py_ssize_t yc, double g) noexcept nogil:
+    """Loss of one sample with a class-index target; writes its gradient row
+    scaled by ``g`` when ``grad`` is not NULL."""
+    cdef Py_ssize_t c
+    cdef double eps = opt.smoothing
+    cdef double w_t, a_t, A, log_s, s, loss, smooth_coef, gp
+    cdef floating m, scale_f, smooth_f, v
+
+    if opt.has_ignore and target == opt.ignore_index:
+        A = 0.0
+    else:
+        w_t = 1.0 if opt.weight == NULL else opt.weight[target]
+        a_t = (1.0 - eps) * w_t
+        smooth_coef = eps / C
+        A = a_t + smooth_coef * opt.weight_sum
+    if A == 0.0:
+        # every coefficient is zero: nothing contributes, not even NaN logits
+        if grad != NULL:
+            for c in range(C):
+                grad[c * yc] = 0
+        return 0.0
+
+    m = row_max(x, C, xc)
+    s = row_sum_exp(x, C, xc, m)
+    log_s = log(s)
+    loss = A * log_s
+    if a_t != 0.0:
+        loss -= a_t * (<double>x[target * xc] - <double>m)
+    if eps != 0.0:
+        loss -= smooth_coef * row_weighted_shifted_sum(x, C, xc, m, opt.weight)
+
+    if grad != NULL:
+        gp = g * A / s
+        scale_f = <floating>gp
+        if eps == 0.0:
+            for c in range(C):
+                grad[c * yc] = scale_f * exp_of(x[c * xc] - m)
+        else:
+            for c in range(C):
+                v = x[c * xc]
+                smooth_f = <floating>(g * smooth_coef * (1.0 if opt.weight == NULL else opt.weight[c]))
+                grad[c * yc] = scale_f * exp_of(v - m) - smooth_f
+        if a_t != 0.0:
+            grad[target * yc] = <floating>(<double>grad[target * yc] - g * a_t)
+    return loss
+
+
+cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
+                               const floating* p, Py_ssize_t pc, const CEOptions* opt,
+                               floating* grad, Py_ssize_t yc, double g) noexcept nogil:
+    """Loss of one sample with a probability target row ``p``."""
+    cdef Py_ssize_t c
+    cdef double eps = opt.smoothing
+    cdef double smooth = eps / C
+    cdef double s = 0.0, A = 0.0, dot = 0.0, a, wc, gp
+    cdef floating m, v
+
+    m = row_max(x, C, xc)
+    for c in range(C):
+        v = x[c * xc]
+        s += exp_of(v - m)
+        wc = 1.0 if opt.weight == NULL else opt.weight[c]
+        a = wc * ((1.0 - eps) * <double>p[c * pc] + smooth)
+        A += a
+        if a != 0.0:
+            dot += a * (<double>v - <double>m)
+    if A == 0.0:
+        if grad != NULL:
+            for c in range(C):
+                grad[c * yc] = 0
+        return 0.0
+    if grad != NULL:
+        gp = g * A / s
+        for c in range(C):
+            wc = 1.0 if opt.weight == NULL else opt.weight[c]
+            a = wc * ((1.0 - eps) * <double>p[c * pc] + smooth)
+            grad[c * yc] = <floating>(gp * exp_of(x[c * xc] - m) - g * a)
+    return A * log(s) - dot
+
+
+# --------------------------------------------------------------------------
+# Cross-entropy, tile layout: TILE neighbouring samples at once
+# --------------------------------------------------------------------------
+
+cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize_t C,
+                           Py_ssize_t n,
+                           const index_t* t, Py_ssize_t ti,
+                           const floating* p, Py_ssize_t pc, Py_ssize_t pi,
+                           const CEOptions* opt,
+                           floating* loss_out, Py_ssize_t li,
+                           const double* gout, Py_ssize_t gi,
+                           floating* grad, Py_ssize_t yc, Py_ssize_t yi) noexcept nogil:
+    """Samples ``0 <= k < n`` of a tile; ``t`` is NULL for probability
+    targets, ``p`` NULL for class indices.  Returns the sum of their losses."""
+    cdef floating m[TILE]
+    cdef double s[TILE]
+    cdef double A[TILE]
+    cdef double dot[TILE]
+    cdef double gscale[TILE]
+    cdef int64_t tgt[TILE]
+    cdef Py_ssize_t c, k
+    cdef double eps = opt.smoothing
+    cdef double smooth = eps / C
+    cdef double wc, a, total = 0.0, loss, g
+    cdef floating v
+    cdef const floating* xrow
+    cdef floating* yrow
+
+    for k in range(n):
+        m[k] = -INFINITY
+        s[k] = 0.0
+        dot[k] = 0.0
+        A[k] = 0.0
+    for c in range(C):
+        xrow = x + c * xc
+        for k in range(n):
+            v = xrow[k * xi]
+            m[k] = v if v > m[k] else m[k]
+    for c in range(C):
+        xrow = x + c * xc
+        for k in range(n):
+            s[k] += exp_of(xrow[k * xi] - m[k])
+
+    if t != NULL:
+        for k in range(n):
+            tgt[k] = <int64_t>t[k * ti]
+            if opt.has_ignore and tgt[k] == opt.ignore_index:
+                A[k] = 0.0
+                tgt[k] = -1
+            else:
+                wc = 1.0 if opt.weight == NULL else opt.weight[tgt[k]]
+                A[k] = (1.0 - eps) * wc + smooth * opt.weight_sum
+        if eps != 0.0:
+            for c in range(C):
+                wc = 1.0 if opt.weight == NULL else opt.weight[c]
+                if wc == 0.0:
+                    continue
+                xrow = x + c * xc
+                for k in range(n):
+                    if tgt[k] >= 0:
+                        dot[k] += smooth * wc * (<double>xrow[k * xi] - <double>m[k])
+        for k in range(n):
+            if tgt[k] >= 0:
+                wc = 1.0 if opt.weight == NULL else opt.weight[tgt[k]]
+                a = (1.0 - eps) * wc
+                if a != 0.0:
+                    dot[k] += a * (<double>x[tgt[k] * xc + k * xi] - <double>m[k])
+    else:
+        for c in range(C):
+            wc = 1.0 if opt.weight == NULL else opt.weight[c]
+            xrow = x + c * xc
+            for k in range(n):
+                a = wc * ((1.0 - eps) * <double>p[c * pc + k * pi] + smooth)
+                A[k] += a
+                if a != 0.0:
+                    dot[k] += a * (<double>xrow[k * xi] - <double>m[k])
+
+    for k in range(n):
+        if A[k] == 0.0:
+            loss = 0.0
+        else:
+            loss = A[k] * log(s[k]) - dot[k]
+        total += loss
+        if loss_out != NULL:
+            loss_out[k * li] = <floating>loss
+
+    if grad != NULL:
+        for k in range(n):
+            g = gout[k * gi] / opt.denominator
+            gscale[k] = 0.0 if A[k] == 0.0 else g * A[k] / s[k]
+            # reuse dot[] for g, the per-sample scale of the coefficients
+            dot[k] = 0.0 if A[k] == 0.0 else g
+        for c in range(C):
+            xrow = x + c * xc
+            yrow = grad + c * yc
+            wc = 1.0 if opt.weight == NULL else opt.weight[c]
+            if t != NULL:
+                for k in range(n):
+                    yrow[k * yi] = <floating>(gscale[k] * exp_of(xrow[k * xi] - m[k])
+                                              - dot[k] * smooth * wc)
+            else:
+                for k in range(n):
+                    a = wc * ((1.0 - eps) * <double>p[c * pc + k * pi] + smooth)
+                    yrow[k * yi] = <floating>(gscale[k] * exp_of(xrow[k * xi] - m[k])
+                                              - dot[k] * a)
+        if t != NULL:
+            for k in range(n):
+                if tgt[k] >= 0:
+                    wc = 1.0 if opt.weight == NULL else opt.weight[tgt[k]]
+                    a = (1.0 - eps) * wc
+                    c = tgt[k]
+                    grad[c * yc + k * yi] = <floating>(<double>grad[c * yc + k * yi] - dot[k] * a)
+    return total
+
+
+# --------------------------------------------------------------------------
+# Cross-entropy drivers
+# --------------------------------------------------------------------------
+
+cdef double ce_block(const floating* x, const index_t* t, const floating* p,
+                     Layout* L, const CEOptions* opt,
+                     floating* loss_out, const double* gout, floating* grad,
+                     Py_ssize_t unit, bint tiled) noexcept nogil:
+    """The losses of work unit ``unit`` (a block of rows, or one tile),
+    summed in a fixed order."""
+    cdef Py_ssize_t per, first, last, n, o, i, j, tiles
+    cdef double total = 0.0, g, loss
+    cdef int64_t target
+    cdef floating* grow = NULL
+    cdef const floating* prow = NULL
+
+    if tiled:
+        tiles = (L.inner + TILE - 1) // TILE
+        o = unit // tiles
+        i = (unit % tiles) * TILE
+        n = L.inner - i
+        if n > TILE:
+            n = TILE
+        return ce_tile(
+            x + o * L.xo + i * L.xi, L.xc, L.xi, L.C, n,
+            (t + o * L.to + i * L.ti) if t != NULL else NULL, L.ti,
+            (p + o * L.po + i * L.pi) if p != NULL else NULL, L.pc, L.pi,
+            opt,
+            (loss_out + o * L.lo + i * L.li) if loss_out != NULL else NULL, L.li,
+            (gout + o * L.go + i * L.gi) if gout != NULL else NULL, L.gi,
+            (grad + o * L.yo + i * L.yi) if grad != NULL else NULL, L.yc, L.yi)
+
+    per = rows_per_block(L.C)
+    first = unit * per
+    last = first + per
+    if last > L.outer * L.inner:
+        last = L.outer * L.inner
+    for j in range(first, last):
+        o = j // L.inner
+        i = j - o * L.inner
+        g = 0.0
+        if grad != NULL:
+            g = gout[o * L.go + i * L.gi] / opt.denominator
+            grow = grad + o * L.yo + i * L.yi
+        if t != NULL:
+            target = <int64_t>t[o * L.to + i * L.ti]
+            loss = ce_index_row(x + o * L.xo + i * L.xi, L.xc, L.C, target, opt, grow, L.yc, g)
+        else:
+            prow = p + o * L.po + i * L.pi
+            loss = ce_prob_row(x + o * L.xo + i * L.xi, L.xc, L.C, prow, L.pc, opt, grow, L.yc, g)
+        if loss_out != NULL:
+            loss_out[o * L.lo + i * L.li] = <floating>loss
+        total += loss
+    return total
+
+
+cdef void ce_run(const floating* x, const index_t* t, const floating* p,
+                 Layout* L, const CEOptions* opt,
+                 floating* loss_out, const double* gout, floating* grad,
+                 double* partials, Py_ssize_t n_units, bint tiled) noexcept nogil:
+    cdef Py_ssize_t u
+    cdef int nthreads = thread_count(n_units, L.outer * L.C * L.inner)
+    if nthreads == 1:
+        for u in range(n_units):
+            partials[u] = ce_block(x, t, p, L, opt, loss_out, gout, grad, u, tiled)
+    else:
+        for u in prange(n_units, schedule="static", num_threads=nthreads):
+            partials[u] = ce_block(x, t, p, L, opt, loss_out, gout, grad, u, tiled)
+
+
+cdef Py_ssize_t unit_count(Layout* L, bint tiled) noexcept nogil:
+    if tiled:
+        return L.outer * ((L.inner + TILE - 1) // TILE)
+    cdef Py_ssize_t per = rows_per_block(L.C)
+    return (L.outer * L.inner + per - 1) // per
+
+
+cdef double ordered_sum(const double* partials, Py_ssize_t n) noexcept nogil:
+    cdef double total = 0.0
+    cdef Py_ssize_t u
+    for u in range(n):
+        total += partials[u]
+    return total
+
+
+cdef double ce_launch(const floating* x, const index_t* t, const floating* p,
+                      Layout* L, const double[::1] weight, double weight_sum,
+                      double smoothing, int64_t ignore_index, bint has_ignore,
+                      floating* lp, const double* gp, double denominator, floating* yp):
+    cdef CEOptions opt
+    cdef bint tiled = use_tile_kernel(L)
+    cdef Py_ssize_t n_units = unit_count(L, tiled)
+    cdef double[::1] partials = np.empty(n_units, dtype=np.float64)
+    cdef double total
+    opt.weight = &weight[0] if weight.shape[0] > 0 else NULL
+    opt.weight_sum = weight_sum
+    opt.smoothing = smoothing
+    opt.ignore_index = ignore_index
+    opt.has_ignore = has_ignore
+    opt.denominator = denominator
+    with nogil:
+        ce_run(x, t, p, L, &opt, lp, gp, yp, &partials[0], n_units, tiled)
+        total = ordered_sum(&partials[0], n_units)
+    return total
+
+
+cdef void layout_from(Layout* L, Py_ssize_t[3] shape, Py_ssize_t[3] xstrides) noexcept:
+    L.outer = shape[0]
+    L.C = shape[1]
+    L.inner = shape[2]
+    L.xo = xstrides[0]
+    L.xc = xstrides[1]
+    L.xi = xstrides[2]
+    L.to = L.ti = L.po = L.pc = L.pi = L.lo = L.li = L.go = L.gi = 0
+    L.yo = L.yc = L.yi = 0
+
+
+def cross_entropy_index(const floating[:, :, :] x,
+                        const index_t[:, :] target,
+                        const double[::1] weight,
+                        double weight_sum,
+                        double smoothing,
+                        int64_t ignore_index,
+                        bint has_ignore,
+                        floating[:, :] loss_out,
+                        const double[:, :] grad_output,
+                        double denominator,
+                        floating[:, :, :] grad):
+    """Cross-entropy with class-index targets over an ``(outer, C, inner)``
+    view; returns the float64 sum of the per-sample losses.
+
+    ``target`` has shape ``(outer, inner)``.  ``loss_out`` (or None) receives
+    the per-sample losses; ``grad`` (or None) receives
+    ``grad_output / denominator`` times the gradient.  ``weight`` is empty
+    when there are no class weights.  The caller has validated everything:
+    targets are in ``[0, C)`` or equal ``ignore_index``, shapes agree, and
+    ``outer * inner > 0`` with ``C > 0``.
+    """
+    cdef Layout L
+    cdef Py_ssize_t isz = sizeof(floating)
+    cdef floating* lp = NULL
+    cdef floating* yp = NULL
+    cdef const double* gp = NULL
+    layout_from(&L, [x.shape[0], x.shape[1], x.shape[2]],
+                [x.strides[0] // isz, x.strides[1] // isz, x.strides[2] // isz])
+    L.to = target.strides[0] // sizeof(index_t)
+    L.ti = target.strides[1] // sizeof(index_t)
+    if loss_out is not None:
+        lp = &loss_out[0, 0]
+        L.lo = loss_out.strides[0] // isz
+        L.li = loss_out.strides[1] // isz
+    if grad is not None:
+        yp = &grad[0, 0, 0]
+        L.yo = grad.strides[0] // isz
+        L.yc = grad.strides[1] // isz
+        L.yi = grad.strides[2] // isz
+        gp = &grad_output[0, 0]
+        L.go = grad_output.strides[0] // sizeof(double)
+        L.gi = grad_output.strides[1] // sizeof(double)
+    return ce_launch(&x[0, 0, 0], &target[0, 0], <const floating*>NULL, &L, weight,
+                     weight_sum, smoothing, ignore_index, has_ignore,
+                     lp, gp, denominator, yp)
+
+
+def cross_entropy_probs(const floating[:, :, :] x,
+                        const floating[:, :, :] probs,
+                        const double[::1] weight,
+                        double smoothing,
+                        floating[:, :] loss_out,
+                        const double[:, :] grad_output,
+                        double denominator,
+                        floating[:, :, :] grad):
+    """Cross-entropy with probability targets ``probs`` (the shape of ``x``);
+    otherwise as :func:`cross_entropy_index`."""
+    cdef Layout L
+    cdef Py_ssize_t isz = sizeof(floating)
+    cdef floating* lp = NULL
+    cdef floating* yp = NULL
+    cdef const double* gp = NULL
+    layout_from(&L, [x.shape[0], x.shape[1], x.shape[2]],
+                [x.strides[0] // isz, x.strides[1] // isz, x.strides[2] // isz])
+    L.po = probs.strides[0] // isz
+    L.pc = probs.strides[1] // isz
+    L.pi = probs.strides[2] // isz
+    if loss_out is not None:
+        lp = &loss_out[0, 0]
+        L.lo = loss_out.strides[0] // isz
+        L.li = loss_out.strides[1] // isz
+    if grad is not None:
+        yp = &grad[0, 0, 0]
+        L.yo = grad.strides[0] // isz
+        L.yc = grad.strides[1] // isz
+        L.yi = grad.strides[2] // isz
+        gp = &grad_output[0, 0]
+        L.go = grad_output.strides[0] // sizeof(double)
+        L.gi = grad_output.strides[1] // sizeof(double)
+    return ce_launch(&x[0, 0, 0], <const int64_t*>NULL, &probs[0, 0, 0], &L, weight,
+                     0.0, smoothing, 0, False, lp, gp, denominator, yp)
+
+
+# --------------------------------------------------------------------------
+# log_softmax, softmax, logsumexp
+# --------------------------------------------------------------------------
+
+cdef inline void softmax_row(const floating* x, Py_ssize_t xc, Py_ssize_t C, int op,
+                             floating* y, Py_ssize_t yc) noexcept nogil:
+    """One row of ``op``; for logsumexp ``y`` is the single output element."""
+    cdef Py_ssize_t c
+    cdef floating m = row_max(x, C, xc)
+    cdef double s, log_s, inv_s
+    if op == OP_LOGSUMEXP:
+        shift_for_logsumexp(&m)
+    s = row_sum_exp(x, C, xc, m)
+    if op == OP_LOGSUMEXP:
+        y[0] = <floating>(<double>m + log(s))
+    elif op == OP_LOG_SOFTMAX:
+        log_s = log(s)
+        for c in range(C):
+            y[c * yc] = <floating>((<double>x[c * xc] - <double>m) - log_s)
+    else:
+        inv_s = 1.0 / s
+        for c in range(C):
+            y[c * yc] = <floating>(exp_of(x[c * xc] - m) * inv_s)
+
+
+cdef inline void softmax_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize_t C,
+                              Py_ssize_t n, int op,
+                              floating* y, Py_ssize_t yc, Py_ssize_t yi) noexcept nogil:
+    """``n <= TILE`` neighbouring samples; for logsumexp ``y`` steps by ``yi``."""
+    cdef floating m[TILE]
+    cdef double s[TILE]
+    cdef Py_ssize_t c, k
+    cdef floating v
+    cdef const floating* xrow
+    cdef floating* yrow
+    for k in range(n):
+        m[k] = -INFINITY
+        s[k] = 0.0
+    for c in range(C):
+        xrow = x + c * xc
+        for k in range(n):
+            v = xrow[k * xi]
+            m[k] = v if v > m[k] else m[k]
+    if op == OP_LOGSUMEXP:
+        for k in range(n):
+            shift_for_logsumexp(&m[k])
+    for c in range(C):
+        xrow = x + c * xc
+        for k in range(n):
+            s[k] += exp_of(xrow[k * xi] - m[k])
+    if op == OP_LOGSUMEXP:
+        for k in range(n):
+            y[k * yi] = <floating>(<double>m[k] + log(s[k]))
+        return
+    for k in range(n):
+        # log(s) for log_softmax, 1/s for softmax
+        s[k] = log(s[k]) if op == OP_LOG_SOFTMAX else 1.0 / s[k]
+    for c in range(C):
+        xrow = x + c * xc
+        yrow = y + c * yc
+        if op == OP_LOG_SOFTMAX:
+            for k in range(n):
+                yrow[k * yi] = <floating>((<double>xrow[k * xi] - <double>m[k]) - s[k])
+        else:
+            for k in range(n):
+                yrow[k * yi] = <floating>(exp_of(xrow[k * xi] - m[k]) * s[k])
+
+
+cdef void softmax_block(const floating* x, Layout* L, int op, floating* y,
+                        Py_ssize_t unit, bint tiled) noexcept nogil:
+    cdef Py_ssize_t per, first, last, o, i, j, n, tiles
+    if tiled:
+        tiles = (L.inner + TILE - 1) // TILE
+        o = unit // tiles
+        i = (unit % tiles) * TILE
+        n = L.inner - i
+        if n > TILE:
+            n = TILE
+        if op == OP_LOGSUMEXP:
+            softmax_tile(x + o * L.xo + i * L.xi, L.xc, L.xi, L.C, n, op,
+                         y + o * L.lo + i * L.li, 0, L.li)
+        else:
+            softmax_tile(x + o * L.xo + i * L.xi, L.xc, L.xi, L.C, n, op,
+                         y + o * L.yo + i * L.yi, L.yc, L.yi)
+        return
+    per = rows_per_block(L.C)
+    first = unit * per
+    last = first + per
+    if last > L.outer * L.inner:
+        last = L.outer * L.inner
+    for j in range(first, last):
+        o = j // L.inner
+        i = j - o * L.inner
+        if op == OP_LOGSUMEXP:
+            softmax_row(x + o * L.xo + i * L.xi, L.xc, L.C, op, y + o * L.lo + i * L.li, 0)
+        else:
+            softmax_row(x + o * L.xo + i * L.xi, L.xc, L.C, op, y + o * L.yo + i * L.yi, L.yc)
+
+
+def softmax_family(const floating[:, :, :] x, int op, floating[:, :] reduced_out,
+                   floating[:, :, :] out):
+    """``op`` (LOG_SOFTMAX, SOFTMAX or LOGSUMEXP) over the class axis of an
+    ``(outer, C, inner)`` view.  log_softmax and softmax write ``out`` (the
+    shape of ``x``; it may be ``x`` itself); logsumexp writes ``reduced_out``
+    of shape ``(outer, inner)``.  The caller guarantees ``C > 0`` and at least
+    one sample."""
+    cdef Layout L
+    cdef Py_ssize_t isz = sizeof(floating)
+    cdef floating* y
+    cdef bint tiled
+    cdef Py_ssize_t n_units, u
+    cdef int nthreads
+    layout_from(&L, [x.shape[0], x.shape[1], x.shape[2]],
+                [x.strides[0] // isz, x.strides[1] // isz, x.strides[2] // isz])
+    if op == OP_LOGSUMEXP:
+        y = &reduced_out[0, 0]
+        L.lo = reduced_out.strides[0] // isz
+        L.li = reduced_out.strides[1] // isz
+    else:
+        y = &out[0, 0, 0]
+        L.yo = out.strides[0] // isz
+        L.yc = out.strides[1] // isz
+        L.yi = out.strides[2] // isz
+    tiled = use_tile_kernel(&L)
+    n_units = unit_count(&L, tiled)
+    nthreads = thread_count(n_units, L.outer * L.C * L.inner)
+    with nogil:
+        if nthreads == 1:
+            for u in range(n_units):
+                softmax_block(&x[0, 0, 0], &L, op, y, u, tiled)
+        else:
+            for u in prange(n_units, schedule="static", num_threads=nthreads):
+                softmax_block(&x[0, 0, 0], &L, op, y, u, tiled)
+
+
+# --------------------------------------------------------------------------
+# nll_loss and target checks
+# --------------------------------------------------------------------------
+
+cdef double nll_block(const floating* lp, const index_t* t, Layout* L, const CEOptions* opt,
+                      floating* loss_out, Py_ssize_t unit) noexcept nogil:
+    cdef Py_ssize_t per = 16384
+    cdef Py_ssize_t first = unit * per
+    cdef Py_ssize_t last = first + per
+    cdef Py_ssize_t j, o, i
+    cdef int64_t target
+    cdef double w, loss, total = 0.0
+    if last > L.outer * L.inner:
+        last = L.outer * L.inner
+    for j in range(first, last):
+        o = j // L.inner
+        i = j - o * L.inner
+        target = <int64_t>t[o * L.to + i * L.ti]
+        loss = 0.0
+        if not (opt.has_ignore and target == opt.ignore_index):
+            w = 1.0 if opt.weight == NULL else opt.weight[target]
+            if w != 0.0:
+                loss = -w * <double>lp[o * L.xo + target * L.xc + i * L.xi]
+        if loss_out != NULL:
+            loss_out[o * L.lo + i * L.li] = <floating>loss
+        total += loss
+    return total
+
+
+def nll_loss_kernel(const floating[:, :, :] log_probs,
+                    const index_t[:, :] target,
+                    const double[::1] weight,
+                    int64_t ignore_index,
+                    bint has_ignore,
+                    floating[:, :] loss_out):
+    """The negative log-likelihood gathered at validated class indices;
+    returns the float64 sum over samples and fills ``loss_out`` when given."""
+    cdef Layout L
+    cdef CEOptions opt
+    cdef Py_ssize_t isz = sizeof(floating)
+    cdef floating* lo = NULL
+    cdef Py_ssize_t n_units, u, n = log_probs.shape[0] * log_probs.shape[2]
+    cdef int nthreads
+    cdef double total
+    layout_from(&L, [log_probs.shape[0], log_probs.shape[1], log_probs.shape[2]],
+                [log_probs.strides[0] // isz, log_probs.strides[1] // isz,
+                 log_probs.strides[2] // isz])
+    L.to = target.strides[0] // sizeof(index_t)
+    L.ti = target.strides[1] // sizeof(index_t)
+    if loss_out is not None:
+        lo = &loss_out[0, 0]
+        L.lo = loss_out.strides[0] // isz
+        L.li = loss_out.strides[1] // isz
+    opt.weight = &weight[0] if weight.shape[0] > 0 else NULL
+    opt.ignore_index = ignore_index
+    opt.has_ignore = has_ignore
+    n_units = (n + 16383) // 16384
+    cdef double[::1] partials = np.empty(n_units, dtype=np.float64)
+    nthreads = thread_count(n_units, n * 8)
+    with nogil:
+        if nthreads == 1:
+            for u in range(n_units):
+                partials[u] = nll_block(&log_probs[0, 0, 0], &target[0, 0], &L, &opt, lo, u)
+        else:
+            for u in prange(n_units, schedule="static", num_threads=nthreads):
+                partials[u] = nll_block(&log_probs[0, 0, 0], &target[0, 0], &L, &opt, lo, u)
+        total = ordered_sum(&partials[0], n_units)
+    return total
+
+
+def check_targets(const index_t[:, :] target, Py_ssize_t C, int64_t ignore_index,
+                  bint has_ignore, const double[::1] weight):
+    """One pass over class-index targets.
+
+    Returns ``(bad, value, weight_sum)``: ``bad`` is the flat C-order position
+    of the first target outside ``[0, C)`` that is not ``ignore_index`` (-1
+    when there is none) and ``value`` its value; ``weight_sum`` is the sum of
+    the class weights (1 without weights) of the targets that are not ignored,
+    the denominator of the ``"mean"`` reduction.
+    """
+    cdef Py_ssize_t o, i, inner = target.shape[1]
+    cdef int64_t v
+    cdef double total = 0.0
+    cdef bint weighted = weight.shape[0] > 0
+    with nogil:
+        for o in range(target.shape[0]):
+            for i in range(inner):
+                v = <int64_t>target[o, i]
+                if has_ignore and v == ignore_index:
+                    continue
+                if v < 0 or v >= C:
+                    with gil:
+                        return o * inner + i, v, total
+                total += weight[v] if weighted else 1.0
+    return -1, 0, total

@@ -1,0 +1,284 @@
+"""Argument checking: every input becomes a kernel-ready view, or a clear error.
+
+Nothing here writes to a caller's array; the public functions run a kernel
+only after every check of this module has passed.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+REDUCTIONS = ("none", "mean", "sum")
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+def result_dtype(dtype: np.dtype) -> np.dtype:
+    """float16 is computed (and returned) in float32."""
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def native_float_array(x, name: str) -> np.ndarray:
+    """``x`` as a float32/float64 array in native byte order and aligned, copied
+    only where the kernels cannot read it as it is."""
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        raise TypeError(
+            f"{name} must be a floating array (float16, float32 or float64); got dtype "
+            f"{arr.dtype}. Convert it first, e.g. {name}.astype(np.float32)."
+        )
+    if arr.dtype.itemsize > 8:
+        raise TypeError(
+            f"{name} has dtype {arr.dtype}, which fastce does not compute in; "
+            f"convert it with {name}.astype(np.float64)."
+        )
+    dtype = result_dtype(arr.dtype)
+    if arr.dtype != dtype or not arr.dtype.isnative or not arr.flags.aligned:
+        arr = arr.astype(dtype)
+    return arr
+
+
+def class_axis(axis, ndim: int, name: str = "logits") -> int:
+    """PyTorch's rule for ``axis=None``: 1 for batched input, else 0."""
+    if ndim == 0:
+        raise ValueError(
+            f"{name} must have at least one dimension, the class axis; got a 0-d array. "
+            f"Pass {name} of shape (C,) or (N, C)."
+        )
+    if axis is None:
+        return 1 if ndim >= 2 else 0
+    return normalize_axis(axis, ndim, name)
+
+
+def normalize_axis(axis, ndim: int, name: str) -> int:
+    if isinstance(axis, (bool, np.bool_)):
+        raise TypeError(f"axis must be an integer, not {axis!r}")
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be an integer or None, not {type(axis).__name__}") from None
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"axis {axis} is out of range for {name} with {ndim} dimension(s); "
+            f"use an axis in [{-ndim}, {ndim - 1}]."
+        )
+    return axis % ndim
+
+
+def check_reduction(reduction) -> str:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of 'none', 'mean' or 'sum'; got {reduction!r}")
+    return reduction
+
+
+def check_label_smoothing(label_smoothing) -> float:
+    if isinstance(label_smoothing, (bool, np.bool_)):
+        raise TypeError("label_smoothing must be a float in [0, 1], not a bool")
+    try:
+        value = float(label_smoothing)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"label_smoothing must be a float in [0, 1]; got {label_smoothing!r}"
+        ) from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1]; got {label_smoothing!r}")
+    return value
+
+
+def check_ignore_index(ignore_index) -> tuple[int, bool]:
+    """Returns the value as an int64 and whether any target could equal it."""
+    if isinstance(ignore_index, (bool, np.bool_)):
+        raise TypeError("ignore_index must be an integer, not a bool")
+    try:
+        value = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(
+            f"ignore_index must be an integer; got {type(ignore_index).__name__}"
+        ) from None
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        return 0, False
+    return value, True
+
+
+def check_weight(weight, n_classes: int, name: str = "weight") -> np.ndarray:
+    """Class weights as a contiguous float64 ``(C,)`` array (empty for None)."""
+    if weight is None:
+        return np.empty(0, dtype=np.float64)
+    w = np.asarray(weight)
+    if w.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
+    if w.shape != (n_classes,):
+        raise ValueError(
+            f"{name} must have shape ({n_classes},), one weight per class; got shape {w.shape}"
+        )
+    return np.ascontiguousarray(w, dtype=np.float64)
+
+
+def view3(arr: np.ndarray, axis: int) -> np.ndarray:
+    """``arr`` as ``(outer, C, inner)`` around ``axis``; a view wherever the
+    strides allow one."""
+    shape = arr.shape
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+    return arr.reshape(outer, shape[axis], inner)
+
+
+def writable_view(out: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``out`` reshaped without a copy, or None when its strides forbid it."""
+    try:
+        return out.reshape(shape, copy=False)
+    except ValueError:
+        return None
+
+
+def check_out(out, shape: tuple[int, ...], dtype: np.dtype, name: str = "out") -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array; got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(
+            f"{name} must have dtype {dtype} (the result's dtype); got {out.dtype}. "
+            f"Allocate it with np.empty({shape}, dtype=np.{dtype})."
+        )
+    if out.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}; got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only; pass a writable array")
+    return out
+
+
+def samples_flipped(x3: np.ndarray) -> bool:
+    """True when one class row's elements lie further apart than neighbouring
+    samples (Fortran-ordered ``(N, C)``): the kernels then read the samples
+    as the contiguous inner positions of a single outer slice."""
+    outer, _, inner = x3.shape
+    return inner == 1 and outer > 1 and abs(x3.strides[0]) < abs(x3.strides[1])
+
+
+def flip3(a: np.ndarray) -> np.ndarray:
+    return a.transpose(2, 1, 0)
+
+
+def flip2(a: np.ndarray) -> np.ndarray:
+    return a.transpose(1, 0)
+
+
+@dataclass
+class TargetPlan:
+    """A validated target: class indices ``index2`` of shape ``(outer, inner)``
+    or probabilities ``probs3`` of the logits' ``(outer, C, inner)`` shape."""
+
+    shape: tuple[int, ...]
+    index2: np.ndarray | None = None
+    probs3: np.ndarray | None = None
+
+    @property
+    def is_index(self) -> bool:
+        return self.index2 is not None
+
+
+def _shape_hint(t_shape, expected, logits_shape, axis) -> str:
+    if t_shape == expected + (1,) or (len(t_shape) == len(expected) + 1 and 1 in t_shape):
+        return " The target has an extra axis of length 1: squeeze it (target.squeeze(-1))."
+    if t_shape == logits_shape:
+        return (
+            " An integer target shaped like the logits looks one-hot: pass class indices"
+            f" (target.argmax(axis={axis})) or probabilities as a float array."
+        )
+    return ""
+
+
+def check_target(target, logits: np.ndarray, axis: int, x3: np.ndarray, name: str = "target",
+                 allow_probs: bool = True) -> TargetPlan:
+    t = np.asarray(target)
+    expected = logits.shape[:axis] + logits.shape[axis + 1 :]
+    kind = t.dtype.kind
+    if kind == "b":
+        raise TypeError(
+            f"{name} must hold class indices (an integer array of shape {expected})"
+            + (f" or probabilities (a float array of shape {logits.shape})" if allow_probs else "")
+            + "; got a bool array. Convert it with target.astype(np.int64)."
+        )
+    if kind == "f":
+        if not allow_probs:
+            raise TypeError(
+                f"{name} must hold class indices, an integer array of shape {expected}; "
+                f"got dtype {t.dtype}. Convert it with target.astype(np.int64)."
+            )
+        if t.shape != logits.shape:
+            if t.shape == expected:
+                raise TypeError(
+                    f"{name} has the class-index shape {t.shape} but a float dtype "
+                    f"({t.dtype}); class indices must be integers "
+                    f"(target.astype(np.int64)), probabilities need the logits' shape "
+                    f"{logits.shape}."
+                )
+            raise ValueError(
+                f"probability {name} must have the logits' shape {logits.shape} "
+                f"(class axis {axis}); got {t.shape}."
+            )
+        probs = t.astype(x3.dtype, copy=False)
+        if not probs.dtype.isnative or not probs.flags.aligned:
+            probs = probs.astype(x3.dtype)
+        return TargetPlan(shape=t.shape, probs3=view3(probs, axis))
+    if kind not in "iu":
+        raise TypeError(
+            f"{name} must hold class indices (an integer array of shape {expected})"
+            + (f" or probabilities (a float array of shape {logits.shape})" if allow_probs else "")
+            + f"; got dtype {t.dtype}."
+        )
+    if t.shape != expected:
+        raise ValueError(
+            f"{name} of class indices must have shape {expected}, the logits' shape "
+            f"{logits.shape} without the class axis {axis}; got {t.shape}."
+            + _shape_hint(t.shape, expected, logits.shape, axis)
+        )
+    if t.dtype not in (np.int32, np.int64) or not t.dtype.isnative or not t.flags.aligned:
+        if t.dtype == np.uint64 and t.size and t.max() > _INT64_MAX:
+            flat = int(np.argmax(t > _INT64_MAX))
+            raise_out_of_range(t, flat, int(t.reshape(-1)[flat]), logits.shape[axis], name)
+        t = t.astype(np.int64)
+    outer, _, inner = x3.shape
+    return TargetPlan(shape=expected, index2=t.reshape(outer, inner))
+
+
+def raise_out_of_range(t: np.ndarray, flat: int, value: int, n_classes: int,
+                       name: str = "target") -> None:
+    position = np.unravel_index(flat, t.shape) if t.ndim else ()
+    where = f" at position {tuple(int(i) for i in position)}" if t.ndim else ""
+    raise IndexError(
+        f"Received a {name} value of {value}{where} which is outside the valid range of "
+        f"[0, {n_classes}). Class indices must lie in [0, {n_classes}) or equal ignore_index."
+    )
+
+
+def check_grad_output(grad_output, reduction: str, loss_shape: tuple[int, ...]) -> np.ndarray:
+    """``grad_output`` as float64 broadcast to the loss's shape."""
+    g = np.asarray(grad_output)
+    if g.dtype.kind not in "fiu" or g.dtype.itemsize > 8:
+        raise TypeError(f"grad_output must be a real number or array; got dtype {g.dtype}")
+    if reduction == "none":
+        if g.ndim != 0 and g.shape != loss_shape:
+            raise ValueError(
+                f"grad_output must be a scalar or have the per-sample loss's shape "
+                f"{loss_shape} for reduction='none'; got {g.shape}"
+            )
+    elif g.ndim != 0:
+        raise ValueError(
+            f"grad_output must be a scalar for reduction={reduction!r}; got shape {g.shape}"
+        )
+    return np.broadcast_to(g.astype(np.float64, copy=False), loss_shape if reduction == "none" else ())
+
+
+def warn_single_class(n_classes: int) -> None:
+    if n_classes == 1:
+        warnings.warn(
+            "cross-entropy over a single class is always exactly 0; the class axis "
+            "probably holds something else (pass axis=..., or use "
+            "binary_cross_entropy_with_logits for one logit per sample)",
+            RuntimeWarning,
+            stacklevel=4,
+        )

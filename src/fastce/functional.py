@@ -1,0 +1,589 @@
+"""The public functions: documentation, then validate -> plan -> kernel."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels
+from ._validate import (
+    TargetPlan,
+    check_grad_output,
+    check_ignore_index,
+    check_label_smoothing,
+    check_out,
+    check_reduction,
+    check_target,
+    check_weight,
+    class_axis,
+    flip2,
+    flip3,
+    native_float_array,
+    normalize_axis,
+    raise_out_of_range,
+    samples_flipped,
+    view3,
+    warn_single_class,
+    writable_view,
+)
+
+__all__ = [
+    "cross_entropy",
+    "cross_entropy_grad",
+    "cross_entropy_with_grad",
+    "nll_loss",
+    "log_softmax",
+    "softmax",
+    "logsumexp",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy",
+    "CrossEntropyLoss",
+]
+
+
+def _reduce(total: float, denominator: float, reduction: str, dtype: np.dtype):
+    if reduction == "sum":
+        return dtype.type(total)
+    if denominator == 0:
+        return dtype.type(np.nan)
+    return dtype.type(total / denominator)
+
+
+def _same_memory_layout(a: np.ndarray, b: np.ndarray) -> bool:
+    return (
+        a.shape == b.shape
+        and a.strides == b.strides
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
+
+
+def _gradient_buffer(out, logits_shape, x: np.ndarray, x3: np.ndarray):
+    """The array the gradient is returned in, and its ``(outer, C, inner)``
+    view the kernel writes (a separate buffer when ``out``'s strides admit
+    no such view).  Also returns the logits view to read, copied when ``out``
+    overlaps it without being it."""
+    if out is None:
+        grad = np.empty_like(x, order="K")
+        grad3 = writable_view(grad, x3.shape)
+        if grad3 is None:
+            grad = np.empty(logits_shape, dtype=x.dtype)
+            grad3 = grad.reshape(x3.shape)
+        return grad, grad3, x3
+    grad3 = writable_view(out, x3.shape)
+    if grad3 is None:
+        grad3 = np.empty(x3.shape, dtype=x.dtype)
+    if np.may_share_memory(grad3, x3) and not _same_memory_layout(grad3, x3):
+        x3 = x3.copy()
+    return out, grad3, x3
+
+
+def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
+                   want_grad, grad_output, out):
+    """Shared body of the three cross-entropy functions: returns (loss, grad)."""
+    x = native_float_array(logits, "logits")
+    logits_shape = x.shape
+    axis = class_axis(axis, x.ndim)
+    reduction = check_reduction(reduction)
+    smoothing = check_label_smoothing(label_smoothing)
+    ignore_value, has_ignore = check_ignore_index(ignore_index)
+    n_classes = x.shape[axis]
+    x3 = view3(x, axis)
+    w = check_weight(weight, n_classes)
+    plan: TargetPlan = check_target(target, x, axis, x3)
+    loss_shape = plan.shape if plan.is_index else logits_shape[:axis] + logits_shape[axis + 1:]
+    dtype = x.dtype
+    go = check_grad_output(grad_output, reduction, loss_shape) if want_grad else None
+    if want_grad and out is not None:
+        check_out(out, logits_shape, dtype)
+    outer, _, inner = x3.shape
+    n_samples = outer * inner
+    if n_samples > 0 and n_classes == 0:
+        raise ValueError(
+            f"logits have {n_samples} sample(s) but zero classes along axis {axis} "
+            f"(shape {logits_shape}); cross-entropy needs at least one class."
+        )
+
+    if plan.is_index:
+        if n_samples:
+            bad, value, weight_sum = _kernels.check_targets(
+                plan.index2, n_classes, ignore_value, has_ignore, w
+            )
+            if bad >= 0:
+                raise_out_of_range(np.asarray(target), bad, value, n_classes)
+        else:
+            weight_sum = 0.0
+        denominator = weight_sum if reduction == "mean" else 1.0
+    else:
+        denominator = float(n_samples) if reduction == "mean" else 1.0
+    warn_single_class(n_classes)
+
+    # every check has passed: from here on only outputs are written
+    loss_arr = np.empty(loss_shape, dtype=dtype) if reduction == "none" else None
+    grad = grad3 = None
+    if want_grad:
+        grad, grad3, x3 = _gradient_buffer(out, logits_shape, x, x3)
+
+    total = 0.0
+    if n_samples:
+        t2 = plan.index2
+        p3 = plan.probs3
+        loss2 = loss_arr.reshape(outer, inner) if loss_arr is not None else None
+        go2 = None
+        if want_grad:
+            go2 = np.broadcast_to(go, loss_shape).reshape(outer, inner) if go.ndim else \
+                np.broadcast_to(go, (outer, inner))
+            if p3 is not None and np.may_share_memory(p3, grad3):
+                p3 = p3.copy()
+        if samples_flipped(x3):
+            x3 = flip3(x3)
+            t2 = flip2(t2) if t2 is not None else None
+            p3 = flip3(p3) if p3 is not None else None
+            loss2 = flip2(loss2) if loss2 is not None else None
+            go2 = flip2(go2) if go2 is not None else None
+            grad3 = flip3(grad3) if grad3 is not None else None
+        if plan.is_index:
+            total = _kernels.cross_entropy_index(
+                x3, t2, w, float(w.sum()) if w.size else float(n_classes), smoothing,
+                ignore_value, has_ignore, loss2, go2, denominator, grad3,
+            )
+        else:
+            total = _kernels.cross_entropy_probs(
+                x3, p3, w, smoothing, loss2, go2, denominator, grad3
+            )
+    elif want_grad and grad3 is not None:
+        grad3.fill(0)
+
+    if want_grad and grad is not None and grad3 is not None and \
+            not np.may_share_memory(grad, grad3):
+        grad[...] = grad3.reshape(logits_shape)
+    loss = loss_arr if reduction == "none" else _reduce(total, denominator, reduction, dtype)
+    return loss, grad
+
+
+def cross_entropy(logits, target, weight=None, *, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, axis=None):
+    """Softmax cross-entropy between logits and a target, as PyTorch computes it.
+
+    Parameters
+    ----------
+    logits : array_like of float
+        Unnormalised scores.  float32 and float64 are computed natively,
+        float16 in float32.
+    target : array_like
+        Class indices (an integer array with the logits' shape without the
+        class axis) or class probabilities (a float array of the logits'
+        shape).
+    weight : array_like of shape (C,), optional
+        A weight per class.
+    ignore_index : int, default -100
+        Class-index targets equal to it contribute nothing, and do not count
+        in the ``"mean"`` denominator.  Unused for probability targets.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"mean"`` divides the summed loss by the summed weights of the
+        targets that are not ignored (by the number of samples for
+        probability targets).
+    label_smoothing : float in [0, 1], default 0.0
+        Mixes the target with the uniform distribution over classes.
+    axis : int, optional
+        The class axis.  ``None`` means axis 1 for input of two or more
+        dimensions and axis 0 for unbatched ``(C,)`` logits.
+
+    Returns
+    -------
+    loss : numpy scalar or ndarray
+        A scalar for ``"mean"`` and ``"sum"``, the per-sample losses for
+        ``"none"``; float64 for float64 logits, float32 otherwise.
+
+    Raises
+    ------
+    TypeError
+        Logits that are not floating, a bool target, or a float target of the
+        class-index shape.
+    ValueError
+        Shapes that do not match, a bad option, or samples with zero classes.
+    IndexError
+        A class index outside ``[0, C)`` that is not ``ignore_index``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> float(round(fastce.cross_entropy(np.array([1.0, 2.0, 0.1]), np.array(1)), 6))
+    0.41703
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]], dtype=np.float32)
+    >>> fastce.cross_entropy(logits, np.array([0, 2]), reduction="none")
+    array([0.24131849, 0.09492442], dtype=float32)
+    """
+    loss, _ = _cross_entropy(logits, target, weight, ignore_index, reduction,
+                             label_smoothing, axis, False, None, None)
+    return loss
+
+
+def cross_entropy_grad(logits, target, weight=None, *, grad_output=1.0, ignore_index=-100,
+                       reduction="mean", label_smoothing=0.0, axis=None, out=None):
+    """Gradient of :func:`cross_entropy` with respect to the logits.
+
+    Takes :func:`cross_entropy`'s arguments, and:
+
+    Parameters
+    ----------
+    grad_output : float or array_like, default 1.0
+        The gradient flowing into the loss: a scalar for ``"mean"`` and
+        ``"sum"``, a scalar or an array of the per-sample loss's shape for
+        ``"none"``.
+    out : ndarray, optional
+        Where to write the gradient: the logits' shape and the result dtype.
+        ``out=logits`` overwrites the logits in place with no temporary.
+
+    Returns
+    -------
+    grad : ndarray
+        ``grad_output * (A * softmax(logits) - a)`` scaled as the reduction
+        says, in the logits' shape (``out`` when given).
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> fastce.cross_entropy_grad(np.array([1.0, 2.0, 0.1]), np.array(1)).round(6)
+    array([ 0.242433, -0.340999,  0.098566])
+    """
+    _, grad = _cross_entropy(logits, target, weight, ignore_index, reduction,
+                             label_smoothing, axis, True, grad_output, out)
+    return grad
+
+
+def cross_entropy_with_grad(logits, target, weight=None, *, grad_output=1.0,
+                            ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                            axis=None, out=None):
+    """The loss and its gradient from one pass over the logits.
+
+    Arguments as :func:`cross_entropy_grad`; returns ``(loss, grad)``, equal
+    to what :func:`cross_entropy` and :func:`cross_entropy_grad` return.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> logits = np.array([[1.0, 2.0, 0.1]])
+    >>> loss, grad = fastce.cross_entropy_with_grad(logits, np.array([1]), out=logits)
+    >>> float(round(loss, 6)), grad is logits
+    (0.41703, True)
+    """
+    return _cross_entropy(logits, target, weight, ignore_index, reduction,
+                          label_smoothing, axis, True, grad_output, out)
+
+
+def nll_loss(log_probs, target, weight=None, *, ignore_index=-100, reduction="mean",
+             axis=None):
+    """Negative log-likelihood of class-index targets, as ``torch.nn.functional.nll_loss``.
+
+    Parameters
+    ----------
+    log_probs : array_like of float
+        Log-probabilities, for example from :func:`log_softmax`.
+    target : array_like of int
+        Class indices: the shape of ``log_probs`` without the class axis.
+    weight, ignore_index, reduction, axis
+        As in :func:`cross_entropy`.
+
+    Returns
+    -------
+    loss : numpy scalar or ndarray
+        ``-weight[t] * log_probs[..., t, ...]`` per sample, reduced.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> lp = np.log(np.array([[0.25, 0.75], [0.5, 0.5]]))
+    >>> float(round(fastce.nll_loss(lp, np.array([1, 0])), 6))
+    0.490411
+    """
+    x = native_float_array(log_probs, "log_probs")
+    axis = class_axis(axis, x.ndim, "log_probs")
+    reduction = check_reduction(reduction)
+    ignore_value, has_ignore = check_ignore_index(ignore_index)
+    n_classes = x.shape[axis]
+    x3 = view3(x, axis)
+    w = check_weight(weight, n_classes)
+    plan = check_target(target, x, axis, x3, allow_probs=False)
+    outer, _, inner = x3.shape
+    n_samples = outer * inner
+    if n_samples > 0 and n_classes == 0:
+        raise ValueError(f"log_probs have {n_samples} sample(s) but zero classes along axis {axis}")
+    weight_sum = 0.0
+    if n_samples:
+        bad, value, weight_sum = _kernels.check_targets(
+            plan.index2, n_classes, ignore_value, has_ignore, w
+        )
+        if bad >= 0:
+            raise_out_of_range(np.asarray(target), bad, value, n_classes)
+    loss_arr = np.empty(plan.shape, dtype=x.dtype) if reduction == "none" else None
+    total = 0.0
+    if n_samples:
+        loss2 = loss_arr.reshape(outer, inner) if loss_arr is not None else None
+        total = _kernels.nll_loss_kernel(x3, plan.index2, w, ignore_value, has_ignore, loss2)
+    if reduction == "none":
+        return loss_arr
+    return _reduce(total, weight_sum if reduction == "mean" else 1.0, reduction, x.dtype)
+
+
+def _softmax_family(x, axis, op, out, name):
+    arr = native_float_array(x, "x")
+    shape = arr.shape
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+        normalize_axis(axis, 1, "x")
+        axis = 0
+    else:
+        axis = normalize_axis(axis, arr.ndim, "x")
+    dtype = arr.dtype
+    reduced_shape = shape[:axis] + shape[axis + 1:] if len(shape) else ()
+    if op == _kernels.LOGSUMEXP:
+        result = np.empty(reduced_shape, dtype=dtype)
+    else:
+        result = np.empty(shape, dtype=dtype) if out is None else \
+            check_out(out, shape, dtype)
+    x3 = view3(arr, axis)
+    outer, n_classes, inner = x3.shape
+    if outer * inner == 0:
+        return result
+    if n_classes == 0:
+        result.fill(-np.inf)
+        return result
+    reduced2 = out3 = None
+    if op == _kernels.LOGSUMEXP:
+        reduced2 = result.reshape(outer, inner)
+    else:
+        out3 = writable_view(result, x3.shape)
+        if out3 is None:
+            out3 = np.empty(x3.shape, dtype=dtype)
+        if np.may_share_memory(out3, x3) and not _same_memory_layout(out3, x3):
+            x3 = x3.copy()
+    if samples_flipped(x3):
+        x3 = flip3(x3)
+        reduced2 = flip2(reduced2) if reduced2 is not None else None
+        out3 = flip3(out3) if out3 is not None else None
+    _kernels.softmax_family(x3, op, reduced2, out3)
+    if out3 is not None and not np.may_share_memory(out3, result):
+        result[...] = out3.reshape(shape)
+    return result
+
+
+def log_softmax(x, axis=-1, out=None):
+    """Logarithm of the softmax along ``axis``, computed stably.
+
+    Parameters
+    ----------
+    x : array_like of float
+    axis : int, default -1
+    out : ndarray, optional
+        Of ``x``'s shape and the result dtype; may be ``x`` itself.
+
+    Returns
+    -------
+    ndarray
+        ``x - max - log(sum(exp(x - max)))``; float64 for float64 input,
+        float32 otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> fastce.log_softmax(np.array([1.0, 2.0, 0.1])).round(6)
+    array([-1.41703 , -0.41703 , -2.31703 ])
+    """
+    return _softmax_family(x, axis, _kernels.LOG_SOFTMAX, out, "log_softmax")
+
+
+def softmax(x, axis=-1, out=None):
+    """Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))``.
+
+    Parameters and returns as :func:`log_softmax`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> fastce.softmax(np.array([1.0, 2.0, 0.1])).round(6)
+    array([0.242433, 0.659001, 0.098566])
+    """
+    return _softmax_family(x, axis, _kernels.SOFTMAX, out, "softmax")
+
+
+def logsumexp(x, axis=-1):
+    """``log(sum(exp(x)))`` along ``axis``, computed stably.
+
+    An infinite maximum is returned as it is, as ``torch.logsumexp`` does;
+    an empty axis gives ``-inf``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> float(round(fastce.logsumexp(np.array([1.0, 2.0, 0.1])), 6))
+    2.41703
+    """
+    return _softmax_family(x, axis, _kernels.LOGSUMEXP, None, "logsumexp")
+
+
+def _check_binary(x, target, name):
+    x = native_float_array(x, name)
+    y = np.asarray(target)
+    if y.dtype.kind != "f":
+        raise TypeError(
+            f"target must be a float array of probabilities in [0, 1]; got dtype {y.dtype}. "
+            f"Convert labels with target.astype(np.{x.dtype})."
+        )
+    if y.shape != x.shape:
+        raise ValueError(
+            f"target must have the shape of {name}, {x.shape}; got {y.shape}"
+        )
+    return x, y.astype(np.float64)
+
+
+def _broadcast_factor(factor, shape, name, hint):
+    if factor is None:
+        return None
+    f = np.asarray(factor)
+    if f.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers; got dtype {f.dtype}")
+    try:
+        np.broadcast_shapes(f.shape, shape)
+    except ValueError:
+        raise ValueError(
+            f"{name} of shape {f.shape} does not broadcast to the input's shape {shape}; {hint}"
+        ) from None
+    if np.broadcast_shapes(f.shape, shape) != shape:
+        raise ValueError(f"{name} of shape {f.shape} would enlarge the input's shape {shape}")
+    return f.astype(np.float64)
+
+
+def _reduce_elementwise(loss: np.ndarray, reduction: str, dtype: np.dtype):
+    if reduction == "none":
+        return loss.astype(dtype)
+    if reduction == "sum":
+        return dtype.type(loss.sum())
+    return dtype.type(loss.mean()) if loss.size else dtype.type(np.nan)
+
+
+def binary_cross_entropy_with_logits(logits, target, weight=None, *, pos_weight=None,
+                                     reduction="mean"):
+    """Binary cross-entropy of sigmoid(logits) against a probability target.
+
+    ``loss = -weight * (pos_weight * y * log(sigmoid(x)) + (1 - y) * log(1 - sigmoid(x)))``,
+    computed without overflow as torch does.  ``weight`` broadcasts to the
+    logits' shape and ``pos_weight`` along their last axis.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> float(round(fastce.binary_cross_entropy_with_logits(np.array([0.0, 2.0]),
+    ...                                                     np.array([1.0, 0.0])), 6))
+    1.41764
+    """
+    reduction = check_reduction(reduction)
+    x, y = _check_binary(logits, target, "logits")
+    w = _broadcast_factor(weight, x.shape, "weight", "give one weight per element or per class")
+    pw = _broadcast_factor(pos_weight, x.shape, "pos_weight",
+                           "give one positive weight per class (the last axis)")
+    xd = x.astype(np.float64)
+    softplus_neg = np.log1p(np.exp(-np.abs(xd))) + np.maximum(-xd, 0.0)
+    if pw is None:
+        loss = (1.0 - y) * xd + softplus_neg
+    else:
+        loss = (1.0 - y) * xd + (1.0 + (pw - 1.0) * y) * softplus_neg
+    if w is not None:
+        loss = loss * w
+    return _reduce_elementwise(loss, reduction, x.dtype)
+
+
+def binary_cross_entropy(probs, target, weight=None, *, reduction="mean"):
+    """Binary cross-entropy of probabilities, each log clamped at -100 as torch does.
+
+    Raises ``ValueError`` when a probability lies outside ``[0, 1]`` (NaN
+    included).
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> float(round(fastce.binary_cross_entropy(np.array([0.8, 0.1]), np.array([1.0, 0.0])), 6))
+    0.164252
+    """
+    reduction = check_reduction(reduction)
+    p, y = _check_binary(probs, target, "probs")
+    w = _broadcast_factor(weight, p.shape, "weight", "give one weight per element or per class")
+    pd = p.astype(np.float64)
+    if not np.all((pd >= 0.0) & (pd <= 1.0)):
+        bad = int(np.argmax(~((pd >= 0.0) & (pd <= 1.0))))
+        raise ValueError(
+            f"probs must lie in [0, 1]; got {pd.reshape(-1)[bad]!r} at flat position {bad}. "
+            "Pass logits to binary_cross_entropy_with_logits instead."
+        )
+    with np.errstate(divide="ignore"):
+        log_p = np.maximum(np.log(pd), -100.0)
+        log_1mp = np.maximum(np.log1p(-pd), -100.0)
+    loss = -(y * log_p + (1.0 - y) * log_1mp)
+    if w is not None:
+        loss = loss * w
+    return _reduce_elementwise(loss, reduction, p.dtype)
+
+
+class CrossEntropyLoss:
+    """A cross-entropy criterion with fixed options, like ``torch.nn.CrossEntropyLoss``.
+
+    ``criterion(logits, target)`` is ``cross_entropy(logits, target, **options)``;
+    :meth:`grad` and :meth:`with_grad` give the gradient.  The options are
+    checked when the criterion is made.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> criterion = fastce.CrossEntropyLoss(label_smoothing=0.1)
+    >>> float(round(criterion(np.array([[1.0, 2.0, 0.1]]), np.array([1])), 6))
+    0.500397
+    """
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                 axis=None):
+        self.reduction = check_reduction(reduction)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+        check_ignore_index(ignore_index)
+        self.ignore_index = ignore_index
+        if weight is not None:
+            weight = np.asarray(weight)
+            check_weight(weight, weight.shape[0] if weight.ndim == 1 else -1)
+            weight = weight.astype(np.float64)
+        self.weight = weight
+        if axis is not None:
+            normalize_axis(axis, 64, "logits")
+        self.axis = axis
+
+    def _options(self):
+        return dict(ignore_index=self.ignore_index, reduction=self.reduction,
+                    label_smoothing=self.label_smoothing, axis=self.axis)
+
+    def __call__(self, logits, target):
+        return cross_entropy(logits, target, self.weight, **self._options())
+
+    forward = __call__
+
+    def grad(self, logits, target, *, grad_output=1.0, out=None):
+        """Gradient of the loss with respect to ``logits``."""
+        return cross_entropy_grad(logits, target, self.weight, grad_output=grad_output,
+                                  out=out, **self._options())
+
+    def with_grad(self, logits, target, *, grad_output=1.0, out=None):
+        """``(loss, grad)`` from one pass."""
+        return cross_entropy_with_grad(logits, target, self.weight, grad_output=grad_output,
+                                       out=out, **self._options())
+
+    def __repr__(self):
+        parts = [f"{k}={v!r}" for k, v in self._options().items()]
+        if self.weight is not None:
+            parts.insert(0, f"weight={self.weight!r}")
+        return f"CrossEntropyLoss({', '.join(parts)})"
+
+    def __eq__(self, other):
+        if not isinstance(other, CrossEntropyLoss):
+            return NotImplemented
+        same_weight = (self.weight is None and other.weight is None) or (
+            self.weight is not None and other.weight is not None
+            and np.array_equal(self.weight, other.weight)
+        )
+        return same_weight and self._options() == other._options()
+
+    __hash__ = None

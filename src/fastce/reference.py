@@ -1,0 +1,319 @@
+"""The slow, obvious float64 NumPy twin of every public ``fastce`` function.
+
+Each function here has the signature of its fast counterpart and computes the
+formulas of the contract (SPEC, "The mathematics") literally, in float64, with
+the class axis moved last.  It is written to be read and checked by eye, not to
+be fast; the test-suite compares every fast path against it.
+
+What it does not do:
+
+* validate its arguments beyond what is needed to compute (the fast API
+  validates and raises clear errors; here a bad call simply fails or gives
+  garbage);
+* cast its results: everything is returned in float64 (a NumPy ``float64``
+  scalar for ``"mean"``/``"sum"``, an array for ``"none"``);
+* honour ``out=``: the argument is accepted so that calls can be shared with the
+  fast API, and ignored.
+
+Conventions shared with the fast implementation:
+
+* ``logsumexp`` shifts by the row maximum only when it is finite, as
+  ``torch.logsumexp`` does, so ``logsumexp([inf, 1]) == inf`` and
+  ``logsumexp([-inf, -inf]) == -inf``; ``log_softmax``/``softmax`` give NaN for
+  a row holding ``+inf`` and for an all ``-inf`` row, as PyTorch.
+* In ``cross_entropy`` a zero coefficient ``a[n, c]`` contributes nothing to the
+  loss (like ``scipy.special.xlogy``), and a sample whose coefficients are all
+  zero (an ignored sample) has a zero loss and a zero gradient, even when its
+  logits are NaN.
+* ``"mean"`` over zero samples, or with every sample ignored, is NaN and its
+  gradient is all zeros; ``"sum"`` over zero samples is 0.
+
+Example
+-------
+>>> import numpy as np
+>>> from fastce import reference
+>>> round(float(reference.cross_entropy(np.array([1.0, 2.0, 0.1]), np.array(1))), 6)
+0.41703
+"""
+
+import numpy as np
+
+__all__ = [
+    "cross_entropy",
+    "cross_entropy_grad",
+    "cross_entropy_with_grad",
+    "nll_loss",
+    "log_softmax",
+    "softmax",
+    "logsumexp",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy",
+    "CrossEntropyLoss",
+]
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def _as_float64(x):
+    return np.asarray(x).astype(np.float64)
+
+
+def _class_axis(ndim, axis):
+    """The class axis as a non-negative int (``None``: 1 if ndim >= 2 else 0)."""
+    if axis is None:
+        axis = 1 if ndim >= 2 else 0
+    return axis % ndim if ndim else 0
+
+
+def _log_softmax_last(x):
+    """log_softmax along the last axis of a float64 array, shifted by the max."""
+    if x.shape[-1] == 0:
+        return x.copy()
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        shifted = x - np.max(x, axis=-1, keepdims=True)
+        return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def _xlogy(a, logp):
+    """``a * logp`` with the rule that a zero ``a`` contributes exactly 0."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(a == 0, 0.0, a * logp)
+
+
+def _is_probability_target(target):
+    return np.issubdtype(target.dtype, np.floating)
+
+
+def _coefficients(x_last, target, weight, ignore_index, label_smoothing, axis):
+    """The per-class coefficients ``a[..., c]`` (class axis last) and the
+    ``"mean"`` denominator, straight from SPEC.
+
+    Returns ``(a, denominator)``.
+    """
+    n_classes = x_last.shape[-1]
+    eps = float(label_smoothing)
+    if weight is None:
+        w = np.ones(n_classes)
+    else:
+        w = _as_float64(weight)
+    smooth = eps / n_classes if n_classes else 0.0
+
+    if _is_probability_target(target):
+        y = np.moveaxis(_as_float64(target), axis, -1)
+        a = w * ((1.0 - eps) * y + smooth)
+        denominator = float(np.prod(y.shape[:-1]))  # the number of samples
+        return a, denominator
+
+    t = np.asarray(target).astype(np.int64)
+    ignored = t == ignore_index
+    t_safe = np.where(ignored, 0, t)
+    if n_classes:
+        w_target = w[t_safe]
+    else:
+        w_target = np.zeros(t.shape)
+    onehot = np.arange(n_classes) == t_safe[..., None]
+    a = (1.0 - eps) * w_target[..., None] * onehot + smooth * w
+    a = np.where(ignored[..., None], 0.0, a)
+    denominator = float(np.sum(w_target[~ignored]))
+    return a, denominator
+
+
+def _per_sample(logits, target, weight, ignore_index, label_smoothing, axis):
+    """``(x_last, logp, a, loss, denominator, axis)`` for cross-entropy."""
+    x = _as_float64(logits)
+    axis = _class_axis(x.ndim, axis)
+    x_last = np.moveaxis(x, axis, -1)
+    logp = _log_softmax_last(x_last)
+    a, denominator = _coefficients(
+        x_last, np.asarray(target), weight, ignore_index, label_smoothing, axis
+    )
+    loss = 0.0 - np.sum(_xlogy(a, logp), axis=-1)
+    return x_last, logp, a, loss, denominator, axis
+
+
+def _reduce(loss, denominator, reduction):
+    if reduction == "none":
+        return loss
+    total = np.sum(loss)
+    if reduction == "sum":
+        return np.float64(total)
+    if denominator == 0:  # "mean" over no sample, or with every sample ignored
+        return np.float64(np.nan)
+    return np.float64(total / denominator)
+
+
+def _scale(loss, denominator, reduction, grad_output):
+    """``g[n]``: the reduction's scale times ``grad_output``, loss-shaped."""
+    go = _as_float64(grad_output)
+    if reduction == "none":
+        return np.broadcast_to(go, loss.shape)
+    if reduction == "sum":
+        return np.full(loss.shape, float(go))
+    if denominator == 0:
+        return np.zeros(loss.shape)
+    return np.full(loss.shape, float(go) / denominator)
+
+
+# --------------------------------------------------------------------------
+# cross-entropy
+
+
+def cross_entropy(logits, target, weight=None, *, ignore_index=-100,
+                  reduction="mean", label_smoothing=0.0, axis=None):
+    """Softmax cross-entropy: ``loss[n] = -sum_c a[n, c] * logp[n, c]``, reduced."""
+    _, _, _, loss, denominator, _ = _per_sample(
+        logits, target, weight, ignore_index, label_smoothing, axis
+    )
+    return _reduce(loss, denominator, reduction)
+
+
+def cross_entropy_with_grad(logits, target, weight=None, *, grad_output=1.0,
+                            ignore_index=-100, reduction="mean",
+                            label_smoothing=0.0, axis=None, out=None):
+    """``(loss, grad)`` with ``grad[n, c] = g[n] * (A[n] * p[n, c] - a[n, c])``.
+
+    Samples whose coefficients sum to zero (ignored samples) get a zero gradient.
+    ``out`` is ignored.
+    """
+    _, logp, a, loss, denominator, axis = _per_sample(
+        logits, target, weight, ignore_index, label_smoothing, axis
+    )
+    g = _scale(loss, denominator, reduction, grad_output)[..., None]
+    A = np.sum(a, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.exp(logp)
+        grad = g * (A * p - a)
+    grad = np.where(A == 0, 0.0, grad)
+    return _reduce(loss, denominator, reduction), np.moveaxis(grad, -1, axis)
+
+
+def cross_entropy_grad(logits, target, weight=None, *, grad_output=1.0,
+                       ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                       axis=None, out=None):
+    """The gradient of :func:`cross_entropy` with respect to the logits."""
+    return cross_entropy_with_grad(
+        logits, target, weight, grad_output=grad_output,
+        ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing, axis=axis,
+    )[1]
+
+
+def nll_loss(log_probs, target, weight=None, *, ignore_index=-100,
+             reduction="mean", axis=None):
+    """Negative log-likelihood of class indices: ``loss[n] = -w[t] * log_probs[n, t]``."""
+    x = _as_float64(log_probs)
+    axis = _class_axis(x.ndim, axis)
+    x_last = np.moveaxis(x, axis, -1)
+    a, denominator = _coefficients(
+        x_last, np.asarray(target), weight, ignore_index, 0.0, axis
+    )
+    loss = 0.0 - np.sum(_xlogy(a, x_last), axis=-1)
+    return _reduce(loss, denominator, reduction)
+
+
+class CrossEntropyLoss:
+    """The callable twin of ``fastce.CrossEntropyLoss``."""
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean",
+                 label_smoothing=0.0, axis=None):
+        self.weight = weight
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.axis = axis
+
+    def __call__(self, logits, target):
+        return cross_entropy(
+            logits, target, self.weight, ignore_index=self.ignore_index,
+            reduction=self.reduction, label_smoothing=self.label_smoothing,
+            axis=self.axis,
+        )
+
+
+# --------------------------------------------------------------------------
+# softmax family
+
+
+def log_softmax(x, axis=-1, out=None):
+    """``x - max - log(sum(exp(x - max)))`` along ``axis``; ``out`` is ignored."""
+    x = _as_float64(x)
+    if x.ndim == 0:
+        return _log_softmax_last(x[None])[0]
+    return np.moveaxis(_log_softmax_last(np.moveaxis(x, axis, -1)), -1, axis)
+
+
+def softmax(x, axis=-1, out=None):
+    """``exp(x - max) / sum(exp(x - max))`` along ``axis``; ``out`` is ignored."""
+    x = _as_float64(x)
+    if x.ndim == 0:
+        return softmax(x[None])[0]
+    x_last = np.moveaxis(x, axis, -1)
+    if x_last.shape[-1] == 0:
+        return x.copy()
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(x_last - np.max(x_last, axis=-1, keepdims=True))
+        p = e / np.sum(e, axis=-1, keepdims=True)
+    return np.moveaxis(p, -1, axis)
+
+
+def logsumexp(x, axis=-1):
+    """``log(sum(exp(x)))`` along ``axis``, shifted by the max only when it is
+    finite (so ``+inf`` in a row gives ``+inf`` and an all ``-inf`` row ``-inf``);
+    an empty row gives ``-inf``."""
+    x = _as_float64(x)
+    if x.ndim == 0:
+        return logsumexp(x[None])
+    x_last = np.moveaxis(x, axis, -1)
+    if x_last.shape[-1] == 0:
+        return np.full(x_last.shape[:-1], -np.inf)
+    m = np.max(x_last, axis=-1, keepdims=True)
+    shift = np.where(np.isinf(m), 0.0, m)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        s = np.log(np.sum(np.exp(x_last - shift), axis=-1, keepdims=True)) + shift
+    return s[..., 0]
+
+
+# --------------------------------------------------------------------------
+# binary cross-entropy
+
+
+def _reduce_elementwise(loss, reduction):
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return np.float64(np.sum(loss))
+    if loss.size == 0:
+        return np.float64(np.nan)
+    return np.float64(np.mean(loss))
+
+
+def binary_cross_entropy_with_logits(logits, target, weight=None, *,
+                                     pos_weight=None, reduction="mean"):
+    """``(1 - y) * x + (1 + (pw - 1) * y) * (log1p(exp(-|x|)) + max(-x, 0))``,
+    times ``weight``; ``pos_weight`` broadcasts against the last axis."""
+    x = _as_float64(logits)
+    y = _as_float64(target)
+    pw = 1.0 if pos_weight is None else _as_float64(pos_weight)
+    with np.errstate(invalid="ignore", over="ignore"):
+        log_weight = 1.0 + (pw - 1.0) * y
+        loss = (1.0 - y) * x + log_weight * (
+            np.log1p(np.exp(-np.abs(x))) + np.maximum(-x, 0.0)
+        )
+        if weight is not None:
+            loss = loss * _as_float64(weight)
+    return _reduce_elementwise(np.broadcast_to(loss, x.shape), reduction)
+
+
+def binary_cross_entropy(probs, target, weight=None, *, reduction="mean"):
+    """``-w * (y * max(log p, -100) + (1 - y) * max(log(1 - p), -100))``."""
+    p = _as_float64(probs)
+    y = _as_float64(target)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_p = np.maximum(np.log(p), -100.0)
+        log_1mp = np.maximum(np.log(1.0 - p), -100.0)
+        loss = -(y * log_p + (1.0 - y) * log_1mp)
+        if weight is not None:
+            loss = loss * _as_float64(weight)
+    return _reduce_elementwise(np.broadcast_to(loss, p.shape), reduction)
