@@ -106,6 +106,7 @@ directives = {
     "cdivision": not checks,
     "initializedcheck": checks,
     "embedsignature": True,
+    "autotestdict": False,
 }
 
 extensions = [

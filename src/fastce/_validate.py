@@ -250,8 +250,9 @@ def raise_out_of_range(t: np.ndarray, flat: int, value: int, n_classes: int,
     position = np.unravel_index(flat, t.shape) if t.ndim else ()
     where = f" at position {tuple(int(i) for i in position)}" if t.ndim else ""
     raise IndexError(
-        f"Received a {name} value of {value}{where} which is outside the valid range of "
-        f"[0, {n_classes}). Class indices must lie in [0, {n_classes}) or equal ignore_index."
+        f"Received a label value of {value}{where} which is outside the valid range of "
+        f"[0, {n_classes}): every class index in {name} must lie in [0, {n_classes}) or "
+        "equal ignore_index."
     )
 
 

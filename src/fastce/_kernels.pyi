@@ -1,0 +1,60 @@
+"""Types of the compiled kernels (fastce._kernels)."""
+
+import numpy as np
+from numpy.typing import NDArray
+
+LOG_SOFTMAX: int
+SOFTMAX: int
+LOGSUMEXP: int
+TILE_SIZE: int
+
+_Float = np.float32 | np.float64
+_Index = np.int32 | np.int64
+
+def openmp_enabled() -> bool: ...
+def max_threads() -> int: ...
+def compile_args() -> str: ...
+def cross_entropy_index(
+    x: NDArray[_Float],
+    target: NDArray[_Index],
+    weight: NDArray[np.float64],
+    weight_sum: float,
+    smoothing: float,
+    ignore_index: int,
+    has_ignore: bool,
+    loss_out: NDArray[_Float] | None,
+    grad_output: NDArray[np.float64] | None,
+    denominator: float,
+    grad: NDArray[_Float] | None,
+) -> float: ...
+def cross_entropy_probs(
+    x: NDArray[_Float],
+    probs: NDArray[_Float],
+    weight: NDArray[np.float64],
+    smoothing: float,
+    loss_out: NDArray[_Float] | None,
+    grad_output: NDArray[np.float64] | None,
+    denominator: float,
+    grad: NDArray[_Float] | None,
+) -> float: ...
+def softmax_family(
+    x: NDArray[_Float],
+    op: int,
+    reduced_out: NDArray[_Float] | None,
+    out: NDArray[_Float] | None,
+) -> None: ...
+def nll_loss_kernel(
+    log_probs: NDArray[_Float],
+    target: NDArray[_Index],
+    weight: NDArray[np.float64],
+    ignore_index: int,
+    has_ignore: bool,
+    loss_out: NDArray[_Float] | None,
+) -> float: ...
+def check_targets(
+    target: NDArray[_Index],
+    C: int,
+    ignore_index: int,
+    has_ignore: bool,
+    weight: NDArray[np.float64],
+) -> tuple[int, int, float]: ...

@@ -1,0 +1,82 @@
+"""Results do not depend on the number of OpenMP threads, to the last bit."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import hashlib, sys
+    import numpy as np
+    import fastce
+    from fastce import _kernels
+
+    rng = np.random.default_rng(7)
+    digest = hashlib.sha256()
+    def feed(*arrays):
+        for a in arrays:
+            digest.update(np.ascontiguousarray(a).tobytes())
+
+    cases = [((4096, 1000), 1), ((65536, 10), 1), ((8, 21, 64, 64), 1), ((4, 512, 2000), -1)]
+    for shape, axis in cases:
+        for dtype in (np.float32, np.float64):
+            x = rng.standard_normal(shape).astype(dtype) * 3
+            ax = axis % len(shape)
+            t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1:])
+            t.reshape(-1)[::10] = -100
+            w = rng.random(shape[ax])
+            for reduction in ("mean", "sum", "none"):
+                feed(*fastce.cross_entropy_with_grad(x, t, w, reduction=reduction,
+                                                     label_smoothing=0.1, axis=axis))
+            p = fastce.softmax(rng.standard_normal(shape).astype(dtype), axis=axis)
+            feed(*fastce.cross_entropy_with_grad(x, p, axis=axis))
+            feed(fastce.log_softmax(x, axis=axis), fastce.logsumexp(x, axis=axis))
+            feed(fastce.nll_loss(fastce.log_softmax(x, axis=axis), t, axis=axis))
+    print(_kernels.max_threads(), digest.hexdigest())
+    """
+)
+
+
+def run_with_threads(n):
+    env = dict(os.environ, OMP_NUM_THREADS=str(n))
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    threads, digest = done.stdout.split()
+    return int(threads), digest
+
+
+def test_one_and_two_threads_give_identical_bytes():
+    threads_1, digest_1 = run_with_threads(1)
+    threads_2, digest_2 = run_with_threads(2)
+    assert threads_1 == 1
+    assert threads_2 == 2
+    assert digest_1 == digest_2
+
+
+def test_eight_threads_on_fewer_cores_give_identical_bytes():
+    threads_8, digest_8 = run_with_threads(8)
+    threads_1, digest_1 = run_with_threads(1)
+    assert threads_8 == 8
+    assert digest_8 == digest_1
+
+
+def test_block_partials_do_not_depend_on_the_thread_count():
+    # Within one process: the totals come from fixed blocks added in order,
+    # so a sum equals the ordered float64 sum of the kernel's per-sample values
+    # computed in the same blocks, whatever the thread count.
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import fastce
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((20000, 50))
+    t = rng.integers(0, 50, 20000)
+    with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+        one = fastce.cross_entropy(x, t, reduction="sum")
+    two = fastce.cross_entropy(x, t, reduction="sum")
+    assert one.tobytes() == two.tobytes()
