@@ -1,6 +1,6 @@
 """fastce: fast CPU softmax cross-entropy with PyTorch's semantics and a NumPy interface."""
 
-from ._config import show_config
+from ._config import get_num_threads, set_num_threads, show_config
 from .functional import (
     CrossEntropyLoss,
     binary_cross_entropy,
@@ -23,9 +23,11 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_grad",
     "cross_entropy_with_grad",
+    "get_num_threads",
     "log_softmax",
     "logsumexp",
     "nll_loss",
+    "set_num_threads",
     "show_config",
     "softmax",
 ]

@@ -46,3 +46,29 @@ def show_config() -> dict:
     print(f"  compile args: {info['compile_args']}")
     print(f"  python:       {info['python']}  numpy: {info['numpy']}  machine: {info['machine']}")
     return info
+
+
+def set_num_threads(n: int | None) -> None:
+    """Use at most ``n`` threads in fastce's kernels; ``None`` restores the
+    default, OpenMP's maximum (``OMP_NUM_THREADS``, or the number of cores).
+
+    Examples
+    --------
+    >>> import fastce
+    >>> fastce.set_num_threads(1); fastce.get_num_threads()
+    1
+    >>> fastce.set_num_threads(None)
+    """
+    if n is None:
+        _kernels.set_thread_limit(0)
+        return
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"the thread count must be a positive integer or None; got {n!r}")
+    if n < 1:
+        raise ValueError(f"the thread count must be at least 1; got {n}")
+    _kernels.set_thread_limit(int(min(n, 1 << 16)))
+
+
+def get_num_threads() -> int:
+    """The number of threads a large call uses now."""
+    return _kernels.max_threads()

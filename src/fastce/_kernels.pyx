@@ -31,10 +31,14 @@ cdef extern from *:
     #ifndef FASTCE_COMPILE_ARGS
     #define FASTCE_COMPILE_ARGS ""
     #endif
+    /* 0: follow OpenMP's own maximum (OMP_NUM_THREADS, threadpoolctl) */
+    static int fastce_thread_limit = 0;
     #ifdef _OPENMP
     #include <omp.h>
     #define FASTCE_OPENMP 1
-    static int fastce_max_threads(void) { return omp_get_max_threads(); }
+    static int fastce_max_threads(void) {
+        return fastce_thread_limit > 0 ? fastce_thread_limit : omp_get_max_threads();
+    }
     #else
     #define FASTCE_OPENMP 0
     static int fastce_max_threads(void) { return 1; }
@@ -42,6 +46,7 @@ cdef extern from *:
     """
     const char* FASTCE_COMPILE_ARGS
     int FASTCE_OPENMP
+    int fastce_thread_limit
     int fastce_max_threads() noexcept nogil
 
 ctypedef fused floating:
@@ -80,6 +85,12 @@ def openmp_enabled():
 def max_threads():
     """The number of threads a parallel kernel would use now."""
     return fastce_max_threads()
+
+
+def set_thread_limit(int n):
+    """Use at most ``n`` threads; 0 restores OpenMP's own maximum."""
+    global fastce_thread_limit
+    fastce_thread_limit = n if n > 0 else 0
 
 
 def compile_args():

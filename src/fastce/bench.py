@@ -1,0 +1,316 @@
+"""Side-by-side timings of fastce against the libraries users already have.
+
+``python -m fastce.bench`` prints a table: for each workload and each library
+that is installed (fastce, PyTorch, JAX, NumPy/SciPy), the median time of a
+call, the throughput in logits per second, and fastce's speed-up.  The calls
+of the different libraries are interleaved, repeat by repeat, so that a
+noisy machine slows them all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+import fastce
+
+
+@dataclass
+class Workload:
+    key: str
+    title: str
+    shape: tuple[int, ...]
+    axis: int = 1
+    dtype: type = np.float32
+    ignore_fraction: float = 0.0
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape))
+
+
+WORKLOADS = {
+    w.key: w
+    for w in [
+        Workload("W1", "image classification", (4096, 1000)),
+        Workload("W2", "few classes", (65536, 10)),
+        Workload("W3", "LLM vocabulary", (512, 128000)),
+        Workload("W4", "segmentation, class axis 1", (8, 21, 256, 256)),
+        Workload("W5", "language model, axis=-1, 10% ignored", (4, 512, 32000), axis=-1,
+                 ignore_fraction=0.1),
+        Workload("W6", "image classification, float64", (4096, 1000), dtype=np.float64),
+        Workload("W7a", "per-call overhead", (32, 10)),
+        Workload("W7b", "per-call overhead, one sample", (1, 1000)),
+    ]
+}
+
+
+def make_inputs(w: Workload, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(w.shape, dtype=np.float32).astype(w.dtype, copy=False) * 2
+    axis = w.axis % len(w.shape)
+    t_shape = w.shape[:axis] + w.shape[axis + 1:]
+    t = rng.integers(0, w.shape[axis], t_shape, dtype=np.int64)
+    if w.ignore_fraction:
+        t[rng.random(t_shape) < w.ignore_fraction] = -100
+    return x, t
+
+
+@dataclass
+class Contender:
+    name: str
+    forward: Callable[[], object]
+    forward_backward: Callable[[], object] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def fastce_contender(w: Workload, x, t) -> Contender:
+    grad = np.empty_like(x)
+    return Contender(
+        "fastce",
+        lambda: fastce.cross_entropy(x, t, axis=w.axis),
+        lambda: fastce.cross_entropy_with_grad(x, t, axis=w.axis, out=grad),
+    )
+
+
+def numpy_contender(w: Workload, x, t) -> Contender:
+    axis = w.axis % x.ndim
+
+    def forward():
+        m = x.max(axis=axis, keepdims=True)
+        lse = np.log(np.exp(x - m).sum(axis=axis, keepdims=True)) + m
+        picked = np.take_along_axis(x, np.expand_dims(np.maximum(t, 0), axis), axis)
+        valid = np.expand_dims(t != -100, axis)
+        return ((lse - picked) * valid).sum() / valid.sum()
+
+    def forward_backward():
+        m = x.max(axis=axis, keepdims=True)
+        e = np.exp(x - m)
+        s = e.sum(axis=axis, keepdims=True)
+        lse = np.log(s) + m
+        idx = np.expand_dims(np.maximum(t, 0), axis)
+        valid = np.expand_dims(t != -100, axis)
+        n = valid.sum()
+        loss = ((lse - np.take_along_axis(x, idx, axis)) * valid).sum() / n
+        grad = e / s * (valid / n)
+        np.put_along_axis(grad, idx, np.take_along_axis(grad, idx, axis) - valid / n, axis)
+        return loss, grad
+
+    return Contender("numpy", forward, forward_backward)
+
+
+def torch_contender(w: Workload, x, t, threads: int) -> Contender | None:
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    xt = torch.from_numpy(x)
+    tt = torch.from_numpy(t)
+    axis = w.axis % x.ndim
+    if axis != 1 and x.ndim > 1:
+        # torch wants classes on axis 1: a view, as a user would write it
+        xt = xt.movedim(axis, 1)
+
+    def forward():
+        with torch.no_grad():
+            return F.cross_entropy(xt, tt)
+
+    leaf = xt.detach().clone().requires_grad_(True)
+
+    def forward_backward():
+        leaf.grad = None
+        loss = F.cross_entropy(leaf, tt)
+        loss.backward()
+        return loss, leaf.grad
+
+    return Contender(f"torch {torch.__version__.split('+')[0]}", forward, forward_backward)
+
+
+def jax_contender(w: Workload, x, t) -> Contender | None:
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    if x.dtype == np.float64:
+        jax.config.update("jax_enable_x64", True)
+    axis = w.axis % x.ndim
+
+    def loss_fn(logits, target):
+        logp = jax.nn.log_softmax(logits, axis=axis)
+        valid = target != -100
+        picked = jnp.take_along_axis(logp, jnp.expand_dims(jnp.where(valid, target, 0), axis),
+                                     axis=axis)
+        picked = jnp.squeeze(picked, axis)
+        return -jnp.sum(jnp.where(valid, picked, 0.0)) / jnp.sum(valid)
+
+    forward_jit = jax.jit(loss_fn)
+    both_jit = jax.jit(jax.value_and_grad(loss_fn))
+    xj = jax.device_put(x)
+    tj = jax.device_put(t if x.dtype == np.float64 else t.astype(np.int32))
+
+    def forward():
+        return forward_jit(xj, tj).block_until_ready()
+
+    def forward_backward():
+        loss, grad = both_jit(xj, tj)
+        return loss.block_until_ready(), grad.block_until_ready()
+
+    return Contender(f"jax {jax.__version__}", forward, forward_backward)
+
+
+def median_times(calls: list[Callable[[], object]], repeats: int, min_time: float) -> list[float]:
+    """Median seconds per call, the calls interleaved round by round."""
+    for call in calls:  # warm up: compilation, caches, thread pools
+        call()
+        call()
+    per_round = []
+    for call in calls:
+        start = time.perf_counter()
+        call()
+        per_round.append(time.perf_counter() - start)
+    # small calls are batched so that each timing lasts about min_time
+    batch = [max(1, int(min_time / max(p, 1e-9))) for p in per_round]
+    samples: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for i, call in enumerate(calls):
+            start = time.perf_counter()
+            for _ in range(batch[i]):
+                call()
+            samples[i].append((time.perf_counter() - start) / batch[i])
+    return [statistics.median(s) for s in samples]
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def header(threads: int) -> list[str]:
+    lines = [
+        f"fastce {fastce.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}",
+        f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; threads: {threads}",
+    ]
+    return lines
+
+
+def run(workloads: list[str], threads: int, repeats: int, passes: tuple[str, ...],
+        libraries: tuple[str, ...], min_time: float = 0.02, out=print) -> list[dict]:
+    fastce.set_num_threads(threads)
+    rows: list[dict] = []
+    for key in workloads:
+        w = WORKLOADS[key]
+        x, t = make_inputs(w)
+        contenders = [fastce_contender(w, x, t)]
+        if "torch" in libraries:
+            c = torch_contender(w, x, t, threads)
+            if c:
+                contenders.append(c)
+        if "jax" in libraries:
+            c = jax_contender(w, x, t)
+            if c:
+                contenders.append(c)
+        if "numpy" in libraries:
+            contenders.append(numpy_contender(w, x, t))
+        for kind in passes:
+            calls = [c.forward if kind == "forward" else c.forward_backward for c in contenders]
+            times = median_times(calls, repeats, min_time)
+            for c, seconds in zip(contenders, times):
+                rows.append(dict(
+                    workload=key, title=w.title, shape=w.shape, dtype=np.dtype(w.dtype).name,
+                    kind=kind, library=c.name, ms=seconds * 1e3,
+                    gelem=w.n_elements / seconds / 1e9, speedup=seconds / times[0],
+                ))
+        del x, t, contenders
+    fastce.set_num_threads(None)
+    return rows
+
+
+def format_table(rows: list[dict], markdown: bool = False) -> str:
+    cols = ["workload", "shape", "dtype", "pass", "library", "ms", "Gelem/s", "fastce speed-up"]
+    body = []
+    for r in rows:
+        body.append([
+            r["workload"], "x".join(map(str, r["shape"])), r["dtype"], r["kind"], r["library"],
+            f"{r['ms']:.3f}", f"{r['gelem']:.2f}",
+            "-" if r["library"] == "fastce" else f"{r['speedup']:.2f}x",
+        ])
+    if markdown:
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(b) + " |" for b in body]
+        return "\n".join(lines)
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
+    fmt = "  ".join("{:>%d}" % wd for wd in widths)
+    return "\n".join([fmt.format(*cols)] + [fmt.format(*b) for b in body])
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    others = [r for r in rows if r["library"] != "fastce"]
+    labels = [f"{r['workload']} {r['kind'][:3]}\nvs {r['library'].split()[0]}" for r in others]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(others)), 4))
+    ax.bar(range(len(others)), [r["speedup"] for r in others])
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(others)), labels, rotation=90, fontsize=7)
+    ax.set_ylabel("fastce speed-up (x)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastce.bench", description=__doc__)
+    parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS),
+                        help="workload to run (repeatable); default: all")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--forward-only", action="store_true")
+    parser.add_argument("--libraries", default="torch,jax,numpy",
+                        help="comma-separated rivals to time beside fastce")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    parser.add_argument("--plot", metavar="FILE.png", help="bar chart of the speed-ups")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if args.threads == 1:
+        # XLA reads its thread settings once, when jax is first imported
+        os.environ.setdefault(
+            "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        )
+    workloads = args.workload or list(WORKLOADS)
+    passes = ("forward",) if args.forward_only else ("forward", "forward+backward")
+    for line in header(args.threads):
+        print(line)
+    rows = run(workloads, args.threads, args.repeats, passes,
+               tuple(args.libraries.split(",")) if args.libraries else ())
+    table = format_table(rows)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("\n".join(header(args.threads)) + "\n\n" + format_table(rows, True) + "\n")
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
