@@ -81,11 +81,17 @@ class BuildExtWithOpenMP(build_ext):
                 raise RuntimeError(message + " (FASTCE_REQUIRE_OPENMP is set)")
             warnings.warn(message, stacklevel=1)
             print("\n" + "!" * 78 + "\n" + message + "\n" + "!" * 78 + "\n", file=sys.stderr)
+            # the vector loops' simd pragmas still apply without the runtime
+            if compiler_type != "msvc" and _compiles_and_links(
+                self.compiler, ["-fopenmp-simd"], []
+            ):
+                openmp = (["-fopenmp-simd"], [])
 
         if compiler_type == "msvc":
             base_args = ["/O2"]
         else:
-            base_args = ["-O3", "-fno-math-errno"]
+            # neither changes a result: errno is never read, FP traps are never on
+            base_args = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
         for ext in self.extensions:
             compile_args = base_args + (openmp[0] if openmp else [])
             link_args = openmp[1] if openmp else []
@@ -114,6 +120,7 @@ extensions = [
         "fastce._kernels",
         ["src/fastce/_kernels.pyx"],
         include_dirs=[np.get_include(), "src/fastce"],
+        depends=["src/fastce/_simd.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )
 ]

@@ -18,6 +18,7 @@ def config() -> dict:
         "version": __version__,
         "openmp": _kernels.openmp_enabled(),
         "threads": _kernels.max_threads(),
+        "simd": _kernels.simd_isa(),
         "compile_args": _kernels.compile_args(),
         "python": sys.version.split()[0],
         "numpy": np.__version__,
@@ -37,12 +38,13 @@ def show_config() -> dict:
     >>> info = fastce.show_config()  # doctest: +ELLIPSIS
     fastce ...
     >>> sorted(info)
-    ['compile_args', 'machine', 'numpy', 'openmp', 'python', 'threads', 'version']
+    ['compile_args', 'machine', 'numpy', 'openmp', 'python', 'simd', 'threads', 'version']
     """
     info = config()
     print(f"fastce {info['version']}")
     print(f"  openmp:       {'on' if info['openmp'] else 'OFF (serial build)'}")
     print(f"  threads:      {info['threads']}")
+    print(f"  vector path:  {info['simd']}")
     print(f"  compile args: {info['compile_args']}")
     print(f"  python:       {info['python']}  numpy: {info['numpy']}  machine: {info['machine']}")
     return info

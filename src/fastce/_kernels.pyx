@@ -21,7 +21,7 @@ threads.  The Python layer validates everything; these functions cannot fail.
 
 cimport cython
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, log, isinf, INFINITY
+from libc.math cimport exp, log, isinf, INFINITY
 from libc.stdint cimport int32_t, int64_t
 
 import numpy as np
@@ -99,58 +99,207 @@ def compile_args():
 
 
 # --------------------------------------------------------------------------
-# Scalar helpers
+# Row and tile primitives: vectorised where the data are contiguous
 # --------------------------------------------------------------------------
 
-cdef inline floating exp_of(floating v) noexcept nogil:
+cdef extern from "_simd.h":
+    ctypedef struct fastce_ops_t:
+        double (*row_max_sumexp_f32)(const float*, Py_ssize_t, float*) noexcept nogil
+        double (*row_max_sumexp_f64)(const double*, Py_ssize_t, double*) noexcept nogil
+        double (*row_sum_shifted_f32)(const float*, Py_ssize_t, float) noexcept nogil
+        double (*row_sum_shifted_f64)(const double*, Py_ssize_t, double) noexcept nogil
+        void (*row_scaled_exp_f32)(const float*, Py_ssize_t, float, float, float, float*) noexcept nogil
+        void (*row_scaled_exp_f64)(const double*, Py_ssize_t, double, double, double, double*) noexcept nogil
+        void (*row_shift_f32)(const float*, Py_ssize_t, float, float, float*) noexcept nogil
+        void (*row_shift_f64)(const double*, Py_ssize_t, double, double, double*) noexcept nogil
+        void (*tile_max_f32)(const float*, Py_ssize_t, float*) noexcept nogil
+        void (*tile_max_f64)(const double*, Py_ssize_t, double*) noexcept nogil
+        void (*tile_sumexp_f32)(const float*, Py_ssize_t, const float*, float*) noexcept nogil
+        void (*tile_sumexp_f64)(const double*, Py_ssize_t, const double*, double*) noexcept nogil
+        void (*tile_scaled_exp_f32)(const float*, Py_ssize_t, const float*, const float*, float,
+                                    const float*, float*) noexcept nogil
+        void (*tile_scaled_exp_f64)(const double*, Py_ssize_t, const double*, const double*, double,
+                                    const double*, double*) noexcept nogil
+        void (*tile_shift_f32)(const float*, Py_ssize_t, const float*, const float*, float*) noexcept nogil
+        void (*tile_shift_f64)(const double*, Py_ssize_t, const double*, const double*, double*) noexcept nogil
+        const char* isa
+    fastce_ops_t fastce_ops
+    const char* fastce_simd_init(const char* force) noexcept
+    float fastce_exp_neg_f32(float) noexcept nogil
+    double fastce_exp_neg_f64(double) noexcept nogil
+    int FASTCE_CHUNK
+
+
+def simd_init(str force=""):
+    """Choose the vector code path: the best the CPU has, or ``"baseline"``.
+    Returns the name of the path chosen."""
+    return fastce_simd_init(force.encode()).decode()
+
+
+def simd_isa():
+    """The vector code path in use: ``"avx2+fma"`` or ``"baseline"``."""
+    return fastce_ops.isa.decode()
+
+
+simd_init()
+
+
+cdef inline floating exp_neg(floating v) noexcept nogil:
+    """exp(v) for v <= 0 (or NaN), the same function on every code path."""
     if floating is float:
-        return expf(v)
+        return fastce_exp_neg_f32(v)
     else:
-        return exp(v)
+        return fastce_exp_neg_f64(v)
 
 
-cdef inline floating row_max(const floating* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
-    # A NaN anywhere reaches the result through the sum of exponentials, so
-    # the maximum may skip it.
-    cdef floating m = -INFINITY
-    cdef floating v
-    cdef Py_ssize_t c
-    if stride == 1:
-        for c in range(n):
-            v = x[c]
-            m = v if v > m else m
-    else:
-        for c in range(n):
-            v = x[c * stride]
-            m = v if v > m else m
-    return m
-
-
-cdef inline double row_sum_exp(const floating* x, Py_ssize_t n, Py_ssize_t stride,
-                               floating shift) noexcept nogil:
+cdef inline double row_stats(const floating* x, Py_ssize_t n, Py_ssize_t stride,
+                             floating* m) noexcept nogil:
+    """Sets ``m`` to the row maximum and returns the sum of exp(x - m); a NaN
+    logit, or a row with nothing above -inf, gives NaN."""
+    cdef floating v, mx = -INFINITY
     cdef double s = 0.0
     cdef Py_ssize_t c
     if stride == 1:
-        for c in range(n):
-            s += exp_of(x[c] - shift)
-    else:
-        for c in range(n):
-            s += exp_of(x[c * stride] - shift)
+        if floating is float:
+            return fastce_ops.row_max_sumexp_f32(x, n, m)
+        else:
+            return fastce_ops.row_max_sumexp_f64(x, n, m)
+    for c in range(n):
+        v = x[c * stride]
+        mx = v if v > mx else mx
+    for c in range(n):
+        s += exp_neg(x[c * stride] - mx)
+    m[0] = mx
     return s
 
 
 cdef inline double row_weighted_shifted_sum(const floating* x, Py_ssize_t n, Py_ssize_t stride,
-                                            floating shift, const double* weight) noexcept nogil:
-    # sum_c w[c] * (x[c] - shift), where a zero weight contributes nothing even
-    # against a -inf logit.
+                                            floating m, const double* weight) noexcept nogil:
+    """sum_c w[c] * (x[c] - m), where a zero weight contributes nothing even
+    against a -inf logit."""
     cdef double acc = 0.0
     cdef double wc
     cdef Py_ssize_t c
+    if weight == NULL and stride == 1:
+        if floating is float:
+            return fastce_ops.row_sum_shifted_f32(x, n, m)
+        else:
+            return fastce_ops.row_sum_shifted_f64(x, n, m)
     for c in range(n):
         wc = 1.0 if weight == NULL else weight[c]
         if wc != 0.0:
-            acc += wc * (<double>x[c * stride] - <double>shift)
+            acc += wc * (<double>x[c * stride] - <double>m)
     return acc
+
+
+cdef inline void row_scaled_exp(const floating* x, Py_ssize_t xc, Py_ssize_t n, floating m,
+                                floating scale, floating offset,
+                                floating* y, Py_ssize_t yc) noexcept nogil:
+    """y = scale * exp(x - m) - offset; ``y`` may be ``x``."""
+    cdef Py_ssize_t c
+    if xc == 1 and yc == 1:
+        if floating is float:
+            fastce_ops.row_scaled_exp_f32(x, n, m, scale, offset, y)
+        else:
+            fastce_ops.row_scaled_exp_f64(x, n, m, scale, offset, y)
+        return
+    for c in range(n):
+        y[c * yc] = scale * exp_neg(x[c * xc] - m) - offset
+
+
+cdef inline void row_shift(const floating* x, Py_ssize_t xc, Py_ssize_t n, floating m,
+                           floating log_s, floating* y, Py_ssize_t yc) noexcept nogil:
+    """y = (x - m) - log_s; ``y`` may be ``x``."""
+    cdef Py_ssize_t c
+    if xc == 1 and yc == 1:
+        if floating is float:
+            fastce_ops.row_shift_f32(x, n, m, log_s, y)
+        else:
+            fastce_ops.row_shift_f64(x, n, m, log_s, y)
+        return
+    for c in range(n):
+        y[c * yc] = (x[c * xc] - m) - log_s
+
+
+cdef inline void tile_max(const floating* x, Py_ssize_t xi, Py_ssize_t n, floating* m) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef floating v
+    if xi == 1:
+        if floating is float:
+            fastce_ops.tile_max_f32(x, n, m)
+        else:
+            fastce_ops.tile_max_f64(x, n, m)
+        return
+    for k in range(n):
+        v = x[k * xi]
+        m[k] = v if v > m[k] else m[k]
+
+
+cdef inline void tile_sumexp(const floating* x, Py_ssize_t xi, Py_ssize_t n, const floating* m,
+                             floating* s) noexcept nogil:
+    cdef Py_ssize_t k
+    if xi == 1:
+        if floating is float:
+            fastce_ops.tile_sumexp_f32(x, n, m, s)
+        else:
+            fastce_ops.tile_sumexp_f64(x, n, m, s)
+        return
+    for k in range(n):
+        s[k] += exp_neg(x[k * xi] - m[k])
+
+
+cdef inline void tile_scaled_exp(const floating* x, Py_ssize_t xi, Py_ssize_t n, const floating* m,
+                                 const floating* scale, floating w, const floating* offset,
+                                 floating* y, Py_ssize_t yi) noexcept nogil:
+    """y[k] = scale[k] * exp(x[k] - m[k]) - w * offset[k]"""
+    cdef Py_ssize_t k
+    if xi == 1 and yi == 1:
+        if floating is float:
+            fastce_ops.tile_scaled_exp_f32(x, n, m, scale, w, offset, y)
+        else:
+            fastce_ops.tile_scaled_exp_f64(x, n, m, scale, w, offset, y)
+        return
+    for k in range(n):
+        y[k * yi] = scale[k] * exp_neg(x[k * xi] - m[k]) - w * offset[k]
+
+
+cdef inline void tile_shift(const floating* x, Py_ssize_t xi, Py_ssize_t n, const floating* m,
+                            const floating* log_s, floating* y, Py_ssize_t yi) noexcept nogil:
+    cdef Py_ssize_t k
+    if xi == 1 and yi == 1:
+        if floating is float:
+            fastce_ops.tile_shift_f32(x, n, m, log_s, y)
+        else:
+            fastce_ops.tile_shift_f64(x, n, m, log_s, y)
+        return
+    for k in range(n):
+        y[k * yi] = (x[k * xi] - m[k]) - log_s[k]
+
+
+cdef inline void tile_stats(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize_t C,
+                            Py_ssize_t n, floating* m, double* s) noexcept nogil:
+    """Per-sample maximum and sum of exp(x - m) over the classes of a tile;
+    the sums run in the working precision for FASTCE_CHUNK classes at a time,
+    then join float64 totals."""
+    cdef floating part[TILE]
+    cdef Py_ssize_t c, k, start, end
+    for k in range(n):
+        m[k] = -INFINITY
+        s[k] = 0.0
+    for c in range(C):
+        tile_max(x + c * xc, xi, n, m)
+    start = 0
+    while start < C:
+        end = start + FASTCE_CHUNK
+        if end > C:
+            end = C
+        for k in range(n):
+            part[k] = 0
+        for c in range(start, end):
+            tile_sumexp(x + c * xc, xi, n, m, part)
+        for k in range(n):
+            s[k] += part[k]
+        start = end
 
 
 cdef inline void shift_for_logsumexp(floating* m) noexcept nogil:
@@ -229,8 +378,8 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
     scaled by ``g`` when ``grad`` is not NULL."""
     cdef Py_ssize_t c
     cdef double eps = opt.smoothing
-    cdef double w_t, a_t, A, log_s, s, loss, smooth_coef, gp
-    cdef floating m, scale_f, smooth_f, v
+    cdef double w_t, a_t = 0.0, A, log_s, s, loss, smooth_coef = 0.0
+    cdef floating m, scale_f, x_t
 
     if opt.has_ignore and target == opt.ignore_index:
         A = 0.0
@@ -246,28 +395,27 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
                 grad[c * yc] = 0
         return 0.0
 
-    m = row_max(x, C, xc)
-    s = row_sum_exp(x, C, xc, m)
+    s = row_stats(x, C, xc, &m)
     log_s = log(s)
     loss = A * log_s
+    x_t = x[target * xc]  # kept: with out=logits the gradient pass overwrites it
     if a_t != 0.0:
-        loss -= a_t * (<double>x[target * xc] - <double>m)
+        loss -= a_t * (<double>x_t - <double>m)
     if eps != 0.0:
         loss -= smooth_coef * row_weighted_shifted_sum(x, C, xc, m, opt.weight)
 
     if grad != NULL:
-        gp = g * A / s
-        scale_f = <floating>gp
-        if eps == 0.0:
-            for c in range(C):
-                grad[c * yc] = scale_f * exp_of(x[c * xc] - m)
+        scale_f = <floating>(g * A / s)
+        if eps == 0.0 or opt.weight == NULL:
+            row_scaled_exp(x, xc, C, m, scale_f, <floating>(g * smooth_coef), grad, yc)
         else:
             for c in range(C):
-                v = x[c * xc]
-                smooth_f = <floating>(g * smooth_coef * (1.0 if opt.weight == NULL else opt.weight[c]))
-                grad[c * yc] = scale_f * exp_of(v - m) - smooth_f
-        if a_t != 0.0:
-            grad[target * yc] = <floating>(<double>grad[target * yc] - g * a_t)
+                grad[c * yc] = (scale_f * exp_neg(x[c * xc] - m)
+                                - <floating>(g * smooth_coef * opt.weight[c]))
+        # the target's element once more in float64: p_t - 1 cancels
+        grad[target * yc] = <floating>(
+            g * A / s * <double>exp_neg(x_t - m)
+            - g * (a_t + smooth_coef * (1.0 if opt.weight == NULL else opt.weight[target])))
     return loss
 
 
@@ -278,18 +426,16 @@ cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
     cdef Py_ssize_t c
     cdef double eps = opt.smoothing
     cdef double smooth = eps / C
-    cdef double s = 0.0, A = 0.0, dot = 0.0, a, wc, gp
-    cdef floating m, v
+    cdef double s, A = 0.0, dot = 0.0, a, wc, gp
+    cdef floating m
 
-    m = row_max(x, C, xc)
+    s = row_stats(x, C, xc, &m)
     for c in range(C):
-        v = x[c * xc]
-        s += exp_of(v - m)
         wc = 1.0 if opt.weight == NULL else opt.weight[c]
         a = wc * ((1.0 - eps) * <double>p[c * pc] + smooth)
         A += a
         if a != 0.0:
-            dot += a * (<double>v - <double>m)
+            dot += a * (<double>x[c * xc] - <double>m)
     if A == 0.0:
         if grad != NULL:
             for c in range(C):
@@ -300,7 +446,7 @@ cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
         for c in range(C):
             wc = 1.0 if opt.weight == NULL else opt.weight[c]
             a = wc * ((1.0 - eps) * <double>p[c * pc] + smooth)
-            grad[c * yc] = <floating>(gp * exp_of(x[c * xc] - m) - g * a)
+            grad[c * yc] = <floating>(gp * exp_neg(x[c * xc] - m) - g * a)
     return A * log(s) - dot
 
 
@@ -319,39 +465,30 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
     """Samples ``0 <= k < n`` of a tile; ``t`` is NULL for probability
     targets, ``p`` NULL for class indices.  Returns the sum of their losses."""
     cdef floating m[TILE]
+    cdef floating scale[TILE]
+    cdef floating offset[TILE]
     cdef double s[TILE]
     cdef double A[TILE]
     cdef double dot[TILE]
-    cdef double gscale[TILE]
+    cdef double gk[TILE]
+    cdef floating x_t[TILE]
     cdef int64_t tgt[TILE]
     cdef Py_ssize_t c, k
     cdef double eps = opt.smoothing
     cdef double smooth = eps / C
     cdef double wc, a, total = 0.0, loss, g
-    cdef floating v
+    cdef bint any_zero = False
     cdef const floating* xrow
     cdef floating* yrow
 
+    tile_stats(x, xc, xi, C, n, m, s)
     for k in range(n):
-        m[k] = -INFINITY
-        s[k] = 0.0
         dot[k] = 0.0
         A[k] = 0.0
-    for c in range(C):
-        xrow = x + c * xc
-        for k in range(n):
-            v = xrow[k * xi]
-            m[k] = v if v > m[k] else m[k]
-    for c in range(C):
-        xrow = x + c * xc
-        for k in range(n):
-            s[k] += exp_of(xrow[k * xi] - m[k])
-
     if t != NULL:
         for k in range(n):
             tgt[k] = <int64_t>t[k * ti]
             if opt.has_ignore and tgt[k] == opt.ignore_index:
-                A[k] = 0.0
                 tgt[k] = -1
             else:
                 wc = 1.0 if opt.weight == NULL else opt.weight[tgt[k]]
@@ -367,10 +504,11 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
                         dot[k] += smooth * wc * (<double>xrow[k * xi] - <double>m[k])
         for k in range(n):
             if tgt[k] >= 0:
+                x_t[k] = x[tgt[k] * xc + k * xi]
                 wc = 1.0 if opt.weight == NULL else opt.weight[tgt[k]]
                 a = (1.0 - eps) * wc
                 if a != 0.0:
-                    dot[k] += a * (<double>x[tgt[k] * xc + k * xi] - <double>m[k])
+                    dot[k] += a * (<double>x_t[k] - <double>m[k])
     else:
         for c in range(C):
             wc = 1.0 if opt.weight == NULL else opt.weight[c]
@@ -384,38 +522,47 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
     for k in range(n):
         if A[k] == 0.0:
             loss = 0.0
+            any_zero = True
         else:
             loss = A[k] * log(s[k]) - dot[k]
         total += loss
         if loss_out != NULL:
             loss_out[k * li] = <floating>loss
 
-    if grad != NULL:
-        for k in range(n):
-            g = gout[k * gi] / opt.denominator
-            gscale[k] = 0.0 if A[k] == 0.0 else g * A[k] / s[k]
-            # reuse dot[] for g, the per-sample scale of the coefficients
-            dot[k] = 0.0 if A[k] == 0.0 else g
-        for c in range(C):
-            xrow = x + c * xc
-            yrow = grad + c * yc
-            wc = 1.0 if opt.weight == NULL else opt.weight[c]
-            if t != NULL:
-                for k in range(n):
-                    yrow[k * yi] = <floating>(gscale[k] * exp_of(xrow[k * xi] - m[k])
-                                              - dot[k] * smooth * wc)
-            else:
-                for k in range(n):
-                    a = wc * ((1.0 - eps) * <double>p[c * pc + k * pi] + smooth)
-                    yrow[k * yi] = <floating>(gscale[k] * exp_of(xrow[k * xi] - m[k])
-                                              - dot[k] * a)
+    if grad == NULL:
+        return total
+    for k in range(n):
+        g = gout[k * gi] / opt.denominator
+        gk[k] = 0.0 if A[k] == 0.0 else g
+        scale[k] = <floating>(0.0 if A[k] == 0.0 else g * A[k] / s[k])
+        offset[k] = <floating>(gk[k] * smooth)
+    for c in range(C):
+        xrow = x + c * xc
+        yrow = grad + c * yc
         if t != NULL:
+            wc = 1.0 if opt.weight == NULL else opt.weight[c]
+            tile_scaled_exp(xrow, xi, n, m, scale, <floating>wc, offset, yrow, yi)
+        else:
+            wc = 1.0 if opt.weight == NULL else opt.weight[c]
             for k in range(n):
-                if tgt[k] >= 0:
-                    wc = 1.0 if opt.weight == NULL else opt.weight[tgt[k]]
-                    a = (1.0 - eps) * wc
-                    c = tgt[k]
-                    grad[c * yc + k * yi] = <floating>(<double>grad[c * yc + k * yi] - dot[k] * a)
+                a = wc * ((1.0 - eps) * <double>p[c * pc + k * pi] + smooth)
+                yrow[k * yi] = <floating>(scale[k] * exp_neg(xrow[k * xi] - m[k]) - gk[k] * a)
+    if any_zero:
+        # samples with no coefficient get exactly zero, whatever their logits
+        for c in range(C):
+            yrow = grad + c * yc
+            for k in range(n):
+                if A[k] == 0.0:
+                    yrow[k * yi] = 0
+    if t != NULL:
+        # the targets' elements once more in float64: p_t - 1 cancels
+        for k in range(n):
+            if tgt[k] >= 0:
+                wc = 1.0 if opt.weight == NULL else opt.weight[tgt[k]]
+                c = tgt[k]
+                grad[c * yc + k * yi] = <floating>(
+                    gk[k] * A[k] / s[k] * <double>exp_neg(x_t[k] - m[k])
+                    - gk[k] * ((1.0 - eps) * wc + smooth * wc))
     return total
 
 
@@ -623,25 +770,30 @@ def cross_entropy_probs(const floating[:, :, :] x,
 # log_softmax, softmax, logsumexp
 # --------------------------------------------------------------------------
 
+cdef inline double logsumexp_unshifted(const floating* x, Py_ssize_t xc, Py_ssize_t C) noexcept nogil:
+    # log(sum(exp(x))) for a row whose maximum is infinite: inf for +inf, -inf
+    # for a row of -inf, NaN with a NaN
+    cdef double s = 0.0
+    cdef Py_ssize_t c
+    for c in range(C):
+        s += exp(<double>x[c * xc])
+    return log(s)
+
+
 cdef inline void softmax_row(const floating* x, Py_ssize_t xc, Py_ssize_t C, int op,
                              floating* y, Py_ssize_t yc) noexcept nogil:
     """One row of ``op``; for logsumexp ``y`` is the single output element."""
-    cdef Py_ssize_t c
-    cdef floating m = row_max(x, C, xc)
-    cdef double s, log_s, inv_s
+    cdef floating m
+    cdef double s = row_stats(x, C, xc, &m)
     if op == OP_LOGSUMEXP:
-        shift_for_logsumexp(&m)
-    s = row_sum_exp(x, C, xc, m)
-    if op == OP_LOGSUMEXP:
-        y[0] = <floating>(<double>m + log(s))
+        if isinf(m):
+            y[0] = <floating>logsumexp_unshifted(x, xc, C)
+        else:
+            y[0] = <floating>(<double>m + log(s))
     elif op == OP_LOG_SOFTMAX:
-        log_s = log(s)
-        for c in range(C):
-            y[c * yc] = <floating>((<double>x[c * xc] - <double>m) - log_s)
+        row_shift(x, xc, C, m, <floating>log(s), y, yc)
     else:
-        inv_s = 1.0 / s
-        for c in range(C):
-            y[c * yc] = <floating>(exp_of(x[c * xc] - m) * inv_s)
+        row_scaled_exp(x, xc, C, m, <floating>(1.0 / s), 0, y, yc)
 
 
 cdef inline void softmax_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize_t C,
@@ -649,42 +801,26 @@ cdef inline void softmax_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, P
                               floating* y, Py_ssize_t yc, Py_ssize_t yi) noexcept nogil:
     """``n <= TILE`` neighbouring samples; for logsumexp ``y`` steps by ``yi``."""
     cdef floating m[TILE]
+    cdef floating per_sample[TILE]
+    cdef floating zero[TILE]
     cdef double s[TILE]
     cdef Py_ssize_t c, k
-    cdef floating v
-    cdef const floating* xrow
-    cdef floating* yrow
-    for k in range(n):
-        m[k] = -INFINITY
-        s[k] = 0.0
-    for c in range(C):
-        xrow = x + c * xc
-        for k in range(n):
-            v = xrow[k * xi]
-            m[k] = v if v > m[k] else m[k]
+    tile_stats(x, xc, xi, C, n, m, s)
     if op == OP_LOGSUMEXP:
         for k in range(n):
-            shift_for_logsumexp(&m[k])
-    for c in range(C):
-        xrow = x + c * xc
-        for k in range(n):
-            s[k] += exp_of(xrow[k * xi] - m[k])
-    if op == OP_LOGSUMEXP:
-        for k in range(n):
-            y[k * yi] = <floating>(<double>m[k] + log(s[k]))
+            if isinf(m[k]):
+                y[k * yi] = <floating>logsumexp_unshifted(x + k * xi, xc, C)
+            else:
+                y[k * yi] = <floating>(<double>m[k] + log(s[k]))
         return
     for k in range(n):
-        # log(s) for log_softmax, 1/s for softmax
-        s[k] = log(s[k]) if op == OP_LOG_SOFTMAX else 1.0 / s[k]
+        zero[k] = 0
+        per_sample[k] = <floating>(log(s[k]) if op == OP_LOG_SOFTMAX else 1.0 / s[k])
     for c in range(C):
-        xrow = x + c * xc
-        yrow = y + c * yc
         if op == OP_LOG_SOFTMAX:
-            for k in range(n):
-                yrow[k * yi] = <floating>((<double>xrow[k * xi] - <double>m[k]) - s[k])
+            tile_shift(x + c * xc, xi, n, m, per_sample, y + c * yc, yi)
         else:
-            for k in range(n):
-                yrow[k * yi] = <floating>(exp_of(xrow[k * xi] - m[k]) * s[k])
+            tile_scaled_exp(x + c * xc, xi, n, m, per_sample, 0, zero, y + c * yc, yi)
 
 
 cdef void softmax_block(const floating* x, Layout* L, int op, floating* y,

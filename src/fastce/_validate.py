@@ -19,7 +19,7 @@ _INT64_MAX = 2**63 - 1
 
 def result_dtype(dtype: np.dtype) -> np.dtype:
     """float16 is computed (and returned) in float32."""
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+    return np.dtype(np.float64) if dtype.itemsize == 8 else np.dtype(np.float32)
 
 
 def native_float_array(x, name: str) -> np.ndarray:

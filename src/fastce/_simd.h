@@ -1,0 +1,463 @@
+/*
+ * Vectorised row and tile primitives of the fastce kernels, with runtime
+ * dispatch on x86-64.
+ *
+ * Every primitive is written once, as a plain C loop over a bounded-range
+ * exponential (exp_neg_*: exact enough for x <= 0, NaN in, NaN out), marked
+ * with `omp simd` so the compiler vectorises it without -ffast-math: the only
+ * reassociation allowed is the one the pragma names.  The same source is
+ * compiled twice on x86-64, for the baseline ISA and for AVX2 + FMA, and
+ * fastce_simd_init() picks the best the CPU has.  Other architectures get the
+ * baseline build, which the compiler vectorises for its own vector unit.
+ */
+#ifndef FASTCE_SIMD_H
+#define FASTCE_SIMD_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define FASTCE_PRAGMA(x) _Pragma(#x)
+#if defined(_OPENMP) || defined(_OPENMP_SIMD) || defined(__clang__) || defined(__GNUC__)
+#define FASTCE_SIMD FASTCE_PRAGMA(omp simd)
+#define FASTCE_SIMD_SUM(v) FASTCE_PRAGMA(omp simd reduction(+:v))
+#define FASTCE_SIMD_MAX(v) FASTCE_PRAGMA(omp simd reduction(max:v))
+#else
+#define FASTCE_SIMD
+#define FASTCE_SIMD_SUM(v)
+#define FASTCE_SIMD_MAX(v)
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FASTCE_INLINE static inline __attribute__((always_inline))
+#else
+#define FASTCE_INLINE static inline
+#endif
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define FASTCE_X86_DISPATCH 1
+#endif
+
+/* Lanes of a chunk summed in the working precision before the chunk's total
+ * joins a float64 sum: short enough that float32 lanes lose nothing that
+ * matters, long enough to keep the vector unit busy. */
+#define FASTCE_CHUNK 256
+
+/* ---- exp on (-inf, 0] ------------------------------------------------------
+ * exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln(2) / 2.  n is rounded
+ * by adding 1.5 * 2^23 (2^52): the integer lands in the low mantissa bits,
+ * which then become the exponent of 2^n.  Below the smallest normal result
+ * the answer is 0 (subnormal results are flushed); NaN stays NaN. */
+
+FASTCE_INLINE float fastce_exp_neg_f32(float x) {
+    const float shifter = 12582912.0f; /* 1.5 * 2^23 */
+    float xc = x < -87.0f ? -87.0f : x;
+    float t = xc * 1.44269504088896341f + shifter;
+    float n = t - shifter;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    /* Cephes expf minimax polynomial */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits - 0x4B400000 + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    float e = p * scale;
+    return x < -87.0f ? 0.0f : e;
+}
+
+FASTCE_INLINE double fastce_exp_neg_f64(double x) {
+    const double shifter = 6755399441055744.0; /* 1.5 * 2^52 */
+    double xc = x < -708.0 ? -708.0 : x;
+    double t = xc * 1.4426950408889634074 + shifter;
+    double n = t - shifter;
+    double r = xc - n * 6.93147180369123816490e-01;
+    r = r - n * 1.90821492927058770002e-10;
+    /* Taylor series to r^13: truncation below 1e-17 for |r| <= ln(2) / 2 */
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r * r + r + 1.0;
+    int64_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits - 0x4338000000000000LL + 1023) << 52;
+    double scale;
+    memcpy(&scale, &bits, sizeof scale);
+    double e = p * scale;
+    return x < -708.0 ? 0.0 : e;
+}
+
+/* ---- the primitives, for one element type and one target ------------------
+ * Row primitives walk n contiguous classes of one sample; tile primitives
+ * walk n contiguous samples of one class, updating per-sample state. */
+
+#define FASTCE_DEFINE_OPS(T, SFX, ISA, ATTR)                                            \
+                                                                                        \
+ATTR static T row_max_##SFX##_##ISA(const T *x, ptrdiff_t n) {                          \
+    T m = -INFINITY;                                                                    \
+    FASTCE_SIMD_MAX(m)                                                                  \
+    for (ptrdiff_t c = 0; c < n; c++) m = x[c] > m ? x[c] : m;                          \
+    return m;                                                                           \
+}                                                                                       \
+                                                                                        \
+/* Running maximum and sum of exp(x - max) over a row, in one pass over memory:  \
+ * each chunk is read twice while it is in L1.  NaN logits reach the sum. */            \
+ATTR static double row_max_sumexp_##SFX##_##ISA(const T *x, ptrdiff_t n, T *max_out) {  \
+    T m = -INFINITY;                                                                    \
+    double s = 0.0;                                                                     \
+    int saw_nan = 0;                                                                    \
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                       \
+        ptrdiff_t end = n - start < FASTCE_CHUNK ? n : start + FASTCE_CHUNK;            \
+        T cm = -INFINITY;                                                               \
+        FASTCE_SIMD_MAX(cm)                                                             \
+        for (ptrdiff_t c = start; c < end; c++) cm = x[c] > cm ? x[c] : cm;             \
+        if (cm == -INFINITY) {                                                          \
+            /* only -inf (adds nothing) or NaN (must reach the result) */               \
+            for (ptrdiff_t c = start; c < end; c++)                                     \
+                if (x[c] != x[c]) saw_nan = 1;                                          \
+            continue;                                                                   \
+        }                                                                               \
+        if (cm > m) {                                                                   \
+            if (s != 0.0) s *= exp((double)m - (double)cm);                             \
+            m = cm;                                                                     \
+        }                                                                               \
+        T part = 0;                                                                     \
+        FASTCE_SIMD_SUM(part)                                                           \
+        for (ptrdiff_t c = start; c < end; c++) part += fastce_exp_neg_##SFX(x[c] - m); \
+        s += (double)part;                                                              \
+    }                                                                                   \
+    if (m == -INFINITY || saw_nan) {                                                    \
+        /* a NaN logit, or no logit above -inf: NaN, as the two-pass formula gives */  \
+        s = NAN;                                                                        \
+    }                                                                                   \
+    *max_out = m;                                                                       \
+    return s;                                                                           \
+}                                                                                       \
+                                                                                        \
+/* sum of (x - m): the smoothing term, without cancellation against a large m */  \
+ATTR static double row_sum_shifted_##SFX##_##ISA(const T *x, ptrdiff_t n, T m) {        \
+    double total = 0.0;                                                                 \
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                       \
+        ptrdiff_t end = n - start < FASTCE_CHUNK ? n : start + FASTCE_CHUNK;            \
+        T part = 0;                                                                     \
+        FASTCE_SIMD_SUM(part)                                                           \
+        for (ptrdiff_t c = start; c < end; c++) part += x[c] - m;                       \
+        total += (double)part;                                                          \
+    }                                                                                   \
+    return total;                                                                       \
+}                                                                                       \
+                                                                                        \
+/* y = scale * exp(x - m) - offset */                                                   \
+ATTR static void row_scaled_exp_##SFX##_##ISA(const T *x, ptrdiff_t n, T m, T scale,    \
+                                              T offset, T *y) {                         \
+    FASTCE_SIMD                                                                         \
+    for (ptrdiff_t c = 0; c < n; c++) y[c] = scale * fastce_exp_neg_##SFX(x[c] - m) - offset; \
+}                                                                                       \
+                                                                                        \
+/* y = (x - m) - log_s */                                                               \
+ATTR static void row_shift_##SFX##_##ISA(const T *x, ptrdiff_t n, T m, T log_s, T *y) { \
+    FASTCE_SIMD                                                                         \
+    for (ptrdiff_t c = 0; c < n; c++) y[c] = (x[c] - m) - log_s;                        \
+}                                                                                       \
+                                                                                        \
+ATTR static void tile_max_##SFX##_##ISA(const T *x, ptrdiff_t n, T *m) {                \
+    FASTCE_SIMD                                                                         \
+    for (ptrdiff_t k = 0; k < n; k++) m[k] = x[k] > m[k] ? x[k] : m[k];                 \
+}                                                                                       \
+                                                                                        \
+ATTR static void tile_sumexp_##SFX##_##ISA(const T *x, ptrdiff_t n, const T *m, T *s) { \
+    FASTCE_SIMD                                                                         \
+    for (ptrdiff_t k = 0; k < n; k++) s[k] += fastce_exp_neg_##SFX(x[k] - m[k]);        \
+}                                                                                       \
+                                                                                        \
+/* y[k] = scale[k] * exp(x[k] - m[k]) - w * offset[k] */                                \
+ATTR static void tile_scaled_exp_##SFX##_##ISA(const T *x, ptrdiff_t n, const T *m,     \
+                                               const T *scale, T w, const T *offset,    \
+                                               T *y) {                                  \
+    FASTCE_SIMD                                                                         \
+    for (ptrdiff_t k = 0; k < n; k++)                                                   \
+        y[k] = scale[k] * fastce_exp_neg_##SFX(x[k] - m[k]) - w * offset[k];            \
+}                                                                                       \
+                                                                                        \
+/* y[k] = (x[k] - m[k]) - log_s[k] */                                                   \
+ATTR static void tile_shift_##SFX##_##ISA(const T *x, ptrdiff_t n, const T *m,          \
+                                          const T *log_s, T *y) {                       \
+    FASTCE_SIMD                                                                         \
+    for (ptrdiff_t k = 0; k < n; k++) y[k] = (x[k] - m[k]) - log_s[k];                  \
+}
+
+#define FASTCE_NOATTR
+FASTCE_DEFINE_OPS(float, f32, base, FASTCE_NOATTR)
+FASTCE_DEFINE_OPS(double, f64, base, FASTCE_NOATTR)
+
+/* ---- AVX2 + FMA: explicit vectors ------------------------------------------
+ * The compiler does not vectorise the exponential's selects and bit casts
+ * inside a reduction on its own, so this path spells the vectors out.  It
+ * computes the same polynomial as the scalar exp_neg functions. */
+#ifdef FASTCE_X86_DISPATCH
+#include <immintrin.h>
+#define FASTCE_AVX2 __attribute__((target("avx2,fma")))
+
+FASTCE_AVX2 static inline __m256 fastce_exp_neg_ps(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    const __m256 shifter = _mm256_set1_ps(12582912.0f);
+    __m256 xc = _mm256_max_ps(lo, x); /* lo first: a NaN x stays NaN */
+    __m256 t = _mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), shifter);
+    __m256 n = _mm256_sub_ps(t, shifter);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127 - 0x4B400000));
+    __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(bits, 23)));
+    return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), e);
+}
+
+FASTCE_AVX2 static inline __m256d fastce_exp_neg_pd(__m256d x) {
+    const __m256d lo = _mm256_set1_pd(-708.0);
+    const __m256d shifter = _mm256_set1_pd(6755399441055744.0);
+    __m256d xc = _mm256_max_pd(lo, x);
+    __m256d t = _mm256_fmadd_pd(xc, _mm256_set1_pd(1.4426950408889634074), shifter);
+    __m256d n = _mm256_sub_pd(t, shifter);
+    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), xc);
+    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
+    __m256d p = _mm256_set1_pd(1.0 / 6227020800.0);
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 479001600.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 39916800.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 3628800.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 362880.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 40320.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 5040.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 720.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 120.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 24.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 6.0));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.5));
+    p = _mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r);
+    p = _mm256_add_pd(p, _mm256_set1_pd(1.0));
+    __m256i bits = _mm256_add_epi64(_mm256_castpd_si256(t),
+                                    _mm256_set1_epi64x(1023 - 0x4338000000000000LL));
+    __m256d e = _mm256_mul_pd(p, _mm256_castsi256_pd(_mm256_slli_epi64(bits, 52)));
+    return _mm256_andnot_pd(_mm256_cmp_pd(x, lo, _CMP_LT_OQ), e);
+}
+
+FASTCE_AVX2 static inline float fastce_hmax_ps(__m256 v) {
+    __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_max_ss(a, _mm_shuffle_ps(a, a, 1));
+    return _mm_cvtss_f32(a);
+}
+
+FASTCE_AVX2 static inline double fastce_hmax_pd(__m256d v) {
+    __m128d a = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    a = _mm_max_sd(a, _mm_unpackhi_pd(a, a));
+    return _mm_cvtsd_f64(a);
+}
+
+FASTCE_AVX2 static inline double fastce_hsum_pd(__m256d v) {
+    __m128d a = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    a = _mm_add_sd(a, _mm_unpackhi_pd(a, a));
+    return _mm_cvtsd_f64(a);
+}
+
+FASTCE_AVX2 static inline double fastce_hsum_ps(__m256 v) {
+    __m256d wide = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                                 _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    return fastce_hsum_pd(wide);
+}
+
+/* One body for both element types: V is the vector type, L its lane count,
+ * and the V* names below its operations. */
+#define FASTCE_DEFINE_AVX2(T, SFX, V, L, VLOAD, VSTORE, VSET1, VADD, VSUB, VMUL, VFMA, VMAX,   \
+                           VEXP, VHMAX, VHSUM)                                                  \
+                                                                                                \
+FASTCE_AVX2 static T row_max_##SFX##_avx2(const T *x, ptrdiff_t n) {                            \
+    V acc = VSET1(-INFINITY);                                                                   \
+    ptrdiff_t c = 0;                                                                            \
+    for (; c + L <= n; c += L) acc = VMAX(VLOAD(x + c), acc);                                   \
+    T m = VHMAX(acc);                                                                           \
+    for (; c < n; c++) m = x[c] > m ? x[c] : m;                                                 \
+    return m;                                                                                   \
+}                                                                                               \
+                                                                                                \
+FASTCE_AVX2 static double row_max_sumexp_##SFX##_avx2(const T *x, ptrdiff_t n, T *max_out) {    \
+    T m = -INFINITY;                                                                            \
+    double s = 0.0;                                                                             \
+    int saw_nan = 0;                                                                            \
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                               \
+        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;                    \
+        const T *xs = x + start;                                                                \
+        T cm = row_max_##SFX##_avx2(xs, len);                                                   \
+        if (cm == -INFINITY) {                                                                  \
+            for (ptrdiff_t c = 0; c < len; c++)                                                 \
+                if (xs[c] != xs[c]) saw_nan = 1;                                                \
+            continue;                                                                           \
+        }                                                                                       \
+        if (cm > m) {                                                                           \
+            if (s != 0.0) s *= exp((double)m - (double)cm);                                     \
+            m = cm;                                                                             \
+        }                                                                                       \
+        V vm = VSET1(m), acc0 = VSET1(0), acc1 = VSET1(0);                                      \
+        ptrdiff_t c = 0;                                                                        \
+        for (; c + 2 * L <= len; c += 2 * L) {                                                  \
+            acc0 = VADD(acc0, VEXP(VSUB(VLOAD(xs + c), vm)));                                   \
+            acc1 = VADD(acc1, VEXP(VSUB(VLOAD(xs + c + L), vm)));                               \
+        }                                                                                       \
+        for (; c + L <= len; c += L) acc0 = VADD(acc0, VEXP(VSUB(VLOAD(xs + c), vm)));          \
+        double part = VHSUM(VADD(acc0, acc1));                                                  \
+        for (; c < len; c++) part += fastce_exp_neg_##SFX(xs[c] - m);                           \
+        s += part;                                                                              \
+    }                                                                                           \
+    if (m == -INFINITY || saw_nan) s = NAN;                                                     \
+    *max_out = m;                                                                               \
+    return s;                                                                                   \
+}                                                                                               \
+                                                                                                \
+FASTCE_AVX2 static double row_sum_shifted_##SFX##_avx2(const T *x, ptrdiff_t n, T m) {          \
+    double total = 0.0;                                                                         \
+    V vm = VSET1(m);                                                                            \
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                               \
+        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;                    \
+        const T *xs = x + start;                                                                \
+        V acc = VSET1(0);                                                                       \
+        ptrdiff_t c = 0;                                                                        \
+        for (; c + L <= len; c += L) acc = VADD(acc, VSUB(VLOAD(xs + c), vm));                  \
+        double part = VHSUM(acc);                                                               \
+        for (; c < len; c++) part += xs[c] - m;                                                 \
+        total += part;                                                                          \
+    }                                                                                           \
+    return total;                                                                               \
+}                                                                                               \
+                                                                                                \
+FASTCE_AVX2 static void row_scaled_exp_##SFX##_avx2(const T *x, ptrdiff_t n, T m, T scale,      \
+                                                    T offset, T *y) {                           \
+    V vm = VSET1(m), vs = VSET1(scale), vo = VSET1(offset);                                     \
+    ptrdiff_t c = 0;                                                                            \
+    for (; c + L <= n; c += L)                                                                  \
+        VSTORE(y + c, VSUB(VMUL(vs, VEXP(VSUB(VLOAD(x + c), vm))), vo));                        \
+    for (; c < n; c++) y[c] = scale * fastce_exp_neg_##SFX(x[c] - m) - offset;                  \
+}                                                                                               \
+                                                                                                \
+FASTCE_AVX2 static void row_shift_##SFX##_avx2(const T *x, ptrdiff_t n, T m, T log_s, T *y) {   \
+    V vm = VSET1(m), vl = VSET1(log_s);                                                         \
+    ptrdiff_t c = 0;                                                                            \
+    for (; c + L <= n; c += L) VSTORE(y + c, VSUB(VSUB(VLOAD(x + c), vm), vl));                 \
+    for (; c < n; c++) y[c] = (x[c] - m) - log_s;                                               \
+}                                                                                               \
+                                                                                                \
+FASTCE_AVX2 static void tile_max_##SFX##_avx2(const T *x, ptrdiff_t n, T *m) {                  \
+    ptrdiff_t k = 0;                                                                            \
+    for (; k + L <= n; k += L) VSTORE(m + k, VMAX(VLOAD(x + k), VLOAD(m + k)));                 \
+    for (; k < n; k++) m[k] = x[k] > m[k] ? x[k] : m[k];                                        \
+}                                                                                               \
+                                                                                                \
+FASTCE_AVX2 static void tile_sumexp_##SFX##_avx2(const T *x, ptrdiff_t n, const T *m, T *s) {   \
+    ptrdiff_t k = 0;                                                                            \
+    for (; k + L <= n; k += L)                                                                  \
+        VSTORE(s + k, VADD(VLOAD(s + k), VEXP(VSUB(VLOAD(x + k), VLOAD(m + k)))));              \
+    for (; k < n; k++) s[k] += fastce_exp_neg_##SFX(x[k] - m[k]);                               \
+}                                                                                               \
+                                                                                                \
+FASTCE_AVX2 static void tile_scaled_exp_##SFX##_avx2(const T *x, ptrdiff_t n, const T *m,       \
+                                                     const T *scale, T w, const T *offset,      \
+                                                     T *y) {                                    \
+    V vw = VSET1(w);                                                                            \
+    ptrdiff_t k = 0;                                                                            \
+    for (; k + L <= n; k += L) {                                                                \
+        V e = VEXP(VSUB(VLOAD(x + k), VLOAD(m + k)));                                           \
+        VSTORE(y + k, VSUB(VMUL(VLOAD(scale + k), e), VMUL(vw, VLOAD(offset + k))));            \
+    }                                                                                           \
+    for (; k < n; k++)                                                                          \
+        y[k] = scale[k] * fastce_exp_neg_##SFX(x[k] - m[k]) - w * offset[k];                    \
+}                                                                                               \
+                                                                                                \
+FASTCE_AVX2 static void tile_shift_##SFX##_avx2(const T *x, ptrdiff_t n, const T *m,            \
+                                                const T *log_s, T *y) {                         \
+    ptrdiff_t k = 0;                                                                            \
+    for (; k + L <= n; k += L)                                                                  \
+        VSTORE(y + k, VSUB(VSUB(VLOAD(x + k), VLOAD(m + k)), VLOAD(log_s + k)));                \
+    for (; k < n; k++) y[k] = (x[k] - m[k]) - log_s[k];                                         \
+}
+
+FASTCE_DEFINE_AVX2(float, f32, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps,
+                   _mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps, _mm256_fmadd_ps, _mm256_max_ps,
+                   fastce_exp_neg_ps, fastce_hmax_ps, fastce_hsum_ps)
+FASTCE_DEFINE_AVX2(double, f64, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd,
+                   _mm256_add_pd, _mm256_sub_pd, _mm256_mul_pd, _mm256_fmadd_pd, _mm256_max_pd,
+                   fastce_exp_neg_pd, fastce_hmax_pd, fastce_hsum_pd)
+#endif
+
+/* ---- dispatch --------------------------------------------------------------- */
+
+#define FASTCE_OPS_FIELDS(T, SFX)                                                       \
+    T (*row_max_##SFX)(const T *, ptrdiff_t);                                           \
+    double (*row_max_sumexp_##SFX)(const T *, ptrdiff_t, T *);                          \
+    double (*row_sum_shifted_##SFX)(const T *, ptrdiff_t, T);                           \
+    void (*row_scaled_exp_##SFX)(const T *, ptrdiff_t, T, T, T, T *);                   \
+    void (*row_shift_##SFX)(const T *, ptrdiff_t, T, T, T *);                           \
+    void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                  \
+    void (*tile_sumexp_##SFX)(const T *, ptrdiff_t, const T *, T *);                    \
+    void (*tile_scaled_exp_##SFX)(const T *, ptrdiff_t, const T *, const T *, T,        \
+                                  const T *, T *);                                      \
+    void (*tile_shift_##SFX)(const T *, ptrdiff_t, const T *, const T *, T *);
+
+typedef struct {
+    FASTCE_OPS_FIELDS(float, f32)
+    FASTCE_OPS_FIELDS(double, f64)
+    const char *isa;
+} fastce_ops_t;
+
+#define FASTCE_FILL_OPS(ops, SFX, ISA)                                                  \
+    ops.row_max_##SFX = row_max_##SFX##_##ISA;                                          \
+    ops.row_max_sumexp_##SFX = row_max_sumexp_##SFX##_##ISA;                            \
+    ops.row_sum_shifted_##SFX = row_sum_shifted_##SFX##_##ISA;                          \
+    ops.row_scaled_exp_##SFX = row_scaled_exp_##SFX##_##ISA;                            \
+    ops.row_shift_##SFX = row_shift_##SFX##_##ISA;                                      \
+    ops.tile_max_##SFX = tile_max_##SFX##_##ISA;                                        \
+    ops.tile_sumexp_##SFX = tile_sumexp_##SFX##_##ISA;                                  \
+    ops.tile_scaled_exp_##SFX = tile_scaled_exp_##SFX##_##ISA;                          \
+    ops.tile_shift_##SFX = tile_shift_##SFX##_##ISA;
+
+static fastce_ops_t fastce_ops;
+
+/* force: "" for the best the CPU has, "baseline" to ignore AVX2 */
+static const char *fastce_simd_init(const char *force) {
+    FASTCE_FILL_OPS(fastce_ops, f32, base)
+    FASTCE_FILL_OPS(fastce_ops, f64, base)
+    fastce_ops.isa = "baseline";
+#ifdef FASTCE_X86_DISPATCH
+    __builtin_cpu_init();
+    if (strcmp(force, "baseline") != 0 && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma")) {
+        FASTCE_FILL_OPS(fastce_ops, f32, avx2)
+        FASTCE_FILL_OPS(fastce_ops, f64, avx2)
+        fastce_ops.isa = "avx2+fma";
+    }
+#endif
+    return fastce_ops.isa;
+}
+
+#endif /* FASTCE_SIMD_H */
