@@ -80,3 +80,73 @@ def test_block_partials_do_not_depend_on_the_thread_count():
         one = fastce.cross_entropy(x, t, reduction="sum")
     two = fastce.cross_entropy(x, t, reduction="sum")
     assert one.tobytes() == two.tobytes()
+
+
+FORK_SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing as mp
+    import numpy as np
+    import fastce
+    from fastce import _kernels
+
+    def child(queue):
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((4096, 1000)).astype(np.float32)
+        t = rng.integers(0, 1000, 4096)
+        queue.put((float(fastce.cross_entropy(x, t)), _kernels.forked_child_serial()))
+
+    if __name__ == "__main__":
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((4096, 1000)).astype(np.float32)
+        t = rng.integers(0, 1000, 4096)
+        expected = float(fastce.cross_entropy(x, t))   # runs a thread team
+        for method in ("fork", "spawn", "forkserver"):
+            ctx = mp.get_context(method)
+            queue = ctx.Queue()
+            proc = ctx.Process(target=child, args=(queue,))
+            proc.start()
+            got, serial = queue.get(timeout=120)
+            proc.join(timeout=120)
+            assert proc.exitcode == 0, (method, proc.exitcode)
+            assert got == expected, (method, got, expected)
+            assert serial == (method == "fork"), (method, serial)
+            print(method, "ok")
+    """
+)
+
+
+def test_children_compute_correctly_after_the_parent_ran_threads(tmp_path):
+    script = tmp_path / "fork_check.py"
+    script.write_text(FORK_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == ["fork", "ok", "spawn", "ok", "forkserver", "ok"]
+
+
+def test_num_threads_argument_gives_identical_results():
+    import fastce
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3000, 300))
+    t = rng.integers(0, 300, 3000)
+    one = fastce.cross_entropy_with_grad(x, t, num_threads=1)
+    two = fastce.cross_entropy_with_grad(x, t, num_threads=2)
+    assert one[0].tobytes() == two[0].tobytes()
+    assert one[1].tobytes() == two[1].tobytes()
+    np.testing.assert_array_equal(fastce.log_softmax(x, num_threads=1),
+                                  fastce.log_softmax(x, num_threads=2))
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                        (True, TypeError), ("2", TypeError)])
+def test_num_threads_is_checked(bad, error):
+    import fastce
+
+    with pytest.raises(error, match="num_threads must be"):
+        fastce.cross_entropy(np.zeros((2, 3)), np.zeros(2, dtype=int), num_threads=bad)
+    with pytest.raises(error, match="num_threads must be"):
+        fastce.softmax(np.zeros((2, 3)), num_threads=bad)
+    with pytest.raises(error, match="num_threads must be"):
+        fastce.set_num_threads(bad)

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 from . import _kernels
+from ._validate import check_num_threads
 
 
 def config() -> dict:
@@ -61,14 +62,7 @@ def set_num_threads(n: int | None) -> None:
     1
     >>> fastce.set_num_threads(None)
     """
-    if n is None:
-        _kernels.set_thread_limit(0)
-        return
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"the thread count must be a positive integer or None; got {n!r}")
-    if n < 1:
-        raise ValueError(f"the thread count must be at least 1; got {n}")
-    _kernels.set_thread_limit(int(min(n, 1 << 16)))
+    _kernels.set_thread_limit(check_num_threads(n))
 
 
 def get_num_threads() -> int:

@@ -17,6 +17,7 @@ def compile_args() -> str: ...
 def set_thread_limit(n: int) -> None: ...
 def simd_init(force: str = ...) -> str: ...
 def simd_isa() -> str: ...
+def forked_child_serial() -> bool: ...
 def cross_entropy_index(
     x: NDArray[_Float],
     target: NDArray[_Index],
@@ -29,6 +30,7 @@ def cross_entropy_index(
     grad_output: NDArray[np.float64] | None,
     denominator: float,
     grad: NDArray[_Float] | None,
+    num_threads: int = ...,
 ) -> float: ...
 def cross_entropy_probs(
     x: NDArray[_Float],
@@ -39,12 +41,14 @@ def cross_entropy_probs(
     grad_output: NDArray[np.float64] | None,
     denominator: float,
     grad: NDArray[_Float] | None,
+    num_threads: int = ...,
 ) -> float: ...
 def softmax_family(
     x: NDArray[_Float],
     op: int,
     reduced_out: NDArray[_Float] | None,
     out: NDArray[_Float] | None,
+    num_threads: int = ...,
 ) -> None: ...
 def nll_loss_kernel(
     log_probs: NDArray[_Float],
@@ -53,6 +57,7 @@ def nll_loss_kernel(
     ignore_index: int,
     has_ignore: bool,
     loss_out: NDArray[_Float] | None,
+    num_threads: int = ...,
 ) -> float: ...
 def check_targets(
     target: NDArray[_Index],

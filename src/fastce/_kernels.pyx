@@ -33,6 +33,22 @@ cdef extern from *:
     #endif
     /* 0: follow OpenMP's own maximum (OMP_NUM_THREADS, threadpoolctl) */
     static int fastce_thread_limit = 0;
+    /* GNU OpenMP's thread team does not survive fork(): a child of a process
+     * that has run a team would hang in its next parallel region, so such a
+     * child runs every kernel on its own thread. */
+    static int fastce_team_started = 0;
+    static int fastce_forked_child = 0;
+    #if defined(_OPENMP) && !defined(_WIN32)
+    #include <pthread.h>
+    static void fastce_after_fork_in_child(void) {
+        if (fastce_team_started) fastce_forked_child = 1;
+    }
+    static void fastce_register_fork_handler(void) {
+        pthread_atfork(NULL, NULL, fastce_after_fork_in_child);
+    }
+    #else
+    static void fastce_register_fork_handler(void) {}
+    #endif
     #ifdef _OPENMP
     #include <omp.h>
     #define FASTCE_OPENMP 1
@@ -47,6 +63,9 @@ cdef extern from *:
     const char* FASTCE_COMPILE_ARGS
     int FASTCE_OPENMP
     int fastce_thread_limit
+    int fastce_team_started
+    int fastce_forked_child
+    void fastce_register_fork_handler() noexcept
     int fastce_max_threads() noexcept nogil
 
 ctypedef fused floating:
@@ -85,6 +104,15 @@ def openmp_enabled():
 def max_threads():
     """The number of threads a parallel kernel would use now."""
     return fastce_max_threads()
+
+
+fastce_register_fork_handler()
+
+
+def forked_child_serial():
+    """Whether this process is a fork of one that ran a thread team, and so
+    runs every kernel serially."""
+    return bool(fastce_forked_child)
 
 
 def set_thread_limit(int n):
@@ -326,6 +354,7 @@ cdef struct Layout:
     Py_ssize_t to, ti
     Py_ssize_t lo, li
     Py_ssize_t go, gi
+    int threads             # requested thread count, 0 for the default
 
 
 cdef inline Py_ssize_t elem_stride(Py_ssize_t byte_stride, Py_ssize_t itemsize) noexcept nogil:
@@ -340,12 +369,16 @@ cdef inline bint use_tile_kernel(Layout* L) noexcept nogil:
     return L.inner > 1 and ai < ac
 
 
-cdef inline int thread_count(Py_ssize_t work_items, Py_ssize_t n_elements) noexcept nogil:
-    cdef int n = fastce_max_threads()
-    if n_elements < SERIAL_BELOW or work_items < 2:
+cdef inline int thread_count(Py_ssize_t work_items, Py_ssize_t n_elements,
+                             int requested) noexcept nogil:
+    global fastce_team_started
+    cdef int n = requested if requested > 0 else fastce_max_threads()
+    if n_elements < SERIAL_BELOW or work_items < 2 or fastce_forked_child:
         return 1
     if n > work_items:
         n = <int>work_items
+    if n > 1:
+        fastce_team_started = 1
     return n if n > 0 else 1
 
 
@@ -627,7 +660,7 @@ cdef void ce_run(const floating* x, const index_t* t, const floating* p,
                  floating* loss_out, const double* gout, floating* grad,
                  double* partials, Py_ssize_t n_units, bint tiled) noexcept nogil:
     cdef Py_ssize_t u
-    cdef int nthreads = thread_count(n_units, L.outer * L.C * L.inner)
+    cdef int nthreads = thread_count(n_units, L.outer * L.C * L.inner, L.threads)
     if nthreads == 1:
         for u in range(n_units):
             partials[u] = ce_block(x, t, p, L, opt, loss_out, gout, grad, u, tiled)
@@ -681,6 +714,7 @@ cdef void layout_from(Layout* L, Py_ssize_t[3] shape, Py_ssize_t[3] xstrides) no
     L.xi = xstrides[2]
     L.to = L.ti = L.po = L.pc = L.pi = L.lo = L.li = L.go = L.gi = 0
     L.yo = L.yc = L.yi = 0
+    L.threads = 0
 
 
 def cross_entropy_index(const floating[:, :, :] x,
@@ -693,7 +727,8 @@ def cross_entropy_index(const floating[:, :, :] x,
                         floating[:, :] loss_out,
                         const double[:, :] grad_output,
                         double denominator,
-                        floating[:, :, :] grad):
+                        floating[:, :, :] grad,
+                        int num_threads=0):
     """Cross-entropy with class-index targets over an ``(outer, C, inner)``
     view; returns the float64 sum of the per-sample losses.
 
@@ -711,6 +746,7 @@ def cross_entropy_index(const floating[:, :, :] x,
     cdef const double* gp = NULL
     layout_from(&L, [x.shape[0], x.shape[1], x.shape[2]],
                 [x.strides[0] // isz, x.strides[1] // isz, x.strides[2] // isz])
+    L.threads = num_threads
     L.to = target.strides[0] // sizeof(index_t)
     L.ti = target.strides[1] // sizeof(index_t)
     if loss_out is not None:
@@ -737,7 +773,8 @@ def cross_entropy_probs(const floating[:, :, :] x,
                         floating[:, :] loss_out,
                         const double[:, :] grad_output,
                         double denominator,
-                        floating[:, :, :] grad):
+                        floating[:, :, :] grad,
+                        int num_threads=0):
     """Cross-entropy with probability targets ``probs`` (the shape of ``x``);
     otherwise as :func:`cross_entropy_index`."""
     cdef Layout L
@@ -747,6 +784,7 @@ def cross_entropy_probs(const floating[:, :, :] x,
     cdef const double* gp = NULL
     layout_from(&L, [x.shape[0], x.shape[1], x.shape[2]],
                 [x.strides[0] // isz, x.strides[1] // isz, x.strides[2] // isz])
+    L.threads = num_threads
     L.po = probs.strides[0] // isz
     L.pc = probs.strides[1] // isz
     L.pi = probs.strides[2] // isz
@@ -855,7 +893,7 @@ cdef void softmax_block(const floating* x, Layout* L, int op, floating* y,
 
 
 def softmax_family(const floating[:, :, :] x, int op, floating[:, :] reduced_out,
-                   floating[:, :, :] out):
+                   floating[:, :, :] out, int num_threads=0):
     """``op`` (LOG_SOFTMAX, SOFTMAX or LOGSUMEXP) over the class axis of an
     ``(outer, C, inner)`` view.  log_softmax and softmax write ``out`` (the
     shape of ``x``; it may be ``x`` itself); logsumexp writes ``reduced_out``
@@ -869,6 +907,7 @@ def softmax_family(const floating[:, :, :] x, int op, floating[:, :] reduced_out
     cdef int nthreads
     layout_from(&L, [x.shape[0], x.shape[1], x.shape[2]],
                 [x.strides[0] // isz, x.strides[1] // isz, x.strides[2] // isz])
+    L.threads = num_threads
     if op == OP_LOGSUMEXP:
         y = &reduced_out[0, 0]
         L.lo = reduced_out.strides[0] // isz
@@ -880,7 +919,7 @@ def softmax_family(const floating[:, :, :] x, int op, floating[:, :] reduced_out
         L.yi = out.strides[2] // isz
     tiled = use_tile_kernel(&L)
     n_units = unit_count(&L, tiled)
-    nthreads = thread_count(n_units, L.outer * L.C * L.inner)
+    nthreads = thread_count(n_units, L.outer * L.C * L.inner, L.threads)
     with nogil:
         if nthreads == 1:
             for u in range(n_units):
@@ -924,7 +963,8 @@ def nll_loss_kernel(const floating[:, :, :] log_probs,
                     const double[::1] weight,
                     int64_t ignore_index,
                     bint has_ignore,
-                    floating[:, :] loss_out):
+                    floating[:, :] loss_out,
+                    int num_threads=0):
     """The negative log-likelihood gathered at validated class indices;
     returns the float64 sum over samples and fills ``loss_out`` when given."""
     cdef Layout L
@@ -937,6 +977,7 @@ def nll_loss_kernel(const floating[:, :, :] log_probs,
     layout_from(&L, [log_probs.shape[0], log_probs.shape[1], log_probs.shape[2]],
                 [log_probs.strides[0] // isz, log_probs.strides[1] // isz,
                  log_probs.strides[2] // isz])
+    L.threads = num_threads
     L.to = target.strides[0] // sizeof(index_t)
     L.ti = target.strides[1] // sizeof(index_t)
     if loss_out is not None:
@@ -948,7 +989,7 @@ def nll_loss_kernel(const floating[:, :, :] log_probs,
     opt.has_ignore = has_ignore
     n_units = (n + 16383) // 16384
     cdef double[::1] partials = np.empty(n_units, dtype=np.float64)
-    nthreads = thread_count(n_units, n * 8)
+    nthreads = thread_count(n_units, n * 8, L.threads)
     with nogil:
         if nthreads == 1:
             for u in range(n_units):

@@ -69,6 +69,17 @@ def normalize_axis(axis, ndim: int, name: str) -> int:
     return axis % ndim
 
 
+def check_num_threads(num_threads) -> int:
+    """The kernels' thread request: 0 for the process-wide default."""
+    if num_threads is None:
+        return 0
+    if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, (int, np.integer)):
+        raise TypeError(f"num_threads must be a positive integer or None; got {num_threads!r}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be at least 1; got {num_threads}")
+    return int(min(num_threads, 1 << 16))
+
+
 def check_reduction(reduction) -> str:
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of 'none', 'mean' or 'sum'; got {reduction!r}")

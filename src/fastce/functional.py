@@ -10,6 +10,7 @@ from ._validate import (
     check_grad_output,
     check_ignore_index,
     check_label_smoothing,
+    check_num_threads,
     check_out,
     check_reduction,
     check_target,
@@ -77,8 +78,9 @@ def _gradient_buffer(out, logits_shape, x: np.ndarray, x3: np.ndarray):
 
 
 def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
-                   want_grad, grad_output, out):
+                   want_grad, grad_output, out, num_threads):
     """Shared body of the three cross-entropy functions: returns (loss, grad)."""
+    threads = check_num_threads(num_threads)
     x = native_float_array(logits, "logits")
     logits_shape = x.shape
     axis = class_axis(axis, x.ndim)
@@ -143,11 +145,11 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         if plan.is_index:
             total = _kernels.cross_entropy_index(
                 x3, t2, w, float(w.sum()) if w.size else float(n_classes), smoothing,
-                ignore_value, has_ignore, loss2, go2, denominator, grad3,
+                ignore_value, has_ignore, loss2, go2, denominator, grad3, threads,
             )
         else:
             total = _kernels.cross_entropy_probs(
-                x3, p3, w, smoothing, loss2, go2, denominator, grad3
+                x3, p3, w, smoothing, loss2, go2, denominator, grad3, threads
             )
     elif want_grad and grad3 is not None:
         grad3.fill(0)
@@ -160,7 +162,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
 
 
 def cross_entropy(logits, target, weight=None, *, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, axis=None):
+                  label_smoothing=0.0, axis=None, num_threads=None):
     """Softmax cross-entropy between logits and a target, as PyTorch computes it.
 
     Parameters
@@ -186,6 +188,9 @@ def cross_entropy(logits, target, weight=None, *, ignore_index=-100, reduction="
     axis : int, optional
         The class axis.  ``None`` means axis 1 for input of two or more
         dimensions and axis 0 for unbatched ``(C,)`` logits.
+    num_threads : int, optional
+        The most threads this call may use; by default the process-wide
+        count (:func:`get_num_threads`).
 
     Returns
     -------
@@ -213,12 +218,13 @@ def cross_entropy(logits, target, weight=None, *, ignore_index=-100, reduction="
     array([0.2413113 , 0.09492295], dtype=float32)
     """
     loss, _ = _cross_entropy(logits, target, weight, ignore_index, reduction,
-                             label_smoothing, axis, False, None, None)
+                             label_smoothing, axis, False, None, None, num_threads)
     return loss
 
 
 def cross_entropy_grad(logits, target, weight=None, *, grad_output=1.0, ignore_index=-100,
-                       reduction="mean", label_smoothing=0.0, axis=None, out=None):
+                       reduction="mean", label_smoothing=0.0, axis=None, out=None,
+                       num_threads=None):
     """Gradient of :func:`cross_entropy` with respect to the logits.
 
     Takes :func:`cross_entropy`'s arguments, and:
@@ -246,13 +252,13 @@ def cross_entropy_grad(logits, target, weight=None, *, grad_output=1.0, ignore_i
     array([ 0.242433, -0.340999,  0.098566])
     """
     _, grad = _cross_entropy(logits, target, weight, ignore_index, reduction,
-                             label_smoothing, axis, True, grad_output, out)
+                             label_smoothing, axis, True, grad_output, out, num_threads)
     return grad
 
 
 def cross_entropy_with_grad(logits, target, weight=None, *, grad_output=1.0,
                             ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                            axis=None, out=None):
+                            axis=None, out=None, num_threads=None):
     """The loss and its gradient from one pass over the logits.
 
     Arguments as :func:`cross_entropy_grad`; returns ``(loss, grad)``, equal
@@ -267,11 +273,11 @@ def cross_entropy_with_grad(logits, target, weight=None, *, grad_output=1.0,
     (0.41703, True)
     """
     return _cross_entropy(logits, target, weight, ignore_index, reduction,
-                          label_smoothing, axis, True, grad_output, out)
+                          label_smoothing, axis, True, grad_output, out, num_threads)
 
 
 def nll_loss(log_probs, target, weight=None, *, ignore_index=-100, reduction="mean",
-             axis=None):
+             axis=None, num_threads=None):
     """Negative log-likelihood of class-index targets, as ``torch.nn.functional.nll_loss``.
 
     Parameters
@@ -280,7 +286,7 @@ def nll_loss(log_probs, target, weight=None, *, ignore_index=-100, reduction="me
         Log-probabilities, for example from :func:`log_softmax`.
     target : array_like of int
         Class indices: the shape of ``log_probs`` without the class axis.
-    weight, ignore_index, reduction, axis
+    weight, ignore_index, reduction, axis, num_threads
         As in :func:`cross_entropy`.
 
     Returns
@@ -295,6 +301,7 @@ def nll_loss(log_probs, target, weight=None, *, ignore_index=-100, reduction="me
     >>> float(round(fastce.nll_loss(lp, np.array([1, 0])), 6))
     0.490415
     """
+    threads = check_num_threads(num_threads)
     x = native_float_array(log_probs, "log_probs")
     axis = class_axis(axis, x.ndim, "log_probs")
     reduction = check_reduction(reduction)
@@ -318,13 +325,15 @@ def nll_loss(log_probs, target, weight=None, *, ignore_index=-100, reduction="me
     total = 0.0
     if n_samples:
         loss2 = loss_arr.reshape(outer, inner) if loss_arr is not None else None
-        total = _kernels.nll_loss_kernel(x3, plan.index2, w, ignore_value, has_ignore, loss2)
+        total = _kernels.nll_loss_kernel(x3, plan.index2, w, ignore_value, has_ignore, loss2,
+                                         threads)
     if reduction == "none":
         return loss_arr
     return _reduce(total, weight_sum if reduction == "mean" else 1.0, reduction, x.dtype)
 
 
-def _softmax_family(x, axis, op, out, name):
+def _softmax_family(x, axis, op, out, num_threads):
+    threads = check_num_threads(num_threads)
     arr = native_float_array(x, "x")
     shape = arr.shape
     if arr.ndim == 0:
@@ -360,13 +369,13 @@ def _softmax_family(x, axis, op, out, name):
         x3 = flip3(x3)
         reduced2 = flip2(reduced2) if reduced2 is not None else None
         out3 = flip3(out3) if out3 is not None else None
-    _kernels.softmax_family(x3, op, reduced2, out3)
+    _kernels.softmax_family(x3, op, reduced2, out3, threads)
     if out3 is not None and not np.may_share_memory(out3, result):
         result[...] = out3.reshape(shape)
     return result[()] if result.ndim == 0 else result
 
 
-def log_softmax(x, axis=-1, out=None):
+def log_softmax(x, axis=-1, out=None, *, num_threads=None):
     """Logarithm of the softmax along ``axis``, computed stably.
 
     Parameters
@@ -375,6 +384,8 @@ def log_softmax(x, axis=-1, out=None):
     axis : int, default -1
     out : ndarray, optional
         Of ``x``'s shape and the result dtype; may be ``x`` itself.
+    num_threads : int, optional
+        The most threads this call may use.
 
     Returns
     -------
@@ -388,10 +399,10 @@ def log_softmax(x, axis=-1, out=None):
     >>> fastce.log_softmax(np.array([1.0, 2.0, 0.1])).round(6)
     array([-1.41703, -0.41703, -2.31703])
     """
-    return _softmax_family(x, axis, _kernels.LOG_SOFTMAX, out, "log_softmax")
+    return _softmax_family(x, axis, _kernels.LOG_SOFTMAX, out, num_threads)
 
 
-def softmax(x, axis=-1, out=None):
+def softmax(x, axis=-1, out=None, *, num_threads=None):
     """Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))``.
 
     Parameters and returns as :func:`log_softmax`.
@@ -402,10 +413,10 @@ def softmax(x, axis=-1, out=None):
     >>> fastce.softmax(np.array([1.0, 2.0, 0.1])).round(6)
     array([0.242433, 0.659001, 0.098566])
     """
-    return _softmax_family(x, axis, _kernels.SOFTMAX, out, "softmax")
+    return _softmax_family(x, axis, _kernels.SOFTMAX, out, num_threads)
 
 
-def logsumexp(x, axis=-1):
+def logsumexp(x, axis=-1, *, num_threads=None):
     """``log(sum(exp(x)))`` along ``axis``, computed stably.
 
     An infinite maximum is returned as it is, as ``torch.logsumexp`` does;
@@ -417,7 +428,7 @@ def logsumexp(x, axis=-1):
     >>> float(round(fastce.logsumexp(np.array([1.0, 2.0, 0.1])), 6))
     2.41703
     """
-    return _softmax_family(x, axis, _kernels.LOGSUMEXP, None, "logsumexp")
+    return _softmax_family(x, axis, _kernels.LOGSUMEXP, None, num_threads)
 
 
 def _check_binary(x, target, name):
