@@ -26,7 +26,9 @@ Conventions shared with the fast implementation:
   zero (an ignored sample) has a zero loss and a zero gradient, even when its
   logits are NaN.
 * ``"mean"`` over zero samples, or with every sample ignored, is NaN and its
-  gradient is all zeros; ``"sum"`` over zero samples is 0.
+  gradient is all zeros; ``"sum"`` over zero samples is 0.  A ``"mean"`` whose
+  denominator is 0 only because the targets' weights are 0 is NaN too, and so is
+  the gradient of every sample with a nonzero coefficient (label smoothing).
 
 Example
 -------
@@ -152,7 +154,9 @@ def _scale(loss, denominator, reduction, grad_output):
     if reduction == "sum":
         return np.full(loss.shape, float(go))
     if denominator == 0:
-        return np.zeros(loss.shape)
+        # "mean" of nothing: NaN, which a sample with all-zero coefficients
+        # (an ignored one) then turns into a zero gradient
+        return np.full(loss.shape, np.nan)
     return np.full(loss.shape, float(go) / denominator)
 
 
