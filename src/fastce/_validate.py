@@ -6,6 +6,7 @@ only after every check of this module has passed.
 
 from __future__ import annotations
 
+import math
 import operator
 import warnings
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 REDUCTIONS = ("none", "mean", "sum")
+NO_WEIGHT = np.empty(0, dtype=np.float64)
+NO_WEIGHT.setflags(write=False)
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 
@@ -118,7 +121,7 @@ def check_ignore_index(ignore_index) -> tuple[int, bool]:
 def check_weight(weight, n_classes: int, name: str = "weight") -> np.ndarray:
     """Class weights as a contiguous float64 ``(C,)`` array (empty for None)."""
     if weight is None:
-        return np.empty(0, dtype=np.float64)
+        return NO_WEIGHT
     w = np.asarray(weight)
     if w.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
@@ -133,9 +136,7 @@ def view3(arr: np.ndarray, axis: int) -> np.ndarray:
     """``arr`` as ``(outer, C, inner)`` around ``axis``; a view wherever the
     strides allow one."""
     shape = arr.shape
-    outer = int(np.prod(shape[:axis], dtype=np.int64))
-    inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
-    return arr.reshape(outer, shape[axis], inner)
+    return arr.reshape(math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :]))
 
 
 def writable_view(out: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -268,7 +269,7 @@ def raise_out_of_range(t: np.ndarray, flat: int, value: int, n_classes: int,
 
 
 def check_grad_output(grad_output, reduction: str, loss_shape: tuple[int, ...]) -> np.ndarray:
-    """``grad_output`` as float64 broadcast to the loss's shape."""
+    """``grad_output`` as a float64 scalar (0-d) or an array of the loss's shape."""
     g = np.asarray(grad_output)
     if g.dtype.kind not in "fiu" or g.dtype.itemsize > 8:
         raise TypeError(f"grad_output must be a real number or array; got dtype {g.dtype}")
@@ -282,7 +283,7 @@ def check_grad_output(grad_output, reduction: str, loss_shape: tuple[int, ...]) 
         raise ValueError(
             f"grad_output must be a scalar for reduction={reduction!r}; got shape {g.shape}"
         )
-    return np.broadcast_to(g.astype(np.float64, copy=False), loss_shape if reduction == "none" else ())
+    return g.astype(np.float64, copy=False)
 
 
 def warn_single_class(n_classes: int) -> None:
