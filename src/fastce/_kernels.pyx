@@ -21,7 +21,7 @@ threads.  The Python layer validates everything; these functions cannot fail.
 
 cimport cython
 from cython.parallel cimport prange
-from libc.math cimport exp, log, isinf, INFINITY
+from libc.math cimport exp, log, isinf, INFINITY, NAN
 from libc.stdint cimport int32_t, int64_t
 
 import numpy as np
@@ -79,6 +79,11 @@ ctypedef fused index_t:
 # Samples per tile in the tile kernel, and the stack arrays sized by it.
 cdef enum:
     TILE = 64
+
+# Rows of at most this many contiguous classes are computed in transposed
+# tiles (see use_small_c_tiles).
+cdef enum:
+    SMALL_C = 32
 
 # Below this many logits a call runs on the calling thread only: starting a
 # team costs more than it saves.
@@ -142,8 +147,8 @@ cdef extern from "_simd.h":
         void (*row_shift_f64)(const double*, Py_ssize_t, double, double, double*) noexcept nogil
         void (*tile_max_f32)(const float*, Py_ssize_t, float*) noexcept nogil
         void (*tile_max_f64)(const double*, Py_ssize_t, double*) noexcept nogil
-        void (*tile_sumexp_f32)(const float*, Py_ssize_t, const float*, float*) noexcept nogil
-        void (*tile_sumexp_f64)(const double*, Py_ssize_t, const double*, double*) noexcept nogil
+        void (*tile_sumexp_f32)(const float*, Py_ssize_t, const float*, float*, float*) noexcept nogil
+        void (*tile_sumexp_f64)(const double*, Py_ssize_t, const double*, double*, double*) noexcept nogil
         void (*tile_scaled_exp_f32)(const float*, Py_ssize_t, const float*, const float*, float,
                                     const float*, float*) noexcept nogil
         void (*tile_scaled_exp_f64)(const double*, Py_ssize_t, const double*, const double*, double,
@@ -264,16 +269,21 @@ cdef inline void tile_max(const floating* x, Py_ssize_t xi, Py_ssize_t n, floati
 
 
 cdef inline void tile_sumexp(const floating* x, Py_ssize_t xi, Py_ssize_t n, const floating* m,
-                             floating* s) noexcept nogil:
+                             floating* s, floating* ties) noexcept nogil:
+    """s[k] += exp(x[k] - m[k]) for the elements below their maximum; the
+    ones equal to it (exactly 1 each) are counted in ``ties``."""
     cdef Py_ssize_t k
     if xi == 1:
         if floating is float:
-            fastce_ops.tile_sumexp_f32(x, n, m, s)
+            fastce_ops.tile_sumexp_f32(x, n, m, s, ties)
         else:
-            fastce_ops.tile_sumexp_f64(x, n, m, s)
+            fastce_ops.tile_sumexp_f64(x, n, m, s, ties)
         return
     for k in range(n):
-        s[k] += exp_neg(x[k * xi] - m[k])
+        if x[k * xi] == m[k]:
+            ties[k] += 1
+        else:
+            s[k] += exp_neg(x[k * xi] - m[k])
 
 
 cdef inline void tile_scaled_exp(const floating* x, Py_ssize_t xi, Py_ssize_t n, const floating* m,
@@ -306,14 +316,18 @@ cdef inline void tile_shift(const floating* x, Py_ssize_t xi, Py_ssize_t n, cons
 
 cdef inline void tile_stats(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize_t C,
                             Py_ssize_t n, floating* m, double* s) noexcept nogil:
-    """Per-sample maximum and sum of exp(x - m) over the classes of a tile;
-    the sums run in the working precision for FASTCE_CHUNK classes at a time,
-    then join float64 totals."""
+    """Per-sample maximum and sum of exp(x - m) over the classes of a tile.
+    The terms below the maximum are summed in the working precision for
+    FASTCE_CHUNK classes at a time, then join float64 totals; the terms at the
+    maximum, exactly 1 each, are counted apart so that small terms are never
+    rounded against them."""
     cdef floating part[TILE]
+    cdef floating ties[TILE]
     cdef Py_ssize_t c, k, start, end
     for k in range(n):
         m[k] = -INFINITY
         s[k] = 0.0
+        ties[k] = 0
     for c in range(C):
         tile_max(x + c * xc, xi, n, m)
     start = 0
@@ -324,10 +338,14 @@ cdef inline void tile_stats(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_
         for k in range(n):
             part[k] = 0
         for c in range(start, end):
-            tile_sumexp(x + c * xc, xi, n, m, part)
+            tile_sumexp(x + c * xc, xi, n, m, part, ties)
         for k in range(n):
             s[k] += part[k]
         start = end
+    for k in range(n):
+        # an infinite maximum (a +inf logit, or a row of -inf) gives NaN, as
+        # exp(x - max) does
+        s[k] = <double>NAN if isinf(m[k]) else s[k] + ties[k]
 
 
 cdef inline void shift_for_logsumexp(floating* m) noexcept nogil:
@@ -603,6 +621,58 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
 # Cross-entropy drivers
 # --------------------------------------------------------------------------
 
+cdef inline bint use_small_c_tiles(Layout* L) noexcept nogil:
+    # Rows of a few contiguous classes are too short for the vector unit:
+    # TILE of them are transposed into a buffer and computed as one tile,
+    # with the samples in the vector lanes.
+    return L.C <= SMALL_C and L.inner == 1 and L.xc == 1
+
+
+cdef inline void gather_rows(const floating* x, Py_ssize_t row_stride, Py_ssize_t C,
+                             Py_ssize_t n, floating* buf) noexcept nogil:
+    """Rows ``x[k * row_stride : + C]`` for ``k < n`` into ``buf[c * TILE + k]``."""
+    cdef Py_ssize_t k, c
+    cdef const floating* row
+    for k in range(n):
+        row = x + k * row_stride
+        for c in range(C):
+            buf[c * TILE + k] = row[c]
+
+
+cdef inline void scatter_rows(const floating* buf, Py_ssize_t C, Py_ssize_t n,
+                              floating* y, Py_ssize_t row_stride, Py_ssize_t yc) noexcept nogil:
+    cdef Py_ssize_t k, c
+    cdef floating* row
+    for k in range(n):
+        row = y + k * row_stride
+        for c in range(C):
+            row[c * yc] = buf[c * TILE + k]
+
+
+cdef double ce_small_c_rows(const floating* x, const index_t* t, Layout* L,
+                            const CEOptions* opt, floating* loss_out, const double* gout,
+                            floating* grad, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    """Rows ``first <= j < last`` (``inner == 1``) through the tile kernel."""
+    cdef floating xbuf[TILE * SMALL_C]
+    cdef floating gbuf[TILE * SMALL_C]
+    cdef Py_ssize_t j = first, n
+    cdef double total = 0.0
+    while j < last:
+        n = last - j
+        if n > TILE:
+            n = TILE
+        gather_rows(x + j * L.xo, L.xo, L.C, n, xbuf)
+        total += ce_tile(
+            xbuf, TILE, 1, L.C, n, t + j * L.to, L.to, <const floating*>NULL, 0, 0, opt,
+            (loss_out + j * L.lo) if loss_out != NULL else NULL, L.lo,
+            (gout + j * L.go) if gout != NULL else NULL, L.go,
+            gbuf if grad != NULL else NULL, TILE, 1)
+        if grad != NULL:
+            scatter_rows(gbuf, L.C, n, grad + j * L.yo, L.yo, L.yc)
+        j += n
+    return total
+
+
 cdef double ce_block(const floating* x, const index_t* t, const floating* p,
                      Layout* L, const CEOptions* opt,
                      floating* loss_out, const double* gout, floating* grad,
@@ -636,6 +706,8 @@ cdef double ce_block(const floating* x, const index_t* t, const floating* p,
     last = first + per
     if last > L.outer * L.inner:
         last = L.outer * L.inner
+    if t != NULL and use_small_c_tiles(L):
+        return ce_small_c_rows(x, t, L, opt, loss_out, gout, grad, first, last)
     for j in range(first, last):
         o = j // L.inner
         i = j - o * L.inner
@@ -761,6 +833,8 @@ def cross_entropy_index(const floating[:, :, :] x,
         gp = &grad_output[0, 0]
         L.go = grad_output.strides[0] // sizeof(double)
         L.gi = grad_output.strides[1] // sizeof(double)
+        if grad_output.shape[0] == 1 and grad_output.shape[1] == 1:
+            L.go = L.gi = 0  # one value for every sample
     return ce_launch(&x[0, 0, 0], &target[0, 0], <const floating*>NULL, &L, weight,
                      weight_sum, smoothing, ignore_index, has_ignore,
                      lp, gp, denominator, yp)
@@ -800,6 +874,8 @@ def cross_entropy_probs(const floating[:, :, :] x,
         gp = &grad_output[0, 0]
         L.go = grad_output.strides[0] // sizeof(double)
         L.gi = grad_output.strides[1] // sizeof(double)
+        if grad_output.shape[0] == 1 and grad_output.shape[1] == 1:
+            L.go = L.gi = 0  # one value for every sample
     return ce_launch(&x[0, 0, 0], <const int64_t*>NULL, &probs[0, 0, 0], &L, weight,
                      0.0, smoothing, 0, False, lp, gp, denominator, yp)
 
@@ -861,6 +937,25 @@ cdef inline void softmax_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, P
             tile_scaled_exp(x + c * xc, xi, n, m, per_sample, 0, zero, y + c * yc, yi)
 
 
+cdef void softmax_small_c_rows(const floating* x, Layout* L, int op, floating* y,
+                               Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    """Rows ``first <= j < last`` (``inner == 1``) through the tile kernel."""
+    cdef floating xbuf[TILE * SMALL_C]
+    cdef floating ybuf[TILE * SMALL_C]
+    cdef Py_ssize_t j = first, n
+    while j < last:
+        n = last - j
+        if n > TILE:
+            n = TILE
+        gather_rows(x + j * L.xo, L.xo, L.C, n, xbuf)
+        if op == OP_LOGSUMEXP:
+            softmax_tile(xbuf, TILE, 1, L.C, n, op, y + j * L.lo, 0, L.lo)
+        else:
+            softmax_tile(xbuf, TILE, 1, L.C, n, op, ybuf, TILE, 1)
+            scatter_rows(ybuf, L.C, n, y + j * L.yo, L.yo, L.yc)
+        j += n
+
+
 cdef void softmax_block(const floating* x, Layout* L, int op, floating* y,
                         Py_ssize_t unit, bint tiled) noexcept nogil:
     cdef Py_ssize_t per, first, last, o, i, j, n, tiles
@@ -883,6 +978,9 @@ cdef void softmax_block(const floating* x, Layout* L, int op, floating* y,
     last = first + per
     if last > L.outer * L.inner:
         last = L.outer * L.inner
+    if use_small_c_tiles(L):
+        softmax_small_c_rows(x, L, op, y, first, last)
+        return
     for j in range(first, last):
         o = j // L.inner
         i = j - o * L.inner

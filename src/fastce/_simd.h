@@ -138,13 +138,15 @@ ATTR static double row_max_sumexp_##SFX##_##ISA(const T *x, ptrdiff_t n, T *max_
             if (s != 0.0) s *= exp((double)m - (double)cm);                             \
             m = cm;                                                                     \
         }                                                                               \
-        T part = 0;                                                                     \
+        T part = 0, ties = 0;                                                           \
         FASTCE_SIMD_SUM(part)                                                           \
-        for (ptrdiff_t c = start; c < end; c++) part += fastce_exp_neg_##SFX(x[c] - m); \
-        s += (double)part;                                                              \
+        for (ptrdiff_t c = start; c < end; c++)                                         \
+            part += x[c] == m ? (T)0 : fastce_exp_neg_##SFX(x[c] - m);                  \
+        for (ptrdiff_t c = start; c < end; c++) ties += x[c] == m;                      \
+        s += (double)ties + (double)part;                                               \
     }                                                                                   \
-    if (m == -INFINITY || saw_nan) {                                                    \
-        /* a NaN logit, or no logit above -inf: NaN, as the two-pass formula gives */  \
+    if (isinf(m) || saw_nan) {                                                          \
+        /* a NaN or +inf logit, or none above -inf: NaN, as exp(x - max) gives */       \
         s = NAN;                                                                        \
     }                                                                                   \
     *max_out = m;                                                                       \
@@ -182,9 +184,13 @@ ATTR static void tile_max_##SFX##_##ISA(const T *x, ptrdiff_t n, T *m) {        
     for (ptrdiff_t k = 0; k < n; k++) m[k] = x[k] > m[k] ? x[k] : m[k];                 \
 }                                                                                       \
                                                                                         \
-ATTR static void tile_sumexp_##SFX##_##ISA(const T *x, ptrdiff_t n, const T *m, T *s) { \
+ATTR static void tile_sumexp_##SFX##_##ISA(const T *x, ptrdiff_t n, const T *m, T *s,   \
+                                           T *ties) {                                   \
     FASTCE_SIMD                                                                         \
-    for (ptrdiff_t k = 0; k < n; k++) s[k] += fastce_exp_neg_##SFX(x[k] - m[k]);        \
+    for (ptrdiff_t k = 0; k < n; k++) {                                                 \
+        s[k] += x[k] == m[k] ? (T)0 : fastce_exp_neg_##SFX(x[k] - m[k]);                \
+        ties[k] += x[k] == m[k];                                                        \
+    }                                                                                   \
 }                                                                                       \
                                                                                         \
 /* y[k] = scale[k] * exp(x[k] - m[k]) - w * offset[k] */                                \
@@ -264,6 +270,32 @@ FASTCE_AVX2 static inline __m256d fastce_exp_neg_pd(__m256d x) {
     return _mm256_andnot_pd(_mm256_cmp_pd(x, lo, _CMP_LT_OQ), e);
 }
 
+/* Variants for sums of exponentials: one-step range reduction and no
+ * flush to zero below the clamp.  Both errors are relative to terms of at
+ * most exp(-87) (float) or exp(-708) (double) of the largest term, which is
+ * 1, so no sum can see them; NaN still gives NaN. */
+FASTCE_AVX2 static inline __m256 fastce_exp_neg_sum_ps(__m256 x) {
+    const __m256 shifter = _mm256_set1_ps(12582912.0f);
+    __m256 xc = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
+    __m256 t = _mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), shifter);
+    __m256 n = _mm256_sub_ps(t, shifter);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693147180559945309f), xc);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127 - 0x4B400000));
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(bits, 23)));
+}
+
+FASTCE_AVX2 static inline __m256d fastce_exp_neg_sum_pd(__m256d x) {
+    return fastce_exp_neg_pd(x);
+}
+
 FASTCE_AVX2 static inline float fastce_hmax_ps(__m256 v) {
     __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     a = _mm_max_ps(a, _mm_movehl_ps(a, a));
@@ -289,10 +321,23 @@ FASTCE_AVX2 static inline double fastce_hsum_ps(__m256 v) {
     return fastce_hsum_pd(wide);
 }
 
+FASTCE_AVX2 static inline __m256 fastce_eqzero_ps(__m256 d) {
+    return _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_EQ_OQ);
+}
+FASTCE_AVX2 static inline __m256d fastce_eqzero_pd(__m256d d) {
+    return _mm256_cmp_pd(d, _mm256_setzero_pd(), _CMP_EQ_OQ);
+}
+FASTCE_AVX2 static inline int fastce_count_ps(__m256 mask) {
+    return __builtin_popcount((unsigned)_mm256_movemask_ps(mask));
+}
+FASTCE_AVX2 static inline int fastce_count_pd(__m256d mask) {
+    return __builtin_popcount((unsigned)_mm256_movemask_pd(mask));
+}
+
 /* One body for both element types: V is the vector type, L its lane count,
  * and the V* names below its operations. */
 #define FASTCE_DEFINE_AVX2(T, SFX, V, L, VLOAD, VSTORE, VSET1, VADD, VSUB, VMUL, VFMA, VMAX,   \
-                           VEXP, VHMAX, VHSUM)                                                  \
+                           VEXP, VEXPSUM, VHMAX, VHSUM, VEQZERO, VAND, VANDNOT, VCOUNT)         \
                                                                                                 \
 FASTCE_AVX2 static T row_max_##SFX##_avx2(const T *x, ptrdiff_t n) {                            \
     V acc = VSET1(-INFINITY);                                                                   \
@@ -320,18 +365,31 @@ FASTCE_AVX2 static double row_max_sumexp_##SFX##_avx2(const T *x, ptrdiff_t n, T
             if (s != 0.0) s *= exp((double)m - (double)cm);                                     \
             m = cm;                                                                             \
         }                                                                                       \
+        /* Elements equal to the maximum contribute exactly 1 each: they are \
+         * counted apart, so that the float lanes never add small terms to 1. */ \
         V vm = VSET1(m), acc0 = VSET1(0), acc1 = VSET1(0);                                      \
+        int ties = 0;                                                                           \
         ptrdiff_t c = 0;                                                                        \
         for (; c + 2 * L <= len; c += 2 * L) {                                                  \
-            acc0 = VADD(acc0, VEXP(VSUB(VLOAD(xs + c), vm)));                                   \
-            acc1 = VADD(acc1, VEXP(VSUB(VLOAD(xs + c + L), vm)));                               \
+            V d0 = VSUB(VLOAD(xs + c), vm), d1 = VSUB(VLOAD(xs + c + L), vm);                   \
+            V z0 = VEQZERO(d0), z1 = VEQZERO(d1);                                               \
+            acc0 = VADD(acc0, VANDNOT(z0, VEXPSUM(d0)));                                        \
+            acc1 = VADD(acc1, VANDNOT(z1, VEXPSUM(d1)));                                        \
+            ties += VCOUNT(z0) + VCOUNT(z1);                                                    \
         }                                                                                       \
-        for (; c + L <= len; c += L) acc0 = VADD(acc0, VEXP(VSUB(VLOAD(xs + c), vm)));          \
+        for (; c + L <= len; c += L) {                                                          \
+            V d0 = VSUB(VLOAD(xs + c), vm), z0 = VEQZERO(d0);                                   \
+            acc0 = VADD(acc0, VANDNOT(z0, VEXPSUM(d0)));                                        \
+            ties += VCOUNT(z0);                                                                 \
+        }                                                                                       \
         double part = VHSUM(VADD(acc0, acc1));                                                  \
-        for (; c < len; c++) part += fastce_exp_neg_##SFX(xs[c] - m);                           \
-        s += part;                                                                              \
+        for (; c < len; c++) {                                                                  \
+            if (xs[c] == m) ties++;                                                             \
+            else part += fastce_exp_neg_##SFX(xs[c] - m);                                       \
+        }                                                                                       \
+        s += (double)ties + part;                                                               \
     }                                                                                           \
-    if (m == -INFINITY || saw_nan) s = NAN;                                                     \
+    if (isinf(m) || saw_nan) s = NAN; /* as exp(x - max) gives: see the base version */        \
     *max_out = m;                                                                               \
     return s;                                                                                   \
 }                                                                                               \
@@ -374,11 +432,19 @@ FASTCE_AVX2 static void tile_max_##SFX##_avx2(const T *x, ptrdiff_t n, T *m) {  
     for (; k < n; k++) m[k] = x[k] > m[k] ? x[k] : m[k];                                        \
 }                                                                                               \
                                                                                                 \
-FASTCE_AVX2 static void tile_sumexp_##SFX##_avx2(const T *x, ptrdiff_t n, const T *m, T *s) {   \
+FASTCE_AVX2 static void tile_sumexp_##SFX##_avx2(const T *x, ptrdiff_t n, const T *m, T *s,     \
+                                                 T *ties) {                                     \
+    V one = VSET1(1);                                                                           \
     ptrdiff_t k = 0;                                                                            \
-    for (; k + L <= n; k += L)                                                                  \
-        VSTORE(s + k, VADD(VLOAD(s + k), VEXP(VSUB(VLOAD(x + k), VLOAD(m + k)))));              \
-    for (; k < n; k++) s[k] += fastce_exp_neg_##SFX(x[k] - m[k]);                               \
+    for (; k + L <= n; k += L) {                                                                \
+        V d = VSUB(VLOAD(x + k), VLOAD(m + k)), z = VEQZERO(d);                                 \
+        VSTORE(s + k, VADD(VLOAD(s + k), VANDNOT(z, VEXPSUM(d))));                              \
+        VSTORE(ties + k, VADD(VLOAD(ties + k), VAND(z, one)));                                  \
+    }                                                                                           \
+    for (; k < n; k++) {                                                                        \
+        if (x[k] == m[k]) ties[k] += 1;                                                         \
+        else s[k] += fastce_exp_neg_##SFX(x[k] - m[k]);                                         \
+    }                                                                                           \
 }                                                                                               \
                                                                                                 \
 FASTCE_AVX2 static void tile_scaled_exp_##SFX##_avx2(const T *x, ptrdiff_t n, const T *m,       \
@@ -404,10 +470,12 @@ FASTCE_AVX2 static void tile_shift_##SFX##_avx2(const T *x, ptrdiff_t n, const T
 
 FASTCE_DEFINE_AVX2(float, f32, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps,
                    _mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps, _mm256_fmadd_ps, _mm256_max_ps,
-                   fastce_exp_neg_ps, fastce_hmax_ps, fastce_hsum_ps)
+                   fastce_exp_neg_ps, fastce_exp_neg_sum_ps, fastce_hmax_ps, fastce_hsum_ps,
+                   fastce_eqzero_ps, _mm256_and_ps, _mm256_andnot_ps, fastce_count_ps)
 FASTCE_DEFINE_AVX2(double, f64, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd,
                    _mm256_add_pd, _mm256_sub_pd, _mm256_mul_pd, _mm256_fmadd_pd, _mm256_max_pd,
-                   fastce_exp_neg_pd, fastce_hmax_pd, fastce_hsum_pd)
+                   fastce_exp_neg_pd, fastce_exp_neg_sum_pd, fastce_hmax_pd, fastce_hsum_pd,
+                   fastce_eqzero_pd, _mm256_and_pd, _mm256_andnot_pd, fastce_count_pd)
 #endif
 
 /* ---- dispatch --------------------------------------------------------------- */
@@ -419,7 +487,7 @@ FASTCE_DEFINE_AVX2(double, f64, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _
     void (*row_scaled_exp_##SFX)(const T *, ptrdiff_t, T, T, T, T *);                   \
     void (*row_shift_##SFX)(const T *, ptrdiff_t, T, T, T *);                           \
     void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                  \
-    void (*tile_sumexp_##SFX)(const T *, ptrdiff_t, const T *, T *);                    \
+    void (*tile_sumexp_##SFX)(const T *, ptrdiff_t, const T *, T *, T *);               \
     void (*tile_scaled_exp_##SFX)(const T *, ptrdiff_t, const T *, const T *, T,        \
                                   const T *, T *);                                      \
     void (*tile_shift_##SFX)(const T *, ptrdiff_t, const T *, const T *, T *);
