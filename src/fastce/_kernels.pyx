@@ -141,6 +141,8 @@ cdef extern from "_simd.h":
         double (*row_max_sumexp_f64)(const double*, Py_ssize_t, double*) noexcept nogil
         double (*row_sum_shifted_f32)(const float*, Py_ssize_t, float) noexcept nogil
         double (*row_sum_shifted_f64)(const double*, Py_ssize_t, double) noexcept nogil
+        double (*sum_exp_f32)(const float*, Py_ssize_t) noexcept nogil
+        double (*sum_exp_f64)(const double*, Py_ssize_t) noexcept nogil
         void (*row_scaled_exp_f32)(const float*, Py_ssize_t, float, float, float, float*) noexcept nogil
         void (*row_scaled_exp_f64)(const double*, Py_ssize_t, double, double, double, double*) noexcept nogil
         void (*row_shift_f32)(const float*, Py_ssize_t, float, float, float*) noexcept nogil
@@ -1124,3 +1126,42 @@ def check_targets(const index_t[:, :] target, Py_ssize_t C, int64_t ignore_index
                         return o * inner + i, v, total
                 total += weight[v] if weighted else 1.0
     return -1, 0, total
+
+
+# --------------------------------------------------------------------------
+# The roof: what a pass that only sums exponentials costs
+# --------------------------------------------------------------------------
+
+def exp_sum_roof(const floating[:, ::1] x, int num_threads=0):
+    """Sum of exp(x) over every element of a C-contiguous 2-d array, with the
+    same vector code, blocks and threads as the kernels: the speed a forward
+    pass is measured against.  Values must stay below 88 (float32)."""
+    cdef Py_ssize_t rows = x.shape[0], C = x.shape[1], u
+    cdef Py_ssize_t per = rows_per_block(C)
+    cdef Py_ssize_t n_units = (rows + per - 1) // per
+    cdef double[::1] partials = np.zeros(max(n_units, 1), dtype=np.float64)
+    cdef int nthreads = thread_count(n_units, rows * C, num_threads)
+    if rows == 0 or C == 0:
+        return 0.0
+    with nogil:
+        if nthreads == 1:
+            for u in range(n_units):
+                partials[u] = roof_block(&x[0, 0], C, rows, per, u)
+        else:
+            for u in prange(n_units, schedule="static", num_threads=nthreads):
+                partials[u] = roof_block(&x[0, 0], C, rows, per, u)
+    return ordered_sum(&partials[0], n_units)
+
+
+cdef double roof_block(const floating* x, Py_ssize_t C, Py_ssize_t rows, Py_ssize_t per,
+                       Py_ssize_t unit) noexcept nogil:
+    cdef Py_ssize_t j, last = (unit + 1) * per
+    cdef double total = 0.0
+    if last > rows:
+        last = rows
+    for j in range(unit * per, last):
+        if floating is float:
+            total += fastce_ops.sum_exp_f32(x + j * C, C)
+        else:
+            total += fastce_ops.sum_exp_f64(x + j * C, C)
+    return total

@@ -44,6 +44,10 @@
  * matters, long enough to keep the vector unit busy. */
 #define FASTCE_CHUNK 256
 
+/* Rows up to this many elements (64 KiB of float32) are read twice, maximum
+ * then sum, from cache; longer rows keep a running maximum instead. */
+#define FASTCE_ROW_IN_CACHE 16384
+
 /* ---- exp on (-inf, 0] ------------------------------------------------------
  * exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln(2) / 2.  n is rounded
  * by adding 1.5 * 2^23 (2^52): the integer lands in the low mantissa bits,
@@ -151,6 +155,14 @@ ATTR static double row_max_sumexp_##SFX##_##ISA(const T *x, ptrdiff_t n, T *max_
     }                                                                                   \
     *max_out = m;                                                                       \
     return s;                                                                           \
+}                                                                                       \
+                                                                                        \
+/* The roof the forward pass is measured against: a plain sum of exp(x). */     \
+ATTR static double sum_exp_##SFX##_##ISA(const T *x, ptrdiff_t n) {                     \
+    T s = 0;                                                                            \
+    FASTCE_SIMD_SUM(s)                                                                  \
+    for (ptrdiff_t c = 0; c < n; c++) s += fastce_exp_neg_##SFX(x[c]);                  \
+    return (double)s;                                                                   \
 }                                                                                       \
                                                                                         \
 /* sum of (x - m): the smoothing term, without cancellation against a large m */  \
@@ -276,6 +288,7 @@ FASTCE_AVX2 static inline __m256d fastce_exp_neg_pd(__m256d x) {
  * 1, so no sum can see them; NaN still gives NaN. */
 FASTCE_AVX2 static inline __m256 fastce_exp_neg_sum_ps(__m256 x) {
     const __m256 shifter = _mm256_set1_ps(12582912.0f);
+    const __m256 one = _mm256_set1_ps(1.0f);
     __m256 xc = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
     __m256 t = _mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), shifter);
     __m256 n = _mm256_sub_ps(t, shifter);
@@ -286,10 +299,12 @@ FASTCE_AVX2 static inline __m256 fastce_exp_neg_sum_ps(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
-    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
-    __m256i bits = _mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127 - 0x4B400000));
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(bits, 23)));
+    p = _mm256_fmadd_ps(p, r, one);
+    p = _mm256_fmadd_ps(p, r, one); /* 1 + r (1 + r P(r)) */
+    /* times 2^n: n sits in t's low mantissa bits, and shifting them into the
+     * exponent field leaves n << 23 (the rest of t's bits shift out) */
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p),
+                                                _mm256_slli_epi32(_mm256_castps_si256(t), 23)));
 }
 
 FASTCE_AVX2 static inline __m256d fastce_exp_neg_sum_pd(__m256d x) {
@@ -348,10 +363,43 @@ FASTCE_AVX2 static T row_max_##SFX##_avx2(const T *x, ptrdiff_t n) {            
     return m;                                                                                   \
 }                                                                                               \
                                                                                                 \
+/* Sum of exp(x - m) over a chunk whose maximum is at most m.  Elements     \
+ * equal to m contribute exactly 1 each: they are counted apart, so that the \
+ * float lanes never add small terms to 1. */                                                   \
+FASTCE_AVX2 static inline double chunk_sumexp_##SFX##_avx2(const T *xs, ptrdiff_t len, T m) {   \
+    /* one accumulator: the exponential's constants fill the registers, and a \
+     * second accumulator would live on the stack */                           \
+    V vm = VSET1(m), acc = VSET1(0);                                                            \
+    int ties = 0;                                                                               \
+    ptrdiff_t c = 0;                                                                            \
+    for (; c + L <= len; c += L) {                                                              \
+        V d = VSUB(VLOAD(xs + c), vm), z = VEQZERO(d);                                          \
+        acc = VADD(acc, VANDNOT(z, VEXPSUM(d)));                                                \
+        ties += VCOUNT(z);                                                                      \
+    }                                                                                           \
+    double part = VHSUM(acc);                                                                   \
+    for (; c < len; c++) {                                                                      \
+        if (xs[c] == m) ties++;                                                                 \
+        else part += fastce_exp_neg_##SFX(xs[c] - m);                                           \
+    }                                                                                           \
+    return (double)ties + part;                                                                 \
+}                                                                                               \
+                                                                                                \
 FASTCE_AVX2 static double row_max_sumexp_##SFX##_avx2(const T *x, ptrdiff_t n, T *max_out) {    \
-    T m = -INFINITY;                                                                            \
+    T m;                                                                                        \
     double s = 0.0;                                                                             \
+    if (n <= FASTCE_ROW_IN_CACHE) {                                                             \
+        /* the row stays in cache between its two passes */                                   \
+        m = row_max_##SFX##_avx2(x, n);                                                         \
+        for (ptrdiff_t start = 0; start < n && !isinf(m); start += FASTCE_CHUNK)                \
+            s += chunk_sumexp_##SFX##_avx2(x + start,                                           \
+                                           n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK, m); \
+        *max_out = m;                                                                           \
+        return isinf(m) ? NAN : s; /* as exp(x - max) gives: see the base version */           \
+    }                                                                                           \
+    /* a long row: a running maximum, one chunk at a time, reads it once */                    \
     int saw_nan = 0;                                                                            \
+    m = -INFINITY;                                                                              \
     for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                               \
         ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;                    \
         const T *xs = x + start;                                                                \
@@ -365,32 +413,22 @@ FASTCE_AVX2 static double row_max_sumexp_##SFX##_avx2(const T *x, ptrdiff_t n, T
             if (s != 0.0) s *= exp((double)m - (double)cm);                                     \
             m = cm;                                                                             \
         }                                                                                       \
-        /* Elements equal to the maximum contribute exactly 1 each: they are \
-         * counted apart, so that the float lanes never add small terms to 1. */ \
-        V vm = VSET1(m), acc0 = VSET1(0), acc1 = VSET1(0);                                      \
-        int ties = 0;                                                                           \
-        ptrdiff_t c = 0;                                                                        \
-        for (; c + 2 * L <= len; c += 2 * L) {                                                  \
-            V d0 = VSUB(VLOAD(xs + c), vm), d1 = VSUB(VLOAD(xs + c + L), vm);                   \
-            V z0 = VEQZERO(d0), z1 = VEQZERO(d1);                                               \
-            acc0 = VADD(acc0, VANDNOT(z0, VEXPSUM(d0)));                                        \
-            acc1 = VADD(acc1, VANDNOT(z1, VEXPSUM(d1)));                                        \
-            ties += VCOUNT(z0) + VCOUNT(z1);                                                    \
-        }                                                                                       \
-        for (; c + L <= len; c += L) {                                                          \
-            V d0 = VSUB(VLOAD(xs + c), vm), z0 = VEQZERO(d0);                                   \
-            acc0 = VADD(acc0, VANDNOT(z0, VEXPSUM(d0)));                                        \
-            ties += VCOUNT(z0);                                                                 \
-        }                                                                                       \
-        double part = VHSUM(VADD(acc0, acc1));                                                  \
-        for (; c < len; c++) {                                                                  \
-            if (xs[c] == m) ties++;                                                             \
-            else part += fastce_exp_neg_##SFX(xs[c] - m);                                       \
-        }                                                                                       \
-        s += (double)ties + part;                                                               \
+        s += chunk_sumexp_##SFX##_avx2(xs, len, m);                                             \
     }                                                                                           \
-    if (isinf(m) || saw_nan) s = NAN; /* as exp(x - max) gives: see the base version */        \
+    if (isinf(m) || saw_nan) s = NAN;                                                           \
     *max_out = m;                                                                               \
+    return s;                                                                                   \
+}                                                                                               \
+                                                                                                \
+FASTCE_AVX2 static double sum_exp_##SFX##_avx2(const T *x, ptrdiff_t n) {                      \
+    V acc0 = VSET1(0), acc1 = VSET1(0);                                                         \
+    ptrdiff_t c = 0;                                                                            \
+    for (; c + 2 * L <= n; c += 2 * L) {                                                        \
+        acc0 = VADD(acc0, VEXPSUM(VLOAD(x + c)));                                               \
+        acc1 = VADD(acc1, VEXPSUM(VLOAD(x + c + L)));                                           \
+    }                                                                                           \
+    double s = VHSUM(VADD(acc0, acc1));                                                         \
+    for (; c < n; c++) s += fastce_exp_neg_##SFX(x[c]);                                         \
     return s;                                                                                   \
 }                                                                                               \
                                                                                                 \
@@ -484,6 +522,7 @@ FASTCE_DEFINE_AVX2(double, f64, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _
     T (*row_max_##SFX)(const T *, ptrdiff_t);                                           \
     double (*row_max_sumexp_##SFX)(const T *, ptrdiff_t, T *);                          \
     double (*row_sum_shifted_##SFX)(const T *, ptrdiff_t, T);                           \
+    double (*sum_exp_##SFX)(const T *, ptrdiff_t);                                      \
     void (*row_scaled_exp_##SFX)(const T *, ptrdiff_t, T, T, T, T *);                   \
     void (*row_shift_##SFX)(const T *, ptrdiff_t, T, T, T *);                           \
     void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                  \
@@ -502,6 +541,7 @@ typedef struct {
     ops.row_max_##SFX = row_max_##SFX##_##ISA;                                          \
     ops.row_max_sumexp_##SFX = row_max_sumexp_##SFX##_##ISA;                            \
     ops.row_sum_shifted_##SFX = row_sum_shifted_##SFX##_##ISA;                          \
+    ops.sum_exp_##SFX = sum_exp_##SFX##_##ISA;                                          \
     ops.row_scaled_exp_##SFX = row_scaled_exp_##SFX##_##ISA;                            \
     ops.row_shift_##SFX = row_shift_##SFX##_##ISA;                                      \
     ops.tile_max_##SFX = tile_max_##SFX##_##ISA;                                        \
