@@ -169,6 +169,16 @@ def jax_contender(w: Workload, x, t) -> Contender | None:
     return Contender(f"jax {jax.__version__}", forward, forward_backward)
 
 
+def roof_call(x: np.ndarray, threads: int):
+    """A pass that only sums exp(x) with the same vector code and threads:
+    what the forward pass is measured against (2-d C-ordered inputs)."""
+    from fastce import _kernels
+
+    if x.ndim != 2 or not x.flags.c_contiguous:
+        return None
+    return lambda: _kernels.exp_sum_roof(x, threads)
+
+
 def median_times(calls: list[Callable[[], object]], repeats: int, min_time: float) -> list[float]:
     """Median seconds per call, the calls interleaved round by round."""
     for call in calls:  # warm up: compilation, caches, thread pools
@@ -189,6 +199,69 @@ def median_times(calls: list[Callable[[], object]], repeats: int, min_time: floa
                 call()
             samples[i].append((time.perf_counter() - start) / batch[i])
     return [statistics.median(s) for s in samples]
+
+
+MEMORY_SCRIPT = """
+import sys
+import numpy as np
+lib, shape = sys.argv[1], tuple(int(v) for v in sys.argv[2].split("x"))
+rng = np.random.default_rng(0)
+x = rng.standard_normal(shape, dtype=np.float32)
+t = rng.integers(0, shape[1], shape[0])
+if lib == "torch":
+    import torch, torch.nn.functional as F
+    xt = torch.from_numpy(x).requires_grad_(True)
+    tt = torch.from_numpy(t)
+    F.cross_entropy(xt[:2], tt[:2]).backward()   # load kernels before measuring
+    xt.grad = None
+    def call():
+        F.cross_entropy(xt, tt).backward()
+else:
+    import fastce
+    fastce.cross_entropy_with_grad(x[:2], t[:2])
+    if lib == "fastce":
+        def call():
+            fastce.cross_entropy_with_grad(x, t)
+    else:
+        def call():
+            fastce.cross_entropy_with_grad(x, t, out=x)
+call()
+def status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+before = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")   # restart the high-water mark at the current size
+call()
+print((status("VmHWM") - before) / 1024)
+"""
+
+
+def peak_memory_mb(library: str, shape: tuple[int, ...]) -> float | None:
+    """Peak memory a forward+backward adds, in MB, measured in a fresh process
+    from Linux's resident high-water mark (None where that cannot be read)."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, library, "x".join(map(str, shape))],
+        capture_output=True, text=True, timeout=600,
+    )
+    if done.returncode != 0:
+        return None
+    return float(done.stdout.strip())
+
+
+def memory_table(shape: tuple[int, ...] = (4096, 1000)) -> str:
+    lines = [f"Peak memory added by one forward+backward on {'x'.join(map(str, shape))} "
+             f"float32 (logits: {np.prod(shape) * 4 / 2**20:.1f} MB):"]
+    for library, label in [("fastce", "fastce, gradient returned"),
+                            ("fastce-inplace", "fastce, out=logits"),
+                            ("torch", "torch autograd")]:
+        mb = peak_memory_mb(library, shape)
+        lines.append(f"  {label:28s} {'not installed' if mb is None else f'{mb:8.1f} MB'}")
+    return "\n".join(lines)
 
 
 def cpu_name() -> str:
@@ -228,8 +301,11 @@ def run(workloads: list[str], threads: int, repeats: int, passes: tuple[str, ...
                 contenders.append(c)
         if "numpy" in libraries:
             contenders.append(numpy_contender(w, x, t))
+        roof = roof_call(x, threads)
         for kind in passes:
             calls = [c.forward if kind == "forward" else c.forward_backward for c in contenders]
+            if kind == "forward" and roof is not None:
+                calls.append(roof)
             times = median_times(calls, repeats, min_time)
             for c, seconds in zip(contenders, times):
                 rows.append(dict(
@@ -237,6 +313,8 @@ def run(workloads: list[str], threads: int, repeats: int, passes: tuple[str, ...
                     kind=kind, library=c.name, ms=seconds * 1e3,
                     gelem=w.n_elements / seconds / 1e9, speedup=seconds / times[0],
                 ))
+            if kind == "forward" and roof is not None:
+                rows[-len(contenders)]["roof"] = times[-1] / times[0]
         del x, t, contenders
     fastce.set_num_threads(None)
     return rows
@@ -246,10 +324,15 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
     cols = ["workload", "shape", "dtype", "pass", "library", "ms", "Gelem/s", "fastce speed-up"]
     body = []
     for r in rows:
+        if r["library"] != "fastce":
+            note = f"{r['speedup']:.2f}x"
+        elif "roof" in r:
+            note = f"roof ratio {r['roof']:.2f}"
+        else:
+            note = "-"
         body.append([
             r["workload"], "x".join(map(str, r["shape"])), r["dtype"], r["kind"], r["library"],
-            f"{r['ms']:.3f}", f"{r['gelem']:.2f}",
-            "-" if r["library"] == "fastce" else f"{r['speedup']:.2f}x",
+            f"{r['ms']:.3f}", f"{r['gelem']:.2f}", note,
         ])
     if markdown:
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -288,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated rivals to time beside fastce")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     parser.add_argument("--plot", metavar="FILE.png", help="bar chart of the speed-ups")
+    parser.add_argument("--memory", action="store_true",
+                        help="also report the peak memory of forward+backward beside torch's")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")
@@ -304,9 +389,14 @@ def main(argv: list[str] | None = None) -> int:
                tuple(args.libraries.split(",")) if args.libraries else ())
     table = format_table(rows)
     print(table)
+    memory = memory_table() if args.memory else ""
+    if memory:
+        print(memory)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("\n".join(header(args.threads)) + "\n\n" + format_table(rows, True) + "\n")
+            if memory:
+                f.write("\n```\n" + memory + "\n```\n")
     if args.plot:
         plot(rows, args.plot)
     return 0
