@@ -25,10 +25,28 @@ def result_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float64) if dtype.itemsize == 8 else np.dtype(np.float32)
 
 
+def as_array(x) -> np.ndarray:
+    """``x`` as a NumPy array, sharing its memory where it can: NumPy arrays
+    as they are, objects with ``__array__`` (torch CPU tensors, JAX CPU
+    arrays) through it, other DLPack exporters through ``np.from_dlpack``."""
+    if isinstance(x, np.ndarray):
+        return x
+    if not hasattr(x, "__array__") and not hasattr(x, "__array_interface__") \
+            and hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (TypeError, ValueError, BufferError, RuntimeError):
+            pass  # not on the CPU, or a dtype DLPack cannot carry: convert
+    return np.asarray(x)
+
+
 def native_float_array(x, name: str) -> np.ndarray:
     """``x`` as a float32/float64 array in native byte order and aligned, copied
-    only where the kernels cannot read it as it is."""
-    arr = np.asarray(x)
+    only where the kernels cannot read it as it is.  float16 and bfloat16
+    (``ml_dtypes.bfloat16``) are converted to float32."""
+    arr = as_array(x)
+    if arr.dtype.name == "bfloat16":
+        arr = arr.astype(np.float32)
     if arr.dtype.kind != "f":
         raise TypeError(
             f"{name} must be a floating array (float16, float32 or float64); got dtype "
@@ -205,7 +223,9 @@ def _shape_hint(t_shape, expected, logits_shape, axis) -> str:
 
 def check_target(target, logits: np.ndarray, axis: int, x3: np.ndarray, name: str = "target",
                  allow_probs: bool = True) -> TargetPlan:
-    t = np.asarray(target)
+    t = as_array(target)
+    if t.dtype.name == "bfloat16":
+        t = t.astype(np.float32)
     expected = logits.shape[:axis] + logits.shape[axis + 1 :]
     kind = t.dtype.kind
     if kind == "b":
