@@ -86,3 +86,45 @@ def test_every_integer_target_dtype(dtype):
     np.testing.assert_allclose(fastce.cross_entropy(x, t, reduction="none"), want, rtol=1e-5)
     np.testing.assert_allclose(fastce.nll_loss(fastce.log_softmax(x), t, reduction="none"), want,
                                rtol=1e-5)
+
+
+HALF_CASES = [((1000, 1000), 1), ((3, 40, 50, 60), 1), ((200, 3, 30000), 1), ((64, 5000), 0)]
+
+
+@pytest.mark.parametrize("shape, axis", HALF_CASES)
+def test_float16_runs_in_float32_blocks(shape, axis):
+    # float16 logits are converted a block at a time; every per-sample value
+    # equals the float32 computation on the converted array exactly
+    x16 = rng.standard_normal(shape).astype(np.float16)
+    if axis == 0:
+        x16 = np.asfortranarray(x16)
+    x32 = x16.astype(np.float32)
+    t_shape = shape[:axis] + shape[axis + 1:]
+    t = rng.integers(0, shape[axis], t_shape)
+    go = rng.standard_normal(t_shape)
+    for reduction, grad_output in (("none", go), ("mean", 1.5), ("sum", 1.0)):
+        loss16, grad16 = fastce.cross_entropy_with_grad(
+            x16, t, reduction=reduction, grad_output=grad_output, axis=axis)
+        loss32, grad32 = fastce.cross_entropy_with_grad(
+            x32, t, reduction=reduction, grad_output=grad_output, axis=axis)
+        assert grad16.dtype == np.float32 and np.asarray(loss16).dtype == np.float32
+        np.testing.assert_array_equal(grad16, grad32)
+        if reduction == "none":
+            np.testing.assert_array_equal(loss16, loss32)
+        else:
+            np.testing.assert_allclose(loss16, loss32, rtol=1e-6)
+    np.testing.assert_array_equal(fastce.log_softmax(x16, axis=axis),
+                                  fastce.log_softmax(x32, axis=axis))
+    np.testing.assert_array_equal(fastce.logsumexp(x16, axis=axis),
+                                  fastce.logsumexp(x32, axis=axis))
+    np.testing.assert_array_equal(
+        fastce.nll_loss(x16, t, axis=axis, reduction="none"),
+        fastce.nll_loss(x32, t, axis=axis, reduction="none"))
+
+
+def test_float16_is_never_converted_whole():
+    x16 = rng.standard_normal((2000, 1000)).astype(np.float16)
+    t = rng.integers(0, 1000, 2000)
+    full_copy = x16.size * 4
+    assert peak_bytes(lambda: fastce.cross_entropy(x16, t)) < full_copy // 3
+    assert peak_bytes(lambda: fastce.logsumexp(x16)) < full_copy // 3

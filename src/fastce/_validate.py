@@ -41,9 +41,10 @@ def as_array(x) -> np.ndarray:
 
 
 def native_float_array(x, name: str) -> np.ndarray:
-    """``x`` as a float32/float64 array in native byte order and aligned, copied
-    only where the kernels cannot read it as it is.  float16 and bfloat16
-    (``ml_dtypes.bfloat16``) are converted to float32."""
+    """``x`` as a float16/32/64 array in native byte order and aligned, copied
+    only where the kernels cannot read it as it is.  bfloat16
+    (``ml_dtypes.bfloat16``) is converted to float32; float16 stays, and is
+    converted block by block as the kernels run."""
     arr = as_array(x)
     if arr.dtype.name == "bfloat16":
         arr = arr.astype(np.float32)
@@ -57,9 +58,8 @@ def native_float_array(x, name: str) -> np.ndarray:
             f"{name} has dtype {arr.dtype}, which fastce does not compute in; "
             f"convert it with {name}.astype(np.float64)."
         )
-    dtype = result_dtype(arr.dtype)
-    if arr.dtype != dtype or not arr.dtype.isnative or not arr.flags.aligned:
-        arr = arr.astype(dtype)
+    if not arr.dtype.isnative or not arr.flags.aligned:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
 
 
@@ -252,9 +252,10 @@ def check_target(target, logits: np.ndarray, axis: int, x3: np.ndarray, name: st
                 f"probability {name} must have the logits' shape {logits.shape} "
                 f"(class axis {axis}); got {t.shape}."
             )
-        probs = t.astype(x3.dtype, copy=False)
+        dtype = result_dtype(x3.dtype)
+        probs = t.astype(dtype, copy=False)
         if not probs.dtype.isnative or not probs.flags.aligned:
-            probs = probs.astype(x3.dtype)
+            probs = probs.astype(dtype)
         return TargetPlan(shape=t.shape, probs3=view3(probs, axis))
     if kind not in "iu":
         raise TypeError(

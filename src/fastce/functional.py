@@ -20,6 +20,7 @@ from ._validate import (
     flip3,
     native_float_array,
     normalize_axis,
+    result_dtype,
     raise_out_of_range,
     samples_flipped,
     view3,
@@ -57,21 +58,57 @@ def _same_memory_layout(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
+# float16 logits are converted to float32 this many elements at a time
+HALF_BLOCK = 1 << 18
+
+
+def _run(kernel_call, x3, per_sample, per_class):
+    """``kernel_call(x3, per_sample, per_class)``, where ``per_sample`` are
+    ``(outer, inner)`` arrays and ``per_class`` ``(outer, C, inner)`` arrays
+    (or None).  float16 logits run in float32 blocks, each converted just
+    before its kernel call, so no full-size copy is made; the blocks' totals
+    are added in order."""
+    if x3.dtype != np.float16:
+        return kernel_call(x3, per_sample, per_class)
+    outer, n_classes, inner = x3.shape
+    along_outer = outer >= inner
+    length = outer if along_outer else inner
+    width = n_classes * (inner if along_outer else outer)
+    # whole tiles of samples, so that every sample sits in the same vector
+    # lane as it would without blocks, and gets the same bits
+    tile = _kernels.TILE_SIZE
+    step = max(1, HALF_BLOCK // max(1, width) // tile) * tile
+
+    def cut(a, piece, inner_axis):
+        if a is None or (a.ndim == 2 and a.shape == (1, 1) and outer * inner > 1):
+            return a  # absent, or one grad_output read at every sample
+        return a[piece] if along_outer else a[(slice(None),) * inner_axis + (piece,)]
+
+    total = 0.0
+    for start in range(0, length, step):
+        piece = slice(start, start + step)
+        block = cut(x3, piece, 2).astype(np.float32)
+        total += kernel_call(block, [cut(a, piece, 1) for a in per_sample],
+                             [cut(a, piece, 2) for a in per_class])
+    return total
+
+
 def _gradient_buffer(out, logits_shape, x: np.ndarray, x3: np.ndarray):
     """The array the gradient is returned in, and its ``(outer, C, inner)``
     view the kernel writes (a separate buffer when ``out``'s strides admit
     no such view).  Also returns the logits view to read, copied when ``out``
     overlaps it without being it."""
+    dtype = result_dtype(x.dtype)
     if out is None:
-        grad = np.empty_like(x, order="K")
+        grad = np.empty_like(x, dtype=dtype, order="K")
         grad3 = writable_view(grad, x3.shape)
         if grad3 is None:
-            grad = np.empty(logits_shape, dtype=x.dtype)
+            grad = np.empty(logits_shape, dtype=dtype)
             grad3 = grad.reshape(x3.shape)
         return grad, grad3, x3
     grad3 = writable_view(out, x3.shape)
     if grad3 is None:
-        grad3 = np.empty(x3.shape, dtype=x.dtype)
+        grad3 = np.empty(x3.shape, dtype=dtype)
     if np.may_share_memory(grad3, x3) and not _same_memory_layout(grad3, x3):
         x3 = x3.copy()
     return out, grad3, x3
@@ -92,7 +129,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     w = check_weight(weight, n_classes)
     plan: TargetPlan = check_target(target, x, axis, x3)
     loss_shape = plan.shape if plan.is_index else logits_shape[:axis] + logits_shape[axis + 1:]
-    dtype = x.dtype
+    dtype = result_dtype(x.dtype)
     go = check_grad_output(grad_output, reduction, loss_shape) if want_grad else None
     if want_grad and out is not None:
         check_out(out, logits_shape, dtype)
@@ -143,15 +180,19 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
             loss2 = flip2(loss2) if loss2 is not None else None
             go2 = flip2(go2) if go2 is not None else None
             grad3 = flip3(grad3) if grad3 is not None else None
-        if plan.is_index:
-            total = _kernels.cross_entropy_index(
-                x3, t2, w, float(w.sum()) if w.size else float(n_classes), smoothing,
-                ignore_value, has_ignore, loss2, go2, denominator, grad3, threads,
-            )
-        else:
-            total = _kernels.cross_entropy_probs(
-                x3, p3, w, smoothing, loss2, go2, denominator, grad3, threads
-            )
+        weight_total = float(w.sum()) if w.size else float(n_classes)
+
+        def kernel_call(xb, per_sample, per_class):
+            tb, lb, gob = per_sample
+            pb, gb = per_class
+            if plan.is_index:
+                return _kernels.cross_entropy_index(
+                    xb, tb, w, weight_total, smoothing, ignore_value, has_ignore,
+                    lb, gob, denominator, gb, threads)
+            return _kernels.cross_entropy_probs(xb, pb, w, smoothing, lb, gob, denominator,
+                                                gb, threads)
+
+        total = _run(kernel_call, x3, [t2, loss2, go2], [p3, grad3])
     elif want_grad and grad3 is not None:
         grad3.fill(0)
 
@@ -322,15 +363,18 @@ def nll_loss(log_probs, target, weight=None, *, ignore_index=-100, reduction="me
         )
         if bad >= 0:
             raise_out_of_range(np.asarray(target), bad, value, n_classes)
-    loss_arr = np.empty(plan.shape, dtype=x.dtype) if reduction == "none" else None
+    dtype = result_dtype(x.dtype)
+    loss_arr = np.empty(plan.shape, dtype=dtype) if reduction == "none" else None
     total = 0.0
     if n_samples:
         loss2 = loss_arr.reshape(outer, inner) if loss_arr is not None else None
-        total = _kernels.nll_loss_kernel(x3, plan.index2, w, ignore_value, has_ignore, loss2,
-                                         threads)
+        total = _run(
+            lambda xb, per_sample, _: _kernels.nll_loss_kernel(
+                xb, per_sample[0], w, ignore_value, has_ignore, per_sample[1], threads),
+            x3, [plan.index2, loss2], [])
     if reduction == "none":
         return loss_arr
-    return _reduce(total, weight_sum if reduction == "mean" else 1.0, reduction, x.dtype)
+    return _reduce(total, weight_sum if reduction == "mean" else 1.0, reduction, dtype)
 
 
 def _softmax_family(x, axis, op, out, num_threads):
@@ -343,7 +387,7 @@ def _softmax_family(x, axis, op, out, num_threads):
         axis = 0
     else:
         axis = normalize_axis(axis, arr.ndim, "x")
-    dtype = arr.dtype
+    dtype = result_dtype(arr.dtype)
     reduced_shape = shape[:axis] + shape[axis + 1:] if len(shape) else ()
     if op == _kernels.LOGSUMEXP:
         result = np.empty(reduced_shape, dtype=dtype)
@@ -370,7 +414,11 @@ def _softmax_family(x, axis, op, out, num_threads):
         x3 = flip3(x3)
         reduced2 = flip2(reduced2) if reduced2 is not None else None
         out3 = flip3(out3) if out3 is not None else None
-    _kernels.softmax_family(x3, op, reduced2, out3, threads)
+    def kernel_call(xb, per_sample, per_class):
+        _kernels.softmax_family(xb, op, per_sample[0], per_class[0], threads)
+        return 0.0
+
+    _run(kernel_call, x3, [reduced2], [out3])
     if out3 is not None and not np.may_share_memory(out3, result):
         result[...] = out3.reshape(shape)
     return result[()] if result.ndim == 0 else result
@@ -500,7 +548,7 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, *, pos_weight=
         loss = (1.0 - y) * xd + (1.0 + (pw - 1.0) * y) * softplus_neg
     if w is not None:
         loss = loss * w
-    return _reduce_elementwise(loss, reduction, x.dtype)
+    return _reduce_elementwise(loss, reduction, result_dtype(x.dtype))
 
 
 def binary_cross_entropy(probs, target, weight=None, *, reduction="mean"):
@@ -531,7 +579,7 @@ def binary_cross_entropy(probs, target, weight=None, *, reduction="mean"):
     loss = -(y * log_p + (1.0 - y) * log_1mp)
     if w is not None:
         loss = loss * w
-    return _reduce_elementwise(loss, reduction, p.dtype)
+    return _reduce_elementwise(loss, reduction, result_dtype(p.dtype))
 
 
 class CrossEntropyLoss:
