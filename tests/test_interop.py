@@ -128,3 +128,11 @@ def test_float16_is_never_converted_whole():
     full_copy = x16.size * 4
     assert peak_bytes(lambda: fastce.cross_entropy(x16, t)) < full_copy // 3
     assert peak_bytes(lambda: fastce.logsumexp(x16)) < full_copy // 3
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.uint32, np.uint64])
+def test_integer_targets_are_read_without_conversion(dtype):
+    x = rng.standard_normal((200_000, 4)).astype(np.float32)
+    t = rng.integers(0, 4, 200_000).astype(dtype)
+    assert peak_bytes(lambda: fastce.cross_entropy(x, t)) < 64 * 1024
+    assert peak_bytes(lambda: fastce.nll_loss(x, t)) < 64 * 1024

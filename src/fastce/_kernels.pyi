@@ -9,7 +9,9 @@ LOGSUMEXP: int
 TILE_SIZE: int
 
 _Float = np.float32 | np.float64
-_Index = np.int32 | np.int64
+_Index = (
+    np.int8 | np.int16 | np.int32 | np.int64 | np.uint8 | np.uint16 | np.uint32 | np.uint64
+)
 
 def openmp_enabled() -> bool: ...
 def max_threads() -> int: ...

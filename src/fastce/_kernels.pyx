@@ -22,7 +22,7 @@ threads.  The Python layer validates everything; these functions cannot fail.
 cimport cython
 from cython.parallel cimport prange
 from libc.math cimport exp, log, isinf, INFINITY, NAN
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 import numpy as np
 
@@ -72,9 +72,16 @@ ctypedef fused floating:
     float
     double
 
+# every integer dtype a target may have, read as it is
 ctypedef fused index_t:
+    int8_t
+    int16_t
     int32_t
     int64_t
+    uint8_t
+    uint16_t
+    uint32_t
+    uint64_t
 
 # Samples per tile in the tile kernel, and the stack arrays sized by it.
 cdef enum:

@@ -269,11 +269,12 @@ def check_target(target, logits: np.ndarray, axis: int, x3: np.ndarray, name: st
             f"{logits.shape} without the class axis {axis}; got {t.shape}."
             + _shape_hint(t.shape, expected, logits.shape, axis)
         )
-    if t.dtype not in (np.int32, np.int64) or not t.dtype.isnative or not t.flags.aligned:
-        if t.dtype == np.uint64 and t.size and t.max() > _INT64_MAX:
-            flat = int(np.argmax(t > _INT64_MAX))
-            raise_out_of_range(t, flat, int(t.reshape(-1)[flat]), logits.shape[axis], name)
-        t = t.astype(np.int64)
+    if t.dtype == np.uint64 and t.size and t.max() > _INT64_MAX:
+        # the kernels compare targets as int64
+        flat = int(np.argmax(t > _INT64_MAX))
+        raise_out_of_range(t, flat, int(t.reshape(-1)[flat]), logits.shape[axis], name)
+    if not t.dtype.isnative or not t.flags.aligned:
+        t = t.astype(t.dtype.newbyteorder("="))
     outer, _, inner = x3.shape
     return TargetPlan(shape=expected, index2=t.reshape(outer, inner))
 
