@@ -183,7 +183,9 @@ def simd_isa():
     return fastce_ops.isa.decode()
 
 
-simd_init()
+import os as _os
+# FASTCE_SIMD=baseline runs the portable code on any CPU, to compare the paths
+simd_init(_os.environ.get("FASTCE_SIMD", ""))
 
 
 cdef inline floating exp_neg(floating v) noexcept nogil:
