@@ -66,5 +66,12 @@ def set_num_threads(n: int | None) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of threads a large call uses now."""
+    """The number of threads a large call uses now.
+
+    Examples
+    --------
+    >>> import fastce
+    >>> fastce.get_num_threads() >= 1
+    True
+    """
     return _kernels.max_threads()
