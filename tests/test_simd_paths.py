@@ -65,3 +65,16 @@ def test_paths_keep_special_values(simd_path):
 
 def test_an_empty_name_chooses_the_best_path():
     assert _kernels.simd_init("") == BEST
+
+
+def test_vector_log_of_sums_matches_libm(simd_path):
+    rng = np.random.default_rng(9)
+    s = np.concatenate([
+        1.0 + rng.random(10000) * 1e-12, 1.0 + rng.random(10000) * 1e-4,
+        1.0 + rng.random(10000), rng.random(10000) * 1e6 + 1.0,
+        np.array([1.0, np.nextafter(1.0, 2.0), np.sqrt(2.0), 2.0, 1e300, np.inf, np.nan]),
+    ])
+    got = _kernels.tile_log(s)
+    want = np.log(s)
+    np.testing.assert_allclose(got[:-2], want[:-2], rtol=4e-16, atol=0)
+    assert got[-2] == np.inf and np.isnan(got[-1])
