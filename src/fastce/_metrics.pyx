@@ -383,11 +383,6 @@ def simd_isa():
 simd_init()
 
 
-def rows_per_unit(Py_ssize_t n_rows, Py_ssize_t C):
-    """Samples per work unit of the row kernel (fixed by the problem only)."""
-    return unit_rows(n_rows, C)
-
-
 # --------------------------------------------------------------------------
 # Scalar helpers
 # --------------------------------------------------------------------------

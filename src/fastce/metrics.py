@@ -84,7 +84,7 @@ def check_topk(topk) -> tuple[int, ...]:
     try:
         values = list(values)
     except TypeError:
-        raise TypeError(
+        raise ValueError(
             f"topk must be a positive integer or a sequence of them, e.g. topk=(1, 5); "
             f"got {topk!r}"
         ) from None
