@@ -319,9 +319,14 @@ class Accumulator:
         return _dd_value(*self._sums[1])
 
     @property
+    def loss_sum(self) -> float:
+        """The summed loss so far (``cross_entropy(..., reduction="sum")``)."""
+        return _dd_value(*self._sums[0])
+
+    @property
     def loss(self) -> float:
-        """The mean loss so far."""
-        return _divide(_dd_value(*self._sums[0]), self.weight_sum)
+        """The mean loss so far (``cross_entropy(..., reduction="mean")``)."""
+        return _divide(self.loss_sum, self.weight_sum)
 
     def _config(self):
         return (self.topk, self.bins, self.ignore_index, self.label_smoothing, self.axis)
