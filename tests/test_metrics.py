@@ -304,6 +304,27 @@ def test_ties_on_the_vector_path_across_chunks():
             assert_array_equal(rr.per_sample.target_rank, r.per_sample.target_rank, layout)
 
 
+@pytest.mark.parametrize("C", [1, 3, 7, 8, 9, 31, 255, 256, 257, 600])
+def test_many_ties_rank_as_defined_for_every_class_count(C):
+    # logits from a handful of values: ties everywhere, targets at every
+    # position relative to the vector lanes and chunks
+    rng = np.random.default_rng(C)
+    n = 400
+    values = np.array([-np.inf, -1.0, 0.0, 0.5, 2.0])
+    x = values[rng.integers(0, 5, (n, C))]
+    x[np.arange(n), rng.integers(0, C, n)] = 0.5  # every row has a finite maximum
+    t = rng.integers(0, C, n)
+    expected = np.array([(row > row[k]).sum() + (row[:k] == row[k]).sum()
+                         for row, k in zip(x, t)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for dtype in FLOATS:
+            for layout in ("C", "F", "strided"):
+                r = fastce.evaluate(arrange(x.astype(dtype), layout), t, per_sample=True)
+                assert_array_equal(r.per_sample.target_rank, expected, f"{dtype} {layout}")
+                assert_array_equal(r.per_sample.prediction, x.argmax(axis=1))
+
+
 def test_closed_form_calibration_error():
     # two classes; confidences 0.5 (bin 2 of 4), e/(1+e) = 0.731 (bin 2), 0.881 (bin 3)
     x = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])

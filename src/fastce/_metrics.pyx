@@ -136,8 +136,8 @@ cdef extern from *:
      * maximum, the exponentials and their sums are the same operations in the
      * same order as row_max_sumexp_avx2 (so s is identical), with the argmax,
      * the rank counts and the entropy term computed alongside. */
-    #define FASTCE_SCAN_ROW_AVX2(T, SFX, V, L, FULL, VLOAD, VSTORE, VSET1, VADD, VSUB, VMUL,    \
-                                 VMAX, VCMP, VAND, VMOVEMASK, VEXP, VHMAX, VHSUM)               \
+    #define FASTCE_SCAN_ROW_AVX2(T, SFX, V, VI, L, LO, VLOAD, VSTORE, VSET1, VADD, VSUB, VMUL,  \
+                                 VFMA, VMAX, VCMP, VAND, VISUB, VEXP, VHMAX, VHSUM, VIHSUM)     \
     FASTCE_AVX2 static double fastce_scan_row_##SFX##_avx2(const T *x, ptrdiff_t n,             \
                                                           ptrdiff_t t, T xt, T *m_out,          \
                                                           double *e_out, ptrdiff_t *arg_out,    \
@@ -146,26 +146,38 @@ cdef extern from *:
         double s = 0.0, e = 0.0;                                                                \
         int saw_nan = 0;                                                                        \
         ptrdiff_t arg = 0, rank = 0;                                                            \
-        const V vt = VSET1(xt), zero = VSET1(0);                                                \
+        const V vt = VSET1(xt), zero = VSET1(0), lo = VSET1(LO);                                \
+        /* per-lane counts of the classes ranked above the target: a true compare is -1 */      \
+        VI above = _mm256_setzero_si256();                                                      \
         for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                           \
             ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;                \
             const T *xs = x + start;                                                            \
             V acc = VSET1(-INFINITY);                                                           \
+            T sm = -INFINITY;                                                                   \
             ptrdiff_t c = 0;                                                                    \
             if (t >= 0) {                                                                       \
+                /* before the target an equal logit ranks above it, after it only a larger */  \
+                ptrdiff_t before = t - start < 0 ? 0 : (t - start > len ? len : t - start);     \
+                for (; c + L <= before; c += L) {                                               \
+                    V v = VLOAD(xs + c);                                                        \
+                    acc = VMAX(v, acc);                                                         \
+                    above = VISUB(above, VCAST(VCMP(v, vt, _CMP_GE_OQ)));                       \
+                }                                                                               \
+                ptrdiff_t stop = c + L < len ? c + L : len;                                     \
+                for (; c < stop; c++) {                                                         \
+                    sm = xs[c] > sm ? xs[c] : sm;                                               \
+                    rank += (xs[c] > xt) || (xs[c] == xt && start + c < t);                     \
+                }                                                                               \
                 for (; c + L <= len; c += L) {                                                  \
                     V v = VLOAD(xs + c);                                                        \
                     acc = VMAX(v, acc);                                                         \
-                    ptrdiff_t below = t - (start + c); /* lanes before the target */            \
-                    int lo = below <= 0 ? 0 : (below >= L ? FULL : (1 << below) - 1);           \
-                    int gt = VMOVEMASK(VCMP(v, vt, _CMP_GT_OQ));                                \
-                    int ge = VMOVEMASK(VCMP(v, vt, _CMP_GE_OQ));                                \
-                    rank += __builtin_popcount((unsigned)(gt | (ge & lo)));                     \
+                    above = VISUB(above, VCAST(VCMP(v, vt, _CMP_GT_OQ)));                       \
                 }                                                                               \
             } else {                                                                            \
                 for (; c + L <= len; c += L) acc = VMAX(VLOAD(xs + c), acc);                    \
             }                                                                                   \
             T cm = VHMAX(acc);                                                                  \
+            cm = sm > cm ? sm : cm;                                                             \
             for (; c < len; c++) {                                                              \
                 cm = xs[c] > cm ? xs[c] : cm;                                                   \
                 if (t >= 0) rank += (xs[c] > xt) || (xs[c] == xt && start + c < t);             \
@@ -186,6 +198,8 @@ cdef extern from *:
                 while (!(xs[k] == cm)) k++;                                                     \
                 arg = start + k;                                                                \
             }                                                                                   \
+            /* the core kernel's sum of exp, operation for operation; beside it the entropy   \
+             * term exp(d) * d, with d clamped where exp(d) is 0 so that -inf gives 0 */        \
             V vm = VSET1(m), acc0 = zero, acc1 = zero, en0 = zero, en1 = zero;                  \
             c = 0;                                                                              \
             for (; c + 2 * L <= len; c += 2 * L) {                                              \
@@ -195,14 +209,14 @@ cdef extern from *:
                 V e1 = VEXP(d1);                                                                \
                 acc0 = VADD(acc0, e0);                                                          \
                 acc1 = VADD(acc1, e1);                                                          \
-                en0 = VADD(en0, VAND(VCMP(e0, zero, _CMP_GT_OQ), VMUL(e0, d0)));                \
-                en1 = VADD(en1, VAND(VCMP(e1, zero, _CMP_GT_OQ), VMUL(e1, d1)));                \
+                en0 = VFMA(e0, VMAX(d0, lo), en0);                                              \
+                en1 = VFMA(e1, VMAX(d1, lo), en1);                                              \
             }                                                                                   \
             for (; c + L <= len; c += L) {                                                      \
                 V d0 = VSUB(VLOAD(xs + c), vm);                                                 \
                 V e0 = VEXP(d0);                                                                \
                 acc0 = VADD(acc0, e0);                                                          \
-                en0 = VADD(en0, VAND(VCMP(e0, zero, _CMP_GT_OQ), VMUL(e0, d0)));                \
+                en0 = VFMA(e0, VMAX(d0, lo), en0);                                              \
             }                                                                                   \
             double part = VHSUM(VADD(acc0, acc1));                                              \
             double epart = VHSUM(VADD(en0, en1));                                               \
@@ -219,19 +233,19 @@ cdef extern from *:
         *m_out = m;                                                                             \
         *e_out = e;                                                                             \
         *arg_out = arg;                                                                         \
-        *rank_out = rank;                                                                       \
+        *rank_out = rank + VIHSUM(above);                                                       \
         return s;                                                                               \
     }                                                                                           \
                                                                                                 \
     FASTCE_AVX2 static void fastce_tile_pass2_##SFX##_avx2(const T *x, ptrdiff_t n,             \
                                                            const T *m, T *s, T *e) {            \
-        const V zero = VSET1(0);                                                                \
+        const V lo = VSET1(LO);                                                                 \
         ptrdiff_t k = 0;                                                                        \
         for (; k + L <= n; k += L) {                                                            \
             V d = VSUB(VLOAD(x + k), VLOAD(m + k));                                             \
             V v = VEXP(d);                                                                      \
             VSTORE(s + k, VADD(VLOAD(s + k), v));                                               \
-            VSTORE(e + k, VADD(VLOAD(e + k), VAND(VCMP(v, zero, _CMP_GT_OQ), VMUL(v, d))));     \
+            VSTORE(e + k, VFMA(v, VMAX(d, lo), VLOAD(e + k)));                                  \
         }                                                                                       \
         for (; k < n; k++) {                                                                    \
             T d = x[k] - m[k];                                                                  \
@@ -241,14 +255,30 @@ cdef extern from *:
         }                                                                                       \
     }
 
-    FASTCE_SCAN_ROW_AVX2(float, f32, __m256, 8, 0xFF, _mm256_loadu_ps, _mm256_storeu_ps,
-                         _mm256_set1_ps, _mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps,
-                         _mm256_max_ps, _mm256_cmp_ps, _mm256_and_ps, _mm256_movemask_ps,
-                         fastce_exp_neg_ps, fastce_hmax_ps, fastce_hsum_ps)
-    FASTCE_SCAN_ROW_AVX2(double, f64, __m256d, 4, 0xF, _mm256_loadu_pd, _mm256_storeu_pd,
-                         _mm256_set1_pd, _mm256_add_pd, _mm256_sub_pd, _mm256_mul_pd,
-                         _mm256_max_pd, _mm256_cmp_pd, _mm256_and_pd, _mm256_movemask_pd,
-                         fastce_exp_neg_pd, fastce_hmax_pd, fastce_hsum_pd)
+    FASTCE_AVX2 static inline ptrdiff_t fastce_hsum_epi32(__m256i v) {
+        __m128i a = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        a = _mm_add_epi32(a, _mm_shuffle_epi32(a, 0x4E));
+        a = _mm_add_epi32(a, _mm_shuffle_epi32(a, 0xB1));
+        return (ptrdiff_t)(uint32_t)_mm_cvtsi128_si32(a);
+    }
+    FASTCE_AVX2 static inline ptrdiff_t fastce_hsum_epi64(__m256i v) {
+        __m128i a = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        a = _mm_add_epi64(a, _mm_unpackhi_epi64(a, a));
+        return (ptrdiff_t)_mm_cvtsi128_si64(a);
+    }
+
+    #define VCAST(v) _Generic((v), __m256: _mm256_castps_si256, __m256d: _mm256_castpd_si256)(v)
+    FASTCE_SCAN_ROW_AVX2(float, f32, __m256, __m256i, 8, -87.0f, _mm256_loadu_ps,
+                         _mm256_storeu_ps, _mm256_set1_ps, _mm256_add_ps, _mm256_sub_ps,
+                         _mm256_mul_ps, _mm256_fmadd_ps, _mm256_max_ps, _mm256_cmp_ps,
+                         _mm256_and_ps, _mm256_sub_epi32, fastce_exp_neg_ps, fastce_hmax_ps,
+                         fastce_hsum_ps, fastce_hsum_epi32)
+    FASTCE_SCAN_ROW_AVX2(double, f64, __m256d, __m256i, 4, -708.0, _mm256_loadu_pd,
+                         _mm256_storeu_pd, _mm256_set1_pd, _mm256_add_pd, _mm256_sub_pd,
+                         _mm256_mul_pd, _mm256_fmadd_pd, _mm256_max_pd, _mm256_cmp_pd,
+                         _mm256_and_pd, _mm256_sub_epi64, fastce_exp_neg_pd, fastce_hmax_pd,
+                         fastce_hsum_pd, fastce_hsum_epi64)
+    #undef VCAST
     #endif
 
     /* ---- dispatch, following the core primitives' choice ---- */
