@@ -591,6 +591,24 @@ def test_bad_bins_raises_naming_it(bins):
         fastce.evaluate(np.zeros((2, 3)), np.zeros(2, np.int64), bins=bins)
 
 
+def test_many_bins_and_a_long_rank_histogram_keep_memory_bounded():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((20000, 3000)).astype(np.float32)
+    t = rng.integers(0, 3000, 20000)
+    tracemalloc.start()
+    try:
+        r = fastce.evaluate(x, t, bins=1 << 20, topk=(1, 3000))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 << 20, peak  # the partials of 1024 units would take 30 GB
+    few = fastce.evaluate(x, t, bins=15, topk=(1, 3000))
+    assert r.accuracy == {1: few.accuracy[1], 3000: 1.0}
+    assert r.loss == few.loss and r.bin_count.sum() == 20000
+    assert_allclose(r.ece, reference_evaluate(x, t, bins=1 << 20, topk=(1,))["ece"],
+                    rtol=1e-6)
+
+
 def test_topk_is_sorted_and_deduplicated():
     r = fastce.evaluate(np.eye(4), np.arange(4), topk=[5, 1, 5, np.int64(2)])
     assert list(r.accuracy) == [1, 2, 5]

@@ -360,9 +360,12 @@ cdef enum:
 cdef enum:
     SERIAL_BELOW = 1 << 15
 
-# Work units per call at most: their partial sums are kept until the end.
+# Work units per call at most, and the most memory their partials (kept
+# until the end) may take: many bins or a long rank histogram mean fewer,
+# larger units.
 cdef enum:
     MAX_UNITS = 1024
+    PARTIALS_BYTES = 1 << 25
 
 # Layout of the float64 partials of one unit: double-double pairs (hi, lo).
 cdef enum:
@@ -434,14 +437,15 @@ cdef inline void dd_add(double* acc, double b) noexcept nogil:
     acc[0] = s
 
 
-cdef inline Py_ssize_t unit_rows(Py_ssize_t n_rows, Py_ssize_t C) noexcept nogil:
+cdef inline Py_ssize_t unit_rows(Py_ssize_t n_rows, Py_ssize_t C,
+                                 Py_ssize_t max_units) noexcept nogil:
     # the core kernels' block (16384 logits), grown so that there are at
-    # most MAX_UNITS units
+    # most max_units units
     cdef Py_ssize_t r = 16384 // (C if C > 0 else 1)
     if r < 1:
         r = 1
-    if (n_rows + r - 1) // r > MAX_UNITS:
-        r = (n_rows + MAX_UNITS - 1) // MAX_UNITS
+    if (n_rows + r - 1) // r > max_units:
+        r = (n_rows + max_units - 1) // max_units
     return r
 
 
@@ -859,7 +863,7 @@ def evaluate_index(const floating[:, :, :] x,
     cdef Options opt
     cdef Outputs out
     cdef Py_ssize_t isz = sizeof(floating)
-    cdef Py_ssize_t n_rows, per, n_units, tiles, u, f
+    cdef Py_ssize_t n_rows, per, n_units, tiles, u, f, max_units
     cdef bint tiled
     L.outer = x.shape[0]
     L.C = x.shape[1]
@@ -888,14 +892,20 @@ def evaluate_index(const floating[:, :, :] x,
         out.conf = &conf_out[0, 0]
         out.entropy = &entropy_out[0, 0]
 
+    # fixed by the problem and the options, never by the thread count
+    max_units = PARTIALS_BYTES // (8 * (opt.nf + opt.ni))
+    if max_units > MAX_UNITS:
+        max_units = MAX_UNITS
+    if max_units < 1:
+        max_units = 1
     tiled = use_tiles(&L)
     if tiled:
         tiles = L.outer * ((L.inner + TILE - 1) // TILE)
-        per = (tiles + MAX_UNITS - 1) // MAX_UNITS
+        per = (tiles + max_units - 1) // max_units
         n_units = (tiles + per - 1) // per
     else:
         n_rows = L.outer * L.inner
-        per = unit_rows(n_rows, L.C)
+        per = unit_rows(n_rows, L.C, max_units)
         n_units = (n_rows + per - 1) // per
 
     cdef double[:, ::1] fpart = np.zeros((n_units, opt.nf), dtype=np.float64)

@@ -469,9 +469,11 @@ class Accumulator:
     def result(self, per_sample: PerSample | None = None) -> EvalResult:
         """The metrics over every sample seen (nan where there are none)."""
         n = self._count
-        totals = [_dd_value(hi, lo) for hi, lo in self._sums]
-        loss_sum, weight_sum, conf_sum, entropy_sum = totals[:_N_TOTALS]
-        bin_conf = np.array(totals[_N_TOTALS:], dtype=np.float64)
+        loss_sum, weight_sum, conf_sum, entropy_sum = (
+            _dd_value(hi, lo) for hi, lo in self._sums[:_N_TOTALS])
+        hi, lo = self._sums[_N_TOTALS:, 0], self._sums[_N_TOTALS:, 1]
+        with np.errstate(invalid="ignore"):
+            bin_conf = np.where(np.isfinite(hi), hi + lo, hi)
         loss = _divide(loss_sum, weight_sum)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             perplexity = float(np.exp(loss))
