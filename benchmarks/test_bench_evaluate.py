@@ -130,7 +130,10 @@ def test_bench_evaluate(benchmark, workload, way):
     x, t = make(workload)
     benchmark.group = f"evaluate {workload} float32"
     benchmark.extra_info.update(workload=workload, way=way, threads=fastce.get_num_threads())
-    benchmark.pedantic(WAYS[way], args=(x, t), rounds=5, warmup_rounds=1)
+    # an idle pause before each round (not timed): the OpenMP threads of the
+    # previous test's library stop spinning and leave the cores to this one
+    benchmark.pedantic(WAYS[way], args=(x, t), setup=lambda: time.sleep(0.3), rounds=5,
+                       warmup_rounds=1)
 
 
 def side_by_side(repeats=9):
