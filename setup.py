@@ -1,4 +1,4 @@
-"""Build the fastce Cython extension, with OpenMP when the compiler has it.
+"""Build the fastce Cython extensions, with OpenMP when the compiler has it.
 
 The compiler is probed for OpenMP (``-fopenmp`` on gcc, libomp behind
 ``-Xpreprocessor -fopenmp`` with Apple clang, ``/openmp`` with MSVC).  Without
@@ -122,7 +122,14 @@ extensions = [
         include_dirs=[np.get_include(), "src/fastce"],
         depends=["src/fastce/_simd.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-    )
+    ),
+    Extension(
+        "fastce._metrics",
+        ["src/fastce/_metrics.pyx"],
+        include_dirs=[np.get_include(), "src/fastce"],
+        depends=["src/fastce/_simd.h"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+    ),
 ]
 
 setup(

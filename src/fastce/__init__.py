@@ -13,16 +13,20 @@ from .functional import (
     nll_loss,
     softmax,
 )
+from .metrics import Accumulator, EvalResult, evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Accumulator",
     "CrossEntropyLoss",
+    "EvalResult",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "cross_entropy_grad",
     "cross_entropy_with_grad",
+    "evaluate",
     "get_num_threads",
     "log_softmax",
     "logsumexp",

@@ -1,0 +1,34 @@
+"""Types of the compiled metrics kernel (fastce._metrics)."""
+
+import numpy as np
+from numpy.typing import NDArray
+
+TILE_SIZE: int
+N_FLOAT_TOTALS: int
+
+_Float = np.float32 | np.float64
+_Index = np.int32 | np.int64
+
+def openmp_enabled() -> bool: ...
+def compile_args() -> str: ...
+def forked_child_serial() -> bool: ...
+def team_started() -> bool: ...
+def simd_init(force: str = ...) -> str: ...
+def simd_isa() -> str: ...
+def evaluate_index(
+    x: NDArray[_Float],
+    target: NDArray[_Index],
+    weight: NDArray[np.float64],
+    weight_sum: float,
+    smoothing: float,
+    ignore_index: int,
+    has_ignore: bool,
+    bins: int,
+    ranks: int,
+    loss_out: NDArray[np.float64] | None,
+    pred_out: NDArray[np.int64] | None,
+    rank_out: NDArray[np.int64] | None,
+    conf_out: NDArray[np.float64] | None,
+    entropy_out: NDArray[np.float64] | None,
+    num_threads: int = ...,
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]: ...

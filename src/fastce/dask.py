@@ -1,0 +1,237 @@
+"""Cross-entropy and evaluation of Dask arrays, for data beyond one machine.
+
+Install with ``pip install "fastce[dask]"``.  Each block of logits is
+computed by fastce's own kernels into an :class:`fastce.Accumulator`, and the
+blocks' accumulators are combined with :meth:`~fastce.Accumulator.merge` in a
+fixed tree, so the result is the in-memory one (to float64 rounding, in
+practice to the last bit) whatever the chunking, the scheduler or the number
+of workers.
+
+The class axis must lie within one chunk: logits split along it are
+rechunked, with a :class:`dask.array.PerformanceWarning`.  Targets are
+rechunked to match the logits' blocks.  Targets are class indices; their
+dtype and shape are checked when the graph is built, their values (a class
+out of range) when it is computed.
+
+Each block runs fastce's OpenMP kernels with ``num_threads`` threads (by
+default all of them); on a cluster that runs one task per core, pass
+``num_threads=1``.
+
+Example
+-------
+>>> import numpy as np, dask.array as da, fastce, fastce.dask
+>>> rng = np.random.default_rng(0)
+>>> x = rng.standard_normal((10_000, 50)); t = rng.integers(0, 50, 10_000)
+>>> r = fastce.dask.evaluate(da.from_array(x, chunks=(1_000, 50)), da.from_array(t, chunks=3_000))
+>>> r.loss == fastce.evaluate(x, t).loss, r.count
+(True, 10000)
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+try:
+    import dask
+    import dask.array as da
+    from dask.array.core import PerformanceWarning
+except ImportError as exc:  # pragma: no cover - exercised only without dask
+    raise ImportError(
+        "fastce.dask needs dask[array]; install it with: pip install 'fastce[dask]'"
+    ) from exc
+
+from .functional import cross_entropy as _cross_entropy
+from .metrics import Accumulator
+from ._validate import (
+    check_reduction,
+    check_target,
+    check_weight,
+    class_axis,
+    native_float_array,
+    result_dtype,
+    view3,
+)
+
+__all__ = ["accumulate", "cross_entropy", "evaluate", "from_npy"]
+
+# accumulators merged per task of the combining tree
+_FAN_IN = 8
+
+
+def _placeholder(shape, dtype) -> np.ndarray:
+    """An array of ``shape`` and ``dtype`` that takes no memory."""
+    return np.broadcast_to(np.zeros((), dtype=dtype), shape)
+
+
+def _prepare(logits, target, axis, stacklevel):
+    """Validated dask arrays: the class axis in one chunk, the target's chunks
+    matching the logits' blocks."""
+    x = da.asarray(logits)
+    t = da.asarray(target)
+    native_float_array(np.empty(0, dtype=x.dtype), "logits")
+    ax = class_axis(axis, x.ndim)
+    if any(np.isnan(s) for s in x.shape + t.shape):
+        raise ValueError(
+            "logits and target need known chunk sizes; call .compute_chunk_sizes() on "
+            "them first"
+        )
+    # the target's dtype and shape, checked as cross_entropy checks them, on
+    # stand-ins that hold no data (its values are checked block by block)
+    kind = np.dtype(t.dtype).kind
+    stand_in = np.int64 if kind in "iu" else (x.dtype if kind == "f" else t.dtype)
+    xs = _placeholder(x.shape, x.dtype)
+    plan = check_target(_placeholder(t.shape, stand_in), xs, ax, view3(xs, ax))
+    if not plan.is_index:
+        raise TypeError(
+            "fastce.dask needs class indices (an integer target of shape "
+            f"{x.shape[:ax] + x.shape[ax + 1:]}); got probabilities of shape {t.shape}."
+        )
+    if len(x.chunks[ax]) > 1:
+        warnings.warn(
+            f"the logits are split along the class axis ({ax}) into {len(x.chunks[ax])} "
+            "chunks; rechunking them so that each block holds whole rows of classes. "
+            f"Chunk them with the class axis whole (e.g. chunks={{{ax}: -1}}) to avoid "
+            "the copy.",
+            PerformanceWarning,
+            stacklevel=stacklevel,
+        )
+        x = x.rechunk({d: (-1 if d == ax else "auto") for d in range(x.ndim)})
+    expected = x.chunks[:ax] + x.chunks[ax + 1:]
+    if t.chunks != expected:
+        t = t.rechunk(expected)
+    return x, t, ax
+
+
+def _block(xb, tb, options):
+    acc = Accumulator(**options)
+    acc.update(xb, tb)
+    return acc
+
+
+def _merge(options, *parts):
+    total = Accumulator(**options)
+    for part in parts:
+        total.merge(part)
+    return total
+
+
+def _accumulate(logits, target, options):
+    # blocks keep the logits' number of dimensions, so ``axis`` (None included)
+    # names the same class axis in each of them
+    x, t, ax = _prepare(logits, target, options["axis"], stacklevel=5)
+    check_weight(options["weight"], x.shape[ax])
+    xblocks = x.to_delayed()
+    tblocks = t.to_delayed()
+    parts = []
+    for idx in np.ndindex(*x.numblocks):
+        tidx = idx[:ax] + idx[ax + 1:]
+        parts.append(dask.delayed(_block, pure=True)(xblocks[idx], tblocks[tidx], options))
+    while len(parts) > 1:
+        parts = [dask.delayed(_merge, pure=True)(options, *parts[i:i + _FAN_IN])
+                 for i in range(0, len(parts), _FAN_IN)]
+    return parts[0]
+
+
+def _options(weight, ignore_index, label_smoothing, axis, topk, bins, num_threads):
+    options = dict(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                   axis=axis, topk=topk, bins=bins, num_threads=num_threads)
+    Accumulator(**options)  # every option is checked before the graph is built
+    return options
+
+
+def accumulate(logits, target, weight=None, *, ignore_index=-100, label_smoothing=0.0,
+               axis=None, topk=(1, 5), bins=15, num_threads=None):
+    """A :class:`dask.delayed.Delayed` that computes to the
+    :class:`fastce.Accumulator` of every block, merged; for evaluations that
+    go on adding data, or several evaluations computed together
+    (``dask.compute(a, b)``).  Arguments as :func:`evaluate`."""
+    options = _options(weight, ignore_index, label_smoothing, axis, topk, bins, num_threads)
+    return _accumulate(logits, target, options)
+
+
+def _result(acc):
+    return acc.result()
+
+
+def evaluate(logits, target, weight=None, *, topk=(1, 5), bins=15, ignore_index=-100,
+             label_smoothing=0.0, axis=None, num_threads=None, compute=True):
+    """:func:`fastce.evaluate` of dask arrays (or anything ``dask.array.asarray``
+    takes): the same :class:`fastce.EvalResult`, without per-sample arrays.
+
+    With ``compute=False`` returns a :class:`dask.delayed.Delayed` of the
+    result instead of computing it on the current scheduler.
+    """
+    options = _options(weight, ignore_index, label_smoothing, axis, topk, bins, num_threads)
+    result = dask.delayed(_result, pure=True)(_accumulate(logits, target, options))
+    return result.compute() if compute else result
+
+
+def _reduced_loss(acc, reduction, dtype) -> np.ndarray:
+    return np.asarray(acc.loss_sum if reduction == "sum" else acc.loss, dtype=dtype)
+
+
+def _loss_none(xb, tb, weight, ignore_index, label_smoothing, axis, num_threads):
+    return _cross_entropy(xb, tb, weight, ignore_index=ignore_index, reduction="none",
+                          label_smoothing=label_smoothing, axis=axis, num_threads=num_threads)
+
+
+def cross_entropy(logits, target, weight=None, *, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, axis=None, num_threads=None):
+    """:func:`fastce.cross_entropy` of dask arrays, as a lazy dask array.
+
+    ``"mean"`` and ``"sum"`` give a 0-d array (float32 for float16/float32
+    logits, float64 for float64, as in memory) reduced through the
+    accumulators; ``"none"`` gives the per-sample losses, blockwise, with the
+    target's shape and the logits' chunks.  Class-index targets only.
+    """
+    reduction = check_reduction(reduction)
+    x, t, ax = _prepare(logits, target, axis, stacklevel=3)
+    dtype = result_dtype(x.dtype)
+    if weight is not None:
+        weight = check_weight(weight, x.shape[ax])
+    if reduction == "none":
+        Accumulator(weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                    num_threads=num_threads)  # the options' checks
+        index = tuple(range(x.ndim))
+        tindex = index[:ax] + index[ax + 1:]
+        return da.blockwise(
+            _loss_none, tindex, x, index, t, tindex, dtype=dtype, concatenate=True,
+            meta=np.empty((0,) * len(tindex), dtype=dtype), weight=weight,
+            ignore_index=ignore_index, label_smoothing=label_smoothing, axis=ax - x.ndim,
+            num_threads=num_threads,
+        )
+    options = _options(weight, ignore_index, label_smoothing, ax - x.ndim, 1, 1, num_threads)
+    acc = _accumulate(x, t, options)
+    value = dask.delayed(_reduced_loss, pure=True)(acc, reduction, dtype)
+    return da.from_delayed(value, shape=(), dtype=dtype)
+
+
+def _read_rows(path, start, stop):
+    return np.array(np.load(path, mmap_mode="r")[start:stop])
+
+
+def from_npy(path, rows_per_chunk=None):
+    """A dask array of a ``.npy`` file, read by each task from its own memory
+    map, ``rows_per_chunk`` rows (along axis 0) at a time; by default about
+    128 MiB per chunk.  Every worker must see the file at ``path``."""
+    path = str(path)
+    mm = np.load(path, mmap_mode="r")
+    shape, dtype = mm.shape, mm.dtype
+    del mm
+    if not shape:
+        raise ValueError(f"{path} holds a 0-d array; there is nothing to chunk")
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+    if rows_per_chunk is None:
+        rows_per_chunk = max(1, (128 << 20) // row_bytes)
+    if int(rows_per_chunk) < 1:
+        raise ValueError(f"rows_per_chunk must be a positive integer; got {rows_per_chunk!r}")
+    rows_per_chunk = int(rows_per_chunk)
+    blocks = []
+    for start in range(0, max(shape[0], 1), rows_per_chunk):
+        stop = min(start + rows_per_chunk, shape[0])
+        part = dask.delayed(_read_rows, pure=True)(path, start, stop)
+        blocks.append(da.from_delayed(part, shape=(stop - start,) + shape[1:], dtype=dtype))
+    return da.concatenate(blocks, axis=0)
+

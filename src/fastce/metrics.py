@@ -1,0 +1,568 @@
+"""Evaluation: every metric from one pass over the logits, with exact streaming totals.
+
+:func:`evaluate` reads each row of logits once and returns the mean loss, the
+perplexity, top-k accuracies, the mean confidence, the mean predictive
+entropy and the expected calibration error.  :class:`Accumulator` computes
+the same numbers batch by batch (``update``), combines totals computed
+elsewhere (``merge``) and pickles, so a streamed or distributed evaluation
+gives the numbers one big call gives.
+
+Definitions, per sample ``n`` that is not ignored (``p = softmax(x[n])``,
+``t`` its target class):
+
+* **loss**: :func:`fastce.cross_entropy`'s per-sample loss (weights, label
+  smoothing and all); the mean is ``sum loss / sum w[t]`` exactly as
+  ``cross_entropy(..., reduction="mean")`` divides it, and the perplexity is
+  ``exp(mean loss)``.
+* **prediction**: the first index of the largest logit, as ``numpy.argmax``.
+* **target rank**: the number of classes whose logit is larger than the
+  target's, plus those with an equal logit at a lower index; so ties are
+  broken towards the lower class index, as a stable sort in descending order
+  would, and the target is **top-k correct** iff its rank is below ``k``
+  (top-1 correct iff the prediction is the target).  scikit-learn's
+  ``top_k_accuracy_score`` breaks ties the other way (towards the higher
+  index); without ties the two agree.
+* **confidence**: ``max_c p_c``; **entropy**: ``-sum_c p_c log p_c`` (nats).
+* **ECE**: ``bins`` equal-width bins over ``[0, 1]`` (bin ``b`` holds
+  confidences in ``[b / bins, (b + 1) / bins)``, the last one also 1.0);
+  ``ECE = sum_b (n_b / N) |acc_b - conf_b|`` with ``acc_b`` the bin's top-1
+  accuracy and ``conf_b`` its mean confidence.
+
+Accuracy, confidence, entropy and ECE are unweighted means over the ``N``
+samples that are not ignored; class weights and label smoothing change the
+loss only.  A row whose probabilities are undefined (a NaN or ``+inf`` logit,
+or no logit above ``-inf``) has a NaN loss, confidence and entropy (so the
+means and the ECE are NaN, as the loss is) and is never counted correct.
+
+Totals are float64 and compensated (each sum carries its rounding error), so
+a streamed evaluation agrees with one call over the concatenated data to
+float64 rounding, in practice to the last bit, however the batches are cut;
+counts are exact integers.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _kernels, _metrics
+from ._validate import (
+    check_ignore_index,
+    check_label_smoothing,
+    check_num_threads,
+    check_target,
+    check_weight,
+    class_axis,
+    flip2,
+    flip3,
+    native_float_array,
+    normalize_axis,
+    raise_out_of_range,
+    result_dtype,
+    samples_flipped,
+    view3,
+    warn_single_class,
+)
+
+__all__ = ["Accumulator", "EvalResult", "PerSample", "evaluate"]
+
+# Logits per kernel call (after any conversion) when an input is walked in
+# blocks: a memory-mapped file is read block by block, and a float16 or
+# byte-swapped input is converted one block at a time.
+_BLOCK_BYTES = 1 << 26
+
+_N_TOTALS = _metrics.N_FLOAT_TOTALS  # loss, weight, confidence, entropy
+
+
+def check_topk(topk) -> tuple[int, ...]:
+    """``topk`` as a sorted tuple of distinct positive ints."""
+    values = [topk] if isinstance(topk, (int, np.integer)) else topk
+    try:
+        values = list(values)
+    except TypeError:
+        raise ValueError(
+            f"topk must be a positive integer or a sequence of them, e.g. topk=(1, 5); "
+            f"got {topk!r}"
+        ) from None
+    if not values:
+        raise ValueError("topk must name at least one k, e.g. topk=(1, 5); got an empty sequence")
+    out = []
+    for k in values:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+            raise ValueError(
+                f"topk must hold positive integers, e.g. topk=(1, 5); got {k!r} in {topk!r}"
+            )
+        if k < 1:
+            raise ValueError(f"topk values must be at least 1; got {int(k)} in {topk!r}")
+        out.append(int(k))
+    return tuple(sorted(set(out)))
+
+
+def check_bins(bins) -> int:
+    """The number of confidence bins of the ECE, a positive int."""
+    if isinstance(bins, (bool, np.bool_)) or not isinstance(bins, (int, np.integer)):
+        raise ValueError(
+            f"bins must be a positive integer, the number of equal-width confidence bins "
+            f"of the calibration error (e.g. bins=15); got {bins!r}"
+        )
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1; got {int(bins)}")
+    if bins > 1 << 20:
+        raise ValueError(f"bins must be at most {1 << 20}; got {int(bins)}")
+    return int(bins)
+
+
+@dataclass(frozen=True, eq=False)
+class PerSample:
+    """Per-sample results, each of the target's shape.
+
+    ``loss`` is ``cross_entropy(..., reduction="none")`` (0 where ignored);
+    ``prediction`` the argmax class; ``target_rank`` the target's rank (-1
+    where ignored; top-k correct iff ``0 <= rank < k``); ``confidence`` the
+    largest probability; ``entropy`` the predictive entropy.  The float
+    arrays have the loss's dtype, the others are int64.
+    """
+
+    loss: np.ndarray
+    prediction: np.ndarray
+    target_rank: np.ndarray
+    confidence: np.ndarray
+    entropy: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class EvalResult:
+    """What :func:`evaluate` and :meth:`Accumulator.result` return.
+
+    Attributes
+    ----------
+    loss : float
+        The mean cross-entropy, as ``cross_entropy(..., reduction="mean")``
+        (nan without samples).
+    perplexity : float
+        ``exp(loss)``.
+    accuracy : dict of int to float
+        Top-k accuracy for each requested ``k``.
+    confidence, entropy : float
+        Mean largest probability, mean predictive entropy (nats).
+    ece : float
+        Expected calibration error over ``bins`` equal-width bins.
+    count : int
+        Samples that are not ignored.
+    weight_sum : float
+        The sum of their targets' class weights (the mean's denominator).
+    bin_count, bin_accuracy, bin_confidence : ndarray
+        The reliability diagram: samples, top-1 accuracy and mean confidence
+        per bin (nan for an empty bin).
+    per_sample : PerSample or None
+        Per-sample arrays, when asked for.
+    """
+
+    loss: float
+    perplexity: float
+    accuracy: dict
+    confidence: float
+    entropy: float
+    ece: float
+    count: int
+    weight_sum: float
+    bin_count: np.ndarray = field(repr=False)
+    bin_accuracy: np.ndarray = field(repr=False)
+    bin_confidence: np.ndarray = field(repr=False)
+    per_sample: PerSample | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict:
+        """The scalar results, with top-k accuracies as ``"top{k}"``."""
+        out = {"loss": self.loss, "perplexity": self.perplexity}
+        out.update({f"top{k}": v for k, v in self.accuracy.items()})
+        out.update(confidence=self.confidence, entropy=self.entropy, ece=self.ece,
+                   count=self.count, weight_sum=self.weight_sum)
+        return out
+
+
+def _dd_value(hi: float, lo: float) -> float:
+    hi = float(hi)
+    return hi + float(lo) if math.isfinite(hi) else hi
+
+
+def _dd_fold(into: np.ndarray, add: np.ndarray) -> None:
+    """``into += add`` for arrays of double-double pairs ``(..., 2)``."""
+    a = into[..., 0]
+    b = add[..., 0]
+    with np.errstate(invalid="ignore"):
+        s = a + b
+        bp = s - a
+        err = (a - (s - bp)) + (b - bp)
+        into[..., 1] += err + add[..., 1]
+    into[..., 0] = s
+
+
+def _divide(a, b) -> float:
+    return float(a) / float(b) if b else math.nan
+
+
+def _threads(requested: int) -> int:
+    if _kernels.forked_child_serial():
+        return 1
+    return requested if requested > 0 else max(1, _kernels.max_threads())
+
+
+def _sync_vector_path() -> None:
+    # one vector path for the core kernels and this module
+    if _metrics.simd_isa() != _kernels.simd_isa():
+        _metrics.simd_init("baseline" if _kernels.simd_isa() == "baseline" else "")
+
+
+def _blocks(n: int, step: int, min_last: int = 1):
+    """``(start, stop)`` pairs covering ``range(n)`` in steps of ``step``;
+    a last block shorter than ``min_last`` joins the one before."""
+    starts = list(range(0, n, step))
+    if len(starts) > 1 and n - starts[-1] < min_last:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+
+class Accumulator:
+    """Exact running totals of the evaluation metrics over batches.
+
+    ``update(logits, target)`` adds a batch; ``merge(other)`` adds the totals
+    of another accumulator (another worker, another shard); ``result()``
+    gives what :func:`evaluate` over all the samples at once gives.  The
+    options are :func:`fastce.cross_entropy`'s, fixed when the accumulator is
+    made, plus the metrics' ``topk`` and ``bins``.  Accumulators pickle.
+
+    Parameters
+    ----------
+    weight : array_like of shape (C,), optional
+        A weight per class (the loss only).
+    ignore_index : int, default -100
+        Targets equal to it count in no metric.
+    label_smoothing : float in [0, 1], default 0.0
+        As in :func:`fastce.cross_entropy` (the loss only).
+    axis : int, optional
+        The class axis (``None``: PyTorch's rule).
+    topk : int or sequence of int, default (1, 5)
+        The ``k`` of the top-k accuracies.
+    bins : int, default 15
+        Equal-width confidence bins of the calibration error.
+    num_threads : int, optional
+        The most threads an update may use.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> rng = np.random.default_rng(0)
+    >>> logits = rng.standard_normal((1000, 10)); target = rng.integers(0, 10, 1000)
+    >>> acc = fastce.Accumulator(topk=(1, 3))
+    >>> for start in range(0, 1000, 300):          # batches of uneven size
+    ...     acc.update(logits[start:start + 300], target[start:start + 300])
+    >>> streamed = acc.result()
+    >>> whole = fastce.evaluate(logits, target, topk=(1, 3))
+    >>> streamed.loss == whole.loss, streamed.accuracy == whole.accuracy
+    (True, True)
+    >>> bool(np.isclose(streamed.loss, fastce.cross_entropy(logits, target), rtol=1e-12))
+    True
+    """
+
+    def __init__(self, weight=None, *, ignore_index=-100, label_smoothing=0.0, axis=None,
+                 topk=(1, 5), bins=15, num_threads=None):
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+        self._ignore = check_ignore_index(ignore_index)
+        self.ignore_index = operator.index(ignore_index)
+        if weight is not None:
+            weight = np.asarray(weight)
+            if weight.ndim == 1:
+                weight = check_weight(weight, weight.shape[0])
+        self.weight = weight
+        if axis is not None:
+            normalize_axis(axis, 64, "logits")
+            axis = operator.index(axis)
+        self.axis = axis
+        self.topk = check_topk(topk)
+        self.bins = check_bins(bins)
+        self.num_threads = num_threads
+        self._threads = check_num_threads(num_threads)
+        self.reset()
+
+    # ---- state -------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget every sample seen."""
+        self.n_classes: int | None = None
+        self._sums = np.zeros((_N_TOTALS + self.bins, 2), dtype=np.float64)
+        self._count = 0
+        self._bin_count = np.zeros(self.bins, dtype=np.int64)
+        self._bin_correct = np.zeros(self.bins, dtype=np.int64)
+        self._correct = np.zeros(len(self.topk), dtype=np.int64)
+
+    def _add(self, sums: np.ndarray, counts: np.ndarray, ranks: int) -> None:
+        bins = self.bins
+        _dd_fold(self._sums, sums)
+        self._count += int(counts[0])
+        self._bin_count += counts[1:1 + bins]
+        self._bin_correct += counts[1 + bins:1 + 2 * bins]
+        cumulative = np.cumsum(counts[1 + 2 * bins:1 + 2 * bins + ranks])
+        self._correct += cumulative[np.minimum(self.topk, ranks) - 1]
+
+    @property
+    def count(self) -> int:
+        """Samples seen that are not ignored."""
+        return self._count
+
+    @property
+    def weight_sum(self) -> float:
+        """The sum of their targets' class weights."""
+        return _dd_value(*self._sums[1])
+
+    @property
+    def loss_sum(self) -> float:
+        """The summed loss so far (``cross_entropy(..., reduction="sum")``)."""
+        return _dd_value(*self._sums[0])
+
+    @property
+    def loss(self) -> float:
+        """The mean loss so far (``cross_entropy(..., reduction="mean")``)."""
+        return _divide(self.loss_sum, self.weight_sum)
+
+    def _config(self):
+        return (self.topk, self.bins, self.ignore_index, self.label_smoothing, self.axis)
+
+    def _same_weight(self, other) -> bool:
+        if self.weight is None or other.weight is None:
+            return self.weight is None and other.weight is None
+        return self.weight.shape == other.weight.shape and np.array_equal(
+            self.weight, other.weight)
+
+    # ---- the three operations --------------------------------------------
+
+    def update(self, logits, target, *, per_sample=False):
+        """Add a batch.
+
+        ``logits`` and ``target`` are what :func:`fastce.cross_entropy` takes
+        with class-index targets; the class count must not change between
+        batches.  Large inputs (a memory-mapped file, say) are read in blocks
+        without a full copy.  Returns a :class:`PerSample` of this batch when
+        ``per_sample`` is true, else None.
+        """
+        arr = np.asarray(logits)
+        # the logits' dtype is checked here; each block is converted on its own
+        native_float_array(np.empty(0, dtype=arr.dtype), "logits")
+        axis = class_axis(self.axis, arr.ndim)
+        n_classes = arr.shape[axis]
+        x3 = view3(arr, axis)
+        w = check_weight(self.weight, n_classes)
+        plan = check_target(target, arr, axis, x3)
+        if not plan.is_index:
+            expected = arr.shape[:axis] + arr.shape[axis + 1:]
+            raise TypeError(
+                "evaluation needs class indices (an integer target of shape "
+                f"{expected}); got probabilities of shape {plan.shape}. Accuracy and "
+                f"calibration need a true class: pass target.argmax(axis={axis}), and use "
+                "fastce.cross_entropy for the loss against probabilities."
+            )
+        outer, _, inner = x3.shape
+        n_samples = outer * inner
+        if n_samples > 0 and n_classes == 0:
+            raise ValueError(
+                f"logits have {n_samples} sample(s) but zero classes along axis {axis} "
+                f"(shape {arr.shape}); cross-entropy needs at least one class."
+            )
+        if self.n_classes is not None and n_classes != self.n_classes:
+            raise ValueError(
+                f"logits have {n_classes} classes along axis {axis} but earlier batches had "
+                f"{self.n_classes}; every batch of one evaluation needs the same classes."
+            )
+        ignore_value, has_ignore = self._ignore
+        if n_samples:
+            bad, value, _ = _kernels.check_targets(plan.index2, n_classes, ignore_value,
+                                                   has_ignore, w)
+            if bad >= 0:
+                raise_out_of_range(np.asarray(target), bad, value, n_classes)
+        warn_single_class(n_classes)
+
+        # every check has passed
+        self.n_classes = n_classes
+        dtype = result_dtype(arr.dtype)
+        outputs = None
+        if per_sample:
+            outputs = PerSample(
+                loss=np.zeros(plan.shape, dtype=dtype),
+                prediction=np.zeros(plan.shape, dtype=np.int64),
+                target_rank=np.full(plan.shape, -1, dtype=np.int64),
+                confidence=np.zeros(plan.shape, dtype=dtype),
+                entropy=np.zeros(plan.shape, dtype=dtype),
+            )
+        if n_samples == 0:
+            return outputs
+
+        _sync_vector_path()
+        t2 = plan.index2
+        out2 = None
+        if outputs is not None:
+            out2 = [a.reshape(outer, inner) for a in (
+                outputs.loss, outputs.prediction, outputs.target_rank,
+                outputs.confidence, outputs.entropy)]
+        if samples_flipped(x3):
+            x3 = flip3(x3)
+            t2 = flip2(t2)
+            out2 = [flip2(a) for a in out2] if out2 is not None else None
+        outer, _, inner = x3.shape
+        weight_sum = float(w.sum()) if w.size else float(n_classes)
+        ranks = min(self.topk[-1], n_classes)
+        threads = _threads(self._threads)
+        block_bytes = max(1, n_classes * dtype.itemsize)
+        if outer > 1:
+            step = max(1, _BLOCK_BYTES // (block_bytes * inner))
+            blocks = [(slice(a, b), slice(None)) for a, b in _blocks(outer, step)]
+        else:
+            # one outer slice: walk the samples along the inner axis in whole
+            # tiles, never leaving a single sample (it would take the row kernel)
+            tile = _metrics.TILE_SIZE
+            step = max(tile, _BLOCK_BYTES // block_bytes // tile * tile)
+            blocks = [(slice(None), slice(a, b)) for a, b in _blocks(inner, step, 2)]
+
+        for rows, cols in blocks:
+            xb = native_float_array(x3[rows, :, cols], "logits")
+            tb = t2[rows, cols]
+            bufs = [None] * 5
+            if out2 is not None:
+                shape2 = tb.shape
+                bufs = [np.empty(shape2), np.empty(shape2, np.int64),
+                        np.empty(shape2, np.int64), np.empty(shape2), np.empty(shape2)]
+            sums, counts = _metrics.evaluate_index(
+                xb, tb, w, weight_sum, self.label_smoothing, ignore_value, has_ignore,
+                self.bins, ranks, *bufs, threads,
+            )
+            self._add(sums, counts, ranks)
+            if out2 is not None:
+                for dest, buf in zip(out2, bufs):
+                    dest[rows, cols] = buf
+        return outputs
+
+    def merge(self, other: Accumulator) -> Accumulator:
+        """Add the totals of ``other`` (made with the same options); returns self."""
+        if not isinstance(other, Accumulator):
+            raise TypeError(f"can only merge another Accumulator, not {type(other).__name__}")
+        if self._config() != other._config() or not self._same_weight(other):
+            raise ValueError(
+                "cannot merge accumulators made with different options: "
+                f"{self._describe()} vs {other._describe()}"
+            )
+        if (self.n_classes is not None and other.n_classes is not None
+                and self.n_classes != other.n_classes):
+            raise ValueError(
+                f"cannot merge accumulators of {self.n_classes} and {other.n_classes} classes"
+            )
+        if other.n_classes is not None:
+            self.n_classes = other.n_classes
+        _dd_fold(self._sums, other._sums)
+        self._count += other._count
+        self._bin_count += other._bin_count
+        self._bin_correct += other._bin_correct
+        self._correct += other._correct
+        return self
+
+    def result(self, per_sample: PerSample | None = None) -> EvalResult:
+        """The metrics over every sample seen (nan where there are none)."""
+        n = self._count
+        loss_sum, weight_sum, conf_sum, entropy_sum = (
+            _dd_value(hi, lo) for hi, lo in self._sums[:_N_TOTALS])
+        hi, lo = self._sums[_N_TOTALS:, 0], self._sums[_N_TOTALS:, 1]
+        with np.errstate(invalid="ignore"):
+            bin_conf = np.where(np.isfinite(hi), hi + lo, hi)
+        loss = _divide(loss_sum, weight_sum)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            perplexity = float(np.exp(loss))
+            bin_accuracy = self._bin_correct / self._bin_count
+            bin_confidence = bin_conf / self._bin_count
+        gaps = np.abs(self._bin_correct - bin_conf)
+        return EvalResult(
+            loss=loss,
+            perplexity=perplexity,
+            accuracy={k: _divide(c, n) for k, c in zip(self.topk, self._correct.tolist())},
+            confidence=_divide(conf_sum, n),
+            entropy=_divide(entropy_sum, n),
+            ece=_divide(float(np.sum(gaps)), n),
+            count=n,
+            weight_sum=weight_sum,
+            bin_count=self._bin_count.copy(),
+            bin_accuracy=bin_accuracy,
+            bin_confidence=bin_confidence,
+            per_sample=per_sample,
+        )
+
+    # ---- presentation ----------------------------------------------------
+
+    def _describe(self) -> str:
+        parts = [f"topk={self.topk}", f"bins={self.bins}", f"ignore_index={self.ignore_index}",
+                 f"label_smoothing={self.label_smoothing}", f"axis={self.axis}"]
+        if self.weight is not None:
+            parts.insert(0, f"weight={np.asarray(self.weight).tolist()!r}")
+        return ", ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"Accumulator({self._describe()}; count={self._count}, loss={self.loss:.6g})"
+
+
+def evaluate(logits, target, weight=None, *, topk=(1, 5), bins=15, ignore_index=-100,
+             label_smoothing=0.0, axis=None, per_sample=False, num_threads=None) -> EvalResult:
+    """Loss, perplexity, top-k accuracy, confidence, entropy and calibration
+    error from one pass over the logits.
+
+    Parameters
+    ----------
+    logits, target, weight, ignore_index, label_smoothing, axis, num_threads
+        As in :func:`fastce.cross_entropy`, with class-index targets.
+        ``logits`` may be a memory-mapped array larger than memory: it is
+        read in blocks, never copied whole.
+    topk : int or sequence of int, default (1, 5)
+        The ``k`` of the top-k accuracies (``k`` above the class count gives
+        1.0 for every row with defined probabilities).
+    bins : int, default 15
+        Equal-width confidence bins over ``[0, 1]`` for the calibration error.
+    per_sample : bool, default False
+        Also return per-sample arrays (:class:`PerSample`) in ``.per_sample``.
+
+    Returns
+    -------
+    EvalResult
+        See the module documentation (``fastce.metrics``) for the definitions
+        and the tie rule: a target's rank counts the classes with a larger
+        logit and those with an equal logit at a lower index.
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        As :func:`fastce.cross_entropy` for bad inputs; ``ValueError`` for a
+        bad ``topk`` or ``bins``; ``TypeError`` for probability targets.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3], [1.0, 1.0, 3.0]])
+    >>> r = fastce.evaluate(logits, np.array([0, 0, 2]), topk=(1, 2), bins=10)
+    >>> round(r.loss, 6), r.accuracy, r.count
+    (0.958875, {1: 0.6666666666666666, 2: 1.0}, 3)
+    >>> r = fastce.evaluate(logits, np.array([0, 0, 2]), per_sample=True)
+    >>> r.per_sample.prediction, r.per_sample.target_rank
+    (array([0, 1, 2]), array([0, 1, 0]))
+    """
+    acc = Accumulator(weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                      axis=axis, topk=topk, bins=bins, num_threads=num_threads)
+    outputs = acc.update(logits, target, per_sample=per_sample)
+    return acc.result(per_sample=outputs)
+
+
+def _after_fork_in_child() -> None:
+    # a thread team started by this module's kernels is as unusable in a
+    # forked child as one started by the core kernels: run those serially too
+    if _metrics.team_started():
+        _kernels.set_thread_limit(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
