@@ -344,6 +344,16 @@ def test_bfloat16_goes_to_torch(spy):
     assert torch.equal(loss, F.cross_entropy(x, target))
 
 
+def test_mixed_dtype_probabilities_go_to_torch(spy):
+    """torch promotes float32 logits against float64 probabilities: a float64 loss."""
+    x, target, _ = make_case("2d", OPTIONS["prob"], torch.float32)
+    got = ft.cross_entropy(x, target.double())
+    want = F.cross_entropy(x, target.double())
+    assert spy.calls == []
+    assert got.dtype == want.dtype == torch.float64
+    assert_close(got, want, torch.float64)
+
+
 def test_meta_tensors_go_to_torch(spy):
     x = torch.empty(8, 5, device="meta", requires_grad=True)
     loss = ft.cross_entropy(x, torch.empty(8, dtype=torch.long, device="meta"))

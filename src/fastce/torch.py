@@ -26,8 +26,9 @@ torch's own:
   ``torch.compile`` traces or a ``torch.func`` transform (``vmap``,
   ``grad``) is active;
 - logits of a dtype other than float32, float64 and float16 (bfloat16, for
-  now), and targets torch itself rejects (class indices other than int64
-  and uint8, a weight of another dtype than the logits);
+  now), class indices of a dtype torch rejects (it takes int64 and uint8),
+  probabilities or a weight of another dtype than the logits (torch
+  promotes or rejects them);
 - a gradient wanted with respect to the target (soft targets that require
   grad) or the weight;
 - the deprecated ``size_average=`` and ``reduce=`` arguments;
@@ -60,7 +61,6 @@ _torch_cross_entropy = torch.nn.functional.cross_entropy
 
 _LOGIT_DTYPES = (torch.float32, torch.float64, torch.float16)
 _INDEX_DTYPES = (torch.int64, torch.uint8)  # the class-index dtypes torch accepts
-_PROB_DTYPES = (torch.float32, torch.float64, torch.float16)
 _REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -100,8 +100,8 @@ def _served(input, target, weight, size_average, reduce, reduction, grad_enabled
         return False
     if input.dtype not in _LOGIT_DTYPES:
         return False
-    if target.dtype not in _INDEX_DTYPES and target.dtype not in _PROB_DTYPES:
-        return False
+    if target.dtype not in _INDEX_DTYPES and target.dtype != input.dtype:
+        return False  # torch promotes mixed probabilities (float32 logits, float64 target)
     if weight is not None and weight.dtype != input.dtype:
         return False
     if grad_enabled and (target.requires_grad or (weight is not None and weight.requires_grad)):
