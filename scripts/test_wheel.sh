@@ -44,7 +44,8 @@ with tarfile.open(sdist) as tar:
 needed = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md",
           "src/fastce/_kernels.pyx", "src/fastce/_kernels.pyi", "src/fastce/_simd.h",
           "src/fastce/py.typed", "src/fastce/__init__.py", "src/fastce/torch.py",
-          "tests/test_reference.py", "tests/test_torch_adapter.py"]
+          "tests/test_reference.py", "tests/test_torch_adapter.py",
+          "scripts/test_wheel.sh", "scripts/share_libomp_macos.py"]
 missing = [n for n in needed if n not in names]
 generated = [n for n in names if n.endswith((".c", ".so", ".pyd", ".html"))]
 with zipfile.ZipFile(wheel) as whl:
