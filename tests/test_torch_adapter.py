@@ -508,6 +508,20 @@ def test_module_follows_its_weight_buffer(spy):
     assert_close(got, want, torch.float64)
 
 
+def test_import_without_torch_says_what_is_missing():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "try:\n    import fastce.torch\n"
+            "except ImportError as err:\n    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "fastce.torch is the PyTorch drop-in and needs torch" in done.stdout
+    done = subprocess.run([sys.executable, "-c", "import sys, fastce; "
+                           "print('torch' in sys.modules)"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "False"  # import fastce never imports torch
+
+
 def test_documented_examples_run():
     result = doctest.testmod(ft, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

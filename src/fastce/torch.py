@@ -50,7 +50,14 @@ This module imports torch: import it only where torch is installed.
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as err:  # pragma: no cover - exercised in a subprocess
+    raise ImportError(
+        "fastce.torch is the PyTorch drop-in and needs torch: install it (the CPU build is "
+        "enough), or use fastce's NumPy functions"
+    ) from err
 
 from . import functional as _functional
 from ._config import get_num_threads as _fastce_threads
