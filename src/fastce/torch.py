@@ -1,0 +1,263 @@
+"""A drop-in for PyTorch's cross-entropy on CPU tensors.
+
+Swap ::
+
+    loss = torch.nn.functional.cross_entropy(logits, target)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+
+for ::
+
+    loss = fastce.torch.cross_entropy(logits, target)
+    criterion = fastce.torch.CrossEntropyLoss(label_smoothing=0.1)
+
+The signatures are torch's, and so are the results, gradients and errors.
+On a CPU tensor the forward pass computes the loss and its gradient in one
+fused call, reading the tensor's memory in place (no copy for any strides
+NumPy can describe), and the backward pass only scales that gradient.
+When no gradient is needed (``torch.no_grad()``, or logits that do not
+require one) only the loss is computed.
+
+Every call fastce cannot serve goes, silently, to
+``torch.nn.functional.cross_entropy``, so its result and its errors are
+torch's own:
+
+- tensors off the CPU (CUDA, MPS, meta), sparse, quantized or nested ones,
+  tensor subclasses with ``__torch_function__``, and calls made while
+  ``torch.compile`` traces or a ``torch.func`` transform (``vmap``,
+  ``grad``) is active;
+- logits of a dtype other than float32, float64 and float16 (bfloat16, for
+  now), class indices of a dtype torch rejects (it takes int64 and uint8),
+  probabilities or a weight of another dtype than the logits (torch
+  promotes or rejects them);
+- a gradient wanted with respect to the target (soft targets that require
+  grad) or the weight;
+- the deprecated ``size_average=`` and ``reduce=`` arguments;
+- anything fastce's own checks reject (an out-of-range class, mismatched
+  shapes, a bad option): torch is called with the same arguments and raises
+  its usual ``IndexError``, ``ValueError`` or ``RuntimeError``.
+
+Differences from torch: float16 logits are computed in float32 and rounded
+to float16 at the end (torch rounds intermediate steps too); a single class
+gives fastce's ``RuntimeWarning``; the kernels use at most
+``torch.get_num_threads()`` threads (and at most ``fastce.get_num_threads()``).
+A second derivative is not supported: differentiating the gradient again
+(after ``create_graph=True``) raises a ``RuntimeError`` saying so; use
+torch's function there.
+
+This module imports torch: import it only where torch is installed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import torch
+except ImportError as err:  # pragma: no cover - exercised in a subprocess
+    raise ImportError(
+        "fastce.torch is the PyTorch drop-in and needs torch: install it (the CPU build is "
+        "enough), or use fastce's NumPy functions"
+    ) from err
+
+from . import functional as _functional
+from ._config import get_num_threads as _fastce_threads
+
+__all__ = ["cross_entropy", "CrossEntropyLoss"]
+
+_torch_cross_entropy = torch.nn.functional.cross_entropy
+
+_LOGIT_DTYPES = (torch.float32, torch.float64, torch.float16)
+_INDEX_DTYPES = (torch.int64, torch.uint8)  # the class-index dtypes torch accepts
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+class _Declined(Exception):
+    """fastce's checks rejected the call: torch answers it instead."""
+
+
+def _transforms_active() -> bool:
+    check = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(check()) if check is not None else False
+
+
+def _plain_cpu(t: torch.Tensor) -> bool:
+    return (
+        t.device.type == "cpu"
+        and t.layout == torch.strided
+        and not t.is_quantized
+        and not t.is_nested
+        and not t.is_neg()
+    )
+
+
+def _served(input, target, weight, size_average, reduce, reduction, grad_enabled) -> bool:
+    """Whether fastce computes this call (True), or torch does (False)."""
+    if size_average is not None or reduce is not None:
+        return False
+    if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
+        return False
+    if weight is not None and not isinstance(weight, torch.Tensor):
+        return False
+    tensors = (input, target) if weight is None else (input, target, weight)
+    if torch.overrides.has_torch_function(tensors):
+        return False
+    if torch.compiler.is_compiling() or _transforms_active():
+        return False
+    if not all(_plain_cpu(t) for t in tensors):
+        return False
+    if input.dtype not in _LOGIT_DTYPES:
+        return False
+    if target.dtype not in _INDEX_DTYPES and target.dtype != input.dtype:
+        return False  # torch promotes mixed probabilities (float32 logits, float64 target)
+    if weight is not None and weight.dtype != input.dtype:
+        return False
+    if grad_enabled and (target.requires_grad or (weight is not None and weight.requires_grad)):
+        return False
+    return reduction in _REDUCTIONS
+
+
+def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
+    """The tensor's memory as a NumPy array, without a copy."""
+    return None if t is None else t.detach().numpy()
+
+
+def _loss_tensor(loss, dtype: torch.dtype) -> torch.Tensor:
+    result = torch.from_numpy(np.asarray(loss))
+    return result if result.dtype == dtype else result.to(dtype)
+
+
+def _result_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype fastce returns for logits of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _thread_limit() -> int:
+    return max(1, min(torch.get_num_threads(), _fastce_threads()))
+
+
+class _CrossEntropyFunction(torch.autograd.Function):
+    """Loss and gradient from one fused pass; backward scales the gradient."""
+
+    @staticmethod
+    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing):
+        x = _numpy(input)
+        if _result_dtype(input.dtype) == input.dtype:
+            grad = torch.empty_like(input)
+            out = grad.numpy()
+        else:
+            grad = out = None
+        try:
+            loss, g = _functional.cross_entropy_with_grad(
+                x, _numpy(target), _numpy(weight), grad_output=1.0,
+                ignore_index=ignore_index, reduction=reduction,
+                label_smoothing=label_smoothing, out=out, num_threads=_thread_limit(),
+            )
+        except (TypeError, ValueError, IndexError) as err:
+            raise _Declined from err
+        if grad is None:
+            grad = torch.from_numpy(g).to(input.dtype)
+        ctx.save_for_backward(grad)
+        ctx.reduction = reduction
+        ctx.class_dim = 1 if input.dim() >= 2 else 0
+        return _loss_tensor(loss, input.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        create_graph = torch.is_grad_enabled()
+        with torch.no_grad():
+            if ctx.reduction == "none":
+                grad = grad * grad_output.unsqueeze(ctx.class_dim)
+            elif grad_output.item() != 1.0:  # loss.backward() passes exactly 1
+                grad = grad * grad_output
+        if create_graph:
+            grad = _no_second_derivative(grad)
+        return grad, None, None, None, None, None
+
+
+_SECOND_DERIVATIVE = (
+    "fastce.torch.cross_entropy has no second derivative: where its gradient is "
+    "differentiated again (create_graph=True), use torch.nn.functional.cross_entropy"
+)
+
+
+def _no_second_derivative(grad: torch.Tensor) -> torch.Tensor:
+    """``grad``, made to raise a clear error if anything differentiates it."""
+    delayed = getattr(torch._C._functions, "DelayedError", None)
+    if delayed is None:
+        raise RuntimeError(_SECOND_DERIVATIVE)
+    grad = grad.detach().requires_grad_(True)
+    return delayed(_SECOND_DERIVATIVE.encode(), 1)(grad)
+
+
+def _fastce_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
+                          grad_enabled):
+    if grad_enabled and input.requires_grad:
+        return _CrossEntropyFunction.apply(
+            input, target, weight, ignore_index, reduction, label_smoothing
+        )
+    try:
+        loss = _functional.cross_entropy(
+            _numpy(input), _numpy(target), _numpy(weight), ignore_index=ignore_index,
+            reduction=reduction, label_smoothing=label_smoothing,
+            num_threads=_thread_limit(),
+        )
+    except (TypeError, ValueError, IndexError) as err:
+        raise _Declined from err
+    return _loss_tensor(loss, input.dtype)
+
+
+def cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """``torch.nn.functional.cross_entropy``, computed by fastce on CPU tensors.
+
+    Same signature, results, gradients and errors as torch's function; see
+    the module's documentation for the calls torch computes itself.
+
+    Examples
+    --------
+    >>> import torch, fastce.torch
+    >>> logits = torch.tensor([[1.0, 2.0, 0.1]], requires_grad=True)
+    >>> loss = fastce.torch.cross_entropy(logits, torch.tensor([1]))
+    >>> round(loss.item(), 5)
+    0.41703
+    >>> loss.backward(); logits.grad
+    tensor([[ 0.2424, -0.3410,  0.0986]])
+    """
+    grad_enabled = torch.is_grad_enabled()
+    if _served(input, target, weight, size_average, reduce, reduction, grad_enabled):
+        try:
+            return _fastce_cross_entropy(input, target, weight, ignore_index, reduction,
+                                         label_smoothing, grad_enabled)
+        except _Declined:
+            pass  # torch answers, or raises its own error, below
+    return _torch_cross_entropy(input, target, weight, size_average, ignore_index, reduce,
+                                reduction, label_smoothing)
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """``torch.nn.CrossEntropyLoss``, computed by fastce on CPU tensors.
+
+    A subclass of torch's module with the same constructor, attributes,
+    ``state_dict`` and ``repr``; only ``forward`` differs, calling
+    :func:`cross_entropy`.
+
+    Examples
+    --------
+    >>> import torch, fastce.torch
+    >>> criterion = fastce.torch.CrossEntropyLoss(label_smoothing=0.1)
+    >>> round(criterion(torch.tensor([[1.0, 2.0, 0.1]]), torch.tensor([1])).item(), 6)
+    0.513697
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                             reduction=self.reduction, label_smoothing=self.label_smoothing)
