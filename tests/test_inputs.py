@@ -387,3 +387,21 @@ def test_zero_weight_sample_has_a_zero_gradient_in_every_layout():
     assert np.array_equal(rows[0], [0.0, 0.0, 0.0])  # the row kernel
     tiles = fastce.cross_entropy_grad(x, t, w, axis=0, reduction="sum")
     np.testing.assert_array_equal(tiles, rows.T)
+
+
+@pytest.mark.xfail(strict=True, reason="package bug: a sample whose coefficients sum to 0 "
+                   "without all being 0 (a signed probability target) gets loss 0 and gradient "
+                   "0, as if ignored; SPEC's formulas and PyTorch give -sum(a * logp) and -a "
+                   "(fastce.reference's gradient has the same shortcut)")
+@pytest.mark.parametrize("layout", ["rows", "tiles"])
+def test_coefficients_that_cancel_still_count(layout):
+    x = np.array([[1.0, 2.0, 3.0]])
+    y = np.array([[0.5, -0.5, 0.0]])  # sums to 0: A = 0, but a is not 0
+    if layout == "tiles":
+        loss, grad = fastce.cross_entropy_with_grad(x.T.copy(), y.T.copy(), axis=0)
+        grad = grad.T
+    else:
+        loss, grad = fastce.cross_entropy_with_grad(x, y)
+    # loss = -(0.5 * logp0 - 0.5 * logp1) = 0.5 * (x1 - x0); grad = A * p - a = -a
+    np.testing.assert_allclose(loss, 0.5, rtol=1e-12)
+    np.testing.assert_allclose(grad, -y, atol=1e-15)
