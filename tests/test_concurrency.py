@@ -44,15 +44,19 @@ def thread_cpu_ticks() -> dict:
     return ticks
 
 
-def threads_used(call, seconds=0.8) -> int:
+def threads_used(call, cpu_ticks=40, max_seconds=20.0) -> int:
     """How many threads did a comparable share of the work of ``call``, run
-    again and again for ``seconds``."""
+    again and again until the busiest thread has ``cpu_ticks`` of CPU time
+    (0.4 s at 100 ticks a second), however loaded the machine is."""
     before = thread_cpu_ticks()
     start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        call()
-    after = thread_cpu_ticks()
-    deltas = [after[t] - before.get(t, 0) for t in after]
+    while True:
+        for _ in range(5):
+            call()
+        after = thread_cpu_ticks()
+        deltas = [after[t] - before.get(t, 0) for t in after]
+        if max(deltas) >= cpu_ticks or time.perf_counter() - start > max_seconds:
+            break
     top = max(deltas)
     assert top >= 10, f"too little CPU time to judge: {deltas}"
     return sum(d >= 0.3 * top for d in deltas)

@@ -31,6 +31,19 @@ import fastce
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"),
                                 reason="reads the resident set size from /proc")
 
+
+def _under_address_sanitizer() -> bool:
+    try:
+        with open("/proc/self/maps") as f:
+            return "libasan" in f.read()
+    except OSError:
+        return False
+
+
+# Under AddressSanitizer (scripts/sanitize.sh) freed memory waits in a quarantine,
+# so the resident set measures the sanitizer: that one gauge is left out there.
+UNDER_ASAN = _under_address_sanitizer()
+
 CALLS_PER_FUNCTION = 100_000
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 # bounds: so much per call, plus a constant for the allocators' own noise
@@ -195,7 +208,7 @@ def growth(calls, n, watched):
 def leaks(g) -> list:
     found = []
     n = g["calls"]
-    if g["rss"] > RSS_BYTES_PER_CALL * n + RSS_SLACK:
+    if not UNDER_ASAN and g["rss"] > RSS_BYTES_PER_CALL * n + RSS_SLACK:
         found.append(f"resident set grew {g['rss'] / n:.0f} B/call")
     if g["blocks"] > BLOCKS_PER_CALL * n + BLOCKS_SLACK:
         found.append(f"{g['blocks'] / n:.3f} allocator blocks/call")
@@ -272,7 +285,11 @@ def leak_1kb_in_python():
     _hoard.append({"payload": bytearray(1024)})
 
 
-@pytest.mark.parametrize("leaky", [leak_1kb_in_c, leak_1kb_in_python])
+@pytest.mark.parametrize("leaky", [
+    pytest.param(leak_1kb_in_c, marks=pytest.mark.skipif(
+        UNDER_ASAN, reason="the resident set gauge is off under AddressSanitizer")),
+    leak_1kb_in_python,
+])
 def test_the_gauges_catch_a_leak_of_1kb_per_call(leaky):
     a = inputs()
     calls = [function_calls(a)["cross_entropy"][0], leaky]  # half the calls leak 1 KB
