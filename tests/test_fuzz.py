@@ -63,28 +63,28 @@ SPEC_ERRORS = (TypeError, ValueError, IndexError)
 # (set an entry to False to make the fuzzer insist again).
 KNOWN_ISSUES = {
     # log_softmax/softmax of a 0-d x with out= return a NumPy scalar, not out
-    "zero_d_out": True,
+    "zero_d_out": False,
     # NumPy's RuntimeWarnings leak out: "overflow encountered in cast" where a
     # float32 "mean"/"sum" (or any binary cross-entropy loss) overflows, while
     # reduction="none" stores the same inf silently; binary cross-entropy also
     # warns "invalid value encountered in multiply" for an infinite logit
-    "numpy_warnings": True,
+    "numpy_warnings": False,
     # with out= that cannot be viewed as (outer, C, inner), and logits whose
     # samples lie closer together than their classes (the kernels then walk
     # the samples as the inner axis), the result is copied back into out from
     # the transposed view: values land in the wrong places
-    "out_scatter": True,
+    "out_scatter": False,
     # the tile kernel (class axis not last) gives NaN, not 0, at the target of
     # a sample whose target weight is 0 when one of its logits is NaN or inf
     "tile_zero_weight_nan": True,
     # a class-index target, weight or grad_output sharing memory with out= is
     # overwritten mid-call (the first crashes the interpreter): while True, the
     # fuzzer makes no such case
-    "out_aliasing": True,
+    "out_aliasing": False,
     # misaligned out=, weight and grad_output buffers reach the kernels as
     # misaligned pointers (undefined behaviour, which UBSan reports): while True,
     # the fuzzer makes those three aligned
-    "misaligned_buffers": True,
+    "misaligned_buffers": False,
     # a sample whose coefficients sum to 0 without all being 0 (signed
     # probability targets, or signed weights with label smoothing) gets a loss
     # and a gradient of 0, as if it were ignored; the reference's gradient too

@@ -1,8 +1,8 @@
 """Inputs: never modified (but for ``out=logits``), read-only and memory-mapped
 inputs work, and a failing call writes nothing anywhere.
 
-The last section holds the input bugs the fuzzer found, as strict xfails with
-their minimal reproducers.
+The last section holds the input bugs the fuzzer found, with their minimal
+reproducers; the ones still open are strict xfails.
 """
 
 import subprocess
@@ -290,9 +290,6 @@ TARGET_IN_LOGITS_OUT = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: a class-index target sharing memory with "
-                   "out= is overwritten by the gradient mid-call and then used as an index: "
-                   "out-of-bounds writes, the interpreter dies (SIGBUS/SIGSEGV)")
 @pytest.mark.parametrize("script", [TARGET_IN_OUT, TARGET_IN_LOGITS_OUT],
                          ids=["out_buffer", "out_logits"])
 def test_target_sharing_memory_with_out_does_not_crash(script):
@@ -302,8 +299,6 @@ def test_target_sharing_memory_with_out_does_not_crash(script):
         f"exit code {done.returncode}: {done.stderr[-2000:]}")
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: weight sharing memory with out= is "
-                   "overwritten mid-call; later samples read gradient values as weights")
 def test_weight_sharing_memory_with_out_gives_the_right_gradient():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((50, 3))
@@ -315,8 +310,6 @@ def test_weight_sharing_memory_with_out_gives_the_right_gradient():
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: grad_output sharing memory with out= is "
-                   "overwritten mid-call; later samples read gradient values as grad_output")
 def test_grad_output_sharing_memory_with_out_gives_the_right_gradient():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((50, 3))
@@ -328,17 +321,12 @@ def test_grad_output_sharing_memory_with_out_gives_the_right_gradient():
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: log_softmax/softmax of a 0-d x write out= "
-                   "but return a NumPy scalar instead of out")
 @pytest.mark.parametrize("func", [fastce.log_softmax, fastce.softmax])
 def test_zero_d_input_returns_out(func):
     out = np.full((), 7.0)
     assert func(np.array(3.0), out=out) is out
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: a float32 'mean'/'sum' that overflows "
-                   "warns NumPy's 'overflow encountered in cast'; reduction='none' stores "
-                   "the same inf silently, as PyTorch does")
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_float32_overflow_returns_inf_without_a_warning(reduction):
     x = np.array([[3e38, -3e38], [3e38, -3e38]], dtype=np.float32)
@@ -349,9 +337,6 @@ def test_float32_overflow_returns_inf_without_a_warning(reduction):
     assert loss == np.inf and loss.dtype == np.float32
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: binary_cross_entropy_with_logits leaks "
-                   "NumPy's 'invalid value encountered in multiply' for an infinite logit "
-                   "(the result, NaN, is PyTorch's)")
 def test_binary_cross_entropy_with_an_infinite_logit_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -360,9 +345,6 @@ def test_binary_cross_entropy_with_an_infinite_logit_does_not_warn():
     assert np.isnan(loss)
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: with out= that has no (outer, C, inner) "
-                   "view and logits whose samples are closer in memory than their classes, "
-                   "the result is copied into out from the transposed view: wrong places")
 @pytest.mark.parametrize("call", ["log_softmax", "softmax", "cross_entropy_grad"])
 def test_out_of_any_layout_receives_the_result_in_place(call):
     x = np.arange(24.0).reshape(2, 3, 4) / 10
@@ -452,9 +434,6 @@ def test_aligned_inputs_reach_the_kernels_aligned(kernel_arguments):
     assert all(a.flags.aligned for _, _, a in kernel_arguments)
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: misaligned out=, weight and grad_output "
-                   "buffers reach the kernels as misaligned double*/float* (undefined "
-                   "behaviour; UBSan: 'store to misaligned address ... for type double')")
 @pytest.mark.parametrize("which", ["out", "weight", "grad_output", "softmax_out"])
 def test_misaligned_buffers_reach_the_kernels_aligned(which, kernel_arguments):
     rng = np.random.default_rng(0)

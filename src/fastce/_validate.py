@@ -147,7 +147,8 @@ def check_weight(weight, n_classes: int, name: str = "weight") -> np.ndarray:
         raise ValueError(
             f"{name} must have shape ({n_classes},), one weight per class; got shape {w.shape}"
         )
-    return np.ascontiguousarray(w, dtype=np.float64)
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    return w if w.flags.aligned else w.copy()
 
 
 def view3(arr: np.ndarray, axis: int) -> np.ndarray:
@@ -305,7 +306,8 @@ def check_grad_output(grad_output, reduction: str, loss_shape: tuple[int, ...]) 
         raise ValueError(
             f"grad_output must be a scalar for reduction={reduction!r}; got shape {g.shape}"
         )
-    return g.astype(np.float64, copy=False)
+    g = g.astype(np.float64, copy=False)
+    return g if g.flags.aligned else g.copy()
 
 
 def warn_single_class(n_classes: int) -> None:

@@ -43,11 +43,13 @@ __all__ = [
 
 
 def _reduce(total: float, denominator: float, reduction: str, dtype: np.dtype):
-    if reduction == "sum":
-        return dtype.type(total)
-    if denominator == 0:
-        return dtype.type(np.nan)
-    return dtype.type(total / denominator)
+    # a float32 total past its range is inf, as reduction="none" stores it
+    with np.errstate(over="ignore"):
+        if reduction == "sum":
+            return dtype.type(total)
+        if denominator == 0:
+            return dtype.type(np.nan)
+        return dtype.type(total / denominator)
 
 
 def _same_memory_layout(a: np.ndarray, b: np.ndarray) -> bool:
@@ -93,6 +95,13 @@ def _run(kernel_call, x3, per_sample, per_class):
     return total
 
 
+def _apart_from(a, written):
+    """``a``, copied if it shares memory with ``written`` (aligned either way)."""
+    if a is None or (a.flags.aligned and not np.may_share_memory(a, written)):
+        return a
+    return a.copy()
+
+
 def _gradient_buffer(out, logits_shape, x: np.ndarray, x3: np.ndarray):
     """The array the gradient is returned in, and its ``(outer, C, inner)``
     view the kernel writes (a separate buffer when ``out``'s strides admit
@@ -107,7 +116,8 @@ def _gradient_buffer(out, logits_shape, x: np.ndarray, x3: np.ndarray):
             grad3 = grad.reshape(x3.shape)
         return grad, grad3, x3
     grad3 = writable_view(out, x3.shape)
-    if grad3 is None:
+    if grad3 is None or not grad3.flags.aligned:
+        # written through a buffer, then copied into out
         grad3 = np.empty(x3.shape, dtype=dtype)
     if np.may_share_memory(grad3, x3) and not _same_memory_layout(grad3, x3):
         x3 = x3.copy()
@@ -160,6 +170,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     grad = grad3 = None
     if want_grad:
         grad, grad3, x3 = _gradient_buffer(out, logits_shape, x, x3)
+    grad_buffer = grad3
 
     total = 0.0
     if n_samples:
@@ -171,8 +182,8 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
             # a scalar stays one element: the kernels read a (1, 1) grad_output
             # at every sample
             go2 = go.reshape(outer, inner) if go.ndim else go.reshape(1, 1)
-            if p3 is not None and np.may_share_memory(p3, grad3):
-                p3 = p3.copy()
+            # nothing the kernels read may change under the gradient they write
+            t2, p3, go2, w = (_apart_from(a, grad3) for a in (t2, p3, go2, w))
         if samples_flipped(x3):
             x3 = flip3(x3)
             t2 = flip2(t2) if t2 is not None else None
@@ -196,9 +207,8 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     elif want_grad and grad3 is not None:
         grad3.fill(0)
 
-    if want_grad and grad is not None and grad3 is not None and \
-            not np.may_share_memory(grad, grad3):
-        grad[...] = grad3.reshape(logits_shape)
+    if want_grad and not np.may_share_memory(grad, grad_buffer):
+        grad[...] = grad_buffer.reshape(logits_shape)
     loss = loss_arr if reduction == "none" else _reduce(total, denominator, reduction, dtype)
     return loss, grad
 
@@ -400,16 +410,18 @@ def _softmax_family(x, axis, op, out, num_threads):
         return result
     if n_classes == 0:
         result.fill(-np.inf)
-        return result[()] if result.ndim == 0 else result
+        return result[()] if result.ndim == 0 and out is None else result
     reduced2 = out3 = None
     if op == _kernels.LOGSUMEXP:
         reduced2 = result.reshape(outer, inner)
     else:
         out3 = writable_view(result, x3.shape)
-        if out3 is None:
+        if out3 is None or not out3.flags.aligned:
+            # written through a buffer, then copied into out
             out3 = np.empty(x3.shape, dtype=dtype)
         if np.may_share_memory(out3, x3) and not _same_memory_layout(out3, x3):
             x3 = x3.copy()
+    out_buffer = out3
     if samples_flipped(x3):
         x3 = flip3(x3)
         reduced2 = flip2(reduced2) if reduced2 is not None else None
@@ -419,9 +431,9 @@ def _softmax_family(x, axis, op, out, num_threads):
         return 0.0
 
     _run(kernel_call, x3, [reduced2], [out3])
-    if out3 is not None and not np.may_share_memory(out3, result):
-        result[...] = out3.reshape(shape)
-    return result[()] if result.ndim == 0 else result
+    if out_buffer is not None and not np.may_share_memory(out_buffer, result):
+        result[...] = out_buffer.reshape(shape)
+    return result[()] if result.ndim == 0 and out is None else result
 
 
 def log_softmax(x, axis=-1, out=None, *, num_threads=None):
@@ -513,6 +525,11 @@ def _broadcast_factor(factor, shape, name, hint):
 
 
 def _reduce_elementwise(loss: np.ndarray, reduction: str, dtype: np.dtype):
+    with np.errstate(over="ignore"):
+        return _reduce_elementwise_cast(loss, reduction, dtype)
+
+
+def _reduce_elementwise_cast(loss: np.ndarray, reduction: str, dtype: np.dtype):
     if reduction == "none":
         return loss.astype(dtype)
     if reduction == "sum":
@@ -541,13 +558,15 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, *, pos_weight=
     pw = _broadcast_factor(pos_weight, x.shape, "pos_weight",
                            "give one positive weight per class (the last axis)")
     xd = x.astype(np.float64)
-    softplus_neg = np.log1p(np.exp(-np.abs(xd))) + np.maximum(-xd, 0.0)
-    if pw is None:
-        loss = (1.0 - y) * xd + softplus_neg
-    else:
-        loss = (1.0 - y) * xd + (1.0 + (pw - 1.0) * y) * softplus_neg
-    if w is not None:
-        loss = loss * w
+    # an infinite logit gives NaN, as torch's formula does, without NumPy's warning
+    with np.errstate(invalid="ignore", over="ignore"):
+        softplus_neg = np.log1p(np.exp(-np.abs(xd))) + np.maximum(-xd, 0.0)
+        if pw is None:
+            loss = (1.0 - y) * xd + softplus_neg
+        else:
+            loss = (1.0 - y) * xd + (1.0 + (pw - 1.0) * y) * softplus_neg
+        if w is not None:
+            loss = loss * w
     return _reduce_elementwise(loss, reduction, result_dtype(x.dtype))
 
 
