@@ -30,9 +30,7 @@ trap 'rm -rf "$WORK"' EXIT
 # Tests of known crashes (strict xfails, reported as package bugs): under the
 # sanitizers their child processes report the very memory error they reproduce.
 # Remove an entry once its bug is fixed.
-KNOWN_CRASHES=(
-    "tests/test_inputs.py::test_target_sharing_memory_with_out_does_not_crash"
-)
+KNOWN_CRASHES=()
 
 SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
 
