@@ -525,7 +525,8 @@ def _broadcast_factor(factor, shape, name, hint):
 
 
 def _reduce_elementwise(loss: np.ndarray, reduction: str, dtype: np.dtype):
-    with np.errstate(over="ignore"):
+    # an infinite or NaN loss reduces to inf or NaN, as torch's does, without NumPy's warnings
+    with np.errstate(over="ignore", invalid="ignore"):
         return _reduce_elementwise_cast(loss, reduction, dtype)
 
 
