@@ -38,10 +38,11 @@ def test_docstring_examples_run(module):
     assert result.failed == 0
 
 
-def test_stub_matches_the_compiled_module():
+@pytest.mark.parametrize("module", ["fastce._kernels", "fastce._metrics"])
+def test_stub_matches_the_compiled_module(module):
     pytest.importorskip("mypy")
     done = subprocess.run(
-        [sys.executable, "-m", "mypy.stubtest", "fastce._kernels"],
+        [sys.executable, "-m", "mypy.stubtest", module],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -7,6 +7,8 @@ LOG_SOFTMAX: int
 SOFTMAX: int
 LOGSUMEXP: int
 TILE_SIZE: int
+# the C functions other extensions cimport (see _kernels.pxd), as capsules
+__pyx_capi__: dict[str, object]
 
 _Float = np.float32 | np.float64
 _Index = (
@@ -21,6 +23,7 @@ def simd_init(force: str = ...) -> str: ...
 def simd_isa() -> str: ...
 def tile_log(s: NDArray[np.float64]) -> NDArray[np.float64]: ...
 def forked_child_serial() -> bool: ...
+def block_rows(C: int) -> int: ...
 def cross_entropy_index(
     x: NDArray[_Float],
     target: NDArray[_Index],

@@ -68,29 +68,8 @@ cdef extern from *:
     void fastce_register_fork_handler() noexcept
     int fastce_max_threads() noexcept nogil
 
-ctypedef fused floating:
-    float
-    double
-
-# every integer dtype a target may have, read as it is
-ctypedef fused index_t:
-    int8_t
-    int16_t
-    int32_t
-    int64_t
-    uint8_t
-    uint16_t
-    uint32_t
-    uint64_t
-
-# Samples per tile in the tile kernel, and the stack arrays sized by it.
-cdef enum:
-    TILE = 64
-
-# Rows of at most this many contiguous classes are computed in transposed
-# tiles (see use_small_c_tiles).
-cdef enum:
-    SMALL_C = 32
+# The fused types, TILE, SMALL_C, CEOptions and the row and tile statistics
+# are declared in _kernels.pxd, shared with the evaluation kernels.
 
 # Below this many logits a call runs on the calling thread only: starting a
 # team costs more than it saves.
@@ -143,34 +122,14 @@ def compile_args():
 # --------------------------------------------------------------------------
 
 cdef extern from "_simd.h":
-    ctypedef struct fastce_ops_t:
-        double (*row_max_sumexp_f32)(const float*, Py_ssize_t, float*) noexcept nogil
-        double (*row_max_sumexp_f64)(const double*, Py_ssize_t, double*) noexcept nogil
-        double (*row_sum_shifted_f32)(const float*, Py_ssize_t, float) noexcept nogil
-        double (*row_sum_shifted_f64)(const double*, Py_ssize_t, double) noexcept nogil
-        double (*sum_exp_f32)(const float*, Py_ssize_t) noexcept nogil
-        double (*sum_exp_f64)(const double*, Py_ssize_t) noexcept nogil
-        void (*row_scaled_exp_f32)(const float*, Py_ssize_t, float, float, float, float*) noexcept nogil
-        void (*row_scaled_exp_f64)(const double*, Py_ssize_t, double, double, double, double*) noexcept nogil
-        void (*row_shift_f32)(const float*, Py_ssize_t, float, float, float*) noexcept nogil
-        void (*row_shift_f64)(const double*, Py_ssize_t, double, double, double*) noexcept nogil
-        void (*tile_max_f32)(const float*, Py_ssize_t, float*) noexcept nogil
-        void (*tile_max_f64)(const double*, Py_ssize_t, double*) noexcept nogil
-        void (*tile_sumexp_f32)(const float*, Py_ssize_t, const float*, float*, float*) noexcept nogil
-        void (*tile_sumexp_f64)(const double*, Py_ssize_t, const double*, double*, double*) noexcept nogil
-        void (*tile_scaled_exp_f32)(const float*, Py_ssize_t, const float*, const float*, float,
-                                    const float*, float*) noexcept nogil
-        void (*tile_scaled_exp_f64)(const double*, Py_ssize_t, const double*, const double*, double,
-                                    const double*, double*) noexcept nogil
-        void (*tile_shift_f32)(const float*, Py_ssize_t, const float*, const float*, float*) noexcept nogil
-        void (*tile_shift_f64)(const double*, Py_ssize_t, const double*, const double*, double*) noexcept nogil
-        void (*tile_log)(const double*, Py_ssize_t, double*) noexcept nogil
-        const char* isa
-    fastce_ops_t fastce_ops
+    # fastce_ops_t, fastce_active_ops and the exponentials: see _kernels.pxd
+    fastce_ops_t fastce_ops         # the table simd_init fills
     const char* fastce_simd_init(const char* force) noexcept
-    float fastce_exp_neg_f32(float) noexcept nogil
-    double fastce_exp_neg_f64(double) noexcept nogil
-    int FASTCE_CHUNK
+
+
+cdef const fastce_ops_t* simd_ops() noexcept nogil:
+    """The table of the vector path in use, for the extensions that share it."""
+    return &fastce_ops
 
 
 def simd_init(str force=""):
@@ -185,7 +144,7 @@ def tile_log(const double[::1] s):
     out = np.empty(s.shape[0], dtype=np.float64)
     cdef double[::1] out_view = out
     if s.shape[0]:
-        fastce_ops.tile_log(&s[0], s.shape[0], &out_view[0])
+        fastce_active_ops.tile_log(&s[0], s.shape[0], &out_view[0])
     return out
 
 
@@ -199,54 +158,6 @@ import os as _os
 simd_init(_os.environ.get("FASTCE_SIMD", ""))
 
 
-cdef inline floating exp_neg(floating v) noexcept nogil:
-    """exp(v) for v <= 0 (or NaN), the same function on every code path."""
-    if floating is float:
-        return fastce_exp_neg_f32(v)
-    else:
-        return fastce_exp_neg_f64(v)
-
-
-cdef inline double row_stats(const floating* x, Py_ssize_t n, Py_ssize_t stride,
-                             floating* m) noexcept nogil:
-    """Sets ``m`` to the row maximum and returns the sum of exp(x - m); a NaN
-    logit, or a row with nothing above -inf, gives NaN."""
-    cdef floating v, mx = -INFINITY
-    cdef double s = 0.0
-    cdef Py_ssize_t c
-    if stride == 1:
-        if floating is float:
-            return fastce_ops.row_max_sumexp_f32(x, n, m)
-        else:
-            return fastce_ops.row_max_sumexp_f64(x, n, m)
-    for c in range(n):
-        v = x[c * stride]
-        mx = v if v > mx else mx
-    for c in range(n):
-        s += exp_neg(x[c * stride] - mx)
-    m[0] = mx
-    return s
-
-
-cdef inline double row_weighted_shifted_sum(const floating* x, Py_ssize_t n, Py_ssize_t stride,
-                                            floating m, const double* weight) noexcept nogil:
-    """sum_c w[c] * (x[c] - m), where a zero weight contributes nothing even
-    against a -inf logit."""
-    cdef double acc = 0.0
-    cdef double wc
-    cdef Py_ssize_t c
-    if weight == NULL and stride == 1:
-        if floating is float:
-            return fastce_ops.row_sum_shifted_f32(x, n, m)
-        else:
-            return fastce_ops.row_sum_shifted_f64(x, n, m)
-    for c in range(n):
-        wc = 1.0 if weight == NULL else weight[c]
-        if wc != 0.0:
-            acc += wc * (<double>x[c * stride] - <double>m)
-    return acc
-
-
 cdef inline void row_scaled_exp(const floating* x, Py_ssize_t xc, Py_ssize_t n, floating m,
                                 floating scale, floating offset,
                                 floating* y, Py_ssize_t yc) noexcept nogil:
@@ -254,9 +165,9 @@ cdef inline void row_scaled_exp(const floating* x, Py_ssize_t xc, Py_ssize_t n, 
     cdef Py_ssize_t c
     if xc == 1 and yc == 1:
         if floating is float:
-            fastce_ops.row_scaled_exp_f32(x, n, m, scale, offset, y)
+            fastce_active_ops.row_scaled_exp_f32(x, n, m, scale, offset, y)
         else:
-            fastce_ops.row_scaled_exp_f64(x, n, m, scale, offset, y)
+            fastce_active_ops.row_scaled_exp_f64(x, n, m, scale, offset, y)
         return
     for c in range(n):
         y[c * yc] = scale * exp_neg(x[c * xc] - m) - offset
@@ -268,44 +179,12 @@ cdef inline void row_shift(const floating* x, Py_ssize_t xc, Py_ssize_t n, float
     cdef Py_ssize_t c
     if xc == 1 and yc == 1:
         if floating is float:
-            fastce_ops.row_shift_f32(x, n, m, log_s, y)
+            fastce_active_ops.row_shift_f32(x, n, m, log_s, y)
         else:
-            fastce_ops.row_shift_f64(x, n, m, log_s, y)
+            fastce_active_ops.row_shift_f64(x, n, m, log_s, y)
         return
     for c in range(n):
         y[c * yc] = (x[c * xc] - m) - log_s
-
-
-cdef inline void tile_max(const floating* x, Py_ssize_t xi, Py_ssize_t n, floating* m) noexcept nogil:
-    cdef Py_ssize_t k
-    cdef floating v
-    if xi == 1:
-        if floating is float:
-            fastce_ops.tile_max_f32(x, n, m)
-        else:
-            fastce_ops.tile_max_f64(x, n, m)
-        return
-    for k in range(n):
-        v = x[k * xi]
-        m[k] = v if v > m[k] else m[k]
-
-
-cdef inline void tile_sumexp(const floating* x, Py_ssize_t xi, Py_ssize_t n, const floating* m,
-                             floating* s, floating* ties) noexcept nogil:
-    """s[k] += exp(x[k] - m[k]) for the elements below their maximum; the
-    ones equal to it (exactly 1 each) are counted in ``ties``."""
-    cdef Py_ssize_t k
-    if xi == 1:
-        if floating is float:
-            fastce_ops.tile_sumexp_f32(x, n, m, s, ties)
-        else:
-            fastce_ops.tile_sumexp_f64(x, n, m, s, ties)
-        return
-    for k in range(n):
-        if x[k * xi] == m[k]:
-            ties[k] += 1
-        else:
-            s[k] += exp_neg(x[k * xi] - m[k])
 
 
 cdef inline void tile_scaled_exp(const floating* x, Py_ssize_t xi, Py_ssize_t n, const floating* m,
@@ -315,9 +194,9 @@ cdef inline void tile_scaled_exp(const floating* x, Py_ssize_t xi, Py_ssize_t n,
     cdef Py_ssize_t k
     if xi == 1 and yi == 1:
         if floating is float:
-            fastce_ops.tile_scaled_exp_f32(x, n, m, scale, w, offset, y)
+            fastce_active_ops.tile_scaled_exp_f32(x, n, m, scale, w, offset, y)
         else:
-            fastce_ops.tile_scaled_exp_f64(x, n, m, scale, w, offset, y)
+            fastce_active_ops.tile_scaled_exp_f64(x, n, m, scale, w, offset, y)
         return
     for k in range(n):
         y[k * yi] = scale[k] * exp_neg(x[k * xi] - m[k]) - w * offset[k]
@@ -328,46 +207,12 @@ cdef inline void tile_shift(const floating* x, Py_ssize_t xi, Py_ssize_t n, cons
     cdef Py_ssize_t k
     if xi == 1 and yi == 1:
         if floating is float:
-            fastce_ops.tile_shift_f32(x, n, m, log_s, y)
+            fastce_active_ops.tile_shift_f32(x, n, m, log_s, y)
         else:
-            fastce_ops.tile_shift_f64(x, n, m, log_s, y)
+            fastce_active_ops.tile_shift_f64(x, n, m, log_s, y)
         return
     for k in range(n):
         y[k * yi] = (x[k * xi] - m[k]) - log_s[k]
-
-
-cdef inline void tile_stats(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize_t C,
-                            Py_ssize_t n, floating* m, double* s) noexcept nogil:
-    """Per-sample maximum and sum of exp(x - m) over the classes of a tile.
-    The terms below the maximum are summed in the working precision for
-    FASTCE_CHUNK classes at a time, then join float64 totals; the terms at the
-    maximum, exactly 1 each, are counted apart so that small terms are never
-    rounded against them."""
-    cdef floating part[TILE]
-    cdef floating ties[TILE]
-    cdef Py_ssize_t c, k, start, end
-    for k in range(n):
-        m[k] = -INFINITY
-        s[k] = 0.0
-        ties[k] = 0
-    for c in range(C):
-        tile_max(x + c * xc, xi, n, m)
-    start = 0
-    while start < C:
-        end = start + FASTCE_CHUNK
-        if end > C:
-            end = C
-        for k in range(n):
-            part[k] = 0
-        for c in range(start, end):
-            tile_sumexp(x + c * xc, xi, n, m, part, ties)
-        for k in range(n):
-            s[k] += part[k]
-        start = end
-    for k in range(n):
-        # an infinite maximum (a +inf logit, or a row of -inf) gives NaN, as
-        # exp(x - max) does
-        s[k] = <double>NAN if isinf(m[k]) else s[k] + ties[k]
 
 
 cdef inline void shift_for_logsumexp(floating* m) noexcept nogil:
@@ -402,15 +247,14 @@ cdef inline Py_ssize_t elem_stride(Py_ssize_t byte_stride, Py_ssize_t itemsize) 
 
 
 cdef inline bint use_tile_kernel(Layout* L) noexcept nogil:
-    # Tiles pay off when neighbouring samples are closer in memory than
-    # neighbouring classes.
-    cdef Py_ssize_t ac = L.xc if L.xc >= 0 else -L.xc
-    cdef Py_ssize_t ai = L.xi if L.xi >= 0 else -L.xi
-    return L.inner > 1 and ai < ac
+    return tiles_pay_off(L.inner, L.xc, L.xi)
 
 
-cdef inline int thread_count(Py_ssize_t work_items, Py_ssize_t n_elements,
-                             int requested) noexcept nogil:
+cdef int thread_count(Py_ssize_t work_items, Py_ssize_t n_elements, int requested) noexcept nogil:
+    """The threads a call of ``work_items`` units over ``n_elements`` logits
+    uses (``requested``, or the process-wide count for 0); records that a
+    team starts, so that a forked child computes serially.  Every kernel of
+    both extensions asks here."""
     global fastce_team_started
     cdef int n = requested if requested > 0 else fastce_max_threads()
     if n_elements < SERIAL_BELOW or work_items < 2 or fastce_forked_child:
@@ -422,27 +266,16 @@ cdef inline int thread_count(Py_ssize_t work_items, Py_ssize_t n_elements,
     return n if n > 0 else 1
 
 
-cdef Py_ssize_t rows_per_block(Py_ssize_t C) noexcept nogil:
-    # Fixed by the problem only, never by the thread count: the block
-    # partials are what make totals reproducible.
-    cdef Py_ssize_t r = 16384 // (C if C > 0 else 1)
-    return r if r > 0 else 1
+def block_rows(Py_ssize_t C):
+    """Samples per work unit of the row kernels for ``C`` classes.  A caller
+    that splits rows of few classes into several calls cuts at multiples of
+    it, so that each row is computed as it would be in one call."""
+    return rows_per_block(C)
 
 
 # --------------------------------------------------------------------------
 # Cross-entropy of one sample, row layout
 # --------------------------------------------------------------------------
-
-cdef struct CEOptions:
-    const double* weight    # NULL when there are no class weights
-    double weight_sum       # sum of the weights (C when there are none)
-    double smoothing
-    int64_t ignore_index
-    bint has_ignore
-    double denominator      # g[n] = grad_output[n] / denominator
-    bint want_loss_array
-    bint want_grad
-
 
 cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
                                 int64_t target, const CEOptions* opt,
@@ -451,16 +284,10 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
     scaled by ``g`` when ``grad`` is not NULL."""
     cdef Py_ssize_t c
     cdef double eps = opt.smoothing
-    cdef double w_t, a_t = 0.0, A, log_s, s, loss, smooth_coef = 0.0
+    cdef double a_t, A, s, loss, smooth_coef = eps / C
     cdef floating m, scale_f, x_t
 
-    if opt.has_ignore and target == opt.ignore_index:
-        A = 0.0
-    else:
-        w_t = 1.0 if opt.weight == NULL else opt.weight[target]
-        a_t = (1.0 - eps) * w_t
-        smooth_coef = eps / C
-        A = a_t + smooth_coef * opt.weight_sum
+    A = index_coefficient(opt, target, C, &a_t)
     if A == 0.0:
         # every coefficient is zero: nothing contributes, not even NaN logits
         if grad != NULL:
@@ -469,13 +296,8 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
         return 0.0
 
     s = row_stats(x, C, xc, &m)
-    log_s = log(s)
-    loss = A * log_s
     x_t = x[target * xc]  # kept: with out=logits the gradient pass overwrites it
-    if a_t != 0.0:
-        loss -= a_t * (<double>x_t - <double>m)
-    if eps != 0.0:
-        loss -= smooth_coef * row_weighted_shifted_sum(x, C, xc, m, opt.weight)
+    loss = index_row_loss(x, xc, C, target, m, log(s), A, a_t, opt)
 
     if grad != NULL:
         scale_f = <floating>(g * A / s)
@@ -556,34 +378,13 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
     cdef floating* yrow
 
     tile_stats(x, xc, xi, C, n, m, s)
-    for k in range(n):
-        dot[k] = 0.0
-        A[k] = 0.0
     if t != NULL:
-        for k in range(n):
-            tgt[k] = <int64_t>t[k * ti]
-            if opt.has_ignore and tgt[k] == opt.ignore_index:
-                tgt[k] = -1
-            else:
-                wc = 1.0 if opt.weight == NULL else opt.weight[tgt[k]]
-                A[k] = (1.0 - eps) * wc + smooth * opt.weight_sum
-        if eps != 0.0:
-            for c in range(C):
-                wc = 1.0 if opt.weight == NULL else opt.weight[c]
-                if wc == 0.0:
-                    continue
-                xrow = x + c * xc
-                for k in range(n):
-                    if tgt[k] >= 0:
-                        dot[k] += smooth * wc * (<double>xrow[k * xi] - <double>m[k])
-        for k in range(n):
-            if tgt[k] >= 0:
-                x_t[k] = x[tgt[k] * xc + k * xi]
-                wc = 1.0 if opt.weight == NULL else opt.weight[tgt[k]]
-                a = (1.0 - eps) * wc
-                if a != 0.0:
-                    dot[k] += a * (<double>x_t[k] - <double>m[k])
+        tile_targets(t, ti, n, C, opt, tgt, A)
+        tile_index_terms(x, xc, xi, C, n, tgt, opt, m, x_t, dot)
     else:
+        for k in range(n):
+            dot[k] = 0.0
+            A[k] = 0.0
         for c in range(C):
             wc = 1.0 if opt.weight == NULL else opt.weight[c]
             xrow = x + c * xc
@@ -593,13 +394,10 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
                 if a != 0.0:
                     dot[k] += a * (<double>xrow[k * xi] - <double>m[k])
 
-    fastce_ops.tile_log(s, n, log_s)
+    fastce_active_ops.tile_log(s, n, log_s)
     for k in range(n):
-        if A[k] == 0.0:
-            loss = 0.0
-            any_zero = True
-        else:
-            loss = A[k] * log_s[k] - dot[k]
+        loss = sample_loss(A[k], log_s[k], dot[k])
+        any_zero = any_zero or A[k] == 0.0
         total += loss
         if loss_out != NULL:
             loss_out[k * li] = <floating>loss
@@ -646,21 +444,7 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
 # --------------------------------------------------------------------------
 
 cdef inline bint use_small_c_tiles(Layout* L) noexcept nogil:
-    # Rows of a few contiguous classes are too short for the vector unit:
-    # TILE of them are transposed into a buffer and computed as one tile,
-    # with the samples in the vector lanes.
-    return L.C <= SMALL_C and L.inner == 1 and L.xc == 1
-
-
-cdef inline void gather_rows(const floating* x, Py_ssize_t row_stride, Py_ssize_t C,
-                             Py_ssize_t n, floating* buf) noexcept nogil:
-    """Rows ``x[k * row_stride : + C]`` for ``k < n`` into ``buf[c * TILE + k]``."""
-    cdef Py_ssize_t k, c
-    cdef const floating* row
-    for k in range(n):
-        row = x + k * row_stride
-        for c in range(C):
-            buf[c * TILE + k] = row[c]
+    return small_c_rows(L.C, L.inner, L.xc)
 
 
 cdef inline void scatter_rows(const floating* buf, Py_ssize_t C, Py_ssize_t n,
@@ -946,7 +730,7 @@ cdef inline void softmax_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, P
     cdef Py_ssize_t c, k
     tile_stats(x, xc, xi, C, n, m, s)
     if op != OP_SOFTMAX:
-        fastce_ops.tile_log(s, n, log_s)
+        fastce_active_ops.tile_log(s, n, log_s)
     if op == OP_LOGSUMEXP:
         for k in range(n):
             if isinf(m[k]):
@@ -1186,7 +970,7 @@ cdef double roof_block(const floating* x, Py_ssize_t C, Py_ssize_t rows, Py_ssiz
         last = rows
     for j in range(unit * per, last):
         if floating is float:
-            total += fastce_ops.sum_exp_f32(x + j * C, C)
+            total += fastce_active_ops.sum_exp_f32(x + j * C, C)
         else:
-            total += fastce_ops.sum_exp_f64(x + j * C, C)
+            total += fastce_active_ops.sum_exp_f64(x + j * C, C)
     return total

@@ -7,13 +7,12 @@ TILE_SIZE: int
 N_FLOAT_TOTALS: int
 
 _Float = np.float32 | np.float64
-_Index = np.int32 | np.int64
+_Index = (
+    np.int8 | np.int16 | np.int32 | np.int64 | np.uint8 | np.uint16 | np.uint32 | np.uint64
+)
 
 def openmp_enabled() -> bool: ...
 def compile_args() -> str: ...
-def forked_child_serial() -> bool: ...
-def team_started() -> bool: ...
-def simd_init(force: str = ...) -> str: ...
 def simd_isa() -> str: ...
 def evaluate_index(
     x: NDArray[_Float],
@@ -25,10 +24,10 @@ def evaluate_index(
     has_ignore: bool,
     bins: int,
     ranks: int,
-    loss_out: NDArray[np.float64] | None,
+    loss_out: NDArray[_Float] | None,
     pred_out: NDArray[np.int64] | None,
     rank_out: NDArray[np.int64] | None,
-    conf_out: NDArray[np.float64] | None,
-    entropy_out: NDArray[np.float64] | None,
+    conf_out: NDArray[_Float] | None,
+    entropy_out: NDArray[_Float] | None,
     num_threads: int = ...,
 ) -> tuple[NDArray[np.float64], NDArray[np.int64]]: ...

@@ -1,35 +1,46 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, autotestdict=False
-"""Every evaluation metric of class-index targets from one pass over the logits.
+"""Every evaluation metric of class-index targets from one read of the logits.
 
 The input is the ``(outer, C, inner)`` view of the core kernels; a *sample*
-is one ``(o, i)`` pair and its row is ``x[o, :, i]``.  For each sample one
-pass over its row computes
+is one ``(o, i)`` pair and its row is ``x[o, :, i]``.  Each sample is laid
+out as the core kernels lay it out -- one row at a time, transposed tiles of
+rows of at most SMALL_C contiguous classes, or tiles of neighbouring samples
+-- and goes through the core's own code, cimported from fastce._kernels (see
+_kernels.pxd): its maximum ``m`` and ``s = sum_c exp(x_c - m)`` (row_stats,
+tile_stats), the log of ``s`` and the loss from them (index_row_loss,
+tile_index_terms).  So each per-sample loss is :func:`fastce.cross_entropy`'s
+to the last bit, on every vector path.
 
-* the row maximum ``m``, its first index (the prediction, as
-  ``numpy.argmax``) and ``s = sum_c exp(x_c - m)``, computed exactly as the
-  core kernels compute them, so the loss is :func:`fastce.cross_entropy`'s to
-  the last bit;
+One more pass over the row or tile, which is then in cache, computes what the
+loss does not need:
+
+* the prediction, the first index of the maximum (as ``numpy.argmax``);
 * ``sum_c exp(x_c - m) * (x_c - m)``, which gives the predictive entropy
   ``H = log(s) - that / s``;
 * the target's rank: the number of classes with a strictly larger logit plus
   those with an equal logit at a lower index (top-k correct iff rank < k);
 * the confidence ``max_c p_c = 1 / s``.
 
-Rows are read chunk by chunk (``FASTCE_CHUNK`` classes, a few KiB), and the
-maximum and the sums of a chunk are computed while it is in L1.  Label
-smoothing needs one more read of the row, as in the core kernels.
-
-Totals are accumulated per fixed work unit as compensated (double-double)
-float64 sums and integer counts, and the units are combined in order, so the
-result is identical for any thread count and, to float64 rounding, for any
-way of splitting the samples into calls.  The Python layer validates
-everything; these functions cannot fail.
+Totals are accumulated per fixed work unit (whole blocks of the core's row
+kernel, or tiles) as compensated (double-double) float64 sums and integer
+counts, and the units are combined in order, so the result is identical for
+any thread count and, to float64 rounding, for any way of splitting the
+samples into calls.  The thread count is the core's (thread_count), which
+also records a team start for the fork handler of fastce._kernels.  The
+Python layer validates everything; these functions cannot fail.
 """
 
-cimport cython
 from cython.parallel cimport prange
-from libc.math cimport log, INFINITY, NAN
-from libc.stdint cimport int64_t, int32_t
+from libc.math cimport log
+from libc.stdint cimport int64_t
+
+cimport fastce._kernels as core
+from fastce._kernels cimport (
+    CEOptions, FASTCE_CHUNK, SMALL_C, TILE, fastce_active_ops, fastce_ops_t, floating,
+    gather_rows, index_coefficient, index_row_loss, index_t, row_stats, rows_per_block,
+    sample_loss, simd_ops, small_c_rows, thread_count, tile_index_terms, tile_stats,
+    tile_targets, tiles_pay_off, exp_neg,
+)
 
 import numpy as np
 
@@ -40,40 +51,21 @@ cdef extern from *:
     #ifndef FASTCE_COMPILE_ARGS
     #define FASTCE_COMPILE_ARGS ""
     #endif
-
-    /* GNU OpenMP's thread team does not survive fork(): a child of a process
-     * that has run a team would hang in its next parallel region, so such a
-     * child runs every kernel on its own thread. */
-    static int fastce_metrics_team_started = 0;
-    static int fastce_metrics_forked_child = 0;
-    #if defined(_OPENMP) && !defined(_WIN32)
-    #include <pthread.h>
-    static void fastce_metrics_after_fork_in_child(void) {
-        if (fastce_metrics_team_started) fastce_metrics_forked_child = 1;
-    }
-    static void fastce_metrics_register_fork_handler(void) {
-        pthread_atfork(NULL, NULL, fastce_metrics_after_fork_in_child);
-    }
-    #else
-    static void fastce_metrics_register_fork_handler(void) {}
-    #endif
     #ifdef _OPENMP
     #define FASTCE_METRICS_OPENMP 1
     #else
     #define FASTCE_METRICS_OPENMP 0
     #endif
 
-    /* ---- one contiguous row: max, first argmax, sum of exp, entropy term, rank ----
-     * t < 0: no target (the rank is not counted).  Returns s (NaN for a row
-     * with a NaN logit or nothing above -inf, as the core kernels). */
+    /* ---- what the loss does not need, from a row or a tile in cache ---------------
+     * A row of n contiguous classes whose maximum is m: e = sum exp(x - m) (x - m),
+     * the first index of m (-1: none) and the target's rank, the classes above the
+     * target's logit xt plus those equal to it before the target t (t < 0: none). */
 
-    #define FASTCE_SCAN_ROW_BASE(T, SFX)                                                  \
-    static double fastce_scan_row_##SFX##_base(const T *x, ptrdiff_t n, ptrdiff_t t,     \
-                                              T xt, T *m_out, double *e_out,             \
-                                              ptrdiff_t *arg_out, ptrdiff_t *rank_out) { \
-        /* m and s exactly as the core kernels compute them */                            \
-        double s = fastce_ops.row_max_sumexp_##SFX(x, n, m_out);                          \
-        T m = *m_out;                                                                     \
+    #define FASTCE_ROW_EXTRAS_BASE(T, SFX)                                                \
+    static void fastce_row_extras_##SFX##_base(const T *x, ptrdiff_t n, T m, ptrdiff_t t,  \
+                                              T xt, double *e_out, ptrdiff_t *arg_out,     \
+                                              ptrdiff_t *rank_out) {                       \
         double e = 0.0;                                                                   \
         for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                     \
             ptrdiff_t end = n - start < FASTCE_CHUNK ? n : start + FASTCE_CHUNK;          \
@@ -86,7 +78,7 @@ cdef extern from *:
             }                                                                             \
             e += (double)part;                                                            \
         }                                                                                 \
-        ptrdiff_t arg = 0;                                                                \
+        ptrdiff_t arg = -1;                                                               \
         for (ptrdiff_t c = 0; c < n; c++)                                                 \
             if (x[c] == m) { arg = c; break; }                                            \
         ptrdiff_t rank = 0;                                                               \
@@ -99,162 +91,44 @@ cdef extern from *:
         *e_out = e;                                                                       \
         *arg_out = arg;                                                                   \
         *rank_out = rank;                                                                 \
-        return s;                                                                         \
-    }                                                                                     \
-                                                                                          \
-    /* one class row of a tile of n contiguous samples: running maximum, its first        \
-     * class, and the rank counts against the targets' logits xt (t[k] < 0: none) */      \
-    static void fastce_tile_pass1_##SFX(const T *x, ptrdiff_t n, int64_t c, const T *xt,  \
-                                        const int64_t *t, T *m, int64_t *arg,             \
-                                        int64_t *rank) {                                  \
-        for (ptrdiff_t k = 0; k < n; k++) {                                               \
-            T v = x[k];                                                                   \
-            int up = v > m[k];                                                            \
-            m[k] = up ? v : m[k];                                                         \
-            arg[k] = up ? c : arg[k];                                                     \
-            rank[k] += (v > xt[k]) | ((v == xt[k]) & (c < t[k]));                         \
-        }                                                                                 \
-    }                                                                                     \
-                                                                                          \
-    /* s[k] += exp(x[k] - m[k]) as the core tile kernel adds it; e[k] the entropy term */ \
-    static void fastce_tile_pass2_##SFX##_base(const T *x, ptrdiff_t n, const T *m,       \
-                                               T *s, T *e) {                              \
-        FASTCE_SIMD                                                                       \
-        for (ptrdiff_t k = 0; k < n; k++) {                                               \
-            T d = x[k] - m[k];                                                            \
-            T v = fastce_exp_neg_##SFX(d);                                                \
-            s[k] += v;                                                                    \
-            e[k] += v > 0 ? v * d : 0;                                                    \
-        }                                                                                 \
     }
 
-    FASTCE_SCAN_ROW_BASE(float, f32)
-    FASTCE_SCAN_ROW_BASE(double, f64)
+    /* One class of a tile of n contiguous samples: e[k] += exp(x - m) (x - m); arg[k]
+     * the first class equal to the maximum (-1: none yet); rank[k] counts the classes
+     * above the target's logit xt[k] (t[k] the target class, -1 where ignored). */
+    #define FASTCE_TILE_EXTRAS(T, SFX, ISA, ATTR)                                          \
+    ATTR static void fastce_tile_extras_##SFX##_##ISA(const T *x, ptrdiff_t n, int64_t c,   \
+                                                      const T *m, const T *xt,             \
+                                                      const int64_t *t, T *e,              \
+                                                      int64_t *arg, int64_t *rank) {       \
+        FASTCE_SIMD                                                                        \
+        for (ptrdiff_t k = 0; k < n; k++) {                                                \
+            T d = x[k] - m[k];                                                             \
+            T v = fastce_exp_neg_##SFX(d);                                                 \
+            e[k] += v > 0 ? v * d : 0;                                                     \
+        }                                                                                  \
+        for (ptrdiff_t k = 0; k < n; k++) {                                                \
+            T v = x[k];                                                                    \
+            arg[k] = (arg[k] < 0) & (v == m[k]) ? c : arg[k];                              \
+            rank[k] += (v > xt[k]) | ((v == xt[k]) & (c < t[k]));                          \
+        }                                                                                  \
+    }
+
+    FASTCE_ROW_EXTRAS_BASE(float, f32)
+    FASTCE_ROW_EXTRAS_BASE(double, f64)
+    FASTCE_TILE_EXTRAS(float, f32, base, FASTCE_NOATTR)
+    FASTCE_TILE_EXTRAS(double, f64, base, FASTCE_NOATTR)
 
     #ifdef FASTCE_X86_DISPATCH
-    /* The AVX2 path folds everything into the core kernel's own loop: the
-     * maximum, the exponentials and their sums are the same operations in the
-     * same order as row_max_sumexp_avx2 (so s is identical), with the argmax,
-     * the rank counts and the entropy term computed alongside. */
-    #define FASTCE_SCAN_ROW_AVX2(T, SFX, V, VI, L, LO, VLOAD, VSTORE, VSET1, VADD, VSUB, VMUL,  \
-                                 VFMA, VMAX, VCMP, VAND, VISUB, VEXP, VHMAX, VHSUM, VIHSUM)     \
-    FASTCE_AVX2 static double fastce_scan_row_##SFX##_avx2(const T *x, ptrdiff_t n,             \
-                                                          ptrdiff_t t, T xt, T *m_out,          \
-                                                          double *e_out, ptrdiff_t *arg_out,    \
-                                                          ptrdiff_t *rank_out) {                \
-        T m = -INFINITY;                                                                        \
-        double s = 0.0, e = 0.0;                                                                \
-        int saw_nan = 0;                                                                        \
-        ptrdiff_t arg = 0, rank = 0;                                                            \
-        const V vt = VSET1(xt), zero = VSET1(0), lo = VSET1(LO);                                \
-        /* per-lane counts of the classes ranked above the target: a true compare is -1 */      \
-        VI above = _mm256_setzero_si256();                                                      \
-        for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                           \
-            ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;                \
-            const T *xs = x + start;                                                            \
-            V acc = VSET1(-INFINITY);                                                           \
-            T sm = -INFINITY;                                                                   \
-            ptrdiff_t c = 0;                                                                    \
-            if (t >= 0) {                                                                       \
-                /* before the target an equal logit ranks above it, after it only a larger */  \
-                ptrdiff_t before = t - start < 0 ? 0 : (t - start > len ? len : t - start);     \
-                for (; c + L <= before; c += L) {                                               \
-                    V v = VLOAD(xs + c);                                                        \
-                    acc = VMAX(v, acc);                                                         \
-                    above = VISUB(above, VCAST(VCMP(v, vt, _CMP_GE_OQ)));                       \
-                }                                                                               \
-                ptrdiff_t stop = c + L < len ? c + L : len;                                     \
-                for (; c < stop; c++) {                                                         \
-                    sm = xs[c] > sm ? xs[c] : sm;                                               \
-                    rank += (xs[c] > xt) || (xs[c] == xt && start + c < t);                     \
-                }                                                                               \
-                for (; c + L <= len; c += L) {                                                  \
-                    V v = VLOAD(xs + c);                                                        \
-                    acc = VMAX(v, acc);                                                         \
-                    above = VISUB(above, VCAST(VCMP(v, vt, _CMP_GT_OQ)));                       \
-                }                                                                               \
-            } else {                                                                            \
-                for (; c + L <= len; c += L) acc = VMAX(VLOAD(xs + c), acc);                    \
-            }                                                                                   \
-            T cm = VHMAX(acc);                                                                  \
-            cm = sm > cm ? sm : cm;                                                             \
-            for (; c < len; c++) {                                                              \
-                cm = xs[c] > cm ? xs[c] : cm;                                                   \
-                if (t >= 0) rank += (xs[c] > xt) || (xs[c] == xt && start + c < t);             \
-            }                                                                                   \
-            if (cm == -INFINITY) {                                                              \
-                for (ptrdiff_t k = 0; k < len; k++)                                             \
-                    if (xs[k] != xs[k]) saw_nan = 1;                                            \
-                continue;                                                                       \
-            }                                                                                   \
-            if (cm > m) {                                                                       \
-                if (s != 0.0) {                                                                 \
-                    double r = exp((double)m - (double)cm);                                     \
-                    e = r * (e + ((double)m - (double)cm) * s);                                 \
-                    s *= r;                                                                     \
-                }                                                                               \
-                m = cm;                                                                         \
-                ptrdiff_t k = 0;                                                                \
-                while (!(xs[k] == cm)) k++;                                                     \
-                arg = start + k;                                                                \
-            }                                                                                   \
-            /* the core kernel's sum of exp, operation for operation; beside it the entropy   \
-             * term exp(d) * d, with d clamped where exp(d) is 0 so that -inf gives 0 */        \
-            V vm = VSET1(m), acc0 = zero, acc1 = zero, en0 = zero, en1 = zero;                  \
-            c = 0;                                                                              \
-            for (; c + 2 * L <= len; c += 2 * L) {                                              \
-                V d0 = VSUB(VLOAD(xs + c), vm);                                                 \
-                V d1 = VSUB(VLOAD(xs + c + L), vm);                                             \
-                V e0 = VEXP(d0);                                                                \
-                V e1 = VEXP(d1);                                                                \
-                acc0 = VADD(acc0, e0);                                                          \
-                acc1 = VADD(acc1, e1);                                                          \
-                en0 = VFMA(e0, VMAX(d0, lo), en0);                                              \
-                en1 = VFMA(e1, VMAX(d1, lo), en1);                                              \
-            }                                                                                   \
-            for (; c + L <= len; c += L) {                                                      \
-                V d0 = VSUB(VLOAD(xs + c), vm);                                                 \
-                V e0 = VEXP(d0);                                                                \
-                acc0 = VADD(acc0, e0);                                                          \
-                en0 = VFMA(e0, VMAX(d0, lo), en0);                                              \
-            }                                                                                   \
-            double part = VHSUM(VADD(acc0, acc1));                                              \
-            double epart = VHSUM(VADD(en0, en1));                                               \
-            for (; c < len; c++) {                                                              \
-                T d = xs[c] - m;                                                                \
-                T v = fastce_exp_neg_##SFX(d);                                                  \
-                part += v;                                                                      \
-                epart += v > 0 ? (double)(v * d) : 0.0;                                         \
-            }                                                                                   \
-            s += part;                                                                          \
-            e += epart;                                                                         \
-        }                                                                                       \
-        if (m == -INFINITY || saw_nan) s = NAN;                                                 \
-        *m_out = m;                                                                             \
-        *e_out = e;                                                                             \
-        *arg_out = arg;                                                                         \
-        *rank_out = rank + VIHSUM(above);                                                       \
-        return s;                                                                               \
-    }                                                                                           \
-                                                                                                \
-    FASTCE_AVX2 static void fastce_tile_pass2_##SFX##_avx2(const T *x, ptrdiff_t n,             \
-                                                           const T *m, T *s, T *e) {            \
-        const V lo = VSET1(LO);                                                                 \
-        ptrdiff_t k = 0;                                                                        \
-        for (; k + L <= n; k += L) {                                                            \
-            V d = VSUB(VLOAD(x + k), VLOAD(m + k));                                             \
-            V v = VEXP(d);                                                                      \
-            VSTORE(s + k, VADD(VLOAD(s + k), v));                                               \
-            VSTORE(e + k, VFMA(v, VMAX(d, lo), VLOAD(e + k)));                                  \
-        }                                                                                       \
-        for (; k < n; k++) {                                                                    \
-            T d = x[k] - m[k];                                                                  \
-            T v = fastce_exp_neg_##SFX(d);                                                      \
-            s[k] += v;                                                                          \
-            e[k] += v > 0 ? v * d : 0;                                                          \
-        }                                                                                       \
+    /* lanes below k (0 < k < lanes) set */
+    FASTCE_AVX2 static inline __m256 fastce_lanes_below_ps(ptrdiff_t k) {
+        return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)k),
+                                                      _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
     }
-
+    FASTCE_AVX2 static inline __m256d fastce_lanes_below_pd(ptrdiff_t k) {
+        return _mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_set1_epi64x(k),
+                                                      _mm256_setr_epi64x(0, 1, 2, 3)));
+    }
     FASTCE_AVX2 static inline ptrdiff_t fastce_hsum_epi32(__m256i v) {
         __m128i a = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
         a = _mm_add_epi32(a, _mm_shuffle_epi32(a, 0x4E));
@@ -267,98 +141,117 @@ cdef extern from *:
         return (ptrdiff_t)_mm_cvtsi128_si64(a);
     }
 
-    #define VCAST(v) _Generic((v), __m256: _mm256_castps_si256, __m256d: _mm256_castpd_si256)(v)
-    FASTCE_SCAN_ROW_AVX2(float, f32, __m256, __m256i, 8, -87.0f, _mm256_loadu_ps,
-                         _mm256_storeu_ps, _mm256_set1_ps, _mm256_add_ps, _mm256_sub_ps,
-                         _mm256_mul_ps, _mm256_fmadd_ps, _mm256_max_ps, _mm256_cmp_ps,
-                         _mm256_and_ps, _mm256_sub_epi32, fastce_exp_neg_ps, fastce_hmax_ps,
-                         fastce_hsum_ps, fastce_hsum_epi32)
-    FASTCE_SCAN_ROW_AVX2(double, f64, __m256d, __m256i, 4, -708.0, _mm256_loadu_pd,
-                         _mm256_storeu_pd, _mm256_set1_pd, _mm256_add_pd, _mm256_sub_pd,
-                         _mm256_mul_pd, _mm256_fmadd_pd, _mm256_max_pd, _mm256_cmp_pd,
-                         _mm256_and_pd, _mm256_sub_epi64, fastce_exp_neg_pd, fastce_hmax_pd,
-                         fastce_hsum_pd, fastce_hsum_epi64)
-    #undef VCAST
+    /* The row pass in one sweep of explicit vectors, with the core's vector
+     * exponential for sums: the entropy term as an FMA, the first maximum from a
+     * compare mask, the rank as per-lane counts (a true compare is -1). */
+    #define FASTCE_ROW_EXTRAS_AVX2(T, SFX, V, L, LO, VLOAD, VSET1, VSUB, VFMA, VMAX, VAND,      \
+                                   VOR, VCMP, VMOVEMASK, VCASTI, VISUB, VIHSUM, VEXP, VHSUM,      \
+                                   VBELOW)                                                        \
+    FASTCE_AVX2 static void fastce_row_extras_##SFX##_avx2(const T *x, ptrdiff_t n, T m,          \
+                                                          ptrdiff_t t, T xt, double *e_out,       \
+                                                          ptrdiff_t *arg_out,                     \
+                                                          ptrdiff_t *rank_out) {                  \
+        const V vm = VSET1(m), vt = VSET1(xt), lo = VSET1(LO);                                    \
+        __m256i above = _mm256_setzero_si256();                                                   \
+        ptrdiff_t arg = -1, rank = 0;                                                             \
+        double e = 0.0;                                                                           \
+        for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                             \
+            ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;                  \
+            const T *xs = x + start;                                                              \
+            V en = VSET1(0);                                                                      \
+            ptrdiff_t c = 0;                                                                      \
+            for (; c + L <= len; c += L) {                                                        \
+                V v = VLOAD(xs + c), d = VSUB(v, vm);                                             \
+                /* exp(d) d, with d clamped at the exponential's lower limit: -inf adds */        \
+                /* a negligible term (or 0), never NaN */                                         \
+                en = VFMA(VEXP(d), VMAX(d, lo), en);                                              \
+                if (arg < 0) {                                                                    \
+                    int at_max = VMOVEMASK(VCMP(v, vm, _CMP_EQ_OQ));                              \
+                    if (at_max) arg = start + c + __builtin_ctz((unsigned)at_max);                \
+                }                                                                                 \
+                if (t >= 0) {                                                                     \
+                    V over = VCMP(v, vt, _CMP_GT_OQ);                                             \
+                    ptrdiff_t before = t - (start + c); /* lanes before the target */            \
+                    if (before > 0) {                                                             \
+                        V tie = VCMP(v, vt, _CMP_EQ_OQ);                                          \
+                        over = VOR(over, before < L ? VAND(tie, VBELOW(before)) : tie);           \
+                    }                                                                             \
+                    above = VISUB(above, VCASTI(over));                                           \
+                }                                                                                 \
+            }                                                                                     \
+            double epart = VHSUM(en);                                                             \
+            for (; c < len; c++) {                                                                \
+                T d = xs[c] - m;                                                                  \
+                T v = fastce_exp_neg_##SFX(d);                                                    \
+                epart += v > 0 ? (double)(v * d) : 0.0;                                           \
+                if (arg < 0 && xs[c] == m) arg = start + c;                                       \
+                if (t >= 0) rank += (xs[c] > xt) || (xs[c] == xt && start + c < t);               \
+            }                                                                                     \
+            e += epart;                                                                           \
+        }                                                                                         \
+        *e_out = e;                                                                               \
+        *arg_out = arg;                                                                           \
+        *rank_out = rank + VIHSUM(above);                                                         \
+    }
+
+    FASTCE_ROW_EXTRAS_AVX2(float, f32, __m256, 8, -87.0f, _mm256_loadu_ps, _mm256_set1_ps,
+                           _mm256_sub_ps, _mm256_fmadd_ps, _mm256_max_ps, _mm256_and_ps,
+                           _mm256_or_ps, _mm256_cmp_ps, _mm256_movemask_ps,
+                           _mm256_castps_si256, _mm256_sub_epi32, fastce_hsum_epi32,
+                           fastce_exp_neg_sum_ps, fastce_hsum_ps, fastce_lanes_below_ps)
+    FASTCE_ROW_EXTRAS_AVX2(double, f64, __m256d, 4, -708.0, _mm256_loadu_pd, _mm256_set1_pd,
+                           _mm256_sub_pd, _mm256_fmadd_pd, _mm256_max_pd, _mm256_and_pd,
+                           _mm256_or_pd, _mm256_cmp_pd, _mm256_movemask_pd,
+                           _mm256_castpd_si256, _mm256_sub_epi64, fastce_hsum_epi64,
+                           fastce_exp_neg_sum_pd, fastce_hsum_pd, fastce_lanes_below_pd)
+    FASTCE_TILE_EXTRAS(float, f32, avx2, FASTCE_AVX2)
+    FASTCE_TILE_EXTRAS(double, f64, avx2, FASTCE_AVX2)
     #endif
 
-    /* ---- dispatch, following the core primitives' choice ---- */
+    /* ---- the pass for the vector path the core kernels use ---- */
     typedef struct {
-        double (*scan_row_f32)(const float *, ptrdiff_t, ptrdiff_t, float, float *, double *,
-                               ptrdiff_t *, ptrdiff_t *);
-        double (*scan_row_f64)(const double *, ptrdiff_t, ptrdiff_t, double, double *, double *,
-                               ptrdiff_t *, ptrdiff_t *);
-        void (*tile_pass2_f32)(const float *, ptrdiff_t, const float *, float *, float *);
-        void (*tile_pass2_f64)(const double *, ptrdiff_t, const double *, double *, double *);
-    } fastce_metrics_ops_t;
+        void (*row_f32)(const float *, ptrdiff_t, float, ptrdiff_t, float, double *,
+                        ptrdiff_t *, ptrdiff_t *);
+        void (*row_f64)(const double *, ptrdiff_t, double, ptrdiff_t, double, double *,
+                        ptrdiff_t *, ptrdiff_t *);
+        void (*tile_f32)(const float *, ptrdiff_t, int64_t, const float *, const float *,
+                         const int64_t *, float *, int64_t *, int64_t *);
+        void (*tile_f64)(const double *, ptrdiff_t, int64_t, const double *, const double *,
+                         const int64_t *, double *, int64_t *, int64_t *);
+    } fastce_extras_t;
 
-    static fastce_metrics_ops_t fastce_metrics_ops;
-
-    static const char *fastce_metrics_init(const char *force) {
-        const char *isa = fastce_simd_init(force);
-        fastce_metrics_ops.scan_row_f32 = fastce_scan_row_f32_base;
-        fastce_metrics_ops.scan_row_f64 = fastce_scan_row_f64_base;
-        fastce_metrics_ops.tile_pass2_f32 = fastce_tile_pass2_f32_base;
-        fastce_metrics_ops.tile_pass2_f64 = fastce_tile_pass2_f64_base;
+    static fastce_extras_t fastce_extras_for(const fastce_ops_t *ops) {
+        fastce_extras_t x = {fastce_row_extras_f32_base, fastce_row_extras_f64_base,
+                             fastce_tile_extras_f32_base, fastce_tile_extras_f64_base};
     #ifdef FASTCE_X86_DISPATCH
-        if (strcmp(isa, "baseline") != 0) {
-            fastce_metrics_ops.scan_row_f32 = fastce_scan_row_f32_avx2;
-            fastce_metrics_ops.scan_row_f64 = fastce_scan_row_f64_avx2;
-            fastce_metrics_ops.tile_pass2_f32 = fastce_tile_pass2_f32_avx2;
-            fastce_metrics_ops.tile_pass2_f64 = fastce_tile_pass2_f64_avx2;
+        if (strcmp(ops->isa, "avx2+fma") == 0) {
+            x.row_f32 = fastce_row_extras_f32_avx2;
+            x.row_f64 = fastce_row_extras_f64_avx2;
+            x.tile_f32 = fastce_tile_extras_f32_avx2;
+            x.tile_f64 = fastce_tile_extras_f64_avx2;
         }
     #endif
-        return isa;
+        return x;
     }
     """
     const char* FASTCE_COMPILE_ARGS
     int FASTCE_METRICS_OPENMP
-    int FASTCE_CHUNK
-    int fastce_metrics_team_started
-    int fastce_metrics_forked_child
-    void fastce_metrics_register_fork_handler() noexcept
 
-    ctypedef struct fastce_metrics_ops_t:
-        double (*scan_row_f32)(const float*, Py_ssize_t, Py_ssize_t, float, float*, double*,
-                               Py_ssize_t*, Py_ssize_t*) noexcept nogil
-        double (*scan_row_f64)(const double*, Py_ssize_t, Py_ssize_t, double, double*, double*,
-                               Py_ssize_t*, Py_ssize_t*) noexcept nogil
-        void (*tile_pass2_f32)(const float*, Py_ssize_t, const float*, float*, float*) noexcept nogil
-        void (*tile_pass2_f64)(const double*, Py_ssize_t, const double*, double*, double*) noexcept nogil
-    fastce_metrics_ops_t fastce_metrics_ops
-    const char* fastce_metrics_init(const char* force) noexcept
-
-    void fastce_tile_pass1_f32(const float*, Py_ssize_t, int64_t, const float*, const int64_t*,
-                               float*, int64_t*, int64_t*) noexcept nogil
-    void fastce_tile_pass1_f64(const double*, Py_ssize_t, int64_t, const double*, const int64_t*,
-                               double*, int64_t*, int64_t*) noexcept nogil
-
-    ctypedef struct fastce_ops_t:
-        double (*row_sum_shifted_f32)(const float*, Py_ssize_t, float) noexcept nogil
-        double (*row_sum_shifted_f64)(const double*, Py_ssize_t, double) noexcept nogil
-        void (*tile_max_f32)(const float*, Py_ssize_t, float*) noexcept nogil
-        void (*tile_max_f64)(const double*, Py_ssize_t, double*) noexcept nogil
-        const char* isa
-    fastce_ops_t fastce_ops
-    float fastce_exp_neg_f32(float) noexcept nogil
-    double fastce_exp_neg_f64(double) noexcept nogil
+    ctypedef struct fastce_extras_t:
+        void (*row_f32)(const float*, Py_ssize_t, float, Py_ssize_t, float, double*,
+                        Py_ssize_t*, Py_ssize_t*) noexcept nogil
+        void (*row_f64)(const double*, Py_ssize_t, double, Py_ssize_t, double, double*,
+                        Py_ssize_t*, Py_ssize_t*) noexcept nogil
+        void (*tile_f32)(const float*, Py_ssize_t, int64_t, const float*, const float*,
+                         const int64_t*, float*, int64_t*, int64_t*) noexcept nogil
+        void (*tile_f64)(const double*, Py_ssize_t, int64_t, const double*, const double*,
+                         const int64_t*, double*, int64_t*, int64_t*) noexcept nogil
+    fastce_extras_t fastce_extras_for(const fastce_ops_t* ops) noexcept nogil
 
 
-ctypedef fused floating:
-    float
-    double
-
-ctypedef fused index_t:
-    int32_t
-    int64_t
-
-# Samples per tile when the samples are the contiguous axis (the core
-# kernels' TILE).
-cdef enum:
-    TILE = 64
-
-# Below this many logits a call runs on the calling thread only.
-cdef enum:
-    SERIAL_BELOW = 1 << 15
+# The vector primitives are fastce._kernels' own table: this extension never
+# chooses a path of its own (see _kernels.pxd).
+core.fastce_active_ops = simd_ops()
 
 # Work units per call at most, and the most memory their partials (kept
 # until the end) may take: many bins or a long rank histogram mean fewer,
@@ -378,8 +271,6 @@ cdef enum:
 TILE_SIZE = TILE
 N_FLOAT_TOTALS = 4      # loss, weight, confidence, entropy; then one per bin
 
-fastce_metrics_register_fork_handler()
-
 
 def openmp_enabled():
     """Whether the extension was compiled with OpenMP."""
@@ -391,40 +282,45 @@ def compile_args():
     return FASTCE_COMPILE_ARGS.decode()
 
 
-def forked_child_serial():
-    """Whether this process is a fork of one that ran a thread team from this
-    module, and so runs its kernels serially."""
-    return bool(fastce_metrics_forked_child)
-
-
-def team_started():
-    """Whether this module has started an OpenMP thread team."""
-    return bool(fastce_metrics_team_started)
-
-
-def simd_init(str force=""):
-    """Choose the vector code path: the best the CPU has, or ``"baseline"``.
-    Returns the name of the path chosen."""
-    return fastce_metrics_init(force.encode()).decode()
-
-
 def simd_isa():
-    """The vector code path in use: ``"avx2+fma"`` or ``"baseline"``."""
-    return fastce_ops.isa.decode()
-
-
-simd_init()
+    """The vector code path in use, the core kernels' (``fastce._kernels.simd_init``
+    chooses it for both extensions)."""
+    return fastce_active_ops.isa.decode()
 
 
 # --------------------------------------------------------------------------
-# Scalar helpers
+# Bookkeeping
 # --------------------------------------------------------------------------
 
-cdef inline floating exp_neg(floating v) noexcept nogil:
-    if floating is float:
-        return fastce_exp_neg_f32(v)
-    else:
-        return fastce_exp_neg_f64(v)
+cdef struct Options:
+    CEOptions ce            # the loss's options, as the core kernels take them
+    Py_ssize_t bins
+    Py_ssize_t ranks        # length of the rank histogram
+    Py_ssize_t nf           # float64 partials per unit
+    Py_ssize_t ni           # int64 partials per unit
+    fastce_extras_t extras  # the pass beside the loss, for the core's vector path
+
+
+cdef struct Outputs:
+    # per-sample arrays of shape (outer, inner), NULL when not wanted, and
+    # their byte strides; loss, confidence and entropy have the logits' dtype
+    char* loss
+    char* pred
+    char* rank
+    char* conf
+    char* entropy
+    Py_ssize_t[2] loss_s
+    Py_ssize_t[2] pred_s
+    Py_ssize_t[2] rank_s
+    Py_ssize_t[2] conf_s
+    Py_ssize_t[2] entropy_s
+
+
+cdef struct Layout:
+    Py_ssize_t outer, C, inner
+    Py_ssize_t xo, xc, xi       # element strides of the logits
+    Py_ssize_t to, ti           # element strides of the targets
+    int threads                 # requested thread count, 0 for the default
 
 
 cdef inline void dd_add(double* acc, double b) noexcept nogil:
@@ -437,128 +333,12 @@ cdef inline void dd_add(double* acc, double b) noexcept nogil:
     acc[0] = s
 
 
-cdef inline Py_ssize_t unit_rows(Py_ssize_t n_rows, Py_ssize_t C,
-                                 Py_ssize_t max_units) noexcept nogil:
-    # the core kernels' block (16384 logits), grown so that there are at
-    # most max_units units
-    cdef Py_ssize_t r = 16384 // (C if C > 0 else 1)
-    if r < 1:
-        r = 1
-    if (n_rows + r - 1) // r > max_units:
-        r = (n_rows + max_units - 1) // max_units
-    return r
-
-
-cdef inline int thread_count(Py_ssize_t work_items, Py_ssize_t n_elements,
-                             int requested) noexcept nogil:
-    global fastce_metrics_team_started
-    cdef int n = requested if requested > 0 else 1
-    if n_elements < SERIAL_BELOW or work_items < 2 or fastce_metrics_forked_child:
-        return 1
-    if n > work_items:
-        n = <int>work_items
-    if n > 1:
-        fastce_metrics_team_started = 1
-    return n
-
-
-# --------------------------------------------------------------------------
-# One row, any stride
-# --------------------------------------------------------------------------
-
-cdef inline double scan_row(const floating* x, Py_ssize_t n, Py_ssize_t stride,
-                            Py_ssize_t t, floating xt, floating* m_out, double* e_out,
-                            Py_ssize_t* arg_out, Py_ssize_t* rank_out) noexcept nogil:
-    """Statistics of one row (see the module docstring); ``t < 0`` skips the
-    rank.  A strided row is walked as the core kernels walk it."""
-    cdef floating v, d, ev, mx = -INFINITY
-    cdef double s = 0.0, e = 0.0
-    cdef Py_ssize_t c, arg = 0, rank = 0
-    if stride == 1:
-        if floating is float:
-            return fastce_metrics_ops.scan_row_f32(x, n, t, xt, m_out, e_out, arg_out, rank_out)
-        else:
-            return fastce_metrics_ops.scan_row_f64(x, n, t, xt, m_out, e_out, arg_out, rank_out)
-    for c in range(n):
-        v = x[c * stride]
-        if v > mx:
-            mx = v
-            arg = c
-    for c in range(n):
-        d = x[c * stride] - mx
-        ev = exp_neg(d)
-        s += ev
-        if ev > 0:
-            e += ev * d
-    if t >= 0:
-        for c in range(n):
-            v = x[c * stride]
-            if v > xt or (v == xt and c < t):
-                rank += 1
-    m_out[0] = mx
-    e_out[0] = e
-    arg_out[0] = arg
-    rank_out[0] = rank
-    return s
-
-
-cdef inline Py_ssize_t first_nan(const floating* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
-    cdef Py_ssize_t c
-    for c in range(n):
-        if x[c * stride] != x[c * stride]:
-            return c
-    return -1
-
-
-cdef inline double weighted_shifted_sum(const floating* x, Py_ssize_t n, Py_ssize_t stride,
-                                        floating m, const double* weight) noexcept nogil:
-    """sum_c w[c] * (x[c] - m), a zero weight contributing nothing, as the
-    core kernels compute it."""
-    cdef double acc = 0.0
-    cdef double wc
-    cdef Py_ssize_t c
-    if weight == NULL and stride == 1:
-        if floating is float:
-            return fastce_ops.row_sum_shifted_f32(x, n, m)
-        else:
-            return fastce_ops.row_sum_shifted_f64(x, n, m)
-    for c in range(n):
-        wc = 1.0 if weight == NULL else weight[c]
-        if wc != 0.0:
-            acc += wc * (<double>x[c * stride] - <double>m)
-    return acc
-
-
-# --------------------------------------------------------------------------
-# Per-sample bookkeeping
-# --------------------------------------------------------------------------
-
-cdef struct Options:
-    const double* weight    # NULL without class weights
-    double weight_sum       # sum of the weights (C without weights)
-    double smoothing
-    int64_t ignore_index
-    bint has_ignore
-    Py_ssize_t bins
-    Py_ssize_t ranks        # length of the rank histogram
-    Py_ssize_t nf           # float64 partials per unit
-    Py_ssize_t ni           # int64 partials per unit
-
-
-cdef struct Outputs:
-    # per-sample results, C-contiguous (outer, inner); NULL when not wanted
-    double* loss
-    int64_t* pred
-    int64_t* rank
-    double* conf
-    double* entropy
-
-
 cdef inline void record(double* fp, int64_t* ip, const Options* opt, double loss, double w,
-                        double s, double e, Py_ssize_t rank, bint valid) noexcept nogil:
+                        double s, double log_s, double e, Py_ssize_t rank,
+                        bint valid) noexcept nogil:
     """Adds one sample that is not ignored to a unit's partials."""
     cdef double conf = 1.0 / s
-    cdef double ent = log(s) - e / s
+    cdef double ent = log_s - e / s
     cdef Py_ssize_t b
     dd_add(fp + F_LOSS, loss)
     dd_add(fp + F_WEIGHT, w)
@@ -582,204 +362,239 @@ cdef inline void record(double* fp, int64_t* ip, const Options* opt, double loss
             ip[1 + 2 * opt.bins + rank] += 1
 
 
-cdef inline void write_sample(const Outputs* out, Py_ssize_t j, double loss, Py_ssize_t pred,
-                              Py_ssize_t rank, double s, double e) noexcept nogil:
-    out.loss[j] = loss
-    out.pred[j] = pred
-    out.rank[j] = rank
-    out.conf[j] = 1.0 / s
-    out.entropy[j] = log(s) - e / s
+cdef inline char* at(char* base, const Py_ssize_t* strides, Py_ssize_t o,
+                     Py_ssize_t i) noexcept nogil:
+    return base + o * strides[0] + i * strides[1]
+
+
+cdef inline void write_sample(const Outputs* out, Py_ssize_t o, Py_ssize_t i, floating loss,
+                              Py_ssize_t pred, Py_ssize_t rank, double s, double log_s,
+                              double e) noexcept nogil:
+    (<floating*>at(out.loss, out.loss_s, o, i))[0] = loss
+    (<int64_t*>at(out.pred, out.pred_s, o, i))[0] = pred
+    (<int64_t*>at(out.rank, out.rank_s, o, i))[0] = rank
+    (<floating*>at(out.conf, out.conf_s, o, i))[0] = <floating>(1.0 / s)
+    (<floating*>at(out.entropy, out.entropy_s, o, i))[0] = <floating>(log_s - e / s)
+
+
+cdef inline Py_ssize_t first_nan(const floating* x, Py_ssize_t n,
+                                 Py_ssize_t stride) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(n):
+        if x[c * stride] != x[c * stride]:
+            return c
+    return -1
+
+
+cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
+                               const Options* opt, const Outputs* out, Py_ssize_t o,
+                               Py_ssize_t i, int64_t target, double loss, double s,
+                               double log_s, double e, Py_ssize_t arg, Py_ssize_t rank,
+                               double* fp, int64_t* ip) noexcept nogil:
+    """Records (and writes) one sample; ``target < 0`` where it is ignored."""
+    cdef bint valid = s == s
+    cdef Py_ssize_t bad
+    if not valid:
+        # numpy.argmax's answer: the first NaN, if there is one
+        bad = first_nan(xr, C, xc)
+        if bad >= 0:
+            arg = bad
+        rank = C        # never correct
+    if arg < 0:
+        arg = 0
+    if target >= 0:
+        record(fp, ip, opt, loss, 1.0 if opt.ce.weight == NULL else opt.ce.weight[target],
+               s, log_s, e, rank, valid)
+    if out.loss != NULL:
+        write_sample(out, o, i, <floating>loss, arg, rank if target >= 0 else -1, s, log_s, e)
 
 
 # --------------------------------------------------------------------------
-# Row layout: one sample at a time along its class row
+# Rows, one at a time
 # --------------------------------------------------------------------------
 
-cdef struct Layout:
-    Py_ssize_t outer, C, inner
-    Py_ssize_t xo, xc, xi       # element strides of the logits
-    Py_ssize_t to, ti           # element strides of the targets
-    int threads
+cdef inline void row_extras(const floating* x, Py_ssize_t n, Py_ssize_t stride, floating m,
+                            Py_ssize_t t, floating xt, const Options* opt, double* e_out,
+                            Py_ssize_t* arg_out, Py_ssize_t* rank_out) noexcept nogil:
+    """The pass beside the loss over one row (see the module docstring);
+    ``t < 0`` skips the rank."""
+    cdef floating v, d, ev
+    cdef double e = 0.0
+    cdef Py_ssize_t c, arg = -1, rank = 0
+    if stride == 1:
+        if floating is float:
+            opt.extras.row_f32(x, n, m, t, xt, e_out, arg_out, rank_out)
+        else:
+            opt.extras.row_f64(x, n, m, t, xt, e_out, arg_out, rank_out)
+        return
+    for c in range(n):
+        v = x[c * stride]
+        d = v - m
+        ev = exp_neg(d)
+        if ev > 0:
+            e += ev * d
+        if arg < 0 and v == m:
+            arg = c
+        if t >= 0 and (v > xt or (v == xt and c < t)):
+            rank += 1
+    e_out[0] = e
+    arg_out[0] = arg
+    rank_out[0] = rank
 
 
-cdef void row_unit(const floating* x, const index_t* t, const Layout* L, const Options* opt,
-                   const Outputs* out, double* fp, int64_t* ip, Py_ssize_t unit,
-                   Py_ssize_t per) noexcept nogil:
-    cdef Py_ssize_t first = unit * per
-    cdef Py_ssize_t last = first + per
-    cdef Py_ssize_t j, o, i, tt, arg, rank, bad
+cdef void rows(const floating* x, const index_t* t, const Layout* L, const Options* opt,
+               const Outputs* out, double* fp, int64_t* ip, Py_ssize_t first,
+               Py_ssize_t last) noexcept nogil:
+    """Samples ``first <= j < last`` through the core's row kernel."""
+    cdef Py_ssize_t j, o, i, tt, arg, rank
     cdef Py_ssize_t C = L.C
     cdef int64_t target
-    cdef bint ignored, valid
+    cdef bint ignored
     cdef bint every = out.loss != NULL
     cdef const floating* xr
     cdef floating m, x_t
-    cdef double s, e, eps = opt.smoothing, w_t, a_t, A, smooth_coef, loss
-    if last > L.outer * L.inner:
-        last = L.outer * L.inner
+    cdef double s, log_s, e, A, a_t, loss
     for j in range(first, last):
         o = j // L.inner
         i = j - o * L.inner
         target = <int64_t>t[o * L.to + i * L.ti]
-        ignored = opt.has_ignore and target == opt.ignore_index
+        ignored = opt.ce.has_ignore and target == opt.ce.ignore_index
         if ignored and not every:
             continue
         xr = x + o * L.xo + i * L.xi
+        # the loss, as ce_index_row computes it
+        A = index_coefficient(&opt.ce, target, C, &a_t)
+        s = row_stats(xr, C, L.xc, &m)
+        log_s = log(s)
+        loss = 0.0 if A == 0.0 else index_row_loss(xr, L.xc, C, target, m, log_s, A, a_t,
+                                                   &opt.ce)
+        # the rest, from the row in cache
         tt = -1 if ignored else <Py_ssize_t>target
         x_t = xr[tt * L.xc] if tt >= 0 else 0
-        s = scan_row(xr, C, L.xc, tt, x_t, &m, &e, &arg, &rank)
-        valid = s == s
-        if not valid:
-            # numpy.argmax's answer: the first NaN, if there is one
-            bad = first_nan(xr, C, L.xc)
-            if bad >= 0:
-                arg = bad
-            rank = C
-        loss = 0.0
-        w_t = 0.0
-        if not ignored:
-            w_t = 1.0 if opt.weight == NULL else opt.weight[target]
-            a_t = (1.0 - eps) * w_t
-            smooth_coef = eps / C
-            A = a_t + smooth_coef * opt.weight_sum
-            if A != 0.0:
-                # the core kernels' formula, term by term
-                loss = A * log(s)
-                if a_t != 0.0:
-                    loss -= a_t * (<double>x_t - <double>m)
-                if eps != 0.0:
-                    loss -= smooth_coef * weighted_shifted_sum(xr, C, L.xc, m, opt.weight)
-            record(fp, ip, opt, loss, w_t, s, e, rank, valid)
-        if every:
-            write_sample(out, j, loss, arg, -1 if ignored else rank, s, e)
+        row_extras(xr, C, L.xc, m, tt, x_t, opt, &e, &arg, &rank)
+        finish_sample(xr, C, L.xc, opt, out, o, i, tt, loss, s, log_s, e, arg, rank, fp, ip)
 
 
 # --------------------------------------------------------------------------
-# Tile layout: up to TILE neighbouring samples, contiguous or not
+# Tiles: up to TILE samples at once, neighbouring or transposed rows
 # --------------------------------------------------------------------------
+
+cdef inline void tile_extras(const floating* x, Py_ssize_t xi, Py_ssize_t n, Py_ssize_t c,
+                             const floating* m, const floating* xt, const int64_t* tgt,
+                             floating* e, int64_t* arg, int64_t* rank,
+                             const Options* opt) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef floating v, d, ev
+    if xi == 1:
+        if floating is float:
+            opt.extras.tile_f32(x, n, c, m, xt, tgt, e, arg, rank)
+        else:
+            opt.extras.tile_f64(x, n, c, m, xt, tgt, e, arg, rank)
+        return
+    for k in range(n):
+        v = x[k * xi]
+        d = v - m[k]
+        ev = exp_neg(d)
+        if ev > 0:
+            e[k] += ev * d
+        if arg[k] < 0 and v == m[k]:
+            arg[k] = c
+        if v > xt[k] or (v == xt[k] and c < tgt[k]):
+            rank[k] += 1
+
 
 cdef void tile_metrics(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize_t C,
                        Py_ssize_t n, const index_t* t, Py_ssize_t ti, const Options* opt,
-                       const Outputs* out, Py_ssize_t j0, double* fp, int64_t* ip) noexcept nogil:
-    """Samples ``0 <= k < n`` of a tile whose first sample has flat index ``j0``."""
+                       const Outputs* out, Py_ssize_t o0, Py_ssize_t i0, Py_ssize_t o_step,
+                       Py_ssize_t i_step, double* fp, int64_t* ip) noexcept nogil:
+    """Samples ``0 <= k < n`` of a tile; sample ``k`` is ``(o0 + k * o_step,
+    i0 + k * i_step)`` of the per-sample outputs."""
     cdef floating m[TILE]
-    cdef floating xt[TILE]
-    cdef floating part[TILE]
+    cdef floating x_t[TILE]
     cdef floating epart[TILE]
     cdef double s[TILE]
-    cdef double e[TILE]
+    cdef double log_s[TILE]
     cdef double A[TILE]
     cdef double dot[TILE]
+    cdef double e[TILE]
     cdef int64_t tgt[TILE]
     cdef int64_t arg[TILE]
     cdef int64_t rank[TILE]
-    cdef Py_ssize_t c, k, start, end, bad
-    cdef double eps = opt.smoothing
-    cdef double smooth = eps / C
-    cdef double wc, a, loss
-    cdef floating v, d, ev
-    cdef bint any_active = False, valid
-    cdef bint every = out.loss != NULL
-    cdef const floating* xrow
+    cdef Py_ssize_t c, k, start, end
 
-    for k in range(n):
-        tgt[k] = <int64_t>t[k * ti]
-        A[k] = 0.0
-        dot[k] = 0.0
-        if opt.has_ignore and tgt[k] == opt.ignore_index:
-            tgt[k] = -1
-        else:
-            any_active = True
-            wc = 1.0 if opt.weight == NULL else opt.weight[tgt[k]]
-            A[k] = (1.0 - eps) * wc + smooth * opt.weight_sum
-    if not any_active and not every:
+    # the loss, as ce_tile computes it
+    if not tile_targets(t, ti, n, C, &opt.ce, tgt, A) and out.loss == NULL:
         return
+    tile_stats(x, xc, xi, C, n, m, s)
+    tile_index_terms(x, xc, xi, C, n, tgt, &opt.ce, m, x_t, dot)
+    fastce_active_ops.tile_log(s, n, log_s)
 
-    # pass 1 over the classes: maximum, its first class, the targets' ranks
+    # the rest, from the tile in cache, in chunks of classes as tile_stats
     for k in range(n):
-        m[k] = -INFINITY
-        arg[k] = 0
-        rank[k] = 0
-        xt[k] = x[tgt[k] * xc + k * xi] if tgt[k] >= 0 else 0
-    for c in range(C):
-        xrow = x + c * xc
-        if xi == 1:
-            if floating is float:
-                fastce_tile_pass1_f32(xrow, n, c, xt, tgt, m, arg, rank)
-            else:
-                fastce_tile_pass1_f64(xrow, n, c, xt, tgt, m, arg, rank)
-        else:
-            for k in range(n):
-                v = xrow[k * xi]
-                if v > m[k]:
-                    m[k] = v
-                    arg[k] = c
-                if v > xt[k] or (v == xt[k] and c < tgt[k]):
-                    rank[k] += 1
-
-    # pass 2: the sums of exp, in the core tile kernel's chunks of classes
-    for k in range(n):
-        s[k] = 0.0
         e[k] = 0.0
+        arg[k] = -1
+        rank[k] = 0
+        if tgt[k] < 0:
+            x_t[k] = 0
     start = 0
     while start < C:
         end = start + FASTCE_CHUNK
         if end > C:
             end = C
         for k in range(n):
-            part[k] = 0
             epart[k] = 0
         for c in range(start, end):
-            xrow = x + c * xc
-            if xi == 1:
-                if floating is float:
-                    fastce_metrics_ops.tile_pass2_f32(xrow, n, m, part, epart)
-                else:
-                    fastce_metrics_ops.tile_pass2_f64(xrow, n, m, part, epart)
-            else:
-                for k in range(n):
-                    d = xrow[k * xi] - m[k]
-                    ev = exp_neg(d)
-                    part[k] += ev
-                    if ev > 0:
-                        epart[k] += ev * d
+            tile_extras(x + c * xc, xi, n, c, m, x_t, tgt, epart, arg, rank, opt)
         for k in range(n):
-            s[k] += part[k]
             e[k] += epart[k]
         start = end
 
-    # the loss, as the core tile kernel computes it
-    if eps != 0.0:
-        for c in range(C):
-            wc = 1.0 if opt.weight == NULL else opt.weight[c]
-            if wc == 0.0:
-                continue
-            xrow = x + c * xc
-            for k in range(n):
-                if tgt[k] >= 0:
-                    dot[k] += smooth * wc * (<double>xrow[k * xi] - <double>m[k])
     for k in range(n):
-        if tgt[k] >= 0:
-            wc = 1.0 if opt.weight == NULL else opt.weight[tgt[k]]
-            a = (1.0 - eps) * wc
-            if a != 0.0:
-                dot[k] += a * (<double>xt[k] - <double>m[k])
+        finish_sample(x + k * xi, C, xc, opt, out, o0 + k * o_step, i0 + k * i_step, tgt[k],
+                      sample_loss(A[k], log_s[k], dot[k]), s[k], log_s[k], e[k], arg[k],
+                      rank[k], fp, ip)
 
-    for k in range(n):
-        valid = s[k] == s[k]
-        if not valid:
-            bad = first_nan(x + k * xi, C, xc)
-            if bad >= 0:
-                arg[k] = bad
-            rank[k] = C
-        loss = 0.0
-        if tgt[k] >= 0:
-            if A[k] != 0.0:
-                loss = A[k] * log(s[k]) - dot[k]
-            record(fp, ip, opt, loss, 1.0 if opt.weight == NULL else opt.weight[tgt[k]],
-                   s[k], e[k], rank[k], valid)
-        if every:
-            write_sample(out, j0 + k, loss, arg[k], rank[k] if tgt[k] >= 0 else -1, s[k], e[k])
+
+cdef void small_c_rows_metrics(const floating* x, const index_t* t, const Layout* L,
+                               const Options* opt, const Outputs* out, double* fp,
+                               int64_t* ip, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    """Rows ``first <= j < last`` (``inner == 1``, at most SMALL_C contiguous
+    classes) transposed into tiles from ``first`` on, as ce_small_c_rows."""
+    cdef floating xbuf[TILE * SMALL_C]
+    cdef Py_ssize_t j = first, n
+    while j < last:
+        n = last - j
+        if n > TILE:
+            n = TILE
+        gather_rows(x + j * L.xo, L.xo, L.C, n, xbuf)
+        tile_metrics(xbuf, TILE, 1, L.C, n, t + j * L.to, L.to, opt, out, j, 0, 1, 0, fp, ip)
+        j += n
+
+
+# --------------------------------------------------------------------------
+# Work units
+# --------------------------------------------------------------------------
+
+cdef void row_unit(const floating* x, const index_t* t, const Layout* L, const Options* opt,
+                   const Outputs* out, double* fp, int64_t* ip, Py_ssize_t unit,
+                   Py_ssize_t blocks_per_unit) noexcept nogil:
+    """Blocks ``unit * blocks_per_unit`` up to the next unit's of the core's
+    row kernel (rows_per_block samples each), each laid out as it lays it out."""
+    cdef Py_ssize_t per = rows_per_block(L.C)
+    cdef Py_ssize_t n_rows = L.outer * L.inner
+    cdef Py_ssize_t b, first, last
+    cdef bint small = small_c_rows(L.C, L.inner, L.xc)
+    for b in range(unit * blocks_per_unit, (unit + 1) * blocks_per_unit):
+        first = b * per
+        if first >= n_rows:
+            break
+        last = first + per
+        if last > n_rows:
+            last = n_rows
+        if small:
+            small_c_rows_metrics(x, t, L, opt, out, fp, ip, first, last)
+        else:
+            rows(x, t, L, opt, out, fp, ip, first, last)
 
 
 cdef void tile_unit(const floating* x, const index_t* t, const Layout* L, const Options* opt,
@@ -798,21 +613,14 @@ cdef void tile_unit(const floating* x, const index_t* t, const Layout* L, const 
         if n > TILE:
             n = TILE
         tile_metrics(x + o * L.xo + i * L.xi, L.xc, L.xi, L.C, n,
-                     t + o * L.to + i * L.ti, L.ti, opt, out, o * L.inner + i, fp, ip)
-
-
-cdef inline bint use_tiles(const Layout* L) noexcept nogil:
-    # as the core kernels: tiles when neighbouring samples are closer in
-    # memory than neighbouring classes
-    cdef Py_ssize_t ac = L.xc if L.xc >= 0 else -L.xc
-    cdef Py_ssize_t ai = L.xi if L.xi >= 0 else -L.xi
-    return L.inner > 1 and ai < ac
+                     t + o * L.to + i * L.ti, L.ti, opt, out, o, i, 0, 1, fp, ip)
 
 
 cdef void run_units(const floating* x, const index_t* t, const Layout* L, const Options* opt,
                     const Outputs* out, double* fp, int64_t* ip, Py_ssize_t n_units,
                     Py_ssize_t per, bint tiled) noexcept nogil:
     cdef Py_ssize_t u
+    # the core's rule, which also tells the core's fork handler a team started
     cdef int nthreads = thread_count(n_units, L.outer * L.C * L.inner, L.threads)
     if nthreads == 1:
         for u in range(n_units):
@@ -828,6 +636,12 @@ cdef void run_units(const floating* x, const index_t* t, const Layout* L, const 
                 row_unit(x, t, L, opt, out, fp + u * opt.nf, ip + u * opt.ni, u, per)
 
 
+cdef void set_output(char** ptr, Py_ssize_t* strides, char* data, const Py_ssize_t* src) noexcept:
+    ptr[0] = data
+    strides[0] = src[0]
+    strides[1] = src[1]
+
+
 def evaluate_index(const floating[:, :, :] x,
                    const index_t[:, :] target,
                    const double[::1] weight,
@@ -837,12 +651,12 @@ def evaluate_index(const floating[:, :, :] x,
                    bint has_ignore,
                    Py_ssize_t bins,
                    Py_ssize_t ranks,
-                   double[:, ::1] loss_out,
-                   int64_t[:, ::1] pred_out,
-                   int64_t[:, ::1] rank_out,
-                   double[:, ::1] conf_out,
-                   double[:, ::1] entropy_out,
-                   int num_threads=1):
+                   floating[:, :] loss_out,
+                   int64_t[:, :] pred_out,
+                   int64_t[:, :] rank_out,
+                   floating[:, :] conf_out,
+                   floating[:, :] entropy_out,
+                   int num_threads=0):
     """Every metric over an ``(outer, C, inner)`` view with class-index
     targets of shape ``(outer, inner)``.
 
@@ -853,17 +667,18 @@ def evaluate_index(const floating[:, :, :] x,
     number of samples not ignored, the samples per bin, the top-1 correct
     samples per bin, and a histogram of the targets' ranks below ``ranks``.
 
-    The per-sample arrays (all of them, or all None) receive the loss, the
-    prediction, the target's rank (-1 where ignored), the confidence and the
-    entropy.  The caller has validated everything: targets are in ``[0, C)``
-    or equal ``ignore_index``, ``outer * inner > 0``, ``C > 0``, ``bins > 0``
-    and ``0 < ranks <= C``.
+    The per-sample arrays (all of them, or all None; any strides, shape
+    ``(outer, inner)``) receive the loss, the prediction, the target's rank
+    (-1 where ignored), the confidence and the entropy.  ``num_threads`` 0
+    uses the process-wide count.  The caller has validated everything:
+    targets are in ``[0, C)`` or equal ``ignore_index``, ``outer * inner >
+    0``, ``C > 0``, ``bins > 0`` and ``0 < ranks <= C``.
     """
     cdef Layout L
     cdef Options opt
     cdef Outputs out
     cdef Py_ssize_t isz = sizeof(floating)
-    cdef Py_ssize_t n_rows, per, n_units, tiles, u, f, max_units
+    cdef Py_ssize_t n_rows, per, n_units, n_blocks, tiles, u, f, max_units
     cdef bint tiled
     L.outer = x.shape[0]
     L.C = x.shape[1]
@@ -874,23 +689,27 @@ def evaluate_index(const floating[:, :, :] x,
     L.to = target.strides[0] // sizeof(index_t)
     L.ti = target.strides[1] // sizeof(index_t)
     L.threads = num_threads
-    opt.weight = &weight[0] if weight.shape[0] > 0 else NULL
-    opt.weight_sum = weight_sum
-    opt.smoothing = smoothing
-    opt.ignore_index = ignore_index
-    opt.has_ignore = has_ignore
+    opt.ce.weight = &weight[0] if weight.shape[0] > 0 else NULL
+    opt.ce.weight_sum = weight_sum
+    opt.ce.smoothing = smoothing
+    opt.ce.ignore_index = ignore_index
+    opt.ce.has_ignore = has_ignore
+    opt.ce.denominator = 1.0
+    opt.ce.want_loss_array = loss_out is not None
+    opt.ce.want_grad = False
     opt.bins = bins
     opt.ranks = ranks
     opt.nf = 2 * (4 + bins)
     opt.ni = 1 + 2 * bins + ranks
-    out.loss = out.conf = out.entropy = NULL
-    out.pred = out.rank = NULL
+    opt.extras = fastce_extras_for(fastce_active_ops)
+    out.loss = out.pred = out.rank = out.conf = out.entropy = NULL
     if loss_out is not None:
-        out.loss = &loss_out[0, 0]
-        out.pred = &pred_out[0, 0]
-        out.rank = &rank_out[0, 0]
-        out.conf = &conf_out[0, 0]
-        out.entropy = &entropy_out[0, 0]
+        set_output(&out.loss, out.loss_s, <char*>&loss_out[0, 0], &loss_out.strides[0])
+        set_output(&out.pred, out.pred_s, <char*>&pred_out[0, 0], &pred_out.strides[0])
+        set_output(&out.rank, out.rank_s, <char*>&rank_out[0, 0], &rank_out.strides[0])
+        set_output(&out.conf, out.conf_s, <char*>&conf_out[0, 0], &conf_out.strides[0])
+        set_output(&out.entropy, out.entropy_s, <char*>&entropy_out[0, 0],
+                   &entropy_out.strides[0])
 
     # fixed by the problem and the options, never by the thread count
     max_units = PARTIALS_BYTES // (8 * (opt.nf + opt.ni))
@@ -898,15 +717,17 @@ def evaluate_index(const floating[:, :, :] x,
         max_units = MAX_UNITS
     if max_units < 1:
         max_units = 1
-    tiled = use_tiles(&L)
+    tiled = tiles_pay_off(L.inner, L.xc, L.xi)
     if tiled:
         tiles = L.outer * ((L.inner + TILE - 1) // TILE)
         per = (tiles + max_units - 1) // max_units
         n_units = (tiles + per - 1) // per
     else:
+        # whole blocks of the core's row kernel per unit
         n_rows = L.outer * L.inner
-        per = unit_rows(n_rows, L.C, max_units)
-        n_units = (n_rows + per - 1) // per
+        n_blocks = (n_rows + rows_per_block(L.C) - 1) // rows_per_block(L.C)
+        per = (n_blocks + max_units - 1) // max_units
+        n_units = (n_blocks + per - 1) // per
 
     cdef double[:, ::1] fpart = np.zeros((n_units, opt.nf), dtype=np.float64)
     cdef int64_t[:, ::1] ipart = np.zeros((n_units, opt.ni), dtype=np.int64)

@@ -610,7 +610,18 @@ typedef struct {
 
 static fastce_ops_t fastce_ops;
 
-/* force: "" for the best the CPU has, "baseline" to ignore AVX2 */
+/* The table every kernel calls through.  In fastce._kernels it is the one
+ * above, which fastce_simd_init fills; another extension that includes this
+ * header (fastce._metrics) points it at fastce._kernels' table when it is
+ * imported and never fills its own copy, so one choice of vector path serves
+ * both extensions. */
+static const fastce_ops_t *fastce_active_ops = &fastce_ops;
+
+/* force: "" for the best the CPU has, "baseline" to ignore AVX2.  Only
+ * fastce._kernels calls it; the extensions that share its table do not. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((unused))
+#endif
 static const char *fastce_simd_init(const char *force) {
     FASTCE_FILL_OPS(fastce_ops, f32, base)
     FASTCE_FILL_OPS(fastce_ops, f64, base)

@@ -37,19 +37,23 @@ means and the ECE are NaN, as the loss is) and is never counted correct.
 Totals are float64 and compensated (each sum carries its rounding error), so
 a streamed evaluation agrees with one call over the concatenated data to
 float64 rounding, in practice to the last bit, however the batches are cut;
-counts are exact integers.
+counts are exact integers.  The per-sample values are the core kernels', so
+they share one limit with :func:`fastce.cross_entropy`: on the AVX2 path a
+sample computed in a tile (rows of at most 32 classes, or samples along a
+contiguous axis, such as Fortran-ordered logits) can differ in its last bit
+with where its batch begins, and a streamed total by as much.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import _kernels, _metrics
+from .functional import _run
 from ._validate import (
     check_ignore_index,
     check_label_smoothing,
@@ -71,8 +75,9 @@ from ._validate import (
 __all__ = ["Accumulator", "EvalResult", "PerSample", "evaluate"]
 
 # Logits per kernel call (after any conversion) when an input is walked in
-# blocks: a memory-mapped file is read block by block, and a float16 or
-# byte-swapped input is converted one block at a time.
+# blocks: a memory-mapped file is read block by block, and a byte-swapped
+# input is converted one block at a time.  float16 logits are converted in
+# cross_entropy's own blocks (functional._run).
 _BLOCK_BYTES = 1 << 26
 
 _N_TOTALS = _metrics.N_FLOAT_TOTALS  # loss, weight, confidence, entropy
@@ -203,18 +208,6 @@ def _dd_fold(into: np.ndarray, add: np.ndarray) -> None:
 
 def _divide(a, b) -> float:
     return float(a) / float(b) if b else math.nan
-
-
-def _threads(requested: int) -> int:
-    if _kernels.forked_child_serial():
-        return 1
-    return requested if requested > 0 else max(1, _kernels.max_threads())
-
-
-def _sync_vector_path() -> None:
-    # one vector path for the core kernels and this module
-    if _metrics.simd_isa() != _kernels.simd_isa():
-        _metrics.simd_init("baseline" if _kernels.simd_isa() == "baseline" else "")
 
 
 def _blocks(n: int, step: int, min_last: int = 1):
@@ -399,9 +392,8 @@ class Accumulator:
         if n_samples == 0:
             return outputs
 
-        _sync_vector_path()
         t2 = plan.index2
-        out2 = None
+        out2 = []
         if outputs is not None:
             out2 = [a.reshape(outer, inner) for a in (
                 outputs.loss, outputs.prediction, outputs.target_rank,
@@ -409,14 +401,33 @@ class Accumulator:
         if samples_flipped(x3):
             x3 = flip3(x3)
             t2 = flip2(t2)
-            out2 = [flip2(a) for a in out2] if out2 is not None else None
+            out2 = [flip2(a) for a in out2]
         outer, _, inner = x3.shape
         weight_sum = float(w.sum()) if w.size else float(n_classes)
         ranks = min(self.topk[-1], n_classes)
-        threads = _threads(self._threads)
+
+        def kernel_call(xb, per_sample, per_class):
+            tb, *outs = per_sample
+            sums, counts = _metrics.evaluate_index(
+                xb, tb, w, weight_sum, self.label_smoothing, ignore_value, has_ignore,
+                self.bins, ranks, *(outs or [None] * 5), self._threads,
+            )
+            self._add(sums, counts, ranks)
+            return 0.0
+
+        if x3.dtype == np.float16:
+            # in float32 blocks converted one at a time, exactly as cross_entropy
+            # computes float16, so that every loss is its loss to the last bit
+            _run(kernel_call, x3, [t2, *out2], [])
+            return outputs
         block_bytes = max(1, n_classes * dtype.itemsize)
         if outer > 1:
             step = max(1, _BLOCK_BYTES // (block_bytes * inner))
+            if inner == 1:
+                # whole blocks of the row kernel: rows of few classes are
+                # computed in tiles laid from the start of each block
+                per = _kernels.block_rows(n_classes)
+                step = max(per, step // per * per)
             blocks = [(slice(a, b), slice(None)) for a, b in _blocks(outer, step)]
         else:
             # one outer slice: walk the samples along the inner axis in whole
@@ -424,23 +435,9 @@ class Accumulator:
             tile = _metrics.TILE_SIZE
             step = max(tile, _BLOCK_BYTES // block_bytes // tile * tile)
             blocks = [(slice(None), slice(a, b)) for a, b in _blocks(inner, step, 2)]
-
         for rows, cols in blocks:
-            xb = native_float_array(x3[rows, :, cols], "logits")
-            tb = t2[rows, cols]
-            bufs = [None] * 5
-            if out2 is not None:
-                shape2 = tb.shape
-                bufs = [np.empty(shape2), np.empty(shape2, np.int64),
-                        np.empty(shape2, np.int64), np.empty(shape2), np.empty(shape2)]
-            sums, counts = _metrics.evaluate_index(
-                xb, tb, w, weight_sum, self.label_smoothing, ignore_value, has_ignore,
-                self.bins, ranks, *bufs, threads,
-            )
-            self._add(sums, counts, ranks)
-            if out2 is not None:
-                for dest, buf in zip(out2, bufs):
-                    dest[rows, cols] = buf
+            kernel_call(native_float_array(x3[rows, :, cols], "logits"),
+                        [t2[rows, cols], *(a[rows, cols] for a in out2)], [])
         return outputs
 
     def merge(self, other: Accumulator) -> Accumulator:
@@ -555,14 +552,3 @@ def evaluate(logits, target, weight=None, *, topk=(1, 5), bins=15, ignore_index=
                       axis=axis, topk=topk, bins=bins, num_threads=num_threads)
     outputs = acc.update(logits, target, per_sample=per_sample)
     return acc.result(per_sample=outputs)
-
-
-def _after_fork_in_child() -> None:
-    # a thread team started by this module's kernels is as unusable in a
-    # forked child as one started by the core kernels: run those serially too
-    if _metrics.team_started():
-        _kernels.set_thread_limit(1)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
