@@ -198,10 +198,6 @@ TORCH_TEAM = """
 
 
 @posix_only
-@pytest.mark.xfail(strict=True, reason="package bug: a fork after another library ran an "
-                   "OpenMP team in the same libgomp (torch imported first shares it) hangs in "
-                   "the child's first parallel kernel: the fork handler only knows fastce's "
-                   "own teams")
 def test_a_fork_after_torch_ran_its_threads_does_not_hang():
     pytest.importorskip("torch")
     # torch first, as in a training script: fastce's libgomp.so.1 then resolves to
@@ -222,9 +218,6 @@ int run_team(void) {
 
 
 @posix_only
-@pytest.mark.xfail(strict=True, reason="package bug: a fork after another library ran an "
-                   "OpenMP team in the same libgomp hangs in the child's first parallel "
-                   "kernel: the fork handler only knows fastce's own teams")
 def test_a_fork_after_another_openmp_library_ran_its_threads_does_not_hang(tmp_path):
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
@@ -249,8 +242,6 @@ def test_a_fork_after_another_openmp_library_ran_its_threads_does_not_hang(tmp_p
 
 
 @posix_only
-@pytest.mark.xfail(strict=True, reason="package bug: in a forked child that runs serially, "
-                   "get_num_threads() and show_config() still report the parent's count")
 def test_a_forked_child_reports_the_thread_count_it_uses():
     out = run_script(
         """

@@ -34,14 +34,16 @@ cdef extern from *:
     /* 0: follow OpenMP's own maximum (OMP_NUM_THREADS, threadpoolctl) */
     static int fastce_thread_limit = 0;
     /* GNU OpenMP's thread team does not survive fork(): a child of a process
-     * that has run a team would hang in its next parallel region, so such a
-     * child runs every kernel on its own thread. */
+     * that has run a team would hang in its next parallel region.  The team
+     * may be another library's (torch shares the same runtime), which fastce
+     * cannot see, so every forked child runs every kernel on its own thread.
+     * fastce_team_started says whether fastce itself had run one. */
     static int fastce_team_started = 0;
     static int fastce_forked_child = 0;
     #if defined(_OPENMP) && !defined(_WIN32)
     #include <pthread.h>
     static void fastce_after_fork_in_child(void) {
-        if (fastce_team_started) fastce_forked_child = 1;
+        fastce_forked_child = 1;
     }
     static void fastce_register_fork_handler(void) {
         pthread_atfork(NULL, NULL, fastce_after_fork_in_child);
@@ -53,6 +55,7 @@ cdef extern from *:
     #include <omp.h>
     #define FASTCE_OPENMP 1
     static int fastce_max_threads(void) {
+        if (fastce_forked_child) return 1;
         return fastce_thread_limit > 0 ? fastce_thread_limit : omp_get_max_threads();
     }
     #else
@@ -101,8 +104,9 @@ fastce_register_fork_handler()
 
 
 def forked_child_serial():
-    """Whether this process is a fork of one that ran a thread team, and so
-    runs every kernel serially."""
+    """Whether this process was made by fork(), and so runs every kernel
+    serially (its parent may have run an OpenMP team, fastce's or another
+    library's, which the child cannot use)."""
     return bool(fastce_forked_child)
 
 
