@@ -38,6 +38,13 @@ def cross_entropy_index(
     grad: NDArray[_Float] | None,
     num_threads: int = ...,
 ) -> float: ...
+def cross_entropy_common(
+    logits: object,
+    target: object,
+    mean: bool,
+    ignore_index: int,
+    num_threads: int = ...,
+) -> np.float32 | np.float64 | None: ...
 def cross_entropy_probs(
     x: NDArray[_Float],
     probs: NDArray[_Float],

@@ -22,9 +22,13 @@ threads.  The Python layer validates everything; these functions cannot fail.
 cimport cython
 from cython.parallel cimport prange
 from libc.math cimport exp, log, isinf, INFINITY, NAN
+from libc.stdlib cimport malloc, free
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
 
 cdef extern from *:
     """
@@ -78,6 +82,10 @@ cdef extern from *:
 # team costs more than it saves.
 cdef enum:
     SERIAL_BELOW = 1 << 15
+
+# Block totals of a call with at most this many blocks live on the stack.
+cdef enum:
+    FEW_PARTIALS = 64
 
 cdef enum:
     OP_LOG_SOFTMAX = 0
@@ -575,8 +583,15 @@ cdef double ce_launch(const floating* x, const index_t* t, const floating* p,
     cdef CEOptions opt
     cdef bint tiled = use_tile_kernel(L)
     cdef Py_ssize_t n_units = unit_count(L, tiled)
-    cdef double[::1] partials = np.empty(n_units, dtype=np.float64)
+    # small calls keep their partials on the stack: an allocation would cost
+    # as much as the arithmetic
+    cdef double few_partials[FEW_PARTIALS]
+    cdef double* partials = few_partials
     cdef double total
+    if n_units > FEW_PARTIALS:
+        partials = <double*>malloc(n_units * sizeof(double))
+        if partials == NULL:
+            raise MemoryError(f"cannot allocate {n_units} block totals")
     opt.weight = &weight[0] if weight.shape[0] > 0 else NULL
     opt.weight_sum = weight_sum
     opt.smoothing = smoothing
@@ -584,8 +599,10 @@ cdef double ce_launch(const floating* x, const index_t* t, const floating* p,
     opt.has_ignore = has_ignore
     opt.denominator = denominator
     with nogil:
-        ce_run(x, t, p, L, &opt, lp, gp, yp, &partials[0], n_units, tiled)
-        total = ordered_sum(&partials[0], n_units)
+        ce_run(x, t, p, L, &opt, lp, gp, yp, partials, n_units, tiled)
+        total = ordered_sum(partials, n_units)
+    if partials != few_partials:
+        free(partials)
     return total
 
 
@@ -690,6 +707,75 @@ def cross_entropy_probs(const floating[:, :, :] x,
             L.go = L.gi = 0  # one value for every sample
     return ce_launch(&x[0, 0, 0], <const int64_t*>NULL, &probs[0, 0, 0], &L, weight,
                      0.0, smoothing, 0, False, lp, gp, denominator, yp)
+
+
+# The commonest call, cross_entropy(x, t) with x a C-ordered (N, C) float32
+# or float64 array and t int64 class indices, costs less than torch's own
+# dispatch only if it skips the general validation.  This lane recognises that
+# call itself and runs it through the same launch (so the bits are the same);
+# it declines everything else, and bad targets, by returning None, and the
+# Python layer then validates and reports as usual.
+
+cdef double[::1] NO_CLASS_WEIGHTS = np.empty(0, dtype=np.float64)
+_float32 = np.float32
+_float64 = np.float64
+
+
+def cross_entropy_common(object logits, object target, bint mean, int64_t ignore_index,
+                         int num_threads=0):
+    """The loss of ``cross_entropy(logits, target, ignore_index=...)`` with
+    ``reduction="mean"`` (or ``"sum"``), no weights and no smoothing, as a
+    NumPy scalar; or None when the arrays are not both aligned, C-ordered
+    and native (an ``(N, C)`` float32/float64 array with ``N >= 1``,
+    ``C >= 2`` and an ``(N,)`` int64 array of targets in ``[0, C)`` or equal
+    to ``ignore_index``)."""
+    if type(logits) is not np.ndarray or type(target) is not np.ndarray:
+        return None
+    cdef cnp.ndarray x = <cnp.ndarray>logits
+    cdef cnp.ndarray t = <cnp.ndarray>target
+    if cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_NDIM(t) != 1:
+        return None
+    cdef int xtype = cnp.PyArray_TYPE(x)
+    if (xtype != cnp.NPY_FLOAT and xtype != cnp.NPY_DOUBLE) \
+            or cnp.PyArray_TYPE(t) != cnp.NPY_INT64 \
+            or not cnp.PyArray_ISCARRAY_RO(x) or not cnp.PyArray_ISCARRAY_RO(t):
+        return None
+    cdef Py_ssize_t n = cnp.PyArray_DIM(x, 0), n_classes = cnp.PyArray_DIM(x, 1)
+    if n == 0 or n_classes < 2 or cnp.PyArray_DIM(t, 0) != n:
+        return None
+    cdef const int64_t* tp = <const int64_t*>cnp.PyArray_DATA(t)
+    cdef Py_ssize_t i, counted = 0
+    cdef bint in_range = True
+    with nogil:
+        for i in range(n):
+            if tp[i] != ignore_index:
+                if tp[i] < 0 or tp[i] >= n_classes:
+                    in_range = False
+                    break
+                counted += 1
+    if not in_range:
+        return None
+    cdef double denominator = <double>counted if mean else 1.0
+    cdef Layout L
+    # the strides NumPy gives the (N, C, 1) view of a C-ordered (N, C) array
+    layout_from(&L, [n, n_classes, 1], [n_classes, 1, 1])
+    L.threads = num_threads
+    L.to = 1
+    L.ti = 1
+    cdef double total
+    if xtype == cnp.NPY_FLOAT:
+        total = ce_launch(<const float*>cnp.PyArray_DATA(x), tp, <const float*>NULL, &L,
+                          NO_CLASS_WEIGHTS, <double>n_classes, 0.0, ignore_index, True,
+                          <float*>NULL, <const double*>NULL, denominator, <float*>NULL)
+    else:
+        total = ce_launch(<const double*>cnp.PyArray_DATA(x), tp, <const double*>NULL, &L,
+                          NO_CLASS_WEIGHTS, <double>n_classes, 0.0, ignore_index, True,
+                          <double*>NULL, <const double*>NULL, denominator, <double*>NULL)
+    if mean:
+        total = total / denominator if counted else NAN
+    if xtype == cnp.NPY_FLOAT:
+        return _float32(<float>total)
+    return _float64(total)
 
 
 # --------------------------------------------------------------------------

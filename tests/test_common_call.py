@@ -1,0 +1,137 @@
+"""The lane that serves ``cross_entropy(x, t)`` for C-ordered 2-d logits and
+int64 targets without the general validation: it must give the general
+path's bits, and hand every other call (including every bad one) to it."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import fastce
+from fastce import _kernels
+from fastce.functional import _cross_entropy
+
+
+def general_path(x, t, **options):
+    """The loss as the general (validating) path computes it."""
+    args = {"weight": None, "ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0,
+            "axis": None, "num_threads": None}
+    args.update(options)
+    loss, _ = _cross_entropy(x, t, args["weight"], args["ignore_index"], args["reduction"],
+                             args["label_smoothing"], args["axis"], False, None, None,
+                             args["num_threads"])
+    return loss
+
+
+def bits(value):
+    return np.asarray(value).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 2), (1, 1000), (32, 10), (257, 33), (3000, 40),
+                                   (64, 5000)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_same_bits_as_the_general_path(dtype, shape, reduction):
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    t[::5] = -100
+    lane = _kernels.cross_entropy_common(x, t, reduction == "mean", -100, 0)
+    assert lane is not None
+    assert lane.dtype == dtype and np.ndim(lane) == 0
+    assert bits(lane) == bits(general_path(x, t, reduction=reduction))
+    assert bits(fastce.cross_entropy(x, t, reduction=reduction)) == bits(lane)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_request_is_honoured_and_changes_nothing(threads):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5000, 50)).astype(np.float32)
+    t = rng.integers(0, 50, 5000)
+    expected = general_path(x, t, num_threads=threads)
+    assert bits(fastce.cross_entropy(x, t, num_threads=threads)) == bits(expected)
+    assert bits(_kernels.cross_entropy_common(x, t, True, -100, threads)) == bits(expected)
+
+
+def test_other_ignore_index_and_all_ignored():
+    x = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]], dtype=np.float32)
+    t = np.array([2, 7])
+    assert bits(fastce.cross_entropy(x, t, ignore_index=7)) == bits(
+        general_path(x, t, ignore_index=7))
+    everything_ignored = np.array([-100, -100])
+    assert np.isnan(fastce.cross_entropy(x, everything_ignored))
+    assert fastce.cross_entropy(x, everything_ignored, reduction="sum") == 0.0
+    assert np.isnan(_kernels.cross_entropy_common(x, everything_ignored, True, -100, 0))
+
+
+def test_non_finite_logits():
+    x = np.array([[np.inf, 0.0], [np.nan, 1.0], [-np.inf, 0.0], [3e38, 3e38]], dtype=np.float32)
+    t = np.array([1, 0, 0, 1])
+    for row in range(4):
+        got = fastce.cross_entropy(x[row:row + 1], t[row:row + 1], reduction="sum")
+        assert bits(got) == bits(general_path(x[row:row + 1], t[row:row + 1], reduction="sum"))
+
+
+def test_a_float32_total_past_its_range_is_inf_without_warning():
+    x = np.zeros((1 << 16, 2), dtype=np.float32)
+    x[:, 0] = 3e38
+    t = np.ones(1 << 16, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = fastce.cross_entropy(x, t, reduction="sum")
+    assert got == np.inf and got.dtype == np.float32
+
+
+DECLINED = {
+    "float16 logits": lambda x, t: (x.astype(np.float16), t),
+    "int32 targets": lambda x, t: (x, t.astype(np.int32)),
+    "Fortran-ordered logits": lambda x, t: (np.asfortranarray(x), t),
+    "strided logits": lambda x, t: (np.repeat(x, 2, axis=1)[:, ::2], t),
+    "strided targets": lambda x, t: (x, np.repeat(t, 2)[::2]),
+    "byte-swapped logits": lambda x, t: (x.astype(x.dtype.newbyteorder()), t),
+    "a list of targets": lambda x, t: (x, t.tolist()),
+    "3-d logits": lambda x, t: (x.reshape(2, 4, 6), np.resize(t, (2, 6))),
+    "single class": lambda x, t: (x[:, :1], np.zeros_like(t)),
+    "no samples": lambda x, t: (x[:0], t[:0]),
+}
+
+
+@pytest.mark.parametrize("case", DECLINED)
+def test_other_inputs_take_the_general_path(case):
+    rng = np.random.default_rng(0)
+    x, t = DECLINED[case](rng.standard_normal((8, 6)).astype(np.float32),
+                          rng.integers(0, 4, 8))
+    assert _kernels.cross_entropy_common(x, t, True, -100, 0) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the single class warns
+        assert bits(fastce.cross_entropy(x, t)) == bits(general_path(x, t))
+
+
+@pytest.mark.parametrize("bad", [-1, 6, -101, 2**40])
+def test_bad_targets_raise_the_general_error(bad):
+    x = np.zeros((4, 6), dtype=np.float32)
+    t = np.array([0, 1, bad, 2])
+    assert _kernels.cross_entropy_common(x, t, True, -100, 0) is None
+    with pytest.raises(IndexError, match=rf"label value of {bad} at position \(2,\)"):
+        fastce.cross_entropy(x, t)
+
+
+@pytest.mark.parametrize("options", [
+    {"reduction": "none"}, {"reduction": "avg"}, {"reduction": b"mean"},
+    {"label_smoothing": 0.1}, {"label_smoothing": True}, {"label_smoothing": "0"},
+    {"ignore_index": 1.0}, {"ignore_index": True}, {"ignore_index": 2**64},
+    {"axis": 0}, {"axis": 2}, {"num_threads": 0}, {"num_threads": 1.0},
+    {"weight": np.ones(6)},
+])
+def test_options_outside_the_lane_behave_as_before(options):
+    x = np.random.default_rng(1).standard_normal((5, 6)).astype(np.float32)
+    t = np.array([0, 1, 2, 3, 4])
+
+    def outcome(call):
+        try:
+            return "value", bits(call())
+        except Exception as error:  # the same error, type and message
+            return type(error), str(error)
+
+    assert outcome(lambda: fastce.cross_entropy(x, t, **options)) == outcome(
+        lambda: general_path(x, t, **options))
