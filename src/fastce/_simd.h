@@ -385,15 +385,43 @@ FASTCE_AVX2 static inline double chunk_sumexp_##SFX##_avx2(const T *xs, ptrdiff_
     return (double)ties + part;                                                                 \
 }                                                                                               \
                                                                                                 \
+/* The same sum over a chunk whose maximum is below m, so that it holds no  \
+ * ties: the same lanes and order without the masks, hence the same bits. */ \
+FASTCE_AVX2 static inline double chunk_sumexp_below_##SFX##_avx2(const T *xs, ptrdiff_t len,   \
+                                                                 T m) {                         \
+    V vm = VSET1(m), acc = VSET1(0);                                                            \
+    ptrdiff_t c = 0;                                                                            \
+    for (; c + L <= len; c += L) acc = VADD(acc, VEXPSUM(VSUB(VLOAD(xs + c), vm)));            \
+    double part = VHSUM(acc);                                                                   \
+    for (; c < len; c++) part += fastce_exp_neg_##SFX(xs[c] - m);                               \
+    return 0.0 + part;                                                                          \
+}                                                                                               \
+                                                                                                \
+/* Chunk maxima for the tie test: NaN is never one (VMAX keeps acc). */                         \
+FASTCE_AVX2 static inline double chunk_sumexp_of_##SFX##_avx2(const T *xs, ptrdiff_t len, T m, \
+                                                              T chunk_max) {                    \
+    return chunk_max < m ? chunk_sumexp_below_##SFX##_avx2(xs, len, m)                          \
+                         : chunk_sumexp_##SFX##_avx2(xs, len, m);                               \
+}                                                                                               \
+                                                                                                \
 FASTCE_AVX2 static double row_max_sumexp_##SFX##_avx2(const T *x, ptrdiff_t n, T *max_out) {    \
     T m;                                                                                        \
     double s = 0.0;                                                                             \
     if (n <= FASTCE_ROW_IN_CACHE) {                                                             \
-        /* the row stays in cache between its two passes */                                   \
-        m = row_max_##SFX##_avx2(x, n);                                                         \
-        for (ptrdiff_t start = 0; start < n && !isinf(m); start += FASTCE_CHUNK)                \
-            s += chunk_sumexp_##SFX##_avx2(x + start,                                           \
-                                           n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK, m); \
+        /* the row stays in cache between its two passes; only the chunks    \
+         * that reach the maximum need the tie masks */                       \
+        T chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];                                        \
+        ptrdiff_t k = 0;                                                                        \
+        m = -INFINITY;                                                                          \
+        for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {                      \
+            chunk_max[k] = row_max_##SFX##_avx2(x + start,                                      \
+                                                n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK); \
+            m = chunk_max[k] > m ? chunk_max[k] : m;                                            \
+        }                                                                                       \
+        k = 0;                                                                                  \
+        for (ptrdiff_t start = 0; start < n && !isinf(m); start += FASTCE_CHUNK, k++)           \
+            s += chunk_sumexp_of_##SFX##_avx2(                                                  \
+                x + start, n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK, m, chunk_max[k]); \
         *max_out = m;                                                                           \
         return isinf(m) ? NAN : s; /* as exp(x - max) gives: see the base version */           \
     }                                                                                           \
@@ -413,7 +441,7 @@ FASTCE_AVX2 static double row_max_sumexp_##SFX##_avx2(const T *x, ptrdiff_t n, T
             if (s != 0.0) s *= exp((double)m - (double)cm);                                     \
             m = cm;                                                                             \
         }                                                                                       \
-        s += chunk_sumexp_##SFX##_avx2(xs, len, m);                                             \
+        s += chunk_sumexp_of_##SFX##_avx2(xs, len, m, cm);                                      \
     }                                                                                           \
     if (isinf(m) || saw_nan) s = NAN;                                                           \
     *max_out = m;                                                                               \
