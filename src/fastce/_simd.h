@@ -358,9 +358,18 @@ FASTCE_AVX2 static inline int fastce_count_pd(__m256d mask) {
                            VEXP, VEXPSUM, VHMAX, VHSUM, VEQZERO, VAND, VANDNOT, VCOUNT)         \
                                                                                                 \
 FASTCE_AVX2 static T row_max_##SFX##_avx2(const T *x, ptrdiff_t n) {                            \
-    V acc = VSET1(-INFINITY);                                                                   \
+    /* four accumulators keep both load ports busy; VMAX(load, acc) keeps acc \
+     * for a NaN load, so NaN never becomes the maximum */                      \
+    V acc0 = VSET1(-INFINITY), acc1 = acc0, acc2 = acc0, acc3 = acc0;                           \
     ptrdiff_t c = 0;                                                                            \
-    for (; c + L <= n; c += L) acc = VMAX(VLOAD(x + c), acc);                                   \
+    for (; c + 4 * L <= n; c += 4 * L) {                                                        \
+        acc0 = VMAX(VLOAD(x + c), acc0);                                                        \
+        acc1 = VMAX(VLOAD(x + c + L), acc1);                                                    \
+        acc2 = VMAX(VLOAD(x + c + 2 * L), acc2);                                                \
+        acc3 = VMAX(VLOAD(x + c + 3 * L), acc3);                                                \
+    }                                                                                           \
+    for (; c + L <= n; c += L) acc0 = VMAX(VLOAD(x + c), acc0);                                 \
+    V acc = VMAX(VMAX(acc0, acc1), VMAX(acc2, acc3));                                           \
     T m = VHMAX(acc);                                                                           \
     for (; c < n; c++) m = x[c] > m ? x[c] : m;                                                 \
     return m;                                                                                   \
