@@ -48,6 +48,18 @@
  * then sum, from cache; longer rows keep a running maximum instead. */
 #define FASTCE_ROW_IN_CACHE 16384
 
+/* exp(r) = 1 + r + r^2 Q(r) on |r| <= ln(2) / 2, Q of degree 9 fitted (Remez)
+ * to the relative error: at most 9.8e-18, 0.09 ulp */
+#define FASTCE_EXP_C2 0x1.0000000000005p-1
+#define FASTCE_EXP_C3 0x1.5555555555557p-3
+#define FASTCE_EXP_C4 0x1.55555555520afp-5
+#define FASTCE_EXP_C5 0x1.11111111100dfp-7
+#define FASTCE_EXP_C6 0x1.6c16c17f43a58p-10
+#define FASTCE_EXP_C7 0x1.a01a01abe62ddp-13
+#define FASTCE_EXP_C8 0x1.a019a66a75dd4p-16
+#define FASTCE_EXP_C9 0x1.71de02375656cp-19
+#define FASTCE_EXP_C10 0x1.28a2c0a7209fbp-22
+#define FASTCE_EXP_C11 0x1.af4ddd84882fep-26
 #define FASTCE_EXPF_C6 1.3905003434e-03f
 #define FASTCE_EXPF_C5 8.3662457764e-03f
 #define FASTCE_EXPF_C4 4.1666861624e-02f
@@ -90,19 +102,16 @@ FASTCE_INLINE double fastce_exp_neg_f64(double x) {
     double n = t - shifter;
     double r = xc - n * 6.93147180369123816490e-01;
     r = r - n * 1.90821492927058770002e-10;
-    /* Taylor series to r^13: truncation below 1e-17 for |r| <= ln(2) / 2 */
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
+    double p = FASTCE_EXP_C11;
+    p = p * r + FASTCE_EXP_C10;
+    p = p * r + FASTCE_EXP_C9;
+    p = p * r + FASTCE_EXP_C8;
+    p = p * r + FASTCE_EXP_C7;
+    p = p * r + FASTCE_EXP_C6;
+    p = p * r + FASTCE_EXP_C5;
+    p = p * r + FASTCE_EXP_C4;
+    p = p * r + FASTCE_EXP_C3;
+    p = p * r + FASTCE_EXP_C2;
     p = p * r * r + r + 1.0;
     int64_t bits;
     memcpy(&bits, &t, sizeof bits);
@@ -266,18 +275,16 @@ FASTCE_AVX2 static inline __m256d fastce_exp_neg_pd(__m256d x) {
     __m256d n = _mm256_sub_pd(t, shifter);
     __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), xc);
     r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
-    __m256d p = _mm256_set1_pd(1.0 / 6227020800.0);
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 479001600.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 39916800.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 3628800.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 362880.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 40320.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 5040.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 720.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 120.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 24.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 6.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.5));
+    __m256d p = _mm256_set1_pd(FASTCE_EXP_C11);
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FASTCE_EXP_C10));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FASTCE_EXP_C9));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FASTCE_EXP_C8));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FASTCE_EXP_C7));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FASTCE_EXP_C6));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FASTCE_EXP_C5));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FASTCE_EXP_C4));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FASTCE_EXP_C3));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FASTCE_EXP_C2));
     p = _mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r);
     p = _mm256_add_pd(p, _mm256_set1_pd(1.0));
     __m256i bits = _mm256_add_epi64(_mm256_castpd_si256(t),
