@@ -58,9 +58,9 @@ FUZZ = settings(
 
 SPEC_ERRORS = (TypeError, ValueError, IndexError)
 
-# Package bugs this fuzzer found, each reproduced by a strict xfail test in
-# tests/test_inputs.py; the fuzzer tolerates exactly these until they are fixed
-# (set an entry to False to make the fuzzer insist again).
+# Package bugs this fuzzer found, each reproduced by a test in
+# tests/test_inputs.py (a strict xfail while open); the fuzzer tolerates an
+# entry set to True until it is fixed.
 KNOWN_ISSUES = {
     # log_softmax/softmax of a 0-d x with out= return a NumPy scalar, not out
     "zero_d_out": False,
@@ -76,7 +76,7 @@ KNOWN_ISSUES = {
     "out_scatter": False,
     # the tile kernel (class axis not last) gives NaN, not 0, at the target of
     # a sample whose target weight is 0 when one of its logits is NaN or inf
-    "tile_zero_weight_nan": True,
+    "tile_zero_weight_nan": False,
     # a class-index target, weight or grad_output sharing memory with out= is
     # overwritten mid-call (the first crashes the interpreter): while True, the
     # fuzzer makes no such case
@@ -88,7 +88,7 @@ KNOWN_ISSUES = {
     # a sample whose coefficients sum to 0 without all being 0 (signed
     # probability targets, or signed weights with label smoothing) gets a loss
     # and a gradient of 0, as if it were ignored; the reference's gradient too
-    "cancelling_coefficients": True,
+    "cancelling_coefficients": False,
 }
 
 # --------------------------------------------------------------------------

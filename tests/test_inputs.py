@@ -1,8 +1,8 @@
 """Inputs: never modified (but for ``out=logits``), read-only and memory-mapped
 inputs work, and a failing call writes nothing anywhere.
 
-The last section holds the input bugs the fuzzer found, with their minimal
-reproducers; the ones still open are strict xfails.
+The last section holds the input bugs the fuzzer found, each kept as its
+minimal reproducer.
 """
 
 import subprocess
@@ -261,7 +261,7 @@ def test_out_sharing_memory_with_a_probability_target_gives_the_right_gradient()
 
 
 # --------------------------------------------------------------------------
-# bugs found by the fuzzer: strict xfails, each a minimal reproducer
+# bugs found by the fuzzer, each a minimal reproducer
 
 TARGET_IN_OUT = textwrap.dedent(
     """
@@ -357,11 +357,9 @@ def test_out_of_any_layout_receives_the_result_in_place(call):
     np.testing.assert_allclose(func(x_perm, *args, axis=-1, out=out), expected, rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: the tile kernel (class axis not last) "
-                   "writes NaN at the target of a sample whose target weight is 0 when one of "
-                   "its logits is NaN; the row kernel and SPEC give 0 (a zero coefficient "
-                   "contributes nothing)")
 def test_zero_weight_sample_has_a_zero_gradient_in_every_layout():
+    # the tile kernel (class axis not last) once wrote NaN at the target of a
+    # sample whose target weight is 0 when one of its logits was NaN
     x = np.array([[0.5, 1.0], [0.2, -1.0], [np.nan, 0.3]])  # 3 classes on axis 0, 2 samples
     t = np.array([1, 0])
     w = np.array([1.0, 0.0, 1.0])  # sample 0's target has weight 0: no coefficient at all
@@ -371,12 +369,10 @@ def test_zero_weight_sample_has_a_zero_gradient_in_every_layout():
     np.testing.assert_array_equal(tiles, rows.T)
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: a sample whose coefficients sum to 0 "
-                   "without all being 0 (a signed probability target) gets loss 0 and gradient "
-                   "0, as if ignored; SPEC's formulas and PyTorch give -sum(a * logp) and -a "
-                   "(fastce.reference's gradient has the same shortcut)")
 @pytest.mark.parametrize("layout", ["rows", "tiles"])
 def test_coefficients_that_cancel_still_count(layout):
+    # a sample whose coefficients sum to 0 without all being 0 (a signed
+    # probability target) was once treated as ignored: loss 0, gradient 0
     x = np.array([[1.0, 2.0, 3.0]])
     y = np.array([[0.5, -0.5, 0.0]])  # sums to 0: A = 0, but a is not 0
     if layout == "tiles":
@@ -387,6 +383,36 @@ def test_coefficients_that_cancel_still_count(layout):
     # loss = -(0.5 * logp0 - 0.5 * logp1) = 0.5 * (x1 - x0); grad = A * p - a = -a
     np.testing.assert_allclose(loss, 0.5, rtol=1e-12)
     np.testing.assert_allclose(grad, -y, atol=1e-15)
+    ref_loss, ref_grad = ref.cross_entropy_with_grad(x, y)
+    np.testing.assert_allclose(ref_loss, 0.5, rtol=1e-12)
+    np.testing.assert_allclose(ref_grad, -y, atol=1e-15)
+
+
+@pytest.mark.parametrize("layout", ["rows", "tiles"])
+def test_signed_weights_that_cancel_still_count(layout):
+    # class-index targets: with label smoothing 1 every class gets w[c] / C,
+    # and weights (1, -1) sum to 0 without being 0
+    x = np.array([[1.0, 3.0], [0.5, -2.0]])
+    t = np.array([0, 1])
+    w = np.array([1.0, -1.0])
+    options = dict(weight=w, label_smoothing=1.0, reduction="sum")
+    if layout == "tiles":
+        loss, grad = fastce.cross_entropy_with_grad(x.T.copy(), t, axis=0, **options)
+        grad = grad.T
+    else:
+        loss, grad = fastce.cross_entropy_with_grad(x, t, **options)
+    # loss[n] = -(logp[n, 0] - logp[n, 1]) / 2 = (x[n, 1] - x[n, 0]) / 2
+    np.testing.assert_allclose(loss, (2.0 - 2.5) / 2, rtol=1e-12)
+    np.testing.assert_allclose(grad, [[-0.5, 0.5], [-0.5, 0.5]], atol=1e-15)
+    ref_loss, ref_grad = ref.cross_entropy_with_grad(x, t, **options)
+    np.testing.assert_allclose(ref_loss, loss, rtol=1e-12)
+    np.testing.assert_allclose(ref_grad, grad, atol=1e-15)
+    # evaluate shares the core's per-sample code
+    xs, axis = (x.T.copy(), 0) if layout == "tiles" else (x, 1)
+    per_sample = fastce.evaluate(xs, t, weight=w, label_smoothing=1.0, axis=axis,
+                                 per_sample=True).per_sample.loss
+    np.testing.assert_array_equal(per_sample, fastce.cross_entropy(
+        xs, t, weight=w, label_smoothing=1.0, axis=axis, reduction="none"))
 
 
 def misaligned(shape, dtype=np.float64):

@@ -85,6 +85,7 @@ cdef enum:
 cdef struct CEOptions:
     const double* weight    # NULL when there are no class weights
     double weight_sum       # sum of the weights (C when there are none)
+    bint any_weight         # some class weight is not 0 (True when there are none)
     double smoothing
     int64_t ignore_index
     bint has_ignore
@@ -254,16 +255,33 @@ cdef inline void gather_rows(const floating* x, Py_ssize_t row_stride, Py_ssize_
 
 # ---- the loss of a class-index sample from its statistics ------------------------
 
+cdef inline bint any_nonzero(const double* weight, Py_ssize_t n) noexcept nogil:
+    """Whether some class weight is not 0 (True for no weights, NULL)."""
+    cdef Py_ssize_t c
+    if weight == NULL:
+        return True
+    for c in range(n):
+        if weight[c] != 0.0:
+            return True
+    return False
+
+
 cdef inline double index_coefficient(const CEOptions* opt, int64_t target, Py_ssize_t C,
-                                     double* a_t) noexcept nogil:
+                                     double* a_t, bint* active) noexcept nogil:
     """``A = sum_c a[c]`` for a class-index target, 0 where it is ignored;
-    ``a_t`` receives the target's own term ``(1 - eps) * w[t]``."""
+    ``a_t`` receives the target's own term ``(1 - eps) * w[t]``, ``active``
+    whether any ``a[c]`` is not 0.  Signed weights can make A 0 for an
+    active sample, which still contributes; an inactive one contributes
+    nothing, not even NaN."""
     cdef double w_t
     a_t[0] = 0.0
+    active[0] = False
     if opt.has_ignore and target == opt.ignore_index:
         return 0.0
     w_t = 1.0 if opt.weight == NULL else opt.weight[target]
     a_t[0] = (1.0 - opt.smoothing) * w_t
+    # a[t] = w[t] (1 - eps + eps / C) and a[c] = w[c] eps / C elsewhere
+    active[0] = w_t != 0.0 or (opt.smoothing != 0.0 and opt.any_weight)
     return a_t[0] + opt.smoothing / C * opt.weight_sum
 
 
@@ -271,7 +289,7 @@ cdef inline double index_row_loss(const floating* x, Py_ssize_t xc, Py_ssize_t C
                                   int64_t target, floating m, double log_s, double A,
                                   double a_t, const CEOptions* opt) noexcept nogil:
     """The loss of one row whose maximum is ``m`` and whose log-sum of
-    exp(x - m) is ``log_s``, for ``A != 0`` (see index_coefficient)."""
+    exp(x - m) is ``log_s``, for an active sample (see index_coefficient)."""
     cdef double loss = A * log_s
     if a_t != 0.0:
         loss -= a_t * (<double>x[target * xc] - <double>m)
@@ -281,16 +299,18 @@ cdef inline double index_row_loss(const floating* x, Py_ssize_t xc, Py_ssize_t C
 
 
 cdef inline bint tile_targets(const index_t* t, Py_ssize_t ti, Py_ssize_t n, Py_ssize_t C,
-                              const CEOptions* opt, int64_t* tgt, double* A) noexcept nogil:
+                              const CEOptions* opt, int64_t* tgt, double* A,
+                              bint* active) noexcept nogil:
     """The class-index targets of a tile: ``tgt[k]`` the class (-1 where
-    ignored) and ``A[k]`` its coefficient sum (0 where ignored).  Returns
+    ignored), ``A[k]`` its coefficient sum (0 where ignored) and
+    ``active[k]`` whether it has a coefficient that is not 0.  Returns
     whether any sample is not ignored."""
     cdef Py_ssize_t k
     cdef double a_t
     cdef bint any_active = False
     for k in range(n):
         tgt[k] = <int64_t>t[k * ti]
-        A[k] = index_coefficient(opt, tgt[k], C, &a_t)
+        A[k] = index_coefficient(opt, tgt[k], C, &a_t, &active[k])
         if opt.has_ignore and tgt[k] == opt.ignore_index:
             tgt[k] = -1
         else:
@@ -329,7 +349,7 @@ cdef inline void tile_index_terms(const floating* x, Py_ssize_t xc, Py_ssize_t x
                 dot[k] += a * (<double>x_t[k] - <double>m[k])
 
 
-cdef inline double sample_loss(double A, double log_s, double dot) noexcept nogil:
-    """``A * log_s - dot``; exactly 0 when every coefficient is 0, whatever
-    the logits (NaN included)."""
-    return 0.0 if A == 0.0 else A * log_s - dot
+cdef inline double sample_loss(bint active, double A, double log_s, double dot) noexcept nogil:
+    """``A * log_s - dot``; exactly 0 when every coefficient is 0 (the
+    sample is not active), whatever the logits (NaN included)."""
+    return A * log_s - dot if active else 0.0

@@ -299,8 +299,9 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
     cdef double a_t, A, s, loss, smooth_coef = eps / C
     cdef floating m, scale_f, x_t
 
-    A = index_coefficient(opt, target, C, &a_t)
-    if A == 0.0:
+    cdef bint active
+    A = index_coefficient(opt, target, C, &a_t, &active)
+    if not active:
         # every coefficient is zero: nothing contributes, not even NaN logits
         if grad != NULL:
             for c in range(C):
@@ -334,6 +335,7 @@ cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
     cdef double eps = opt.smoothing
     cdef double smooth = eps / C
     cdef double s, A = 0.0, dot = 0.0, a, wc, gp
+    cdef bint any_coefficient = False
     cdef floating m
 
     s = row_stats(x, C, xc, &m)
@@ -342,8 +344,11 @@ cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
         a = wc * ((1.0 - eps) * <double>p[c * pc] + smooth)
         A += a
         if a != 0.0:
+            any_coefficient = True
             dot += a * (<double>x[c * xc] - <double>m)
-    if A == 0.0:
+    if not any_coefficient:
+        # nothing contributes, not even NaN logits; signed coefficients that
+        # sum to 0 still do
         if grad != NULL:
             for c in range(C):
                 grad[c * yc] = 0
@@ -381,6 +386,9 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
     cdef floating x_t[TILE]
     cdef double log_s[TILE]
     cdef int64_t tgt[TILE]
+    # whether any of the sample's coefficients is not 0: a sample without one
+    # contributes exactly nothing
+    cdef bint active[TILE]
     cdef Py_ssize_t c, k
     cdef double eps = opt.smoothing
     cdef double smooth = eps / C
@@ -391,12 +399,13 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
 
     tile_stats(x, xc, xi, C, n, m, s)
     if t != NULL:
-        tile_targets(t, ti, n, C, opt, tgt, A)
+        tile_targets(t, ti, n, C, opt, tgt, A, active)
         tile_index_terms(x, xc, xi, C, n, tgt, opt, m, x_t, dot)
     else:
         for k in range(n):
             dot[k] = 0.0
             A[k] = 0.0
+            active[k] = False
         for c in range(C):
             wc = 1.0 if opt.weight == NULL else opt.weight[c]
             xrow = x + c * xc
@@ -404,12 +413,13 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
                 a = wc * ((1.0 - eps) * <double>p[c * pc + k * pi] + smooth)
                 A[k] += a
                 if a != 0.0:
+                    active[k] = True
                     dot[k] += a * (<double>xrow[k * xi] - <double>m[k])
 
     fastce_active_ops.tile_log(s, n, log_s)
     for k in range(n):
-        loss = sample_loss(A[k], log_s[k], dot[k])
-        any_zero = any_zero or A[k] == 0.0
+        loss = sample_loss(active[k], A[k], log_s[k], dot[k])
+        any_zero = any_zero or not active[k]
         total += loss
         if loss_out != NULL:
             loss_out[k * li] = <floating>loss
@@ -418,8 +428,8 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
         return total
     for k in range(n):
         g = gout[k * gi] / opt.denominator
-        gk[k] = 0.0 if A[k] == 0.0 else g
-        scale[k] = <floating>(0.0 if A[k] == 0.0 else g * A[k] / s[k])
+        gk[k] = g if active[k] else 0.0
+        scale[k] = <floating>(g * A[k] / s[k] if active[k] else 0.0)
         offset[k] = <floating>(gk[k] * smooth)
     for c in range(C):
         xrow = x + c * xc
@@ -437,12 +447,12 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
         for c in range(C):
             yrow = grad + c * yc
             for k in range(n):
-                if A[k] == 0.0:
+                if not active[k]:
                     yrow[k * yi] = 0
     if t != NULL:
         # the targets' elements once more in float64: p_t - 1 cancels
         for k in range(n):
-            if tgt[k] >= 0:
+            if tgt[k] >= 0 and active[k]:
                 wc = 1.0 if opt.weight == NULL else opt.weight[tgt[k]]
                 c = tgt[k]
                 grad[c * yc + k * yi] = <floating>(
@@ -594,6 +604,7 @@ cdef double ce_launch(const floating* x, const index_t* t, const floating* p,
             raise MemoryError(f"cannot allocate {n_units} block totals")
     opt.weight = &weight[0] if weight.shape[0] > 0 else NULL
     opt.weight_sum = weight_sum
+    opt.any_weight = any_nonzero(opt.weight, weight.shape[0])
     opt.smoothing = smoothing
     opt.ignore_index = ignore_index
     opt.has_ignore = has_ignore

@@ -37,7 +37,7 @@ from libc.stdint cimport int64_t
 cimport fastce._kernels as core
 from fastce._kernels cimport (
     CEOptions, FASTCE_CHUNK, SMALL_C, TILE, fastce_active_ops, fastce_ops_t, floating,
-    gather_rows, index_coefficient, index_row_loss, index_t, row_stats, rows_per_block,
+    any_nonzero, gather_rows, index_coefficient, index_row_loss, index_t, row_stats, rows_per_block,
     sample_loss, simd_ops, small_c_rows, thread_count, tile_index_terms, tile_stats,
     tile_targets, tiles_pay_off, exp_neg,
 )
@@ -449,7 +449,7 @@ cdef void rows(const floating* x, const index_t* t, const Layout* L, const Optio
     cdef Py_ssize_t j, o, i, tt, arg, rank
     cdef Py_ssize_t C = L.C
     cdef int64_t target
-    cdef bint ignored
+    cdef bint ignored, active
     cdef bint every = out.loss != NULL
     cdef const floating* xr
     cdef floating m, x_t
@@ -463,10 +463,10 @@ cdef void rows(const floating* x, const index_t* t, const Layout* L, const Optio
             continue
         xr = x + o * L.xo + i * L.xi
         # the loss, as ce_index_row computes it
-        A = index_coefficient(&opt.ce, target, C, &a_t)
+        A = index_coefficient(&opt.ce, target, C, &a_t, &active)
         s = row_stats(xr, C, L.xc, &m)
         log_s = log(s)
-        loss = 0.0 if A == 0.0 else index_row_loss(xr, L.xc, C, target, m, log_s, A, a_t,
+        loss = 0.0 if not active else index_row_loss(xr, L.xc, C, target, m, log_s, A, a_t,
                                                    &opt.ce)
         # the rest, from the row in cache
         tt = -1 if ignored else <Py_ssize_t>target
@@ -515,6 +515,7 @@ cdef void tile_metrics(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize
     cdef double s[TILE]
     cdef double log_s[TILE]
     cdef double A[TILE]
+    cdef bint active[TILE]
     cdef double dot[TILE]
     cdef double e[TILE]
     cdef int64_t tgt[TILE]
@@ -523,7 +524,7 @@ cdef void tile_metrics(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize
     cdef Py_ssize_t c, k, start, end
 
     # the loss, as ce_tile computes it
-    if not tile_targets(t, ti, n, C, &opt.ce, tgt, A) and out.loss == NULL:
+    if not tile_targets(t, ti, n, C, &opt.ce, tgt, A, active) and out.loss == NULL:
         return
     tile_stats(x, xc, xi, C, n, m, s)
     tile_index_terms(x, xc, xi, C, n, tgt, &opt.ce, m, x_t, dot)
@@ -551,7 +552,7 @@ cdef void tile_metrics(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize
 
     for k in range(n):
         finish_sample(x + k * xi, C, xc, opt, out, o0 + k * o_step, i0 + k * i_step, tgt[k],
-                      sample_loss(A[k], log_s[k], dot[k]), s[k], log_s[k], e[k], arg[k],
+                      sample_loss(active[k], A[k], log_s[k], dot[k]), s[k], log_s[k], e[k], arg[k],
                       rank[k], fp, ip)
 
 
@@ -691,6 +692,7 @@ def evaluate_index(const floating[:, :, :] x,
     L.threads = num_threads
     opt.ce.weight = &weight[0] if weight.shape[0] > 0 else NULL
     opt.ce.weight_sum = weight_sum
+    opt.ce.any_weight = any_nonzero(opt.ce.weight, weight.shape[0])
     opt.ce.smoothing = smoothing
     opt.ce.ignore_index = ignore_index
     opt.ce.has_ignore = has_ignore

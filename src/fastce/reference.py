@@ -178,7 +178,7 @@ def cross_entropy_with_grad(logits, target, weight=None, *, grad_output=1.0,
                             label_smoothing=0.0, axis=None, out=None):
     """``(loss, grad)`` with ``grad[n, c] = g[n] * (A[n] * p[n, c] - a[n, c])``.
 
-    Samples whose coefficients sum to zero (ignored samples) get a zero gradient.
+    Samples whose coefficients are all zero (ignored samples) get a zero gradient.
     ``out`` is ignored.
     """
     _, logp, a, loss, denominator, axis = _per_sample(
@@ -189,7 +189,9 @@ def cross_entropy_with_grad(logits, target, weight=None, *, grad_output=1.0,
     with np.errstate(invalid="ignore", over="ignore"):
         p = np.exp(logp)
         grad = g * (A * p - a)
-    grad = np.where(A == 0, 0.0, grad)
+    # a sample with no coefficient at all contributes nothing, even with NaN
+    # logits; coefficients that cancel (A == 0) still contribute
+    grad = np.where(np.any(a != 0, axis=-1, keepdims=True), grad, 0.0)
     return _reduce(loss, denominator, reduction), np.moveaxis(grad, -1, axis)
 
 
