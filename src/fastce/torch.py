@@ -63,10 +63,14 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess
         "enough), or use fastce's NumPy functions"
     ) from err
 
+# NumPy has no bfloat16 of its own: ml_dtypes gives it the one a bfloat16
+# tensor's memory is viewed as; without it such tensors go to torch
+_NUMPY_BFLOAT16: np.dtype | None
 try:
     import ml_dtypes
-except ImportError:  # bfloat16 tensors go to torch
-    ml_dtypes = None
+    _NUMPY_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:
+    _NUMPY_BFLOAT16 = None
 
 from . import functional as _functional
 from ._config import get_num_threads as _fastce_threads
@@ -75,9 +79,8 @@ __all__ = ["cross_entropy", "CrossEntropyLoss"]
 
 _torch_cross_entropy = torch.nn.functional.cross_entropy
 
-# NumPy has no bfloat16 of its own: ml_dtypes gives it one to view the tensor's memory as
 _LOGIT_DTYPES = (torch.float32, torch.float64, torch.float16) + (
-    (torch.bfloat16,) if ml_dtypes is not None else ())
+    (torch.bfloat16,) if _NUMPY_BFLOAT16 is not None else ())
 _INDEX_DTYPES = (torch.int64, torch.uint8)  # the class-index dtypes torch accepts
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -131,10 +134,10 @@ def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
     """The tensor's memory as a NumPy array, without a copy."""
     if t is None:
         return None
-    if t.dtype == torch.bfloat16:
+    if t.dtype == torch.bfloat16 and _NUMPY_BFLOAT16 is not None:
         # torch will not hand NumPy a bfloat16 array: the same bytes, with the
         # same strides, as int16 and back as ml_dtypes' bfloat16
-        return t.detach().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return t.detach().view(torch.int16).numpy().view(_NUMPY_BFLOAT16)
     return t.detach().numpy()
 
 
