@@ -84,6 +84,23 @@ def test_cross_entropy_every_reduction(data):
     assert_allclose(value, fastce.cross_entropy(x64, t), rtol=1e-13)
 
 
+def test_bfloat16_logits_give_the_in_memory_results(data):
+    # each block reads its bfloat16 logits as fastce.evaluate and
+    # fastce.cross_entropy read them in memory: in float32 blocks
+    bf = pytest.importorskip("ml_dtypes").bfloat16
+    x, t, w = data
+    xb = x.astype(bf)
+    xd = da.from_array(xb, chunks=(777, 120))
+    td = da.from_array(t, chunks=1000)
+    same_result(fdask.evaluate(xd, td, w, **OPTIONS), fastce.evaluate(xb, t, w, **OPTIONS))
+    lazy = fdask.cross_entropy(xd, td, w, reduction="mean", label_smoothing=0.1)
+    assert lazy.dtype == np.float32
+    assert_allclose(lazy.compute(), fastce.cross_entropy(xb, t, w, label_smoothing=0.1),
+                    rtol=1e-6)
+    assert_array_equal(fdask.cross_entropy(xd, td, w, reduction="none").compute(),
+                       fastce.cross_entropy(xb, t, w, reduction="none"))
+
+
 def test_class_axis_split_across_chunks_is_rechunked_with_a_warning(data):
     x, t, w = data
     xd = da.from_array(x, chunks=(1000, 50))

@@ -30,6 +30,15 @@ def test_logits_must_be_floating(func, logits):
         func(logits, np.zeros(logits.shape[0], dtype=np.int64))
 
 
+def test_other_ml_dtypes_floats_are_refused_naming_the_accepted_ones():
+    # of ml_dtypes' narrow floats only bfloat16 is read; float8 is refused
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = LOGITS.astype(ml_dtypes.float8_e4m3fn)
+    with pytest.raises(TypeError, match=r"\(float16, bfloat16, float32 or float64\); "
+                                        r"got dtype float8_e4m3fn"):
+        fastce.cross_entropy(x, TARGET)
+
+
 @pytest.mark.parametrize("func", [fastce.log_softmax, fastce.softmax, fastce.logsumexp])
 def test_softmax_family_rejects_integers(func):
     with pytest.raises(TypeError, match="x must be a floating array.*int64"):

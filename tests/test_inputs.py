@@ -481,3 +481,25 @@ def test_misaligned_buffers_reach_the_kernels_aligned(which, kernel_arguments):
         fastce.softmax(x, out=misaligned((50, 3)))
     bad = [(name, i) for name, i, a in kernel_arguments if not a.flags.aligned]
     assert not bad, f"misaligned arrays reached the kernels: {bad}"
+
+
+def test_bfloat16_reaches_the_kernels_as_float32_blocks_and_is_never_modified(kernel_arguments):
+    # read-only and misaligned bfloat16 logits are read as they are: the
+    # kernels see only the float32 blocks converted from them
+    bf = pytest.importorskip("ml_dtypes").bfloat16
+    rng = np.random.default_rng(0)
+    values = (rng.standard_normal((50, 3)) * 3).astype(bf)
+    t = rng.integers(0, 3, 50)
+    frozen = values.copy()
+    frozen.flags.writeable = False
+    shifted = misaligned((50, 3), bf)
+    shifted[...] = values
+    want = fastce.cross_entropy_with_grad(values.astype(np.float32), t, reduction="none")
+    for x in (frozen, shifted):
+        loss, grad = fastce.cross_entropy_with_grad(x, t, reduction="none")
+        np.testing.assert_array_equal(loss, want[0])
+        np.testing.assert_array_equal(grad, want[1])
+        np.testing.assert_array_equal(fastce.softmax(x), fastce.softmax(values.astype(np.float32)))
+        assert x.tobytes() == values.tobytes()
+    logits_seen = [a for name, i, a in kernel_arguments if name != "check_targets" and i == 0]
+    assert logits_seen and all(a.dtype == np.float32 and a.flags.aligned for a in logits_seen)

@@ -112,6 +112,13 @@ def class_axis(ndim, axis):
     return (1 if ndim >= 2 else 0) if axis is None else axis % ndim
 
 
+def float_dtype(name):
+    """The dtype of that name; bfloat16 is ml_dtypes' (a skip where it is not installed)."""
+    if name == "bfloat16":
+        return np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    return np.dtype(name)
+
+
 def arrange(a, layout):
     a = np.asarray(a)
     if layout == "C" or a.ndim == 0:
@@ -225,14 +232,15 @@ def test_per_sample_loss_is_cross_entropys_to_the_last_bit(dtype):
                         equal_nan=True, err_msg=desc)
 
 
-def test_float16_logits_are_computed_in_float32():
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_half_float_logits_are_computed_in_float32(name):
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((200, 30)).astype(np.float16)
+    x = rng.standard_normal((200, 30)).astype(float_dtype(name))
     t = rng.integers(0, 30, 200)
     fast = fastce.evaluate(x, t, per_sample=True)
     assert fast.per_sample.loss.dtype == np.float32
     assert_array_equal(fast.per_sample.loss, fastce.cross_entropy(x, t, reduction="none"))
-    assert_result_matches(fast, reference_evaluate(x.astype(np.float32), t), np.float32, "f16")
+    assert_result_matches(fast, reference_evaluate(x.astype(np.float32), t), np.float32, name)
 
 
 # every layout the core kernels choose: logits shape, class axis, memory layout
@@ -251,8 +259,9 @@ PATH_GEOMETRIES = (
 )
 
 
-@pytest.mark.parametrize("dtype", (np.float16, np.float32, np.float64))
-def test_per_sample_loss_is_cross_entropys_on_every_path(vector_path, dtype):
+@pytest.mark.parametrize("name", ("float16", "bfloat16", "float32", "float64"))
+def test_per_sample_loss_is_cross_entropys_on_every_path(vector_path, name):
+    dtype = float_dtype(name)
     rng = np.random.default_rng(34)
     for shape, axis, layout in PATH_GEOMETRIES:
         ax = class_axis(len(shape), axis)
@@ -838,13 +847,17 @@ def test_memory_mapped_logits_are_read_in_blocks_without_a_copy(tmp_path):
     assert_allclose(r.loss, float(fastce.cross_entropy(logits, target)), rtol=1e-6)
 
 
-def test_float16_memmap_is_converted_one_block_at_a_time(tmp_path, monkeypatch):
-    n, C = 40_000, 200  # 16 MB of float16
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_half_float_memmap_is_converted_one_block_at_a_time(tmp_path, monkeypatch, name):
+    dtype = float_dtype(name)
+    n, C = 40_000, 200  # 16 MB of half-width floats
     path = tmp_path / "half.npy"
     rng = np.random.default_rng(42)
-    np.save(path, rng.standard_normal((n, C)).astype(np.float16))
+    np.save(path, rng.standard_normal((n, C)).astype(dtype))
     target = rng.integers(0, C, n)
-    logits = np.load(path, mmap_mode="r")
+    # .npy keeps bfloat16 as two opaque bytes: the view names the dtype again
+    logits = np.load(path, mmap_mode="r").view(dtype)
+    assert isinstance(logits, np.memmap) and logits.dtype == dtype
     expected = fastce.evaluate(np.array(logits), target)
     monkeypatch.setattr(fastce.metrics, "_BLOCK_BYTES", 1 << 20)
     tracemalloc.start()

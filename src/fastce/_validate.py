@@ -20,8 +20,20 @@ _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 
 
+def is_float(dtype: np.dtype) -> bool:
+    """A floating dtype: NumPy's own, or ``ml_dtypes.bfloat16`` (JAX's), which
+    NumPy sees as kind 'V'."""
+    return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
+def is_half(dtype: np.dtype) -> bool:
+    """float16 or bfloat16: logits the kernels read in float32 blocks, each
+    converted just before it is computed, never as a full-size copy."""
+    return dtype.itemsize == 2 and is_float(dtype)
+
+
 def result_dtype(dtype: np.dtype) -> np.dtype:
-    """float16 is computed (and returned) in float32."""
+    """float16 and bfloat16 are computed (and returned) in float32."""
     return np.dtype(np.float64) if dtype.itemsize == 8 else np.dtype(np.float32)
 
 
@@ -41,16 +53,14 @@ def as_array(x) -> np.ndarray:
 
 
 def native_float_array(x, name: str) -> np.ndarray:
-    """``x`` as a float16/32/64 array in native byte order and aligned, copied
-    only where the kernels cannot read it as it is.  bfloat16
-    (``ml_dtypes.bfloat16``) is converted to float32; float16 stays, and is
-    converted block by block as the kernels run."""
+    """``x`` as a float16/bfloat16/32/64 array in native byte order and
+    aligned, copied only where the kernels cannot read it as it is.  float16
+    and bfloat16 (``ml_dtypes.bfloat16``) stay as they are: the kernels'
+    callers convert them to float32 block by block (:func:`is_half`)."""
     arr = as_array(x)
-    if arr.dtype.name == "bfloat16":
-        arr = arr.astype(np.float32)
-    if arr.dtype.kind != "f":
+    if not is_float(arr.dtype):
         raise TypeError(
-            f"{name} must be a floating array (float16, float32 or float64); got dtype "
+            f"{name} must be a floating array (float16, bfloat16, float32 or float64); got dtype "
             f"{arr.dtype}. Convert it first, e.g. {name}.astype(np.float32)."
         )
     if arr.dtype.itemsize > 8:
@@ -141,7 +151,7 @@ def check_weight(weight, n_classes: int, name: str = "weight") -> np.ndarray:
     if weight is None:
         return NO_WEIGHT
     w = np.asarray(weight)
-    if w.dtype.kind not in "fiu":
+    if w.dtype.kind not in "fiu" and not is_float(w.dtype):
         raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
     if w.shape != (n_classes,):
         raise ValueError(
@@ -225,10 +235,8 @@ def _shape_hint(t_shape, expected, logits_shape, axis) -> str:
 def check_target(target, logits: np.ndarray, axis: int, x3: np.ndarray, name: str = "target",
                  allow_probs: bool = True) -> TargetPlan:
     t = as_array(target)
-    if t.dtype.name == "bfloat16":
-        t = t.astype(np.float32)
     expected = logits.shape[:axis] + logits.shape[axis + 1 :]
-    kind = t.dtype.kind
+    kind = "f" if is_float(t.dtype) else t.dtype.kind
     if kind == "b":
         raise TypeError(
             f"{name} must hold class indices (an integer array of shape {expected})"

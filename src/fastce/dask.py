@@ -181,8 +181,8 @@ def cross_entropy(logits, target, weight=None, *, ignore_index=-100, reduction="
                   label_smoothing=0.0, axis=None, num_threads=None):
     """:func:`fastce.cross_entropy` of dask arrays, as a lazy dask array.
 
-    ``"mean"`` and ``"sum"`` give a 0-d array (float32 for float16/float32
-    logits, float64 for float64, as in memory) reduced through the
+    ``"mean"`` and ``"sum"`` give a 0-d array (float32 for float16, bfloat16
+    and float32 logits, float64 for float64, as in memory) reduced through the
     accumulators; ``"none"`` gives the per-sample losses, blockwise, with the
     target's shape and the logits' chunks.  Class-index targets only.
     """

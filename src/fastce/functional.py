@@ -18,6 +18,8 @@ from ._validate import (
     class_axis,
     flip2,
     flip3,
+    is_half,
+    is_float,
     native_float_array,
     normalize_axis,
     result_dtype,
@@ -60,17 +62,17 @@ def _same_memory_layout(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
-# float16 logits are converted to float32 this many elements at a time
+# float16 and bfloat16 logits are converted to float32 this many elements at a time
 HALF_BLOCK = 1 << 18
 
 
 def _run(kernel_call, x3, per_sample, per_class):
     """``kernel_call(x3, per_sample, per_class)``, where ``per_sample`` are
     ``(outer, inner)`` arrays and ``per_class`` ``(outer, C, inner)`` arrays
-    (or None).  float16 logits run in float32 blocks, each converted just
-    before its kernel call, so no full-size copy is made; the blocks' totals
-    are added in order."""
-    if x3.dtype != np.float16:
+    (or None).  float16 and bfloat16 logits run in float32 blocks, each
+    converted just before its kernel call, so no full-size copy is made; the
+    blocks' totals are added in order."""
+    if not is_half(x3.dtype):
         return kernel_call(x3, per_sample, per_class)
     outer, n_classes, inner = x3.shape
     along_outer = outer >= inner
@@ -220,8 +222,9 @@ def cross_entropy(logits, target, weight=None, *, ignore_index=-100, reduction="
     Parameters
     ----------
     logits : array_like of float
-        Unnormalised scores.  float32 and float64 are computed natively,
-        float16 in float32.
+        Unnormalised scores.  float32 and float64 are computed natively;
+        float16 and bfloat16 (``ml_dtypes.bfloat16``) in float32, read block
+        by block without a full-size float32 copy.
     target : array_like
         Class indices (an integer array with the logits' shape without the
         class axis) or class probabilities (a float array of the logits'
@@ -513,10 +516,10 @@ def logsumexp(x, axis=-1, *, num_threads=None):
 def _check_binary(x, target, name):
     x = native_float_array(x, name)
     y = np.asarray(target)
-    if y.dtype.kind != "f":
+    if not is_float(y.dtype):
         raise TypeError(
             f"target must be a float array of probabilities in [0, 1]; got dtype {y.dtype}. "
-            f"Convert labels with target.astype(np.{x.dtype})."
+            f"Convert labels with target.astype({name}.dtype)."
         )
     if y.shape != x.shape:
         raise ValueError(
@@ -529,7 +532,7 @@ def _broadcast_factor(factor, shape, name, hint):
     if factor is None:
         return None
     f = np.asarray(factor)
-    if f.dtype.kind not in "fiu":
+    if f.dtype.kind not in "fiu" and not is_float(f.dtype):
         raise TypeError(f"{name} must hold real numbers; got dtype {f.dtype}")
     try:
         np.broadcast_shapes(f.shape, shape)

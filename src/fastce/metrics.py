@@ -63,6 +63,7 @@ from ._validate import (
     class_axis,
     flip2,
     flip3,
+    is_half,
     native_float_array,
     normalize_axis,
     raise_out_of_range,
@@ -76,8 +77,8 @@ __all__ = ["Accumulator", "EvalResult", "PerSample", "evaluate"]
 
 # Logits per kernel call (after any conversion) when an input is walked in
 # blocks: a memory-mapped file is read block by block, and a byte-swapped
-# input is converted one block at a time.  float16 logits are converted in
-# cross_entropy's own blocks (functional._run).
+# input is converted one block at a time.  float16 and bfloat16 logits are
+# converted in cross_entropy's own blocks (functional._run).
 _BLOCK_BYTES = 1 << 26
 
 _N_TOTALS = _metrics.N_FLOAT_TOTALS  # loss, weight, confidence, entropy
@@ -415,9 +416,10 @@ class Accumulator:
             self._add(sums, counts, ranks)
             return 0.0
 
-        if x3.dtype == np.float16:
+        if is_half(x3.dtype):
             # in float32 blocks converted one at a time, exactly as cross_entropy
-            # computes float16, so that every loss is its loss to the last bit
+            # computes float16 and bfloat16, so that every loss is its loss to
+            # the last bit
             _run(kernel_call, x3, [t2, *out2], [])
             return outputs
         block_bytes = max(1, n_classes * dtype.itemsize)

@@ -25,8 +25,9 @@ torch's own:
   tensor subclasses with ``__torch_function__``, and calls made while
   ``torch.compile`` traces or a ``torch.func`` transform (``vmap``,
   ``grad``) is active;
-- logits of a dtype other than float32, float64 and float16 (bfloat16, for
-  now), class indices of a dtype torch rejects (it takes int64 and uint8),
+- logits of a dtype other than float32, float64, float16 and bfloat16
+  (bfloat16 only where ``ml_dtypes`` is installed, which gives NumPy that
+  dtype), class indices of a dtype torch rejects (it takes int64 and uint8),
   probabilities or a weight of another dtype than the logits (torch
   promotes or rejects them);
 - a gradient wanted with respect to the target (soft targets that require
@@ -36,8 +37,11 @@ torch's own:
   shapes, a bad option): torch is called with the same arguments and raises
   its usual ``IndexError``, ``ValueError`` or ``RuntimeError``.
 
-Differences from torch: float16 logits are computed in float32 and rounded
-to float16 at the end (torch rounds intermediate steps too); a single class
+Differences from torch: float16 and bfloat16 logits are read in place and
+computed in float32, block by block, and only the loss and the gradient are
+rounded (to nearest even) to the logits' dtype at the end, where torch
+rounds intermediate steps too: fastce's results are typically closer to the
+exact values than torch's, and not always torch's bits.  A single class
 gives fastce's ``RuntimeWarning``; the kernels use at most
 ``torch.get_num_threads()`` threads (and at most ``fastce.get_num_threads()``).
 A second derivative is not supported: differentiating the gradient again
@@ -59,6 +63,15 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess
         "enough), or use fastce's NumPy functions"
     ) from err
 
+# NumPy has no bfloat16 of its own: ml_dtypes gives it the one a bfloat16
+# tensor's memory is viewed as; without it such tensors go to torch
+_NUMPY_BFLOAT16: np.dtype | None
+try:
+    import ml_dtypes
+    _NUMPY_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:
+    _NUMPY_BFLOAT16 = None
+
 from . import functional as _functional
 from ._config import get_num_threads as _fastce_threads
 
@@ -66,7 +79,8 @@ __all__ = ["cross_entropy", "CrossEntropyLoss"]
 
 _torch_cross_entropy = torch.nn.functional.cross_entropy
 
-_LOGIT_DTYPES = (torch.float32, torch.float64, torch.float16)
+_LOGIT_DTYPES = (torch.float32, torch.float64, torch.float16) + (
+    (torch.bfloat16,) if _NUMPY_BFLOAT16 is not None else ())
 _INDEX_DTYPES = (torch.int64, torch.uint8)  # the class-index dtypes torch accepts
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -118,7 +132,13 @@ def _served(input, target, weight, size_average, reduce, reduction, grad_enabled
 
 def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
     """The tensor's memory as a NumPy array, without a copy."""
-    return None if t is None else t.detach().numpy()
+    if t is None:
+        return None
+    if t.dtype == torch.bfloat16 and _NUMPY_BFLOAT16 is not None:
+        # torch will not hand NumPy a bfloat16 array: the same bytes, with the
+        # same strides, as int16 and back as ml_dtypes' bfloat16
+        return t.detach().view(torch.int16).numpy().view(_NUMPY_BFLOAT16)
+    return t.detach().numpy()
 
 
 def _loss_tensor(loss, dtype: torch.dtype) -> torch.Tensor:
