@@ -1,6 +1,7 @@
-"""The lane that serves ``cross_entropy(x, t)`` for C-ordered 2-d logits and
-int64 targets without the general validation: it must give the general
-path's bits, and hand every other call (including every bad one) to it."""
+"""The lane that serves ``cross_entropy(x, t)`` and its gradient for C-ordered
+2-d logits and int64 targets without the general validation: it must give
+the general path's bits, and hand every other call (including every bad one)
+to it."""
 
 import warnings
 
@@ -12,15 +13,15 @@ from fastce import _kernels
 from fastce.functional import _cross_entropy
 
 
-def general_path(x, t, **options):
-    """The loss as the general (validating) path computes it."""
+def general_path(x, t, want_grad=False, out=None, **options):
+    """The loss (and gradient) as the general (validating) path computes it."""
     args = {"weight": None, "ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0,
             "axis": None, "num_threads": None}
     args.update(options)
-    loss, _ = _cross_entropy(x, t, args["weight"], args["ignore_index"], args["reduction"],
-                             args["label_smoothing"], args["axis"], False, None, None,
-                             args["num_threads"])
-    return loss
+    loss, grad = _cross_entropy(x, t, args["weight"], args["ignore_index"], args["reduction"],
+                                args["label_smoothing"], args["axis"], want_grad, 1.0, out,
+                                args["num_threads"])
+    return (loss, grad) if want_grad else loss
 
 
 def bits(value):
@@ -135,3 +136,76 @@ def test_options_outside_the_lane_behave_as_before(options):
 
     assert outcome(lambda: fastce.cross_entropy(x, t, **options)) == outcome(
         lambda: general_path(x, t, **options))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 2), (32, 10), (257, 33), (3000, 40), (64, 5000)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_gradient_has_the_general_paths_bits(dtype, shape, reduction):
+    rng = np.random.default_rng(sum(shape) + 1)
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    t[::5] = -100
+    want_loss, want_grad = general_path(x, t, want_grad=True, reduction=reduction)
+    loss, grad = _kernels.cross_entropy_common(x, t, reduction == "mean", -100, 0, True, None)
+    assert bits(loss) == bits(want_loss) and bits(grad) == bits(want_grad)
+    assert grad.dtype == dtype and grad.shape == shape and grad.flags.c_contiguous
+    out = np.full_like(x, np.nan)
+    loss, grad = fastce.cross_entropy_with_grad(x, t, reduction=reduction, out=out)
+    assert grad is out and bits(grad) == bits(want_grad) and bits(loss) == bits(want_loss)
+    assert bits(fastce.cross_entropy_grad(x, t, reduction=reduction)) == bits(want_grad)
+    in_place = x.copy()
+    loss, grad = fastce.cross_entropy_with_grad(in_place, t, reduction=reduction, out=in_place)
+    assert grad is in_place and bits(grad) == bits(want_grad)
+
+
+def test_gradient_when_every_target_is_ignored():
+    x = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]], dtype=np.float32)
+    t = np.array([-100, -100])
+    loss, grad = fastce.cross_entropy_with_grad(x, t)
+    want_loss, want_grad = general_path(x, t, want_grad=True)
+    assert np.isnan(loss) and bits(loss) == bits(want_loss)
+    assert bits(grad) == bits(want_grad) and not grad.any()
+
+
+def test_outs_the_lane_declines():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    t = rng.integers(0, 4, 6)
+    lane = lambda out: _kernels.cross_entropy_common(x, t, True, -100, 0, True, out)  # noqa: E731
+    for out in [np.empty((6, 4)),                         # float64 for float32 logits
+                np.empty((4, 6), dtype=np.float32).T,     # Fortran order
+                np.empty((6, 8), dtype=np.float32)[:, ::2],
+                np.empty((6, 4), dtype=np.float32)[::-1],
+                np.empty(24, dtype=np.float32),           # the wrong shape
+                x[::-1].copy()[::-1],                     # negative strides
+                [[0.0] * 4] * 6]:
+        assert lane(out) is None
+    read_only = np.empty((6, 4), dtype=np.float32)
+    read_only.flags.writeable = False
+    assert lane(read_only) is None
+    # memory shared with the logits without being them, or with the targets
+    wide = np.zeros(32, dtype=np.float32)
+    wide[:24] = x.ravel()
+    shifted = wide[1:25].reshape(6, 4)
+    assert _kernels.cross_entropy_common(wide[:24].reshape(6, 4), t, True, -100, 0, True,
+                                         shifted) is None
+    buffer = np.zeros(12, dtype=np.int64)
+    targets = buffer[:6]
+    targets[:] = t
+    over_targets = buffer.view(np.float32)[:24].reshape(6, 4)
+    assert _kernels.cross_entropy_common(x, targets, True, -100, 0, True, over_targets) is None
+    # the general path answers them all, as for any out
+    want = fastce.cross_entropy_grad(x, t)
+    np.testing.assert_array_equal(
+        fastce.cross_entropy_grad(x, targets, out=over_targets), want)
+
+
+def test_grad_output_other_than_one_takes_the_general_path():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 5)).astype(np.float32)
+    t = rng.integers(0, 5, 8)
+    got = fastce.cross_entropy_grad(x, t, grad_output=2.0)
+    np.testing.assert_array_equal(got, 2 * fastce.cross_entropy_grad(x, t))
+    with pytest.raises(ValueError, match="grad_output must be a scalar"):
+        fastce.cross_entropy_grad(x, t, grad_output=np.ones(8))

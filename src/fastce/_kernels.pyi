@@ -1,5 +1,7 @@
 """Types of the compiled kernels (fastce._kernels)."""
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -44,7 +46,9 @@ def cross_entropy_common(
     mean: bool,
     ignore_index: int,
     num_threads: int = ...,
-) -> np.float32 | np.float64 | None: ...
+    want_grad: bool = ...,
+    out: object = ...,
+) -> Any: ...
 def cross_entropy_probs(
     x: NDArray[_Float],
     probs: NDArray[_Float],

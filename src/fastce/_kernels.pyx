@@ -720,9 +720,9 @@ def cross_entropy_probs(const floating[:, :, :] x,
                      0.0, smoothing, 0, False, lp, gp, denominator, yp)
 
 
-# The commonest call, cross_entropy(x, t) with x a C-ordered (N, C) float32
-# or float64 array and t int64 class indices, costs less than torch's own
-# dispatch only if it skips the general validation.  This lane recognises that
+# The commonest call, cross_entropy(x, t) (or with its gradient) with x a
+# C-ordered (N, C) float32 or float64 array and t int64 class indices, costs
+# less than torch's own dispatch only if it skips the general validation.  This lane recognises that
 # call itself and runs it through the same launch (so the bits are the same);
 # it declines everything else, and bad targets, by returning None, and the
 # Python layer then validates and reports as usual.
@@ -732,18 +732,29 @@ _float32 = np.float32
 _float64 = np.float64
 
 
+cdef inline bint apart(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """Whether two contiguous arrays share no byte."""
+    cdef char* a0 = <char*>cnp.PyArray_DATA(a)
+    cdef char* b0 = <char*>cnp.PyArray_DATA(b)
+    return a0 + cnp.PyArray_NBYTES(a) <= b0 or b0 + cnp.PyArray_NBYTES(b) <= a0
+
+
 def cross_entropy_common(object logits, object target, bint mean, int64_t ignore_index,
-                         int num_threads=0):
-    """The loss of ``cross_entropy(logits, target, ignore_index=...)`` with
-    ``reduction="mean"`` (or ``"sum"``), no weights and no smoothing, as a
-    NumPy scalar; or None when the arrays are not both aligned, C-ordered
-    and native (an ``(N, C)`` float32/float64 array with ``N >= 1``,
-    ``C >= 2`` and an ``(N,)`` int64 array of targets in ``[0, C)`` or equal
-    to ``ignore_index``)."""
+                         int num_threads=0, bint want_grad=False, object out=None):
+    """The result of ``cross_entropy(logits, target, ignore_index=...)`` with
+    ``reduction="mean"`` (or ``"sum"``), no weights and no smoothing: the
+    loss as a NumPy scalar, or with ``want_grad`` ``(loss, grad)`` for
+    ``grad_output=1``, the gradient written to ``out`` (logits' shape and
+    dtype, C-ordered, the logits themselves or apart from both inputs) or to
+    a new array.  None when the arrays are not both aligned, C-ordered and
+    native (an ``(N, C)`` float32/float64 array with ``N >= 1``, ``C >= 2``
+    and an ``(N,)`` int64 array of targets in ``[0, C)`` or equal to
+    ``ignore_index``), or ``out`` is not such an array."""
     if type(logits) is not np.ndarray or type(target) is not np.ndarray:
         return None
     cdef cnp.ndarray x = <cnp.ndarray>logits
     cdef cnp.ndarray t = <cnp.ndarray>target
+    cdef cnp.ndarray grad
     if cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_NDIM(t) != 1:
         return None
     cdef int xtype = cnp.PyArray_TYPE(x)
@@ -754,6 +765,15 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
     cdef Py_ssize_t n = cnp.PyArray_DIM(x, 0), n_classes = cnp.PyArray_DIM(x, 1)
     if n == 0 or n_classes < 2 or cnp.PyArray_DIM(t, 0) != n:
         return None
+    if want_grad and out is not None:
+        if type(out) is not np.ndarray:
+            return None
+        grad = <cnp.ndarray>out
+        if cnp.PyArray_TYPE(grad) != xtype or cnp.PyArray_NDIM(grad) != 2 \
+                or cnp.PyArray_DIM(grad, 0) != n or cnp.PyArray_DIM(grad, 1) != n_classes \
+                or not cnp.PyArray_ISCARRAY(grad) or not apart(grad, t) \
+                or not (cnp.PyArray_DATA(grad) == cnp.PyArray_DATA(x) or apart(grad, x)):
+            return None
     cdef const int64_t* tp = <const int64_t*>cnp.PyArray_DATA(t)
     cdef Py_ssize_t i, counted = 0
     cdef bint in_range = True
@@ -766,27 +786,35 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
                 counted += 1
     if not in_range:
         return None
+    if want_grad and out is None:
+        grad = np.empty((n, n_classes), dtype=_float32 if xtype == cnp.NPY_FLOAT else _float64)
     cdef double denominator = <double>counted if mean else 1.0
+    cdef double grad_output = 1.0
+    cdef const double* gp = &grad_output if want_grad else NULL
+    cdef void* yp = cnp.PyArray_DATA(grad) if want_grad else NULL
     cdef Layout L
-    # the strides NumPy gives the (N, C, 1) view of a C-ordered (N, C) array
+    # the strides NumPy gives the (N, C, 1) views of C-ordered (N, C) arrays
     layout_from(&L, [n, n_classes, 1], [n_classes, 1, 1])
     L.threads = num_threads
     L.to = 1
     L.ti = 1
+    if want_grad:
+        L.yo = n_classes
+        L.yc = 1
+        L.yi = 1
     cdef double total
     if xtype == cnp.NPY_FLOAT:
         total = ce_launch(<const float*>cnp.PyArray_DATA(x), tp, <const float*>NULL, &L,
                           NO_CLASS_WEIGHTS, <double>n_classes, 0.0, ignore_index, True,
-                          <float*>NULL, <const double*>NULL, denominator, <float*>NULL)
+                          <float*>NULL, gp, denominator, <float*>yp)
     else:
         total = ce_launch(<const double*>cnp.PyArray_DATA(x), tp, <const double*>NULL, &L,
                           NO_CLASS_WEIGHTS, <double>n_classes, 0.0, ignore_index, True,
-                          <double*>NULL, <const double*>NULL, denominator, <double*>NULL)
+                          <double*>NULL, gp, denominator, <double*>yp)
     if mean:
         total = total / denominator if counted else NAN
-    if xtype == cnp.NPY_FLOAT:
-        return _float32(<float>total)
-    return _float64(total)
+    loss = _float32(<float>total) if xtype == cnp.NPY_FLOAT else _float64(total)
+    return (loss, grad) if want_grad else loss
 
 
 # --------------------------------------------------------------------------

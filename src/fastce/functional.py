@@ -324,6 +324,10 @@ def cross_entropy_grad(logits, target, weight=None, *, grad_output=1.0, ignore_i
     >>> fastce.cross_entropy_grad(np.array([1.0, 2.0, 0.1]), np.array(1)).round(6)
     array([ 0.242433, -0.340999,  0.098566])
     """
+    both = _common_with_grad(logits, target, weight, grad_output, ignore_index, reduction,
+                             label_smoothing, axis, out, num_threads)
+    if both is not None:
+        return both[1]
     _, grad = _cross_entropy(logits, target, weight, ignore_index, reduction,
                              label_smoothing, axis, True, grad_output, out, num_threads)
     return grad
@@ -345,8 +349,22 @@ def cross_entropy_with_grad(logits, target, weight=None, *, grad_output=1.0,
     >>> float(round(loss, 6)), grad is logits
     (0.41703, True)
     """
+    both = _common_with_grad(logits, target, weight, grad_output, ignore_index, reduction,
+                             label_smoothing, axis, out, num_threads)
+    if both is not None:
+        return both
     return _cross_entropy(logits, target, weight, ignore_index, reduction,
                           label_smoothing, axis, True, grad_output, out, num_threads)
+
+
+def _common_with_grad(logits, target, weight, grad_output, ignore_index, reduction,
+                      label_smoothing, axis, out, num_threads):
+    """``(loss, grad)`` from the common-call lane, or None."""
+    if type(grad_output) is not float or grad_output != 1.0 or not _plain_options(
+            weight, ignore_index, reduction, label_smoothing, axis, num_threads):
+        return None
+    return _kernels.cross_entropy_common(logits, target, reduction == "mean", ignore_index,
+                                         0 if num_threads is None else num_threads, True, out)
 
 
 def nll_loss(log_probs, target, weight=None, *, ignore_index=-100, reduction="mean",
