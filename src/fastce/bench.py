@@ -343,6 +343,32 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
     return "\n".join([fmt.format(*cols)] + [fmt.format(*b) for b in body])
 
 
+def summary_table(rows: list[dict], markdown: bool = False) -> str:
+    """One line per workload and pass: every library's median, and fastce's
+    speed-up over each rival (the roof ratio for forward passes)."""
+    libraries = list(dict.fromkeys(r["library"] for r in rows))
+    rivals = [name for name in libraries if name != "fastce"]
+    cols = (["workload", "shape", "dtype", "pass"] + [f"{name} ms" for name in libraries]
+            + [f"vs {name.split()[0]}" for name in rivals] + ["roof ratio"])
+    body = []
+    for key in dict.fromkeys((r["workload"], r["kind"]) for r in rows):
+        group = {r["library"]: r for r in rows if (r["workload"], r["kind"]) == key}
+        first = group["fastce"]
+        body.append(
+            [first["workload"], "x".join(map(str, first["shape"])), first["dtype"], first["kind"]]
+            + [f"{group[name]['ms']:.3f}" if name in group else "" for name in libraries]
+            + [f"{group[name]['speedup']:.2f}x" if name in group else "" for name in rivals]
+            + [f"{first['roof']:.2f}" if "roof" in first else ""]
+        )
+    if markdown:
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(b) + " |" for b in body]
+        return "\n".join(lines)
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
+    fmt = "  ".join("{:>%d}" % wd for wd in widths)
+    return "\n".join([fmt.format(*cols)] + [fmt.format(*b) for b in body])
+
+
 def plot(rows: list[dict], path: str) -> None:
     import matplotlib
 
@@ -387,14 +413,16 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     rows = run(workloads, args.threads, args.repeats, passes,
                tuple(args.libraries.split(",")) if args.libraries else ())
-    table = format_table(rows)
-    print(table)
+    print(format_table(rows))
+    print()
+    print(summary_table(rows))
     memory = memory_table() if args.memory else ""
     if memory:
         print(memory)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write("\n".join(header(args.threads)) + "\n\n" + format_table(rows, True) + "\n")
+            f.write("\n".join(header(args.threads)) + "\n\n" + summary_table(rows, True)
+                    + "\n\n" + format_table(rows, True) + "\n")
             if memory:
                 f.write("\n```\n" + memory + "\n```\n")
     if args.plot:
