@@ -332,7 +332,7 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
             note = "-"
         body.append([
             r["workload"], "x".join(map(str, r["shape"])), r["dtype"], r["kind"], r["library"],
-            f"{r['ms']:.3f}", f"{r['gelem']:.2f}", note,
+            f"{r['ms']:.4g}", f"{r['gelem']:.2f}", note,
         ])
     if markdown:
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -356,7 +356,7 @@ def summary_table(rows: list[dict], markdown: bool = False) -> str:
         first = group["fastce"]
         body.append(
             [first["workload"], "x".join(map(str, first["shape"])), first["dtype"], first["kind"]]
-            + [f"{group[name]['ms']:.3f}" if name in group else "" for name in libraries]
+            + [f"{group[name]['ms']:.4g}" if name in group else "" for name in libraries]
             + [f"{group[name]['speedup']:.2f}x" if name in group else "" for name in rivals]
             + [f"{first['roof']:.2f}" if "roof" in first else ""]
         )
