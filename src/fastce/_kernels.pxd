@@ -23,9 +23,16 @@ from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, 
 
 
 cdef extern from "_simd.h":
+    # chunk maxima of the next row, computed while a row is summed
+    ctypedef struct fastce_ahead_t:
+        int valid
     ctypedef struct fastce_ops_t:
         double (*row_max_sumexp_f32)(const float*, Py_ssize_t, float*) noexcept nogil
         double (*row_max_sumexp_f64)(const double*, Py_ssize_t, double*) noexcept nogil
+        double (*row_max_sumexp_ahead_f32)(const float*, Py_ssize_t, float*, const float*,
+                                           fastce_ahead_t*) noexcept nogil
+        double (*row_max_sumexp_ahead_f64)(const double*, Py_ssize_t, double*, const double*,
+                                           fastce_ahead_t*) noexcept nogil
         double (*row_sum_shifted_f32)(const float*, Py_ssize_t, float) noexcept nogil
         double (*row_sum_shifted_f64)(const double*, Py_ssize_t, double) noexcept nogil
         double (*sum_exp_f32)(const float*, Py_ssize_t) noexcept nogil

@@ -291,9 +291,12 @@ def block_rows(Py_ssize_t C):
 
 cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
                                 int64_t target, const CEOptions* opt,
-                                floating* grad, Py_ssize_t yc, double g) noexcept nogil:
+                                floating* grad, Py_ssize_t yc, double g,
+                                const floating* next, fastce_ahead_t* ahead) noexcept nogil:
     """Loss of one sample with a class-index target; writes its gradient row
-    scaled by ``g`` when ``grad`` is not NULL."""
+    scaled by ``g`` when ``grad`` is not NULL.  With ``ahead`` (contiguous
+    rows only), the row's maxima come from there when the previous row left
+    them, and ``next``'s (another row, or NULL) are left there."""
     cdef Py_ssize_t c
     cdef double eps = opt.smoothing
     cdef double a_t, A, s, loss, smooth_coef = eps / C
@@ -306,9 +309,16 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
         if grad != NULL:
             for c in range(C):
                 grad[c * yc] = 0
+        if ahead != NULL:
+            ahead.valid = 0
         return 0.0
 
-    s = row_stats(x, C, xc, &m)
+    if ahead == NULL:
+        s = row_stats(x, C, xc, &m)
+    elif floating is float:
+        s = fastce_active_ops.row_max_sumexp_ahead_f32(x, C, &m, next, ahead)
+    else:
+        s = fastce_active_ops.row_max_sumexp_ahead_f64(x, C, &m, next, ahead)
     x_t = x[target * xc]  # kept: with out=logits the gradient pass overwrites it
     loss = index_row_loss(x, xc, C, target, m, log(s), A, a_t, opt)
 
@@ -538,6 +548,11 @@ cdef double ce_block(const floating* x, const index_t* t, const floating* p,
         last = L.outer * L.inner
     if t != NULL and use_small_c_tiles(L):
         return ce_small_c_rows(x, t, L, opt, loss_out, gout, grad, first, last)
+    # contiguous rows take their maxima while the previous row is summed
+    cdef fastce_ahead_t ahead
+    cdef fastce_ahead_t* look_ahead = &ahead if L.xc == 1 else NULL
+    cdef const floating* next_row
+    ahead.valid = 0
     for j in range(first, last):
         o = j // L.inner
         i = j - o * L.inner
@@ -547,7 +562,11 @@ cdef double ce_block(const floating* x, const index_t* t, const floating* p,
             grow = grad + o * L.yo + i * L.yi
         if t != NULL:
             target = <int64_t>t[o * L.to + i * L.ti]
-            loss = ce_index_row(x + o * L.xo + i * L.xi, L.xc, L.C, target, opt, grow, L.yc, g)
+            next_row = NULL
+            if j + 1 < last:
+                next_row = x + ((j + 1) // L.inner) * L.xo + ((j + 1) % L.inner) * L.xi
+            loss = ce_index_row(x + o * L.xo + i * L.xi, L.xc, L.C, target, opt, grow, L.yc, g,
+                                next_row, look_ahead)
         else:
             prow = p + o * L.po + i * L.pi
             loss = ce_prob_row(x + o * L.xo + i * L.xi, L.xc, L.C, prow, L.pc, opt, grow, L.yc, g)

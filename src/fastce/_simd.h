@@ -122,6 +122,13 @@ FASTCE_INLINE double fastce_exp_neg_f64(double x) {
     return x < -708.0 ? 0.0 : e;
 }
 
+/* Chunk maxima of the next row, computed while the current one is summed
+ * (row_max_sumexp_ahead); valid says whether they are there. */
+typedef struct {
+    int valid;
+    double chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];
+} fastce_ahead_t;
+
 /* ---- the primitives, for one element type and one target ------------------
  * Row primitives walk n contiguous classes of one sample; tile primitives
  * walk n contiguous samples of one class, updating per-sample state. */
@@ -169,6 +176,14 @@ ATTR static double row_max_sumexp_##SFX##_##ISA(const T *x, ptrdiff_t n, T *max_
     }                                                                                   \
     *max_out = m;                                                                       \
     return s;                                                                           \
+}                                                                                       \
+                                                                                        \
+/* The portable build does not look ahead: it takes the maxima itself. */        \
+ATTR static double row_max_sumexp_ahead_##SFX##_##ISA(const T *x, ptrdiff_t n, T *max_out, \
+                                                      const T *next, fastce_ahead_t *ahead) { \
+    (void)next;                                                                         \
+    ahead->valid = 0;                                                                   \
+    return row_max_sumexp_##SFX##_##ISA(x, n, max_out);                                 \
 }                                                                                       \
                                                                                         \
 /* The roof the forward pass is measured against: a plain sum of exp(x). */     \
@@ -467,6 +482,96 @@ FASTCE_AVX2 static double row_max_sumexp_##SFX##_avx2(const T *x, ptrdiff_t n, T
     return s;                                                                                   \
 }                                                                                               \
                                                                                                 \
+/* A chunk's sum, as chunk_sumexp_of computes it, while the same loop takes  \
+ * the maximum of the next row's chunk, as row_max computes it: the sum is    \
+ * bound by the exponential's multiplies and the maximum by loads, so the     \
+ * second comes almost free. */                                                \
+FASTCE_AVX2 static inline __attribute__((always_inline)) double                                \
+chunk_sumexp_ahead_##SFX##_avx2(const T *xs, ptrdiff_t len, T m, int masked, const T *nx,      \
+                                T *next_max) {                                                  \
+    V vm = VSET1(m), acc = VSET1(0);                                                            \
+    V n0 = VSET1(-INFINITY), n1 = n0, n2 = n0, n3 = n0;                                         \
+    int ties = 0;                                                                               \
+    ptrdiff_t c = 0;                                                                            \
+    for (; c + 4 * L <= len; c += 4 * L) {                                                      \
+        for (int u = 0; u < 4; u++) {                                                           \
+            V d = VSUB(VLOAD(xs + c + u * L), vm);                                              \
+            if (masked) {                                                                       \
+                V z = VEQZERO(d);                                                               \
+                acc = VADD(acc, VANDNOT(z, VEXPSUM(d)));                                        \
+                ties += VCOUNT(z);                                                              \
+            } else {                                                                            \
+                acc = VADD(acc, VEXPSUM(d));                                                    \
+            }                                                                                   \
+        }                                                                                       \
+        n0 = VMAX(VLOAD(nx + c), n0);                                                           \
+        n1 = VMAX(VLOAD(nx + c + L), n1);                                                       \
+        n2 = VMAX(VLOAD(nx + c + 2 * L), n2);                                                   \
+        n3 = VMAX(VLOAD(nx + c + 3 * L), n3);                                                   \
+    }                                                                                           \
+    for (; c + L <= len; c += L) {                                                              \
+        V d = VSUB(VLOAD(xs + c), vm);                                                          \
+        if (masked) {                                                                           \
+            V z = VEQZERO(d);                                                                   \
+            acc = VADD(acc, VANDNOT(z, VEXPSUM(d)));                                            \
+            ties += VCOUNT(z);                                                                  \
+        } else {                                                                                \
+            acc = VADD(acc, VEXPSUM(d));                                                        \
+        }                                                                                       \
+        n0 = VMAX(VLOAD(nx + c), n0);                                                           \
+    }                                                                                           \
+    T nm = VHMAX(VMAX(VMAX(n0, n1), VMAX(n2, n3)));                                             \
+    double part = VHSUM(acc);                                                                   \
+    for (ptrdiff_t r = c; r < len; r++) {                                                       \
+        if (masked && xs[r] == m) ties++;                                                       \
+        else part += fastce_exp_neg_##SFX(xs[r] - m);                                           \
+        nm = nx[r] > nm ? nx[r] : nm;                                                           \
+    }                                                                                           \
+    *next_max = nm;                                                                             \
+    return masked ? (double)ties + part : 0.0 + part;                                           \
+}                                                                                               \
+                                                                                                \
+/* row_max_sumexp for rows that fit in cache, taking the chunk maxima from  \
+ * ahead when the previous call left them there, and leaving there those of \
+ * next (when not NULL); the same bits as row_max_sumexp. */                  \
+FASTCE_AVX2 static double row_max_sumexp_ahead_##SFX##_avx2(const T *x, ptrdiff_t n,            \
+                                                             T *max_out, const T *next,         \
+                                                             fastce_ahead_t *ahead) {           \
+    if (n > FASTCE_ROW_IN_CACHE) {                                                              \
+        ahead->valid = 0;                                                                       \
+        return row_max_sumexp_##SFX##_avx2(x, n, max_out);                                      \
+    }                                                                                           \
+    T chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];                                            \
+    T m = -INFINITY;                                                                            \
+    ptrdiff_t k = 0;                                                                            \
+    double s = 0.0;                                                                             \
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {                          \
+        chunk_max[k] = ahead->valid ? (T)ahead->chunk_max[k]                                    \
+                                    : row_max_##SFX##_avx2(x + start, n - start < FASTCE_CHUNK  \
+                                                           ? n - start : FASTCE_CHUNK);         \
+        m = chunk_max[k] > m ? chunk_max[k] : m;                                                \
+    }                                                                                           \
+    ahead->valid = 0;                                                                           \
+    if (!isinf(m)) {                                                                            \
+        k = 0;                                                                                  \
+        for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {                      \
+            ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;                \
+            if (next != NULL) {                                                                 \
+                T nm;                                                                           \
+                s += chunk_max[k] < m                                                           \
+                    ? chunk_sumexp_ahead_##SFX##_avx2(x + start, len, m, 0, next + start, &nm)  \
+                    : chunk_sumexp_ahead_##SFX##_avx2(x + start, len, m, 1, next + start, &nm); \
+                ahead->chunk_max[k] = nm;                                                       \
+            } else {                                                                            \
+                s += chunk_sumexp_of_##SFX##_avx2(x + start, len, m, chunk_max[k]);             \
+            }                                                                                   \
+        }                                                                                       \
+        ahead->valid = next != NULL;                                                            \
+    }                                                                                           \
+    *max_out = m;                                                                               \
+    return isinf(m) ? NAN : s;                                                                  \
+}                                                                                               \
+                                                                                                \
 FASTCE_AVX2 static double sum_exp_##SFX##_avx2(const T *x, ptrdiff_t n) {                      \
     V acc0 = VSET1(0), acc1 = VSET1(0);                                                         \
     ptrdiff_t c = 0;                                                                            \
@@ -626,6 +731,8 @@ FASTCE_AVX2 static void tile_log_avx2(const double *s, ptrdiff_t n, double *out)
 #define FASTCE_OPS_FIELDS(T, SFX)                                                       \
     T (*row_max_##SFX)(const T *, ptrdiff_t);                                           \
     double (*row_max_sumexp_##SFX)(const T *, ptrdiff_t, T *);                          \
+    double (*row_max_sumexp_ahead_##SFX)(const T *, ptrdiff_t, T *, const T *,          \
+                                         fastce_ahead_t *);                             \
     double (*row_sum_shifted_##SFX)(const T *, ptrdiff_t, T);                           \
     double (*sum_exp_##SFX)(const T *, ptrdiff_t);                                      \
     void (*row_scaled_exp_##SFX)(const T *, ptrdiff_t, T, T, T, T *);                   \
@@ -646,6 +753,7 @@ typedef struct {
 #define FASTCE_FILL_OPS(ops, SFX, ISA)                                                  \
     ops.row_max_##SFX = row_max_##SFX##_##ISA;                                          \
     ops.row_max_sumexp_##SFX = row_max_sumexp_##SFX##_##ISA;                            \
+    ops.row_max_sumexp_ahead_##SFX = row_max_sumexp_ahead_##SFX##_##ISA;                \
     ops.row_sum_shifted_##SFX = row_sum_shifted_##SFX##_##ISA;                          \
     ops.sum_exp_##SFX = sum_exp_##SFX##_##ISA;                                          \
     ops.row_scaled_exp_##SFX = row_scaled_exp_##SFX##_##ISA;                            \
