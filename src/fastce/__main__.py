@@ -22,7 +22,7 @@ def main() -> int:
     rows = bench.run(["W1", "W2", "W7a"], threads, repeats=7,
                      passes=("forward", "forward+backward"),
                      libraries=("torch", "jax", "numpy"))
-    print(bench.format_table(rows))
+    print(bench.summary_table(rows))
     print("\nThe full suite: python -m fastce.bench --help")
     return 0
 
