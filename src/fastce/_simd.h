@@ -482,6 +482,16 @@ FASTCE_AVX2 static double row_max_sumexp_##SFX##_avx2(const T *x, ptrdiff_t n, T
     return s;                                                                                   \
 }                                                                                               \
                                                                                                 \
+/* One vector of exp(d) added to acc, where d = x - m; with masked, the     \
+ * terms at the maximum (d == 0) are counted in ties instead. */              \
+FASTCE_AVX2 static inline __attribute__((always_inline)) V                                     \
+sumexp_step_##SFX##_avx2(V acc, V d, int masked, int *ties) {                                   \
+    if (!masked) return VADD(acc, VEXPSUM(d));                                                  \
+    V z = VEQZERO(d);                                                                           \
+    *ties += VCOUNT(z);                                                                         \
+    return VADD(acc, VANDNOT(z, VEXPSUM(d)));                                                   \
+}                                                                                               \
+                                                                                                \
 /* A chunk's sum, as chunk_sumexp_of computes it, while the same loop takes  \
  * the maximum of the next row's chunk, as row_max computes it: the sum is    \
  * bound by the exponential's multiplies and the maximum by loads, so the     \
@@ -495,14 +505,7 @@ chunk_sumexp_ahead_##SFX##_avx2(const T *xs, ptrdiff_t len, T m, int masked, con
     ptrdiff_t c = 0;                                                                            \
     for (; c + 4 * L <= len; c += 4 * L) {                                                      \
         for (int u = 0; u < 4; u++) {                                                           \
-            V d = VSUB(VLOAD(xs + c + u * L), vm);                                              \
-            if (masked) {                                                                       \
-                V z = VEQZERO(d);                                                               \
-                acc = VADD(acc, VANDNOT(z, VEXPSUM(d)));                                        \
-                ties += VCOUNT(z);                                                              \
-            } else {                                                                            \
-                acc = VADD(acc, VEXPSUM(d));                                                    \
-            }                                                                                   \
+            acc = sumexp_step_##SFX##_avx2(acc, VSUB(VLOAD(xs + c + u * L), vm), masked, &ties); \
         }                                                                                       \
         n0 = VMAX(VLOAD(nx + c), n0);                                                           \
         n1 = VMAX(VLOAD(nx + c + L), n1);                                                       \
@@ -510,14 +513,7 @@ chunk_sumexp_ahead_##SFX##_avx2(const T *xs, ptrdiff_t len, T m, int masked, con
         n3 = VMAX(VLOAD(nx + c + 3 * L), n3);                                                   \
     }                                                                                           \
     for (; c + L <= len; c += L) {                                                              \
-        V d = VSUB(VLOAD(xs + c), vm);                                                          \
-        if (masked) {                                                                           \
-            V z = VEQZERO(d);                                                                   \
-            acc = VADD(acc, VANDNOT(z, VEXPSUM(d)));                                            \
-            ties += VCOUNT(z);                                                                  \
-        } else {                                                                                \
-            acc = VADD(acc, VEXPSUM(d));                                                        \
-        }                                                                                       \
+        acc = sumexp_step_##SFX##_avx2(acc, VSUB(VLOAD(xs + c), vm), masked, &ties);          \
         n0 = VMAX(VLOAD(nx + c), n0);                                                           \
     }                                                                                           \
     T nm = VHMAX(VMAX(VMAX(n0, n1), VMAX(n2, n3)));                                             \
