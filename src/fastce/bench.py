@@ -320,6 +320,17 @@ def run(workloads: list[str], threads: int, repeats: int, passes: tuple[str, ...
     return rows
 
 
+def render(cols: list[str], body: list[list[str]], markdown: bool) -> str:
+    """A table as Markdown, or as right-aligned columns of text."""
+    if markdown:
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(b) + " |" for b in body]
+        return "\n".join(lines)
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
+    fmt = "  ".join("{:>%d}" % wd for wd in widths)
+    return "\n".join([fmt.format(*cols)] + [fmt.format(*b) for b in body])
+
+
 def format_table(rows: list[dict], markdown: bool = False) -> str:
     cols = ["workload", "shape", "dtype", "pass", "library", "ms", "Gelem/s", "fastce speed-up"]
     body = []
@@ -334,13 +345,7 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
             r["workload"], "x".join(map(str, r["shape"])), r["dtype"], r["kind"], r["library"],
             f"{r['ms']:.4g}", f"{r['gelem']:.2f}", note,
         ])
-    if markdown:
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(b) + " |" for b in body]
-        return "\n".join(lines)
-    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
-    fmt = "  ".join("{:>%d}" % wd for wd in widths)
-    return "\n".join([fmt.format(*cols)] + [fmt.format(*b) for b in body])
+    return render(cols, body, markdown)
 
 
 def summary_table(rows: list[dict], markdown: bool = False) -> str:
@@ -360,13 +365,7 @@ def summary_table(rows: list[dict], markdown: bool = False) -> str:
             + [f"{group[name]['speedup']:.2f}x" if name in group else "" for name in rivals]
             + [f"{first['roof']:.2f}" if "roof" in first else ""]
         )
-    if markdown:
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(b) + " |" for b in body]
-        return "\n".join(lines)
-    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
-    fmt = "  ".join("{:>%d}" % wd for wd in widths)
-    return "\n".join([fmt.format(*cols)] + [fmt.format(*b) for b in body])
+    return render(cols, body, markdown)
 
 
 def plot(rows: list[dict], path: str) -> None:
