@@ -397,93 +397,10 @@ FASTCE_AVX2 static T row_max_##SFX##_avx2(const T *x, ptrdiff_t n) {            
     return m;                                                                                   \
 }                                                                                               \
                                                                                                 \
-/* Sum of exp(x - m) over a chunk whose maximum is at most m.  Elements     \
- * equal to m contribute exactly 1 each: they are counted apart, so that the \
- * float lanes never add small terms to 1. */                                                   \
-FASTCE_AVX2 static inline double chunk_sumexp_##SFX##_avx2(const T *xs, ptrdiff_t len, T m) {   \
-    /* one accumulator: the exponential's constants fill the registers, and a \
-     * second accumulator would live on the stack */                           \
-    V vm = VSET1(m), acc = VSET1(0);                                                            \
-    int ties = 0;                                                                               \
-    ptrdiff_t c = 0;                                                                            \
-    for (; c + L <= len; c += L) {                                                              \
-        V d = VSUB(VLOAD(xs + c), vm), z = VEQZERO(d);                                          \
-        acc = VADD(acc, VANDNOT(z, VEXPSUM(d)));                                                \
-        ties += VCOUNT(z);                                                                      \
-    }                                                                                           \
-    double part = VHSUM(acc);                                                                   \
-    for (; c < len; c++) {                                                                      \
-        if (xs[c] == m) ties++;                                                                 \
-        else part += fastce_exp_neg_##SFX(xs[c] - m);                                           \
-    }                                                                                           \
-    return (double)ties + part;                                                                 \
-}                                                                                               \
-                                                                                                \
-/* The same sum over a chunk whose maximum is below m, so that it holds no  \
- * ties: the same lanes and order without the masks, hence the same bits. */ \
-FASTCE_AVX2 static inline double chunk_sumexp_below_##SFX##_avx2(const T *xs, ptrdiff_t len,   \
-                                                                 T m) {                         \
-    V vm = VSET1(m), acc = VSET1(0);                                                            \
-    ptrdiff_t c = 0;                                                                            \
-    for (; c + L <= len; c += L) acc = VADD(acc, VEXPSUM(VSUB(VLOAD(xs + c), vm)));            \
-    double part = VHSUM(acc);                                                                   \
-    for (; c < len; c++) part += fastce_exp_neg_##SFX(xs[c] - m);                               \
-    return 0.0 + part;                                                                          \
-}                                                                                               \
-                                                                                                \
-/* Chunk maxima for the tie test: NaN is never one (VMAX keeps acc). */                         \
-FASTCE_AVX2 static inline double chunk_sumexp_of_##SFX##_avx2(const T *xs, ptrdiff_t len, T m, \
-                                                              T chunk_max) {                    \
-    return chunk_max < m ? chunk_sumexp_below_##SFX##_avx2(xs, len, m)                          \
-                         : chunk_sumexp_##SFX##_avx2(xs, len, m);                               \
-}                                                                                               \
-                                                                                                \
-FASTCE_AVX2 static double row_max_sumexp_##SFX##_avx2(const T *x, ptrdiff_t n, T *max_out) {    \
-    T m;                                                                                        \
-    double s = 0.0;                                                                             \
-    if (n <= FASTCE_ROW_IN_CACHE) {                                                             \
-        /* the row stays in cache between its two passes; only the chunks    \
-         * that reach the maximum need the tie masks */                       \
-        T chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];                                        \
-        ptrdiff_t k = 0;                                                                        \
-        m = -INFINITY;                                                                          \
-        for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {                      \
-            chunk_max[k] = row_max_##SFX##_avx2(x + start,                                      \
-                                                n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK); \
-            m = chunk_max[k] > m ? chunk_max[k] : m;                                            \
-        }                                                                                       \
-        k = 0;                                                                                  \
-        for (ptrdiff_t start = 0; start < n && !isinf(m); start += FASTCE_CHUNK, k++)           \
-            s += chunk_sumexp_of_##SFX##_avx2(                                                  \
-                x + start, n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK, m, chunk_max[k]); \
-        *max_out = m;                                                                           \
-        return isinf(m) ? NAN : s; /* as exp(x - max) gives: see the base version */           \
-    }                                                                                           \
-    /* a long row: a running maximum, one chunk at a time, reads it once */                    \
-    int saw_nan = 0;                                                                            \
-    m = -INFINITY;                                                                              \
-    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                               \
-        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;                    \
-        const T *xs = x + start;                                                                \
-        T cm = row_max_##SFX##_avx2(xs, len);                                                   \
-        if (cm == -INFINITY) {                                                                  \
-            for (ptrdiff_t c = 0; c < len; c++)                                                 \
-                if (xs[c] != xs[c]) saw_nan = 1;                                                \
-            continue;                                                                           \
-        }                                                                                       \
-        if (cm > m) {                                                                           \
-            if (s != 0.0) s *= exp((double)m - (double)cm);                                     \
-            m = cm;                                                                             \
-        }                                                                                       \
-        s += chunk_sumexp_of_##SFX##_avx2(xs, len, m, cm);                                      \
-    }                                                                                           \
-    if (isinf(m) || saw_nan) s = NAN;                                                           \
-    *max_out = m;                                                                               \
-    return s;                                                                                   \
-}                                                                                               \
-                                                                                                \
-/* One vector of exp(d) added to acc, where d = x - m; with masked, the     \
- * terms at the maximum (d == 0) are counted in ties instead. */              \
+/* One vector of exp(d) added to acc, where d = x - m.  With masked, the     \
+ * terms at the maximum (d == 0, exactly 1 each) are counted in ties instead, \
+ * so that the float lanes never add small terms to 1; a vector without such \
+ * terms gives the same bits either way. */                                   \
 FASTCE_AVX2 static inline __attribute__((always_inline)) V                                     \
 sumexp_step_##SFX##_avx2(V acc, V d, int masked, int *ties) {                                   \
     if (!masked) return VADD(acc, VEXPSUM(d));                                                  \
@@ -492,9 +409,35 @@ sumexp_step_##SFX##_avx2(V acc, V d, int masked, int *ties) {                   
     return VADD(acc, VANDNOT(z, VEXPSUM(d)));                                                   \
 }                                                                                               \
                                                                                                 \
-/* A chunk's sum, as chunk_sumexp_of computes it, while the same loop takes  \
- * the maximum of the next row's chunk, as row_max computes it: the sum is    \
- * bound by the exponential's multiplies and the maximum by loads, so the     \
+/* Sum of exp(x - m) over a chunk whose maximum is chunk_max <= m; only a   \
+ * chunk that reaches m pays for the tie masks.  One accumulator: the        \
+ * exponential's constants fill the registers, and a second accumulator     \
+ * would live on the stack. */                                                \
+FASTCE_AVX2 static inline __attribute__((always_inline)) double                                \
+chunk_sumexp_masked_##SFX##_avx2(const T *xs, ptrdiff_t len, T m, int masked) {                 \
+    V vm = VSET1(m), acc = VSET1(0);                                                            \
+    int ties = 0;                                                                               \
+    ptrdiff_t c = 0;                                                                            \
+    for (; c + L <= len; c += L)                                                                \
+        acc = sumexp_step_##SFX##_avx2(acc, VSUB(VLOAD(xs + c), vm), masked, &ties);            \
+    double part = VHSUM(acc);                                                                   \
+    for (; c < len; c++) {                                                                      \
+        if (masked && xs[c] == m) ties++;                                                       \
+        else part += fastce_exp_neg_##SFX(xs[c] - m);                                           \
+    }                                                                                           \
+    return (double)ties + part;                                                                 \
+}                                                                                               \
+                                                                                                \
+/* Chunk maxima for the tie test: NaN is never one (VMAX keeps acc). */                         \
+FASTCE_AVX2 static inline double chunk_sumexp_of_##SFX##_avx2(const T *xs, ptrdiff_t len, T m, \
+                                                              T chunk_max) {                    \
+    return chunk_max < m ? chunk_sumexp_masked_##SFX##_avx2(xs, len, m, 0)                      \
+                         : chunk_sumexp_masked_##SFX##_avx2(xs, len, m, 1);                     \
+}                                                                                               \
+                                                                                                \
+/* A chunk's sum, as chunk_sumexp_masked computes it, while the same loop    \
+ * takes the maximum of the next row's chunk, as row_max computes it: the sum \
+ * is bound by the exponential's multiplies and the maximum by loads, so the  \
  * second comes almost free. */                                                \
 FASTCE_AVX2 static inline __attribute__((always_inline)) double                                \
 chunk_sumexp_ahead_##SFX##_avx2(const T *xs, ptrdiff_t len, T m, int masked, const T *nx,      \
@@ -524,19 +467,15 @@ chunk_sumexp_ahead_##SFX##_avx2(const T *xs, ptrdiff_t len, T m, int masked, con
         nm = nx[r] > nm ? nx[r] : nm;                                                           \
     }                                                                                           \
     *next_max = nm;                                                                             \
-    return masked ? (double)ties + part : 0.0 + part;                                           \
+    return (double)ties + part;                                                                 \
 }                                                                                               \
                                                                                                 \
-/* row_max_sumexp for rows that fit in cache, taking the chunk maxima from  \
- * ahead when the previous call left them there, and leaving there those of \
- * next (when not NULL); the same bits as row_max_sumexp. */                  \
-FASTCE_AVX2 static double row_max_sumexp_ahead_##SFX##_avx2(const T *x, ptrdiff_t n,            \
-                                                             T *max_out, const T *next,         \
-                                                             fastce_ahead_t *ahead) {           \
-    if (n > FASTCE_ROW_IN_CACHE) {                                                              \
-        ahead->valid = 0;                                                                       \
-        return row_max_sumexp_##SFX##_avx2(x, n, max_out);                                      \
-    }                                                                                           \
+/* A row that fits in cache, read twice from it: its chunk maxima (from     \
+ * ahead when the previous row left them there), then its sum, in the loop  \
+ * that leaves next's chunk maxima in ahead (when next is not NULL). */       \
+FASTCE_AVX2 static inline __attribute__((always_inline)) double                                \
+row_in_cache_##SFX##_avx2(const T *x, ptrdiff_t n, T *max_out, const T *next,                   \
+                          fastce_ahead_t *ahead) {                                              \
     T chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];                                            \
     T m = -INFINITY;                                                                            \
     ptrdiff_t k = 0;                                                                            \
@@ -548,24 +487,63 @@ FASTCE_AVX2 static double row_max_sumexp_ahead_##SFX##_avx2(const T *x, ptrdiff_
         m = chunk_max[k] > m ? chunk_max[k] : m;                                                \
     }                                                                                           \
     ahead->valid = 0;                                                                           \
-    if (!isinf(m)) {                                                                            \
-        k = 0;                                                                                  \
-        for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {                      \
-            ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;                \
-            if (next != NULL) {                                                                 \
-                T nm;                                                                           \
-                s += chunk_max[k] < m                                                           \
-                    ? chunk_sumexp_ahead_##SFX##_avx2(x + start, len, m, 0, next + start, &nm)  \
-                    : chunk_sumexp_ahead_##SFX##_avx2(x + start, len, m, 1, next + start, &nm); \
-                ahead->chunk_max[k] = nm;                                                       \
-            } else {                                                                            \
-                s += chunk_sumexp_of_##SFX##_avx2(x + start, len, m, chunk_max[k]);             \
-            }                                                                                   \
-        }                                                                                       \
-        ahead->valid = next != NULL;                                                            \
-    }                                                                                           \
     *max_out = m;                                                                               \
-    return isinf(m) ? NAN : s;                                                                  \
+    if (isinf(m)) return NAN; /* as exp(x - max) gives: see the base version */                 \
+    k = 0;                                                                                      \
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {                          \
+        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;                    \
+        if (next != NULL) {                                                                     \
+            T nm;                                                                               \
+            s += chunk_max[k] < m                                                               \
+                ? chunk_sumexp_ahead_##SFX##_avx2(x + start, len, m, 0, next + start, &nm)      \
+                : chunk_sumexp_ahead_##SFX##_avx2(x + start, len, m, 1, next + start, &nm);     \
+            ahead->chunk_max[k] = nm;                                                           \
+        } else {                                                                                \
+            s += chunk_sumexp_of_##SFX##_avx2(x + start, len, m, chunk_max[k]);                 \
+        }                                                                                       \
+    }                                                                                           \
+    ahead->valid = next != NULL;                                                                \
+    return s;                                                                                   \
+}                                                                                               \
+                                                                                                \
+FASTCE_AVX2 static double row_max_sumexp_##SFX##_avx2(const T *x, ptrdiff_t n, T *max_out) {    \
+    if (n <= FASTCE_ROW_IN_CACHE) {                                                             \
+        fastce_ahead_t none;                                                                    \
+        none.valid = 0;                                                                         \
+        return row_in_cache_##SFX##_avx2(x, n, max_out, NULL, &none);                           \
+    }                                                                                           \
+    /* a long row: a running maximum, one chunk at a time, reads it once */                    \
+    int saw_nan = 0;                                                                            \
+    T m = -INFINITY;                                                                            \
+    double s = 0.0;                                                                             \
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                               \
+        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;                    \
+        const T *xs = x + start;                                                                \
+        T cm = row_max_##SFX##_avx2(xs, len);                                                   \
+        if (cm == -INFINITY) {                                                                  \
+            for (ptrdiff_t c = 0; c < len; c++)                                                 \
+                if (xs[c] != xs[c]) saw_nan = 1;                                                \
+            continue;                                                                           \
+        }                                                                                       \
+        if (cm > m) {                                                                           \
+            if (s != 0.0) s *= exp((double)m - (double)cm);                                     \
+            m = cm;                                                                             \
+        }                                                                                       \
+        s += chunk_sumexp_of_##SFX##_avx2(xs, len, m, cm);                                      \
+    }                                                                                           \
+    if (isinf(m) || saw_nan) s = NAN;                                                           \
+    *max_out = m;                                                                               \
+    return s;                                                                                   \
+}                                                                                               \
+                                                                                                \
+/* row_max_sumexp, with the look-ahead of row_in_cache for the rows that fit \
+ * in cache; the same bits as row_max_sumexp. */                               \
+FASTCE_AVX2 static double row_max_sumexp_ahead_##SFX##_avx2(const T *x, ptrdiff_t n,            \
+                                                             T *max_out, const T *next,         \
+                                                             fastce_ahead_t *ahead) {           \
+    if (n <= FASTCE_ROW_IN_CACHE) return row_in_cache_##SFX##_avx2(x, n, max_out, next, ahead); \
+    ahead->valid = 0;                                                                           \
+    return row_max_sumexp_##SFX##_avx2(x, n, max_out);                                          \
 }                                                                                               \
                                                                                                 \
 FASTCE_AVX2 static double sum_exp_##SFX##_avx2(const T *x, ptrdiff_t n) {                      \
