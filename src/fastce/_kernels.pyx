@@ -794,20 +794,17 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
                 or not (cnp.PyArray_DATA(grad) == cnp.PyArray_DATA(x) or apart(grad, x)):
             return None
     cdef const int64_t* tp = <const int64_t*>cnp.PyArray_DATA(t)
-    cdef Py_ssize_t i, counted = 0
-    cdef bint in_range = True
+    cdef int64_t bad_value
+    cdef double counted
+    cdef Py_ssize_t bad
     with nogil:
-        for i in range(n):
-            if tp[i] != ignore_index:
-                if tp[i] < 0 or tp[i] >= n_classes:
-                    in_range = False
-                    break
-                counted += 1
-    if not in_range:
+        bad = scan_targets(tp, 0, 1, 1, n, n_classes, ignore_index, True, <const double*>NULL,
+                           &bad_value, &counted)
+    if bad >= 0:
         return None
     if want_grad and out is None:
         grad = np.empty((n, n_classes), dtype=_float32 if xtype == cnp.NPY_FLOAT else _float64)
-    cdef double denominator = <double>counted if mean else 1.0
+    cdef double denominator = counted if mean else 1.0
     cdef double grad_output = 1.0
     cdef const double* gp = &grad_output if want_grad else NULL
     cdef void* yp = cnp.PyArray_DATA(grad) if want_grad else NULL
@@ -1058,6 +1055,32 @@ def nll_loss_kernel(const floating[:, :, :] log_probs,
     return total
 
 
+cdef Py_ssize_t scan_targets(const index_t* t, Py_ssize_t to, Py_ssize_t ti, Py_ssize_t outer,
+                             Py_ssize_t inner, Py_ssize_t C, int64_t ignore_index,
+                             bint has_ignore, const double* weight, int64_t* value,
+                             double* weight_sum) noexcept nogil:
+    """The flat position of the first target outside ``[0, C)`` that is not
+    ``ignore_index`` (-1 when there is none), its value in ``value``, and in
+    ``weight_sum`` the summed weights (1 each without weights, NULL) of the
+    targets that are not ignored."""
+    cdef Py_ssize_t o, i
+    cdef int64_t v
+    cdef double total = 0.0
+    for o in range(outer):
+        for i in range(inner):
+            v = <int64_t>t[o * to + i * ti]
+            if has_ignore and v == ignore_index:
+                continue
+            if v < 0 or v >= C:
+                value[0] = v
+                weight_sum[0] = total
+                return o * inner + i
+            total += weight[v] if weight != NULL else 1.0
+    value[0] = 0
+    weight_sum[0] = total
+    return -1
+
+
 def check_targets(const index_t[:, :] target, Py_ssize_t C, int64_t ignore_index,
                   bint has_ignore, const double[::1] weight):
     """One pass over class-index targets.
@@ -1068,21 +1091,15 @@ def check_targets(const index_t[:, :] target, Py_ssize_t C, int64_t ignore_index
     the class weights (1 without weights) of the targets that are not ignored,
     the denominator of the ``"mean"`` reduction.
     """
-    cdef Py_ssize_t o, i, inner = target.shape[1]
-    cdef int64_t v
-    cdef double total = 0.0
-    cdef bint weighted = weight.shape[0] > 0
+    cdef Py_ssize_t bad
+    cdef int64_t value
+    cdef double total
     with nogil:
-        for o in range(target.shape[0]):
-            for i in range(inner):
-                v = <int64_t>target[o, i]
-                if has_ignore and v == ignore_index:
-                    continue
-                if v < 0 or v >= C:
-                    with gil:
-                        return o * inner + i, v, total
-                total += weight[v] if weighted else 1.0
-    return -1, 0, total
+        bad = scan_targets(&target[0, 0], target.strides[0] // sizeof(index_t),
+                           target.strides[1] // sizeof(index_t), target.shape[0],
+                           target.shape[1], C, ignore_index, has_ignore,
+                           &weight[0] if weight.shape[0] > 0 else NULL, &value, &total)
+    return bad, value, total
 
 
 # --------------------------------------------------------------------------
