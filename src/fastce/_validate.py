@@ -26,6 +26,11 @@ def is_float(dtype: np.dtype) -> bool:
     return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
+def is_real(dtype: np.dtype) -> bool:
+    """Integers or floats (bfloat16 included): what weights and factors may hold."""
+    return dtype.kind in "iu" or is_float(dtype)
+
+
 def is_half(dtype: np.dtype) -> bool:
     """float16 or bfloat16: logits the kernels read in float32 blocks, each
     converted just before it is computed, never as a full-size copy."""
@@ -151,7 +156,7 @@ def check_weight(weight, n_classes: int, name: str = "weight") -> np.ndarray:
     if weight is None:
         return NO_WEIGHT
     w = np.asarray(weight)
-    if w.dtype.kind not in "fiu" and not is_float(w.dtype):
+    if not is_real(w.dtype):
         raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
     if w.shape != (n_classes,):
         raise ValueError(

@@ -20,6 +20,7 @@ from ._validate import (
     flip3,
     is_half,
     is_float,
+    is_real,
     native_float_array,
     normalize_axis,
     result_dtype,
@@ -550,7 +551,7 @@ def _broadcast_factor(factor, shape, name, hint):
     if factor is None:
         return None
     f = np.asarray(factor)
-    if f.dtype.kind not in "fiu" and not is_float(f.dtype):
+    if not is_real(f.dtype):
         raise TypeError(f"{name} must hold real numbers; got dtype {f.dtype}")
     try:
         np.broadcast_shapes(f.shape, shape)
