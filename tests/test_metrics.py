@@ -172,6 +172,17 @@ def all_cases(dtype):
                 yield desc, arrange(logits, layout), arrange(target, layout), weight, kwargs
 
 
+def assert_per_sample_matches(ps, slow, dtype, msg):
+    """Per-sample predictions, ranks, confidences and entropies against the twin."""
+    assert_array_equal(ps.prediction.reshape(-1), slow["pred"], err_msg=msg)
+    assert_array_equal(ps.target_rank.reshape(-1), slow["rank"], err_msg=msg)
+    rtol = 1e-10 if dtype == np.float64 else 2e-5
+    assert_allclose(ps.confidence.reshape(-1), slow["conf"], rtol=rtol, equal_nan=True,
+                    err_msg=msg)
+    assert_allclose(ps.entropy.reshape(-1), slow["ent"], rtol=rtol, atol=1e-5,
+                    equal_nan=True, err_msg=msg)
+
+
 def assert_result_matches(fast, slow, dtype, msg):
     rtol = 1e-10 if dtype == np.float64 else 2e-5
     assert fast.count == slow["count"], msg
@@ -207,13 +218,7 @@ def test_every_metric_matches_the_reference(dtype):
             assert arr.shape == tshape, desc
         assert ps.loss.dtype == ps.confidence.dtype == ps.entropy.dtype == dtype, desc
         assert ps.prediction.dtype == ps.target_rank.dtype == np.int64, desc
-        assert_array_equal(ps.prediction.reshape(-1), slow["pred"], err_msg=desc)
-        assert_array_equal(ps.target_rank.reshape(-1), slow["rank"], err_msg=desc)
-        rtol = 1e-10 if dtype == np.float64 else 2e-5
-        assert_allclose(ps.confidence.reshape(-1), slow["conf"], rtol=rtol, equal_nan=True,
-                        err_msg=desc)
-        assert_allclose(ps.entropy.reshape(-1), slow["ent"], rtol=rtol, atol=1e-5,
-                        equal_nan=True, err_msg=desc)
+        assert_per_sample_matches(ps, slow, dtype, desc)
         checked += 1
     assert checked == len(GEOMETRIES) * len(OPTIONS) * len(LAYOUTS)
 
@@ -289,13 +294,7 @@ def test_per_sample_loss_is_cross_entropys_on_every_path(vector_path, name):
             slow = reference_evaluate(x.astype(computed), target, axis=axis, **kwargs)
             assert_result_matches(r, slow, computed, desc)
             ps = r.per_sample
-            assert_array_equal(ps.prediction.reshape(-1), slow["pred"], err_msg=desc)
-            assert_array_equal(ps.target_rank.reshape(-1), slow["rank"], err_msg=desc)
-            rtol = 1e-10 if dtype == np.float64 else 2e-5
-            assert_allclose(ps.confidence.reshape(-1), slow["conf"], rtol=rtol, equal_nan=True,
-                            err_msg=desc)
-            assert_allclose(ps.entropy.reshape(-1), slow["ent"], rtol=rtol, atol=1e-5,
-                            equal_nan=True, err_msg=desc)
+            assert_per_sample_matches(ps, slow, dtype, desc)
 
 
 INT_DTYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
