@@ -1,7 +1,6 @@
 """Inputs users hold: torch tensors, JAX arrays, bfloat16 and every integer target dtype."""
 
 import itertools
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -9,22 +8,11 @@ import pytest
 import fastce
 from fastce import reference
 
+from memory_gauge import peak_bytes
+
 rng = np.random.default_rng(11)
 X = rng.standard_normal((512, 300)).astype(np.float32)
 T = rng.integers(0, 300, 512)
-
-
-def peak_bytes(call):
-    call()
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        before, _ = tracemalloc.get_traced_memory()
-        call()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return peak - before
 
 
 def test_torch_tensors_are_read_in_place():

@@ -8,7 +8,6 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import tracemalloc
 import warnings
 
 import numpy as np
@@ -19,6 +18,8 @@ import fastce
 import fastce.metrics
 from fastce import _kernels, _metrics
 from fastce import reference as ref
+
+from memory_gauge import peak_and_result
 
 FLOATS = (np.float32, np.float64)
 
@@ -323,12 +324,7 @@ def test_integer_targets_are_read_without_a_copy():
     x[:, 1] = 1.0
     for dt in (np.int8, np.uint16, np.int32, np.uint64):
         t = np.ones(n, dt)
-        tracemalloc.start()
-        try:
-            r = fastce.evaluate(x, t)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        peak, r = peak_and_result(lambda: fastce.evaluate(x, t), warm_up=False)
         assert peak < n, (dt, peak)  # an int64 copy would take 8 * n bytes
         assert r.count == n and r.accuracy[1] == 1.0
 
@@ -714,12 +710,8 @@ def test_many_bins_and_a_long_rank_histogram_keep_memory_bounded():
     rng = np.random.default_rng(9)
     x = rng.standard_normal((6000, 3000)).astype(np.float32)
     t = rng.integers(0, 3000, 6000)
-    tracemalloc.start()
-    try:
-        r = fastce.evaluate(x, t, bins=1 << 20, topk=(1, 3000))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak, r = peak_and_result(lambda: fastce.evaluate(x, t, bins=1 << 20, topk=(1, 3000)),
+                              warm_up=False)
     assert peak < 256 << 20, peak  # the partials of 1024 units would take 30 GB
     few = fastce.evaluate(x, t, bins=15, topk=(1, 3000))
     assert r.accuracy == {1: few.accuracy[1], 3000: 1.0}
@@ -826,12 +818,8 @@ def test_memory_mapped_logits_are_read_in_blocks_without_a_copy(tmp_path):
     target[::13] = -100
 
     logits = np.load(path, mmap_mode="r")
-    tracemalloc.start()
-    try:
-        r = fastce.evaluate(logits, target, topk=(1, 5))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak, r = peak_and_result(lambda: fastce.evaluate(logits, target, topk=(1, 5)),
+                              warm_up=False)
     assert peak < logits.nbytes / 50, f"peak {peak} bytes for a {logits.nbytes} byte file"
 
     # the same numbers as batches copied into memory, and as cross_entropy
@@ -859,12 +847,7 @@ def test_half_float_memmap_is_converted_one_block_at_a_time(tmp_path, monkeypatc
     assert isinstance(logits, np.memmap) and logits.dtype == dtype
     expected = fastce.evaluate(np.array(logits), target)
     monkeypatch.setattr(fastce.metrics, "_BLOCK_BYTES", 1 << 20)
-    tracemalloc.start()
-    try:
-        r = fastce.evaluate(logits, target)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak, r = peak_and_result(lambda: fastce.evaluate(logits, target), warm_up=False)
     assert peak < logits.nbytes / 4, peak
     assert r.loss == expected.loss and r.accuracy == expected.accuracy
 
