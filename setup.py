@@ -115,19 +115,34 @@ directives = {
     "autotestdict": False,
 }
 
+# the vector layer: one kernel body, instantiated per ISA in a file of its own,
+# and the one place that chooses among them at run time (src/fastce/csrc)
+VECTOR_LAYER = [
+    "src/fastce/csrc/dispatch.c",
+    "src/fastce/csrc/kernels_base.c",
+    "src/fastce/csrc/kernels_avx2.c",
+    "src/fastce/csrc/kernels_avx512.c",
+]
+VECTOR_HEADERS = [
+    os.path.join("src/fastce/csrc", name)
+    for name in sorted(os.listdir(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                               "src/fastce/csrc")))
+    if name.endswith(".h")
+]
+
 extensions = [
     Extension(
         "fastce._kernels",
-        ["src/fastce/_kernels.pyx"],
+        ["src/fastce/_kernels.pyx"] + VECTOR_LAYER,
         include_dirs=[np.get_include(), "src/fastce"],
-        depends=["src/fastce/_simd.h"],
+        depends=VECTOR_HEADERS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     ),
     Extension(
         "fastce._metrics",
         ["src/fastce/_metrics.pyx"],
         include_dirs=[np.get_include(), "src/fastce"],
-        depends=["src/fastce/_simd.h"],
+        depends=VECTOR_HEADERS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     ),
 ]

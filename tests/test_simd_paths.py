@@ -1,7 +1,10 @@
-"""Every vector code path gives the reference's answer: the portable baseline
-as well as the best one this CPU has."""
+"""Every vector code path this CPU can run gives the reference's answer, keeps
+NaN and inf, and gives the same bits for any thread count."""
 
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import fastce
 from fastce import _kernels, reference
 
 BEST = _kernels.simd_isa()
-PATHS = sorted({"baseline", BEST})
+PATHS = _kernels.simd_paths()
 
 CASES = [
     ((300, 1000), 1),      # rows in cache: two passes
@@ -64,7 +67,51 @@ def test_paths_keep_special_values(simd_path):
 
 
 def test_an_empty_name_chooses_the_best_path():
-    assert _kernels.simd_init("") == BEST
+    # BEST is the path in use, which FASTCE_SIMD may have forced
+    try:
+        assert _kernels.simd_init("") == PATHS[0]
+    finally:
+        _kernels.simd_init(BEST)
+    assert PATHS[-1] == "baseline"
+
+
+@pytest.mark.parametrize("name", ["avx1024", "AVX2", "neon", "baseline "])
+def test_an_unknown_or_missing_path_is_refused_and_changes_nothing(name):
+    with pytest.raises(ValueError, match=f"vector path '{name}' is not available here"):
+        _kernels.simd_init(name)
+    assert _kernels.simd_isa() == BEST
+
+
+def test_the_environment_forces_a_path_or_fails_clearly():
+    code = "import fastce; from fastce import _kernels, _metrics; " \
+           "print(_kernels.simd_isa(), _metrics.simd_isa()); fastce.show_config()"
+    for path in PATHS:
+        env = dict(os.environ, FASTCE_SIMD=path)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        assert out.split()[:2] == [path, path]
+        assert f"vector path:  {path}" in out
+    env = dict(os.environ, FASTCE_SIMD="avx1024")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "vector path 'avx1024' is not available here" in run.stderr
+    assert "baseline" in run.stderr
+
+
+@pytest.mark.parametrize("shape, axis", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_each_path_gives_the_same_bits_for_any_thread_count(simd_path, shape, axis, dtype):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    ax = axis % len(shape)
+    t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1:])
+    runs = [fastce.cross_entropy_with_grad(x, t, axis=axis, label_smoothing=0.1,
+                                           num_threads=n) for n in (1, 2, 8)]
+    for loss, grad in runs[1:]:
+        assert loss.tobytes() == runs[0][0].tobytes()
+        assert grad.tobytes() == runs[0][1].tobytes()
+    sums = [fastce.evaluate(x, t, axis=axis, num_threads=n).loss for n in (1, 2, 8)]
+    assert sums[0] == sums[1] == sums[2]
 
 
 def test_vector_log_of_sums_matches_libm(simd_path):

@@ -3,7 +3,7 @@
 # _metrics.pyx cimports from it.  Three things are shared, each with one
 # source of truth:
 #
-# * the vector primitives of _simd.h, always called through
+# * the vector kernels of csrc/ (kernels.h), always called through
 #   ``fastce_active_ops``.  fastce._kernels fills the table (simd_init) and
 #   exports it (``simd_ops``); an extension that cimports this file points
 #   its own ``fastce_active_ops`` at that table when it is imported, so the
@@ -22,7 +22,7 @@ from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, 
                           uint64_t)
 
 
-cdef extern from "_simd.h":
+cdef extern from "csrc/dispatch.h":
     # chunk maxima of the next row, computed while a row is summed
     ctypedef struct fastce_ahead_t:
         int valid
@@ -41,6 +41,10 @@ cdef extern from "_simd.h":
         void (*row_scaled_exp_f64)(const double*, Py_ssize_t, double, double, double, double*) noexcept nogil
         void (*row_shift_f32)(const float*, Py_ssize_t, float, float, float*) noexcept nogil
         void (*row_shift_f64)(const double*, Py_ssize_t, double, double, double*) noexcept nogil
+        void (*row_extras_f32)(const float*, Py_ssize_t, float, Py_ssize_t, float, double*,
+                               Py_ssize_t*, Py_ssize_t*) noexcept nogil
+        void (*row_extras_f64)(const double*, Py_ssize_t, double, Py_ssize_t, double, double*,
+                               Py_ssize_t*, Py_ssize_t*) noexcept nogil
         void (*tile_max_f32)(const float*, Py_ssize_t, float*) noexcept nogil
         void (*tile_max_f64)(const double*, Py_ssize_t, double*) noexcept nogil
         void (*tile_sumexp_f32)(const float*, Py_ssize_t, const float*, float*, float*) noexcept nogil
@@ -51,6 +55,10 @@ cdef extern from "_simd.h":
                                     const double*, double*) noexcept nogil
         void (*tile_shift_f32)(const float*, Py_ssize_t, const float*, const float*, float*) noexcept nogil
         void (*tile_shift_f64)(const double*, Py_ssize_t, const double*, const double*, double*) noexcept nogil
+        void (*tile_extras_f32)(const float*, Py_ssize_t, int64_t, const float*, const float*,
+                                const int64_t*, float*, int64_t*, int64_t*) noexcept nogil
+        void (*tile_extras_f64)(const double*, Py_ssize_t, int64_t, const double*, const double*,
+                                const int64_t*, double*, int64_t*, int64_t*) noexcept nogil
         void (*tile_log)(const double*, Py_ssize_t, double*) noexcept nogil
         const char* isa
     # the table every kernel calls through (see above)

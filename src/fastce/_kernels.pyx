@@ -133,21 +133,42 @@ def compile_args():
 # Row and tile primitives: vectorised where the data are contiguous
 # --------------------------------------------------------------------------
 
-cdef extern from "_simd.h":
+cdef extern from "csrc/dispatch.h":
     # fastce_ops_t, fastce_active_ops and the exponentials: see _kernels.pxd
-    fastce_ops_t fastce_ops         # the table simd_init fills
-    const char* fastce_simd_init(const char* force) noexcept
+    const char* const* fastce_simd_names
+    int fastce_simd_available(const char* name) noexcept
+    const fastce_ops_t* fastce_simd_select(const char* name) noexcept
 
 
 cdef const fastce_ops_t* simd_ops() noexcept nogil:
     """The table of the vector path in use, for the extensions that share it."""
-    return &fastce_ops
+    return fastce_active_ops
 
 
-def simd_init(str force=""):
-    """Choose the vector code path: the best the CPU has, or ``"baseline"``.
-    Returns the name of the path chosen."""
-    return fastce_simd_init(force.encode()).decode()
+def simd_paths():
+    """The vector code paths this build has and this CPU can run, best first."""
+    cdef Py_ssize_t k = 0
+    paths = []
+    while fastce_simd_names[k] != NULL:
+        if fastce_simd_available(fastce_simd_names[k]):
+            paths.append(fastce_simd_names[k].decode())
+        k += 1
+    return paths
+
+
+def simd_init(str path=""):
+    """Choose the vector code path: ``""`` for the best the CPU has, or one of
+    :func:`simd_paths`.  Returns the name of the path chosen; an unknown path,
+    or one this CPU cannot run, raises ``ValueError`` and changes nothing."""
+    global fastce_active_ops
+    cdef const fastce_ops_t* ops = fastce_simd_select(path.encode())
+    if ops == NULL:
+        raise ValueError(
+            f"vector path {path!r} is not available here: this build and CPU have "
+            f"{', '.join(simd_paths())} (set FASTCE_SIMD to one of them, or leave it empty "
+            f"for the best)")
+    fastce_active_ops = ops
+    return ops.isa.decode()
 
 
 def tile_log(const double[::1] s):
@@ -161,13 +182,13 @@ def tile_log(const double[::1] s):
 
 
 def simd_isa():
-    """The vector code path in use: ``"avx2+fma"`` or ``"baseline"``."""
-    return fastce_ops.isa.decode()
+    """The vector code path in use: one of :func:`simd_paths`."""
+    return fastce_active_ops.isa.decode()
 
 
 import os as _os
-# FASTCE_SIMD=baseline runs the portable code on any CPU, to compare the paths
-simd_init(_os.environ.get("FASTCE_SIMD", ""))
+# FASTCE_SIMD=baseline (or avx2, avx512) forces a path, to compare them
+simd_init(_os.environ.get("FASTCE_SIMD", "").strip())
 
 
 cdef inline void row_scaled_exp(const floating* x, Py_ssize_t xc, Py_ssize_t n, floating m,

@@ -46,8 +46,6 @@ import numpy as np
 
 cdef extern from *:
     """
-    #include "_simd.h"
-
     #ifndef FASTCE_COMPILE_ARGS
     #define FASTCE_COMPILE_ARGS ""
     #endif
@@ -56,197 +54,10 @@ cdef extern from *:
     #else
     #define FASTCE_METRICS_OPENMP 0
     #endif
-
-    /* ---- what the loss does not need, from a row or a tile in cache ---------------
-     * A row of n contiguous classes whose maximum is m: e = sum exp(x - m) (x - m),
-     * the first index of m (-1: none) and the target's rank, the classes above the
-     * target's logit xt plus those equal to it before the target t (t < 0: none). */
-
-    #define FASTCE_ROW_EXTRAS_BASE(T, SFX)                                                \
-    static void fastce_row_extras_##SFX##_base(const T *x, ptrdiff_t n, T m, ptrdiff_t t,  \
-                                              T xt, double *e_out, ptrdiff_t *arg_out,     \
-                                              ptrdiff_t *rank_out) {                       \
-        double e = 0.0;                                                                   \
-        for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                     \
-            ptrdiff_t end = n - start < FASTCE_CHUNK ? n : start + FASTCE_CHUNK;          \
-            T part = 0;                                                                   \
-            FASTCE_SIMD_SUM(part)                                                         \
-            for (ptrdiff_t c = start; c < end; c++) {                                     \
-                T d = x[c] - m;                                                           \
-                T v = fastce_exp_neg_##SFX(d);                                            \
-                part += v > 0 ? v * d : 0;                                                \
-            }                                                                             \
-            e += (double)part;                                                            \
-        }                                                                                 \
-        ptrdiff_t arg = -1;                                                               \
-        for (ptrdiff_t c = 0; c < n; c++)                                                 \
-            if (x[c] == m) { arg = c; break; }                                            \
-        ptrdiff_t rank = 0;                                                               \
-        if (t >= 0) {                                                                     \
-            FASTCE_SIMD_SUM(rank)                                                         \
-            for (ptrdiff_t c = 0; c < t; c++) rank += x[c] >= xt;                         \
-            FASTCE_SIMD_SUM(rank)                                                         \
-            for (ptrdiff_t c = t + 1; c < n; c++) rank += x[c] > xt;                      \
-        }                                                                                 \
-        *e_out = e;                                                                       \
-        *arg_out = arg;                                                                   \
-        *rank_out = rank;                                                                 \
-    }
-
-    /* One class of a tile of n contiguous samples: e[k] += exp(x - m) (x - m); arg[k]
-     * the first class equal to the maximum (-1: none yet); rank[k] counts the classes
-     * above the target's logit xt[k] (t[k] the target class, -1 where ignored). */
-    #define FASTCE_TILE_EXTRAS(T, SFX, ISA, ATTR)                                          \
-    ATTR static void fastce_tile_extras_##SFX##_##ISA(const T *x, ptrdiff_t n, int64_t c,   \
-                                                      const T *m, const T *xt,             \
-                                                      const int64_t *t, T *e,              \
-                                                      int64_t *arg, int64_t *rank) {       \
-        FASTCE_SIMD                                                                        \
-        for (ptrdiff_t k = 0; k < n; k++) {                                                \
-            T d = x[k] - m[k];                                                             \
-            T v = fastce_exp_neg_##SFX(d);                                                 \
-            e[k] += v > 0 ? v * d : 0;                                                     \
-        }                                                                                  \
-        for (ptrdiff_t k = 0; k < n; k++) {                                                \
-            T v = x[k];                                                                    \
-            arg[k] = (arg[k] < 0) & (v == m[k]) ? c : arg[k];                              \
-            rank[k] += (v > xt[k]) | ((v == xt[k]) & (c < t[k]));                          \
-        }                                                                                  \
-    }
-
-    FASTCE_ROW_EXTRAS_BASE(float, f32)
-    FASTCE_ROW_EXTRAS_BASE(double, f64)
-    FASTCE_TILE_EXTRAS(float, f32, base, FASTCE_NOATTR)
-    FASTCE_TILE_EXTRAS(double, f64, base, FASTCE_NOATTR)
-
-    #ifdef FASTCE_X86_DISPATCH
-    /* lanes below k (0 < k < lanes) set */
-    FASTCE_AVX2 static inline __m256 fastce_lanes_below_ps(ptrdiff_t k) {
-        return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)k),
-                                                      _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
-    }
-    FASTCE_AVX2 static inline __m256d fastce_lanes_below_pd(ptrdiff_t k) {
-        return _mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_set1_epi64x(k),
-                                                      _mm256_setr_epi64x(0, 1, 2, 3)));
-    }
-    FASTCE_AVX2 static inline ptrdiff_t fastce_hsum_epi32(__m256i v) {
-        __m128i a = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        a = _mm_add_epi32(a, _mm_shuffle_epi32(a, 0x4E));
-        a = _mm_add_epi32(a, _mm_shuffle_epi32(a, 0xB1));
-        return (ptrdiff_t)(uint32_t)_mm_cvtsi128_si32(a);
-    }
-    FASTCE_AVX2 static inline ptrdiff_t fastce_hsum_epi64(__m256i v) {
-        __m128i a = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        a = _mm_add_epi64(a, _mm_unpackhi_epi64(a, a));
-        return (ptrdiff_t)_mm_cvtsi128_si64(a);
-    }
-
-    /* The row pass in one sweep of explicit vectors, with the core's vector
-     * exponential for sums: the entropy term as an FMA, the first maximum from a
-     * compare mask, the rank as per-lane counts (a true compare is -1). */
-    #define FASTCE_ROW_EXTRAS_AVX2(T, SFX, V, L, LO, VLOAD, VSET1, VSUB, VFMA, VMAX, VAND,      \
-                                   VOR, VCMP, VMOVEMASK, VCASTI, VISUB, VIHSUM, VEXP, VHSUM,      \
-                                   VBELOW)                                                        \
-    FASTCE_AVX2 static void fastce_row_extras_##SFX##_avx2(const T *x, ptrdiff_t n, T m,          \
-                                                          ptrdiff_t t, T xt, double *e_out,       \
-                                                          ptrdiff_t *arg_out,                     \
-                                                          ptrdiff_t *rank_out) {                  \
-        const V vm = VSET1(m), vt = VSET1(xt), lo = VSET1(LO);                                    \
-        __m256i above = _mm256_setzero_si256();                                                   \
-        ptrdiff_t arg = -1, rank = 0;                                                             \
-        double e = 0.0;                                                                           \
-        for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                             \
-            ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;                  \
-            const T *xs = x + start;                                                              \
-            V en = VSET1(0);                                                                      \
-            ptrdiff_t c = 0;                                                                      \
-            for (; c + L <= len; c += L) {                                                        \
-                V v = VLOAD(xs + c), d = VSUB(v, vm);                                             \
-                /* exp(d) d, with d clamped at the exponential's lower limit: -inf adds */        \
-                /* a negligible term (or 0), never NaN */                                         \
-                en = VFMA(VEXP(d), VMAX(d, lo), en);                                              \
-                if (arg < 0) {                                                                    \
-                    int at_max = VMOVEMASK(VCMP(v, vm, _CMP_EQ_OQ));                              \
-                    if (at_max) arg = start + c + __builtin_ctz((unsigned)at_max);                \
-                }                                                                                 \
-                if (t >= 0) {                                                                     \
-                    V over = VCMP(v, vt, _CMP_GT_OQ);                                             \
-                    ptrdiff_t before = t - (start + c); /* lanes before the target */            \
-                    if (before > 0) {                                                             \
-                        V tie = VCMP(v, vt, _CMP_EQ_OQ);                                          \
-                        over = VOR(over, before < L ? VAND(tie, VBELOW(before)) : tie);           \
-                    }                                                                             \
-                    above = VISUB(above, VCASTI(over));                                           \
-                }                                                                                 \
-            }                                                                                     \
-            double epart = VHSUM(en);                                                             \
-            for (; c < len; c++) {                                                                \
-                T d = xs[c] - m;                                                                  \
-                T v = fastce_exp_neg_##SFX(d);                                                    \
-                epart += v > 0 ? (double)(v * d) : 0.0;                                           \
-                if (arg < 0 && xs[c] == m) arg = start + c;                                       \
-                if (t >= 0) rank += (xs[c] > xt) || (xs[c] == xt && start + c < t);               \
-            }                                                                                     \
-            e += epart;                                                                           \
-        }                                                                                         \
-        *e_out = e;                                                                               \
-        *arg_out = arg;                                                                           \
-        *rank_out = rank + VIHSUM(above);                                                         \
-    }
-
-    FASTCE_ROW_EXTRAS_AVX2(float, f32, __m256, 8, -87.0f, _mm256_loadu_ps, _mm256_set1_ps,
-                           _mm256_sub_ps, _mm256_fmadd_ps, _mm256_max_ps, _mm256_and_ps,
-                           _mm256_or_ps, _mm256_cmp_ps, _mm256_movemask_ps,
-                           _mm256_castps_si256, _mm256_sub_epi32, fastce_hsum_epi32,
-                           fastce_exp_neg_sum_ps, fastce_hsum_ps, fastce_lanes_below_ps)
-    FASTCE_ROW_EXTRAS_AVX2(double, f64, __m256d, 4, -708.0, _mm256_loadu_pd, _mm256_set1_pd,
-                           _mm256_sub_pd, _mm256_fmadd_pd, _mm256_max_pd, _mm256_and_pd,
-                           _mm256_or_pd, _mm256_cmp_pd, _mm256_movemask_pd,
-                           _mm256_castpd_si256, _mm256_sub_epi64, fastce_hsum_epi64,
-                           fastce_exp_neg_sum_pd, fastce_hsum_pd, fastce_lanes_below_pd)
-    FASTCE_TILE_EXTRAS(float, f32, avx2, FASTCE_AVX2)
-    FASTCE_TILE_EXTRAS(double, f64, avx2, FASTCE_AVX2)
-    #endif
-
-    /* ---- the pass for the vector path the core kernels use ---- */
-    typedef struct {
-        void (*row_f32)(const float *, ptrdiff_t, float, ptrdiff_t, float, double *,
-                        ptrdiff_t *, ptrdiff_t *);
-        void (*row_f64)(const double *, ptrdiff_t, double, ptrdiff_t, double, double *,
-                        ptrdiff_t *, ptrdiff_t *);
-        void (*tile_f32)(const float *, ptrdiff_t, int64_t, const float *, const float *,
-                         const int64_t *, float *, int64_t *, int64_t *);
-        void (*tile_f64)(const double *, ptrdiff_t, int64_t, const double *, const double *,
-                         const int64_t *, double *, int64_t *, int64_t *);
-    } fastce_extras_t;
-
-    static fastce_extras_t fastce_extras_for(const fastce_ops_t *ops) {
-        fastce_extras_t x = {fastce_row_extras_f32_base, fastce_row_extras_f64_base,
-                             fastce_tile_extras_f32_base, fastce_tile_extras_f64_base};
-    #ifdef FASTCE_X86_DISPATCH
-        if (strcmp(ops->isa, "avx2+fma") == 0) {
-            x.row_f32 = fastce_row_extras_f32_avx2;
-            x.row_f64 = fastce_row_extras_f64_avx2;
-            x.tile_f32 = fastce_tile_extras_f32_avx2;
-            x.tile_f64 = fastce_tile_extras_f64_avx2;
-        }
-    #endif
-        return x;
-    }
     """
     const char* FASTCE_COMPILE_ARGS
     int FASTCE_METRICS_OPENMP
 
-    ctypedef struct fastce_extras_t:
-        void (*row_f32)(const float*, Py_ssize_t, float, Py_ssize_t, float, double*,
-                        Py_ssize_t*, Py_ssize_t*) noexcept nogil
-        void (*row_f64)(const double*, Py_ssize_t, double, Py_ssize_t, double, double*,
-                        Py_ssize_t*, Py_ssize_t*) noexcept nogil
-        void (*tile_f32)(const float*, Py_ssize_t, int64_t, const float*, const float*,
-                         const int64_t*, float*, int64_t*, int64_t*) noexcept nogil
-        void (*tile_f64)(const double*, Py_ssize_t, int64_t, const double*, const double*,
-                         const int64_t*, double*, int64_t*, int64_t*) noexcept nogil
-    fastce_extras_t fastce_extras_for(const fastce_ops_t* ops) noexcept nogil
 
 
 # The vector primitives are fastce._kernels' own table: this extension never
@@ -298,7 +109,6 @@ cdef struct Options:
     Py_ssize_t ranks        # length of the rank histogram
     Py_ssize_t nf           # float64 partials per unit
     Py_ssize_t ni           # int64 partials per unit
-    fastce_extras_t extras  # the pass beside the loss, for the core's vector path
 
 
 cdef struct Outputs:
@@ -423,9 +233,9 @@ cdef inline void row_extras(const floating* x, Py_ssize_t n, Py_ssize_t stride, 
     cdef Py_ssize_t c, arg = -1, rank = 0
     if stride == 1:
         if floating is float:
-            opt.extras.row_f32(x, n, m, t, xt, e_out, arg_out, rank_out)
+            fastce_active_ops.row_extras_f32(x, n, m, t, xt, e_out, arg_out, rank_out)
         else:
-            opt.extras.row_f64(x, n, m, t, xt, e_out, arg_out, rank_out)
+            fastce_active_ops.row_extras_f64(x, n, m, t, xt, e_out, arg_out, rank_out)
         return
     for c in range(n):
         v = x[c * stride]
@@ -487,9 +297,9 @@ cdef inline void tile_extras(const floating* x, Py_ssize_t xi, Py_ssize_t n, Py_
     cdef floating v, d, ev
     if xi == 1:
         if floating is float:
-            opt.extras.tile_f32(x, n, c, m, xt, tgt, e, arg, rank)
+            fastce_active_ops.tile_extras_f32(x, n, c, m, xt, tgt, e, arg, rank)
         else:
-            opt.extras.tile_f64(x, n, c, m, xt, tgt, e, arg, rank)
+            fastce_active_ops.tile_extras_f64(x, n, c, m, xt, tgt, e, arg, rank)
         return
     for k in range(n):
         v = x[k * xi]
@@ -703,7 +513,6 @@ def evaluate_index(const floating[:, :, :] x,
     opt.ranks = ranks
     opt.nf = 2 * (4 + bins)
     opt.ni = 1 + 2 * bins + ranks
-    opt.extras = fastce_extras_for(fastce_active_ops)
     out.loss = out.pred = out.rank = out.conf = out.entropy = NULL
     if loss_out is not None:
         set_output(&out.loss, out.loss_s, <char*>&loss_out[0, 0], &loss_out.strides[0])

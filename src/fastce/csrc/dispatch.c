@@ -1,0 +1,42 @@
+/* The one place that chooses the vector path. */
+#include <string.h>
+
+#include "dispatch.h"
+
+const char *const fastce_simd_names[] = {
+#ifdef FASTCE_X86_DISPATCH
+    "avx512", "avx2",
+#endif
+    "baseline", 0};
+
+static fastce_ops_t fastce_ops;
+
+int fastce_simd_available(const char *name) {
+    if (strcmp(name, "baseline") == 0) return 1;
+#ifdef FASTCE_X86_DISPATCH
+    __builtin_cpu_init();
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (strcmp(name, "avx2") == 0) return avx2;
+    if (strcmp(name, "avx512") == 0)
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("bmi2");
+#endif
+    return 0;
+}
+
+const fastce_ops_t *fastce_simd_select(const char *name) {
+    if (name[0] == '\0') {
+        for (int k = 0; fastce_simd_names[k] != 0; k++)
+            if (fastce_simd_available(fastce_simd_names[k])) return fastce_simd_select(fastce_simd_names[k]);
+    }
+    if (!fastce_simd_available(name)) return 0;
+    if (strcmp(name, "baseline") == 0) fastce_fill_ops_base(&fastce_ops);
+#ifdef FASTCE_X86_DISPATCH
+    if (strcmp(name, "avx2") == 0) fastce_fill_ops_avx2(&fastce_ops);
+    if (strcmp(name, "avx512") == 0) fastce_fill_ops_avx512(&fastce_ops);
+#endif
+    for (int k = 0; fastce_simd_names[k] != 0; k++)
+        if (strcmp(name, fastce_simd_names[k]) == 0) fastce_ops.isa = fastce_simd_names[k];
+    return &fastce_ops;
+}

@@ -1,0 +1,68 @@
+/*
+ * The table of vectorised row and tile kernels: what every ISA provides and
+ * every Cython kernel calls through.  Each kernels_<isa>.c instantiates
+ * kernels_body.h for float and double against its vocabulary (vec_<isa>.h)
+ * and fills a table (kernels_fill.h), through kernels_instantiate.h; dispatch.c
+ * chooses one at run time.
+ *
+ * Row kernels walk n contiguous classes of one sample; tile kernels walk n
+ * contiguous samples of one class, updating per-sample state.
+ */
+#ifndef FASTCE_KERNELS_H
+#define FASTCE_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Lanes of a chunk summed in the working precision before the chunk's total
+ * joins a float64 sum: short enough that float32 lanes lose nothing that
+ * matters, long enough to keep the vector unit busy. */
+#define FASTCE_CHUNK 256
+
+/* Rows up to this many elements (64 KiB of float32) are read twice, maximum
+ * then sum, from cache; longer rows keep a running maximum instead. */
+#define FASTCE_ROW_IN_CACHE 16384
+
+/* Chunk maxima of the next row, computed while the current one is summed
+ * (row_max_sumexp_ahead); valid says whether they are there. */
+typedef struct {
+    int valid;
+    double chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];
+} fastce_ahead_t;
+
+#define FASTCE_KERNEL_FIELDS(T, SFX)                                                    \
+    T (*row_max_##SFX)(const T *, ptrdiff_t);                                           \
+    double (*row_max_sumexp_##SFX)(const T *, ptrdiff_t, T *);                          \
+    double (*row_max_sumexp_ahead_##SFX)(const T *, ptrdiff_t, T *, const T *,          \
+                                         fastce_ahead_t *);                             \
+    double (*row_sum_shifted_##SFX)(const T *, ptrdiff_t, T);                           \
+    double (*sum_exp_##SFX)(const T *, ptrdiff_t);                                      \
+    void (*row_scaled_exp_##SFX)(const T *, ptrdiff_t, T, T, T, T *);                   \
+    void (*row_shift_##SFX)(const T *, ptrdiff_t, T, T, T *);                           \
+    void (*row_extras_##SFX)(const T *, ptrdiff_t, T, ptrdiff_t, T, double *,           \
+                             ptrdiff_t *, ptrdiff_t *);                                 \
+    void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                  \
+    void (*tile_sumexp_##SFX)(const T *, ptrdiff_t, const T *, T *, T *);               \
+    void (*tile_scaled_exp_##SFX)(const T *, ptrdiff_t, const T *, const T *, T,        \
+                                  const T *, T *);                                      \
+    void (*tile_shift_##SFX)(const T *, ptrdiff_t, const T *, const T *, T *);          \
+    void (*tile_extras_##SFX)(const T *, ptrdiff_t, int64_t, const T *, const T *,      \
+                              const int64_t *, T *, int64_t *, int64_t *);
+
+typedef struct {
+    FASTCE_KERNEL_FIELDS(float, f32)
+    FASTCE_KERNEL_FIELDS(double, f64)
+    /* log of per-sample sums of exponentials: each at least 1, or NaN, or +inf */
+    void (*tile_log)(const double *, ptrdiff_t, double *);
+    const char *isa;
+} fastce_ops_t;
+
+/* Fill a table with one ISA's kernels (kernels_<isa>.c). */
+void fastce_fill_ops_base(fastce_ops_t *ops);
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define FASTCE_X86_DISPATCH 1
+void fastce_fill_ops_avx2(fastce_ops_t *ops);
+void fastce_fill_ops_avx512(fastce_ops_t *ops);
+#endif
+
+#endif /* FASTCE_KERNELS_H */

@@ -1,0 +1,488 @@
+/*
+ * The row and tile kernels, written once against a vector vocabulary (see
+ * vec_names.h).  kernels_<isa>.c includes this file once per element type,
+ * with FASTCE_ISA, FASTCE_SFX and FASTCE_T defined (FASTCE_F64 for double)
+ * and the ISA's vocabulary included; every kernel is static to that file
+ * and reaches the rest of fastce through the table kernels_fill.h fills.
+ *
+ * Tails are masked vectors, never scalar loops: lanes past the end are not
+ * read, and are kept out of every sum and every store.
+ */
+#include <math.h>
+
+#define T FASTCE_T
+#define V VOP(t)
+#define M VOP(m)
+#define L ((ptrdiff_t)VOP(lanes))
+
+/* ---- the exponential on (-inf, 0], as exp_neg.h's scalar one ---------------- */
+
+VINLINE V KNAME(vexp_poly)(V r) {
+#ifdef FASTCE_F64
+    V p = VOP(set1)(FASTCE_EXP_C11);
+    p = VOP(fma)(p, r, VOP(set1)(FASTCE_EXP_C10));
+    p = VOP(fma)(p, r, VOP(set1)(FASTCE_EXP_C9));
+    p = VOP(fma)(p, r, VOP(set1)(FASTCE_EXP_C8));
+    p = VOP(fma)(p, r, VOP(set1)(FASTCE_EXP_C7));
+    p = VOP(fma)(p, r, VOP(set1)(FASTCE_EXP_C6));
+    p = VOP(fma)(p, r, VOP(set1)(FASTCE_EXP_C5));
+    p = VOP(fma)(p, r, VOP(set1)(FASTCE_EXP_C4));
+    p = VOP(fma)(p, r, VOP(set1)(FASTCE_EXP_C3));
+    return VOP(fma)(p, r, VOP(set1)(FASTCE_EXP_C2));
+#else
+    V p = VOP(set1)(FASTCE_EXPF_C6);
+    p = VOP(fma)(p, r, VOP(set1)(FASTCE_EXPF_C5));
+    p = VOP(fma)(p, r, VOP(set1)(FASTCE_EXPF_C4));
+    p = VOP(fma)(p, r, VOP(set1)(FASTCE_EXPF_C3));
+    return VOP(fma)(p, r, VOP(set1)(0.5f));
+#endif
+}
+
+#ifdef FASTCE_F64
+#define EXP_LO FASTCE_EXP_LO
+#define EXP_SHIFTER FASTCE_EXP_SHIFTER
+#define EXP_LOG2E FASTCE_EXP_LOG2E
+#define EXP_LN2_HI FASTCE_EXP_LN2_HI
+#define EXP_LN2_LO FASTCE_EXP_LN2_LO
+#else
+#define EXP_LO FASTCE_EXPF_LO
+#define EXP_SHIFTER FASTCE_EXPF_SHIFTER
+#define EXP_LOG2E FASTCE_EXPF_LOG2E
+#define EXP_LN2_HI FASTCE_EXPF_LN2_HI
+#define EXP_LN2_LO FASTCE_EXPF_LN2_LO
+#endif
+
+/* exp(x), 0 below EXP_LO, NaN for NaN */
+VINLINE V KNAME(vexp_neg)(V x) {
+    const V lo = VOP(set1)(EXP_LO), shifter = VOP(set1)(EXP_SHIFTER);
+    V xc = VOP(max)(lo, x); /* lo first: a NaN x stays NaN */
+    V t = VOP(fma)(xc, VOP(set1)(EXP_LOG2E), shifter);
+    V n = VOP(sub)(t, shifter);
+    V r = VOP(fnma)(n, VOP(set1)(EXP_LN2_HI), xc);
+    r = VOP(fnma)(n, VOP(set1)(EXP_LN2_LO), r);
+    V p = VOP(add)(VOP(fma)(KNAME(vexp_poly)(r), VOP(mul)(r, r), r), VOP(set1)(1));
+    V e = VOP(mul)(p, VOP(pow2_shifted)(t));
+    return VOP(drop)(VOP(lt)(x, lo), e);
+}
+
+/* exp(x) for sums: one-step range reduction and no flush below the clamp.
+ * Both errors are relative to terms of at most exp(EXP_LO) of the largest
+ * term, which is 1, so no sum can see them; NaN gives NaN. */
+VINLINE V KNAME(vexp_neg_sum)(V x) {
+#ifdef FASTCE_F64
+    return KNAME(vexp_neg)(x);
+#else
+    const V shifter = VOP(set1)(EXP_SHIFTER), one = VOP(set1)(1);
+    V xc = VOP(max)(VOP(set1)(EXP_LO), x); /* lo first: a NaN x stays NaN */
+    V t = VOP(fma)(xc, VOP(set1)(EXP_LOG2E), shifter);
+    V n = VOP(sub)(t, shifter);
+    V r = VOP(fnma)(n, VOP(set1)(FASTCE_EXPF_LN2), xc);
+    V p = VOP(fma)(KNAME(vexp_poly)(r), r, one);
+    p = VOP(fma)(p, r, one); /* 1 + r (1 + r P(r)) */
+    return VOP(ldexp_shifted)(p, t);
+#endif
+}
+
+/* ---- rows -------------------------------------------------------------------- */
+
+static T KNAME(row_max)(const T *x, ptrdiff_t n) {
+    /* four accumulators keep both load ports busy; max(load, acc) keeps acc
+     * for a NaN load, so NaN never becomes the maximum */
+    const V none = VOP(set1)(-INFINITY);
+    V a0 = none, a1 = none, a2 = none, a3 = none;
+    ptrdiff_t c = 0;
+    for (; c + 4 * L <= n; c += 4 * L) {
+        a0 = VOP(max)(VOP(load)(x + c), a0);
+        a1 = VOP(max)(VOP(load)(x + c + L), a1);
+        a2 = VOP(max)(VOP(load)(x + c + 2 * L), a2);
+        a3 = VOP(max)(VOP(load)(x + c + 3 * L), a3);
+    }
+    for (; c + L <= n; c += L) a0 = VOP(max)(VOP(load)(x + c), a0);
+    if (c < n) a0 = VOP(max)(VOP(load_part_or)(x + c, VOP(first)(n - c), none), a0);
+    return VOP(hmax)(VOP(max)(VOP(max)(a0, a1), VOP(max)(a2, a3)));
+}
+
+/* One vector of exp(d) added to acc, where d = x - m, for the lanes of in.
+ * With masked, the terms at the maximum (d == 0, exactly 1 each) are counted
+ * in ties instead, so that the float lanes never add small terms to 1; a
+ * vector without such terms gives the same bits either way. */
+VINLINE V KNAME(sumexp_step)(V acc, V d, M in, int masked, int *ties) {
+    if (masked) {
+        M at_max = VOP(and_m)(in, VOP(eq)(d, VOP(zero)()));
+        *ties += VOP(count)(at_max);
+        in = VOP(and_m)(in, VOP(not_m)(at_max));
+    }
+    return VOP(add)(acc, VOP(keep)(in, KNAME(vexp_neg_sum)(d)));
+}
+
+/* sumexp_step for a whole vector */
+VINLINE V KNAME(sumexp_full)(V acc, V d, int masked, int *ties) {
+    V e = KNAME(vexp_neg_sum)(d);
+    if (!masked) return VOP(add)(acc, e);
+    M at_max = VOP(eq)(d, VOP(zero)());
+    *ties += VOP(count)(at_max);
+    return VOP(add)(acc, VOP(drop)(at_max, e));
+}
+
+/* The sum of exp(x - m) over a chunk of len <= FASTCE_CHUNK elements, while
+ * the same loop takes the maximum of the next row's chunk nx (when nx is not
+ * NULL): the sum is bound by the exponential's multiplies and the maximum by
+ * loads, so the second comes almost free.  Only a chunk that reaches m pays
+ * for the tie masks (masked).  One sum accumulator: the exponential's
+ * constants fill the registers. */
+VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, const T *nx,
+                                   T *next_max) {
+    const V vm = VOP(set1)(m), none = VOP(set1)(-INFINITY);
+    V acc = VOP(zero)(), n0 = none, n1 = none, n2 = none, n3 = none;
+    int ties = 0;
+    ptrdiff_t c = 0;
+    if (nx != NULL) {
+        for (; c + 4 * L <= len; c += 4 * L) {
+            for (int u = 0; u < 4; u++)
+                acc = KNAME(sumexp_full)(acc, VOP(sub)(VOP(load)(xs + c + u * L), vm), masked,
+                                         &ties);
+            n0 = VOP(max)(VOP(load)(nx + c), n0);
+            n1 = VOP(max)(VOP(load)(nx + c + L), n1);
+            n2 = VOP(max)(VOP(load)(nx + c + 2 * L), n2);
+            n3 = VOP(max)(VOP(load)(nx + c + 3 * L), n3);
+        }
+    }
+    for (; c + L <= len; c += L) {
+        acc = KNAME(sumexp_full)(acc, VOP(sub)(VOP(load)(xs + c), vm), masked, &ties);
+        if (nx != NULL) n0 = VOP(max)(VOP(load)(nx + c), n0);
+    }
+    if (c < len) {
+        M in = VOP(first)(len - c);
+        acc = KNAME(sumexp_step)(acc, VOP(sub)(VOP(load_part)(xs + c, in), vm), in, masked,
+                                 &ties);
+        if (nx != NULL) n0 = VOP(max)(VOP(load_part_or)(nx + c, in, none), n0);
+    }
+    if (nx != NULL) *next_max = VOP(hmax)(VOP(max)(VOP(max)(n0, n1), VOP(max)(n2, n3)));
+    return (double)ties + VOP(hsum)(acc);
+}
+
+/* A row that fits in cache, read twice from it: its chunk maxima (from ahead
+ * when the previous row left them there), then its sum, in the loop that
+ * leaves next's chunk maxima in ahead (when next is not NULL). */
+VINLINE double KNAME(row_in_cache)(const T *x, ptrdiff_t n, T *max_out, const T *next,
+                                   fastce_ahead_t *ahead) {
+    T chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];
+    T m = -INFINITY;
+    ptrdiff_t k = 0;
+    double s = 0.0;
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
+        chunk_max[k] = ahead->valid ? (T)ahead->chunk_max[k]
+                                    : KNAME(row_max)(x + start, n - start < FASTCE_CHUNK
+                                                                    ? n - start : FASTCE_CHUNK);
+        m = chunk_max[k] > m ? chunk_max[k] : m;
+    }
+    ahead->valid = 0;
+    *max_out = m;
+    /* an infinite maximum, or nothing above -inf: NaN, as exp(x - max) gives */
+    if (isinf(m)) return NAN;
+    /* chunk maxima are never NaN, so a chunk below m has no tie; each call
+     * site has constant flags, so each variant of the loop is compiled apart */
+    k = 0;
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
+        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
+        if (next != NULL) {
+            T nm;
+            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, next + start, &nm)
+                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, next + start, &nm);
+            ahead->chunk_max[k] = nm;
+        } else {
+            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, NULL, NULL)
+                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, NULL, NULL);
+        }
+    }
+    ahead->valid = next != NULL;
+    return s;
+}
+
+/* Sets *max_out to the row maximum and returns the sum of exp(x - max); a NaN
+ * logit, a +inf one, or a row with nothing above -inf gives NaN. */
+static double KNAME(row_max_sumexp)(const T *x, ptrdiff_t n, T *max_out) {
+    if (n <= FASTCE_ROW_IN_CACHE) {
+        fastce_ahead_t none;
+        none.valid = 0;
+        return KNAME(row_in_cache)(x, n, max_out, NULL, &none);
+    }
+    /* a long row: a running maximum, one chunk at a time, reads it once */
+    int saw_nan = 0;
+    T m = -INFINITY;
+    double s = 0.0;
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
+        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
+        const T *xs = x + start;
+        T cm = KNAME(row_max)(xs, len);
+        if (cm == -INFINITY) {
+            /* only -inf (adds nothing) or NaN (must reach the result) */
+            for (ptrdiff_t c = 0; c < len; c++)
+                if (xs[c] != xs[c]) saw_nan = 1;
+            continue;
+        }
+        if (cm > m) {
+            if (s != 0.0) s *= exp((double)m - (double)cm);
+            m = cm;
+        }
+        s += cm < m ? KNAME(chunk_sumexp)(xs, len, m, 0, NULL, NULL)
+                    : KNAME(chunk_sumexp)(xs, len, m, 1, NULL, NULL);
+    }
+    if (isinf(m) || saw_nan) s = NAN;
+    *max_out = m;
+    return s;
+}
+
+/* row_max_sumexp, with the look-ahead of row_in_cache for the rows that fit
+ * in cache; the same bits as row_max_sumexp. */
+static double KNAME(row_max_sumexp_ahead)(const T *x, ptrdiff_t n, T *max_out, const T *next,
+                                          fastce_ahead_t *ahead) {
+    if (n <= FASTCE_ROW_IN_CACHE) return KNAME(row_in_cache)(x, n, max_out, next, ahead);
+    ahead->valid = 0;
+    return KNAME(row_max_sumexp)(x, n, max_out);
+}
+
+/* The roof the forward pass is measured against: a plain sum of exp(x). */
+static double KNAME(sum_exp)(const T *x, ptrdiff_t n) {
+    V a0 = VOP(zero)(), a1 = VOP(zero)();
+    ptrdiff_t c = 0;
+    for (; c + 2 * L <= n; c += 2 * L) {
+        a0 = VOP(add)(a0, KNAME(vexp_neg_sum)(VOP(load)(x + c)));
+        a1 = VOP(add)(a1, KNAME(vexp_neg_sum)(VOP(load)(x + c + L)));
+    }
+    for (; c < n; c += L) {
+        M in = VOP(first)(n - c);
+        a0 = VOP(add)(a0, VOP(keep)(in, KNAME(vexp_neg_sum)(VOP(load_part)(x + c, in))));
+    }
+    return VOP(hsum)(VOP(add)(a0, a1));
+}
+
+/* sum of (x - m): the smoothing term, without cancellation against a large m */
+static double KNAME(row_sum_shifted)(const T *x, ptrdiff_t n, T m) {
+    const V vm = VOP(set1)(m);
+    double total = 0.0;
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
+        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
+        const T *xs = x + start;
+        V acc = VOP(zero)();
+        ptrdiff_t c = 0;
+        for (; c + L <= len; c += L) acc = VOP(add)(acc, VOP(sub)(VOP(load)(xs + c), vm));
+        if (c < len) {
+            M in = VOP(first)(len - c);
+            acc = VOP(add)(acc, VOP(keep)(in, VOP(sub)(VOP(load_part)(xs + c, in), vm)));
+        }
+        total += VOP(hsum)(acc);
+    }
+    return total;
+}
+
+/* y = scale * exp(x - m) - offset; y may be x */
+static void KNAME(row_scaled_exp)(const T *x, ptrdiff_t n, T m, T scale, T offset, T *y) {
+    const V vm = VOP(set1)(m), vs = VOP(set1)(scale), vo = VOP(set1)(offset);
+    ptrdiff_t c = 0;
+    for (; c + L <= n; c += L)
+        VOP(store)(y + c, VOP(sub)(VOP(mul)(vs, KNAME(vexp_neg)(VOP(sub)(VOP(load)(x + c), vm))), vo));
+    if (c < n) {
+        M in = VOP(first)(n - c);
+        V e = KNAME(vexp_neg)(VOP(sub)(VOP(load_part)(x + c, in), vm));
+        VOP(store_part)(y + c, in, VOP(sub)(VOP(mul)(vs, e), vo));
+    }
+}
+
+/* y = (x - m) - log_s; y may be x */
+static void KNAME(row_shift)(const T *x, ptrdiff_t n, T m, T log_s, T *y) {
+    const V vm = VOP(set1)(m), vl = VOP(set1)(log_s);
+    ptrdiff_t c = 0;
+    for (; c + L <= n; c += L) VOP(store)(y + c, VOP(sub)(VOP(sub)(VOP(load)(x + c), vm), vl));
+    if (c < n) {
+        M in = VOP(first)(n - c);
+        VOP(store_part)(y + c, in, VOP(sub)(VOP(sub)(VOP(load_part)(x + c, in), vm), vl));
+    }
+}
+
+/* exp(d) d, 0 where exp(d) is 0: a -inf logit adds nothing, never NaN */
+VINLINE V KNAME(entropy_term)(V d) {
+    V e = KNAME(vexp_neg)(d);
+    return VOP(keep)(VOP(gt)(e, VOP(zero)()), VOP(mul)(e, d));
+}
+
+/* What evaluation needs beside the loss from a row of n contiguous classes
+ * whose maximum is m, in one sweep: e = sum exp(x - m) (x - m), the first
+ * index of m (-1: none), and the target's rank, the classes above the
+ * target's logit xt plus those equal to it before the target t (t < 0: no
+ * rank). */
+static void KNAME(row_extras)(const T *x, ptrdiff_t n, T m, ptrdiff_t t, T xt, double *e_out,
+                              ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
+    const V vm = VOP(set1)(m), vt = VOP(set1)(xt);
+    ptrdiff_t arg = -1, rank = 0;
+    double e = 0.0;
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
+        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
+        const T *xs = x + start;
+        V en = VOP(zero)();
+        for (ptrdiff_t c = 0; c < len; c += L) {
+            M in = VOP(first)(len - c);
+            V v = VOP(load_part)(xs + c, in);
+            en = VOP(add)(en, VOP(keep)(in, KNAME(entropy_term)(VOP(sub)(v, vm))));
+            if (arg < 0) {
+                int at = VOP(first_set)(VOP(and_m)(in, VOP(eq)(v, vm)));
+                if (at >= 0) arg = start + c + at;
+            }
+            if (t >= 0) {
+                M over = VOP(gt)(v, vt);
+                ptrdiff_t before = t - (start + c); /* lanes before the target */
+                if (before > 0) over = VOP(or_m)(over, VOP(and_m)(VOP(eq)(v, vt), VOP(first)(before)));
+                rank += VOP(count)(VOP(and_m)(in, over));
+            }
+        }
+        e += VOP(hsum)(en);
+    }
+    *e_out = e;
+    *arg_out = arg;
+    *rank_out = rank;
+}
+
+/* ---- tiles ------------------------------------------------------------------- */
+
+/* Whole vectors in the loop, the masked tail once after it: each tile kernel
+ * is a per-vector step at offset k, over the lanes of in, full when in is all
+ * of them (then loads and stores need no mask). */
+VINLINE V KNAME(load_in)(const T *p, M in, int full) {
+    return full ? VOP(load)(p) : VOP(load_part)(p, in);
+}
+VINLINE void KNAME(store_in)(T *p, M in, int full, V v) {
+    if (full) VOP(store)(p, v);
+    else VOP(store_part)(p, in, v);
+}
+#define FASTCE_TILE_LOOP(step, ...)                                                      \
+    do {                                                                                \
+        ptrdiff_t k_ = 0;                                                               \
+        for (; k_ + L <= n; k_ += L) step(k_, VOP(first)(L), 1, __VA_ARGS__);           \
+        if (k_ < n) step(k_, VOP(first)(n - k_), 0, __VA_ARGS__);                        \
+    } while (0)
+
+VINLINE void KNAME(tile_max_at)(ptrdiff_t k, M in, int full, const T *x, T *m) {
+    V v = VOP(max)(KNAME(load_in)(x + k, in, full), KNAME(load_in)(m + k, in, full));
+    KNAME(store_in)(m + k, in, full, v);
+}
+
+/* m[k] = max(x[k], m[k]) */
+static void KNAME(tile_max)(const T *x, ptrdiff_t n, T *m) {
+    FASTCE_TILE_LOOP(KNAME(tile_max_at), x, m);
+}
+
+VINLINE void KNAME(tile_sumexp_at)(ptrdiff_t k, M in, int full, const T *x, const T *m, T *s,
+                                   T *ties) {
+    V d = VOP(sub)(KNAME(load_in)(x + k, in, full), KNAME(load_in)(m + k, in, full));
+    M at_max = VOP(eq)(d, VOP(zero)());
+    V e = VOP(drop)(at_max, KNAME(vexp_neg_sum)(d));
+    KNAME(store_in)(s + k, in, full, VOP(add)(KNAME(load_in)(s + k, in, full), e));
+    KNAME(store_in)(ties + k, in, full,
+                    VOP(add)(KNAME(load_in)(ties + k, in, full), VOP(keep)(at_max, VOP(set1)(1))));
+}
+
+/* s[k] += exp(x[k] - m[k]) for the elements below their maximum; the ones
+ * equal to it (exactly 1 each) are counted in ties */
+static void KNAME(tile_sumexp)(const T *x, ptrdiff_t n, const T *m, T *s, T *ties) {
+    FASTCE_TILE_LOOP(KNAME(tile_sumexp_at), x, m, s, ties);
+}
+
+VINLINE void KNAME(tile_scaled_exp_at)(ptrdiff_t k, M in, int full, const T *x, const T *m,
+                                       const T *scale, T w, const T *offset, T *y) {
+    V e = KNAME(vexp_neg)(VOP(sub)(KNAME(load_in)(x + k, in, full), KNAME(load_in)(m + k, in, full)));
+    KNAME(store_in)(y + k, in, full,
+                    VOP(sub)(VOP(mul)(KNAME(load_in)(scale + k, in, full), e),
+                             VOP(mul)(VOP(set1)(w), KNAME(load_in)(offset + k, in, full))));
+}
+
+/* y[k] = scale[k] * exp(x[k] - m[k]) - w * offset[k] */
+static void KNAME(tile_scaled_exp)(const T *x, ptrdiff_t n, const T *m, const T *scale, T w,
+                                   const T *offset, T *y) {
+    FASTCE_TILE_LOOP(KNAME(tile_scaled_exp_at), x, m, scale, w, offset, y);
+}
+
+VINLINE void KNAME(tile_shift_at)(ptrdiff_t k, M in, int full, const T *x, const T *m,
+                                  const T *log_s, T *y) {
+    V d = VOP(sub)(KNAME(load_in)(x + k, in, full), KNAME(load_in)(m + k, in, full));
+    KNAME(store_in)(y + k, in, full, VOP(sub)(d, KNAME(load_in)(log_s + k, in, full)));
+}
+
+/* y[k] = (x[k] - m[k]) - log_s[k] */
+static void KNAME(tile_shift)(const T *x, ptrdiff_t n, const T *m, const T *log_s, T *y) {
+    FASTCE_TILE_LOOP(KNAME(tile_shift_at), x, m, log_s, y);
+}
+
+VINLINE void KNAME(tile_entropy_at)(ptrdiff_t k, M in, int full, const T *x, const T *m, T *e) {
+    V d = VOP(sub)(KNAME(load_in)(x + k, in, full), KNAME(load_in)(m + k, in, full));
+    KNAME(store_in)(e + k, in, full, VOP(add)(KNAME(load_in)(e + k, in, full), KNAME(entropy_term)(d)));
+}
+
+/* One class c of a tile of n contiguous samples, for evaluation:
+ * e[k] += exp(x - m) (x - m); arg[k] the first class equal to the maximum
+ * (-1: none yet); rank[k] counts the classes above the target's logit xt[k]
+ * (t[k] the target class, -1 where ignored). */
+static void KNAME(tile_extras)(const T *x, ptrdiff_t n, int64_t c, const T *m, const T *xt,
+                               const int64_t *t, T *e, int64_t *arg, int64_t *rank) {
+    FASTCE_TILE_LOOP(KNAME(tile_entropy_at), x, m, e);
+    /* integer lanes: a plain loop, which the compiler vectorises for this ISA */
+    for (ptrdiff_t k = 0; k < n; k++) {
+        T v = x[k];
+        arg[k] = (arg[k] < 0) & (v == m[k]) ? c : arg[k];
+        rank[k] += (v > xt[k]) | ((v == xt[k]) & (c < t[k]));
+    }
+}
+
+#ifdef FASTCE_F64
+/* log(s) for s >= 1, NaN or +inf: s = 2^e f with f in [sqrt(1/2), sqrt(2)),
+ * and log f = 2 atanh(z), z = (f - 1) / (f + 1), |z| <= 0.1716, summed to
+ * z^21.  f - 1 is exact near 1, so a sum just above 1 keeps its relative
+ * accuracy. */
+VINLINE V KNAME(vlog_ge1)(V s) {
+    const V one = VOP(set1)(1.0);
+    V exponent;
+    V f = VOP(split_exp)(s, &exponent);
+    M big = VOP(gt)(f, VOP(set1)(1.4142135623730951));
+    f = VOP(select)(big, VOP(mul)(f, VOP(set1)(0.5)), f);
+    exponent = VOP(add)(exponent, VOP(keep)(big, one));
+    V z = VOP(div)(VOP(sub)(f, one), VOP(add)(f, one));
+    V z2 = VOP(mul)(z, z);
+    V p = VOP(set1)(1.0 / 21.0);
+    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 19.0));
+    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 17.0));
+    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 15.0));
+    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 13.0));
+    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 11.0));
+    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 9.0));
+    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 7.0));
+    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 5.0));
+    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 3.0));
+    p = VOP(mul)(p, z2);
+    V two_z = VOP(add)(z, z);
+    V log_f = VOP(fma)(two_z, p, two_z);
+    V r = VOP(fma)(exponent, VOP(set1)(FASTCE_EXP_LN2_HI),
+                   VOP(fma)(exponent, VOP(set1)(FASTCE_EXP_LN2_LO), log_f));
+    /* NaN and +inf are their own logarithm */
+    return VOP(select)(VOP(lt)(s, VOP(set1)(INFINITY)), r, s);
+}
+
+VINLINE void KNAME(tile_log_at)(ptrdiff_t k, M in, int full, const double *s, double *out) {
+    /* 1 in the lanes past the end: a sum's domain */
+    V v = full ? VOP(load)(s + k) : VOP(load_part_or)(s + k, in, VOP(set1)(1.0));
+    KNAME(store_in)(out + k, in, full, KNAME(vlog_ge1)(v));
+}
+
+static void KNAME_ISA(tile_log)(const double *s, ptrdiff_t n, double *out) {
+    FASTCE_TILE_LOOP(KNAME(tile_log_at), s, out);
+}
+#endif
+
+#undef FASTCE_TILE_LOOP
+#undef EXP_LO
+#undef EXP_SHIFTER
+#undef EXP_LOG2E
+#undef EXP_LN2_HI
+#undef EXP_LN2_LO
+#undef T
+#undef V
+#undef M
+#undef L

@@ -1,0 +1,45 @@
+/*
+ * How kernels_body.h names things.  A vocabulary header (vec_<isa>.h) defines,
+ * for each element type, a vector type, a mask type and the operations below
+ * under the names v_<isa>_<f32|f64>_<op>; the body file reaches them as
+ * VOP(op) once FASTCE_ISA and FASTCE_SFX say which.
+ *
+ *   t, m, lanes            vector type, mask type, lane count
+ *   set1 zero              broadcast, all zero
+ *   load store             unaligned whole vectors
+ *   first(k)               mask of the lanes below k (k > 0; all of them from k >= lanes)
+ *   load_part(p, m)        the lanes of m from p, 0 elsewhere; never reads past them
+ *   load_part_or(p, m, f)  the lanes of m from p, f's elsewhere
+ *   store_part(p, m, v)    writes the lanes of m only
+ *   add sub mul div        lane-wise
+ *   fma(a, b, c)           a * b + c, one rounding;  fnma(a, b, c): c - a * b
+ *   max(a, b)              a > b ? a : b lane-wise: a NaN in a leaves b
+ *   eq gt lt               ordered, quiet compares into a mask
+ *   and_m or_m not_m       mask logic
+ *   select(m, a, b)        a where m, b elsewhere
+ *   keep(m, a) drop(m, a)  a where m, 0 elsewhere; 0 where m, a elsewhere
+ *   count(m) first_set(m)  lanes set; index of the first lane set (-1: none)
+ *   hsum(v) hmax(v)        sum of the lanes in double; maximum of the lanes
+ *   pow2_shifted(t)        2^n for t = n + 1.5 * 2^mant (n in t's low bits), n >= -bias + 1
+ *   ldexp_shifted(p, t)    p * 2^n by adding n to p's exponent field
+ *   split_exp(s, &e)       (double) s = f * 2^e, f in [1, 2), for finite s > 0 normal
+ */
+#ifndef FASTCE_VEC_NAMES_H
+#define FASTCE_VEC_NAMES_H
+
+#define FASTCE_PASTE5(a, b, c, d, e) a##b##c##d##e
+#define FASTCE_NAME5(a, b, c, d, e) FASTCE_PASTE5(a, b, c, d, e)
+/* a vocabulary operation of the current ISA and element type */
+#define VOP(op) FASTCE_NAME5(v_, FASTCE_ISA, _, FASTCE_SFX, _##op)
+/* a kernel of the current ISA and element type: fastce_<name>_<sfx>_<isa> */
+#define KNAME(name) FASTCE_NAME5(fastce_##name, _, FASTCE_SFX, _, FASTCE_ISA)
+/* an element-type-free kernel of the current ISA: fastce_<name>_<isa> */
+#define KNAME_ISA(name) FASTCE_NAME5(fastce_, name, _, FASTCE_ISA, )
+
+#if defined(__GNUC__) || defined(__clang__)
+#define VINLINE static inline __attribute__((always_inline))
+#else
+#define VINLINE static inline
+#endif
+
+#endif /* FASTCE_VEC_NAMES_H */
