@@ -59,6 +59,14 @@ cdef extern from "csrc/dispatch.h":
                                 const int64_t*, float*, int64_t*, int64_t*) noexcept nogil
         void (*tile_extras_f64)(const double*, Py_ssize_t, int64_t, const double*, const double*,
                                 const int64_t*, double*, int64_t*, int64_t*) noexcept nogil
+        double (*bce_logits_f32)(const float*, const float*, const float*, const float*, Py_ssize_t,
+                                 float, const float*, float*, float*) noexcept nogil
+        double (*bce_logits_f64)(const double*, const double*, const double*, const double*,
+                                 Py_ssize_t, double, const double*, double*, double*) noexcept nogil
+        double (*bce_probs_f32)(const float*, const float*, const float*, Py_ssize_t, float,
+                                const float*, float*, float*) noexcept nogil
+        double (*bce_probs_f64)(const double*, const double*, const double*, Py_ssize_t, double,
+                                const double*, double*, double*) noexcept nogil
         void (*tile_log)(const double*, Py_ssize_t, double*) noexcept nogil
         const char* isa
     # the table every kernel calls through (see above)

@@ -85,3 +85,16 @@ def check_targets(
     weight: NDArray[np.float64],
 ) -> tuple[int, int, float]: ...
 def exp_sum_roof(x: NDArray[_Float], num_threads: int = ...) -> float: ...
+def binary_cross_entropy_kernel(
+    x: NDArray[_Float],
+    y: NDArray[_Float],
+    w: NDArray[_Float] | None,
+    pw: NDArray[_Float] | None,
+    row_len: int,
+    logits: bool,
+    g: float,
+    grad_output: NDArray[_Float] | None,
+    loss_out: NDArray[_Float] | None,
+    grad: NDArray[_Float] | None,
+    num_threads: int = ...,
+) -> float: ...

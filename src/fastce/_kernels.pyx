@@ -1124,6 +1124,110 @@ def check_targets(const index_t[:, :] target, Py_ssize_t C, int64_t ignore_index
 
 
 # --------------------------------------------------------------------------
+# Binary cross-entropy, element by element
+# --------------------------------------------------------------------------
+
+cdef struct BinaryCall:
+    Py_ssize_t n            # elements
+    Py_ssize_t row_len      # the last axis, along which per-column factors repeat
+    bint logits             # with logits; probabilities otherwise
+    bint w_per_col          # w holds one weight per column (else one per element)
+    bint pw_per_col
+    double g                # the gradient's scale
+
+
+cdef inline double binary_piece(const floating* x, const floating* y, const floating* w,
+                                const floating* pw, Py_ssize_t n, floating g, const floating* go,
+                                floating* loss_out, floating* grad, bint logits) noexcept nogil:
+    if floating is float:
+        if logits:
+            return fastce_active_ops.bce_logits_f32(x, y, w, pw, n, g, go, loss_out, grad)
+        return fastce_active_ops.bce_probs_f32(x, y, w, n, g, go, loss_out, grad)
+    else:
+        if logits:
+            return fastce_active_ops.bce_logits_f64(x, y, w, pw, n, g, go, loss_out, grad)
+        return fastce_active_ops.bce_probs_f64(x, y, w, n, g, go, loss_out, grad)
+
+
+cdef double binary_block(const floating* x, const floating* y, const floating* w,
+                         const floating* pw, const floating* go, floating* loss_out,
+                         floating* grad, const BinaryCall* call, Py_ssize_t unit) noexcept nogil:
+    """Elements ``[unit * BLOCK_LOGITS, ...)``, cut where a row ends when a
+    factor repeats per column, so that each piece reads its factors in step."""
+    cdef Py_ssize_t i = unit * BLOCK_LOGITS
+    cdef Py_ssize_t end = i + BLOCK_LOGITS
+    cdef Py_ssize_t c0, length
+    cdef double total = 0.0
+    if end > call.n:
+        end = call.n
+    while i < end:
+        length = end - i
+        c0 = i % call.row_len
+        if (call.w_per_col or call.pw_per_col) and call.row_len - c0 < length:
+            length = call.row_len - c0
+        total += binary_piece(
+            x + i, y + i,
+            NULL if w == NULL else (w + (c0 if call.w_per_col else i)),
+            NULL if pw == NULL else (pw + (c0 if call.pw_per_col else i)),
+            length, <floating>call.g, NULL if go == NULL else go + i,
+            NULL if loss_out == NULL else loss_out + i, NULL if grad == NULL else grad + i,
+            call.logits)
+        i += length
+    return total
+
+
+cdef inline const floating* optional_data(const floating[::1] a) noexcept:
+    return &a[0] if a is not None else NULL
+
+
+def binary_cross_entropy_kernel(const floating[::1] x, const floating[::1] y,
+                                const floating[::1] w, const floating[::1] pw,
+                                Py_ssize_t row_len, bint logits, double g,
+                                const floating[::1] grad_output, floating[::1] loss_out,
+                                floating[::1] grad, int num_threads=0):
+    """Binary cross-entropy of ``n >= 1`` contiguous elements: with logits
+    ``x`` or probabilities (``logits`` False); returns the float64 sum of the
+    losses.  ``y`` holds the targets; ``w`` and ``pw`` (None: 1 each) hold one
+    factor per element, or per column of rows of ``row_len`` elements when
+    they are ``row_len`` long; ``pw`` only with logits.  ``loss_out`` (or
+    None) receives each loss, ``grad`` (or None; it may be ``x``) ``g`` times
+    ``grad_output`` (None: 1 each) times the derivative.  The caller has
+    validated everything, probabilities and targets included."""
+    cdef BinaryCall call
+    call.n = x.shape[0]
+    call.row_len = row_len
+    call.logits = logits
+    call.w_per_col = w is not None and w.shape[0] != call.n
+    call.pw_per_col = pw is not None and pw.shape[0] != call.n
+    call.g = g
+    cdef const floating* wp = optional_data(w)
+    cdef const floating* pwp = optional_data(pw)
+    cdef const floating* gop = optional_data(grad_output)
+    cdef floating* lp = &loss_out[0] if loss_out is not None else NULL
+    cdef floating* yp = &grad[0] if grad is not None else NULL
+    cdef Py_ssize_t n_units = (call.n + BLOCK_LOGITS - 1) // BLOCK_LOGITS, u
+    cdef double few_partials[FEW_PARTIALS]
+    cdef double* partials = few_partials
+    cdef double total
+    if n_units > FEW_PARTIALS:
+        partials = <double*>malloc(n_units * sizeof(double))
+        if partials == NULL:
+            raise MemoryError(f"cannot allocate {n_units} block totals")
+    cdef int nthreads = thread_count(n_units, call.n, num_threads)
+    with nogil:
+        if nthreads == 1:
+            for u in range(n_units):
+                partials[u] = binary_block(&x[0], &y[0], wp, pwp, gop, lp, yp, &call, u)
+        else:
+            for u in prange(n_units, schedule="static", num_threads=nthreads):
+                partials[u] = binary_block(&x[0], &y[0], wp, pwp, gop, lp, yp, &call, u)
+        total = ordered_sum(partials, n_units)
+    if partials != few_partials:
+        free(partials)
+    return total
+
+
+# --------------------------------------------------------------------------
 # The roof: what a pass that only sums exponentials costs
 # --------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import numpy as np
 from . import _kernels
 from ._validate import (
     TargetPlan,
+    as_array,
     check_grad_output,
     check_ignore_index,
     check_label_smoothing,
@@ -40,7 +41,11 @@ __all__ = [
     "softmax",
     "logsumexp",
     "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_grad",
+    "binary_cross_entropy_with_logits_with_grad",
     "binary_cross_entropy",
+    "binary_cross_entropy_grad",
+    "binary_cross_entropy_with_grad",
     "CrossEntropyLoss",
 ]
 
@@ -534,7 +539,7 @@ def logsumexp(x, axis=-1, *, num_threads=None):
 
 def _check_binary(x, target, name):
     x = native_float_array(x, name)
-    y = np.asarray(target)
+    y = as_array(target)
     if not is_float(y.dtype):
         raise TypeError(
             f"target must be a float array of probabilities in [0, 1]; got dtype {y.dtype}. "
@@ -544,13 +549,13 @@ def _check_binary(x, target, name):
         raise ValueError(
             f"target must have the shape of {name}, {x.shape}; got {y.shape}"
         )
-    return x, y.astype(np.float64)
+    return x, y
 
 
 def _broadcast_factor(factor, shape, name, hint):
     if factor is None:
         return None
-    f = np.asarray(factor)
+    f = as_array(factor)
     if not is_real(f.dtype):
         raise TypeError(f"{name} must hold real numbers; got dtype {f.dtype}")
     try:
@@ -561,25 +566,99 @@ def _broadcast_factor(factor, shape, name, hint):
         ) from None
     if np.broadcast_shapes(f.shape, shape) != shape:
         raise ValueError(f"{name} of shape {f.shape} would enlarge the input's shape {shape}")
-    return f.astype(np.float64)
+    return f
 
 
-def _reduce_elementwise(loss: np.ndarray, reduction: str, dtype: np.dtype):
-    # an infinite or NaN loss reduces to inf or NaN, as torch's does, without NumPy's warnings
-    with np.errstate(over="ignore", invalid="ignore"):
-        return _reduce_elementwise_cast(loss, reduction, dtype)
+def _check_unit_interval(a: np.ndarray, name: str, hint: str) -> None:
+    """ValueError unless every element of ``a`` lies in [0, 1] (NaN does not)."""
+    if a.size == 0:
+        return
+    with np.errstate(invalid="ignore"):
+        low, high = np.min(a), np.max(a)  # NaN propagates into both
+    if low >= 0 and high <= 1:
+        return
+    flat = a.reshape(-1)
+    with np.errstate(invalid="ignore"):
+        bad = int(np.argmax(~((flat >= 0) & (flat <= 1))))
+    raise ValueError(
+        f"{name} must lie in [0, 1]; got {float(flat[bad])} at flat position {bad}. {hint}"
+    )
 
 
-def _reduce_elementwise_cast(loss: np.ndarray, reduction: str, dtype: np.dtype):
-    if reduction == "none":
-        return loss.astype(dtype)
-    if reduction == "sum":
-        return dtype.type(loss.sum())
-    return dtype.type(loss.mean()) if loss.size else dtype.type(np.nan)
+def _flat_operand(a, shape, dtype, row_len):
+    """A factor as the binary kernel reads it: None, one value per column
+    (``row_len`` long) when it repeats along every axis but the last, or one
+    per element; contiguous and of the computing dtype."""
+    if a is None:
+        return None
+    a = a.reshape((1,) * (len(shape) - a.ndim) + a.shape)
+    if len(shape) and all(n == 1 for n in a.shape[:-1]) and a.shape[-1] == row_len:
+        return np.ascontiguousarray(a.reshape(-1), dtype=dtype)
+    return np.ascontiguousarray(np.broadcast_to(a, shape), dtype=dtype).reshape(-1)
+
+
+def _binary(x_in, target, weight, pos_weight, reduction, logits, want_grad, grad_output, out,
+            num_threads):
+    """Shared body of the binary losses and their gradients: returns (loss, grad)."""
+    name = "logits" if logits else "probs"
+    threads = check_num_threads(num_threads)
+    reduction = check_reduction(reduction)
+    x, y = _check_binary(x_in, target, name)
+    w = _broadcast_factor(weight, x.shape, "weight", "give one weight per element or per class")
+    pw = None
+    if logits:
+        pw = _broadcast_factor(pos_weight, x.shape, "pos_weight",
+                               "give one positive weight per class (the last axis)")
+    dtype = result_dtype(x.dtype)
+    go = check_grad_output(grad_output, reduction, x.shape) if want_grad else None
+    if want_grad and out is not None:
+        check_out(out, x.shape, dtype)
+    if not logits:
+        _check_unit_interval(x, "probs", "Pass logits to binary_cross_entropy_with_logits "
+                                         "instead.")
+        _check_unit_interval(y, "target", "binary_cross_entropy takes target probabilities.")
+
+    # every check has passed: from here on only outputs are written
+    n = x.size
+    row_len = x.shape[-1] if x.ndim else 1
+    xf = np.ascontiguousarray(x, dtype=dtype).reshape(-1)
+    loss_arr = np.empty(x.shape, dtype=dtype) if reduction == "none" else None
+    grad = grad_flat = None
+    if want_grad:
+        grad = out if out is not None else np.empty(x.shape, dtype=dtype)
+        grad_flat = writable_view(grad, (n,))
+        if grad_flat is None or not grad_flat.flags.c_contiguous:
+            grad_flat = np.empty(n, dtype=dtype)  # written here, then copied into out
+        elif np.may_share_memory(grad_flat, xf) and not _same_memory_layout(grad_flat, xf):
+            xf = xf.copy()
+    operands = [np.ascontiguousarray(y, dtype=dtype).reshape(-1),
+                _flat_operand(w, x.shape, dtype, row_len),
+                _flat_operand(pw, x.shape, dtype, row_len)]
+    scale = 1.0
+    go_flat = None
+    if want_grad:
+        if go.ndim:
+            go_flat = np.ascontiguousarray(go, dtype=dtype).reshape(-1)
+        else:
+            scale = float(go)
+        if reduction == "mean" and n:
+            scale /= n
+        # nothing the kernel reads may change under the gradient it writes
+        operands = [_apart_from(a, grad_flat) for a in operands]
+        go_flat = _apart_from(go_flat, grad_flat)
+    total = 0.0
+    if n:
+        total = _kernels.binary_cross_entropy_kernel(
+            xf, *operands, row_len, logits, scale, go_flat,
+            None if loss_arr is None else loss_arr.reshape(-1), grad_flat, threads)
+    if want_grad and not np.may_share_memory(grad, grad_flat):
+        grad[...] = grad_flat.reshape(x.shape)
+    loss = loss_arr if reduction == "none" else _reduce(total, float(n), reduction, dtype)
+    return loss, grad
 
 
 def binary_cross_entropy_with_logits(logits, target, weight=None, *, pos_weight=None,
-                                     reduction="mean"):
+                                     reduction="mean", num_threads=None):
     """Binary cross-entropy of sigmoid(logits) against a probability target.
 
     ``loss = -weight * (pos_weight * y * log(sigmoid(x)) + (1 - y) * log(1 - sigmoid(x)))``,
@@ -593,29 +672,56 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, *, pos_weight=
     ...                                                     np.array([1.0, 0.0])), 6))
     1.410038
     """
-    reduction = check_reduction(reduction)
-    x, y = _check_binary(logits, target, "logits")
-    w = _broadcast_factor(weight, x.shape, "weight", "give one weight per element or per class")
-    pw = _broadcast_factor(pos_weight, x.shape, "pos_weight",
-                           "give one positive weight per class (the last axis)")
-    xd = x.astype(np.float64)
-    # an infinite logit gives NaN, as torch's formula does, without NumPy's warning
-    with np.errstate(invalid="ignore", over="ignore"):
-        softplus_neg = np.log1p(np.exp(-np.abs(xd))) + np.maximum(-xd, 0.0)
-        if pw is None:
-            loss = (1.0 - y) * xd + softplus_neg
-        else:
-            loss = (1.0 - y) * xd + (1.0 + (pw - 1.0) * y) * softplus_neg
-        if w is not None:
-            loss = loss * w
-    return _reduce_elementwise(loss, reduction, result_dtype(x.dtype))
+    loss, _ = _binary(logits, target, weight, pos_weight, reduction, True, False, None, None,
+                      num_threads)
+    return loss
 
 
-def binary_cross_entropy(probs, target, weight=None, *, reduction="mean"):
+def binary_cross_entropy_with_logits_grad(logits, target, weight=None, *, pos_weight=None,
+                                          reduction="mean", grad_output=1.0, out=None,
+                                          num_threads=None):
+    """Gradient of :func:`binary_cross_entropy_with_logits` with respect to the logits:
+    ``grad_output * weight * ((1 + (pos_weight - 1) * y) * sigmoid(x) - pos_weight * y)``,
+    divided by the element count for ``"mean"``.
+
+    ``grad_output`` is a scalar, or for ``"none"`` also an array of the
+    logits' shape; ``out`` (the logits' shape and result dtype) receives the
+    gradient, ``out=logits`` in place.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> fastce.binary_cross_entropy_with_logits_grad(np.array([0.0, 2.0]),
+    ...                                              np.array([1.0, 0.0])).round(6)
+    array([-0.25    ,  0.440399])
+    """
+    _, grad = _binary(logits, target, weight, pos_weight, reduction, True, True, grad_output,
+                      out, num_threads)
+    return grad
+
+
+def binary_cross_entropy_with_logits_with_grad(logits, target, weight=None, *, pos_weight=None,
+                                               reduction="mean", grad_output=1.0, out=None,
+                                               num_threads=None):
+    """``(loss, grad)`` of :func:`binary_cross_entropy_with_logits` from one pass.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> loss, grad = fastce.binary_cross_entropy_with_logits_with_grad(
+    ...     np.array([0.0, 2.0]), np.array([1.0, 0.0]))
+    >>> float(round(loss, 6)), grad.round(6)
+    (1.410038, array([-0.25    ,  0.440399]))
+    """
+    return _binary(logits, target, weight, pos_weight, reduction, True, True, grad_output, out,
+                   num_threads)
+
+
+def binary_cross_entropy(probs, target, weight=None, *, reduction="mean", num_threads=None):
     """Binary cross-entropy of probabilities, each log clamped at -100 as torch does.
 
-    Raises ``ValueError`` when a probability lies outside ``[0, 1]`` (NaN
-    included).
+    Raises ``ValueError`` when a probability or a target lies outside
+    ``[0, 1]`` (NaN included), as torch does.
 
     Examples
     --------
@@ -623,23 +729,42 @@ def binary_cross_entropy(probs, target, weight=None, *, reduction="mean"):
     >>> float(round(fastce.binary_cross_entropy(np.array([0.8, 0.1]), np.array([1.0, 0.0])), 6))
     0.164252
     """
-    reduction = check_reduction(reduction)
-    p, y = _check_binary(probs, target, "probs")
-    w = _broadcast_factor(weight, p.shape, "weight", "give one weight per element or per class")
-    pd = p.astype(np.float64)
-    if not np.all((pd >= 0.0) & (pd <= 1.0)):
-        bad = int(np.argmax(~((pd >= 0.0) & (pd <= 1.0))))
-        raise ValueError(
-            f"probs must lie in [0, 1]; got {float(pd.reshape(-1)[bad])} at flat position {bad}. "
-            "Pass logits to binary_cross_entropy_with_logits instead."
-        )
-    with np.errstate(divide="ignore"):
-        log_p = np.maximum(np.log(pd), -100.0)
-        log_1mp = np.maximum(np.log1p(-pd), -100.0)
-    loss = -(y * log_p + (1.0 - y) * log_1mp)
-    if w is not None:
-        loss = loss * w
-    return _reduce_elementwise(loss, reduction, result_dtype(p.dtype))
+    loss, _ = _binary(probs, target, weight, None, reduction, False, False, None, None,
+                      num_threads)
+    return loss
+
+
+def binary_cross_entropy_grad(probs, target, weight=None, *, reduction="mean", grad_output=1.0,
+                              out=None, num_threads=None):
+    """Gradient of :func:`binary_cross_entropy` with respect to the probabilities,
+    as torch computes it: ``grad_output * weight * (p - y) / max((1 - p) * p, 1e-12)``,
+    divided by the element count for ``"mean"``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> fastce.binary_cross_entropy_grad(np.array([0.8, 0.1]), np.array([1.0, 0.0])).round(6)
+    array([-0.625   ,  0.555556])
+    """
+    _, grad = _binary(probs, target, weight, None, reduction, False, True, grad_output, out,
+                      num_threads)
+    return grad
+
+
+def binary_cross_entropy_with_grad(probs, target, weight=None, *, reduction="mean",
+                                   grad_output=1.0, out=None, num_threads=None):
+    """``(loss, grad)`` of :func:`binary_cross_entropy` from one pass.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> loss, grad = fastce.binary_cross_entropy_with_grad(np.array([0.8, 0.1]),
+    ...                                                    np.array([1.0, 0.0]))
+    >>> float(round(loss, 6)), grad.round(6)
+    (0.164252, array([-0.625   ,  0.555556]))
+    """
+    return _binary(probs, target, weight, None, reduction, False, True, grad_output, out,
+                   num_threads)
 
 
 class CrossEntropyLoss:

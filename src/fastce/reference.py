@@ -49,7 +49,11 @@ __all__ = [
     "softmax",
     "logsumexp",
     "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_grad",
+    "binary_cross_entropy_with_logits_with_grad",
     "binary_cross_entropy",
+    "binary_cross_entropy_grad",
+    "binary_cross_entropy_with_grad",
     "CrossEntropyLoss",
 ]
 
@@ -297,16 +301,19 @@ def _reduce_elementwise(loss, reduction):
 
 def binary_cross_entropy_with_logits(logits, target, weight=None, *,
                                      pos_weight=None, reduction="mean"):
-    """``(1 - y) * x + (1 + (pw - 1) * y) * (log1p(exp(-|x|)) + max(-x, 0))``,
-    times ``weight``; ``pos_weight`` broadcasts against the last axis."""
+    """``(1 - y) * x + c * softplus(-x)`` times ``weight``, ``c = 1 + (pw - 1) * y``,
+    ``pos_weight`` broadcasting against the last axis; summed as
+    ``c * log1p(exp(-|x|)) + (x < 0 ? -pw * y * x : (1 - y) * x)``, two terms of
+    one sign, so that a small loss is not lost to cancellation.  A logit of
+    -inf gives NaN, as torch's formula does."""
     x = _as_float64(logits)
     y = _as_float64(target)
     pw = 1.0 if pos_weight is None else _as_float64(pos_weight)
     with np.errstate(invalid="ignore", over="ignore"):
-        log_weight = 1.0 + (pw - 1.0) * y
-        loss = (1.0 - y) * x + log_weight * (
-            np.log1p(np.exp(-np.abs(x))) + np.maximum(-x, 0.0)
-        )
+        c = 1.0 + (pw - 1.0) * y
+        linear = np.where(x < 0, -pw * y * x, (1.0 - y) * x)
+        loss = c * np.log1p(np.exp(-np.abs(x))) + linear
+        loss = np.where(x == -np.inf, np.nan, loss)
         if weight is not None:
             loss = loss * _as_float64(weight)
     return _reduce_elementwise(np.broadcast_to(loss, x.shape), reduction)
@@ -323,3 +330,51 @@ def binary_cross_entropy(probs, target, weight=None, *, reduction="mean"):
         if weight is not None:
             loss = loss * _as_float64(weight)
     return _reduce_elementwise(np.broadcast_to(loss, p.shape), reduction)
+
+
+def _elementwise_grad_scale(grad_output, reduction, shape):
+    """``grad_output`` spread over the elements, divided by their count for "mean"."""
+    g = np.broadcast_to(_as_float64(grad_output), shape)
+    n = int(np.prod(shape))
+    return g / n if reduction == "mean" and n else g
+
+
+def binary_cross_entropy_with_logits_grad(logits, target, weight=None, *, pos_weight=None,
+                                          reduction="mean", grad_output=1.0):
+    """``grad_output * w * ((1 + (pw - 1) * y) * sigmoid(x) - pw * y)``."""
+    x = _as_float64(logits)
+    y = _as_float64(target)
+    pw = 1.0 if pos_weight is None else _as_float64(pos_weight)
+    with np.errstate(invalid="ignore", over="ignore"):
+        sigmoid = 0.5 * (1.0 + np.tanh(0.5 * x))
+        grad = (1.0 + (pw - 1.0) * y) * sigmoid - pw * y
+        if weight is not None:
+            grad = grad * _as_float64(weight)
+        grad = grad * _elementwise_grad_scale(grad_output, reduction, x.shape)
+    return np.broadcast_to(grad, x.shape).copy()
+
+
+def binary_cross_entropy_with_logits_with_grad(logits, target, weight=None, *, pos_weight=None,
+                                               reduction="mean", grad_output=1.0):
+    return (binary_cross_entropy_with_logits(logits, target, weight, pos_weight=pos_weight,
+                                             reduction=reduction),
+            binary_cross_entropy_with_logits_grad(logits, target, weight, pos_weight=pos_weight,
+                                                  reduction=reduction, grad_output=grad_output))
+
+
+def binary_cross_entropy_grad(probs, target, weight=None, *, reduction="mean", grad_output=1.0):
+    """``grad_output * w * (p - y) / max((1 - p) * p, 1e-12)``, as torch's."""
+    p = _as_float64(probs)
+    y = _as_float64(target)
+    grad = (p - y) / np.maximum((1.0 - p) * p, 1e-12)
+    if weight is not None:
+        grad = grad * _as_float64(weight)
+    grad = grad * _elementwise_grad_scale(grad_output, reduction, p.shape)
+    return np.broadcast_to(grad, p.shape).copy()
+
+
+def binary_cross_entropy_with_grad(probs, target, weight=None, *, reduction="mean",
+                                   grad_output=1.0):
+    return (binary_cross_entropy(probs, target, weight, reduction=reduction),
+            binary_cross_entropy_grad(probs, target, weight, reduction=reduction,
+                                      grad_output=grad_output))

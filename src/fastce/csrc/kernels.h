@@ -47,7 +47,11 @@ typedef struct {
                                   const T *, T *);                                      \
     void (*tile_shift_##SFX)(const T *, ptrdiff_t, const T *, const T *, T *);          \
     void (*tile_extras_##SFX)(const T *, ptrdiff_t, int64_t, const T *, const T *,      \
-                              const int64_t *, T *, int64_t *, int64_t *);
+                              const int64_t *, T *, int64_t *, int64_t *);             \
+    double (*bce_logits_##SFX)(const T *, const T *, const T *, const T *, ptrdiff_t, T, \
+                               const T *, T *, T *);                                    \
+    double (*bce_probs_##SFX)(const T *, const T *, const T *, ptrdiff_t, T, const T *, \
+                              T *, T *);
 
 typedef struct {
     FASTCE_KERNEL_FIELDS(float, f32)

@@ -432,50 +432,175 @@ static void KNAME(tile_extras)(const T *x, ptrdiff_t n, int64_t c, const T *m, c
     }
 }
 
+/* ---- the logarithm ------------------------------------------------------------ */
+
 #ifdef FASTCE_F64
-/* log(s) for s >= 1, NaN or +inf: s = 2^e f with f in [sqrt(1/2), sqrt(2)),
- * and log f = 2 atanh(z), z = (f - 1) / (f + 1), |z| <= 0.1716, summed to
- * z^21.  f - 1 is exact near 1, so a sum just above 1 keeps its relative
- * accuracy. */
-VINLINE V KNAME(vlog_ge1)(V s) {
-    const V one = VOP(set1)(1.0);
+#define LOG_MIN_NORMAL 0x1p-1022
+#define LOG_SUBNORMAL_SCALE 0x1p54
+#define LOG_SUBNORMAL_EXP 54.0
+#define LN2_HI FASTCE_EXP_LN2_HI
+#define LN2_LO FASTCE_EXP_LN2_LO
+#else
+#define LOG_MIN_NORMAL 0x1p-126f
+#define LOG_SUBNORMAL_SCALE 0x1p25f
+#define LOG_SUBNORMAL_EXP 25.0f
+#define LN2_HI FASTCE_EXPF_LN2_HI
+#define LN2_LO FASTCE_EXPF_LN2_LO
+#endif
+
+/* 2 atanh(z) = log((1 + z) / (1 - z)) for |z| <= 1/3, as 2z + 2z z^2 P(z^2)
+ * with P's coefficients 1/3, 1/5, ...: terms past the last one kept are below
+ * half an ulp of the result (to z^33 in double, z^15 in float; |z| <= 0.1716,
+ * as the logarithm below has it, needs fewer, but one series serves both). */
+VINLINE V KNAME(two_atanh)(V z) {
+    V z2 = VOP(mul)(z, z);
+#ifdef FASTCE_F64
+    V p = VOP(set1)(1.0 / 33.0);
+    for (int k = 31; k >= 3; k -= 2) p = VOP(fma)(p, z2, VOP(set1)(1.0 / k));
+#else
+    V p = VOP(set1)(1.0f / 15.0f);
+    for (int k = 13; k >= 3; k -= 2) p = VOP(fma)(p, z2, VOP(set1)(1.0f / (float)k));
+#endif
+    V two_z = VOP(add)(z, z);
+    return VOP(fma)(two_z, VOP(mul)(z2, p), two_z);
+}
+
+/* log(1 + u) for |u| <= 1/2, accurate for tiny u: 2 atanh(u / (2 + u)) */
+VINLINE V KNAME(vlog1p_small)(V u) {
+    return KNAME(two_atanh)(VOP(div)(u, VOP(add)(VOP(set1)(2), u)));
+}
+
+/* log(s) for s >= 0: s = 2^e f with f in [sqrt(1/2), sqrt(2)), log f =
+ * 2 atanh((f - 1) / (f + 1)).  f - 1 is exact near 1, so a value just above
+ * 1 (a sum of exponentials) keeps its relative accuracy.  Subnormal s is
+ * scaled up first; 0 gives -inf; NaN and +inf are their own logarithm. */
+VINLINE V KNAME(vlog)(V s) {
+    const V one = VOP(set1)(1);
+    M tiny = VOP(lt)(s, VOP(set1)(LOG_MIN_NORMAL));
     V exponent;
-    V f = VOP(split_exp)(s, &exponent);
+    V f = VOP(split_exp)(VOP(select)(tiny, VOP(mul)(s, VOP(set1)(LOG_SUBNORMAL_SCALE)), s), &exponent);
+    exponent = VOP(sub)(exponent, VOP(keep)(tiny, VOP(set1)(LOG_SUBNORMAL_EXP)));
     M big = VOP(gt)(f, VOP(set1)(1.4142135623730951));
     f = VOP(select)(big, VOP(mul)(f, VOP(set1)(0.5)), f);
     exponent = VOP(add)(exponent, VOP(keep)(big, one));
-    V z = VOP(div)(VOP(sub)(f, one), VOP(add)(f, one));
-    V z2 = VOP(mul)(z, z);
-    V p = VOP(set1)(1.0 / 21.0);
-    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 19.0));
-    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 17.0));
-    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 15.0));
-    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 13.0));
-    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 11.0));
-    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 9.0));
-    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 7.0));
-    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 5.0));
-    p = VOP(fma)(p, z2, VOP(set1)(1.0 / 3.0));
-    p = VOP(mul)(p, z2);
-    V two_z = VOP(add)(z, z);
-    V log_f = VOP(fma)(two_z, p, two_z);
-    V r = VOP(fma)(exponent, VOP(set1)(FASTCE_EXP_LN2_HI),
-                   VOP(fma)(exponent, VOP(set1)(FASTCE_EXP_LN2_LO), log_f));
-    /* NaN and +inf are their own logarithm */
+    V log_f = KNAME(two_atanh)(VOP(div)(VOP(sub)(f, one), VOP(add)(f, one)));
+    V r = VOP(fma)(exponent, VOP(set1)(LN2_HI), VOP(fma)(exponent, VOP(set1)(LN2_LO), log_f));
+    r = VOP(select)(VOP(eq)(s, VOP(zero)()), VOP(set1)(-INFINITY), r);
     return VOP(select)(VOP(lt)(s, VOP(set1)(INFINITY)), r, s);
 }
 
+#ifdef FASTCE_F64
 VINLINE void KNAME(tile_log_at)(ptrdiff_t k, M in, int full, const double *s, double *out) {
     /* 1 in the lanes past the end: a sum's domain */
     V v = full ? VOP(load)(s + k) : VOP(load_part_or)(s + k, in, VOP(set1)(1.0));
-    KNAME(store_in)(out + k, in, full, KNAME(vlog_ge1)(v));
+    KNAME(store_in)(out + k, in, full, KNAME(vlog)(v));
 }
 
+/* log of per-sample sums of exponentials (each at least 1, or NaN, or +inf) */
 static void KNAME_ISA(tile_log)(const double *s, ptrdiff_t n, double *out) {
     FASTCE_TILE_LOOP(KNAME(tile_log_at), s, out);
 }
 #endif
 
+/* ---- binary cross-entropy, element by element ---------------------------------
+ * n contiguous elements: x the logits (or p the probabilities), y the targets,
+ * w the weights and pw the positive weights (NULL: 1 each).  loss_out (NULL:
+ * not wanted) receives each element's loss; grad (NULL: not wanted) receives
+ * g * go * dloss/dx, with go the per-element grad_output (NULL: 1 each).
+ * Returns the sum of the losses.  y, w, pw and go are never written; grad may
+ * be x. */
+
+/* the lanes of in from p, 1 where p is NULL */
+VINLINE V KNAME(load_or_one)(const T *p, M in, int full) {
+    return p == NULL ? VOP(set1)(1) : KNAME(load_in)(p, in, full);
+}
+
+/* loss = w ((1 - y) x + c softplus(-x)) with c = 1 + (pw - 1) y, written as
+ * w (c log1p(e) + (x < 0 ? -pw y x : (1 - y) x)), e = exp(-|x|): two terms
+ * of one sign, so a small loss keeps its relative accuracy.  Its derivative is
+ * w (x < 0 ? c s - pw y : (1 - y) - c s), s = sigmoid(-|x|) = e / (1 + e).  A
+ * logit of -inf gives NaN, +inf NaN or inf, as torch's formula does. */
+VINLINE V KNAME(bce_logits_at)(ptrdiff_t k, M in, int full, const T *x, const T *y, const T *w,
+                               const T *pw, T g, const T *go, T *loss_out, T *grad) {
+    const V one = VOP(set1)(1), zero = VOP(zero)();
+    V xv = KNAME(load_in)(x + k, in, full), yv = KNAME(load_in)(y + k, in, full);
+    V e = KNAME(vexp_neg)(VOP(sub)(zero, VOP(max)(xv, VOP(sub)(zero, xv)))); /* exp(-|x|) */
+    V pw_y = pw == NULL ? yv : VOP(mul)(KNAME(load_in)(pw + k, in, full), yv);
+    V c = VOP(add)(VOP(sub)(one, yv), pw_y);
+    V one_minus_y = VOP(sub)(one, yv);
+    M negative = VOP(lt)(xv, zero);
+    V linear = VOP(mul)(VOP(select)(negative, VOP(sub)(zero, pw_y), one_minus_y), xv);
+    V wv = KNAME(load_or_one)(w == NULL ? NULL : w + k, in, full);
+    V loss = VOP(mul)(wv, VOP(fma)(c, KNAME(vlog1p_small)(e), linear));
+    loss = VOP(select)(VOP(eq)(xv, VOP(set1)(-INFINITY)), VOP(set1)(NAN), loss);
+    if (loss_out != NULL) KNAME(store_in)(loss_out + k, in, full, loss);
+    if (grad != NULL) {
+        V c_s = VOP(mul)(c, VOP(div)(e, VOP(add)(one, e)));
+        V d = VOP(mul)(wv, VOP(select)(negative, VOP(sub)(c_s, pw_y), VOP(sub)(one_minus_y, c_s)));
+        V gv = VOP(mul)(VOP(set1)(g), KNAME(load_or_one)(go == NULL ? NULL : go + k, in, full));
+        KNAME(store_in)(grad + k, in, full, VOP(mul)(gv, d));
+    }
+    return full ? loss : VOP(keep)(in, loss);
+}
+
+/* loss = -w (y max(log p, -100) + (1 - y) max(log(1 - p), -100)), log(1 - p)
+ * as log1p(-p) below 1/2; its derivative w (p - y) / max((1 - p) p, 1e-12),
+ * as torch's. */
+VINLINE V KNAME(bce_probs_at)(ptrdiff_t k, M in, int full, const T *p, const T *y, const T *w,
+                              const T *pw, T g, const T *go, T *loss_out, T *grad) {
+    (void)pw;
+    const V one = VOP(set1)(1), floor = VOP(set1)(-100);
+    V pv = KNAME(load_in)(p + k, in, full), yv = KNAME(load_in)(y + k, in, full);
+    V log_p = VOP(max)(KNAME(vlog)(pv), floor);
+    V one_minus_p = VOP(sub)(one, pv);
+    V log_1mp = VOP(select)(VOP(lt)(pv, VOP(set1)(0.5)), KNAME(vlog1p_small)(VOP(sub)(VOP(zero)(), pv)),
+                            KNAME(vlog)(one_minus_p));
+    log_1mp = VOP(max)(log_1mp, floor);
+    V wv = KNAME(load_or_one)(w == NULL ? NULL : w + k, in, full);
+    V loss = VOP(mul)(wv, VOP(sub)(VOP(zero)(), VOP(fma)(yv, log_p, VOP(mul)(VOP(sub)(one, yv), log_1mp))));
+    if (loss_out != NULL) KNAME(store_in)(loss_out + k, in, full, loss);
+    if (grad != NULL) {
+        V denominator = VOP(max)(VOP(mul)(one_minus_p, pv), VOP(set1)(1e-12));
+        V d = VOP(div)(VOP(mul)(wv, VOP(sub)(pv, yv)), denominator);
+        V gv = VOP(mul)(VOP(set1)(g), KNAME(load_or_one)(go == NULL ? NULL : go + k, in, full));
+        KNAME(store_in)(grad + k, in, full, VOP(mul)(gv, d));
+    }
+    return full ? loss : VOP(keep)(in, loss);
+}
+
+/* the sum in the working precision for FASTCE_CHUNK elements at a time, as
+ * the row sums are, then in double */
+#define FASTCE_ELEMENTWISE_SUM(step)                                                     \
+    double total = 0.0;                                                                 \
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                       \
+        ptrdiff_t end = n - start < FASTCE_CHUNK ? n : start + FASTCE_CHUNK;            \
+        V acc = VOP(zero)();                                                            \
+        ptrdiff_t k = start;                                                            \
+        for (; k + L <= end; k += L)                                                    \
+            acc = VOP(add)(acc, step(k, VOP(first)(L), 1, x, y, w, pw, g, go, loss_out, grad)); \
+        if (k < end)                                                                    \
+            acc = VOP(add)(acc, step(k, VOP(first)(end - k), 0, x, y, w, pw, g, go, loss_out, grad)); \
+        total += VOP(hsum)(acc);                                                        \
+    }                                                                                   \
+    return total;
+
+static double KNAME(bce_logits)(const T *x, const T *y, const T *w, const T *pw, ptrdiff_t n,
+                                T g, const T *go, T *loss_out, T *grad) {
+    FASTCE_ELEMENTWISE_SUM(KNAME(bce_logits_at))
+}
+
+static double KNAME(bce_probs)(const T *x, const T *y, const T *w, ptrdiff_t n, T g,
+                               const T *go, T *loss_out, T *grad) {
+    const T *pw = NULL;
+    FASTCE_ELEMENTWISE_SUM(KNAME(bce_probs_at))
+}
+
+#undef FASTCE_ELEMENTWISE_SUM
+#undef LOG_MIN_NORMAL
+#undef LOG_SUBNORMAL_SCALE
+#undef LOG_SUBNORMAL_EXP
+#undef LN2_HI
+#undef LN2_LO
 #undef FASTCE_TILE_LOOP
 #undef EXP_LO
 #undef EXP_SHIFTER

@@ -86,6 +86,13 @@ VINLINE __m256 v_avx2_f32_ldexp_shifted(__m256 p, __m256 t) {
                                                 _mm256_slli_epi32(_mm256_castps_si256(t), 23)));
 }
 
+VINLINE __m256 v_avx2_f32_split_exp(__m256 s, __m256 *e) {
+    __m256i bits = _mm256_castps_si256(s);
+    *e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
+    return _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
+                                               _mm256_castps_si256(_mm256_set1_ps(1.0f))));
+}
+
 /* ---- double, 4 lanes ---- */
 typedef __m256d v_avx2_f64_t;
 typedef __m256d v_avx2_f64_m;

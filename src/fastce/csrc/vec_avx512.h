@@ -75,6 +75,11 @@ VINLINE __m512 v_avx512_f32_ldexp_shifted(__m512 p, __m512 t) {
                                                 _mm512_slli_epi32(_mm512_castps_si512(t), 23)));
 }
 
+VINLINE __m512 v_avx512_f32_split_exp(__m512 s, __m512 *e) {
+    *e = _mm512_getexp_ps(s);
+    return _mm512_getmant_ps(s, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+}
+
 /* ---- double, 8 lanes ---- */
 typedef __m512d v_avx512_f64_t;
 typedef __mmask8 v_avx512_f64_m;

@@ -33,14 +33,4 @@
 #define FASTCE_BASE_BIAS 1023
 #include "vec_base_impl.h"
 
-/* s = f * 2^e with f in [1, 2), for finite normal s >= 1 */
-VINLINE v_base_f64_t v_base_f64_split_exp(v_base_f64_t s, v_base_f64_t *e) {
-    v_base_f64_m bits = v_base_f64_bits(s);
-    v_base_f64_m biased = v_base_f64_shr_bits(bits, 52);
-    for (int k = 0; k < v_base_f64_lanes; k++) ((double *)e)[k] = (double)((uint64_t *)&biased)[k] - 1023.0;
-    return v_base_f64_from_bits(v_base_f64_or_m(
-        v_base_f64_and_m(bits, v_base_f64_set1_bits(0x000FFFFFFFFFFFFFULL)),
-        v_base_f64_set1_bits(0x3FF0000000000000ULL)));
-}
-
 #endif /* FASTCE_VEC_BASE_H */

@@ -107,6 +107,15 @@ VINLINE VOP(t) VOP(ldexp_shifted)(VOP(t) p, VOP(t) t) {
     return VOP(from_bits)(VOP(add_bits)(VOP(bits)(p), VOP(shl_bits)(VOP(bits)(t), FASTCE_BASE_MANT)));
 }
 
+/* s = f * 2^e with f in [1, 2), for finite normal s > 0 */
+VINLINE VOP(t) VOP(split_exp)(VOP(t) s, VOP(t) *e) {
+    VOP(m) bits = VOP(bits)(s);
+    VOP(m) biased = VOP(shr_bits)(bits, FASTCE_BASE_MANT);
+    VOP(m) mantissa = VOP(set1_bits)(((U_)1 << FASTCE_BASE_MANT) - 1);
+    LANES_ LANE_(*e, k) = (T_)LANE_(biased, k) - (T_)FASTCE_BASE_BIAS;
+    return VOP(from_bits)(VOP(or_m)(VOP(and_m)(bits, mantissa), VOP(bits)(VOP(set1)(1))));
+}
+
 #undef LANEWISE_
 #undef COMPARE_
 #undef BITWISE_

@@ -22,7 +22,7 @@
  *   hsum(v) hmax(v)        sum of the lanes in double; maximum of the lanes
  *   pow2_shifted(t)        2^n for t = n + 1.5 * 2^mant (n in t's low bits), n >= -bias + 1
  *   ldexp_shifted(p, t)    p * 2^n by adding n to p's exponent field
- *   split_exp(s, &e)       (double) s = f * 2^e, f in [1, 2), for finite s > 0 normal
+ *   split_exp(s, &e)       s = f * 2^e, f in [1, 2), for finite normal s > 0
  */
 #ifndef FASTCE_VEC_NAMES_H
 #define FASTCE_VEC_NAMES_H
