@@ -150,3 +150,17 @@ def test_num_threads_is_checked(bad, error):
         fastce.softmax(np.zeros((2, 3)), num_threads=bad)
     with pytest.raises(error, match="num_threads must be"):
         fastce.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("user, want", [
+    ({}, "10000 None"),
+    ({"OMP_WAIT_POLICY": "active"}, "None active"),
+    ({"GOMP_SPINCOUNT": "5"}, "5 None"),
+])
+def test_a_short_openmp_spin_is_set_unless_the_user_chose_a_policy(user, want):
+    code = ("import os, fastce; "
+            "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    done = subprocess.run([sys.executable, "-c", code], env=dict(env, **user),
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == want.split()

@@ -1,5 +1,14 @@
 """fastce: fast CPU softmax cross-entropy with PyTorch's semantics and a NumPy interface."""
 
+import os as _os
+
+# GNU OpenMP's idle threads spin for about a millisecond after each parallel call; on a
+# machine whose other cores are busy, that spinning holds up the next call more than the
+# work does.  A short spin keeps an idle machine's speed.  Read when the runtime loads,
+# which importing the kernels below does; a user's own setting wins.
+if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["GOMP_SPINCOUNT"] = "10000"
+
 from ._config import get_num_threads, set_num_threads, show_config
 from .functional import (
     CrossEntropyLoss,

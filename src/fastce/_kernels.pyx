@@ -16,7 +16,9 @@ Two loop shapes serve every case:
 
 Reductions over samples are computed per fixed-size block into float64
 partials, then added in block order, so totals do not depend on the number of
-threads.  The Python layer validates everything; these functions cannot fail.
+threads.  Blocks are handed to the threads as they become free (a dynamic
+schedule): on a busy machine a thread the OS deschedules holds up only the
+block it is in, and which thread computes a block never changes its bits.  The Python layer validates everything; these functions cannot fail.
 """
 
 cimport cython
@@ -607,7 +609,7 @@ cdef void ce_run(const floating* x, const index_t* t, const floating* p,
         for u in range(n_units):
             partials[u] = ce_block(x, t, p, L, opt, loss_out, gout, grad, u, tiled)
     else:
-        for u in prange(n_units, schedule="static", num_threads=nthreads):
+        for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
             partials[u] = ce_block(x, t, p, L, opt, loss_out, gout, grad, u, tiled)
 
 
@@ -1000,7 +1002,7 @@ def softmax_family(const floating[:, :, :] x, int op, floating[:, :] reduced_out
             for u in range(n_units):
                 softmax_block(&x[0, 0, 0], &L, op, y, u, tiled)
         else:
-            for u in prange(n_units, schedule="static", num_threads=nthreads):
+            for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
                 softmax_block(&x[0, 0, 0], &L, op, y, u, tiled)
 
 
@@ -1070,7 +1072,7 @@ def nll_loss_kernel(const floating[:, :, :] log_probs,
             for u in range(n_units):
                 partials[u] = nll_block(&log_probs[0, 0, 0], &target[0, 0], &L, &opt, lo, u)
         else:
-            for u in prange(n_units, schedule="static", num_threads=nthreads):
+            for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
                 partials[u] = nll_block(&log_probs[0, 0, 0], &target[0, 0], &L, &opt, lo, u)
         total = ordered_sum(&partials[0], n_units)
     return total
@@ -1219,7 +1221,7 @@ def binary_cross_entropy_kernel(const floating[::1] x, const floating[::1] y,
             for u in range(n_units):
                 partials[u] = binary_block(&x[0], &y[0], wp, pwp, gop, lp, yp, &call, u)
         else:
-            for u in prange(n_units, schedule="static", num_threads=nthreads):
+            for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
                 partials[u] = binary_block(&x[0], &y[0], wp, pwp, gop, lp, yp, &call, u)
         total = ordered_sum(partials, n_units)
     if partials != few_partials:
@@ -1247,7 +1249,7 @@ def exp_sum_roof(const floating[:, ::1] x, int num_threads=0):
             for u in range(n_units):
                 partials[u] = roof_block(&x[0, 0], C, rows, per, u)
         else:
-            for u in prange(n_units, schedule="static", num_threads=nthreads):
+            for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
                 partials[u] = roof_block(&x[0, 0], C, rows, per, u)
     return ordered_sum(&partials[0], n_units)
 
