@@ -320,6 +320,151 @@ def run(workloads: list[str], threads: int, repeats: int, passes: tuple[str, ...
     return rows
 
 
+FAMILY_SHAPES = [((4096, 1000), np.float32), ((4096, 1000), np.float64),
+                 ((512, 128000), np.float32)]
+
+
+def family_calls(shape, dtype, threads: int):
+    """(function, variant, fastce call, torch call or None) for every public
+    function on logits of ``shape`` and ``dtype``: what a user of each library
+    writes for the same result (torch's autograd for a gradient)."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape, dtype=np.float32) * 2).astype(dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    y = rng.random(shape).astype(dtype)
+    p = (1.0 / (1.0 + np.exp(-x))).astype(dtype)
+    logp = fastce.log_softmax(x)
+    buf = np.empty_like(x)
+    red = np.empty(shape[0], dtype=dtype)
+    calls = [
+        ("cross_entropy", "", lambda: fastce.cross_entropy(x, t)),
+        ("cross_entropy_grad", "", lambda: fastce.cross_entropy_grad(x, t)),
+        ("cross_entropy_grad", "out=", lambda: fastce.cross_entropy_grad(x, t, out=buf)),
+        ("cross_entropy_with_grad", "", lambda: fastce.cross_entropy_with_grad(x, t)),
+        ("log_softmax", "", lambda: fastce.log_softmax(x)),
+        ("log_softmax", "out=", lambda: fastce.log_softmax(x, out=buf)),
+        ("softmax", "", lambda: fastce.softmax(x)),
+        ("softmax", "out=", lambda: fastce.softmax(x, out=buf)),
+        ("logsumexp", "", lambda: fastce.logsumexp(x)),
+        ("nll_loss", "", lambda: fastce.nll_loss(logp, t)),
+        ("binary_cross_entropy_with_logits", "", lambda: fastce.binary_cross_entropy_with_logits(x, y)),
+        ("binary_cross_entropy_with_logits_grad", "",
+         lambda: fastce.binary_cross_entropy_with_logits_grad(x, y)),
+        ("binary_cross_entropy_with_logits_with_grad", "",
+         lambda: fastce.binary_cross_entropy_with_logits_with_grad(x, y)),
+        ("binary_cross_entropy", "", lambda: fastce.binary_cross_entropy(p, y)),
+        ("binary_cross_entropy_grad", "", lambda: fastce.binary_cross_entropy_grad(p, y)),
+        ("binary_cross_entropy_with_grad", "", lambda: fastce.binary_cross_entropy_with_grad(p, y)),
+        ("evaluate", "", lambda: fastce.evaluate(x, t, topk=(1, 5))),
+    ]
+    rivals = {}
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        torch = None
+    if torch is not None:
+        torch.set_num_threads(threads)
+        tx, tt, ty, tp = (torch.from_numpy(a) for a in (x, t, y, p))
+        tlogp, tbuf, tred = torch.from_numpy(logp), torch.from_numpy(buf), torch.from_numpy(red)
+
+        def grad_of(loss_fn, leaf_data, *args):
+            leaf = leaf_data.detach().clone().requires_grad_(True)
+
+            def call():
+                leaf.grad = None
+                loss = loss_fn(leaf, *args)
+                loss.backward()
+                return loss, leaf.grad
+            return call
+
+        def no_grad(fn):
+            def call():
+                with torch.no_grad():
+                    return fn()
+            return call
+
+        ce_grad = grad_of(F.cross_entropy, tx, tt)
+        bcel_grad = grad_of(F.binary_cross_entropy_with_logits, tx, ty)
+        bce_grad = grad_of(F.binary_cross_entropy, tp, ty)
+
+        def evaluate_torch():
+            with torch.no_grad():
+                loss = F.cross_entropy(tx, tt, reduction="none")
+                top = tx.topk(5, dim=1).indices
+                hits = top == tt[:, None]
+                confidence = torch.softmax(tx, dim=1).max(dim=1).values
+                return loss.mean(), hits[:, 0].float().mean(), hits.any(1).float().mean(), \
+                    confidence.mean()
+
+        rivals = {
+            ("cross_entropy", ""): no_grad(lambda: F.cross_entropy(tx, tt)),
+            ("cross_entropy_grad", ""): ce_grad,
+            ("cross_entropy_grad", "out="): ce_grad,
+            ("cross_entropy_with_grad", ""): ce_grad,
+            ("log_softmax", ""): no_grad(lambda: torch.log_softmax(tx, 1)),
+            ("log_softmax", "out="): no_grad(lambda: torch._log_softmax(tx, 1, False, out=tbuf)),
+            ("softmax", ""): no_grad(lambda: torch.softmax(tx, 1)),
+            ("softmax", "out="): no_grad(lambda: torch._softmax(tx, 1, False, out=tbuf)),
+            ("logsumexp", ""): no_grad(lambda: torch.logsumexp(tx, 1, out=tred)),
+            ("nll_loss", ""): no_grad(lambda: F.nll_loss(tlogp, tt)),
+            ("binary_cross_entropy_with_logits", ""):
+                no_grad(lambda: F.binary_cross_entropy_with_logits(tx, ty)),
+            ("binary_cross_entropy_with_logits_grad", ""): bcel_grad,
+            ("binary_cross_entropy_with_logits_with_grad", ""): bcel_grad,
+            ("binary_cross_entropy", ""): no_grad(lambda: F.binary_cross_entropy(tp, ty)),
+            ("binary_cross_entropy_grad", ""): bce_grad,
+            ("binary_cross_entropy_with_grad", ""): bce_grad,
+            ("evaluate", ""): evaluate_torch,
+        }
+    return [(name, variant, call, rivals.get((name, variant))) for name, variant, call in calls]
+
+
+def family_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]]:
+    """Every public function against torch on FAMILY_SHAPES, each pair
+    interleaved: the columns and rows of a table."""
+    fastce.set_num_threads(threads)
+    body = []
+    for shape, dtype in FAMILY_SHAPES:
+        for name, variant, call, rival in family_calls(shape, dtype, threads):
+            calls = [call] + ([rival] if rival is not None else [])
+            times = median_times(calls, repeats, 0.02)
+            body.append([name, variant, "x".join(map(str, shape)), np.dtype(dtype).name,
+                         f"{times[0] * 1e3:.4g}",
+                         f"{times[1] * 1e3:.4g}" if rival is not None else "",
+                         f"{times[1] / times[0]:.2f}x" if rival is not None else ""])
+    fastce.set_num_threads(None)
+    return ["function", "variant", "shape", "dtype", "fastce ms", "torch ms", "vs torch"], body
+
+
+BUSY_SCRIPT = "while True: pass"
+
+
+def busy_table(repeats: int) -> tuple[list[str], list[list[str]]]:
+    """fastce with 1 and 2 threads while another process spins on a core (a
+    second thread that the OS deschedules must not stall the call): the
+    columns and rows of a table."""
+    import subprocess
+
+    spinner = subprocess.Popen([sys.executable, "-c", BUSY_SCRIPT])
+    body = []
+    try:
+        time.sleep(0.5)
+        for shape, dtype in FAMILY_SHAPES:
+            rng = np.random.default_rng(0)
+            x = (rng.standard_normal(shape, dtype=np.float32) * 2).astype(dtype)
+            t = rng.integers(0, shape[1], shape[0])
+            one, two = median_times([lambda: fastce.cross_entropy(x, t, num_threads=1),
+                                     lambda: fastce.cross_entropy(x, t, num_threads=2)],
+                                    repeats, 0.02)
+            body.append(["cross_entropy", "x".join(map(str, shape)), np.dtype(dtype).name,
+                         f"{one * 1e3:.4g}", f"{two * 1e3:.4g}", f"{two / one:.2f}"])
+    finally:
+        spinner.kill()
+        spinner.wait()
+    return ["function", "shape", "dtype", "1 thread ms", "2 threads ms", "2 threads / 1"], body
+
+
 def render(cols: list[str], body: list[list[str]], markdown: bool) -> str:
     """A table as Markdown, or as right-aligned columns of text."""
     if markdown:
@@ -398,6 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", metavar="FILE.png", help="bar chart of the speed-ups")
     parser.add_argument("--memory", action="store_true",
                         help="also report the peak memory of forward+backward beside torch's")
+    parser.add_argument("--family", action="store_true",
+                        help="also time every public function against torch")
+    parser.add_argument("--busy", action="store_true",
+                        help="also time 1 and 2 threads while another process spins on a core")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")
@@ -418,12 +567,26 @@ def main(argv: list[str] | None = None) -> int:
     memory = memory_table() if args.memory else ""
     if memory:
         print(memory)
+    family = family_table(args.threads, args.repeats) if args.family else None
+    if family:
+        print()
+        print(render(*family, False))
+    busy = busy_table(args.repeats) if args.busy else None
+    if busy:
+        print()
+        print("With another process spinning on a core:")
+        print(render(*busy, False))
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("\n".join(header(args.threads)) + "\n\n" + summary_table(rows, True)
                     + "\n\n" + format_table(rows, True) + "\n")
             if memory:
                 f.write("\n```\n" + memory + "\n```\n")
+            if family:
+                f.write("\n" + render(*family, True) + "\n")
+            if busy:
+                f.write("\nWith another process spinning on a core:\n\n"
+                        + render(*busy, True) + "\n")
     if args.plot:
         plot(rows, args.plot)
     return 0
