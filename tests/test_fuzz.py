@@ -1378,17 +1378,30 @@ def bce_cases(draw):
             x64 = np.abs(a.astype(np.float64))
             ww = 1.0 if w is None else np.abs(w.astype(np.float64))
             pp = 1.0 if pw is None else np.abs(pw.astype(np.float64))
-            per = np.broadcast_to(ww * ((1 + y) * x64 + (1 + (pp + 1) * y) * (x64 + 1)), shape)
+            unweighted = (1 + y) * x64 + (1 + (pp + 1) * y) * (x64 + 1)
+            per = np.broadcast_to(ww * unweighted, shape)
+        # terms past the dtype's range overflow in the dtype, as in torch: such an
+        # element's loss (and any reduction over it) may be inf or NaN
+        with np.errstate(invalid="ignore"):
+            overflow = ~(np.asarray(per) < np.finfo(dtype).max / 100)
+            if name != "binary_cross_entropy":
+                # a zero weight does not stop a term from overflowing before it multiplies
+                overflow = overflow | ~(unweighted < np.finfo(dtype).max / 100)
         per = np.where(np.isfinite(per), per, 0.0)
         e = eps_for(dtype)
         n = max(int(np.prod(shape, dtype=np.int64)), 1)
         bound = {"none": e * (np.abs(want) + per), "sum": e * (abs(want) + per.sum()),
                  "mean": e * (abs(want) + per.sum() / n)}[reduction]
-        return want, bound, dtype
+        return want, bound, dtype, np.broadcast_to(overflow, shape)
 
     def check(result, e):
-        want, bound, dtype = e
+        want, bound, dtype, overflow = e
         assert_result_loss(result, dtype, reduction, shape, name)
+        if overflow.any():
+            if reduction != "none":
+                return
+            with np.errstate(all="ignore"):
+                result = np.where(overflow, np.asarray(want).astype(dtype), result)
         assert_close(result, want, bound, dtype, name)
 
     args = dict(x=x, target=target, weight=weight, reduction=reduction)
