@@ -50,6 +50,7 @@ def cross_entropy_common(
     want_grad: bool = ...,
     out: object = ...,
 ) -> Any: ...
+def nll_loss_common(log_probs: object, target: object, mean: bool, ignore_index: int) -> Any: ...
 def cross_entropy_probs(
     x: NDArray[_Float],
     probs: NDArray[_Float],

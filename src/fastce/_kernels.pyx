@@ -781,6 +781,25 @@ cdef inline bint apart(cnp.ndarray a, cnp.ndarray b) noexcept:
     return a0 + cnp.PyArray_NBYTES(a) <= b0 or b0 + cnp.PyArray_NBYTES(b) <= a0
 
 
+cdef bint common_pair(object x, object t):
+    """Whether ``x`` and ``t`` are the common call's arrays: a C-ordered,
+    aligned ``(N, C)`` float32/float64 array with ``N >= 1`` and ``C >= 2``,
+    and an ``(N,)`` int64 one."""
+    if type(x) is not np.ndarray or type(t) is not np.ndarray:
+        return False
+    if cnp.PyArray_NDIM(<cnp.ndarray>x) != 2 or cnp.PyArray_NDIM(<cnp.ndarray>t) != 1:
+        return False
+    cdef int xtype = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if (xtype != cnp.NPY_FLOAT and xtype != cnp.NPY_DOUBLE) \
+            or cnp.PyArray_TYPE(<cnp.ndarray>t) != cnp.NPY_INT64 \
+            or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>x) \
+            or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>t):
+        return False
+    cdef Py_ssize_t n = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+    return n > 0 and cnp.PyArray_DIM(<cnp.ndarray>x, 1) >= 2 \
+        and cnp.PyArray_DIM(<cnp.ndarray>t, 0) == n
+
+
 def cross_entropy_common(object logits, object target, bint mean, int64_t ignore_index,
                          int num_threads=0, bint want_grad=False, object out=None):
     """The result of ``cross_entropy(logits, target, ignore_index=...)`` with
@@ -792,21 +811,13 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
     native (an ``(N, C)`` float32/float64 array with ``N >= 1``, ``C >= 2``
     and an ``(N,)`` int64 array of targets in ``[0, C)`` or equal to
     ``ignore_index``), or ``out`` is not such an array."""
-    if type(logits) is not np.ndarray or type(target) is not np.ndarray:
+    if not common_pair(logits, target):
         return None
     cdef cnp.ndarray x = <cnp.ndarray>logits
     cdef cnp.ndarray t = <cnp.ndarray>target
     cdef cnp.ndarray grad
-    if cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_NDIM(t) != 1:
-        return None
     cdef int xtype = cnp.PyArray_TYPE(x)
-    if (xtype != cnp.NPY_FLOAT and xtype != cnp.NPY_DOUBLE) \
-            or cnp.PyArray_TYPE(t) != cnp.NPY_INT64 \
-            or not cnp.PyArray_ISCARRAY_RO(x) or not cnp.PyArray_ISCARRAY_RO(t):
-        return None
     cdef Py_ssize_t n = cnp.PyArray_DIM(x, 0), n_classes = cnp.PyArray_DIM(x, 1)
-    if n == 0 or n_classes < 2 or cnp.PyArray_DIM(t, 0) != n:
-        return None
     if want_grad and out is not None:
         if type(out) is not np.ndarray:
             return None
@@ -1020,9 +1031,10 @@ cdef double nll_block(const floating* lp, const index_t* t, Layout* L, const CEO
     cdef double w, loss, total = 0.0
     if last > L.outer * L.inner:
         last = L.outer * L.inner
+    # (o, i) steps along with j: no division per sample
+    o = first // L.inner
+    i = first - o * L.inner
     for j in range(first, last):
-        o = j // L.inner
-        i = j - o * L.inner
         target = <int64_t>t[o * L.to + i * L.ti]
         loss = 0.0
         if not (opt.has_ignore and target == opt.ignore_index):
@@ -1032,6 +1044,10 @@ cdef double nll_block(const floating* lp, const index_t* t, Layout* L, const CEO
         if loss_out != NULL:
             loss_out[o * L.lo + i * L.li] = <floating>loss
         total += loss
+        i += 1
+        if i == L.inner:
+            i = 0
+            o += 1
     return total
 
 
@@ -1078,6 +1094,87 @@ def nll_loss_kernel(const floating[:, :, :] log_probs,
     return total
 
 
+cdef enum:
+    # samples the nll_loss lane computes on the calling thread; more go to the kernel
+    NLL_COMMON_MAX = 1 << 16
+    # how many rows ahead the lane asks for the element it will read
+    NLL_PREFETCH = 16
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define fastce_prefetch(p) __builtin_prefetch(p)
+    #else
+    #define fastce_prefetch(p) ((void)(p))
+    #endif
+    """
+    void fastce_prefetch(const void* p) noexcept nogil
+
+
+cdef double nll_common_sum(const floating* lp, const int64_t* t, Py_ssize_t n, Py_ssize_t C,
+                           int64_t ignore_index, Py_ssize_t* counted) noexcept nogil:
+    """nll_block's sum over the rows of a C-ordered (n, C) array without
+    weights, block by block as nll_loss_kernel adds them, with the target
+    check in the same pass: -1 in ``counted`` at a target outside [0, C)."""
+    cdef Py_ssize_t j, k = 0
+    cdef int64_t v
+    cdef double block, total = 0.0
+    cdef Py_ssize_t start = 0, end
+    while start < n:
+        end = start + 16384 if n - start > 16384 else n
+        block = 0.0
+        for j in range(start, end):
+            if j + NLL_PREFETCH < n:
+                # the rows are far apart: ask for a later row's element early
+                v = t[j + NLL_PREFETCH]
+                if 0 <= v < C:
+                    fastce_prefetch(lp + (j + NLL_PREFETCH) * C + v)
+            v = t[j]
+            if v == ignore_index:
+                block += 0.0
+                continue
+            if v < 0 or v >= C:
+                counted[0] = -1
+                return 0.0
+            block += -<double>lp[j * C + v]
+            k += 1
+        total += block
+        start = end
+    counted[0] = k
+    return total
+
+
+def nll_loss_common(object log_probs, object target, bint mean, int64_t ignore_index):
+    """``nll_loss(log_probs, target, ignore_index=...)`` with ``reduction="mean"``
+    (or ``"sum"``) and no weights, as a NumPy scalar, for the common call's
+    arrays (see :func:`cross_entropy_common`) of at most NLL_COMMON_MAX rows
+    whose targets are valid; None otherwise, and the caller takes the
+    general path (which also reports bad targets)."""
+    if not common_pair(log_probs, target):
+        return None
+    cdef cnp.ndarray x = <cnp.ndarray>log_probs
+    cdef cnp.ndarray t = <cnp.ndarray>target
+    cdef Py_ssize_t n = cnp.PyArray_DIM(x, 0), n_classes = cnp.PyArray_DIM(x, 1)
+    if n > NLL_COMMON_MAX:
+        return None
+    cdef const int64_t* tp = <const int64_t*>cnp.PyArray_DATA(t)
+    cdef Py_ssize_t counted
+    cdef double total
+    cdef bint single = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT
+    with nogil:
+        if single:
+            total = nll_common_sum(<const float*>cnp.PyArray_DATA(x), tp, n, n_classes,
+                                   ignore_index, &counted)
+        else:
+            total = nll_common_sum(<const double*>cnp.PyArray_DATA(x), tp, n, n_classes,
+                                   ignore_index, &counted)
+    if counted < 0:
+        return None
+    if mean:
+        total = total / counted if counted else NAN
+    return _float32(<float>total) if single else _float64(total)
+
+
 cdef Py_ssize_t scan_targets(const index_t* t, Py_ssize_t to, Py_ssize_t ti, Py_ssize_t outer,
                              Py_ssize_t inner, Py_ssize_t C, int64_t ignore_index,
                              bint has_ignore, const double* weight, int64_t* value,
@@ -1087,6 +1184,7 @@ cdef Py_ssize_t scan_targets(const index_t* t, Py_ssize_t to, Py_ssize_t ti, Py_
     ``weight_sum`` the summed weights (1 each without weights, NULL) of the
     targets that are not ignored."""
     cdef Py_ssize_t o, i
+    cdef Py_ssize_t counted = 0  # without weights: an integer count, not a float64 chain
     cdef int64_t v
     cdef double total = 0.0
     for o in range(outer):
@@ -1096,11 +1194,14 @@ cdef Py_ssize_t scan_targets(const index_t* t, Py_ssize_t to, Py_ssize_t ti, Py_
                 continue
             if v < 0 or v >= C:
                 value[0] = v
-                weight_sum[0] = total
+                weight_sum[0] = total if weight != NULL else <double>counted
                 return o * inner + i
-            total += weight[v] if weight != NULL else 1.0
+            if weight != NULL:
+                total += weight[v]
+            else:
+                counted += 1
     value[0] = 0
-    weight_sum[0] = total
+    weight_sum[0] = total if weight != NULL else <double>counted
     return -1
 
 

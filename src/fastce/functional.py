@@ -398,6 +398,10 @@ def nll_loss(log_probs, target, weight=None, *, ignore_index=-100, reduction="me
     >>> float(round(fastce.nll_loss(lp, np.array([1, 0])), 6))
     0.490415
     """
+    if _plain_options(weight, ignore_index, reduction, 0.0, axis, num_threads):
+        loss = _kernels.nll_loss_common(log_probs, target, reduction == "mean", ignore_index)
+        if loss is not None:
+            return loss
     threads = check_num_threads(num_threads)
     x = native_float_array(log_probs, "log_probs")
     axis = class_axis(axis, x.ndim, "log_probs")
