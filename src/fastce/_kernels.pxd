@@ -41,6 +41,8 @@ cdef extern from "csrc/dispatch.h":
         void (*row_scaled_exp_f64)(const double*, Py_ssize_t, double, double, double, double*) noexcept nogil
         void (*row_shift_f32)(const float*, Py_ssize_t, float, float, float*) noexcept nogil
         void (*row_shift_f64)(const double*, Py_ssize_t, double, double, double*) noexcept nogil
+        void (*row_softmax_f32)(const float*, Py_ssize_t, float*) noexcept nogil
+        void (*row_softmax_f64)(const double*, Py_ssize_t, double*) noexcept nogil
         void (*row_extras_f32)(const float*, Py_ssize_t, float, Py_ssize_t, float, double*,
                                Py_ssize_t*, Py_ssize_t*) noexcept nogil
         void (*row_extras_f64)(const double*, Py_ssize_t, double, Py_ssize_t, double, double*,
@@ -74,6 +76,7 @@ cdef extern from "csrc/dispatch.h":
     float fastce_exp_neg_f32(float) noexcept nogil
     double fastce_exp_neg_f64(double) noexcept nogil
     int FASTCE_CHUNK
+    int FASTCE_ROW_IN_CACHE
 
 
 ctypedef fused floating:

@@ -884,6 +884,12 @@ cdef inline double logsumexp_unshifted(const floating* x, Py_ssize_t xc, Py_ssiz
 cdef inline void softmax_row(const floating* x, Py_ssize_t xc, Py_ssize_t C, int op,
                              floating* y, Py_ssize_t yc) noexcept nogil:
     """One row of ``op``; for logsumexp ``y`` is the single output element."""
+    if op == OP_SOFTMAX and xc == 1 and yc == 1 and C <= FASTCE_ROW_IN_CACHE:
+        if floating is float:
+            fastce_active_ops.row_softmax_f32(x, C, y)
+        else:
+            fastce_active_ops.row_softmax_f64(x, C, y)
+        return
     cdef floating m
     cdef double s = row_stats(x, C, xc, &m)
     if op == OP_LOGSUMEXP:

@@ -289,6 +289,39 @@ static void KNAME(row_scaled_exp)(const T *x, ptrdiff_t n, T m, T scale, T offse
     }
 }
 
+/* softmax of a row of at most FASTCE_ROW_IN_CACHE elements, each exponential
+ * computed once: exp(x - m) is stored in y and summed (the terms at the
+ * maximum counted apart, as row_max_sumexp does), then y is scaled by 1 / sum
+ * while it is in cache.  A NaN logit, or an infinite maximum, gives NaN
+ * everywhere; y may be x. */
+static void KNAME(row_softmax)(const T *x, ptrdiff_t n, T *y) {
+    const T m = KNAME(row_max)(x, n);
+    const V vm = VOP(set1)(m);
+    double s = 0.0;
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
+        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
+        V acc = VOP(zero)();
+        int ties = 0;
+        for (ptrdiff_t c = start; c < start + len; c += L) {
+            M in = VOP(first)(start + len - c);
+            V d = VOP(sub)(VOP(load_part)(x + c, in), vm);
+            V e = KNAME(vexp_neg)(d);
+            VOP(store_part)(y + c, in, e);
+            M at_max = VOP(and_m)(in, VOP(eq)(d, VOP(zero)()));
+            ties += VOP(count)(at_max);
+            acc = VOP(add)(acc, VOP(keep)(VOP(and_m)(in, VOP(not_m)(at_max)), e));
+        }
+        s += (double)ties + VOP(hsum)(acc);
+    }
+    const V scale = VOP(set1)(isinf(m) ? (T)NAN : (T)(1.0 / s));
+    ptrdiff_t c = 0;
+    for (; c + L <= n; c += L) VOP(store)(y + c, VOP(mul)(scale, VOP(load)(y + c)));
+    if (c < n) {
+        M in = VOP(first)(n - c);
+        VOP(store_part)(y + c, in, VOP(mul)(scale, VOP(load_part)(y + c, in)));
+    }
+}
+
 /* y = (x - m) - log_s; y may be x */
 static void KNAME(row_shift)(const T *x, ptrdiff_t n, T m, T log_s, T *y) {
     const V vm = VOP(set1)(m), vl = VOP(set1)(log_s);
