@@ -125,3 +125,25 @@ def test_vector_log_of_sums_matches_libm(simd_path):
     want = np.log(s)
     np.testing.assert_allclose(got[:-2], want[:-2], rtol=4e-16, atol=0)
     assert got[-2] == np.inf and np.isnan(got[-1])
+
+
+@pytest.mark.parametrize("bfloat16", [False, True])
+def test_half_precision_converts_exactly_on_every_path(simd_path, bfloat16):
+    dtype = np.float16
+    if bfloat16:
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    got = np.empty(bits.size, np.float32)
+    _kernels.half_to_float32(bits, got, bfloat16)
+    want = bits.view(dtype).astype(np.float32)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    # a length with a tail after the whole vectors, and a block the kernels convert in pieces
+    x = (np.random.default_rng(2).standard_normal((301, 1003)) * 3).astype(dtype)
+    t = np.random.default_rng(3).integers(0, 1003, 301)
+    assert fastce.cross_entropy(x, t).tobytes() == \
+        fastce.cross_entropy(x.astype(np.float32), t).tobytes()
+    xt = x.T  # not one run of values: converted by NumPy, same bits
+    assert fastce.cross_entropy(xt, t, axis=0).tobytes() == \
+        fastce.cross_entropy(xt.astype(np.float32), t, axis=0).tobytes()

@@ -70,6 +70,7 @@ cdef extern from "csrc/dispatch.h":
         double (*bce_probs_f64)(const double*, const double*, const double*, Py_ssize_t, double,
                                 const double*, double*, double*) noexcept nogil
         void (*tile_log)(const double*, Py_ssize_t, double*) noexcept nogil
+        void (*half_to_f32)(const uint16_t*, Py_ssize_t, float*, int) noexcept nogil
         const char* isa
     # the table every kernel calls through (see above)
     const fastce_ops_t* fastce_active_ops

@@ -1337,6 +1337,30 @@ def binary_cross_entropy_kernel(const floating[::1] x, const floating[::1] y,
 
 
 # --------------------------------------------------------------------------
+# float16 and bfloat16, read as float32
+# --------------------------------------------------------------------------
+
+def half_to_float32(const uint16_t[::1] src, float[::1] dst, bint bfloat16, int num_threads=0):
+    """``src``'s float16 (or bfloat16) values, as raw bits, to float32 in
+    ``dst`` (as long), exactly, with the vector path's conversion
+    instructions and the kernels' threads."""
+    cdef Py_ssize_t n = src.shape[0], u
+    cdef Py_ssize_t n_units = (n + BLOCK_LOGITS - 1) // BLOCK_LOGITS
+    cdef int nthreads = thread_count(n_units, n, num_threads)
+    if n == 0:
+        return
+    with nogil:
+        if nthreads == 1:
+            fastce_active_ops.half_to_f32(&src[0], n, &dst[0], bfloat16)
+        else:
+            for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
+                fastce_active_ops.half_to_f32(
+                    &src[u * BLOCK_LOGITS],
+                    BLOCK_LOGITS if (u + 1) * BLOCK_LOGITS <= n else n - u * BLOCK_LOGITS,
+                    &dst[u * BLOCK_LOGITS], bfloat16)
+
+
+# --------------------------------------------------------------------------
 # The roof: what a pass that only sums exponentials costs
 # --------------------------------------------------------------------------
 

@@ -72,12 +72,13 @@ def _same_memory_layout(a: np.ndarray, b: np.ndarray) -> bool:
 HALF_BLOCK = 1 << 18
 
 
-def _run(kernel_call, x3, per_sample, per_class):
+def _run(kernel_call, x3, per_sample, per_class, threads=0):
     """``kernel_call(x3, per_sample, per_class)``, where ``per_sample`` are
     ``(outer, inner)`` arrays and ``per_class`` ``(outer, C, inner)`` arrays
     (or None).  float16 and bfloat16 logits run in float32 blocks, each
     converted just before its kernel call, so no full-size copy is made; the
-    blocks' totals are added in order."""
+    blocks' totals are added in order; ``threads`` (0: the process's count)
+    convert them."""
     if not is_half(x3.dtype):
         return kernel_call(x3, per_sample, per_class)
     outer, n_classes, inner = x3.shape
@@ -95,12 +96,28 @@ def _run(kernel_call, x3, per_sample, per_class):
         return a[piece] if along_outer else a[(slice(None),) * inner_axis + (piece,)]
 
     total = 0.0
+    buffer = None
     for start in range(0, length, step):
         piece = slice(start, start + step)
-        block = cut(x3, piece, 2).astype(np.float32)
+        block, buffer = _half_block_as_float32(cut(x3, piece, 2), buffer, threads)
         total += kernel_call(block, [cut(a, piece, 1) for a in per_sample],
                              [cut(a, piece, 2) for a in per_class])
     return total
+
+
+def _half_block_as_float32(block: np.ndarray, buffer, threads: int):
+    """A float16/bfloat16 block as float32, converted with the kernels' vector
+    code and threads into ``buffer`` (made on first use, reused for every
+    block of a call); blocks NumPy cannot view as one run of values are
+    converted by NumPy.  Returns the float32 block and the buffer."""
+    if not block.flags.c_contiguous:
+        return block.astype(np.float32), buffer
+    if buffer is None or buffer.size < block.size:
+        buffer = np.empty(block.size, dtype=np.float32)
+    out = buffer[:block.size]
+    _kernels.half_to_float32(block.reshape(-1).view(np.uint16), out,
+                             block.dtype.name == "bfloat16", threads)
+    return out.reshape(block.shape), buffer
 
 
 def _apart_from(a, written):
@@ -211,7 +228,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
             return _kernels.cross_entropy_probs(xb, pb, w, smoothing, lb, gob, denominator,
                                                 gb, threads)
 
-        total = _run(kernel_call, x3, [t2, loss2, go2], [p3, grad3])
+        total = _run(kernel_call, x3, [t2, loss2, go2], [p3, grad3], threads)
     elif want_grad and grad3 is not None:
         grad3.fill(0)
 
@@ -430,7 +447,7 @@ def nll_loss(log_probs, target, weight=None, *, ignore_index=-100, reduction="me
         total = _run(
             lambda xb, per_sample, _: _kernels.nll_loss_kernel(
                 xb, per_sample[0], w, ignore_value, has_ignore, per_sample[1], threads),
-            x3, [plan.index2, loss2], [])
+            x3, [plan.index2, loss2], [], threads)
     if reduction == "none":
         return loss_arr
     return _reduce(total, weight_sum if reduction == "mean" else 1.0, reduction, dtype)
@@ -479,7 +496,7 @@ def _softmax_family(x, axis, op, out, num_threads):
         _kernels.softmax_family(xb, op, per_sample[0], per_class[0], threads)
         return 0.0
 
-    _run(kernel_call, x3, [reduced2], [out3])
+    _run(kernel_call, x3, [reduced2], [out3], threads)
     if out_buffer is not None and not np.may_share_memory(out_buffer, result):
         result[...] = out_buffer.reshape(shape)
     return result[()] if result.ndim == 0 and out is None else result
@@ -625,7 +642,10 @@ def _binary(x_in, target, weight, pos_weight, reduction, logits, want_grad, grad
     # every check has passed: from here on only outputs are written
     n = x.size
     row_len = x.shape[-1] if x.ndim else 1
-    xf = np.ascontiguousarray(x, dtype=dtype).reshape(-1)
+    if is_half(x.dtype):
+        xf = _half_block_as_float32(x, None, threads)[0].reshape(-1)
+    else:
+        xf = np.ascontiguousarray(x).reshape(-1)
     loss_arr = np.empty(x.shape, dtype=dtype) if reduction == "none" else None
     grad = grad_flat = None
     if want_grad:

@@ -420,7 +420,7 @@ class Accumulator:
             # in float32 blocks converted one at a time, exactly as cross_entropy
             # computes float16 and bfloat16, so that every loss is its loss to
             # the last bit
-            _run(kernel_call, x3, [t2, *out2], [])
+            _run(kernel_call, x3, [t2, *out2], [], self._threads)
             return outputs
         block_bytes = max(1, n_classes * dtype.itemsize)
         if outer > 1:

@@ -15,7 +15,8 @@ int fastce_simd_available(const char *name) {
     if (strcmp(name, "baseline") == 0) return 1;
 #ifdef FASTCE_X86_DISPATCH
     __builtin_cpu_init();
-    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
     if (strcmp(name, "avx2") == 0) return avx2;
     if (strcmp(name, "avx512") == 0)
         return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&

@@ -59,6 +59,8 @@ typedef struct {
     FASTCE_KERNEL_FIELDS(double, f64)
     /* log of per-sample sums of exponentials: each at least 1, or NaN, or +inf */
     void (*tile_log)(const double *, ptrdiff_t, double *);
+    /* float16 (last argument 0) or bfloat16 (1) values to float32 */
+    void (*half_to_f32)(const uint16_t *, ptrdiff_t, float *, int);
     const char *isa;
 } fastce_ops_t;
 

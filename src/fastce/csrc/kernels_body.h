@@ -465,6 +465,20 @@ static void KNAME(tile_extras)(const T *x, ptrdiff_t n, int64_t c, const T *m, c
     }
 }
 
+#ifndef FASTCE_F64
+/* n float16 (bf16 false) or bfloat16 values to float, exactly */
+static void KNAME_ISA(half_to_f32)(const uint16_t *src, ptrdiff_t n, float *dst, int bf16) {
+    ptrdiff_t k = 0;
+    if (bf16) {
+        for (; k + L <= n; k += L) VOP(store)(dst + k, VOP(load_bf16)(src + k));
+        for (; k < n; k++) dst[k] = fastce_bf16_to_f32(src[k]);
+    } else {
+        for (; k + L <= n; k += L) VOP(store)(dst + k, VOP(load_f16)(src + k));
+        for (; k < n; k++) dst[k] = fastce_f16_to_f32(src[k]);
+    }
+}
+#endif
+
 /* ---- the logarithm ------------------------------------------------------------ */
 
 #ifdef FASTCE_F64

@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "exp_neg.h"
+#include "half.h"
 #include "kernels.h"
 
 #define FASTCE_SFX f32

@@ -1,5 +1,5 @@
 /*
- * The AVX2 + FMA vocabulary: 256-bit vectors; a mask is a vector whose lanes
+ * The AVX2 + FMA (and F16C) vocabulary: 256-bit vectors; a mask is a vector whose lanes
  * are all ones or all zeros, as the compare instructions give them.  Every
  * function after this header is compiled for AVX2 + FMA: include it only in a
  * file of its own (kernels_avx2.c), chosen at run time.
@@ -8,15 +8,16 @@
 #define FASTCE_VEC_AVX2_H
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 
 #else
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 
 #endif
 
 #include <immintrin.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "vec_names.h"
 
@@ -91,6 +92,14 @@ VINLINE __m256 v_avx2_f32_split_exp(__m256 s, __m256 *e) {
     *e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
     return _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
                                                _mm256_castps_si256(_mm256_set1_ps(1.0f))));
+}
+
+VINLINE __m256 v_avx2_f32_load_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+VINLINE __m256 v_avx2_f32_load_bf16(const uint16_t *p) {
+    return _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 
 /* ---- double, 4 lanes ---- */

@@ -15,6 +15,7 @@
 
 #include <immintrin.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "vec_names.h"
 
@@ -78,6 +79,14 @@ VINLINE __m512 v_avx512_f32_ldexp_shifted(__m512 p, __m512 t) {
 VINLINE __m512 v_avx512_f32_split_exp(__m512 s, __m512 *e) {
     *e = _mm512_getexp_ps(s);
     return _mm512_getmant_ps(s, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+}
+
+VINLINE __m512 v_avx512_f32_load_f16(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+VINLINE __m512 v_avx512_f32_load_bf16(const uint16_t *p) {
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 
 /* ---- double, 8 lanes ---- */

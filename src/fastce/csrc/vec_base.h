@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "half.h"
 #include "vec_names.h"
 
 /* one 16-byte register of each type: SSE2's and NEON's width */
@@ -32,5 +33,16 @@
 #define FASTCE_BASE_SHIFTER_BITS 0x4338000000000000LL
 #define FASTCE_BASE_BIAS 1023
 #include "vec_base_impl.h"
+
+VINLINE v_base_f32_t v_base_f32_load_f16(const uint16_t *p) {
+    v_base_f32_t r = v_base_f32_zero();
+    for (int k = 0; k < v_base_f32_lanes; k++) ((float *)&r)[k] = fastce_f16_to_f32(p[k]);
+    return r;
+}
+VINLINE v_base_f32_t v_base_f32_load_bf16(const uint16_t *p) {
+    v_base_f32_t r = v_base_f32_zero();
+    for (int k = 0; k < v_base_f32_lanes; k++) ((float *)&r)[k] = fastce_bf16_to_f32(p[k]);
+    return r;
+}
 
 #endif /* FASTCE_VEC_BASE_H */

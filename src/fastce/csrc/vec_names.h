@@ -23,6 +23,7 @@
  *   pow2_shifted(t)        2^n for t = n + 1.5 * 2^mant (n in t's low bits), n >= -bias + 1
  *   ldexp_shifted(p, t)    p * 2^n by adding n to p's exponent field
  *   split_exp(s, &e)       s = f * 2^e, f in [1, 2), for finite normal s > 0
+ *   load_f16(p) load_bf16(p)  (float only) a whole vector of float16 or bfloat16 values
  */
 #ifndef FASTCE_VEC_NAMES_H
 #define FASTCE_VEC_NAMES_H
