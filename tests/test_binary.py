@@ -256,3 +256,19 @@ def test_torch_refuses_targets_outside_the_unit_interval_too():
     torch = pytest.importorskip("torch")
     with pytest.raises(RuntimeError):
         torch.nn.functional.binary_cross_entropy(torch.full((3,), 0.5), torch.tensor([0.5, 1.5, 0.]))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_the_unit_interval_check_finds_the_first_bad_value_on_every_path(simd_path, dtype):
+    for n in (1, 7, 16, 33, 70, 40000):
+        for where in sorted({0, n // 3, n - 1}):
+            for bad in (-1e-30, 1.0000001, np.nan, np.inf):
+                x = np.full(n, 0.5, dtype=dtype)
+                x[where] = bad
+                if x[where] == 1.0:  # rounded back into the interval
+                    continue
+                assert _kernels.first_outside_unit(x) == where
+                if where + 1 < n:  # a later bad value does not move the first
+                    x[n - 1] = np.nan
+                    assert _kernels.first_outside_unit(x) == where
+            assert _kernels.first_outside_unit(np.full(n, 1.0, dtype=dtype)) == -1

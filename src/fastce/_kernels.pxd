@@ -69,6 +69,8 @@ cdef extern from "csrc/dispatch.h":
                                 const float*, float*, float*) noexcept nogil
         double (*bce_probs_f64)(const double*, const double*, const double*, Py_ssize_t, double,
                                 const double*, double*, double*) noexcept nogil
+        Py_ssize_t (*first_outside_unit_f32)(const float*, Py_ssize_t) noexcept nogil
+        Py_ssize_t (*first_outside_unit_f64)(const double*, Py_ssize_t) noexcept nogil
         void (*tile_log)(const double*, Py_ssize_t, double*) noexcept nogil
         void (*half_to_f32)(const uint16_t*, Py_ssize_t, float*, int) noexcept nogil
         const char* isa

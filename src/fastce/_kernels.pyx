@@ -1336,6 +1336,46 @@ def binary_cross_entropy_kernel(const floating[::1] x, const floating[::1] y,
     return total
 
 
+def first_outside_unit(const floating[::1] x, int num_threads=0):
+    """The flat index of the first value of ``x`` outside [0, 1] (NaN
+    included), or -1: the kernels' check of probabilities and targets."""
+    cdef Py_ssize_t n = x.shape[0], u, found = -1
+    cdef Py_ssize_t n_units = (n + BLOCK_LOGITS - 1) // BLOCK_LOGITS
+    cdef Py_ssize_t few[FEW_PARTIALS]
+    cdef Py_ssize_t* per_unit = few
+    cdef int nthreads = thread_count(n_units, n, num_threads)
+    if n == 0:
+        return -1
+    if n_units > FEW_PARTIALS:
+        per_unit = <Py_ssize_t*>malloc(n_units * sizeof(Py_ssize_t))
+        if per_unit == NULL:
+            raise MemoryError(f"cannot allocate {n_units} block results")
+    with nogil:
+        if nthreads == 1:
+            for u in range(n_units):
+                per_unit[u] = first_outside_block(&x[0], n, u)
+        else:
+            for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
+                per_unit[u] = first_outside_block(&x[0], n, u)
+        for u in range(n_units):
+            if per_unit[u] >= 0:
+                found = u * BLOCK_LOGITS + per_unit[u]
+                break
+    if per_unit != few:
+        free(per_unit)
+    return found
+
+
+cdef inline Py_ssize_t first_outside_block(const floating* x, Py_ssize_t n,
+                                           Py_ssize_t unit) noexcept nogil:
+    cdef Py_ssize_t start = unit * BLOCK_LOGITS
+    cdef Py_ssize_t length = BLOCK_LOGITS if start + BLOCK_LOGITS <= n else n - start
+    if floating is float:
+        return fastce_active_ops.first_outside_unit_f32(x + start, length)
+    else:
+        return fastce_active_ops.first_outside_unit_f64(x + start, length)
+
+
 # --------------------------------------------------------------------------
 # float16 and bfloat16, read as float32
 # --------------------------------------------------------------------------

@@ -590,20 +590,14 @@ def _broadcast_factor(factor, shape, name, hint):
     return f
 
 
-def _check_unit_interval(a: np.ndarray, name: str, hint: str) -> None:
-    """ValueError unless every element of ``a`` lies in [0, 1] (NaN does not)."""
-    if a.size == 0:
-        return
-    with np.errstate(invalid="ignore"):
-        low, high = np.min(a), np.max(a)  # NaN propagates into both
-    if low >= 0 and high <= 1:
-        return
-    flat = a.reshape(-1)
-    with np.errstate(invalid="ignore"):
-        bad = int(np.argmax(~((flat >= 0) & (flat <= 1))))
-    raise ValueError(
-        f"{name} must lie in [0, 1]; got {float(flat[bad])} at flat position {bad}. {hint}"
-    )
+def _check_unit_interval(flat: np.ndarray, name: str, hint: str, threads: int) -> None:
+    """ValueError unless every element of the C-ordered ``flat`` lies in [0, 1]
+    (NaN does not)."""
+    bad = _kernels.first_outside_unit(flat, threads)
+    if bad >= 0:
+        raise ValueError(
+            f"{name} must lie in [0, 1]; got {float(flat[bad])} at flat position {bad}. {hint}"
+        )
 
 
 def _flat_operand(a, shape, dtype, row_len):
@@ -634,18 +628,21 @@ def _binary(x_in, target, weight, pos_weight, reduction, logits, want_grad, grad
     go = check_grad_output(grad_output, reduction, x.shape) if want_grad else None
     if want_grad and out is not None:
         check_out(out, x.shape, dtype)
-    if not logits:
-        _check_unit_interval(x, "probs", "Pass logits to binary_cross_entropy_with_logits "
-                                         "instead.")
-        _check_unit_interval(y, "target", "binary_cross_entropy takes target probabilities.")
-
-    # every check has passed: from here on only outputs are written
     n = x.size
     row_len = x.shape[-1] if x.ndim else 1
+    # exact conversions, into buffers of this call: checked below as they are
     if is_half(x.dtype):
         xf = _half_block_as_float32(x, None, threads)[0].reshape(-1)
     else:
         xf = np.ascontiguousarray(x).reshape(-1)
+    yf = np.ascontiguousarray(y, dtype=dtype).reshape(-1)
+    if not logits:
+        _check_unit_interval(xf, "probs", "Pass logits to binary_cross_entropy_with_logits "
+                                          "instead.", threads)
+        _check_unit_interval(yf, "target", "binary_cross_entropy takes target probabilities.",
+                             threads)
+
+    # every check has passed: from here on only outputs are written
     loss_arr = np.empty(x.shape, dtype=dtype) if reduction == "none" else None
     grad = grad_flat = None
     if want_grad:
@@ -655,7 +652,7 @@ def _binary(x_in, target, weight, pos_weight, reduction, logits, want_grad, grad
             grad_flat = np.empty(n, dtype=dtype)  # written here, then copied into out
         elif np.may_share_memory(grad_flat, xf) and not _same_memory_layout(grad_flat, xf):
             xf = xf.copy()
-    operands = [np.ascontiguousarray(y, dtype=dtype).reshape(-1),
+    operands = [yf,
                 _flat_operand(w, x.shape, dtype, row_len),
                 _flat_operand(pw, x.shape, dtype, row_len)]
     scale = 1.0

@@ -52,7 +52,8 @@ typedef struct {
     double (*bce_logits_##SFX)(const T *, const T *, const T *, const T *, ptrdiff_t, T, \
                                const T *, T *, T *);                                    \
     double (*bce_probs_##SFX)(const T *, const T *, const T *, ptrdiff_t, T, const T *, \
-                              T *, T *);
+                              T *, T *);                                                \
+    ptrdiff_t (*first_outside_unit_##SFX)(const T *, ptrdiff_t);
 
 typedef struct {
     FASTCE_KERNEL_FIELDS(float, f32)

@@ -615,6 +615,20 @@ VINLINE V KNAME(bce_probs_at)(ptrdiff_t k, M in, int full, const T *p, const T *
     return full ? loss : VOP(keep)(in, loss);
 }
 
+/* The index of the first of n values outside [0, 1] (NaN included), -1 when
+ * there is none: the check of probabilities and targets, at memory speed. */
+static ptrdiff_t KNAME(first_outside_unit)(const T *x, ptrdiff_t n) {
+    const V zero = VOP(zero)(), one = VOP(set1)(1);
+    for (ptrdiff_t k = 0; k < n; k += L) {
+        M in = VOP(first)(n - k);
+        V v = k + L <= n ? VOP(load)(x + k) : VOP(load_part)(x + k, in);
+        M outside = VOP(or_m)(VOP(or_m)(VOP(lt)(v, zero), VOP(gt)(v, one)), VOP(not_m)(VOP(eq)(v, v)));
+        int at = VOP(first_set)(VOP(and_m)(in, outside));
+        if (at >= 0) return k + at;
+    }
+    return -1;
+}
+
 /* the sum in the working precision for FASTCE_CHUNK elements at a time, as
  * the row sums are, then in double */
 #define FASTCE_ELEMENTWISE_SUM(step)                                                     \

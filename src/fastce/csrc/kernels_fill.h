@@ -18,7 +18,9 @@
     ops->tile_shift_##SFX = FASTCE_NAME5(fastce_tile_shift_, SFX, _, FASTCE_ISA, );     \
     ops->tile_extras_##SFX = FASTCE_NAME5(fastce_tile_extras_, SFX, _, FASTCE_ISA, );   \
     ops->bce_logits_##SFX = FASTCE_NAME5(fastce_bce_logits_, SFX, _, FASTCE_ISA, );     \
-    ops->bce_probs_##SFX = FASTCE_NAME5(fastce_bce_probs_, SFX, _, FASTCE_ISA, );
+    ops->bce_probs_##SFX = FASTCE_NAME5(fastce_bce_probs_, SFX, _, FASTCE_ISA, );       \
+    ops->first_outside_unit_##SFX =                                                     \
+        FASTCE_NAME5(fastce_first_outside_unit_, SFX, _, FASTCE_ISA, );
 
 void FASTCE_NAME5(fastce_fill_ops_, FASTCE_ISA, , , )(fastce_ops_t *ops) {
     FASTCE_FILL_TYPE(f32)
