@@ -155,6 +155,16 @@ cdef inline Py_ssize_t rows_per_block(Py_ssize_t C) noexcept nogil:
     return r if r > 0 else 1
 
 
+cdef inline Py_ssize_t units_per_grab(Py_ssize_t n_units, Py_ssize_t n_logits) noexcept nogil:
+    # A thread takes about BLOCK_LOGITS logits at a time from the dynamic
+    # schedule: units smaller than that (tiles of a few classes) would each
+    # cost an update of the schedule's shared counter.  The units, and so the
+    # bits, stay the same.
+    cdef Py_ssize_t per_unit = n_logits // n_units if n_units > 0 else 1
+    cdef Py_ssize_t k = BLOCK_LOGITS // per_unit if per_unit > 0 else 1
+    return k if k > 1 else 1
+
+
 # ---- the row and tile statistics -----------------------------------------------
 
 cdef inline floating exp_neg(floating v) noexcept nogil:

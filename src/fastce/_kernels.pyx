@@ -609,7 +609,8 @@ cdef void ce_run(const floating* x, const index_t* t, const floating* p,
         for u in range(n_units):
             partials[u] = ce_block(x, t, p, L, opt, loss_out, gout, grad, u, tiled)
     else:
-        for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
+        for u in prange(n_units, schedule="dynamic", num_threads=nthreads,
+                        chunksize=units_per_grab(n_units, L.outer * L.C * L.inner)):
             partials[u] = ce_block(x, t, p, L, opt, loss_out, gout, grad, u, tiled)
 
 
@@ -1019,7 +1020,8 @@ def softmax_family(const floating[:, :, :] x, int op, floating[:, :] reduced_out
             for u in range(n_units):
                 softmax_block(&x[0, 0, 0], &L, op, y, u, tiled)
         else:
-            for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
+            for u in prange(n_units, schedule="dynamic", num_threads=nthreads,
+                            chunksize=units_per_grab(n_units, L.outer * L.C * L.inner)):
                 softmax_block(&x[0, 0, 0], &L, op, y, u, tiled)
 
 

@@ -440,7 +440,8 @@ cdef void run_units(const floating* x, const index_t* t, const Layout* L, const 
             else:
                 row_unit(x, t, L, opt, out, fp + u * opt.nf, ip + u * opt.ni, u, per)
     else:
-        for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
+        for u in prange(n_units, schedule="dynamic", num_threads=nthreads,
+                        chunksize=core.units_per_grab(n_units, L.outer * L.C * L.inner)):
             if tiled:
                 tile_unit(x, t, L, opt, out, fp + u * opt.nf, ip + u * opt.ni, u, per)
             else:
