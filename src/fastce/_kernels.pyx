@@ -629,6 +629,18 @@ cdef double ordered_sum(const double* partials, Py_ssize_t n) noexcept nogil:
     return total
 
 
+cdef double* block_totals(Py_ssize_t n_units, double* few) except NULL:
+    """Room for a call's block totals: ``few`` (FEW_PARTIALS of them, on the
+    caller's stack) when they fit, for small calls an allocation would cost as
+    much as the arithmetic; else memory the caller frees when it is not ``few``."""
+    if n_units <= FEW_PARTIALS:
+        return few
+    cdef double* partials = <double*>malloc(n_units * sizeof(double))
+    if partials == NULL:
+        raise MemoryError(f"cannot allocate {n_units} block totals")
+    return partials
+
+
 cdef double ce_launch(const floating* x, const index_t* t, const floating* p,
                       Layout* L, const double[::1] weight, double weight_sum,
                       double smoothing, int64_t ignore_index, bint has_ignore,
@@ -636,15 +648,9 @@ cdef double ce_launch(const floating* x, const index_t* t, const floating* p,
     cdef CEOptions opt
     cdef bint tiled = use_tile_kernel(L)
     cdef Py_ssize_t n_units = unit_count(L, tiled)
-    # small calls keep their partials on the stack: an allocation would cost
-    # as much as the arithmetic
     cdef double few_partials[FEW_PARTIALS]
-    cdef double* partials = few_partials
+    cdef double* partials = block_totals(n_units, few_partials)
     cdef double total
-    if n_units > FEW_PARTIALS:
-        partials = <double*>malloc(n_units * sizeof(double))
-        if partials == NULL:
-            raise MemoryError(f"cannot allocate {n_units} block totals")
     opt.weight = &weight[0] if weight.shape[0] > 0 else NULL
     opt.weight_sum = weight_sum
     opt.any_weight = any_nonzero(opt.weight, weight.shape[0])
@@ -1318,12 +1324,8 @@ def binary_cross_entropy_kernel(const floating[::1] x, const floating[::1] y,
     cdef floating* yp = &grad[0] if grad is not None else NULL
     cdef Py_ssize_t n_units = (call.n + BLOCK_LOGITS - 1) // BLOCK_LOGITS, u
     cdef double few_partials[FEW_PARTIALS]
-    cdef double* partials = few_partials
+    cdef double* partials = block_totals(n_units, few_partials)
     cdef double total
-    if n_units > FEW_PARTIALS:
-        partials = <double*>malloc(n_units * sizeof(double))
-        if partials == NULL:
-            raise MemoryError(f"cannot allocate {n_units} block totals")
     cdef int nthreads = thread_count(n_units, call.n, num_threads)
     with nogil:
         if nthreads == 1:
