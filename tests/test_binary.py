@@ -9,7 +9,6 @@ import pytest
 import fastce
 from fastce import _kernels, reference
 
-BEST = _kernels.simd_isa()
 FLOATS = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=3e-6, atol=1e-7), np.float64: dict(rtol=1e-13, atol=1e-15)}
 # (shape, weight shape, pos_weight shape): factors per element, per class and broadcast
@@ -22,13 +21,6 @@ LAYOUTS = [
     ((5, 1), (1,), (1,)),
     ((), None, ()),
 ]
-
-
-@pytest.fixture(params=_kernels.simd_paths())
-def simd_path(request):
-    assert _kernels.simd_init(request.param) == request.param
-    yield request.param
-    _kernels.simd_init(BEST)
 
 
 def make_case(shape, w_shape, pw_shape, dtype, seed=0, probs=False):

@@ -101,14 +101,6 @@ def reference_evaluate(logits, target, weight=None, *, topk=(1, 5), bins=15,
 BEST_PATH = _kernels.simd_isa()
 
 
-@pytest.fixture(params=_kernels.simd_paths())
-def vector_path(request):
-    """Each vector code path in turn (the core kernels choose it for both extensions)."""
-    assert _kernels.simd_init(request.param) == request.param
-    yield request.param
-    _kernels.simd_init(BEST_PATH)
-
-
 def class_axis(ndim, axis):
     return (1 if ndim >= 2 else 0) if axis is None else axis % ndim
 
@@ -266,7 +258,7 @@ PATH_GEOMETRIES = (
 
 
 @pytest.mark.parametrize("name", ("float16", "bfloat16", "float32", "float64"))
-def test_per_sample_loss_is_cross_entropys_on_every_path(vector_path, name):
+def test_per_sample_loss_is_cross_entropys_on_every_path(simd_path, name):
     dtype = float_dtype(name)
     rng = np.random.default_rng(34)
     for shape, axis, layout in PATH_GEOMETRIES:
@@ -281,7 +273,7 @@ def test_per_sample_loss_is_cross_entropys_on_every_path(vector_path, name):
         x = arrange(logits, layout)
         for kwargs in ({}, {"weight": weight, "label_smoothing": 0.1, "ignore_index": 3},
                        {"label_smoothing": 0.3}):
-            desc = f"{vector_path} {shape} {layout} {kwargs}"
+            desc = f"{simd_path} {shape} {layout} {kwargs}"
             r = fastce.evaluate(x, target, axis=axis, per_sample=True, **kwargs)
             none = fastce.cross_entropy(x, target, axis=axis, reduction="none", **kwargs)
             computed = np.float64 if dtype == np.float64 else np.float32
@@ -403,7 +395,7 @@ def test_ties_go_to_the_lower_class_index():
     assert r.accuracy == {1: 0.5, 2: 0.75, 3: 0.75}
 
 
-def test_ties_on_the_vector_path_across_chunks(vector_path):
+def test_ties_on_the_vector_path_across_chunks(simd_path):
     # equal logits around vector and chunk boundaries, on every dispatch path
     C = 1000
     x = np.zeros((6, C), dtype=np.float32)
@@ -420,7 +412,7 @@ def test_ties_on_the_vector_path_across_chunks(vector_path):
 
 
 @pytest.mark.parametrize("C", [1, 3, 7, 8, 9, 31, 255, 256, 257, 600])
-def test_many_ties_rank_as_defined_for_every_class_count(vector_path, C):
+def test_many_ties_rank_as_defined_for_every_class_count(simd_path, C):
     # logits from a handful of values: ties everywhere, targets at every
     # position relative to the vector lanes and chunks
     rng = np.random.default_rng(C)
@@ -464,7 +456,7 @@ def test_worked_example_and_perplexity():
     assert r.per_sample.loss.shape == ()
 
 
-def test_rows_without_defined_probabilities(vector_path):
+def test_rows_without_defined_probabilities(simd_path):
     x = np.array([[0.0, np.nan, 1.0, np.nan],
                   [0.0, np.inf, 1.0, 2.0],
                   [-np.inf] * 4,
@@ -758,8 +750,8 @@ def test_any_thread_count_gives_identical_results(shape, axis):
     results_identical(runs[0], runs[2])
 
 
-def test_every_vector_path_matches_cross_entropy_too(vector_path):
-    assert _kernels.simd_isa() == vector_path
+def test_every_vector_path_matches_cross_entropy_too(simd_path):
+    assert _kernels.simd_isa() == simd_path
     rng = np.random.default_rng(32)
     for shape, axis in (((500, 1000), 1), ((300, 37), 1), ((4, 70, 130), 1),
                         ((3, 9, 130), 1), ((2, 5, 300), -1)):
@@ -768,7 +760,7 @@ def test_every_vector_path_matches_cross_entropy_too(vector_path):
             ax = axis % len(shape)
             t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1:])
             r = fastce.evaluate(x, t, axis=axis, per_sample=True, label_smoothing=0.1)
-            assert _metrics.simd_isa() == vector_path
+            assert _metrics.simd_isa() == simd_path
             assert_array_equal(r.per_sample.loss,
                                fastce.cross_entropy(x, t, axis=axis, reduction="none",
                                                     label_smoothing=0.1))

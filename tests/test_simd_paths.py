@@ -24,14 +24,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=PATHS)
-def simd_path(request):
-    chosen = _kernels.simd_init(request.param)
-    assert chosen == request.param
-    yield chosen
-    _kernels.simd_init(BEST)
-
-
 @pytest.mark.parametrize("shape, axis", CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_paths_match_the_reference(simd_path, shape, axis, dtype):
