@@ -124,13 +124,17 @@ def test_half_precision_converts_exactly_on_every_path(simd_path, bfloat16):
     dtype = np.float16
     if bfloat16:
         dtype = pytest.importorskip("ml_dtypes").bfloat16
-    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
-    got = np.empty(bits.size, np.float32)
-    _kernels.half_to_float32(bits, got, bfloat16)
-    want = bits.view(dtype).astype(np.float32)
+    # every value, through the logsumexp of one class (which is the value
+    # itself): as rows of few classes gathered into tiles, and as a tile of
+    # neighbouring samples; both convert with the vector path's instructions
+    values = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(dtype)
+    want = values.astype(np.float32)
     nan = np.isnan(want)
-    np.testing.assert_array_equal(np.isnan(got), nan)
-    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    for got in (fastce.logsumexp(values[:, None], axis=1),
+                fastce.logsumexp(values[None, None, :], axis=1)[0]):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(np.isnan(got), nan)
+        np.testing.assert_array_equal(got[~nan], want[~nan])
     # a length with a tail after the whole vectors, and a block the kernels convert in pieces
     x = (np.random.default_rng(2).standard_normal((301, 1003)) * 3).astype(dtype)
     t = np.random.default_rng(3).integers(0, 1003, 301)

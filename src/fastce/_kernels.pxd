@@ -1,6 +1,6 @@
 # What the core kernels (fastce._kernels) share with the evaluation kernels
 # (fastce._metrics).  _kernels.pyx reads this file as its own declarations;
-# _metrics.pyx cimports from it.  Three things are shared, each with one
+# _metrics.pyx cimports from it.  Four things are shared, each with one
 # source of truth:
 #
 # * the vector kernels of csrc/ (kernels.h), always called through
@@ -8,14 +8,18 @@
 #   exports it (``simd_ops``); an extension that cimports this file points
 #   its own ``fastce_active_ops`` at that table when it is imported, so the
 #   two extensions always run the same vector path;
-# * the thread rule (``thread_count``), defined in fastce._kernels only: it is
-#   also where a thread team is recorded as started, the state the fork
-#   handler reads, so a forked child computes serially whichever extension
-#   started the team;
-# * the per-sample statistics of the row and tile kernels (maximum and sum of
-#   exponentials), the layout decisions (rows, transposed small-C rows or
-#   tiles) and the class-index loss computed from those statistics: the
-#   evaluation computes its loss with the core's own code, to the last bit.
+# * the walk (``walk_plan``, ``walk_run``), defined in fastce._kernels only:
+#   the one code that cuts a call's samples into work units and pieces (runs
+#   of rows, tiles of neighbouring samples, rows of few classes transposed
+#   into tiles), converts float16 and bfloat16 logits, hands the units to the
+#   threads and keeps each unit's total.  A kernel supplies only its bodies:
+#   what to compute over a piece of rows and over a tile (``Body``);
+# * the thread rule (``thread_count``), also where a thread team is recorded
+#   as started, the state the fork handler reads, so a forked child computes
+#   serially whichever extension started the team;
+# * the per-sample statistics of the row and tile bodies (maximum and sum of
+#   exponentials) and the class-index loss computed from those statistics:
+#   the evaluation computes its loss with the core's own code, to the last bit.
 
 from libc.math cimport isinf, INFINITY, NAN
 from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
@@ -86,16 +90,9 @@ ctypedef fused floating:
     float
     double
 
-# every integer dtype a target may have, read as it is
-ctypedef fused index_t:
-    int8_t
-    int16_t
-    int32_t
-    int64_t
-    uint8_t
-    uint16_t
-    uint32_t
-    uint64_t
+cdef extern from "csrc/half.h":
+    float fastce_f16_to_f32(uint16_t) noexcept nogil
+    float fastce_bf16_to_f32(uint16_t) noexcept nogil
 
 # Samples per tile in the tile kernel, and the stack arrays sized by it.
 cdef enum:
@@ -119,50 +116,134 @@ cdef struct CEOptions:
     int64_t ignore_index
     bint has_ignore
     double denominator      # g[n] = grad_output[n] / denominator
-    bint want_loss_array
-    bint want_grad
+
+
+# ---- class-index targets of any integer dtype, read as they are ----------------
+
+cdef enum:
+    # how a target array stores its values (Targets.kind)
+    T_INT8, T_INT16, T_INT32, T_INT64, T_UINT8, T_UINT16, T_UINT32, T_UINT64
+
+
+cdef struct Targets:
+    const char* data        # NULL: none (probability targets)
+    int kind
+    Py_ssize_t so, si       # byte strides along outer and inner
+
+
+cdef inline int64_t target_at(const Targets* t, Py_ssize_t o, Py_ssize_t i) noexcept nogil:
+    cdef const char* v = t.data + o * t.so + i * t.si
+    if t.kind == T_INT64:
+        return (<const int64_t*>v)[0]
+    if t.kind == T_INT32:
+        return (<const int32_t*>v)[0]
+    if t.kind == T_INT16:
+        return (<const int16_t*>v)[0]
+    if t.kind == T_INT8:
+        return (<const int8_t*>v)[0]
+    if t.kind == T_UINT8:
+        return (<const uint8_t*>v)[0]
+    if t.kind == T_UINT16:
+        return (<const uint16_t*>v)[0]
+    if t.kind == T_UINT32:
+        return (<const uint32_t*>v)[0]
+    # uint64 beyond int64's range reads negative: out of range either way
+    return <int64_t>(<const uint64_t*>v)[0]
+
+
+# ---- the walk: one code for every layout ------------------------------------------
+
+cdef enum:
+    # the logits' element type (Walk.dtype); float16 and bfloat16 are
+    # computed in float32
+    DT_F32, DT_F64, DT_F16, DT_BF16
+
+cdef enum:
+    # how a walk cuts its samples (Walk.shape)
+    WALK_ROWS           # blocks of rows, each walked along its classes
+    WALK_SMALL_C        # blocks of rows of few contiguous classes, transposed into tiles
+    WALK_TILES          # tiles of up to TILE neighbouring samples, walked class by class
+
+
+cdef struct Piece:
+    # what a body computes: ``n`` samples of ``C`` classes, sample ``k``'s
+    # class ``c`` at ``x[k * xs + c * xc]`` and its per-class output at
+    # ``y[k * ys + c * yc]``; sample ``k`` is ``(o + k * o_step, i + k * i_step)``
+    # of the call's (outer, inner) grid, where its per-sample values live
+    Py_ssize_t n, C
+    Py_ssize_t xc, xs
+    Py_ssize_t yc, ys
+    Py_ssize_t o, i, o_step, i_step
+    Py_ssize_t unit         # the work unit the piece belongs to
+    bint bf16               # half bodies: bfloat16 rather than float16
+    # rows of one class stride: the row after the last one when it is there
+    # to be read (else NULL), and the state a row body leaves for the next
+    # row (NULL: the body keeps its own), so that a piece cut in several
+    # keeps computing the next row's maxima while it sums a row
+    const void* after
+    fastce_ahead_t* ahead
+
+
+cdef inline Py_ssize_t sample_offset(const Piece* p, Py_ssize_t k, Py_ssize_t so,
+                                     Py_ssize_t si) noexcept nogil:
+    """Where sample ``k`` of a piece is in a per-sample array of strides ``so``, ``si``."""
+    return (p.o + k * p.o_step) * so + (p.i + k * p.i_step) * si
+
+
+ctypedef void (*body_f32)(const void* call, const Piece* p, const float* x, float* y,
+                          double* total) noexcept nogil
+ctypedef void (*body_f64)(const void* call, const Piece* p, const double* x, double* y,
+                          double* total) noexcept nogil
+ctypedef void (*body_half)(const void* call, const Piece* p, const uint16_t* x, float* y,
+                           double* total) noexcept nogil
+
+
+cdef struct Body:
+    # what a kernel computes over a piece; each adds its samples' values to
+    # ``total`` in sample order, the unit's total
+    body_f32 rows_f32       # a piece of rows, walked one row at a time
+    body_f64 rows_f64
+    body_f32 tile_f32       # a tile, walked class by class; NULL: rows only
+    body_f64 tile_f64
+    body_half rows_half     # half rows read as they are; NULL: converted first
+
+
+cdef inline Body make_body(body_f32 rows_f32, body_f64 rows_f64, body_f32 tile_f32,
+                           body_f64 tile_f64, body_half rows_half) noexcept:
+    cdef Body b
+    b.rows_f32, b.rows_f64, b.tile_f32, b.tile_f64 = rows_f32, rows_f64, tile_f32, tile_f64
+    b.rows_half = rows_half
+    return b
+
+
+cdef struct Walk:
+    # the logits: an (outer, C, inner) view, element strides
+    const char* x
+    int dtype
+    Py_ssize_t outer, C, inner
+    Py_ssize_t xo, xc, xi
+    # the per-class output (NULL: none), float32 for half logits
+    char* y
+    Py_ssize_t yo, yc, yi
+    int threads             # requested thread count, 0 for the default
+    Py_ssize_t work         # elements the call reads, for the thread rule
+    # set by walk_plan
+    int shape
+    Py_ssize_t block_rows   # samples per block of the row shapes
+    Py_ssize_t n_blocks     # blocks: of rows, or tiles
+    Py_ssize_t blocks_per_unit
+    Py_ssize_t n_units
 
 
 # ---- defined in _kernels.pyx, exported to the extensions that cimport this ----
 
 cdef const fastce_ops_t* simd_ops() noexcept nogil
 cdef int thread_count(Py_ssize_t work_items, Py_ssize_t n_elements, int requested) noexcept nogil
-
-
-# ---- layout decisions ----------------------------------------------------------
-
-cdef inline bint tiles_pay_off(Py_ssize_t inner, Py_ssize_t xc, Py_ssize_t xi) noexcept nogil:
-    # Tiles pay off when neighbouring samples are closer in memory than
-    # neighbouring classes.
-    cdef Py_ssize_t ac = xc if xc >= 0 else -xc
-    cdef Py_ssize_t ai = xi if xi >= 0 else -xi
-    return inner > 1 and ai < ac
-
-
-cdef inline bint small_c_rows(Py_ssize_t C, Py_ssize_t inner, Py_ssize_t xc) noexcept nogil:
-    # Rows of a few contiguous classes are too short for the vector unit:
-    # TILE of them are transposed into a buffer and computed as one tile,
-    # with the samples in the vector lanes.
-    return C <= SMALL_C and inner == 1 and xc == 1
-
-
-cdef inline Py_ssize_t rows_per_block(Py_ssize_t C) noexcept nogil:
-    # Fixed by the problem only, never by the thread count: the block
-    # partials are what make totals reproducible.  Transposed small-C rows
-    # are tiled from the start of each block, so the block also fixes which
-    # vector lane each row is computed in.
-    cdef Py_ssize_t r = BLOCK_LOGITS // (C if C > 0 else 1)
-    return r if r > 0 else 1
-
-
-cdef inline Py_ssize_t units_per_grab(Py_ssize_t n_units, Py_ssize_t n_logits) noexcept nogil:
-    # A thread takes about BLOCK_LOGITS logits at a time from the dynamic
-    # schedule: units smaller than that (tiles of a few classes) would each
-    # cost an update of the schedule's shared counter.  The units, and so the
-    # bits, stay the same.
-    cdef Py_ssize_t per_unit = n_logits // n_units if n_units > 0 else 1
-    cdef Py_ssize_t k = BLOCK_LOGITS // per_unit if per_unit > 0 else 1
-    return k if k > 1 else 1
+cdef void walk_from(Walk* w, object x) except *
+cdef void walk_plan(Walk* w, const Body* body, bint gather, Py_ssize_t block_rows,
+                    Py_ssize_t max_units) noexcept nogil
+cdef int walk_run(const Walk* w, const Body* body, const void* call, double* totals) except -1
+cdef void targets_from(Targets* t, object target) except *
 
 
 # ---- the row and tile statistics -----------------------------------------------
@@ -281,17 +362,6 @@ cdef inline void tile_stats(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_
         s[k] = <double>NAN if isinf(m[k]) else s[k] + ties[k]
 
 
-cdef inline void gather_rows(const floating* x, Py_ssize_t row_stride, Py_ssize_t C,
-                             Py_ssize_t n, floating* buf) noexcept nogil:
-    """Rows ``x[k * row_stride : + C]`` for ``k < n`` into ``buf[c * TILE + k]``."""
-    cdef Py_ssize_t k, c
-    cdef const floating* row
-    for k in range(n):
-        row = x + k * row_stride
-        for c in range(C):
-            buf[c * TILE + k] = row[c]
-
-
 # ---- the loss of a class-index sample from its statistics ------------------------
 
 cdef inline bint any_nonzero(const double* weight, Py_ssize_t n) noexcept nogil:
@@ -337,9 +407,8 @@ cdef inline double index_row_loss(const floating* x, Py_ssize_t xc, Py_ssize_t C
     return loss
 
 
-cdef inline bint tile_targets(const index_t* t, Py_ssize_t ti, Py_ssize_t n, Py_ssize_t C,
-                              const CEOptions* opt, int64_t* tgt, double* A,
-                              bint* active) noexcept nogil:
+cdef inline bint tile_targets(const Targets* t, const Piece* p, const CEOptions* opt,
+                              int64_t* tgt, double* A, bint* active) noexcept nogil:
     """The class-index targets of a tile: ``tgt[k]`` the class (-1 where
     ignored), ``A[k]`` its coefficient sum (0 where ignored) and
     ``active[k]`` whether it has a coefficient that is not 0.  Returns
@@ -347,9 +416,9 @@ cdef inline bint tile_targets(const index_t* t, Py_ssize_t ti, Py_ssize_t n, Py_
     cdef Py_ssize_t k
     cdef double a_t
     cdef bint any_active = False
-    for k in range(n):
-        tgt[k] = <int64_t>t[k * ti]
-        A[k] = index_coefficient(opt, tgt[k], C, &a_t, &active[k])
+    for k in range(p.n):
+        tgt[k] = target_at(t, p.o + k * p.o_step, p.i + k * p.i_step)
+        A[k] = index_coefficient(opt, tgt[k], p.C, &a_t, &active[k])
         if opt.has_ignore and tgt[k] == opt.ignore_index:
             tgt[k] = -1
         else:

@@ -13,6 +13,8 @@ TILE_SIZE: int
 __pyx_capi__: dict[str, object]
 
 _Float = np.float32 | np.float64
+# logits of float32, float64, float16 or bfloat16 (which has no NumPy scalar type to name)
+_Logits = NDArray[Any]
 _Index = (
     np.int8 | np.int16 | np.int32 | np.int64 | np.uint8 | np.uint16 | np.uint32 | np.uint64
 )
@@ -28,7 +30,7 @@ def tile_log(s: NDArray[np.float64]) -> NDArray[np.float64]: ...
 def forked_child_serial() -> bool: ...
 def block_rows(C: int) -> int: ...
 def cross_entropy_index(
-    x: NDArray[_Float],
+    x: _Logits,
     target: NDArray[_Index],
     weight: NDArray[np.float64],
     weight_sum: float,
@@ -52,7 +54,7 @@ def cross_entropy_common(
 ) -> Any: ...
 def nll_loss_common(log_probs: object, target: object, mean: bool, ignore_index: int) -> Any: ...
 def cross_entropy_probs(
-    x: NDArray[_Float],
+    x: _Logits,
     probs: NDArray[_Float],
     weight: NDArray[np.float64],
     smoothing: float,
@@ -63,14 +65,14 @@ def cross_entropy_probs(
     num_threads: int = ...,
 ) -> float: ...
 def softmax_family(
-    x: NDArray[_Float],
+    x: _Logits,
     op: int,
     reduced_out: NDArray[_Float] | None,
     out: NDArray[_Float] | None,
     num_threads: int = ...,
 ) -> None: ...
 def nll_loss_kernel(
-    log_probs: NDArray[_Float],
+    log_probs: _Logits,
     target: NDArray[_Index],
     weight: NDArray[np.float64],
     ignore_index: int,
@@ -87,7 +89,7 @@ def check_targets(
 ) -> tuple[int, int, float]: ...
 def exp_sum_roof(x: NDArray[_Float], num_threads: int = ...) -> float: ...
 def binary_cross_entropy_kernel(
-    x: NDArray[_Float],
+    x: _Logits,
     y: NDArray[_Float],
     w: NDArray[_Float] | None,
     pw: NDArray[_Float] | None,
@@ -99,7 +101,4 @@ def binary_cross_entropy_kernel(
     grad: NDArray[_Float] | None,
     num_threads: int = ...,
 ) -> float: ...
-def half_to_float32(
-    src: NDArray[np.uint16], dst: NDArray[np.float32], bfloat16: bool, num_threads: int = ...
-) -> None: ...
-def first_outside_unit(x: NDArray[_Float], num_threads: int = ...) -> int: ...
+def first_outside_unit(x: _Logits, num_threads: int = ...) -> int: ...

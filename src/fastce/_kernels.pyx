@@ -5,24 +5,26 @@ Every public function reduces its input to a three-dimensional strided view:
 ``outer`` positions before the class axis, ``C`` classes, ``inner`` positions
 after it.  A *sample* is one ``(o, i)`` pair; its row is ``x[o, :, i]``.
 
-Two loop shapes serve every case:
+One walk (``walk_plan``, ``walk_run``) serves every kernel.  It cuts the
+samples into fixed blocks -- of rows walked along their classes when the
+class stride is the smallest one, of rows of few contiguous classes
+transposed into tiles, or tiles of up to ``TILE`` neighbouring samples walked
+class by class (channels-first data such as ``(N, C, H, W)``) -- and hands
+each piece to the kernel's body for rows or for tiles (``Body``).  float16
+and bfloat16 logits are converted to float32 by the thread that computes the
+piece, into a buffer of its own, in the same parallel region.
 
-* the row kernel walks one sample at a time along its class row; it is used
-  when the class stride is the smallest one (``inner == 1`` for C-ordered
-  data);
-* the tile kernel walks a tile of up to ``TILE`` neighbouring samples at once
-  with the tile's positions in the innermost loop; it is used when the inner
-  positions are contiguous (channels-first data such as ``(N, C, H, W)``).
-
-Reductions over samples are computed per fixed-size block into float64
-partials, then added in block order, so totals do not depend on the number of
-threads.  Blocks are handed to the threads as they become free (a dynamic
-schedule): on a busy machine a thread the OS deschedules holds up only the
-block it is in, and which thread computes a block never changes its bits.  The Python layer validates everything; these functions cannot fail.
+Reductions over samples are computed per fixed block into float64 totals,
+then added in block order, so totals do not depend on the number of threads.
+Blocks are handed to the threads as they become free (a dynamic schedule):
+on a busy machine a thread the OS deschedules holds up only the block it is
+in, and which thread computes a block never changes its bits.  The Python
+layer validates everything; the kernels cannot fail, and the entry points
+only raise for an internal mistake or memory they cannot get.
 """
 
 cimport cython
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.math cimport exp, log, isinf, INFINITY, NAN
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -85,9 +87,9 @@ cdef extern from *:
 cdef enum:
     SERIAL_BELOW = 1 << 15
 
-# Block totals of a call with at most this many blocks live on the stack.
+# Unit totals of a call with at most this many units live on the stack.
 cdef enum:
-    FEW_PARTIALS = 64
+    FEW_TOTALS = 64
 
 cdef enum:
     OP_LOG_SOFTMAX = 0
@@ -257,33 +259,6 @@ cdef inline void shift_for_logsumexp(floating* m) noexcept nogil:
         m[0] = 0
 
 
-# --------------------------------------------------------------------------
-# Layout of one call
-# --------------------------------------------------------------------------
-
-cdef struct Layout:
-    Py_ssize_t outer
-    Py_ssize_t C
-    Py_ssize_t inner
-    # element strides of the logits (x), of the per-class output (y, the
-    # gradient or the softmax), of probability targets (p), and of the
-    # per-sample arrays: targets (t), per-sample output (l), grad_output (g)
-    Py_ssize_t xo, xc, xi
-    Py_ssize_t yo, yc, yi
-    Py_ssize_t po, pc, pi
-    Py_ssize_t to, ti
-    Py_ssize_t lo, li
-    Py_ssize_t go, gi
-    int threads             # requested thread count, 0 for the default
-
-
-cdef inline Py_ssize_t elem_stride(Py_ssize_t byte_stride, Py_ssize_t itemsize) noexcept nogil:
-    return byte_stride // itemsize
-
-
-cdef inline bint use_tile_kernel(Layout* L) noexcept nogil:
-    return tiles_pay_off(L.inner, L.xc, L.xi)
-
 
 cdef int thread_count(Py_ssize_t work_items, Py_ssize_t n_elements, int requested) noexcept nogil:
     """The threads a call of ``work_items`` units over ``n_elements`` logits
@@ -306,6 +281,489 @@ def block_rows(Py_ssize_t C):
     that splits rows of few classes into several calls cuts at multiples of
     it, so that each row is computed as it would be in one call."""
     return rows_per_block(C)
+
+
+
+# --------------------------------------------------------------------------
+# The walk: how every kernel's samples are cut, converted and shared out
+# --------------------------------------------------------------------------
+
+cdef inline bint tiles_pay_off(Py_ssize_t inner, Py_ssize_t xc, Py_ssize_t xi) noexcept nogil:
+    # Tiles pay off when neighbouring samples are closer in memory than
+    # neighbouring classes.
+    cdef Py_ssize_t ac = xc if xc >= 0 else -xc
+    cdef Py_ssize_t ai = xi if xi >= 0 else -xi
+    return inner > 1 and ai < ac
+
+
+cdef inline bint small_c_rows(Py_ssize_t C, Py_ssize_t inner, Py_ssize_t xc) noexcept nogil:
+    # Rows of a few contiguous classes are too short for the vector unit:
+    # TILE of them are transposed into a buffer and computed as one tile,
+    # with the samples in the vector lanes.
+    return C <= SMALL_C and inner == 1 and xc == 1
+
+
+cdef inline Py_ssize_t rows_per_block(Py_ssize_t C) noexcept nogil:
+    # Fixed by the problem only, never by the thread count: the block
+    # totals are what make totals reproducible.  Transposed small-C rows
+    # are tiled from the start of each block, so the block also fixes which
+    # vector lane each row is computed in.
+    cdef Py_ssize_t r = BLOCK_LOGITS // (C if C > 0 else 1)
+    return r if r > 0 else 1
+
+
+cdef inline Py_ssize_t units_per_grab(Py_ssize_t n_units, Py_ssize_t n_logits) noexcept nogil:
+    # A thread takes about BLOCK_LOGITS logits at a time from the dynamic
+    # schedule: units smaller than that (tiles of a few classes) would each
+    # cost an update of the schedule's shared counter.  The units, and so the
+    # bits, stay the same.
+    cdef Py_ssize_t per_unit = n_logits // n_units if n_units > 0 else 1
+    cdef Py_ssize_t k = BLOCK_LOGITS // per_unit if per_unit > 0 else 1
+    return k if k > 1 else 1
+
+
+cdef enum:
+    # float32 elements of a thread's buffer for a tile of half logits: a tile
+    # of many classes is converted a few samples (a multiple of HALF_LANES)
+    # at a time.  Each sample's bits do not depend on its tile's width.
+    HALF_TILE_ELEMENTS = 1 << 18
+    HALF_LANES = 16
+    # float32 elements of half rows converted at once (whole rows, at least one)
+    HALF_ROW_ELEMENTS = 1 << 12
+
+
+cdef inline Py_ssize_t half_tile_width(Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t width = HALF_TILE_ELEMENTS // (C if C > 0 else 1)
+    if width >= TILE:
+        return TILE
+    width = width // HALF_LANES * HALF_LANES
+    return width if width > HALF_LANES else HALF_LANES
+
+
+cdef extern from "numpy/arrayobject.h":
+    # not among the type numbers numpy's declarations name
+    int NPY_HALF_TYPE "NPY_HALF"
+
+
+cdef inline Py_ssize_t element_size(int dtype) noexcept nogil:
+    if dtype == DT_F64:
+        return 8
+    return 4 if dtype == DT_F32 else 2
+
+
+cdef void walk_from(Walk* w, object x) except *:
+    """A walk over the logits ``x``, an aligned (outer, C, inner) array of
+    float32, float64, float16 or bfloat16, with no per-class output."""
+    cdef cnp.ndarray a = x
+    cdef int typenum = cnp.PyArray_TYPE(a)
+    cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(a), d
+    if typenum == cnp.NPY_FLOAT:
+        w.dtype = DT_F32
+    elif typenum == cnp.NPY_DOUBLE:
+        w.dtype = DT_F64
+    elif typenum == NPY_HALF_TYPE:
+        w.dtype = DT_F16
+    elif a.dtype.name == "bfloat16":
+        w.dtype = DT_BF16
+    else:
+        raise TypeError(f"internal: the kernels cannot read logits of dtype {a.dtype}")
+    if cnp.PyArray_NDIM(a) != 3 or not cnp.PyArray_ISALIGNED(a):
+        raise ValueError("internal: the kernels read an aligned (outer, C, inner) view")
+    for d in range(3):
+        if cnp.PyArray_STRIDE(a, d) % isz:
+            raise ValueError("internal: the logits' strides are not whole elements")
+    w.x = <const char*>cnp.PyArray_DATA(a)
+    w.outer = cnp.PyArray_DIM(a, 0)
+    w.C = cnp.PyArray_DIM(a, 1)
+    w.inner = cnp.PyArray_DIM(a, 2)
+    w.xo = cnp.PyArray_STRIDE(a, 0) // isz
+    w.xc = cnp.PyArray_STRIDE(a, 1) // isz
+    w.xi = cnp.PyArray_STRIDE(a, 2) // isz
+    w.y = NULL
+    w.yo = w.yc = w.yi = 0
+    w.threads = 0
+    w.work = w.outer * w.C * w.inner
+
+
+cdef inline int result_typenum(const Walk* w) noexcept:
+    return cnp.NPY_DOUBLE if w.dtype == DT_F64 else cnp.NPY_FLOAT
+
+
+cdef char* array_data(object a, int ndim, int typenum, Py_ssize_t* strides) except? NULL:
+    """The data of ``a`` (NULL for None), an aligned ``ndim``-dimensional
+    array of NumPy type ``typenum``, and its element strides."""
+    cdef Py_ssize_t isz, d
+    if a is None:
+        for d in range(ndim):
+            strides[d] = 0
+        return NULL
+    cdef cnp.ndarray arr = a
+    if cnp.PyArray_NDIM(arr) != ndim or cnp.PyArray_TYPE(arr) != typenum \
+            or not cnp.PyArray_ISALIGNED(arr):
+        raise ValueError(f"internal: an aligned {ndim}-d array of NumPy type {typenum} was "
+                         f"expected, not {arr.ndim}-d {arr.dtype}")
+    isz = cnp.PyArray_ITEMSIZE(arr)
+    for d in range(ndim):
+        strides[d] = cnp.PyArray_STRIDE(arr, d) // isz
+    return <char*>cnp.PyArray_DATA(arr)
+
+
+cdef void walk_output(Walk* w, object y) except *:
+    """Sets the walk's per-class output: ``y`` (or None), the logits' shape,
+    of their result dtype."""
+    cdef Py_ssize_t s[3]
+    w.y = array_data(y, 3, result_typenum(w), s)
+    if w.y != NULL:
+        w.yo, w.yc, w.yi = s[0], s[1], s[2]
+
+
+cdef void targets_from(Targets* t, object target) except *:
+    """Class-index targets: ``target``, an aligned 2-d integer array (or None)."""
+    t.data = NULL
+    t.so = t.si = 0
+    t.kind = T_INT64
+    if target is None:
+        return
+    cdef cnp.ndarray a = target
+    cdef int typenum = cnp.PyArray_TYPE(a)
+    if cnp.PyArray_NDIM(a) != 2 or not cnp.PyArray_ISALIGNED(a):
+        raise ValueError("internal: targets are read as an aligned (outer, inner) array")
+    if not cnp.PyTypeNum_ISINTEGER(typenum):
+        raise TypeError(f"internal: targets of dtype {a.dtype} are not class indices")
+    if cnp.PyTypeNum_ISSIGNED(typenum):
+        t.kind = {1: T_INT8, 2: T_INT16, 4: T_INT32, 8: T_INT64}[a.itemsize]
+    else:
+        t.kind = {1: T_UINT8, 2: T_UINT16, 4: T_UINT32, 8: T_UINT64}[a.itemsize]
+    t.data = <const char*>cnp.PyArray_DATA(a)
+    t.so = cnp.PyArray_STRIDE(a, 0)
+    t.si = cnp.PyArray_STRIDE(a, 1)
+
+
+cdef void walk_plan(Walk* w, const Body* body, bint gather, Py_ssize_t block_rows,
+                    Py_ssize_t max_units) noexcept nogil:
+    """Chooses how the walk cuts its samples: tiles when the body has them
+    and they pay off, else blocks of ``block_rows`` rows (0: rows_per_block),
+    transposed into tiles when ``gather`` and the rows have few contiguous
+    classes; then groups the blocks into at most ``max_units`` work units
+    (0: one block each).  Fixed by the problem, never by the thread count."""
+    cdef Py_ssize_t per
+    if body.tile_f32 != NULL and tiles_pay_off(w.inner, w.xc, w.xi):
+        w.shape = WALK_TILES
+        w.block_rows = 0
+        w.n_blocks = w.outer * ((w.inner + TILE - 1) // TILE)
+    else:
+        if body.tile_f32 != NULL and gather and small_c_rows(w.C, w.inner, w.xc):
+            w.shape = WALK_SMALL_C
+            block_rows = 0      # the lanes are fixed from the start of each block
+        else:
+            w.shape = WALK_ROWS
+        w.block_rows = block_rows if block_rows > 0 else rows_per_block(w.C)
+        w.n_blocks = (w.outer * w.inner + w.block_rows - 1) // w.block_rows
+    per = 1
+    if max_units > 0 and w.n_blocks > max_units:
+        per = (w.n_blocks + max_units - 1) // max_units
+    w.blocks_per_unit = per
+    w.n_units = (w.n_blocks + per - 1) // per
+
+
+cdef Py_ssize_t half_buffer_elements(const Walk* w, const Body* body) noexcept nogil:
+    """float32 elements of each thread's buffer for half logits."""
+    if w.dtype != DT_F16 and w.dtype != DT_BF16:
+        return 0
+    if w.shape == WALK_TILES:
+        return w.C * half_tile_width(w.C)
+    if w.shape == WALK_SMALL_C:
+        return TILE * SMALL_C
+    if body.rows_half != NULL:
+        return 0
+    # and the row after them, read ahead
+    return w.C * (half_rows_at_once(w.C) + 1 if half_rows_at_once(w.C) < w.block_rows
+                  else w.block_rows)
+
+
+cdef int walk_run(const Walk* w, const Body* body, const void* call, double* totals) except -1:
+    """Runs ``body`` over every unit of a planned walk, each unit's total
+    into ``totals[unit]``; float16 and bfloat16 logits are converted to
+    float32 by each thread, a piece at a time, into its own buffer."""
+    cdef int nthreads = thread_count(w.n_units, w.work, w.threads)
+    cdef Py_ssize_t per_thread = half_buffer_elements(w, body), u
+    cdef float* buffers = NULL
+    if per_thread:
+        buffers = <float*>malloc(nthreads * per_thread * sizeof(float))
+        if buffers == NULL:
+            raise MemoryError(f"cannot allocate {nthreads} conversion buffers of "
+                              f"{per_thread * 4} bytes")
+    with nogil:
+        if nthreads == 1:
+            for u in range(w.n_units):
+                totals[u] = walk_unit(w, body, call, u, buffers)
+        else:
+            for u in prange(w.n_units, schedule="dynamic", num_threads=nthreads,
+                            chunksize=units_per_grab(w.n_units, w.work)):
+                totals[u] = walk_unit(w, body, call, u,
+                                      buffers + threadid() * per_thread if per_thread else NULL)
+    free(buffers)
+    return 0
+
+
+cdef double walk_unit(const Walk* w, const Body* body, const void* call, Py_ssize_t unit,
+                      float* buffer) noexcept nogil:
+    cdef double total = 0.0
+    cdef Py_ssize_t b, o, i, n, first, last, tiles
+    cdef Py_ssize_t end = (unit + 1) * w.blocks_per_unit
+    if end > w.n_blocks:
+        end = w.n_blocks
+    for b in range(unit * w.blocks_per_unit, end):
+        if w.shape == WALK_TILES:
+            tiles = (w.inner + TILE - 1) // TILE
+            o = b // tiles
+            i = (b - o * tiles) * TILE
+            n = w.inner - i if w.inner - i < TILE else TILE
+            walk_tile(w, body, call, unit, o, i, n, buffer, &total)
+            continue
+        first = b * w.block_rows
+        last = first + w.block_rows
+        if last > w.outer * w.inner:
+            last = w.outer * w.inner
+        if w.shape == WALK_SMALL_C:
+            walk_small_c(w, body, call, unit, first, last, buffer, &total)
+        else:
+            walk_rows(w, body, call, unit, first, last, buffer, &total)
+    return total
+
+
+cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_t unit,
+                    Py_ssize_t first, Py_ssize_t last, float* buffer,
+                    double* total) noexcept nogil:
+    """Samples ``first <= j < last``, as pieces of rows one stride apart:
+    the whole range when ``inner == 1``, else up to the end of each outer
+    position."""
+    cdef Piece p
+    cdef Py_ssize_t j = first
+    cdef Py_ssize_t isz = element_size(w.dtype), ysz = 8 if w.dtype == DT_F64 else 4
+    cdef const char* x
+    cdef char* y
+    cdef fastce_ahead_t ahead
+    p.C = w.C
+    p.xc = w.xc
+    p.yc = w.yc
+    p.unit = unit
+    p.bf16 = w.dtype == DT_BF16
+    p.after = NULL
+    p.ahead = &ahead
+    while j < last:
+        ahead.valid = 0
+        if w.inner == 1:
+            p.o, p.i, p.o_step, p.i_step = j, 0, 1, 0
+            p.n = last - j
+            p.xs, p.ys = w.xo, w.yo
+        else:
+            p.o = j // w.inner
+            p.i = j - p.o * w.inner
+            p.o_step, p.i_step = 0, 1
+            p.n = last - j if last - j < w.inner - p.i else w.inner - p.i
+            p.xs, p.ys = w.xi, w.yi
+        x = w.x + isz * (p.o * w.xo + p.i * w.xi)
+        y = NULL if w.y == NULL else w.y + ysz * (p.o * w.yo + p.i * w.yi)
+        if w.dtype == DT_F32:
+            body.rows_f32(call, &p, <const float*>x, <float*>y, total)
+        elif w.dtype == DT_F64:
+            body.rows_f64(call, &p, <const double*>x, <double*>y, total)
+        elif body.rows_half != NULL:
+            body.rows_half(call, &p, <const uint16_t*>x, <float*>y, total)
+        else:
+            half_rows(body, call, &p, <const uint16_t*>x, <float*>y, buffer, total)
+        j += p.n
+
+
+cdef void half_rows(const Body* body, const void* call, const Piece* p, const uint16_t* x,
+                    float* y, float* buffer, double* total) noexcept nogil:
+    """A piece of half rows, a few rows at a time converted into the
+    thread's buffer, small enough to be read back from the first-level cache."""
+    cdef Piece q = p[0]
+    cdef Py_ssize_t start = 0, step = half_rows_at_once(p.C), converted
+    q.xc, q.xs = 1, p.C
+    while start < p.n:
+        q.n = p.n - start if p.n - start < step else step
+        q.o = p.o + start * p.o_step
+        q.i = p.i + start * p.i_step
+        # one row more when there is one: the last row's body reads it ahead
+        converted = q.n + 1 if start + q.n < p.n else q.n
+        rows_to_f32(x + start * p.xs, p.xs, p.xc, converted, p.C, p.bf16, buffer)
+        q.after = buffer + q.n * p.C if converted > q.n else NULL
+        body.rows_f32(call, &q, buffer, NULL if y == NULL else y + start * p.ys, total)
+        start += q.n
+
+
+cdef inline Py_ssize_t half_rows_at_once(Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t rows = HALF_ROW_ELEMENTS // (C if C > 0 else 1)
+    return rows if rows > 1 else 1
+
+
+cdef void rows_to_f32(const uint16_t* x, Py_ssize_t xs, Py_ssize_t xc, Py_ssize_t n,
+                      Py_ssize_t C, bint bf16, float* out) noexcept nogil:
+    """``n`` half rows, ``xs`` apart, as contiguous float32 rows."""
+    cdef Py_ssize_t k, c
+    if xc == 1 and xs == C:
+        fastce_active_ops.half_to_f32(x, n * C, out, bf16)
+    elif xc == 1:
+        for k in range(n):
+            fastce_active_ops.half_to_f32(x + k * xs, C, out + k * C, bf16)
+    else:
+        for k in range(n):
+            for c in range(C):
+                out[k * C + c] = half_value(x[k * xs + c * xc], bf16)
+
+
+cdef inline float half_value(uint16_t bits, bint bf16) noexcept nogil:
+    return fastce_bf16_to_f32(bits) if bf16 else fastce_f16_to_f32(bits)
+
+
+cdef void walk_tile(const Walk* w, const Body* body, const void* call, Py_ssize_t unit,
+                    Py_ssize_t o, Py_ssize_t i, Py_ssize_t n, float* buffer,
+                    double* total) noexcept nogil:
+    """The ``n`` samples ``(o, i)`` onwards, neighbours along the inner axis."""
+    cdef Piece p
+    cdef Py_ssize_t isz = element_size(w.dtype), ysz = 8 if w.dtype == DT_F64 else 4
+    cdef Py_ssize_t start, width, c, k
+    cdef const char* x = w.x + isz * (o * w.xo + i * w.xi)
+    cdef char* y = NULL if w.y == NULL else w.y + ysz * (o * w.yo + i * w.yi)
+    cdef const uint16_t* src
+    p.C = w.C
+    p.o, p.i, p.o_step, p.i_step = o, i, 0, 1
+    p.unit = unit
+    p.bf16 = w.dtype == DT_BF16
+    p.after = NULL
+    p.ahead = NULL
+    p.yc, p.ys = w.yc, w.yi
+    if w.dtype == DT_F32 or w.dtype == DT_F64:
+        p.n, p.xc, p.xs = n, w.xc, w.xi
+        if w.dtype == DT_F32:
+            body.tile_f32(call, &p, <const float*>x, <float*>y, total)
+        else:
+            body.tile_f64(call, &p, <const double*>x, <double*>y, total)
+        return
+    width = half_tile_width(w.C)
+    start = 0
+    while start < n:
+        p.n = n - start if n - start < width else width
+        p.i = i + start
+        p.xc, p.xs = p.n, 1
+        src = <const uint16_t*>x + start * w.xi
+        for c in range(w.C):
+            if w.xi == 1:
+                fastce_active_ops.half_to_f32(src + c * w.xc, p.n, buffer + c * p.n, p.bf16)
+            else:
+                for k in range(p.n):
+                    buffer[c * p.n + k] = half_value(src[c * w.xc + k * w.xi], p.bf16)
+        body.tile_f32(call, &p, buffer,
+                      NULL if y == NULL else <float*>y + start * w.yi, total)
+        start += p.n
+
+
+cdef inline void gather_rows(const floating* x, Py_ssize_t row_stride, Py_ssize_t C,
+                             Py_ssize_t n, floating* buf) noexcept nogil:
+    """Rows ``x[k * row_stride : + C]`` for ``k < n`` into ``buf[c * TILE + k]``."""
+    cdef Py_ssize_t k, c
+    cdef const floating* row
+    for k in range(n):
+        row = x + k * row_stride
+        for c in range(C):
+            buf[c * TILE + k] = row[c]
+
+
+cdef inline void scatter_rows(const floating* buf, Py_ssize_t C, Py_ssize_t n,
+                              floating* y, Py_ssize_t row_stride, Py_ssize_t yc) noexcept nogil:
+    cdef Py_ssize_t k, c
+    cdef floating* row
+    for k in range(n):
+        row = y + k * row_stride
+        for c in range(C):
+            row[c * yc] = buf[c * TILE + k]
+
+
+cdef void walk_small_c(const Walk* w, const Body* body, const void* call, Py_ssize_t unit,
+                       Py_ssize_t first, Py_ssize_t last, float* buffer,
+                       double* total) noexcept nogil:
+    """Rows ``first <= j < last`` of at most SMALL_C contiguous classes
+    (``inner == 1``), TILE at a time transposed into a tile and back."""
+    cdef float x32[TILE * SMALL_C]
+    cdef float y32[TILE * SMALL_C]
+    cdef double x64[TILE * SMALL_C]
+    cdef double y64[TILE * SMALL_C]
+    cdef Piece p
+    cdef Py_ssize_t j = first, k, c
+    cdef Py_ssize_t isz = element_size(w.dtype)
+    cdef const char* x
+    p.C = w.C
+    p.xc, p.xs, p.yc, p.ys = TILE, 1, TILE, 1
+    p.i, p.o_step, p.i_step = 0, 1, 0
+    p.unit = unit
+    p.bf16 = w.dtype == DT_BF16
+    p.after = NULL
+    p.ahead = NULL
+    while j < last:
+        p.n = last - j if last - j < TILE else TILE
+        p.o = j
+        x = w.x + isz * j * w.xo
+        if w.dtype == DT_F64:
+            gather_rows(<const double*>x, w.xo, w.C, p.n, x64)
+            body.tile_f64(call, &p, x64, NULL if w.y == NULL else y64, total)
+            if w.y != NULL:
+                scatter_rows(y64, w.C, p.n, <double*>w.y + j * w.yo, w.yo, w.yc)
+        else:
+            if w.dtype == DT_F32:
+                gather_rows(<const float*>x, w.xo, w.C, p.n, x32)
+            elif w.xo == w.C:
+                fastce_active_ops.half_to_f32(<const uint16_t*>x, p.n * w.C, buffer, p.bf16)
+                gather_rows(<const float*>buffer, w.C, w.C, p.n, x32)
+            else:
+                for k in range(p.n):
+                    for c in range(w.C):
+                        x32[c * TILE + k] = half_value((<const uint16_t*>x)[k * w.xo + c],
+                                                       p.bf16)
+            body.tile_f32(call, &p, x32, NULL if w.y == NULL else y32, total)
+            if w.y != NULL:
+                scatter_rows(y32, w.C, p.n, <float*>w.y + j * w.yo, w.yo, w.yc)
+        j += p.n
+
+
+cdef double ordered_sum(const double* totals, Py_ssize_t n) noexcept nogil:
+    cdef double total = 0.0
+    cdef Py_ssize_t u
+    for u in range(n):
+        total += totals[u]
+    return total
+
+
+cdef double* block_totals(Py_ssize_t n_units, double* few) except NULL:
+    """Room for a call's unit totals: ``few`` (FEW_TOTALS of them, on the
+    caller's stack) when they fit, for small calls an allocation would cost as
+    much as the arithmetic; else memory the caller frees when it is not ``few``."""
+    if n_units <= FEW_TOTALS:
+        return few
+    cdef double* totals = <double*>malloc(n_units * sizeof(double))
+    if totals == NULL:
+        raise MemoryError(f"cannot allocate {n_units} unit totals")
+    return totals
+
+
+cdef double walk_total(Walk* w, const Body* body, const void* call, bint gather,
+                       Py_ssize_t block_rows) except? -1.0:
+    """Plans and runs a walk of one-block units; returns the sum of their
+    totals, added in unit order."""
+    cdef double few[FEW_TOTALS]
+    cdef double* totals
+    cdef double total
+    walk_plan(w, body, gather, block_rows, 0)
+    totals = block_totals(w.n_units, few)
+    try:
+        walk_run(w, body, call, totals)
+        total = ordered_sum(totals, w.n_units)
+    finally:
+        if totals != few:
+            free(totals)
+    return total
 
 
 # --------------------------------------------------------------------------
@@ -396,19 +854,60 @@ cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
 
 
 # --------------------------------------------------------------------------
-# Cross-entropy, tile layout: TILE neighbouring samples at once
+# Cross-entropy: the bodies
 # --------------------------------------------------------------------------
 
-cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize_t C,
-                           Py_ssize_t n,
-                           const index_t* t, Py_ssize_t ti,
-                           const floating* p, Py_ssize_t pc, Py_ssize_t pi,
-                           const CEOptions* opt,
-                           floating* loss_out, Py_ssize_t li,
-                           const double* gout, Py_ssize_t gi,
-                           floating* grad, Py_ssize_t yc, Py_ssize_t yi) noexcept nogil:
-    """Samples ``0 <= k < n`` of a tile; ``t`` is NULL for probability
-    targets, ``p`` NULL for class indices.  Returns the sum of their losses."""
+cdef struct CECall:
+    CEOptions opt
+    Targets t               # class indices; t.data NULL for probability targets
+    const char* p           # probability targets (the logits' result dtype)
+    Py_ssize_t po, pc, pi
+    char* loss              # per-sample losses (or NULL)
+    Py_ssize_t lo, li
+    const double* gout      # grad_output (NULL without a gradient)
+    Py_ssize_t go, gi
+
+
+cdef inline Py_ssize_t sample_step(const Piece* p, Py_ssize_t so, Py_ssize_t si) noexcept nogil:
+    """The distance between neighbouring samples of a piece in a per-sample array."""
+    return p.o_step * so + p.i_step * si
+
+
+cdef void ce_rows(const void* call_, const Piece* p, const floating* x, floating* y,
+                  double* total) noexcept nogil:
+    cdef const CECall* call = <const CECall*>call_
+    cdef const floating* probs = <const floating*>call.p
+    cdef floating* loss_out = <floating*>call.loss
+    cdef floating* grow = NULL
+    cdef const floating* next_row
+    cdef Py_ssize_t k
+    cdef double g = 0.0, loss
+    cdef int64_t target
+    # contiguous rows take their maxima while the previous row is summed
+    cdef fastce_ahead_t* look_ahead = p.ahead if p.xc == 1 else NULL
+    for k in range(p.n):
+        if y != NULL:
+            g = call.gout[sample_offset(p, k, call.go, call.gi)] / call.opt.denominator
+            grow = y + k * p.ys
+        if call.t.data != NULL:
+            target = target_at(&call.t, p.o + k * p.o_step, p.i + k * p.i_step)
+            next_row = x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after
+            loss = ce_index_row(x + k * p.xs, p.xc, p.C, target, &call.opt, grow, p.yc, g,
+                                next_row, look_ahead)
+        else:
+            loss = ce_prob_row(x + k * p.xs, p.xc, p.C,
+                               probs + sample_offset(p, k, call.po, call.pi), call.pc,
+                               &call.opt, grow, p.yc, g)
+        if loss_out != NULL:
+            loss_out[sample_offset(p, k, call.lo, call.li)] = <floating>loss
+        total[0] += loss
+
+
+cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating* grad,
+                  double* total) noexcept nogil:
+    """The ``p.n <= TILE`` samples of a tile, class by class."""
+    cdef const CECall* call = <const CECall*>call_
+    cdef const CEOptions* opt = &call.opt
     cdef floating m[TILE]
     cdef floating scale[TILE]
     cdef floating offset[TILE]
@@ -422,17 +921,30 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
     # whether any of the sample's coefficients is not 0: a sample without one
     # contributes exactly nothing
     cdef bint active[TILE]
-    cdef Py_ssize_t c, k
+    cdef Py_ssize_t c, k, n = p.n, C = p.C
+    cdef Py_ssize_t xc = p.xc, xi = p.xs, yc = p.yc, yi = p.ys
     cdef double eps = opt.smoothing
     cdef double smooth = eps / C
-    cdef double wc, a, total = 0.0, loss, g
+    cdef double wc, a, loss, g
     cdef bint any_zero = False
     cdef const floating* xrow
     cdef floating* yrow
+    cdef bint index = call.t.data != NULL
+    cdef const floating* probs = NULL
+    cdef Py_ssize_t pk = 0, pc = call.pc
+    cdef floating* loss_out = NULL
+    cdef const double* gout = NULL
+    if not index:
+        probs = <const floating*>call.p + sample_offset(p, 0, call.po, call.pi)
+        pk = sample_step(p, call.po, call.pi)
+    if call.loss != NULL:
+        loss_out = <floating*>call.loss + sample_offset(p, 0, call.lo, call.li)
+    if grad != NULL:
+        gout = call.gout + sample_offset(p, 0, call.go, call.gi)
 
     tile_stats(x, xc, xi, C, n, m, s)
-    if t != NULL:
-        tile_targets(t, ti, n, C, opt, tgt, A, active)
+    if index:
+        tile_targets(&call.t, p, opt, tgt, A, active)
         tile_index_terms(x, xc, xi, C, n, tgt, opt, m, x_t, dot)
     else:
         for k in range(n):
@@ -443,7 +955,7 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
             wc = 1.0 if opt.weight == NULL else opt.weight[c]
             xrow = x + c * xc
             for k in range(n):
-                a = wc * ((1.0 - eps) * <double>p[c * pc + k * pi] + smooth)
+                a = wc * ((1.0 - eps) * <double>probs[c * pc + k * pk] + smooth)
                 A[k] += a
                 if a != 0.0:
                     active[k] = True
@@ -453,27 +965,26 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
     for k in range(n):
         loss = sample_loss(active[k], A[k], log_s[k], dot[k])
         any_zero = any_zero or not active[k]
-        total += loss
+        total[0] += loss
         if loss_out != NULL:
-            loss_out[k * li] = <floating>loss
+            loss_out[k * sample_step(p, call.lo, call.li)] = <floating>loss
 
     if grad == NULL:
-        return total
+        return
     for k in range(n):
-        g = gout[k * gi] / opt.denominator
+        g = gout[k * sample_step(p, call.go, call.gi)] / opt.denominator
         gk[k] = g if active[k] else 0.0
         scale[k] = <floating>(g * A[k] / s[k] if active[k] else 0.0)
         offset[k] = <floating>(gk[k] * smooth)
     for c in range(C):
         xrow = x + c * xc
         yrow = grad + c * yc
-        if t != NULL:
-            wc = 1.0 if opt.weight == NULL else opt.weight[c]
+        wc = 1.0 if opt.weight == NULL else opt.weight[c]
+        if index:
             tile_scaled_exp(xrow, xi, n, m, scale, <floating>wc, offset, yrow, yi)
         else:
-            wc = 1.0 if opt.weight == NULL else opt.weight[c]
             for k in range(n):
-                a = wc * ((1.0 - eps) * <double>p[c * pc + k * pi] + smooth)
+                a = wc * ((1.0 - eps) * <double>probs[c * pc + k * pk] + smooth)
                 yrow[k * yi] = <floating>(scale[k] * exp_neg(xrow[k * xi] - m[k]) - gk[k] * a)
     if any_zero:
         # samples with no coefficient get exactly zero, whatever their logits
@@ -482,7 +993,7 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
             for k in range(n):
                 if not active[k]:
                     yrow[k * yi] = 0
-    if t != NULL:
+    if index:
         # the targets' elements once more in float64: p_t - 1 cancels
         for k in range(n):
             if tgt[k] >= 0 and active[k]:
@@ -491,166 +1002,19 @@ cdef inline double ce_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_s
                 grad[c * yc + k * yi] = <floating>(
                     gk[k] * A[k] / s[k] * <double>exp_neg(x_t[k] - m[k])
                     - gk[k] * ((1.0 - eps) * wc + smooth * wc))
-    return total
+
+
+cdef Body CE_BODY = make_body(
+    ce_rows[float], ce_rows[double], ce_tile[float], ce_tile[double], NULL)
 
 
 # --------------------------------------------------------------------------
-# Cross-entropy drivers
+# Cross-entropy: the entry points
 # --------------------------------------------------------------------------
 
-cdef inline bint use_small_c_tiles(Layout* L) noexcept nogil:
-    return small_c_rows(L.C, L.inner, L.xc)
-
-
-cdef inline void scatter_rows(const floating* buf, Py_ssize_t C, Py_ssize_t n,
-                              floating* y, Py_ssize_t row_stride, Py_ssize_t yc) noexcept nogil:
-    cdef Py_ssize_t k, c
-    cdef floating* row
-    for k in range(n):
-        row = y + k * row_stride
-        for c in range(C):
-            row[c * yc] = buf[c * TILE + k]
-
-
-cdef double ce_small_c_rows(const floating* x, const index_t* t, Layout* L,
-                            const CEOptions* opt, floating* loss_out, const double* gout,
-                            floating* grad, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
-    """Rows ``first <= j < last`` (``inner == 1``) through the tile kernel."""
-    cdef floating xbuf[TILE * SMALL_C]
-    cdef floating gbuf[TILE * SMALL_C]
-    cdef Py_ssize_t j = first, n
-    cdef double total = 0.0
-    while j < last:
-        n = last - j
-        if n > TILE:
-            n = TILE
-        gather_rows(x + j * L.xo, L.xo, L.C, n, xbuf)
-        total += ce_tile(
-            xbuf, TILE, 1, L.C, n, t + j * L.to, L.to, <const floating*>NULL, 0, 0, opt,
-            (loss_out + j * L.lo) if loss_out != NULL else NULL, L.lo,
-            (gout + j * L.go) if gout != NULL else NULL, L.go,
-            gbuf if grad != NULL else NULL, TILE, 1)
-        if grad != NULL:
-            scatter_rows(gbuf, L.C, n, grad + j * L.yo, L.yo, L.yc)
-        j += n
-    return total
-
-
-cdef double ce_block(const floating* x, const index_t* t, const floating* p,
-                     Layout* L, const CEOptions* opt,
-                     floating* loss_out, const double* gout, floating* grad,
-                     Py_ssize_t unit, bint tiled) noexcept nogil:
-    """The losses of work unit ``unit`` (a block of rows, or one tile),
-    summed in a fixed order."""
-    cdef Py_ssize_t per, first, last, n, o, i, j, tiles
-    cdef double total = 0.0, g, loss
-    cdef int64_t target
-    cdef floating* grow = NULL
-    cdef const floating* prow = NULL
-
-    if tiled:
-        tiles = (L.inner + TILE - 1) // TILE
-        o = unit // tiles
-        i = (unit % tiles) * TILE
-        n = L.inner - i
-        if n > TILE:
-            n = TILE
-        return ce_tile(
-            x + o * L.xo + i * L.xi, L.xc, L.xi, L.C, n,
-            (t + o * L.to + i * L.ti) if t != NULL else NULL, L.ti,
-            (p + o * L.po + i * L.pi) if p != NULL else NULL, L.pc, L.pi,
-            opt,
-            (loss_out + o * L.lo + i * L.li) if loss_out != NULL else NULL, L.li,
-            (gout + o * L.go + i * L.gi) if gout != NULL else NULL, L.gi,
-            (grad + o * L.yo + i * L.yi) if grad != NULL else NULL, L.yc, L.yi)
-
-    per = rows_per_block(L.C)
-    first = unit * per
-    last = first + per
-    if last > L.outer * L.inner:
-        last = L.outer * L.inner
-    if t != NULL and use_small_c_tiles(L):
-        return ce_small_c_rows(x, t, L, opt, loss_out, gout, grad, first, last)
-    # contiguous rows take their maxima while the previous row is summed
-    cdef fastce_ahead_t ahead
-    cdef fastce_ahead_t* look_ahead = &ahead if L.xc == 1 else NULL
-    cdef const floating* next_row
-    ahead.valid = 0
-    for j in range(first, last):
-        o = j // L.inner
-        i = j - o * L.inner
-        g = 0.0
-        if grad != NULL:
-            g = gout[o * L.go + i * L.gi] / opt.denominator
-            grow = grad + o * L.yo + i * L.yi
-        if t != NULL:
-            target = <int64_t>t[o * L.to + i * L.ti]
-            next_row = NULL
-            if j + 1 < last:
-                next_row = x + ((j + 1) // L.inner) * L.xo + ((j + 1) % L.inner) * L.xi
-            loss = ce_index_row(x + o * L.xo + i * L.xi, L.xc, L.C, target, opt, grow, L.yc, g,
-                                next_row, look_ahead)
-        else:
-            prow = p + o * L.po + i * L.pi
-            loss = ce_prob_row(x + o * L.xo + i * L.xi, L.xc, L.C, prow, L.pc, opt, grow, L.yc, g)
-        if loss_out != NULL:
-            loss_out[o * L.lo + i * L.li] = <floating>loss
-        total += loss
-    return total
-
-
-cdef void ce_run(const floating* x, const index_t* t, const floating* p,
-                 Layout* L, const CEOptions* opt,
-                 floating* loss_out, const double* gout, floating* grad,
-                 double* partials, Py_ssize_t n_units, bint tiled) noexcept nogil:
-    cdef Py_ssize_t u
-    cdef int nthreads = thread_count(n_units, L.outer * L.C * L.inner, L.threads)
-    if nthreads == 1:
-        for u in range(n_units):
-            partials[u] = ce_block(x, t, p, L, opt, loss_out, gout, grad, u, tiled)
-    else:
-        for u in prange(n_units, schedule="dynamic", num_threads=nthreads,
-                        chunksize=units_per_grab(n_units, L.outer * L.C * L.inner)):
-            partials[u] = ce_block(x, t, p, L, opt, loss_out, gout, grad, u, tiled)
-
-
-cdef Py_ssize_t unit_count(Layout* L, bint tiled) noexcept nogil:
-    if tiled:
-        return L.outer * ((L.inner + TILE - 1) // TILE)
-    cdef Py_ssize_t per = rows_per_block(L.C)
-    return (L.outer * L.inner + per - 1) // per
-
-
-cdef double ordered_sum(const double* partials, Py_ssize_t n) noexcept nogil:
-    cdef double total = 0.0
-    cdef Py_ssize_t u
-    for u in range(n):
-        total += partials[u]
-    return total
-
-
-cdef double* block_totals(Py_ssize_t n_units, double* few) except NULL:
-    """Room for a call's block totals: ``few`` (FEW_PARTIALS of them, on the
-    caller's stack) when they fit, for small calls an allocation would cost as
-    much as the arithmetic; else memory the caller frees when it is not ``few``."""
-    if n_units <= FEW_PARTIALS:
-        return few
-    cdef double* partials = <double*>malloc(n_units * sizeof(double))
-    if partials == NULL:
-        raise MemoryError(f"cannot allocate {n_units} block totals")
-    return partials
-
-
-cdef double ce_launch(const floating* x, const index_t* t, const floating* p,
-                      Layout* L, const double[::1] weight, double weight_sum,
-                      double smoothing, int64_t ignore_index, bint has_ignore,
-                      floating* lp, const double* gp, double denominator, floating* yp):
-    cdef CEOptions opt
-    cdef bint tiled = use_tile_kernel(L)
-    cdef Py_ssize_t n_units = unit_count(L, tiled)
-    cdef double few_partials[FEW_PARTIALS]
-    cdef double* partials = block_totals(n_units, few_partials)
-    cdef double total
+cdef void ce_options(CEOptions* opt, const double[::1] weight, double weight_sum,
+                     double smoothing, int64_t ignore_index, bint has_ignore,
+                     double denominator) noexcept:
     opt.weight = &weight[0] if weight.shape[0] > 0 else NULL
     opt.weight_sum = weight_sum
     opt.any_weight = any_nonzero(opt.weight, weight.shape[0])
@@ -658,123 +1022,73 @@ cdef double ce_launch(const floating* x, const index_t* t, const floating* p,
     opt.ignore_index = ignore_index
     opt.has_ignore = has_ignore
     opt.denominator = denominator
-    with nogil:
-        ce_run(x, t, p, L, &opt, lp, gp, yp, partials, n_units, tiled)
-        total = ordered_sum(partials, n_units)
-    if partials != few_partials:
-        free(partials)
-    return total
 
 
-cdef void layout_from(Layout* L, Py_ssize_t[3] shape, Py_ssize_t[3] xstrides) noexcept:
-    L.outer = shape[0]
-    L.C = shape[1]
-    L.inner = shape[2]
-    L.xo = xstrides[0]
-    L.xc = xstrides[1]
-    L.xi = xstrides[2]
-    L.to = L.ti = L.po = L.pc = L.pi = L.lo = L.li = L.go = L.gi = 0
-    L.yo = L.yc = L.yi = 0
-    L.threads = 0
+cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object grad_output,
+                     object grad) except *:
+    """The per-sample losses (or None), and the gradient (or None) with its
+    grad_output: an (outer, inner) array, or (1, 1) for one value read at
+    every sample."""
+    cdef Py_ssize_t s[2]
+    cdef int rt = result_typenum(w)
+    call.loss = array_data(loss_out, 2, rt, s)
+    call.lo, call.li = s[0], s[1]
+    walk_output(w, grad)
+    call.gout = NULL
+    call.go = call.gi = 0
+    if w.y != NULL:
+        call.gout = <const double*>array_data(grad_output, 2, cnp.NPY_DOUBLE, s)
+        call.go, call.gi = s[0], s[1]
+        if grad_output.shape[0] == 1 and grad_output.shape[1] == 1:
+            call.go = call.gi = 0  # one value for every sample
 
 
-def cross_entropy_index(const floating[:, :, :] x,
-                        const index_t[:, :] target,
-                        const double[::1] weight,
-                        double weight_sum,
-                        double smoothing,
-                        int64_t ignore_index,
-                        bint has_ignore,
-                        floating[:, :] loss_out,
-                        const double[:, :] grad_output,
-                        double denominator,
-                        floating[:, :, :] grad,
-                        int num_threads=0):
+def cross_entropy_index(object x, object target, const double[::1] weight, double weight_sum,
+                        double smoothing, int64_t ignore_index, bint has_ignore,
+                        object loss_out, object grad_output, double denominator,
+                        object grad, int num_threads=0):
     """Cross-entropy with class-index targets over an ``(outer, C, inner)``
-    view; returns the float64 sum of the per-sample losses.
+    view ``x`` (float32, float64, float16 or bfloat16); returns the float64
+    sum of the per-sample losses.
 
-    ``target`` has shape ``(outer, inner)``.  ``loss_out`` (or None) receives
-    the per-sample losses; ``grad`` (or None) receives
-    ``grad_output / denominator`` times the gradient.  ``weight`` is empty
-    when there are no class weights.  The caller has validated everything:
-    targets are in ``[0, C)`` or equal ``ignore_index``, shapes agree, and
-    ``outer * inner > 0`` with ``C > 0``.
+    ``target`` has shape ``(outer, inner)``, any integer dtype.  ``loss_out``
+    (or None) receives the per-sample losses; ``grad`` (or None) receives
+    ``grad_output / denominator`` times the gradient; both have the result
+    dtype (float32 for half logits).  ``weight`` is empty when there are no
+    class weights.  The caller has validated everything: targets are in
+    ``[0, C)`` or equal ``ignore_index``, shapes agree, and ``outer * inner >
+    0`` with ``C > 0``.
     """
-    cdef Layout L
-    cdef Py_ssize_t isz = sizeof(floating)
-    cdef floating* lp = NULL
-    cdef floating* yp = NULL
-    cdef const double* gp = NULL
-    layout_from(&L, [x.shape[0], x.shape[1], x.shape[2]],
-                [x.strides[0] // isz, x.strides[1] // isz, x.strides[2] // isz])
-    L.threads = num_threads
-    L.to = target.strides[0] // sizeof(index_t)
-    L.ti = target.strides[1] // sizeof(index_t)
-    if loss_out is not None:
-        lp = &loss_out[0, 0]
-        L.lo = loss_out.strides[0] // isz
-        L.li = loss_out.strides[1] // isz
-    if grad is not None:
-        yp = &grad[0, 0, 0]
-        L.yo = grad.strides[0] // isz
-        L.yc = grad.strides[1] // isz
-        L.yi = grad.strides[2] // isz
-        gp = &grad_output[0, 0]
-        L.go = grad_output.strides[0] // sizeof(double)
-        L.gi = grad_output.strides[1] // sizeof(double)
-        if grad_output.shape[0] == 1 and grad_output.shape[1] == 1:
-            L.go = L.gi = 0  # one value for every sample
-    return ce_launch(&x[0, 0, 0], &target[0, 0], <const floating*>NULL, &L, weight,
-                     weight_sum, smoothing, ignore_index, has_ignore,
-                     lp, gp, denominator, yp)
+    cdef Walk w
+    cdef CECall call
+    walk_from(&w, x)
+    w.threads = num_threads
+    targets_from(&call.t, target)
+    call.p = NULL
+    call.po = call.pc = call.pi = 0
+    ce_options(&call.opt, weight, weight_sum, smoothing, ignore_index, has_ignore, denominator)
+    ce_outputs(&w, &call, loss_out, grad_output, grad)
+    return walk_total(&w, &CE_BODY, &call, True, 0)
 
 
-def cross_entropy_probs(const floating[:, :, :] x,
-                        const floating[:, :, :] probs,
-                        const double[::1] weight,
-                        double smoothing,
-                        floating[:, :] loss_out,
-                        const double[:, :] grad_output,
-                        double denominator,
-                        floating[:, :, :] grad,
+def cross_entropy_probs(object x, object probs, const double[::1] weight, double smoothing,
+                        object loss_out, object grad_output, double denominator, object grad,
                         int num_threads=0):
-    """Cross-entropy with probability targets ``probs`` (the shape of ``x``);
-    otherwise as :func:`cross_entropy_index`."""
-    cdef Layout L
-    cdef Py_ssize_t isz = sizeof(floating)
-    cdef floating* lp = NULL
-    cdef floating* yp = NULL
-    cdef const double* gp = NULL
-    layout_from(&L, [x.shape[0], x.shape[1], x.shape[2]],
-                [x.strides[0] // isz, x.strides[1] // isz, x.strides[2] // isz])
-    L.threads = num_threads
-    L.po = probs.strides[0] // isz
-    L.pc = probs.strides[1] // isz
-    L.pi = probs.strides[2] // isz
-    if loss_out is not None:
-        lp = &loss_out[0, 0]
-        L.lo = loss_out.strides[0] // isz
-        L.li = loss_out.strides[1] // isz
-    if grad is not None:
-        yp = &grad[0, 0, 0]
-        L.yo = grad.strides[0] // isz
-        L.yc = grad.strides[1] // isz
-        L.yi = grad.strides[2] // isz
-        gp = &grad_output[0, 0]
-        L.go = grad_output.strides[0] // sizeof(double)
-        L.gi = grad_output.strides[1] // sizeof(double)
-        if grad_output.shape[0] == 1 and grad_output.shape[1] == 1:
-            L.go = L.gi = 0  # one value for every sample
-    return ce_launch(&x[0, 0, 0], <const int64_t*>NULL, &probs[0, 0, 0], &L, weight,
-                     0.0, smoothing, 0, False, lp, gp, denominator, yp)
+    """Cross-entropy with probability targets ``probs`` (the shape of ``x``,
+    the result dtype); otherwise as :func:`cross_entropy_index`."""
+    cdef Walk w
+    cdef CECall call
+    cdef Py_ssize_t s[3]
+    walk_from(&w, x)
+    w.threads = num_threads
+    targets_from(&call.t, None)
+    call.p = array_data(probs, 3, result_typenum(&w), s)
+    call.po, call.pc, call.pi = s[0], s[1], s[2]
+    ce_options(&call.opt, weight, 0.0, smoothing, 0, False, denominator)
+    ce_outputs(&w, &call, loss_out, grad_output, grad)
+    # rows of few classes stay rows: their probabilities would need the same transposition
+    return walk_total(&w, &CE_BODY, &call, False, 0)
 
-
-# The commonest call, cross_entropy(x, t) (or with its gradient) with x a
-# C-ordered (N, C) float32 or float64 array and t int64 class indices, costs
-# less than torch's own dispatch only if it skips the general validation.  This lane recognises that
-# call itself and runs it through the same launch (so the bits are the same);
-# it declines everything else, and bad targets, by returning None, and the
-# Python layer then validates and reports as usual.
 
 cdef double[::1] NO_CLASS_WEIGHTS = np.empty(0, dtype=np.float64)
 _float32 = np.float32
@@ -834,12 +1148,18 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
                 or not cnp.PyArray_ISCARRAY(grad) or not apart(grad, t) \
                 or not (cnp.PyArray_DATA(grad) == cnp.PyArray_DATA(x) or apart(grad, x)):
             return None
-    cdef const int64_t* tp = <const int64_t*>cnp.PyArray_DATA(t)
+    cdef Walk w
+    cdef CECall call
     cdef int64_t bad_value
     cdef double counted
     cdef Py_ssize_t bad
+    # the walk and targets the general path makes of the (N, C, 1) and (N, 1)
+    # views of C-ordered (N, C) and (N,) arrays
+    call.t.data = <const char*>cnp.PyArray_DATA(t)
+    call.t.kind = T_INT64
+    call.t.so = call.t.si = sizeof(int64_t)
     with nogil:
-        bad = scan_targets(tp, 0, 1, 1, n, n_classes, ignore_index, True, <const double*>NULL,
+        bad = scan_targets(&call.t, n, 1, n_classes, ignore_index, True, <const double*>NULL,
                            &bad_value, &counted)
     if bad >= 0:
         return None
@@ -847,27 +1167,23 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
         grad = np.empty((n, n_classes), dtype=_float32 if xtype == cnp.NPY_FLOAT else _float64)
     cdef double denominator = counted if mean else 1.0
     cdef double grad_output = 1.0
-    cdef const double* gp = &grad_output if want_grad else NULL
-    cdef void* yp = cnp.PyArray_DATA(grad) if want_grad else NULL
-    cdef Layout L
-    # the strides NumPy gives the (N, C, 1) views of C-ordered (N, C) arrays
-    layout_from(&L, [n, n_classes, 1], [n_classes, 1, 1])
-    L.threads = num_threads
-    L.to = 1
-    L.ti = 1
-    if want_grad:
-        L.yo = n_classes
-        L.yc = 1
-        L.yi = 1
-    cdef double total
-    if xtype == cnp.NPY_FLOAT:
-        total = ce_launch(<const float*>cnp.PyArray_DATA(x), tp, <const float*>NULL, &L,
-                          NO_CLASS_WEIGHTS, <double>n_classes, 0.0, ignore_index, True,
-                          <float*>NULL, gp, denominator, <float*>yp)
-    else:
-        total = ce_launch(<const double*>cnp.PyArray_DATA(x), tp, <const double*>NULL, &L,
-                          NO_CLASS_WEIGHTS, <double>n_classes, 0.0, ignore_index, True,
-                          <double*>NULL, gp, denominator, <double*>yp)
+    w.x = <const char*>cnp.PyArray_DATA(x)
+    w.dtype = DT_F32 if xtype == cnp.NPY_FLOAT else DT_F64
+    w.outer, w.C, w.inner = n, n_classes, 1
+    w.xo, w.xc, w.xi = n_classes, 1, 1
+    w.y = <char*>cnp.PyArray_DATA(grad) if want_grad else NULL
+    w.yo, w.yc, w.yi = n_classes, 1, 1
+    w.threads = num_threads
+    w.work = n * n_classes
+    call.p = NULL
+    call.po = call.pc = call.pi = 0
+    call.loss = NULL
+    call.lo = call.li = 0
+    call.gout = &grad_output
+    call.go = call.gi = 0
+    ce_options(&call.opt, NO_CLASS_WEIGHTS, <double>n_classes, 0.0, ignore_index, True,
+               denominator)
+    cdef double total = walk_total(&w, &CE_BODY, &call, True, 0)
     if mean:
         total = total / denominator if counted else NAN
     loss = _float32(<float>total) if xtype == cnp.NPY_FLOAT else _float64(total)
@@ -940,172 +1256,130 @@ cdef inline void softmax_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, P
             tile_scaled_exp(x + c * xc, xi, n, m, per_sample, 0, zero, y + c * yc, yi)
 
 
-cdef void softmax_small_c_rows(const floating* x, Layout* L, int op, floating* y,
-                               Py_ssize_t first, Py_ssize_t last) noexcept nogil:
-    """Rows ``first <= j < last`` (``inner == 1``) through the tile kernel."""
-    cdef floating xbuf[TILE * SMALL_C]
-    cdef floating ybuf[TILE * SMALL_C]
-    cdef Py_ssize_t j = first, n
-    while j < last:
-        n = last - j
-        if n > TILE:
-            n = TILE
-        gather_rows(x + j * L.xo, L.xo, L.C, n, xbuf)
-        if op == OP_LOGSUMEXP:
-            softmax_tile(xbuf, TILE, 1, L.C, n, op, y + j * L.lo, 0, L.lo)
+
+cdef struct SoftmaxCall:
+    int op
+    char* reduced           # logsumexp's per-sample results
+    Py_ssize_t ro, ri
+
+
+cdef void softmax_rows(const void* call_, const Piece* p, const floating* x, floating* y,
+                       double* total) noexcept nogil:
+    cdef const SoftmaxCall* call = <const SoftmaxCall*>call_
+    cdef Py_ssize_t k
+    for k in range(p.n):
+        if call.op == OP_LOGSUMEXP:
+            softmax_row(x + k * p.xs, p.xc, p.C, call.op,
+                        <floating*>call.reduced + sample_offset(p, k, call.ro, call.ri), 0)
         else:
-            softmax_tile(xbuf, TILE, 1, L.C, n, op, ybuf, TILE, 1)
-            scatter_rows(ybuf, L.C, n, y + j * L.yo, L.yo, L.yc)
-        j += n
+            softmax_row(x + k * p.xs, p.xc, p.C, call.op, y + k * p.ys, p.yc)
 
 
-cdef void softmax_block(const floating* x, Layout* L, int op, floating* y,
-                        Py_ssize_t unit, bint tiled) noexcept nogil:
-    cdef Py_ssize_t per, first, last, o, i, j, n, tiles
-    if tiled:
-        tiles = (L.inner + TILE - 1) // TILE
-        o = unit // tiles
-        i = (unit % tiles) * TILE
-        n = L.inner - i
-        if n > TILE:
-            n = TILE
-        if op == OP_LOGSUMEXP:
-            softmax_tile(x + o * L.xo + i * L.xi, L.xc, L.xi, L.C, n, op,
-                         y + o * L.lo + i * L.li, 0, L.li)
-        else:
-            softmax_tile(x + o * L.xo + i * L.xi, L.xc, L.xi, L.C, n, op,
-                         y + o * L.yo + i * L.yi, L.yc, L.yi)
-        return
-    per = rows_per_block(L.C)
-    first = unit * per
-    last = first + per
-    if last > L.outer * L.inner:
-        last = L.outer * L.inner
-    if use_small_c_tiles(L):
-        softmax_small_c_rows(x, L, op, y, first, last)
-        return
-    for j in range(first, last):
-        o = j // L.inner
-        i = j - o * L.inner
-        if op == OP_LOGSUMEXP:
-            softmax_row(x + o * L.xo + i * L.xi, L.xc, L.C, op, y + o * L.lo + i * L.li, 0)
-        else:
-            softmax_row(x + o * L.xo + i * L.xi, L.xc, L.C, op, y + o * L.yo + i * L.yi, L.yc)
-
-
-def softmax_family(const floating[:, :, :] x, int op, floating[:, :] reduced_out,
-                   floating[:, :, :] out, int num_threads=0):
-    """``op`` (LOG_SOFTMAX, SOFTMAX or LOGSUMEXP) over the class axis of an
-    ``(outer, C, inner)`` view.  log_softmax and softmax write ``out`` (the
-    shape of ``x``; it may be ``x`` itself); logsumexp writes ``reduced_out``
-    of shape ``(outer, inner)``.  The caller guarantees ``C > 0`` and at least
-    one sample."""
-    cdef Layout L
-    cdef Py_ssize_t isz = sizeof(floating)
-    cdef floating* y
-    cdef bint tiled
-    cdef Py_ssize_t n_units, u
-    cdef int nthreads
-    layout_from(&L, [x.shape[0], x.shape[1], x.shape[2]],
-                [x.strides[0] // isz, x.strides[1] // isz, x.strides[2] // isz])
-    L.threads = num_threads
-    if op == OP_LOGSUMEXP:
-        y = &reduced_out[0, 0]
-        L.lo = reduced_out.strides[0] // isz
-        L.li = reduced_out.strides[1] // isz
+cdef void softmax_tile_body(const void* call_, const Piece* p, const floating* x, floating* y,
+                            double* total) noexcept nogil:
+    cdef const SoftmaxCall* call = <const SoftmaxCall*>call_
+    if call.op == OP_LOGSUMEXP:
+        softmax_tile(x, p.xc, p.xs, p.C, p.n, call.op,
+                     <floating*>call.reduced + sample_offset(p, 0, call.ro, call.ri), 0,
+                     sample_step(p, call.ro, call.ri))
     else:
-        y = &out[0, 0, 0]
-        L.yo = out.strides[0] // isz
-        L.yc = out.strides[1] // isz
-        L.yi = out.strides[2] // isz
-    tiled = use_tile_kernel(&L)
-    n_units = unit_count(&L, tiled)
-    nthreads = thread_count(n_units, L.outer * L.C * L.inner, L.threads)
-    with nogil:
-        if nthreads == 1:
-            for u in range(n_units):
-                softmax_block(&x[0, 0, 0], &L, op, y, u, tiled)
-        else:
-            for u in prange(n_units, schedule="dynamic", num_threads=nthreads,
-                            chunksize=units_per_grab(n_units, L.outer * L.C * L.inner)):
-                softmax_block(&x[0, 0, 0], &L, op, y, u, tiled)
+        softmax_tile(x, p.xc, p.xs, p.C, p.n, call.op, y, p.yc, p.ys)
+
+
+cdef Body SOFTMAX_BODY = make_body(
+    softmax_rows[float], softmax_rows[double], softmax_tile_body[float], softmax_tile_body[double], NULL)
+
+
+def softmax_family(object x, int op, object reduced_out, object out, int num_threads=0):
+    """``op`` (LOG_SOFTMAX, SOFTMAX or LOGSUMEXP) over the class axis of an
+    ``(outer, C, inner)`` view (float32, float64, float16 or bfloat16).
+    log_softmax and softmax write ``out`` (the shape of ``x``, the result
+    dtype; it may be ``x`` itself); logsumexp writes ``reduced_out`` of shape
+    ``(outer, inner)``.  The caller guarantees ``C > 0`` and at least one
+    sample."""
+    cdef Walk w
+    cdef SoftmaxCall call
+    cdef Py_ssize_t s[2]
+    walk_from(&w, x)
+    w.threads = num_threads
+    call.op = op
+    if op == OP_LOGSUMEXP:
+        call.reduced = array_data(reduced_out, 2, result_typenum(&w), s)
+        call.ro, call.ri = s[0], s[1]
+    else:
+        call.reduced = NULL
+        walk_output(&w, out)
+    walk_total(&w, &SOFTMAX_BODY, &call, True, 0)
 
 
 # --------------------------------------------------------------------------
 # nll_loss and target checks
 # --------------------------------------------------------------------------
 
-cdef double nll_block(const floating* lp, const index_t* t, Layout* L, const CEOptions* opt,
-                      floating* loss_out, Py_ssize_t unit) noexcept nogil:
-    cdef Py_ssize_t per = 16384
-    cdef Py_ssize_t first = unit * per
-    cdef Py_ssize_t last = first + per
-    cdef Py_ssize_t j, o, i
+# the element types nll_loss reads as they are: float16 and bfloat16 included,
+# one element per sample
+ctypedef fused stored_t:
+    float
+    double
+    uint16_t
+
+
+cdef enum:
+    # samples per block of nll_loss, which reads one logit of each
+    NLL_BLOCK = 16384
+
+
+cdef struct NllCall:
+    CEOptions opt
+    Targets t
+    char* loss
+    Py_ssize_t lo, li
+
+
+cdef void nll_rows(const void* call_, const Piece* p, const stored_t* x, floating* unused,
+                   double* total) noexcept nogil:
+    cdef const NllCall* call = <const NllCall*>call_
+    cdef floating* loss_out = <floating*>call.loss
+    cdef Py_ssize_t k
     cdef int64_t target
-    cdef double w, loss, total = 0.0
-    if last > L.outer * L.inner:
-        last = L.outer * L.inner
-    # (o, i) steps along with j: no division per sample
-    o = first // L.inner
-    i = first - o * L.inner
-    for j in range(first, last):
-        target = <int64_t>t[o * L.to + i * L.ti]
+    cdef double w, v, loss
+    for k in range(p.n):
+        target = target_at(&call.t, p.o + k * p.o_step, p.i + k * p.i_step)
         loss = 0.0
-        if not (opt.has_ignore and target == opt.ignore_index):
-            w = 1.0 if opt.weight == NULL else opt.weight[target]
+        if not (call.opt.has_ignore and target == call.opt.ignore_index):
+            w = 1.0 if call.opt.weight == NULL else call.opt.weight[target]
             if w != 0.0:
-                loss = -w * <double>lp[o * L.xo + target * L.xc + i * L.xi]
+                if stored_t is uint16_t:
+                    v = half_value(x[k * p.xs + target * p.xc], p.bf16)
+                else:
+                    v = x[k * p.xs + target * p.xc]
+                loss = -w * v
         if loss_out != NULL:
-            loss_out[o * L.lo + i * L.li] = <floating>loss
-        total += loss
-        i += 1
-        if i == L.inner:
-            i = 0
-            o += 1
-    return total
+            loss_out[sample_offset(p, k, call.lo, call.li)] = <floating>loss
+        total[0] += loss
 
 
-def nll_loss_kernel(const floating[:, :, :] log_probs,
-                    const index_t[:, :] target,
-                    const double[::1] weight,
-                    int64_t ignore_index,
-                    bint has_ignore,
-                    floating[:, :] loss_out,
-                    int num_threads=0):
-    """The negative log-likelihood gathered at validated class indices;
-    returns the float64 sum over samples and fills ``loss_out`` when given."""
-    cdef Layout L
-    cdef CEOptions opt
-    cdef Py_ssize_t isz = sizeof(floating)
-    cdef floating* lo = NULL
-    cdef Py_ssize_t n_units, u, n = log_probs.shape[0] * log_probs.shape[2]
-    cdef int nthreads
-    cdef double total
-    layout_from(&L, [log_probs.shape[0], log_probs.shape[1], log_probs.shape[2]],
-                [log_probs.strides[0] // isz, log_probs.strides[1] // isz,
-                 log_probs.strides[2] // isz])
-    L.threads = num_threads
-    L.to = target.strides[0] // sizeof(index_t)
-    L.ti = target.strides[1] // sizeof(index_t)
-    if loss_out is not None:
-        lo = &loss_out[0, 0]
-        L.lo = loss_out.strides[0] // isz
-        L.li = loss_out.strides[1] // isz
-    opt.weight = &weight[0] if weight.shape[0] > 0 else NULL
-    opt.ignore_index = ignore_index
-    opt.has_ignore = has_ignore
-    n_units = (n + 16383) // 16384
-    cdef double[::1] partials = np.empty(n_units, dtype=np.float64)
-    nthreads = thread_count(n_units, n * 8, L.threads)
-    with nogil:
-        if nthreads == 1:
-            for u in range(n_units):
-                partials[u] = nll_block(&log_probs[0, 0, 0], &target[0, 0], &L, &opt, lo, u)
-        else:
-            for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
-                partials[u] = nll_block(&log_probs[0, 0, 0], &target[0, 0], &L, &opt, lo, u)
-        total = ordered_sum(&partials[0], n_units)
-    return total
+cdef Body NLL_BODY = make_body(
+    nll_rows[float, float], nll_rows[double, double], NULL, NULL, nll_rows[uint16_t, float])
+
+
+def nll_loss_kernel(object log_probs, object target, const double[::1] weight,
+                    int64_t ignore_index, bint has_ignore, object loss_out, int num_threads=0):
+    """The negative log-likelihood gathered at validated class indices of an
+    ``(outer, C, inner)`` view (any of the four float dtypes); returns the
+    float64 sum over samples and fills ``loss_out`` (the result dtype) when
+    given."""
+    cdef Walk w
+    cdef NllCall call
+    cdef Py_ssize_t s[2]
+    walk_from(&w, log_probs)
+    w.threads = num_threads
+    w.work = w.outer * w.inner * 8      # one logit and one target per sample
+    targets_from(&call.t, target)
+    ce_options(&call.opt, weight, 0.0, 0.0, ignore_index, has_ignore, 1.0)
+    call.loss = array_data(loss_out, 2, result_typenum(&w), s)
+    call.lo, call.li = s[0], s[1]
+    return walk_total(&w, &NLL_BODY, &call, False, NLL_BLOCK)
 
 
 cdef enum:
@@ -1127,15 +1401,15 @@ cdef extern from *:
 
 cdef double nll_common_sum(const floating* lp, const int64_t* t, Py_ssize_t n, Py_ssize_t C,
                            int64_t ignore_index, Py_ssize_t* counted) noexcept nogil:
-    """nll_block's sum over the rows of a C-ordered (n, C) array without
-    weights, block by block as nll_loss_kernel adds them, with the target
-    check in the same pass: -1 in ``counted`` at a target outside [0, C)."""
+    """nll_loss_kernel's sum over the rows of a C-ordered (n, C) array without
+    weights, block by block as its walk adds them, with the target check in
+    the same pass: -1 in ``counted`` at a target outside [0, C)."""
     cdef Py_ssize_t j, k = 0
     cdef int64_t v
     cdef double block, total = 0.0
     cdef Py_ssize_t start = 0, end
     while start < n:
-        end = start + 16384 if n - start > 16384 else n
+        end = start + NLL_BLOCK if n - start > NLL_BLOCK else n
         block = 0.0
         for j in range(start, end):
             if j + NLL_PREFETCH < n:
@@ -1189,10 +1463,11 @@ def nll_loss_common(object log_probs, object target, bint mean, int64_t ignore_i
     return _float32(<float>total) if single else _float64(total)
 
 
-cdef Py_ssize_t scan_targets(const index_t* t, Py_ssize_t to, Py_ssize_t ti, Py_ssize_t outer,
-                             Py_ssize_t inner, Py_ssize_t C, int64_t ignore_index,
-                             bint has_ignore, const double* weight, int64_t* value,
-                             double* weight_sum) noexcept nogil:
+
+
+cdef Py_ssize_t scan_targets(const Targets* t, Py_ssize_t outer, Py_ssize_t inner, Py_ssize_t C,
+                             int64_t ignore_index, bint has_ignore, const double* weight,
+                             int64_t* value, double* weight_sum) noexcept nogil:
     """The flat position of the first target outside ``[0, C)`` that is not
     ``ignore_index`` (-1 when there is none), its value in ``value``, and in
     ``weight_sum`` the summed weights (1 each without weights, NULL) of the
@@ -1203,7 +1478,7 @@ cdef Py_ssize_t scan_targets(const index_t* t, Py_ssize_t to, Py_ssize_t ti, Py_
     cdef double total = 0.0
     for o in range(outer):
         for i in range(inner):
-            v = <int64_t>t[o * to + i * ti]
+            v = target_at(t, o, i)
             if has_ignore and v == ignore_index:
                 continue
             if v < 0 or v >= C:
@@ -1219,9 +1494,10 @@ cdef Py_ssize_t scan_targets(const index_t* t, Py_ssize_t to, Py_ssize_t ti, Py_
     return -1
 
 
-def check_targets(const index_t[:, :] target, Py_ssize_t C, int64_t ignore_index,
-                  bint has_ignore, const double[::1] weight):
-    """One pass over class-index targets.
+def check_targets(object target, Py_ssize_t C, int64_t ignore_index, bint has_ignore,
+                  const double[::1] weight):
+    """One pass over class-index targets, an ``(outer, inner)`` array of any
+    integer dtype.
 
     Returns ``(bad, value, weight_sum)``: ``bad`` is the flat C-order position
     of the first target outside ``[0, C)`` that is not ``ignore_index`` (-1
@@ -1229,13 +1505,14 @@ def check_targets(const index_t[:, :] target, Py_ssize_t C, int64_t ignore_index
     the class weights (1 without weights) of the targets that are not ignored,
     the denominator of the ``"mean"`` reduction.
     """
+    cdef Targets t
     cdef Py_ssize_t bad
     cdef int64_t value
     cdef double total
+    targets_from(&t, target)
+    cdef Py_ssize_t outer = target.shape[0], inner = target.shape[1]
     with nogil:
-        bad = scan_targets(&target[0, 0], target.strides[0] // sizeof(index_t),
-                           target.strides[1] // sizeof(index_t), target.shape[0],
-                           target.shape[1], C, ignore_index, has_ignore,
+        bad = scan_targets(&t, outer, inner, C, ignore_index, has_ignore,
                            &weight[0] if weight.shape[0] > 0 else NULL, &value, &total)
     return bad, value, total
 
@@ -1245,10 +1522,15 @@ def check_targets(const index_t[:, :] target, Py_ssize_t C, int64_t ignore_index
 # --------------------------------------------------------------------------
 
 cdef struct BinaryCall:
-    Py_ssize_t n            # elements
-    Py_ssize_t row_len      # the last axis, along which per-column factors repeat
+    # flat arrays of the walk's elements, of the result dtype (NULL: absent)
+    const char* y           # targets
+    const char* w           # weights: one per element, or per column
+    const char* pw          # positive-class weights (with logits): the same
+    const char* go          # grad_output, one per element
+    char* loss
+    char* grad
     bint logits             # with logits; probabilities otherwise
-    bint w_per_col          # w holds one weight per column (else one per element)
+    bint w_per_col
     bint pw_per_col
     double g                # the gradient's scale
 
@@ -1266,178 +1548,152 @@ cdef inline double binary_piece(const floating* x, const floating* y, const floa
         return fastce_active_ops.bce_probs_f64(x, y, w, n, g, go, loss_out, grad)
 
 
-cdef double binary_block(const floating* x, const floating* y, const floating* w,
-                         const floating* pw, const floating* go, floating* loss_out,
-                         floating* grad, const BinaryCall* call, Py_ssize_t unit) noexcept nogil:
-    """Elements ``[unit * BLOCK_LOGITS, ...)``, cut where a row ends when a
-    factor repeats per column, so that each piece reads its factors in step."""
-    cdef Py_ssize_t i = unit * BLOCK_LOGITS
-    cdef Py_ssize_t end = i + BLOCK_LOGITS
-    cdef Py_ssize_t c0, length
-    cdef double total = 0.0
-    if end > call.n:
-        end = call.n
-    while i < end:
-        length = end - i
-        c0 = i % call.row_len
-        if (call.w_per_col or call.pw_per_col) and call.row_len - c0 < length:
-            length = call.row_len - c0
-        total += binary_piece(
-            x + i, y + i,
-            NULL if w == NULL else (w + (c0 if call.w_per_col else i)),
-            NULL if pw == NULL else (pw + (c0 if call.pw_per_col else i)),
-            length, <floating>call.g, NULL if go == NULL else go + i,
-            NULL if loss_out == NULL else loss_out + i, NULL if grad == NULL else grad + i,
+cdef void binary_rows(const void* call_, const Piece* p, const floating* x, floating* unused,
+                      double* total) noexcept nogil:
+    """Rows of ``p.C`` elements (one each when no factor repeats per column),
+    contiguous from element ``p.o * p.C`` on."""
+    cdef const BinaryCall* call = <const BinaryCall*>call_
+    cdef Py_ssize_t k, e, e0 = p.o * p.C
+    cdef const floating* y = <const floating*>call.y
+    cdef const floating* w = <const floating*>call.w
+    cdef const floating* pw = <const floating*>call.pw
+    cdef const floating* go = <const floating*>call.go
+    cdef floating* loss_out = <floating*>call.loss
+    cdef floating* grad = <floating*>call.grad
+    cdef bint per_col = call.w_per_col or call.pw_per_col
+    cdef const floating* wk = w
+    cdef const floating* pwk = pw
+    cdef const floating* gok = go
+    for k in range(1 if not per_col else p.n):
+        e = e0 + k * p.C
+        if w != NULL and not call.w_per_col:
+            wk = w + e
+        if pw != NULL and not call.pw_per_col:
+            pwk = pw + e
+        if go != NULL:
+            gok = go + e
+        total[0] += binary_piece(
+            x + k * p.xs, y + e, wk, pwk, p.C if per_col else p.n * p.C, <floating>call.g, gok,
+            NULL if loss_out == NULL else loss_out + e, NULL if grad == NULL else grad + e,
             call.logits)
-        i += length
-    return total
 
 
-cdef inline const floating* optional_data(const floating[::1] a) noexcept:
-    return &a[0] if a is not None else NULL
+cdef Body BINARY_BODY = make_body(binary_rows[float], binary_rows[double], NULL, NULL, NULL)
 
 
-def binary_cross_entropy_kernel(const floating[::1] x, const floating[::1] y,
-                                const floating[::1] w, const floating[::1] pw,
-                                Py_ssize_t row_len, bint logits, double g,
-                                const floating[::1] grad_output, floating[::1] loss_out,
-                                floating[::1] grad, int num_threads=0):
-    """Binary cross-entropy of ``n >= 1`` contiguous elements: with logits
-    ``x`` or probabilities (``logits`` False); returns the float64 sum of the
-    losses.  ``y`` holds the targets; ``w`` and ``pw`` (None: 1 each) hold one
-    factor per element, or per column of rows of ``row_len`` elements when
-    they are ``row_len`` long; ``pw`` only with logits.  ``loss_out`` (or
-    None) receives each loss, ``grad`` (or None; it may be ``x``) ``g`` times
-    ``grad_output`` (None: 1 each) times the derivative.  The caller has
-    validated everything, probabilities and targets included."""
+cdef void flat_walk(Walk* w, object x, Py_ssize_t row_len) except *:
+    """A walk over ``x``, contiguous, as rows of ``row_len`` elements (1: each
+    element its own row)."""
+    cdef Py_ssize_t n = x.shape[0]
+    walk_from(&w[0], x.reshape(n // row_len, row_len, 1))
+    if w.xc != 1 or w.xo != row_len:
+        raise ValueError("internal: the binary kernels read contiguous elements")
+
+
+def binary_cross_entropy_kernel(object x, object y, object w, object pw, Py_ssize_t row_len,
+                                bint logits, double g, object grad_output, object loss_out,
+                                object grad, int num_threads=0):
+    """Binary cross-entropy of ``n >= 1`` contiguous elements ``x`` (float32,
+    float64, float16 or bfloat16): with logits or probabilities (``logits``
+    False); returns the float64 sum of the losses.  ``y`` holds the targets;
+    ``w`` and ``pw`` (None: 1 each) hold one factor per element, or per column
+    of rows of ``row_len`` elements when they are ``row_len`` long; ``pw``
+    only with logits.  ``loss_out`` (or None) receives each loss, ``grad``
+    (or None; it may be ``x``) ``g`` times ``grad_output`` (None: 1 each)
+    times the derivative.  Every array but ``x`` is flat, of the result
+    dtype.  The caller has validated everything, probabilities and targets
+    included."""
+    cdef Walk walk
     cdef BinaryCall call
-    call.n = x.shape[0]
-    call.row_len = row_len
+    cdef Py_ssize_t n = x.shape[0]
+    cdef Py_ssize_t s[1]
+    cdef int rt
+    call.w_per_col = w is not None and w.shape[0] != n
+    call.pw_per_col = pw is not None and pw.shape[0] != n
+    flat_walk(&walk, x, row_len if call.w_per_col or call.pw_per_col else 1)
+    walk.threads = num_threads
+    rt = result_typenum(&walk)
+    call.y = array_data(y, 1, rt, s)
+    call.w = array_data(w, 1, rt, s)
+    call.pw = array_data(pw, 1, rt, s)
+    call.go = array_data(grad_output, 1, rt, s)
+    call.loss = array_data(loss_out, 1, rt, s)
+    call.grad = array_data(grad, 1, rt, s)
     call.logits = logits
-    call.w_per_col = w is not None and w.shape[0] != call.n
-    call.pw_per_col = pw is not None and pw.shape[0] != call.n
     call.g = g
-    cdef const floating* wp = optional_data(w)
-    cdef const floating* pwp = optional_data(pw)
-    cdef const floating* gop = optional_data(grad_output)
-    cdef floating* lp = &loss_out[0] if loss_out is not None else NULL
-    cdef floating* yp = &grad[0] if grad is not None else NULL
-    cdef Py_ssize_t n_units = (call.n + BLOCK_LOGITS - 1) // BLOCK_LOGITS, u
-    cdef double few_partials[FEW_PARTIALS]
-    cdef double* partials = block_totals(n_units, few_partials)
-    cdef double total
-    cdef int nthreads = thread_count(n_units, call.n, num_threads)
-    with nogil:
-        if nthreads == 1:
-            for u in range(n_units):
-                partials[u] = binary_block(&x[0], &y[0], wp, pwp, gop, lp, yp, &call, u)
-        else:
-            for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
-                partials[u] = binary_block(&x[0], &y[0], wp, pwp, gop, lp, yp, &call, u)
-        total = ordered_sum(partials, n_units)
-    if partials != few_partials:
-        free(partials)
-    return total
+    return walk_total(&walk, &BINARY_BODY, &call, False, 0)
 
 
-def first_outside_unit(const floating[::1] x, int num_threads=0):
-    """The flat index of the first value of ``x`` outside [0, 1] (NaN
-    included), or -1: the kernels' check of probabilities and targets."""
-    cdef Py_ssize_t n = x.shape[0], u, found = -1
-    cdef Py_ssize_t n_units = (n + BLOCK_LOGITS - 1) // BLOCK_LOGITS
-    cdef Py_ssize_t few[FEW_PARTIALS]
-    cdef Py_ssize_t* per_unit = few
-    cdef int nthreads = thread_count(n_units, n, num_threads)
-    if n == 0:
-        return -1
-    if n_units > FEW_PARTIALS:
-        per_unit = <Py_ssize_t*>malloc(n_units * sizeof(Py_ssize_t))
-        if per_unit == NULL:
-            raise MemoryError(f"cannot allocate {n_units} block results")
-    with nogil:
-        if nthreads == 1:
-            for u in range(n_units):
-                per_unit[u] = first_outside_block(&x[0], n, u)
-        else:
-            for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
-                per_unit[u] = first_outside_block(&x[0], n, u)
-        for u in range(n_units):
-            if per_unit[u] >= 0:
-                found = u * BLOCK_LOGITS + per_unit[u]
-                break
-    if per_unit != few:
-        free(per_unit)
-    return found
+cdef struct FirstOutsideCall:
+    Py_ssize_t* found       # per unit: the first position outside [0, 1], or -1
 
 
-cdef inline Py_ssize_t first_outside_block(const floating* x, Py_ssize_t n,
-                                           Py_ssize_t unit) noexcept nogil:
-    cdef Py_ssize_t start = unit * BLOCK_LOGITS
-    cdef Py_ssize_t length = BLOCK_LOGITS if start + BLOCK_LOGITS <= n else n - start
+cdef void first_outside_rows(const void* call_, const Piece* p, const floating* x,
+                             floating* unused, double* total) noexcept nogil:
+    cdef const FirstOutsideCall* call = <const FirstOutsideCall*>call_
+    cdef Py_ssize_t k
     if floating is float:
-        return fastce_active_ops.first_outside_unit_f32(x + start, length)
+        k = fastce_active_ops.first_outside_unit_f32(x, p.n)
     else:
-        return fastce_active_ops.first_outside_unit_f64(x + start, length)
+        k = fastce_active_ops.first_outside_unit_f64(x, p.n)
+    if k >= 0 and call.found[p.unit] < 0:
+        call.found[p.unit] = p.o + k
 
 
-# --------------------------------------------------------------------------
-# float16 and bfloat16, read as float32
-# --------------------------------------------------------------------------
+cdef Body FIRST_OUTSIDE_BODY = make_body(
+    first_outside_rows[float], first_outside_rows[double], NULL, NULL, NULL)
 
-def half_to_float32(const uint16_t[::1] src, float[::1] dst, bint bfloat16, int num_threads=0):
-    """``src``'s float16 (or bfloat16) values, as raw bits, to float32 in
-    ``dst`` (as long), exactly, with the vector path's conversion
-    instructions and the kernels' threads."""
-    cdef Py_ssize_t n = src.shape[0], u
-    cdef Py_ssize_t n_units = (n + BLOCK_LOGITS - 1) // BLOCK_LOGITS
-    cdef int nthreads = thread_count(n_units, n, num_threads)
-    if n == 0:
-        return
-    with nogil:
-        if nthreads == 1:
-            fastce_active_ops.half_to_f32(&src[0], n, &dst[0], bfloat16)
-        else:
-            for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
-                fastce_active_ops.half_to_f32(
-                    &src[u * BLOCK_LOGITS],
-                    BLOCK_LOGITS if (u + 1) * BLOCK_LOGITS <= n else n - u * BLOCK_LOGITS,
-                    &dst[u * BLOCK_LOGITS], bfloat16)
+
+def first_outside_unit(object x, int num_threads=0):
+    """The flat index of the first value of ``x`` (contiguous, any of the four
+    float dtypes) outside [0, 1] (NaN included), or -1: the kernels' check of
+    probabilities and targets."""
+    cdef Walk w
+    cdef FirstOutsideCall call
+    cdef Py_ssize_t u
+    if x.shape[0] == 0:
+        return -1
+    flat_walk(&w, x, 1)
+    w.threads = num_threads
+    walk_plan(&w, &FIRST_OUTSIDE_BODY, False, 0, 0)
+    found = np.full(w.n_units, -1, dtype=np.intp)
+    cdef Py_ssize_t[::1] found_view = found
+    cdef double[::1] totals = np.empty(w.n_units, dtype=np.float64)
+    call.found = &found_view[0]
+    walk_run(&w, &FIRST_OUTSIDE_BODY, &call, &totals[0])
+    for u in range(w.n_units):
+        if found_view[u] >= 0:
+            return found_view[u]
+    return -1
 
 
 # --------------------------------------------------------------------------
 # The roof: what a pass that only sums exponentials costs
 # --------------------------------------------------------------------------
 
-def exp_sum_roof(const floating[:, ::1] x, int num_threads=0):
-    """Sum of exp(x) over every element of a C-contiguous 2-d array, with the
-    same vector code, blocks and threads as the kernels: the speed a forward
-    pass is measured against.  Values must stay below 88 (float32)."""
-    cdef Py_ssize_t rows = x.shape[0], C = x.shape[1], u
-    cdef Py_ssize_t per = rows_per_block(C)
-    cdef Py_ssize_t n_units = (rows + per - 1) // per
-    cdef double[::1] partials = np.zeros(max(n_units, 1), dtype=np.float64)
-    cdef int nthreads = thread_count(n_units, rows * C, num_threads)
-    if rows == 0 or C == 0:
-        return 0.0
-    with nogil:
-        if nthreads == 1:
-            for u in range(n_units):
-                partials[u] = roof_block(&x[0, 0], C, rows, per, u)
-        else:
-            for u in prange(n_units, schedule="dynamic", num_threads=nthreads):
-                partials[u] = roof_block(&x[0, 0], C, rows, per, u)
-    return ordered_sum(&partials[0], n_units)
-
-
-cdef double roof_block(const floating* x, Py_ssize_t C, Py_ssize_t rows, Py_ssize_t per,
-                       Py_ssize_t unit) noexcept nogil:
-    cdef Py_ssize_t j, last = (unit + 1) * per
-    cdef double total = 0.0
-    if last > rows:
-        last = rows
-    for j in range(unit * per, last):
+cdef void roof_rows(const void* call, const Piece* p, const floating* x, floating* unused,
+                    double* total) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(p.n):
         if floating is float:
-            total += fastce_active_ops.sum_exp_f32(x + j * C, C)
+            total[0] += fastce_active_ops.sum_exp_f32(x + k * p.xs, p.C)
         else:
-            total += fastce_active_ops.sum_exp_f64(x + j * C, C)
-    return total
+            total[0] += fastce_active_ops.sum_exp_f64(x + k * p.xs, p.C)
+
+
+cdef Body ROOF_BODY = make_body(roof_rows[float], roof_rows[double], NULL, NULL, NULL)
+
+
+def exp_sum_roof(object x, int num_threads=0):
+    """Sum of exp(x) over every element of a C-contiguous 2-d float32 or
+    float64 array, with the same vector code, walk and threads as the
+    kernels: the speed a forward pass is measured against.  Values must stay
+    below 88 (float32)."""
+    cdef Walk w
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return 0.0
+    walk_from(&w, x[:, :, None])
+    w.threads = num_threads
+    if w.xc != 1 or w.dtype == DT_F16 or w.dtype == DT_BF16:
+        raise ValueError("internal: the roof reads C-contiguous float32 or float64 rows")
+    return walk_total(&w, &ROOF_BODY, NULL, False, 0)

@@ -1,5 +1,7 @@
 """Types of the compiled metrics kernel (fastce._metrics)."""
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -7,6 +9,8 @@ TILE_SIZE: int
 N_FLOAT_TOTALS: int
 
 _Float = np.float32 | np.float64
+# logits of float32, float64, float16 or bfloat16 (which has no NumPy scalar type to name)
+_Logits = NDArray[Any]
 _Index = (
     np.int8 | np.int16 | np.int32 | np.int64 | np.uint8 | np.uint16 | np.uint32 | np.uint64
 )
@@ -15,7 +19,7 @@ def openmp_enabled() -> bool: ...
 def compile_args() -> str: ...
 def simd_isa() -> str: ...
 def evaluate_index(
-    x: NDArray[_Float],
+    x: _Logits,
     target: NDArray[_Index],
     weight: NDArray[np.float64],
     weight_sum: float,

@@ -2,14 +2,15 @@
 """Every evaluation metric of class-index targets from one read of the logits.
 
 The input is the ``(outer, C, inner)`` view of the core kernels; a *sample*
-is one ``(o, i)`` pair and its row is ``x[o, :, i]``.  Each sample is laid
-out as the core kernels lay it out -- one row at a time, transposed tiles of
-rows of at most SMALL_C contiguous classes, or tiles of neighbouring samples
--- and goes through the core's own code, cimported from fastce._kernels (see
-_kernels.pxd): its maximum ``m`` and ``s = sum_c exp(x_c - m)`` (row_stats,
-tile_stats), the log of ``s`` and the loss from them (index_row_loss,
-tile_index_terms).  So each per-sample loss is :func:`fastce.cross_entropy`'s
-to the last bit, on every vector path.
+is one ``(o, i)`` pair and its row is ``x[o, :, i]``.  The samples go through
+the core's own walk (see _kernels.pxd), which lays them out as it does for
+:func:`fastce.cross_entropy` -- rows, transposed tiles of rows of few
+classes, or tiles of neighbouring samples, float16 and bfloat16 converted the
+same way -- and through the core's own code: each sample's maximum ``m`` and
+``s = sum_c exp(x_c - m)`` (row_stats, tile_stats), the log of ``s`` and the
+loss from them (index_row_loss, tile_index_terms).  So each per-sample loss is
+:func:`fastce.cross_entropy`'s to the last bit, on every vector path, by
+construction.  This module supplies only the bodies for rows and tiles.
 
 One more pass over the row or tile, which is then in cache, computes what the
 loss does not need:
@@ -21,25 +22,24 @@ loss does not need:
   those with an equal logit at a lower index (top-k correct iff rank < k);
 * the confidence ``max_c p_c = 1 / s``.
 
-Totals are accumulated per fixed work unit (whole blocks of the core's row
-kernel, or tiles) as compensated (double-double) float64 sums and integer
-counts, and the units are combined in order, so the result is identical for
-any thread count and, to float64 rounding, for any way of splitting the
-samples into calls.  The thread count is the core's (thread_count), which
-also records a team start for the fork handler of fastce._kernels.  The
-Python layer validates everything; these functions cannot fail.
+Totals are accumulated per work unit of the walk (whole blocks, grouped so
+that there are at most MAX_UNITS) as compensated (double-double) float64 sums
+and integer counts, and the units are combined in order, so the result is
+identical for any thread count and, to float64 rounding, for any way of
+splitting the samples into calls.  The Python layer validates everything;
+these functions cannot fail.
 """
 
-from cython.parallel cimport prange
 from libc.math cimport log
 from libc.stdint cimport int64_t
 
+cimport numpy as cnp
 cimport fastce._kernels as core
 from fastce._kernels cimport (
-    CEOptions, FASTCE_CHUNK, SMALL_C, TILE, fastce_active_ops, fastce_ops_t, floating,
-    any_nonzero, gather_rows, index_coefficient, index_row_loss, index_t, row_stats, rows_per_block,
-    sample_loss, simd_ops, small_c_rows, thread_count, tile_index_terms, tile_stats,
-    tile_targets, tiles_pay_off, exp_neg,
+    Body, CEOptions, FASTCE_CHUNK, Piece, TILE, Targets, Walk, fastce_active_ops, floating,
+    any_nonzero, exp_neg, index_coefficient, index_row_loss, make_body, row_stats, sample_loss,
+    simd_ops, target_at, targets_from, tile_index_terms, tile_stats, tile_targets, walk_from,
+    walk_plan, walk_run,
 )
 
 import numpy as np
@@ -124,13 +124,6 @@ cdef struct Outputs:
     Py_ssize_t[2] rank_s
     Py_ssize_t[2] conf_s
     Py_ssize_t[2] entropy_s
-
-
-cdef struct Layout:
-    Py_ssize_t outer, C, inner
-    Py_ssize_t xo, xc, xi       # element strides of the logits
-    Py_ssize_t to, ti           # element strides of the targets
-    int threads                 # requested thread count, 0 for the default
 
 
 cdef inline void dd_add(double* acc, double b) noexcept nogil:
@@ -252,37 +245,48 @@ cdef inline void row_extras(const floating* x, Py_ssize_t n, Py_ssize_t stride, 
     rank_out[0] = rank
 
 
-cdef void rows(const floating* x, const index_t* t, const Layout* L, const Options* opt,
-               const Outputs* out, double* fp, int64_t* ip, Py_ssize_t first,
-               Py_ssize_t last) noexcept nogil:
-    """Samples ``first <= j < last`` through the core's row kernel."""
-    cdef Py_ssize_t j, o, i, tt, arg, rank
-    cdef Py_ssize_t C = L.C
+cdef struct MetricsCall:
+    Options opt
+    Outputs out
+    Targets t
+    double* fp              # per unit: nf float64 totals (double-double pairs)
+    int64_t* ip             # per unit: ni counts
+
+
+cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, floating* unused,
+                       double* total) noexcept nogil:
+    """A piece of rows, each as the core's row body computes its loss."""
+    cdef const MetricsCall* call = <const MetricsCall*>call_
+    cdef const Options* opt = &call.opt
+    cdef double* fp = call.fp + p.unit * opt.nf
+    cdef int64_t* ip = call.ip + p.unit * opt.ni
+    cdef Py_ssize_t k, o, i, tt, arg, rank
+    cdef Py_ssize_t C = p.C, xc = p.xc
     cdef int64_t target
     cdef bint ignored, active
-    cdef bint every = out.loss != NULL
+    cdef bint every = call.out.loss != NULL
     cdef const floating* xr
     cdef floating m, x_t
     cdef double s, log_s, e, A, a_t, loss
-    for j in range(first, last):
-        o = j // L.inner
-        i = j - o * L.inner
-        target = <int64_t>t[o * L.to + i * L.ti]
+    for k in range(p.n):
+        o = p.o + k * p.o_step
+        i = p.i + k * p.i_step
+        target = target_at(&call.t, o, i)
         ignored = opt.ce.has_ignore and target == opt.ce.ignore_index
         if ignored and not every:
             continue
-        xr = x + o * L.xo + i * L.xi
+        xr = x + k * p.xs
         # the loss, as ce_index_row computes it
         A = index_coefficient(&opt.ce, target, C, &a_t, &active)
-        s = row_stats(xr, C, L.xc, &m)
+        s = row_stats(xr, C, xc, &m)
         log_s = log(s)
-        loss = 0.0 if not active else index_row_loss(xr, L.xc, C, target, m, log_s, A, a_t,
+        loss = 0.0 if not active else index_row_loss(xr, xc, C, target, m, log_s, A, a_t,
                                                    &opt.ce)
         # the rest, from the row in cache
         tt = -1 if ignored else <Py_ssize_t>target
-        x_t = xr[tt * L.xc] if tt >= 0 else 0
-        row_extras(xr, C, L.xc, m, tt, x_t, opt, &e, &arg, &rank)
-        finish_sample(xr, C, L.xc, opt, out, o, i, tt, loss, s, log_s, e, arg, rank, fp, ip)
+        x_t = xr[tt * xc] if tt >= 0 else 0
+        row_extras(xr, C, xc, m, tt, x_t, opt, &e, &arg, &rank)
+        finish_sample(xr, C, xc, opt, &call.out, o, i, tt, loss, s, log_s, e, arg, rank, fp, ip)
 
 
 # --------------------------------------------------------------------------
@@ -313,12 +317,13 @@ cdef inline void tile_extras(const floating* x, Py_ssize_t xi, Py_ssize_t n, Py_
             rank[k] += 1
 
 
-cdef void tile_metrics(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize_t C,
-                       Py_ssize_t n, const index_t* t, Py_ssize_t ti, const Options* opt,
-                       const Outputs* out, Py_ssize_t o0, Py_ssize_t i0, Py_ssize_t o_step,
-                       Py_ssize_t i_step, double* fp, int64_t* ip) noexcept nogil:
-    """Samples ``0 <= k < n`` of a tile; sample ``k`` is ``(o0 + k * o_step,
-    i0 + k * i_step)`` of the per-sample outputs."""
+cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, floating* unused,
+                       double* total) noexcept nogil:
+    """The samples of a tile, as the core's tile body computes their losses."""
+    cdef const MetricsCall* call = <const MetricsCall*>call_
+    cdef const Options* opt = &call.opt
+    cdef double* fp = call.fp + p.unit * opt.nf
+    cdef int64_t* ip = call.ip + p.unit * opt.ni
     cdef floating m[TILE]
     cdef floating x_t[TILE]
     cdef floating epart[TILE]
@@ -332,9 +337,10 @@ cdef void tile_metrics(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize
     cdef int64_t arg[TILE]
     cdef int64_t rank[TILE]
     cdef Py_ssize_t c, k, start, end
+    cdef Py_ssize_t n = p.n, C = p.C, xc = p.xc, xi = p.xs
 
     # the loss, as ce_tile computes it
-    if not tile_targets(t, ti, n, C, &opt.ce, tgt, A, active) and out.loss == NULL:
+    if not tile_targets(&call.t, p, &opt.ce, tgt, A, active) and call.out.loss == NULL:
         return
     tile_stats(x, xc, xi, C, n, m, s)
     tile_index_terms(x, xc, xi, C, n, tgt, &opt.ce, m, x_t, dot)
@@ -361,101 +367,25 @@ cdef void tile_metrics(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize
         start = end
 
     for k in range(n):
-        finish_sample(x + k * xi, C, xc, opt, out, o0 + k * o_step, i0 + k * i_step, tgt[k],
-                      sample_loss(active[k], A[k], log_s[k], dot[k]), s[k], log_s[k], e[k], arg[k],
-                      rank[k], fp, ip)
+        finish_sample(x + k * xi, C, xc, opt, &call.out, p.o + k * p.o_step,
+                      p.i + k * p.i_step, tgt[k],
+                      sample_loss(active[k], A[k], log_s[k], dot[k]), s[k], log_s[k], e[k],
+                      arg[k], rank[k], fp, ip)
 
 
-cdef void small_c_rows_metrics(const floating* x, const index_t* t, const Layout* L,
-                               const Options* opt, const Outputs* out, double* fp,
-                               int64_t* ip, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
-    """Rows ``first <= j < last`` (``inner == 1``, at most SMALL_C contiguous
-    classes) transposed into tiles from ``first`` on, as ce_small_c_rows."""
-    cdef floating xbuf[TILE * SMALL_C]
-    cdef Py_ssize_t j = first, n
-    while j < last:
-        n = last - j
-        if n > TILE:
-            n = TILE
-        gather_rows(x + j * L.xo, L.xo, L.C, n, xbuf)
-        tile_metrics(xbuf, TILE, 1, L.C, n, t + j * L.to, L.to, opt, out, j, 0, 1, 0, fp, ip)
-        j += n
+cdef Body METRICS_BODY = make_body(
+    metrics_rows[float], metrics_rows[double], metrics_tile[float], metrics_tile[double], NULL)
 
 
-# --------------------------------------------------------------------------
-# Work units
-# --------------------------------------------------------------------------
-
-cdef void row_unit(const floating* x, const index_t* t, const Layout* L, const Options* opt,
-                   const Outputs* out, double* fp, int64_t* ip, Py_ssize_t unit,
-                   Py_ssize_t blocks_per_unit) noexcept nogil:
-    """Blocks ``unit * blocks_per_unit`` up to the next unit's of the core's
-    row kernel (rows_per_block samples each), each laid out as it lays it out."""
-    cdef Py_ssize_t per = rows_per_block(L.C)
-    cdef Py_ssize_t n_rows = L.outer * L.inner
-    cdef Py_ssize_t b, first, last
-    cdef bint small = small_c_rows(L.C, L.inner, L.xc)
-    for b in range(unit * blocks_per_unit, (unit + 1) * blocks_per_unit):
-        first = b * per
-        if first >= n_rows:
-            break
-        last = first + per
-        if last > n_rows:
-            last = n_rows
-        if small:
-            small_c_rows_metrics(x, t, L, opt, out, fp, ip, first, last)
-        else:
-            rows(x, t, L, opt, out, fp, ip, first, last)
+cdef void set_output(char** ptr, Py_ssize_t* strides, object a) except *:
+    cdef cnp.ndarray arr = a
+    ptr[0] = <char*>cnp.PyArray_DATA(arr)
+    strides[0] = cnp.PyArray_STRIDE(arr, 0)
+    strides[1] = cnp.PyArray_STRIDE(arr, 1)
 
 
-cdef void tile_unit(const floating* x, const index_t* t, const Layout* L, const Options* opt,
-                    const Outputs* out, double* fp, int64_t* ip, Py_ssize_t unit,
-                    Py_ssize_t per) noexcept nogil:
-    """Tiles ``unit * per`` up to ``(unit + 1) * per`` in (outer, tile) order."""
-    cdef Py_ssize_t tiles = (L.inner + TILE - 1) // TILE
-    cdef Py_ssize_t q, o, i, n
-    cdef Py_ssize_t last = (unit + 1) * per
-    if last > L.outer * tiles:
-        last = L.outer * tiles
-    for q in range(unit * per, last):
-        o = q // tiles
-        i = (q - o * tiles) * TILE
-        n = L.inner - i
-        if n > TILE:
-            n = TILE
-        tile_metrics(x + o * L.xo + i * L.xi, L.xc, L.xi, L.C, n,
-                     t + o * L.to + i * L.ti, L.ti, opt, out, o, i, 0, 1, fp, ip)
-
-
-cdef void run_units(const floating* x, const index_t* t, const Layout* L, const Options* opt,
-                    const Outputs* out, double* fp, int64_t* ip, Py_ssize_t n_units,
-                    Py_ssize_t per, bint tiled) noexcept nogil:
-    cdef Py_ssize_t u
-    # the core's rule, which also tells the core's fork handler a team started
-    cdef int nthreads = thread_count(n_units, L.outer * L.C * L.inner, L.threads)
-    if nthreads == 1:
-        for u in range(n_units):
-            if tiled:
-                tile_unit(x, t, L, opt, out, fp + u * opt.nf, ip + u * opt.ni, u, per)
-            else:
-                row_unit(x, t, L, opt, out, fp + u * opt.nf, ip + u * opt.ni, u, per)
-    else:
-        for u in prange(n_units, schedule="dynamic", num_threads=nthreads,
-                        chunksize=core.units_per_grab(n_units, L.outer * L.C * L.inner)):
-            if tiled:
-                tile_unit(x, t, L, opt, out, fp + u * opt.nf, ip + u * opt.ni, u, per)
-            else:
-                row_unit(x, t, L, opt, out, fp + u * opt.nf, ip + u * opt.ni, u, per)
-
-
-cdef void set_output(char** ptr, Py_ssize_t* strides, char* data, const Py_ssize_t* src) noexcept:
-    ptr[0] = data
-    strides[0] = src[0]
-    strides[1] = src[1]
-
-
-def evaluate_index(const floating[:, :, :] x,
-                   const index_t[:, :] target,
+def evaluate_index(object x,
+                   object target,
                    const double[::1] weight,
                    double weight_sum,
                    double smoothing,
@@ -463,14 +393,14 @@ def evaluate_index(const floating[:, :, :] x,
                    bint has_ignore,
                    Py_ssize_t bins,
                    Py_ssize_t ranks,
-                   floating[:, :] loss_out,
-                   int64_t[:, :] pred_out,
-                   int64_t[:, :] rank_out,
-                   floating[:, :] conf_out,
-                   floating[:, :] entropy_out,
+                   object loss_out,
+                   object pred_out,
+                   object rank_out,
+                   object conf_out,
+                   object entropy_out,
                    int num_threads=0):
-    """Every metric over an ``(outer, C, inner)`` view with class-index
-    targets of shape ``(outer, inner)``.
+    """Every metric over an ``(outer, C, inner)`` view (float32, float64,
+    float16 or bfloat16) with class-index targets of shape ``(outer, inner)``.
 
     Returns ``(sums, counts)``: ``sums`` is a float64 array of shape
     ``(4 + bins, 2)`` holding double-double totals (high and low parts) of the
@@ -480,27 +410,20 @@ def evaluate_index(const floating[:, :, :] x,
     samples per bin, and a histogram of the targets' ranks below ``ranks``.
 
     The per-sample arrays (all of them, or all None; any strides, shape
-    ``(outer, inner)``) receive the loss, the prediction, the target's rank
-    (-1 where ignored), the confidence and the entropy.  ``num_threads`` 0
-    uses the process-wide count.  The caller has validated everything:
-    targets are in ``[0, C)`` or equal ``ignore_index``, ``outer * inner >
-    0``, ``C > 0``, ``bins > 0`` and ``0 < ranks <= C``.
+    ``(outer, inner)``; loss, confidence and entropy of the result dtype,
+    prediction and rank int64) receive the loss, the prediction, the
+    target's rank (-1 where ignored), the confidence and the entropy.
+    ``num_threads`` 0 uses the process-wide count.  The caller has validated
+    everything: targets are in ``[0, C)`` or equal ``ignore_index``,
+    ``outer * inner > 0``, ``C > 0``, ``bins > 0`` and ``0 < ranks <= C``.
     """
-    cdef Layout L
-    cdef Options opt
-    cdef Outputs out
-    cdef Py_ssize_t isz = sizeof(floating)
-    cdef Py_ssize_t n_rows, per, n_units, n_blocks, tiles, u, f, max_units
-    cdef bint tiled
-    L.outer = x.shape[0]
-    L.C = x.shape[1]
-    L.inner = x.shape[2]
-    L.xo = x.strides[0] // isz
-    L.xc = x.strides[1] // isz
-    L.xi = x.strides[2] // isz
-    L.to = target.strides[0] // sizeof(index_t)
-    L.ti = target.strides[1] // sizeof(index_t)
-    L.threads = num_threads
+    cdef Walk w
+    cdef MetricsCall call
+    cdef Options* opt = &call.opt
+    cdef Py_ssize_t u, f, max_units
+    walk_from(&w, x)
+    w.threads = num_threads
+    targets_from(&call.t, target)
     opt.ce.weight = &weight[0] if weight.shape[0] > 0 else NULL
     opt.ce.weight_sum = weight_sum
     opt.ce.any_weight = any_nonzero(opt.ce.weight, weight.shape[0])
@@ -508,48 +431,37 @@ def evaluate_index(const floating[:, :, :] x,
     opt.ce.ignore_index = ignore_index
     opt.ce.has_ignore = has_ignore
     opt.ce.denominator = 1.0
-    opt.ce.want_loss_array = loss_out is not None
-    opt.ce.want_grad = False
     opt.bins = bins
     opt.ranks = ranks
     opt.nf = 2 * (4 + bins)
     opt.ni = 1 + 2 * bins + ranks
-    out.loss = out.pred = out.rank = out.conf = out.entropy = NULL
+    call.out.loss = call.out.pred = call.out.rank = call.out.conf = call.out.entropy = NULL
     if loss_out is not None:
-        set_output(&out.loss, out.loss_s, <char*>&loss_out[0, 0], &loss_out.strides[0])
-        set_output(&out.pred, out.pred_s, <char*>&pred_out[0, 0], &pred_out.strides[0])
-        set_output(&out.rank, out.rank_s, <char*>&rank_out[0, 0], &rank_out.strides[0])
-        set_output(&out.conf, out.conf_s, <char*>&conf_out[0, 0], &conf_out.strides[0])
-        set_output(&out.entropy, out.entropy_s, <char*>&entropy_out[0, 0],
-                   &entropy_out.strides[0])
+        set_output(&call.out.loss, call.out.loss_s, loss_out)
+        set_output(&call.out.pred, call.out.pred_s, pred_out)
+        set_output(&call.out.rank, call.out.rank_s, rank_out)
+        set_output(&call.out.conf, call.out.conf_s, conf_out)
+        set_output(&call.out.entropy, call.out.entropy_s, entropy_out)
 
-    # fixed by the problem and the options, never by the thread count
+    # many bins or a long rank histogram mean fewer, larger units
     max_units = PARTIALS_BYTES // (8 * (opt.nf + opt.ni))
     if max_units > MAX_UNITS:
         max_units = MAX_UNITS
     if max_units < 1:
         max_units = 1
-    tiled = tiles_pay_off(L.inner, L.xc, L.xi)
-    if tiled:
-        tiles = L.outer * ((L.inner + TILE - 1) // TILE)
-        per = (tiles + max_units - 1) // max_units
-        n_units = (tiles + per - 1) // per
-    else:
-        # whole blocks of the core's row kernel per unit
-        n_rows = L.outer * L.inner
-        n_blocks = (n_rows + rows_per_block(L.C) - 1) // rows_per_block(L.C)
-        per = (n_blocks + max_units - 1) // max_units
-        n_units = (n_blocks + per - 1) // per
+    walk_plan(&w, &METRICS_BODY, True, 0, max_units)
 
-    cdef double[:, ::1] fpart = np.zeros((n_units, opt.nf), dtype=np.float64)
-    cdef int64_t[:, ::1] ipart = np.zeros((n_units, opt.ni), dtype=np.int64)
+    cdef double[:, ::1] fpart = np.zeros((w.n_units, opt.nf), dtype=np.float64)
+    cdef int64_t[:, ::1] ipart = np.zeros((w.n_units, opt.ni), dtype=np.int64)
+    cdef double[::1] unit_totals = np.empty(w.n_units, dtype=np.float64)
+    call.fp = &fpart[0, 0]
+    call.ip = &ipart[0, 0]
+    walk_run(&w, &METRICS_BODY, &call, &unit_totals[0])
     sums_arr = np.zeros((4 + bins, 2), dtype=np.float64)
     cdef double[:, ::1] sums = sums_arr
     with nogil:
-        run_units(&x[0, 0, 0], &target[0, 0], &L, &opt, &out, &fpart[0, 0], &ipart[0, 0],
-                  n_units, per, tiled)
         # the units' totals, in unit order
-        for u in range(n_units):
+        for u in range(w.n_units):
             for f in range(4 + bins):
                 dd_add(&sums[f, 0], fpart[u, 2 * f])
                 sums[f, 1] += fpart[u, 2 * f + 1]

@@ -31,12 +31,6 @@ def is_real(dtype: np.dtype) -> bool:
     return dtype.kind in "iu" or is_float(dtype)
 
 
-def is_half(dtype: np.dtype) -> bool:
-    """float16 or bfloat16: logits the kernels read in float32 blocks, each
-    converted just before it is computed, never as a full-size copy."""
-    return dtype.itemsize == 2 and is_float(dtype)
-
-
 def result_dtype(dtype: np.dtype) -> np.dtype:
     """float16 and bfloat16 are computed (and returned) in float32."""
     return np.dtype(np.float64) if dtype.itemsize == 8 else np.dtype(np.float32)
@@ -60,8 +54,8 @@ def as_array(x) -> np.ndarray:
 def native_float_array(x, name: str) -> np.ndarray:
     """``x`` as a float16/bfloat16/32/64 array in native byte order and
     aligned, copied only where the kernels cannot read it as it is.  float16
-    and bfloat16 (``ml_dtypes.bfloat16``) stay as they are: the kernels'
-    callers convert them to float32 block by block (:func:`is_half`)."""
+    and bfloat16 (``ml_dtypes.bfloat16``) stay as they are: the kernels
+    convert them to float32 a piece at a time, in the threads that compute."""
     arr = as_array(x)
     if not is_float(arr.dtype):
         raise TypeError(

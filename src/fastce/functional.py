@@ -19,7 +19,6 @@ from ._validate import (
     class_axis,
     flip2,
     flip3,
-    is_half,
     is_float,
     is_real,
     native_float_array,
@@ -66,58 +65,6 @@ def _same_memory_layout(a: np.ndarray, b: np.ndarray) -> bool:
         and a.strides == b.strides
         and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
     )
-
-
-# float16 and bfloat16 logits are converted to float32 this many elements at a time
-HALF_BLOCK = 1 << 18
-
-
-def _run(kernel_call, x3, per_sample, per_class, threads=0):
-    """``kernel_call(x3, per_sample, per_class)``, where ``per_sample`` are
-    ``(outer, inner)`` arrays and ``per_class`` ``(outer, C, inner)`` arrays
-    (or None).  float16 and bfloat16 logits run in float32 blocks, each
-    converted just before its kernel call, so no full-size copy is made; the
-    blocks' totals are added in order; ``threads`` (0: the process's count)
-    convert them."""
-    if not is_half(x3.dtype):
-        return kernel_call(x3, per_sample, per_class)
-    outer, n_classes, inner = x3.shape
-    along_outer = outer >= inner
-    length = outer if along_outer else inner
-    width = n_classes * (inner if along_outer else outer)
-    # whole tiles of samples, so that every sample sits in the same vector
-    # lane as it would without blocks, and gets the same bits
-    tile = _kernels.TILE_SIZE
-    step = max(1, HALF_BLOCK // max(1, width) // tile) * tile
-
-    def cut(a, piece, inner_axis):
-        if a is None or (a.ndim == 2 and a.shape == (1, 1) and outer * inner > 1):
-            return a  # absent, or one grad_output read at every sample
-        return a[piece] if along_outer else a[(slice(None),) * inner_axis + (piece,)]
-
-    total = 0.0
-    buffer = None
-    for start in range(0, length, step):
-        piece = slice(start, start + step)
-        block, buffer = _half_block_as_float32(cut(x3, piece, 2), buffer, threads)
-        total += kernel_call(block, [cut(a, piece, 1) for a in per_sample],
-                             [cut(a, piece, 2) for a in per_class])
-    return total
-
-
-def _half_block_as_float32(block: np.ndarray, buffer, threads: int):
-    """A float16/bfloat16 block as float32, converted with the kernels' vector
-    code and threads into ``buffer`` (made on first use, reused for every
-    block of a call); blocks NumPy cannot view as one run of values are
-    converted by NumPy.  Returns the float32 block and the buffer."""
-    if not block.flags.c_contiguous:
-        return block.astype(np.float32), buffer
-    if buffer is None or buffer.size < block.size:
-        buffer = np.empty(block.size, dtype=np.float32)
-    out = buffer[:block.size]
-    _kernels.half_to_float32(block.reshape(-1).view(np.uint16), out,
-                             block.dtype.name == "bfloat16", threads)
-    return out.reshape(block.shape), buffer
 
 
 def _apart_from(a, written):
@@ -218,17 +165,13 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
             grad3 = flip3(grad3) if grad3 is not None else None
         weight_total = float(w.sum()) if w.size else float(n_classes)
 
-        def kernel_call(xb, per_sample, per_class):
-            tb, lb, gob = per_sample
-            pb, gb = per_class
-            if plan.is_index:
-                return _kernels.cross_entropy_index(
-                    xb, tb, w, weight_total, smoothing, ignore_value, has_ignore,
-                    lb, gob, denominator, gb, threads)
-            return _kernels.cross_entropy_probs(xb, pb, w, smoothing, lb, gob, denominator,
-                                                gb, threads)
-
-        total = _run(kernel_call, x3, [t2, loss2, go2], [p3, grad3], threads)
+        if plan.is_index:
+            total = _kernels.cross_entropy_index(
+                x3, t2, w, weight_total, smoothing, ignore_value, has_ignore,
+                loss2, go2, denominator, grad3, threads)
+        else:
+            total = _kernels.cross_entropy_probs(x3, p3, w, smoothing, loss2, go2,
+                                                 denominator, grad3, threads)
     elif want_grad and grad3 is not None:
         grad3.fill(0)
 
@@ -444,10 +387,8 @@ def nll_loss(log_probs, target, weight=None, *, ignore_index=-100, reduction="me
     total = 0.0
     if n_samples:
         loss2 = loss_arr.reshape(outer, inner) if loss_arr is not None else None
-        total = _run(
-            lambda xb, per_sample, _: _kernels.nll_loss_kernel(
-                xb, per_sample[0], w, ignore_value, has_ignore, per_sample[1], threads),
-            x3, [plan.index2, loss2], [], threads)
+        total = _kernels.nll_loss_kernel(x3, plan.index2, w, ignore_value, has_ignore, loss2,
+                                         threads)
     if reduction == "none":
         return loss_arr
     return _reduce(total, weight_sum if reduction == "mean" else 1.0, reduction, dtype)
@@ -492,11 +433,7 @@ def _softmax_family(x, axis, op, out, num_threads):
         x3 = flip3(x3)
         reduced2 = flip2(reduced2) if reduced2 is not None else None
         out3 = flip3(out3) if out3 is not None else None
-    def kernel_call(xb, per_sample, per_class):
-        _kernels.softmax_family(xb, op, per_sample[0], per_class[0], threads)
-        return 0.0
-
-    _run(kernel_call, x3, [reduced2], [out3], threads)
+    _kernels.softmax_family(x3, op, reduced2, out3, threads)
     if out_buffer is not None and not np.may_share_memory(out_buffer, result):
         result[...] = out_buffer.reshape(shape)
     return result[()] if result.ndim == 0 and out is None else result
@@ -608,8 +545,13 @@ def _flat_operand(a, shape, dtype, row_len):
         return None
     a = a.reshape((1,) * (len(shape) - a.ndim) + a.shape)
     if len(shape) and all(n == 1 for n in a.shape[:-1]) and a.shape[-1] == row_len:
-        return np.ascontiguousarray(a.reshape(-1), dtype=dtype)
-    return np.ascontiguousarray(np.broadcast_to(a, shape), dtype=dtype).reshape(-1)
+        return _flat_aligned(a, dtype)
+    return _flat_aligned(np.broadcast_to(a, shape), dtype)
+
+
+def _flat_aligned(a, dtype=None):
+    """``a`` as a flat, contiguous and aligned array (of ``dtype``), copied only if need be."""
+    return np.require(a, dtype=dtype, requirements=["C", "A"]).reshape(-1)
 
 
 def _binary(x_in, target, weight, pos_weight, reduction, logits, want_grad, grad_output, out,
@@ -630,12 +572,9 @@ def _binary(x_in, target, weight, pos_weight, reduction, logits, want_grad, grad
         check_out(out, x.shape, dtype)
     n = x.size
     row_len = x.shape[-1] if x.ndim else 1
-    # exact conversions, into buffers of this call: checked below as they are
-    if is_half(x.dtype):
-        xf = _half_block_as_float32(x, None, threads)[0].reshape(-1)
-    else:
-        xf = np.ascontiguousarray(x).reshape(-1)
-    yf = np.ascontiguousarray(y, dtype=dtype).reshape(-1)
+    xf = _flat_aligned(x)
+    # an exact conversion, into a buffer of this call: checked below as it is
+    yf = _flat_aligned(y, dtype)
     if not logits:
         _check_unit_interval(xf, "probs", "Pass logits to binary_cross_entropy_with_logits "
                                           "instead.", threads)
@@ -659,7 +598,7 @@ def _binary(x_in, target, weight, pos_weight, reduction, logits, want_grad, grad
     go_flat = None
     if want_grad:
         if go.ndim:
-            go_flat = np.ascontiguousarray(go, dtype=dtype).reshape(-1)
+            go_flat = _flat_aligned(go, dtype)
         else:
             scale = float(go)
         if reduction == "mean" and n:

@@ -53,7 +53,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _kernels, _metrics
-from .functional import _run
 from ._validate import (
     check_ignore_index,
     check_label_smoothing,
@@ -63,7 +62,6 @@ from ._validate import (
     class_axis,
     flip2,
     flip3,
-    is_half,
     native_float_array,
     normalize_axis,
     raise_out_of_range,
@@ -75,10 +73,9 @@ from ._validate import (
 
 __all__ = ["Accumulator", "EvalResult", "PerSample", "evaluate"]
 
-# Logits per kernel call (after any conversion) when an input is walked in
-# blocks: a memory-mapped file is read block by block, and a byte-swapped
-# input is converted one block at a time.  float16 and bfloat16 logits are
-# converted in cross_entropy's own blocks (functional._run).
+# Logits per kernel call (counted in the result dtype) when an input is walked
+# in blocks: a memory-mapped file is read block by block, and a byte-swapped
+# input is converted one block at a time.
 _BLOCK_BYTES = 1 << 26
 
 _N_TOTALS = _metrics.N_FLOAT_TOTALS  # loss, weight, confidence, entropy
@@ -407,21 +404,13 @@ class Accumulator:
         weight_sum = float(w.sum()) if w.size else float(n_classes)
         ranks = min(self.topk[-1], n_classes)
 
-        def kernel_call(xb, per_sample, per_class):
-            tb, *outs = per_sample
+        def kernel_call(xb, tb, outs):
             sums, counts = _metrics.evaluate_index(
                 xb, tb, w, weight_sum, self.label_smoothing, ignore_value, has_ignore,
                 self.bins, ranks, *(outs or [None] * 5), self._threads,
             )
             self._add(sums, counts, ranks)
-            return 0.0
 
-        if is_half(x3.dtype):
-            # in float32 blocks converted one at a time, exactly as cross_entropy
-            # computes float16 and bfloat16, so that every loss is its loss to
-            # the last bit
-            _run(kernel_call, x3, [t2, *out2], [], self._threads)
-            return outputs
         block_bytes = max(1, n_classes * dtype.itemsize)
         if outer > 1:
             step = max(1, _BLOCK_BYTES // (block_bytes * inner))
@@ -438,8 +427,8 @@ class Accumulator:
             step = max(tile, _BLOCK_BYTES // block_bytes // tile * tile)
             blocks = [(slice(None), slice(a, b)) for a, b in _blocks(inner, step, 2)]
         for rows, cols in blocks:
-            kernel_call(native_float_array(x3[rows, :, cols], "logits"),
-                        [t2[rows, cols], *(a[rows, cols] for a in out2)], [])
+            kernel_call(native_float_array(x3[rows, :, cols], "logits"), t2[rows, cols],
+                        [a[rows, cols] for a in out2])
         return outputs
 
     def merge(self, other: Accumulator) -> Accumulator:

@@ -1,0 +1,126 @@
+"""The walk every kernel shares: float16 and bfloat16 logits, converted by the
+threads a piece at a time, give the bits of their float32 values on every
+layout the walk cuts (rows, rows of few classes gathered into tiles, tiles of
+neighbouring samples, tiles too wide to convert at once), for every function
+and thread count."""
+
+import numpy as np
+import pytest
+
+import fastce
+
+HALF = [np.float16, pytest.param("bfloat16", id="bfloat16")]
+
+
+def half_dtype(name):
+    if name == "bfloat16":
+        return pytest.importorskip("ml_dtypes").bfloat16
+    return name
+
+
+def rows_contiguous(rng, dtype):
+    return (rng.standard_normal((300, 1003)) * 4).astype(dtype), 1
+
+
+def rows_strided(rng, dtype):
+    # every other class: rows whose classes are not contiguous
+    return (rng.standard_normal((130, 400)) * 4).astype(dtype)[:, ::2], 1
+
+
+def few_classes(rng, dtype):
+    return (rng.standard_normal((1000, 7)) * 4).astype(dtype), 1
+
+
+def few_classes_apart(rng, dtype):
+    # rows of few contiguous classes, every other row
+    return (rng.standard_normal((2000, 7)) * 4).astype(dtype)[::2], 1
+
+
+def channels_first(rng, dtype):
+    return (rng.standard_normal((3, 50, 150)) * 4).astype(dtype), 1
+
+
+def channels_first_wide(rng, dtype):
+    # so many classes that a tile is converted a few samples at a time
+    return (rng.standard_normal((1, 6000, 70)) * 4).astype(dtype), 1
+
+
+def class_axis_in_the_middle(rng, dtype):
+    # (B, C, T) whose classes are contiguous: rows, T of them per outer position
+    return (rng.standard_normal((4, 90, 60)) * 4).astype(dtype).transpose(0, 2, 1), 1
+
+
+LAYOUTS = [rows_contiguous, rows_strided, few_classes, few_classes_apart, channels_first,
+           channels_first_wide, class_axis_in_the_middle]
+
+
+def targets(rng, x, axis):
+    shape = x.shape[:axis] + x.shape[axis + 1:]
+    t = rng.integers(0, x.shape[axis], shape)
+    t.reshape(-1)[::7] = -100
+    return t
+
+
+def same_bits(a, b, what=""):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    assert a.tobytes() == b.tobytes(), what
+
+
+def everything(x, t, axis, threads):
+    """Every function's result on the logits x, per sample and reduced."""
+    out = {}
+    for reduction in ("none", "sum", "mean"):
+        loss, grad = fastce.cross_entropy_with_grad(x, t, axis=axis, reduction=reduction,
+                                                    label_smoothing=0.1 if reduction == "sum"
+                                                    else 0.0, num_threads=threads)
+        out[f"cross_entropy {reduction}"] = loss
+        out[f"gradient {reduction}"] = grad
+        out[f"nll_loss {reduction}"] = fastce.nll_loss(x, t, axis=axis, reduction=reduction,
+                                                       num_threads=threads)
+    for name in ("softmax", "log_softmax", "logsumexp"):
+        out[name] = getattr(fastce, name)(x, axis=axis, num_threads=threads)
+    result = fastce.evaluate(x, t, axis=axis, per_sample=True, num_threads=threads)
+    out["evaluate loss"] = result.loss
+    for field in ("loss", "prediction", "target_rank", "confidence", "entropy"):
+        out[f"evaluate {field}"] = getattr(result.per_sample, field)
+    return out
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_logits_give_the_bits_of_their_float32_values(layout, dtype):
+    rng = np.random.default_rng(7)
+    x, axis = layout(rng, half_dtype(dtype))
+    t = targets(rng, x, axis)
+    want = everything(np.array(x.astype(np.float32)), t, axis, 2)
+    for threads in (1, 2, 5):
+        got = everything(x, t, axis, threads)
+        for name in want:
+            same_bits(got[name], want[name], f"{name}, {threads} threads")
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("shape", [(3, 5), (40_000,), (70, 1001)])
+def test_half_binary_losses_give_the_bits_of_their_float32_values(dtype, shape):
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal(shape) * 4).astype(half_dtype(dtype))
+    y = rng.random(shape).astype(np.float32)
+    p = 1 / (1 + np.exp(-x.astype(np.float32)))
+    probs = p.astype(x.dtype)
+    pos = rng.random(shape[-1]).astype(np.float32) + 0.5
+    for threads in (1, 2):
+        for f, a in ((fastce.binary_cross_entropy_with_logits_with_grad, x),
+                     (fastce.binary_cross_entropy_with_grad, probs)):
+            kwargs = {"pos_weight": pos} if a is x else {}
+            got = f(a, y, reduction="none", num_threads=threads, **kwargs)
+            want = f(a.astype(np.float32), y, reduction="none", num_threads=threads, **kwargs)
+            for g, w in zip(got, want):
+                same_bits(g, w)
+
+
+def test_half_probabilities_outside_the_unit_interval_are_found():
+    probs = np.full(50_000, 0.5, np.float16)
+    probs[41_234] = 1.5
+    with pytest.raises(ValueError, match="41234"):
+        fastce.binary_cross_entropy(probs, np.zeros(50_000, np.float32))
