@@ -1205,8 +1205,10 @@ cdef inline double logsumexp_unshifted(const floating* x, Py_ssize_t xc, Py_ssiz
 
 
 cdef inline void softmax_row(const floating* x, Py_ssize_t xc, Py_ssize_t C, int op,
-                             floating* y, Py_ssize_t yc) noexcept nogil:
-    """One row of ``op``; for logsumexp ``y`` is the single output element."""
+                             floating* y, Py_ssize_t yc, const floating* next,
+                             fastce_ahead_t* ahead) noexcept nogil:
+    """One row of ``op``; for logsumexp ``y`` is the single output element.
+    With ``ahead`` (contiguous rows only), as ce_index_row."""
     if op == OP_SOFTMAX and xc == 1 and yc == 1 and C <= FASTCE_ROW_IN_CACHE:
         if floating is float:
             fastce_active_ops.row_softmax_f32(x, C, y)
@@ -1214,7 +1216,13 @@ cdef inline void softmax_row(const floating* x, Py_ssize_t xc, Py_ssize_t C, int
             fastce_active_ops.row_softmax_f64(x, C, y)
         return
     cdef floating m
-    cdef double s = row_stats(x, C, xc, &m)
+    cdef double s
+    if ahead == NULL:
+        s = row_stats(x, C, xc, &m)
+    elif floating is float:
+        s = fastce_active_ops.row_max_sumexp_ahead_f32(x, C, &m, next, ahead)
+    else:
+        s = fastce_active_ops.row_max_sumexp_ahead_f64(x, C, &m, next, ahead)
     if op == OP_LOGSUMEXP:
         if isinf(m):
             y[0] = <floating>logsumexp_unshifted(x, xc, C)
@@ -1267,12 +1275,18 @@ cdef void softmax_rows(const void* call_, const Piece* p, const floating* x, flo
                        double* total) noexcept nogil:
     cdef const SoftmaxCall* call = <const SoftmaxCall*>call_
     cdef Py_ssize_t k
+    # contiguous rows take their maxima while the previous row is summed
+    cdef fastce_ahead_t* look_ahead = p.ahead if p.xc == 1 else NULL
+    cdef const floating* next_row
     for k in range(p.n):
+        next_row = x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after
         if call.op == OP_LOGSUMEXP:
             softmax_row(x + k * p.xs, p.xc, p.C, call.op,
-                        <floating*>call.reduced + sample_offset(p, k, call.ro, call.ri), 0)
+                        <floating*>call.reduced + sample_offset(p, k, call.ro, call.ri), 0,
+                        next_row, look_ahead)
         else:
-            softmax_row(x + k * p.xs, p.xc, p.C, call.op, y + k * p.ys, p.yc)
+            softmax_row(x + k * p.xs, p.xc, p.C, call.op, y + k * p.ys, p.yc, next_row,
+                        look_ahead)
 
 
 cdef void softmax_tile_body(const void* call_, const Piece* p, const floating* x, floating* y,
