@@ -38,6 +38,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import fastce  # noqa: E402
+from fastce import _kernels  # noqa: E402
 from fastce import reference as ref  # noqa: E402
 
 try:  # torch tensors are one more kind of input, when torch is installed
@@ -1458,6 +1459,7 @@ def test_set_num_threads_takes_a_count_or_raises(n):
             assert fastce.get_num_threads() == before
         else:
             assert isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1
-            assert fastce.get_num_threads() == min(int(n), 1 << 16)
+            # within the cap of four threads per usable core
+            assert fastce.get_num_threads() == min(int(n), _kernels.thread_cap())
     finally:
         fastce.set_num_threads(None)

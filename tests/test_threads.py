@@ -164,3 +164,48 @@ def test_a_short_openmp_spin_is_set_unless_the_user_chose_a_policy(user, want):
     done = subprocess.run([sys.executable, "-c", code], env=dict(env, **user),
                           capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.split() == want.split()
+
+
+CAP_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import numpy as np
+    import fastce
+    from fastce import _kernels
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cap = _kernels.thread_cap()
+    assert 1 <= cap <= 4 * cores, (cap, cores)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5000, 1000)).astype(np.float32)   # 20 MB
+    t = rng.integers(0, 1000, 5000)
+    want = fastce.cross_entropy(x, t, num_threads=1)
+    for request in (40_000, 2**31 - 1):
+        assert fastce.cross_entropy(x, t, num_threads=request) == want
+        assert fastce.softmax(x, num_threads=request).shape == x.shape
+        assert fastce.evaluate(x, t, num_threads=request).loss == want
+    fastce.set_num_threads(2**40)
+    assert fastce.get_num_threads() == cap
+    assert fastce.cross_entropy(x, t) == want
+    fastce.set_num_threads(None)
+    with open("/proc/self/status") as status:
+        threads = int(status.read().split("Threads:")[1].split()[0])
+    # the main thread, the kernels' team and whatever NumPy's libraries started
+    assert threads <= cap + 8, threads
+    print("ok")
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.parametrize("omp_num_threads", [None, "40000"])
+def test_no_thread_count_asks_for_more_threads_than_the_cap(omp_num_threads):
+    # libgomp aborts the process when it cannot create a thread: a request of
+    # any size runs on at most four threads per usable core
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    if omp_num_threads:
+        env["OMP_NUM_THREADS"] = omp_num_threads
+    done = subprocess.run([sys.executable, "-c", CAP_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr

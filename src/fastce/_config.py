@@ -54,6 +54,7 @@ def show_config() -> dict:
 def set_num_threads(n: int | None) -> None:
     """Use at most ``n`` threads in fastce's kernels; ``None`` restores the
     default, OpenMP's maximum (``OMP_NUM_THREADS``, or the number of cores).
+    No call starts more than four threads per usable core, whatever ``n``.
 
     Examples
     --------

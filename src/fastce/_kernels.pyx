@@ -34,50 +34,16 @@ cimport numpy as cnp
 
 cnp.import_array()
 
-cdef extern from *:
-    """
-    #ifndef FASTCE_COMPILE_ARGS
-    #define FASTCE_COMPILE_ARGS ""
-    #endif
-    /* 0: follow OpenMP's own maximum (OMP_NUM_THREADS, threadpoolctl) */
-    static int fastce_thread_limit = 0;
-    /* GNU OpenMP's thread team does not survive fork(): a child of a process
-     * that has run a team would hang in its next parallel region.  The team
-     * may be another library's (torch shares the same runtime), which fastce
-     * cannot see, so every forked child runs every kernel on its own thread.
-     * fastce_team_started says whether fastce itself had run one. */
-    static int fastce_team_started = 0;
-    static int fastce_forked_child = 0;
-    #if defined(_OPENMP) && !defined(_WIN32)
-    #include <pthread.h>
-    static void fastce_after_fork_in_child(void) {
-        fastce_forked_child = 1;
-    }
-    static void fastce_register_fork_handler(void) {
-        pthread_atfork(NULL, NULL, fastce_after_fork_in_child);
-    }
-    #else
-    static void fastce_register_fork_handler(void) {}
-    #endif
-    #ifdef _OPENMP
-    #include <omp.h>
-    #define FASTCE_OPENMP 1
-    static int fastce_max_threads(void) {
-        if (fastce_forked_child) return 1;
-        return fastce_thread_limit > 0 ? fastce_thread_limit : omp_get_max_threads();
-    }
-    #else
-    #define FASTCE_OPENMP 0
-    static int fastce_max_threads(void) { return 1; }
-    #endif
-    """
+cdef extern from "csrc/threads.h":
     const char* FASTCE_COMPILE_ARGS
     int FASTCE_OPENMP
     int fastce_thread_limit
+    int fastce_thread_cap
     int fastce_team_started
     int fastce_forked_child
     void fastce_register_fork_handler() noexcept
-    int fastce_max_threads() noexcept nogil
+    int fastce_openmp_thread_limit() noexcept
+    int fastce_allowed_threads(int requested) noexcept nogil
 
 # The fused types, TILE, SMALL_C, CEOptions and the row and tile statistics
 # are declared in _kernels.pxd, shared with the evaluation kernels.
@@ -109,7 +75,24 @@ def openmp_enabled():
 
 def max_threads():
     """The number of threads a parallel kernel would use now."""
-    return fastce_max_threads()
+    return fastce_allowed_threads(0)
+
+
+def thread_cap():
+    """The most threads any call starts (see threads.h)."""
+    return fastce_thread_cap
+
+
+def _usable_cores():
+    import os
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# Four threads per usable core at most, and never more than OpenMP allows.
+fastce_thread_cap = max(1, min(4 * _usable_cores(), fastce_openmp_thread_limit()))
 
 
 fastce_register_fork_handler()
@@ -262,12 +245,13 @@ cdef inline void shift_for_logsumexp(floating* m) noexcept nogil:
 
 cdef int thread_count(Py_ssize_t work_items, Py_ssize_t n_elements, int requested) noexcept nogil:
     """The threads a call of ``work_items`` units over ``n_elements`` logits
-    uses (``requested``, or the process-wide count for 0); records that a
+    uses (``requested``, or the process-wide count for 0, within the cap of
+    threads.h); records that a
     team starts, so that a forked child computes serially.  Every kernel of
     both extensions asks here."""
     global fastce_team_started
-    cdef int n = requested if requested > 0 else fastce_max_threads()
-    if n_elements < SERIAL_BELOW or work_items < 2 or fastce_forked_child:
+    cdef int n = fastce_allowed_threads(requested)
+    if n_elements < SERIAL_BELOW or work_items < 2:
         return 1
     if n > work_items:
         n = <int>work_items
