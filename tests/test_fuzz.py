@@ -579,22 +579,26 @@ def wrong_shape(draw, shape, avoid=()):
     return shape + (2, 2)
 
 
-def out_buffer(draw, shape, dtype, rng, overlap_ok=True):
-    """A writable ``out`` of ``shape`` and ``dtype`` in any writable layout."""
-    layouts = buffer_layouts(["C", "F", "reversed", "strided", "permuted", "misaligned"])
-    if overlap_ok:
-        layouts.append("overlap_writable")
-    layout = draw(st.sampled_from(layouts))
-    values = cast(float_values(shape, rng, 0.0, 1.0), dtype)
-    if layout == "overlap_writable":
-        if values.size == 0:
-            return values
-        steps = [int(rng.integers(0, 2)) for _ in shape]
-        n = 1 + sum((s - 1) * k for s, k in zip(shape, steps))
-        flat = np.resize(values.reshape(-1), n)
-        return np.lib.stride_tricks.as_strided(
-            flat, shape, tuple(k * flat.itemsize for k in steps), writeable=True)
-    return arrange(values, layout, rng)
+def out_buffer(draw, shape, dtype, rng):
+    """A writable ``out`` of ``shape`` and ``dtype`` in any writable layout
+    whose elements each have their own memory."""
+    layout = draw(st.sampled_from(
+        buffer_layouts(["C", "F", "reversed", "strided", "permuted", "misaligned"])))
+    return arrange(cast(float_values(shape, rng, 0.0, 1.0), dtype), layout, rng)
+
+
+def overlapping_out(draw, shape, dtype, rng):
+    """A writable ``out`` of ``shape`` (at least two elements) and ``dtype``
+    whose elements share memory: one axis, or more, steps by 0."""
+    if int(np.prod(shape, dtype=np.int64)) < 2:
+        shape = (2,)
+    long_axes = [k for k, n in enumerate(shape) if n > 1]
+    zero = draw(st.sampled_from(long_axes))
+    steps = [0 if k == zero else int(rng.integers(0, 2)) for k in range(len(shape))]
+    n = 1 + sum((size - 1) * k for size, k in zip(shape, steps))
+    flat = cast(float_values((n,), rng, 0.0, 1.0), dtype)
+    return np.lib.stride_tricks.as_strided(
+        flat, shape, tuple(k * flat.itemsize for k in steps), writeable=True)
 
 
 def alias_into_out(draw, shape, dtype, array):
@@ -636,12 +640,13 @@ CE_FAULTS = {
     "out_shape": (ValueError,),
     "out_dtype": (TypeError,),
     "out_readonly": (ValueError,),
+    "out_overlap": (ValueError,),
     "out_type": (TypeError,),
     "threads_value": (ValueError,),
     "threads_type": (TypeError,),
 }
 GRAD_ONLY = {"grad_output_shape", "grad_output_dtype", "out_shape", "out_dtype",
-             "out_readonly", "out_type"}
+             "out_readonly", "out_overlap", "out_type"}
 CRITERION_NONE = {"threads_value", "threads_type"}
 
 
@@ -952,6 +957,9 @@ def ce_cases(draw):
                                           np.float32 if x_dtype == np.float64 else np.float64]))
             out = np.zeros(shape, dtype=other)
             out_is_logits = False
+        if "out_overlap" in bad:
+            out = overlapping_out(draw, shape, np.dtype(x_dtype), rng)
+            out_is_logits = False
         if "out_readonly" in bad:
             out = np.zeros(shape, dtype=x_dtype)
             if draw(st.booleans()):
@@ -1144,7 +1152,7 @@ def nll_cases(draw):
 
 SOFTMAX_FAULTS = {k: CE_FAULTS[k] for k in (
     "logits_dtype", "axis_range", "axis_type", "out_shape", "out_dtype", "out_readonly",
-    "out_type", "threads_value", "threads_type")}
+    "out_overlap", "out_type", "threads_value", "threads_type")}
 
 
 @st.composite
@@ -1152,7 +1160,7 @@ def softmax_cases(draw):
     name = draw(st.sampled_from(["log_softmax", "softmax", "logsumexp"]))
     available = set(SOFTMAX_FAULTS)
     if name == "logsumexp":
-        available -= {"out_shape", "out_dtype", "out_readonly", "out_type"}
+        available -= {"out_shape", "out_dtype", "out_readonly", "out_overlap", "out_type"}
     bad = set(draw(faults(available)))
     rng = draw(rngs())
     shape = draw(shapes(min_ndim=0))
@@ -1184,6 +1192,8 @@ def softmax_cases(draw):
             out = np.zeros(shape, dtype=draw(st.sampled_from(
                 [np.float16, ">f4", ">f8", np.int32, np.float32 if dtype == np.float64
                  else np.float64])))
+        if "out_overlap" in bad:
+            out = overlapping_out(draw, shape, np.dtype(dtype), rng)
         if "out_readonly" in bad:
             out = np.zeros(shape, dtype=dtype)
             out.flags.writeable = False

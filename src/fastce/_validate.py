@@ -37,11 +37,22 @@ def result_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def as_array(x) -> np.ndarray:
-    """``x`` as a NumPy array, sharing its memory where it can: NumPy arrays
-    as they are, objects with ``__array__`` (torch CPU tensors, JAX CPU
-    arrays) through it, other DLPack exporters through ``np.from_dlpack``."""
+    """``x`` as a plain NumPy array, sharing its memory where it can: NumPy
+    arrays as they are, subclasses (``np.matrix``, ``np.memmap``, ...) as a
+    plain view of the same memory -- so that no subclass can change what an
+    operator computes -- objects with ``__array__`` (torch CPU tensors, JAX
+    CPU arrays) through it, other DLPack exporters through ``np.from_dlpack``.
+    Masked arrays are refused: their mask would be silently ignored."""
     if isinstance(x, np.ndarray):
-        return x
+        if type(x) is np.ndarray:
+            return x
+        if isinstance(x, np.ma.MaskedArray):
+            raise TypeError(
+                "masked arrays are not supported: fastce would read the masked values too. "
+                "Pass a.filled(value), or leave the masked samples out (a class-index target "
+                "can skip them with ignore_index)."
+            )
+        return x.view(np.ndarray)
     if not hasattr(x, "__array__") and not hasattr(x, "__array_interface__") \
             and hasattr(x, "__dlpack__"):
         try:
@@ -149,7 +160,7 @@ def check_weight(weight, n_classes: int, name: str = "weight") -> np.ndarray:
     """Class weights as a contiguous float64 ``(C,)`` array (empty for None)."""
     if weight is None:
         return NO_WEIGHT
-    w = np.asarray(weight)
+    w = as_array(weight)
     if not is_real(w.dtype):
         raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
     if w.shape != (n_classes,):
@@ -176,8 +187,17 @@ def writable_view(out: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
 
 
 def check_out(out, shape: tuple[int, ...], dtype: np.dtype, name: str = "out") -> np.ndarray:
+    """``out`` as the result's buffer: a plain (or memory-mapped) NumPy array
+    of the result's shape and dtype, writable, whose elements do not share
+    memory with each other."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array; got {type(out).__name__}")
+    if type(out) is not np.ndarray and type(out) is not np.memmap:
+        raise TypeError(
+            f"{name} must be a plain NumPy array (np.ndarray, or np.memmap), whose operators "
+            f"are NumPy's; got {type(out).__module__}.{type(out).__name__}. Pass "
+            f"{name}.view(np.ndarray), or let the function allocate its result."
+        )
     if out.dtype != dtype:
         raise TypeError(
             f"{name} must have dtype {dtype} (the result's dtype); got {out.dtype}. "
@@ -187,7 +207,33 @@ def check_out(out, shape: tuple[int, ...], dtype: np.dtype, name: str = "out") -
         raise ValueError(f"{name} must have shape {shape}; got {out.shape}")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only; pass a writable array")
+    if overlaps_itself(out):
+        raise ValueError(
+            f"{name} has elements that share memory (strides {out.strides}): each element of "
+            f"the result needs its own; pass a freshly allocated array"
+        )
     return out
+
+
+def overlaps_itself(a: np.ndarray) -> bool:
+    """Whether two elements of ``a`` share a byte."""
+    if a.size <= 1:
+        return False
+    dims = sorted((abs(s), n) for s, n in zip(a.strides, a.shape) if n > 1)
+    reach = a.itemsize
+    for stride, n in dims:
+        if stride < reach:
+            break
+        reach = stride * (n - 1) + reach
+    else:
+        return False  # each axis steps over everything the smaller ones reach
+    # strides that interleave without overlapping are possible: count the
+    # distinct byte offsets of the elements' first bytes, and their spans
+    offsets = np.zeros(1, dtype=np.int64)
+    for stride, n in dims:
+        offsets = (offsets[:, None] + stride * np.arange(n, dtype=np.int64)).ravel()
+    offsets.sort()
+    return bool(np.any(np.diff(offsets) < a.itemsize))
 
 
 def samples_flipped(x3: np.ndarray) -> bool:
@@ -300,7 +346,7 @@ def raise_out_of_range(t: np.ndarray, flat: int, value: int, n_classes: int,
 
 def check_grad_output(grad_output, reduction: str, loss_shape: tuple[int, ...]) -> np.ndarray:
     """``grad_output`` as a float64 scalar (0-d) or an array of the loss's shape."""
-    g = np.asarray(grad_output)
+    g = as_array(grad_output)
     if g.dtype.kind not in "fiu" or g.dtype.itemsize > 8:
         raise TypeError(f"grad_output must be a real number or array; got dtype {g.dtype}")
     if reduction == "none":

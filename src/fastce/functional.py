@@ -749,7 +749,7 @@ class CrossEntropyLoss:
         check_ignore_index(ignore_index)
         self.ignore_index = ignore_index
         if weight is not None:
-            weight = np.asarray(weight)
+            weight = as_array(weight)
             check_weight(weight, weight.shape[0] if weight.ndim == 1 else -1)
             weight = weight.astype(np.float64)
         self.weight = weight

@@ -54,6 +54,7 @@ import numpy as np
 
 from . import _kernels, _metrics
 from ._validate import (
+    as_array,
     check_ignore_index,
     check_label_smoothing,
     check_num_threads,
@@ -265,7 +266,7 @@ class Accumulator:
         self._ignore = check_ignore_index(ignore_index)
         self.ignore_index = operator.index(ignore_index)
         if weight is not None:
-            weight = np.asarray(weight)
+            weight = as_array(weight)
             if weight.ndim == 1:
                 weight = check_weight(weight, weight.shape[0])
         self.weight = weight
@@ -339,7 +340,7 @@ class Accumulator:
         without a full copy.  Returns a :class:`PerSample` of this batch when
         ``per_sample`` is true, else None.
         """
-        arr = np.asarray(logits)
+        arr = as_array(logits)
         # the logits' dtype is checked here; each block is converted on its own
         native_float_array(np.empty(0, dtype=arr.dtype), "logits")
         axis = class_axis(self.axis, arr.ndim)
