@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -227,6 +228,14 @@ class Accumulator:
     options are :func:`fastce.cross_entropy`'s, fixed when the accumulator is
     made, plus the metrics' ``topk`` and ``bins``.  Accumulators pickle.
 
+    An update applies completely or not at all: a batch that fails its
+    checks, or an error or interrupt part way through a large batch, leaves
+    the totals as they were.  Several threads may update, merge into and
+    read one accumulator at once: each batch's totals are computed apart and
+    folded in under a lock, so none is lost.  The class count is fixed by
+    the first batch with a sample; an accumulator cannot be merged into
+    itself (merge a copy to double it).
+
     Parameters
     ----------
     weight : array_like of shape (C,), optional
@@ -278,18 +287,33 @@ class Accumulator:
         self.bins = check_bins(bins)
         self.num_threads = num_threads
         self._threads = check_num_threads(num_threads)
+        # updates and merges from several threads fold their totals one at a time
+        self._lock = threading.Lock()
         self.reset()
 
     # ---- state -------------------------------------------------------------
 
     def reset(self) -> None:
         """Forget every sample seen."""
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
         self.n_classes: int | None = None
         self._sums = np.zeros((_N_TOTALS + self.bins, 2), dtype=np.float64)
         self._count = 0
         self._bin_count = np.zeros(self.bins, dtype=np.int64)
         self._bin_correct = np.zeros(self.bins, dtype=np.int64)
         self._correct = np.zeros(len(self.topk), dtype=np.int64)
+
+    def _staging(self) -> Accumulator:
+        """An empty accumulator of the same options, for one update's totals:
+        an update that fails part way leaves this one unchanged."""
+        staged = Accumulator.__new__(Accumulator)
+        staged.bins, staged.topk = self.bins, self.topk
+        staged._lock = None
+        staged._clear()
+        return staged
 
     def _add(self, sums: np.ndarray, counts: np.ndarray, ranks: int) -> None:
         bins = self.bins
@@ -298,7 +322,32 @@ class Accumulator:
         self._bin_count += counts[1:1 + bins]
         self._bin_correct += counts[1 + bins:1 + 2 * bins]
         cumulative = np.cumsum(counts[1 + 2 * bins:1 + 2 * bins + ranks])
-        self._correct += cumulative[np.minimum(self.topk, ranks) - 1]
+        # a k beyond the ranks counted is every sample: in Python ints, any k
+        self._correct += cumulative[[min(k, ranks) - 1 for k in self.topk]]
+
+    def _fold(self, other: Accumulator) -> None:
+        """Adds ``other``'s totals; the caller holds the lock."""
+        _dd_fold(self._sums, other._sums)
+        self._count += other._count
+        self._bin_count += other._bin_count
+        self._bin_correct += other._bin_correct
+        self._correct += other._correct
+
+    def _check_classes(self, n_classes: int, axis: int) -> None:
+        if self.n_classes is not None and n_classes != self.n_classes:
+            raise ValueError(
+                f"logits have {n_classes} classes along axis {axis} but earlier batches had "
+                f"{self.n_classes}; every batch of one evaluation needs the same classes."
+            )
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @property
     def count(self) -> int:
@@ -363,11 +412,8 @@ class Accumulator:
                 f"logits have {n_samples} sample(s) but zero classes along axis {axis} "
                 f"(shape {arr.shape}); cross-entropy needs at least one class."
             )
-        if self.n_classes is not None and n_classes != self.n_classes:
-            raise ValueError(
-                f"logits have {n_classes} classes along axis {axis} but earlier batches had "
-                f"{self.n_classes}; every batch of one evaluation needs the same classes."
-            )
+        if n_samples:
+            self._check_classes(n_classes, axis)
         ignore_value, has_ignore = self._ignore
         if n_samples:
             bad, value, _ = _kernels.check_targets(plan.index2, n_classes, ignore_value,
@@ -376,8 +422,9 @@ class Accumulator:
                 raise_out_of_range(np.asarray(target), bad, value, n_classes)
         warn_single_class(n_classes)
 
-        # every check has passed
-        self.n_classes = n_classes
+        # every check has passed; the batch's totals are made apart and added
+        # at the end, so that an update applies completely or not at all
+        staged = self._staging()
         dtype = result_dtype(arr.dtype)
         outputs = None
         if per_sample:
@@ -389,6 +436,7 @@ class Accumulator:
                 entropy=np.zeros(plan.shape, dtype=dtype),
             )
         if n_samples == 0:
+            # an empty batch fixes nothing, not even the class count
             return outputs
 
         t2 = plan.index2
@@ -410,7 +458,7 @@ class Accumulator:
                 xb, tb, w, weight_sum, self.label_smoothing, ignore_value, has_ignore,
                 self.bins, ranks, *(outs or [None] * 5), self._threads,
             )
-            self._add(sums, counts, ranks)
+            staged._add(sums, counts, ranks)
 
         block_bytes = max(1, n_classes * dtype.itemsize)
         if outer > 1:
@@ -430,6 +478,10 @@ class Accumulator:
         for rows, cols in blocks:
             kernel_call(native_float_array(x3[rows, :, cols], "logits"), t2[rows, cols],
                         [a[rows, cols] for a in out2])
+        with self._lock:
+            self._check_classes(n_classes, axis)
+            self.n_classes = n_classes
+            self._fold(staged)
         return outputs
 
     def merge(self, other: Accumulator) -> Accumulator:
@@ -441,44 +493,50 @@ class Accumulator:
                 "cannot merge accumulators made with different options: "
                 f"{self._describe()} vs {other._describe()}"
             )
-        if (self.n_classes is not None and other.n_classes is not None
-                and self.n_classes != other.n_classes):
+        if other is self:
             raise ValueError(
-                f"cannot merge accumulators of {self.n_classes} and {other.n_classes} classes"
+                "cannot merge an accumulator into itself (its totals would be counted twice); "
+                "merge a copy (copy.deepcopy(acc)) if doubling is what you want"
             )
-        if other.n_classes is not None:
-            self.n_classes = other.n_classes
-        _dd_fold(self._sums, other._sums)
-        self._count += other._count
-        self._bin_count += other._bin_count
-        self._bin_correct += other._bin_correct
-        self._correct += other._correct
+        # both locks, always in the same order, so that two merges cannot wait on each other
+        first, second = sorted((self, other), key=id)
+        with first._lock, second._lock:
+            if other.n_classes is not None:
+                if self.n_classes is not None and other.n_classes != self.n_classes:
+                    raise ValueError(f"cannot merge accumulators of {self.n_classes} and "
+                                     f"{other.n_classes} classes")
+                self.n_classes = other.n_classes
+            self._fold(other)
         return self
 
     def result(self, per_sample: PerSample | None = None) -> EvalResult:
         """The metrics over every sample seen (nan where there are none)."""
-        n = self._count
+        with self._lock:
+            # one consistent set of totals, whatever other threads add meanwhile
+            n, sums = self._count, self._sums.copy()
+            bin_count, bin_correct = self._bin_count.copy(), self._bin_correct.copy()
+            correct = self._correct.tolist()
         loss_sum, weight_sum, conf_sum, entropy_sum = (
-            _dd_value(hi, lo) for hi, lo in self._sums[:_N_TOTALS])
-        hi, lo = self._sums[_N_TOTALS:, 0], self._sums[_N_TOTALS:, 1]
+            _dd_value(hi, lo) for hi, lo in sums[:_N_TOTALS])
+        hi, lo = sums[_N_TOTALS:, 0], sums[_N_TOTALS:, 1]
         with np.errstate(invalid="ignore"):
             bin_conf = np.where(np.isfinite(hi), hi + lo, hi)
         loss = _divide(loss_sum, weight_sum)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             perplexity = float(np.exp(loss))
-            bin_accuracy = self._bin_correct / self._bin_count
-            bin_confidence = bin_conf / self._bin_count
-        gaps = np.abs(self._bin_correct - bin_conf)
+            bin_accuracy = bin_correct / bin_count
+            bin_confidence = bin_conf / bin_count
+        gaps = np.abs(bin_correct - bin_conf)
         return EvalResult(
             loss=loss,
             perplexity=perplexity,
-            accuracy={k: _divide(c, n) for k, c in zip(self.topk, self._correct.tolist())},
+            accuracy={k: _divide(c, n) for k, c in zip(self.topk, correct)},
             confidence=_divide(conf_sum, n),
             entropy=_divide(entropy_sum, n),
             ece=_divide(float(np.sum(gaps)), n),
             count=n,
             weight_sum=weight_sum,
-            bin_count=self._bin_count.copy(),
+            bin_count=bin_count,
             bin_accuracy=bin_accuracy,
             bin_confidence=bin_confidence,
             per_sample=per_sample,
