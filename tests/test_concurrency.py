@@ -216,7 +216,10 @@ def test_four_threads_finish_faster_than_one_after_another(record_property):
     if yardstick < 1.3 and ours < 1.3:
         pytest.skip(f"the machine is too busy to show a speed-up now: even NumPy's GIL-free "
                     f"exp ran only {yardstick:.2f}x faster in four threads")
-    assert ours > 1.3, (f"four threads were only {ours:.2f}x faster than one after another "
+    # a kernel that held the GIL would run about 1.0x; a busy machine takes
+    # from both alike, so the bar follows the yardstick down from 1.3x
+    bar = min(1.3, 0.8 * yardstick)
+    assert ours > bar, (f"four threads were only {ours:.2f}x faster than one after another "
                         f"(NumPy's exp: {yardstick:.2f}x)")
 
 
