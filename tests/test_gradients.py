@@ -130,3 +130,34 @@ def test_with_grad_is_bit_identical_to_separate_calls(option, reduction, dtype):
         assert grad.dtype == grad_alone.dtype, msg
         assert grad.shape == grad_alone.shape, msg
         assert grad.tobytes() == grad_alone.tobytes(), msg
+
+
+@pytest.mark.parametrize("layout", ["rows", "few classes", "tiles"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("scale", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_infinite_and_nan_grad_output_give_torchs_gradient(layout, reduction, scale, weighted):
+    # an infinite grad_output meets a coefficient of 0 only where torch's does
+    # (the target's p_t - 1 cancels to inf - inf, an underflowed p is inf * 0)
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    shape, axis = {"rows": ((6, 40), 1), "few classes": ((6, 3), 1),
+                   "tiles": ((2, 5, 70), 1)}[layout]
+    x = rng.standard_normal(shape) * 3
+    x.reshape(-1)[::9] = -200.0             # probabilities that underflow to 0
+    n_classes = shape[axis]
+    t = rng.integers(0, n_classes, shape[:axis] + shape[axis + 1:])
+    t.reshape(-1)[::4] = -100
+    w = rng.random(n_classes) + 0.5 if weighted else None
+    xt = torch.tensor(x, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(
+        xt, torch.tensor(t), weight=None if w is None else torch.tensor(w), reduction=reduction)
+    loss.backward(torch.full_like(loss, scale))
+    go = np.full(loss.shape, scale) if reduction == "none" else scale
+    got = fastce.cross_entropy_grad(x, t, w, reduction=reduction, grad_output=go)
+    want = xt.grad.numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    assert_allclose(got[finite], want[finite], rtol=1e-12, atol=0)
+    assert np.array_equal(np.sign(got[np.isinf(got)]), np.sign(want[np.isinf(want)]))

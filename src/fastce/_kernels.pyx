@@ -790,7 +790,9 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
     if grad != NULL:
         scale_f = <floating>(g * A / s)
         if eps == 0.0 or opt.weight == NULL:
-            row_scaled_exp(x, xc, C, m, scale_f, <floating>(g * smooth_coef), grad, yc)
+            # no smoothing, no offset: an infinite g must not meet a 0 coefficient
+            row_scaled_exp(x, xc, C, m, scale_f,
+                           <floating>(g * smooth_coef) if eps != 0.0 else 0, grad, yc)
         else:
             for c in range(C):
                 grad[c * yc] = (scale_f * exp_neg(x[c * xc] - m)
@@ -959,7 +961,7 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
         g = gout[k * sample_step(p, call.go, call.gi)] / opt.denominator
         gk[k] = g if active[k] else 0.0
         scale[k] = <floating>(g * A[k] / s[k] if active[k] else 0.0)
-        offset[k] = <floating>(gk[k] * smooth)
+        offset[k] = <floating>(gk[k] * smooth) if eps != 0.0 else 0
     for c in range(C):
         xrow = x + c * xc
         yrow = grad + c * yc
