@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastce
+from fastce import reference
 
 HALF = [np.float16, pytest.param("bfloat16", id="bfloat16")]
 
@@ -31,6 +32,12 @@ def few_classes(rng, dtype):
     return (rng.standard_normal((1000, 7)) * 4).astype(dtype), 1
 
 
+def few_classes_many_rows(rng, dtype):
+    # more logits than a block of the old half-precision conversion: blocks
+    # cut at rows that were not whole blocks of the row kernel
+    return (rng.standard_normal((70_000, 10)) * 4).astype(dtype), 1
+
+
 def few_classes_apart(rng, dtype):
     # rows of few contiguous classes, every other row
     return (rng.standard_normal((2000, 7)) * 4).astype(dtype)[::2], 1
@@ -50,8 +57,8 @@ def class_axis_in_the_middle(rng, dtype):
     return (rng.standard_normal((4, 90, 60)) * 4).astype(dtype).transpose(0, 2, 1), 1
 
 
-LAYOUTS = [rows_contiguous, rows_strided, few_classes, few_classes_apart, channels_first,
-           channels_first_wide, class_axis_in_the_middle]
+LAYOUTS = [rows_contiguous, rows_strided, few_classes, few_classes_many_rows, few_classes_apart,
+           channels_first, channels_first_wide, class_axis_in_the_middle]
 
 
 def targets(rng, x, axis):
@@ -124,3 +131,31 @@ def test_half_probabilities_outside_the_unit_interval_are_found():
     probs[41_234] = 1.5
     with pytest.raises(ValueError, match="41234"):
         fastce.binary_cross_entropy(probs, np.zeros(50_000, np.float32))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_extreme_logits_give_one_answer_in_every_layout(weighted):
+    # differences of logits near the float32 limits overflow float32: every
+    # layout sums them in float64 then, as the strided and tiled ones always do
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((64, 50)) * 3).astype(np.float32)
+    x[::3, 0] = 3.4e38
+    x[::3, 1] = -3.4e38
+    x[1::5, 2:40] = -3.0e37
+    t = rng.integers(0, 50, 64)
+    w = rng.random(50) + 0.5 if weighted else None
+    layouts = {
+        "C": (x, t),
+        "F": (np.asfortranarray(x), t),
+        "strided": (np.repeat(x, 2, axis=1)[:, ::2], t),
+        "tiles": (np.ascontiguousarray(x.T)[None], t[None]),
+    }
+    results = {name: fastce.cross_entropy(a, tt, w, label_smoothing=0.1, reduction="none")
+               .reshape(-1) for name, (a, tt) in layouts.items()}
+    with np.errstate(over="ignore"):  # a loss beyond float32's range is inf
+        want = reference.cross_entropy(x.astype(np.float64), t, w, label_smoothing=0.1,
+                                       reduction="none").astype(np.float32)
+    for name, got in results.items():
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg=name)
+        np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)],
+                                   rtol=1e-5, err_msg=name)

@@ -271,7 +271,16 @@ static double KNAME(row_sum_shifted)(const T *x, ptrdiff_t n, T m) {
             M in = VOP(first)(len - c);
             acc = VOP(add)(acc, VOP(keep)(in, VOP(sub)(VOP(load_part)(xs + c, in), vm)));
         }
-        total += VOP(hsum)(acc);
+        double part = VOP(hsum)(acc);
+        if (!isfinite(part)) {
+            /* a difference, or the working precision's sum, overflowed (or a
+             * logit is not finite): the chunk in float64, as every strided
+             * and tiled layout computes it, so that no layout gives inf where
+             * another gives the finite answer */
+            part = 0.0;
+            for (c = 0; c < len; c++) part += (double)xs[c] - (double)m;
+        }
+        total += part;
     }
     return total;
 }
