@@ -53,6 +53,8 @@ def as_array(x) -> np.ndarray:
                 "can skip them with ignore_index)."
             )
         return x.view(np.ndarray)
+    if type(x).__module__.startswith("torch") and hasattr(x, "requires_grad"):
+        return torch_tensor_values(x)
     if not hasattr(x, "__array__") and not hasattr(x, "__array_interface__") \
             and hasattr(x, "__dlpack__"):
         try:
@@ -60,6 +62,39 @@ def as_array(x) -> np.ndarray:
         except (TypeError, ValueError, BufferError, RuntimeError):
             pass  # not on the CPU, or a dtype DLPack cannot carry: convert
     return np.asarray(x)
+
+
+def torch_tensor_values(t) -> np.ndarray:
+    """A CPU torch tensor's values as a NumPy array, without a copy where
+    torch allows one: bfloat16 through ml_dtypes, a negated or conjugated
+    view resolved first.  A tensor that requires grad is refused: these
+    functions do not track gradients."""
+    import torch
+
+    if t.requires_grad:
+        raise TypeError(
+            "a tensor that requires grad was passed to one of fastce's NumPy functions, which "
+            "do not track gradients: use fastce.torch.cross_entropy for autograd, or pass "
+            "tensor.detach()"
+        )
+    if t.device.type != "cpu":
+        raise TypeError(
+            f"a tensor on {t.device} was passed: fastce computes on the CPU; pass tensor.cpu()"
+        )
+    if t.is_neg():
+        t = t.resolve_neg()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.dtype == torch.bfloat16:
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError(
+                "a bfloat16 tensor needs ml_dtypes to be read by NumPy (pip install ml_dtypes), "
+                "or pass tensor.float()"
+            ) from None
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
 
 
 def native_float_array(x, name: str) -> np.ndarray:
@@ -110,6 +145,19 @@ def normalize_axis(axis, ndim: int, name: str) -> int:
     return axis % ndim
 
 
+def check_axis_option(axis):
+    """An ``axis`` option given before the logits are seen: None or an
+    integer (its range is checked against each input)."""
+    if axis is None:
+        return None
+    if isinstance(axis, (bool, np.bool_)):
+        raise TypeError(f"axis must be an integer or None, not {axis!r}")
+    try:
+        return operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be an integer or None, not {type(axis).__name__}") from None
+
+
 def check_num_threads(num_threads) -> int:
     """The kernels' thread request: 0 for the process-wide default."""
     if num_threads is None:
@@ -130,12 +178,15 @@ def check_reduction(reduction) -> str:
 def check_label_smoothing(label_smoothing) -> float:
     if isinstance(label_smoothing, (bool, np.bool_)):
         raise TypeError("label_smoothing must be a float in [0, 1], not a bool")
-    try:
-        value = float(label_smoothing)
-    except (TypeError, ValueError):
+    # a number, as torch takes it: not a string that float() would parse
+    if not isinstance(label_smoothing, (int, float, np.integer, np.floating)) and not (
+            isinstance(label_smoothing, np.ndarray) and label_smoothing.ndim == 0
+            and label_smoothing.dtype.kind in "iuf"):
         raise TypeError(
-            f"label_smoothing must be a float in [0, 1]; got {label_smoothing!r}"
-        ) from None
+            f"label_smoothing must be a float in [0, 1]; got {type(label_smoothing).__name__} "
+            f"{label_smoothing!r}"
+        )
+    value = float(label_smoothing)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1]; got {label_smoothing!r}")
     return value

@@ -8,6 +8,7 @@ from . import _kernels
 from ._validate import (
     TargetPlan,
     as_array,
+    check_axis_option,
     check_grad_output,
     check_ignore_index,
     check_label_smoothing,
@@ -753,9 +754,7 @@ class CrossEntropyLoss:
             check_weight(weight, weight.shape[0] if weight.ndim == 1 else -1)
             weight = weight.astype(np.float64)
         self.weight = weight
-        if axis is not None:
-            normalize_axis(axis, 64, "logits")
-        self.axis = axis
+        self.axis = check_axis_option(axis)
 
     def _options(self):
         return dict(ignore_index=self.ignore_index, reduction=self.reduction,

@@ -56,6 +56,7 @@ import numpy as np
 from . import _kernels, _metrics
 from ._validate import (
     as_array,
+    check_axis_option,
     check_ignore_index,
     check_label_smoothing,
     check_num_threads,
@@ -65,7 +66,6 @@ from ._validate import (
     flip2,
     flip3,
     native_float_array,
-    normalize_axis,
     raise_out_of_range,
     result_dtype,
     samples_flipped,
@@ -279,10 +279,7 @@ class Accumulator:
             if weight.ndim == 1:
                 weight = check_weight(weight, weight.shape[0])
         self.weight = weight
-        if axis is not None:
-            normalize_axis(axis, 64, "logits")
-            axis = operator.index(axis)
-        self.axis = axis
+        self.axis = check_axis_option(axis)
         self.topk = check_topk(topk)
         self.bins = check_bins(bins)
         self.num_threads = num_threads
