@@ -24,6 +24,7 @@ only raise for an internal mistake or memory they cannot get.
 """
 
 cimport cython
+from cpython.exc cimport PyErr_CheckSignals
 from cython.parallel cimport prange, threadid
 from libc.math cimport exp, log, isinf, INFINITY, NAN
 from libc.stdlib cimport malloc, free
@@ -307,6 +308,10 @@ cdef inline Py_ssize_t units_per_grab(Py_ssize_t n_units, Py_ssize_t n_logits) n
 
 
 cdef enum:
+    # logits between two checks for a signal (Ctrl-C): a few milliseconds
+    SIGNAL_CHECK_LOGITS = 1 << 25
+
+cdef enum:
     # float32 elements of a thread's buffer for a tile of half logits: a tile
     # of many classes is converted a few samples (a multiple of HALF_LANES)
     # at a time.  Each sample's bits do not depend on its tile's width.
@@ -468,26 +473,49 @@ cdef Py_ssize_t half_buffer_elements(const Walk* w, const Body* body) noexcept n
 cdef int walk_run(const Walk* w, const Body* body, const void* call, double* totals) except -1:
     """Runs ``body`` over every unit of a planned walk, each unit's total
     into ``totals[unit]``; float16 and bfloat16 logits are converted to
-    float32 by each thread, a piece at a time, into its own buffer."""
+    float32 by each thread, a piece at a time, into its own buffer.  A long
+    walk goes in stretches of about SIGNAL_CHECK_LOGITS logits and checks for
+    signals between them: Ctrl-C stops it with KeyboardInterrupt (the units
+    not yet computed are left as they are)."""
     cdef int nthreads = thread_count(w.n_units, w.work, w.threads)
-    cdef Py_ssize_t per_thread = half_buffer_elements(w, body), u
+    cdef Py_ssize_t per_thread = half_buffer_elements(w, body)
+    cdef Py_ssize_t per_unit = w.work // w.n_units if w.n_units > 0 else 1
+    cdef Py_ssize_t stretch = SIGNAL_CHECK_LOGITS // (per_unit if per_unit > 0 else 1)
+    cdef Py_ssize_t start, end
     cdef float* buffers = NULL
+    if stretch < 1:
+        stretch = 1
     if per_thread:
         buffers = <float*>malloc(nthreads * per_thread * sizeof(float))
         if buffers == NULL:
             raise MemoryError(f"cannot allocate {nthreads} conversion buffers of "
                               f"{per_thread * 4} bytes")
-    with nogil:
-        if nthreads == 1:
-            for u in range(w.n_units):
-                totals[u] = walk_unit(w, body, call, u, buffers)
-        else:
-            for u in prange(w.n_units, schedule="dynamic", num_threads=nthreads,
-                            chunksize=units_per_grab(w.n_units, w.work)):
-                totals[u] = walk_unit(w, body, call, u,
-                                      buffers + threadid() * per_thread if per_thread else NULL)
-    free(buffers)
+    try:
+        start = 0
+        while start < w.n_units:
+            end = start + stretch if w.n_units - start > stretch else w.n_units
+            with nogil:
+                walk_units(w, body, call, totals, start, end, nthreads, buffers, per_thread)
+            start = end
+            if start < w.n_units and PyErr_CheckSignals() < 0:
+                return -1
+    finally:
+        free(buffers)
     return 0
+
+
+cdef void walk_units(const Walk* w, const Body* body, const void* call, double* totals,
+                     Py_ssize_t start, Py_ssize_t end, int nthreads, float* buffers,
+                     Py_ssize_t per_thread) noexcept nogil:
+    cdef Py_ssize_t u
+    if nthreads == 1:
+        for u in range(start, end):
+            totals[u] = walk_unit(w, body, call, u, buffers)
+    else:
+        for u in prange(start, end, schedule="dynamic", num_threads=nthreads,
+                        chunksize=units_per_grab(w.n_units, w.work)):
+            totals[u] = walk_unit(w, body, call, u,
+                                  buffers + threadid() * per_thread if per_thread else NULL)
 
 
 cdef double walk_unit(const Walk* w, const Body* body, const void* call, Py_ssize_t unit,
