@@ -7,6 +7,10 @@ import pytest
 import fastce
 from fastce._validate import overlaps_itself
 
+# np.matrix warns that it is not the recommended way to hold matrices: it is
+# here because users still pass it
+pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+
 rng = np.random.default_rng(11)
 X = rng.standard_normal((3, 4))
 Y = rng.random((3, 4))
