@@ -297,13 +297,20 @@ cdef inline Py_ssize_t rows_per_block(Py_ssize_t C) noexcept nogil:
     return r if r > 0 else 1
 
 
-cdef inline Py_ssize_t units_per_grab(Py_ssize_t n_units, Py_ssize_t n_logits) noexcept nogil:
-    # A thread takes about BLOCK_LOGITS logits at a time from the dynamic
-    # schedule: units smaller than that (tiles of a few classes) would each
-    # cost an update of the schedule's shared counter.  The units, and so the
-    # bits, stay the same.
+cdef inline Py_ssize_t units_per_grab(Py_ssize_t n_units, Py_ssize_t n_logits,
+                                      Py_ssize_t stretch, int nthreads) noexcept nogil:
+    # A thread takes a run of neighbouring units from the dynamic schedule:
+    # at least BLOCK_LOGITS logits (units smaller than that, tiles of a few
+    # classes, would each cost an update of the schedule's shared counter),
+    # and a quarter of a thread's share of the stretch, so that each thread
+    # streams through long stretches of memory and the prefetchers keep up;
+    # the last runs still balance the threads.  The units, and so the bits,
+    # stay the same.
     cdef Py_ssize_t per_unit = n_logits // n_units if n_units > 0 else 1
     cdef Py_ssize_t k = BLOCK_LOGITS // per_unit if per_unit > 0 else 1
+    cdef Py_ssize_t share = stretch // (4 * nthreads)
+    if share > k:
+        k = share
     return k if k > 1 else 1
 
 
@@ -513,7 +520,7 @@ cdef void walk_units(const Walk* w, const Body* body, const void* call, double* 
             totals[u] = walk_unit(w, body, call, u, buffers)
     else:
         for u in prange(start, end, schedule="dynamic", num_threads=nthreads,
-                        chunksize=units_per_grab(w.n_units, w.work)):
+                        chunksize=units_per_grab(w.n_units, w.work, end - start, nthreads)):
             totals[u] = walk_unit(w, body, call, u,
                                   buffers + threadid() * per_thread if per_thread else NULL)
 
