@@ -48,3 +48,17 @@ def test_an_axis_option_is_checked_against_the_logits_it_meets(make):
         make(70)
     with pytest.raises(TypeError, match="axis must be an integer"):
         make("1")
+
+
+@pytest.mark.parametrize("make", [
+    lambda w: fastce.CrossEntropyLoss(weight=w),
+    lambda w: fastce.Accumulator(weight=w),
+])
+def test_a_weight_option_is_checked_when_made_with_a_message_that_says_what_to_pass(make):
+    for weight in (np.ones((3, 1)), 1.0):
+        with pytest.raises(ValueError, match=r"1-d array of one weight per class; got shape"):
+            make(weight)
+    with pytest.raises(TypeError, match="real numbers"):
+        make(["a", "b"])
+    made = make(np.ones(3))
+    assert made.weight.dtype == np.float64

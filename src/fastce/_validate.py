@@ -222,6 +222,20 @@ def check_weight(weight, n_classes: int, name: str = "weight") -> np.ndarray:
     return w if w.flags.aligned else w.copy()
 
 
+def check_weight_option(weight):
+    """A ``weight`` option given before the logits are seen: None, or one
+    real weight per class (the class count is checked against each input),
+    as a float64 array."""
+    if weight is None:
+        return None
+    w = as_array(weight)
+    if w.ndim != 1:
+        raise ValueError(
+            f"weight must be a 1-d array of one weight per class; got shape {w.shape}"
+        )
+    return check_weight(w, w.shape[0])
+
+
 def view3(arr: np.ndarray, axis: int) -> np.ndarray:
     """``arr`` as ``(outer, C, inner)`` around ``axis``; a view wherever the
     strides allow one."""

@@ -17,6 +17,7 @@ from ._validate import (
     check_reduction,
     check_target,
     check_weight,
+    check_weight_option,
     class_axis,
     flip2,
     flip3,
@@ -749,11 +750,7 @@ class CrossEntropyLoss:
         self.label_smoothing = check_label_smoothing(label_smoothing)
         check_ignore_index(ignore_index)
         self.ignore_index = ignore_index
-        if weight is not None:
-            weight = as_array(weight)
-            check_weight(weight, weight.shape[0] if weight.ndim == 1 else -1)
-            weight = weight.astype(np.float64)
-        self.weight = weight
+        self.weight = check_weight_option(weight)
         self.axis = check_axis_option(axis)
 
     def _options(self):

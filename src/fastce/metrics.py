@@ -62,6 +62,7 @@ from ._validate import (
     check_num_threads,
     check_target,
     check_weight,
+    check_weight_option,
     class_axis,
     flip2,
     flip3,
@@ -274,11 +275,7 @@ class Accumulator:
         self.label_smoothing = check_label_smoothing(label_smoothing)
         self._ignore = check_ignore_index(ignore_index)
         self.ignore_index = operator.index(ignore_index)
-        if weight is not None:
-            weight = as_array(weight)
-            if weight.ndim == 1:
-                weight = check_weight(weight, weight.shape[0])
-        self.weight = weight
+        self.weight = check_weight_option(weight)
         self.axis = check_axis_option(axis)
         self.topk = check_topk(topk)
         self.bins = check_bins(bins)
