@@ -264,3 +264,30 @@ def test_the_unit_interval_check_finds_the_first_bad_value_on_every_path(simd_pa
                     x[n - 1] = np.nan
                     assert _kernels.first_outside_unit(x) == where
             assert _kernels.first_outside_unit(np.full(n, 1.0, dtype=dtype)) == -1
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("scale", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("logits", [True, False])
+def test_infinite_and_nan_grad_output_scale_the_exact_coefficients(reduction, scale, logits):
+    # an infinite scale meets no coefficient of 0 that is not there: +-inf
+    # wherever the derivative is not 0, with its sign
+    x = np.array([[0.0, 2.0, -30.0, 10.0], [1.0, -1.0, 0.5, 3.0]])
+    y = np.array([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 1.0, 0.0]])
+    if logits:
+        got_f, ref_f = (fastce.binary_cross_entropy_with_logits_grad,
+                        reference.binary_cross_entropy_with_logits_grad)
+        a = x
+    else:
+        a = 1 / (1 + np.exp(-x[:, :3]))
+        y = y[:, :3]
+        got_f, ref_f = fastce.binary_cross_entropy_grad, reference.binary_cross_entropy_grad
+    go = np.full(a.shape, scale) if reduction == "none" else scale
+    got = got_f(a, y, reduction=reduction, grad_output=go)
+    unit = ref_f(a, y, reduction=reduction,
+                 grad_output=np.ones(a.shape) if reduction == "none" else 1.0)
+    assert (unit != 0).all()
+    with np.errstate(invalid="ignore"):
+        want = unit * scale
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[~np.isnan(want)], want[~np.isnan(want)])
