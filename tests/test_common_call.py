@@ -209,3 +209,41 @@ def test_grad_output_other_than_one_takes_the_general_path():
     np.testing.assert_array_equal(got, 2 * fastce.cross_entropy_grad(x, t))
     with pytest.raises(ValueError, match="grad_output must be a scalar"):
         fastce.cross_entropy_grad(x, t, grad_output=np.ones(8))
+
+
+# ---- nll_loss's lane --------------------------------------------------------
+
+def nll_dtypes():
+    dtypes = [np.float32, np.float64, np.float16]
+    try:
+        import ml_dtypes
+        dtypes.append(ml_dtypes.bfloat16)
+    except ImportError:
+        pass
+    return dtypes
+
+
+@pytest.mark.parametrize("dtype", nll_dtypes(), ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(1, 2), (32, 10), (3000, 40), (20000, 7)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_nll_lane_has_the_general_paths_bits(dtype, shape, reduction):
+    rng = np.random.default_rng(sum(shape))
+    lp = (rng.standard_normal(shape) - 3).astype(dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    t[::3] = -100
+    lane = _kernels.nll_loss_common(lp, t, reduction == "mean", -100)
+    assert lane is not None
+    # a weight of ones, or int32 targets, take the general path
+    for general in (fastce.nll_loss(lp, t, np.ones(shape[1]), reduction=reduction),
+                    fastce.nll_loss(lp, t.astype(np.int32), reduction=reduction)):
+        assert type(lane) is type(general) and bits(lane) == bits(general)
+    assert bits(fastce.nll_loss(lp, t, reduction=reduction)) == bits(lane)
+
+
+def test_nll_lane_hands_bad_targets_and_large_calls_to_the_general_path():
+    lp = np.zeros((5, 3), np.float16)
+    assert _kernels.nll_loss_common(lp, np.array([0, 1, 2, 3, 0]), True, -100) is None
+    with pytest.raises(IndexError):
+        fastce.nll_loss(lp, np.array([0, 1, 2, 3, 0]))
+    big = np.zeros(((1 << 16) + 1, 2), np.float32)
+    assert _kernels.nll_loss_common(big, np.zeros(len(big), np.int64), True, -100) is None

@@ -339,6 +339,7 @@ cdef inline Py_ssize_t half_tile_width(Py_ssize_t C) noexcept nogil:
 cdef extern from "numpy/arrayobject.h":
     # not among the type numbers numpy's declarations name
     int NPY_HALF_TYPE "NPY_HALF"
+    int NPY_USERDEF_TYPE "NPY_USERDEF"
 
 
 cdef inline Py_ssize_t element_size(int dtype) noexcept nogil:
@@ -1123,16 +1124,31 @@ cdef inline bint apart(cnp.ndarray a, cnp.ndarray b) noexcept:
     return a0 + cnp.PyArray_NBYTES(a) <= b0 or b0 + cnp.PyArray_NBYTES(b) <= a0
 
 
-cdef bint common_pair(object x, object t):
+cdef int stored_dtype(cnp.ndarray x):
+    """The walk's dtype of a float32, float64, float16 or bfloat16 array; -1
+    for any other."""
+    cdef int xtype = cnp.PyArray_TYPE(x)
+    if xtype == cnp.NPY_FLOAT:
+        return DT_F32
+    if xtype == cnp.NPY_DOUBLE:
+        return DT_F64
+    if xtype == NPY_HALF_TYPE:
+        return DT_F16
+    if xtype >= NPY_USERDEF_TYPE and cnp.PyArray_ITEMSIZE(x) == 2 and x.dtype.name == "bfloat16":
+        return DT_BF16
+    return -1
+
+
+cdef bint common_pair(object x, object t, bint halves=False):
     """Whether ``x`` and ``t`` are the common call's arrays: a C-ordered,
-    aligned ``(N, C)`` float32/float64 array with ``N >= 1`` and ``C >= 2``,
-    and an ``(N,)`` int64 one."""
+    aligned ``(N, C)`` float32/float64 array (float16 and bfloat16 too with
+    ``halves``) with ``N >= 1`` and ``C >= 2``, and an ``(N,)`` int64 one."""
     if type(x) is not np.ndarray or type(t) is not np.ndarray:
         return False
     if cnp.PyArray_NDIM(<cnp.ndarray>x) != 2 or cnp.PyArray_NDIM(<cnp.ndarray>t) != 1:
         return False
-    cdef int xtype = cnp.PyArray_TYPE(<cnp.ndarray>x)
-    if (xtype != cnp.NPY_FLOAT and xtype != cnp.NPY_DOUBLE) \
+    cdef int dtype = stored_dtype(<cnp.ndarray>x)
+    if dtype < 0 or (not halves and dtype != DT_F32 and dtype != DT_F64) \
             or cnp.PyArray_TYPE(<cnp.ndarray>t) != cnp.NPY_INT64 \
             or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>x) \
             or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>t):
@@ -1434,8 +1450,8 @@ cdef extern from *:
     void fastce_prefetch(const void* p) noexcept nogil
 
 
-cdef double nll_common_sum(const floating* lp, const int64_t* t, Py_ssize_t n, Py_ssize_t C,
-                           int64_t ignore_index, Py_ssize_t* counted) noexcept nogil:
+cdef double nll_common_sum(const stored_t* lp, const int64_t* t, Py_ssize_t n, Py_ssize_t C,
+                           int64_t ignore_index, bint bf16, Py_ssize_t* counted) noexcept nogil:
     """nll_loss_kernel's sum over the rows of a C-ordered (n, C) array without
     weights, block by block as its walk adds them, with the target check in
     the same pass: -1 in ``counted`` at a target outside [0, C)."""
@@ -1459,7 +1475,10 @@ cdef double nll_common_sum(const floating* lp, const int64_t* t, Py_ssize_t n, P
             if v < 0 or v >= C:
                 counted[0] = -1
                 return 0.0
-            block += -<double>lp[j * C + v]
+            if stored_t is uint16_t:
+                block += -<double>half_value(lp[j * C + v], bf16)
+            else:
+                block += -<double>lp[j * C + v]
             k += 1
         total += block
         start = end
@@ -1473,7 +1492,7 @@ def nll_loss_common(object log_probs, object target, bint mean, int64_t ignore_i
     arrays (see :func:`cross_entropy_common`) of at most NLL_COMMON_MAX rows
     whose targets are valid; None otherwise, and the caller takes the
     general path (which also reports bad targets)."""
-    if not common_pair(log_probs, target):
+    if not common_pair(log_probs, target, True):
         return None
     cdef cnp.ndarray x = <cnp.ndarray>log_probs
     cdef cnp.ndarray t = <cnp.ndarray>target
@@ -1481,21 +1500,25 @@ def nll_loss_common(object log_probs, object target, bint mean, int64_t ignore_i
     if n > NLL_COMMON_MAX:
         return None
     cdef const int64_t* tp = <const int64_t*>cnp.PyArray_DATA(t)
+    cdef const void* data = cnp.PyArray_DATA(x)
     cdef Py_ssize_t counted
     cdef double total
-    cdef bint single = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT
+    cdef int dtype = stored_dtype(x)
     with nogil:
-        if single:
-            total = nll_common_sum(<const float*>cnp.PyArray_DATA(x), tp, n, n_classes,
-                                   ignore_index, &counted)
+        if dtype == DT_F32:
+            total = nll_common_sum(<const float*>data, tp, n, n_classes, ignore_index, False,
+                                   &counted)
+        elif dtype == DT_F64:
+            total = nll_common_sum(<const double*>data, tp, n, n_classes, ignore_index, False,
+                                   &counted)
         else:
-            total = nll_common_sum(<const double*>cnp.PyArray_DATA(x), tp, n, n_classes,
-                                   ignore_index, &counted)
+            total = nll_common_sum(<const uint16_t*>data, tp, n, n_classes, ignore_index,
+                                   dtype == DT_BF16, &counted)
     if counted < 0:
         return None
     if mean:
         total = total / counted if counted else NAN
-    return _float32(<float>total) if single else _float64(total)
+    return _float64(total) if dtype == DT_F64 else _float32(<float>total)
 
 
 
