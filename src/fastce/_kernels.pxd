@@ -61,6 +61,16 @@ cdef extern from "csrc/dispatch.h":
                                     const double*, double*) noexcept nogil
         void (*tile_shift_f32)(const float*, Py_ssize_t, const float*, const float*, float*) noexcept nogil
         void (*tile_shift_f64)(const double*, Py_ssize_t, const double*, const double*, double*) noexcept nogil
+        void (*tile_stats_f32)(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*,
+                               double*) noexcept nogil
+        void (*tile_stats_f64)(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*,
+                               double*) noexcept nogil
+        void (*tile_scaled_exp_classes_f32)(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                            const float*, const float*, const double*,
+                                            const float*, float*, Py_ssize_t) noexcept nogil
+        void (*tile_scaled_exp_classes_f64)(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                            const double*, const double*, const double*,
+                                            const double*, double*, Py_ssize_t) noexcept nogil
         void (*tile_extras_f32)(const float*, Py_ssize_t, int64_t, const float*, const float*,
                                 const int64_t*, float*, int64_t*, int64_t*) noexcept nogil
         void (*tile_extras_f64)(const double*, Py_ssize_t, int64_t, const double*, const double*,
@@ -338,6 +348,12 @@ cdef inline void tile_stats(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_
     cdef floating part[TILE]
     cdef floating ties[TILE]
     cdef Py_ssize_t c, k, start, end
+    if xi == 1:
+        if floating is float:
+            fastce_active_ops.tile_stats_f32(x, xc, C, n, m, s)
+        else:
+            fastce_active_ops.tile_stats_f64(x, xc, C, n, m, s)
+        return
     for k in range(n):
         m[k] = -INFINITY
         s[k] = 0.0

@@ -998,16 +998,25 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
         gk[k] = g if active[k] else 0.0
         scale[k] = <floating>(g * A[k] / s[k] if active[k] else 0.0)
         offset[k] = <floating>(gk[k] * smooth) if eps != 0.0 else 0
-    for c in range(C):
-        xrow = x + c * xc
-        yrow = grad + c * yc
-        wc = 1.0 if opt.weight == NULL else opt.weight[c]
-        if index:
-            tile_scaled_exp(xrow, xi, n, m, scale, <floating>wc, offset, yrow, yi)
+    if index and xi == 1 and yi == 1:
+        if floating is float:
+            fastce_active_ops.tile_scaled_exp_classes_f32(x, xc, C, n, m, scale, opt.weight,
+                                                          offset, grad, yc)
         else:
-            for k in range(n):
-                a = wc * ((1.0 - eps) * <double>probs[c * pc + k * pk] + smooth)
-                yrow[k * yi] = <floating>(scale[k] * exp_neg(xrow[k * xi] - m[k]) - gk[k] * a)
+            fastce_active_ops.tile_scaled_exp_classes_f64(x, xc, C, n, m, scale, opt.weight,
+                                                          offset, grad, yc)
+    else:
+        for c in range(C):
+            xrow = x + c * xc
+            yrow = grad + c * yc
+            wc = 1.0 if opt.weight == NULL else opt.weight[c]
+            if index:
+                tile_scaled_exp(xrow, xi, n, m, scale, <floating>wc, offset, yrow, yi)
+            else:
+                for k in range(n):
+                    a = wc * ((1.0 - eps) * <double>probs[c * pc + k * pk] + smooth)
+                    yrow[k * yi] = <floating>(scale[k] * exp_neg(xrow[k * xi] - m[k])
+                                              - gk[k] * a)
     if any_zero:
         # samples with no coefficient get exactly zero, whatever their logits
         for c in range(C):

@@ -47,6 +47,10 @@ typedef struct {
     void (*tile_scaled_exp_##SFX)(const T *, ptrdiff_t, const T *, const T *, T,        \
                                   const T *, T *);                                      \
     void (*tile_shift_##SFX)(const T *, ptrdiff_t, const T *, const T *, T *);          \
+    void (*tile_stats_##SFX)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, T *, double *); \
+    void (*tile_scaled_exp_classes_##SFX)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,   \
+                                          const T *, const T *, const double *,         \
+                                          const T *, T *, ptrdiff_t);                   \
     void (*tile_extras_##SFX)(const T *, ptrdiff_t, int64_t, const T *, const T *,      \
                               const int64_t *, T *, int64_t *, int64_t *);             \
     double (*bce_logits_##SFX)(const T *, const T *, const T *, const T *, ptrdiff_t, T, \

@@ -443,6 +443,41 @@ static void KNAME(tile_scaled_exp)(const T *x, ptrdiff_t n, const T *m, const T 
     FASTCE_TILE_LOOP(KNAME(tile_scaled_exp_at), x, m, scale, w, offset, y);
 }
 
+/* A whole tile of n <= 64 samples of C classes, class c of sample k at
+ * x[c * xc + k]: each sample's maximum m[k] and sum s[k] of exp(x - m), as
+ * tile_max and tile_sumexp give them class by class (the terms below the
+ * maximum summed FASTCE_CHUNK classes at a time in T, then in double; the
+ * terms at it counted apart); NaN for an infinite maximum.  One call per
+ * tile instead of two per class. */
+static void KNAME(tile_stats)(const T *x, ptrdiff_t xc, ptrdiff_t C, ptrdiff_t n, T *m,
+                              double *s) {
+    T part[64], ties[64];
+    for (ptrdiff_t k = 0; k < n; k++) {
+        m[k] = -INFINITY;
+        s[k] = 0.0;
+        ties[k] = 0;
+    }
+    for (ptrdiff_t c = 0; c < C; c++) KNAME(tile_max)(x + c * xc, n, m);
+    for (ptrdiff_t start = 0; start < C; start += FASTCE_CHUNK) {
+        ptrdiff_t end = C - start < FASTCE_CHUNK ? C : start + FASTCE_CHUNK;
+        for (ptrdiff_t k = 0; k < n; k++) part[k] = 0;
+        for (ptrdiff_t c = start; c < end; c++) KNAME(tile_sumexp)(x + c * xc, n, m, part, ties);
+        for (ptrdiff_t k = 0; k < n; k++) s[k] += part[k];
+    }
+    for (ptrdiff_t k = 0; k < n; k++) s[k] = isinf(m[k]) ? (double)NAN : s[k] + ties[k];
+}
+
+/* tile_scaled_exp for every class of a tile: y[c * yc + k] = scale[k] *
+ * exp(x[c * xc + k] - m[k]) - w[c] * offset[k], w[c] = weight[c] (1 when
+ * weight is NULL).  One call per tile instead of one per class. */
+static void KNAME(tile_scaled_exp_classes)(const T *x, ptrdiff_t xc, ptrdiff_t C, ptrdiff_t n,
+                                           const T *m, const T *scale, const double *weight,
+                                           const T *offset, T *y, ptrdiff_t yc) {
+    for (ptrdiff_t c = 0; c < C; c++)
+        KNAME(tile_scaled_exp)(x + c * xc, n, m, scale, weight ? (T)weight[c] : (T)1, offset,
+                               y + c * yc);
+}
+
 VINLINE void KNAME(tile_shift_at)(ptrdiff_t k, M in, int full, const T *x, const T *m,
                                   const T *log_s, T *y) {
     V d = VOP(sub)(KNAME(load_in)(x + k, in, full), KNAME(load_in)(m + k, in, full));

@@ -16,6 +16,9 @@
     ops->tile_sumexp_##SFX = FASTCE_NAME5(fastce_tile_sumexp_, SFX, _, FASTCE_ISA, );   \
     ops->tile_scaled_exp_##SFX = FASTCE_NAME5(fastce_tile_scaled_exp_, SFX, _, FASTCE_ISA, ); \
     ops->tile_shift_##SFX = FASTCE_NAME5(fastce_tile_shift_, SFX, _, FASTCE_ISA, );     \
+    ops->tile_stats_##SFX = FASTCE_NAME5(fastce_tile_stats_, SFX, _, FASTCE_ISA, );     \
+    ops->tile_scaled_exp_classes_##SFX =                                                \
+        FASTCE_NAME5(fastce_tile_scaled_exp_classes_, SFX, _, FASTCE_ISA, );            \
     ops->tile_extras_##SFX = FASTCE_NAME5(fastce_tile_extras_, SFX, _, FASTCE_ISA, );   \
     ops->bce_logits_##SFX = FASTCE_NAME5(fastce_bce_logits_, SFX, _, FASTCE_ISA, );     \
     ops->bce_probs_##SFX = FASTCE_NAME5(fastce_bce_probs_, SFX, _, FASTCE_ISA, );       \
