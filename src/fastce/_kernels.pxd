@@ -45,8 +45,10 @@ cdef extern from "csrc/dispatch.h":
         void (*row_scaled_exp_f64)(const double*, Py_ssize_t, double, double, double, double*) noexcept nogil
         void (*row_shift_f32)(const float*, Py_ssize_t, float, float, float*) noexcept nogil
         void (*row_shift_f64)(const double*, Py_ssize_t, double, double, double*) noexcept nogil
-        void (*row_softmax_f32)(const float*, Py_ssize_t, float*) noexcept nogil
-        void (*row_softmax_f64)(const double*, Py_ssize_t, double*) noexcept nogil
+        void (*row_softmax_f32)(const float*, Py_ssize_t, float*, const float*,
+                                fastce_ahead_t*) noexcept nogil
+        void (*row_softmax_f64)(const double*, Py_ssize_t, double*, const double*,
+                                fastce_ahead_t*) noexcept nogil
         void (*row_extras_f32)(const float*, Py_ssize_t, float, Py_ssize_t, float, double*,
                                Py_ssize_t*, Py_ssize_t*) noexcept nogil
         void (*row_extras_f64)(const double*, Py_ssize_t, double, Py_ssize_t, double, double*,

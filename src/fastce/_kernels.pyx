@@ -1257,9 +1257,9 @@ cdef inline void softmax_row(const floating* x, Py_ssize_t xc, Py_ssize_t C, int
     With ``ahead`` (contiguous rows only), as ce_index_row."""
     if op == OP_SOFTMAX and xc == 1 and yc == 1 and C <= FASTCE_ROW_IN_CACHE:
         if floating is float:
-            fastce_active_ops.row_softmax_f32(x, C, y)
+            fastce_active_ops.row_softmax_f32(x, C, y, next, ahead)
         else:
-            fastce_active_ops.row_softmax_f64(x, C, y)
+            fastce_active_ops.row_softmax_f64(x, C, y, next, ahead)
         return
     cdef floating m
     cdef double s

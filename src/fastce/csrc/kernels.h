@@ -39,7 +39,7 @@ typedef struct {
     double (*sum_exp_##SFX)(const T *, ptrdiff_t);                                      \
     void (*row_scaled_exp_##SFX)(const T *, ptrdiff_t, T, T, T, T *);                   \
     void (*row_shift_##SFX)(const T *, ptrdiff_t, T, T, T *);                           \
-    void (*row_softmax_##SFX)(const T *, ptrdiff_t, T *);                               \
+    void (*row_softmax_##SFX)(const T *, ptrdiff_t, T *, const T *, fastce_ahead_t *);  \
     void (*row_extras_##SFX)(const T *, ptrdiff_t, T, ptrdiff_t, T, double *,           \
                              ptrdiff_t *, ptrdiff_t *);                                 \
     void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                  \

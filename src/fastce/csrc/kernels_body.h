@@ -301,27 +301,57 @@ static void KNAME(row_scaled_exp)(const T *x, ptrdiff_t n, T m, T scale, T offse
 /* softmax of a row of at most FASTCE_ROW_IN_CACHE elements, each exponential
  * computed once: exp(x - m) is stored in y and summed (the terms at the
  * maximum counted apart, as row_max_sumexp does), then y is scaled by 1 / sum
- * while it is in cache.  A NaN logit, or an infinite maximum, gives NaN
- * everywhere; y may be x. */
-static void KNAME(row_softmax)(const T *x, ptrdiff_t n, T *y) {
-    const T m = KNAME(row_max)(x, n);
-    const V vm = VOP(set1)(m);
+ * while it is in cache.  The row's chunk maxima come from ahead when the
+ * previous row left them there, and next's (another row, or NULL) are taken
+ * in the loop that sums this one, as row_in_cache does.  A NaN logit, or an
+ * infinite maximum, gives NaN everywhere; y may be x. */
+static void KNAME(row_softmax)(const T *x, ptrdiff_t n, T *y, const T *next,
+                               fastce_ahead_t *ahead) {
+    fastce_ahead_t own;
+    if (ahead == NULL) {
+        own.valid = 0;
+        ahead = &own;
+    }
+    T m = -INFINITY;
+    ptrdiff_t k = 0;
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
+        T cm = ahead->valid ? (T)ahead->chunk_max[k]
+                            : KNAME(row_max)(x + start, n - start < FASTCE_CHUNK ? n - start
+                                                                                 : FASTCE_CHUNK);
+        m = cm > m ? cm : m;
+    }
+    ahead->valid = 0;
+    const V vm = VOP(set1)(m), none = VOP(set1)(-INFINITY);
     double s = 0.0;
-    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
-        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
-        V acc = VOP(zero)();
+    k = 0;
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
+        ptrdiff_t end = n - start < FASTCE_CHUNK ? n : start + FASTCE_CHUNK;
+        V acc = VOP(zero)(), nm = none;
         int ties = 0;
-        for (ptrdiff_t c = start; c < start + len; c += L) {
-            M in = VOP(first)(start + len - c);
+        ptrdiff_t c = start;
+        for (; c + L <= end; c += L) {
+            V d = VOP(sub)(VOP(load)(x + c), vm);
+            V e = KNAME(vexp_neg)(d);
+            VOP(store)(y + c, e);
+            M at_max = VOP(eq)(d, VOP(zero)());
+            ties += VOP(count)(at_max);
+            acc = VOP(add)(acc, VOP(drop)(at_max, e));
+            if (next != NULL) nm = VOP(max)(VOP(load)(next + c), nm);
+        }
+        if (c < end) {
+            M in = VOP(first)(end - c);
             V d = VOP(sub)(VOP(load_part)(x + c, in), vm);
             V e = KNAME(vexp_neg)(d);
             VOP(store_part)(y + c, in, e);
             M at_max = VOP(and_m)(in, VOP(eq)(d, VOP(zero)()));
             ties += VOP(count)(at_max);
             acc = VOP(add)(acc, VOP(keep)(VOP(and_m)(in, VOP(not_m)(at_max)), e));
+            if (next != NULL) nm = VOP(max)(VOP(load_part_or)(next + c, in, none), nm);
         }
         s += (double)ties + VOP(hsum)(acc);
+        if (next != NULL) ahead->chunk_max[k] = VOP(hmax)(nm);
     }
+    ahead->valid = next != NULL;
     const V scale = VOP(set1)(isinf(m) ? (T)NAN : (T)(1.0 / s));
     ptrdiff_t c = 0;
     for (; c + L <= n; c += L) VOP(store)(y + c, VOP(mul)(scale, VOP(load)(y + c)));
