@@ -52,3 +52,16 @@ def test_package_ships_typing_markers():
     root = os.path.dirname(fastce.__file__)
     assert os.path.exists(os.path.join(root, "py.typed"))
     assert os.path.exists(os.path.join(root, "_kernels.pyi"))
+
+
+def test_build_switches_are_not_overridden_by_the_sources():
+    # a "# cython:" line in a .pyx file overrides the directives setup.py
+    # passes, so FASTCE_CYTHON_CHECKS=1 would build without checks
+    import pathlib
+    src = pathlib.Path(__file__).resolve().parents[1] / "src" / "fastce"
+    sources = sorted(src.glob("*.pyx"))
+    if not sources:
+        pytest.skip("the .pyx sources are not beside this test (an installed wheel)")
+    for path in sources:
+        header = [line for line in path.read_text().splitlines() if line.startswith("# cython:")]
+        assert header == ["# cython: language_level=3"], (path.name, header)

@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, autotestdict=False
+# cython: language_level=3
 """Softmax cross-entropy kernels over an ``(outer, C, inner)`` view.
 
 Every public function reduces its input to a three-dimensional strided view:

@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, autotestdict=False
+# cython: language_level=3
 """Every evaluation metric of class-index targets from one read of the logits.
 
 The input is the ``(outer, C, inner)`` view of the core kernels; a *sample*
