@@ -289,6 +289,20 @@ cdef inline double row_stats(const floating* x, Py_ssize_t n, Py_ssize_t stride,
     return s
 
 
+cdef inline double row_stats_ahead(const floating* x, Py_ssize_t n, Py_ssize_t stride,
+                                   floating* m, const floating* next,
+                                   fastce_ahead_t* ahead) noexcept nogil:
+    """row_stats, to the bit; with ``ahead`` (contiguous rows only) the row's
+    maxima come from there when the previous row left them, and ``next``'s
+    (another row, or NULL) are left there while this row is summed."""
+    if ahead == NULL:
+        return row_stats(x, n, stride, m)
+    if floating is float:
+        return fastce_active_ops.row_max_sumexp_ahead_f32(x, n, m, next, ahead)
+    else:
+        return fastce_active_ops.row_max_sumexp_ahead_f64(x, n, m, next, ahead)
+
+
 cdef inline double row_weighted_shifted_sum(const floating* x, Py_ssize_t n, Py_ssize_t stride,
                                             floating m, const double* weight) noexcept nogil:
     """sum_c w[c] * (x[c] - m), where a zero weight contributes nothing even

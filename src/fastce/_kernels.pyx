@@ -814,12 +814,7 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
             ahead.valid = 0
         return 0.0
 
-    if ahead == NULL:
-        s = row_stats(x, C, xc, &m)
-    elif floating is float:
-        s = fastce_active_ops.row_max_sumexp_ahead_f32(x, C, &m, next, ahead)
-    else:
-        s = fastce_active_ops.row_max_sumexp_ahead_f64(x, C, &m, next, ahead)
+    s = row_stats_ahead(x, C, xc, &m, next, ahead)
     x_t = x[target * xc]  # kept: with out=logits the gradient pass overwrites it
     loss = index_row_loss(x, xc, C, target, m, log(s), A, a_t, opt)
 
@@ -1263,12 +1258,7 @@ cdef inline void softmax_row(const floating* x, Py_ssize_t xc, Py_ssize_t C, int
         return
     cdef floating m
     cdef double s
-    if ahead == NULL:
-        s = row_stats(x, C, xc, &m)
-    elif floating is float:
-        s = fastce_active_ops.row_max_sumexp_ahead_f32(x, C, &m, next, ahead)
-    else:
-        s = fastce_active_ops.row_max_sumexp_ahead_f64(x, C, &m, next, ahead)
+    s = row_stats_ahead(x, C, xc, &m, next, ahead)
     if op == OP_LOGSUMEXP:
         if isinf(m):
             y[0] = <floating>logsumexp_unshifted(x, xc, C)

@@ -36,8 +36,10 @@ from libc.stdint cimport int64_t
 cimport numpy as cnp
 cimport fastce._kernels as core
 from fastce._kernels cimport (
-    Body, CEOptions, FASTCE_CHUNK, Piece, TILE, Targets, Walk, fastce_active_ops, floating,
-    any_nonzero, exp_neg, index_coefficient, index_row_loss, make_body, row_stats, sample_loss,
+    Body, CEOptions, FASTCE_CHUNK, Piece, TILE, Targets, Walk, fastce_active_ops,
+    fastce_ahead_t, floating,
+    any_nonzero, exp_neg, index_coefficient, index_row_loss, make_body, row_stats_ahead,
+    sample_loss,
     simd_ops, target_at, targets_from, tile_index_terms, tile_stats, tile_targets, walk_from,
     walk_plan, walk_run,
 )
@@ -268,17 +270,23 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
     cdef const floating* xr
     cdef floating m, x_t
     cdef double s, log_s, e, A, a_t, loss
+    # contiguous rows take their maxima while the previous row is summed
+    cdef fastce_ahead_t* look_ahead = p.ahead if xc == 1 else NULL
     for k in range(p.n):
         o = p.o + k * p.o_step
         i = p.i + k * p.i_step
         target = target_at(&call.t, o, i)
         ignored = opt.ce.has_ignore and target == opt.ce.ignore_index
         if ignored and not every:
+            if look_ahead != NULL:
+                look_ahead.valid = 0    # the maxima left were this row's
             continue
         xr = x + k * p.xs
         # the loss, as ce_index_row computes it
         A = index_coefficient(&opt.ce, target, C, &a_t, &active)
-        s = row_stats(xr, C, xc, &m)
+        s = row_stats_ahead(xr, C, xc, &m,
+                            x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after,
+                            look_ahead)
         log_s = log(s)
         loss = 0.0 if not active else index_row_loss(xr, xc, C, target, m, log_s, A, a_t,
                                                    &opt.ce)
