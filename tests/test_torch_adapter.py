@@ -344,7 +344,8 @@ def test_reads_contiguous_tensors_in_place(spy):
     assert isinstance(logits, np.ndarray) and isinstance(tgt, np.ndarray)
     assert logits.__array_interface__["data"][0] == x.data_ptr()
     assert tgt.__array_interface__["data"][0] == target.data_ptr()
-    assert kwargs["out"] is not None and kwargs["grad_output"] == 1.0
+    # the gradient goes to memory the call allocates, which the kernels know to be new
+    assert kwargs.get("out") is None and kwargs["grad_output"] == 1.0
 
 
 @pytest.mark.parametrize("view", ["transposed", "strided-rows", "strided-classes",

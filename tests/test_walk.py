@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastce
-from fastce import reference
+from fastce import _kernels, reference
 
 HALF = [np.float16, pytest.param("bfloat16", id="bfloat16")]
 
@@ -159,3 +159,47 @@ def test_extreme_logits_give_one_answer_in_every_layout(weighted):
         np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg=name)
         np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)],
                                    rtol=1e-5, err_msg=name)
+
+
+def streamed_shape(dtype, n_classes):
+    """A (samples, classes) shape whose output is just past the size the
+    kernels store past the caches."""
+    per_row = n_classes * np.dtype(dtype).itemsize
+    return _kernels.STREAMED_OUT_BYTES // per_row + 2, n_classes
+
+
+STREAMED_CALLS = {
+    "softmax": lambda x, t, out: fastce.softmax(x, out=out),
+    "log_softmax": lambda x, t, out: fastce.log_softmax(x, out=out),
+    "cross_entropy_grad": lambda x, t, out: fastce.cross_entropy_grad(
+        x, t, reduction="sum", out=out),
+}
+
+
+@pytest.mark.parametrize("name", STREAMED_CALLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_classes", [1000, 70_001])
+@pytest.mark.parametrize("misaligned", [False, True])
+def test_outputs_streamed_past_the_caches_have_the_bits_of_allocated_ones(
+        simd_path, name, dtype, n_classes, misaligned):
+    # out= of the caller's memory, large enough to be streamed, against the
+    # result the call allocates (never streamed); a misaligned out starts
+    # each row with elements stored before the first aligned vector
+    rng = np.random.default_rng(5)
+    shape = streamed_shape(dtype, n_classes)
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    x[1, 3] = 200.0
+    x[2, :] = -np.inf
+    t = rng.integers(0, n_classes, shape[0])
+    call = STREAMED_CALLS[name]
+    expected = call(x, t, None)
+    storage = np.full(x.size + 1, np.nan, dtype=dtype)
+    out = storage[1:] if misaligned else storage[:-1]
+    out = out.reshape(shape)
+    assert out.nbytes >= _kernels.STREAMED_OUT_BYTES
+    result = call(x, t, out)
+    assert np.shares_memory(result, out)
+    # the sign of a NaN is whichever operand the compiler put first
+    nan = np.isnan(expected)
+    assert nan.any() and np.array_equal(np.isnan(out), nan), name
+    same_bits(out[~nan], expected[~nan], name)

@@ -41,10 +41,10 @@ cdef extern from "csrc/dispatch.h":
         double (*row_sum_shifted_f64)(const double*, Py_ssize_t, double) noexcept nogil
         double (*sum_exp_f32)(const float*, Py_ssize_t) noexcept nogil
         double (*sum_exp_f64)(const double*, Py_ssize_t) noexcept nogil
-        void (*row_scaled_exp_f32)(const float*, Py_ssize_t, float, float, float, float*) noexcept nogil
-        void (*row_scaled_exp_f64)(const double*, Py_ssize_t, double, double, double, double*) noexcept nogil
-        void (*row_shift_f32)(const float*, Py_ssize_t, float, float, float*) noexcept nogil
-        void (*row_shift_f64)(const double*, Py_ssize_t, double, double, double*) noexcept nogil
+        void (*row_scaled_exp_f32)(const float*, Py_ssize_t, float, float, float, float*, int) noexcept nogil
+        void (*row_scaled_exp_f64)(const double*, Py_ssize_t, double, double, double, double*, int) noexcept nogil
+        void (*row_shift_f32)(const float*, Py_ssize_t, float, float, float*, int) noexcept nogil
+        void (*row_shift_f64)(const double*, Py_ssize_t, double, double, double*, int) noexcept nogil
         void (*row_softmax_f32)(const float*, Py_ssize_t, float*, const float*,
                                 fastce_ahead_t*) noexcept nogil
         void (*row_softmax_f64)(const double*, Py_ssize_t, double*, const double*,
@@ -88,6 +88,7 @@ cdef extern from "csrc/dispatch.h":
         Py_ssize_t (*first_outside_unit_f32)(const float*, Py_ssize_t) noexcept nogil
         Py_ssize_t (*first_outside_unit_f64)(const double*, Py_ssize_t) noexcept nogil
         void (*tile_log)(const double*, Py_ssize_t, double*) noexcept nogil
+        void (*stream_fence)() noexcept nogil
         void (*half_to_f32)(const uint16_t*, Py_ssize_t, float*, int) noexcept nogil
         const char* isa
     # the table every kernel calls through (see above)
@@ -188,6 +189,7 @@ cdef struct Piece:
     Py_ssize_t o, i, o_step, i_step
     Py_ssize_t unit         # the work unit the piece belongs to
     bint bf16               # half bodies: bfloat16 rather than float16
+    bint stream_y           # contiguous output rows stored past the caches
     # rows of one class stride: the row after the last one when it is there
     # to be read (else NULL), and the state a row body leaves for the next
     # row (NULL: the body keeps its own), so that a piece cut in several
@@ -237,6 +239,7 @@ cdef struct Walk:
     # the per-class output (NULL: none), float32 for half logits
     char* y
     Py_ssize_t yo, yc, yi
+    bint stream_y           # y is far larger than the caches (walk_output)
     int threads             # requested thread count, 0 for the default
     Py_ssize_t work         # elements the call reads, for the thread rule
     # set by walk_plan

@@ -8,6 +8,7 @@ from numpy.typing import NDArray
 LOG_SOFTMAX: int
 SOFTMAX: int
 LOGSUMEXP: int
+STREAMED_OUT_BYTES: int
 TILE_SIZE: int
 # the C functions other extensions cimport (see _kernels.pxd), as capsules
 __pyx_capi__: dict[str, object]
@@ -43,6 +44,7 @@ def cross_entropy_index(
     denominator: float,
     grad: NDArray[_Float] | None,
     num_threads: int = ...,
+    grad_given: bool = ...,
 ) -> float: ...
 def cross_entropy_common(
     logits: object,
@@ -64,6 +66,7 @@ def cross_entropy_probs(
     denominator: float,
     grad: NDArray[_Float] | None,
     num_threads: int = ...,
+    grad_given: bool = ...,
 ) -> float: ...
 def softmax_family(
     x: _Logits,
@@ -71,6 +74,7 @@ def softmax_family(
     reduced_out: NDArray[_Float] | None,
     out: NDArray[_Float] | None,
     num_threads: int = ...,
+    out_given: bool = ...,
 ) -> None: ...
 def nll_loss_kernel(
     log_probs: _Logits,

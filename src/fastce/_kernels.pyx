@@ -181,28 +181,29 @@ simd_init(_os.environ.get("FASTCE_SIMD", "").strip())
 
 cdef inline void row_scaled_exp(const floating* x, Py_ssize_t xc, Py_ssize_t n, floating m,
                                 floating scale, floating offset,
-                                floating* y, Py_ssize_t yc) noexcept nogil:
-    """y = scale * exp(x - m) - offset; ``y`` may be ``x``."""
+                                floating* y, Py_ssize_t yc, bint stream) noexcept nogil:
+    """y = scale * exp(x - m) - offset; ``y`` may be ``x``; ``stream``: a
+    contiguous ``y`` is stored past the caches."""
     cdef Py_ssize_t c
     if xc == 1 and yc == 1:
         if floating is float:
-            fastce_active_ops.row_scaled_exp_f32(x, n, m, scale, offset, y)
+            fastce_active_ops.row_scaled_exp_f32(x, n, m, scale, offset, y, stream)
         else:
-            fastce_active_ops.row_scaled_exp_f64(x, n, m, scale, offset, y)
+            fastce_active_ops.row_scaled_exp_f64(x, n, m, scale, offset, y, stream)
         return
     for c in range(n):
         y[c * yc] = scale * exp_neg(x[c * xc] - m) - offset
 
 
 cdef inline void row_shift(const floating* x, Py_ssize_t xc, Py_ssize_t n, floating m,
-                           floating log_s, floating* y, Py_ssize_t yc) noexcept nogil:
-    """y = (x - m) - log_s; ``y`` may be ``x``."""
+                           floating log_s, floating* y, Py_ssize_t yc, bint stream) noexcept nogil:
+    """y = (x - m) - log_s; ``y`` may be ``x``; ``stream`` as row_scaled_exp."""
     cdef Py_ssize_t c
     if xc == 1 and yc == 1:
         if floating is float:
-            fastce_active_ops.row_shift_f32(x, n, m, log_s, y)
+            fastce_active_ops.row_shift_f32(x, n, m, log_s, y, stream)
         else:
-            fastce_active_ops.row_shift_f64(x, n, m, log_s, y)
+            fastce_active_ops.row_shift_f64(x, n, m, log_s, y, stream)
         return
     for c in range(n):
         y[c * yc] = (x[c * xc] - m) - log_s
@@ -319,6 +320,15 @@ cdef enum:
     SIGNAL_CHECK_LOGITS = 1 << 25
 
 cdef enum:
+    # a per-class output of at least this many bytes is stored past the
+    # caches: it would not stay in them, and a plain store first reads each
+    # line of it in
+    STREAM_OUTPUT_BYTES = 32 << 20
+
+# the smallest out= the kernels stream, for the tests
+STREAMED_OUT_BYTES = STREAM_OUTPUT_BYTES
+
+cdef enum:
     # float32 elements of a thread's buffer for a tile of half logits: a tile
     # of many classes is converted a few samples (a multiple of HALF_LANES)
     # at a time.  Each sample's bits do not depend on its tile's width.
@@ -378,6 +388,7 @@ cdef void walk_from(Walk* w, object x) except *:
     w.xi = cnp.PyArray_STRIDE(a, 2) // isz
     w.y = NULL
     w.yo = w.yc = w.yi = 0
+    w.stream_y = False
     w.threads = 0
     w.work = w.outer * w.C * w.inner
 
@@ -405,13 +416,23 @@ cdef char* array_data(object a, int ndim, int typenum, Py_ssize_t* strides) exce
     return <char*>cnp.PyArray_DATA(arr)
 
 
-cdef void walk_output(Walk* w, object y) except *:
+cdef void walk_output(Walk* w, object y, bint given) except *:
     """Sets the walk's per-class output: ``y`` (or None), the logits' shape,
-    of their result dtype."""
+    of their result dtype; ``given``: memory the caller handed in (out=)
+    rather than allocated for this call."""
     cdef Py_ssize_t s[3]
     w.y = array_data(y, 3, result_typenum(w), s)
     if w.y != NULL:
         w.yo, w.yc, w.yi = s[0], s[1], s[2]
+        w.stream_y = streams_output(w, given)
+
+
+cdef inline bint streams_output(const Walk* w, bint given) noexcept nogil:
+    """Whether the walk's per-class output (``given`` as walk_output's) is
+    stored past the caches.  Only memory written before gains: the pages of a
+    new allocation arrive zeroed and in cache, and a streamed store would
+    first have to evict each line."""
+    return given and w.work * (8 if w.dtype == DT_F64 else 4) >= STREAM_OUTPUT_BYTES
 
 
 cdef void targets_from(Targets* t, object target) except *:
@@ -549,6 +570,8 @@ cdef double walk_unit(const Walk* w, const Body* body, const void* call, Py_ssiz
             walk_small_c(w, body, call, unit, first, last, buffer, &total)
         else:
             walk_rows(w, body, call, unit, first, last, buffer, &total)
+    if w.stream_y:
+        fastce_active_ops.stream_fence()
     return total
 
 
@@ -569,6 +592,7 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.yc = w.yc
     p.unit = unit
     p.bf16 = w.dtype == DT_BF16
+    p.stream_y = w.stream_y
     p.after = NULL
     p.ahead = &ahead
     while j < last:
@@ -653,6 +677,7 @@ cdef void walk_tile(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.o, p.i, p.o_step, p.i_step = o, i, 0, 1
     p.unit = unit
     p.bf16 = w.dtype == DT_BF16
+    p.stream_y = False
     p.after = NULL
     p.ahead = NULL
     p.yc, p.ys = w.yc, w.yi
@@ -720,6 +745,7 @@ cdef void walk_small_c(const Walk* w, const Body* body, const void* call, Py_ssi
     p.i, p.o_step, p.i_step = 0, 1, 0
     p.unit = unit
     p.bf16 = w.dtype == DT_BF16
+    p.stream_y = False
     p.after = NULL
     p.ahead = NULL
     while j < last:
@@ -792,10 +818,10 @@ cdef double walk_total(Walk* w, const Body* body, const void* call, bint gather,
 
 cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
                                 int64_t target, const CEOptions* opt,
-                                floating* grad, Py_ssize_t yc, double g,
+                                floating* grad, Py_ssize_t yc, double g, bint stream,
                                 const floating* next, fastce_ahead_t* ahead) noexcept nogil:
     """Loss of one sample with a class-index target; writes its gradient row
-    scaled by ``g`` when ``grad`` is not NULL.  With ``ahead`` (contiguous
+    scaled by ``g`` when ``grad`` is not NULL (``stream``: as row_scaled_exp).  With ``ahead`` (contiguous
     rows only), the row's maxima come from there when the previous row left
     them, and ``next``'s (another row, or NULL) are left there."""
     cdef Py_ssize_t c
@@ -823,7 +849,7 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
         if eps == 0.0 or opt.weight == NULL:
             # no smoothing, no offset: an infinite g must not meet a 0 coefficient
             row_scaled_exp(x, xc, C, m, scale_f,
-                           <floating>(g * smooth_coef) if eps != 0.0 else 0, grad, yc)
+                           <floating>(g * smooth_coef) if eps != 0.0 else 0, grad, yc, stream)
         else:
             for c in range(C):
                 grad[c * yc] = (scale_f * exp_neg(x[c * xc] - m)
@@ -910,7 +936,7 @@ cdef void ce_rows(const void* call_, const Piece* p, const floating* x, floating
             target = target_at(&call.t, p.o + k * p.o_step, p.i + k * p.i_step)
             next_row = x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after
             loss = ce_index_row(x + k * p.xs, p.xc, p.C, target, &call.opt, grow, p.yc, g,
-                                next_row, look_ahead)
+                                p.stream_y, next_row, look_ahead)
         else:
             loss = ce_prob_row(x + k * p.xs, p.xc, p.C,
                                probs + sample_offset(p, k, call.po, call.pi), call.pc,
@@ -1051,15 +1077,15 @@ cdef void ce_options(CEOptions* opt, const double[::1] weight, double weight_sum
 
 
 cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object grad_output,
-                     object grad) except *:
-    """The per-sample losses (or None), and the gradient (or None) with its
-    grad_output: an (outer, inner) array, or (1, 1) for one value read at
-    every sample."""
+                     object grad, bint grad_given) except *:
+    """The per-sample losses (or None), and the gradient (or None, given as
+    walk_output's) with its grad_output: an (outer, inner) array, or (1, 1)
+    for one value read at every sample."""
     cdef Py_ssize_t s[2]
     cdef int rt = result_typenum(w)
     call.loss = array_data(loss_out, 2, rt, s)
     call.lo, call.li = s[0], s[1]
-    walk_output(w, grad)
+    walk_output(w, grad, grad_given)
     call.gout = NULL
     call.go = call.gi = 0
     if w.y != NULL:
@@ -1072,7 +1098,7 @@ cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object grad_output,
 def cross_entropy_index(object x, object target, const double[::1] weight, double weight_sum,
                         double smoothing, int64_t ignore_index, bint has_ignore,
                         object loss_out, object grad_output, double denominator,
-                        object grad, int num_threads=0):
+                        object grad, int num_threads=0, bint grad_given=False):
     """Cross-entropy with class-index targets over an ``(outer, C, inner)``
     view ``x`` (float32, float64, float16 or bfloat16); returns the float64
     sum of the per-sample losses.
@@ -1080,7 +1106,8 @@ def cross_entropy_index(object x, object target, const double[::1] weight, doubl
     ``target`` has shape ``(outer, inner)``, any integer dtype.  ``loss_out``
     (or None) receives the per-sample losses; ``grad`` (or None) receives
     ``grad_output / denominator`` times the gradient; both have the result
-    dtype (float32 for half logits).  ``weight`` is empty when there are no
+    dtype (float32 for half logits); ``grad_given`` says it is memory the
+    caller handed in (out=).  ``weight`` is empty when there are no
     class weights.  The caller has validated everything: targets are in
     ``[0, C)`` or equal ``ignore_index``, shapes agree, and ``outer * inner >
     0`` with ``C > 0``.
@@ -1093,13 +1120,13 @@ def cross_entropy_index(object x, object target, const double[::1] weight, doubl
     call.p = NULL
     call.po = call.pc = call.pi = 0
     ce_options(&call.opt, weight, weight_sum, smoothing, ignore_index, has_ignore, denominator)
-    ce_outputs(&w, &call, loss_out, grad_output, grad)
+    ce_outputs(&w, &call, loss_out, grad_output, grad, grad_given)
     return walk_total(&w, &CE_BODY, &call, True, 0)
 
 
 def cross_entropy_probs(object x, object probs, const double[::1] weight, double smoothing,
                         object loss_out, object grad_output, double denominator, object grad,
-                        int num_threads=0):
+                        int num_threads=0, bint grad_given=False):
     """Cross-entropy with probability targets ``probs`` (the shape of ``x``,
     the result dtype); otherwise as :func:`cross_entropy_index`."""
     cdef Walk w
@@ -1111,7 +1138,7 @@ def cross_entropy_probs(object x, object probs, const double[::1] weight, double
     call.p = array_data(probs, 3, result_typenum(&w), s)
     call.po, call.pc, call.pi = s[0], s[1], s[2]
     ce_options(&call.opt, weight, 0.0, smoothing, 0, False, denominator)
-    ce_outputs(&w, &call, loss_out, grad_output, grad)
+    ce_outputs(&w, &call, loss_out, grad_output, grad, grad_given)
     # rows of few classes stay rows: their probabilities would need the same transposition
     return walk_total(&w, &CE_BODY, &call, False, 0)
 
@@ -1216,6 +1243,7 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
     w.yo, w.yc, w.yi = n_classes, 1, 1
     w.threads = num_threads
     w.work = n * n_classes
+    w.stream_y = want_grad and streams_output(&w, out is not None)
     call.p = NULL
     call.po = call.pc = call.pi = 0
     call.loss = NULL
@@ -1246,10 +1274,10 @@ cdef inline double logsumexp_unshifted(const floating* x, Py_ssize_t xc, Py_ssiz
 
 
 cdef inline void softmax_row(const floating* x, Py_ssize_t xc, Py_ssize_t C, int op,
-                             floating* y, Py_ssize_t yc, const floating* next,
+                             floating* y, Py_ssize_t yc, bint stream, const floating* next,
                              fastce_ahead_t* ahead) noexcept nogil:
     """One row of ``op``; for logsumexp ``y`` is the single output element.
-    With ``ahead`` (contiguous rows only), as ce_index_row."""
+    ``stream``, and ``ahead`` (contiguous rows only), as ce_index_row."""
     if op == OP_SOFTMAX and xc == 1 and yc == 1 and C <= FASTCE_ROW_IN_CACHE:
         if floating is float:
             fastce_active_ops.row_softmax_f32(x, C, y, next, ahead)
@@ -1265,9 +1293,9 @@ cdef inline void softmax_row(const floating* x, Py_ssize_t xc, Py_ssize_t C, int
         else:
             y[0] = <floating>(<double>m + log(s))
     elif op == OP_LOG_SOFTMAX:
-        row_shift(x, xc, C, m, <floating>log(s), y, yc)
+        row_shift(x, xc, C, m, <floating>log(s), y, yc, stream)
     else:
-        row_scaled_exp(x, xc, C, m, <floating>(1.0 / s), 0, y, yc)
+        row_scaled_exp(x, xc, C, m, <floating>(1.0 / s), 0, y, yc, stream)
 
 
 cdef inline void softmax_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize_t C,
@@ -1319,10 +1347,10 @@ cdef void softmax_rows(const void* call_, const Piece* p, const floating* x, flo
         if call.op == OP_LOGSUMEXP:
             softmax_row(x + k * p.xs, p.xc, p.C, call.op,
                         <floating*>call.reduced + sample_offset(p, k, call.ro, call.ri), 0,
-                        next_row, look_ahead)
+                        False, next_row, look_ahead)
         else:
-            softmax_row(x + k * p.xs, p.xc, p.C, call.op, y + k * p.ys, p.yc, next_row,
-                        look_ahead)
+            softmax_row(x + k * p.xs, p.xc, p.C, call.op, y + k * p.ys, p.yc, p.stream_y,
+                        next_row, look_ahead)
 
 
 cdef void softmax_tile_body(const void* call_, const Piece* p, const floating* x, floating* y,
@@ -1340,12 +1368,13 @@ cdef Body SOFTMAX_BODY = make_body(
     softmax_rows[float], softmax_rows[double], softmax_tile_body[float], softmax_tile_body[double], NULL)
 
 
-def softmax_family(object x, int op, object reduced_out, object out, int num_threads=0):
+def softmax_family(object x, int op, object reduced_out, object out, int num_threads=0,
+                   bint out_given=False):
     """``op`` (LOG_SOFTMAX, SOFTMAX or LOGSUMEXP) over the class axis of an
     ``(outer, C, inner)`` view (float32, float64, float16 or bfloat16).
     log_softmax and softmax write ``out`` (the shape of ``x``, the result
-    dtype; it may be ``x`` itself); logsumexp writes ``reduced_out`` of shape
-    ``(outer, inner)``.  The caller guarantees ``C > 0`` and at least one
+    dtype; it may be ``x`` itself; ``out_given``: memory the caller handed in);
+    logsumexp writes ``reduced_out`` of shape ``(outer, inner)``.  The caller guarantees ``C > 0`` and at least one
     sample."""
     cdef Walk w
     cdef SoftmaxCall call
@@ -1358,7 +1387,7 @@ def softmax_family(object x, int op, object reduced_out, object out, int num_thr
         call.ro, call.ri = s[0], s[1]
     else:
         call.reduced = NULL
-        walk_output(&w, out)
+        walk_output(&w, out, out_given)
     walk_total(&w, &SOFTMAX_BODY, &call, True, 0)
 
 

@@ -167,13 +167,16 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
             grad3 = flip3(grad3) if grad3 is not None else None
         weight_total = float(w.sum()) if w.size else float(n_classes)
 
+        grad_given = out is not None and grad_buffer is not None \
+            and np.may_share_memory(grad_buffer, out)
         if plan.is_index:
             total = _kernels.cross_entropy_index(
                 x3, t2, w, weight_total, smoothing, ignore_value, has_ignore,
-                loss2, go2, denominator, grad3, threads)
+                loss2, go2, denominator, grad3, threads, grad_given=grad_given)
         else:
             total = _kernels.cross_entropy_probs(x3, p3, w, smoothing, loss2, go2,
-                                                 denominator, grad3, threads)
+                                                 denominator, grad3, threads,
+                                                 grad_given=grad_given)
     elif want_grad and grad3 is not None:
         grad3.fill(0)
 
@@ -435,7 +438,8 @@ def _softmax_family(x, axis, op, out, num_threads):
         x3 = flip3(x3)
         reduced2 = flip2(reduced2) if reduced2 is not None else None
         out3 = flip3(out3) if out3 is not None else None
-    _kernels.softmax_family(x3, op, reduced2, out3, threads)
+    out_given = out is not None and np.may_share_memory(out_buffer, out)
+    _kernels.softmax_family(x3, op, reduced2, out3, threads, out_given=out_given)
     if out_buffer is not None and not np.may_share_memory(out_buffer, result):
         result[...] = out_buffer.reshape(shape)
     return result[()] if result.ndim == 0 and out is None else result

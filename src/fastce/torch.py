@@ -161,21 +161,17 @@ class _CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing):
         x = _numpy(input)
-        if _result_dtype(input.dtype) == input.dtype:
-            grad = torch.empty_like(input)
-            out = grad.numpy()
-        else:
-            grad = out = None
         try:
+            # the gradient in memory the call allocates (laid out as the
+            # logits), which the kernels know to be new
             loss, g = _functional.cross_entropy_with_grad(
                 x, _numpy(target), _numpy(weight), grad_output=1.0,
                 ignore_index=ignore_index, reduction=reduction,
-                label_smoothing=label_smoothing, out=out, num_threads=_thread_limit(),
+                label_smoothing=label_smoothing, num_threads=_thread_limit(),
             )
         except (TypeError, ValueError, IndexError) as err:
             raise _Declined from err
-        if grad is None:
-            grad = torch.from_numpy(g).to(input.dtype)
+        grad = torch.from_numpy(g).to(input.dtype)
         ctx.save_for_backward(grad)
         ctx.reduction = reduction
         ctx.class_dim = 1 if input.dim() >= 2 else 0

@@ -37,8 +37,8 @@ typedef struct {
                                          fastce_ahead_t *);                             \
     double (*row_sum_shifted_##SFX)(const T *, ptrdiff_t, T);                           \
     double (*sum_exp_##SFX)(const T *, ptrdiff_t);                                      \
-    void (*row_scaled_exp_##SFX)(const T *, ptrdiff_t, T, T, T, T *);                   \
-    void (*row_shift_##SFX)(const T *, ptrdiff_t, T, T, T *);                           \
+    void (*row_scaled_exp_##SFX)(const T *, ptrdiff_t, T, T, T, T *, int);              \
+    void (*row_shift_##SFX)(const T *, ptrdiff_t, T, T, T *, int);                      \
     void (*row_softmax_##SFX)(const T *, ptrdiff_t, T *, const T *, fastce_ahead_t *);  \
     void (*row_extras_##SFX)(const T *, ptrdiff_t, T, ptrdiff_t, T, double *,           \
                              ptrdiff_t *, ptrdiff_t *);                                 \
@@ -64,6 +64,8 @@ typedef struct {
     FASTCE_KERNEL_FIELDS(double, f64)
     /* log of per-sample sums of exponentials: each at least 1, or NaN, or +inf */
     void (*tile_log)(const double *, ptrdiff_t, double *);
+    /* orders the streamed stores of row_scaled_exp and row_shift */
+    void (*stream_fence)(void);
     /* float16 (last argument 0) or bfloat16 (1) values to float32 */
     void (*half_to_f32)(const uint16_t *, ptrdiff_t, float *, int);
     const char *isa;

@@ -285,16 +285,41 @@ static double KNAME(row_sum_shifted)(const T *x, ptrdiff_t n, T m) {
     return total;
 }
 
-/* y = scale * exp(x - m) - offset; y may be x */
-static void KNAME(row_scaled_exp)(const T *x, ptrdiff_t n, T m, T scale, T offset, T *y) {
+/* The elements of y to store plainly before its streamed vectors, which must
+ * start at an address aligned to the vector's width: fewer than a vector, or
+ * all n when no element of y is so aligned. */
+VINLINE ptrdiff_t KNAME(stream_head)(const T *y, ptrdiff_t n) {
+    const uintptr_t width = sizeof(T) * (uintptr_t)L, at = (uintptr_t)y;
+    if (at % sizeof(T) != 0) return n;
+    ptrdiff_t head = (ptrdiff_t)(((width - at % width) % width) / sizeof(T));
+    return head < n ? head : n;
+}
+
+VINLINE V KNAME(scaled_exp_of)(V x, V vm, V vs, V vo) {
+    return VOP(sub)(VOP(mul)(vs, KNAME(vexp_neg)(VOP(sub)(x, vm))), vo);
+}
+
+/* y = scale * exp(x - m) - offset; y may be x.  With stream, whole vectors
+ * go past the caches: for outputs far larger than them, which would
+ * otherwise be read in before they are overwritten.  The caller orders them
+ * (stream_fence) before the output is read. */
+static void KNAME(row_scaled_exp)(const T *x, ptrdiff_t n, T m, T scale, T offset, T *y,
+                                  int stream) {
     const V vm = VOP(set1)(m), vs = VOP(set1)(scale), vo = VOP(set1)(offset);
     ptrdiff_t c = 0;
-    for (; c + L <= n; c += L)
-        VOP(store)(y + c, VOP(sub)(VOP(mul)(vs, KNAME(vexp_neg)(VOP(sub)(VOP(load)(x + c), vm))), vo));
+    if (stream) {
+        c = KNAME(stream_head)(y, n);
+        if (c > 0) {
+            M in = VOP(first)(c);
+            VOP(store_part)(y, in, KNAME(scaled_exp_of)(VOP(load_part)(x, in), vm, vs, vo));
+        }
+        for (; c + L <= n; c += L) VOP(stream)(y + c, KNAME(scaled_exp_of)(VOP(load)(x + c), vm, vs, vo));
+    } else {
+        for (; c + L <= n; c += L) VOP(store)(y + c, KNAME(scaled_exp_of)(VOP(load)(x + c), vm, vs, vo));
+    }
     if (c < n) {
         M in = VOP(first)(n - c);
-        V e = KNAME(vexp_neg)(VOP(sub)(VOP(load_part)(x + c, in), vm));
-        VOP(store_part)(y + c, in, VOP(sub)(VOP(mul)(vs, e), vo));
+        VOP(store_part)(y + c, in, KNAME(scaled_exp_of)(VOP(load_part)(x + c, in), vm, vs, vo));
     }
 }
 
@@ -361,11 +386,20 @@ static void KNAME(row_softmax)(const T *x, ptrdiff_t n, T *y, const T *next,
     }
 }
 
-/* y = (x - m) - log_s; y may be x */
-static void KNAME(row_shift)(const T *x, ptrdiff_t n, T m, T log_s, T *y) {
+/* y = (x - m) - log_s; y may be x; stream as row_scaled_exp */
+static void KNAME(row_shift)(const T *x, ptrdiff_t n, T m, T log_s, T *y, int stream) {
     const V vm = VOP(set1)(m), vl = VOP(set1)(log_s);
     ptrdiff_t c = 0;
-    for (; c + L <= n; c += L) VOP(store)(y + c, VOP(sub)(VOP(sub)(VOP(load)(x + c), vm), vl));
+    if (stream) {
+        c = KNAME(stream_head)(y, n);
+        if (c > 0) {
+            M in = VOP(first)(c);
+            VOP(store_part)(y, in, VOP(sub)(VOP(sub)(VOP(load_part)(x, in), vm), vl));
+        }
+        for (; c + L <= n; c += L) VOP(stream)(y + c, VOP(sub)(VOP(sub)(VOP(load)(x + c), vm), vl));
+    } else {
+        for (; c + L <= n; c += L) VOP(store)(y + c, VOP(sub)(VOP(sub)(VOP(load)(x + c), vm), vl));
+    }
     if (c < n) {
         M in = VOP(first)(n - c);
         VOP(store_part)(y + c, in, VOP(sub)(VOP(sub)(VOP(load_part)(x + c, in), vm), vl));
@@ -540,6 +574,10 @@ static void KNAME(tile_extras)(const T *x, ptrdiff_t n, int64_t c, const T *m, c
 }
 
 #ifndef FASTCE_F64
+/* the streamed stores so far before whatever follows: once per stretch of
+ * rows rather than per row, since it waits for them to reach memory */
+static void KNAME_ISA(stream_fence)(void) { VOP(stream_fence)(); }
+
 /* n float16 (bf16 false) or bfloat16 values to float, exactly */
 static void KNAME_ISA(half_to_f32)(const uint16_t *src, ptrdiff_t n, float *dst, int bf16) {
     ptrdiff_t k = 0;

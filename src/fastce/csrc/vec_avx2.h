@@ -30,6 +30,8 @@ VINLINE __m256 v_avx2_f32_set1(float a) { return _mm256_set1_ps(a); }
 VINLINE __m256 v_avx2_f32_zero(void) { return _mm256_setzero_ps(); }
 VINLINE __m256 v_avx2_f32_load(const float *p) { return _mm256_loadu_ps(p); }
 VINLINE void v_avx2_f32_store(float *p, __m256 a) { _mm256_storeu_ps(p, a); }
+VINLINE void v_avx2_f32_stream(float *p, __m256 a) { _mm256_stream_ps(p, a); }
+VINLINE void v_avx2_f32_stream_fence(void) { _mm_sfence(); }
 VINLINE __m256 v_avx2_f32_first(ptrdiff_t n) {
     return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n < 8 ? n : 8)),
                                                   _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
@@ -111,6 +113,8 @@ VINLINE __m256d v_avx2_f64_set1(double a) { return _mm256_set1_pd(a); }
 VINLINE __m256d v_avx2_f64_zero(void) { return _mm256_setzero_pd(); }
 VINLINE __m256d v_avx2_f64_load(const double *p) { return _mm256_loadu_pd(p); }
 VINLINE void v_avx2_f64_store(double *p, __m256d a) { _mm256_storeu_pd(p, a); }
+VINLINE void v_avx2_f64_stream(double *p, __m256d a) { _mm256_stream_pd(p, a); }
+VINLINE void v_avx2_f64_stream_fence(void) { _mm_sfence(); }
 VINLINE __m256d v_avx2_f64_first(ptrdiff_t n) {
     return _mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_set1_epi64x(n < 4 ? n : 4),
                                                   _mm256_setr_epi64x(0, 1, 2, 3)));

@@ -28,6 +28,8 @@ VINLINE __m512 v_avx512_f32_set1(float a) { return _mm512_set1_ps(a); }
 VINLINE __m512 v_avx512_f32_zero(void) { return _mm512_setzero_ps(); }
 VINLINE __m512 v_avx512_f32_load(const float *p) { return _mm512_loadu_ps(p); }
 VINLINE void v_avx512_f32_store(float *p, __m512 a) { _mm512_storeu_ps(p, a); }
+VINLINE void v_avx512_f32_stream(float *p, __m512 a) { _mm512_stream_ps(p, a); }
+VINLINE void v_avx512_f32_stream_fence(void) { _mm_sfence(); }
 VINLINE __mmask16 v_avx512_f32_first(ptrdiff_t n) { return (__mmask16)_bzhi_u32(0xFFFFu, (unsigned)(n < 16 ? n : 16)); }
 VINLINE __m512 v_avx512_f32_load_part(const float *p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 VINLINE __m512 v_avx512_f32_load_part_or(const float *p, __mmask16 m, __m512 fill) {
@@ -98,6 +100,8 @@ VINLINE __m512d v_avx512_f64_set1(double a) { return _mm512_set1_pd(a); }
 VINLINE __m512d v_avx512_f64_zero(void) { return _mm512_setzero_pd(); }
 VINLINE __m512d v_avx512_f64_load(const double *p) { return _mm512_loadu_pd(p); }
 VINLINE void v_avx512_f64_store(double *p, __m512d a) { _mm512_storeu_pd(p, a); }
+VINLINE void v_avx512_f64_stream(double *p, __m512d a) { _mm512_stream_pd(p, a); }
+VINLINE void v_avx512_f64_stream_fence(void) { _mm_sfence(); }
 VINLINE __mmask8 v_avx512_f64_first(ptrdiff_t n) { return (__mmask8)_bzhi_u32(0xFFu, (unsigned)(n < 8 ? n : 8)); }
 VINLINE __m512d v_avx512_f64_load_part(const double *p, __mmask8 m) { return _mm512_maskz_loadu_pd(m, p); }
 VINLINE __m512d v_avx512_f64_load_part_or(const double *p, __mmask8 m, __m512d fill) {

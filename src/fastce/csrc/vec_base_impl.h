@@ -66,6 +66,9 @@ VINLINE VOP(t) VOP(zero)(void) { return VOP(set1)(0); }
 VINLINE VOP(m) VOP(set1_bits)(U_ a) { VOP(m) r; LANES_ LANE_(r, k) = a; return r; }
 VINLINE VOP(t) VOP(load)(const T_ *p) { VOP(t) r; memcpy(&r, p, sizeof r); return r; }
 VINLINE void VOP(store)(T_ *p, VOP(t) a) { memcpy(p, &a, sizeof a); }
+/* portable C has no store past the caches: a plain one, needing no fence */
+VINLINE void VOP(stream)(T_ *p, VOP(t) a) { memcpy(p, &a, sizeof a); }
+VINLINE void VOP(stream_fence)(void) {}
 VINLINE VOP(m) VOP(first)(ptrdiff_t n) { VOP(m) r; LANES_ LANE_(r, k) = (U_)0 - (U_)(k < n); return r; }
 VINLINE VOP(t) VOP(load_part_or)(const T_ *p, VOP(m) m, VOP(t) fill) {
     VOP(t) r = fill;

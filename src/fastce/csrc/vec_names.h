@@ -7,6 +7,9 @@
  *   t, m, lanes            vector type, mask type, lane count
  *   set1 zero              broadcast, all zero
  *   load store             unaligned whole vectors
+ *   stream(p, v)           a whole vector to p, aligned to the vector's width, past the
+ *                          caches where the ISA can; stream_fence() orders such stores
+ *                          before whatever follows
  *   first(k)               mask of the lanes below k (k > 0; all of them from k >= lanes)
  *   load_part(p, m)        the lanes of m from p, 0 elsewhere; never reads past them
  *   load_part_or(p, m, f)  the lanes of m from p, f's elsewhere
