@@ -1467,14 +1467,7 @@ cdef enum:
     # how many rows ahead the lane asks for the element it will read
     NLL_PREFETCH = 16
 
-cdef extern from *:
-    """
-    #if defined(__GNUC__) || defined(__clang__)
-    #define fastce_prefetch(p) __builtin_prefetch(p)
-    #else
-    #define fastce_prefetch(p) ((void)(p))
-    #endif
-    """
+cdef extern from "csrc/prefetch.h":
     void fastce_prefetch(const void* p) noexcept nogil
 
 

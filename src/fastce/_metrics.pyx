@@ -46,19 +46,9 @@ from fastce._kernels cimport (
 
 import numpy as np
 
-cdef extern from *:
-    """
-    #ifndef FASTCE_COMPILE_ARGS
-    #define FASTCE_COMPILE_ARGS ""
-    #endif
-    #ifdef _OPENMP
-    #define FASTCE_METRICS_OPENMP 1
-    #else
-    #define FASTCE_METRICS_OPENMP 0
-    #endif
-    """
+cdef extern from "csrc/build_info.h":
     const char* FASTCE_COMPILE_ARGS
-    int FASTCE_METRICS_OPENMP
+    int FASTCE_OPENMP
 
 
 
@@ -87,7 +77,7 @@ N_FLOAT_TOTALS = 4      # loss, weight, confidence, entropy; then one per bin
 
 def openmp_enabled():
     """Whether the extension was compiled with OpenMP."""
-    return bool(FASTCE_METRICS_OPENMP)
+    return bool(FASTCE_OPENMP)
 
 
 def compile_args():

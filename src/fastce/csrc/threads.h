@@ -5,9 +5,7 @@
 #ifndef FASTCE_THREADS_H
 #define FASTCE_THREADS_H
 
-#ifndef FASTCE_COMPILE_ARGS
-#define FASTCE_COMPILE_ARGS ""
-#endif
+#include "build_info.h"
 
 /* 0: follow OpenMP's own maximum (OMP_NUM_THREADS, threadpoolctl) */
 static int fastce_thread_limit = 0;
@@ -39,13 +37,11 @@ static void fastce_register_fork_handler(void) {}
 
 #ifdef _OPENMP
 #include <omp.h>
-#define FASTCE_OPENMP 1
 static int fastce_openmp_thread_limit(void) { return omp_get_thread_limit(); }
 static int fastce_default_threads(void) {
     return fastce_thread_limit > 0 ? fastce_thread_limit : omp_get_max_threads();
 }
 #else
-#define FASTCE_OPENMP 0
 static int fastce_openmp_thread_limit(void) { return 1; }
 static int fastce_default_threads(void) { return 1; }
 #endif
