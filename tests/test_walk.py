@@ -203,3 +203,27 @@ def test_outputs_streamed_past_the_caches_have_the_bits_of_allocated_ones(
     nan = np.isnan(expected)
     assert nan.any() and np.array_equal(np.isnan(out), nan), name
     same_bits(out[~nan], expected[~nan], name)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_row_gives_the_bits_it_gives_alone(simd_path, name, dtype, in_place):
+    # each row's output is written while the next row is summed; rows whose
+    # maximum is infinite, or NaN, or -inf throughout sit between others
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((40, 1003)) * 4).astype(dtype)
+    x[3, 7] = np.inf
+    x[4, :] = -np.inf
+    x[5, 500] = np.nan
+    x[6, 1002] = 60.0
+    x[-1, 0] = -np.inf
+    func = getattr(fastce, name)
+    alone = np.concatenate([func(x[k:k + 1]) for k in range(x.shape[0])])
+    if in_place and dtype != np.float16:
+        together = func(x, out=x)
+    else:
+        together = func(x)
+    nan = np.isnan(alone)
+    assert np.array_equal(np.isnan(together), nan)
+    same_bits(together[~nan], alone[~nan], name)

@@ -27,9 +27,15 @@ from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, 
 
 
 cdef extern from "csrc/dispatch.h":
-    # chunk maxima of the next row, computed while a row is summed
+    # what a row body leaves for the next row (see kernels.h)
     ctypedef struct fastce_ahead_t:
         int valid
+        int pending_op
+        const void* pending_x
+        void* pending_y
+        double pending_a, pending_b
+    enum:
+        FASTCE_PENDING_SHIFT
     ctypedef struct fastce_ops_t:
         double (*row_max_sumexp_f32)(const float*, Py_ssize_t, float*) noexcept nogil
         double (*row_max_sumexp_f64)(const double*, Py_ssize_t, double*) noexcept nogil
@@ -47,6 +53,8 @@ cdef extern from "csrc/dispatch.h":
         void (*row_shift_f64)(const double*, Py_ssize_t, double, double, double*, int) noexcept nogil
         void (*row_softmax_f32)(const float*, Py_ssize_t, float*, const float*,
                                 fastce_ahead_t*) noexcept nogil
+        void (*row_pending_f32)(fastce_ahead_t*, Py_ssize_t) noexcept nogil
+        void (*row_pending_f64)(fastce_ahead_t*, Py_ssize_t) noexcept nogil
         void (*row_softmax_f64)(const double*, Py_ssize_t, double*, const double*,
                                 fastce_ahead_t*) noexcept nogil
         void (*row_extras_f32)(const float*, Py_ssize_t, float, Py_ssize_t, float, double*,

@@ -595,6 +595,7 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.stream_y = w.stream_y
     p.after = NULL
     p.ahead = &ahead
+    ahead.pending_y = NULL
     while j < last:
         ahead.valid = 0
         if w.inner == 1:
@@ -1342,15 +1343,36 @@ cdef void softmax_rows(const void* call_, const Piece* p, const floating* x, flo
     # contiguous rows take their maxima while the previous row is summed
     cdef fastce_ahead_t* look_ahead = p.ahead if p.xc == 1 else NULL
     cdef const floating* next_row
-    for k in range(p.n):
-        next_row = x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after
-        if call.op == OP_LOGSUMEXP:
-            softmax_row(x + k * p.xs, p.xc, p.C, call.op,
-                        <floating*>call.reduced + sample_offset(p, k, call.ro, call.ri), 0,
-                        False, next_row, look_ahead)
+    cdef floating m
+    cdef double s
+    if (call.op == OP_LOG_SOFTMAX and look_ahead != NULL and p.yc == 1 and not p.stream_y
+            and p.C <= FASTCE_ROW_IN_CACHE):
+        # each row's log_softmax is written while the next row is summed
+        for k in range(p.n):
+            next_row = x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after
+            s = row_stats_ahead(x + k * p.xs, p.C, 1, &m, next_row, look_ahead)
+            look_ahead.pending_op = FASTCE_PENDING_SHIFT
+            look_ahead.pending_x = x + k * p.xs
+            look_ahead.pending_y = y + k * p.ys
+            look_ahead.pending_a = m
+            look_ahead.pending_b = <floating>log(s)
+    else:
+        for k in range(p.n):
+            next_row = x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after
+            if call.op == OP_LOGSUMEXP:
+                softmax_row(x + k * p.xs, p.xc, p.C, call.op,
+                            <floating*>call.reduced + sample_offset(p, k, call.ro, call.ri), 0,
+                            False, next_row, look_ahead)
+            else:
+                softmax_row(x + k * p.xs, p.xc, p.C, call.op, y + k * p.ys, p.yc, p.stream_y,
+                            next_row, look_ahead)
+    # the last row may still wait: the look-ahead state outlives this call,
+    # a half row's buffer does not
+    if look_ahead != NULL:
+        if floating is float:
+            fastce_active_ops.row_pending_f32(look_ahead, p.C)
         else:
-            softmax_row(x + k * p.xs, p.xc, p.C, call.op, y + k * p.ys, p.yc, p.stream_y,
-                        next_row, look_ahead)
+            fastce_active_ops.row_pending_f64(look_ahead, p.C)
 
 
 cdef void softmax_tile_body(const void* call_, const Piece* p, const floating* x, floating* y,

@@ -23,11 +23,26 @@
  * then sum, from cache; longer rows keep a running maximum instead. */
 #define FASTCE_ROW_IN_CACHE 16384
 
-/* Chunk maxima of the next row, computed while the current one is summed
- * (row_max_sumexp_ahead); valid says whether they are there. */
+/* What a row body leaves for the next row of as many elements
+ * (row_max_sumexp_ahead, row_softmax): the chunk maxima of that row,
+ * computed while the current one is summed (valid says whether they are
+ * there); and a row whose output is still to be written (pending_y not
+ * NULL), written in the loop that sums the next row, whose exponentials
+ * leave the load and store ports idle:
+ *   FASTCE_PENDING_SHIFT  pending_y = (pending_x - pending_a) - pending_b
+ *                         (log_softmax; written by row_max_sumexp_ahead)
+ *   FASTCE_PENDING_SCALE  pending_y = pending_y * pending_a
+ *                         (softmax; written by row_softmax)
+ * Either kernel first writes a row of the other kind as it is; row_pending
+ * writes whatever still waits. */
+enum { FASTCE_PENDING_SHIFT = 1, FASTCE_PENDING_SCALE = 2 };
 typedef struct {
     int valid;
     double chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];
+    int pending_op;
+    const void *pending_x;
+    void *pending_y;
+    double pending_a, pending_b;
 } fastce_ahead_t;
 
 #define FASTCE_KERNEL_FIELDS(T, SFX)                                                    \
@@ -40,6 +55,7 @@ typedef struct {
     void (*row_scaled_exp_##SFX)(const T *, ptrdiff_t, T, T, T, T *, int);              \
     void (*row_shift_##SFX)(const T *, ptrdiff_t, T, T, T *, int);                      \
     void (*row_softmax_##SFX)(const T *, ptrdiff_t, T *, const T *, fastce_ahead_t *);  \
+    void (*row_pending_##SFX)(fastce_ahead_t *, ptrdiff_t);                             \
     void (*row_extras_##SFX)(const T *, ptrdiff_t, T, ptrdiff_t, T, double *,           \
                              ptrdiff_t *, ptrdiff_t *);                                 \
     void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                  \

@@ -127,11 +127,12 @@ VINLINE V KNAME(sumexp_full)(V acc, V d, int masked, int *ties) {
 /* The sum of exp(x - m) over a chunk of len <= FASTCE_CHUNK elements, while
  * the same loop takes the maximum of the next row's chunk nx (when nx is not
  * NULL): the sum is bound by the exponential's multiplies and the maximum by
- * loads, so the second comes almost free.  Only a chunk that reaches m pays
- * for the tie masks (masked).  One sum accumulator: the exponential's
- * constants fill the registers. */
+ * loads, so the second comes almost free; so does py = (px - pm) - pl, a
+ * waiting row's log_softmax (when px is not NULL).  Only a chunk that
+ * reaches m pays for the tie masks (masked).  One sum accumulator: the
+ * exponential's constants fill the registers. */
 VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, const T *nx,
-                                   T *next_max) {
+                                   T *next_max, const T *px, T *py, V pm, V pl) {
     const V vm = VOP(set1)(m), none = VOP(set1)(-INFINITY);
     V acc = VOP(zero)(), n0 = none, n1 = none, n2 = none, n3 = none;
     int ties = 0;
@@ -145,25 +146,35 @@ VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, 
             n1 = VOP(max)(VOP(load)(nx + c + L), n1);
             n2 = VOP(max)(VOP(load)(nx + c + 2 * L), n2);
             n3 = VOP(max)(VOP(load)(nx + c + 3 * L), n3);
+            if (px != NULL)
+                for (int u = 0; u < 4; u++)
+                    VOP(store)(py + c + u * L,
+                               VOP(sub)(VOP(sub)(VOP(load)(px + c + u * L), pm), pl));
         }
     }
     for (; c + L <= len; c += L) {
         acc = KNAME(sumexp_full)(acc, VOP(sub)(VOP(load)(xs + c), vm), masked, &ties);
         if (nx != NULL) n0 = VOP(max)(VOP(load)(nx + c), n0);
+        if (px != NULL) VOP(store)(py + c, VOP(sub)(VOP(sub)(VOP(load)(px + c), pm), pl));
     }
     if (c < len) {
         M in = VOP(first)(len - c);
         acc = KNAME(sumexp_step)(acc, VOP(sub)(VOP(load_part)(xs + c, in), vm), in, masked,
                                  &ties);
         if (nx != NULL) n0 = VOP(max)(VOP(load_part_or)(nx + c, in, none), n0);
+        if (px != NULL)
+            VOP(store_part)(py + c, in, VOP(sub)(VOP(sub)(VOP(load_part)(px + c, in), pm), pl));
     }
     if (nx != NULL) *next_max = VOP(hmax)(VOP(max)(VOP(max)(n0, n1), VOP(max)(n2, n3)));
     return (double)ties + VOP(hsum)(acc);
 }
 
+static void KNAME(row_pending)(fastce_ahead_t *ahead, ptrdiff_t n);
+
 /* A row that fits in cache, read twice from it: its chunk maxima (from ahead
  * when the previous row left them there), then its sum, in the loop that
- * leaves next's chunk maxima in ahead (when next is not NULL). */
+ * leaves next's chunk maxima in ahead (when next is not NULL) and writes the
+ * log_softmax of the row waiting there, if any. */
 VINLINE double KNAME(row_in_cache)(const T *x, ptrdiff_t n, T *max_out, const T *next,
                                    fastce_ahead_t *ahead) {
     T chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];
@@ -179,21 +190,34 @@ VINLINE double KNAME(row_in_cache)(const T *x, ptrdiff_t n, T *max_out, const T 
     ahead->valid = 0;
     *max_out = m;
     /* an infinite maximum, or nothing above -inf: NaN, as exp(x - max) gives */
+    if (isinf(m) || (ahead->pending_y != NULL && ahead->pending_op != FASTCE_PENDING_SHIFT))
+        KNAME(row_pending)(ahead, n);
     if (isinf(m)) return NAN;
+    const T *px = (const T *)ahead->pending_x;
+    T *py = (T *)ahead->pending_y;
+    const V pm = VOP(set1)(py != NULL ? (T)ahead->pending_a : 0),
+            pl = VOP(set1)(py != NULL ? (T)ahead->pending_b : 0);
+    ahead->pending_y = NULL;
     /* chunk maxima are never NaN, so a chunk below m has no tie; each call
      * site has constant flags, so each variant of the loop is compiled apart */
     k = 0;
     for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
         ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
-        if (next != NULL) {
-            T nm;
-            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, next + start, &nm)
-                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, next + start, &nm);
-            ahead->chunk_max[k] = nm;
+        const T *nx = next != NULL ? next + start : NULL;
+        T nm = 0;
+        if (py != NULL) {
+            const T *pxs = px + start;
+            T *pys = py + start;
+            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, nx, &nm, pxs, pys, pm, pl)
+                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, nx, &nm, pxs, pys, pm, pl);
+        } else if (nx != NULL) {
+            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, nx, &nm, NULL, NULL, pm, pl)
+                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, nx, &nm, NULL, NULL, pm, pl);
         } else {
-            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, NULL, NULL)
-                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, NULL, NULL);
+            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, NULL, NULL, NULL, NULL, pm, pl)
+                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, NULL, NULL, NULL, NULL, pm, pl);
         }
+        if (nx != NULL) ahead->chunk_max[k] = nm;
     }
     ahead->valid = next != NULL;
     return s;
@@ -205,9 +229,11 @@ static double KNAME(row_max_sumexp)(const T *x, ptrdiff_t n, T *max_out) {
     if (n <= FASTCE_ROW_IN_CACHE) {
         fastce_ahead_t none;
         none.valid = 0;
+        none.pending_y = NULL;
         return KNAME(row_in_cache)(x, n, max_out, NULL, &none);
     }
     /* a long row: a running maximum, one chunk at a time, reads it once */
+    const V none = VOP(zero)();
     int saw_nan = 0;
     T m = -INFINITY;
     double s = 0.0;
@@ -225,8 +251,8 @@ static double KNAME(row_max_sumexp)(const T *x, ptrdiff_t n, T *max_out) {
             if (s != 0.0) s *= exp((double)m - (double)cm);
             m = cm;
         }
-        s += cm < m ? KNAME(chunk_sumexp)(xs, len, m, 0, NULL, NULL)
-                    : KNAME(chunk_sumexp)(xs, len, m, 1, NULL, NULL);
+        s += cm < m ? KNAME(chunk_sumexp)(xs, len, m, 0, NULL, NULL, NULL, NULL, none, none)
+                    : KNAME(chunk_sumexp)(xs, len, m, 1, NULL, NULL, NULL, NULL, none, none);
     }
     if (isinf(m) || saw_nan) s = NAN;
     *max_out = m;
@@ -239,6 +265,7 @@ static double KNAME(row_max_sumexp_ahead)(const T *x, ptrdiff_t n, T *max_out, c
                                           fastce_ahead_t *ahead) {
     if (n <= FASTCE_ROW_IN_CACHE) return KNAME(row_in_cache)(x, n, max_out, next, ahead);
     ahead->valid = 0;
+    KNAME(row_pending)(ahead, n);
     return KNAME(row_max_sumexp)(x, n, max_out);
 }
 
@@ -323,29 +350,49 @@ static void KNAME(row_scaled_exp)(const T *x, ptrdiff_t n, T m, T scale, T offse
     }
 }
 
+VINLINE void KNAME(row_scale)(T *y, ptrdiff_t n, T r) {
+    const V vr = VOP(set1)(r);
+    ptrdiff_t c = 0;
+    for (; c + L <= n; c += L) VOP(store)(y + c, VOP(mul)(vr, VOP(load)(y + c)));
+    if (c < n) {
+        M in = VOP(first)(n - c);
+        VOP(store_part)(y + c, in, VOP(mul)(vr, VOP(load_part)(y + c, in)));
+    }
+}
+
 /* softmax of a row of at most FASTCE_ROW_IN_CACHE elements, each exponential
  * computed once: exp(x - m) is stored in y and summed (the terms at the
  * maximum counted apart, as row_max_sumexp does), then y is scaled by 1 / sum
  * while it is in cache.  The row's chunk maxima come from ahead when the
  * previous row left them there, and next's (another row, or NULL) are taken
- * in the loop that sums this one, as row_in_cache does.  A NaN logit, or an
- * infinite maximum, gives NaN everywhere; y may be x. */
+ * in the loop that sums this one, as row_in_cache does.  With ahead, the
+ * scaling waits there (FASTCE_PENDING_SCALE) and is done in the next row's
+ * loop, or by row_pending; the row waiting there before is scaled in this
+ * row's loop.  A NaN logit, or an infinite maximum, gives NaN everywhere; y
+ * may be x. */
 static void KNAME(row_softmax)(const T *x, ptrdiff_t n, T *y, const T *next,
                                fastce_ahead_t *ahead) {
     fastce_ahead_t own;
-    if (ahead == NULL) {
+    fastce_ahead_t *state = ahead;
+    if (state == NULL) {
         own.valid = 0;
-        ahead = &own;
+        own.pending_y = NULL;
+        state = &own;
     }
+    if (state->pending_y != NULL && state->pending_op != FASTCE_PENDING_SCALE)
+        KNAME(row_pending)(state, n);
+    T *py = (T *)state->pending_y;
+    const V pr = VOP(set1)(py != NULL ? (T)state->pending_a : 0);
+    state->pending_y = NULL;
     T m = -INFINITY;
     ptrdiff_t k = 0;
     for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
-        T cm = ahead->valid ? (T)ahead->chunk_max[k]
+        T cm = state->valid ? (T)state->chunk_max[k]
                             : KNAME(row_max)(x + start, n - start < FASTCE_CHUNK ? n - start
                                                                                  : FASTCE_CHUNK);
         m = cm > m ? cm : m;
     }
-    ahead->valid = 0;
+    state->valid = 0;
     const V vm = VOP(set1)(m), none = VOP(set1)(-INFINITY);
     double s = 0.0;
     k = 0;
@@ -362,6 +409,7 @@ static void KNAME(row_softmax)(const T *x, ptrdiff_t n, T *y, const T *next,
             ties += VOP(count)(at_max);
             acc = VOP(add)(acc, VOP(drop)(at_max, e));
             if (next != NULL) nm = VOP(max)(VOP(load)(next + c), nm);
+            if (py != NULL) VOP(store)(py + c, VOP(mul)(pr, VOP(load)(py + c)));
         }
         if (c < end) {
             M in = VOP(first)(end - c);
@@ -372,18 +420,21 @@ static void KNAME(row_softmax)(const T *x, ptrdiff_t n, T *y, const T *next,
             ties += VOP(count)(at_max);
             acc = VOP(add)(acc, VOP(keep)(VOP(and_m)(in, VOP(not_m)(at_max)), e));
             if (next != NULL) nm = VOP(max)(VOP(load_part_or)(next + c, in, none), nm);
+            if (py != NULL) VOP(store_part)(py + c, in, VOP(mul)(pr, VOP(load_part)(py + c, in)));
         }
         s += (double)ties + VOP(hsum)(acc);
-        if (next != NULL) ahead->chunk_max[k] = VOP(hmax)(nm);
+        if (next != NULL) state->chunk_max[k] = VOP(hmax)(nm);
     }
-    ahead->valid = next != NULL;
-    const V scale = VOP(set1)(isinf(m) ? (T)NAN : (T)(1.0 / s));
-    ptrdiff_t c = 0;
-    for (; c + L <= n; c += L) VOP(store)(y + c, VOP(mul)(scale, VOP(load)(y + c)));
-    if (c < n) {
-        M in = VOP(first)(n - c);
-        VOP(store_part)(y + c, in, VOP(mul)(scale, VOP(load_part)(y + c, in)));
+    state->valid = next != NULL;
+    T r = isinf(m) ? (T)NAN : (T)(1.0 / s);
+    if (ahead == NULL) {
+        KNAME(row_scale)(y, n, r);
+        return;
     }
+    ahead->pending_op = FASTCE_PENDING_SCALE;
+    ahead->pending_x = y;
+    ahead->pending_y = y;
+    ahead->pending_a = r;
 }
 
 /* y = (x - m) - log_s; y may be x; stream as row_scaled_exp */
@@ -404,6 +455,18 @@ static void KNAME(row_shift)(const T *x, ptrdiff_t n, T m, T log_s, T *y, int st
         M in = VOP(first)(n - c);
         VOP(store_part)(y + c, in, VOP(sub)(VOP(sub)(VOP(load_part)(x + c, in), vm), vl));
     }
+}
+
+/* Writes the row waiting in ahead, if any (see fastce_ahead_t); n is its length. */
+static void KNAME(row_pending)(fastce_ahead_t *ahead, ptrdiff_t n) {
+    T *py = (T *)ahead->pending_y;
+    if (py == NULL) return;
+    ahead->pending_y = NULL;
+    if (ahead->pending_op == FASTCE_PENDING_SHIFT)
+        KNAME(row_shift)((const T *)ahead->pending_x, n, (T)ahead->pending_a,
+                         (T)ahead->pending_b, py, 0);
+    else
+        KNAME(row_scale)(py, n, (T)ahead->pending_a);
 }
 
 /* exp(d) d, 0 where exp(d) is 0: a -inf logit adds nothing, never NaN */

@@ -11,6 +11,7 @@
     ops->row_scaled_exp_##SFX = FASTCE_NAME5(fastce_row_scaled_exp_, SFX, _, FASTCE_ISA, ); \
     ops->row_shift_##SFX = FASTCE_NAME5(fastce_row_shift_, SFX, _, FASTCE_ISA, );       \
     ops->row_softmax_##SFX = FASTCE_NAME5(fastce_row_softmax_, SFX, _, FASTCE_ISA, );   \
+    ops->row_pending_##SFX = FASTCE_NAME5(fastce_row_pending_, SFX, _, FASTCE_ISA, );   \
     ops->row_extras_##SFX = FASTCE_NAME5(fastce_row_extras_, SFX, _, FASTCE_ISA, );     \
     ops->tile_max_##SFX = FASTCE_NAME5(fastce_tile_max_, SFX, _, FASTCE_ISA, );         \
     ops->tile_sumexp_##SFX = FASTCE_NAME5(fastce_tile_sumexp_, SFX, _, FASTCE_ISA, );   \
