@@ -99,7 +99,7 @@ class BuildExtWithOpenMP(build_ext):
             ext.extra_link_args = link_args + ext.extra_link_args
             flags = " ".join(compile_args)
             ext.define_macros = ext.define_macros + [
-                ("FASTCE_COMPILE_ARGS", '"%s"' % flags.replace('"', "")),
+                ("FASTCE_COMPILE_ARGS", '"{}"'.format(flags.replace('"', ""))),
             ]
         super().build_extensions()
 
@@ -125,8 +125,9 @@ VECTOR_LAYER = [
 ]
 VECTOR_HEADERS = [
     os.path.join("src/fastce/csrc", name)
-    for name in sorted(os.listdir(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                               "src/fastce/csrc")))
+    for name in sorted(
+        os.listdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), "src/fastce/csrc"))
+    )
     if name.endswith(".h")
 ]
 

@@ -39,7 +39,8 @@ def ece_from(conf, correct, bins=BINS):
     b = np.minimum((conf * bins).astype(np.int64), bins - 1)
     count = np.bincount(b, minlength=bins)
     gap = np.bincount(b, weights=correct, minlength=bins) - np.bincount(
-        b, weights=conf, minlength=bins)
+        b, weights=conf, minlength=bins
+    )
     return float(np.abs(gap).sum() / count.sum())
 
 
@@ -56,9 +57,15 @@ def multipass_numpy(x, t):
     conf = p.max(axis=1).astype(np.float64)  # pass 6
     entropy = float(np.mean(-(p * logp).sum(axis=1)))  # passes 7-8
     correct = (pred == t).astype(np.float64)
-    return dict(loss=loss, perplexity=float(np.exp(loss)), top1=correct.mean(),
-                top5=float((top == t[:, None]).any(axis=1).mean()), confidence=conf.mean(),
-                entropy=entropy, ece=ece_from(conf, correct))
+    return dict(
+        loss=loss,
+        perplexity=float(np.exp(loss)),
+        top1=correct.mean(),
+        top5=float((top == t[:, None]).any(axis=1).mean()),
+        confidence=conf.mean(),
+        entropy=entropy,
+        ece=ece_from(conf, correct),
+    )
 
 
 def multipass_torch(x, t):
@@ -74,20 +81,35 @@ def multipass_torch(x, t):
     entropy = -(p * logp).sum(dim=1)  # passes 6-7
     correct = (pred == tt).double().numpy()
     conf = conf.double().numpy()
-    return dict(loss=float(loss), perplexity=float(torch.exp(loss)), top1=correct.mean(),
-                top5=float((top == tt[:, None]).any(dim=1).double().mean()),
-                confidence=conf.mean(), entropy=float(entropy.mean()),
-                ece=ece_from(conf, correct))
+    return dict(
+        loss=float(loss),
+        perplexity=float(torch.exp(loss)),
+        top1=correct.mean(),
+        top5=float((top == tt[:, None]).any(dim=1).double().mean()),
+        confidence=conf.mean(),
+        entropy=float(entropy.mean()),
+        ece=ece_from(conf, correct),
+    )
 
 
 def one_pass_fastce(x, t):
     r = fastce.evaluate(x, t, topk=(1, TOPK), bins=BINS)
-    return dict(loss=r.loss, perplexity=r.perplexity, top1=r.accuracy[1],
-                top5=r.accuracy[TOPK], confidence=r.confidence, entropy=r.entropy, ece=r.ece)
+    return dict(
+        loss=r.loss,
+        perplexity=r.perplexity,
+        top1=r.accuracy[1],
+        top5=r.accuracy[TOPK],
+        confidence=r.confidence,
+        entropy=r.entropy,
+        ece=r.ece,
+    )
 
 
-WAYS = {"fastce.evaluate": one_pass_fastce, "torch, one pass per metric": multipass_torch,
-        "numpy, one pass per metric": multipass_numpy}
+WAYS = {
+    "fastce.evaluate": one_pass_fastce,
+    "torch, one pass per metric": multipass_torch,
+    "numpy, one pass per metric": multipass_numpy,
+}
 
 
 def _available(way):
@@ -132,8 +154,9 @@ def test_bench_evaluate(benchmark, workload, way):
     benchmark.extra_info.update(workload=workload, way=way, threads=fastce.get_num_threads())
     # an idle pause before each round (not timed): the OpenMP threads of the
     # previous test's library stop spinning and leave the cores to this one
-    benchmark.pedantic(WAYS[way], args=(x, t), setup=lambda: time.sleep(0.3), rounds=5,
-                       warmup_rounds=1)
+    benchmark.pedantic(
+        WAYS[way], args=(x, t), setup=lambda: time.sleep(0.3), rounds=5, warmup_rounds=1
+    )
 
 
 def side_by_side(repeats=9):
@@ -147,8 +170,10 @@ def side_by_side(repeats=9):
         torch.set_num_threads(fastce.get_num_threads())
     except ImportError:
         pass
-    print(f"fastce {fastce.__version__}, {fastce.get_num_threads()} threads, "
-          f"median of {repeats}; ratio = time / fastce.evaluate's time")
+    print(
+        f"fastce {fastce.__version__}, {fastce.get_num_threads()} threads, "
+        f"median of {repeats}; ratio = time / fastce.evaluate's time"
+    )
     for workload in WORKLOADS:
         x, t = make(workload)
         ways = dict(WAYS)

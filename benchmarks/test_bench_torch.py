@@ -84,8 +84,9 @@ class Bench:
 CASES = [(w, s, loss) for w in WORKLOADS for s in ("train", "eval") for loss in LOSSES]
 
 
-@pytest.mark.parametrize("workload, step, loss", CASES,
-                         ids=[f"{w}-{s}-{loss}" for w, s, loss in CASES])
+@pytest.mark.parametrize(
+    "workload, step, loss", CASES, ids=[f"{w}-{s}-{loss}" for w, s, loss in CASES]
+)
 def test_step(benchmark, workload, step, loss):
     benchmark.group = f"{workload}-{step}"
     bench = Bench(workload, loss)
@@ -123,14 +124,17 @@ def _format(seconds: float) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--min-time", type=float, default=0.05,
-                        help="seconds each timed sample lasts at least")
+    parser.add_argument(
+        "--min-time", type=float, default=0.05, help="seconds each timed sample lasts at least"
+    )
     parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
     args = parser.parse_args(argv)
     info = fastce._config.config()
-    print(f"fastce {info['version']} (openmp {'on' if info['openmp'] else 'off'}, "
-          f"{info['simd']}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats} interleaved samples\n")
+    print(
+        f"fastce {info['version']} (openmp {'on' if info['openmp'] else 'off'}, "
+        f"{info['simd']}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats} interleaved samples\n"
+    )
     print("| model | step | torch's loss | fastce's loss | speed-up |")
     print("|---|---|---:|---:|---:|")
     for workload in args.workloads:
@@ -139,12 +143,16 @@ def main(argv=None) -> int:
             times = interleaved(workload, step, args.repeats, args.min_time)
             batch = train_batch if step == "train" else eval_batch
             shape = "-".join(map(str, widths))
-            print(f"| {workload} ({shape}), batch {batch} | {step} | {_format(times['torch'])} "
-                  f"| {_format(times['fastce'])} | {times['torch'] / times['fastce']:.2f}x |",
-                  flush=True)
+            print(
+                f"| {workload} ({shape}), batch {batch} | {step} | {_format(times['torch'])} "
+                f"| {_format(times['fastce'])} | {times['torch'] / times['fastce']:.2f}x |",
+                flush=True,
+            )
     if hasattr(os, "getloadavg"):
-        print(f"\nload average over the last minute: {os.getloadavg()[0]:.2f} "
-              f"on {os.cpu_count()} CPUs (other work on the machine skews the figures)")
+        print(
+            f"\nload average over the last minute: {os.getloadavg()[0]:.2f} "
+            f"on {os.cpu_count()} CPUs (other work on the machine skews the figures)"
+        )
     return 0
 
 

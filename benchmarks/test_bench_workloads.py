@@ -68,7 +68,8 @@ def _public_calls():
         "cross_entropy": lambda: fastce.cross_entropy(x, t),
         "cross_entropy_none": lambda: fastce.cross_entropy(x, t, reduction="none"),
         "cross_entropy_smoothing_weight": lambda: fastce.cross_entropy(
-            x, t, np.linspace(0.5, 1.5, 1000), label_smoothing=0.1),
+            x, t, np.linspace(0.5, 1.5, 1000), label_smoothing=0.1
+        ),
         "cross_entropy_probabilities": lambda: fastce.cross_entropy(x, probs),
         "cross_entropy_grad": lambda: fastce.cross_entropy_grad(x, t, out=out),
         "cross_entropy_with_grad": lambda: fastce.cross_entropy_with_grad(x, t, out=out),

@@ -45,24 +45,44 @@ def count_examples(output: str) -> dict:
 
 def run_round(examples: int, seed: int, keyword: str | None, log_path: str):
     env = dict(os.environ, FASTCE_FUZZ_EXAMPLES=str(examples), FASTCE_FUZZ_LOG=log_path)
-    command = [sys.executable, "-m", "pytest", os.path.join(HERE, "test_fuzz.py"), "-q",
-               "-p", "no:cacheprovider", f"--hypothesis-seed={seed}",
-               "--hypothesis-show-statistics", "-W", "ignore::DeprecationWarning"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        os.path.join(HERE, "test_fuzz.py"),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--hypothesis-seed={seed}",
+        "--hypothesis-show-statistics",
+        "-W",
+        "ignore::DeprecationWarning",
+    ]
     if keyword:
         command += ["-k", keyword]
-    return subprocess.run(command, env=env, capture_output=True, text=True,
-                          cwd=os.path.dirname(HERE))
+    return subprocess.run(
+        command, env=env, capture_output=True, text=True, cwd=os.path.dirname(HERE)
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--examples", type=int, default=20_000,
-                        help="examples per property in each round (default 20000)")
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=20_000,
+        help="examples per property in each round (default 20000)",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="rounds, each with a new seed")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="the first round's Hypothesis seed (default: random)")
-    parser.add_argument("-k", dest="keyword", default=None,
-                        help="only the properties this pytest -k expression selects")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="the first round's Hypothesis seed (default: random)"
+    )
+    parser.add_argument(
+        "-k",
+        dest="keyword",
+        default=None,
+        help="only the properties this pytest -k expression selects",
+    )
     args = parser.parse_args(argv)
 
     seed = args.seed if args.seed is not None else random.randrange(2**32)
@@ -72,16 +92,21 @@ def main(argv=None) -> int:
         log_path = os.path.join(tmp, "current_case.txt")
         for r in range(args.rounds):
             round_seed = seed + r
-            print(f"== round {r + 1}/{args.rounds}: {args.examples} examples per property, "
-                  f"--hypothesis-seed={round_seed}", flush=True)
+            print(
+                f"== round {r + 1}/{args.rounds}: {args.examples} examples per property, "
+                f"--hypothesis-seed={round_seed}",
+                flush=True,
+            )
             done = run_round(args.examples, round_seed, args.keyword, log_path)
             for name, n in count_examples(done.stdout).items():
                 totals[name] = totals.get(name, 0) + n
             if done.returncode < 0:
                 case = open(log_path).read() if os.path.exists(log_path) else "(no case logged)"
                 print(done.stdout[-5000:], done.stderr[-5000:], sep="\n")
-                print(f"== CRASH: the test process died of signal {-done.returncode} "
-                      f"while running this case:\n{case}")
+                print(
+                    f"== CRASH: the test process died of signal {-done.returncode} "
+                    f"while running this case:\n{case}"
+                )
                 return 1
             if done.returncode != 0:
                 print(done.stdout[-20000:], done.stderr[-5000:], sep="\n")

@@ -19,8 +19,14 @@ TARGET = rng.integers(0, 12, 600)
 
 
 def totals(acc):
-    return (acc.count, acc.loss_sum, acc.weight_sum, acc.n_classes,
-            acc.result().accuracy, acc.result().bin_count.tolist())
+    return (
+        acc.count,
+        acc.loss_sum,
+        acc.weight_sum,
+        acc.n_classes,
+        acc.result().accuracy,
+        acc.result().bin_count.tolist(),
+    )
 
 
 def test_any_top_k_is_counted_whatever_its_size():
@@ -110,7 +116,7 @@ def eager_switching():
 
 
 def test_concurrent_updates_and_merges_lose_nothing(eager_switching):
-    batches = [(LOGITS[i:i + 30], TARGET[i:i + 30]) for i in range(0, 600, 30)]
+    batches = [(LOGITS[i : i + 30], TARGET[i : i + 30]) for i in range(0, 600, 30)]
     shared = fastce.Accumulator(topk=(1, 5), num_threads=1)
     merged = fastce.Accumulator(topk=(1, 5), num_threads=1)
 

@@ -27,7 +27,8 @@ def test_confident_predictions_keep_their_relative_accuracy(n_classes, axis):
     assert want.max() < 1e-2  # the case is as intended
     np.testing.assert_allclose(got, want, rtol=2e-6)
     got_lse = fastce.logsumexp(logits, axis=1) - np.take_along_axis(
-        logits, np.expand_dims(target, 1), 1).squeeze(1)
+        logits, np.expand_dims(target, 1), 1
+    ).squeeze(1)
     assert np.all(np.isfinite(got_lse))
 
 
@@ -40,8 +41,9 @@ def test_ties_at_the_maximum_count_once_each(dtype, n_classes):
     np.testing.assert_allclose(fastce.logsumexp(logits), want, rtol=1e-6)
     np.testing.assert_allclose(
         fastce.cross_entropy(logits, np.array([1, 2, 0, 1]), reduction="none"),
-        reference.cross_entropy(logits.astype(np.float64), np.array([1, 2, 0, 1]),
-                                reduction="none"),
+        reference.cross_entropy(
+            logits.astype(np.float64), np.array([1, 2, 0, 1]), reduction="none"
+        ),
         rtol=1e-6,
     )
 

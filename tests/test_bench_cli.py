@@ -5,8 +5,12 @@ from fastce import bench
 
 def test_summary_and_markdown(tmp_path, capsys):
     path = tmp_path / "speed.md"
-    assert bench.main(["--workload", "W7a", "--repeats", "2", "--libraries", "numpy",
-                       "--markdown", str(path)]) == 0
+    assert (
+        bench.main(
+            ["--workload", "W7a", "--repeats", "2", "--libraries", "numpy", "--markdown", str(path)]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "threads:" in printed and "vs numpy" in printed
     text = path.read_text()
@@ -15,27 +19,50 @@ def test_summary_and_markdown(tmp_path, capsys):
     assert len(summary) == 2 + 4
     fastce_ms, numpy_ms, speedup = summary[0].split(" | ")[4:7]
     assert float(speedup.rstrip("x")) > 0 and float(fastce_ms) > 0 and float(numpy_ms) > 0
-    assert abs(float(numpy_ms) / float(fastce_ms) - float(speedup.rstrip("x"))) < \
-        0.05 * float(speedup.rstrip("x")) + 0.01
+    assert (
+        abs(float(numpy_ms) / float(fastce_ms) - float(speedup.rstrip("x")))
+        < 0.05 * float(speedup.rstrip("x")) + 0.01
+    )
 
 
 def test_family_and_busy_tables(tmp_path, capsys, monkeypatch):
     # every public function, on a small shape; and the busy-core table
     monkeypatch.setattr(bench, "FAMILY_SHAPES", [((64, 40), bench.np.float32)])
     path = tmp_path / "speed.md"
-    assert bench.main(["--workload", "W7a", "--repeats", "2", "--libraries", "",
-                       "--family", "--busy", "--markdown", str(path)]) == 0
+    assert (
+        bench.main(
+            [
+                "--workload",
+                "W7a",
+                "--repeats",
+                "2",
+                "--libraries",
+                "",
+                "--family",
+                "--busy",
+                "--markdown",
+                str(path),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "With another process spinning on a core:" in printed
     text = path.read_text()
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ")]
-    family = [r for r in rows if len(r) == 7 and r[0] in (
-        "| cross_entropy", "| nll_loss", "| evaluate", "| binary_cross_entropy_grad")]
+    family = [
+        r
+        for r in rows
+        if len(r) == 7
+        and r[0] in ("| cross_entropy", "| nll_loss", "| evaluate", "| binary_cross_entropy_grad")
+    ]
     assert len(family) == 4
     for r in family:
         assert float(r[4]) > 0
         if r[5]:  # torch installed: its time and the ratio agree
-            assert abs(float(r[5]) / float(r[4]) - float(r[6].rstrip("x |"))) < 0.05 * float(
-                r[6].rstrip("x |")) + 0.01
+            assert (
+                abs(float(r[5]) / float(r[4]) - float(r[6].rstrip("x |")))
+                < 0.05 * float(r[6].rstrip("x |")) + 0.01
+            )
     busy = [r for r in rows if r[0] == "| cross_entropy" and len(r) == 6]
     assert len(busy) == 1 and float(busy[0][5].rstrip(" |")) > 0

@@ -61,8 +61,9 @@ def test_probabilities_match_the_twin_on_every_path(simd_path, layout, dtype):
     p, y, w, _ = make_case(shape, w_shape, None, dtype, probs=True)
     for reduction in ("none", "mean", "sum"):
         loss, grad = fastce.binary_cross_entropy_with_grad(p, y, w, reduction=reduction)
-        want_loss, want_grad = reference.binary_cross_entropy_with_grad(p, y, w,
-                                                                         reduction=reduction)
+        want_loss, want_grad = reference.binary_cross_entropy_with_grad(
+            p, y, w, reduction=reduction
+        )
         close(loss, want_loss, dtype)
         close(grad, want_grad, dtype)
         assert_bits(loss, fastce.binary_cross_entropy(p, y, w, reduction=reduction))
@@ -76,8 +77,10 @@ def assert_bits(a, b):
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_extreme_logits_keep_their_accuracy_and_special_values(simd_path, dtype):
     big = 80.0 if dtype == np.float32 else 700.0
-    x = np.array([0.0, 1e-30, 20.0, 30.0, -30.0, big, -big, 1e4, -1e4, np.inf, -np.inf, np.nan,
-                  3.5, -3.5], dtype=dtype)
+    x = np.array(
+        [0.0, 1e-30, 20.0, 30.0, -30.0, big, -big, 1e4, -1e4, np.inf, -np.inf, np.nan, 3.5, -3.5],
+        dtype=dtype,
+    )
     for target in (0.0, 1.0, 0.3):
         y = np.full_like(x, target)
         loss = fastce.binary_cross_entropy_with_logits(x, y, reduction="none")
@@ -88,7 +91,9 @@ def test_extreme_logits_keep_their_accuracy_and_special_values(simd_path, dtype)
         finite = np.isfinite(want)
         # relative accuracy even where the loss is tiny (a confident, right logit)
         np.testing.assert_allclose(loss[finite], want[finite], rtol=TOL[dtype]["rtol"] * 4, atol=0)
-        np.testing.assert_array_equal(loss[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)])
+        np.testing.assert_array_equal(
+            loss[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)]
+        )
         ok = np.isfinite(want_grad)
         np.testing.assert_allclose(grad[ok], want_grad[ok], **TOL[dtype])
 
@@ -96,8 +101,22 @@ def test_extreme_logits_keep_their_accuracy_and_special_values(simd_path, dtype)
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_probabilities_at_the_edges(simd_path, dtype):
     tiny = np.finfo(dtype).tiny
-    p = np.array([0.0, 1.0, tiny, tiny / 8, 1e-30, 1e-7, 0.5, 0.49999997,
-                  np.nextafter(dtype(1), dtype(0)), 0.999, 0.25], dtype=dtype)
+    p = np.array(
+        [
+            0.0,
+            1.0,
+            tiny,
+            tiny / 8,
+            1e-30,
+            1e-7,
+            0.5,
+            0.49999997,
+            np.nextafter(dtype(1), dtype(0)),
+            0.999,
+            0.25,
+        ],
+        dtype=dtype,
+    )
     for target in (0.0, 1.0, 0.7):
         y = np.full_like(p, target)
         loss, grad = fastce.binary_cross_entropy_with_grad(p, y, reduction="none")
@@ -123,33 +142,39 @@ def test_targets_and_probabilities_outside_the_unit_interval_are_refused(bad):
 def test_grad_output_and_out():
     x, y, w, pw = make_case((40, 30), (30,), (30,), np.float64, seed=3)
     go = np.random.default_rng(4).standard_normal((40, 30))
-    got = fastce.binary_cross_entropy_with_logits_grad(x, y, w, pos_weight=pw, reduction="none",
-                                                       grad_output=go)
-    want = reference.binary_cross_entropy_with_logits_grad(x, y, w, pos_weight=pw,
-                                                           reduction="none", grad_output=go)
+    got = fastce.binary_cross_entropy_with_logits_grad(
+        x, y, w, pos_weight=pw, reduction="none", grad_output=go
+    )
+    want = reference.binary_cross_entropy_with_logits_grad(
+        x, y, w, pos_weight=pw, reduction="none", grad_output=go
+    )
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
     got = fastce.binary_cross_entropy_with_logits_grad(x, y, w, pos_weight=pw, grad_output=2.5)
-    want = reference.binary_cross_entropy_with_logits_grad(x, y, w, pos_weight=pw,
-                                                           grad_output=2.5)
+    want = reference.binary_cross_entropy_with_logits_grad(x, y, w, pos_weight=pw, grad_output=2.5)
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
     # in place
     xc = x.copy()
     loss, grad = fastce.binary_cross_entropy_with_logits_with_grad(xc, y, w, pos_weight=pw, out=xc)
     assert grad is xc
-    np.testing.assert_allclose(grad, reference.binary_cross_entropy_with_logits_grad(
-        x, y, w, pos_weight=pw), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(
+        grad,
+        reference.binary_cross_entropy_with_logits_grad(x, y, w, pos_weight=pw),
+        rtol=1e-13,
+        atol=1e-15,
+    )
     # a strided out, and an out that is the target itself
     out = np.empty((30, 40)).T
-    assert fastce.binary_cross_entropy_grad(
-        np.full((40, 30), 0.3), y, out=out) is out
+    assert fastce.binary_cross_entropy_grad(np.full((40, 30), 0.3), y, out=out) is out
     np.testing.assert_allclose(out, reference.binary_cross_entropy_grad(np.full((40, 30), 0.3), y))
     yc = y.copy()
     got = fastce.binary_cross_entropy_with_logits_grad(x, yc, out=yc)
-    np.testing.assert_allclose(got, reference.binary_cross_entropy_with_logits_grad(x, y),
-                               rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(
+        got, reference.binary_cross_entropy_with_logits_grad(x, y), rtol=1e-13, atol=1e-15
+    )
     with pytest.raises(ValueError, match="grad_output must be a scalar or have the per-sample"):
-        fastce.binary_cross_entropy_grad(np.full(3, 0.5), np.full(3, 0.5), reduction="none",
-                                         grad_output=np.ones(4))
+        fastce.binary_cross_entropy_grad(
+            np.full(3, 0.5), np.full(3, 0.5), reduction="none", grad_output=np.ones(4)
+        )
     with pytest.raises(TypeError, match="out must have dtype float64"):
         fastce.binary_cross_entropy_with_logits_grad(x, y, out=np.empty((40, 30), np.float32))
 
@@ -165,8 +190,10 @@ def test_a_failed_call_leaves_out_untouched():
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_any_thread_count_gives_the_same_bits(dtype):
     x, y, w, pw = make_case((300, 999), (999,), (999,), dtype, seed=5)
-    runs = [fastce.binary_cross_entropy_with_logits_with_grad(x, y, w, pos_weight=pw,
-                                                              num_threads=n) for n in (1, 2, 8)]
+    runs = [
+        fastce.binary_cross_entropy_with_logits_with_grad(x, y, w, pos_weight=pw, num_threads=n)
+        for n in (1, 2, 8)
+    ]
     for loss, grad in runs[1:]:
         assert_bits(loss, runs[0][0])
         assert_bits(grad, runs[0][1])
@@ -181,7 +208,8 @@ def test_half_precision_is_computed_in_float32():
     for half in (np.float16,):
         loss, grad = fastce.binary_cross_entropy_with_logits_with_grad(x.astype(half), y, w)
         want, want_grad = fastce.binary_cross_entropy_with_logits_with_grad(
-            x.astype(half).astype(np.float32), y, w)
+            x.astype(half).astype(np.float32), y, w
+        )
         assert loss.dtype == np.float32 and grad.dtype == np.float32
         assert_bits(loss, want)
         assert_bits(grad, want_grad)
@@ -192,11 +220,12 @@ def test_finite_differences():
     h = 1e-4
     grad = fastce.binary_cross_entropy_with_logits_grad(x, y, w, pos_weight=pw, reduction="sum")
     for i, j in itertools.product(range(6), range(7)):
-        def f(v):
+
+        def f(v, i=i, j=j):
             xx = x.copy()
             xx[i, j] = v
-            return fastce.binary_cross_entropy_with_logits(xx, y, w, pos_weight=pw,
-                                                           reduction="sum")
+            return fastce.binary_cross_entropy_with_logits(xx, y, w, pos_weight=pw, reduction="sum")
+
         v = x[i, j]
         fd = (-f(v + 2 * h) + 8 * f(v + h) - 8 * f(v - h) + f(v - 2 * h)) / (12 * h)
         assert abs(fd - grad[i, j]) <= 1e-8 * max(1.0, abs(fd))
@@ -204,10 +233,12 @@ def test_finite_differences():
     grad = fastce.binary_cross_entropy_grad(p, y, w, reduction="sum")
     h = 1e-6
     for i, j in itertools.product(range(6), range(7)):
-        def g(v):
+
+        def g(v, i=i, j=j):
             pp = p.copy()
             pp[i, j] = v
             return fastce.binary_cross_entropy(pp, y, w, reduction="sum")
+
         v = p[i, j]
         fd = (-g(v + 2 * h) + 8 * g(v + h) - 8 * g(v - h) + g(v - 2 * h)) / (12 * h)
         assert abs(fd - grad[i, j]) <= 1e-7 * max(1.0, abs(fd))
@@ -228,18 +259,21 @@ def test_gradients_match_torch_autograd():
         for reduction in ("mean", "sum", "none"):
             g = go if reduction == "none" else 1.0
             tx = t64(x).requires_grad_()
-            loss = F.binary_cross_entropy_with_logits(tx, t64(y), t64(w), pos_weight=t64(pw),
-                                                      reduction=reduction)
+            loss = F.binary_cross_entropy_with_logits(
+                tx, t64(y), t64(w), pos_weight=t64(pw), reduction=reduction
+            )
             (loss * t64(go)).sum().backward() if reduction == "none" else loss.backward()
             got_loss, got = fastce.binary_cross_entropy_with_logits_with_grad(
-                x, y, w, pos_weight=pw, reduction=reduction, grad_output=g)
+                x, y, w, pos_weight=pw, reduction=reduction, grad_output=g
+            )
             close(got_loss, loss.detach().numpy(), dtype)
             close(got, tx.grad.numpy(), dtype)
             tp = t64(p).requires_grad_()
             loss = F.binary_cross_entropy(tp, t64(y), t64(w), reduction=reduction)
             (loss * t64(go)).sum().backward() if reduction == "none" else loss.backward()
-            got_loss, got = fastce.binary_cross_entropy_with_grad(p, y, w, reduction=reduction,
-                                                                  grad_output=g)
+            got_loss, got = fastce.binary_cross_entropy_with_grad(
+                p, y, w, reduction=reduction, grad_output=g
+            )
             close(got_loss, loss.detach().numpy(), dtype)
             close(got, tp.grad.numpy(), dtype)
 
@@ -247,7 +281,9 @@ def test_gradients_match_torch_autograd():
 def test_torch_refuses_targets_outside_the_unit_interval_too():
     torch = pytest.importorskip("torch")
     with pytest.raises(RuntimeError):
-        torch.nn.functional.binary_cross_entropy(torch.full((3,), 0.5), torch.tensor([0.5, 1.5, 0.]))
+        torch.nn.functional.binary_cross_entropy(
+            torch.full((3,), 0.5), torch.tensor([0.5, 1.5, 0.0])
+        )
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -275,8 +311,10 @@ def test_infinite_and_nan_grad_output_scale_the_exact_coefficients(reduction, sc
     x = np.array([[0.0, 2.0, -30.0, 10.0], [1.0, -1.0, 0.5, 3.0]])
     y = np.array([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 1.0, 0.0]])
     if logits:
-        got_f, ref_f = (fastce.binary_cross_entropy_with_logits_grad,
-                        reference.binary_cross_entropy_with_logits_grad)
+        got_f, ref_f = (
+            fastce.binary_cross_entropy_with_logits_grad,
+            reference.binary_cross_entropy_with_logits_grad,
+        )
         a = x
     else:
         a = 1 / (1 + np.exp(-x[:, :3]))
@@ -284,8 +322,9 @@ def test_infinite_and_nan_grad_output_scale_the_exact_coefficients(reduction, sc
         got_f, ref_f = fastce.binary_cross_entropy_grad, reference.binary_cross_entropy_grad
     go = np.full(a.shape, scale) if reduction == "none" else scale
     got = got_f(a, y, reduction=reduction, grad_output=go)
-    unit = ref_f(a, y, reduction=reduction,
-                 grad_output=np.ones(a.shape) if reduction == "none" else 1.0)
+    unit = ref_f(
+        a, y, reduction=reduction, grad_output=np.ones(a.shape) if reduction == "none" else 1.0
+    )
     assert (unit != 0).all()
     with np.errstate(invalid="ignore"):
         want = unit * scale

@@ -43,7 +43,9 @@ def test_stub_matches_the_compiled_module(module):
     pytest.importorskip("mypy")
     done = subprocess.run(
         [sys.executable, "-m", "mypy.stubtest", module],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -58,6 +60,7 @@ def test_build_switches_are_not_overridden_by_the_sources():
     # a "# cython:" line in a .pyx file overrides the directives setup.py
     # passes, so FASTCE_CYTHON_CHECKS=1 would build without checks
     import pathlib
+
     src = pathlib.Path(__file__).resolve().parents[1] / "src" / "fastce"
     sources = sorted(src.glob("*.pyx"))
     if not sources:

@@ -15,12 +15,28 @@ from fastce.functional import _cross_entropy
 
 def general_path(x, t, want_grad=False, out=None, **options):
     """The loss (and gradient) as the general (validating) path computes it."""
-    args = {"weight": None, "ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0,
-            "axis": None, "num_threads": None}
+    args = {
+        "weight": None,
+        "ignore_index": -100,
+        "reduction": "mean",
+        "label_smoothing": 0.0,
+        "axis": None,
+        "num_threads": None,
+    }
     args.update(options)
-    loss, grad = _cross_entropy(x, t, args["weight"], args["ignore_index"], args["reduction"],
-                                args["label_smoothing"], args["axis"], want_grad, 1.0, out,
-                                args["num_threads"])
+    loss, grad = _cross_entropy(
+        x,
+        t,
+        args["weight"],
+        args["ignore_index"],
+        args["reduction"],
+        args["label_smoothing"],
+        args["axis"],
+        want_grad,
+        1.0,
+        out,
+        args["num_threads"],
+    )
     return (loss, grad) if want_grad else loss
 
 
@@ -29,8 +45,7 @@ def bits(value):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1, 2), (1, 1000), (32, 10), (257, 33), (3000, 40),
-                                   (64, 5000)])
+@pytest.mark.parametrize("shape", [(1, 2), (1, 1000), (32, 10), (257, 33), (3000, 40), (64, 5000)])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_same_bits_as_the_general_path(dtype, shape, reduction):
     rng = np.random.default_rng(sum(shape))
@@ -58,7 +73,8 @@ def test_other_ignore_index_and_all_ignored():
     x = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]], dtype=np.float32)
     t = np.array([2, 7])
     assert bits(fastce.cross_entropy(x, t, ignore_index=7)) == bits(
-        general_path(x, t, ignore_index=7))
+        general_path(x, t, ignore_index=7)
+    )
     everything_ignored = np.array([-100, -100])
     assert np.isnan(fastce.cross_entropy(x, everything_ignored))
     assert fastce.cross_entropy(x, everything_ignored, reduction="sum") == 0.0
@@ -69,8 +85,8 @@ def test_non_finite_logits():
     x = np.array([[np.inf, 0.0], [np.nan, 1.0], [-np.inf, 0.0], [3e38, 3e38]], dtype=np.float32)
     t = np.array([1, 0, 0, 1])
     for row in range(4):
-        got = fastce.cross_entropy(x[row:row + 1], t[row:row + 1], reduction="sum")
-        assert bits(got) == bits(general_path(x[row:row + 1], t[row:row + 1], reduction="sum"))
+        got = fastce.cross_entropy(x[row : row + 1], t[row : row + 1], reduction="sum")
+        assert bits(got) == bits(general_path(x[row : row + 1], t[row : row + 1], reduction="sum"))
 
 
 def test_a_float32_total_past_its_range_is_inf_without_warning():
@@ -100,8 +116,7 @@ DECLINED = {
 @pytest.mark.parametrize("case", DECLINED)
 def test_other_inputs_take_the_general_path(case):
     rng = np.random.default_rng(0)
-    x, t = DECLINED[case](rng.standard_normal((8, 6)).astype(np.float32),
-                          rng.integers(0, 4, 8))
+    x, t = DECLINED[case](rng.standard_normal((8, 6)).astype(np.float32), rng.integers(0, 4, 8))
     assert _kernels.cross_entropy_common(x, t, True, -100, 0) is None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the single class warns
@@ -117,13 +132,25 @@ def test_bad_targets_raise_the_general_error(bad):
         fastce.cross_entropy(x, t)
 
 
-@pytest.mark.parametrize("options", [
-    {"reduction": "none"}, {"reduction": "avg"}, {"reduction": b"mean"},
-    {"label_smoothing": 0.1}, {"label_smoothing": True}, {"label_smoothing": "0"},
-    {"ignore_index": 1.0}, {"ignore_index": True}, {"ignore_index": 2**64},
-    {"axis": 0}, {"axis": 2}, {"num_threads": 0}, {"num_threads": 1.0},
-    {"weight": np.ones(6)},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"reduction": "none"},
+        {"reduction": "avg"},
+        {"reduction": b"mean"},
+        {"label_smoothing": 0.1},
+        {"label_smoothing": True},
+        {"label_smoothing": "0"},
+        {"ignore_index": 1.0},
+        {"ignore_index": True},
+        {"ignore_index": 2**64},
+        {"axis": 0},
+        {"axis": 2},
+        {"num_threads": 0},
+        {"num_threads": 1.0},
+        {"weight": np.ones(6)},
+    ],
+)
 def test_options_outside_the_lane_behave_as_before(options):
     x = np.random.default_rng(1).standard_normal((5, 6)).astype(np.float32)
     t = np.array([0, 1, 2, 3, 4])
@@ -135,7 +162,8 @@ def test_options_outside_the_lane_behave_as_before(options):
             return type(error), str(error)
 
     assert outcome(lambda: fastce.cross_entropy(x, t, **options)) == outcome(
-        lambda: general_path(x, t, **options))
+        lambda: general_path(x, t, **options)
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -173,13 +201,15 @@ def test_outs_the_lane_declines():
     x = rng.standard_normal((6, 4)).astype(np.float32)
     t = rng.integers(0, 4, 6)
     lane = lambda out: _kernels.cross_entropy_common(x, t, True, -100, 0, True, out)  # noqa: E731
-    for out in [np.empty((6, 4)),                         # float64 for float32 logits
-                np.empty((4, 6), dtype=np.float32).T,     # Fortran order
-                np.empty((6, 8), dtype=np.float32)[:, ::2],
-                np.empty((6, 4), dtype=np.float32)[::-1],
-                np.empty(24, dtype=np.float32),           # the wrong shape
-                x[::-1].copy()[::-1],                     # negative strides
-                [[0.0] * 4] * 6]:
+    for out in [
+        np.empty((6, 4)),  # float64 for float32 logits
+        np.empty((4, 6), dtype=np.float32).T,  # Fortran order
+        np.empty((6, 8), dtype=np.float32)[:, ::2],
+        np.empty((6, 4), dtype=np.float32)[::-1],
+        np.empty(24, dtype=np.float32),  # the wrong shape
+        x[::-1].copy()[::-1],  # negative strides
+        [[0.0] * 4] * 6,
+    ]:
         assert lane(out) is None
     read_only = np.empty((6, 4), dtype=np.float32)
     read_only.flags.writeable = False
@@ -188,8 +218,10 @@ def test_outs_the_lane_declines():
     wide = np.zeros(32, dtype=np.float32)
     wide[:24] = x.ravel()
     shifted = wide[1:25].reshape(6, 4)
-    assert _kernels.cross_entropy_common(wide[:24].reshape(6, 4), t, True, -100, 0, True,
-                                         shifted) is None
+    assert (
+        _kernels.cross_entropy_common(wide[:24].reshape(6, 4), t, True, -100, 0, True, shifted)
+        is None
+    )
     buffer = np.zeros(12, dtype=np.int64)
     targets = buffer[:6]
     targets[:] = t
@@ -197,8 +229,7 @@ def test_outs_the_lane_declines():
     assert _kernels.cross_entropy_common(x, targets, True, -100, 0, True, over_targets) is None
     # the general path answers them all, as for any out
     want = fastce.cross_entropy_grad(x, t)
-    np.testing.assert_array_equal(
-        fastce.cross_entropy_grad(x, targets, out=over_targets), want)
+    np.testing.assert_array_equal(fastce.cross_entropy_grad(x, targets, out=over_targets), want)
 
 
 def test_grad_output_other_than_one_takes_the_general_path():
@@ -213,10 +244,12 @@ def test_grad_output_other_than_one_takes_the_general_path():
 
 # ---- nll_loss's lane --------------------------------------------------------
 
+
 def nll_dtypes():
     dtypes = [np.float32, np.float64, np.float16]
     try:
         import ml_dtypes
+
         dtypes.append(ml_dtypes.bfloat16)
     except ImportError:
         pass
@@ -234,8 +267,10 @@ def test_nll_lane_has_the_general_paths_bits(dtype, shape, reduction):
     lane = _kernels.nll_loss_common(lp, t, reduction == "mean", -100)
     assert lane is not None
     # a weight of ones, or int32 targets, take the general path
-    for general in (fastce.nll_loss(lp, t, np.ones(shape[1]), reduction=reduction),
-                    fastce.nll_loss(lp, t.astype(np.int32), reduction=reduction)):
+    for general in (
+        fastce.nll_loss(lp, t, np.ones(shape[1]), reduction=reduction),
+        fastce.nll_loss(lp, t.astype(np.int32), reduction=reduction),
+    ):
         assert type(lane) is type(general) and bits(lane) == bits(general)
     assert bits(fastce.nll_loss(lp, t, reduction=reduction)) == bits(lane)
 

@@ -20,8 +20,9 @@ import pytest
 
 import fastce
 
-linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self/task"),
-                                reason="needs Linux's /proc/self/task")
+linux_only = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc/self/task"
+)
 
 
 def available_cpus() -> int:
@@ -77,26 +78,33 @@ def big_inputs(seed=0):
 def workloads():
     rng = np.random.default_rng(21)
     jobs = []
-    for i, (shape, axis) in enumerate([((3000, 300), 1), ((8, 50, 30, 40), 1),
-                                       ((4, 256, 500), -1), ((500, 200), 0)]):
+    for i, (shape, axis) in enumerate(
+        [((3000, 300), 1), ((8, 50, 30, 40), 1), ((4, 256, 500), -1), ((500, 200), 0)]
+    ):
         dtype = np.float32 if i % 2 else np.float64
         x = (rng.standard_normal(shape) * 3).astype(dtype)
         ax = axis % len(shape)
-        t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1:])
+        t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1 :])
         t.reshape(-1)[::9] = -100
         w = rng.uniform(0.5, 2.0, shape[ax])
         y = fastce.softmax(rng.standard_normal(shape).astype(dtype), axis=axis)
 
         def job(x=x, t=t, w=w, y=y, axis=axis, threads=None):
             return [
-                *fastce.cross_entropy_with_grad(x, t, w, label_smoothing=0.1, axis=axis,
-                                                num_threads=threads),
+                *fastce.cross_entropy_with_grad(
+                    x, t, w, label_smoothing=0.1, axis=axis, num_threads=threads
+                ),
                 fastce.cross_entropy(x, y, reduction="none", axis=axis, num_threads=threads),
-                fastce.nll_loss(fastce.log_softmax(x, axis=axis, num_threads=threads), t,
-                                axis=axis, num_threads=threads),
+                fastce.nll_loss(
+                    fastce.log_softmax(x, axis=axis, num_threads=threads),
+                    t,
+                    axis=axis,
+                    num_threads=threads,
+                ),
                 fastce.logsumexp(x, axis=axis, num_threads=threads),
                 fastce.softmax(x, axis=axis, num_threads=threads),
             ]
+
         jobs.append(job)
     return jobs
 
@@ -115,8 +123,9 @@ def run_in_threads(functions, timeout=300):
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=runner, args=(i, f), daemon=True)
-               for i, f in enumerate(functions)]
+    threads = [
+        threading.Thread(target=runner, args=(i, f), daemon=True) for i, f in enumerate(functions)
+    ]
     for th in threads:
         th.start()
     deadline = time.monotonic() + timeout
@@ -134,8 +143,9 @@ def test_four_python_threads_get_the_serial_answers():
     # every job in every thread, each with its own thread count, four at once, ten times
     for round_ in range(10):
         counts = [None, 1, 2, 3]
-        calls = [lambda job=job, n=counts[(i + round_) % 4]: job(threads=n)
-                 for i, job in enumerate(jobs)]
+        calls = [
+            lambda job=job, n=counts[(i + round_) % 4]: job(threads=n) for i, job in enumerate(jobs)
+        ]
         for i, got in enumerate(run_in_threads(calls)):
             for g, e in zip(got, expected[i], strict=True):
                 assert np.asarray(g).tobytes() == e.tobytes(), f"job {i}, round {round_}"
@@ -165,7 +175,8 @@ def test_the_gil_is_released_while_a_kernel_runs():
         inner = (ticks > start + 0.2 * (end - start)) & (ticks < end - 0.2 * (end - start))
         assert inner.sum() >= 3, (
             f"the main thread did not run during a {1e3 * (end - start):.0f} ms kernel call: "
-            "the GIL was held")
+            "the GIL was held"
+        )
 
 
 def speedups(job_sets, repeats=5):
@@ -193,8 +204,10 @@ def speedups(job_sets, repeats=5):
 @pytest.mark.skipif(available_cpus() < 2, reason="a speed-up needs two cores")
 def test_four_threads_finish_faster_than_one_after_another(record_property):
     rng = np.random.default_rng(4)
-    data = [(rng.standard_normal((1024, 1000)).astype(np.float32), rng.integers(0, 1000, 1024))
-            for _ in range(4)]
+    data = [
+        (rng.standard_normal((1024, 1000)).astype(np.float32), rng.integers(0, 1000, 1024))
+        for _ in range(4)
+    ]
 
     def fastce_job(x, t):
         for _ in range(40):
@@ -207,20 +220,26 @@ def test_four_threads_finish_faster_than_one_after_another(record_property):
             np.exp(a, out=b)
 
     (ours, yardstick), serial, concurrent = speedups(
-        [[lambda d=d: fastce_job(*d) for d in data],
-         [lambda d=d: numpy_job(*d) for d in buffers]])
+        [[lambda d=d: fastce_job(*d) for d in data], [lambda d=d: numpy_job(*d) for d in buffers]]
+    )
     record_property("speedup_four_threads", round(ours, 2))
-    print(f"four threads on {available_cpus()} CPUs: fastce {ours:.2f}x faster than one "
-          f"after another (serial {1e3 * min(serial[0]):.0f} ms, concurrent "
-          f"{1e3 * min(concurrent[0]):.0f} ms); NumPy's exp {yardstick:.2f}x")
+    print(
+        f"four threads on {available_cpus()} CPUs: fastce {ours:.2f}x faster than one "
+        f"after another (serial {1e3 * min(serial[0]):.0f} ms, concurrent "
+        f"{1e3 * min(concurrent[0]):.0f} ms); NumPy's exp {yardstick:.2f}x"
+    )
     if yardstick < 1.3 and ours < 1.3:
-        pytest.skip(f"the machine is too busy to show a speed-up now: even NumPy's GIL-free "
-                    f"exp ran only {yardstick:.2f}x faster in four threads")
+        pytest.skip(
+            f"the machine is too busy to show a speed-up now: even NumPy's GIL-free "
+            f"exp ran only {yardstick:.2f}x faster in four threads"
+        )
     # a kernel that held the GIL would run about 1.0x; a busy machine takes
     # from both alike, so the bar follows the yardstick down from 1.3x
     bar = min(1.3, 0.8 * yardstick)
-    assert ours > bar, (f"four threads were only {ours:.2f}x faster than one after another "
-                        f"(NumPy's exp: {yardstick:.2f}x)")
+    assert ours > bar, (
+        f"four threads were only {ours:.2f}x faster than one after another "
+        f"(NumPy's exp: {yardstick:.2f}x)"
+    )
 
 
 @linux_only
@@ -263,8 +282,9 @@ def test_omp_num_threads_is_the_count_really_used(n):
     pytest.importorskip("threadpoolctl")
     env = dict(os.environ, OMP_NUM_THREADS=str(n))
     script = COUNT_SCRIPT.format(tests=os.path.dirname(__file__))
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     facts = json.loads(done.stdout)
     assert facts["reported"] == n

@@ -11,9 +11,10 @@ from numpy.testing import assert_allclose, assert_array_equal
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
 
+from dask.array.core import PerformanceWarning  # noqa: E402
+
 import fastce  # noqa: E402
 import fastce.dask as fdask  # noqa: E402
-from dask.array.core import PerformanceWarning  # noqa: E402
 
 
 def same_result(a, b):
@@ -55,8 +56,9 @@ def test_channels_first_and_class_last_layouts():
     rng = np.random.default_rng(52)
     x = rng.standard_normal((6, 10, 40, 30))
     t = rng.integers(0, 10, (6, 40, 30))
-    got = fdask.evaluate(da.from_array(x, chunks=(2, 10, 20, 30)),
-                         da.from_array(t, chunks=(3, 40, 15)))
+    got = fdask.evaluate(
+        da.from_array(x, chunks=(2, 10, 20, 30)), da.from_array(t, chunks=(3, 40, 15))
+    )
     same_result(got, fastce.evaluate(x, t))
     xl = np.ascontiguousarray(np.moveaxis(x, 1, -1))  # (B, H, W, C)
     got = fdask.evaluate(da.from_array(xl, chunks=(4, 13, 30, 10)), da.from_array(t), axis=-1)
@@ -76,8 +78,9 @@ def test_cross_entropy_every_reduction(data):
         assert_allclose(value, expected, rtol=1e-6)
     none = fdask.cross_entropy(xd, td, w, reduction="none", label_smoothing=0.1)
     assert none.shape == t.shape and none.chunks == ((1000,) * 6,)
-    assert_array_equal(none.compute(), fastce.cross_entropy(x, t, w, reduction="none",
-                                                            label_smoothing=0.1))
+    assert_array_equal(
+        none.compute(), fastce.cross_entropy(x, t, w, reduction="none", label_smoothing=0.1)
+    )
     # float64 logits: the mean from the accumulators, to float64 rounding
     x64 = x.astype(np.float64)
     value = fdask.cross_entropy(da.from_array(x64, chunks=(900, 120)), td).compute()
@@ -95,10 +98,11 @@ def test_bfloat16_logits_give_the_in_memory_results(data):
     same_result(fdask.evaluate(xd, td, w, **OPTIONS), fastce.evaluate(xb, t, w, **OPTIONS))
     lazy = fdask.cross_entropy(xd, td, w, reduction="mean", label_smoothing=0.1)
     assert lazy.dtype == np.float32
-    assert_allclose(lazy.compute(), fastce.cross_entropy(xb, t, w, label_smoothing=0.1),
-                    rtol=1e-6)
-    assert_array_equal(fdask.cross_entropy(xd, td, w, reduction="none").compute(),
-                       fastce.cross_entropy(xb, t, w, reduction="none"))
+    assert_allclose(lazy.compute(), fastce.cross_entropy(xb, t, w, label_smoothing=0.1), rtol=1e-6)
+    assert_array_equal(
+        fdask.cross_entropy(xd, td, w, reduction="none").compute(),
+        fastce.cross_entropy(xb, t, w, reduction="none"),
+    )
 
 
 def test_class_axis_split_across_chunks_is_rechunked_with_a_warning(data):
@@ -123,8 +127,7 @@ def test_accumulate_gives_a_mergeable_accumulator(data):
     acc = pickle.loads(pickle.dumps(acc))
     acc.update(x[4000:], t[4000:])  # the rest, in memory
     same_result(acc.result(), fastce.evaluate(x, t, w, **OPTIONS))
-    delayed = fdask.evaluate(da.from_array(x, chunks=(3000, 120)), t, w, compute=False,
-                             **OPTIONS)
+    delayed = fdask.evaluate(da.from_array(x, chunks=(3000, 120)), t, w, compute=False, **OPTIONS)
     same_result(delayed.compute(), fastce.evaluate(x, t, w, **OPTIONS))
 
 
@@ -189,8 +192,12 @@ def test_chunked_logits_from_npy_and_zarr_on_disk(tmp_path, data):
 def cluster_client():
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None, silence_logs=40,
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=40,
     )
     client = distributed.Client(cluster)
     try:
@@ -200,8 +207,9 @@ def cluster_client():
         cluster.close()
 
 
-def test_a_local_cluster_of_worker_processes_gives_the_in_memory_result(cluster_client,
-                                                                        tmp_path, data):
+def test_a_local_cluster_of_worker_processes_gives_the_in_memory_result(
+    cluster_client, tmp_path, data
+):
     distributed = pytest.importorskip("distributed")
     x, t, w = data
     np.save(tmp_path / "logits.npy", x)

@@ -25,8 +25,7 @@ def test_negated_views_and_bfloat16_tensors_are_read_as_their_values():
     assert fastce.cross_entropy(negated, T) == fastce.cross_entropy(-X, T)
     pytest.importorskip("ml_dtypes")
     bf = torch.tensor(X, dtype=torch.bfloat16)
-    np.testing.assert_array_equal(fastce.log_softmax(bf),
-                                  fastce.log_softmax(bf.float().numpy()))
+    np.testing.assert_array_equal(fastce.log_softmax(bf), fastce.log_softmax(bf.float().numpy()))
 
 
 @pytest.mark.parametrize("value", ["0.1", b"0.1", [0.1], None, 0.1j])
@@ -35,14 +34,16 @@ def test_label_smoothing_must_be_a_number(value):
         fastce.cross_entropy(X, T, label_smoothing=value)
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError):
-        torch.nn.functional.cross_entropy(torch.tensor(X), torch.tensor(T),
-                                          label_smoothing=value)
+        torch.nn.functional.cross_entropy(torch.tensor(X), torch.tensor(T), label_smoothing=value)
 
 
-@pytest.mark.parametrize("make", [
-    lambda axis: fastce.Accumulator(axis=axis).update(X, T),
-    lambda axis: fastce.CrossEntropyLoss(axis=axis)(X, T),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda axis: fastce.Accumulator(axis=axis).update(X, T),
+        lambda axis: fastce.CrossEntropyLoss(axis=axis)(X, T),
+    ],
+)
 def test_an_axis_option_is_checked_against_the_logits_it_meets(make):
     with pytest.raises(ValueError, match=r"2 dimension\(s\); use an axis in \[-2, 1\]"):
         make(70)
@@ -50,10 +51,13 @@ def test_an_axis_option_is_checked_against_the_logits_it_meets(make):
         make("1")
 
 
-@pytest.mark.parametrize("make", [
-    lambda w: fastce.CrossEntropyLoss(weight=w),
-    lambda w: fastce.Accumulator(weight=w),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda w: fastce.CrossEntropyLoss(weight=w),
+        lambda w: fastce.Accumulator(weight=w),
+    ],
+)
 def test_a_weight_option_is_checked_when_made_with_a_message_that_says_what_to_pass(make):
     for weight in (np.ones((3, 1)), 1.0):
         with pytest.raises(ValueError, match=r"1-d array of one weight per class; got shape"):

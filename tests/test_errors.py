@@ -34,8 +34,11 @@ def test_other_ml_dtypes_floats_are_refused_naming_the_accepted_ones():
     # of ml_dtypes' narrow floats only bfloat16 is read; float8 is refused
     ml_dtypes = pytest.importorskip("ml_dtypes")
     x = LOGITS.astype(ml_dtypes.float8_e4m3fn)
-    with pytest.raises(TypeError, match=r"\(float16, bfloat16, float32 or float64\); "
-                                        r"got dtype float8_e4m3fn"):
+    with pytest.raises(
+        TypeError,
+        match=r"\(float16, bfloat16, float32 or float64\); "
+        r"got dtype float8_e4m3fn",
+    ):
         fastce.cross_entropy(x, TARGET)
 
 
@@ -66,7 +69,9 @@ def test_one_hot_integer_target_suggests_argmax(func):
 
 @pytest.mark.parametrize("func", CE_FUNCS)
 def test_probability_target_shape_mismatch(func):
-    with pytest.raises(ValueError, match=r"probability target must have the logits' shape \(4, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"probability target must have the logits' shape \(4, 3\)"
+    ):
         func(LOGITS, np.full((4, 2), 0.5))
 
 
@@ -94,7 +99,8 @@ def test_target_out_of_range_names_value_position_and_range(func, bad):
     target[2] = bad
     with pytest.raises(
         IndexError,
-        match=rf"label value of {bad} at position \(2,\) which is outside the valid range of \[0, 3\)",
+        match=rf"label value of {bad} at position \(2,\) which is outside the valid range "
+        rf"of \[0, 3\)",
     ):
         func(LOGITS, target)
 
@@ -176,13 +182,17 @@ def test_ignore_index_must_be_an_integer(func, ignore_index):
 @pytest.mark.parametrize("func", GRAD_FUNCS)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_grad_output_must_be_scalar_for_reductions(func, reduction):
-    with pytest.raises(ValueError, match=f"grad_output must be a scalar for reduction='{reduction}'"):
+    with pytest.raises(
+        ValueError, match=f"grad_output must be a scalar for reduction='{reduction}'"
+    ):
         func(LOGITS, TARGET, reduction=reduction, grad_output=np.ones(4))
 
 
 @pytest.mark.parametrize("func", GRAD_FUNCS)
 def test_grad_output_shape_for_none(func):
-    with pytest.raises(ValueError, match=r"grad_output must be a scalar or have .* \(4,\).*got \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"grad_output must be a scalar or have .* \(4,\).*got \(3,\)"
+    ):
         func(LOGITS, TARGET, reduction="none", grad_output=np.ones(3))
 
 
@@ -234,26 +244,55 @@ def test_zero_d_logits():
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda: fastce.binary_cross_entropy_with_logits(np.ones(3), np.ones(4)),
-         ValueError, r"target must have the shape of logits, \(3,\)"),
-        (lambda: fastce.binary_cross_entropy_with_logits(np.ones(3), np.ones(3, dtype=int)),
-         TypeError, "target must be a float array"),
-        (lambda: fastce.binary_cross_entropy_with_logits(np.ones((2, 3)), np.ones((2, 3)),
-                                                         pos_weight=np.ones(2)),
-         ValueError, "pos_weight of shape \\(2,\\) does not broadcast"),
-        (lambda: fastce.binary_cross_entropy_with_logits(np.ones(3), np.ones(3),
-                                                         weight=np.ones((2, 3))),
-         ValueError, "weight of shape \\(2, 3\\) would enlarge"),
-        (lambda: fastce.binary_cross_entropy_with_logits(np.ones(3, dtype=int), np.ones(3)),
-         TypeError, "logits must be a floating array"),
-        (lambda: fastce.binary_cross_entropy_with_logits(np.ones(3), np.ones(3), reduction="x"),
-         ValueError, "reduction must be one of"),
-        (lambda: fastce.binary_cross_entropy(np.array([0.5, 1.5]), np.ones(2)),
-         ValueError, r"probs must lie in \[0, 1\]; got 1.5 at flat position 1"),
-        (lambda: fastce.binary_cross_entropy(np.array([np.nan, 0.5]), np.ones(2)),
-         ValueError, r"probs must lie in \[0, 1\]; got nan"),
-        (lambda: fastce.binary_cross_entropy(np.array([-0.1]), np.ones(1)),
-         ValueError, "binary_cross_entropy_with_logits"),
+        (
+            lambda: fastce.binary_cross_entropy_with_logits(np.ones(3), np.ones(4)),
+            ValueError,
+            r"target must have the shape of logits, \(3,\)",
+        ),
+        (
+            lambda: fastce.binary_cross_entropy_with_logits(np.ones(3), np.ones(3, dtype=int)),
+            TypeError,
+            "target must be a float array",
+        ),
+        (
+            lambda: fastce.binary_cross_entropy_with_logits(
+                np.ones((2, 3)), np.ones((2, 3)), pos_weight=np.ones(2)
+            ),
+            ValueError,
+            "pos_weight of shape \\(2,\\) does not broadcast",
+        ),
+        (
+            lambda: fastce.binary_cross_entropy_with_logits(
+                np.ones(3), np.ones(3), weight=np.ones((2, 3))
+            ),
+            ValueError,
+            "weight of shape \\(2, 3\\) would enlarge",
+        ),
+        (
+            lambda: fastce.binary_cross_entropy_with_logits(np.ones(3, dtype=int), np.ones(3)),
+            TypeError,
+            "logits must be a floating array",
+        ),
+        (
+            lambda: fastce.binary_cross_entropy_with_logits(np.ones(3), np.ones(3), reduction="x"),
+            ValueError,
+            "reduction must be one of",
+        ),
+        (
+            lambda: fastce.binary_cross_entropy(np.array([0.5, 1.5]), np.ones(2)),
+            ValueError,
+            r"probs must lie in \[0, 1\]; got 1.5 at flat position 1",
+        ),
+        (
+            lambda: fastce.binary_cross_entropy(np.array([np.nan, 0.5]), np.ones(2)),
+            ValueError,
+            r"probs must lie in \[0, 1\]; got nan",
+        ),
+        (
+            lambda: fastce.binary_cross_entropy(np.array([-0.1]), np.ones(1)),
+            ValueError,
+            "binary_cross_entropy_with_logits",
+        ),
     ],
 )
 def test_binary_errors(call, error, match):

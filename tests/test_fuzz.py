@@ -27,8 +27,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,8 +53,11 @@ LOG_PATH = os.environ.get("FASTCE_FUZZ_LOG")
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.filter_too_much],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
     print_blob=True,
 )
 
@@ -96,27 +100,72 @@ KNOWN_ISSUES = {
 # dtypes
 
 FLOAT_DTYPES = [np.dtype(f"{order}{code}") for code in ("f2", "f4", "f8") for order in "<>"]
-INT_DTYPES = [np.dtype(f"{order}{code}") for code in ("i1", "i2", "i4", "i8", "u1", "u2", "u4",
-                                                      "u8") for order in "<>"]
+INT_DTYPES = [
+    np.dtype(f"{order}{code}")
+    for code in ("i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8")
+    for order in "<>"
+]
 # every kind of dtype that is not float16/32/64: all must be refused as logits
 NON_FLOAT_DTYPES = [
-    np.dtype(bool), np.dtype("i1"), np.dtype("<i4"), np.dtype(">i8"), np.dtype("u1"),
-    np.dtype(">u8"), np.dtype("<c8"), np.dtype(">c16"), np.dtype(np.longdouble),
-    np.dtype(object), np.dtype("U3"), np.dtype("S3"), np.dtype("V8"),
-    np.dtype([("a", "<f4"), ("b", "<f4")]), np.dtype("M8[ns]"), np.dtype(">m8[s]"),
+    np.dtype(bool),
+    np.dtype("i1"),
+    np.dtype("<i4"),
+    np.dtype(">i8"),
+    np.dtype("u1"),
+    np.dtype(">u8"),
+    np.dtype("<c8"),
+    np.dtype(">c16"),
+    np.dtype(np.longdouble),
+    np.dtype(object),
+    np.dtype("U3"),
+    np.dtype("S3"),
+    np.dtype("V8"),
+    np.dtype([("a", "<f4"), ("b", "<f4")]),
+    np.dtype("M8[ns]"),
+    np.dtype(">m8[s]"),
 ]
 # dtypes a class-index target may not have
 NON_INDEX_TARGET_DTYPES = [
-    np.dtype("<c8"), np.dtype(object), np.dtype("U2"), np.dtype("S2"), np.dtype("M8[D]"),
-    np.dtype("m8[ns]"), np.dtype("V4"),
+    np.dtype("<c8"),
+    np.dtype(object),
+    np.dtype("U2"),
+    np.dtype("S2"),
+    np.dtype("M8[D]"),
+    np.dtype("m8[ns]"),
+    np.dtype("V4"),
 ]
 # dtypes ``weight``, ``pos_weight`` and ``grad_output`` may not have
-NON_REAL_DTYPES = [np.dtype(bool), np.dtype("<c16"), np.dtype(object), np.dtype("U4"),
-                   np.dtype("M8[s]")]
+NON_REAL_DTYPES = [
+    np.dtype(bool),
+    np.dtype("<c16"),
+    np.dtype(object),
+    np.dtype("U4"),
+    np.dtype("M8[s]"),
+]
 
 # values every float array may be seeded with
-SPECIALS = np.array([np.nan, np.inf, -np.inf, 3e38, -3e38, 1e-45, -1e-45, 1e-310, -1e-310,
-                     0.0, -0.0, 1e4, -1e4, 88.7, -103.9, 1.0, 6e4, -7e2])
+SPECIALS = np.array(
+    [
+        np.nan,
+        np.inf,
+        -np.inf,
+        3e38,
+        -3e38,
+        1e-45,
+        -1e-45,
+        1e-310,
+        -1e-310,
+        0.0,
+        -0.0,
+        1e4,
+        -1e4,
+        88.7,
+        -103.9,
+        1.0,
+        6e4,
+        -7e2,
+    ]
+)
 
 
 def result_dtype(dtype) -> np.dtype:
@@ -169,8 +218,20 @@ def non_float_array(shape, dtype: np.dtype, rng) -> np.ndarray:
     return flat.reshape(shape)
 
 
-LAYOUTS = ("C", "C", "F", "reversed", "strided", "permuted", "misaligned", "readonly",
-           "broadcast", "overlap", "list", "torch")
+LAYOUTS = (
+    "C",
+    "C",
+    "F",
+    "reversed",
+    "strided",
+    "permuted",
+    "misaligned",
+    "readonly",
+    "broadcast",
+    "overlap",
+    "list",
+    "torch",
+)
 
 
 def arrange(values: np.ndarray, layout: str, rng):
@@ -183,8 +244,9 @@ def arrange(values: np.ndarray, layout: str, rng):
     if layout == "F":
         return np.asfortranarray(a)
     if layout == "reversed":
-        flips = tuple(slice(None, None, -1) if rng.random() < 0.6 else slice(None)
-                      for _ in range(a.ndim))
+        flips = tuple(
+            slice(None, None, -1) if rng.random() < 0.6 else slice(None) for _ in range(a.ndim)
+        )
         return np.array(a[flips], order="C")[flips]
     if layout == "strided":
         steps = [int(rng.integers(1, 4)) for _ in range(a.ndim)]
@@ -227,8 +289,17 @@ def arrange(values: np.ndarray, layout: str, rng):
             return a
         return a.tolist()
     if layout == "torch":
-        if torch is None or a.dtype not in (np.float16, np.float32, np.float64, np.int32,
-                                            np.int64, np.uint8, np.int8, np.int16, np.bool_):
+        if torch is None or a.dtype not in (
+            np.float16,
+            np.float32,
+            np.float64,
+            np.int32,
+            np.int64,
+            np.uint8,
+            np.int8,
+            np.int16,
+            np.bool_,
+        ):
             return a
         return torch.from_numpy(a.copy())
     raise AssertionError(layout)
@@ -264,7 +335,8 @@ def self_overlapping(a) -> bool:
         return False
     span = sum((s - 1) * abs(st_) for s, st_ in zip(a.shape, a.strides)) + a.itemsize
     return span < a.size * a.itemsize or any(
-        st_ == 0 and s > 1 for s, st_ in zip(a.shape, a.strides))
+        st_ == 0 and s > 1 for s, st_ in zip(a.shape, a.strides)
+    )
 
 
 # --------------------------------------------------------------------------
@@ -278,10 +350,10 @@ class Case:
     name: str
     call: Callable[[], Any]
     args: dict
-    errors: tuple = ()              # empty: the call must succeed
-    expect: Callable[[], Any] | None = None   # the reference result, for valid calls
+    errors: tuple = ()  # empty: the call must succeed
+    expect: Callable[[], Any] | None = None  # the reference result, for valid calls
     check: Callable[[Any, Any], None] | None = None
-    writes: tuple = ()              # arrays a successful call may write (out, or logits)
+    writes: tuple = ()  # arrays a successful call may write (out, or logits)
     warns_single_class: bool = False
     faults: tuple = ()
 
@@ -289,7 +361,9 @@ class Case:
         printer.text(repr(self))
 
     def __repr__(self):
-        lines = [f"{self.name}  faults={list(self.faults)}  errors={[e.__name__ for e in self.errors]}"]
+        lines = [
+            f"{self.name}  faults={list(self.faults)}  errors={[e.__name__ for e in self.errors]}"
+        ]
         for key, value in self.args.items():
             lines.append(f"    {key} = {describe(value)}")
         return "\n".join(lines)
@@ -299,8 +373,10 @@ def describe(value) -> str:
     if isinstance(value, np.ndarray):
         with np.printoptions(threshold=40, edgeitems=3, precision=4):
             text = np.array2string(value, separator=", ") if value.dtype.kind != "V" else "..."
-        return (f"ndarray(dtype={value.dtype.str}, shape={value.shape}, strides={value.strides}, "
-                f"aligned={value.flags.aligned}, writeable={value.flags.writeable}) {text}")
+        return (
+            f"ndarray(dtype={value.dtype.str}, shape={value.shape}, strides={value.strides}, "
+            f"aligned={value.flags.aligned}, writeable={value.flags.writeable}) {text}"
+        )
     if torch is not None and isinstance(value, torch.Tensor):
         return f"torch.tensor(dtype={value.dtype}, shape={tuple(value.shape)})"
     if isinstance(value, list):
@@ -318,8 +394,11 @@ def snapshot(value):
 
 def unchanged(value, before) -> bool:
     if isinstance(value, np.ndarray):
-        return value.tobytes() == before.tobytes() if value.dtype.kind != "O" else \
-            bool(np.all(value == before))
+        return (
+            value.tobytes() == before.tobytes()
+            if value.dtype.kind != "O"
+            else bool(np.all(value == before))
+        )
     if torch is not None and isinstance(value, torch.Tensor):
         return value.numpy().tobytes() == before.tobytes()
     return True
@@ -344,21 +423,31 @@ def run_case(case: Case) -> None:
                 raise AssertionError(f"a valid call raised {exc!r}") from exc
             assert isinstance(exc, case.errors), (
                 f"raised {type(exc).__name__} ({exc}); SPEC says "
-                f"{[e.__name__ for e in case.errors]}")
+                f"{[e.__name__ for e in case.errors]}"
+            )
             assert str(exc), "an error without a message"
             for key, value, before in watched:
                 assert unchanged(value, before), f"a failing call wrote to {key}"
             for w in caught:
-                assert issubclass(w.category, RuntimeWarning) and "single class" in str(w.message), \
-                    f"unexpected warning {w.category.__name__}: {w.message}"
+                assert issubclass(w.category, RuntimeWarning) and "single class" in str(
+                    w.message
+                ), f"unexpected warning {w.category.__name__}: {w.message}"
             return
     if case.errors:
         raise AssertionError(f"expected {[e.__name__ for e in case.errors]}; the call returned")
-    messages = [f"{w.category.__name__}: {w.message}" for w in caught
-                if not (KNOWN_ISSUES["numpy_warnings"] and w.category is RuntimeWarning
-                        and ("overflow encountered in cast" in str(w.message)
-                             or case.name.startswith("binary")
-                             and "encountered in" in str(w.message)))]
+    messages = [
+        f"{w.category.__name__}: {w.message}"
+        for w in caught
+        if not (
+            KNOWN_ISSUES["numpy_warnings"]
+            and w.category is RuntimeWarning
+            and (
+                "overflow encountered in cast" in str(w.message)
+                or case.name.startswith("binary")
+                and "encountered in" in str(w.message)
+            )
+        )
+    ]
     single = [m for m in messages if m.startswith("RuntimeWarning") and "single class" in m]
     assert len(single) == len(messages), f"unexpected warnings: {messages}"
     assert bool(single) == case.warns_single_class, f"single-class warning: {messages}"
@@ -379,7 +468,7 @@ def out_scatter_applies(x, axis: int, out) -> bool:
     if arr.dtype != dtype or not arr.dtype.isnative or not arr.flags.aligned:
         arr = arr.astype(dtype)
     outer = int(np.prod(arr.shape[:axis], dtype=np.int64))
-    inner = int(np.prod(arr.shape[axis + 1:], dtype=np.int64))
+    inner = int(np.prod(arr.shape[axis + 1 :], dtype=np.int64))
     x3 = arr.reshape(outer, arr.shape[axis], inner)
     flipped = inner == 1 and outer > 1 and abs(x3.strides[0]) < abs(x3.strides[1])
     try:
@@ -404,13 +493,13 @@ def assert_close(got, want, bound, dtype, what):
     got = np.asarray(got, dtype=np.float64)
     with np.errstate(all="ignore"):
         want = np.asarray(want, dtype=np.float64).astype(dtype).astype(np.float64)
-    bound = np.nan_to_num(np.broadcast_to(np.asarray(bound, dtype=np.float64), want.shape),
-                          nan=0.0)
+    bound = np.nan_to_num(np.broadcast_to(np.asarray(bound, dtype=np.float64), want.shape), nan=0.0)
     assert got.shape == want.shape, (what, got.shape, want.shape)
     nan_got, nan_want = np.isnan(got), np.isnan(want)
     assert np.array_equal(nan_got, nan_want), (
         f"{what}: NaN where the reference has none, or the other way round:\n"
-        f"got  {got[nan_got != nan_want][:5]}\nwant {want[nan_got != nan_want][:5]}")
+        f"got  {got[nan_got != nan_want][:5]}\nwant {want[nan_got != nan_want][:5]}"
+    )
     inf = np.isinf(want)
     assert np.array_equal(got[inf], want[inf]), f"{what}: infinities differ"
     finite = np.isfinite(want)
@@ -420,11 +509,16 @@ def assert_close(got, want, bound, dtype, what):
         ok = (got == want) | (err <= bound + tiny) | ~finite
         # within 1% of the largest float32, a float32 result may overflow: x - max(x)
         # overflows there when a row spans more than float32's range, as in PyTorch
-        ok |= (np.dtype(dtype) == np.float32) & np.isinf(got) & (np.sign(got) == np.sign(want)) \
+        ok |= (
+            (np.dtype(dtype) == np.float32)
+            & np.isinf(got)
+            & (np.sign(got) == np.sign(want))
             & (np.abs(want) >= np.finfo(np.float32).max / 100)
+        )
     assert ok.all(), (
         f"{what}: |got - want| too large: got {got[~ok][:5]} want {want[~ok][:5]} "
-        f"bound {bound[~ok][:5]}")
+        f"bound {bound[~ok][:5]}"
+    )
 
 
 def assert_result_array(value, dtype, shape, what):
@@ -439,8 +533,9 @@ def assert_result_loss(value, dtype, reduction, shape, what):
     if reduction == "none":
         assert_result_array(value, dtype, shape, what)
     else:
-        assert isinstance(value, np.floating) and not isinstance(value, np.ndarray), \
+        assert isinstance(value, np.floating) and not isinstance(value, np.ndarray), (
             f"{what}: {type(value).__name__}, not a NumPy scalar"
+        )
         assert value.dtype == dtype, f"{what}: dtype {value.dtype}, not {dtype}"
 
 
@@ -461,10 +556,22 @@ def shapes(draw, min_ndim=0, max_ndim=5):
     """Small shapes with zero-length axes, and now and then one big enough
     (over 2**15 elements) for the kernels to start a thread team."""
     if draw(st.integers(0, 9)) == 0:
-        shape = draw(st.sampled_from([
-            (8193, 5), (5, 7000), (3, 4, 3000), (2, 3, 70, 80), (40000,), (2, 20000),
-            (1, 33000), (70, 3, 2, 90), (16500, 2), (3, 2, 2, 2, 1500),
-        ]))
+        shape = draw(
+            st.sampled_from(
+                [
+                    (8193, 5),
+                    (5, 7000),
+                    (3, 4, 3000),
+                    (2, 3, 70, 80),
+                    (40000,),
+                    (2, 20000),
+                    (1, 33000),
+                    (70, 3, 2, 90),
+                    (16500, 2),
+                    (3, 2, 2, 2, 1500),
+                ]
+            )
+        )
         if min_ndim <= len(shape) <= max_ndim:
             return shape
     ndim = draw(st.integers(min_ndim, max_ndim))
@@ -541,8 +648,7 @@ def faults(draw, available):
     """A random set of faults; half of the examples have none."""
     if draw(st.booleans()):
         return frozenset()
-    return frozenset(draw(st.lists(st.sampled_from(sorted(available)), min_size=1,
-                                   max_size=2)))
+    return frozenset(draw(st.lists(st.sampled_from(sorted(available)), min_size=1, max_size=2)))
 
 
 def bad_axis(draw, ndim):
@@ -550,13 +656,15 @@ def bad_axis(draw, ndim):
 
 
 bad_axis_types = st.sampled_from([1.0, "1", True, np.bool_(False), [1], (0,), 1.5])
-bad_reductions = st.sampled_from(["Mean", "avg", "", None, 1, b"mean", "elementwise_mean",
-                                  ("mean",)])
-bad_smoothing_values = st.sampled_from([-0.1, 1.5, float("nan"), float("inf"), -1e-300, 2,
-                                        np.float32(-0.5), 1 + 1e-12])
+bad_reductions = st.sampled_from(
+    ["Mean", "avg", "", None, 1, b"mean", "elementwise_mean", ("mean",)]
+)
+bad_smoothing_values = st.sampled_from(
+    [-0.1, 1.5, float("nan"), float("inf"), -1e-300, 2, np.float32(-0.5), 1 + 1e-12]
+)
 bad_smoothing_types = st.sampled_from([None, "abc", True, 1j, [0.1], object()])
 bad_ignore_types = st.sampled_from([None, 1.0, "x", True, np.bool_(True), -100.0, [1]])
-bad_thread_values = st.sampled_from([0, -1, -2**40, np.int64(0)])
+bad_thread_values = st.sampled_from([0, -1, -(2**40), np.int64(0)])
 bad_thread_types = st.sampled_from([1.5, True, "2", None.__class__, [2], np.float64(2.0)])
 good_threads = st.sampled_from([None, None, 1, 2, 3, np.int64(2), np.uint8(1), 1 << 20])
 
@@ -571,7 +679,7 @@ def wrong_shape(draw, shape, avoid=()):
             new = shape[:-1]
         elif kind == 2 and shape:
             i = draw(st.integers(0, len(shape) - 1))
-            new = shape[:i] + (shape[i] + draw(st.integers(1, 3)),) + shape[i + 1:]
+            new = shape[:i] + (shape[i] + draw(st.integers(1, 3)),) + shape[i + 1 :]
         else:
             new = (draw(st.integers(0, 3)),) + shape
         if new != shape and new not in avoid:
@@ -582,8 +690,9 @@ def wrong_shape(draw, shape, avoid=()):
 def out_buffer(draw, shape, dtype, rng):
     """A writable ``out`` of ``shape`` and ``dtype`` in any writable layout
     whose elements each have their own memory."""
-    layout = draw(st.sampled_from(
-        buffer_layouts(["C", "F", "reversed", "strided", "permuted", "misaligned"])))
+    layout = draw(
+        st.sampled_from(buffer_layouts(["C", "F", "reversed", "strided", "permuted", "misaligned"]))
+    )
     return arrange(cast(float_values(shape, rng, 0.0, 1.0), dtype), layout, rng)
 
 
@@ -598,7 +707,8 @@ def overlapping_out(draw, shape, dtype, rng):
     n = 1 + sum((size - 1) * k for size, k in zip(shape, steps))
     flat = cast(float_values((n,), rng, 0.0, 1.0), dtype)
     return np.lib.stride_tricks.as_strided(
-        flat, shape, tuple(k * flat.itemsize for k in steps), writeable=True)
+        flat, shape, tuple(k * flat.itemsize for k in steps), writeable=True
+    )
 
 
 def alias_into_out(draw, shape, dtype, array):
@@ -608,7 +718,7 @@ def alias_into_out(draw, shape, dtype, array):
     raw = np.zeros((n_out + array.nbytes) // 8 + 1, dtype=np.float64).view(np.uint8)
     out = raw[:n_out].view(dtype).reshape(shape)
     start = draw(st.integers(0, n_out // array.itemsize)) * array.itemsize
-    inside = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    inside = raw[start : start + array.nbytes].view(array.dtype).reshape(array.shape)
     inside[...] = array
     return out, inside
 
@@ -616,8 +726,14 @@ def alias_into_out(draw, shape, dtype, array):
 # --------------------------------------------------------------------------
 # cross-entropy: the three functions and the criterion
 
-CE_FUNCS = ("cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad",
-            "CrossEntropyLoss", "CrossEntropyLoss.grad", "CrossEntropyLoss.with_grad")
+CE_FUNCS = (
+    "cross_entropy",
+    "cross_entropy_grad",
+    "cross_entropy_with_grad",
+    "CrossEntropyLoss",
+    "CrossEntropyLoss.grad",
+    "CrossEntropyLoss.with_grad",
+)
 CE_FAULTS = {
     "logits_dtype": (TypeError,),
     "logits_0d": (ValueError,),
@@ -645,8 +761,15 @@ CE_FAULTS = {
     "threads_value": (ValueError,),
     "threads_type": (TypeError,),
 }
-GRAD_ONLY = {"grad_output_shape", "grad_output_dtype", "out_shape", "out_dtype",
-             "out_readonly", "out_overlap", "out_type"}
+GRAD_ONLY = {
+    "grad_output_shape",
+    "grad_output_dtype",
+    "out_shape",
+    "out_dtype",
+    "out_readonly",
+    "out_overlap",
+    "out_type",
+}
 CRITERION_NONE = {"threads_value", "threads_type"}
 
 
@@ -663,8 +786,9 @@ def index_target(draw, shape, n_classes, ignore_index, rng, fault_range):
     usable = [d for d in INT_DTYPES if index_dtype_range(d)[1] >= max(n_classes - 1, 0)]
     dtype = draw(st.sampled_from(usable))
     lo, hi = index_dtype_range(dtype)
-    values = rng.integers(0, max(n_classes, 1), size=n) if n_classes else \
-        np.zeros(n, dtype=np.int64)
+    values = (
+        rng.integers(0, max(n_classes, 1), size=n) if n_classes else np.zeros(n, dtype=np.int64)
+    )
     ignore = None
     try:
         ignore = int(ignore_index)
@@ -673,9 +797,23 @@ def index_target(draw, shape, n_classes, ignore_index, rng, fault_range):
     if ignore is not None and lo <= ignore <= hi and n and draw(st.booleans()):
         values[rng.random(n) < draw(st.sampled_from([0.2, 0.5, 1.0]))] = ignore
     if fault_range and n:
-        bad = [v for v in (n_classes, n_classes + 1, -1, -2, -(2**31), 2**31, 2**63 - 1,
-                           -(2**63), 2**64 - 1, 255, 65535)
-               if not 0 <= v < n_classes and v != ignore and lo <= v <= hi]
+        bad = [
+            v
+            for v in (
+                n_classes,
+                n_classes + 1,
+                -1,
+                -2,
+                -(2**31),
+                2**31,
+                2**63 - 1,
+                -(2**63),
+                2**64 - 1,
+                255,
+                65535,
+            )
+            if not 0 <= v < n_classes and v != ignore and lo <= v <= hi
+        ]
         if not bad:
             dtype = np.dtype(np.int64)
             bad = [n_classes + 5]
@@ -733,13 +871,26 @@ def weights(draw, n_classes, rng):
         v = rng.integers(0, 4, n_classes)
     else:
         v = rng.uniform(-1.0, 3.0, n_classes)
-    dtype = draw(st.sampled_from(FLOAT_DTYPES + INT_DTYPES)) if kind == "ints" else \
-        draw(st.sampled_from(FLOAT_DTYPES))
+    dtype = (
+        draw(st.sampled_from(FLOAT_DTYPES + INT_DTYPES))
+        if kind == "ints"
+        else draw(st.sampled_from(FLOAT_DTYPES))
+    )
     return arrange(cast(v, dtype), draw(st.sampled_from(buffer_layouts(LAYOUTS))), rng)
 
 
-def ce_expectation(logits, target, weight, ignore_index, reduction, smoothing, axis,
-                   grad_output, want_loss, want_grad):
+def ce_expectation(
+    logits,
+    target,
+    weight,
+    ignore_index,
+    reduction,
+    smoothing,
+    axis,
+    grad_output,
+    want_loss,
+    want_grad,
+):
     """Reference (loss, grad) and error bounds for a valid cross-entropy call."""
     x = as_array(logits)
     dtype = result_dtype(x.dtype)
@@ -748,8 +899,15 @@ def ce_expectation(logits, target, weight, ignore_index, reduction, smoothing, a
     if t.dtype.kind == "f":  # probabilities are read in the logits' working precision
         t = cast(t, dtype)
     loss, grad = ref.cross_entropy_with_grad(
-        x, t, None if weight is None else as_array(weight), grad_output=grad_output,
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing, axis=ax)
+        x,
+        t,
+        None if weight is None else as_array(weight),
+        grad_output=grad_output,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=smoothing,
+        axis=ax,
+    )
     # magnitudes: sum_c |a[n, c]| and the largest |logit| of each sample
     x64 = moved(x.astype(np.float64), ax)
     n_classes = x64.shape[-1]
@@ -765,8 +923,11 @@ def ce_expectation(logits, target, weight, ignore_index, reduction, smoothing, a
         denominator = float(np.prod(y.shape[:-1]))
     else:
         ti = t.astype(np.int64)
-        ignored = ti == ignore_index if isinstance(ignore_index, (int, np.integer)) and \
-            -(2**63) <= int(ignore_index) < 2**63 else np.zeros(ti.shape, bool)
+        ignored = (
+            ti == ignore_index
+            if isinstance(ignore_index, (int, np.integer)) and -(2**63) <= int(ignore_index) < 2**63
+            else np.zeros(ti.shape, bool)
+        )
         safe = np.where(ignored, 0, ti)
         wt = w[safe] if n_classes else np.zeros(ti.shape)
         amag = np.where(ignored, 0.0, abs(1 - eps) * wt + smooth * w.sum())
@@ -781,22 +942,35 @@ def ce_expectation(logits, target, weight, ignore_index, reduction, smoothing, a
     elif reduction == "sum":
         loss_bound = e * (abs(loss) + per_sample.sum())
     else:
-        loss_bound = e * (abs(loss) + per_sample.sum() / abs(denominator)) if denominator \
-            else 0.0
-    go = np.broadcast_to(np.asarray(grad_output, dtype=np.float64),
-                         per_sample.shape if reduction == "none" else ())
+        loss_bound = e * (abs(loss) + per_sample.sum() / abs(denominator)) if denominator else 0.0
+    go = np.broadcast_to(
+        np.asarray(grad_output, dtype=np.float64), per_sample.shape if reduction == "none" else ()
+    )
     scale = np.abs(go) / (abs(denominator) if reduction == "mean" and denominator else 1.0)
     grad_bound = None
     if want_grad:
-        grad_bound = e * (np.abs(grad) + 2 * np.moveaxis(
-            (np.broadcast_to(scale, per_sample.shape) * amag * row_magnitude(x64))[..., None],
-            -1, ax))
+        grad_bound = e * (
+            np.abs(grad)
+            + 2
+            * np.moveaxis(
+                (np.broadcast_to(scale, per_sample.shape) * amag * row_magnitude(x64))[..., None],
+                -1,
+                ax,
+            )
+        )
     zero = np.moveaxis(no_coefficient[..., None], -1, ax) if want_grad else None
     # coefficients that cancel: their sum A is (about) 0 though some are not 0
     cancelling = bool(np.any((np.abs(a_sum) <= 1e-9 * amag) & (amag > 0)))
-    return dict(loss=loss, grad=grad, loss_bound=loss_bound, grad_bound=grad_bound,
-                dtype=dtype, loss_shape=np.shape(loss), zero_samples=zero,
-                cancelling=cancelling)
+    return dict(
+        loss=loss,
+        grad=grad,
+        loss_bound=loss_bound,
+        grad_bound=grad_bound,
+        dtype=dtype,
+        loss_shape=np.shape(loss),
+        zero_samples=zero,
+        cancelling=cancelling,
+    )
 
 
 @st.composite
@@ -805,8 +979,11 @@ def ce_cases(draw):
     want_grad = name != "cross_entropy" and name != "CrossEntropyLoss"
     want_loss = name not in ("cross_entropy_grad", "CrossEntropyLoss.grad")
     criterion = name.startswith("CrossEntropyLoss")
-    available = set(CE_FAULTS) - (set() if want_grad else GRAD_ONLY) - \
-        (CRITERION_NONE if criterion else set())
+    available = (
+        set(CE_FAULTS)
+        - (set() if want_grad else GRAD_ONLY)
+        - (CRITERION_NONE if criterion else set())
+    )
     bad = set(draw(faults(available)))
     rng = draw(rngs())
 
@@ -820,13 +997,13 @@ def ce_cases(draw):
     else:
         axis, ax = None, 0
     if "zero_classes" in bad:
-        samples = shape[:ax] + shape[ax + 1:]
+        samples = shape[:ax] + shape[ax + 1 :]
         if ndim == 0 or any(s == 0 for s in samples):
             bad.discard("zero_classes")
         else:
-            shape = shape[:ax] + (0,) + shape[ax + 1:]
+            shape = shape[:ax] + (0,) + shape[ax + 1 :]
     n_classes = shape[ax] if ndim else 0
-    index_shape = shape[:ax] + shape[ax + 1:] if ndim else ()
+    index_shape = shape[:ax] + shape[ax + 1 :] if ndim else ()
     n_samples = int(np.prod(index_shape, dtype=np.int64)) if ndim else 0
     if n_classes == 0 and n_samples > 0:
         bad.add("zero_classes")  # a (0,) row, or C == 0 drawn by chance
@@ -840,14 +1017,16 @@ def ce_cases(draw):
     reduction = draw(st.sampled_from(["mean", "sum", "none"]))
     if "reduction" in bad:
         reduction = draw(bad_reductions)
-    smoothing = draw(st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0, np.float32(0.25), 0, 1,
-                                      np.float16(0.3)]))
+    smoothing = draw(
+        st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0, np.float32(0.25), 0, 1, np.float16(0.3)])
+    )
     if "smoothing_value" in bad:
         smoothing = draw(bad_smoothing_values)
     if "smoothing_type" in bad:
         smoothing = draw(bad_smoothing_types)
-    ignore_index = as_int(draw, draw(st.sampled_from(
-        [-100, -100, -1, 0, 1, 2, 2**63 - 1, -(2**63), 2**70, -(2**70)])))
+    ignore_index = as_int(
+        draw, draw(st.sampled_from([-100, -100, -1, 0, 1, 2, 2**63 - 1, -(2**63), 2**70, -(2**70)]))
+    )
     if "ignore_type" in bad:
         ignore_index = draw(bad_ignore_types)
     if "axis_range" in bad and ndim:
@@ -880,8 +1059,11 @@ def ce_cases(draw):
     elif probs:
         target = draw(prob_target(shape, rng))
     else:
-        target = draw(index_target(index_shape, n_classes, ignore_index, rng,
-                                   "target_range" in bad and n_classes > 0))
+        target = draw(
+            index_target(
+                index_shape, n_classes, ignore_index, rng, "target_range" in bad and n_classes > 0
+            )
+        )
         if "target_range" in bad and (n_samples == 0 or n_classes == 0):
             bad.discard("target_range")
     if "target_float_index_shape" in bad and index_shape == shape:
@@ -901,46 +1083,70 @@ def ce_cases(draw):
     loss_shape = index_shape
     grad_output = 1.0
     out = None
-    out_is_logits = False
     if want_grad:
         if reduction == "none" and draw(st.booleans()):
             # finite: an infinite upstream gradient is not a question this asks
             values = rng.standard_normal(loss_shape) * draw(st.sampled_from([1.0, 4.0]))
-            grad_output = arrange(cast(values, draw(st.sampled_from(FLOAT_DTYPES[2:]))),
-                                  draw(st.sampled_from(buffer_layouts(
-                                      ["C", "F", "reversed", "broadcast", "misaligned", "list",
-                                       "readonly"]))),
-                                  rng)
+            grad_output = arrange(
+                cast(values, draw(st.sampled_from(FLOAT_DTYPES[2:]))),
+                draw(
+                    st.sampled_from(
+                        buffer_layouts(
+                            ["C", "F", "reversed", "broadcast", "misaligned", "list", "readonly"]
+                        )
+                    )
+                ),
+                rng,
+            )
         else:
-            grad_output = draw(st.sampled_from([1.0, 0.0, -2.5, 3, np.float32(0.5),
-                                                np.array(2.0), np.int64(-1), float("nan")]))
+            grad_output = draw(
+                st.sampled_from(
+                    [1.0, 0.0, -2.5, 3, np.float32(0.5), np.array(2.0), np.int64(-1), float("nan")]
+                )
+            )
         if "grad_output_shape" in bad:
             # any shape but the loss's, and but () (a scalar is always allowed)
             gshape = wrong_shape(draw, loss_shape if reduction == "none" else (), avoid=((),))
             grad_output = rng.uniform(-1, 1, gshape)
         if "grad_output_dtype" in bad:
-            grad_output = bad_dtype_array(draw, loss_shape if reduction == "none" else (),
-                                          rng, NON_REAL_DTYPES + [np.dtype(np.longdouble)])
-        x_dtype = result_dtype(as_array(logits).dtype) if "logits_dtype" not in bad else \
-            np.dtype(np.float64)
+            grad_output = bad_dtype_array(
+                draw,
+                loss_shape if reduction == "none" else (),
+                rng,
+                NON_REAL_DTYPES + [np.dtype(np.longdouble)],
+            )
+        x_dtype = (
+            result_dtype(as_array(logits).dtype)
+            if "logits_dtype" not in bad
+            else np.dtype(np.float64)
+        )
         out_kind = draw(st.sampled_from(["none", "none", "fresh", "logits"]))
-        if out_kind == "logits" and isinstance(logits, np.ndarray) and logits.dtype == x_dtype \
-                and logits.flags.writeable and "logits_dtype" not in bad \
-                and (logits.flags.aligned or not KNOWN_ISSUES["misaligned_buffers"]):
+        if (
+            out_kind == "logits"
+            and isinstance(logits, np.ndarray)
+            and logits.dtype == x_dtype
+            and logits.flags.writeable
+            and "logits_dtype" not in bad
+            and (logits.flags.aligned or not KNOWN_ISSUES["misaligned_buffers"])
+        ):
             out = logits
-            out_is_logits = True
         elif out_kind != "none":
             out = out_buffer(draw, shape, x_dtype, rng)
         aliased = None
         if not KNOWN_ISSUES["out_aliasing"] and not bad and draw(st.integers(0, 5)) == 0:
-            choices = [k for k, v in (("target", target), ("weight", weight),
-                                      ("grad_output", grad_output))
-                       if isinstance(v, np.ndarray) and v.size]
+            choices = [
+                k
+                for k, v in (("target", target), ("weight", weight), ("grad_output", grad_output))
+                if isinstance(v, np.ndarray) and v.size
+            ]
             if choices:
                 aliased = draw(st.sampled_from(choices))
-                out, inside = alias_into_out(draw, shape, x_dtype,
-                                             {"target": target, "weight": weight,
-                                              "grad_output": grad_output}[aliased])
+                out, inside = alias_into_out(
+                    draw,
+                    shape,
+                    x_dtype,
+                    {"target": target, "weight": weight, "grad_output": grad_output}[aliased],
+                )
                 if aliased == "target":
                     target = inside
                 elif aliased == "weight":
@@ -949,35 +1155,42 @@ def ce_cases(draw):
                     grad_output = inside
         if "out_shape" in bad:
             out = np.zeros(wrong_shape(draw, shape), dtype=x_dtype)
-            out_is_logits = False
         if "out_dtype" in bad:
-            other = draw(st.sampled_from([np.dtype(np.float16), np.dtype(">f8"),
-                                          np.dtype(">f4"), np.dtype(np.int64),
-                                          np.dtype(np.complex128),
-                                          np.float32 if x_dtype == np.float64 else np.float64]))
+            other = draw(
+                st.sampled_from(
+                    [
+                        np.dtype(np.float16),
+                        np.dtype(">f8"),
+                        np.dtype(">f4"),
+                        np.dtype(np.int64),
+                        np.dtype(np.complex128),
+                        np.float32 if x_dtype == np.float64 else np.float64,
+                    ]
+                )
+            )
             out = np.zeros(shape, dtype=other)
-            out_is_logits = False
         if "out_overlap" in bad:
             out = overlapping_out(draw, shape, np.dtype(x_dtype), rng)
-            out_is_logits = False
         if "out_readonly" in bad:
             out = np.zeros(shape, dtype=x_dtype)
             if draw(st.booleans()):
                 out = np.broadcast_to(np.zeros((), dtype=x_dtype), shape)
             else:
                 out.flags.writeable = False
-            out_is_logits = False
         if "out_type" in bad:
             out = draw(st.sampled_from(["list", "torch", "memoryview", "scalar"]))
             zeros = np.zeros(shape, dtype=x_dtype)
-            out = {"list": zeros.tolist(), "memoryview": memoryview(zeros) if zeros.ndim else
-                   zeros.tolist(), "scalar": 0.0,
-                   "torch": torch.from_numpy(zeros) if torch is not None else zeros.tolist()}[out]
-            out_is_logits = False
+            out = {
+                "list": zeros.tolist(),
+                "memoryview": memoryview(zeros) if zeros.ndim else zeros.tolist(),
+                "scalar": 0.0,
+                "torch": torch.from_numpy(zeros) if torch is not None else zeros.tolist(),
+            }[out]
 
     errors = tuple(sorted({e for f in bad for e in CE_FAULTS[f]}, key=lambda e: e.__name__))
-    kwargs = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing,
-                  axis=axis)
+    kwargs = dict(
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing, axis=axis
+    )
     grad_kwargs = dict(grad_output=grad_output, out=out) if want_grad else {}
 
     if criterion:
@@ -994,8 +1207,18 @@ def ce_cases(draw):
             return func(logits, target, weight, **kwargs, **grad_kwargs, num_threads=threads)
 
     def expect():
-        return ce_expectation(logits, target, weight, ignore_index, reduction, smoothing,
-                              axis, grad_output, want_loss, want_grad)
+        return ce_expectation(
+            logits,
+            target,
+            weight,
+            ignore_index,
+            reduction,
+            smoothing,
+            axis,
+            grad_output,
+            want_loss,
+            want_grad,
+        )
 
     def check(result, e):
         dtype = e["dtype"]
@@ -1026,8 +1249,15 @@ def ce_cases(draw):
                 return
             assert_close(grad, e["grad"], e["grad_bound"], dtype, "grad")
 
-    args = dict(logits=logits, target=target, weight=weight, ignore_index=ignore_index,
-                reduction=reduction, label_smoothing=smoothing, axis=axis)
+    args = dict(
+        logits=logits,
+        target=target,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=smoothing,
+        axis=axis,
+    )
     if want_grad:
         args.update(grad_output=grad_output, out=out)
     if not criterion:
@@ -1035,19 +1265,42 @@ def ce_cases(draw):
     writes = (out,) if out is not None else ()
     if want_grad and aliased is not None:
         writes += ({"target": target, "weight": weight, "grad_output": grad_output}[aliased],)
-    return Case(name=name, call=call, args=args, errors=errors, expect=expect, check=check,
-                writes=writes,
-                warns_single_class=n_classes == 1 and not errors,
-                faults=tuple(sorted(bad)))
+    return Case(
+        name=name,
+        call=call,
+        args=args,
+        errors=errors,
+        expect=expect,
+        check=check,
+        writes=writes,
+        warns_single_class=n_classes == 1 and not errors,
+        faults=tuple(sorted(bad)),
+    )
 
 
 # --------------------------------------------------------------------------
 # nll_loss
 
-NLL_FAULTS = {k: CE_FAULTS[k] for k in (
-    "logits_dtype", "logits_0d", "axis_range", "axis_type", "reduction", "ignore_type",
-    "zero_classes", "weight_shape", "weight_dtype", "target_bool", "target_dtype",
-    "target_shape", "target_range", "threads_value", "threads_type")}
+NLL_FAULTS = {
+    k: CE_FAULTS[k]
+    for k in (
+        "logits_dtype",
+        "logits_0d",
+        "axis_range",
+        "axis_type",
+        "reduction",
+        "ignore_type",
+        "zero_classes",
+        "weight_shape",
+        "weight_dtype",
+        "target_bool",
+        "target_dtype",
+        "target_shape",
+        "target_range",
+        "threads_value",
+        "threads_type",
+    )
+}
 NLL_FAULTS["target_float"] = (TypeError,)
 
 
@@ -1060,12 +1313,12 @@ def nll_cases(draw):
     axis = draw(st.one_of(st.none(), st.integers(-ndim, ndim - 1))) if ndim else None
     ax = ((1 if ndim >= 2 else 0) if axis is None else axis % ndim) if ndim else 0
     if "zero_classes" in bad:
-        if ndim == 0 or any(s == 0 for s in shape[:ax] + shape[ax + 1:]):
+        if ndim == 0 or any(s == 0 for s in shape[:ax] + shape[ax + 1 :]):
             bad.discard("zero_classes")
         else:
-            shape = shape[:ax] + (0,) + shape[ax + 1:]
+            shape = shape[:ax] + (0,) + shape[ax + 1 :]
     n_classes = shape[ax] if ndim else 0
-    index_shape = shape[:ax] + shape[ax + 1:] if ndim else ()
+    index_shape = shape[:ax] + shape[ax + 1 :] if ndim else ()
     n_samples = int(np.prod(index_shape, dtype=np.int64)) if ndim else 0
     if n_classes == 0 and n_samples > 0:
         bad.add("zero_classes")
@@ -1073,10 +1326,16 @@ def nll_cases(draw):
         log_probs = bad_dtype_array(draw, shape, rng, NON_FLOAT_DTYPES)
     else:
         log_probs = draw(float_input(shape, rng))
-    reduction = draw(bad_reductions) if "reduction" in bad else \
-        draw(st.sampled_from(["mean", "sum", "none"]))
-    ignore_index = draw(bad_ignore_types) if "ignore_type" in bad else \
-        as_int(draw, draw(st.sampled_from([-100, -1, 0, 1, 2**63 - 1, 2**64])))
+    reduction = (
+        draw(bad_reductions)
+        if "reduction" in bad
+        else draw(st.sampled_from(["mean", "sum", "none"]))
+    )
+    ignore_index = (
+        draw(bad_ignore_types)
+        if "ignore_type" in bad
+        else as_int(draw, draw(st.sampled_from([-100, -1, 0, 1, 2**63 - 1, 2**64])))
+    )
     if "axis_range" in bad:
         if ndim:
             axis = bad_axis(draw, ndim)
@@ -1112,8 +1371,15 @@ def nll_cases(draw):
     errors = tuple(sorted({e for f in bad for e in NLL_FAULTS[f]}, key=lambda e: e.__name__))
 
     def call():
-        return fastce.nll_loss(log_probs, target, weight, ignore_index=ignore_index,
-                               reduction=reduction, axis=axis, num_threads=threads)
+        return fastce.nll_loss(
+            log_probs,
+            target,
+            weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            axis=axis,
+            num_threads=threads,
+        )
 
     def expect():
         x = as_array(log_probs)
@@ -1121,18 +1387,33 @@ def nll_cases(draw):
         w = None if weight is None else as_array(weight)
         loss = ref.nll_loss(x, t, w, ignore_index=ignore_index, reduction=reduction, axis=ax)
         # |loss[n]| bounds the error of each sample; the mean divides by the signed weights
-        per = np.abs(ref.nll_loss(x, t, None if w is None else np.abs(w),
-                                  ignore_index=ignore_index, reduction="none", axis=ax))
+        per = np.abs(
+            ref.nll_loss(
+                x,
+                t,
+                None if w is None else np.abs(w),
+                ignore_index=ignore_index,
+                reduction="none",
+                axis=ax,
+            )
+        )
         ti = t.astype(np.int64)
-        ignored = ti == ignore_index if -(2**63) <= int(ignore_index) < 2**63 else \
-            np.zeros(ti.shape, bool)
+        ignored = (
+            ti == ignore_index
+            if -(2**63) <= int(ignore_index) < 2**63
+            else np.zeros(ti.shape, bool)
+        )
         wv = np.ones(n_classes) if w is None else w.astype(np.float64)
-        den = float(np.sum(np.where(ignored, 0.0, wv[np.where(ignored, 0, ti)]))) \
-            if n_classes else 0.0
+        den = (
+            float(np.sum(np.where(ignored, 0.0, wv[np.where(ignored, 0, ti)])))
+            if n_classes
+            else 0.0
+        )
         total = np.nansum(np.where(np.isinf(per), 0, per))
         e = eps_for(result_dtype(x.dtype))
-        bound = {"none": e * per, "sum": e * total,
-                 "mean": e * total / abs(den) if den else 0.0}[reduction]
+        bound = {"none": e * per, "sum": e * total, "mean": e * total / abs(den) if den else 0.0}[
+            reduction
+        ]
         return loss, bound, result_dtype(x.dtype)
 
     def check(result, e):
@@ -1140,19 +1421,43 @@ def nll_cases(draw):
         assert_result_loss(result, dtype, reduction, index_shape, "loss")
         assert_close(result, loss, bound, dtype, "nll_loss")
 
-    return Case(name="nll_loss", call=call, errors=errors, expect=expect, check=check,
-                args=dict(log_probs=log_probs, target=target, weight=weight,
-                          ignore_index=ignore_index, reduction=reduction, axis=axis,
-                          num_threads=threads),
-                faults=tuple(sorted(bad)))
+    return Case(
+        name="nll_loss",
+        call=call,
+        errors=errors,
+        expect=expect,
+        check=check,
+        args=dict(
+            log_probs=log_probs,
+            target=target,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            axis=axis,
+            num_threads=threads,
+        ),
+        faults=tuple(sorted(bad)),
+    )
 
 
 # --------------------------------------------------------------------------
 # log_softmax, softmax, logsumexp
 
-SOFTMAX_FAULTS = {k: CE_FAULTS[k] for k in (
-    "logits_dtype", "axis_range", "axis_type", "out_shape", "out_dtype", "out_readonly",
-    "out_overlap", "out_type", "threads_value", "threads_type")}
+SOFTMAX_FAULTS = {
+    k: CE_FAULTS[k]
+    for k in (
+        "logits_dtype",
+        "axis_range",
+        "axis_type",
+        "out_shape",
+        "out_dtype",
+        "out_readonly",
+        "out_overlap",
+        "out_type",
+        "threads_value",
+        "threads_type",
+    )
+}
 
 
 @st.composite
@@ -1170,8 +1475,11 @@ def softmax_cases(draw):
         axis = bad_axis(draw, ndim)
     if "axis_type" in bad:
         axis = draw(st.sampled_from([None, 1.0, "0", True, [0]]))
-    x = bad_dtype_array(draw, shape, rng, NON_FLOAT_DTYPES) if "logits_dtype" in bad else \
-        draw(float_input(shape, rng))
+    x = (
+        bad_dtype_array(draw, shape, rng, NON_FLOAT_DTYPES)
+        if "logits_dtype" in bad
+        else draw(float_input(shape, rng))
+    )
     dtype = result_dtype(as_array(x).dtype) if "logits_dtype" not in bad else np.dtype("f8")
     threads = draw(good_threads)
     if "threads_value" in bad:
@@ -1181,17 +1489,33 @@ def softmax_cases(draw):
     out = None
     if name != "logsumexp":
         kind = draw(st.sampled_from(["none", "fresh", "x"]))
-        if kind == "x" and isinstance(x, np.ndarray) and x.dtype == dtype and \
-                x.flags.writeable and (x.flags.aligned or not KNOWN_ISSUES["misaligned_buffers"]):
+        if (
+            kind == "x"
+            and isinstance(x, np.ndarray)
+            and x.dtype == dtype
+            and x.flags.writeable
+            and (x.flags.aligned or not KNOWN_ISSUES["misaligned_buffers"])
+        ):
             out = x
         elif kind != "none":
             out = out_buffer(draw, shape, dtype, rng)
         if "out_shape" in bad:
             out = np.zeros(wrong_shape(draw, shape), dtype=dtype)
         if "out_dtype" in bad:
-            out = np.zeros(shape, dtype=draw(st.sampled_from(
-                [np.float16, ">f4", ">f8", np.int32, np.float32 if dtype == np.float64
-                 else np.float64])))
+            out = np.zeros(
+                shape,
+                dtype=draw(
+                    st.sampled_from(
+                        [
+                            np.float16,
+                            ">f4",
+                            ">f8",
+                            np.int32,
+                            np.float32 if dtype == np.float64 else np.float64,
+                        ]
+                    )
+                ),
+            )
         if "out_overlap" in bad:
             out = overlapping_out(draw, shape, np.dtype(dtype), rng)
         if "out_readonly" in bad:
@@ -1223,8 +1547,11 @@ def softmax_cases(draw):
 
     def check(result, e):
         want, bound = e
-        want_shape = shape if name != "logsumexp" else \
-            (shape[:int(axis) % ndim] + shape[int(axis) % ndim + 1:] if shape else ())
+        want_shape = (
+            shape
+            if name != "logsumexp"
+            else (shape[: int(axis) % ndim] + shape[int(axis) % ndim + 1 :] if shape else ())
+        )
         if out is not None:
             if shape == () and KNOWN_ISSUES["zero_d_out"]:
                 # see tests/test_inputs.py: a 0-d call returns a scalar, not out
@@ -1239,14 +1566,20 @@ def softmax_cases(draw):
             assert_result_array(result, dtype, want_shape, name)
         if self_overlapping(out):
             return
-        if KNOWN_ISSUES["out_scatter"] and shape and \
-                out_scatter_applies(x, int(axis) % ndim, out):
+        if KNOWN_ISSUES["out_scatter"] and shape and out_scatter_applies(x, int(axis) % ndim, out):
             return
         assert_close(result, want, bound, dtype, name)
 
-    return Case(name=name, call=call, errors=errors, expect=expect, check=check,
-                args=dict(x=x, axis=axis, out=out, num_threads=threads),
-                writes=(out,) if out is not None else (), faults=tuple(sorted(bad)))
+    return Case(
+        name=name,
+        call=call,
+        errors=errors,
+        expect=expect,
+        check=check,
+        args=dict(x=x, axis=axis, out=out, num_threads=threads),
+        writes=(out,) if out is not None else (),
+        faults=tuple(sorted(bad)),
+    )
 
 
 # --------------------------------------------------------------------------
@@ -1274,7 +1607,7 @@ def factor_shape(draw, shape, last_only=False):
     if last_only:
         return draw(st.sampled_from([(shape[-1],), (1,), ()]))
     k = draw(st.integers(0, len(shape)))
-    tail = shape[len(shape) - k:]
+    tail = shape[len(shape) - k :]
     return tuple(1 if draw(st.integers(0, 3)) == 0 else s for s in tail)
 
 
@@ -1315,21 +1648,38 @@ def bce_cases(draw):
                 v = v * 1e-300
             if "probs_range" in bad:
                 if v.size:
-                    v.reshape(-1)[int(rng.integers(0, v.size))] = draw(st.sampled_from(
-                        [-1e-3, 1.5, np.nan, np.inf, -np.inf, -1e-300, 3e38]))
+                    v.reshape(-1)[int(rng.integers(0, v.size))] = draw(
+                        st.sampled_from([-1e-3, 1.5, np.nan, np.inf, -np.inf, -1e-300, 3e38])
+                    )
                 else:
                     bad.discard("probs_range")
-            x = arrange(cast(v, draw(st.sampled_from(FLOAT_DTYPES))),
-                        draw(st.sampled_from(LAYOUTS)), rng)
+            x = arrange(
+                cast(v, draw(st.sampled_from(FLOAT_DTYPES))), draw(st.sampled_from(LAYOUTS)), rng
+            )
             if "probs_range" in bad and not np.any(~((as_array(x) >= 0) & (as_array(x) <= 1))):
                 bad.discard("probs_range")  # float16 or a layout lost the bad value
     else:
-        x = bad_dtype_array(draw, shape, rng, NON_FLOAT_DTYPES) if "logits_dtype" in bad else \
-            draw(float_input(shape, rng))
+        x = (
+            bad_dtype_array(draw, shape, rng, NON_FLOAT_DTYPES)
+            if "logits_dtype" in bad
+            else draw(float_input(shape, rng))
+        )
     if "target_dtype" in bad:
-        target = bad_dtype_array(draw, shape, rng, [
-            np.dtype(bool), np.dtype("i1"), np.dtype(">i8"), np.dtype("u2"), np.dtype("<c8"),
-            np.dtype(object), np.dtype("U3"), np.dtype("M8[ns]")])
+        target = bad_dtype_array(
+            draw,
+            shape,
+            rng,
+            [
+                np.dtype(bool),
+                np.dtype("i1"),
+                np.dtype(">i8"),
+                np.dtype("u2"),
+                np.dtype("<c8"),
+                np.dtype(object),
+                np.dtype("U3"),
+                np.dtype("M8[ns]"),
+            ],
+        )
     elif "target_shape" in bad:
         target = rng.random(wrong_shape(draw, shape))
     else:
@@ -1338,8 +1688,9 @@ def bce_cases(draw):
             y = np.round(y)
         if draw(st.integers(0, 4)) == 0:
             y = float_values(shape, rng, 0.2, 2.0)
-        target = arrange(finite_cast(y, draw(st.sampled_from(FLOAT_DTYPES))),
-                         draw(st.sampled_from(LAYOUTS)), rng)
+        target = arrange(
+            finite_cast(y, draw(st.sampled_from(FLOAT_DTYPES))), draw(st.sampled_from(LAYOUTS)), rng
+        )
         if name == "binary_cross_entropy":
             t = as_array(target).astype(np.float64)
             if not np.all((t >= 0) & (t <= 1)):
@@ -1347,8 +1698,7 @@ def bce_cases(draw):
 
     def factor(kind_bad_dtype, kind_bad_shape, last_only):
         if kind_bad_dtype in bad:
-            return bad_dtype_array(draw, factor_shape(draw, shape, last_only), rng,
-                                   NON_REAL_DTYPES)
+            return bad_dtype_array(draw, factor_shape(draw, shape, last_only), rng, NON_REAL_DTYPES)
         if kind_bad_shape in bad:
             return rng.uniform(0.5, 2, bad_factor_shape(draw, shape))
         if draw(st.booleans()):
@@ -1359,10 +1709,16 @@ def bce_cases(draw):
         return arrange(cast(v, dtype), draw(st.sampled_from(LAYOUTS)), rng)
 
     weight = factor("weight_dtype", "weight_shape", False)
-    pos_weight = factor("pos_weight_dtype", "pos_weight_shape", True) \
-        if name == "binary_cross_entropy_with_logits" else None
-    reduction = draw(bad_reductions) if "reduction" in bad else \
-        draw(st.sampled_from(["mean", "sum", "none"]))
+    pos_weight = (
+        factor("pos_weight_dtype", "pos_weight_shape", True)
+        if name == "binary_cross_entropy_with_logits"
+        else None
+    )
+    reduction = (
+        draw(bad_reductions)
+        if "reduction" in bad
+        else draw(st.sampled_from(["mean", "sum", "none"]))
+    )
     errors = tuple(sorted({e for f in bad for e in BCE_FAULTS[f]}, key=lambda e: e.__name__))
     func = getattr(fastce, name)
 
@@ -1377,14 +1733,17 @@ def bce_cases(draw):
         w = None if weight is None else as_array(weight)
         if name == "binary_cross_entropy":
             want = ref.binary_cross_entropy(a, as_array(target), w, reduction=reduction)
-            per = np.abs(ref.binary_cross_entropy(a, as_array(target),
-                                                  None if w is None else np.abs(w),
-                                                  reduction="none"))
+            per = np.abs(
+                ref.binary_cross_entropy(
+                    a, as_array(target), None if w is None else np.abs(w), reduction="none"
+                )
+            )
             per = per + 100.0 * (1.0 if w is None else np.abs(w.astype(np.float64)))
         else:
             pw = None if pos_weight is None else as_array(pos_weight)
-            want = ref.binary_cross_entropy_with_logits(a, as_array(target), w, pos_weight=pw,
-                                                        reduction=reduction)
+            want = ref.binary_cross_entropy_with_logits(
+                a, as_array(target), w, pos_weight=pw, reduction=reduction
+            )
             y = np.abs(as_array(target).astype(np.float64))
             x64 = np.abs(a.astype(np.float64))
             ww = 1.0 if w is None else np.abs(w.astype(np.float64))
@@ -1401,8 +1760,11 @@ def bce_cases(draw):
         per = np.where(np.isfinite(per), per, 0.0)
         e = eps_for(dtype)
         n = max(int(np.prod(shape, dtype=np.int64)), 1)
-        bound = {"none": e * (np.abs(want) + per), "sum": e * (abs(want) + per.sum()),
-                 "mean": e * (abs(want) + per.sum() / n)}[reduction]
+        bound = {
+            "none": e * (np.abs(want) + per),
+            "sum": e * (abs(want) + per.sum()),
+            "mean": e * (abs(want) + per.sum() / n),
+        }[reduction]
         return want, bound, dtype, np.broadcast_to(overflow, shape)
 
     def check(result, e):
@@ -1418,8 +1780,15 @@ def bce_cases(draw):
     args = dict(x=x, target=target, weight=weight, reduction=reduction)
     if name != "binary_cross_entropy":
         args["pos_weight"] = pos_weight
-    return Case(name=name, call=call, errors=errors, expect=expect, check=check, args=args,
-                faults=tuple(sorted(bad)))
+    return Case(
+        name=name,
+        call=call,
+        errors=errors,
+        expect=expect,
+        check=check,
+        args=args,
+        faults=tuple(sorted(bad)),
+    )
 
 
 # --------------------------------------------------------------------------
@@ -1451,17 +1820,25 @@ def test_binary_cross_entropy_returns_the_reference_or_a_spec_error(case):
 
 
 @FUZZ
-@given(n=st.one_of(st.none(), st.integers(-3, 70000), st.floats(allow_nan=True),
-                   st.booleans(), st.text(max_size=3), st.sampled_from([np.int64(2),
-                                                                         np.uint8(0)])))
+@given(
+    n=st.one_of(
+        st.none(),
+        st.integers(-3, 70000),
+        st.floats(allow_nan=True),
+        st.booleans(),
+        st.text(max_size=3),
+        st.sampled_from([np.int64(2), np.uint8(0)]),
+    )
+)
 def test_set_num_threads_takes_a_count_or_raises(n):
     before = fastce.get_num_threads()
     try:
         try:
             fastce.set_num_threads(n)
         except SPEC_ERRORS:
-            ok = n is None or (isinstance(n, (int, np.integer)) and not isinstance(n, bool)
-                               and n >= 1)
+            ok = n is None or (
+                isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1
+            )
             assert not ok, f"set_num_threads({n!r}) refused a valid count"
             assert fastce.get_num_threads() == before, "a failing call changed the count"
             return

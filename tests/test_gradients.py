@@ -22,10 +22,12 @@ REDUCTIONS = ("none", "sum", "mean")
 def numerical_gradient(f, x, h=H):
     grad = np.empty_like(x)
     for idx in np.ndindex(x.shape):
-        def at(delta):
+
+        def at(delta, idx=idx):
             xd = x.copy()
             xd[idx] += delta
             return f(xd)
+
         grad[idx] = (-at(2 * h) + 8 * at(h) - 8 * at(-h) + at(-2 * h)) / (12 * h)
     return grad
 
@@ -71,8 +73,14 @@ def make_case(shape, axis, option, seed):
 
 
 CASES = [
-    pytest.param(shape, axis, option, reduction,
-                 id=f"{shape}-axis{axis}-{'-'.join(f'{k}{v}' for k, v in option.items()) or 'plain'}-{reduction}")
+    pytest.param(
+        shape,
+        axis,
+        option,
+        reduction,
+        id=f"{shape}-axis{axis}-"
+        f"{'-'.join(f'{k}{v}' for k, v in option.items()) or 'plain'}-{reduction}",
+    )
     for (shape, axis), option, reduction in itertools.product(GEOMETRIES, OPTIONS, REDUCTIONS)
 ]
 
@@ -91,9 +99,13 @@ def test_grad_matches_finite_differences(shape, axis, option, reduction):
         go = 0.8
 
         def f(z):
-            return go * float(fastce.cross_entropy(z, target, weight, reduction=reduction, **kwargs))
+            return go * float(
+                fastce.cross_entropy(z, target, weight, reduction=reduction, **kwargs)
+            )
 
-    grad = fastce.cross_entropy_grad(x, target, weight, grad_output=go, reduction=reduction, **kwargs)
+    grad = fastce.cross_entropy_grad(
+        x, target, weight, grad_output=go, reduction=reduction, **kwargs
+    )
     expected = numerical_gradient(f, x)
     assert grad.shape == x.shape
     assert_allclose(grad, expected, rtol=1e-7, atol=1e-9)
@@ -101,7 +113,9 @@ def test_grad_matches_finite_differences(shape, axis, option, reduction):
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_ignored_samples_have_zero_gradient(reduction):
-    x, target, weight, kwargs = make_case((6, 4), None, dict(ignore_index=-100, label_smoothing=0.2), 3)
+    x, target, weight, kwargs = make_case(
+        (6, 4), None, dict(ignore_index=-100, label_smoothing=0.2), 3
+    )
     grad = fastce.cross_entropy_grad(x, target, weight, reduction=reduction, **kwargs)
     ignored = target == -100
     assert ignored.any() and not ignored.all()
@@ -111,18 +125,25 @@ def test_ignored_samples_have_zero_gradient(reduction):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()) or "plain")
+@pytest.mark.parametrize(
+    "option", OPTIONS, ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()) or "plain"
+)
 def test_with_grad_is_bit_identical_to_separate_calls(option, reduction, dtype):
     for shape, axis in GEOMETRIES + (((64, 300), None), ((8, 40, 9), 1)):
         x, target, weight, kwargs = make_case(shape, axis, option, 5)
         x = x.astype(dtype)
-        go = (np.random.default_rng(2).standard_normal(loss_shape(shape, axis))
-              if reduction == "none" else 1.3)
+        go = (
+            np.random.default_rng(2).standard_normal(loss_shape(shape, axis))
+            if reduction == "none"
+            else 1.3
+        )
         loss, grad = fastce.cross_entropy_with_grad(
-            x, target, weight, grad_output=go, reduction=reduction, **kwargs)
+            x, target, weight, grad_output=go, reduction=reduction, **kwargs
+        )
         loss_alone = fastce.cross_entropy(x, target, weight, reduction=reduction, **kwargs)
         grad_alone = fastce.cross_entropy_grad(
-            x, target, weight, grad_output=go, reduction=reduction, **kwargs)
+            x, target, weight, grad_output=go, reduction=reduction, **kwargs
+        )
         msg = f"{shape} axis={axis}"
         assert type(loss) is type(loss_alone), msg
         assert np.asarray(loss).dtype == np.asarray(loss_alone).dtype, msg
@@ -141,17 +162,19 @@ def test_infinite_and_nan_grad_output_give_torchs_gradient(layout, reduction, sc
     # (the target's p_t - 1 cancels to inf - inf, an underflowed p is inf * 0)
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(3)
-    shape, axis = {"rows": ((6, 40), 1), "few classes": ((6, 3), 1),
-                   "tiles": ((2, 5, 70), 1)}[layout]
+    shape, axis = {"rows": ((6, 40), 1), "few classes": ((6, 3), 1), "tiles": ((2, 5, 70), 1)}[
+        layout
+    ]
     x = rng.standard_normal(shape) * 3
-    x.reshape(-1)[::9] = -200.0             # probabilities that underflow to 0
+    x.reshape(-1)[::9] = -200.0  # probabilities that underflow to 0
     n_classes = shape[axis]
-    t = rng.integers(0, n_classes, shape[:axis] + shape[axis + 1:])
+    t = rng.integers(0, n_classes, shape[:axis] + shape[axis + 1 :])
     t.reshape(-1)[::4] = -100
     w = rng.random(n_classes) + 0.5 if weighted else None
     xt = torch.tensor(x, requires_grad=True)
     loss = torch.nn.functional.cross_entropy(
-        xt, torch.tensor(t), weight=None if w is None else torch.tensor(w), reduction=reduction)
+        xt, torch.tensor(t), weight=None if w is None else torch.tensor(w), reduction=reduction
+    )
     loss.backward(torch.full_like(loss, scale))
     go = np.full(loss.shape, scale) if reduction == "none" else scale
     got = fastce.cross_entropy_grad(x, t, w, reduction=reduction, grad_output=go)

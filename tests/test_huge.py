@@ -17,7 +17,6 @@ shift, all multiples of 2**-10 small enough to be exact in float32.  1021 is
 prime, so a row read from a wrapped 32-bit offset holds other values.
 """
 
-import os
 import resource
 import time
 
@@ -75,19 +74,19 @@ def test_huge_arrays_give_the_reference_answer(huge, record_property):
     x, base, shift = huge
     started = time.perf_counter()
     rng = np.random.default_rng(7)
-    lse_base = logsumexp64(base)                       # (K,)
+    lse_base = logsumexp64(base)  # (K,)
     row_lse = lse_base[rows_of(np.arange(R))] + shift  # every row's logsumexp
 
     # rows: the row kernel
     np.testing.assert_allclose(fastce.logsumexp(x), row_lse, rtol=0, atol=1e-4)
     t = rng.integers(0, C, R)
-    t[-1] = C - 1                                      # the very last element of the array
+    t[-1] = C - 1  # the very last element of the array
     x_t = base[rows_of(np.arange(R)), t] + shift
     loss = row_lse - x_t
-    np.testing.assert_allclose(fastce.cross_entropy(x, t, reduction="none"), loss, rtol=0,
-                               atol=1e-4)
-    np.testing.assert_allclose(fastce.cross_entropy(x, t, reduction="sum"), loss.sum(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        fastce.cross_entropy(x, t, reduction="none"), loss, rtol=0, atol=1e-4
+    )
+    np.testing.assert_allclose(fastce.cross_entropy(x, t, reduction="sum"), loss.sum(), rtol=1e-6)
     np.testing.assert_allclose(fastce.nll_loss(x, t, reduction="sum"), -x_t.sum(), rtol=1e-6)
 
     # columns: 65,537 classes on axis 0, the tile kernel.  Column j's sum of
@@ -99,10 +98,14 @@ def test_huge_arrays_give_the_reference_answer(huge, record_property):
     tc = rng.integers(0, R, C)
     tc[-1] = R - 1
     col_loss = col_lse - (base[rows_of(tc), np.arange(C)] + shift[tc])
-    np.testing.assert_allclose(fastce.cross_entropy(x, tc, axis=0, reduction="none"),
-                               col_loss, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(fastce.nll_loss(x, tc, axis=0, reduction="sum"),
-                               -(base[rows_of(tc), np.arange(C)] + shift[tc]).sum(), rtol=1e-6)
+    np.testing.assert_allclose(
+        fastce.cross_entropy(x, tc, axis=0, reduction="none"), col_loss, rtol=0, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        fastce.nll_loss(x, tc, axis=0, reduction="sum"),
+        -(base[rows_of(tc), np.arange(C)] + shift[tc]).sum(),
+        rtol=1e-6,
+    )
 
     # one row of 2**31 + 2**15 classes, and a target past 2**31
     flat = x.reshape(1, -1)
@@ -111,16 +114,20 @@ def test_huge_arrays_give_the_reference_answer(huge, record_property):
     np.testing.assert_allclose(fastce.logsumexp(flat), [all_lse], rtol=1e-6)
     far = np.array([2**31 + 12345])
     r_far, c_far = divmod(int(far[0]), C)
-    np.testing.assert_allclose(fastce.cross_entropy(flat, far),
-                               all_lse - (base[r_far % K, c_far] + shift[r_far]), rtol=1e-5)
+    np.testing.assert_allclose(
+        fastce.cross_entropy(flat, far),
+        all_lse - (base[r_far % K, c_far] + shift[r_far]),
+        rtol=1e-5,
+    )
 
     # the gradient in place: grad[r] = (softmax(B[r % K]) - onehot(t[r])) / R
     mean, grad = fastce.cross_entropy_with_grad(x, t, out=x)
     assert grad is x
     np.testing.assert_allclose(mean, loss.mean(), rtol=1e-6)
-    probs = np.exp(base - lse_base[:, None])           # (K, C) softmax rows
-    np.testing.assert_allclose(grad[np.arange(R), t] * R,
-                               probs[rows_of(np.arange(R)), t] - 1.0, rtol=0, atol=2e-6)
+    probs = np.exp(base - lse_base[:, None])  # (K, C) softmax rows
+    np.testing.assert_allclose(
+        grad[np.arange(R), t] * R, probs[rows_of(np.arange(R)), t] - 1.0, rtol=0, atol=2e-6
+    )
     row_sums = np.add.reduce(grad, axis=1, dtype=np.float64) * R
     np.testing.assert_allclose(row_sums, 0.0, atol=1e-4)
     boundary = 2**31 // C  # the row that starts at element 2**31 (the last one)
@@ -136,5 +143,7 @@ def test_huge_arrays_give_the_reference_answer(huge, record_property):
     record_property("huge_elements", int(x.size))
     record_property("huge_seconds", round(seconds, 1))
     record_property("huge_peak_rss_gb", round(peak / 2**30, 2))
-    print(f"{x.size:,} float32 logits ({x.nbytes / 1e9:.1f} GB): checked in {seconds:.0f} s "
-          f"after the fill; peak resident set {peak / 2**30:.1f} GiB")
+    print(
+        f"{x.size:,} float32 logits ({x.nbytes / 1e9:.1f} GB): checked in {seconds:.0f} s "
+        f"after the fill; peak resident set {peak / 2**30:.1f} GiB"
+    )

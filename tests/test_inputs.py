@@ -30,8 +30,8 @@ def make_inputs(shape, seed=11):
         "y": ref.softmax(rng.standard_normal(shape)),  # probabilities, float64
         "w": rng.uniform(0.5, 2.0, c),
         "go": rng.standard_normal(n),
-        "p": rng.uniform(0.01, 0.99, shape),           # binary probabilities
-        "yb": rng.random(shape),                        # binary targets
+        "p": rng.uniform(0.01, 0.99, shape),  # binary probabilities
+        "yb": rng.random(shape),  # binary targets
         "pw": rng.uniform(0.5, 2.0, c),
     }
 
@@ -39,23 +39,27 @@ def make_inputs(shape, seed=11):
 # every public function, each reading as many inputs as it takes
 CALLS = {
     "cross_entropy": lambda a: fastce.cross_entropy(a["x"], a["t"], a["w"], label_smoothing=0.1),
-    "cross_entropy_probs": lambda a: fastce.cross_entropy(a["x"], a["y"], a["w"],
-                                                          reduction="none"),
+    "cross_entropy_probs": lambda a: fastce.cross_entropy(a["x"], a["y"], a["w"], reduction="none"),
     "cross_entropy_grad": lambda a: fastce.cross_entropy_grad(
-        a["x"], a["t"], a["w"], grad_output=a["go"], reduction="none"),
+        a["x"], a["t"], a["w"], grad_output=a["go"], reduction="none"
+    ),
     "cross_entropy_with_grad": lambda a: fastce.cross_entropy_with_grad(
-        a["x"], a["y"], a["w"], label_smoothing=0.2),
+        a["x"], a["y"], a["w"], label_smoothing=0.2
+    ),
     "nll_loss": lambda a: fastce.nll_loss(a["x"], a["t"], a["w"], reduction="sum"),
     "log_softmax": lambda a: fastce.log_softmax(a["x"], axis=0),
     "softmax": lambda a: fastce.softmax(a["x"]),
     "logsumexp": lambda a: fastce.logsumexp(a["x"], axis=-1),
     "binary_cross_entropy_with_logits": lambda a: fastce.binary_cross_entropy_with_logits(
-        a["x"], a["yb"], a["w"], pos_weight=a["pw"], reduction="none"),
+        a["x"], a["yb"], a["w"], pos_weight=a["pw"], reduction="none"
+    ),
     "binary_cross_entropy": lambda a: fastce.binary_cross_entropy(a["p"], a["yb"], a["w"]),
     "CrossEntropyLoss": lambda a: fastce.CrossEntropyLoss(a["w"], label_smoothing=0.1)(
-        a["x"], a["t"]),
+        a["x"], a["t"]
+    ),
     "CrossEntropyLoss.with_grad": lambda a: fastce.CrossEntropyLoss(reduction="sum").with_grad(
-        a["x"], a["t"]),
+        a["x"], a["t"]
+    ),
 }
 
 
@@ -139,8 +143,9 @@ def test_memory_mapped_out_receives_the_result(tmp_path):
     assert grad is out
     out.flush()
     np.testing.assert_array_equal(np.load(path), fastce.cross_entropy_grad(x, t))
-    soft = np.lib.format.open_memmap(tmp_path / "soft.npy", mode="w+", dtype=np.float32,
-                                     shape=x.shape)
+    soft = np.lib.format.open_memmap(
+        tmp_path / "soft.npy", mode="w+", dtype=np.float32, shape=x.shape
+    )
     assert fastce.softmax(x, out=soft) is soft
     np.testing.assert_array_equal(np.asarray(soft), fastce.softmax(x))
 
@@ -150,11 +155,24 @@ def test_memory_mapped_out_receives_the_result(tmp_path):
 def test_out_logits_writes_only_the_logits(func, size):
     inputs = make_inputs(SHAPES[size])
     x = inputs["x"]
-    expected = func(x.copy(), inputs["t"], inputs["w"], grad_output=inputs["go"],
-                    reduction="none", label_smoothing=0.1)
+    expected = func(
+        x.copy(),
+        inputs["t"],
+        inputs["w"],
+        grad_output=inputs["go"],
+        reduction="none",
+        label_smoothing=0.1,
+    )
     others = {k: v.copy() for k, v in inputs.items() if k != "x"}
-    got = func(x, inputs["t"], inputs["w"], grad_output=inputs["go"], reduction="none",
-               label_smoothing=0.1, out=x)
+    got = func(
+        x,
+        inputs["t"],
+        inputs["w"],
+        grad_output=inputs["go"],
+        reduction="none",
+        label_smoothing=0.1,
+        out=x,
+    )
     assert_same_results(got, expected)
     grad = got[1] if isinstance(got, tuple) else got
     assert grad is x
@@ -176,28 +194,52 @@ def late_out_of_range(t, n_classes):
 
 FAILING = {
     # name: (function, arguments from the inputs, error)
-    "ce_late_index": (fastce.cross_entropy_grad,
-                      lambda a, c: dict(target=late_out_of_range(a["t"], c)), IndexError),
-    "ce_negative_index": (fastce.cross_entropy_with_grad,
-                          lambda a, c: dict(target=np.where(a["t"] == 3, -5, a["t"])),
-                          IndexError),
-    "ce_weight_shape": (fastce.cross_entropy_grad,
-                        lambda a, c: dict(target=a["t"], weight=a["w"][:-1]), ValueError),
-    "ce_grad_output_shape": (fastce.cross_entropy_with_grad,
-                             lambda a, c: dict(target=a["t"], grad_output=a["go"][:-1],
-                                               reduction="none"), ValueError),
-    "ce_smoothing": (fastce.cross_entropy_grad,
-                     lambda a, c: dict(target=a["y"], label_smoothing=1.5), ValueError),
-    "ce_reduction": (fastce.cross_entropy_with_grad,
-                     lambda a, c: dict(target=a["t"], reduction="avg"), ValueError),
-    "ce_threads": (fastce.cross_entropy_grad,
-                   lambda a, c: dict(target=a["t"], num_threads=0), ValueError),
-    "ce_probs_shape": (fastce.cross_entropy_grad,
-                       lambda a, c: dict(target=a["y"][:, :-1]), ValueError),
-    "ce_bool_target": (fastce.cross_entropy_grad,
-                       lambda a, c: dict(target=a["t"] > 2), TypeError),
-    "ce_axis": (fastce.cross_entropy_with_grad,
-                lambda a, c: dict(target=a["t"], axis=2), ValueError),
+    "ce_late_index": (
+        fastce.cross_entropy_grad,
+        lambda a, c: dict(target=late_out_of_range(a["t"], c)),
+        IndexError,
+    ),
+    "ce_negative_index": (
+        fastce.cross_entropy_with_grad,
+        lambda a, c: dict(target=np.where(a["t"] == 3, -5, a["t"])),
+        IndexError,
+    ),
+    "ce_weight_shape": (
+        fastce.cross_entropy_grad,
+        lambda a, c: dict(target=a["t"], weight=a["w"][:-1]),
+        ValueError,
+    ),
+    "ce_grad_output_shape": (
+        fastce.cross_entropy_with_grad,
+        lambda a, c: dict(target=a["t"], grad_output=a["go"][:-1], reduction="none"),
+        ValueError,
+    ),
+    "ce_smoothing": (
+        fastce.cross_entropy_grad,
+        lambda a, c: dict(target=a["y"], label_smoothing=1.5),
+        ValueError,
+    ),
+    "ce_reduction": (
+        fastce.cross_entropy_with_grad,
+        lambda a, c: dict(target=a["t"], reduction="avg"),
+        ValueError,
+    ),
+    "ce_threads": (
+        fastce.cross_entropy_grad,
+        lambda a, c: dict(target=a["t"], num_threads=0),
+        ValueError,
+    ),
+    "ce_probs_shape": (
+        fastce.cross_entropy_grad,
+        lambda a, c: dict(target=a["y"][:, :-1]),
+        ValueError,
+    ),
+    "ce_bool_target": (fastce.cross_entropy_grad, lambda a, c: dict(target=a["t"] > 2), TypeError),
+    "ce_axis": (
+        fastce.cross_entropy_with_grad,
+        lambda a, c: dict(target=a["t"], axis=2),
+        ValueError,
+    ),
 }
 
 
@@ -210,8 +252,7 @@ def test_failing_call_writes_nothing(case, out_kind, size):
     n_classes = inputs["x"].shape[1]
     kwargs = arguments(inputs, n_classes)
     out = inputs["x"] if out_kind == "logits" else np.full(inputs["x"].shape, 7.0, np.float32)
-    arrays = dict(inputs, out=out, **{k: v for k, v in kwargs.items()
-                                      if isinstance(v, np.ndarray)})
+    arrays = dict(inputs, out=out, **{k: v for k, v in kwargs.items() if isinstance(v, np.ndarray)})
     before = {k: v.copy() for k, v in arrays.items()}
     threads = fastce.get_num_threads()
     target = kwargs.pop("target")
@@ -223,10 +264,15 @@ def test_failing_call_writes_nothing(case, out_kind, size):
 
 
 @pytest.mark.parametrize("func", [fastce.softmax, fastce.log_softmax])
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(axis=3), ValueError), (dict(axis=1.0), TypeError), (dict(num_threads=-1), ValueError),
-    (dict(num_threads="2"), TypeError),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        (dict(axis=3), ValueError),
+        (dict(axis=1.0), TypeError),
+        (dict(num_threads=-1), ValueError),
+        (dict(num_threads="2"), TypeError),
+    ],
+)
 @pytest.mark.parametrize("out_kind", ["buffer", "x"])
 def test_failing_softmax_writes_nothing(func, kwargs, error, out_kind):
     x = make_inputs(SHAPES["threaded"])["x"]
@@ -290,13 +336,16 @@ TARGET_IN_LOGITS_OUT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("script", [TARGET_IN_OUT, TARGET_IN_LOGITS_OUT],
-                         ids=["out_buffer", "out_logits"])
+@pytest.mark.parametrize(
+    "script", [TARGET_IN_OUT, TARGET_IN_LOGITS_OUT], ids=["out_buffer", "out_logits"]
+)
 def test_target_sharing_memory_with_out_does_not_crash(script):
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", (
-        f"exit code {done.returncode}: {done.stderr[-2000:]}")
+        f"exit code {done.returncode}: {done.stderr[-2000:]}"
+    )
 
 
 def test_weight_sharing_memory_with_out_gives_the_right_gradient():
@@ -304,7 +353,7 @@ def test_weight_sharing_memory_with_out_gives_the_right_gradient():
     x = rng.standard_normal((50, 3))
     t = rng.integers(0, 3, 50)
     buf = np.ones((50, 3))
-    weight = buf[0]                       # the weights are out's first row
+    weight = buf[0]  # the weights are out's first row
     expected = fastce.cross_entropy_grad(x, t, weight.copy())
     got = fastce.cross_entropy_grad(x, t, weight, out=buf)
     np.testing.assert_allclose(got, expected, rtol=1e-12)
@@ -315,7 +364,7 @@ def test_grad_output_sharing_memory_with_out_gives_the_right_gradient():
     x = rng.standard_normal((50, 3))
     t = rng.integers(0, 3, 50)
     buf = np.ones((50, 3))
-    grad_output = buf[::-1, 0]           # sample n's grad_output lies in row 49 - n of out
+    grad_output = buf[::-1, 0]  # sample n's grad_output lies in row 49 - n of out
     expected = fastce.cross_entropy_grad(x, t, grad_output=grad_output.copy(), reduction="none")
     got = fastce.cross_entropy_grad(x, t, grad_output=grad_output, reduction="none", out=buf)
     np.testing.assert_allclose(got, expected, rtol=1e-12)
@@ -340,8 +389,9 @@ def test_float32_overflow_returns_inf_without_a_warning(reduction):
 def test_binary_cross_entropy_with_an_infinite_logit_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        loss = fastce.binary_cross_entropy_with_logits(np.array([np.inf, 0.0]),
-                                                       np.array([1.0, 0.0]))
+        loss = fastce.binary_cross_entropy_with_logits(
+            np.array([np.inf, 0.0]), np.array([1.0, 0.0])
+        )
     assert np.isnan(loss)
 
 
@@ -409,10 +459,13 @@ def test_signed_weights_that_cancel_still_count(layout):
     np.testing.assert_allclose(ref_grad, grad, atol=1e-15)
     # evaluate shares the core's per-sample code
     xs, axis = (x.T.copy(), 0) if layout == "tiles" else (x, 1)
-    per_sample = fastce.evaluate(xs, t, weight=w, label_smoothing=1.0, axis=axis,
-                                 per_sample=True).per_sample.loss
-    np.testing.assert_array_equal(per_sample, fastce.cross_entropy(
-        xs, t, weight=w, label_smoothing=1.0, axis=axis, reduction="none"))
+    per_sample = fastce.evaluate(
+        xs, t, weight=w, label_smoothing=1.0, axis=axis, per_sample=True
+    ).per_sample.loss
+    np.testing.assert_array_equal(
+        per_sample,
+        fastce.cross_entropy(xs, t, weight=w, label_smoothing=1.0, axis=axis, reduction="none"),
+    )
 
 
 def misaligned(shape, dtype=np.float64):
@@ -427,6 +480,7 @@ def misaligned(shape, dtype=np.float64):
 def kernel_arguments(monkeypatch):
     """Records every array the public functions hand to the compiled kernels."""
     from fastce import _kernels
+
     seen = []
 
     def recording(name):
@@ -435,10 +489,16 @@ def kernel_arguments(monkeypatch):
         def wrapper(*args, **kwargs):
             seen.extend((name, i, a) for i, a in enumerate(args) if isinstance(a, np.ndarray))
             return original(*args, **kwargs)
+
         return wrapper
 
-    for name in ("cross_entropy_index", "cross_entropy_probs", "softmax_family",
-                 "nll_loss_kernel", "check_targets"):
+    for name in (
+        "cross_entropy_index",
+        "cross_entropy_probs",
+        "softmax_family",
+        "nll_loss_kernel",
+        "check_targets",
+    ):
         monkeypatch.setattr(_kernels, name, recording(name))
     return seen
 

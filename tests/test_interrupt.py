@@ -2,7 +2,6 @@
 its units, and a stopped Accumulator update changes nothing."""
 
 import signal
-import sys
 import time
 
 import numpy as np
@@ -16,6 +15,7 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs 
 @pytest.fixture
 def interrupt_after():
     """Raises KeyboardInterrupt in the main thread ``seconds`` from now, as Ctrl-C does."""
+
     def raise_interrupt(signum, frame):
         raise KeyboardInterrupt
 

@@ -28,8 +28,9 @@ import pytest
 
 import fastce
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"),
-                                reason="reads the resident set size from /proc")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/proc/self/statm"), reason="reads the resident set size from /proc"
+)
 
 
 def _under_address_sanitizer() -> bool:
@@ -47,11 +48,11 @@ UNDER_ASAN = _under_address_sanitizer()
 CALLS_PER_FUNCTION = 100_000
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 # bounds: so much per call, plus a constant for the allocators' own noise
-RSS_BYTES_PER_CALL = 64        # a 1 KB/call leak is 16 times this
+RSS_BYTES_PER_CALL = 64  # a 1 KB/call leak is 16 times this
 RSS_SLACK = 2 << 20
-BLOCKS_PER_CALL = 0.005        # Python allocator blocks; a leaked object is one per call
+BLOCKS_PER_CALL = 0.005  # Python allocator blocks; a leaked object is one per call
 BLOCKS_SLACK = 200
-OBJECTS_GROWTH = 100           # gc-tracked objects, over all the calls
+OBJECTS_GROWTH = 100  # gc-tracked objects, over all the calls
 REFCOUNT_GROWTH = 10
 
 
@@ -75,16 +76,16 @@ def inputs(shape=(4, 3), seed=0):
         x=rng.standard_normal(shape).astype(np.float32),
         x64=rng.standard_normal(shape),
         t=rng.integers(0, c, n),
-        t_bad=np.full(n, c),                     # out of range: IndexError
+        t_bad=np.full(n, c),  # out of range: IndexError
         y=rng.dirichlet(np.ones(c), n),
         w=rng.uniform(0.5, 2.0, c),
         go=rng.standard_normal(n),
         out=np.empty(shape, np.float32),
         p=rng.uniform(0.05, 0.95, shape),
-        p_bad=np.full(shape, 1.5),               # outside [0, 1]: ValueError
+        p_bad=np.full(shape, 1.5),  # outside [0, 1]: ValueError
         yb=rng.random(shape),
-        one_class=rng.standard_normal((n, 1)),   # C == 1: RuntimeWarning
-        ints=np.arange(n * c).reshape(shape),    # not floating: TypeError
+        one_class=rng.standard_normal((n, 1)),  # C == 1: RuntimeWarning
+        ints=np.arange(n * c).reshape(shape),  # not floating: TypeError
     )
 
 
@@ -102,8 +103,9 @@ def function_calls(a):
         ],
         "cross_entropy_grad": [
             lambda: fastce.cross_entropy_grad(a["x"], a["t"], out=a["out"]),
-            lambda: fastce.cross_entropy_grad(a["x64"], a["t"], a["w"], grad_output=a["go"],
-                                              reduction="none"),
+            lambda: fastce.cross_entropy_grad(
+                a["x64"], a["t"], a["w"], grad_output=a["go"], reduction="none"
+            ),
             lambda: fastce.cross_entropy_grad(a["x"], a["t_bad"], out=a["out"]),
             lambda: fastce.cross_entropy_grad(a["x"], a["t"], out=a["x64"]),
             lambda: fastce.cross_entropy_grad(a["x"], a["t"], grad_output=a["go"]),
@@ -137,8 +139,9 @@ def function_calls(a):
             lambda: fastce.logsumexp(a["x"], axis=1.5),
         ],
         "binary_cross_entropy_with_logits": [
-            lambda: fastce.binary_cross_entropy_with_logits(a["x"], a["yb"], a["w"],
-                                                            pos_weight=a["w"]),
+            lambda: fastce.binary_cross_entropy_with_logits(
+                a["x"], a["yb"], a["w"], pos_weight=a["w"]
+            ),
             lambda: fastce.binary_cross_entropy_with_logits(a["x"], a["t"]),
             lambda: fastce.binary_cross_entropy_with_logits(a["x"], a["yb"], pos_weight=a["go"]),
         ],
@@ -194,8 +197,12 @@ def release_free_heap() -> None:
 def gauges(watched):
     gc.collect()
     release_free_heap()
-    return dict(rss=rss(), blocks=sys.getallocatedblocks(), objects=len(gc.get_objects()),
-                refs=[sys.getrefcount(obj) for obj in watched])
+    return dict(
+        rss=rss(),
+        blocks=sys.getallocatedblocks(),
+        objects=len(gc.get_objects()),
+        refs=[sys.getrefcount(obj) for obj in watched],
+    )
 
 
 def growth(calls, n, watched):
@@ -229,8 +236,13 @@ def leaks(g) -> list:
 
 
 def watched_objects(a):
-    return list(a.values()) + [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64),
-                               fastce.cross_entropy, fastce.CrossEntropyLoss]
+    return list(a.values()) + [
+        np.dtype(np.float32),
+        np.dtype(np.float64),
+        np.dtype(np.int64),
+        fastce.cross_entropy,
+        fastce.CrossEntropyLoss,
+    ]
 
 
 @pytest.mark.parametrize("name", list(function_calls(inputs())))
@@ -272,7 +284,8 @@ def test_traced_memory_stays_flat(name):
             tracemalloc.stop()
             fastce.set_num_threads(None)
     assert (after - before) / n < RSS_BYTES_PER_CALL / 4, (
-        f"{name}: traced memory grew {(after - before) / n:.1f} B/call")
+        f"{name}: traced memory grew {(after - before) / n:.1f} B/call"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -294,11 +307,18 @@ def leak_1kb_in_python():
     _hoard.append({"payload": bytearray(1024)})
 
 
-@pytest.mark.parametrize("leaky", [
-    pytest.param(leak_1kb_in_c, marks=pytest.mark.skipif(
-        UNDER_ASAN, reason="the resident set gauge is off under AddressSanitizer")),
-    leak_1kb_in_python,
-])
+@pytest.mark.parametrize(
+    "leaky",
+    [
+        pytest.param(
+            leak_1kb_in_c,
+            marks=pytest.mark.skipif(
+                UNDER_ASAN, reason="the resident set gauge is off under AddressSanitizer"
+            ),
+        ),
+        leak_1kb_in_python,
+    ],
+)
 def test_the_gauges_catch_a_leak_of_1kb_per_call(leaky):
     a = inputs()
     calls = [function_calls(a)["cross_entropy"][0], leaky]  # half the calls leak 1 KB

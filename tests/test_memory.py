@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
+from memory_gauge import peak_bytes
 
 import fastce
-
-from memory_gauge import peak_bytes
 
 SHAPES = [((4096, 1000), 1), ((8, 21, 64, 64), 1), ((4, 64, 2000), -1), ((20000, 10), 1)]
 
@@ -14,7 +13,7 @@ def inputs(shape, axis, dtype=np.float32):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(dtype)
     ax = axis % len(shape)
-    t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1:])
+    t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1 :])
     return x, t
 
 

@@ -12,14 +12,13 @@ import warnings
 
 import numpy as np
 import pytest
+from memory_gauge import peak_and_result
 from numpy.testing import assert_allclose, assert_array_equal
 
 import fastce
 import fastce.metrics
 from fastce import _kernels, _metrics
 from fastce import reference as ref
-
-from memory_gauge import peak_and_result
 
 FLOATS = (np.float32, np.float64)
 
@@ -52,8 +51,17 @@ OPTIONS = (
 # the obvious twin
 
 
-def reference_evaluate(logits, target, weight=None, *, topk=(1, 5), bins=15,
-                       ignore_index=-100, label_smoothing=0.0, axis=None):
+def reference_evaluate(
+    logits,
+    target,
+    weight=None,
+    *,
+    topk=(1, 5),
+    bins=15,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    axis=None,
+):
     """Every metric, computed literally in float64 with the class axis last."""
     x = np.asarray(logits, dtype=np.float64)
     t = np.asarray(target).astype(np.int64)
@@ -63,9 +71,17 @@ def reference_evaluate(logits, target, weight=None, *, topk=(1, 5), bins=15,
     n_rows, C = x.shape
     keep = t != ignore_index
     with np.errstate(all="ignore"):
-        losses = np.asarray(ref.cross_entropy(
-            np.asarray(logits, np.float64), target, weight, ignore_index=ignore_index,
-            reduction="none", label_smoothing=label_smoothing, axis=axis)).reshape(-1)
+        losses = np.asarray(
+            ref.cross_entropy(
+                np.asarray(logits, np.float64),
+                target,
+                weight,
+                ignore_index=ignore_index,
+                reduction="none",
+                label_smoothing=label_smoothing,
+                axis=axis,
+            )
+        ).reshape(-1)
         p = np.asarray(ref.softmax(x, axis=-1))
         valid = ~np.isnan(p).any(axis=-1)
         conf = p.max(axis=-1, initial=-np.inf) if C else np.zeros(n_rows)
@@ -87,10 +103,19 @@ def reference_evaluate(logits, target, weight=None, *, topk=(1, 5), bins=15,
         correct = (r == 0) & ok
         gaps = [abs(correct[b == i].sum() - c[b == i].sum()) for i in range(bins)]
         return dict(
-            loss=loss, perplexity=np.exp(loss), accuracy=accuracy,
-            confidence=c.mean() if N else np.nan, entropy=entropy[keep].mean() if N else np.nan,
-            ece=sum(gaps) / N if N else np.nan, count=N, weight_sum=weight_sum,
-            per_loss=losses, pred=pred, rank=rank, conf=conf, ent=entropy,
+            loss=loss,
+            perplexity=np.exp(loss),
+            accuracy=accuracy,
+            confidence=c.mean() if N else np.nan,
+            entropy=entropy[keep].mean() if N else np.nan,
+            ece=sum(gaps) / N if N else np.nan,
+            count=N,
+            weight_sum=weight_sum,
+            per_loss=losses,
+            pred=pred,
+            rank=rank,
+            conf=conf,
+            ent=entropy,
         )
 
 
@@ -137,7 +162,7 @@ def arrange(a, layout):
 def make_case(rng, shape, axis, dtype, option):
     ax = class_axis(len(shape), axis)
     C = shape[ax]
-    tshape = shape[:ax] + shape[ax + 1:]
+    tshape = shape[:ax] + shape[ax + 1 :]
     logits = (rng.standard_normal(shape) * 2).astype(dtype)
     target = rng.integers(0, max(C, 1), size=tshape)
     kwargs = {"axis": axis}
@@ -170,24 +195,37 @@ def assert_per_sample_matches(ps, slow, dtype, msg):
     assert_array_equal(ps.prediction.reshape(-1), slow["pred"], err_msg=msg)
     assert_array_equal(ps.target_rank.reshape(-1), slow["rank"], err_msg=msg)
     rtol = 1e-10 if dtype == np.float64 else 2e-5
-    assert_allclose(ps.confidence.reshape(-1), slow["conf"], rtol=rtol, equal_nan=True,
-                    err_msg=msg)
-    assert_allclose(ps.entropy.reshape(-1), slow["ent"], rtol=rtol, atol=1e-5,
-                    equal_nan=True, err_msg=msg)
+    assert_allclose(ps.confidence.reshape(-1), slow["conf"], rtol=rtol, equal_nan=True, err_msg=msg)
+    assert_allclose(
+        ps.entropy.reshape(-1), slow["ent"], rtol=rtol, atol=1e-5, equal_nan=True, err_msg=msg
+    )
 
 
 def assert_result_matches(fast, slow, dtype, msg):
     rtol = 1e-10 if dtype == np.float64 else 2e-5
     assert fast.count == slow["count"], msg
     for name in ("loss", "perplexity", "confidence", "entropy", "weight_sum"):
-        assert_allclose(getattr(fast, name), slow[name], rtol=rtol, atol=1e-12,
-                        equal_nan=True, err_msg=f"{name}: {msg}")
-    assert_allclose(fast.ece, slow["ece"], rtol=rtol, atol=1e-6, equal_nan=True,
-                    err_msg=f"ece: {msg}")
+        assert_allclose(
+            getattr(fast, name),
+            slow[name],
+            rtol=rtol,
+            atol=1e-12,
+            equal_nan=True,
+            err_msg=f"{name}: {msg}",
+        )
+    assert_allclose(
+        fast.ece, slow["ece"], rtol=rtol, atol=1e-6, equal_nan=True, err_msg=f"ece: {msg}"
+    )
     assert fast.accuracy.keys() == slow["accuracy"].keys(), msg
     for k in fast.accuracy:
-        assert_allclose(fast.accuracy[k], slow["accuracy"][k], rtol=0, atol=0,
-                        equal_nan=True, err_msg=f"top{k}: {msg}")
+        assert_allclose(
+            fast.accuracy[k],
+            slow["accuracy"][k],
+            rtol=0,
+            atol=0,
+            equal_nan=True,
+            err_msg=f"top{k}: {msg}",
+        )
 
 
 # --------------------------------------------------------------------------
@@ -200,10 +238,10 @@ def test_every_metric_matches_the_reference(dtype):
     for desc, logits, target, weight, kwargs in all_cases(dtype):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            fast = fastce.evaluate(logits, target, weight, topk=(1, 2, 5), bins=10,
-                                   per_sample=True, **kwargs)
-            slow = reference_evaluate(logits, target, weight, topk=(1, 2, 5), bins=10,
-                                      **kwargs)
+            fast = fastce.evaluate(
+                logits, target, weight, topk=(1, 2, 5), bins=10, per_sample=True, **kwargs
+            )
+            slow = reference_evaluate(logits, target, weight, topk=(1, 2, 5), bins=10, **kwargs)
         assert_result_matches(fast, slow, dtype, desc)
         ps = fast.per_sample
         tshape = np.shape(target)
@@ -226,8 +264,13 @@ def test_per_sample_loss_is_cross_entropys_to_the_last_bit(dtype):
             mean = fastce.cross_entropy(logits, target, weight, **kwargs)
         assert_array_equal(fast.per_sample.loss, none, err_msg=desc)
         # the mean: float64 totals, compensated here and plain there
-        assert_allclose(fast.loss, float(mean), rtol=1e-12 if dtype == np.float64 else 1e-6,
-                        equal_nan=True, err_msg=desc)
+        assert_allclose(
+            fast.loss,
+            float(mean),
+            rtol=1e-12 if dtype == np.float64 else 1e-6,
+            equal_nan=True,
+            err_msg=desc,
+        )
 
 
 @pytest.mark.parametrize("name", ["float16", "bfloat16"])
@@ -243,17 +286,17 @@ def test_half_float_logits_are_computed_in_float32(name):
 
 # every layout the core kernels choose: logits shape, class axis, memory layout
 PATH_GEOMETRIES = (
-    ((5000, 7), None, "C"),         # rows of few classes, transposed into tiles; 3 blocks
-    ((777, 32), None, "C"),         # the most classes such rows have
-    ((600, 33), None, "C"),         # one row at a time
-    ((3, 40000), None, "C"),        # rows longer than the cache: a running maximum
-    ((300, 37), None, "strided"),   # strided rows
-    ((300, 37), None, "F"),         # samples contiguous: tiles of one outer slice
-    ((4, 21, 33, 35), None, "C"),   # (N, C, H, W): tiles
-    ((3, 9, 130), 1, "C"),          # more inner positions than a tile
+    ((5000, 7), None, "C"),  # rows of few classes, transposed into tiles; 3 blocks
+    ((777, 32), None, "C"),  # the most classes such rows have
+    ((600, 33), None, "C"),  # one row at a time
+    ((3, 40000), None, "C"),  # rows longer than the cache: a running maximum
+    ((300, 37), None, "strided"),  # strided rows
+    ((300, 37), None, "F"),  # samples contiguous: tiles of one outer slice
+    ((4, 21, 33, 35), None, "C"),  # (N, C, H, W): tiles
+    ((3, 9, 130), 1, "C"),  # more inner positions than a tile
     ((2, 300, 5), -2, "C"),
     ((2, 5, 300), -1, "C"),
-    ((40000, 10), None, "C"),       # float16: several conversion blocks
+    ((40000, 10), None, "C"),  # float16: several conversion blocks
 )
 
 
@@ -264,15 +307,18 @@ def test_per_sample_loss_is_cross_entropys_on_every_path(simd_path, name):
     for shape, axis, layout in PATH_GEOMETRIES:
         ax = class_axis(len(shape), axis)
         C = shape[ax]
-        tshape = shape[:ax] + shape[ax + 1:]
+        tshape = shape[:ax] + shape[ax + 1 :]
         logits = (rng.standard_normal(shape) * 3).astype(dtype)
         logits.reshape(-1)[rng.choice(logits.size, 3, replace=False)] = [np.nan, np.inf, -np.inf]
         target = rng.integers(0, C, tshape)
         target.reshape(-1)[::9] = 3
         weight = rng.uniform(0.1, 2.0, C)
         x = arrange(logits, layout)
-        for kwargs in ({}, {"weight": weight, "label_smoothing": 0.1, "ignore_index": 3},
-                       {"label_smoothing": 0.3}):
+        for kwargs in (
+            {},
+            {"weight": weight, "label_smoothing": 0.1, "ignore_index": 3},
+            {"label_smoothing": 0.3},
+        ):
             desc = f"{simd_path} {shape} {layout} {kwargs}"
             r = fastce.evaluate(x, target, axis=axis, per_sample=True, **kwargs)
             none = fastce.cross_entropy(x, target, axis=axis, reduction="none", **kwargs)
@@ -280,8 +326,13 @@ def test_per_sample_loss_is_cross_entropys_on_every_path(simd_path, name):
             assert r.per_sample.loss.dtype == none.dtype == computed
             assert_array_equal(r.per_sample.loss, none, err_msg=desc)
             mean = fastce.cross_entropy(x, target, axis=axis, **kwargs)
-            assert_allclose(r.loss, float(mean), rtol=1e-12 if dtype == np.float64 else 1e-6,
-                            equal_nan=True, err_msg=desc)
+            assert_allclose(
+                r.loss,
+                float(mean),
+                rtol=1e-12 if dtype == np.float64 else 1e-6,
+                equal_nan=True,
+                err_msg=desc,
+            )
             if target.size > 10_000:
                 continue  # the twin's rank loop is slow; the loss is checked above
             slow = reference_evaluate(x.astype(computed), target, axis=axis, **kwargs)
@@ -296,11 +347,15 @@ INT_DTYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uin
 def test_every_integer_target_dtype_gives_the_same_results():
     rng = np.random.default_rng(35)
     # classes below 100, so that int8 holds them
-    for shape, axis in (((500, 7), None), ((300, 100), None), ((4, 21, 9, 9), None),
-                        ((100, 300), 0)):
+    for shape, axis in (
+        ((500, 7), None),
+        ((300, 100), None),
+        ((4, 21, 9, 9), None),
+        ((100, 300), 0),
+    ):
         ax = class_axis(len(shape), axis)
         x = rng.standard_normal(shape).astype(np.float32)
-        t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1:])
+        t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1 :])
         t.reshape(-1)[::5] = 5
         opts = dict(axis=axis, ignore_index=5, label_smoothing=0.1, topk=(1, 3))
         want = fastce.evaluate(x, t, per_sample=True, **opts)
@@ -316,7 +371,7 @@ def test_integer_targets_are_read_without_a_copy():
     x[:, 1] = 1.0
     for dt in (np.int8, np.uint16, np.int32, np.uint64):
         t = np.ones(n, dt)
-        peak, r = peak_and_result(lambda: fastce.evaluate(x, t), warm_up=False)
+        peak, r = peak_and_result(lambda t=t: fastce.evaluate(x, t), warm_up=False)
         assert peak < n, (dt, peak)  # an int64 copy would take 8 * n bytes
         assert r.count == n and r.accuracy[1] == 1.0
 
@@ -384,10 +439,9 @@ def test_loss_and_accuracy_match_torch():
 
 
 def test_ties_go_to_the_lower_class_index():
-    x = np.array([[1.0, 3.0, 3.0, 0.0],
-                  [1.0, 3.0, 3.0, 0.0],
-                  [2.0, 2.0, 2.0, 2.0],
-                  [2.0, 2.0, 2.0, 2.0]])
+    x = np.array(
+        [[1.0, 3.0, 3.0, 0.0], [1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [2.0, 2.0, 2.0, 2.0]]
+    )
     t = np.array([1, 2, 0, 3])
     r = fastce.evaluate(x, t, topk=(1, 2, 3), per_sample=True)
     assert_array_equal(r.per_sample.prediction, [1, 1, 0, 0])
@@ -421,8 +475,7 @@ def test_many_ties_rank_as_defined_for_every_class_count(simd_path, C):
     x = values[rng.integers(0, 5, (n, C))]
     x[np.arange(n), rng.integers(0, C, n)] = 0.5  # every row has a finite maximum
     t = rng.integers(0, C, n)
-    expected = np.array([(row > row[k]).sum() + (row[:k] == row[k]).sum()
-                         for row, k in zip(x, t)])
+    expected = np.array([(row > row[k]).sum() + (row[:k] == row[k]).sum() for row, k in zip(x, t)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for dtype in FLOATS:
@@ -457,11 +510,15 @@ def test_worked_example_and_perplexity():
 
 
 def test_rows_without_defined_probabilities(simd_path):
-    x = np.array([[0.0, np.nan, 1.0, np.nan],
-                  [0.0, np.inf, 1.0, 2.0],
-                  [-np.inf] * 4,
-                  [0.0, 1.0, -np.inf, 2.0],
-                  [0.0, 1.0, 5.0, 2.0]])
+    x = np.array(
+        [
+            [0.0, np.nan, 1.0, np.nan],
+            [0.0, np.inf, 1.0, 2.0],
+            [-np.inf] * 4,
+            [0.0, 1.0, -np.inf, 2.0],
+            [0.0, 1.0, 5.0, 2.0],
+        ]
+    )
     t = np.array([2, 1, 0, 2, 2])
     r = fastce.evaluate(x, t, topk=(1, 10), per_sample=True)
     ps = r.per_sample
@@ -554,29 +611,32 @@ def test_padded_language_model_batches_equal_the_unpadded_concatenation():
     # batches (B, T, V) of different lengths, padded with ignore_index
     rng = np.random.default_rng(22)
     V = 301
-    sequences = [rng.standard_normal((int(rng.integers(1, 40)), V)).astype(np.float32)
-                 for _ in range(23)]
+    sequences = [
+        rng.standard_normal((int(rng.integers(1, 40)), V)).astype(np.float32) for _ in range(23)
+    ]
     labels = [rng.integers(0, V, len(s)) for s in sequences]
     acc = fastce.Accumulator(axis=-1, topk=(1, 10))
     for start in range(0, 23, 4):
-        batch = sequences[start:start + 4]
+        batch = sequences[start : start + 4]
         T = max(len(s) for s in batch)
         xb = np.zeros((len(batch), T, V), np.float32)
         tb = np.full((len(batch), T), -100)
-        for i, (s, lab) in enumerate(zip(batch, labels[start:start + 4])):
-            xb[i, :len(s)] = s
-            tb[i, :len(s)] = lab
+        for i, (s, lab) in enumerate(zip(batch, labels[start : start + 4])):
+            xb[i, : len(s)] = s
+            tb[i, : len(s)] = lab
         acc.update(xb, tb)
     flat_x, flat_t = np.concatenate(sequences), np.concatenate(labels)
     one = fastce.evaluate(flat_x, flat_t, topk=(1, 10))
     r = acc.result()
     assert r.count == len(flat_t)
     assert_allclose(r.loss, one.loss, rtol=1e-13)
-    assert_allclose(r.loss, float(fastce.cross_entropy(flat_x.astype(np.float64), flat_t)),
-                    rtol=1e-6)
+    assert_allclose(
+        r.loss, float(fastce.cross_entropy(flat_x.astype(np.float64), flat_t)), rtol=1e-6
+    )
     assert r.accuracy == one.accuracy
-    assert_allclose([r.ece, r.entropy, r.confidence], [one.ece, one.entropy, one.confidence],
-                    rtol=1e-13)
+    assert_allclose(
+        [r.ece, r.entropy, r.confidence], [one.ece, one.entropy, one.confidence], rtol=1e-13
+    )
 
 
 def test_merge_in_any_order_and_pickle_midway():
@@ -595,8 +655,9 @@ def test_merge_in_any_order_and_pickle_midway():
             total.merge(pickle.loads(pickle.dumps(parts[i])))
         r = total.result()
         assert r.count == 3000 and r.accuracy == whole.accuracy
-        assert_allclose([r.loss, r.ece, r.entropy], [whole.loss, whole.ece, whole.entropy],
-                        rtol=1e-13)
+        assert_allclose(
+            [r.loss, r.ece, r.entropy], [whole.loss, whole.ece, whole.entropy], rtol=1e-13
+        )
     # an accumulator keeps working after a round trip through pickle
     acc = fastce.Accumulator(topk=(1, 3), bins=8)
     acc.update(x[:1200], t[:1200])
@@ -615,7 +676,15 @@ def test_accumulator_state_reset_repr_and_empty_result():
     assert acc.count == 2 and acc.weight_sum == 5.0
     assert "count=2" in repr(acc) and "topk=(2,)" in repr(acc)
     assert set(acc.result().as_dict()) == {
-        "loss", "perplexity", "top2", "confidence", "entropy", "ece", "count", "weight_sum"}
+        "loss",
+        "perplexity",
+        "top2",
+        "confidence",
+        "entropy",
+        "ece",
+        "count",
+        "weight_sum",
+    }
     acc.reset()
     assert acc.count == 0 and acc.n_classes is None
     acc.update(np.eye(4)[:, :3], np.array([1, 2, 0, 1]))
@@ -626,9 +695,14 @@ def test_merge_refuses_different_options_and_classes():
     base = fastce.Accumulator(topk=(1, 5))
     with pytest.raises(TypeError, match="another Accumulator"):
         base.merge({"loss": 1.0})
-    for other in (fastce.Accumulator(topk=(1,)), fastce.Accumulator(bins=10),
-                  fastce.Accumulator(label_smoothing=0.1), fastce.Accumulator(ignore_index=0),
-                  fastce.Accumulator(axis=-1), fastce.Accumulator(weight=np.ones(3))):
+    for other in (
+        fastce.Accumulator(topk=(1,)),
+        fastce.Accumulator(bins=10),
+        fastce.Accumulator(label_smoothing=0.1),
+        fastce.Accumulator(ignore_index=0),
+        fastce.Accumulator(axis=-1),
+        fastce.Accumulator(weight=np.ones(3)),
+    ):
         with pytest.raises(ValueError, match="different options"):
             base.merge(other)
     a, b = fastce.Accumulator(), fastce.Accumulator()
@@ -702,8 +776,9 @@ def test_many_bins_and_a_long_rank_histogram_keep_memory_bounded():
     rng = np.random.default_rng(9)
     x = rng.standard_normal((6000, 3000)).astype(np.float32)
     t = rng.integers(0, 3000, 6000)
-    peak, r = peak_and_result(lambda: fastce.evaluate(x, t, bins=1 << 20, topk=(1, 3000)),
-                              warm_up=False)
+    peak, r = peak_and_result(
+        lambda: fastce.evaluate(x, t, bins=1 << 20, topk=(1, 3000)), warm_up=False
+    )
     assert peak < 256 << 20, peak  # the partials of 1024 units would take 30 GB
     few = fastce.evaluate(x, t, bins=15, topk=(1, 3000))
     assert r.accuracy == {1: few.accuracy[1], 3000: 1.0}
@@ -737,15 +812,18 @@ def results_identical(a, b):
         assert_array_equal(getattr(a.per_sample, name), getattr(b.per_sample, name), name)
 
 
-@pytest.mark.parametrize("shape, axis", [((4096, 300), 1), ((8, 21, 32, 32), 1),
-                                         ((4, 64, 1000), -1)])
+@pytest.mark.parametrize(
+    "shape, axis", [((4096, 300), 1), ((8, 21, 32, 32), 1), ((4, 64, 1000), -1)]
+)
 def test_any_thread_count_gives_identical_results(shape, axis):
     rng = np.random.default_rng(31)
     x = rng.standard_normal(shape).astype(np.float32)
     ax = axis % len(shape)
-    t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1:])
-    runs = [fastce.evaluate(x, t, axis=axis, per_sample=True, label_smoothing=0.1,
-                            num_threads=n) for n in (1, 2, 3)]
+    t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1 :])
+    runs = [
+        fastce.evaluate(x, t, axis=axis, per_sample=True, label_smoothing=0.1, num_threads=n)
+        for n in (1, 2, 3)
+    ]
     results_identical(runs[0], runs[1])
     results_identical(runs[0], runs[2])
 
@@ -753,40 +831,54 @@ def test_any_thread_count_gives_identical_results(shape, axis):
 def test_every_vector_path_matches_cross_entropy_too(simd_path):
     assert _kernels.simd_isa() == simd_path
     rng = np.random.default_rng(32)
-    for shape, axis in (((500, 1000), 1), ((300, 37), 1), ((4, 70, 130), 1),
-                        ((3, 9, 130), 1), ((2, 5, 300), -1)):
+    for shape, axis in (
+        ((500, 1000), 1),
+        ((300, 37), 1),
+        ((4, 70, 130), 1),
+        ((3, 9, 130), 1),
+        ((2, 5, 300), -1),
+    ):
         for dtype in FLOATS:
             x = (rng.standard_normal(shape) * 3).astype(dtype)
             ax = axis % len(shape)
-            t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1:])
+            t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1 :])
             r = fastce.evaluate(x, t, axis=axis, per_sample=True, label_smoothing=0.1)
             assert _metrics.simd_isa() == simd_path
-            assert_array_equal(r.per_sample.loss,
-                               fastce.cross_entropy(x, t, axis=axis, reduction="none",
-                                                    label_smoothing=0.1))
-            assert_result_matches(r, reference_evaluate(x, t, axis=axis, label_smoothing=0.1),
-                                  dtype, f"{shape} {dtype}")
+            assert_array_equal(
+                r.per_sample.loss,
+                fastce.cross_entropy(x, t, axis=axis, reduction="none", label_smoothing=0.1),
+            )
+            assert_result_matches(
+                r,
+                reference_evaluate(x, t, axis=axis, label_smoothing=0.1),
+                dtype,
+                f"{shape} {dtype}",
+            )
 
 
-@pytest.mark.parametrize("shape, axis, layout", [
-    ((3000, 50), 1, "C"),      # blocks of rows
-    ((3000, 50), 1, "F"),      # one outer slice: blocks of tiles
-    ((50, 3001), 0, "C"),
-    ((6, 50, 700), 1, "C"),
-    ((3000, 50), 1, "byteswapped"),  # converted block by block
-])
+@pytest.mark.parametrize(
+    "shape, axis, layout",
+    [
+        ((3000, 50), 1, "C"),  # blocks of rows
+        ((3000, 50), 1, "F"),  # one outer slice: blocks of tiles
+        ((50, 3001), 0, "C"),
+        ((6, 50, 700), 1, "C"),
+        ((3000, 50), 1, "byteswapped"),  # converted block by block
+    ],
+)
 def test_blocks_give_the_same_results(monkeypatch, shape, axis, layout):
     rng = np.random.default_rng(33)
     x = arrange(rng.standard_normal(shape).astype(np.float32), layout)
     ax = axis % len(shape)
-    t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1:])
+    t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1 :])
     t.reshape(-1)[::7] = -100
     whole = fastce.evaluate(x, t, axis=axis, per_sample=True)
     monkeypatch.setattr(fastce.metrics, "_BLOCK_BYTES", 20000)
     blocked = fastce.evaluate(x, t, axis=axis, per_sample=True)
     results_identical(whole, blocked)
-    assert_array_equal(blocked.per_sample.loss,
-                       fastce.cross_entropy(x, t, axis=axis, reduction="none"))
+    assert_array_equal(
+        blocked.per_sample.loss, fastce.cross_entropy(x, t, axis=axis, reduction="none")
+    )
 
 
 def test_memory_mapped_logits_are_read_in_blocks_without_a_copy(tmp_path):
@@ -795,26 +887,26 @@ def test_memory_mapped_logits_are_read_in_blocks_without_a_copy(tmp_path):
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, C))
     rng = np.random.default_rng(41)
     for start in range(0, n, 10_000):
-        mm[start:start + 10_000] = rng.standard_normal((10_000, C), dtype=np.float32)
+        mm[start : start + 10_000] = rng.standard_normal((10_000, C), dtype=np.float32)
     mm.flush()
     del mm
     target = rng.integers(0, C, n)
     target[::13] = -100
 
     logits = np.load(path, mmap_mode="r")
-    peak, r = peak_and_result(lambda: fastce.evaluate(logits, target, topk=(1, 5)),
-                              warm_up=False)
+    peak, r = peak_and_result(lambda: fastce.evaluate(logits, target, topk=(1, 5)), warm_up=False)
     assert peak < logits.nbytes / 50, f"peak {peak} bytes for a {logits.nbytes} byte file"
 
     # the same numbers as batches copied into memory, and as cross_entropy
     acc = fastce.Accumulator(topk=(1, 5))
     for start in range(0, n, 40_000):
-        acc.update(np.array(logits[start:start + 40_000]), target[start:start + 40_000])
+        acc.update(np.array(logits[start : start + 40_000]), target[start : start + 40_000])
     streamed = acc.result()
     assert r.count == streamed.count == np.count_nonzero(target != -100)
     assert r.accuracy == streamed.accuracy
-    assert_allclose([r.loss, r.ece, r.entropy],
-                    [streamed.loss, streamed.ece, streamed.entropy], rtol=1e-13)
+    assert_allclose(
+        [r.loss, r.ece, r.entropy], [streamed.loss, streamed.ece, streamed.entropy], rtol=1e-13
+    )
     assert_allclose(r.loss, float(fastce.cross_entropy(logits, target)), rtol=1e-6)
 
 
@@ -899,7 +991,12 @@ def test_a_child_forked_after_evaluate_ran_threads_computes_serially(tmp_path, p
     script = tmp_path / "fork_eval.py"
     script.write_text(FORK_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    done = subprocess.run([sys.executable, str(script), parent_threads], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(script), parent_threads],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip() == "ok"

@@ -80,8 +80,15 @@ def run_script(body, env=None, timeout=300, head=""):
         path = os.path.join(tmp, "scenario.py")  # a file: spawn children import __main__
         with open(path, "w") as f:
             f.write(script)
-        done = subprocess.run([sys.executable, path], env=environment, capture_output=True,
-                              text=True, timeout=timeout, cwd=tmp, start_new_session=True)
+        done = subprocess.run(
+            [sys.executable, path],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=tmp,
+            start_new_session=True,
+        )
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}"
     return done.stdout.split()
 
@@ -225,8 +232,11 @@ def test_a_fork_after_another_openmp_library_ran_its_threads_does_not_hang(tmp_p
     source = tmp_path / "team.c"
     source.write_text(OPENMP_LIBRARY)
     library = tmp_path / "libteam.so"
-    built = subprocess.run([compiler, "-O1", "-shared", "-fPIC", "-fopenmp", str(source), "-o",
-                            str(library)], capture_output=True, text=True)
+    built = subprocess.run(
+        [compiler, "-O1", "-shared", "-fPIC", "-fopenmp", str(source), "-o", str(library)],
+        capture_output=True,
+        text=True,
+    )
     if built.returncode != 0:
         pytest.skip(f"cannot build an OpenMP library: {built.stderr[-300:]}")
     out = run_script(
@@ -262,8 +272,13 @@ def test_a_forked_child_reports_the_thread_count_it_uses():
 
 CRITERIA = [
     fastce.CrossEntropyLoss(),
-    fastce.CrossEntropyLoss(weight=np.array([0.5, 1.0, 2.0]), ignore_index=1, reduction="sum",
-                            label_smoothing=0.25, axis=-1),
+    fastce.CrossEntropyLoss(
+        weight=np.array([0.5, 1.0, 2.0]),
+        ignore_index=1,
+        reduction="sum",
+        label_smoothing=0.25,
+        axis=-1,
+    ),
     fastce.CrossEntropyLoss(weight=[1, 2, 3], reduction="none"),
 ]
 
@@ -291,8 +306,11 @@ def test_results_pickle():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 3)).astype(np.float32)
     t = np.array([0, 1, 2, 2, 1, 0])
-    for result in (fastce.cross_entropy(x, t), *fastce.cross_entropy_with_grad(x, t),
-                   fastce.cross_entropy(x, t, reduction="none")):
+    for result in (
+        fastce.cross_entropy(x, t),
+        *fastce.cross_entropy_with_grad(x, t),
+        fastce.cross_entropy(x, t, reduction="none"),
+    ):
         clone = pickle.loads(pickle.dumps(result))
         assert type(clone) is type(result) and np.asarray(clone).dtype == np.asarray(result).dtype
         assert np.asarray(clone).tobytes() == np.asarray(result).tobytes()

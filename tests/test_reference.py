@@ -107,8 +107,12 @@ def assert_matches(fast, slow, dtype, msg=""):
     finite = np.abs(slow[np.isfinite(slow)])
     scale = float(finite.max()) if finite.size else 0.0
     assert_allclose(
-        fast.astype(np.float64), slow, rtol=rtol, atol=atol * (scale if scale > 0 else 1.0),
-        equal_nan=True, err_msg=msg,
+        fast.astype(np.float64),
+        slow,
+        rtol=rtol,
+        atol=atol * (scale if scale > 0 else 1.0),
+        equal_nan=True,
+        err_msg=msg,
     )
 
 
@@ -259,7 +263,9 @@ def test_closed_form_binary(module):
     y = np.array([1.0, 0.0, 0.25])
     sig = 1 / (1 + np.exp(-x))
     expected = -(y * np.log(sig) + (1 - y) * np.log(1 - sig))
-    assert_allclose(module.binary_cross_entropy_with_logits(x, y, reduction="none"), expected, rtol=1e-12)
+    assert_allclose(
+        module.binary_cross_entropy_with_logits(x, y, reduction="none"), expected, rtol=1e-12
+    )
     pw = np.array([3.0])
     expected_pw = -(pw * y * np.log(sig) + (1 - y) * np.log(1 - sig))
     got = module.binary_cross_entropy_with_logits(x, y, pos_weight=pw, reduction="none")
@@ -276,8 +282,12 @@ def test_reference_matches_scipy():
     x = rng.standard_normal((6, 9)) * 5
     for axis in (0, 1, -1):
         assert_allclose(ref.logsumexp(x, axis=axis), special.logsumexp(x, axis=axis), rtol=1e-13)
-        assert_allclose(ref.log_softmax(x, axis=axis), special.log_softmax(x, axis=axis), rtol=1e-12, atol=1e-13)
-        assert_allclose(ref.softmax(x, axis=axis), special.softmax(x, axis=axis), rtol=1e-12, atol=1e-15)
+        assert_allclose(
+            ref.log_softmax(x, axis=axis), special.log_softmax(x, axis=axis), rtol=1e-12, atol=1e-13
+        )
+        assert_allclose(
+            ref.softmax(x, axis=axis), special.softmax(x, axis=axis), rtol=1e-12, atol=1e-15
+        )
 
 
 # --------------------------------------------------------------------------
@@ -295,7 +305,9 @@ def test_cross_entropy_family_matches_reference(func, dtype, reduction):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             if func == "cross_entropy":
-                got_loss = fastce.cross_entropy(logits, target, weight, reduction=reduction, **kwargs)
+                got_loss = fastce.cross_entropy(
+                    logits, target, weight, reduction=reduction, **kwargs
+                )
                 got_grad = None
             elif func == "cross_entropy_grad":
                 got_loss = None
@@ -339,9 +351,16 @@ LARGER_GEOMETRIES = (
 @pytest.mark.parametrize("shape, axis", LARGER_GEOMETRIES, ids=str)
 def test_larger_geometries_match_reference(shape, axis):
     rng = np.random.default_rng(21)
-    options = ({}, {"ignore_index": -100}, {"label_smoothing": 0.2, "weight": True},
-               {"prob": True}, {"prob": True, "weight": True, "label_smoothing": 0.1})
-    for dtype, option, reduction, scale in itertools.product(FLOATS, options, REDUCTIONS, (3.0, 1e4)):
+    options = (
+        {},
+        {"ignore_index": -100},
+        {"label_smoothing": 0.2, "weight": True},
+        {"prob": True},
+        {"prob": True, "weight": True, "label_smoothing": 0.1},
+    )
+    for dtype, option, reduction, scale in itertools.product(
+        FLOATS, options, REDUCTIONS, (3.0, 1e4)
+    ):
         logits, target, weight, kwargs = make_ce_case(rng, shape, axis, dtype, np.int64, option)
         logits = (logits.astype(np.float64) * (scale / 3.0)).astype(dtype)
         go = rng.standard_normal(loss_shape(shape, axis)) if reduction == "none" else 1.0
@@ -349,16 +368,24 @@ def test_larger_geometries_match_reference(shape, axis):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             loss, grad = fastce.cross_entropy_with_grad(
-                logits, target, weight, reduction=reduction, grad_output=go, **kwargs)
+                logits, target, weight, reduction=reduction, grad_output=go, **kwargs
+            )
         want_loss, want_grad = ref.cross_entropy_with_grad(
-            logits, target, weight, reduction=reduction, grad_output=go, **kwargs)
+            logits, target, weight, reduction=reduction, grad_output=go, **kwargs
+        )
         assert_matches(loss, want_loss, dtype, msg)
         assert_matches(grad, want_grad, dtype, msg)
     for dtype in (np.float16, np.float32, np.float64):
         x = (rng.standard_normal(shape) * 4).astype(dtype)
-        for func, ax in itertools.product(("log_softmax", "softmax", "logsumexp"), range(len(shape))):
-            assert_matches(getattr(fastce, func)(x, axis=ax), getattr(ref, func)(x, axis=ax), dtype,
-                           f"{func} {np.dtype(dtype).name} axis={ax}")
+        for func, ax in itertools.product(
+            ("log_softmax", "softmax", "logsumexp"), range(len(shape))
+        ):
+            assert_matches(
+                getattr(fastce, func)(x, axis=ax),
+                getattr(ref, func)(x, axis=ax),
+                dtype,
+                f"{func} {np.dtype(dtype).name} axis={ax}",
+            )
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -366,12 +393,19 @@ def test_cross_entropy_loss_class_matches_reference(dtype):
     rng = np.random.default_rng(3)
     for (shape, axis), option, reduction in itertools.product(GEOMETRIES[:8], OPTIONS, REDUCTIONS):
         logits, target, weight, kwargs = make_ce_case(rng, shape, axis, dtype, np.int64, option)
-        kw = {"ignore_index": kwargs.get("ignore_index", -100),
-              "label_smoothing": kwargs.get("label_smoothing", 0.0), "axis": axis}
+        kw = {
+            "ignore_index": kwargs.get("ignore_index", -100),
+            "label_smoothing": kwargs.get("label_smoothing", 0.0),
+            "axis": axis,
+        }
         criterion = fastce.CrossEntropyLoss(weight, reduction=reduction, **kw)
         msg = f"{shape} {axis} {option} {reduction}"
-        assert_matches(criterion(logits, target),
-                       ref.cross_entropy(logits, target, weight, reduction=reduction, **kw), dtype, msg)
+        assert_matches(
+            criterion(logits, target),
+            ref.cross_entropy(logits, target, weight, reduction=reduction, **kw),
+            dtype,
+            msg,
+        )
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -388,7 +422,10 @@ def test_nll_loss_matches_reference(dtype):
         log_probs = ref.log_softmax(logits, axis=class_axis(logits.ndim, axis)).astype(dtype)
         log_probs, target = arrange(log_probs, layout), arrange(target, layout)
         before = snapshot(log_probs, target, weight)
-        msg = f"{np.dtype(dtype).name} {shape} {axis} {option} {layout} {np.dtype(index_dtype).name} {reduction}"
+        msg = (
+            f"{np.dtype(dtype).name} {shape} {axis} {option} {layout} "
+            f"{np.dtype(index_dtype).name} {reduction}"
+        )
         got = fastce.nll_loss(log_probs, target, weight, reduction=reduction, **kwargs)
         assert_unmodified(before, [log_probs, target, weight], msg)
         want = ref.nll_loss(log_probs, target, weight, reduction=reduction, **kwargs)
@@ -484,8 +521,10 @@ def binary_cases(dtype):
             p = rng.random(shape)
             if p.size >= 3:
                 p.reshape(-1)[:3] = [0.0, 1.0, 1e-50]
-            desc = (f"shape={shape} layout={layout} weight={None if weight is None else weight.shape} "
-                    f"pos_weight={None if pos_weight is None else pos_weight.shape}")
+            desc = (
+                f"shape={shape} layout={layout} weight={None if weight is None else weight.shape} "
+                f"pos_weight={None if pos_weight is None else pos_weight.shape}"
+            )
             arr = [arrange(a.astype(dtype), layout) for a in (x, y, p)]
             w = None if weight is None else arrange(weight, layout)
             yield desc, arr[0], arr[1], arr[2], w, pos_weight
@@ -546,7 +585,9 @@ def test_result_dtypes(dtype):
         assert_array_result(grad, dtype, x.shape)
         assert_scalar_result(fastce.nll_loss(x, t, reduction=reduction), dtype)
         y = rng.random((6, 4)).astype(dtype)
-        assert_scalar_result(fastce.binary_cross_entropy_with_logits(x, y, reduction=reduction), dtype)
+        assert_scalar_result(
+            fastce.binary_cross_entropy_with_logits(x, y, reduction=reduction), dtype
+        )
         assert_scalar_result(fastce.binary_cross_entropy(y, y, reduction=reduction), dtype)
     assert_array_result(fastce.cross_entropy(x, t, reduction="none"), dtype, (6,))
     assert_array_result(fastce.cross_entropy_grad(x, t), dtype, (6, 4))
@@ -555,8 +596,11 @@ def test_result_dtypes(dtype):
     assert_array_result(fastce.logsumexp(x), dtype, (6,))
     assert np.dtype(out_dtype) == fastce.cross_entropy(x, t).dtype
     # float16 is computed in float32: it matches the reference to float32 accuracy
-    assert_matches(fastce.cross_entropy(x, t, reduction="none"),
-                   ref.cross_entropy(x, t, reduction="none"), np.float32)
+    assert_matches(
+        fastce.cross_entropy(x, t, reduction="none"),
+        ref.cross_entropy(x, t, reduction="none"),
+        np.float32,
+    )
 
 
 def test_unbatched_results():
@@ -580,13 +624,16 @@ def test_lists_are_accepted():
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_nan_and_inf_logits(dtype):
     inf, nan = np.inf, np.nan
-    x = np.array([
-        [nan, 1.0, 2.0],  # NaN logit
-        [inf, 1.0, 2.0],  # +inf logit
-        [1.0, -inf, 2.0],  # -inf at the target (target 1)
-        [1.0, -inf, 2.0],  # -inf at a non-target class (target 0)
-        [1.0, 2.0, 3.0],
-    ], dtype=dtype)
+    x = np.array(
+        [
+            [nan, 1.0, 2.0],  # NaN logit
+            [inf, 1.0, 2.0],  # +inf logit
+            [1.0, -inf, 2.0],  # -inf at the target (target 1)
+            [1.0, -inf, 2.0],  # -inf at a non-target class (target 0)
+            [1.0, 2.0, 3.0],
+        ],
+        dtype=dtype,
+    )
     t = np.array([1, 0, 1, 0, 2])
     for module in (fastce, ref):
         loss, grad = module.cross_entropy_with_grad(x, t, reduction="none", grad_output=1.0)
@@ -598,8 +645,11 @@ def test_nan_and_inf_logits(dtype):
         assert grad[3, 1] == 0.0
         assert np.isfinite(grad[2:]).all()
         # -inf at the target: the gradient is p - onehot, with p = 0 at the target
-        assert_allclose(grad[2], [np.exp(1) / (np.exp(1) + np.exp(2)) , -1.0,
-                                  np.exp(2) / (np.exp(1) + np.exp(2))], rtol=1e-6)
+        assert_allclose(
+            grad[2],
+            [np.exp(1) / (np.exp(1) + np.exp(2)), -1.0, np.exp(2) / (np.exp(1) + np.exp(2))],
+            rtol=1e-6,
+        )
         assert np.isnan(module.cross_entropy(x, t))
         assert module.cross_entropy(x[2:], t[2:]) == inf
         assert np.isfinite(module.cross_entropy(x[3:], t[3:]))
@@ -607,7 +657,9 @@ def test_nan_and_inf_logits(dtype):
 
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_ignored_samples_contribute_nothing(dtype):
-    x = np.array([[np.nan, np.inf, -np.inf], [1.0, 2.0, 0.1], [np.nan, np.nan, np.nan]], dtype=dtype)
+    x = np.array(
+        [[np.nan, np.inf, -np.inf], [1.0, 2.0, 0.1], [np.nan, np.nan, np.nan]], dtype=dtype
+    )
     t = np.array([-100, 1, -100])
     for module in (fastce, ref):
         loss = np.asarray(module.cross_entropy(x, t, reduction="none"))
@@ -658,7 +710,7 @@ def test_every_sample_ignored(dtype):
 
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_zero_weight_denominator(dtype):
-    """"mean" whose targets all have weight 0: NaN, as torch; the gradient is 0 for
+    """ "mean" whose targets all have weight 0: NaN, as torch; the gradient is 0 for
     samples whose coefficients are all 0 and NaN where smoothing makes them not."""
     x = np.random.default_rng(13).standard_normal((3, 4)).astype(dtype)
     t = np.zeros(3, np.int64)

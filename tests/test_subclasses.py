@@ -34,19 +34,23 @@ def tagged(a):
 CALLS = {
     "cross_entropy": lambda x, t, y, w: fastce.cross_entropy(x, t, reduction="none"),
     "cross_entropy_with_grad": lambda x, t, y, w: fastce.cross_entropy_with_grad(x, t, weight=w),
-    "cross_entropy probabilities":
-        lambda x, t, y, w: fastce.cross_entropy(x, y, label_smoothing=0.1),
+    "cross_entropy probabilities": lambda x, t, y, w: fastce.cross_entropy(
+        x, y, label_smoothing=0.1
+    ),
     "nll_loss": lambda x, t, y, w: fastce.nll_loss(x, t, weight=w),
     "log_softmax": lambda x, t, y, w: fastce.log_softmax(x),
     "softmax": lambda x, t, y, w: fastce.softmax(x, axis=0),
     "logsumexp": lambda x, t, y, w: fastce.logsumexp(x),
     "bce with logits": lambda x, t, y, w: fastce.binary_cross_entropy_with_logits_with_grad(
-        x, y, weight=y, pos_weight=w, reduction="sum"),
+        x, y, weight=y, pos_weight=w, reduction="sum"
+    ),
     "bce": lambda x, t, y, w: fastce.binary_cross_entropy_with_grad(
-        1 / (1 + np.exp(-x)), y, weight=y),
+        1 / (1 + np.exp(-x)), y, weight=y
+    ),
     "evaluate": lambda x, t, y, w: fastce.evaluate(x, t, weight=w, per_sample=True).loss,
-    "Accumulator": lambda x, t, y, w: fastce.Accumulator(weight=w).update(
-        x, t, per_sample=True).loss,
+    "Accumulator": lambda x, t, y, w: (
+        fastce.Accumulator(weight=w).update(x, t, per_sample=True).loss
+    ),
 }
 
 
@@ -66,8 +70,10 @@ def test_subclass_inputs_give_the_plain_arrays_results(name, wrap):
     ww = w if wrap is np.matrix else wrap(w)
     for args in ((wrap(X), T, Y, w), (X, T, wrap(Y), ww), (wrap(X), T, wrap(Y), ww)):
         got = CALLS[name](*args)
-        for g, w in zip(np.atleast_1d(plain(got)) if not isinstance(got, tuple) else plain(got),
-                        np.atleast_1d(want) if not isinstance(want, tuple) else want):
+        for g, w in zip(
+            np.atleast_1d(plain(got)) if not isinstance(got, tuple) else plain(got),
+            np.atleast_1d(want) if not isinstance(want, tuple) else want,
+        ):
             np.testing.assert_array_equal(g, w)
 
 
@@ -98,8 +104,11 @@ OUT_CALLS = {
 
 @pytest.mark.parametrize("name", OUT_CALLS)
 def test_outputs_that_are_not_plain_arrays_are_refused(name):
-    for out in (np.matrix(np.zeros((3, 4))), tagged(np.zeros((3, 4))),
-                np.ma.masked_array(np.zeros((3, 4)))):
+    for out in (
+        np.matrix(np.zeros((3, 4))),
+        tagged(np.zeros((3, 4))),
+        np.ma.masked_array(np.zeros((3, 4))),
+    ):
         with pytest.raises(TypeError, match="plain NumPy array"):
             OUT_CALLS[name](out)
 
@@ -116,8 +125,16 @@ def test_outputs_whose_elements_share_memory_are_refused(name):
 
 def test_overlap_is_found_exactly():
     a = np.zeros((6, 8))
-    for view in (a, a.T, a[::2, 1::3], a[:, ::-1], a.reshape(2, 3, 8).transpose(2, 0, 1),
-                 np.zeros((1, 5)), np.zeros((0, 3)), np.zeros((4, 1, 3))[:, :, ::2]):
+    for view in (
+        a,
+        a.T,
+        a[::2, 1::3],
+        a[:, ::-1],
+        a.reshape(2, 3, 8).transpose(2, 0, 1),
+        np.zeros((1, 5)),
+        np.zeros((0, 3)),
+        np.zeros((4, 1, 3))[:, :, ::2],
+    ):
         assert not overlaps_itself(view)
     # interleaved axes that never meet, and ones that do
     buf = np.zeros(100)

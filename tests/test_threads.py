@@ -119,8 +119,9 @@ def test_children_compute_correctly_after_the_parent_ran_threads(tmp_path):
     script = tmp_path / "fork_check.py"
     script.write_text(FORK_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.split() == ["fork", "ok", "spawn", "ok", "forkserver", "ok"]
 
@@ -135,12 +136,15 @@ def test_num_threads_argument_gives_identical_results():
     two = fastce.cross_entropy_with_grad(x, t, num_threads=2)
     assert one[0].tobytes() == two[0].tobytes()
     assert one[1].tobytes() == two[1].tobytes()
-    np.testing.assert_array_equal(fastce.log_softmax(x, num_threads=1),
-                                  fastce.log_softmax(x, num_threads=2))
+    np.testing.assert_array_equal(
+        fastce.log_softmax(x, num_threads=1), fastce.log_softmax(x, num_threads=2)
+    )
 
 
-@pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
-                                        (True, TypeError), ("2", TypeError)])
+@pytest.mark.parametrize(
+    "bad, error",
+    [(0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError), ("2", TypeError)],
+)
 def test_num_threads_is_checked(bad, error):
     import fastce
 
@@ -152,17 +156,28 @@ def test_num_threads_is_checked(bad, error):
         fastce.set_num_threads(bad)
 
 
-@pytest.mark.parametrize("user, want", [
-    ({}, "10000 None"),
-    ({"OMP_WAIT_POLICY": "active"}, "None active"),
-    ({"GOMP_SPINCOUNT": "5"}, "5 None"),
-])
+@pytest.mark.parametrize(
+    "user, want",
+    [
+        ({}, "10000 None"),
+        ({"OMP_WAIT_POLICY": "active"}, "None active"),
+        ({"GOMP_SPINCOUNT": "5"}, "5 None"),
+    ],
+)
 def test_a_short_openmp_spin_is_set_unless_the_user_chose_a_policy(user, want):
-    code = ("import os, fastce; "
-            "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    code = (
+        "import os, fastce; "
+        "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    done = subprocess.run([sys.executable, "-c", code], env=dict(env, **user),
-                          capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(env, **user),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert done.stdout.split() == want.split()
 
 
@@ -206,6 +221,7 @@ def test_no_thread_count_asks_for_more_threads_than_the_cap(omp_num_threads):
     env.pop("OMP_NUM_THREADS", None)
     if omp_num_threads:
         env["OMP_NUM_THREADS"] = omp_num_threads
-    done = subprocess.run([sys.executable, "-c", CAP_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", CAP_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr

@@ -48,7 +48,7 @@ def make_case(geometry, option, dtype=torch.float64, seed=0):
     shape = GEOMETRIES[geometry]
     ax = 1 if len(shape) >= 2 else 0
     C = shape[ax]
-    tshape = shape[:ax] + shape[ax + 1:]
+    tshape = shape[:ax] + shape[ax + 1 :]
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(dtype)
     kwargs = dict(label_smoothing=option.get("label_smoothing", 0.0))
     if option.get("weight"):
@@ -82,10 +82,12 @@ def grad_output_for(loss_shape, dtype, seed):
 def assert_close(got, want, dtype):
     assert got.dtype == want.dtype, (got.dtype, want.dtype)
     assert got.shape == want.shape, (got.shape, want.shape)
-    tol = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-5, 1e-6),
-           torch.float16: (2e-3, 2e-3)}[dtype]
-    assert_allclose(got.double().numpy(), want.double().numpy(), rtol=tol[0], atol=tol[1],
-                    equal_nan=True)
+    tol = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-5, 1e-6), torch.float16: (2e-3, 2e-3)}[
+        dtype
+    ]
+    assert_allclose(
+        got.double().numpy(), want.double().numpy(), rtol=tol[0], atol=tol[1], equal_nan=True
+    )
 
 
 class Spy:
@@ -124,8 +126,9 @@ CASES = [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("geometry, option, reduction", CASES)
 def test_matches_torch_value_and_gradient(geometry, option, reduction, dtype, spy):
-    x, target, kwargs = make_case(geometry, OPTIONS[option], dtype, 
-                                  seed=zlib.crc32(f"{geometry}{option}{reduction}".encode()))
+    x, target, kwargs = make_case(
+        geometry, OPTIONS[option], dtype, seed=zlib.crc32(f"{geometry}{option}{reduction}".encode())
+    )
     want_loss = F.cross_entropy(x, target, reduction=reduction, **kwargs)
     shape = "scalar" if reduction != "none" else tuple(want_loss.shape)
     go = grad_output_for(shape, dtype, seed=3)
@@ -154,12 +157,14 @@ def test_float16_logits_give_float16_results(reduction, spy):
 # two are compared with the float64 computation on the same bfloat16 values:
 # fastce's results lie within half a bfloat16 ulp (relative 2**-8) of it, and
 # no further from it than torch's own bfloat16 results.
-BF16_RTOL, BF16_ATOL = 2.0 ** -8, 1e-7
+BF16_RTOL, BF16_ATOL = 2.0**-8, 1e-7
 BF16_CASES = [
     pytest.param(g, o, r, id=f"{g}-{o}-{r}")
-    for g, o, r in itertools.product(("2d", "unbatched", "kdim"),
-                                     ("index", "index-weight-ignore-ls", "prob-weight-ls"),
-                                     REDUCTIONS)
+    for g, o, r in itertools.product(
+        ("2d", "unbatched", "kdim"),
+        ("index", "index-weight-ignore-ls", "prob-weight-ls"),
+        REDUCTIONS,
+    )
 ]
 
 
@@ -176,8 +181,9 @@ def float64_truth(x, target, reduction, **kwargs):
     exact = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     target = target.double() if target.is_floating_point() else target
     loss = F.cross_entropy(x.double(), target, reduction=reduction, **exact)
-    return loss_and_grad(F.cross_entropy, x.double(), target, reduction,
-                         torch.ones_like(loss), **exact)
+    return loss_and_grad(
+        F.cross_entropy, x.double(), target, reduction, torch.ones_like(loss), **exact
+    )
 
 
 def assert_bfloat16_nearer_than_torch(got, torchs, truth):
@@ -186,16 +192,20 @@ def assert_bfloat16_nearer_than_torch(got, torchs, truth):
     got, torchs, truth = got.double().numpy(), torchs.double().numpy(), truth.numpy()
     assert_allclose(got, truth, rtol=BF16_RTOL, atol=BF16_ATOL)  # NaN where truth is NaN
     defined = ~np.isnan(truth)  # a mean over ignored targets only is NaN
-    assert np.abs(got - truth)[defined].max(initial=0) <= \
-        np.abs(torchs - truth)[defined].max(initial=0)
+    assert np.abs(got - truth)[defined].max(initial=0) <= np.abs(torchs - truth)[defined].max(
+        initial=0
+    )
 
 
 @pytest.mark.parametrize("geometry, option, reduction", BF16_CASES)
-def test_bfloat16_logits_give_bfloat16_results(geometry, option, reduction, spy,
-                                               no_torch_fallback):
+def test_bfloat16_logits_give_bfloat16_results(geometry, option, reduction, spy, no_torch_fallback):
     pytest.importorskip("ml_dtypes")
-    x, target, kwargs = make_case(geometry, OPTIONS[option], torch.bfloat16,
-                                  seed=zlib.crc32(f"bf16{geometry}{option}{reduction}".encode()))
+    x, target, kwargs = make_case(
+        geometry,
+        OPTIONS[option],
+        torch.bfloat16,
+        seed=zlib.crc32(f"bf16{geometry}{option}{reduction}".encode()),
+    )
     want_loss, want_grad = float64_truth(x, target, reduction, **kwargs)
     go = torch.ones(want_loss.shape, dtype=torch.bfloat16)
     torch_loss, torch_grad = loss_and_grad(F.cross_entropy, x, target, reduction, go, **kwargs)
@@ -288,8 +298,9 @@ GRADCHECK = [
 ]
 
 
-@pytest.mark.parametrize("geometry, option, reduction", GRADCHECK,
-                         ids=["-".join(c) for c in GRADCHECK])
+@pytest.mark.parametrize(
+    "geometry, option, reduction", GRADCHECK, ids=["-".join(c) for c in GRADCHECK]
+)
 def test_gradcheck(geometry, option, reduction, spy):
     x, target, kwargs = make_case(geometry, OPTIONS[option], torch.float64, seed=11)
     x.requires_grad_(True)
@@ -328,11 +339,12 @@ def test_second_derivative_raises_clearly():
     y = x.detach().clone().requires_grad_(True)
     (g,) = torch.autograd.grad(ft.cross_entropy(y, target), y, create_graph=True)
     with pytest.raises(RuntimeError, match="no second derivative"):
-        ((g ** 2).sum() + (y ** 2).sum()).backward()
+        ((g**2).sum() + (y**2).sum()).backward()
 
 
 # --------------------------------------------------------------------------
 # the fastce path: fused, in place, loss only when no gradient is wanted
+
 
 def test_reads_contiguous_tensors_in_place(spy):
     x, target, _ = make_case("2d", OPTIONS["index"], torch.float32)
@@ -348,16 +360,15 @@ def test_reads_contiguous_tensors_in_place(spy):
     assert kwargs.get("out") is None and kwargs["grad_output"] == 1.0
 
 
-@pytest.mark.parametrize("view", ["transposed", "strided-rows", "strided-classes",
-                                  "channels-last"])
+@pytest.mark.parametrize("view", ["transposed", "strided-rows", "strided-classes", "channels-last"])
 def test_reads_strided_tensors_in_place(view, spy):
     base = torch.randn(40, 24, dtype=torch.float64)
     if view == "transposed":
-        x = base.t()                       # (24, 40): Fortran order
+        x = base.t()  # (24, 40): Fortran order
     elif view == "strided-rows":
-        x = base[::3]                      # every third row
+        x = base[::3]  # every third row
     elif view == "strided-classes":
-        x = base[:, 1::2]                  # every other class
+        x = base[:, 1::2]  # every other class
     else:
         x = base.reshape(2, 4, 5, 24).permute(0, 3, 1, 2)  # channels-last (N, C, H, W)
     assert not x.is_contiguous()
@@ -369,8 +380,9 @@ def test_reads_strided_tensors_in_place(view, spy):
     logits = spy.calls[0][1][0]
     assert np.shares_memory(logits, base.numpy())
     assert logits.strides == tuple(s * x.element_size() for s in x.stride())
-    want_loss, want_grad = loss_and_grad(F.cross_entropy, x, target, "sum",
-                                         torch.tensor(1.0, dtype=torch.float64))
+    want_loss, want_grad = loss_and_grad(
+        F.cross_entropy, x, target, "sum", torch.tensor(1.0, dtype=torch.float64)
+    )
     assert_close(loss.detach(), want_loss, torch.float64)
     assert_close(x.grad, want_grad, torch.float64)
 
@@ -423,6 +435,7 @@ def test_gradient_carries_no_graph_and_loss_has_one():
 # --------------------------------------------------------------------------
 # what torch answers: unserved tensors and arguments, and every error
 
+
 def test_bfloat16_goes_to_torch_without_ml_dtypes():
     # NumPy has no bfloat16 without ml_dtypes: the adapter cannot view the tensor
     code = textwrap.dedent("""
@@ -440,8 +453,7 @@ def test_bfloat16_goes_to_torch_without_ml_dtypes():
         assert torch.equal(loss, torch.nn.functional.cross_entropy(x, target))
         print("ok")
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
 
@@ -524,8 +536,9 @@ def test_functorch_transforms_go_to_torch(spy):
 
 def test_torch_compile_traces_torch_function(spy):
     x, target, _ = make_case("2d", OPTIONS["index"])
-    compiled = torch.compile(lambda inp, t: ft.cross_entropy(inp, t), backend="eager",
-                             fullgraph=True)
+    compiled = torch.compile(
+        lambda inp, t: ft.cross_entropy(inp, t), backend="eager", fullgraph=True
+    )
     got = compiled(x, target)
     assert spy.calls == []
     assert_close(got, F.cross_entropy(x, target), torch.float64)
@@ -580,6 +593,7 @@ def test_single_class_warns_and_matches_torch():
 # --------------------------------------------------------------------------
 # CrossEntropyLoss: torch's module with fastce's forward
 
+
 def test_module_is_torch_module_with_fastce_forward(spy):
     weight = torch.rand(5) + 0.5
     ours = ft.CrossEntropyLoss(weight=weight, ignore_index=2, label_smoothing=0.1)
@@ -589,10 +603,12 @@ def test_module_is_torch_module_with_fastce_forward(spy):
     assert ours.state_dict().keys() == theirs.state_dict().keys()
     assert torch.equal(ours.state_dict()["weight"], theirs.state_dict()["weight"])
     x, target, _ = make_case("2d", OPTIONS["index"], torch.float32)
-    want_loss, want_grad = loss_and_grad(lambda *a, reduction, **k: theirs(*a), x, target,
-                                         "mean", torch.tensor(1.0))
-    loss, grad = loss_and_grad(lambda *a, reduction, **k: ours(*a), x, target,
-                               "mean", torch.tensor(1.0))
+    want_loss, want_grad = loss_and_grad(
+        lambda *a, reduction, **k: theirs(*a), x, target, "mean", torch.tensor(1.0)
+    )
+    loss, grad = loss_and_grad(
+        lambda *a, reduction, **k: ours(*a), x, target, "mean", torch.tensor(1.0)
+    )
     assert spy.names == ["cross_entropy_with_grad"]
     assert_close(loss, want_loss, torch.float32)
     assert_close(grad, want_grad, torch.float32)
@@ -604,23 +620,26 @@ def test_module_follows_its_weight_buffer(spy):
     criterion.load_state_dict({"weight": torch.arange(1.0, 6.0, dtype=torch.float64)})
     x, target, _ = make_case("2d", OPTIONS["index"], torch.float64)
     got = criterion(x, target)
-    want = F.cross_entropy(x, target, torch.arange(1.0, 6.0, dtype=torch.float64),
-                           reduction="sum")
+    want = F.cross_entropy(x, target, torch.arange(1.0, 6.0, dtype=torch.float64), reduction="sum")
     assert spy.names == ["cross_entropy"]
     assert_close(got, want, torch.float64)
 
 
 def test_import_without_torch_says_what_is_missing():
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "try:\n    import fastce.torch\n"
-            "except ImportError as err:\n    print(err)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "try:\n    import fastce.torch\n"
+        "except ImportError as err:\n    print(err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "fastce.torch is the PyTorch drop-in and needs torch" in done.stdout
-    done = subprocess.run([sys.executable, "-c", "import sys, fastce; "
-                           "print('torch' in sys.modules)"], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, fastce; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.stdout.strip() == "False"  # import fastce never imports torch
 
 
@@ -653,10 +672,16 @@ COEXIST = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("order", [("fastce", "torch"), ("torch", "fastce")],
-                         ids=["fastce-first", "torch-first"])
+@pytest.mark.parametrize(
+    "order", [("fastce", "torch"), ("torch", "fastce")], ids=["fastce-first", "torch-first"]
+)
 def test_openmp_runtimes_coexist_with_torch(order):
-    done = subprocess.run([sys.executable, "-c", COEXIST, *order], capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    done = subprocess.run(
+        [sys.executable, "-c", COEXIST, *order],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="2"),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[0] == "ok"

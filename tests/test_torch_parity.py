@@ -36,8 +36,14 @@ def assert_matches(fast, expected, dtype, msg=""):
         rtol, atol = 1e-5, 1e-6
     finite = np.abs(expected[np.isfinite(expected)])
     scale = float(finite.max()) if finite.size else 0.0
-    assert_allclose(fast.astype(np.float64), expected, rtol=rtol,
-                    atol=atol * (scale if scale > 0 else 1.0), equal_nan=True, err_msg=msg)
+    assert_allclose(
+        fast.astype(np.float64),
+        expected,
+        rtol=rtol,
+        atol=atol * (scale if scale > 0 else 1.0),
+        equal_nan=True,
+        err_msg=msg,
+    )
 
 
 def class_axis(ndim, axis):
@@ -83,7 +89,7 @@ def make_case(geometry, option, dtype, seed):
     rng = np.random.default_rng(seed)
     ax = class_axis(len(shape), axis)
     C = shape[ax]
-    tshape = shape[:ax] + shape[ax + 1:]
+    tshape = shape[:ax] + shape[ax + 1 :]
     x = (rng.standard_normal(shape) * 3).astype(dtype)
     weight = rng.uniform(0.2, 2.0, C) if option.get("weight") else None
     if option.get("prob"):
@@ -100,8 +106,9 @@ def make_case(geometry, option, dtype, seed):
     return x, target, weight, ignore_index, option["label_smoothing"], axis
 
 
-def torch_cross_entropy(x, target, weight, ignore_index, label_smoothing, axis, reduction,
-                        grad_output=None):
+def torch_cross_entropy(
+    x, target, weight, ignore_index, label_smoothing, axis, reduction, grad_output=None
+):
     """Loss (and, with ``grad_output``, the autograd gradient) from torch, with the
     class axis moved to where torch wants it."""
     xt = tensor(x).requires_grad_(grad_output is not None)
@@ -110,8 +117,14 @@ def torch_cross_entropy(x, target, weight, ignore_index, label_smoothing, axis, 
     if axis is not None and target.dtype.kind == "f":
         tt = tt.movedim(axis, 1)
     kwargs = {} if target.dtype.kind == "f" else {"ignore_index": ignore_index}
-    loss = F.cross_entropy(moved, tt, None if weight is None else tensor(weight).to(xt.dtype),
-                           reduction=reduction, label_smoothing=label_smoothing, **kwargs)
+    loss = F.cross_entropy(
+        moved,
+        tt,
+        None if weight is None else tensor(weight).to(xt.dtype),
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        **kwargs,
+    )
     if grad_output is None:
         return loss.detach().numpy(), None
     loss.backward(torch.as_tensor(grad_output, dtype=loss.dtype).expand_as(loss))
@@ -137,7 +150,9 @@ def test_cross_entropy_float64_value_and_grad(geometry, option, reduction):
         go = rng.standard_normal(loss_shape)
     else:
         go = 0.7
-    want_loss, want_grad = torch_cross_entropy(x, target, weight, ignore_index, ls, axis, reduction, go)
+    want_loss, want_grad = torch_cross_entropy(
+        x, target, weight, ignore_index, ls, axis, reduction, go
+    )
     kwargs = dict(ignore_index=ignore_index, label_smoothing=ls, reduction=reduction, axis=axis)
     loss = fastce.cross_entropy(x, target, weight, **kwargs)
     assert_matches(loss, want_loss, np.float64)
@@ -153,8 +168,15 @@ def test_cross_entropy_float32_value(geometry, option, reduction):
     x, target, weight, ignore_index, ls, axis = make_case(geometry, option, np.float32, 99)
     w32 = None if weight is None else weight.astype(np.float32)
     want, _ = torch_cross_entropy(x, target, w32, ignore_index, ls, axis, reduction)
-    loss = fastce.cross_entropy(x, target, w32, ignore_index=ignore_index, label_smoothing=ls,
-                                reduction=reduction, axis=axis)
+    loss = fastce.cross_entropy(
+        x,
+        target,
+        w32,
+        ignore_index=ignore_index,
+        label_smoothing=ls,
+        reduction=reduction,
+        axis=axis,
+    )
     assert np.asarray(loss).dtype == np.float32
     assert_matches(loss, want, np.float32)
 
@@ -169,7 +191,9 @@ def test_cross_entropy_float32_grad(reduction):
     loss = F.cross_entropy(xt, tensor(t), tensor(w), reduction=reduction, label_smoothing=0.1)
     go = rng.standard_normal(64).astype(np.float32) if reduction == "none" else 1.0
     loss.backward(torch.as_tensor(go).expand_as(loss))
-    grad = fastce.cross_entropy_grad(x, t, w, grad_output=go, reduction=reduction, label_smoothing=0.1)
+    grad = fastce.cross_entropy_grad(
+        x, t, w, grad_output=go, reduction=reduction, label_smoothing=0.1
+    )
     assert grad.dtype == np.float32
     assert_matches(grad, xt.grad.numpy(), np.float32)
 
@@ -220,9 +244,14 @@ def test_cross_entropy_all_ignored_and_empty():
     assert_matches(grad, want_grad, np.float64)
     empty = np.zeros((0, 4))
     for reduction in ("mean", "sum"):
-        want, _ = torch_cross_entropy(empty, np.zeros(0, np.int64), None, -100, 0.0, None, reduction)
-        assert_matches(fastce.cross_entropy(empty, np.zeros(0, np.int64), reduction=reduction), want,
-                       np.float64)
+        want, _ = torch_cross_entropy(
+            empty, np.zeros(0, np.int64), None, -100, 0.0, None, reduction
+        )
+        assert_matches(
+            fastce.cross_entropy(empty, np.zeros(0, np.int64), reduction=reduction),
+            want,
+            np.float64,
+        )
 
 
 def test_cross_entropy_zero_weight_denominator_with_smoothing():
@@ -295,14 +324,18 @@ CLASS_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("option", CLASS_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "default")
+@pytest.mark.parametrize(
+    "option", CLASS_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "default"
+)
 def test_cross_entropy_loss_class(option):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((7, 4, 3))
     t = rng.integers(0, 4, (7, 3))
     kwargs = dict(option)
     weight = rng.uniform(0.5, 2, 4) if kwargs.pop("weight", False) else None
-    want = torch.nn.CrossEntropyLoss(None if weight is None else tensor(weight), **kwargs)(tensor(x), tensor(t))
+    want = torch.nn.CrossEntropyLoss(None if weight is None else tensor(weight), **kwargs)(
+        tensor(x), tensor(t)
+    )
     got = fastce.CrossEntropyLoss(weight, **kwargs)(x, t)
     assert_matches(got, want.numpy(), np.float64)
 
@@ -326,13 +359,22 @@ def test_nll_loss(shape, weighted, ignore_index, reduction, dtype):
     rng = np.random.default_rng(6)
     C = shape[1] if len(shape) > 1 else shape[0]
     tshape = shape[:1] + shape[2:] if len(shape) > 1 else ()
-    lp = F.log_softmax(tensor(rng.standard_normal(shape)), 1 if len(shape) > 1 else 0).numpy().astype(dtype)
+    lp = (
+        F.log_softmax(tensor(rng.standard_normal(shape)), 1 if len(shape) > 1 else 0)
+        .numpy()
+        .astype(dtype)
+    )
     t = np.asarray(rng.integers(0, C, tshape), dtype=np.int64)
     if ignore_index == -100 and t.ndim:
         t[rng.random(tshape) < 0.3] = -100
     w = rng.uniform(0.5, 2, C).astype(dtype) if weighted else None
-    want = F.nll_loss(tensor(lp), tensor(t), None if w is None else tensor(w),
-                      ignore_index=ignore_index, reduction=reduction)
+    want = F.nll_loss(
+        tensor(lp),
+        tensor(t),
+        None if w is None else tensor(w),
+        ignore_index=ignore_index,
+        reduction=reduction,
+    )
     got = fastce.nll_loss(lp, t, w, ignore_index=ignore_index, reduction=reduction)
     assert_matches(got, want.numpy(), dtype)
 
@@ -368,7 +410,9 @@ SOFTMAX_CASES = [
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_softmax_family(func, shape, axis, specials, dtype):
     x = softmax_input(shape, specials, dtype)
-    torch_func = {"log_softmax": F.log_softmax, "softmax": F.softmax, "logsumexp": torch.logsumexp}[func]
+    torch_func = {"log_softmax": F.log_softmax, "softmax": F.softmax, "logsumexp": torch.logsumexp}[
+        func
+    ]
     want = torch_func(tensor(x), axis).numpy()
     got = getattr(fastce, func)(x, axis=axis)
     assert got.dtype == dtype
@@ -393,9 +437,16 @@ def bce_arrays(shape, w, pw, dtype):
     x = rng.standard_normal(shape) * 5
     x.reshape(-1)[:2] = [60.0, -60.0]
     y = rng.random(shape)
-    weight = {"none": None, "last": rng.uniform(0.2, 2, shape[-1:]), "full": rng.uniform(0.2, 2, shape)}[w]
+    weight = {
+        "none": None,
+        "last": rng.uniform(0.2, 2, shape[-1:]),
+        "full": rng.uniform(0.2, 2, shape),
+    }[w]
     pos_weight = {"none": None, "last": rng.uniform(0.2, 3, shape[-1:]), "one": np.array([2.5])}[pw]
-    cast = (lambda a: None if a is None else a.astype(dtype))
+
+    def cast(a):
+        return None if a is None else a.astype(dtype)
+
     return cast(x), cast(y), cast(weight), cast(pos_weight)
 
 
@@ -404,9 +455,15 @@ def bce_arrays(shape, w, pw, dtype):
 def test_binary_cross_entropy_with_logits(shape, w, pw, reduction, dtype):
     x, y, weight, pos_weight = bce_arrays(shape, w, pw, dtype)
     want = F.binary_cross_entropy_with_logits(
-        tensor(x), tensor(y), None if weight is None else tensor(weight),
-        pos_weight=None if pos_weight is None else tensor(pos_weight), reduction=reduction)
-    got = fastce.binary_cross_entropy_with_logits(x, y, weight, pos_weight=pos_weight, reduction=reduction)
+        tensor(x),
+        tensor(y),
+        None if weight is None else tensor(weight),
+        pos_weight=None if pos_weight is None else tensor(pos_weight),
+        reduction=reduction,
+    )
+    got = fastce.binary_cross_entropy_with_logits(
+        x, y, weight, pos_weight=pos_weight, reduction=reduction
+    )
     assert np.asarray(got).dtype == dtype
     assert_matches(got, want.numpy(), dtype)
 
@@ -443,113 +500,252 @@ def _torch_grad_output(go, reduction):
     def run():
         xt = XT.clone().requires_grad_(True)
         F.cross_entropy(xt, TT, reduction=reduction).backward(torch.as_tensor(go))
+
     return run
 
 
 ERROR_CASES = {
-    "int-logits": (lambda: F.cross_entropy(XT.long(), TT),
-                   lambda: fastce.cross_entropy(X.astype(np.int64), T), TypeError),
-    "bool-logits": (lambda: F.cross_entropy(XT > 0, TT),
-                    lambda: fastce.cross_entropy(X > 0, T), TypeError),
-    "complex-logits": (lambda: F.cross_entropy(XT.to(torch.complex128), TT),
-                       lambda: fastce.cross_entropy(X.astype(np.complex128), T), TypeError),
-    "target-equals-C": (lambda: F.cross_entropy(XT, tensor([0, 4, 1])),
-                        lambda: fastce.cross_entropy(X, np.array([0, 4, 1])), IndexError),
-    "target-negative": (lambda: F.cross_entropy(XT, tensor([0, -1, 1])),
-                        lambda: fastce.cross_entropy(X, np.array([0, -1, 1])), IndexError),
-    "target-uint8-255": (lambda: F.cross_entropy(XT, tensor(np.array([0, 255, 1], np.uint8))),
-                         lambda: fastce.cross_entropy(X, np.array([0, 255, 1], np.uint8)), IndexError),
+    "int-logits": (
+        lambda: F.cross_entropy(XT.long(), TT),
+        lambda: fastce.cross_entropy(X.astype(np.int64), T),
+        TypeError,
+    ),
+    "bool-logits": (
+        lambda: F.cross_entropy(XT > 0, TT),
+        lambda: fastce.cross_entropy(X > 0, T),
+        TypeError,
+    ),
+    "complex-logits": (
+        lambda: F.cross_entropy(XT.to(torch.complex128), TT),
+        lambda: fastce.cross_entropy(X.astype(np.complex128), T),
+        TypeError,
+    ),
+    "target-equals-C": (
+        lambda: F.cross_entropy(XT, tensor([0, 4, 1])),
+        lambda: fastce.cross_entropy(X, np.array([0, 4, 1])),
+        IndexError,
+    ),
+    "target-negative": (
+        lambda: F.cross_entropy(XT, tensor([0, -1, 1])),
+        lambda: fastce.cross_entropy(X, np.array([0, -1, 1])),
+        IndexError,
+    ),
+    "target-uint8-255": (
+        lambda: F.cross_entropy(XT, tensor(np.array([0, 255, 1], np.uint8))),
+        lambda: fastce.cross_entropy(X, np.array([0, 255, 1], np.uint8)),
+        IndexError,
+    ),
     "target-out-of-range-kdim": (
-        lambda: F.cross_entropy(torch.zeros(2, 3, 2, dtype=torch.float64), tensor([[0, 1], [3, 2]])),
-        lambda: fastce.cross_entropy(np.zeros((2, 3, 2)), np.array([[0, 1], [3, 2]])), IndexError),
+        lambda: F.cross_entropy(
+            torch.zeros(2, 3, 2, dtype=torch.float64), tensor([[0, 1], [3, 2]])
+        ),
+        lambda: fastce.cross_entropy(np.zeros((2, 3, 2)), np.array([[0, 1], [3, 2]])),
+        IndexError,
+    ),
     "grad-target-out-of-range": (
         lambda: F.cross_entropy(XT, tensor([0, 9, 1])),
-        lambda: fastce.cross_entropy_grad(X, np.array([0, 9, 1])), IndexError),
-    "target-N-by-1": (lambda: F.cross_entropy(XT, TT[:, None]),
-                      lambda: fastce.cross_entropy(X, T[:, None]), ValueError),
-    "target-wrong-batch": (lambda: F.cross_entropy(XT, tensor([0, 1, 2, 3])),
-                           lambda: fastce.cross_entropy(X, np.array([0, 1, 2, 3])), ValueError),
-    "onehot-int-target": (lambda: F.cross_entropy(XT, torch.zeros(3, 4, dtype=torch.long)),
-                          lambda: fastce.cross_entropy(X, np.zeros((3, 4), np.int64)), ValueError),
-    "float-target-index-shape": (lambda: F.cross_entropy(XT, TT.double()),
-                                 lambda: fastce.cross_entropy(X, T.astype(np.float64)), TypeError),
-    "bool-target": (lambda: F.cross_entropy(XT, TT > 0),
-                    lambda: fastce.cross_entropy(X, T > 0), TypeError),
-    "bool-target-full-shape": (lambda: F.cross_entropy(XT, XT > 0),
-                               lambda: fastce.cross_entropy(X, X > 0), TypeError),
-    "prob-target-wrong-shape": (lambda: F.cross_entropy(XT, torch.rand(3, 5, dtype=torch.float64)),
-                                lambda: fastce.cross_entropy(X, np.random.rand(3, 5)), ValueError),
-    "weight-wrong-shape": (lambda: F.cross_entropy(XT, TT, torch.ones(3, dtype=torch.float64)),
-                           lambda: fastce.cross_entropy(X, T, np.ones(3)), ValueError),
-    "label-smoothing-above-1": (lambda: F.cross_entropy(XT, TT, label_smoothing=1.5),
-                                lambda: fastce.cross_entropy(X, T, label_smoothing=1.5), ValueError),
-    "reduction-unknown": (lambda: F.cross_entropy(XT, TT, reduction="avg"),
-                          lambda: fastce.cross_entropy(X, T, reduction="avg"), ValueError),
-    "grad-reduction-unknown": (lambda: F.cross_entropy(XT, TT, reduction="avg"),
-                               lambda: fastce.cross_entropy_grad(X, T, reduction="avg"), ValueError),
+        lambda: fastce.cross_entropy_grad(X, np.array([0, 9, 1])),
+        IndexError,
+    ),
+    "target-N-by-1": (
+        lambda: F.cross_entropy(XT, TT[:, None]),
+        lambda: fastce.cross_entropy(X, T[:, None]),
+        ValueError,
+    ),
+    "target-wrong-batch": (
+        lambda: F.cross_entropy(XT, tensor([0, 1, 2, 3])),
+        lambda: fastce.cross_entropy(X, np.array([0, 1, 2, 3])),
+        ValueError,
+    ),
+    "onehot-int-target": (
+        lambda: F.cross_entropy(XT, torch.zeros(3, 4, dtype=torch.long)),
+        lambda: fastce.cross_entropy(X, np.zeros((3, 4), np.int64)),
+        ValueError,
+    ),
+    "float-target-index-shape": (
+        lambda: F.cross_entropy(XT, TT.double()),
+        lambda: fastce.cross_entropy(X, T.astype(np.float64)),
+        TypeError,
+    ),
+    "bool-target": (
+        lambda: F.cross_entropy(XT, TT > 0),
+        lambda: fastce.cross_entropy(X, T > 0),
+        TypeError,
+    ),
+    "bool-target-full-shape": (
+        lambda: F.cross_entropy(XT, XT > 0),
+        lambda: fastce.cross_entropy(X, X > 0),
+        TypeError,
+    ),
+    "prob-target-wrong-shape": (
+        lambda: F.cross_entropy(XT, torch.rand(3, 5, dtype=torch.float64)),
+        lambda: fastce.cross_entropy(X, np.random.rand(3, 5)),
+        ValueError,
+    ),
+    "weight-wrong-shape": (
+        lambda: F.cross_entropy(XT, TT, torch.ones(3, dtype=torch.float64)),
+        lambda: fastce.cross_entropy(X, T, np.ones(3)),
+        ValueError,
+    ),
+    "label-smoothing-above-1": (
+        lambda: F.cross_entropy(XT, TT, label_smoothing=1.5),
+        lambda: fastce.cross_entropy(X, T, label_smoothing=1.5),
+        ValueError,
+    ),
+    "reduction-unknown": (
+        lambda: F.cross_entropy(XT, TT, reduction="avg"),
+        lambda: fastce.cross_entropy(X, T, reduction="avg"),
+        ValueError,
+    ),
+    "grad-reduction-unknown": (
+        lambda: F.cross_entropy(XT, TT, reduction="avg"),
+        lambda: fastce.cross_entropy_grad(X, T, reduction="avg"),
+        ValueError,
+    ),
     "zero-classes-with-samples": (
-        lambda: F.cross_entropy(torch.zeros(3, 0, dtype=torch.float64), torch.zeros(3, dtype=torch.long)),
-        lambda: fastce.cross_entropy(np.zeros((3, 0)), np.zeros(3, np.int64)), ValueError),
-    "zero-d-logits": (lambda: F.cross_entropy(torch.tensor(1.0), torch.tensor(0)),
-                      lambda: fastce.cross_entropy(np.float64(1.0), np.int64(0)), ANY),
-    "grad-output-wrong-shape-none": (_torch_grad_output(np.ones(5), "none"),
-                                     _fastce_grad_output(np.ones(5), "none"), ValueError),
-    "grad-output-array-for-mean": (_torch_grad_output(np.ones(3), "mean"),
-                                   _fastce_grad_output(np.ones(3), "mean"), ValueError),
-    "class-reduction-unknown": (lambda: torch.nn.CrossEntropyLoss(reduction="bad")(XT, TT),
-                                lambda: fastce.CrossEntropyLoss(reduction="bad")(X, T), ValueError),
-    "class-target-out-of-range": (lambda: torch.nn.CrossEntropyLoss()(XT, tensor([5, 0, 0])),
-                                  lambda: fastce.CrossEntropyLoss()(X, np.array([5, 0, 0])), IndexError),
-    "nll-target-out-of-range": (lambda: F.nll_loss(XT, tensor([0, 4, 1])),
-                                lambda: fastce.nll_loss(X, np.array([0, 4, 1])), IndexError),
-    "nll-int-input": (lambda: F.nll_loss(XT.long(), TT),
-                      lambda: fastce.nll_loss(X.astype(np.int64), T), TypeError),
-    "nll-float-target": (lambda: F.nll_loss(XT, YT),
-                         lambda: fastce.nll_loss(X, Y), ANY),
-    "nll-weight-wrong-shape": (lambda: F.nll_loss(XT, TT, torch.ones(5, dtype=torch.float64)),
-                               lambda: fastce.nll_loss(X, T, np.ones(5)), ValueError),
-    "log-softmax-int": (lambda: F.log_softmax(XT.long(), 1),
-                        lambda: fastce.log_softmax(X.astype(np.int64), axis=1), TypeError),
-    "softmax-int": (lambda: F.softmax(XT.long(), 1),
-                    lambda: fastce.softmax(X.astype(np.int64), axis=1), TypeError),
-    "log-softmax-axis": (lambda: F.log_softmax(XT, 2),
-                         lambda: fastce.log_softmax(X, axis=2), ValueError),
-    "softmax-axis": (lambda: F.softmax(XT, -3),
-                     lambda: fastce.softmax(X, axis=-3), ValueError),
-    "logsumexp-axis": (lambda: torch.logsumexp(XT, 2),
-                       lambda: fastce.logsumexp(X, axis=2), ValueError),
-    "ce-axis": (lambda: F.cross_entropy(XT.movedim(1, 3), TT),
-                lambda: fastce.cross_entropy(X, T, axis=3), ValueError),
-    "bcel-target-shape": (lambda: F.binary_cross_entropy_with_logits(XT, torch.rand(3, 5, dtype=torch.float64)),
-                          lambda: fastce.binary_cross_entropy_with_logits(X, np.random.rand(3, 5)), ValueError),
+        lambda: F.cross_entropy(
+            torch.zeros(3, 0, dtype=torch.float64), torch.zeros(3, dtype=torch.long)
+        ),
+        lambda: fastce.cross_entropy(np.zeros((3, 0)), np.zeros(3, np.int64)),
+        ValueError,
+    ),
+    "zero-d-logits": (
+        lambda: F.cross_entropy(torch.tensor(1.0), torch.tensor(0)),
+        lambda: fastce.cross_entropy(np.float64(1.0), np.int64(0)),
+        ANY,
+    ),
+    "grad-output-wrong-shape-none": (
+        _torch_grad_output(np.ones(5), "none"),
+        _fastce_grad_output(np.ones(5), "none"),
+        ValueError,
+    ),
+    "grad-output-array-for-mean": (
+        _torch_grad_output(np.ones(3), "mean"),
+        _fastce_grad_output(np.ones(3), "mean"),
+        ValueError,
+    ),
+    "class-reduction-unknown": (
+        lambda: torch.nn.CrossEntropyLoss(reduction="bad")(XT, TT),
+        lambda: fastce.CrossEntropyLoss(reduction="bad")(X, T),
+        ValueError,
+    ),
+    "class-target-out-of-range": (
+        lambda: torch.nn.CrossEntropyLoss()(XT, tensor([5, 0, 0])),
+        lambda: fastce.CrossEntropyLoss()(X, np.array([5, 0, 0])),
+        IndexError,
+    ),
+    "nll-target-out-of-range": (
+        lambda: F.nll_loss(XT, tensor([0, 4, 1])),
+        lambda: fastce.nll_loss(X, np.array([0, 4, 1])),
+        IndexError,
+    ),
+    "nll-int-input": (
+        lambda: F.nll_loss(XT.long(), TT),
+        lambda: fastce.nll_loss(X.astype(np.int64), T),
+        TypeError,
+    ),
+    "nll-float-target": (lambda: F.nll_loss(XT, YT), lambda: fastce.nll_loss(X, Y), ANY),
+    "nll-weight-wrong-shape": (
+        lambda: F.nll_loss(XT, TT, torch.ones(5, dtype=torch.float64)),
+        lambda: fastce.nll_loss(X, T, np.ones(5)),
+        ValueError,
+    ),
+    "log-softmax-int": (
+        lambda: F.log_softmax(XT.long(), 1),
+        lambda: fastce.log_softmax(X.astype(np.int64), axis=1),
+        TypeError,
+    ),
+    "softmax-int": (
+        lambda: F.softmax(XT.long(), 1),
+        lambda: fastce.softmax(X.astype(np.int64), axis=1),
+        TypeError,
+    ),
+    "log-softmax-axis": (
+        lambda: F.log_softmax(XT, 2),
+        lambda: fastce.log_softmax(X, axis=2),
+        ValueError,
+    ),
+    "softmax-axis": (lambda: F.softmax(XT, -3), lambda: fastce.softmax(X, axis=-3), ValueError),
+    "logsumexp-axis": (
+        lambda: torch.logsumexp(XT, 2),
+        lambda: fastce.logsumexp(X, axis=2),
+        ValueError,
+    ),
+    "ce-axis": (
+        lambda: F.cross_entropy(XT.movedim(1, 3), TT),
+        lambda: fastce.cross_entropy(X, T, axis=3),
+        ValueError,
+    ),
+    "bcel-target-shape": (
+        lambda: F.binary_cross_entropy_with_logits(XT, torch.rand(3, 5, dtype=torch.float64)),
+        lambda: fastce.binary_cross_entropy_with_logits(X, np.random.rand(3, 5)),
+        ValueError,
+    ),
     "bcel-pos-weight": (
-        lambda: F.binary_cross_entropy_with_logits(XT, YT, pos_weight=torch.ones(3, dtype=torch.float64)),
-        lambda: fastce.binary_cross_entropy_with_logits(X, Y, pos_weight=np.ones(3)), ValueError),
-    "bcel-weight": (lambda: F.binary_cross_entropy_with_logits(XT, YT, weight=torch.ones(3, dtype=torch.float64)),
-                    lambda: fastce.binary_cross_entropy_with_logits(X, Y, weight=np.ones(3)), ValueError),
-    "bcel-reduction": (lambda: F.binary_cross_entropy_with_logits(XT, YT, reduction="avg"),
-                       lambda: fastce.binary_cross_entropy_with_logits(X, Y, reduction="avg"), ValueError),
-    "bcel-int-logits": (lambda: F.binary_cross_entropy_with_logits(XT.long(), YT),
-                        lambda: fastce.binary_cross_entropy_with_logits(X.astype(np.int64), Y), TypeError),
-    "bce-above-1": (lambda: F.binary_cross_entropy(torch.full((3,), 1.5, dtype=torch.float64), YT[0, :3]),
-                    lambda: fastce.binary_cross_entropy(np.full(3, 1.5), Y[0, :3]), ValueError),
-    "bce-below-0": (lambda: F.binary_cross_entropy(torch.full((3,), -0.5, dtype=torch.float64), YT[0, :3]),
-                    lambda: fastce.binary_cross_entropy(np.full(3, -0.5), Y[0, :3]), ValueError),
-    "bce-nan": (lambda: F.binary_cross_entropy(torch.full((3,), float("nan"), dtype=torch.float64), YT[0, :3]),
-                lambda: fastce.binary_cross_entropy(np.full(3, np.nan), Y[0, :3]), ValueError),
-    "bce-target-shape": (lambda: F.binary_cross_entropy(YT[0], YT[0, :3]),
-                         lambda: fastce.binary_cross_entropy(Y[0], Y[0, :3]), ValueError),
-    "bce-weight": (lambda: F.binary_cross_entropy(YT[0, :3], YT[0, :3], weight=torch.ones(4, dtype=torch.float64)),
-                   lambda: fastce.binary_cross_entropy(Y[0, :3], Y[0, :3], weight=np.ones(4)), ValueError),
-    "bce-reduction": (lambda: F.binary_cross_entropy(YT, YT, reduction="avg"),
-                      lambda: fastce.binary_cross_entropy(Y, Y, reduction="avg"), ValueError),
+        lambda: F.binary_cross_entropy_with_logits(
+            XT, YT, pos_weight=torch.ones(3, dtype=torch.float64)
+        ),
+        lambda: fastce.binary_cross_entropy_with_logits(X, Y, pos_weight=np.ones(3)),
+        ValueError,
+    ),
+    "bcel-weight": (
+        lambda: F.binary_cross_entropy_with_logits(
+            XT, YT, weight=torch.ones(3, dtype=torch.float64)
+        ),
+        lambda: fastce.binary_cross_entropy_with_logits(X, Y, weight=np.ones(3)),
+        ValueError,
+    ),
+    "bcel-reduction": (
+        lambda: F.binary_cross_entropy_with_logits(XT, YT, reduction="avg"),
+        lambda: fastce.binary_cross_entropy_with_logits(X, Y, reduction="avg"),
+        ValueError,
+    ),
+    "bcel-int-logits": (
+        lambda: F.binary_cross_entropy_with_logits(XT.long(), YT),
+        lambda: fastce.binary_cross_entropy_with_logits(X.astype(np.int64), Y),
+        TypeError,
+    ),
+    "bce-above-1": (
+        lambda: F.binary_cross_entropy(torch.full((3,), 1.5, dtype=torch.float64), YT[0, :3]),
+        lambda: fastce.binary_cross_entropy(np.full(3, 1.5), Y[0, :3]),
+        ValueError,
+    ),
+    "bce-below-0": (
+        lambda: F.binary_cross_entropy(torch.full((3,), -0.5, dtype=torch.float64), YT[0, :3]),
+        lambda: fastce.binary_cross_entropy(np.full(3, -0.5), Y[0, :3]),
+        ValueError,
+    ),
+    "bce-nan": (
+        lambda: F.binary_cross_entropy(
+            torch.full((3,), float("nan"), dtype=torch.float64), YT[0, :3]
+        ),
+        lambda: fastce.binary_cross_entropy(np.full(3, np.nan), Y[0, :3]),
+        ValueError,
+    ),
+    "bce-target-shape": (
+        lambda: F.binary_cross_entropy(YT[0], YT[0, :3]),
+        lambda: fastce.binary_cross_entropy(Y[0], Y[0, :3]),
+        ValueError,
+    ),
+    "bce-weight": (
+        lambda: F.binary_cross_entropy(
+            YT[0, :3], YT[0, :3], weight=torch.ones(4, dtype=torch.float64)
+        ),
+        lambda: fastce.binary_cross_entropy(Y[0, :3], Y[0, :3], weight=np.ones(4)),
+        ValueError,
+    ),
+    "bce-reduction": (
+        lambda: F.binary_cross_entropy(YT, YT, reduction="avg"),
+        lambda: fastce.binary_cross_entropy(Y, Y, reduction="avg"),
+        ValueError,
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(ERROR_CASES))
 def test_error_parity(name):
     torch_call, fastce_call, expected = ERROR_CASES[name]
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whichever error torch raises
         torch_call()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -559,7 +755,7 @@ def test_error_parity(name):
 
 def test_rejected_out_logits_left_untouched():
     logits = X.copy()
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whichever error torch raises
         F.cross_entropy(tensor(logits), tensor([0, 7, 1]))
     with pytest.raises(IndexError):
         fastce.cross_entropy_with_grad(logits, np.array([0, 7, 1]), out=logits)

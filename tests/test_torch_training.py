@@ -29,15 +29,21 @@ def digits():
         x, data.target, test_size=0.25, random_state=0, stratify=data.target
     )
     as_tensor = torch.from_numpy
-    return (as_tensor(x_train), as_tensor(y_train.astype(np.int64)),
-            as_tensor(x_test), as_tensor(y_test.astype(np.int64)))
+    return (
+        as_tensor(x_train),
+        as_tensor(y_train.astype(np.int64)),
+        as_tensor(x_test),
+        as_tensor(y_test.astype(np.int64)),
+    )
 
 
 def make_model():
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Linear(64, 128), torch.nn.ReLU(),
-        torch.nn.Linear(128, 64), torch.nn.ReLU(),
+        torch.nn.Linear(64, 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 64),
+        torch.nn.ReLU(),
         torch.nn.Linear(64, 10),
     )
 
@@ -54,7 +60,7 @@ def train(criterion, data):
         total = 0.0
         permutation = torch.randperm(len(x_train), generator=order)
         for start in range(0, len(x_train), BATCH):
-            batch = permutation[start:start + BATCH]
+            batch = permutation[start : start + BATCH]
             optimizer.zero_grad()
             loss = criterion(model(x_train[batch]), y_train[batch])
             loss.backward()
@@ -98,9 +104,11 @@ def test_fastce_run_used_fastce_kernels(monkeypatch):
     calls = []
     for name in ("cross_entropy", "cross_entropy_with_grad"):
         real = getattr(ft._functional, name)
-        monkeypatch.setattr(ft._functional, name,
-                            lambda *a, _real=real, _name=name, **k: calls.append(_name)
-                            or _real(*a, **k))
+        monkeypatch.setattr(
+            ft._functional,
+            name,
+            lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k),
+        )
     x_train, y_train, x_test, y_test = digits()
     model = make_model()
     criterion = ft.CrossEntropyLoss()

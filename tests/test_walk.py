@@ -57,12 +57,20 @@ def class_axis_in_the_middle(rng, dtype):
     return (rng.standard_normal((4, 90, 60)) * 4).astype(dtype).transpose(0, 2, 1), 1
 
 
-LAYOUTS = [rows_contiguous, rows_strided, few_classes, few_classes_many_rows, few_classes_apart,
-           channels_first, channels_first_wide, class_axis_in_the_middle]
+LAYOUTS = [
+    rows_contiguous,
+    rows_strided,
+    few_classes,
+    few_classes_many_rows,
+    few_classes_apart,
+    channels_first,
+    channels_first_wide,
+    class_axis_in_the_middle,
+]
 
 
 def targets(rng, x, axis):
-    shape = x.shape[:axis] + x.shape[axis + 1:]
+    shape = x.shape[:axis] + x.shape[axis + 1 :]
     t = rng.integers(0, x.shape[axis], shape)
     t.reshape(-1)[::7] = -100
     return t
@@ -78,13 +86,19 @@ def everything(x, t, axis, threads):
     """Every function's result on the logits x, per sample and reduced."""
     out = {}
     for reduction in ("none", "sum", "mean"):
-        loss, grad = fastce.cross_entropy_with_grad(x, t, axis=axis, reduction=reduction,
-                                                    label_smoothing=0.1 if reduction == "sum"
-                                                    else 0.0, num_threads=threads)
+        loss, grad = fastce.cross_entropy_with_grad(
+            x,
+            t,
+            axis=axis,
+            reduction=reduction,
+            label_smoothing=0.1 if reduction == "sum" else 0.0,
+            num_threads=threads,
+        )
         out[f"cross_entropy {reduction}"] = loss
         out[f"gradient {reduction}"] = grad
-        out[f"nll_loss {reduction}"] = fastce.nll_loss(x, t, axis=axis, reduction=reduction,
-                                                       num_threads=threads)
+        out[f"nll_loss {reduction}"] = fastce.nll_loss(
+            x, t, axis=axis, reduction=reduction, num_threads=threads
+        )
     for name in ("softmax", "log_softmax", "logsumexp"):
         out[name] = getattr(fastce, name)(x, axis=axis, num_threads=threads)
     result = fastce.evaluate(x, t, axis=axis, per_sample=True, num_threads=threads)
@@ -117,8 +131,10 @@ def test_half_binary_losses_give_the_bits_of_their_float32_values(dtype, shape):
     probs = p.astype(x.dtype)
     pos = rng.random(shape[-1]).astype(np.float32) + 0.5
     for threads in (1, 2):
-        for f, a in ((fastce.binary_cross_entropy_with_logits_with_grad, x),
-                     (fastce.binary_cross_entropy_with_grad, probs)):
+        for f, a in (
+            (fastce.binary_cross_entropy_with_logits_with_grad, x),
+            (fastce.binary_cross_entropy_with_grad, probs),
+        ):
             kwargs = {"pos_weight": pos} if a is x else {}
             got = f(a, y, reduction="none", num_threads=threads, **kwargs)
             want = f(a.astype(np.float32), y, reduction="none", num_threads=threads, **kwargs)
@@ -150,15 +166,19 @@ def test_extreme_logits_give_one_answer_in_every_layout(weighted):
         "strided": (np.repeat(x, 2, axis=1)[:, ::2], t),
         "tiles": (np.ascontiguousarray(x.T)[None], t[None]),
     }
-    results = {name: fastce.cross_entropy(a, tt, w, label_smoothing=0.1, reduction="none")
-               .reshape(-1) for name, (a, tt) in layouts.items()}
+    results = {
+        name: fastce.cross_entropy(a, tt, w, label_smoothing=0.1, reduction="none").reshape(-1)
+        for name, (a, tt) in layouts.items()
+    }
     with np.errstate(over="ignore"):  # a loss beyond float32's range is inf
-        want = reference.cross_entropy(x.astype(np.float64), t, w, label_smoothing=0.1,
-                                       reduction="none").astype(np.float32)
+        want = reference.cross_entropy(
+            x.astype(np.float64), t, w, label_smoothing=0.1, reduction="none"
+        ).astype(np.float32)
     for name, got in results.items():
         np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg=name)
-        np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)],
-                                   rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            got[np.isfinite(want)], want[np.isfinite(want)], rtol=1e-5, err_msg=name
+        )
 
 
 def streamed_shape(dtype, n_classes):
@@ -172,7 +192,8 @@ STREAMED_CALLS = {
     "softmax": lambda x, t, out: fastce.softmax(x, out=out),
     "log_softmax": lambda x, t, out: fastce.log_softmax(x, out=out),
     "cross_entropy_grad": lambda x, t, out: fastce.cross_entropy_grad(
-        x, t, reduction="sum", out=out),
+        x, t, reduction="sum", out=out
+    ),
 }
 
 
@@ -181,7 +202,8 @@ STREAMED_CALLS = {
 @pytest.mark.parametrize("n_classes", [1000, 70_001])
 @pytest.mark.parametrize("misaligned", [False, True])
 def test_outputs_streamed_past_the_caches_have_the_bits_of_allocated_ones(
-        simd_path, name, dtype, n_classes, misaligned):
+    simd_path, name, dtype, n_classes, misaligned
+):
     # out= of the caller's memory, large enough to be streamed, against the
     # result the call allocates (never streamed); a misaligned out starts
     # each row with elements stored before the first aligned vector
@@ -219,7 +241,7 @@ def test_a_row_gives_the_bits_it_gives_alone(simd_path, name, dtype, in_place):
     x[6, 1002] = 60.0
     x[-1, 0] = -np.inf
     func = getattr(fastce, name)
-    alone = np.concatenate([func(x[k:k + 1]) for k in range(x.shape[0])])
+    alone = np.concatenate([func(x[k : k + 1]) for k in range(x.shape[0])])
     if in_place and dtype != np.float16:
         together = func(x, out=x)
     else:

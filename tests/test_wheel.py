@@ -30,9 +30,19 @@ PYTHONS = {"cp310", "cp311", "cp312", "cp313"}
 def identifiers(platform):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIBW_")}
     done = subprocess.run(
-        [sys.executable, "-m", "cibuildwheel", "--print-build-identifiers",
-         "--platform", platform, str(ROOT)],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "cibuildwheel",
+            "--print-build-identifiers",
+            "--platform",
+            platform,
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout.split()
@@ -41,10 +51,10 @@ def identifiers(platform):
 def build_options(platform, identifier):
     from cibuildwheel.options import CommandLineArguments, compute_options
 
-    args = dataclasses.replace(CommandLineArguments.defaults(), package_dir=ROOT,
-                               platform=platform)
-    return compute_options(platform=platform, command_line_arguments=args,
-                           env={}).build_options(identifier)
+    args = dataclasses.replace(CommandLineArguments.defaults(), package_dir=ROOT, platform=platform)
+    return compute_options(platform=platform, command_line_arguments=args, env={}).build_options(
+        identifier
+    )
 
 
 def fake_macos_shell(command, env):
@@ -79,12 +89,13 @@ def test_cibuildwheel_selects_cpython_310_to_313_on_each_platform():
 
 def test_every_platform_requires_openmp_and_tests_the_installed_wheel():
     pytest.importorskip("cibuildwheel")
-    for platform, identifier in (("linux", "cp312-manylinux_x86_64"),
-                                 ("macos", "cp312-macosx_arm64"),
-                                 ("windows", "cp312-win_amd64")):
+    for platform, identifier in (
+        ("linux", "cp312-manylinux_x86_64"),
+        ("macos", "cp312-macosx_arm64"),
+        ("windows", "cp312-win_amd64"),
+    ):
         options = build_options(platform, identifier)
-        env = options.environment.as_dictionary({"PATH": "/usr/bin"},
-                                                executor=fake_macos_shell)
+        env = options.environment.as_dictionary({"PATH": "/usr/bin"}, executor=fake_macos_shell)
         assert env["FASTCE_REQUIRE_OPENMP"] == "1", platform
         assert options.test_sources == ["tests"]
         assert options.test_extras == "[test]"
@@ -115,10 +126,12 @@ def test_linux_tests_use_the_cpu_build_of_torch():
 # --------------------------------------------------------------------------
 # scripts/share_libomp_macos.py, with the macOS tools replaced by a record of the calls
 
+
 def load_share_script():
     pytest.importorskip("delocate")
-    spec = importlib.util.spec_from_file_location("share_libomp_macos",
-                                                  ROOT / "scripts" / "share_libomp_macos.py")
+    spec = importlib.util.spec_from_file_location(
+        "share_libomp_macos", ROOT / "scripts" / "share_libomp_macos.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -144,11 +157,20 @@ class MachO:
 
     def __init__(self, module, monkeypatch, bundled=True):
         self.calls = []
-        self.names = {"fastce/_kernels.cpython-312-darwin.so":
-                      [module.BUNDLED if bundled else "/usr/lib/libSystem.B.dylib"]}
+        self.names = {
+            "fastce/_kernels.cpython-312-darwin.so": [
+                module.BUNDLED if bundled else "/usr/lib/libSystem.B.dylib"
+            ]
+        }
         self.rpaths = {}
-        for name in ("get_install_names", "set_install_name", "get_rpaths", "add_rpath",
-                     "set_install_id", "replace_signature"):
+        for name in (
+            "get_install_names",
+            "set_install_name",
+            "get_rpaths",
+            "add_rpath",
+            "set_install_id",
+            "replace_signature",
+        ):
             monkeypatch.setattr(module, name, getattr(self, name))
 
     def get_install_names(self, filename):
@@ -181,12 +203,12 @@ def test_share_libomp_rewrites_the_extension_to_load_one_runtime(tmp_path, monke
     ext = "fastce/_kernels.cpython-312-darwin.so"
     assert macho.calls == [
         ("change", ext, "@loader_path/.dylibs/libomp.dylib", "@rpath/libomp.dylib"),
-        ("rpath", ext, "@loader_path/../torch/lib"),   # PyTorch's runtime, when installed
-        ("rpath", ext, "@loader_path/.dylibs"),        # else fastce's own
+        ("rpath", ext, "@loader_path/../torch/lib"),  # PyTorch's runtime, when installed
+        ("rpath", ext, "@loader_path/.dylibs"),  # else fastce's own
         ("id", "fastce/.dylibs/libomp.dylib", "@rpath/libomp.dylib"),
         ("sign", ext, "-"),
     ]
-    with zipfile.ZipFile(wheel) as whl:   # repacked with a RECORD that matches its files
+    with zipfile.ZipFile(wheel) as whl:  # repacked with a RECORD that matches its files
         record = whl.read("fastce-0.1.0.dist-info/RECORD").decode().splitlines()
         listed = {line.split(",")[0]: line.split(",")[1] for line in record if line}
         for name in whl.namelist():

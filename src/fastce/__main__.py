@@ -16,12 +16,18 @@ def main() -> int:
     print(f"  logsumexp           = {fastce.logsumexp(logits):.6f}")
     print()
     threads = fastce.get_num_threads()
-    print("Comparison on random data (median of interleaved runs; speed-up = their time / fastce's):")
+    print(
+        "Comparison on random data (median of interleaved runs; speed-up = their time / fastce's):"
+    )
     for line in bench.header(threads):
         print("  " + line)
-    rows = bench.run(["W1", "W2", "W7a"], threads, repeats=7,
-                     passes=("forward", "forward+backward"),
-                     libraries=("torch", "jax", "numpy"))
+    rows = bench.run(
+        ["W1", "W2", "W7a"],
+        threads,
+        repeats=7,
+        passes=("forward", "forward+backward"),
+        libraries=("torch", "jax", "numpy"),
+    )
     print(bench.summary_table(rows))
     print("\nThe full suite: python -m fastce.bench --help")
     return 0

@@ -11,9 +11,7 @@ N_FLOAT_TOTALS: int
 _Float = np.float32 | np.float64
 # logits of float32, float64, float16 or bfloat16 (which has no NumPy scalar type to name)
 _Logits = NDArray[Any]
-_Index = (
-    np.int8 | np.int16 | np.int32 | np.int64 | np.uint8 | np.uint16 | np.uint32 | np.uint64
-)
+_Index = np.int8 | np.int16 | np.int32 | np.int64 | np.uint8 | np.uint16 | np.uint32 | np.uint64
 
 def openmp_enabled() -> bool: ...
 def compile_args() -> str: ...

@@ -55,8 +55,11 @@ def as_array(x) -> np.ndarray:
         return x.view(np.ndarray)
     if type(x).__module__.startswith("torch") and hasattr(x, "requires_grad"):
         return torch_tensor_values(x)
-    if not hasattr(x, "__array__") and not hasattr(x, "__array_interface__") \
-            and hasattr(x, "__dlpack__"):
+    if (
+        not hasattr(x, "__array__")
+        and not hasattr(x, "__array_interface__")
+        and hasattr(x, "__dlpack__")
+    ):
         try:
             return np.from_dlpack(x)
         except (TypeError, ValueError, BufferError, RuntimeError):
@@ -180,8 +183,10 @@ def check_label_smoothing(label_smoothing) -> float:
         raise TypeError("label_smoothing must be a float in [0, 1], not a bool")
     # a number, as torch takes it: not a string that float() would parse
     if not isinstance(label_smoothing, (int, float, np.integer, np.floating)) and not (
-            isinstance(label_smoothing, np.ndarray) and label_smoothing.ndim == 0
-            and label_smoothing.dtype.kind in "iuf"):
+        isinstance(label_smoothing, np.ndarray)
+        and label_smoothing.ndim == 0
+        and label_smoothing.dtype.kind in "iuf"
+    ):
         raise TypeError(
             f"label_smoothing must be a float in [0, 1]; got {type(label_smoothing).__name__} "
             f"{label_smoothing!r}"
@@ -230,9 +235,7 @@ def check_weight_option(weight):
         return None
     w = as_array(weight)
     if w.ndim != 1:
-        raise ValueError(
-            f"weight must be a 1-d array of one weight per class; got shape {w.shape}"
-        )
+        raise ValueError(f"weight must be a 1-d array of one weight per class; got shape {w.shape}")
     return check_weight(w, w.shape[0])
 
 
@@ -342,8 +345,14 @@ def _shape_hint(t_shape, expected, logits_shape, axis) -> str:
     return ""
 
 
-def check_target(target, logits: np.ndarray, axis: int, x3: np.ndarray, name: str = "target",
-                 allow_probs: bool = True) -> TargetPlan:
+def check_target(
+    target,
+    logits: np.ndarray,
+    axis: int,
+    x3: np.ndarray,
+    name: str = "target",
+    allow_probs: bool = True,
+) -> TargetPlan:
     t = as_array(target)
     expected = logits.shape[:axis] + logits.shape[axis + 1 :]
     kind = "f" if is_float(t.dtype) else t.dtype.kind
@@ -398,8 +407,9 @@ def check_target(target, logits: np.ndarray, axis: int, x3: np.ndarray, name: st
     return TargetPlan(shape=expected, index2=t.reshape(outer, inner))
 
 
-def raise_out_of_range(t: np.ndarray, flat: int, value: int, n_classes: int,
-                       name: str = "target") -> None:
+def raise_out_of_range(
+    t: np.ndarray, flat: int, value: int, n_classes: int, name: str = "target"
+) -> None:
     position = np.unravel_index(flat, t.shape) if t.ndim else ()
     where = f" at position {tuple(int(i) for i in position)}" if t.ndim else ""
     raise IndexError(

@@ -15,8 +15,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -44,8 +44,13 @@ WORKLOADS = {
         Workload("W2", "few classes", (65536, 10)),
         Workload("W3", "LLM vocabulary", (512, 128000)),
         Workload("W4", "segmentation, class axis 1", (8, 21, 256, 256)),
-        Workload("W5", "language model, axis=-1, 10% ignored", (4, 512, 32000), axis=-1,
-                 ignore_fraction=0.1),
+        Workload(
+            "W5",
+            "language model, axis=-1, 10% ignored",
+            (4, 512, 32000),
+            axis=-1,
+            ignore_fraction=0.1,
+        ),
         Workload("W6", "image classification, float64", (4096, 1000), dtype=np.float64),
         Workload("W7a", "per-call overhead", (32, 10)),
         Workload("W7b", "per-call overhead, one sample", (1, 1000)),
@@ -57,7 +62,7 @@ def make_inputs(w: Workload, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(w.shape, dtype=np.float32).astype(w.dtype, copy=False) * 2
     axis = w.axis % len(w.shape)
-    t_shape = w.shape[:axis] + w.shape[axis + 1:]
+    t_shape = w.shape[:axis] + w.shape[axis + 1 :]
     t = rng.integers(0, w.shape[axis], t_shape, dtype=np.int64)
     if w.ignore_fraction:
         t[rng.random(t_shape) < w.ignore_fraction] = -100
@@ -149,8 +154,9 @@ def jax_contender(w: Workload, x, t) -> Contender | None:
     def loss_fn(logits, target):
         logp = jax.nn.log_softmax(logits, axis=axis)
         valid = target != -100
-        picked = jnp.take_along_axis(logp, jnp.expand_dims(jnp.where(valid, target, 0), axis),
-                                     axis=axis)
+        picked = jnp.take_along_axis(
+            logp, jnp.expand_dims(jnp.where(valid, target, 0), axis), axis=axis
+        )
         picked = jnp.squeeze(picked, axis)
         return -jnp.sum(jnp.where(valid, picked, 0.0)) / jnp.sum(valid)
 
@@ -246,7 +252,9 @@ def peak_memory_mb(library: str, shape: tuple[int, ...]) -> float | None:
 
     done = subprocess.run(
         [sys.executable, "-c", MEMORY_SCRIPT, library, "x".join(map(str, shape))],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if done.returncode != 0:
         return None
@@ -254,11 +262,15 @@ def peak_memory_mb(library: str, shape: tuple[int, ...]) -> float | None:
 
 
 def memory_table(shape: tuple[int, ...] = (4096, 1000)) -> str:
-    lines = [f"Peak memory added by one forward+backward on {'x'.join(map(str, shape))} "
-             f"float32 (logits: {np.prod(shape) * 4 / 2**20:.1f} MB):"]
-    for library, label in [("fastce", "fastce, gradient returned"),
-                            ("fastce-inplace", "fastce, out=logits"),
-                            ("torch", "torch autograd")]:
+    lines = [
+        f"Peak memory added by one forward+backward on {'x'.join(map(str, shape))} "
+        f"float32 (logits: {np.prod(shape) * 4 / 2**20:.1f} MB):"
+    ]
+    for library, label in [
+        ("fastce", "fastce, gradient returned"),
+        ("fastce-inplace", "fastce, out=logits"),
+        ("torch", "torch autograd"),
+    ]:
         mb = peak_memory_mb(library, shape)
         lines.append(f"  {label:28s} {'not installed' if mb is None else f'{mb:8.1f} MB'}")
     return "\n".join(lines)
@@ -283,8 +295,15 @@ def header(threads: int) -> list[str]:
     return lines
 
 
-def run(workloads: list[str], threads: int, repeats: int, passes: tuple[str, ...],
-        libraries: tuple[str, ...], min_time: float = 0.02, out=print) -> list[dict]:
+def run(
+    workloads: list[str],
+    threads: int,
+    repeats: int,
+    passes: tuple[str, ...],
+    libraries: tuple[str, ...],
+    min_time: float = 0.02,
+    out=print,
+) -> list[dict]:
     fastce.set_num_threads(threads)
     rows: list[dict] = []
     for key in workloads:
@@ -308,11 +327,19 @@ def run(workloads: list[str], threads: int, repeats: int, passes: tuple[str, ...
                 calls.append(roof)
             times = median_times(calls, repeats, min_time)
             for c, seconds in zip(contenders, times):
-                rows.append(dict(
-                    workload=key, title=w.title, shape=w.shape, dtype=np.dtype(w.dtype).name,
-                    kind=kind, library=c.name, ms=seconds * 1e3,
-                    gelem=w.n_elements / seconds / 1e9, speedup=seconds / times[0],
-                ))
+                rows.append(
+                    dict(
+                        workload=key,
+                        title=w.title,
+                        shape=w.shape,
+                        dtype=np.dtype(w.dtype).name,
+                        kind=kind,
+                        library=c.name,
+                        ms=seconds * 1e3,
+                        gelem=w.n_elements / seconds / 1e9,
+                        speedup=seconds / times[0],
+                    )
+                )
             if kind == "forward" and roof is not None:
                 rows[-len(contenders)]["roof"] = times[-1] / times[0]
         del x, t, contenders
@@ -320,8 +347,11 @@ def run(workloads: list[str], threads: int, repeats: int, passes: tuple[str, ...
     return rows
 
 
-FAMILY_SHAPES = [((4096, 1000), np.float32), ((4096, 1000), np.float64),
-                 ((512, 128000), np.float32)]
+FAMILY_SHAPES = [
+    ((4096, 1000), np.float32),
+    ((4096, 1000), np.float64),
+    ((512, 128000), np.float32),
+]
 
 
 def family_calls(shape, dtype, threads: int):
@@ -347,11 +377,21 @@ def family_calls(shape, dtype, threads: int):
         ("softmax", "out=", lambda: fastce.softmax(x, out=buf)),
         ("logsumexp", "", lambda: fastce.logsumexp(x)),
         ("nll_loss", "", lambda: fastce.nll_loss(logp, t)),
-        ("binary_cross_entropy_with_logits", "", lambda: fastce.binary_cross_entropy_with_logits(x, y)),
-        ("binary_cross_entropy_with_logits_grad", "",
-         lambda: fastce.binary_cross_entropy_with_logits_grad(x, y)),
-        ("binary_cross_entropy_with_logits_with_grad", "",
-         lambda: fastce.binary_cross_entropy_with_logits_with_grad(x, y)),
+        (
+            "binary_cross_entropy_with_logits",
+            "",
+            lambda: fastce.binary_cross_entropy_with_logits(x, y),
+        ),
+        (
+            "binary_cross_entropy_with_logits_grad",
+            "",
+            lambda: fastce.binary_cross_entropy_with_logits_grad(x, y),
+        ),
+        (
+            "binary_cross_entropy_with_logits_with_grad",
+            "",
+            lambda: fastce.binary_cross_entropy_with_logits_with_grad(x, y),
+        ),
         ("binary_cross_entropy", "", lambda: fastce.binary_cross_entropy(p, y)),
         ("binary_cross_entropy_grad", "", lambda: fastce.binary_cross_entropy_grad(p, y)),
         ("binary_cross_entropy_with_grad", "", lambda: fastce.binary_cross_entropy_with_grad(p, y)),
@@ -376,12 +416,14 @@ def family_calls(shape, dtype, threads: int):
                 loss = loss_fn(leaf, *args)
                 loss.backward()
                 return loss, leaf.grad
+
             return call
 
         def no_grad(fn):
             def call():
                 with torch.no_grad():
                     return fn()
+
             return call
 
         ce_grad = grad_of(F.cross_entropy, tx, tt)
@@ -394,8 +436,12 @@ def family_calls(shape, dtype, threads: int):
                 top = tx.topk(5, dim=1).indices
                 hits = top == tt[:, None]
                 confidence = torch.softmax(tx, dim=1).max(dim=1).values
-                return loss.mean(), hits[:, 0].float().mean(), hits.any(1).float().mean(), \
-                    confidence.mean()
+                return (
+                    loss.mean(),
+                    hits[:, 0].float().mean(),
+                    hits.any(1).float().mean(),
+                    confidence.mean(),
+                )
 
         rivals = {
             ("cross_entropy", ""): no_grad(lambda: F.cross_entropy(tx, tt)),
@@ -408,8 +454,9 @@ def family_calls(shape, dtype, threads: int):
             ("softmax", "out="): no_grad(lambda: torch._softmax(tx, 1, False, out=tbuf)),
             ("logsumexp", ""): no_grad(lambda: torch.logsumexp(tx, 1, out=tred)),
             ("nll_loss", ""): no_grad(lambda: F.nll_loss(tlogp, tt)),
-            ("binary_cross_entropy_with_logits", ""):
-                no_grad(lambda: F.binary_cross_entropy_with_logits(tx, ty)),
+            ("binary_cross_entropy_with_logits", ""): no_grad(
+                lambda: F.binary_cross_entropy_with_logits(tx, ty)
+            ),
             ("binary_cross_entropy_with_logits_grad", ""): bcel_grad,
             ("binary_cross_entropy_with_logits_with_grad", ""): bcel_grad,
             ("binary_cross_entropy", ""): no_grad(lambda: F.binary_cross_entropy(tp, ty)),
@@ -429,10 +476,17 @@ def family_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]
         for name, variant, call, rival in family_calls(shape, dtype, threads):
             calls = [call] + ([rival] if rival is not None else [])
             times = median_times(calls, repeats, 0.02)
-            body.append([name, variant, "x".join(map(str, shape)), np.dtype(dtype).name,
-                         f"{times[0] * 1e3:.4g}",
-                         f"{times[1] * 1e3:.4g}" if rival is not None else "",
-                         f"{times[1] / times[0]:.2f}x" if rival is not None else ""])
+            body.append(
+                [
+                    name,
+                    variant,
+                    "x".join(map(str, shape)),
+                    np.dtype(dtype).name,
+                    f"{times[0] * 1e3:.4g}",
+                    f"{times[1] * 1e3:.4g}" if rival is not None else "",
+                    f"{times[1] / times[0]:.2f}x" if rival is not None else "",
+                ]
+            )
     fastce.set_num_threads(None)
     return ["function", "variant", "shape", "dtype", "fastce ms", "torch ms", "vs torch"], body
 
@@ -454,11 +508,24 @@ def busy_table(repeats: int) -> tuple[list[str], list[list[str]]]:
             rng = np.random.default_rng(0)
             x = (rng.standard_normal(shape, dtype=np.float32) * 2).astype(dtype)
             t = rng.integers(0, shape[1], shape[0])
-            one, two = median_times([lambda: fastce.cross_entropy(x, t, num_threads=1),
-                                     lambda: fastce.cross_entropy(x, t, num_threads=2)],
-                                    repeats, 0.02)
-            body.append(["cross_entropy", "x".join(map(str, shape)), np.dtype(dtype).name,
-                         f"{one * 1e3:.4g}", f"{two * 1e3:.4g}", f"{two / one:.2f}"])
+            one, two = median_times(
+                [
+                    lambda x=x, t=t: fastce.cross_entropy(x, t, num_threads=1),
+                    lambda x=x, t=t: fastce.cross_entropy(x, t, num_threads=2),
+                ],
+                repeats,
+                0.02,
+            )
+            body.append(
+                [
+                    "cross_entropy",
+                    "x".join(map(str, shape)),
+                    np.dtype(dtype).name,
+                    f"{one * 1e3:.4g}",
+                    f"{two * 1e3:.4g}",
+                    f"{two / one:.2f}",
+                ]
+            )
     finally:
         spinner.kill()
         spinner.wait()
@@ -472,7 +539,7 @@ def render(cols: list[str], body: list[list[str]], markdown: bool) -> str:
         lines += ["| " + " | ".join(b) + " |" for b in body]
         return "\n".join(lines)
     widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
-    fmt = "  ".join("{:>%d}" % wd for wd in widths)
+    fmt = "  ".join(f"{{:>{wd}}}" for wd in widths)
     return "\n".join([fmt.format(*cols)] + [fmt.format(*b) for b in body])
 
 
@@ -486,10 +553,18 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
             note = f"roof ratio {r['roof']:.2f}"
         else:
             note = "-"
-        body.append([
-            r["workload"], "x".join(map(str, r["shape"])), r["dtype"], r["kind"], r["library"],
-            f"{r['ms']:.4g}", f"{r['gelem']:.2f}", note,
-        ])
+        body.append(
+            [
+                r["workload"],
+                "x".join(map(str, r["shape"])),
+                r["dtype"],
+                r["kind"],
+                r["library"],
+                f"{r['ms']:.4g}",
+                f"{r['gelem']:.2f}",
+                note,
+            ]
+        )
     return render(cols, body, markdown)
 
 
@@ -498,8 +573,12 @@ def summary_table(rows: list[dict], markdown: bool = False) -> str:
     speed-up over each rival (the roof ratio for forward passes)."""
     libraries = list(dict.fromkeys(r["library"] for r in rows))
     rivals = [name for name in libraries if name != "fastce"]
-    cols = (["workload", "shape", "dtype", "pass"] + [f"{name} ms" for name in libraries]
-            + [f"vs {name.split()[0]}" for name in rivals] + ["roof ratio"])
+    cols = (
+        ["workload", "shape", "dtype", "pass"]
+        + [f"{name} ms" for name in libraries]
+        + [f"vs {name.split()[0]}" for name in rivals]
+        + ["roof ratio"]
+    )
     body = []
     for key in dict.fromkeys((r["workload"], r["kind"]) for r in rows):
         group = {r["library"]: r for r in rows if (r["workload"], r["kind"]) == key}
@@ -532,21 +611,35 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastce.bench", description=__doc__)
-    parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS),
-                        help="workload to run (repeatable); default: all")
+    parser.add_argument(
+        "--workload",
+        action="append",
+        choices=sorted(WORKLOADS),
+        help="workload to run (repeatable); default: all",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--forward-only", action="store_true")
-    parser.add_argument("--libraries", default="torch,jax,numpy",
-                        help="comma-separated rivals to time beside fastce")
+    parser.add_argument(
+        "--libraries",
+        default="torch,jax,numpy",
+        help="comma-separated rivals to time beside fastce",
+    )
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     parser.add_argument("--plot", metavar="FILE.png", help="bar chart of the speed-ups")
-    parser.add_argument("--memory", action="store_true",
-                        help="also report the peak memory of forward+backward beside torch's")
-    parser.add_argument("--family", action="store_true",
-                        help="also time every public function against torch")
-    parser.add_argument("--busy", action="store_true",
-                        help="also time 1 and 2 threads while another process spins on a core")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also report the peak memory of forward+backward beside torch's",
+    )
+    parser.add_argument(
+        "--family", action="store_true", help="also time every public function against torch"
+    )
+    parser.add_argument(
+        "--busy",
+        action="store_true",
+        help="also time 1 and 2 threads while another process spins on a core",
+    )
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")
@@ -559,8 +652,13 @@ def main(argv: list[str] | None = None) -> int:
     passes = ("forward",) if args.forward_only else ("forward", "forward+backward")
     for line in header(args.threads):
         print(line)
-    rows = run(workloads, args.threads, args.repeats, passes,
-               tuple(args.libraries.split(",")) if args.libraries else ())
+    rows = run(
+        workloads,
+        args.threads,
+        args.repeats,
+        passes,
+        tuple(args.libraries.split(",")) if args.libraries else (),
+    )
     print(format_table(rows))
     print()
     print(summary_table(rows))
@@ -578,15 +676,22 @@ def main(argv: list[str] | None = None) -> int:
         print(render(*busy, False))
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write("\n".join(header(args.threads)) + "\n\n" + summary_table(rows, True)
-                    + "\n\n" + format_table(rows, True) + "\n")
+            f.write(
+                "\n".join(header(args.threads))
+                + "\n\n"
+                + summary_table(rows, True)
+                + "\n\n"
+                + format_table(rows, True)
+                + "\n"
+            )
             if memory:
                 f.write("\n```\n" + memory + "\n```\n")
             if family:
                 f.write("\n" + render(*family, True) + "\n")
             if busy:
-                f.write("\nWith another process spinning on a core:\n\n"
-                        + render(*busy, True) + "\n")
+                f.write(
+                    "\nWith another process spinning on a core:\n\n" + render(*busy, True) + "\n"
+                )
     if args.plot:
         plot(rows, args.plot)
     return 0

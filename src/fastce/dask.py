@@ -42,8 +42,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without dask
         "fastce.dask needs dask[array]; install it with: pip install 'fastce[dask]'"
     ) from exc
 
-from .functional import cross_entropy as _cross_entropy
-from .metrics import Accumulator
 from ._validate import (
     check_reduction,
     check_target,
@@ -53,6 +51,8 @@ from ._validate import (
     result_dtype,
     view3,
 )
+from .functional import cross_entropy as _cross_entropy
+from .metrics import Accumulator
 
 __all__ = ["accumulate", "cross_entropy", "evaluate", "from_npy"]
 
@@ -74,8 +74,7 @@ def _prepare(logits, target, axis, stacklevel):
     ax = class_axis(axis, x.ndim)
     if any(np.isnan(s) for s in x.shape + t.shape):
         raise ValueError(
-            "logits and target need known chunk sizes; call .compute_chunk_sizes() on "
-            "them first"
+            "logits and target need known chunk sizes; call .compute_chunk_sizes() on them first"
         )
     # the target's dtype and shape, checked as cross_entropy checks them, on
     # stand-ins that hold no data (its values are checked block by block)
@@ -86,7 +85,7 @@ def _prepare(logits, target, axis, stacklevel):
     if not plan.is_index:
         raise TypeError(
             "fastce.dask needs class indices (an integer target of shape "
-            f"{x.shape[:ax] + x.shape[ax + 1:]}); got probabilities of shape {t.shape}."
+            f"{x.shape[:ax] + x.shape[ax + 1 :]}); got probabilities of shape {t.shape}."
         )
     if len(x.chunks[ax]) > 1:
         warnings.warn(
@@ -98,7 +97,7 @@ def _prepare(logits, target, axis, stacklevel):
             stacklevel=stacklevel,
         )
         x = x.rechunk({d: (-1 if d == ax else "auto") for d in range(x.ndim)})
-    expected = x.chunks[:ax] + x.chunks[ax + 1:]
+    expected = x.chunks[:ax] + x.chunks[ax + 1 :]
     if t.chunks != expected:
         t = t.rechunk(expected)
     return x, t, ax
@@ -126,23 +125,42 @@ def _accumulate(logits, target, options):
     tblocks = t.to_delayed()
     parts = []
     for idx in np.ndindex(*x.numblocks):
-        tidx = idx[:ax] + idx[ax + 1:]
+        tidx = idx[:ax] + idx[ax + 1 :]
         parts.append(dask.delayed(_block, pure=True)(xblocks[idx], tblocks[tidx], options))
     while len(parts) > 1:
-        parts = [dask.delayed(_merge, pure=True)(options, *parts[i:i + _FAN_IN])
-                 for i in range(0, len(parts), _FAN_IN)]
+        parts = [
+            dask.delayed(_merge, pure=True)(options, *parts[i : i + _FAN_IN])
+            for i in range(0, len(parts), _FAN_IN)
+        ]
     return parts[0]
 
 
 def _options(weight, ignore_index, label_smoothing, axis, topk, bins, num_threads):
-    options = dict(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                   axis=axis, topk=topk, bins=bins, num_threads=num_threads)
+    options = dict(
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        axis=axis,
+        topk=topk,
+        bins=bins,
+        num_threads=num_threads,
+    )
     Accumulator(**options)  # every option is checked before the graph is built
     return options
 
 
-def accumulate(logits, target, weight=None, *, ignore_index=-100, label_smoothing=0.0,
-               axis=None, topk=(1, 5), bins=15, num_threads=None):
+def accumulate(
+    logits,
+    target,
+    weight=None,
+    *,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    axis=None,
+    topk=(1, 5),
+    bins=15,
+    num_threads=None,
+):
     """A :class:`dask.delayed.Delayed` that computes to the
     :class:`fastce.Accumulator` of every block, merged; for evaluations that
     go on adding data, or several evaluations computed together
@@ -155,8 +173,19 @@ def _result(acc):
     return acc.result()
 
 
-def evaluate(logits, target, weight=None, *, topk=(1, 5), bins=15, ignore_index=-100,
-             label_smoothing=0.0, axis=None, num_threads=None, compute=True):
+def evaluate(
+    logits,
+    target,
+    weight=None,
+    *,
+    topk=(1, 5),
+    bins=15,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    axis=None,
+    num_threads=None,
+    compute=True,
+):
     """:func:`fastce.evaluate` of dask arrays (or anything ``dask.array.asarray``
     takes): the same :class:`fastce.EvalResult`, without per-sample arrays.
 
@@ -173,12 +202,29 @@ def _reduced_loss(acc, reduction, dtype) -> np.ndarray:
 
 
 def _loss_none(xb, tb, weight, ignore_index, label_smoothing, axis, num_threads):
-    return _cross_entropy(xb, tb, weight, ignore_index=ignore_index, reduction="none",
-                          label_smoothing=label_smoothing, axis=axis, num_threads=num_threads)
+    return _cross_entropy(
+        xb,
+        tb,
+        weight,
+        ignore_index=ignore_index,
+        reduction="none",
+        label_smoothing=label_smoothing,
+        axis=axis,
+        num_threads=num_threads,
+    )
 
 
-def cross_entropy(logits, target, weight=None, *, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, axis=None, num_threads=None):
+def cross_entropy(
+    logits,
+    target,
+    weight=None,
+    *,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    axis=None,
+    num_threads=None,
+):
     """:func:`fastce.cross_entropy` of dask arrays, as a lazy dask array.
 
     ``"mean"`` and ``"sum"`` give a 0-d array (float32 for float16, bfloat16
@@ -192,14 +238,28 @@ def cross_entropy(logits, target, weight=None, *, ignore_index=-100, reduction="
     if weight is not None:
         weight = check_weight(weight, x.shape[ax])
     if reduction == "none":
-        Accumulator(weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                    num_threads=num_threads)  # the options' checks
+        Accumulator(
+            weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            num_threads=num_threads,
+        )  # the options' checks
         index = tuple(range(x.ndim))
-        tindex = index[:ax] + index[ax + 1:]
+        tindex = index[:ax] + index[ax + 1 :]
         return da.blockwise(
-            _loss_none, tindex, x, index, t, tindex, dtype=dtype, concatenate=True,
-            meta=np.empty((0,) * len(tindex), dtype=dtype), weight=weight,
-            ignore_index=ignore_index, label_smoothing=label_smoothing, axis=ax - x.ndim,
+            _loss_none,
+            tindex,
+            x,
+            index,
+            t,
+            tindex,
+            dtype=dtype,
+            concatenate=True,
+            meta=np.empty((0,) * len(tindex), dtype=dtype),
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            axis=ax - x.ndim,
             num_threads=num_threads,
         )
     options = _options(weight, ignore_index, label_smoothing, ax - x.ndim, 1, 1, num_threads)
@@ -234,4 +294,3 @@ def from_npy(path, rows_per_chunk=None):
         part = dask.delayed(_read_rows, pure=True)(path, start, stop)
         blocks.append(da.from_delayed(part, shape=(stop - start,) + shape[1:], dtype=dtype))
     return da.concatenate(blocks, axis=0)
-

@@ -25,8 +25,8 @@ from ._validate import (
     is_real,
     native_float_array,
     normalize_axis,
-    result_dtype,
     raise_out_of_range,
+    result_dtype,
     samples_flipped,
     view3,
     warn_single_class,
@@ -98,8 +98,19 @@ def _gradient_buffer(out, logits_shape, x: np.ndarray, x3: np.ndarray):
     return out, grad3, x3
 
 
-def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
-                   want_grad, grad_output, out, num_threads):
+def _cross_entropy(
+    logits,
+    target,
+    weight,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    axis,
+    want_grad,
+    grad_output,
+    out,
+    num_threads,
+):
     """Shared body of the three cross-entropy functions: returns (loss, grad)."""
     threads = check_num_threads(num_threads)
     x = native_float_array(logits, "logits")
@@ -112,7 +123,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     x3 = view3(x, axis)
     w = check_weight(weight, n_classes)
     plan: TargetPlan = check_target(target, x, axis, x3)
-    loss_shape = plan.shape if plan.is_index else logits_shape[:axis] + logits_shape[axis + 1:]
+    loss_shape = plan.shape if plan.is_index else logits_shape[:axis] + logits_shape[axis + 1 :]
     dtype = result_dtype(x.dtype)
     go = check_grad_output(grad_output, reduction, loss_shape) if want_grad else None
     if want_grad and out is not None:
@@ -167,16 +178,29 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
             grad3 = flip3(grad3) if grad3 is not None else None
         weight_total = float(w.sum()) if w.size else float(n_classes)
 
-        grad_given = out is not None and grad_buffer is not None \
-            and np.may_share_memory(grad_buffer, out)
+        grad_given = (
+            out is not None and grad_buffer is not None and np.may_share_memory(grad_buffer, out)
+        )
         if plan.is_index:
             total = _kernels.cross_entropy_index(
-                x3, t2, w, weight_total, smoothing, ignore_value, has_ignore,
-                loss2, go2, denominator, grad3, threads, grad_given=grad_given)
+                x3,
+                t2,
+                w,
+                weight_total,
+                smoothing,
+                ignore_value,
+                has_ignore,
+                loss2,
+                go2,
+                denominator,
+                grad3,
+                threads,
+                grad_given=grad_given,
+            )
         else:
-            total = _kernels.cross_entropy_probs(x3, p3, w, smoothing, loss2, go2,
-                                                 denominator, grad3, threads,
-                                                 grad_given=grad_given)
+            total = _kernels.cross_entropy_probs(
+                x3, p3, w, smoothing, loss2, go2, denominator, grad3, threads, grad_given=grad_given
+            )
     elif want_grad and grad3 is not None:
         grad3.fill(0)
 
@@ -186,8 +210,17 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     return loss, grad
 
 
-def cross_entropy(logits, target, weight=None, *, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, axis=None, num_threads=None):
+def cross_entropy(
+    logits,
+    target,
+    weight=None,
+    *,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    axis=None,
+    num_threads=None,
+):
     """Softmax cross-entropy between logits and a target, as PyTorch computes it.
 
     Parameters
@@ -244,12 +277,28 @@ def cross_entropy(logits, target, weight=None, *, ignore_index=-100, reduction="
     array([0.24131, 0.09492], dtype=float32)
     """
     if _plain_options(weight, ignore_index, reduction, label_smoothing, axis, num_threads):
-        loss = _kernels.cross_entropy_common(logits, target, reduction == "mean", ignore_index,
-                                             0 if num_threads is None else num_threads)
+        loss = _kernels.cross_entropy_common(
+            logits,
+            target,
+            reduction == "mean",
+            ignore_index,
+            0 if num_threads is None else num_threads,
+        )
         if loss is not None:
             return loss
-    loss, _ = _cross_entropy(logits, target, weight, ignore_index, reduction,
-                             label_smoothing, axis, False, None, None, num_threads)
+    loss, _ = _cross_entropy(
+        logits,
+        target,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        axis,
+        False,
+        None,
+        None,
+        num_threads,
+    )
     return loss
 
 
@@ -260,15 +309,28 @@ def _plain_options(weight, ignore_index, reduction, label_smoothing, axis, num_t
         weight is None
         and (axis is None or (type(axis) is int and (axis == 1 or axis == -1)))
         and (num_threads is None or (type(num_threads) is int and 1 <= num_threads <= 1 << 16))
-        and type(reduction) is str and (reduction == "mean" or reduction == "sum")
-        and type(label_smoothing) is float and label_smoothing == 0.0
-        and type(ignore_index) is int and -(1 << 63) <= ignore_index < 1 << 63
+        and type(reduction) is str
+        and (reduction == "mean" or reduction == "sum")
+        and type(label_smoothing) is float
+        and label_smoothing == 0.0
+        and type(ignore_index) is int
+        and -(1 << 63) <= ignore_index < 1 << 63
     )
 
 
-def cross_entropy_grad(logits, target, weight=None, *, grad_output=1.0, ignore_index=-100,
-                       reduction="mean", label_smoothing=0.0, axis=None, out=None,
-                       num_threads=None):
+def cross_entropy_grad(
+    logits,
+    target,
+    weight=None,
+    *,
+    grad_output=1.0,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    axis=None,
+    out=None,
+    num_threads=None,
+):
     """Gradient of :func:`cross_entropy` with respect to the logits.
 
     Takes :func:`cross_entropy`'s arguments, and:
@@ -295,18 +357,49 @@ def cross_entropy_grad(logits, target, weight=None, *, grad_output=1.0, ignore_i
     >>> fastce.cross_entropy_grad(np.array([1.0, 2.0, 0.1]), np.array(1)).round(6)
     array([ 0.242433, -0.340999,  0.098566])
     """
-    both = _common_with_grad(logits, target, weight, grad_output, ignore_index, reduction,
-                             label_smoothing, axis, out, num_threads)
+    both = _common_with_grad(
+        logits,
+        target,
+        weight,
+        grad_output,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        axis,
+        out,
+        num_threads,
+    )
     if both is not None:
         return both[1]
-    _, grad = _cross_entropy(logits, target, weight, ignore_index, reduction,
-                             label_smoothing, axis, True, grad_output, out, num_threads)
+    _, grad = _cross_entropy(
+        logits,
+        target,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        axis,
+        True,
+        grad_output,
+        out,
+        num_threads,
+    )
     return grad
 
 
-def cross_entropy_with_grad(logits, target, weight=None, *, grad_output=1.0,
-                            ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                            axis=None, out=None, num_threads=None):
+def cross_entropy_with_grad(
+    logits,
+    target,
+    weight=None,
+    *,
+    grad_output=1.0,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    axis=None,
+    out=None,
+    num_threads=None,
+):
     """The loss and its gradient from one pass over the logits.
 
     Arguments as :func:`cross_entropy_grad`; returns ``(loss, grad)``, equal
@@ -320,26 +413,75 @@ def cross_entropy_with_grad(logits, target, weight=None, *, grad_output=1.0,
     >>> float(round(loss, 6)), grad is logits
     (0.41703, True)
     """
-    both = _common_with_grad(logits, target, weight, grad_output, ignore_index, reduction,
-                             label_smoothing, axis, out, num_threads)
+    both = _common_with_grad(
+        logits,
+        target,
+        weight,
+        grad_output,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        axis,
+        out,
+        num_threads,
+    )
     if both is not None:
         return both
-    return _cross_entropy(logits, target, weight, ignore_index, reduction,
-                          label_smoothing, axis, True, grad_output, out, num_threads)
+    return _cross_entropy(
+        logits,
+        target,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        axis,
+        True,
+        grad_output,
+        out,
+        num_threads,
+    )
 
 
-def _common_with_grad(logits, target, weight, grad_output, ignore_index, reduction,
-                      label_smoothing, axis, out, num_threads):
+def _common_with_grad(
+    logits,
+    target,
+    weight,
+    grad_output,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    axis,
+    out,
+    num_threads,
+):
     """``(loss, grad)`` from the common-call lane, or None."""
-    if type(grad_output) is not float or grad_output != 1.0 or not _plain_options(
-            weight, ignore_index, reduction, label_smoothing, axis, num_threads):
+    if (
+        type(grad_output) is not float
+        or grad_output != 1.0
+        or not _plain_options(weight, ignore_index, reduction, label_smoothing, axis, num_threads)
+    ):
         return None
-    return _kernels.cross_entropy_common(logits, target, reduction == "mean", ignore_index,
-                                         0 if num_threads is None else num_threads, True, out)
+    return _kernels.cross_entropy_common(
+        logits,
+        target,
+        reduction == "mean",
+        ignore_index,
+        0 if num_threads is None else num_threads,
+        True,
+        out,
+    )
 
 
-def nll_loss(log_probs, target, weight=None, *, ignore_index=-100, reduction="mean",
-             axis=None, num_threads=None):
+def nll_loss(
+    log_probs,
+    target,
+    weight=None,
+    *,
+    ignore_index=-100,
+    reduction="mean",
+    axis=None,
+    num_threads=None,
+):
     """Negative log-likelihood of class-index targets, as ``torch.nn.functional.nll_loss``.
 
     Parameters
@@ -392,8 +534,9 @@ def nll_loss(log_probs, target, weight=None, *, ignore_index=-100, reduction="me
     total = 0.0
     if n_samples:
         loss2 = loss_arr.reshape(outer, inner) if loss_arr is not None else None
-        total = _kernels.nll_loss_kernel(x3, plan.index2, w, ignore_value, has_ignore, loss2,
-                                         threads)
+        total = _kernels.nll_loss_kernel(
+            x3, plan.index2, w, ignore_value, has_ignore, loss2, threads
+        )
     if reduction == "none":
         return loss_arr
     return _reduce(total, weight_sum if reduction == "mean" else 1.0, reduction, dtype)
@@ -410,12 +553,11 @@ def _softmax_family(x, axis, op, out, num_threads):
     else:
         axis = normalize_axis(axis, arr.ndim, "x")
     dtype = result_dtype(arr.dtype)
-    reduced_shape = shape[:axis] + shape[axis + 1:] if len(shape) else ()
+    reduced_shape = shape[:axis] + shape[axis + 1 :] if len(shape) else ()
     if op == _kernels.LOGSUMEXP:
         result = np.empty(reduced_shape, dtype=dtype)
     else:
-        result = np.empty(shape, dtype=dtype) if out is None else \
-            check_out(out, shape, dtype)
+        result = np.empty(shape, dtype=dtype) if out is None else check_out(out, shape, dtype)
     x3 = view3(arr, axis)
     outer, n_classes, inner = x3.shape
     if outer * inner == 0:
@@ -510,9 +652,7 @@ def _check_binary(x, target, name):
             f"Convert labels with target.astype({name}.dtype)."
         )
     if y.shape != x.shape:
-        raise ValueError(
-            f"target must have the shape of {name}, {x.shape}; got {y.shape}"
-        )
+        raise ValueError(f"target must have the shape of {name}, {x.shape}; got {y.shape}")
     return x, y
 
 
@@ -560,8 +700,9 @@ def _flat_aligned(a, dtype=None):
     return np.require(a, dtype=dtype, requirements=["C", "A"]).reshape(-1)
 
 
-def _binary(x_in, target, weight, pos_weight, reduction, logits, want_grad, grad_output, out,
-            num_threads):
+def _binary(
+    x_in, target, weight, pos_weight, reduction, logits, want_grad, grad_output, out, num_threads
+):
     """Shared body of the binary losses and their gradients: returns (loss, grad)."""
     name = "logits" if logits else "probs"
     threads = check_num_threads(num_threads)
@@ -570,8 +711,9 @@ def _binary(x_in, target, weight, pos_weight, reduction, logits, want_grad, grad
     w = _broadcast_factor(weight, x.shape, "weight", "give one weight per element or per class")
     pw = None
     if logits:
-        pw = _broadcast_factor(pos_weight, x.shape, "pos_weight",
-                               "give one positive weight per class (the last axis)")
+        pw = _broadcast_factor(
+            pos_weight, x.shape, "pos_weight", "give one positive weight per class (the last axis)"
+        )
     dtype = result_dtype(x.dtype)
     go = check_grad_output(grad_output, reduction, x.shape) if want_grad else None
     if want_grad and out is not None:
@@ -582,10 +724,12 @@ def _binary(x_in, target, weight, pos_weight, reduction, logits, want_grad, grad
     # an exact conversion, into a buffer of this call: checked below as it is
     yf = _flat_aligned(y, dtype)
     if not logits:
-        _check_unit_interval(xf, "probs", "Pass logits to binary_cross_entropy_with_logits "
-                                          "instead.", threads)
-        _check_unit_interval(yf, "target", "binary_cross_entropy takes target probabilities.",
-                             threads)
+        _check_unit_interval(
+            xf, "probs", "Pass logits to binary_cross_entropy_with_logits instead.", threads
+        )
+        _check_unit_interval(
+            yf, "target", "binary_cross_entropy takes target probabilities.", threads
+        )
 
     # every check has passed: from here on only outputs are written
     loss_arr = np.empty(x.shape, dtype=dtype) if reduction == "none" else None
@@ -597,9 +741,11 @@ def _binary(x_in, target, weight, pos_weight, reduction, logits, want_grad, grad
             grad_flat = np.empty(n, dtype=dtype)  # written here, then copied into out
         elif np.may_share_memory(grad_flat, xf) and not _same_memory_layout(grad_flat, xf):
             xf = xf.copy()
-    operands = [yf,
-                _flat_operand(w, x.shape, dtype, row_len),
-                _flat_operand(pw, x.shape, dtype, row_len)]
+    operands = [
+        yf,
+        _flat_operand(w, x.shape, dtype, row_len),
+        _flat_operand(pw, x.shape, dtype, row_len),
+    ]
     scale = 1.0
     go_flat = None
     if want_grad:
@@ -615,16 +761,25 @@ def _binary(x_in, target, weight, pos_weight, reduction, logits, want_grad, grad
     total = 0.0
     if n:
         total = _kernels.binary_cross_entropy_kernel(
-            xf, *operands, row_len, logits, scale, go_flat,
-            None if loss_arr is None else loss_arr.reshape(-1), grad_flat, threads)
+            xf,
+            *operands,
+            row_len,
+            logits,
+            scale,
+            go_flat,
+            None if loss_arr is None else loss_arr.reshape(-1),
+            grad_flat,
+            threads,
+        )
     if want_grad and not np.may_share_memory(grad, grad_flat):
         grad[...] = grad_flat.reshape(x.shape)
     loss = loss_arr if reduction == "none" else _reduce(total, float(n), reduction, dtype)
     return loss, grad
 
 
-def binary_cross_entropy_with_logits(logits, target, weight=None, *, pos_weight=None,
-                                     reduction="mean", num_threads=None):
+def binary_cross_entropy_with_logits(
+    logits, target, weight=None, *, pos_weight=None, reduction="mean", num_threads=None
+):
     """Binary cross-entropy of sigmoid(logits) against a probability target.
 
     ``loss = -weight * (pos_weight * y * log(sigmoid(x)) + (1 - y) * log(1 - sigmoid(x)))``,
@@ -638,14 +793,23 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, *, pos_weight=
     ...                                                     np.array([1.0, 0.0])), 6))
     1.410038
     """
-    loss, _ = _binary(logits, target, weight, pos_weight, reduction, True, False, None, None,
-                      num_threads)
+    loss, _ = _binary(
+        logits, target, weight, pos_weight, reduction, True, False, None, None, num_threads
+    )
     return loss
 
 
-def binary_cross_entropy_with_logits_grad(logits, target, weight=None, *, pos_weight=None,
-                                          reduction="mean", grad_output=1.0, out=None,
-                                          num_threads=None):
+def binary_cross_entropy_with_logits_grad(
+    logits,
+    target,
+    weight=None,
+    *,
+    pos_weight=None,
+    reduction="mean",
+    grad_output=1.0,
+    out=None,
+    num_threads=None,
+):
     """Gradient of :func:`binary_cross_entropy_with_logits` with respect to the logits:
     ``grad_output * weight * ((1 + (pos_weight - 1) * y) * sigmoid(x) - pos_weight * y)``,
     divided by the element count for ``"mean"``.
@@ -661,14 +825,23 @@ def binary_cross_entropy_with_logits_grad(logits, target, weight=None, *, pos_we
     ...                                              np.array([1.0, 0.0])).round(6)
     array([-0.25    ,  0.440399])
     """
-    _, grad = _binary(logits, target, weight, pos_weight, reduction, True, True, grad_output,
-                      out, num_threads)
+    _, grad = _binary(
+        logits, target, weight, pos_weight, reduction, True, True, grad_output, out, num_threads
+    )
     return grad
 
 
-def binary_cross_entropy_with_logits_with_grad(logits, target, weight=None, *, pos_weight=None,
-                                               reduction="mean", grad_output=1.0, out=None,
-                                               num_threads=None):
+def binary_cross_entropy_with_logits_with_grad(
+    logits,
+    target,
+    weight=None,
+    *,
+    pos_weight=None,
+    reduction="mean",
+    grad_output=1.0,
+    out=None,
+    num_threads=None,
+):
     """``(loss, grad)`` of :func:`binary_cross_entropy_with_logits` from one pass.
 
     Examples
@@ -679,8 +852,9 @@ def binary_cross_entropy_with_logits_with_grad(logits, target, weight=None, *, p
     >>> float(round(loss, 6)), grad.round(6)
     (1.410038, array([-0.25    ,  0.440399]))
     """
-    return _binary(logits, target, weight, pos_weight, reduction, True, True, grad_output, out,
-                   num_threads)
+    return _binary(
+        logits, target, weight, pos_weight, reduction, True, True, grad_output, out, num_threads
+    )
 
 
 def binary_cross_entropy(probs, target, weight=None, *, reduction="mean", num_threads=None):
@@ -695,13 +869,13 @@ def binary_cross_entropy(probs, target, weight=None, *, reduction="mean", num_th
     >>> float(round(fastce.binary_cross_entropy(np.array([0.8, 0.1]), np.array([1.0, 0.0])), 6))
     0.164252
     """
-    loss, _ = _binary(probs, target, weight, None, reduction, False, False, None, None,
-                      num_threads)
+    loss, _ = _binary(probs, target, weight, None, reduction, False, False, None, None, num_threads)
     return loss
 
 
-def binary_cross_entropy_grad(probs, target, weight=None, *, reduction="mean", grad_output=1.0,
-                              out=None, num_threads=None):
+def binary_cross_entropy_grad(
+    probs, target, weight=None, *, reduction="mean", grad_output=1.0, out=None, num_threads=None
+):
     """Gradient of :func:`binary_cross_entropy` with respect to the probabilities,
     as torch computes it: ``grad_output * weight * (p - y) / max((1 - p) * p, 1e-12)``,
     divided by the element count for ``"mean"``.
@@ -712,13 +886,15 @@ def binary_cross_entropy_grad(probs, target, weight=None, *, reduction="mean", g
     >>> fastce.binary_cross_entropy_grad(np.array([0.8, 0.1]), np.array([1.0, 0.0])).round(6)
     array([-0.625   ,  0.555556])
     """
-    _, grad = _binary(probs, target, weight, None, reduction, False, True, grad_output, out,
-                      num_threads)
+    _, grad = _binary(
+        probs, target, weight, None, reduction, False, True, grad_output, out, num_threads
+    )
     return grad
 
 
-def binary_cross_entropy_with_grad(probs, target, weight=None, *, reduction="mean",
-                                   grad_output=1.0, out=None, num_threads=None):
+def binary_cross_entropy_with_grad(
+    probs, target, weight=None, *, reduction="mean", grad_output=1.0, out=None, num_threads=None
+):
     """``(loss, grad)`` of :func:`binary_cross_entropy` from one pass.
 
     Examples
@@ -729,8 +905,9 @@ def binary_cross_entropy_with_grad(probs, target, weight=None, *, reduction="mea
     >>> float(round(loss, 6)), grad.round(6)
     (0.164252, array([-0.625   ,  0.555556]))
     """
-    return _binary(probs, target, weight, None, reduction, False, True, grad_output, out,
-                   num_threads)
+    return _binary(
+        probs, target, weight, None, reduction, False, True, grad_output, out, num_threads
+    )
 
 
 class CrossEntropyLoss:
@@ -748,8 +925,9 @@ class CrossEntropyLoss:
     0.513697
     """
 
-    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                 axis=None):
+    def __init__(
+        self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, axis=None
+    ):
         self.reduction = check_reduction(reduction)
         self.label_smoothing = check_label_smoothing(label_smoothing)
         check_ignore_index(ignore_index)
@@ -758,8 +936,12 @@ class CrossEntropyLoss:
         self.axis = check_axis_option(axis)
 
     def _options(self):
-        return dict(ignore_index=self.ignore_index, reduction=self.reduction,
-                    label_smoothing=self.label_smoothing, axis=self.axis)
+        return dict(
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+            axis=self.axis,
+        )
 
     def __call__(self, logits, target):
         return cross_entropy(logits, target, self.weight, **self._options())
@@ -768,13 +950,15 @@ class CrossEntropyLoss:
 
     def grad(self, logits, target, *, grad_output=1.0, out=None):
         """Gradient of the loss with respect to ``logits``."""
-        return cross_entropy_grad(logits, target, self.weight, grad_output=grad_output,
-                                  out=out, **self._options())
+        return cross_entropy_grad(
+            logits, target, self.weight, grad_output=grad_output, out=out, **self._options()
+        )
 
     def with_grad(self, logits, target, *, grad_output=1.0, out=None):
         """``(loss, grad)`` from one pass."""
-        return cross_entropy_with_grad(logits, target, self.weight, grad_output=grad_output,
-                                       out=out, **self._options())
+        return cross_entropy_with_grad(
+            logits, target, self.weight, grad_output=grad_output, out=out, **self._options()
+        )
 
     def __repr__(self):
         parts = [f"{k}={v!r}" for k, v in self._options().items()]
@@ -786,7 +970,8 @@ class CrossEntropyLoss:
         if not isinstance(other, CrossEntropyLoss):
             return NotImplemented
         same_weight = (self.weight is None and other.weight is None) or (
-            self.weight is not None and other.weight is not None
+            self.weight is not None
+            and other.weight is not None
             and np.array_equal(self.weight, other.weight)
         )
         return same_weight and self._options() == other._options()

@@ -91,8 +91,7 @@ def check_topk(topk) -> tuple[int, ...]:
         values = list(values)
     except TypeError:
         raise ValueError(
-            f"topk must be a positive integer or a sequence of them, e.g. topk=(1, 5); "
-            f"got {topk!r}"
+            f"topk must be a positive integer or a sequence of them, e.g. topk=(1, 5); got {topk!r}"
         ) from None
     if not values:
         raise ValueError("topk must name at least one k, e.g. topk=(1, 5); got an empty sequence")
@@ -185,8 +184,13 @@ class EvalResult:
         """The scalar results, with top-k accuracies as ``"top{k}"``."""
         out = {"loss": self.loss, "perplexity": self.perplexity}
         out.update({f"top{k}": v for k, v in self.accuracy.items()})
-        out.update(confidence=self.confidence, entropy=self.entropy, ece=self.ece,
-                   count=self.count, weight_sum=self.weight_sum)
+        out.update(
+            confidence=self.confidence,
+            entropy=self.entropy,
+            ece=self.ece,
+            count=self.count,
+            weight_sum=self.weight_sum,
+        )
         return out
 
 
@@ -270,8 +274,17 @@ class Accumulator:
     True
     """
 
-    def __init__(self, weight=None, *, ignore_index=-100, label_smoothing=0.0, axis=None,
-                 topk=(1, 5), bins=15, num_threads=None):
+    def __init__(
+        self,
+        weight=None,
+        *,
+        ignore_index=-100,
+        label_smoothing=0.0,
+        axis=None,
+        topk=(1, 5),
+        bins=15,
+        num_threads=None,
+    ):
         self.label_smoothing = check_label_smoothing(label_smoothing)
         self._ignore = check_ignore_index(ignore_index)
         self.ignore_index = operator.index(ignore_index)
@@ -313,9 +326,9 @@ class Accumulator:
         bins = self.bins
         _dd_fold(self._sums, sums)
         self._count += int(counts[0])
-        self._bin_count += counts[1:1 + bins]
-        self._bin_correct += counts[1 + bins:1 + 2 * bins]
-        cumulative = np.cumsum(counts[1 + 2 * bins:1 + 2 * bins + ranks])
+        self._bin_count += counts[1 : 1 + bins]
+        self._bin_correct += counts[1 + bins : 1 + 2 * bins]
+        cumulative = np.cumsum(counts[1 + 2 * bins : 1 + 2 * bins + ranks])
         # a k beyond the ranks counted is every sample: in Python ints, any k
         self._correct += cumulative[[min(k, ranks) - 1 for k in self.topk]]
 
@@ -369,8 +382,7 @@ class Accumulator:
     def _same_weight(self, other) -> bool:
         if self.weight is None or other.weight is None:
             return self.weight is None and other.weight is None
-        return self.weight.shape == other.weight.shape and np.array_equal(
-            self.weight, other.weight)
+        return self.weight.shape == other.weight.shape and np.array_equal(self.weight, other.weight)
 
     # ---- the three operations --------------------------------------------
 
@@ -392,7 +404,7 @@ class Accumulator:
         w = check_weight(self.weight, n_classes)
         plan = check_target(target, arr, axis, x3)
         if not plan.is_index:
-            expected = arr.shape[:axis] + arr.shape[axis + 1:]
+            expected = arr.shape[:axis] + arr.shape[axis + 1 :]
             raise TypeError(
                 "evaluation needs class indices (an integer target of shape "
                 f"{expected}); got probabilities of shape {plan.shape}. Accuracy and "
@@ -410,8 +422,9 @@ class Accumulator:
             self._check_classes(n_classes, axis)
         ignore_value, has_ignore = self._ignore
         if n_samples:
-            bad, value, _ = _kernels.check_targets(plan.index2, n_classes, ignore_value,
-                                                   has_ignore, w)
+            bad, value, _ = _kernels.check_targets(
+                plan.index2, n_classes, ignore_value, has_ignore, w
+            )
             if bad >= 0:
                 raise_out_of_range(np.asarray(target), bad, value, n_classes)
         warn_single_class(n_classes)
@@ -436,9 +449,16 @@ class Accumulator:
         t2 = plan.index2
         out2 = []
         if outputs is not None:
-            out2 = [a.reshape(outer, inner) for a in (
-                outputs.loss, outputs.prediction, outputs.target_rank,
-                outputs.confidence, outputs.entropy)]
+            out2 = [
+                a.reshape(outer, inner)
+                for a in (
+                    outputs.loss,
+                    outputs.prediction,
+                    outputs.target_rank,
+                    outputs.confidence,
+                    outputs.entropy,
+                )
+            ]
         if samples_flipped(x3):
             x3 = flip3(x3)
             t2 = flip2(t2)
@@ -449,8 +469,17 @@ class Accumulator:
 
         def kernel_call(xb, tb, outs):
             sums, counts = _metrics.evaluate_index(
-                xb, tb, w, weight_sum, self.label_smoothing, ignore_value, has_ignore,
-                self.bins, ranks, *(outs or [None] * 5), self._threads,
+                xb,
+                tb,
+                w,
+                weight_sum,
+                self.label_smoothing,
+                ignore_value,
+                has_ignore,
+                self.bins,
+                ranks,
+                *(outs or [None] * 5),
+                self._threads,
             )
             staged._add(sums, counts, ranks)
 
@@ -470,8 +499,11 @@ class Accumulator:
             step = max(tile, _BLOCK_BYTES // block_bytes // tile * tile)
             blocks = [(slice(None), slice(a, b)) for a, b in _blocks(inner, step, 2)]
         for rows, cols in blocks:
-            kernel_call(native_float_array(x3[rows, :, cols], "logits"), t2[rows, cols],
-                        [a[rows, cols] for a in out2])
+            kernel_call(
+                native_float_array(x3[rows, :, cols], "logits"),
+                t2[rows, cols],
+                [a[rows, cols] for a in out2],
+            )
         with self._lock:
             self._check_classes(n_classes, axis)
             self.n_classes = n_classes
@@ -497,8 +529,10 @@ class Accumulator:
         with first._lock, second._lock:
             if other.n_classes is not None:
                 if self.n_classes is not None and other.n_classes != self.n_classes:
-                    raise ValueError(f"cannot merge accumulators of {self.n_classes} and "
-                                     f"{other.n_classes} classes")
+                    raise ValueError(
+                        f"cannot merge accumulators of {self.n_classes} and "
+                        f"{other.n_classes} classes"
+                    )
                 self.n_classes = other.n_classes
             self._fold(other)
         return self
@@ -511,7 +545,8 @@ class Accumulator:
             bin_count, bin_correct = self._bin_count.copy(), self._bin_correct.copy()
             correct = self._correct.tolist()
         loss_sum, weight_sum, conf_sum, entropy_sum = (
-            _dd_value(hi, lo) for hi, lo in sums[:_N_TOTALS])
+            _dd_value(hi, lo) for hi, lo in sums[:_N_TOTALS]
+        )
         hi, lo = sums[_N_TOTALS:, 0], sums[_N_TOTALS:, 1]
         with np.errstate(invalid="ignore"):
             bin_conf = np.where(np.isfinite(hi), hi + lo, hi)
@@ -539,8 +574,13 @@ class Accumulator:
     # ---- presentation ----------------------------------------------------
 
     def _describe(self) -> str:
-        parts = [f"topk={self.topk}", f"bins={self.bins}", f"ignore_index={self.ignore_index}",
-                 f"label_smoothing={self.label_smoothing}", f"axis={self.axis}"]
+        parts = [
+            f"topk={self.topk}",
+            f"bins={self.bins}",
+            f"ignore_index={self.ignore_index}",
+            f"label_smoothing={self.label_smoothing}",
+            f"axis={self.axis}",
+        ]
         if self.weight is not None:
             parts.insert(0, f"weight={np.asarray(self.weight).tolist()!r}")
         return ", ".join(parts)
@@ -549,8 +589,19 @@ class Accumulator:
         return f"Accumulator({self._describe()}; count={self._count}, loss={self.loss:.6g})"
 
 
-def evaluate(logits, target, weight=None, *, topk=(1, 5), bins=15, ignore_index=-100,
-             label_smoothing=0.0, axis=None, per_sample=False, num_threads=None) -> EvalResult:
+def evaluate(
+    logits,
+    target,
+    weight=None,
+    *,
+    topk=(1, 5),
+    bins=15,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    axis=None,
+    per_sample=False,
+    num_threads=None,
+) -> EvalResult:
     """Loss, perplexity, top-k accuracy, confidence, entropy and calibration
     error from one pass over the logits.
 
@@ -592,7 +643,14 @@ def evaluate(logits, target, weight=None, *, topk=(1, 5), bins=15, ignore_index=
     >>> r.per_sample.prediction, r.per_sample.target_rank
     (array([0, 1, 2]), array([0, 1, 0]))
     """
-    acc = Accumulator(weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                      axis=axis, topk=topk, bins=bins, num_threads=num_threads)
+    acc = Accumulator(
+        weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        axis=axis,
+        topk=topk,
+        bins=bins,
+        num_threads=num_threads,
+    )
     outputs = acc.update(logits, target, per_sample=per_sample)
     return acc.result(per_sample=outputs)

@@ -168,8 +168,16 @@ def _scale(loss, denominator, reduction, grad_output):
 # cross-entropy
 
 
-def cross_entropy(logits, target, weight=None, *, ignore_index=-100,
-                  reduction="mean", label_smoothing=0.0, axis=None):
+def cross_entropy(
+    logits,
+    target,
+    weight=None,
+    *,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    axis=None,
+):
     """Softmax cross-entropy: ``loss[n] = -sum_c a[n, c] * logp[n, c]``, reduced."""
     _, _, _, loss, denominator, _ = _per_sample(
         logits, target, weight, ignore_index, label_smoothing, axis
@@ -177,9 +185,18 @@ def cross_entropy(logits, target, weight=None, *, ignore_index=-100,
     return _reduce(loss, denominator, reduction)
 
 
-def cross_entropy_with_grad(logits, target, weight=None, *, grad_output=1.0,
-                            ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, axis=None, out=None):
+def cross_entropy_with_grad(
+    logits,
+    target,
+    weight=None,
+    *,
+    grad_output=1.0,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    axis=None,
+    out=None,
+):
     """``(loss, grad)`` with ``grad[n, c] = g[n] * (A[n] * p[n, c] - a[n, c])``.
 
     Samples whose coefficients are all zero (ignored samples) get a zero gradient.
@@ -199,26 +216,37 @@ def cross_entropy_with_grad(logits, target, weight=None, *, grad_output=1.0,
     return _reduce(loss, denominator, reduction), np.moveaxis(grad, -1, axis)
 
 
-def cross_entropy_grad(logits, target, weight=None, *, grad_output=1.0,
-                       ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                       axis=None, out=None):
+def cross_entropy_grad(
+    logits,
+    target,
+    weight=None,
+    *,
+    grad_output=1.0,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    axis=None,
+    out=None,
+):
     """The gradient of :func:`cross_entropy` with respect to the logits."""
     return cross_entropy_with_grad(
-        logits, target, weight, grad_output=grad_output,
-        ignore_index=ignore_index, reduction=reduction,
-        label_smoothing=label_smoothing, axis=axis,
+        logits,
+        target,
+        weight,
+        grad_output=grad_output,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        axis=axis,
     )[1]
 
 
-def nll_loss(log_probs, target, weight=None, *, ignore_index=-100,
-             reduction="mean", axis=None):
+def nll_loss(log_probs, target, weight=None, *, ignore_index=-100, reduction="mean", axis=None):
     """Negative log-likelihood of class indices: ``loss[n] = -w[t] * log_probs[n, t]``."""
     x = _as_float64(log_probs)
     axis = _class_axis(x.ndim, axis)
     x_last = np.moveaxis(x, axis, -1)
-    a, denominator = _coefficients(
-        x_last, np.asarray(target), weight, ignore_index, 0.0, axis
-    )
+    a, denominator = _coefficients(x_last, np.asarray(target), weight, ignore_index, 0.0, axis)
     loss = 0.0 - np.sum(_xlogy(a, x_last), axis=-1)
     return _reduce(loss, denominator, reduction)
 
@@ -226,8 +254,9 @@ def nll_loss(log_probs, target, weight=None, *, ignore_index=-100,
 class CrossEntropyLoss:
     """The callable twin of ``fastce.CrossEntropyLoss``."""
 
-    def __init__(self, weight=None, ignore_index=-100, reduction="mean",
-                 label_smoothing=0.0, axis=None):
+    def __init__(
+        self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, axis=None
+    ):
         self.weight = weight
         self.ignore_index = ignore_index
         self.reduction = reduction
@@ -236,8 +265,12 @@ class CrossEntropyLoss:
 
     def __call__(self, logits, target):
         return cross_entropy(
-            logits, target, self.weight, ignore_index=self.ignore_index,
-            reduction=self.reduction, label_smoothing=self.label_smoothing,
+            logits,
+            target,
+            self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
             axis=self.axis,
         )
 
@@ -299,8 +332,9 @@ def _reduce_elementwise(loss, reduction):
     return np.float64(np.mean(loss))
 
 
-def binary_cross_entropy_with_logits(logits, target, weight=None, *,
-                                     pos_weight=None, reduction="mean"):
+def binary_cross_entropy_with_logits(
+    logits, target, weight=None, *, pos_weight=None, reduction="mean"
+):
     """``(1 - y) * x + c * softplus(-x)`` times ``weight``, ``c = 1 + (pw - 1) * y``,
     ``pos_weight`` broadcasting against the last axis; summed as
     ``c * log1p(exp(-|x|)) + (x < 0 ? -pw * y * x : (1 - y) * x)``, two terms of
@@ -339,8 +373,9 @@ def _elementwise_grad_scale(grad_output, reduction, shape):
     return g / n if reduction == "mean" and n else g
 
 
-def binary_cross_entropy_with_logits_grad(logits, target, weight=None, *, pos_weight=None,
-                                          reduction="mean", grad_output=1.0):
+def binary_cross_entropy_with_logits_grad(
+    logits, target, weight=None, *, pos_weight=None, reduction="mean", grad_output=1.0
+):
     """``grad_output * w * ((1 + (pw - 1) * y) * sigmoid(x) - pw * y)``."""
     x = _as_float64(logits)
     y = _as_float64(target)
@@ -354,12 +389,22 @@ def binary_cross_entropy_with_logits_grad(logits, target, weight=None, *, pos_we
     return np.broadcast_to(grad, x.shape).copy()
 
 
-def binary_cross_entropy_with_logits_with_grad(logits, target, weight=None, *, pos_weight=None,
-                                               reduction="mean", grad_output=1.0):
-    return (binary_cross_entropy_with_logits(logits, target, weight, pos_weight=pos_weight,
-                                             reduction=reduction),
-            binary_cross_entropy_with_logits_grad(logits, target, weight, pos_weight=pos_weight,
-                                                  reduction=reduction, grad_output=grad_output))
+def binary_cross_entropy_with_logits_with_grad(
+    logits, target, weight=None, *, pos_weight=None, reduction="mean", grad_output=1.0
+):
+    return (
+        binary_cross_entropy_with_logits(
+            logits, target, weight, pos_weight=pos_weight, reduction=reduction
+        ),
+        binary_cross_entropy_with_logits_grad(
+            logits,
+            target,
+            weight,
+            pos_weight=pos_weight,
+            reduction=reduction,
+            grad_output=grad_output,
+        ),
+    )
 
 
 def binary_cross_entropy_grad(probs, target, weight=None, *, reduction="mean", grad_output=1.0):
@@ -373,8 +418,12 @@ def binary_cross_entropy_grad(probs, target, weight=None, *, reduction="mean", g
     return np.broadcast_to(grad, p.shape).copy()
 
 
-def binary_cross_entropy_with_grad(probs, target, weight=None, *, reduction="mean",
-                                   grad_output=1.0):
-    return (binary_cross_entropy(probs, target, weight, reduction=reduction),
-            binary_cross_entropy_grad(probs, target, weight, reduction=reduction,
-                                      grad_output=grad_output))
+def binary_cross_entropy_with_grad(
+    probs, target, weight=None, *, reduction="mean", grad_output=1.0
+):
+    return (
+        binary_cross_entropy(probs, target, weight, reduction=reduction),
+        binary_cross_entropy_grad(
+            probs, target, weight, reduction=reduction, grad_output=grad_output
+        ),
+    )

@@ -63,24 +63,26 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess
         "enough), or use fastce's NumPy functions"
     ) from err
 
+from . import functional as _functional
+from ._config import get_num_threads as _fastce_threads
+
 # NumPy has no bfloat16 of its own: ml_dtypes gives it the one a bfloat16
 # tensor's memory is viewed as; without it such tensors go to torch
 _NUMPY_BFLOAT16: np.dtype | None
 try:
     import ml_dtypes
+
     _NUMPY_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 except ImportError:
     _NUMPY_BFLOAT16 = None
-
-from . import functional as _functional
-from ._config import get_num_threads as _fastce_threads
 
 __all__ = ["cross_entropy", "CrossEntropyLoss"]
 
 _torch_cross_entropy = torch.nn.functional.cross_entropy
 
 _LOGIT_DTYPES = (torch.float32, torch.float64, torch.float16) + (
-    (torch.bfloat16,) if _NUMPY_BFLOAT16 is not None else ())
+    (torch.bfloat16,) if _NUMPY_BFLOAT16 is not None else ()
+)
 _INDEX_DTYPES = (torch.int64, torch.uint8)  # the class-index dtypes torch accepts
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -165,9 +167,14 @@ class _CrossEntropyFunction(torch.autograd.Function):
             # the gradient in memory the call allocates (laid out as the
             # logits), which the kernels know to be new
             loss, g = _functional.cross_entropy_with_grad(
-                x, _numpy(target), _numpy(weight), grad_output=1.0,
-                ignore_index=ignore_index, reduction=reduction,
-                label_smoothing=label_smoothing, num_threads=_thread_limit(),
+                x,
+                _numpy(target),
+                _numpy(weight),
+                grad_output=1.0,
+                ignore_index=ignore_index,
+                reduction=reduction,
+                label_smoothing=label_smoothing,
+                num_threads=_thread_limit(),
             )
         except (TypeError, ValueError, IndexError) as err:
             raise _Declined from err
@@ -206,16 +213,21 @@ def _no_second_derivative(grad: torch.Tensor) -> torch.Tensor:
     return delayed(_SECOND_DERIVATIVE.encode(), 1)(grad)
 
 
-def _fastce_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
-                          grad_enabled):
+def _fastce_cross_entropy(
+    input, target, weight, ignore_index, reduction, label_smoothing, grad_enabled
+):
     if grad_enabled and input.requires_grad:
         return _CrossEntropyFunction.apply(
             input, target, weight, ignore_index, reduction, label_smoothing
         )
     try:
         loss = _functional.cross_entropy(
-            _numpy(input), _numpy(target), _numpy(weight), ignore_index=ignore_index,
-            reduction=reduction, label_smoothing=label_smoothing,
+            _numpy(input),
+            _numpy(target),
+            _numpy(weight),
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
             num_threads=_thread_limit(),
         )
     except (TypeError, ValueError, IndexError) as err:
@@ -251,12 +263,14 @@ def cross_entropy(
     grad_enabled = torch.is_grad_enabled()
     if _served(input, target, weight, size_average, reduce, reduction, grad_enabled):
         try:
-            return _fastce_cross_entropy(input, target, weight, ignore_index, reduction,
-                                         label_smoothing, grad_enabled)
+            return _fastce_cross_entropy(
+                input, target, weight, ignore_index, reduction, label_smoothing, grad_enabled
+            )
         except _Declined:
             pass  # torch answers, or raises its own error, below
-    return _torch_cross_entropy(input, target, weight, size_average, ignore_index, reduce,
-                                reduction, label_smoothing)
+    return _torch_cross_entropy(
+        input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing
+    )
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
@@ -275,5 +289,11 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     """
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
-                             reduction=self.reduction, label_smoothing=self.label_smoothing)
+        return cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
