@@ -47,10 +47,13 @@ cdef extern from "csrc/dispatch.h":
         double (*row_sum_shifted_f64)(const double*, Py_ssize_t, double) noexcept nogil
         double (*sum_exp_f32)(const float*, Py_ssize_t) noexcept nogil
         double (*sum_exp_f64)(const double*, Py_ssize_t) noexcept nogil
-        void (*row_scaled_exp_f32)(const float*, Py_ssize_t, float, float, float, float*, int) noexcept nogil
-        void (*row_scaled_exp_f64)(const double*, Py_ssize_t, double, double, double, double*, int) noexcept nogil
+        void (*row_scaled_exp_f32)(const float*, Py_ssize_t, float, float, float, float*,
+                                   int) noexcept nogil
+        void (*row_scaled_exp_f64)(const double*, Py_ssize_t, double, double, double, double*,
+                                   int) noexcept nogil
         void (*row_shift_f32)(const float*, Py_ssize_t, float, float, float*, int) noexcept nogil
-        void (*row_shift_f64)(const double*, Py_ssize_t, double, double, double*, int) noexcept nogil
+        void (*row_shift_f64)(const double*, Py_ssize_t, double, double, double*,
+                              int) noexcept nogil
         void (*row_softmax_f32)(const float*, Py_ssize_t, float*, const float*,
                                 fastce_ahead_t*) noexcept nogil
         void (*row_pending_f32)(fastce_ahead_t*, Py_ssize_t) noexcept nogil
@@ -63,14 +66,18 @@ cdef extern from "csrc/dispatch.h":
                                Py_ssize_t*, Py_ssize_t*) noexcept nogil
         void (*tile_max_f32)(const float*, Py_ssize_t, float*) noexcept nogil
         void (*tile_max_f64)(const double*, Py_ssize_t, double*) noexcept nogil
-        void (*tile_sumexp_f32)(const float*, Py_ssize_t, const float*, float*, float*) noexcept nogil
-        void (*tile_sumexp_f64)(const double*, Py_ssize_t, const double*, double*, double*) noexcept nogil
+        void (*tile_sumexp_f32)(const float*, Py_ssize_t, const float*, float*,
+                                float*) noexcept nogil
+        void (*tile_sumexp_f64)(const double*, Py_ssize_t, const double*, double*,
+                                double*) noexcept nogil
         void (*tile_scaled_exp_f32)(const float*, Py_ssize_t, const float*, const float*, float,
                                     const float*, float*) noexcept nogil
         void (*tile_scaled_exp_f64)(const double*, Py_ssize_t, const double*, const double*, double,
                                     const double*, double*) noexcept nogil
-        void (*tile_shift_f32)(const float*, Py_ssize_t, const float*, const float*, float*) noexcept nogil
-        void (*tile_shift_f64)(const double*, Py_ssize_t, const double*, const double*, double*) noexcept nogil
+        void (*tile_shift_f32)(const float*, Py_ssize_t, const float*, const float*,
+                               float*) noexcept nogil
+        void (*tile_shift_f64)(const double*, Py_ssize_t, const double*, const double*,
+                               double*) noexcept nogil
         void (*tile_stats_f32)(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*,
                                double*) noexcept nogil
         void (*tile_stats_f64)(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*,
@@ -333,7 +340,8 @@ cdef inline double row_weighted_shifted_sum(const floating* x, Py_ssize_t n, Py_
     return acc
 
 
-cdef inline void tile_max(const floating* x, Py_ssize_t xi, Py_ssize_t n, floating* m) noexcept nogil:
+cdef inline void tile_max(const floating* x, Py_ssize_t xi, Py_ssize_t n,
+                          floating* m) noexcept nogil:
     cdef Py_ssize_t k
     cdef floating v
     if xi == 1:

@@ -23,12 +23,11 @@ layer validates everything; the kernels cannot fail, and the entry points
 only raise for an internal mistake or memory they cannot get.
 """
 
-cimport cython
 from cpython.exc cimport PyErr_CheckSignals
 from cython.parallel cimport prange, threadid
-from libc.math cimport exp, log, isinf, INFINITY, NAN
+from libc.math cimport exp, log, isinf, NAN
 from libc.stdlib cimport malloc, free
-from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint16_t
 
 import numpy as np
 cimport numpy as cnp
@@ -244,7 +243,6 @@ cdef inline void shift_for_logsumexp(floating* m) noexcept nogil:
         m[0] = 0
 
 
-
 cdef int thread_count(Py_ssize_t work_items, Py_ssize_t n_elements, int requested) noexcept nogil:
     """The threads a call of ``work_items`` units over ``n_elements`` logits
     uses (``requested``, or the process-wide count for 0, within the cap of
@@ -267,7 +265,6 @@ def block_rows(Py_ssize_t C):
     that splits rows of few classes into several calls cuts at multiples of
     it, so that each row is computed as it would be in one call."""
     return rows_per_block(C)
-
 
 
 # --------------------------------------------------------------------------
@@ -822,9 +819,10 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
                                 floating* grad, Py_ssize_t yc, double g, bint stream,
                                 const floating* next, fastce_ahead_t* ahead) noexcept nogil:
     """Loss of one sample with a class-index target; writes its gradient row
-    scaled by ``g`` when ``grad`` is not NULL (``stream``: as row_scaled_exp).  With ``ahead`` (contiguous
-    rows only), the row's maxima come from there when the previous row left
-    them, and ``next``'s (another row, or NULL) are left there."""
+    scaled by ``g`` when ``grad`` is not NULL (``stream``: as row_scaled_exp).
+    With ``ahead`` (contiguous rows only), the row's maxima come from there
+    when the previous row left them, and ``next``'s (another row, or NULL)
+    are left there."""
     cdef Py_ssize_t c
     cdef double eps = opt.smoothing
     cdef double a_t, A, s, loss, smooth_coef = eps / C
@@ -1264,7 +1262,8 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
 # log_softmax, softmax, logsumexp
 # --------------------------------------------------------------------------
 
-cdef inline double logsumexp_unshifted(const floating* x, Py_ssize_t xc, Py_ssize_t C) noexcept nogil:
+cdef inline double logsumexp_unshifted(const floating* x, Py_ssize_t xc,
+                                       Py_ssize_t C) noexcept nogil:
     # log(sum(exp(x))) for a row whose maximum is infinite: inf for +inf, -inf
     # for a row of -inf, NaN with a NaN
     cdef double s = 0.0
@@ -1329,7 +1328,6 @@ cdef inline void softmax_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, P
             tile_scaled_exp(x + c * xc, xi, n, m, per_sample, 0, zero, y + c * yc, yi)
 
 
-
 cdef struct SoftmaxCall:
     int op
     char* reduced           # logsumexp's per-sample results
@@ -1387,7 +1385,8 @@ cdef void softmax_tile_body(const void* call_, const Piece* p, const floating* x
 
 
 cdef Body SOFTMAX_BODY = make_body(
-    softmax_rows[float], softmax_rows[double], softmax_tile_body[float], softmax_tile_body[double], NULL)
+    softmax_rows[float], softmax_rows[double], softmax_tile_body[float],
+    softmax_tile_body[double], NULL)
 
 
 def softmax_family(object x, int op, object reduced_out, object out, int num_threads=0,
@@ -1396,8 +1395,8 @@ def softmax_family(object x, int op, object reduced_out, object out, int num_thr
     ``(outer, C, inner)`` view (float32, float64, float16 or bfloat16).
     log_softmax and softmax write ``out`` (the shape of ``x``, the result
     dtype; it may be ``x`` itself; ``out_given``: memory the caller handed in);
-    logsumexp writes ``reduced_out`` of shape ``(outer, inner)``.  The caller guarantees ``C > 0`` and at least one
-    sample."""
+    logsumexp writes ``reduced_out`` of shape ``(outer, inner)``.  The caller
+    guarantees ``C > 0`` and at least one sample."""
     cdef Walk w
     cdef SoftmaxCall call
     cdef Py_ssize_t s[2]
@@ -1562,8 +1561,6 @@ def nll_loss_common(object log_probs, object target, bint mean, int64_t ignore_i
     if mean:
         total = total / counted if counted else NAN
     return _float64(total) if dtype == DT_F64 else _float32(<float>total)
-
-
 
 
 cdef Py_ssize_t scan_targets(const Targets* t, Py_ssize_t outer, Py_ssize_t inner, Py_ssize_t C,

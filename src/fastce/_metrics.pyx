@@ -51,7 +51,6 @@ cdef extern from "csrc/build_info.h":
     int FASTCE_OPENMP
 
 
-
 # The vector primitives are fastce._kernels' own table: this extension never
 # chooses a path of its own (see _kernels.pxd).
 core.fastce_active_ops = simd_ops()
@@ -279,7 +278,7 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
                             look_ahead)
         log_s = log(s)
         loss = 0.0 if not active else index_row_loss(xr, xc, C, target, m, log_s, A, a_t,
-                                                   &opt.ce)
+                                                     &opt.ce)
         # the rest, from the row in cache
         tt = -1 if ignored else <Py_ssize_t>target
         x_t = xr[tt * xc] if tt >= 0 else 0

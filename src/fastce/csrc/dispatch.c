@@ -29,7 +29,8 @@ int fastce_simd_available(const char *name) {
 const fastce_ops_t *fastce_simd_select(const char *name) {
     if (name[0] == '\0') {
         for (int k = 0; fastce_simd_names[k] != 0; k++)
-            if (fastce_simd_available(fastce_simd_names[k])) return fastce_simd_select(fastce_simd_names[k]);
+            if (fastce_simd_available(fastce_simd_names[k]))
+                return fastce_simd_select(fastce_simd_names[k]);
     }
     if (!fastce_simd_available(name)) return 0;
     if (strcmp(name, "baseline") == 0) fastce_fill_ops_base(&fastce_ops);

@@ -140,8 +140,8 @@ VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, 
     if (nx != NULL) {
         for (; c + 4 * L <= len; c += 4 * L) {
             for (int u = 0; u < 4; u++)
-                acc = KNAME(sumexp_full)(acc, VOP(sub)(VOP(load)(xs + c + u * L), vm), masked,
-                                         &ties);
+                acc =
+                    KNAME(sumexp_full)(acc, VOP(sub)(VOP(load)(xs + c + u * L), vm), masked, &ties);
             n0 = VOP(max)(VOP(load)(nx + c), n0);
             n1 = VOP(max)(VOP(load)(nx + c + L), n1);
             n2 = VOP(max)(VOP(load)(nx + c + 2 * L), n2);
@@ -159,8 +159,7 @@ VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, 
     }
     if (c < len) {
         M in = VOP(first)(len - c);
-        acc = KNAME(sumexp_step)(acc, VOP(sub)(VOP(load_part)(xs + c, in), vm), in, masked,
-                                 &ties);
+        acc = KNAME(sumexp_step)(acc, VOP(sub)(VOP(load_part)(xs + c, in), vm), in, masked, &ties);
         if (nx != NULL) n0 = VOP(max)(VOP(load_part_or)(nx + c, in, none), n0);
         if (px != NULL)
             VOP(store_part)(py + c, in, VOP(sub)(VOP(sub)(VOP(load_part)(px + c, in), pm), pl));
@@ -182,9 +181,10 @@ VINLINE double KNAME(row_in_cache)(const T *x, ptrdiff_t n, T *max_out, const T 
     ptrdiff_t k = 0;
     double s = 0.0;
     for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
-        chunk_max[k] = ahead->valid ? (T)ahead->chunk_max[k]
-                                    : KNAME(row_max)(x + start, n - start < FASTCE_CHUNK
-                                                                    ? n - start : FASTCE_CHUNK);
+        chunk_max[k] =
+            ahead->valid
+                ? (T)ahead->chunk_max[k]
+                : KNAME(row_max)(x + start, n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK);
         m = chunk_max[k] > m ? chunk_max[k] : m;
     }
     ahead->valid = 0;
@@ -208,14 +208,17 @@ VINLINE double KNAME(row_in_cache)(const T *x, ptrdiff_t n, T *max_out, const T 
         if (py != NULL) {
             const T *pxs = px + start;
             T *pys = py + start;
-            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, nx, &nm, pxs, pys, pm, pl)
-                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, nx, &nm, pxs, pys, pm, pl);
+            s += chunk_max[k] < m
+                     ? KNAME(chunk_sumexp)(x + start, len, m, 0, nx, &nm, pxs, pys, pm, pl)
+                     : KNAME(chunk_sumexp)(x + start, len, m, 1, nx, &nm, pxs, pys, pm, pl);
         } else if (nx != NULL) {
-            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, nx, &nm, NULL, NULL, pm, pl)
-                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, nx, &nm, NULL, NULL, pm, pl);
+            s += chunk_max[k] < m
+                     ? KNAME(chunk_sumexp)(x + start, len, m, 0, nx, &nm, NULL, NULL, pm, pl)
+                     : KNAME(chunk_sumexp)(x + start, len, m, 1, nx, &nm, NULL, NULL, pm, pl);
         } else {
-            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, NULL, NULL, NULL, NULL, pm, pl)
-                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, NULL, NULL, NULL, NULL, pm, pl);
+            s += chunk_max[k] < m
+                     ? KNAME(chunk_sumexp)(x + start, len, m, 0, NULL, NULL, NULL, NULL, pm, pl)
+                     : KNAME(chunk_sumexp)(x + start, len, m, 1, NULL, NULL, NULL, NULL, pm, pl);
         }
         if (nx != NULL) ahead->chunk_max[k] = nm;
     }
@@ -340,9 +343,11 @@ static void KNAME(row_scaled_exp)(const T *x, ptrdiff_t n, T m, T scale, T offse
             M in = VOP(first)(c);
             VOP(store_part)(y, in, KNAME(scaled_exp_of)(VOP(load_part)(x, in), vm, vs, vo));
         }
-        for (; c + L <= n; c += L) VOP(stream)(y + c, KNAME(scaled_exp_of)(VOP(load)(x + c), vm, vs, vo));
+        for (; c + L <= n; c += L)
+            VOP(stream)(y + c, KNAME(scaled_exp_of)(VOP(load)(x + c), vm, vs, vo));
     } else {
-        for (; c + L <= n; c += L) VOP(store)(y + c, KNAME(scaled_exp_of)(VOP(load)(x + c), vm, vs, vo));
+        for (; c + L <= n; c += L)
+            VOP(store)(y + c, KNAME(scaled_exp_of)(VOP(load)(x + c), vm, vs, vo));
     }
     if (c < n) {
         M in = VOP(first)(n - c);
@@ -387,9 +392,9 @@ static void KNAME(row_softmax)(const T *x, ptrdiff_t n, T *y, const T *next,
     T m = -INFINITY;
     ptrdiff_t k = 0;
     for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
-        T cm = state->valid ? (T)state->chunk_max[k]
-                            : KNAME(row_max)(x + start, n - start < FASTCE_CHUNK ? n - start
-                                                                                 : FASTCE_CHUNK);
+        T cm = state->valid
+                   ? (T)state->chunk_max[k]
+                   : KNAME(row_max)(x + start, n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK);
         m = cm > m ? cm : m;
     }
     state->valid = 0;
@@ -463,8 +468,8 @@ static void KNAME(row_pending)(fastce_ahead_t *ahead, ptrdiff_t n) {
     if (py == NULL) return;
     ahead->pending_y = NULL;
     if (ahead->pending_op == FASTCE_PENDING_SHIFT)
-        KNAME(row_shift)((const T *)ahead->pending_x, n, (T)ahead->pending_a,
-                         (T)ahead->pending_b, py, 0);
+        KNAME(row_shift)((const T *)ahead->pending_x, n, (T)ahead->pending_a, (T)ahead->pending_b,
+                         py, 0);
     else
         KNAME(row_scale)(py, n, (T)ahead->pending_a);
 }
@@ -500,7 +505,8 @@ static void KNAME(row_extras)(const T *x, ptrdiff_t n, T m, ptrdiff_t t, T xt, d
             if (t >= 0) {
                 M over = VOP(gt)(v, vt);
                 ptrdiff_t before = t - (start + c); /* lanes before the target */
-                if (before > 0) over = VOP(or_m)(over, VOP(and_m)(VOP(eq)(v, vt), VOP(first)(before)));
+                if (before > 0)
+                    over = VOP(or_m)(over, VOP(and_m)(VOP(eq)(v, vt), VOP(first)(before)));
                 rank += VOP(count)(VOP(and_m)(in, over));
             }
         }
@@ -520,14 +526,16 @@ VINLINE V KNAME(load_in)(const T *p, M in, int full) {
     return full ? VOP(load)(p) : VOP(load_part)(p, in);
 }
 VINLINE void KNAME(store_in)(T *p, M in, int full, V v) {
-    if (full) VOP(store)(p, v);
-    else VOP(store_part)(p, in, v);
+    if (full)
+        VOP(store)(p, v);
+    else
+        VOP(store_part)(p, in, v);
 }
-#define FASTCE_TILE_LOOP(step, ...)                                                      \
-    do {                                                                                \
-        ptrdiff_t k_ = 0;                                                               \
-        for (; k_ + L <= n; k_ += L) step(k_, VOP(first)(L), 1, __VA_ARGS__);           \
-        if (k_ < n) step(k_, VOP(first)(n - k_), 0, __VA_ARGS__);                        \
+#define FASTCE_TILE_LOOP(step, ...)                                           \
+    do {                                                                      \
+        ptrdiff_t k_ = 0;                                                     \
+        for (; k_ + L <= n; k_ += L) step(k_, VOP(first)(L), 1, __VA_ARGS__); \
+        if (k_ < n) step(k_, VOP(first)(n - k_), 0, __VA_ARGS__);             \
     } while (0)
 
 VINLINE void KNAME(tile_max_at)(ptrdiff_t k, M in, int full, const T *x, T *m) {
@@ -558,7 +566,8 @@ static void KNAME(tile_sumexp)(const T *x, ptrdiff_t n, const T *m, T *s, T *tie
 
 VINLINE void KNAME(tile_scaled_exp_at)(ptrdiff_t k, M in, int full, const T *x, const T *m,
                                        const T *scale, T w, const T *offset, T *y) {
-    V e = KNAME(vexp_neg)(VOP(sub)(KNAME(load_in)(x + k, in, full), KNAME(load_in)(m + k, in, full)));
+    V e =
+        KNAME(vexp_neg)(VOP(sub)(KNAME(load_in)(x + k, in, full), KNAME(load_in)(m + k, in, full)));
     KNAME(store_in)(y + k, in, full,
                     VOP(sub)(VOP(mul)(KNAME(load_in)(scale + k, in, full), e),
                              VOP(mul)(VOP(set1)(w), KNAME(load_in)(offset + k, in, full))));
@@ -576,8 +585,7 @@ static void KNAME(tile_scaled_exp)(const T *x, ptrdiff_t n, const T *m, const T 
  * maximum summed FASTCE_CHUNK classes at a time in T, then in double; the
  * terms at it counted apart); NaN for an infinite maximum.  One call per
  * tile instead of two per class. */
-static void KNAME(tile_stats)(const T *x, ptrdiff_t xc, ptrdiff_t C, ptrdiff_t n, T *m,
-                              double *s) {
+static void KNAME(tile_stats)(const T *x, ptrdiff_t xc, ptrdiff_t C, ptrdiff_t n, T *m, double *s) {
     T part[64], ties[64];
     for (ptrdiff_t k = 0; k < n; k++) {
         m[k] = -INFINITY;
@@ -618,7 +626,8 @@ static void KNAME(tile_shift)(const T *x, ptrdiff_t n, const T *m, const T *log_
 
 VINLINE void KNAME(tile_entropy_at)(ptrdiff_t k, M in, int full, const T *x, const T *m, T *e) {
     V d = VOP(sub)(KNAME(load_in)(x + k, in, full), KNAME(load_in)(m + k, in, full));
-    KNAME(store_in)(e + k, in, full, VOP(add)(KNAME(load_in)(e + k, in, full), KNAME(entropy_term)(d)));
+    KNAME(store_in)(e + k, in, full,
+                    VOP(add)(KNAME(load_in)(e + k, in, full), KNAME(entropy_term)(d)));
 }
 
 /* One class c of a tile of n contiguous samples, for evaluation:
@@ -700,7 +709,8 @@ VINLINE V KNAME(vlog)(V s) {
     const V one = VOP(set1)(1);
     M tiny = VOP(lt)(s, VOP(set1)(LOG_MIN_NORMAL));
     V exponent;
-    V f = VOP(split_exp)(VOP(select)(tiny, VOP(mul)(s, VOP(set1)(LOG_SUBNORMAL_SCALE)), s), &exponent);
+    V f = VOP(split_exp)(VOP(select)(tiny, VOP(mul)(s, VOP(set1)(LOG_SUBNORMAL_SCALE)), s),
+                         &exponent);
     exponent = VOP(sub)(exponent, VOP(keep)(tiny, VOP(set1)(LOG_SUBNORMAL_EXP)));
     M big = VOP(gt)(f, VOP(set1)(1.4142135623730951));
     f = VOP(select)(big, VOP(mul)(f, VOP(set1)(0.5)), f);
@@ -775,11 +785,13 @@ VINLINE V KNAME(bce_probs_at)(ptrdiff_t k, M in, int full, const T *p, const T *
     V pv = KNAME(load_in)(p + k, in, full), yv = KNAME(load_in)(y + k, in, full);
     V log_p = VOP(max)(KNAME(vlog)(pv), floor);
     V one_minus_p = VOP(sub)(one, pv);
-    V log_1mp = VOP(select)(VOP(lt)(pv, VOP(set1)(0.5)), KNAME(vlog1p_small)(VOP(sub)(VOP(zero)(), pv)),
-                            KNAME(vlog)(one_minus_p));
+    V log_1mp =
+        VOP(select)(VOP(lt)(pv, VOP(set1)(0.5)), KNAME(vlog1p_small)(VOP(sub)(VOP(zero)(), pv)),
+                    KNAME(vlog)(one_minus_p));
     log_1mp = VOP(max)(log_1mp, floor);
     V wv = KNAME(load_or_one)(w == NULL ? NULL : w + k, in, full);
-    V loss = VOP(mul)(wv, VOP(sub)(VOP(zero)(), VOP(fma)(yv, log_p, VOP(mul)(VOP(sub)(one, yv), log_1mp))));
+    V loss = VOP(mul)(
+        wv, VOP(sub)(VOP(zero)(), VOP(fma)(yv, log_p, VOP(mul)(VOP(sub)(one, yv), log_1mp))));
     if (loss_out != NULL) KNAME(store_in)(loss_out + k, in, full, loss);
     if (grad != NULL) {
         V denominator = VOP(max)(VOP(mul)(one_minus_p, pv), VOP(set1)(1e-12));
@@ -797,7 +809,8 @@ static ptrdiff_t KNAME(first_outside_unit)(const T *x, ptrdiff_t n) {
     for (ptrdiff_t k = 0; k < n; k += L) {
         M in = VOP(first)(n - k);
         V v = k + L <= n ? VOP(load)(x + k) : VOP(load_part)(x + k, in);
-        M outside = VOP(or_m)(VOP(or_m)(VOP(lt)(v, zero), VOP(gt)(v, one)), VOP(not_m)(VOP(eq)(v, v)));
+        M outside =
+            VOP(or_m)(VOP(or_m)(VOP(lt)(v, zero), VOP(gt)(v, one)), VOP(not_m)(VOP(eq)(v, v)));
         int at = VOP(first_set)(VOP(and_m)(in, outside));
         if (at >= 0) return k + at;
     }
@@ -806,27 +819,28 @@ static ptrdiff_t KNAME(first_outside_unit)(const T *x, ptrdiff_t n) {
 
 /* the sum in the working precision for FASTCE_CHUNK elements at a time, as
  * the row sums are, then in double */
-#define FASTCE_ELEMENTWISE_SUM(step)                                                     \
-    double total = 0.0;                                                                 \
-    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                       \
-        ptrdiff_t end = n - start < FASTCE_CHUNK ? n : start + FASTCE_CHUNK;            \
-        V acc = VOP(zero)();                                                            \
-        ptrdiff_t k = start;                                                            \
-        for (; k + L <= end; k += L)                                                    \
-            acc = VOP(add)(acc, step(k, VOP(first)(L), 1, x, y, w, pw, g, go, loss_out, grad)); \
-        if (k < end)                                                                    \
-            acc = VOP(add)(acc, step(k, VOP(first)(end - k), 0, x, y, w, pw, g, go, loss_out, grad)); \
-        total += VOP(hsum)(acc);                                                        \
-    }                                                                                   \
+#define FASTCE_ELEMENTWISE_SUM(step)                                                             \
+    double total = 0.0;                                                                          \
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                                \
+        ptrdiff_t end = n - start < FASTCE_CHUNK ? n : start + FASTCE_CHUNK;                     \
+        V acc = VOP(zero)();                                                                     \
+        ptrdiff_t k = start;                                                                     \
+        for (; k + L <= end; k += L)                                                             \
+            acc = VOP(add)(acc, step(k, VOP(first)(L), 1, x, y, w, pw, g, go, loss_out, grad));  \
+        if (k < end)                                                                             \
+            acc = VOP(add)(acc,                                                                  \
+                           step(k, VOP(first)(end - k), 0, x, y, w, pw, g, go, loss_out, grad)); \
+        total += VOP(hsum)(acc);                                                                 \
+    }                                                                                            \
     return total;
 
-static double KNAME(bce_logits)(const T *x, const T *y, const T *w, const T *pw, ptrdiff_t n,
-                                T g, const T *go, T *loss_out, T *grad) {
+static double KNAME(bce_logits)(const T *x, const T *y, const T *w, const T *pw, ptrdiff_t n, T g,
+                                const T *go, T *loss_out, T *grad) {
     FASTCE_ELEMENTWISE_SUM(KNAME(bce_logits_at))
 }
 
-static double KNAME(bce_probs)(const T *x, const T *y, const T *w, ptrdiff_t n, T g,
-                               const T *go, T *loss_out, T *grad) {
+static double KNAME(bce_probs)(const T *x, const T *y, const T *w, ptrdiff_t n, T g, const T *go,
+                               T *loss_out, T *grad) {
     const T *pw = NULL;
     FASTCE_ELEMENTWISE_SUM(KNAME(bce_probs_at))
 }

@@ -63,7 +63,9 @@ VINLINE __m256 v_avx2_f32_not_m(__m256 a) {
 VINLINE __m256 v_avx2_f32_select(__m256 m, __m256 a, __m256 b) { return _mm256_blendv_ps(b, a, m); }
 VINLINE __m256 v_avx2_f32_keep(__m256 m, __m256 a) { return _mm256_and_ps(m, a); }
 VINLINE __m256 v_avx2_f32_drop(__m256 m, __m256 a) { return _mm256_andnot_ps(m, a); }
-VINLINE int v_avx2_f32_count(__m256 m) { return __builtin_popcount((unsigned)_mm256_movemask_ps(m)); }
+VINLINE int v_avx2_f32_count(__m256 m) {
+    return __builtin_popcount((unsigned)_mm256_movemask_ps(m));
+}
 VINLINE int v_avx2_f32_first_set(__m256 m) {
     unsigned bits = (unsigned)_mm256_movemask_ps(m);
     return bits ? __builtin_ctz(bits) : -1;
@@ -85,15 +87,16 @@ VINLINE __m256 v_avx2_f32_pow2_shifted(__m256 t) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(bits, 23));
 }
 VINLINE __m256 v_avx2_f32_ldexp_shifted(__m256 p, __m256 t) {
-    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p),
-                                                _mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+    return _mm256_castsi256_ps(
+        _mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_castps_si256(t), 23)));
 }
 
 VINLINE __m256 v_avx2_f32_split_exp(__m256 s, __m256 *e) {
     __m256i bits = _mm256_castps_si256(s);
     *e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
-    return _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
-                                               _mm256_castps_si256(_mm256_set1_ps(1.0f))));
+    return _mm256_castsi256_ps(
+        _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
+                        _mm256_castps_si256(_mm256_set1_ps(1.0f))));
 }
 
 VINLINE __m256 v_avx2_f32_load_f16(const uint16_t *p) {
@@ -116,8 +119,8 @@ VINLINE void v_avx2_f64_store(double *p, __m256d a) { _mm256_storeu_pd(p, a); }
 VINLINE void v_avx2_f64_stream(double *p, __m256d a) { _mm256_stream_pd(p, a); }
 VINLINE void v_avx2_f64_stream_fence(void) { _mm_sfence(); }
 VINLINE __m256d v_avx2_f64_first(ptrdiff_t n) {
-    return _mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_set1_epi64x(n < 4 ? n : 4),
-                                                  _mm256_setr_epi64x(0, 1, 2, 3)));
+    return _mm256_castsi256_pd(
+        _mm256_cmpgt_epi64(_mm256_set1_epi64x(n < 4 ? n : 4), _mm256_setr_epi64x(0, 1, 2, 3)));
 }
 VINLINE __m256d v_avx2_f64_load_part(const double *p, __m256d m) {
     return _mm256_maskload_pd(p, _mm256_castpd_si256(m));
@@ -133,7 +136,9 @@ VINLINE __m256d v_avx2_f64_sub(__m256d a, __m256d b) { return _mm256_sub_pd(a, b
 VINLINE __m256d v_avx2_f64_mul(__m256d a, __m256d b) { return _mm256_mul_pd(a, b); }
 VINLINE __m256d v_avx2_f64_div(__m256d a, __m256d b) { return _mm256_div_pd(a, b); }
 VINLINE __m256d v_avx2_f64_fma(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
-VINLINE __m256d v_avx2_f64_fnma(__m256d a, __m256d b, __m256d c) { return _mm256_fnmadd_pd(a, b, c); }
+VINLINE __m256d v_avx2_f64_fnma(__m256d a, __m256d b, __m256d c) {
+    return _mm256_fnmadd_pd(a, b, c);
+}
 VINLINE __m256d v_avx2_f64_max(__m256d a, __m256d b) { return _mm256_max_pd(a, b); }
 VINLINE __m256d v_avx2_f64_eq(__m256d a, __m256d b) { return _mm256_cmp_pd(a, b, _CMP_EQ_OQ); }
 VINLINE __m256d v_avx2_f64_gt(__m256d a, __m256d b) { return _mm256_cmp_pd(a, b, _CMP_GT_OQ); }
@@ -143,10 +148,14 @@ VINLINE __m256d v_avx2_f64_or_m(__m256d a, __m256d b) { return _mm256_or_pd(a, b
 VINLINE __m256d v_avx2_f64_not_m(__m256d a) {
     return _mm256_xor_pd(a, _mm256_castsi256_pd(_mm256_set1_epi64x(-1)));
 }
-VINLINE __m256d v_avx2_f64_select(__m256d m, __m256d a, __m256d b) { return _mm256_blendv_pd(b, a, m); }
+VINLINE __m256d v_avx2_f64_select(__m256d m, __m256d a, __m256d b) {
+    return _mm256_blendv_pd(b, a, m);
+}
 VINLINE __m256d v_avx2_f64_keep(__m256d m, __m256d a) { return _mm256_and_pd(m, a); }
 VINLINE __m256d v_avx2_f64_drop(__m256d m, __m256d a) { return _mm256_andnot_pd(m, a); }
-VINLINE int v_avx2_f64_count(__m256d m) { return __builtin_popcount((unsigned)_mm256_movemask_pd(m)); }
+VINLINE int v_avx2_f64_count(__m256d m) {
+    return __builtin_popcount((unsigned)_mm256_movemask_pd(m));
+}
 VINLINE int v_avx2_f64_first_set(__m256d m) {
     unsigned bits = (unsigned)_mm256_movemask_pd(m);
     return bits ? __builtin_ctz(bits) : -1;
@@ -160,13 +169,13 @@ VINLINE double v_avx2_f64_hmax(__m256d a) {
     return _mm_cvtsd_f64(_mm_max_sd(h, _mm_unpackhi_pd(h, h)));
 }
 VINLINE __m256d v_avx2_f64_pow2_shifted(__m256d t) {
-    __m256i bits = _mm256_add_epi64(_mm256_castpd_si256(t),
-                                    _mm256_set1_epi64x(1023 - 0x4338000000000000LL));
+    __m256i bits =
+        _mm256_add_epi64(_mm256_castpd_si256(t), _mm256_set1_epi64x(1023 - 0x4338000000000000LL));
     return _mm256_castsi256_pd(_mm256_slli_epi64(bits, 52));
 }
 VINLINE __m256d v_avx2_f64_ldexp_shifted(__m256d p, __m256d t) {
-    return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(p),
-                                                _mm256_slli_epi64(_mm256_castpd_si256(t), 52)));
+    return _mm256_castsi256_pd(
+        _mm256_add_epi64(_mm256_castpd_si256(p), _mm256_slli_epi64(_mm256_castpd_si256(t), 52)));
 }
 VINLINE __m256d v_avx2_f64_split_exp(__m256d s, __m256d *e) {
     const __m256d two52 = _mm256_set1_pd(4503599627370496.0); /* 2^52 */
@@ -175,9 +184,9 @@ VINLINE __m256d v_avx2_f64_split_exp(__m256d s, __m256d *e) {
     *e = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(_mm256_srli_epi64(bits, 52),
                                                            _mm256_castpd_si256(two52))),
                        _mm256_set1_pd(4503599627370496.0 + 1023.0));
-    return _mm256_castsi256_pd(_mm256_or_si256(
-        _mm256_and_si256(bits, _mm256_set1_epi64x(0x000FFFFFFFFFFFFFLL)),
-        _mm256_castpd_si256(_mm256_set1_pd(1.0))));
+    return _mm256_castsi256_pd(
+        _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi64x(0x000FFFFFFFFFFFFFLL)),
+                        _mm256_castpd_si256(_mm256_set1_pd(1.0))));
 }
 
 #endif /* FASTCE_VEC_AVX2_H */

@@ -8,7 +8,9 @@
 #define FASTCE_VEC_AVX512_H
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2,popcnt"))), apply_to = function)
+#pragma clang attribute push(                                                           \
+    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2,popcnt"))), \
+    apply_to = function)
 #else
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2,popcnt")
 #endif
@@ -30,12 +32,18 @@ VINLINE __m512 v_avx512_f32_load(const float *p) { return _mm512_loadu_ps(p); }
 VINLINE void v_avx512_f32_store(float *p, __m512 a) { _mm512_storeu_ps(p, a); }
 VINLINE void v_avx512_f32_stream(float *p, __m512 a) { _mm512_stream_ps(p, a); }
 VINLINE void v_avx512_f32_stream_fence(void) { _mm_sfence(); }
-VINLINE __mmask16 v_avx512_f32_first(ptrdiff_t n) { return (__mmask16)_bzhi_u32(0xFFFFu, (unsigned)(n < 16 ? n : 16)); }
-VINLINE __m512 v_avx512_f32_load_part(const float *p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+VINLINE __mmask16 v_avx512_f32_first(ptrdiff_t n) {
+    return (__mmask16)_bzhi_u32(0xFFFFu, (unsigned)(n < 16 ? n : 16));
+}
+VINLINE __m512 v_avx512_f32_load_part(const float *p, __mmask16 m) {
+    return _mm512_maskz_loadu_ps(m, p);
+}
 VINLINE __m512 v_avx512_f32_load_part_or(const float *p, __mmask16 m, __m512 fill) {
     return _mm512_mask_loadu_ps(fill, m, p);
 }
-VINLINE void v_avx512_f32_store_part(float *p, __mmask16 m, __m512 a) { _mm512_mask_storeu_ps(p, m, a); }
+VINLINE void v_avx512_f32_store_part(float *p, __mmask16 m, __m512 a) {
+    _mm512_mask_storeu_ps(p, m, a);
+}
 VINLINE __m512 v_avx512_f32_add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
 VINLINE __m512 v_avx512_f32_sub(__m512 a, __m512 b) { return _mm512_sub_ps(a, b); }
 VINLINE __m512 v_avx512_f32_mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
@@ -43,20 +51,31 @@ VINLINE __m512 v_avx512_f32_div(__m512 a, __m512 b) { return _mm512_div_ps(a, b)
 VINLINE __m512 v_avx512_f32_fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
 VINLINE __m512 v_avx512_f32_fnma(__m512 a, __m512 b, __m512 c) { return _mm512_fnmadd_ps(a, b, c); }
 VINLINE __m512 v_avx512_f32_max(__m512 a, __m512 b) { return _mm512_max_ps(a, b); }
-VINLINE __mmask16 v_avx512_f32_eq(__m512 a, __m512 b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
-VINLINE __mmask16 v_avx512_f32_gt(__m512 a, __m512 b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
-VINLINE __mmask16 v_avx512_f32_lt(__m512 a, __m512 b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+VINLINE __mmask16 v_avx512_f32_eq(__m512 a, __m512 b) {
+    return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ);
+}
+VINLINE __mmask16 v_avx512_f32_gt(__m512 a, __m512 b) {
+    return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ);
+}
+VINLINE __mmask16 v_avx512_f32_lt(__m512 a, __m512 b) {
+    return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ);
+}
 VINLINE __mmask16 v_avx512_f32_and_m(__mmask16 a, __mmask16 b) { return a & b; }
 VINLINE __mmask16 v_avx512_f32_or_m(__mmask16 a, __mmask16 b) { return a | b; }
 VINLINE __mmask16 v_avx512_f32_not_m(__mmask16 a) { return (__mmask16)~a; }
-VINLINE __m512 v_avx512_f32_select(__mmask16 m, __m512 a, __m512 b) { return _mm512_mask_blend_ps(m, b, a); }
+VINLINE __m512 v_avx512_f32_select(__mmask16 m, __m512 a, __m512 b) {
+    return _mm512_mask_blend_ps(m, b, a);
+}
 VINLINE __m512 v_avx512_f32_keep(__mmask16 m, __m512 a) { return _mm512_maskz_mov_ps(m, a); }
-VINLINE __m512 v_avx512_f32_drop(__mmask16 m, __m512 a) { return _mm512_maskz_mov_ps((__mmask16)~m, a); }
+VINLINE __m512 v_avx512_f32_drop(__mmask16 m, __m512 a) {
+    return _mm512_maskz_mov_ps((__mmask16)~m, a);
+}
 VINLINE int v_avx512_f32_count(__mmask16 m) { return __builtin_popcount((unsigned)m); }
 VINLINE int v_avx512_f32_first_set(__mmask16 m) { return m ? __builtin_ctz((unsigned)m) : -1; }
 VINLINE double v_avx512_f32_hsum(__m512 a) {
-    __m512d wide = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(a)),
-                                 _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1))));
+    __m512d wide = _mm512_add_pd(
+        _mm512_cvtps_pd(_mm512_castps512_ps256(a)),
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1))));
     __m256d h4 = _mm256_add_pd(_mm512_castpd512_pd256(wide), _mm512_extractf64x4_pd(wide, 1));
     __m128d h = _mm_add_pd(_mm256_castpd256_pd128(h4), _mm256_extractf128_pd(h4, 1));
     return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
@@ -74,8 +93,8 @@ VINLINE __m512 v_avx512_f32_pow2_shifted(__m512 t) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(bits, 23));
 }
 VINLINE __m512 v_avx512_f32_ldexp_shifted(__m512 p, __m512 t) {
-    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p),
-                                                _mm512_slli_epi32(_mm512_castps_si512(t), 23)));
+    return _mm512_castsi512_ps(
+        _mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_castps_si512(t), 23)));
 }
 
 VINLINE __m512 v_avx512_f32_split_exp(__m512 s, __m512 *e) {
@@ -102,28 +121,48 @@ VINLINE __m512d v_avx512_f64_load(const double *p) { return _mm512_loadu_pd(p); 
 VINLINE void v_avx512_f64_store(double *p, __m512d a) { _mm512_storeu_pd(p, a); }
 VINLINE void v_avx512_f64_stream(double *p, __m512d a) { _mm512_stream_pd(p, a); }
 VINLINE void v_avx512_f64_stream_fence(void) { _mm_sfence(); }
-VINLINE __mmask8 v_avx512_f64_first(ptrdiff_t n) { return (__mmask8)_bzhi_u32(0xFFu, (unsigned)(n < 8 ? n : 8)); }
-VINLINE __m512d v_avx512_f64_load_part(const double *p, __mmask8 m) { return _mm512_maskz_loadu_pd(m, p); }
+VINLINE __mmask8 v_avx512_f64_first(ptrdiff_t n) {
+    return (__mmask8)_bzhi_u32(0xFFu, (unsigned)(n < 8 ? n : 8));
+}
+VINLINE __m512d v_avx512_f64_load_part(const double *p, __mmask8 m) {
+    return _mm512_maskz_loadu_pd(m, p);
+}
 VINLINE __m512d v_avx512_f64_load_part_or(const double *p, __mmask8 m, __m512d fill) {
     return _mm512_mask_loadu_pd(fill, m, p);
 }
-VINLINE void v_avx512_f64_store_part(double *p, __mmask8 m, __m512d a) { _mm512_mask_storeu_pd(p, m, a); }
+VINLINE void v_avx512_f64_store_part(double *p, __mmask8 m, __m512d a) {
+    _mm512_mask_storeu_pd(p, m, a);
+}
 VINLINE __m512d v_avx512_f64_add(__m512d a, __m512d b) { return _mm512_add_pd(a, b); }
 VINLINE __m512d v_avx512_f64_sub(__m512d a, __m512d b) { return _mm512_sub_pd(a, b); }
 VINLINE __m512d v_avx512_f64_mul(__m512d a, __m512d b) { return _mm512_mul_pd(a, b); }
 VINLINE __m512d v_avx512_f64_div(__m512d a, __m512d b) { return _mm512_div_pd(a, b); }
-VINLINE __m512d v_avx512_f64_fma(__m512d a, __m512d b, __m512d c) { return _mm512_fmadd_pd(a, b, c); }
-VINLINE __m512d v_avx512_f64_fnma(__m512d a, __m512d b, __m512d c) { return _mm512_fnmadd_pd(a, b, c); }
+VINLINE __m512d v_avx512_f64_fma(__m512d a, __m512d b, __m512d c) {
+    return _mm512_fmadd_pd(a, b, c);
+}
+VINLINE __m512d v_avx512_f64_fnma(__m512d a, __m512d b, __m512d c) {
+    return _mm512_fnmadd_pd(a, b, c);
+}
 VINLINE __m512d v_avx512_f64_max(__m512d a, __m512d b) { return _mm512_max_pd(a, b); }
-VINLINE __mmask8 v_avx512_f64_eq(__m512d a, __m512d b) { return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
-VINLINE __mmask8 v_avx512_f64_gt(__m512d a, __m512d b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ); }
-VINLINE __mmask8 v_avx512_f64_lt(__m512d a, __m512d b) { return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ); }
+VINLINE __mmask8 v_avx512_f64_eq(__m512d a, __m512d b) {
+    return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ);
+}
+VINLINE __mmask8 v_avx512_f64_gt(__m512d a, __m512d b) {
+    return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ);
+}
+VINLINE __mmask8 v_avx512_f64_lt(__m512d a, __m512d b) {
+    return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ);
+}
 VINLINE __mmask8 v_avx512_f64_and_m(__mmask8 a, __mmask8 b) { return a & b; }
 VINLINE __mmask8 v_avx512_f64_or_m(__mmask8 a, __mmask8 b) { return a | b; }
 VINLINE __mmask8 v_avx512_f64_not_m(__mmask8 a) { return (__mmask8)~a; }
-VINLINE __m512d v_avx512_f64_select(__mmask8 m, __m512d a, __m512d b) { return _mm512_mask_blend_pd(m, b, a); }
+VINLINE __m512d v_avx512_f64_select(__mmask8 m, __m512d a, __m512d b) {
+    return _mm512_mask_blend_pd(m, b, a);
+}
 VINLINE __m512d v_avx512_f64_keep(__mmask8 m, __m512d a) { return _mm512_maskz_mov_pd(m, a); }
-VINLINE __m512d v_avx512_f64_drop(__mmask8 m, __m512d a) { return _mm512_maskz_mov_pd((__mmask8)~m, a); }
+VINLINE __m512d v_avx512_f64_drop(__mmask8 m, __m512d a) {
+    return _mm512_maskz_mov_pd((__mmask8)~m, a);
+}
 VINLINE int v_avx512_f64_count(__mmask8 m) { return __builtin_popcount((unsigned)m); }
 VINLINE int v_avx512_f64_first_set(__mmask8 m) { return m ? __builtin_ctz((unsigned)m) : -1; }
 VINLINE double v_avx512_f64_hsum(__m512d a) {
@@ -137,13 +176,13 @@ VINLINE double v_avx512_f64_hmax(__m512d a) {
     return _mm_cvtsd_f64(_mm_max_sd(h, _mm_unpackhi_pd(h, h)));
 }
 VINLINE __m512d v_avx512_f64_pow2_shifted(__m512d t) {
-    __m512i bits = _mm512_add_epi64(_mm512_castpd_si512(t),
-                                    _mm512_set1_epi64(1023 - 0x4338000000000000LL));
+    __m512i bits =
+        _mm512_add_epi64(_mm512_castpd_si512(t), _mm512_set1_epi64(1023 - 0x4338000000000000LL));
     return _mm512_castsi512_pd(_mm512_slli_epi64(bits, 52));
 }
 VINLINE __m512d v_avx512_f64_ldexp_shifted(__m512d p, __m512d t) {
-    return _mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(p),
-                                                _mm512_slli_epi64(_mm512_castpd_si512(t), 52)));
+    return _mm512_castsi512_pd(
+        _mm512_add_epi64(_mm512_castpd_si512(p), _mm512_slli_epi64(_mm512_castpd_si512(t), 52)));
 }
 VINLINE __m512d v_avx512_f64_split_exp(__m512d s, __m512d *e) {
     /* the instructions made for it: exponent and mantissa in [1, 2) */

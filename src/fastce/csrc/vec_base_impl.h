@@ -31,19 +31,47 @@ typedef U_ VOP(m) __attribute__((vector_size(N_ * sizeof(T_))));
 VINLINE VOP(m) VOP(bits)(VOP(t) a) { return (VOP(m))a; }
 VINLINE VOP(t) VOP(from_bits)(VOP(m) a) { return (VOP(t))a; }
 #else
-typedef struct { T_ v[N_]; } VOP(t);
-typedef struct { U_ v[N_]; } VOP(m);
+typedef struct {
+    T_ v[N_];
+} VOP(t);
+typedef struct {
+    U_ v[N_];
+} VOP(m);
 #define LANE_(v, k) (v).v[k]
-#define LANEWISE_(name, op) \
-    VINLINE VOP(t) VOP(name)(VOP(t) a, VOP(t) b) { VOP(t) r; LANES_ r.v[k] = a.v[k] op b.v[k]; return r; }
-#define COMPARE_(name, op) \
-    VINLINE VOP(m) VOP(name)(VOP(t) a, VOP(t) b) { VOP(m) r; LANES_ r.v[k] = (U_)0 - (U_)(a.v[k] op b.v[k]); return r; }
-#define BITWISE_(name, op) \
-    VINLINE VOP(m) VOP(name)(VOP(m) a, VOP(m) b) { VOP(m) r; LANES_ r.v[k] = a.v[k] op b.v[k]; return r; }
-#define BITS_SHIFT_(name, op) \
-    VINLINE VOP(m) VOP(name)(VOP(m) a, int n) { VOP(m) r; LANES_ r.v[k] = a.v[k] op n; return r; }
-VINLINE VOP(m) VOP(bits)(VOP(t) a) { VOP(m) r; memcpy(&r, &a, sizeof r); return r; }
-VINLINE VOP(t) VOP(from_bits)(VOP(m) a) { VOP(t) r; memcpy(&r, &a, sizeof r); return r; }
+#define LANEWISE_(name, op)                        \
+    VINLINE VOP(t) VOP(name)(VOP(t) a, VOP(t) b) { \
+        VOP(t) r;                                  \
+        LANES_ r.v[k] = a.v[k] op b.v[k];          \
+        return r;                                  \
+    }
+#define COMPARE_(name, op)                              \
+    VINLINE VOP(m) VOP(name)(VOP(t) a, VOP(t) b) {      \
+        VOP(m) r;                                       \
+        LANES_ r.v[k] = (U_)0 - (U_)(a.v[k] op b.v[k]); \
+        return r;                                       \
+    }
+#define BITWISE_(name, op)                         \
+    VINLINE VOP(m) VOP(name)(VOP(m) a, VOP(m) b) { \
+        VOP(m) r;                                  \
+        LANES_ r.v[k] = a.v[k] op b.v[k];          \
+        return r;                                  \
+    }
+#define BITS_SHIFT_(name, op)                   \
+    VINLINE VOP(m) VOP(name)(VOP(m) a, int n) { \
+        VOP(m) r;                               \
+        LANES_ r.v[k] = a.v[k] op n;            \
+        return r;                               \
+    }
+VINLINE VOP(m) VOP(bits)(VOP(t) a) {
+    VOP(m) r;
+    memcpy(&r, &a, sizeof r);
+    return r;
+}
+VINLINE VOP(t) VOP(from_bits)(VOP(m) a) {
+    VOP(t) r;
+    memcpy(&r, &a, sizeof r);
+    return r;
+}
 #endif
 enum { VOP(lanes) = N_ };
 
@@ -61,22 +89,42 @@ BITWISE_(add_bits, +)
 BITS_SHIFT_(shl_bits, <<)
 BITS_SHIFT_(shr_bits, >>)
 
-VINLINE VOP(t) VOP(set1)(T_ a) { VOP(t) r; LANES_ LANE_(r, k) = a; return r; }
+VINLINE VOP(t) VOP(set1)(T_ a) {
+    VOP(t) r;
+    LANES_ LANE_(r, k) = a;
+    return r;
+}
 VINLINE VOP(t) VOP(zero)(void) { return VOP(set1)(0); }
-VINLINE VOP(m) VOP(set1_bits)(U_ a) { VOP(m) r; LANES_ LANE_(r, k) = a; return r; }
-VINLINE VOP(t) VOP(load)(const T_ *p) { VOP(t) r; memcpy(&r, p, sizeof r); return r; }
+VINLINE VOP(m) VOP(set1_bits)(U_ a) {
+    VOP(m) r;
+    LANES_ LANE_(r, k) = a;
+    return r;
+}
+VINLINE VOP(t) VOP(load)(const T_ *p) {
+    VOP(t) r;
+    memcpy(&r, p, sizeof r);
+    return r;
+}
 VINLINE void VOP(store)(T_ *p, VOP(t) a) { memcpy(p, &a, sizeof a); }
 /* portable C has no store past the caches: a plain one, needing no fence */
 VINLINE void VOP(stream)(T_ *p, VOP(t) a) { memcpy(p, &a, sizeof a); }
 VINLINE void VOP(stream_fence)(void) {}
-VINLINE VOP(m) VOP(first)(ptrdiff_t n) { VOP(m) r; LANES_ LANE_(r, k) = (U_)0 - (U_)(k < n); return r; }
+VINLINE VOP(m) VOP(first)(ptrdiff_t n) {
+    VOP(m) r;
+    LANES_ LANE_(r, k) = (U_)0 - (U_)(k < n);
+    return r;
+}
 VINLINE VOP(t) VOP(load_part_or)(const T_ *p, VOP(m) m, VOP(t) fill) {
     VOP(t) r = fill;
     LANES_ if (LANE_(m, k)) LANE_(r, k) = p[k];
     return r;
 }
-VINLINE VOP(t) VOP(load_part)(const T_ *p, VOP(m) m) { return VOP(load_part_or)(p, m, VOP(zero)()); }
-VINLINE void VOP(store_part)(T_ *p, VOP(m) m, VOP(t) a) { LANES_ if (LANE_(m, k)) p[k] = LANE_(a, k); }
+VINLINE VOP(t) VOP(load_part)(const T_ *p, VOP(m) m) {
+    return VOP(load_part_or)(p, m, VOP(zero)());
+}
+VINLINE void VOP(store_part)(T_ *p, VOP(m) m, VOP(t) a) {
+    LANES_ if (LANE_(m, k)) p[k] = LANE_(a, k);
+}
 
 /* a * b + c; the compiler may fuse it where the target has the instruction */
 VINLINE VOP(t) VOP(fma)(VOP(t) a, VOP(t) b, VOP(t) c) { return VOP(add)(VOP(mul)(a, b), c); }
@@ -85,8 +133,8 @@ VINLINE VOP(t) VOP(fnma)(VOP(t) a, VOP(t) b, VOP(t) c) { return VOP(sub)(c, VOP(
 VINLINE VOP(m) VOP(not_m)(VOP(m) a) { return VOP(xor_bits)(a, VOP(set1_bits)((U_)0 - 1)); }
 /* bit selects, not branches, so that the compiler keeps them in vectors */
 VINLINE VOP(t) VOP(select)(VOP(m) m, VOP(t) a, VOP(t) b) {
-    return VOP(from_bits)(VOP(or_m)(VOP(and_m)(VOP(bits)(a), m),
-                                    VOP(and_m)(VOP(bits)(b), VOP(not_m)(m))));
+    return VOP(from_bits)(
+        VOP(or_m)(VOP(and_m)(VOP(bits)(a), m), VOP(and_m)(VOP(bits)(b), VOP(not_m)(m))));
 }
 VINLINE VOP(t) VOP(keep)(VOP(m) m, VOP(t) a) { return VOP(from_bits)(VOP(and_m)(VOP(bits)(a), m)); }
 VINLINE VOP(t) VOP(drop)(VOP(m) m, VOP(t) a) {
@@ -95,23 +143,40 @@ VINLINE VOP(t) VOP(drop)(VOP(m) m, VOP(t) a) {
 /* a > b ? a : b: a NaN in a leaves b */
 VINLINE VOP(t) VOP(max)(VOP(t) a, VOP(t) b) { return VOP(select)(VOP(gt)(a, b), a, b); }
 
-VINLINE int VOP(count)(VOP(m) m) { int n = 0; LANES_ n += (int)(LANE_(m, k) & 1); return n; }
-VINLINE int VOP(first_set)(VOP(m) m) { LANES_ if (LANE_(m, k)) return k; return -1; }
-VINLINE double VOP(hsum)(VOP(t) a) { double s = 0; LANES_ s += (double)LANE_(a, k); return s; }
-VINLINE T_ VOP(hmax)(VOP(t) a) { T_ m = LANE_(a, 0); LANES_ m = LANE_(a, k) > m ? LANE_(a, k) : m; return m; }
+VINLINE int VOP(count)(VOP(m) m) {
+    int n = 0;
+    LANES_ n += (int)(LANE_(m, k) & 1);
+    return n;
+}
+VINLINE int VOP(first_set)(VOP(m) m) {
+    LANES_ if (LANE_(m, k)) return k;
+    return -1;
+}
+VINLINE double VOP(hsum)(VOP(t) a) {
+    double s = 0;
+    LANES_ s += (double)LANE_(a, k);
+    return s;
+}
+VINLINE T_ VOP(hmax)(VOP(t) a) {
+    T_ m = LANE_(a, 0);
+    LANES_ m = LANE_(a, k) > m ? LANE_(a, k) : m;
+    return m;
+}
 
 VINLINE VOP(t) VOP(pow2_shifted)(VOP(t) t) {
-    VOP(m) biased = VOP(add_bits)(VOP(bits)(t), VOP(set1_bits)((U_)FASTCE_BASE_BIAS -
-                                                               (U_)FASTCE_BASE_SHIFTER_BITS));
+    VOP(m)
+    biased = VOP(add_bits)(VOP(bits)(t),
+                           VOP(set1_bits)((U_)FASTCE_BASE_BIAS - (U_)FASTCE_BASE_SHIFTER_BITS));
     return VOP(from_bits)(VOP(shl_bits)(biased, FASTCE_BASE_MANT));
 }
 /* the shift drops t's high bits by design */
 VINLINE VOP(t) VOP(ldexp_shifted)(VOP(t) p, VOP(t) t) {
-    return VOP(from_bits)(VOP(add_bits)(VOP(bits)(p), VOP(shl_bits)(VOP(bits)(t), FASTCE_BASE_MANT)));
+    return VOP(from_bits)(
+        VOP(add_bits)(VOP(bits)(p), VOP(shl_bits)(VOP(bits)(t), FASTCE_BASE_MANT)));
 }
 
 /* s = f * 2^e with f in [1, 2), for finite normal s > 0 */
-VINLINE VOP(t) VOP(split_exp)(VOP(t) s, VOP(t) *e) {
+VINLINE VOP(t) VOP(split_exp)(VOP(t) s, VOP(t) * e) {
     VOP(m) bits = VOP(bits)(s);
     VOP(m) biased = VOP(shr_bits)(bits, FASTCE_BASE_MANT);
     VOP(m) mantissa = VOP(set1_bits)(((U_)1 << FASTCE_BASE_MANT) - 1);
