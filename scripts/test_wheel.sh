@@ -65,7 +65,7 @@ EOF
 
 step "fresh environment: the wheel, $torch_requirement and the test extra"
 "$python" -m venv "$work/test-env"
-"$work/test-env/bin/python" -m pip install -q "$torch_requirement" "${wheel}[test]"
+"$work/test-env/bin/python" -m pip install -q "$torch_requirement" "${wheel}[all]"
 
 step "the test suite against the installed wheel"
 cp -R "$root/tests" "$work/tests"

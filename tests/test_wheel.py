@@ -98,7 +98,7 @@ def test_every_platform_requires_openmp_and_tests_the_installed_wheel():
         env = options.environment.as_dictionary({"PATH": "/usr/bin"}, executor=fake_macos_shell)
         assert env["FASTCE_REQUIRE_OPENMP"] == "1", platform
         assert options.test_sources == ["tests"]
-        assert options.test_extras == "[test]"
+        assert options.test_extras == "[test,bfloat16]"
         assert "pytest" in options.test_command and "{project}" not in options.test_command
         assert any(r.startswith("torch") for r in options.test_requires)
 
