@@ -11,7 +11,7 @@ from . import _kernels
 from ._validate import check_num_threads
 
 
-def config() -> dict:
+def config() -> dict[str, str | int | bool]:
     """The build and runtime facts :func:`show_config` prints, as a dict."""
     from . import __version__
 
@@ -27,7 +27,7 @@ def config() -> dict:
     }
 
 
-def show_config() -> dict:
+def show_config() -> dict[str, str | int | bool]:
     """Print the version, whether OpenMP is on, the thread count and the compile flags.
 
     The thread count is what a large call would use now: OpenMP's maximum,

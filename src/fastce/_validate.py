@@ -10,8 +10,10 @@ import math
 import operator
 import warnings
 from dataclasses import dataclass
+from typing import Any, SupportsIndex, cast
 
 import numpy as np
+import numpy.typing as npt
 
 REDUCTIONS = ("none", "mean", "sum")
 NO_WEIGHT = np.empty(0, dtype=np.float64)
@@ -31,12 +33,12 @@ def is_real(dtype: np.dtype) -> bool:
     return dtype.kind in "iu" or is_float(dtype)
 
 
-def result_dtype(dtype: np.dtype) -> np.dtype:
+def result_dtype(dtype: np.dtype) -> np.dtype[np.float32] | np.dtype[np.float64]:
     """float16 and bfloat16 are computed (and returned) in float32."""
     return np.dtype(np.float64) if dtype.itemsize == 8 else np.dtype(np.float32)
 
 
-def as_array(x) -> np.ndarray:
+def as_array(x: object) -> npt.NDArray[Any]:
     """``x`` as a plain NumPy array, sharing its memory where it can: NumPy
     arrays as they are, subclasses (``np.matrix``, ``np.memmap``, ...) as a
     plain view of the same memory -- so that no subclass can change what an
@@ -67,7 +69,7 @@ def as_array(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def torch_tensor_values(t) -> np.ndarray:
+def torch_tensor_values(t: Any) -> npt.NDArray[Any]:
     """A CPU torch tensor's values as a NumPy array, without a copy where
     torch allows one: bfloat16 through ml_dtypes, a negated or conjugated
     view resolved first.  A tensor that requires grad is refused: these
@@ -96,11 +98,11 @@ def torch_tensor_values(t) -> np.ndarray:
                 "a bfloat16 tensor needs ml_dtypes to be read by NumPy (pip install ml_dtypes), "
                 "or pass tensor.float()"
             ) from None
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return t.numpy()
+        return cast("npt.NDArray[Any]", t.view(torch.int16).numpy().view(ml_dtypes.bfloat16))
+    return cast("npt.NDArray[Any]", t.numpy())
 
 
-def native_float_array(x, name: str) -> np.ndarray:
+def native_float_array(x: object, name: str) -> npt.NDArray[Any]:
     """``x`` as a float16/bfloat16/32/64 array in native byte order and
     aligned, copied only where the kernels cannot read it as it is.  float16
     and bfloat16 (``ml_dtypes.bfloat16``) stay as they are: the kernels
@@ -121,7 +123,7 @@ def native_float_array(x, name: str) -> np.ndarray:
     return arr
 
 
-def class_axis(axis, ndim: int, name: str = "logits") -> int:
+def class_axis(axis: SupportsIndex | None, ndim: int, name: str = "logits") -> int:
     """PyTorch's rule for ``axis=None``: 1 for batched input, else 0."""
     if ndim == 0:
         raise ValueError(
@@ -133,7 +135,7 @@ def class_axis(axis, ndim: int, name: str = "logits") -> int:
     return normalize_axis(axis, ndim, name)
 
 
-def normalize_axis(axis, ndim: int, name: str) -> int:
+def normalize_axis(axis: SupportsIndex, ndim: int, name: str) -> int:
     if isinstance(axis, (bool, np.bool_)):
         raise TypeError(f"axis must be an integer, not {axis!r}")
     try:
@@ -148,7 +150,7 @@ def normalize_axis(axis, ndim: int, name: str) -> int:
     return axis % ndim
 
 
-def check_axis_option(axis):
+def check_axis_option(axis: SupportsIndex | None) -> int | None:
     """An ``axis`` option given before the logits are seen: None or an
     integer (its range is checked against each input)."""
     if axis is None:
@@ -161,7 +163,7 @@ def check_axis_option(axis):
         raise TypeError(f"axis must be an integer or None, not {type(axis).__name__}") from None
 
 
-def check_num_threads(num_threads) -> int:
+def check_num_threads(num_threads: object) -> int:
     """The kernels' thread request: 0 for the process-wide default."""
     if num_threads is None:
         return 0
@@ -172,13 +174,13 @@ def check_num_threads(num_threads) -> int:
     return int(min(num_threads, 1 << 16))
 
 
-def check_reduction(reduction) -> str:
+def check_reduction(reduction: object) -> str:
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of 'none', 'mean' or 'sum'; got {reduction!r}")
     return reduction
 
 
-def check_label_smoothing(label_smoothing) -> float:
+def check_label_smoothing(label_smoothing: object) -> float:
     if isinstance(label_smoothing, (bool, np.bool_)):
         raise TypeError("label_smoothing must be a float in [0, 1], not a bool")
     # a number, as torch takes it: not a string that float() would parse
@@ -197,7 +199,7 @@ def check_label_smoothing(label_smoothing) -> float:
     return value
 
 
-def check_ignore_index(ignore_index) -> tuple[int, bool]:
+def check_ignore_index(ignore_index: SupportsIndex) -> tuple[int, bool]:
     """Returns the value as an int64 and whether any target could equal it."""
     if isinstance(ignore_index, (bool, np.bool_)):
         raise TypeError("ignore_index must be an integer, not a bool")
@@ -212,7 +214,7 @@ def check_ignore_index(ignore_index) -> tuple[int, bool]:
     return value, True
 
 
-def check_weight(weight, n_classes: int, name: str = "weight") -> np.ndarray:
+def check_weight(weight: object, n_classes: int, name: str = "weight") -> npt.NDArray[np.float64]:
     """Class weights as a contiguous float64 ``(C,)`` array (empty for None)."""
     if weight is None:
         return NO_WEIGHT
@@ -227,7 +229,7 @@ def check_weight(weight, n_classes: int, name: str = "weight") -> np.ndarray:
     return w if w.flags.aligned else w.copy()
 
 
-def check_weight_option(weight):
+def check_weight_option(weight: object) -> npt.NDArray[np.float64] | None:
     """A ``weight`` option given before the logits are seen: None, or one
     real weight per class (the class count is checked against each input),
     as a float64 array."""
@@ -254,7 +256,9 @@ def writable_view(out: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
         return None
 
 
-def check_out(out, shape: tuple[int, ...], dtype: np.dtype, name: str = "out") -> np.ndarray:
+def check_out(
+    out: object, shape: tuple[int, ...], dtype: np.dtype, name: str = "out"
+) -> npt.NDArray[Any]:
     """``out`` as the result's buffer: a plain (or memory-mapped) NumPy array
     of the result's shape and dtype, writable, whose elements do not share
     memory with each other."""
@@ -334,7 +338,9 @@ class TargetPlan:
         return self.index2 is not None
 
 
-def _shape_hint(t_shape, expected, logits_shape, axis) -> str:
+def _shape_hint(
+    t_shape: tuple[int, ...], expected: tuple[int, ...], logits_shape: tuple[int, ...], axis: int
+) -> str:
     if t_shape == expected + (1,) or (len(t_shape) == len(expected) + 1 and 1 in t_shape):
         return " The target has an extra axis of length 1: squeeze it (target.squeeze(-1))."
     if t_shape == logits_shape:
@@ -346,7 +352,7 @@ def _shape_hint(t_shape, expected, logits_shape, axis) -> str:
 
 
 def check_target(
-    target,
+    target: object,
     logits: np.ndarray,
     axis: int,
     x3: np.ndarray,
@@ -419,7 +425,9 @@ def raise_out_of_range(
     )
 
 
-def check_grad_output(grad_output, reduction: str, loss_shape: tuple[int, ...]) -> np.ndarray:
+def check_grad_output(
+    grad_output: object, reduction: str, loss_shape: tuple[int, ...]
+) -> npt.NDArray[np.float64]:
     """``grad_output`` as a float64 scalar (0-d) or an array of the loss's shape."""
     g = as_array(grad_output)
     if g.dtype.kind not in "fiu" or g.dtype.itemsize > 8:

@@ -10,6 +10,7 @@ noisy machine slows them all alike.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import statistics
@@ -17,8 +18,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias, TypedDict, TypeVar, cast
 
 import numpy as np
+import numpy.typing as npt
 
 import fastce
 
@@ -29,7 +32,7 @@ class Workload:
     title: str
     shape: tuple[int, ...]
     axis: int = 1
-    dtype: type = np.float32
+    dtype: type[np.floating[Any]] = np.float32
     ignore_fraction: float = 0.0
 
     @property
@@ -58,15 +61,39 @@ WORKLOADS = {
 }
 
 
-def make_inputs(w: Workload, seed: int = 0):
+def make_inputs(
+    w: Workload, seed: int = 0
+) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.int64]]:
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(w.shape, dtype=np.float32).astype(w.dtype, copy=False) * 2
+    x: npt.NDArray[np.floating[Any]] = (
+        rng.standard_normal(w.shape, dtype=np.float32).astype(w.dtype, copy=False) * 2
+    )
     axis = w.axis % len(w.shape)
     t_shape = w.shape[:axis] + w.shape[axis + 1 :]
     t = rng.integers(0, w.shape[axis], t_shape, dtype=np.int64)
     if w.ignore_fraction:
         t[rng.random(t_shape) < w.ignore_fraction] = -100
     return x, t
+
+
+class _Timing(TypedDict):
+    workload: str
+    title: str
+    shape: tuple[int, ...]
+    dtype: str
+    kind: str
+    library: str
+    ms: float
+    gelem: float
+    speedup: float
+
+
+class Row(_Timing, total=False):
+    """One library's median on one workload and pass, as :func:`run` returns it;
+    fastce's forward row on a 2-d C-ordered input also holds ``roof``, the
+    exp-sum roof's time over fastce's."""
+
+    roof: float
 
 
 @dataclass
@@ -77,7 +104,9 @@ class Contender:
     notes: list[str] = field(default_factory=list)
 
 
-def fastce_contender(w: Workload, x, t) -> Contender:
+def fastce_contender(
+    w: Workload, x: npt.NDArray[np.floating[Any]], t: npt.NDArray[np.int64]
+) -> Contender:
     grad = np.empty_like(x)
     return Contender(
         "fastce",
@@ -86,17 +115,19 @@ def fastce_contender(w: Workload, x, t) -> Contender:
     )
 
 
-def numpy_contender(w: Workload, x, t) -> Contender:
+def numpy_contender(
+    w: Workload, x: npt.NDArray[np.floating[Any]], t: npt.NDArray[np.int64]
+) -> Contender:
     axis = w.axis % x.ndim
 
-    def forward():
+    def forward() -> Any:  # a NumPy scalar, which NumPy's stubs type as Any
         m = x.max(axis=axis, keepdims=True)
         lse = np.log(np.exp(x - m).sum(axis=axis, keepdims=True)) + m
         picked = np.take_along_axis(x, np.expand_dims(np.maximum(t, 0), axis), axis)
         valid = np.expand_dims(t != -100, axis)
         return ((lse - picked) * valid).sum() / valid.sum()
 
-    def forward_backward():
+    def forward_backward() -> tuple[np.floating[Any], npt.NDArray[np.floating[Any]]]:
         m = x.max(axis=axis, keepdims=True)
         e = np.exp(x - m)
         s = e.sum(axis=axis, keepdims=True)
@@ -104,18 +135,20 @@ def numpy_contender(w: Workload, x, t) -> Contender:
         idx = np.expand_dims(np.maximum(t, 0), axis)
         valid = np.expand_dims(t != -100, axis)
         n = valid.sum()
-        loss = ((lse - np.take_along_axis(x, idx, axis)) * valid).sum() / n
-        grad = e / s * (valid / n)
+        loss: np.floating[Any] = ((lse - np.take_along_axis(x, idx, axis)) * valid).sum() / n
+        grad: npt.NDArray[np.floating[Any]] = e / s * (valid / n)
         np.put_along_axis(grad, idx, np.take_along_axis(grad, idx, axis) - valid / n, axis)
         return loss, grad
 
     return Contender("numpy", forward, forward_backward)
 
 
-def torch_contender(w: Workload, x, t, threads: int) -> Contender | None:
-    try:
-        import torch
-        import torch.nn.functional as F
+def torch_contender(
+    w: Workload, x: npt.NDArray[np.floating[Any]], t: npt.NDArray[np.int64], threads: int
+) -> Contender | None:
+    try:  # an optional rival, typed Any whether installed or not
+        torch: Any = importlib.import_module("torch")
+        F: Any = importlib.import_module("torch.nn.functional")
     except ImportError:
         return None
     torch.set_num_threads(threads)
@@ -126,13 +159,13 @@ def torch_contender(w: Workload, x, t, threads: int) -> Contender | None:
         # torch wants classes on axis 1: a view, as a user would write it
         xt = xt.movedim(axis, 1)
 
-    def forward():
+    def forward() -> Any:
         with torch.no_grad():
             return F.cross_entropy(xt, tt)
 
     leaf = xt.detach().clone().requires_grad_(True)
 
-    def forward_backward():
+    def forward_backward() -> tuple[Any, Any]:
         leaf.grad = None
         loss = F.cross_entropy(leaf, tt)
         loss.backward()
@@ -141,17 +174,19 @@ def torch_contender(w: Workload, x, t, threads: int) -> Contender | None:
     return Contender(f"torch {torch.__version__.split('+')[0]}", forward, forward_backward)
 
 
-def jax_contender(w: Workload, x, t) -> Contender | None:
-    try:
-        import jax
-        import jax.numpy as jnp
+def jax_contender(
+    w: Workload, x: npt.NDArray[np.floating[Any]], t: npt.NDArray[np.int64]
+) -> Contender | None:
+    try:  # an optional rival, typed Any whether installed or not
+        jax: Any = importlib.import_module("jax")
+        jnp: Any = importlib.import_module("jax.numpy")
     except ImportError:
         return None
     if x.dtype == np.float64:
         jax.config.update("jax_enable_x64", True)
     axis = w.axis % x.ndim
 
-    def loss_fn(logits, target):
+    def loss_fn(logits: Any, target: Any) -> Any:
         logp = jax.nn.log_softmax(logits, axis=axis)
         valid = target != -100
         picked = jnp.take_along_axis(
@@ -165,17 +200,17 @@ def jax_contender(w: Workload, x, t) -> Contender | None:
     xj = jax.device_put(x)
     tj = jax.device_put(t if x.dtype == np.float64 else t.astype(np.int32))
 
-    def forward():
+    def forward() -> Any:
         return forward_jit(xj, tj).block_until_ready()
 
-    def forward_backward():
+    def forward_backward() -> tuple[Any, Any]:
         loss, grad = both_jit(xj, tj)
         return loss.block_until_ready(), grad.block_until_ready()
 
     return Contender(f"jax {jax.__version__}", forward, forward_backward)
 
 
-def roof_call(x: np.ndarray, threads: int):
+def roof_call(x: npt.NDArray[np.floating[Any]], threads: int) -> Callable[[], float] | None:
     """A pass that only sums exp(x) with the same vector code and threads:
     what the forward pass is measured against (2-d C-ordered inputs)."""
     from fastce import _kernels
@@ -302,10 +337,10 @@ def run(
     passes: tuple[str, ...],
     libraries: tuple[str, ...],
     min_time: float = 0.02,
-    out=print,
-) -> list[dict]:
+    out: Callable[[str], object] = print,
+) -> list[Row]:
     fastce.set_num_threads(threads)
-    rows: list[dict] = []
+    rows: list[Row] = []
     for key in workloads:
         w = WORKLOADS[key]
         x, t = make_inputs(w)
@@ -322,7 +357,11 @@ def run(
             contenders.append(numpy_contender(w, x, t))
         roof = roof_call(x, threads)
         for kind in passes:
-            calls = [c.forward if kind == "forward" else c.forward_backward for c in contenders]
+            calls = [
+                # every contender here has a forward_backward
+                c.forward if kind == "forward" else cast(Callable[[], object], c.forward_backward)
+                for c in contenders
+            ]
             if kind == "forward" and roof is not None:
                 calls.append(roof)
             times = median_times(calls, repeats, min_time)
@@ -347,14 +386,21 @@ def run(
     return rows
 
 
-FAMILY_SHAPES = [
+FAMILY_SHAPES: list[tuple[tuple[int, ...], type[np.floating[Any]]]] = [
     ((4096, 1000), np.float32),
     ((4096, 1000), np.float64),
     ((512, 128000), np.float32),
 ]
 
 
-def family_calls(shape, dtype, threads: int):
+_T = TypeVar("_T")
+# (function, variant, fastce call, torch call or None)
+_FamilyCall: TypeAlias = tuple[str, str, Callable[[], object], Callable[[], object] | None]
+
+
+def family_calls(
+    shape: tuple[int, ...], dtype: type[np.floating[Any]], threads: int
+) -> list[_FamilyCall]:
     """(function, variant, fastce call, torch call or None) for every public
     function on logits of ``shape`` and ``dtype``: what a user of each library
     writes for the same result (torch's autograd for a gradient)."""
@@ -397,10 +443,10 @@ def family_calls(shape, dtype, threads: int):
         ("binary_cross_entropy_with_grad", "", lambda: fastce.binary_cross_entropy_with_grad(p, y)),
         ("evaluate", "", lambda: fastce.evaluate(x, t, topk=(1, 5))),
     ]
-    rivals = {}
-    try:
-        import torch
-        import torch.nn.functional as F
+    rivals: dict[tuple[str, str], Callable[[], object]] = {}
+    try:  # an optional rival, typed Any whether installed or not
+        torch: Any = importlib.import_module("torch")
+        F: Any = importlib.import_module("torch.nn.functional")
     except ImportError:
         torch = None
     if torch is not None:
@@ -408,10 +454,12 @@ def family_calls(shape, dtype, threads: int):
         tx, tt, ty, tp = (torch.from_numpy(a) for a in (x, t, y, p))
         tlogp, tbuf, tred = torch.from_numpy(logp), torch.from_numpy(buf), torch.from_numpy(red)
 
-        def grad_of(loss_fn, leaf_data, *args):
+        def grad_of(
+            loss_fn: Callable[..., Any], leaf_data: Any, *args: Any
+        ) -> Callable[[], tuple[Any, Any]]:
             leaf = leaf_data.detach().clone().requires_grad_(True)
 
-            def call():
+            def call() -> tuple[Any, Any]:
                 leaf.grad = None
                 loss = loss_fn(leaf, *args)
                 loss.backward()
@@ -419,8 +467,8 @@ def family_calls(shape, dtype, threads: int):
 
             return call
 
-        def no_grad(fn):
-            def call():
+        def no_grad(fn: Callable[[], _T]) -> Callable[[], _T]:
+            def call() -> _T:
                 with torch.no_grad():
                     return fn()
 
@@ -430,7 +478,7 @@ def family_calls(shape, dtype, threads: int):
         bcel_grad = grad_of(F.binary_cross_entropy_with_logits, tx, ty)
         bce_grad = grad_of(F.binary_cross_entropy, tp, ty)
 
-        def evaluate_torch():
+        def evaluate_torch() -> tuple[Any, Any, Any, Any]:
             with torch.no_grad():
                 loss = F.cross_entropy(tx, tt, reduction="none")
                 top = tx.topk(5, dim=1).indices
@@ -510,8 +558,16 @@ def busy_table(repeats: int) -> tuple[list[str], list[list[str]]]:
             t = rng.integers(0, shape[1], shape[0])
             one, two = median_times(
                 [
-                    lambda x=x, t=t: fastce.cross_entropy(x, t, num_threads=1),
-                    lambda x=x, t=t: fastce.cross_entropy(x, t, num_threads=2),
+                    # cast: mypy cannot type a lambda with defaults in a Callable[[], ...]
+                    # context (python/mypy#15459)
+                    cast(
+                        Callable[[], object],
+                        lambda x=x, t=t: fastce.cross_entropy(x, t, num_threads=1),
+                    ),
+                    cast(
+                        Callable[[], object],
+                        lambda x=x, t=t: fastce.cross_entropy(x, t, num_threads=2),
+                    ),
                 ],
                 repeats,
                 0.02,
@@ -543,7 +599,7 @@ def render(cols: list[str], body: list[list[str]], markdown: bool) -> str:
     return "\n".join([fmt.format(*cols)] + [fmt.format(*b) for b in body])
 
 
-def format_table(rows: list[dict], markdown: bool = False) -> str:
+def format_table(rows: list[Row], markdown: bool = False) -> str:
     cols = ["workload", "shape", "dtype", "pass", "library", "ms", "Gelem/s", "fastce speed-up"]
     body = []
     for r in rows:
@@ -568,7 +624,7 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
     return render(cols, body, markdown)
 
 
-def summary_table(rows: list[dict], markdown: bool = False) -> str:
+def summary_table(rows: list[Row], markdown: bool = False) -> str:
     """One line per workload and pass: every library's median, and fastce's
     speed-up over each rival (the roof ratio for forward passes)."""
     libraries = list(dict.fromkeys(r["library"] for r in rows))
@@ -592,7 +648,7 @@ def summary_table(rows: list[dict], markdown: bool = False) -> str:
     return render(cols, body, markdown)
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(rows: list[Row], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

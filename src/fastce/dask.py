@@ -29,14 +29,18 @@ Example
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Iterable
+from typing import Any, Literal, SupportsIndex, TypedDict, cast, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 try:
-    import dask
     import dask.array as da
     from dask.array.core import PerformanceWarning
+    from dask.delayed import Delayed, delayed
 except ImportError as exc:  # pragma: no cover - exercised only without dask
     raise ImportError(
         "fastce.dask needs dask[array]; install it with: pip install 'fastce[dask]'"
@@ -52,7 +56,7 @@ from ._validate import (
     view3,
 )
 from .functional import cross_entropy as _cross_entropy
-from .metrics import Accumulator
+from .metrics import Accumulator, EvalResult
 
 __all__ = ["accumulate", "cross_entropy", "evaluate", "from_npy"]
 
@@ -60,16 +64,33 @@ __all__ = ["accumulate", "cross_entropy", "evaluate", "from_npy"]
 _FAN_IN = 8
 
 
-def _placeholder(shape, dtype) -> np.ndarray:
+class _Options(TypedDict):
+    """The keyword arguments of every block's :class:`fastce.Accumulator`."""
+
+    weight: ArrayLike | None
+    ignore_index: int
+    label_smoothing: float
+    axis: SupportsIndex | None
+    topk: int | Iterable[int]
+    bins: int
+    num_threads: int | None
+
+
+def _placeholder(shape: tuple[int, ...], dtype: DTypeLike) -> NDArray[Any]:
     """An array of ``shape`` and ``dtype`` that takes no memory."""
     return np.broadcast_to(np.zeros((), dtype=dtype), shape)
 
 
-def _prepare(logits, target, axis, stacklevel):
+def _prepare(
+    logits: da.Array | ArrayLike,
+    target: da.Array | ArrayLike,
+    axis: SupportsIndex | None,
+    stacklevel: int,
+) -> tuple[da.Array, da.Array, int]:
     """Validated dask arrays: the class axis in one chunk, the target's chunks
     matching the logits' blocks."""
-    x = da.asarray(logits)
-    t = da.asarray(target)
+    x: da.Array = da.asarray(logits)
+    t: da.Array = da.asarray(target)
     native_float_array(np.empty(0, dtype=x.dtype), "logits")
     ax = class_axis(axis, x.ndim)
     if any(np.isnan(s) for s in x.shape + t.shape):
@@ -103,40 +124,50 @@ def _prepare(logits, target, axis, stacklevel):
     return x, t, ax
 
 
-def _block(xb, tb, options):
+def _block(xb: NDArray[Any], tb: NDArray[Any], options: _Options) -> Accumulator:
     acc = Accumulator(**options)
     acc.update(xb, tb)
     return acc
 
 
-def _merge(options, *parts):
+def _merge(options: _Options, *parts: Accumulator) -> Accumulator:
     total = Accumulator(**options)
     for part in parts:
         total.merge(part)
     return total
 
 
-def _accumulate(logits, target, options):
+def _accumulate(
+    logits: da.Array | ArrayLike, target: da.Array | ArrayLike, options: _Options
+) -> Delayed:
     # blocks keep the logits' number of dimensions, so ``axis`` (None included)
     # names the same class axis in each of them
     x, t, ax = _prepare(logits, target, options["axis"], stacklevel=5)
     check_weight(options["weight"], x.shape[ax])
     xblocks = x.to_delayed()
     tblocks = t.to_delayed()
-    parts = []
+    parts: list[Delayed] = []
     for idx in np.ndindex(*x.numblocks):
         tidx = idx[:ax] + idx[ax + 1 :]
-        parts.append(dask.delayed(_block, pure=True)(xblocks[idx], tblocks[tidx], options))
+        parts.append(delayed(_block, pure=True)(xblocks[idx], tblocks[tidx], options))
     while len(parts) > 1:
         parts = [
-            dask.delayed(_merge, pure=True)(options, *parts[i : i + _FAN_IN])
+            delayed(_merge, pure=True)(options, *parts[i : i + _FAN_IN])
             for i in range(0, len(parts), _FAN_IN)
         ]
     return parts[0]
 
 
-def _options(weight, ignore_index, label_smoothing, axis, topk, bins, num_threads):
-    options = dict(
+def _options(
+    weight: ArrayLike | None,
+    ignore_index: int,
+    label_smoothing: float,
+    axis: SupportsIndex | None,
+    topk: int | Iterable[int],
+    bins: int,
+    num_threads: int | None,
+) -> _Options:
+    options: _Options = dict(
         weight=weight,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
@@ -150,17 +181,17 @@ def _options(weight, ignore_index, label_smoothing, axis, topk, bins, num_thread
 
 
 def accumulate(
-    logits,
-    target,
-    weight=None,
+    logits: da.Array | ArrayLike,
+    target: da.Array | ArrayLike,
+    weight: ArrayLike | None = None,
     *,
-    ignore_index=-100,
-    label_smoothing=0.0,
-    axis=None,
-    topk=(1, 5),
-    bins=15,
-    num_threads=None,
-):
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    topk: int | Iterable[int] = (1, 5),
+    bins: int = 15,
+    num_threads: int | None = None,
+) -> Delayed:
     """A :class:`dask.delayed.Delayed` that computes to the
     :class:`fastce.Accumulator` of every block, merged; for evaluations that
     go on adding data, or several evaluations computed together
@@ -169,23 +200,65 @@ def accumulate(
     return _accumulate(logits, target, options)
 
 
-def _result(acc):
+def _result(acc: Accumulator) -> EvalResult:
     return acc.result()
 
 
+@overload
 def evaluate(
-    logits,
-    target,
-    weight=None,
+    logits: da.Array | ArrayLike,
+    target: da.Array | ArrayLike,
+    weight: ArrayLike | None = ...,
     *,
-    topk=(1, 5),
-    bins=15,
-    ignore_index=-100,
-    label_smoothing=0.0,
-    axis=None,
-    num_threads=None,
-    compute=True,
-):
+    topk: int | Iterable[int] = ...,
+    bins: int = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    axis: SupportsIndex | None = ...,
+    num_threads: int | None = ...,
+    compute: Literal[True] = ...,
+) -> EvalResult: ...
+@overload
+def evaluate(
+    logits: da.Array | ArrayLike,
+    target: da.Array | ArrayLike,
+    weight: ArrayLike | None = ...,
+    *,
+    topk: int | Iterable[int] = ...,
+    bins: int = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    axis: SupportsIndex | None = ...,
+    num_threads: int | None = ...,
+    compute: Literal[False],
+) -> Delayed: ...
+@overload
+def evaluate(
+    logits: da.Array | ArrayLike,
+    target: da.Array | ArrayLike,
+    weight: ArrayLike | None = ...,
+    *,
+    topk: int | Iterable[int] = ...,
+    bins: int = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    axis: SupportsIndex | None = ...,
+    num_threads: int | None = ...,
+    compute: bool = ...,
+) -> EvalResult | Delayed: ...
+def evaluate(
+    logits: da.Array | ArrayLike,
+    target: da.Array | ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    topk: int | Iterable[int] = (1, 5),
+    bins: int = 15,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    num_threads: int | None = None,
+    compute: bool = True,
+) -> EvalResult | Delayed:
     """:func:`fastce.evaluate` of dask arrays (or anything ``dask.array.asarray``
     takes): the same :class:`fastce.EvalResult`, without per-sample arrays.
 
@@ -193,15 +266,25 @@ def evaluate(
     result instead of computing it on the current scheduler.
     """
     options = _options(weight, ignore_index, label_smoothing, axis, topk, bins, num_threads)
-    result = dask.delayed(_result, pure=True)(_accumulate(logits, target, options))
-    return result.compute() if compute else result
+    result: Delayed = delayed(_result, pure=True)(_accumulate(logits, target, options))
+    return cast(EvalResult, result.compute()) if compute else result
 
 
-def _reduced_loss(acc, reduction, dtype) -> np.ndarray:
+def _reduced_loss(
+    acc: Accumulator, reduction: str, dtype: np.dtype[np.float32] | np.dtype[np.float64]
+) -> NDArray[np.float32 | np.float64]:
     return np.asarray(acc.loss_sum if reduction == "sum" else acc.loss, dtype=dtype)
 
 
-def _loss_none(xb, tb, weight, ignore_index, label_smoothing, axis, num_threads):
+def _loss_none(
+    xb: NDArray[Any],
+    tb: NDArray[Any],
+    weight: NDArray[np.float64] | None,
+    ignore_index: int,
+    label_smoothing: float,
+    axis: int,
+    num_threads: int | None,
+) -> NDArray[np.float32 | np.float64]:
     return _cross_entropy(
         xb,
         tb,
@@ -215,16 +298,16 @@ def _loss_none(xb, tb, weight, ignore_index, label_smoothing, axis, num_threads)
 
 
 def cross_entropy(
-    logits,
-    target,
-    weight=None,
+    logits: da.Array | ArrayLike,
+    target: da.Array | ArrayLike,
+    weight: ArrayLike | None = None,
     *,
-    ignore_index=-100,
-    reduction="mean",
-    label_smoothing=0.0,
-    axis=None,
-    num_threads=None,
-):
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    num_threads: int | None = None,
+) -> da.Array:
     """:func:`fastce.cross_entropy` of dask arrays, as a lazy dask array.
 
     ``"mean"`` and ``"sum"`` give a 0-d array (float32 for float16, bfloat16
@@ -246,33 +329,36 @@ def cross_entropy(
         )  # the options' checks
         index = tuple(range(x.ndim))
         tindex = index[:ax] + index[ax + 1 :]
-        return da.blockwise(
-            _loss_none,
-            tindex,
-            x,
-            index,
-            t,
-            tindex,
-            dtype=dtype,
-            concatenate=True,
-            meta=np.empty((0,) * len(tindex), dtype=dtype),
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            axis=ax - x.ndim,
-            num_threads=num_threads,
+        return cast(
+            da.Array,
+            da.blockwise(
+                _loss_none,
+                tindex,
+                x,
+                index,
+                t,
+                tindex,
+                dtype=dtype,
+                concatenate=True,
+                meta=np.empty((0,) * len(tindex), dtype=dtype),
+                weight=weight,
+                ignore_index=ignore_index,
+                label_smoothing=label_smoothing,
+                axis=ax - x.ndim,
+                num_threads=num_threads,
+            ),
         )
     options = _options(weight, ignore_index, label_smoothing, ax - x.ndim, 1, 1, num_threads)
     acc = _accumulate(x, t, options)
-    value = dask.delayed(_reduced_loss, pure=True)(acc, reduction, dtype)
-    return da.from_delayed(value, shape=(), dtype=dtype)
+    value: Delayed = delayed(_reduced_loss, pure=True)(acc, reduction, dtype)
+    return cast(da.Array, da.from_delayed(value, shape=(), dtype=dtype))
 
 
-def _read_rows(path, start, stop):
+def _read_rows(path: str, start: int, stop: int) -> NDArray[Any]:
     return np.array(np.load(path, mmap_mode="r")[start:stop])
 
 
-def from_npy(path, rows_per_chunk=None):
+def from_npy(path: str | os.PathLike[str], rows_per_chunk: int | None = None) -> da.Array:
     """A dask array of a ``.npy`` file, read by each task from its own memory
     map, ``rows_per_chunk`` rows (along axis 0) at a time; by default about
     128 MiB per chunk.  Every worker must see the file at ``path``."""
@@ -288,9 +374,9 @@ def from_npy(path, rows_per_chunk=None):
     if int(rows_per_chunk) < 1:
         raise ValueError(f"rows_per_chunk must be a positive integer; got {rows_per_chunk!r}")
     rows_per_chunk = int(rows_per_chunk)
-    blocks = []
+    blocks: list[da.Array] = []
     for start in range(0, max(shape[0], 1), rows_per_chunk):
         stop = min(start + rows_per_chunk, shape[0])
-        part = dask.delayed(_read_rows, pure=True)(path, start, stop)
+        part = delayed(_read_rows, pure=True)(path, start, stop)
         blocks.append(da.from_delayed(part, shape=(stop - start,) + shape[1:], dtype=dtype))
-    return da.concatenate(blocks, axis=0)
+    return cast(da.Array, da.concatenate(blocks, axis=0))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal, SupportsIndex, TypeAlias, TypedDict, TypeVar, cast, overload
+
 import numpy as np
+import numpy.typing as npt
+from numpy.typing import ArrayLike
 
 from . import _kernels
 from ._validate import (
@@ -50,8 +54,18 @@ __all__ = [
     "CrossEntropyLoss",
 ]
 
+# what the public functions return: float32 or float64 values (float64 for float64 input)
+_FloatScalar: TypeAlias = np.floating[Any]
+_FloatArray: TypeAlias = npt.NDArray[np.floating[Any]]
+_A = TypeVar("_A", bound=npt.NDArray[Any])
 
-def _reduce(total: float, denominator: float, reduction: str, dtype: np.dtype):
+
+def _reduce(
+    total: float,
+    denominator: float,
+    reduction: str,
+    dtype: np.dtype[np.float32] | np.dtype[np.float64],
+) -> _FloatScalar:
     # a float32 total past its range is inf, as reduction="none" stores it
     with np.errstate(over="ignore"):
         if reduction == "sum":
@@ -69,14 +83,20 @@ def _same_memory_layout(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
-def _apart_from(a, written):
+@overload
+def _apart_from(a: None, written: npt.NDArray[Any] | None) -> None: ...
+@overload
+def _apart_from(a: _A, written: npt.NDArray[Any] | None) -> _A: ...
+def _apart_from(a: _A | None, written: npt.NDArray[Any] | None) -> _A | None:
     """``a``, copied if it shares memory with ``written`` (aligned either way)."""
     if a is None or (a.flags.aligned and not np.may_share_memory(a, written)):
         return a
     return a.copy()
 
 
-def _gradient_buffer(out, logits_shape, x: np.ndarray, x3: np.ndarray):
+def _gradient_buffer(
+    out: npt.NDArray[Any] | None, logits_shape: tuple[int, ...], x: np.ndarray, x3: np.ndarray
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]:
     """The array the gradient is returned in, and its ``(outer, C, inner)``
     view the kernel writes (a separate buffer when ``out``'s strides admit
     no such view).  Also returns the logits view to read, copied when ``out``
@@ -98,19 +118,47 @@ def _gradient_buffer(out, logits_shape, x: np.ndarray, x3: np.ndarray):
     return out, grad3, x3
 
 
+@overload
 def _cross_entropy(
-    logits,
-    target,
-    weight,
-    ignore_index,
-    reduction,
-    label_smoothing,
-    axis,
-    want_grad,
-    grad_output,
-    out,
-    num_threads,
-):
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    axis: SupportsIndex | None,
+    want_grad: Literal[False],
+    grad_output: ArrayLike | None,
+    out: _FloatArray | None,
+    num_threads: int | None,
+) -> tuple[_FloatScalar | _FloatArray, None]: ...
+@overload
+def _cross_entropy(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    axis: SupportsIndex | None,
+    want_grad: Literal[True],
+    grad_output: ArrayLike | None,
+    out: _FloatArray | None,
+    num_threads: int | None,
+) -> tuple[_FloatScalar | _FloatArray, _FloatArray]: ...
+def _cross_entropy(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    axis: SupportsIndex | None,
+    want_grad: bool,
+    grad_output: ArrayLike | None,
+    out: _FloatArray | None,
+    num_threads: int | None,
+) -> tuple[_FloatScalar | _FloatArray, _FloatArray | None]:
     """Shared body of the three cross-entropy functions: returns (loss, grad)."""
     threads = check_num_threads(num_threads)
     x = native_float_array(logits, "logits")
@@ -139,7 +187,7 @@ def _cross_entropy(
     if plan.is_index:
         if n_samples:
             bad, value, weight_sum = _kernels.check_targets(
-                plan.index2, n_classes, ignore_value, has_ignore, w
+                cast("npt.NDArray[Any]", plan.index2), n_classes, ignore_value, has_ignore, w
             )
             if bad >= 0:
                 raise_out_of_range(np.asarray(target), bad, value, n_classes)
@@ -152,6 +200,8 @@ def _cross_entropy(
 
     # every check has passed: from here on only outputs are written
     loss_arr = np.empty(loss_shape, dtype=dtype) if reduction == "none" else None
+    grad: npt.NDArray[Any] | None
+    grad3: npt.NDArray[Any] | None
     grad = grad3 = None
     if want_grad:
         grad, grad3, x3 = _gradient_buffer(out, logits_shape, x, x3)
@@ -162,13 +212,19 @@ def _cross_entropy(
         t2 = plan.index2
         p3 = plan.probs3
         loss2 = loss_arr.reshape(outer, inner) if loss_arr is not None else None
-        go2 = None
+        go2: npt.NDArray[np.float64] | None = None
         if want_grad:
+            go = cast("npt.NDArray[np.float64]", go)  # given: want_grad
             # a scalar stays one element: the kernels read a (1, 1) grad_output
             # at every sample
             go2 = go.reshape(outer, inner) if go.ndim else go.reshape(1, 1)
             # nothing the kernels read may change under the gradient they write
-            t2, p3, go2, w = (_apart_from(a, grad3) for a in (t2, p3, go2, w))
+            t2, p3, go2, w = (
+                _apart_from(t2, grad3),
+                _apart_from(p3, grad3),
+                _apart_from(go2, grad3),
+                _apart_from(w, grad3),
+            )
         if samples_flipped(x3):
             x3 = flip3(x3)
             t2 = flip2(t2) if t2 is not None else None
@@ -184,7 +240,7 @@ def _cross_entropy(
         if plan.is_index:
             total = _kernels.cross_entropy_index(
                 x3,
-                t2,
+                cast("npt.NDArray[Any]", t2),  # given: plan.is_index
                 w,
                 weight_total,
                 smoothing,
@@ -199,28 +255,78 @@ def _cross_entropy(
             )
         else:
             total = _kernels.cross_entropy_probs(
-                x3, p3, w, smoothing, loss2, go2, denominator, grad3, threads, grad_given=grad_given
+                x3,
+                cast("npt.NDArray[Any]", p3),  # given: not plan.is_index
+                w,
+                smoothing,
+                loss2,
+                go2,
+                denominator,
+                grad3,
+                threads,
+                grad_given=grad_given,
             )
     elif want_grad and grad3 is not None:
         grad3.fill(0)
 
     if want_grad and not np.may_share_memory(grad, grad_buffer):
-        grad[...] = grad_buffer.reshape(logits_shape)
-    loss = loss_arr if reduction == "none" else _reduce(total, denominator, reduction, dtype)
+        grad = cast("npt.NDArray[Any]", grad)  # set, as is grad_buffer: want_grad
+        grad[...] = cast("npt.NDArray[Any]", grad_buffer).reshape(logits_shape)
+    loss = (
+        cast("npt.NDArray[Any]", loss_arr)  # set: reduction == "none"
+        if reduction == "none"
+        else _reduce(total, denominator, reduction, dtype)
+    )
     return loss, grad
 
 
+@overload
 def cross_entropy(
-    logits,
-    target,
-    weight=None,
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
     *,
-    ignore_index=-100,
-    reduction="mean",
-    label_smoothing=0.0,
-    axis=None,
-    num_threads=None,
-):
+    ignore_index: int = -100,
+    reduction: Literal["mean", "sum"] = "mean",
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    num_threads: int | None = None,
+) -> _FloatScalar: ...
+@overload
+def cross_entropy(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: Literal["none"],
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    num_threads: int | None = None,
+) -> _FloatArray: ...
+@overload
+def cross_entropy(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    num_threads: int | None = None,
+) -> _FloatScalar | _FloatArray: ...
+def cross_entropy(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    num_threads: int | None = None,
+) -> _FloatScalar | _FloatArray:
     """Softmax cross-entropy between logits and a target, as PyTorch computes it.
 
     Parameters
@@ -277,7 +383,7 @@ def cross_entropy(
     array([0.24131, 0.09492], dtype=float32)
     """
     if _plain_options(weight, ignore_index, reduction, label_smoothing, axis, num_threads):
-        loss = _kernels.cross_entropy_common(
+        loss: _FloatScalar | _FloatArray | None = _kernels.cross_entropy_common(
             logits,
             target,
             reduction == "mean",
@@ -302,7 +408,14 @@ def cross_entropy(
     return loss
 
 
-def _plain_options(weight, ignore_index, reduction, label_smoothing, axis, num_threads) -> bool:
+def _plain_options(
+    weight: object,
+    ignore_index: object,
+    reduction: object,
+    label_smoothing: object,
+    axis: object,
+    num_threads: object,
+) -> bool:
     """Whether the options are those :func:`_kernels.cross_entropy_common`
     serves, checked by exact type so that no user object's ``__eq__`` runs."""
     return (
@@ -319,18 +432,18 @@ def _plain_options(weight, ignore_index, reduction, label_smoothing, axis, num_t
 
 
 def cross_entropy_grad(
-    logits,
-    target,
-    weight=None,
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
     *,
-    grad_output=1.0,
-    ignore_index=-100,
-    reduction="mean",
-    label_smoothing=0.0,
-    axis=None,
-    out=None,
-    num_threads=None,
-):
+    grad_output: ArrayLike = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> _FloatArray:
     """Gradient of :func:`cross_entropy` with respect to the logits.
 
     Takes :func:`cross_entropy`'s arguments, and:
@@ -387,19 +500,61 @@ def cross_entropy_grad(
     return grad
 
 
+@overload
 def cross_entropy_with_grad(
-    logits,
-    target,
-    weight=None,
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
     *,
-    grad_output=1.0,
-    ignore_index=-100,
-    reduction="mean",
-    label_smoothing=0.0,
-    axis=None,
-    out=None,
-    num_threads=None,
-):
+    grad_output: ArrayLike = 1.0,
+    ignore_index: int = -100,
+    reduction: Literal["mean", "sum"] = "mean",
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[_FloatScalar, _FloatArray]: ...
+@overload
+def cross_entropy_with_grad(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    grad_output: ArrayLike = 1.0,
+    ignore_index: int = -100,
+    reduction: Literal["none"],
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[_FloatArray, _FloatArray]: ...
+@overload
+def cross_entropy_with_grad(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    grad_output: ArrayLike = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[_FloatScalar | _FloatArray, _FloatArray]: ...
+def cross_entropy_with_grad(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    grad_output: ArrayLike = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[_FloatScalar | _FloatArray, _FloatArray]:
     """The loss and its gradient from one pass over the logits.
 
     Arguments as :func:`cross_entropy_grad`; returns ``(loss, grad)``, equal
@@ -443,17 +598,17 @@ def cross_entropy_with_grad(
 
 
 def _common_with_grad(
-    logits,
-    target,
-    weight,
-    grad_output,
-    ignore_index,
-    reduction,
-    label_smoothing,
-    axis,
-    out,
-    num_threads,
-):
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None,
+    grad_output: ArrayLike,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    axis: SupportsIndex | None,
+    out: _FloatArray | None,
+    num_threads: int | None,
+) -> tuple[_FloatScalar, _FloatArray] | None:
     """``(loss, grad)`` from the common-call lane, or None."""
     if (
         type(grad_output) is not float
@@ -461,27 +616,63 @@ def _common_with_grad(
         or not _plain_options(weight, ignore_index, reduction, label_smoothing, axis, num_threads)
     ):
         return None
-    return _kernels.cross_entropy_common(
-        logits,
-        target,
-        reduction == "mean",
-        ignore_index,
-        0 if num_threads is None else num_threads,
-        True,
-        out,
+    return cast(
+        "tuple[_FloatScalar, _FloatArray] | None",
+        _kernels.cross_entropy_common(
+            logits,
+            target,
+            reduction == "mean",
+            ignore_index,
+            0 if num_threads is None else num_threads,
+            True,
+            out,
+        ),
     )
 
 
+@overload
 def nll_loss(
-    log_probs,
-    target,
-    weight=None,
+    log_probs: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
     *,
-    ignore_index=-100,
-    reduction="mean",
-    axis=None,
-    num_threads=None,
-):
+    ignore_index: int = -100,
+    reduction: Literal["mean", "sum"] = "mean",
+    axis: SupportsIndex | None = None,
+    num_threads: int | None = None,
+) -> _FloatScalar: ...
+@overload
+def nll_loss(
+    log_probs: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: Literal["none"],
+    axis: SupportsIndex | None = None,
+    num_threads: int | None = None,
+) -> _FloatArray: ...
+@overload
+def nll_loss(
+    log_probs: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    axis: SupportsIndex | None = None,
+    num_threads: int | None = None,
+) -> _FloatScalar | _FloatArray: ...
+def nll_loss(
+    log_probs: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    axis: SupportsIndex | None = None,
+    num_threads: int | None = None,
+) -> _FloatScalar | _FloatArray:
     """Negative log-likelihood of class-index targets, as ``torch.nn.functional.nll_loss``.
 
     Parameters
@@ -506,7 +697,9 @@ def nll_loss(
     0.490415
     """
     if _plain_options(weight, ignore_index, reduction, 0.0, axis, num_threads):
-        loss = _kernels.nll_loss_common(log_probs, target, reduction == "mean", ignore_index)
+        loss: _FloatScalar | None = _kernels.nll_loss_common(
+            log_probs, target, reduction == "mean", ignore_index
+        )
         if loss is not None:
             return loss
     threads = check_num_threads(num_threads)
@@ -525,7 +718,7 @@ def nll_loss(
     weight_sum = 0.0
     if n_samples:
         bad, value, weight_sum = _kernels.check_targets(
-            plan.index2, n_classes, ignore_value, has_ignore, w
+            cast("npt.NDArray[Any]", plan.index2), n_classes, ignore_value, has_ignore, w
         )
         if bad >= 0:
             raise_out_of_range(np.asarray(target), bad, value, n_classes)
@@ -535,14 +728,20 @@ def nll_loss(
     if n_samples:
         loss2 = loss_arr.reshape(outer, inner) if loss_arr is not None else None
         total = _kernels.nll_loss_kernel(
-            x3, plan.index2, w, ignore_value, has_ignore, loss2, threads
+            x3, cast("npt.NDArray[Any]", plan.index2), w, ignore_value, has_ignore, loss2, threads
         )
     if reduction == "none":
-        return loss_arr
+        return cast("npt.NDArray[Any]", loss_arr)  # set: reduction == "none"
     return _reduce(total, weight_sum if reduction == "mean" else 1.0, reduction, dtype)
 
 
-def _softmax_family(x, axis, op, out, num_threads):
+def _softmax_family(
+    x: ArrayLike,
+    axis: SupportsIndex,
+    op: int,
+    out: _FloatArray | None,
+    num_threads: int | None,
+) -> _FloatArray | _FloatScalar:
     threads = check_num_threads(num_threads)
     arr = native_float_array(x, "x")
     shape = arr.shape
@@ -587,7 +786,13 @@ def _softmax_family(x, axis, op, out, num_threads):
     return result[()] if result.ndim == 0 and out is None else result
 
 
-def log_softmax(x, axis=-1, out=None, *, num_threads=None):
+def log_softmax(
+    x: ArrayLike,
+    axis: SupportsIndex = -1,
+    out: _FloatArray | None = None,
+    *,
+    num_threads: int | None = None,
+) -> _FloatArray | _FloatScalar:
     """Logarithm of the softmax along ``axis``, computed stably.
 
     Parameters
@@ -614,7 +819,13 @@ def log_softmax(x, axis=-1, out=None, *, num_threads=None):
     return _softmax_family(x, axis, _kernels.LOG_SOFTMAX, out, num_threads)
 
 
-def softmax(x, axis=-1, out=None, *, num_threads=None):
+def softmax(
+    x: ArrayLike,
+    axis: SupportsIndex = -1,
+    out: _FloatArray | None = None,
+    *,
+    num_threads: int | None = None,
+) -> _FloatArray | _FloatScalar:
     """Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))``.
 
     Parameters and returns as :func:`log_softmax`.
@@ -628,7 +839,9 @@ def softmax(x, axis=-1, out=None, *, num_threads=None):
     return _softmax_family(x, axis, _kernels.SOFTMAX, out, num_threads)
 
 
-def logsumexp(x, axis=-1, *, num_threads=None):
+def logsumexp(
+    x: ArrayLike, axis: SupportsIndex = -1, *, num_threads: int | None = None
+) -> _FloatArray | _FloatScalar:
     """``log(sum(exp(x)))`` along ``axis``, computed stably.
 
     An infinite maximum is returned as it is, as ``torch.logsumexp`` does;
@@ -643,7 +856,9 @@ def logsumexp(x, axis=-1, *, num_threads=None):
     return _softmax_family(x, axis, _kernels.LOGSUMEXP, None, num_threads)
 
 
-def _check_binary(x, target, name):
+def _check_binary(
+    x: ArrayLike, target: ArrayLike, name: str
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     x = native_float_array(x, name)
     y = as_array(target)
     if not is_float(y.dtype):
@@ -656,7 +871,9 @@ def _check_binary(x, target, name):
     return x, y
 
 
-def _broadcast_factor(factor, shape, name, hint):
+def _broadcast_factor(
+    factor: ArrayLike | None, shape: tuple[int, ...], name: str, hint: str
+) -> npt.NDArray[Any] | None:
     if factor is None:
         return None
     f = as_array(factor)
@@ -683,7 +900,9 @@ def _check_unit_interval(flat: np.ndarray, name: str, hint: str, threads: int) -
         )
 
 
-def _flat_operand(a, shape, dtype, row_len):
+def _flat_operand(
+    a: npt.NDArray[Any] | None, shape: tuple[int, ...], dtype: np.dtype, row_len: int
+) -> npt.NDArray[Any] | None:
     """A factor as the binary kernel reads it: None, one value per column
     (``row_len`` long) when it repeats along every axis but the last, or one
     per element; contiguous and of the computing dtype."""
@@ -695,14 +914,49 @@ def _flat_operand(a, shape, dtype, row_len):
     return _flat_aligned(np.broadcast_to(a, shape), dtype)
 
 
-def _flat_aligned(a, dtype=None):
+def _flat_aligned(a: npt.NDArray[Any], dtype: np.dtype | None = None) -> npt.NDArray[Any]:
     """``a`` as a flat, contiguous and aligned array (of ``dtype``), copied only if need be."""
     return np.require(a, dtype=dtype, requirements=["C", "A"]).reshape(-1)
 
 
+@overload
 def _binary(
-    x_in, target, weight, pos_weight, reduction, logits, want_grad, grad_output, out, num_threads
-):
+    x_in: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None,
+    pos_weight: ArrayLike | None,
+    reduction: str,
+    logits: bool,
+    want_grad: Literal[False],
+    grad_output: ArrayLike | None,
+    out: _FloatArray | None,
+    num_threads: int | None,
+) -> tuple[_FloatScalar | _FloatArray, None]: ...
+@overload
+def _binary(
+    x_in: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None,
+    pos_weight: ArrayLike | None,
+    reduction: str,
+    logits: bool,
+    want_grad: Literal[True],
+    grad_output: ArrayLike | None,
+    out: _FloatArray | None,
+    num_threads: int | None,
+) -> tuple[_FloatScalar | _FloatArray, _FloatArray]: ...
+def _binary(
+    x_in: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None,
+    pos_weight: ArrayLike | None,
+    reduction: str,
+    logits: bool,
+    want_grad: bool,
+    grad_output: ArrayLike | None,
+    out: _FloatArray | None,
+    num_threads: int | None,
+) -> tuple[_FloatScalar | _FloatArray, _FloatArray | None]:
     """Shared body of the binary losses and their gradients: returns (loss, grad)."""
     name = "logits" if logits else "probs"
     threads = check_num_threads(num_threads)
@@ -733,6 +987,8 @@ def _binary(
 
     # every check has passed: from here on only outputs are written
     loss_arr = np.empty(x.shape, dtype=dtype) if reduction == "none" else None
+    grad: npt.NDArray[Any] | None
+    grad_flat: npt.NDArray[Any] | None
     grad = grad_flat = None
     if want_grad:
         grad = out if out is not None else np.empty(x.shape, dtype=dtype)
@@ -747,8 +1003,9 @@ def _binary(
         _flat_operand(pw, x.shape, dtype, row_len),
     ]
     scale = 1.0
-    go_flat = None
+    go_flat: npt.NDArray[Any] | None = None
     if want_grad:
+        go = cast("npt.NDArray[np.float64]", go)  # given: want_grad
         if go.ndim:
             go_flat = _flat_aligned(go, dtype)
         else:
@@ -760,9 +1017,12 @@ def _binary(
         go_flat = _apart_from(go_flat, grad_flat)
     total = 0.0
     if n:
+        y_op, w_op, pw_op = operands
         total = _kernels.binary_cross_entropy_kernel(
             xf,
-            *operands,
+            cast("npt.NDArray[Any]", y_op),  # yf, never None
+            w_op,
+            pw_op,
             row_len,
             logits,
             scale,
@@ -772,14 +1032,55 @@ def _binary(
             threads,
         )
     if want_grad and not np.may_share_memory(grad, grad_flat):
-        grad[...] = grad_flat.reshape(x.shape)
-    loss = loss_arr if reduction == "none" else _reduce(total, float(n), reduction, dtype)
+        grad = cast("npt.NDArray[Any]", grad)  # set, as is grad_flat: want_grad
+        grad[...] = cast("npt.NDArray[Any]", grad_flat).reshape(x.shape)
+    loss = (
+        cast("npt.NDArray[Any]", loss_arr)  # set: reduction == "none"
+        if reduction == "none"
+        else _reduce(total, float(n), reduction, dtype)
+    )
     return loss, grad
 
 
+@overload
 def binary_cross_entropy_with_logits(
-    logits, target, weight=None, *, pos_weight=None, reduction="mean", num_threads=None
-):
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    pos_weight: ArrayLike | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
+    num_threads: int | None = None,
+) -> _FloatScalar: ...
+@overload
+def binary_cross_entropy_with_logits(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    pos_weight: ArrayLike | None = None,
+    reduction: Literal["none"],
+    num_threads: int | None = None,
+) -> _FloatArray: ...
+@overload
+def binary_cross_entropy_with_logits(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    pos_weight: ArrayLike | None = None,
+    reduction: str = "mean",
+    num_threads: int | None = None,
+) -> _FloatScalar | _FloatArray: ...
+def binary_cross_entropy_with_logits(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    pos_weight: ArrayLike | None = None,
+    reduction: str = "mean",
+    num_threads: int | None = None,
+) -> _FloatScalar | _FloatArray:
     """Binary cross-entropy of sigmoid(logits) against a probability target.
 
     ``loss = -weight * (pos_weight * y * log(sigmoid(x)) + (1 - y) * log(1 - sigmoid(x)))``,
@@ -800,16 +1101,16 @@ def binary_cross_entropy_with_logits(
 
 
 def binary_cross_entropy_with_logits_grad(
-    logits,
-    target,
-    weight=None,
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
     *,
-    pos_weight=None,
-    reduction="mean",
-    grad_output=1.0,
-    out=None,
-    num_threads=None,
-):
+    pos_weight: ArrayLike | None = None,
+    reduction: str = "mean",
+    grad_output: ArrayLike = 1.0,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> _FloatArray:
     """Gradient of :func:`binary_cross_entropy_with_logits` with respect to the logits:
     ``grad_output * weight * ((1 + (pos_weight - 1) * y) * sigmoid(x) - pos_weight * y)``,
     divided by the element count for ``"mean"``.
@@ -831,17 +1132,53 @@ def binary_cross_entropy_with_logits_grad(
     return grad
 
 
+@overload
 def binary_cross_entropy_with_logits_with_grad(
-    logits,
-    target,
-    weight=None,
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
     *,
-    pos_weight=None,
-    reduction="mean",
-    grad_output=1.0,
-    out=None,
-    num_threads=None,
-):
+    pos_weight: ArrayLike | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
+    grad_output: ArrayLike = 1.0,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[_FloatScalar, _FloatArray]: ...
+@overload
+def binary_cross_entropy_with_logits_with_grad(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    pos_weight: ArrayLike | None = None,
+    reduction: Literal["none"],
+    grad_output: ArrayLike = 1.0,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[_FloatArray, _FloatArray]: ...
+@overload
+def binary_cross_entropy_with_logits_with_grad(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    pos_weight: ArrayLike | None = None,
+    reduction: str = "mean",
+    grad_output: ArrayLike = 1.0,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[_FloatScalar | _FloatArray, _FloatArray]: ...
+def binary_cross_entropy_with_logits_with_grad(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    pos_weight: ArrayLike | None = None,
+    reduction: str = "mean",
+    grad_output: ArrayLike = 1.0,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[_FloatScalar | _FloatArray, _FloatArray]:
     """``(loss, grad)`` of :func:`binary_cross_entropy_with_logits` from one pass.
 
     Examples
@@ -857,7 +1194,41 @@ def binary_cross_entropy_with_logits_with_grad(
     )
 
 
-def binary_cross_entropy(probs, target, weight=None, *, reduction="mean", num_threads=None):
+@overload
+def binary_cross_entropy(
+    probs: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    reduction: Literal["mean", "sum"] = "mean",
+    num_threads: int | None = None,
+) -> _FloatScalar: ...
+@overload
+def binary_cross_entropy(
+    probs: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    reduction: Literal["none"],
+    num_threads: int | None = None,
+) -> _FloatArray: ...
+@overload
+def binary_cross_entropy(
+    probs: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    reduction: str = "mean",
+    num_threads: int | None = None,
+) -> _FloatScalar | _FloatArray: ...
+def binary_cross_entropy(
+    probs: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    reduction: str = "mean",
+    num_threads: int | None = None,
+) -> _FloatScalar | _FloatArray:
     """Binary cross-entropy of probabilities, each log clamped at -100 as torch does.
 
     Raises ``ValueError`` when a probability or a target lies outside
@@ -874,8 +1245,15 @@ def binary_cross_entropy(probs, target, weight=None, *, reduction="mean", num_th
 
 
 def binary_cross_entropy_grad(
-    probs, target, weight=None, *, reduction="mean", grad_output=1.0, out=None, num_threads=None
-):
+    probs: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    reduction: str = "mean",
+    grad_output: ArrayLike = 1.0,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> _FloatArray:
     """Gradient of :func:`binary_cross_entropy` with respect to the probabilities,
     as torch computes it: ``grad_output * weight * (p - y) / max((1 - p) * p, 1e-12)``,
     divided by the element count for ``"mean"``.
@@ -892,9 +1270,49 @@ def binary_cross_entropy_grad(
     return grad
 
 
+@overload
 def binary_cross_entropy_with_grad(
-    probs, target, weight=None, *, reduction="mean", grad_output=1.0, out=None, num_threads=None
-):
+    probs: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    reduction: Literal["mean", "sum"] = "mean",
+    grad_output: ArrayLike = 1.0,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[_FloatScalar, _FloatArray]: ...
+@overload
+def binary_cross_entropy_with_grad(
+    probs: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    reduction: Literal["none"],
+    grad_output: ArrayLike = 1.0,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[_FloatArray, _FloatArray]: ...
+@overload
+def binary_cross_entropy_with_grad(
+    probs: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    reduction: str = "mean",
+    grad_output: ArrayLike = 1.0,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[_FloatScalar | _FloatArray, _FloatArray]: ...
+def binary_cross_entropy_with_grad(
+    probs: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    reduction: str = "mean",
+    grad_output: ArrayLike = 1.0,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+) -> tuple[_FloatScalar | _FloatArray, _FloatArray]:
     """``(loss, grad)`` of :func:`binary_cross_entropy` from one pass.
 
     Examples
@@ -908,6 +1326,15 @@ def binary_cross_entropy_with_grad(
     return _binary(
         probs, target, weight, None, reduction, False, True, grad_output, out, num_threads
     )
+
+
+class _Options(TypedDict):
+    """The keyword options :class:`CrossEntropyLoss` passes on with every call."""
+
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+    axis: int | None
 
 
 class CrossEntropyLoss:
@@ -926,8 +1353,13 @@ class CrossEntropyLoss:
     """
 
     def __init__(
-        self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, axis=None
-    ):
+        self,
+        weight: ArrayLike | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        axis: SupportsIndex | None = None,
+    ) -> None:
         self.reduction = check_reduction(reduction)
         self.label_smoothing = check_label_smoothing(label_smoothing)
         check_ignore_index(ignore_index)
@@ -935,7 +1367,7 @@ class CrossEntropyLoss:
         self.weight = check_weight_option(weight)
         self.axis = check_axis_option(axis)
 
-    def _options(self):
+    def _options(self) -> _Options:
         return dict(
             ignore_index=self.ignore_index,
             reduction=self.reduction,
@@ -943,30 +1375,44 @@ class CrossEntropyLoss:
             axis=self.axis,
         )
 
-    def __call__(self, logits, target):
+    def __call__(self, logits: ArrayLike, target: ArrayLike) -> _FloatScalar | _FloatArray:
         return cross_entropy(logits, target, self.weight, **self._options())
 
     forward = __call__
 
-    def grad(self, logits, target, *, grad_output=1.0, out=None):
+    def grad(
+        self,
+        logits: ArrayLike,
+        target: ArrayLike,
+        *,
+        grad_output: ArrayLike = 1.0,
+        out: _FloatArray | None = None,
+    ) -> _FloatArray:
         """Gradient of the loss with respect to ``logits``."""
         return cross_entropy_grad(
             logits, target, self.weight, grad_output=grad_output, out=out, **self._options()
         )
 
-    def with_grad(self, logits, target, *, grad_output=1.0, out=None):
+    def with_grad(
+        self,
+        logits: ArrayLike,
+        target: ArrayLike,
+        *,
+        grad_output: ArrayLike = 1.0,
+        out: _FloatArray | None = None,
+    ) -> tuple[_FloatScalar | _FloatArray, _FloatArray]:
         """``(loss, grad)`` from one pass."""
         return cross_entropy_with_grad(
             logits, target, self.weight, grad_output=grad_output, out=out, **self._options()
         )
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         parts = [f"{k}={v!r}" for k, v in self._options().items()]
         if self.weight is not None:
             parts.insert(0, f"weight={self.weight!r}")
         return f"CrossEntropyLoss({', '.join(parts)})"
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, CrossEntropyLoss):
             return NotImplemented
         same_weight = (self.weight is None and other.weight is None) or (
@@ -976,4 +1422,4 @@ class CrossEntropyLoss:
         )
         return same_weight and self._options() == other._options()
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # unhashable, as __eq__ compares options

@@ -49,9 +49,12 @@ from __future__ import annotations
 import math
 import operator
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, Literal, SupportsIndex, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels, _metrics
 from ._validate import (
@@ -84,7 +87,7 @@ _BLOCK_BYTES = 1 << 26
 _N_TOTALS = _metrics.N_FLOAT_TOTALS  # loss, weight, confidence, entropy
 
 
-def check_topk(topk) -> tuple[int, ...]:
+def check_topk(topk: int | Iterable[int]) -> tuple[int, ...]:
     """``topk`` as a sorted tuple of distinct positive ints."""
     values = [topk] if isinstance(topk, (int, np.integer)) else topk
     try:
@@ -107,7 +110,7 @@ def check_topk(topk) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
-def check_bins(bins) -> int:
+def check_bins(bins: int) -> int:
     """The number of confidence bins of the ECE, a positive int."""
     if isinstance(bins, (bool, np.bool_)) or not isinstance(bins, (int, np.integer)):
         raise ValueError(
@@ -132,11 +135,11 @@ class PerSample:
     arrays have the loss's dtype, the others are int64.
     """
 
-    loss: np.ndarray
-    prediction: np.ndarray
-    target_rank: np.ndarray
-    confidence: np.ndarray
-    entropy: np.ndarray
+    loss: NDArray[np.float32 | np.float64]
+    prediction: NDArray[np.int64]
+    target_rank: NDArray[np.int64]
+    confidence: NDArray[np.float32 | np.float64]
+    entropy: NDArray[np.float32 | np.float64]
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,18 +172,18 @@ class EvalResult:
 
     loss: float
     perplexity: float
-    accuracy: dict
+    accuracy: dict[int, float]
     confidence: float
     entropy: float
     ece: float
     count: int
     weight_sum: float
-    bin_count: np.ndarray = field(repr=False)
-    bin_accuracy: np.ndarray = field(repr=False)
-    bin_confidence: np.ndarray = field(repr=False)
+    bin_count: NDArray[np.int64] = field(repr=False)
+    bin_accuracy: NDArray[np.float64] = field(repr=False)
+    bin_confidence: NDArray[np.float64] = field(repr=False)
     per_sample: PerSample | None = field(default=None, repr=False)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, float]:
         """The scalar results, with top-k accuracies as ``"top{k}"``."""
         out = {"loss": self.loss, "perplexity": self.perplexity}
         out.update({f"top{k}": v for k, v in self.accuracy.items()})
@@ -199,7 +202,7 @@ def _dd_value(hi: float, lo: float) -> float:
     return hi + float(lo) if math.isfinite(hi) else hi
 
 
-def _dd_fold(into: np.ndarray, add: np.ndarray) -> None:
+def _dd_fold(into: NDArray[np.float64], add: NDArray[np.float64]) -> None:
     """``into += add`` for arrays of double-double pairs ``(..., 2)``."""
     a = into[..., 0]
     b = add[..., 0]
@@ -211,11 +214,11 @@ def _dd_fold(into: np.ndarray, add: np.ndarray) -> None:
     into[..., 0] = s
 
 
-def _divide(a, b) -> float:
+def _divide(a: float, b: float) -> float:
     return float(a) / float(b) if b else math.nan
 
 
-def _blocks(n: int, step: int, min_last: int = 1):
+def _blocks(n: int, step: int, min_last: int = 1) -> list[tuple[int, int]]:
     """``(start, stop)`` pairs covering ``range(n)`` in steps of ``step``;
     a last block shorter than ``min_last`` joins the one before."""
     starts = list(range(0, n, step))
@@ -276,26 +279,26 @@ class Accumulator:
 
     def __init__(
         self,
-        weight=None,
+        weight: ArrayLike | None = None,
         *,
-        ignore_index=-100,
-        label_smoothing=0.0,
-        axis=None,
-        topk=(1, 5),
-        bins=15,
-        num_threads=None,
-    ):
-        self.label_smoothing = check_label_smoothing(label_smoothing)
-        self._ignore = check_ignore_index(ignore_index)
-        self.ignore_index = operator.index(ignore_index)
-        self.weight = check_weight_option(weight)
-        self.axis = check_axis_option(axis)
-        self.topk = check_topk(topk)
-        self.bins = check_bins(bins)
-        self.num_threads = num_threads
-        self._threads = check_num_threads(num_threads)
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        axis: SupportsIndex | None = None,
+        topk: int | Iterable[int] = (1, 5),
+        bins: int = 15,
+        num_threads: int | None = None,
+    ) -> None:
+        self.label_smoothing: float = check_label_smoothing(label_smoothing)
+        self._ignore: tuple[int, bool] = check_ignore_index(ignore_index)
+        self.ignore_index: int = operator.index(ignore_index)
+        self.weight: NDArray[np.float64] | None = check_weight_option(weight)
+        self.axis: int | None = check_axis_option(axis)
+        self.topk: tuple[int, ...] = check_topk(topk)
+        self.bins: int = check_bins(bins)
+        self.num_threads: int | None = num_threads
+        self._threads: int = check_num_threads(num_threads)
         # updates and merges from several threads fold their totals one at a time
-        self._lock = threading.Lock()
+        self._lock: threading.Lock = threading.Lock()
         self.reset()
 
     # ---- state -------------------------------------------------------------
@@ -318,11 +321,11 @@ class Accumulator:
         an update that fails part way leaves this one unchanged."""
         staged = Accumulator.__new__(Accumulator)
         staged.bins, staged.topk = self.bins, self.topk
-        staged._lock = None
+        staged._lock = None  # type: ignore[assignment]  # never locked: only this update sees it
         staged._clear()
         return staged
 
-    def _add(self, sums: np.ndarray, counts: np.ndarray, ranks: int) -> None:
+    def _add(self, sums: NDArray[np.float64], counts: NDArray[np.int64], ranks: int) -> None:
         bins = self.bins
         _dd_fold(self._sums, sums)
         self._count += int(counts[0])
@@ -347,12 +350,12 @@ class Accumulator:
                 f"{self.n_classes}; every batch of one evaluation needs the same classes."
             )
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_lock"]
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
@@ -376,17 +379,31 @@ class Accumulator:
         """The mean loss so far (``cross_entropy(..., reduction="mean")``)."""
         return _divide(self.loss_sum, self.weight_sum)
 
-    def _config(self):
+    def _config(self) -> tuple[tuple[int, ...], int, int, float, int | None]:
         return (self.topk, self.bins, self.ignore_index, self.label_smoothing, self.axis)
 
-    def _same_weight(self, other) -> bool:
+    def _same_weight(self, other: Accumulator) -> bool:
         if self.weight is None or other.weight is None:
             return self.weight is None and other.weight is None
         return self.weight.shape == other.weight.shape and np.array_equal(self.weight, other.weight)
 
     # ---- the three operations --------------------------------------------
 
-    def update(self, logits, target, *, per_sample=False):
+    @overload
+    def update(
+        self, logits: ArrayLike, target: ArrayLike, *, per_sample: Literal[False] = ...
+    ) -> None: ...
+    @overload
+    def update(
+        self, logits: ArrayLike, target: ArrayLike, *, per_sample: Literal[True]
+    ) -> PerSample: ...
+    @overload
+    def update(
+        self, logits: ArrayLike, target: ArrayLike, *, per_sample: bool = ...
+    ) -> PerSample | None: ...
+    def update(
+        self, logits: ArrayLike, target: ArrayLike, *, per_sample: bool = False
+    ) -> PerSample | None:
         """Add a batch.
 
         ``logits`` and ``target`` are what :func:`fastce.cross_entropy` takes
@@ -411,6 +428,7 @@ class Accumulator:
                 f"calibration need a true class: pass target.argmax(axis={axis}), and use "
                 "fastce.cross_entropy for the loss against probabilities."
             )
+        assert plan.index2 is not None  # what plan.is_index tests
         outer, _, inner = x3.shape
         n_samples = outer * inner
         if n_samples > 0 and n_classes == 0:
@@ -433,7 +451,7 @@ class Accumulator:
         # at the end, so that an update applies completely or not at all
         staged = self._staging()
         dtype = result_dtype(arr.dtype)
-        outputs = None
+        outputs: PerSample | None = None
         if per_sample:
             outputs = PerSample(
                 loss=np.zeros(plan.shape, dtype=dtype),
@@ -447,7 +465,7 @@ class Accumulator:
             return outputs
 
         t2 = plan.index2
-        out2 = []
+        out2: list[NDArray[Any]] = []
         if outputs is not None:
             out2 = [
                 a.reshape(outer, inner)
@@ -467,7 +485,12 @@ class Accumulator:
         weight_sum = float(w.sum()) if w.size else float(n_classes)
         ranks = min(self.topk[-1], n_classes)
 
-        def kernel_call(xb, tb, outs):
+        def kernel_call(
+            xb: NDArray[Any], tb: NDArray[Any], outs: list[NDArray[Any] | None]
+        ) -> None:
+            # the five outputs named one by one: a starred list of them would
+            # leave the type checker unable to place the argument after it
+            loss_out, pred_out, rank_out, conf_out, entropy_out = outs or [None] * 5
             sums, counts = _metrics.evaluate_index(
                 xb,
                 tb,
@@ -478,7 +501,11 @@ class Accumulator:
                 has_ignore,
                 self.bins,
                 ranks,
-                *(outs or [None] * 5),
+                loss_out,
+                pred_out,
+                rank_out,
+                conf_out,
+                entropy_out,
                 self._threads,
             )
             staged._add(sums, counts, ranks)
@@ -590,17 +617,17 @@ class Accumulator:
 
 
 def evaluate(
-    logits,
-    target,
-    weight=None,
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
     *,
-    topk=(1, 5),
-    bins=15,
-    ignore_index=-100,
-    label_smoothing=0.0,
-    axis=None,
-    per_sample=False,
-    num_threads=None,
+    topk: int | Iterable[int] = (1, 5),
+    bins: int = 15,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    per_sample: bool = False,
+    num_threads: int | None = None,
 ) -> EvalResult:
     """Loss, perplexity, top-k accuracy, confidence, entropy and calibration
     error from one pass over the logits.

@@ -38,7 +38,12 @@ Example
 0.41703
 """
 
+from __future__ import annotations
+
+from typing import Any, Literal, TypeAlias, cast, overload
+
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "cross_entropy",
@@ -61,38 +66,49 @@ __all__ = [
 # --------------------------------------------------------------------------
 # helpers
 
+_Array: TypeAlias = npt.NDArray[np.float64]
+# per-sample losses ("none"): an array, or a float64 scalar for an unbatched (C,) input
+_Losses: TypeAlias = npt.NDArray[np.float64] | np.float64
 
-def _as_float64(x):
+
+def _as_float64(x: npt.ArrayLike) -> _Array:
     return np.asarray(x).astype(np.float64)
 
 
-def _class_axis(ndim, axis):
+def _class_axis(ndim: int, axis: int | None) -> int:
     """The class axis as a non-negative int (``None``: 1 if ndim >= 2 else 0)."""
     if axis is None:
         axis = 1 if ndim >= 2 else 0
     return axis % ndim if ndim else 0
 
 
-def _log_softmax_last(x):
+def _log_softmax_last(x: _Array) -> _Array:
     """log_softmax along the last axis of a float64 array, shifted by the max."""
     if x.shape[-1] == 0:
         return x.copy()
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         shifted = x - np.max(x, axis=-1, keepdims=True)
-        return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+        return cast(_Array, shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True)))
 
 
-def _xlogy(a, logp):
+def _xlogy(a: _Array, logp: _Array) -> _Array:
     """``a * logp`` with the rule that a zero ``a`` contributes exactly 0."""
     with np.errstate(invalid="ignore", over="ignore"):
         return np.where(a == 0, 0.0, a * logp)
 
 
-def _is_probability_target(target):
+def _is_probability_target(target: npt.NDArray[Any]) -> bool:
     return np.issubdtype(target.dtype, np.floating)
 
 
-def _coefficients(x_last, target, weight, ignore_index, label_smoothing, axis):
+def _coefficients(
+    x_last: _Array,
+    target: npt.NDArray[Any],
+    weight: npt.ArrayLike | None,
+    ignore_index: int,
+    label_smoothing: float,
+    axis: int,
+) -> tuple[_Array, float]:
     """The per-class coefficients ``a[..., c]`` (class axis last) and the
     ``"mean"`` denominator, straight from SPEC.
 
@@ -126,7 +142,14 @@ def _coefficients(x_last, target, weight, ignore_index, label_smoothing, axis):
     return a, denominator
 
 
-def _per_sample(logits, target, weight, ignore_index, label_smoothing, axis):
+def _per_sample(
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None,
+    ignore_index: int,
+    label_smoothing: float,
+    axis: int | None,
+) -> tuple[_Array, _Array, _Array, _Losses, float, int]:
     """``(x_last, logp, a, loss, denominator, axis)`` for cross-entropy."""
     x = _as_float64(logits)
     axis = _class_axis(x.ndim, axis)
@@ -135,11 +158,11 @@ def _per_sample(logits, target, weight, ignore_index, label_smoothing, axis):
     a, denominator = _coefficients(
         x_last, np.asarray(target), weight, ignore_index, label_smoothing, axis
     )
-    loss = 0.0 - np.sum(_xlogy(a, logp), axis=-1)
+    loss: _Losses = 0.0 - np.sum(_xlogy(a, logp), axis=-1)
     return x_last, logp, a, loss, denominator, axis
 
 
-def _reduce(loss, denominator, reduction):
+def _reduce(loss: _Losses, denominator: float, reduction: str) -> _Losses:
     if reduction == "none":
         return loss
     total = np.sum(loss)
@@ -150,7 +173,7 @@ def _reduce(loss, denominator, reduction):
     return np.float64(total / denominator)
 
 
-def _scale(loss, denominator, reduction, grad_output):
+def _scale(loss: _Losses, denominator: float, reduction: str, grad_output: npt.ArrayLike) -> _Array:
     """``g[n]``: the reduction's scale times ``grad_output``, loss-shaped."""
     go = _as_float64(grad_output)
     if reduction == "none":
@@ -168,16 +191,38 @@ def _scale(loss, denominator, reduction, grad_output):
 # cross-entropy
 
 
+@overload
 def cross_entropy(
-    logits,
-    target,
-    weight=None,
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
     *,
-    ignore_index=-100,
-    reduction="mean",
-    label_smoothing=0.0,
-    axis=None,
-):
+    ignore_index: int = -100,
+    reduction: Literal["mean", "sum"] = "mean",
+    label_smoothing: float = 0.0,
+    axis: int | None = None,
+) -> np.float64: ...
+@overload
+def cross_entropy(
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str,
+    label_smoothing: float = 0.0,
+    axis: int | None = None,
+) -> _Losses: ...
+def cross_entropy(
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    axis: int | None = None,
+) -> _Losses:
     """Softmax cross-entropy: ``loss[n] = -sum_c a[n, c] * logp[n, c]``, reduced."""
     _, _, _, loss, denominator, _ = _per_sample(
         logits, target, weight, ignore_index, label_smoothing, axis
@@ -185,18 +230,44 @@ def cross_entropy(
     return _reduce(loss, denominator, reduction)
 
 
+@overload
 def cross_entropy_with_grad(
-    logits,
-    target,
-    weight=None,
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
     *,
-    grad_output=1.0,
-    ignore_index=-100,
-    reduction="mean",
-    label_smoothing=0.0,
-    axis=None,
-    out=None,
-):
+    grad_output: npt.ArrayLike = 1.0,
+    ignore_index: int = -100,
+    reduction: Literal["mean", "sum"] = "mean",
+    label_smoothing: float = 0.0,
+    axis: int | None = None,
+    out: npt.NDArray[Any] | None = None,
+) -> tuple[np.float64, _Array]: ...
+@overload
+def cross_entropy_with_grad(
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    grad_output: npt.ArrayLike = 1.0,
+    ignore_index: int = -100,
+    reduction: str,
+    label_smoothing: float = 0.0,
+    axis: int | None = None,
+    out: npt.NDArray[Any] | None = None,
+) -> tuple[_Losses, _Array]: ...
+def cross_entropy_with_grad(
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    grad_output: npt.ArrayLike = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    axis: int | None = None,
+    out: npt.NDArray[Any] | None = None,
+) -> tuple[_Losses, _Array]:
     """``(loss, grad)`` with ``grad[n, c] = g[n] * (A[n] * p[n, c] - a[n, c])``.
 
     Samples whose coefficients are all zero (ignored samples) get a zero gradient.
@@ -217,17 +288,17 @@ def cross_entropy_with_grad(
 
 
 def cross_entropy_grad(
-    logits,
-    target,
-    weight=None,
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
     *,
-    grad_output=1.0,
-    ignore_index=-100,
-    reduction="mean",
-    label_smoothing=0.0,
-    axis=None,
-    out=None,
-):
+    grad_output: npt.ArrayLike = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    axis: int | None = None,
+    out: npt.NDArray[Any] | None = None,
+) -> _Array:
     """The gradient of :func:`cross_entropy` with respect to the logits."""
     return cross_entropy_with_grad(
         logits,
@@ -241,13 +312,41 @@ def cross_entropy_grad(
     )[1]
 
 
-def nll_loss(log_probs, target, weight=None, *, ignore_index=-100, reduction="mean", axis=None):
+@overload
+def nll_loss(
+    log_probs: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: Literal["mean", "sum"] = "mean",
+    axis: int | None = None,
+) -> np.float64: ...
+@overload
+def nll_loss(
+    log_probs: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str,
+    axis: int | None = None,
+) -> _Losses: ...
+def nll_loss(
+    log_probs: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    axis: int | None = None,
+) -> _Losses:
     """Negative log-likelihood of class indices: ``loss[n] = -w[t] * log_probs[n, t]``."""
     x = _as_float64(log_probs)
     axis = _class_axis(x.ndim, axis)
     x_last = np.moveaxis(x, axis, -1)
     a, denominator = _coefficients(x_last, np.asarray(target), weight, ignore_index, 0.0, axis)
-    loss = 0.0 - np.sum(_xlogy(a, x_last), axis=-1)
+    loss: _Losses = 0.0 - np.sum(_xlogy(a, x_last), axis=-1)
     return _reduce(loss, denominator, reduction)
 
 
@@ -255,15 +354,20 @@ class CrossEntropyLoss:
     """The callable twin of ``fastce.CrossEntropyLoss``."""
 
     def __init__(
-        self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, axis=None
-    ):
+        self,
+        weight: npt.ArrayLike | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        axis: int | None = None,
+    ) -> None:
         self.weight = weight
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
         self.axis = axis
 
-    def __call__(self, logits, target):
+    def __call__(self, logits: npt.ArrayLike, target: npt.ArrayLike) -> _Losses:
         return cross_entropy(
             logits,
             target,
@@ -279,29 +383,35 @@ class CrossEntropyLoss:
 # softmax family
 
 
-def log_softmax(x, axis=-1, out=None):
+def log_softmax(
+    x: npt.ArrayLike, axis: int = -1, out: npt.NDArray[Any] | None = None
+) -> _Array | np.float64:
     """``x - max - log(sum(exp(x - max)))`` along ``axis``; ``out`` is ignored."""
     x = _as_float64(x)
     if x.ndim == 0:
-        return _log_softmax_last(x[None])[0]
+        # the one element of a 1-d float64 array: a float64 scalar
+        return cast(np.float64, _log_softmax_last(x[None])[0])
     return np.moveaxis(_log_softmax_last(np.moveaxis(x, axis, -1)), -1, axis)
 
 
-def softmax(x, axis=-1, out=None):
+def softmax(
+    x: npt.ArrayLike, axis: int = -1, out: npt.NDArray[Any] | None = None
+) -> _Array | np.float64:
     """``exp(x - max) / sum(exp(x - max))`` along ``axis``; ``out`` is ignored."""
     x = _as_float64(x)
     if x.ndim == 0:
-        return softmax(x[None])[0]
+        # softmax of a 1-d input is an array, whose one element is a float64 scalar
+        return cast(np.float64, cast(_Array, softmax(x[None]))[0])
     x_last = np.moveaxis(x, axis, -1)
     if x_last.shape[-1] == 0:
         return x.copy()
     with np.errstate(invalid="ignore", over="ignore"):
         e = np.exp(x_last - np.max(x_last, axis=-1, keepdims=True))
-        p = e / np.sum(e, axis=-1, keepdims=True)
+        p: _Array = e / np.sum(e, axis=-1, keepdims=True)
     return np.moveaxis(p, -1, axis)
 
 
-def logsumexp(x, axis=-1):
+def logsumexp(x: npt.ArrayLike, axis: int = -1) -> _Array:
     """``log(sum(exp(x)))`` along ``axis``, shifted by the max only when it is
     finite (so ``+inf`` in a row gives ``+inf`` and an all ``-inf`` row ``-inf``);
     an empty row gives ``-inf``."""
@@ -314,7 +424,7 @@ def logsumexp(x, axis=-1):
     m = np.max(x_last, axis=-1, keepdims=True)
     shift = np.where(np.isinf(m), 0.0, m)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        s = np.log(np.sum(np.exp(x_last - shift), axis=-1, keepdims=True)) + shift
+        s: _Array = np.log(np.sum(np.exp(x_last - shift), axis=-1, keepdims=True)) + shift
     return s[..., 0]
 
 
@@ -322,7 +432,7 @@ def logsumexp(x, axis=-1):
 # binary cross-entropy
 
 
-def _reduce_elementwise(loss, reduction):
+def _reduce_elementwise(loss: _Array, reduction: str) -> _Array | np.float64:
     if reduction == "none":
         return loss
     if reduction == "sum":
@@ -332,9 +442,41 @@ def _reduce_elementwise(loss, reduction):
     return np.float64(np.mean(loss))
 
 
+@overload
 def binary_cross_entropy_with_logits(
-    logits, target, weight=None, *, pos_weight=None, reduction="mean"
-):
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    pos_weight: npt.ArrayLike | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
+) -> np.float64: ...
+@overload
+def binary_cross_entropy_with_logits(
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    pos_weight: npt.ArrayLike | None = None,
+    reduction: Literal["none"],
+) -> _Array: ...
+@overload
+def binary_cross_entropy_with_logits(
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    pos_weight: npt.ArrayLike | None = None,
+    reduction: str,
+) -> _Array | np.float64: ...
+def binary_cross_entropy_with_logits(
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    pos_weight: npt.ArrayLike | None = None,
+    reduction: str = "mean",
+) -> _Array | np.float64:
     """``(1 - y) * x + c * softplus(-x)`` times ``weight``, ``c = 1 + (pw - 1) * y``,
     ``pos_weight`` broadcasting against the last axis; summed as
     ``c * log1p(exp(-|x|)) + (x < 0 ? -pw * y * x : (1 - y) * x)``, two terms of
@@ -353,7 +495,37 @@ def binary_cross_entropy_with_logits(
     return _reduce_elementwise(np.broadcast_to(loss, x.shape), reduction)
 
 
-def binary_cross_entropy(probs, target, weight=None, *, reduction="mean"):
+@overload
+def binary_cross_entropy(
+    probs: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    reduction: Literal["mean", "sum"] = "mean",
+) -> np.float64: ...
+@overload
+def binary_cross_entropy(
+    probs: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    reduction: Literal["none"],
+) -> _Array: ...
+@overload
+def binary_cross_entropy(
+    probs: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    reduction: str,
+) -> _Array | np.float64: ...
+def binary_cross_entropy(
+    probs: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    reduction: str = "mean",
+) -> _Array | np.float64:
     """``-w * (y * max(log p, -100) + (1 - y) * max(log(1 - p), -100))``."""
     p = _as_float64(probs)
     y = _as_float64(target)
@@ -366,7 +538,9 @@ def binary_cross_entropy(probs, target, weight=None, *, reduction="mean"):
     return _reduce_elementwise(np.broadcast_to(loss, p.shape), reduction)
 
 
-def _elementwise_grad_scale(grad_output, reduction, shape):
+def _elementwise_grad_scale(
+    grad_output: npt.ArrayLike, reduction: str, shape: tuple[int, ...]
+) -> _Array:
     """``grad_output`` spread over the elements, divided by their count for "mean"."""
     g = np.broadcast_to(_as_float64(grad_output), shape)
     n = int(np.prod(shape))
@@ -374,8 +548,14 @@ def _elementwise_grad_scale(grad_output, reduction, shape):
 
 
 def binary_cross_entropy_with_logits_grad(
-    logits, target, weight=None, *, pos_weight=None, reduction="mean", grad_output=1.0
-):
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    pos_weight: npt.ArrayLike | None = None,
+    reduction: str = "mean",
+    grad_output: npt.ArrayLike = 1.0,
+) -> _Array:
     """``grad_output * w * ((1 + (pw - 1) * y) * sigmoid(x) - pw * y)``."""
     x = _as_float64(logits)
     y = _as_float64(target)
@@ -389,9 +569,45 @@ def binary_cross_entropy_with_logits_grad(
     return np.broadcast_to(grad, x.shape).copy()
 
 
+@overload
 def binary_cross_entropy_with_logits_with_grad(
-    logits, target, weight=None, *, pos_weight=None, reduction="mean", grad_output=1.0
-):
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    pos_weight: npt.ArrayLike | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
+    grad_output: npt.ArrayLike = 1.0,
+) -> tuple[np.float64, _Array]: ...
+@overload
+def binary_cross_entropy_with_logits_with_grad(
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    pos_weight: npt.ArrayLike | None = None,
+    reduction: Literal["none"],
+    grad_output: npt.ArrayLike = 1.0,
+) -> tuple[_Array, _Array]: ...
+@overload
+def binary_cross_entropy_with_logits_with_grad(
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    pos_weight: npt.ArrayLike | None = None,
+    reduction: str,
+    grad_output: npt.ArrayLike = 1.0,
+) -> tuple[_Array | np.float64, _Array]: ...
+def binary_cross_entropy_with_logits_with_grad(
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    pos_weight: npt.ArrayLike | None = None,
+    reduction: str = "mean",
+    grad_output: npt.ArrayLike = 1.0,
+) -> tuple[_Array | np.float64, _Array]:
     return (
         binary_cross_entropy_with_logits(
             logits, target, weight, pos_weight=pos_weight, reduction=reduction
@@ -407,7 +623,14 @@ def binary_cross_entropy_with_logits_with_grad(
     )
 
 
-def binary_cross_entropy_grad(probs, target, weight=None, *, reduction="mean", grad_output=1.0):
+def binary_cross_entropy_grad(
+    probs: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    reduction: str = "mean",
+    grad_output: npt.ArrayLike = 1.0,
+) -> _Array:
     """``grad_output * w * (p - y) / max((1 - p) * p, 1e-12)``, as torch's."""
     p = _as_float64(probs)
     y = _as_float64(target)
@@ -418,9 +641,41 @@ def binary_cross_entropy_grad(probs, target, weight=None, *, reduction="mean", g
     return np.broadcast_to(grad, p.shape).copy()
 
 
+@overload
 def binary_cross_entropy_with_grad(
-    probs, target, weight=None, *, reduction="mean", grad_output=1.0
-):
+    probs: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    reduction: Literal["mean", "sum"] = "mean",
+    grad_output: npt.ArrayLike = 1.0,
+) -> tuple[np.float64, _Array]: ...
+@overload
+def binary_cross_entropy_with_grad(
+    probs: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    reduction: Literal["none"],
+    grad_output: npt.ArrayLike = 1.0,
+) -> tuple[_Array, _Array]: ...
+@overload
+def binary_cross_entropy_with_grad(
+    probs: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    reduction: str,
+    grad_output: npt.ArrayLike = 1.0,
+) -> tuple[_Array | np.float64, _Array]: ...
+def binary_cross_entropy_with_grad(
+    probs: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    reduction: str = "mean",
+    grad_output: npt.ArrayLike = 1.0,
+) -> tuple[_Array | np.float64, _Array]:
     return (
         binary_cross_entropy(probs, target, weight, reduction=reduction),
         binary_cross_entropy_grad(

@@ -53,7 +53,10 @@ This module imports torch: import it only where torch is installed.
 
 from __future__ import annotations
 
+from typing import Any, cast, overload
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 try:
     import torch
@@ -106,7 +109,15 @@ def _plain_cpu(t: torch.Tensor) -> bool:
     )
 
 
-def _served(input, target, weight, size_average, reduce, reduction, grad_enabled) -> bool:
+def _served(
+    input: object,
+    target: object,
+    weight: object,
+    size_average: bool | None,
+    reduce: bool | None,
+    reduction: str,
+    grad_enabled: bool,
+) -> bool:
     """Whether fastce computes this call (True), or torch does (False)."""
     if size_average is not None or reduce is not None:
         return False
@@ -132,6 +143,12 @@ def _served(input, target, weight, size_average, reduce, reduction, grad_enabled
     return reduction in _REDUCTIONS
 
 
+@overload
+def _numpy(t: torch.Tensor) -> np.ndarray: ...
+@overload
+def _numpy(t: None) -> None: ...
+@overload
+def _numpy(t: torch.Tensor | None) -> np.ndarray | None: ...
 def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
     """The tensor's memory as a NumPy array, without a copy."""
     if t is None:
@@ -143,7 +160,7 @@ def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
     return t.detach().numpy()
 
 
-def _loss_tensor(loss, dtype: torch.dtype) -> torch.Tensor:
+def _loss_tensor(loss: ArrayLike, dtype: torch.dtype) -> torch.Tensor:
     result = torch.from_numpy(np.asarray(loss))
     return result if result.dtype == dtype else result.to(dtype)
 
@@ -161,7 +178,15 @@ class _CrossEntropyFunction(torch.autograd.Function):
     """Loss and gradient from one fused pass; backward scales the gradient."""
 
     @staticmethod
-    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing):
+    def forward(
+        ctx: Any,  # torch's FunctionCtx, given the attributes backward reads
+        input: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None,
+        ignore_index: int,
+        reduction: str,
+        label_smoothing: float,
+    ) -> torch.Tensor:
         x = _numpy(input)
         try:
             # the gradient in memory the call allocates (laid out as the
@@ -185,7 +210,9 @@ class _CrossEntropyFunction(torch.autograd.Function):
         return _loss_tensor(loss, input.dtype)
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(
+        ctx: Any, grad_output: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None, None, None, None]:
         (grad,) = ctx.saved_tensors
         create_graph = torch.is_grad_enabled()
         with torch.no_grad():
@@ -210,15 +237,26 @@ def _no_second_derivative(grad: torch.Tensor) -> torch.Tensor:
     if delayed is None:
         raise RuntimeError(_SECOND_DERIVATIVE)
     grad = grad.detach().requires_grad_(True)
-    return delayed(_SECOND_DERIVATIVE.encode(), 1)(grad)
+    # a private torch class, found at run time: untyped
+    return cast(torch.Tensor, delayed(_SECOND_DERIVATIVE.encode(), 1)(grad))
 
 
 def _fastce_cross_entropy(
-    input, target, weight, ignore_index, reduction, label_smoothing, grad_enabled
-):
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    grad_enabled: bool,
+) -> torch.Tensor:
     if grad_enabled and input.requires_grad:
-        return _CrossEntropyFunction.apply(
-            input, target, weight, ignore_index, reduction, label_smoothing
+        # torch.autograd.Function.apply is untyped; it returns forward's tensor
+        return cast(
+            torch.Tensor,
+            _CrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
+                input, target, weight, ignore_index, reduction, label_smoothing
+            ),
         )
     try:
         loss = _functional.cross_entropy(
