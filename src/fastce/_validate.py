@@ -308,20 +308,19 @@ def overlaps_itself(a: np.ndarray) -> bool:
     return bool(np.any(np.diff(offsets) < a.itemsize))
 
 
-def samples_flipped(x3: np.ndarray) -> bool:
+def samples_closer_than_classes(x3: np.ndarray) -> bool:
     """True when one class row's elements lie further apart than neighbouring
     samples (Fortran-ordered ``(N, C)``): the kernels then read the samples
-    as the contiguous inner positions of a single outer slice."""
+    as the contiguous inner positions of a single outer slice, through
+    :func:`outer_as_inner`."""
     outer, _, inner = x3.shape
     return inner == 1 and outer > 1 and abs(x3.strides[0]) < abs(x3.strides[1])
 
 
-def flip3(a: np.ndarray) -> np.ndarray:
-    return a.transpose(2, 1, 0)
-
-
-def flip2(a: np.ndarray) -> np.ndarray:
-    return a.transpose(1, 0)
+def outer_as_inner(a: np.ndarray) -> np.ndarray:
+    """An ``(outer, C, 1)`` array as ``(1, C, outer)``, or an ``(outer, 1)``
+    per-sample array as ``(1, outer)``: the same memory, its axes reversed."""
+    return a.T
 
 
 @dataclass

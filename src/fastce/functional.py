@@ -23,15 +23,14 @@ from ._validate import (
     check_weight,
     check_weight_option,
     class_axis,
-    flip2,
-    flip3,
     is_float,
     is_real,
     native_float_array,
     normalize_axis,
+    outer_as_inner,
     raise_out_of_range,
     result_dtype,
-    samples_flipped,
+    samples_closer_than_classes,
     view3,
     warn_single_class,
     writable_view,
@@ -84,11 +83,12 @@ def _same_memory_layout(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 @overload
-def _apart_from(a: None, written: npt.NDArray[Any] | None) -> None: ...
+def _disjoint_aligned(a: None, written: npt.NDArray[Any] | None) -> None: ...
 @overload
-def _apart_from(a: _A, written: npt.NDArray[Any] | None) -> _A: ...
-def _apart_from(a: _A | None, written: npt.NDArray[Any] | None) -> _A | None:
-    """``a``, copied if it shares memory with ``written`` (aligned either way)."""
+def _disjoint_aligned(a: _A, written: npt.NDArray[Any] | None) -> _A: ...
+def _disjoint_aligned(a: _A | None, written: npt.NDArray[Any] | None) -> _A | None:
+    """``a`` if it is aligned and shares no memory with ``written``, else a
+    copy of it: what a kernel may read while it writes ``written``."""
     if a is None or (a.flags.aligned and not np.may_share_memory(a, written)):
         return a
     return a.copy()
@@ -220,18 +220,18 @@ def _cross_entropy(
             go2 = go.reshape(outer, inner) if go.ndim else go.reshape(1, 1)
             # nothing the kernels read may change under the gradient they write
             t2, p3, go2, w = (
-                _apart_from(t2, grad3),
-                _apart_from(p3, grad3),
-                _apart_from(go2, grad3),
-                _apart_from(w, grad3),
+                _disjoint_aligned(t2, grad3),
+                _disjoint_aligned(p3, grad3),
+                _disjoint_aligned(go2, grad3),
+                _disjoint_aligned(w, grad3),
             )
-        if samples_flipped(x3):
-            x3 = flip3(x3)
-            t2 = flip2(t2) if t2 is not None else None
-            p3 = flip3(p3) if p3 is not None else None
-            loss2 = flip2(loss2) if loss2 is not None else None
-            go2 = flip2(go2) if go2 is not None else None
-            grad3 = flip3(grad3) if grad3 is not None else None
+        if samples_closer_than_classes(x3):
+            x3 = outer_as_inner(x3)
+            t2 = outer_as_inner(t2) if t2 is not None else None
+            p3 = outer_as_inner(p3) if p3 is not None else None
+            loss2 = outer_as_inner(loss2) if loss2 is not None else None
+            go2 = outer_as_inner(go2) if go2 is not None else None
+            grad3 = outer_as_inner(grad3) if grad3 is not None else None
         weight_total = float(w.sum()) if w.size else float(n_classes)
 
         grad_given = (
@@ -775,10 +775,10 @@ def _softmax_family(
         if np.may_share_memory(out3, x3) and not _same_memory_layout(out3, x3):
             x3 = x3.copy()
     out_buffer = out3
-    if samples_flipped(x3):
-        x3 = flip3(x3)
-        reduced2 = flip2(reduced2) if reduced2 is not None else None
-        out3 = flip3(out3) if out3 is not None else None
+    if samples_closer_than_classes(x3):
+        x3 = outer_as_inner(x3)
+        reduced2 = outer_as_inner(reduced2) if reduced2 is not None else None
+        out3 = outer_as_inner(out3) if out3 is not None else None
     out_given = out is not None and np.may_share_memory(out_buffer, out)
     _kernels.softmax_family(x3, op, reduced2, out3, threads, out_given=out_given)
     if out_buffer is not None and not np.may_share_memory(out_buffer, result):
@@ -1013,8 +1013,8 @@ def _binary(
         if reduction == "mean" and n:
             scale /= n
         # nothing the kernel reads may change under the gradient it writes
-        operands = [_apart_from(a, grad_flat) for a in operands]
-        go_flat = _apart_from(go_flat, grad_flat)
+        operands = [_disjoint_aligned(a, grad_flat) for a in operands]
+        go_flat = _disjoint_aligned(go_flat, grad_flat)
     total = 0.0
     if n:
         y_op, w_op, pw_op = operands

@@ -67,12 +67,11 @@ from ._validate import (
     check_weight,
     check_weight_option,
     class_axis,
-    flip2,
-    flip3,
     native_float_array,
+    outer_as_inner,
     raise_out_of_range,
     result_dtype,
-    samples_flipped,
+    samples_closer_than_classes,
     view3,
     warn_single_class,
 )
@@ -477,10 +476,10 @@ class Accumulator:
                     outputs.entropy,
                 )
             ]
-        if samples_flipped(x3):
-            x3 = flip3(x3)
-            t2 = flip2(t2)
-            out2 = [flip2(a) for a in out2]
+        if samples_closer_than_classes(x3):
+            x3 = outer_as_inner(x3)
+            t2 = outer_as_inner(t2)
+            out2 = [outer_as_inner(a) for a in out2]
         outer, _, inner = x3.shape
         weight_sum = float(w.sum()) if w.size else float(n_classes)
         ranks = min(self.topk[-1], n_classes)
