@@ -1,4 +1,4 @@
-"""fastce.evaluate and fastce.Accumulator against an obvious float64 NumPy twin,
+"""fastce.evaluate and fastce.Accumulator against their float64 NumPy twin (fastce.reference),
 scikit-learn and fastce.cross_entropy; streaming, merging, pickling, memory-mapped
 input, errors, threads and the vector paths."""
 
@@ -45,78 +45,6 @@ OPTIONS = (
     {"label_smoothing": 0.2, "weight": True, "ignore_index": -100},
     {"specials": True},
 )
-
-
-# --------------------------------------------------------------------------
-# the obvious twin
-
-
-def reference_evaluate(
-    logits,
-    target,
-    weight=None,
-    *,
-    topk=(1, 5),
-    bins=15,
-    ignore_index=-100,
-    label_smoothing=0.0,
-    axis=None,
-):
-    """Every metric, computed literally in float64 with the class axis last."""
-    x = np.asarray(logits, dtype=np.float64)
-    t = np.asarray(target).astype(np.int64)
-    ax = (1 if x.ndim >= 2 else 0) if axis is None else axis % x.ndim
-    x = np.moveaxis(x, ax, -1).reshape(-1, x.shape[ax])
-    t = t.reshape(-1)
-    n_rows, C = x.shape
-    keep = t != ignore_index
-    with np.errstate(all="ignore"):
-        losses = np.asarray(
-            ref.cross_entropy(
-                np.asarray(logits, np.float64),
-                target,
-                weight,
-                ignore_index=ignore_index,
-                reduction="none",
-                label_smoothing=label_smoothing,
-                axis=axis,
-            )
-        ).reshape(-1)
-        p = np.asarray(ref.softmax(x, axis=-1))
-        valid = ~np.isnan(p).any(axis=-1)
-        conf = p.max(axis=-1, initial=-np.inf) if C else np.zeros(n_rows)
-        conf = np.where(valid, conf, np.nan)
-        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-        entropy = np.where(valid, -plogp.sum(axis=-1), np.nan)
-        pred = np.array([np.argmax(row) for row in x], dtype=np.int64)
-        rank = np.full(n_rows, -1, dtype=np.int64)
-        for n in np.flatnonzero(keep):
-            row, tn = x[n], t[n]
-            rank[n] = (row > row[tn]).sum() + (row[:tn] == row[tn]).sum() if valid[n] else C
-        w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
-        weight_sum = w[t[keep]].sum()
-        loss = losses[keep].sum() / weight_sum if weight_sum else np.nan
-        N = int(keep.sum())
-        r, c, ok = rank[keep], conf[keep], valid[keep]
-        accuracy = {k: float(((r < k) & ok).sum() / N) if N else np.nan for k in topk}
-        b = np.clip(np.floor(np.nan_to_num(c, nan=0.0) * bins).astype(np.int64), 0, bins - 1)
-        correct = (r == 0) & ok
-        gaps = [abs(correct[b == i].sum() - c[b == i].sum()) for i in range(bins)]
-        return dict(
-            loss=loss,
-            perplexity=np.exp(loss),
-            accuracy=accuracy,
-            confidence=c.mean() if N else np.nan,
-            entropy=entropy[keep].mean() if N else np.nan,
-            ece=sum(gaps) / N if N else np.nan,
-            count=N,
-            weight_sum=weight_sum,
-            per_loss=losses,
-            pred=pred,
-            rank=rank,
-            conf=conf,
-            ent=entropy,
-        )
 
 
 # --------------------------------------------------------------------------
@@ -241,7 +169,7 @@ def test_every_metric_matches_the_reference(dtype):
             fast = fastce.evaluate(
                 logits, target, weight, topk=(1, 2, 5), bins=10, per_sample=True, **kwargs
             )
-            slow = reference_evaluate(logits, target, weight, topk=(1, 2, 5), bins=10, **kwargs)
+            slow = ref.evaluate(logits, target, weight, topk=(1, 2, 5), bins=10, **kwargs)
         assert_result_matches(fast, slow, dtype, desc)
         ps = fast.per_sample
         tshape = np.shape(target)
@@ -281,7 +209,7 @@ def test_half_float_logits_are_computed_in_float32(name):
     fast = fastce.evaluate(x, t, per_sample=True)
     assert fast.per_sample.loss.dtype == np.float32
     assert_array_equal(fast.per_sample.loss, fastce.cross_entropy(x, t, reduction="none"))
-    assert_result_matches(fast, reference_evaluate(x.astype(np.float32), t), np.float32, name)
+    assert_result_matches(fast, ref.evaluate(x.astype(np.float32), t), np.float32, name)
 
 
 # every layout the core kernels choose: logits shape, class axis, memory layout
@@ -335,7 +263,7 @@ def test_per_sample_loss_is_cross_entropys_on_every_path(simd_path, name):
             )
             if target.size > 10_000:
                 continue  # the twin's rank loop is slow; the loss is checked above
-            slow = reference_evaluate(x.astype(computed), target, axis=axis, **kwargs)
+            slow = ref.evaluate(x.astype(computed), target, axis=axis, **kwargs)
             assert_result_matches(r, slow, computed, desc)
             ps = r.per_sample
             assert_per_sample_matches(ps, slow, dtype, desc)
@@ -395,7 +323,7 @@ def test_torch_tensors_and_lists_are_accepted():
     b = fastce.evaluate(x.tolist(), t.tolist())
     c = fastce.evaluate(x, t)
     assert a.loss == c.loss and a.accuracy == c.accuracy
-    assert_allclose(b.loss, reference_evaluate(x, t)["loss"], rtol=1e-12)
+    assert_allclose(b.loss, ref.evaluate(x, t)["loss"], rtol=1e-12)
 
 
 # --------------------------------------------------------------------------
@@ -850,7 +778,7 @@ def test_every_vector_path_matches_cross_entropy_too(simd_path):
             )
             assert_result_matches(
                 r,
-                reference_evaluate(x, t, axis=axis, label_smoothing=0.1),
+                ref.evaluate(x, t, axis=axis, label_smoothing=0.1),
                 dtype,
                 f"{shape} {dtype}",
             )

@@ -40,7 +40,7 @@ Example
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeAlias, cast, overload
+from typing import Any, Literal, TypeAlias, TypedDict, cast, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +60,8 @@ __all__ = [
     "binary_cross_entropy_grad",
     "binary_cross_entropy_with_grad",
     "CrossEntropyLoss",
+    "evaluate",
+    "Evaluation",
 ]
 
 
@@ -682,3 +684,101 @@ def binary_cross_entropy_with_grad(
             probs, target, weight, reduction=reduction, grad_output=grad_output
         ),
     )
+
+
+# --------------------------------------------------------------------------
+# evaluation
+
+
+class Evaluation(TypedDict):
+    """What :func:`evaluate` computes: ``fastce.evaluate``'s totals, and its
+    per-sample values over every sample (ignored ones included), flattened in
+    the order of the logits with the class axis removed."""
+
+    loss: float
+    perplexity: float
+    accuracy: dict[int, float]
+    confidence: float
+    entropy: float
+    ece: float
+    count: int
+    weight_sum: float
+    per_loss: _Array
+    pred: npt.NDArray[np.int64]
+    rank: npt.NDArray[np.int64]
+    conf: _Array
+    ent: _Array
+
+
+def evaluate(
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    topk: tuple[int, ...] = (1, 5),
+    bins: int = 15,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    axis: int | None = None,
+) -> Evaluation:
+    """Every metric of ``fastce.evaluate``, computed literally in float64
+    with the class axis last: a sample's rank is the number of classes whose
+    logit beats its target's (ties to the lower class index), its prediction
+    the first class at the maximum, its confidence the largest probability;
+    a row whose probabilities are not defined (NaN, or +inf and -inf only)
+    counts as wrong with NaN confidence and entropy; calibration error is
+    over ``bins`` equal-width confidence bins."""
+    x = np.asarray(logits, dtype=np.float64)
+    t = np.asarray(target).astype(np.int64)
+    ax = (1 if x.ndim >= 2 else 0) if axis is None else axis % x.ndim
+    x = np.moveaxis(x, ax, -1).reshape(-1, x.shape[ax])
+    t = t.reshape(-1)
+    n_rows, C = x.shape
+    keep = t != ignore_index
+    with np.errstate(all="ignore"):
+        losses = np.asarray(
+            cross_entropy(
+                np.asarray(logits, np.float64),
+                target,
+                weight,
+                ignore_index=ignore_index,
+                reduction="none",
+                label_smoothing=label_smoothing,
+                axis=axis,
+            )
+        ).reshape(-1)
+        p = np.asarray(softmax(x, axis=-1))
+        valid = np.asarray(~np.isnan(p).any(axis=-1))
+        conf = p.max(axis=-1, initial=-np.inf) if C else np.zeros(n_rows)
+        conf = np.where(valid, conf, np.nan)
+        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+        entropy = np.where(valid, -plogp.sum(axis=-1), np.nan)
+        pred = np.array([np.argmax(row) for row in x], dtype=np.int64)
+        rank = np.full(n_rows, -1, dtype=np.int64)
+        for n in np.flatnonzero(keep):
+            row, tn = x[n], t[n]
+            rank[n] = (row > row[tn]).sum() + (row[:tn] == row[tn]).sum() if valid[n] else C
+        w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
+        weight_sum = float(w[t[keep]].sum())
+        loss = float(losses[keep].sum() / weight_sum) if weight_sum else np.nan
+        N = int(keep.sum())
+        r, c, ok = rank[keep], conf[keep], valid[keep]
+        accuracy = {k: float(((r < k) & ok).sum() / N) if N else np.nan for k in topk}
+        b = np.clip(np.floor(np.nan_to_num(c, nan=0.0) * bins).astype(np.int64), 0, bins - 1)
+        correct = (r == 0) & ok
+        gaps = [abs(correct[b == i].sum() - c[b == i].sum()) for i in range(bins)]
+        return Evaluation(
+            loss=loss,
+            perplexity=float(np.exp(loss)),
+            accuracy=accuracy,
+            confidence=float(c.mean()) if N else np.nan,
+            entropy=float(entropy[keep].mean()) if N else np.nan,
+            ece=float(sum(gaps) / N) if N else np.nan,
+            count=N,
+            weight_sum=weight_sum,
+            per_loss=losses,
+            pred=pred,
+            rank=rank,
+            conf=conf,
+            ent=entropy,
+        )
