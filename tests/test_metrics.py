@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+from cases import LAYOUTS, arrange, class_axis
 from memory_gauge import peak_and_result
 from numpy.testing import assert_allclose, assert_array_equal
 
@@ -35,7 +36,6 @@ GEOMETRIES = (
     ((3, 4, 0), None),
     ((0, 6), None),
 )
-LAYOUTS = ("C", "F", "strided", "reversed", "byteswapped", "readonly")
 OPTIONS = (
     {},
     {"weight": True},
@@ -54,37 +54,11 @@ OPTIONS = (
 BEST_PATH = _kernels.simd_isa()
 
 
-def class_axis(ndim, axis):
-    return (1 if ndim >= 2 else 0) if axis is None else axis % ndim
-
-
 def float_dtype(name):
     """The dtype of that name; bfloat16 is ml_dtypes' (a skip where it is not installed)."""
     if name == "bfloat16":
         return np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
     return np.dtype(name)
-
-
-def arrange(a, layout):
-    a = np.asarray(a)
-    if layout == "C" or a.ndim == 0:
-        return np.array(a, order="C")
-    if layout == "F":
-        return np.array(a, order="F")
-    if layout == "strided":
-        big = np.zeros(tuple(2 * s + 1 for s in a.shape), a.dtype)
-        view = big[tuple(slice(1, None, 2) for _ in a.shape)]
-        view[...] = a
-        return view
-    if layout == "reversed":
-        return np.flip(np.flip(a).copy())
-    if layout == "byteswapped":
-        return a.astype(a.dtype.newbyteorder())
-    if layout == "readonly":
-        b = a.copy()
-        b.setflags(write=False)
-        return b
-    raise AssertionError(layout)
 
 
 def make_case(rng, shape, axis, dtype, option):

@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from cases import LAYOUTS, arrange, class_axis
 from numpy.testing import assert_allclose, assert_array_equal
 
 import fastce
@@ -18,7 +19,6 @@ from fastce import reference as ref
 FLOATS = (np.float32, np.float64)
 INDEX_DTYPES = (np.int64, np.int32, np.uint8)
 REDUCTIONS = ("none", "sum", "mean")
-LAYOUTS = ("C", "F", "strided", "reversed", "byteswapped", "readonly")
 
 # logits shape, the ``axis`` argument (None: PyTorch's rule)
 GEOMETRIES = (
@@ -56,39 +56,6 @@ OPTIONS = (
 
 def result_dtype(dtype):
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
-
-
-def class_axis(ndim, axis):
-    if axis is None:
-        axis = 1 if ndim >= 2 else 0
-    return axis % ndim
-
-
-def arrange(a, layout):
-    """The values of ``a`` in the given memory layout."""
-    a = np.asarray(a)
-    if layout == "C":
-        return np.array(a, order="C")
-    if layout == "F":
-        return np.array(a, order="F")
-    if layout == "strided":
-        if a.ndim == 0:
-            return a.copy()
-        big = np.zeros(tuple(2 * s + 1 for s in a.shape), a.dtype)
-        view = big[tuple(slice(1, None, 2) for _ in a.shape)]
-        view[...] = a
-        return view
-    if layout == "reversed":
-        if a.ndim == 0:
-            return a.copy()
-        return np.flip(np.flip(a).copy())
-    if layout == "byteswapped":
-        return a.astype(a.dtype.newbyteorder())
-    if layout == "readonly":
-        b = a.copy()
-        b.setflags(write=False)
-        return b
-    raise AssertionError(layout)
 
 
 def tolerances(dtype):

@@ -12,6 +12,7 @@ import zlib
 
 import numpy as np
 import pytest
+from cases import class_axis
 from numpy.testing import assert_allclose
 
 torch = pytest.importorskip("torch")
@@ -44,12 +45,6 @@ def assert_matches(fast, expected, dtype, msg=""):
         equal_nan=True,
         err_msg=msg,
     )
-
-
-def class_axis(ndim, axis):
-    if axis is None:
-        axis = 1 if ndim >= 2 else 0
-    return axis % ndim
 
 
 # --------------------------------------------------------------------------
