@@ -1,12 +1,22 @@
 """Types of the compiled metrics kernel (fastce._metrics)."""
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
 TILE_SIZE: int
-N_FLOAT_TOTALS: int
+LOSS_ROW: int
+WEIGHT_ROW: int
+CONFIDENCE_ROW: int
+ENTROPY_ROW: int
+FIRST_BIN_ROW: int
+
+class Counts(NamedTuple):
+    samples: int
+    bin_samples: NDArray[np.int64]
+    bin_correct: NDArray[np.int64]
+    rank_samples: NDArray[np.int64]
 
 _Float = np.float32 | np.float64
 # logits of float32, float64, float16 or bfloat16 (which has no NumPy scalar type to name)
@@ -32,4 +42,4 @@ def evaluate_index(
     conf_out: NDArray[_Float] | None,
     entropy_out: NDArray[_Float] | None,
     num_threads: int = ...,
-) -> tuple[NDArray[np.float64], NDArray[np.int64]]: ...
+) -> tuple[NDArray[np.float64], Counts]: ...

@@ -44,6 +44,8 @@ from fastce._kernels cimport (
     walk_plan, walk_run,
 )
 
+from typing import NamedTuple
+
 import numpy as np
 
 cdef extern from "csrc/build_info.h":
@@ -62,16 +64,37 @@ cdef enum:
     MAX_UNITS = 1024
     PARTIALS_BYTES = 1 << 25
 
-# Layout of the float64 partials of one unit: double-double pairs (hi, lo).
+# Layout of the float64 sums: rows of double-double pairs (hi, lo), one per
+# quantity, then one per confidence bin (the bin's confidence sum); a unit's
+# partials hold the same rows flattened.
 cdef enum:
-    F_LOSS = 0
-    F_WEIGHT = 2
-    F_CONF = 4
-    F_ENTROPY = 6
-    F_BINS = 8          # then one pair per bin: the bin's confidence sum
+    SUM_LOSS = 0
+    SUM_WEIGHT = 1
+    SUM_CONFIDENCE = 2
+    SUM_ENTROPY = 3
+    SUM_BINS = 4
+
+# Layout of the integer counts: the samples counted, then per bin its samples,
+# then per bin its correct ones, then the samples of each target rank below
+# ``ranks``.
+cdef enum:
+    COUNT_SAMPLES = 0
+    COUNT_BINS = 1
+
+
+cdef inline Py_ssize_t count_correct_at(Py_ssize_t bins) noexcept nogil:
+    return COUNT_BINS + bins
+
+
+cdef inline Py_ssize_t count_ranks_at(Py_ssize_t bins) noexcept nogil:
+    return COUNT_BINS + 2 * bins
+
 
 TILE_SIZE = TILE
-N_FLOAT_TOTALS = 4      # loss, weight, confidence, entropy; then one per bin
+# the rows of the sums evaluate_index returns, by name
+LOSS_ROW, WEIGHT_ROW = SUM_LOSS, SUM_WEIGHT
+CONFIDENCE_ROW, ENTROPY_ROW = SUM_CONFIDENCE, SUM_ENTROPY
+FIRST_BIN_ROW = SUM_BINS
 
 
 def openmp_enabled():
@@ -134,11 +157,11 @@ cdef inline void record(double* fp, int64_t* ip, const Options* opt, double loss
     cdef double conf = 1.0 / s
     cdef double ent = log_s - e / s
     cdef Py_ssize_t b
-    dd_add(fp + F_LOSS, loss)
-    dd_add(fp + F_WEIGHT, w)
-    dd_add(fp + F_CONF, conf)
-    dd_add(fp + F_ENTROPY, ent)
-    ip[0] += 1
+    dd_add(fp + 2 * SUM_LOSS, loss)
+    dd_add(fp + 2 * SUM_WEIGHT, w)
+    dd_add(fp + 2 * SUM_CONFIDENCE, conf)
+    dd_add(fp + 2 * SUM_ENTROPY, ent)
+    ip[COUNT_SAMPLES] += 1
     if conf == conf:
         b = <Py_ssize_t>(conf * opt.bins)
         if b >= opt.bins:
@@ -147,13 +170,13 @@ cdef inline void record(double* fp, int64_t* ip, const Options* opt, double loss
             b = 0
     else:
         b = 0       # a NaN confidence makes its bin, and the ECE, NaN
-    dd_add(fp + F_BINS + 2 * b, conf)
-    ip[1 + b] += 1
+    dd_add(fp + 2 * (SUM_BINS + b), conf)
+    ip[COUNT_BINS + b] += 1
     if valid:
         if rank == 0:
-            ip[1 + opt.bins + b] += 1
+            ip[count_correct_at(opt.bins) + b] += 1
         if rank < opt.ranks:
-            ip[1 + 2 * opt.bins + rank] += 1
+            ip[count_ranks_at(opt.bins) + rank] += 1
 
 
 cdef inline char* at(char* base, const Py_ssize_t* strides, Py_ssize_t o,
@@ -381,6 +404,16 @@ cdef void set_output(char** ptr, Py_ssize_t* strides, object a) except *:
     strides[1] = cnp.PyArray_STRIDE(arr, 1)
 
 
+class Counts(NamedTuple):
+    """The integer totals of an evaluation: the samples counted, and per
+    confidence bin its samples and its correct ones, and the samples of each
+    target rank below the ranks asked for."""
+    samples: int
+    bin_samples: np.ndarray
+    bin_correct: np.ndarray
+    rank_samples: np.ndarray
+
+
 def evaluate_index(object x,
                    object target,
                    const double[::1] weight,
@@ -430,8 +463,8 @@ def evaluate_index(object x,
     opt.ce.denominator = 1.0
     opt.bins = bins
     opt.ranks = ranks
-    opt.nf = 2 * (4 + bins)
-    opt.ni = 1 + 2 * bins + ranks
+    opt.nf = 2 * (SUM_BINS + bins)
+    opt.ni = count_ranks_at(bins) + ranks
     call.out.loss = call.out.pred = call.out.rank = call.out.conf = call.out.entropy = NULL
     if loss_out is not None:
         set_output(&call.out.loss, call.out.loss_s, loss_out)
@@ -454,12 +487,17 @@ def evaluate_index(object x,
     call.fp = &fpart[0, 0]
     call.ip = &ipart[0, 0]
     walk_run(&w, &METRICS_BODY, &call, &unit_totals[0])
-    sums_arr = np.zeros((4 + bins, 2), dtype=np.float64)
+    sums_arr = np.zeros((SUM_BINS + bins, 2), dtype=np.float64)
     cdef double[:, ::1] sums = sums_arr
     with nogil:
         # the units' totals, in unit order
         for u in range(w.n_units):
-            for f in range(4 + bins):
+            for f in range(SUM_BINS + bins):
                 dd_add(&sums[f, 0], fpart[u, 2 * f])
                 sums[f, 1] += fpart[u, 2 * f + 1]
-    return sums_arr, np.asarray(ipart).sum(axis=0)
+    counts = np.asarray(ipart).sum(axis=0)
+    return sums_arr, Counts(
+        samples=int(counts[COUNT_SAMPLES]),
+        bin_samples=counts[COUNT_BINS:COUNT_BINS + bins],
+        bin_correct=counts[count_correct_at(bins):count_correct_at(bins) + bins],
+        rank_samples=counts[count_ranks_at(bins):count_ranks_at(bins) + ranks])

@@ -83,7 +83,7 @@ __all__ = ["Accumulator", "EvalResult", "PerSample", "evaluate"]
 # input is converted one block at a time.
 _BLOCK_BYTES = 1 << 26
 
-_N_TOTALS = _metrics.N_FLOAT_TOTALS  # loss, weight, confidence, entropy
+_BIN_ROWS = _metrics.FIRST_BIN_ROW  # the sums' rows before the per-bin ones
 
 
 def check_topk(topk: int | Iterable[int]) -> tuple[int, ...]:
@@ -309,7 +309,7 @@ class Accumulator:
 
     def _clear(self) -> None:
         self.n_classes: int | None = None
-        self._sums = np.zeros((_N_TOTALS + self.bins, 2), dtype=np.float64)
+        self._sums = np.zeros((_BIN_ROWS + self.bins, 2), dtype=np.float64)
         self._count = 0
         self._bin_count = np.zeros(self.bins, dtype=np.int64)
         self._bin_correct = np.zeros(self.bins, dtype=np.int64)
@@ -324,13 +324,13 @@ class Accumulator:
         staged._clear()
         return staged
 
-    def _add(self, sums: NDArray[np.float64], counts: NDArray[np.int64], ranks: int) -> None:
-        bins = self.bins
+    def _add(self, sums: NDArray[np.float64], counts: _metrics.Counts) -> None:
         _dd_fold(self._sums, sums)
-        self._count += int(counts[0])
-        self._bin_count += counts[1 : 1 + bins]
-        self._bin_correct += counts[1 + bins : 1 + 2 * bins]
-        cumulative = np.cumsum(counts[1 + 2 * bins : 1 + 2 * bins + ranks])
+        self._count += counts.samples
+        self._bin_count += counts.bin_samples
+        self._bin_correct += counts.bin_correct
+        ranks = len(counts.rank_samples)
+        cumulative = np.cumsum(counts.rank_samples)
         # a k beyond the ranks counted is every sample: in Python ints, any k
         self._correct += cumulative[[min(k, ranks) - 1 for k in self.topk]]
 
@@ -366,12 +366,12 @@ class Accumulator:
     @property
     def weight_sum(self) -> float:
         """The sum of their targets' class weights."""
-        return _dd_value(*self._sums[1])
+        return _dd_value(*self._sums[_metrics.WEIGHT_ROW])
 
     @property
     def loss_sum(self) -> float:
         """The summed loss so far (``cross_entropy(..., reduction="sum")``)."""
-        return _dd_value(*self._sums[0])
+        return _dd_value(*self._sums[_metrics.LOSS_ROW])
 
     @property
     def loss(self) -> float:
@@ -507,7 +507,7 @@ class Accumulator:
                 entropy_out,
                 self._threads,
             )
-            staged._add(sums, counts, ranks)
+            staged._add(sums, counts)
 
         block_bytes = max(1, n_classes * dtype.itemsize)
         if outer > 1:
@@ -571,9 +571,15 @@ class Accumulator:
             bin_count, bin_correct = self._bin_count.copy(), self._bin_correct.copy()
             correct = self._correct.tolist()
         loss_sum, weight_sum, conf_sum, entropy_sum = (
-            _dd_value(hi, lo) for hi, lo in sums[:_N_TOTALS]
+            _dd_value(*sums[row])
+            for row in (
+                _metrics.LOSS_ROW,
+                _metrics.WEIGHT_ROW,
+                _metrics.CONFIDENCE_ROW,
+                _metrics.ENTROPY_ROW,
+            )
         )
-        hi, lo = sums[_N_TOTALS:, 0], sums[_N_TOTALS:, 1]
+        hi, lo = sums[_BIN_ROWS:, 0], sums[_BIN_ROWS:, 1]
         with np.errstate(invalid="ignore"):
             bin_conf = np.where(np.isfinite(hi), hi + lo, hi)
         loss = _divide(loss_sum, weight_sum)
