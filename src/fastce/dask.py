@@ -56,7 +56,7 @@ from ._validate import (
     view3,
 )
 from .functional import cross_entropy as _cross_entropy
-from .metrics import Accumulator, EvalResult
+from .metrics import Accumulator, EvalResult, check_eval_options
 
 __all__ = ["accumulate", "cross_entropy", "evaluate", "from_npy"]
 
@@ -176,7 +176,7 @@ def _options(
         bins=bins,
         num_threads=num_threads,
     )
-    Accumulator(**options)  # every option is checked before the graph is built
+    check_eval_options(**options)  # every option is checked before the graph is built
     return options
 
 
@@ -321,7 +321,7 @@ def cross_entropy(
     if weight is not None:
         weight = check_weight(weight, x.shape[ax])
     if reduction == "none":
-        Accumulator(
+        check_eval_options(
             weight,
             ignore_index=ignore_index,
             label_smoothing=label_smoothing,

@@ -124,6 +124,50 @@ def check_bins(bins: int) -> int:
 
 
 @dataclass(frozen=True, eq=False)
+class EvalOptions:
+    """The options of an evaluation (``evaluate``, an :class:`Accumulator`,
+    ``fastce.dask``), checked once by :func:`check_eval_options`."""
+
+    weight: NDArray[np.float64] | None
+    ignore_index: int
+    label_smoothing: float
+    axis: int | None
+    topk: tuple[int, ...]
+    bins: int
+    num_threads: int | None
+
+
+def check_eval_options(
+    weight: ArrayLike | None = None,
+    *,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    topk: int | Iterable[int] = (1, 5),
+    bins: int = 15,
+    num_threads: int | None = None,
+) -> EvalOptions:
+    """Every option of an evaluation checked, before any logits are seen (the
+    weights' length is checked against the logits' classes later)."""
+    smoothing = check_label_smoothing(label_smoothing)
+    check_ignore_index(ignore_index)
+    checked_weight = check_weight_option(weight)
+    checked_axis = check_axis_option(axis)
+    checked_topk = check_topk(topk)
+    checked_bins = check_bins(bins)
+    check_num_threads(num_threads)
+    return EvalOptions(
+        weight=checked_weight,
+        ignore_index=operator.index(ignore_index),
+        label_smoothing=smoothing,
+        axis=checked_axis,
+        topk=checked_topk,
+        bins=checked_bins,
+        num_threads=num_threads,
+    )
+
+
+@dataclass(frozen=True, eq=False)
 class PerSample:
     """Per-sample results, each of the target's shape.
 
@@ -287,15 +331,24 @@ class Accumulator:
         bins: int = 15,
         num_threads: int | None = None,
     ) -> None:
-        self.label_smoothing: float = check_label_smoothing(label_smoothing)
-        self._ignore: tuple[int, bool] = check_ignore_index(ignore_index)
-        self.ignore_index: int = operator.index(ignore_index)
-        self.weight: NDArray[np.float64] | None = check_weight_option(weight)
-        self.axis: int | None = check_axis_option(axis)
-        self.topk: tuple[int, ...] = check_topk(topk)
-        self.bins: int = check_bins(bins)
-        self.num_threads: int | None = num_threads
-        self._threads: int = check_num_threads(num_threads)
+        options = check_eval_options(
+            weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            axis=axis,
+            topk=topk,
+            bins=bins,
+            num_threads=num_threads,
+        )
+        self.label_smoothing: float = options.label_smoothing
+        self._ignore: tuple[int, bool] = check_ignore_index(options.ignore_index)
+        self.ignore_index: int = options.ignore_index
+        self.weight: NDArray[np.float64] | None = options.weight
+        self.axis: int | None = options.axis
+        self.topk: tuple[int, ...] = options.topk
+        self.bins: int = options.bins
+        self.num_threads: int | None = options.num_threads
+        self._threads: int = check_num_threads(options.num_threads)
         # updates and merges from several threads fold their totals one at a time
         self._lock: threading.Lock = threading.Lock()
         self.reset()
