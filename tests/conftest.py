@@ -8,6 +8,17 @@ from fastce import _kernels
 ACTIVE_PATH = _kernels.simd_isa()
 
 
+def pytest_configure(config):
+    # here rather than in pyproject.toml, so that they hold wherever tests/ runs
+    # from (the wheel check runs a copy of it outside the project)
+    config.addinivalue_line(
+        "markers",
+        "slow: a long test (the 8.6 GB array); it runs by default, -m 'not slow' skips it",
+    )
+    # a warning is a failure unless its test expects it (pytest.warns)
+    config.addinivalue_line("filterwarnings", "error")
+
+
 @pytest.fixture(params=_kernels.simd_paths())
 def simd_path(request):
     """Each vector code path this CPU can run in turn (the core kernels choose
