@@ -10,10 +10,12 @@ import math
 import operator
 import warnings
 from dataclasses import dataclass
-from typing import Any, SupportsIndex, cast
+from typing import Any, SupportsIndex, TypeVar, cast, overload
 
 import numpy as np
 import numpy.typing as npt
+
+_Arr = TypeVar("_Arr", bound="npt.NDArray[Any]")
 
 REDUCTIONS = ("none", "mean", "sum")
 NO_WEIGHT = np.empty(0, dtype=np.float64)
@@ -317,10 +319,15 @@ def samples_closer_than_classes(x3: np.ndarray) -> bool:
     return inner == 1 and outer > 1 and abs(x3.strides[0]) < abs(x3.strides[1])
 
 
-def outer_as_inner(a: np.ndarray) -> np.ndarray:
+@overload
+def outer_as_inner(a: None) -> None: ...
+@overload
+def outer_as_inner(a: _Arr) -> _Arr: ...
+def outer_as_inner(a: _Arr | None) -> _Arr | None:
     """An ``(outer, C, 1)`` array as ``(1, C, outer)``, or an ``(outer, 1)``
-    per-sample array as ``(1, outer)``: the same memory, its axes reversed."""
-    return a.T
+    per-sample array as ``(1, outer)``: the same memory, its axes reversed
+    (None stays None)."""
+    return None if a is None else a.T
 
 
 @dataclass

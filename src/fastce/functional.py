@@ -94,28 +94,38 @@ def _disjoint_aligned(a: _A | None, written: npt.NDArray[Any] | None) -> _A | No
     return a.copy()
 
 
-def _gradient_buffer(
-    out: npt.NDArray[Any] | None, logits_shape: tuple[int, ...], x: np.ndarray, x3: np.ndarray
+def _class_output(
+    out: npt.NDArray[Any] | None, x: np.ndarray, x3: np.ndarray, dtype: np.dtype[Any]
 ) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]:
-    """The array the gradient is returned in, and its ``(outer, C, inner)``
-    view the kernel writes (a separate buffer when ``out``'s strides admit
-    no such view).  Also returns the logits view to read, copied when ``out``
+    """The array a per-class result (a gradient, softmax, log_softmax) is
+    returned in: ``out`` (checked), or a new array of ``dtype`` laid out as
+    the logits ``x``; and its ``(outer, C, inner)`` view the kernel writes, a separate
+    buffer (copied back by :func:`_copy_back`) when ``out``'s strides admit
+    no such view.  Also returns the logits view to read, copied when ``out``
     overlaps it without being it."""
-    dtype = result_dtype(x.dtype)
     if out is None:
-        grad = np.empty_like(x, dtype=dtype, order="K")
-        grad3 = writable_view(grad, x3.shape)
-        if grad3 is None:
-            grad = np.empty(logits_shape, dtype=dtype)
-            grad3 = grad.reshape(x3.shape)
-        return grad, grad3, x3
-    grad3 = writable_view(out, x3.shape)
-    if grad3 is None or not grad3.flags.aligned:
+        # C order costs less to allocate, and is what order="K" gives for it
+        c_order = x.flags.c_contiguous
+        result = np.empty(x.shape, dtype) if c_order else np.empty_like(x, dtype, order="K")
+        view = writable_view(result, x3.shape)
+        if view is None:
+            result = np.empty(x.shape, dtype=dtype)
+            view = result.reshape(x3.shape)
+        return result, view, x3
+    view = writable_view(out, x3.shape)
+    if view is None or not view.flags.aligned:
         # written through a buffer, then copied into out
-        grad3 = np.empty(x3.shape, dtype=dtype)
-    if np.may_share_memory(grad3, x3) and not _same_memory_layout(grad3, x3):
+        view = np.empty(x3.shape, dtype=dtype)
+    if np.may_share_memory(view, x3) and not _same_memory_layout(view, x3):
         x3 = x3.copy()
-    return out, grad3, x3
+    return out, view, x3
+
+
+def _copy_back(result: npt.NDArray[Any], view: npt.NDArray[Any]) -> None:
+    """Copies what the kernel wrote into a buffer (see :func:`_class_output`)
+    into the result; nothing when it wrote the result itself."""
+    if not np.may_share_memory(view, result):
+        result[...] = view.reshape(result.shape)
 
 
 @overload
@@ -204,7 +214,7 @@ def _cross_entropy(
     grad3: npt.NDArray[Any] | None
     grad = grad3 = None
     if want_grad:
-        grad, grad3, x3 = _gradient_buffer(out, logits_shape, x, x3)
+        grad, grad3, x3 = _class_output(out, x, x3, dtype)
     grad_buffer = grad3
 
     total = 0.0
@@ -227,11 +237,11 @@ def _cross_entropy(
             )
         if samples_closer_than_classes(x3):
             x3 = outer_as_inner(x3)
-            t2 = outer_as_inner(t2) if t2 is not None else None
-            p3 = outer_as_inner(p3) if p3 is not None else None
-            loss2 = outer_as_inner(loss2) if loss2 is not None else None
-            go2 = outer_as_inner(go2) if go2 is not None else None
-            grad3 = outer_as_inner(grad3) if grad3 is not None else None
+            t2 = outer_as_inner(t2)
+            p3 = outer_as_inner(p3)
+            loss2 = outer_as_inner(loss2)
+            go2 = outer_as_inner(go2)
+            grad3 = outer_as_inner(grad3)
         weight_total = float(w.sum()) if w.size else float(n_classes)
 
         grad_given = (
@@ -269,9 +279,9 @@ def _cross_entropy(
     elif want_grad and grad3 is not None:
         grad3.fill(0)
 
-    if want_grad and not np.may_share_memory(grad, grad_buffer):
-        grad = cast("npt.NDArray[Any]", grad)  # set, as is grad_buffer: want_grad
-        grad[...] = cast("npt.NDArray[Any]", grad_buffer).reshape(logits_shape)
+    if want_grad:
+        # set, as is grad_buffer: want_grad
+        _copy_back(cast("npt.NDArray[Any]", grad), cast("npt.NDArray[Any]", grad_buffer))
     loss = (
         cast("npt.NDArray[Any]", loss_arr)  # set: reduction == "none"
         if reduction == "none"
@@ -753,36 +763,34 @@ def _softmax_family(
         axis = normalize_axis(axis, arr.ndim, "x")
     dtype = result_dtype(arr.dtype)
     reduced_shape = shape[:axis] + shape[axis + 1 :] if len(shape) else ()
-    if op == _kernels.LOGSUMEXP:
-        result = np.empty(reduced_shape, dtype=dtype)
-    else:
-        result = np.empty(shape, dtype=dtype) if out is None else check_out(out, shape, dtype)
+    if op != _kernels.LOGSUMEXP and out is not None:
+        out = check_out(out, shape, dtype)
     x3 = view3(arr, axis)
     outer, n_classes, inner = x3.shape
-    if outer * inner == 0:
-        return result
-    if n_classes == 0:
-        result.fill(-np.inf)
+    if outer * inner == 0 or n_classes == 0:
+        if out is None:
+            out_shape = reduced_shape if op == _kernels.LOGSUMEXP else shape
+            result = np.empty(out_shape, dtype=dtype)
+        else:
+            result = out
+        result.fill(-np.inf)  # nothing, or log(sum(exp([]))) = -inf
         return result[()] if result.ndim == 0 and out is None else result
     reduced2 = out3 = None
     if op == _kernels.LOGSUMEXP:
+        result = np.empty(reduced_shape, dtype=dtype)
         reduced2 = result.reshape(outer, inner)
     else:
-        out3 = writable_view(result, x3.shape)
-        if out3 is None or not out3.flags.aligned:
-            # written through a buffer, then copied into out
-            out3 = np.empty(x3.shape, dtype=dtype)
-        if np.may_share_memory(out3, x3) and not _same_memory_layout(out3, x3):
-            x3 = x3.copy()
+        logits = arr if arr.shape == shape else arr.reshape(shape)
+        result, out3, x3 = _class_output(out, logits, x3, dtype)
     out_buffer = out3
     if samples_closer_than_classes(x3):
         x3 = outer_as_inner(x3)
-        reduced2 = outer_as_inner(reduced2) if reduced2 is not None else None
-        out3 = outer_as_inner(out3) if out3 is not None else None
+        reduced2 = outer_as_inner(reduced2)
+        out3 = outer_as_inner(out3)
     out_given = out is not None and np.may_share_memory(out_buffer, out)
     _kernels.softmax_family(x3, op, reduced2, out3, threads, out_given=out_given)
-    if out_buffer is not None and not np.may_share_memory(out_buffer, result):
-        result[...] = out_buffer.reshape(shape)
+    if out_buffer is not None:
+        _copy_back(result, out_buffer)
     return result[()] if result.ndim == 0 and out is None else result
 
 
