@@ -15,6 +15,8 @@ from typing import Any, SupportsIndex, TypeVar, cast, overload
 import numpy as np
 import numpy.typing as npt
 
+from . import _kernels
+
 _Arr = TypeVar("_Arr", bound="npt.NDArray[Any]")
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -417,6 +419,38 @@ def check_target(
         t = t.astype(t.dtype.newbyteorder("="))
     outer, _, inner = x3.shape
     return TargetPlan(shape=expected, index2=t.reshape(outer, inner))
+
+
+def check_classes_present(
+    n_samples: int, n_classes: int, axis: int, shape: tuple[int, ...], name: str, what: str
+) -> None:
+    """Samples need at least one class: ``name`` (of ``shape``) has
+    ``n_samples`` of them along every axis but ``axis``, which ``what``
+    computes over."""
+    if n_samples > 0 and n_classes == 0:
+        raise ValueError(
+            f"{name} have {n_samples} sample(s) but zero classes along axis {axis} "
+            f"(shape {shape}); {what} needs at least one class."
+        )
+
+
+def check_targets_in_range(
+    target: object,
+    index2: npt.NDArray[Any],
+    n_classes: int,
+    ignore_index: int,
+    has_ignore: bool,
+    weight: npt.NDArray[np.float64],
+) -> float:
+    """Every class index of ``index2`` (``target``'s ``(outer, inner)`` view)
+    is in ``[0, n_classes)`` or ``ignore_index``; returns the weight of the
+    targets not ignored (their count without class weights)."""
+    bad, value, weight_sum = _kernels.check_targets(
+        index2, n_classes, ignore_index, has_ignore, weight
+    )
+    if bad >= 0:
+        raise_out_of_range(np.asarray(target), bad, value, n_classes)
+    return weight_sum
 
 
 def raise_out_of_range(

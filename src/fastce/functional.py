@@ -13,6 +13,7 @@ from ._validate import (
     TargetPlan,
     as_array,
     check_axis_option,
+    check_classes_present,
     check_grad_output,
     check_ignore_index,
     check_label_smoothing,
@@ -20,6 +21,7 @@ from ._validate import (
     check_out,
     check_reduction,
     check_target,
+    check_targets_in_range,
     check_weight,
     check_weight_option,
     class_axis,
@@ -28,7 +30,6 @@ from ._validate import (
     native_float_array,
     normalize_axis,
     outer_as_inner,
-    raise_out_of_range,
     result_dtype,
     samples_closer_than_classes,
     view3,
@@ -188,21 +189,15 @@ def _cross_entropy(
         check_out(out, logits_shape, dtype)
     outer, _, inner = x3.shape
     n_samples = outer * inner
-    if n_samples > 0 and n_classes == 0:
-        raise ValueError(
-            f"logits have {n_samples} sample(s) but zero classes along axis {axis} "
-            f"(shape {logits_shape}); cross-entropy needs at least one class."
-        )
+    check_classes_present(n_samples, n_classes, axis, logits_shape, "logits", "cross-entropy")
 
     if plan.is_index:
+        weight_sum = 0.0
         if n_samples:
-            bad, value, weight_sum = _kernels.check_targets(
-                cast("npt.NDArray[Any]", plan.index2), n_classes, ignore_value, has_ignore, w
+            index2 = cast("npt.NDArray[Any]", plan.index2)  # set: plan.is_index
+            weight_sum = check_targets_in_range(
+                target, index2, n_classes, ignore_value, has_ignore, w
             )
-            if bad >= 0:
-                raise_out_of_range(np.asarray(target), bad, value, n_classes)
-        else:
-            weight_sum = 0.0
         denominator = weight_sum if reduction == "mean" else 1.0
     else:
         denominator = float(n_samples) if reduction == "mean" else 1.0
@@ -723,15 +718,11 @@ def nll_loss(
     plan = check_target(target, x, axis, x3, allow_probs=False)
     outer, _, inner = x3.shape
     n_samples = outer * inner
-    if n_samples > 0 and n_classes == 0:
-        raise ValueError(f"log_probs have {n_samples} sample(s) but zero classes along axis {axis}")
+    check_classes_present(n_samples, n_classes, axis, x.shape, "log_probs", "nll_loss")
     weight_sum = 0.0
     if n_samples:
-        bad, value, weight_sum = _kernels.check_targets(
-            cast("npt.NDArray[Any]", plan.index2), n_classes, ignore_value, has_ignore, w
-        )
-        if bad >= 0:
-            raise_out_of_range(np.asarray(target), bad, value, n_classes)
+        index2 = cast("npt.NDArray[Any]", plan.index2)  # set: allow_probs=False
+        weight_sum = check_targets_in_range(target, index2, n_classes, ignore_value, has_ignore, w)
     dtype = result_dtype(x.dtype)
     loss_arr = np.empty(plan.shape, dtype=dtype) if reduction == "none" else None
     total = 0.0

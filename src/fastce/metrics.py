@@ -60,16 +60,17 @@ from . import _kernels, _metrics
 from ._validate import (
     as_array,
     check_axis_option,
+    check_classes_present,
     check_ignore_index,
     check_label_smoothing,
     check_num_threads,
     check_target,
+    check_targets_in_range,
     check_weight,
     check_weight_option,
     class_axis,
     native_float_array,
     outer_as_inner,
-    raise_out_of_range,
     result_dtype,
     samples_closer_than_classes,
     view3,
@@ -483,20 +484,12 @@ class Accumulator:
         assert plan.index2 is not None  # what plan.is_index tests
         outer, _, inner = x3.shape
         n_samples = outer * inner
-        if n_samples > 0 and n_classes == 0:
-            raise ValueError(
-                f"logits have {n_samples} sample(s) but zero classes along axis {axis} "
-                f"(shape {arr.shape}); cross-entropy needs at least one class."
-            )
+        check_classes_present(n_samples, n_classes, axis, arr.shape, "logits", "cross-entropy")
         if n_samples:
             self._check_classes(n_classes, axis)
         ignore_value, has_ignore = self._ignore
         if n_samples:
-            bad, value, _ = _kernels.check_targets(
-                plan.index2, n_classes, ignore_value, has_ignore, w
-            )
-            if bad >= 0:
-                raise_out_of_range(np.asarray(target), bad, value, n_classes)
+            check_targets_in_range(target, plan.index2, n_classes, ignore_value, has_ignore, w)
         warn_single_class(n_classes)
 
         # every check has passed; the batch's totals are made apart and added
