@@ -106,22 +106,27 @@ def torch_tensor_values(t: Any) -> npt.NDArray[Any]:
     return cast("npt.NDArray[Any]", t.numpy())
 
 
+def check_float_dtype(dtype: np.dtype[Any], name: str) -> None:
+    """Logits are float16, bfloat16, float32 or float64, in any byte order."""
+    if not is_float(dtype):
+        raise TypeError(
+            f"{name} must be a floating array (float16, bfloat16, float32 or float64); got dtype "
+            f"{dtype}. Convert it first, e.g. {name}.astype(np.float32)."
+        )
+    if dtype.itemsize > 8:
+        raise TypeError(
+            f"{name} has dtype {dtype}, which fastce does not compute in; "
+            f"convert it with {name}.astype(np.float64)."
+        )
+
+
 def native_float_array(x: object, name: str) -> npt.NDArray[Any]:
     """``x`` as a float16/bfloat16/32/64 array in native byte order and
     aligned, copied only where the kernels cannot read it as it is.  float16
     and bfloat16 (``ml_dtypes.bfloat16``) stay as they are: the kernels
     convert them to float32 a piece at a time, in the threads that compute."""
     arr = as_array(x)
-    if not is_float(arr.dtype):
-        raise TypeError(
-            f"{name} must be a floating array (float16, bfloat16, float32 or float64); got dtype "
-            f"{arr.dtype}. Convert it first, e.g. {name}.astype(np.float32)."
-        )
-    if arr.dtype.itemsize > 8:
-        raise TypeError(
-            f"{name} has dtype {arr.dtype}, which fastce does not compute in; "
-            f"convert it with {name}.astype(np.float64)."
-        )
+    check_float_dtype(arr.dtype, name)
     if not arr.dtype.isnative or not arr.flags.aligned:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr

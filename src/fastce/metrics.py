@@ -61,6 +61,7 @@ from ._validate import (
     as_array,
     check_axis_option,
     check_classes_present,
+    check_float_dtype,
     check_ignore_index,
     check_label_smoothing,
     check_num_threads,
@@ -467,7 +468,7 @@ class Accumulator:
         """
         arr = as_array(logits)
         # the logits' dtype is checked here; each block is converted on its own
-        native_float_array(np.empty(0, dtype=arr.dtype), "logits")
+        check_float_dtype(arr.dtype, "logits")
         axis = class_axis(self.axis, arr.ndim)
         n_classes = arr.shape[axis]
         x3 = view3(arr, axis)
