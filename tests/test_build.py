@@ -68,3 +68,61 @@ def test_build_switches_are_not_overridden_by_the_sources():
     for path in sources:
         header = [line for line in path.read_text().splitlines() if line.startswith("# cython:")]
         assert header == ["# cython: language_level=3"], (path.name, header)
+
+
+CHECKED_BUILD = r"""
+import os, runpy, sys
+import Cython.Build
+import setuptools
+
+project, work = sys.argv[1], sys.argv[2]
+# the directives setup.py passes to cythonize when FASTCE_CYTHON_CHECKS=1
+seen = {}
+real_cythonize = Cython.Build.cythonize
+Cython.Build.cythonize = lambda extensions, compiler_directives: seen.update(compiler_directives)
+real_setup = setuptools.setup
+setuptools.setup = lambda **kwargs: None
+os.environ["FASTCE_CYTHON_CHECKS"] = "1"
+os.chdir(project)
+runpy.run_path("setup.py")
+Cython.Build.cythonize, setuptools.setup = real_cythonize, real_setup
+
+# a module with the header every fastce .pyx file has, built with them
+os.chdir(work)
+with open("checked.pyx", "w") as f:
+    f.write("# cython: language_level=3\n"
+            "def element(double[::1] a, Py_ssize_t i):\n"
+            "    return a[i]\n")
+sys.argv = ["setup.py", "build_ext", "--inplace", "-q"]
+setuptools.setup(
+    ext_modules=Cython.Build.cythonize(
+        [setuptools.Extension("checked", ["checked.pyx"])],
+        compiler_directives=seen, quiet=True),
+    script_args=sys.argv[1:])
+sys.path.insert(0, work)
+import checked
+import numpy as np
+try:
+    checked.element(np.zeros(3), 3)
+except IndexError:
+    print("raised")
+"""
+
+
+def test_a_checked_build_raises_on_an_index_out_of_bounds(tmp_path):
+    # FASTCE_CYTHON_CHECKS=1: what setup.py passes turns Cython's bounds
+    # checks on in a module headed as fastce's are
+    import pathlib
+
+    project = pathlib.Path(__file__).resolve().parents[1]
+    if not (project / "setup.py").exists() or not (project / "src" / "fastce").is_dir():
+        pytest.skip("setup.py is not beside this test (an installed wheel)")
+    pytest.importorskip("Cython")
+    done = subprocess.run(
+        [sys.executable, "-c", CHECKED_BUILD, str(project), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "raised", done.stdout + done.stderr
