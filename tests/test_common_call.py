@@ -1,4 +1,4 @@
-"""The lane that serves ``cross_entropy(x, t)`` and its gradient for C-ordered
+"""The fast path that serves ``cross_entropy(x, t)`` and its gradient for C-ordered
 2-d logits and int64 targets without the general validation: it must give
 the general path's bits, and hand every other call (including every bad one)
 to it."""
@@ -52,11 +52,11 @@ def test_same_bits_as_the_general_path(dtype, shape, reduction):
     x = (rng.standard_normal(shape) * 4).astype(dtype)
     t = rng.integers(0, shape[1], shape[0])
     t[::5] = -100
-    lane = _kernels.cross_entropy_common(x, t, reduction == "mean", -100, 0)
-    assert lane is not None
-    assert lane.dtype == dtype and np.ndim(lane) == 0
-    assert bits(lane) == bits(general_path(x, t, reduction=reduction))
-    assert bits(fastce.cross_entropy(x, t, reduction=reduction)) == bits(lane)
+    fast_path = _kernels.cross_entropy_common(x, t, reduction == "mean", -100, 0)
+    assert fast_path is not None
+    assert fast_path.dtype == dtype and np.ndim(fast_path) == 0
+    assert bits(fast_path) == bits(general_path(x, t, reduction=reduction))
+    assert bits(fastce.cross_entropy(x, t, reduction=reduction)) == bits(fast_path)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -200,7 +200,7 @@ def test_outs_the_lane_declines():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((6, 4)).astype(np.float32)
     t = rng.integers(0, 4, 6)
-    lane = lambda out: _kernels.cross_entropy_common(x, t, True, -100, 0, True, out)  # noqa: E731
+    fast_path = lambda out: _kernels.cross_entropy_common(x, t, True, -100, 0, True, out)  # noqa: E731
     for out in [
         np.empty((6, 4)),  # float64 for float32 logits
         np.empty((4, 6), dtype=np.float32).T,  # Fortran order
@@ -210,10 +210,10 @@ def test_outs_the_lane_declines():
         x[::-1].copy()[::-1],  # negative strides
         [[0.0] * 4] * 6,
     ]:
-        assert lane(out) is None
+        assert fast_path(out) is None
     read_only = np.empty((6, 4), dtype=np.float32)
     read_only.flags.writeable = False
-    assert lane(read_only) is None
+    assert fast_path(read_only) is None
     # memory shared with the logits without being them, or with the targets
     wide = np.zeros(32, dtype=np.float32)
     wide[:24] = x.ravel()
@@ -242,7 +242,7 @@ def test_grad_output_other_than_one_takes_the_general_path():
         fastce.cross_entropy_grad(x, t, grad_output=np.ones(8))
 
 
-# ---- nll_loss's lane --------------------------------------------------------
+# ---- nll_loss's fast_path --------------------------------------------------------
 
 
 def nll_dtypes():
@@ -264,15 +264,15 @@ def test_nll_lane_has_the_general_paths_bits(dtype, shape, reduction):
     lp = (rng.standard_normal(shape) - 3).astype(dtype)
     t = rng.integers(0, shape[1], shape[0])
     t[::3] = -100
-    lane = _kernels.nll_loss_common(lp, t, reduction == "mean", -100)
-    assert lane is not None
+    fast_path = _kernels.nll_loss_common(lp, t, reduction == "mean", -100)
+    assert fast_path is not None
     # a weight of ones, or int32 targets, take the general path
     for general in (
         fastce.nll_loss(lp, t, np.ones(shape[1]), reduction=reduction),
         fastce.nll_loss(lp, t.astype(np.int32), reduction=reduction),
     ):
-        assert type(lane) is type(general) and bits(lane) == bits(general)
-    assert bits(fastce.nll_loss(lp, t, reduction=reduction)) == bits(lane)
+        assert type(fast_path) is type(general) and bits(fast_path) == bits(general)
+    assert bits(fastce.nll_loss(lp, t, reduction=reduction)) == bits(fast_path)
 
 
 def test_nll_lane_hands_bad_targets_and_large_calls_to_the_general_path():

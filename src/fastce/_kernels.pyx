@@ -1147,7 +1147,7 @@ _float32 = np.float32
 _float64 = np.float64
 
 
-cdef inline bint apart(cnp.ndarray a, cnp.ndarray b) noexcept:
+cdef inline bint disjoint(cnp.ndarray a, cnp.ndarray b) noexcept:
     """Whether two contiguous arrays share no byte."""
     cdef char* a0 = <char*>cnp.PyArray_DATA(a)
     cdef char* b0 = <char*>cnp.PyArray_DATA(b)
@@ -1212,8 +1212,8 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
         grad = <cnp.ndarray>out
         if cnp.PyArray_TYPE(grad) != xtype or cnp.PyArray_NDIM(grad) != 2 \
                 or cnp.PyArray_DIM(grad, 0) != n or cnp.PyArray_DIM(grad, 1) != n_classes \
-                or not cnp.PyArray_ISCARRAY(grad) or not apart(grad, t) \
-                or not (cnp.PyArray_DATA(grad) == cnp.PyArray_DATA(x) or apart(grad, x)):
+                or not cnp.PyArray_ISCARRAY(grad) or not disjoint(grad, t) \
+                or not (cnp.PyArray_DATA(grad) == cnp.PyArray_DATA(x) or disjoint(grad, x)):
             return None
     cdef Walk w
     cdef CECall call
@@ -1483,9 +1483,9 @@ def nll_loss_kernel(object log_probs, object target, const double[::1] weight,
 
 
 cdef enum:
-    # samples the nll_loss lane computes on the calling thread; more go to the kernel
+    # samples nll_loss's fast path computes on the calling thread; more go to the kernel
     NLL_COMMON_MAX = 1 << 16
-    # how many rows ahead the lane asks for the element it will read
+    # how many rows ahead that path asks for the element it will read
     NLL_PREFETCH = 16
 
 cdef extern from "csrc/prefetch.h":

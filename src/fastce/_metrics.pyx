@@ -230,9 +230,10 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
 # Rows, one at a time
 # --------------------------------------------------------------------------
 
-cdef inline void row_extras(const floating* x, Py_ssize_t n, Py_ssize_t stride, floating m,
-                            Py_ssize_t t, floating xt, const Options* opt, double* e_out,
-                            Py_ssize_t* arg_out, Py_ssize_t* rank_out) noexcept nogil:
+cdef inline void row_rank_entropy(const floating* x, Py_ssize_t n, Py_ssize_t stride,
+                                  floating m, Py_ssize_t t, floating xt, const Options* opt,
+                                  double* e_out, Py_ssize_t* arg_out,
+                                  Py_ssize_t* rank_out) noexcept nogil:
     """The pass beside the loss over one row (see the module docstring);
     ``t < 0`` skips the rank."""
     cdef floating v, d, ev
@@ -240,9 +241,9 @@ cdef inline void row_extras(const floating* x, Py_ssize_t n, Py_ssize_t stride, 
     cdef Py_ssize_t c, arg = -1, rank = 0
     if stride == 1:
         if floating is float:
-            fastce_active_ops.row_extras_f32(x, n, m, t, xt, e_out, arg_out, rank_out)
+            fastce_active_ops.row_rank_entropy_f32(x, n, m, t, xt, e_out, arg_out, rank_out)
         else:
-            fastce_active_ops.row_extras_f64(x, n, m, t, xt, e_out, arg_out, rank_out)
+            fastce_active_ops.row_rank_entropy_f64(x, n, m, t, xt, e_out, arg_out, rank_out)
         return
     for c in range(n):
         v = x[c * stride]
@@ -305,7 +306,7 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
         # the rest, from the row in cache
         tt = -1 if ignored else <Py_ssize_t>target
         x_t = xr[tt * xc] if tt >= 0 else 0
-        row_extras(xr, C, xc, m, tt, x_t, opt, &e, &arg, &rank)
+        row_rank_entropy(xr, C, xc, m, tt, x_t, opt, &e, &arg, &rank)
         finish_sample(xr, C, xc, opt, &call.out, o, i, tt, loss, s, log_s, e, arg, rank, fp, ip)
 
 
@@ -313,17 +314,17 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
 # Tiles: up to TILE samples at once, neighbouring or transposed rows
 # --------------------------------------------------------------------------
 
-cdef inline void tile_extras(const floating* x, Py_ssize_t xi, Py_ssize_t n, Py_ssize_t c,
-                             const floating* m, const floating* xt, const int64_t* tgt,
-                             floating* e, int64_t* arg, int64_t* rank,
-                             const Options* opt) noexcept nogil:
+cdef inline void tile_rank_entropy(const floating* x, Py_ssize_t xi, Py_ssize_t n,
+                                   Py_ssize_t c, const floating* m, const floating* xt,
+                                   const int64_t* tgt, floating* e, int64_t* arg, int64_t* rank,
+                                   const Options* opt) noexcept nogil:
     cdef Py_ssize_t k
     cdef floating v, d, ev
     if xi == 1:
         if floating is float:
-            fastce_active_ops.tile_extras_f32(x, n, c, m, xt, tgt, e, arg, rank)
+            fastce_active_ops.tile_rank_entropy_f32(x, n, c, m, xt, tgt, e, arg, rank)
         else:
-            fastce_active_ops.tile_extras_f64(x, n, c, m, xt, tgt, e, arg, rank)
+            fastce_active_ops.tile_rank_entropy_f64(x, n, c, m, xt, tgt, e, arg, rank)
         return
     for k in range(n):
         v = x[k * xi]
@@ -381,7 +382,7 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
         for k in range(n):
             epart[k] = 0
         for c in range(start, end):
-            tile_extras(x + c * xc, xi, n, c, m, x_t, tgt, epart, arg, rank, opt)
+            tile_rank_entropy(x + c * xc, xi, n, c, m, x_t, tgt, epart, arg, rank, opt)
         for k in range(n):
             e[k] += epart[k]
         start = end

@@ -614,7 +614,7 @@ def _common_with_grad(
     out: _FloatArray | None,
     num_threads: int | None,
 ) -> tuple[_FloatScalar, _FloatArray] | None:
-    """``(loss, grad)`` from the common-call lane, or None."""
+    """``(loss, grad)`` from the fast path of the common call, or None."""
     if (
         type(grad_output) is not float
         or grad_output != 1.0

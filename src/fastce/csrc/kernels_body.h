@@ -485,8 +485,8 @@ VINLINE V KNAME(entropy_term)(V d) {
  * index of m (-1: none), and the target's rank, the classes above the
  * target's logit xt plus those equal to it before the target t (t < 0: no
  * rank). */
-static void KNAME(row_extras)(const T *x, ptrdiff_t n, T m, ptrdiff_t t, T xt, double *e_out,
-                              ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
+static void KNAME(row_rank_entropy)(const T *x, ptrdiff_t n, T m, ptrdiff_t t, T xt, double *e_out,
+                                    ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
     const V vm = VOP(set1)(m), vt = VOP(set1)(xt);
     ptrdiff_t arg = -1, rank = 0;
     double e = 0.0;
@@ -634,8 +634,8 @@ VINLINE void KNAME(tile_entropy_at)(ptrdiff_t k, M in, int full, const T *x, con
  * e[k] += exp(x - m) (x - m); arg[k] the first class equal to the maximum
  * (-1: none yet); rank[k] counts the classes above the target's logit xt[k]
  * (t[k] the target class, -1 where ignored). */
-static void KNAME(tile_extras)(const T *x, ptrdiff_t n, int64_t c, const T *m, const T *xt,
-                               const int64_t *t, T *e, int64_t *arg, int64_t *rank) {
+static void KNAME(tile_rank_entropy)(const T *x, ptrdiff_t n, int64_t c, const T *m, const T *xt,
+                                     const int64_t *t, T *e, int64_t *arg, int64_t *rank) {
     FASTCE_TILE_LOOP(KNAME(tile_entropy_at), x, m, e);
     /* integer lanes: a plain loop, which the compiler vectorises for this ISA */
     for (ptrdiff_t k = 0; k < n; k++) {

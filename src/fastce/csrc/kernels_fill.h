@@ -1,28 +1,28 @@
 /* The one list of table entries: kernels_<isa>.c include it last, after
  * instantiating kernels_body.h for float and double with FASTCE_ISA set. */
 
-#define FASTCE_FILL_TYPE(SFX)                                                                 \
-    ops->row_max_##SFX = FASTCE_NAME5(fastce_row_max_, SFX, _, FASTCE_ISA, );                 \
-    ops->row_max_sumexp_##SFX = FASTCE_NAME5(fastce_row_max_sumexp_, SFX, _, FASTCE_ISA, );   \
-    ops->row_max_sumexp_ahead_##SFX =                                                         \
-        FASTCE_NAME5(fastce_row_max_sumexp_ahead_, SFX, _, FASTCE_ISA, );                     \
-    ops->row_sum_shifted_##SFX = FASTCE_NAME5(fastce_row_sum_shifted_, SFX, _, FASTCE_ISA, ); \
-    ops->sum_exp_##SFX = FASTCE_NAME5(fastce_sum_exp_, SFX, _, FASTCE_ISA, );                 \
-    ops->row_scaled_exp_##SFX = FASTCE_NAME5(fastce_row_scaled_exp_, SFX, _, FASTCE_ISA, );   \
-    ops->row_shift_##SFX = FASTCE_NAME5(fastce_row_shift_, SFX, _, FASTCE_ISA, );             \
-    ops->row_softmax_##SFX = FASTCE_NAME5(fastce_row_softmax_, SFX, _, FASTCE_ISA, );         \
-    ops->row_pending_##SFX = FASTCE_NAME5(fastce_row_pending_, SFX, _, FASTCE_ISA, );         \
-    ops->row_extras_##SFX = FASTCE_NAME5(fastce_row_extras_, SFX, _, FASTCE_ISA, );           \
-    ops->tile_max_##SFX = FASTCE_NAME5(fastce_tile_max_, SFX, _, FASTCE_ISA, );               \
-    ops->tile_sumexp_##SFX = FASTCE_NAME5(fastce_tile_sumexp_, SFX, _, FASTCE_ISA, );         \
-    ops->tile_scaled_exp_##SFX = FASTCE_NAME5(fastce_tile_scaled_exp_, SFX, _, FASTCE_ISA, ); \
-    ops->tile_shift_##SFX = FASTCE_NAME5(fastce_tile_shift_, SFX, _, FASTCE_ISA, );           \
-    ops->tile_stats_##SFX = FASTCE_NAME5(fastce_tile_stats_, SFX, _, FASTCE_ISA, );           \
-    ops->tile_scaled_exp_classes_##SFX =                                                      \
-        FASTCE_NAME5(fastce_tile_scaled_exp_classes_, SFX, _, FASTCE_ISA, );                  \
-    ops->tile_extras_##SFX = FASTCE_NAME5(fastce_tile_extras_, SFX, _, FASTCE_ISA, );         \
-    ops->bce_logits_##SFX = FASTCE_NAME5(fastce_bce_logits_, SFX, _, FASTCE_ISA, );           \
-    ops->bce_probs_##SFX = FASTCE_NAME5(fastce_bce_probs_, SFX, _, FASTCE_ISA, );             \
+#define FASTCE_FILL_TYPE(SFX)                                                                     \
+    ops->row_max_##SFX = FASTCE_NAME5(fastce_row_max_, SFX, _, FASTCE_ISA, );                     \
+    ops->row_max_sumexp_##SFX = FASTCE_NAME5(fastce_row_max_sumexp_, SFX, _, FASTCE_ISA, );       \
+    ops->row_max_sumexp_ahead_##SFX =                                                             \
+        FASTCE_NAME5(fastce_row_max_sumexp_ahead_, SFX, _, FASTCE_ISA, );                         \
+    ops->row_sum_shifted_##SFX = FASTCE_NAME5(fastce_row_sum_shifted_, SFX, _, FASTCE_ISA, );     \
+    ops->sum_exp_##SFX = FASTCE_NAME5(fastce_sum_exp_, SFX, _, FASTCE_ISA, );                     \
+    ops->row_scaled_exp_##SFX = FASTCE_NAME5(fastce_row_scaled_exp_, SFX, _, FASTCE_ISA, );       \
+    ops->row_shift_##SFX = FASTCE_NAME5(fastce_row_shift_, SFX, _, FASTCE_ISA, );                 \
+    ops->row_softmax_##SFX = FASTCE_NAME5(fastce_row_softmax_, SFX, _, FASTCE_ISA, );             \
+    ops->row_pending_##SFX = FASTCE_NAME5(fastce_row_pending_, SFX, _, FASTCE_ISA, );             \
+    ops->row_rank_entropy_##SFX = FASTCE_NAME5(fastce_row_rank_entropy_, SFX, _, FASTCE_ISA, );   \
+    ops->tile_max_##SFX = FASTCE_NAME5(fastce_tile_max_, SFX, _, FASTCE_ISA, );                   \
+    ops->tile_sumexp_##SFX = FASTCE_NAME5(fastce_tile_sumexp_, SFX, _, FASTCE_ISA, );             \
+    ops->tile_scaled_exp_##SFX = FASTCE_NAME5(fastce_tile_scaled_exp_, SFX, _, FASTCE_ISA, );     \
+    ops->tile_shift_##SFX = FASTCE_NAME5(fastce_tile_shift_, SFX, _, FASTCE_ISA, );               \
+    ops->tile_stats_##SFX = FASTCE_NAME5(fastce_tile_stats_, SFX, _, FASTCE_ISA, );               \
+    ops->tile_scaled_exp_classes_##SFX =                                                          \
+        FASTCE_NAME5(fastce_tile_scaled_exp_classes_, SFX, _, FASTCE_ISA, );                      \
+    ops->tile_rank_entropy_##SFX = FASTCE_NAME5(fastce_tile_rank_entropy_, SFX, _, FASTCE_ISA, ); \
+    ops->bce_logits_##SFX = FASTCE_NAME5(fastce_bce_logits_, SFX, _, FASTCE_ISA, );               \
+    ops->bce_probs_##SFX = FASTCE_NAME5(fastce_bce_probs_, SFX, _, FASTCE_ISA, );                 \
     ops->first_outside_unit_##SFX = FASTCE_NAME5(fastce_first_outside_unit_, SFX, _, FASTCE_ISA, );
 
 void FASTCE_NAME5(fastce_fill_ops_, FASTCE_ISA, , , )(fastce_ops_t *ops) {
