@@ -1030,9 +1030,9 @@ def _binary(
             grad_flat,
             threads,
         )
-    if want_grad and not np.may_share_memory(grad, grad_flat):
-        grad = cast("npt.NDArray[Any]", grad)  # set, as is grad_flat: want_grad
-        grad[...] = cast("npt.NDArray[Any]", grad_flat).reshape(x.shape)
+    if want_grad:
+        # set, as is grad_flat: want_grad
+        _copy_back(cast("npt.NDArray[Any]", grad), cast("npt.NDArray[Any]", grad_flat))
     loss = (
         cast("npt.NDArray[Any]", loss_arr)  # set: reduction == "none"
         if reduction == "none"

@@ -132,11 +132,14 @@ class EvalOptions:
 
     weight: NDArray[np.float64] | None
     ignore_index: int
+    # what the kernels compare targets with, and whether any target can equal it
+    ignore: tuple[int, bool]
     label_smoothing: float
     axis: int | None
     topk: tuple[int, ...]
     bins: int
     num_threads: int | None
+    threads: int  # what the kernels are asked for: 0 for the process-wide count
 
 
 def check_eval_options(
@@ -152,20 +155,22 @@ def check_eval_options(
     """Every option of an evaluation checked, before any logits are seen (the
     weights' length is checked against the logits' classes later)."""
     smoothing = check_label_smoothing(label_smoothing)
-    check_ignore_index(ignore_index)
+    ignore = check_ignore_index(ignore_index)
     checked_weight = check_weight_option(weight)
     checked_axis = check_axis_option(axis)
     checked_topk = check_topk(topk)
     checked_bins = check_bins(bins)
-    check_num_threads(num_threads)
+    threads = check_num_threads(num_threads)
     return EvalOptions(
         weight=checked_weight,
         ignore_index=operator.index(ignore_index),
+        ignore=ignore,
         label_smoothing=smoothing,
         axis=checked_axis,
         topk=checked_topk,
         bins=checked_bins,
         num_threads=num_threads,
+        threads=threads,
     )
 
 
@@ -343,14 +348,14 @@ class Accumulator:
             num_threads=num_threads,
         )
         self.label_smoothing: float = options.label_smoothing
-        self._ignore: tuple[int, bool] = check_ignore_index(options.ignore_index)
+        self._ignore: tuple[int, bool] = options.ignore
         self.ignore_index: int = options.ignore_index
         self.weight: NDArray[np.float64] | None = options.weight
         self.axis: int | None = options.axis
         self.topk: tuple[int, ...] = options.topk
         self.bins: int = options.bins
         self.num_threads: int | None = options.num_threads
-        self._threads: int = check_num_threads(options.num_threads)
+        self._threads: int = options.threads
         # updates and merges from several threads fold their totals one at a time
         self._lock: threading.Lock = threading.Lock()
         self.reset()

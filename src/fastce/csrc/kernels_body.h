@@ -236,7 +236,7 @@ static double KNAME(row_max_sumexp)(const T *x, ptrdiff_t n, T *max_out) {
         return KNAME(row_in_cache)(x, n, max_out, NULL, &none);
     }
     /* a long row: a running maximum, one chunk at a time, reads it once */
-    const V none = VOP(zero)();
+    const V no_pending = VOP(zero)(); /* chunk_sumexp writes no waiting row here */
     int saw_nan = 0;
     T m = -INFINITY;
     double s = 0.0;
@@ -254,8 +254,10 @@ static double KNAME(row_max_sumexp)(const T *x, ptrdiff_t n, T *max_out) {
             if (s != 0.0) s *= exp((double)m - (double)cm);
             m = cm;
         }
-        s += cm < m ? KNAME(chunk_sumexp)(xs, len, m, 0, NULL, NULL, NULL, NULL, none, none)
-                    : KNAME(chunk_sumexp)(xs, len, m, 1, NULL, NULL, NULL, NULL, none, none);
+        s += cm < m ? KNAME(chunk_sumexp)(xs, len, m, 0, NULL, NULL, NULL, NULL, no_pending,
+                                          no_pending)
+                    : KNAME(chunk_sumexp)(xs, len, m, 1, NULL, NULL, NULL, NULL, no_pending,
+                                          no_pending);
     }
     if (isinf(m) || saw_nan) s = NAN;
     *max_out = m;
