@@ -10,7 +10,7 @@ import pytest
 
 import fastce
 from fastce import _kernels
-from fastce.functional import _cross_entropy
+from fastce._plan import execute, plan_cross_entropy
 
 
 def general_path(x, t, want_grad=False, out=None, **options):
@@ -24,18 +24,20 @@ def general_path(x, t, want_grad=False, out=None, **options):
         "num_threads": None,
     }
     args.update(options)
-    loss, grad = _cross_entropy(
-        x,
-        t,
-        args["weight"],
-        args["ignore_index"],
-        args["reduction"],
-        args["label_smoothing"],
-        args["axis"],
-        want_grad,
-        1.0,
-        out,
-        args["num_threads"],
+    loss, grad = execute(
+        plan_cross_entropy(
+            x,
+            t,
+            args["weight"],
+            args["ignore_index"],
+            args["reduction"],
+            args["label_smoothing"],
+            args["axis"],
+            want_grad,
+            1.0,
+            out,
+            args["num_threads"],
+        )
     )
     return (loss, grad) if want_grad else loss
 

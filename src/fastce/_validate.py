@@ -24,12 +24,16 @@ NO_WEIGHT = np.empty(0, dtype=np.float64)
 NO_WEIGHT.setflags(write=False)
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = np.dtype(np.float64)
 
 
 def is_float(dtype: np.dtype) -> bool:
     """A floating dtype: NumPy's own, or ``ml_dtypes.bfloat16`` (JAX's), which
     NumPy sees as kind 'V'."""
-    return dtype.kind == "f" or dtype.name == "bfloat16"
+    kind = dtype.kind
+    # a dtype's name is computed in Python: asked only of a void kind
+    return kind == "f" or (kind == "V" and dtype.name == "bfloat16")
 
 
 def is_real(dtype: np.dtype) -> bool:
@@ -39,7 +43,7 @@ def is_real(dtype: np.dtype) -> bool:
 
 def result_dtype(dtype: np.dtype) -> np.dtype[np.float32] | np.dtype[np.float64]:
     """float16 and bfloat16 are computed (and returned) in float32."""
-    return np.dtype(np.float64) if dtype.itemsize == 8 else np.dtype(np.float32)
+    return _FLOAT64 if dtype.itemsize == 8 else _FLOAT32
 
 
 def as_array(x: object) -> npt.NDArray[Any]:
