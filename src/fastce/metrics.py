@@ -277,6 +277,234 @@ def _blocks(n: int, step: int, min_last: int = 1) -> list[tuple[int, int]]:
     return list(zip(starts, starts[1:] + [n]))
 
 
+@dataclass(eq=False)
+class Totals:
+    """The exact totals an evaluation's metrics are computed from: the
+    kernel's compensated float64 sums (rows named by ``_metrics``'s ``*_ROW``
+    constants, each a (value, error) pair), and integer counts."""
+
+    topk: tuple[int, ...]
+    sums: NDArray[np.float64]
+    samples: int
+    bin_samples: NDArray[np.int64]
+    bin_correct: NDArray[np.int64]
+    correct: NDArray[np.int64]  # per k of topk
+
+    @classmethod
+    def empty(cls, topk: tuple[int, ...], bins: int) -> Totals:
+        return cls(
+            topk=topk,
+            sums=np.zeros((_BIN_ROWS + bins, 2), dtype=np.float64),
+            samples=0,
+            bin_samples=np.zeros(bins, dtype=np.int64),
+            bin_correct=np.zeros(bins, dtype=np.int64),
+            correct=np.zeros(len(topk), dtype=np.int64),
+        )
+
+    def fold(self, sums: NDArray[np.float64], counts: _metrics.Counts) -> None:
+        """Adds what one kernel call returned."""
+        _dd_fold(self.sums, sums)
+        self.samples += counts.samples
+        self.bin_samples += counts.bin_samples
+        self.bin_correct += counts.bin_correct
+        ranks = len(counts.rank_samples)
+        cumulative = np.cumsum(counts.rank_samples)
+        # a k beyond the ranks counted is every sample: in Python ints, any k
+        self.correct += cumulative[[min(k, ranks) - 1 for k in self.topk]]
+
+    def merge(self, other: Totals) -> None:
+        """Adds another evaluation's totals (of the same topk and bins)."""
+        _dd_fold(self.sums, other.sums)
+        self.samples += other.samples
+        self.bin_samples += other.bin_samples
+        self.bin_correct += other.bin_correct
+        self.correct += other.correct
+
+    def copy(self) -> Totals:
+        return Totals(
+            self.topk,
+            self.sums.copy(),
+            self.samples,
+            self.bin_samples.copy(),
+            self.bin_correct.copy(),
+            self.correct.copy(),
+        )
+
+    def sum_of(self, row: int) -> float:
+        """One of the sums (``_metrics.LOSS_ROW``, ...) as a float."""
+        return _dd_value(*self.sums[row])
+
+    def result(self, per_sample: PerSample | None = None) -> EvalResult:
+        """The metrics these totals give."""
+        n = self.samples
+        loss_sum, weight_sum, conf_sum, entropy_sum = (
+            self.sum_of(row)
+            for row in (
+                _metrics.LOSS_ROW,
+                _metrics.WEIGHT_ROW,
+                _metrics.CONFIDENCE_ROW,
+                _metrics.ENTROPY_ROW,
+            )
+        )
+        hi, lo = self.sums[_BIN_ROWS:, 0], self.sums[_BIN_ROWS:, 1]
+        with np.errstate(invalid="ignore"):
+            bin_conf = np.where(np.isfinite(hi), hi + lo, hi)
+        loss = _divide(loss_sum, weight_sum)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            perplexity = float(np.exp(loss))
+            bin_accuracy = self.bin_correct / self.bin_samples
+            bin_confidence = bin_conf / self.bin_samples
+        gaps = np.abs(self.bin_correct - bin_conf)
+        return EvalResult(
+            loss=loss,
+            perplexity=perplexity,
+            accuracy={k: _divide(c, n) for k, c in zip(self.topk, self.correct.tolist())},
+            confidence=_divide(conf_sum, n),
+            entropy=_divide(entropy_sum, n),
+            ece=_divide(float(np.sum(gaps)), n),
+            count=n,
+            weight_sum=weight_sum,
+            bin_count=self.bin_samples.copy(),
+            bin_accuracy=bin_accuracy,
+            bin_confidence=bin_confidence,
+            per_sample=per_sample,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class EvalPlan:
+    """A checked batch of an evaluation, as :func:`run_evaluation` reads it."""
+
+    options: EvalOptions
+    x3: NDArray[Any]  # the logits' (outer, C, inner) view, as given: converted block by block
+    index2: NDArray[Any]  # class indices, (outer, inner)
+    weight: NDArray[np.float64]  # per class; empty: none
+    n_classes: int
+    axis: int
+    target_shape: tuple[int, ...]
+    dtype: np.dtype[Any]  # of the per-sample float results
+
+
+def plan_evaluation(logits: object, target: object, options: EvalOptions) -> EvalPlan:
+    """Checks one batch of an evaluation with ``options``."""
+    arr = as_array(logits)
+    # the logits' dtype is checked here; each block is converted on its own
+    check_float_dtype(arr.dtype, "logits")
+    axis = class_axis(options.axis, arr.ndim)
+    n_classes = arr.shape[axis]
+    x3 = view3(arr, axis)
+    w = check_weight(options.weight, n_classes)
+    target_plan = check_target(target, arr, axis, x3)
+    if target_plan.index2 is None:
+        expected = arr.shape[:axis] + arr.shape[axis + 1 :]
+        raise TypeError(
+            "evaluation needs class indices (an integer target of shape "
+            f"{expected}); got probabilities of shape {target_plan.shape}. Accuracy and "
+            f"calibration need a true class: pass target.argmax(axis={axis}), and use "
+            "fastce.cross_entropy for the loss against probabilities."
+        )
+    outer, _, inner = x3.shape
+    n_samples = outer * inner
+    check_classes_present(n_samples, n_classes, axis, arr.shape, "logits", "cross-entropy")
+    ignore_value, has_ignore = options.ignore
+    if n_samples:
+        check_targets_in_range(target, target_plan.index2, n_classes, ignore_value, has_ignore, w)
+    warn_single_class(n_classes)
+    return EvalPlan(
+        options=options,
+        x3=x3,
+        index2=target_plan.index2,
+        weight=w,
+        n_classes=n_classes,
+        axis=axis,
+        target_shape=target_plan.shape,
+        dtype=result_dtype(arr.dtype),
+    )
+
+
+def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample | None]:
+    """The totals of ``plan``'s batch, and its per-sample results when asked.
+    Large inputs (a memory-mapped file, a byte-swapped array) are read in
+    blocks, each converted on its own."""
+    options = plan.options
+    totals = Totals.empty(options.topk, options.bins)
+    shape, dtype = plan.target_shape, plan.dtype
+    outputs: PerSample | None = None
+    if per_sample:
+        outputs = PerSample(
+            loss=np.zeros(shape, dtype=dtype),
+            prediction=np.zeros(shape, dtype=np.int64),
+            target_rank=np.full(shape, -1, dtype=np.int64),
+            confidence=np.zeros(shape, dtype=dtype),
+            entropy=np.zeros(shape, dtype=dtype),
+        )
+    x3, t2 = plan.x3, plan.index2
+    outer, n_classes, inner = x3.shape
+    if outer * inner == 0:
+        return totals, outputs
+    out2: list[NDArray[Any]] = []
+    if outputs is not None:
+        out2 = [
+            a.reshape(outer, inner)
+            for a in (
+                outputs.loss,
+                outputs.prediction,
+                outputs.target_rank,
+                outputs.confidence,
+                outputs.entropy,
+            )
+        ]
+    if samples_closer_than_classes(x3):
+        x3 = outer_as_inner(x3)
+        t2 = outer_as_inner(t2)
+        out2 = [outer_as_inner(a) for a in out2]
+    outer, _, inner = x3.shape
+    w = plan.weight
+    weight_sum = float(w.sum()) if w.size else float(n_classes)
+    ranks = min(options.topk[-1], n_classes)
+    ignore_value, has_ignore = options.ignore
+
+    block_bytes = max(1, n_classes * dtype.itemsize)
+    if outer > 1:
+        step = max(1, _BLOCK_BYTES // (block_bytes * inner))
+        if inner == 1:
+            # whole blocks of the row kernel: rows of few classes are
+            # computed in tiles laid from the start of each block
+            per = _kernels.block_rows(n_classes)
+            step = max(per, step // per * per)
+        blocks = [(slice(a, b), slice(None)) for a, b in _blocks(outer, step)]
+    else:
+        # one outer slice: walk the samples along the inner axis in whole
+        # tiles, never leaving a single sample (it would take the row kernel)
+        tile = _metrics.TILE_SIZE
+        step = max(tile, _BLOCK_BYTES // block_bytes // tile * tile)
+        blocks = [(slice(None), slice(a, b)) for a, b in _blocks(inner, step, 2)]
+    for rows, cols in blocks:
+        outs: list[NDArray[Any] | None] = [a[rows, cols] for a in out2] or [None] * 5
+        # the five outputs named one by one: a starred list of them would
+        # leave the type checker unable to place the argument after it
+        loss_out, pred_out, rank_out, conf_out, entropy_out = outs
+        sums, counts = _metrics.evaluate_index(
+            native_float_array(x3[rows, :, cols], "logits"),
+            t2[rows, cols],
+            w,
+            weight_sum,
+            options.label_smoothing,
+            ignore_value,
+            has_ignore,
+            options.bins,
+            ranks,
+            loss_out,
+            pred_out,
+            rank_out,
+            conf_out,
+            entropy_out,
+            options.threads,
+        )
+        totals.fold(sums, counts)
+    return totals, outputs
+
+
 class Accumulator:
     """Exact running totals of the evaluation metrics over batches.
 
@@ -347,15 +575,14 @@ class Accumulator:
             bins=bins,
             num_threads=num_threads,
         )
+        self._options = options
         self.label_smoothing: float = options.label_smoothing
-        self._ignore: tuple[int, bool] = options.ignore
         self.ignore_index: int = options.ignore_index
         self.weight: NDArray[np.float64] | None = options.weight
         self.axis: int | None = options.axis
         self.topk: tuple[int, ...] = options.topk
         self.bins: int = options.bins
         self.num_threads: int | None = options.num_threads
-        self._threads: int = options.threads
         # updates and merges from several threads fold their totals one at a time
         self._lock: threading.Lock = threading.Lock()
         self.reset()
@@ -365,42 +592,8 @@ class Accumulator:
     def reset(self) -> None:
         """Forget every sample seen."""
         with self._lock:
-            self._clear()
-
-    def _clear(self) -> None:
-        self.n_classes: int | None = None
-        self._sums = np.zeros((_BIN_ROWS + self.bins, 2), dtype=np.float64)
-        self._count = 0
-        self._bin_count = np.zeros(self.bins, dtype=np.int64)
-        self._bin_correct = np.zeros(self.bins, dtype=np.int64)
-        self._correct = np.zeros(len(self.topk), dtype=np.int64)
-
-    def _staging(self) -> Accumulator:
-        """An empty accumulator of the same options, for one update's totals:
-        an update that fails part way leaves this one unchanged."""
-        staged = Accumulator.__new__(Accumulator)
-        staged.bins, staged.topk = self.bins, self.topk
-        staged._lock = None  # type: ignore[assignment]  # never locked: only this update sees it
-        staged._clear()
-        return staged
-
-    def _add(self, sums: NDArray[np.float64], counts: _metrics.Counts) -> None:
-        _dd_fold(self._sums, sums)
-        self._count += counts.samples
-        self._bin_count += counts.bin_samples
-        self._bin_correct += counts.bin_correct
-        ranks = len(counts.rank_samples)
-        cumulative = np.cumsum(counts.rank_samples)
-        # a k beyond the ranks counted is every sample: in Python ints, any k
-        self._correct += cumulative[[min(k, ranks) - 1 for k in self.topk]]
-
-    def _fold(self, other: Accumulator) -> None:
-        """Adds ``other``'s totals; the caller holds the lock."""
-        _dd_fold(self._sums, other._sums)
-        self._count += other._count
-        self._bin_count += other._bin_count
-        self._bin_correct += other._bin_correct
-        self._correct += other._correct
+            self.n_classes: int | None = None
+            self._totals = Totals.empty(self.topk, self.bins)
 
     def _check_classes(self, n_classes: int, axis: int) -> None:
         if self.n_classes is not None and n_classes != self.n_classes:
@@ -421,17 +614,17 @@ class Accumulator:
     @property
     def count(self) -> int:
         """Samples seen that are not ignored."""
-        return self._count
+        return self._totals.samples
 
     @property
     def weight_sum(self) -> float:
         """The sum of their targets' class weights."""
-        return _dd_value(*self._sums[_metrics.WEIGHT_ROW])
+        return self._totals.sum_of(_metrics.WEIGHT_ROW)
 
     @property
     def loss_sum(self) -> float:
         """The summed loss so far (``cross_entropy(..., reduction="sum")``)."""
-        return _dd_value(*self._sums[_metrics.LOSS_ROW])
+        return self._totals.sum_of(_metrics.LOSS_ROW)
 
     @property
     def loss(self) -> float:
@@ -471,121 +664,19 @@ class Accumulator:
         without a full copy.  Returns a :class:`PerSample` of this batch when
         ``per_sample`` is true, else None.
         """
-        arr = as_array(logits)
-        # the logits' dtype is checked here; each block is converted on its own
-        check_float_dtype(arr.dtype, "logits")
-        axis = class_axis(self.axis, arr.ndim)
-        n_classes = arr.shape[axis]
-        x3 = view3(arr, axis)
-        w = check_weight(self.weight, n_classes)
-        plan = check_target(target, arr, axis, x3)
-        if not plan.is_index:
-            expected = arr.shape[:axis] + arr.shape[axis + 1 :]
-            raise TypeError(
-                "evaluation needs class indices (an integer target of shape "
-                f"{expected}); got probabilities of shape {plan.shape}. Accuracy and "
-                f"calibration need a true class: pass target.argmax(axis={axis}), and use "
-                "fastce.cross_entropy for the loss against probabilities."
-            )
-        assert plan.index2 is not None  # what plan.is_index tests
-        outer, _, inner = x3.shape
-        n_samples = outer * inner
-        check_classes_present(n_samples, n_classes, axis, arr.shape, "logits", "cross-entropy")
-        if n_samples:
-            self._check_classes(n_classes, axis)
-        ignore_value, has_ignore = self._ignore
-        if n_samples:
-            check_targets_in_range(target, plan.index2, n_classes, ignore_value, has_ignore, w)
-        warn_single_class(n_classes)
-
-        # every check has passed; the batch's totals are made apart and added
-        # at the end, so that an update applies completely or not at all
-        staged = self._staging()
-        dtype = result_dtype(arr.dtype)
-        outputs: PerSample | None = None
-        if per_sample:
-            outputs = PerSample(
-                loss=np.zeros(plan.shape, dtype=dtype),
-                prediction=np.zeros(plan.shape, dtype=np.int64),
-                target_rank=np.full(plan.shape, -1, dtype=np.int64),
-                confidence=np.zeros(plan.shape, dtype=dtype),
-                entropy=np.zeros(plan.shape, dtype=dtype),
-            )
-        if n_samples == 0:
+        plan = plan_evaluation(logits, target, self._options)
+        outer, _, inner = plan.x3.shape
+        if outer * inner == 0:
             # an empty batch fixes nothing, not even the class count
-            return outputs
-
-        t2 = plan.index2
-        out2: list[NDArray[Any]] = []
-        if outputs is not None:
-            out2 = [
-                a.reshape(outer, inner)
-                for a in (
-                    outputs.loss,
-                    outputs.prediction,
-                    outputs.target_rank,
-                    outputs.confidence,
-                    outputs.entropy,
-                )
-            ]
-        if samples_closer_than_classes(x3):
-            x3 = outer_as_inner(x3)
-            t2 = outer_as_inner(t2)
-            out2 = [outer_as_inner(a) for a in out2]
-        outer, _, inner = x3.shape
-        weight_sum = float(w.sum()) if w.size else float(n_classes)
-        ranks = min(self.topk[-1], n_classes)
-
-        def kernel_call(
-            xb: NDArray[Any], tb: NDArray[Any], outs: list[NDArray[Any] | None]
-        ) -> None:
-            # the five outputs named one by one: a starred list of them would
-            # leave the type checker unable to place the argument after it
-            loss_out, pred_out, rank_out, conf_out, entropy_out = outs or [None] * 5
-            sums, counts = _metrics.evaluate_index(
-                xb,
-                tb,
-                w,
-                weight_sum,
-                self.label_smoothing,
-                ignore_value,
-                has_ignore,
-                self.bins,
-                ranks,
-                loss_out,
-                pred_out,
-                rank_out,
-                conf_out,
-                entropy_out,
-                self._threads,
-            )
-            staged._add(sums, counts)
-
-        block_bytes = max(1, n_classes * dtype.itemsize)
-        if outer > 1:
-            step = max(1, _BLOCK_BYTES // (block_bytes * inner))
-            if inner == 1:
-                # whole blocks of the row kernel: rows of few classes are
-                # computed in tiles laid from the start of each block
-                per = _kernels.block_rows(n_classes)
-                step = max(per, step // per * per)
-            blocks = [(slice(a, b), slice(None)) for a, b in _blocks(outer, step)]
-        else:
-            # one outer slice: walk the samples along the inner axis in whole
-            # tiles, never leaving a single sample (it would take the row kernel)
-            tile = _metrics.TILE_SIZE
-            step = max(tile, _BLOCK_BYTES // block_bytes // tile * tile)
-            blocks = [(slice(None), slice(a, b)) for a, b in _blocks(inner, step, 2)]
-        for rows, cols in blocks:
-            kernel_call(
-                native_float_array(x3[rows, :, cols], "logits"),
-                t2[rows, cols],
-                [a[rows, cols] for a in out2],
-            )
+            return run_evaluation(plan, per_sample)[1]
+        self._check_classes(plan.n_classes, plan.axis)
+        # the batch's totals are made apart and added at the end, so that an
+        # update applies completely or not at all
+        totals, outputs = run_evaluation(plan, per_sample)
         with self._lock:
-            self._check_classes(n_classes, axis)
-            self.n_classes = n_classes
-            self._fold(staged)
+            self._check_classes(plan.n_classes, plan.axis)
+            self.n_classes = plan.n_classes
+            self._totals.merge(totals)
         return outputs
 
     def merge(self, other: Accumulator) -> Accumulator:
@@ -612,48 +703,15 @@ class Accumulator:
                         f"{other.n_classes} classes"
                     )
                 self.n_classes = other.n_classes
-            self._fold(other)
+            self._totals.merge(other._totals)
         return self
 
     def result(self, per_sample: PerSample | None = None) -> EvalResult:
         """The metrics over every sample seen (nan where there are none)."""
         with self._lock:
             # one consistent set of totals, whatever other threads add meanwhile
-            n, sums = self._count, self._sums.copy()
-            bin_count, bin_correct = self._bin_count.copy(), self._bin_correct.copy()
-            correct = self._correct.tolist()
-        loss_sum, weight_sum, conf_sum, entropy_sum = (
-            _dd_value(*sums[row])
-            for row in (
-                _metrics.LOSS_ROW,
-                _metrics.WEIGHT_ROW,
-                _metrics.CONFIDENCE_ROW,
-                _metrics.ENTROPY_ROW,
-            )
-        )
-        hi, lo = sums[_BIN_ROWS:, 0], sums[_BIN_ROWS:, 1]
-        with np.errstate(invalid="ignore"):
-            bin_conf = np.where(np.isfinite(hi), hi + lo, hi)
-        loss = _divide(loss_sum, weight_sum)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            perplexity = float(np.exp(loss))
-            bin_accuracy = bin_correct / bin_count
-            bin_confidence = bin_conf / bin_count
-        gaps = np.abs(bin_correct - bin_conf)
-        return EvalResult(
-            loss=loss,
-            perplexity=perplexity,
-            accuracy={k: _divide(c, n) for k, c in zip(self.topk, correct)},
-            confidence=_divide(conf_sum, n),
-            entropy=_divide(entropy_sum, n),
-            ece=_divide(float(np.sum(gaps)), n),
-            count=n,
-            weight_sum=weight_sum,
-            bin_count=bin_count,
-            bin_accuracy=bin_accuracy,
-            bin_confidence=bin_confidence,
-            per_sample=per_sample,
-        )
+            totals = self._totals.copy()
+        return totals.result(per_sample)
 
     # ---- presentation ----------------------------------------------------
 
@@ -670,7 +728,7 @@ class Accumulator:
         return ", ".join(parts)
 
     def __repr__(self) -> str:
-        return f"Accumulator({self._describe()}; count={self._count}, loss={self.loss:.6g})"
+        return f"Accumulator({self._describe()}; count={self.count}, loss={self.loss:.6g})"
 
 
 def evaluate(
@@ -727,7 +785,7 @@ def evaluate(
     >>> r.per_sample.prediction, r.per_sample.target_rank
     (array([0, 1, 2]), array([0, 1, 0]))
     """
-    acc = Accumulator(
+    options = check_eval_options(
         weight,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
@@ -736,5 +794,5 @@ def evaluate(
         bins=bins,
         num_threads=num_threads,
     )
-    outputs = acc.update(logits, target, per_sample=per_sample)
-    return acc.result(per_sample=outputs)
+    totals, outputs = run_evaluation(plan_evaluation(logits, target, options), per_sample)
+    return totals.result(per_sample=outputs)
