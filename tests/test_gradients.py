@@ -9,8 +9,10 @@ tolerance for h = 1e-3.  For ``reduction="none"`` the scalar differentiated is
 
 import itertools
 
+import cases
 import numpy as np
 import pytest
+from cases import loss_shape
 from numpy.testing import assert_allclose
 
 import fastce
@@ -32,12 +34,6 @@ def numerical_gradient(f, x, h=H):
     return grad
 
 
-def loss_shape(shape, axis):
-    shape = list(shape)
-    del shape[(1 if len(shape) >= 2 else 0) if axis is None else axis % len(shape)]
-    return tuple(shape)
-
-
 # (logits shape, axis), the class axis in the middle included
 GEOMETRIES = (((4, 5), None), ((5,), None), ((2, 5, 3), None), ((2, 3, 5), -1), ((3, 2, 4), 0))
 OPTIONS = (
@@ -52,24 +48,7 @@ OPTIONS = (
 
 
 def make_case(shape, axis, option, seed):
-    rng = np.random.default_rng(seed)
-    ax = (1 if len(shape) >= 2 else 0) if axis is None else axis % len(shape)
-    C = shape[ax]
-    x = rng.standard_normal(shape) * 2
-    weight = rng.uniform(0.3, 2.0, C) if option.get("weight") else None
-    kwargs = {"axis": axis, "label_smoothing": option.get("label_smoothing", 0.0)}
-    if option.get("prob"):
-        target = rng.random(shape)
-        target /= target.sum(axis=ax, keepdims=True)
-    else:
-        target = np.asarray(rng.integers(0, C, loss_shape(shape, axis)))
-        if "ignore_index" in option:
-            kwargs["ignore_index"] = option["ignore_index"]
-            if option["ignore_index"] == -100 and target.ndim:
-                target.reshape(-1)[::3] = -100
-            if (target == option["ignore_index"]).all():  # keep one sample
-                target.reshape(-1)[-1] = (option["ignore_index"] + 1) % C
-    return x, target, weight, kwargs
+    return cases.make_case(np.random.default_rng(seed), shape, axis, np.float64, option)
 
 
 CASES = [

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-from cases import LAYOUTS, arrange, class_axis
+from cases import LAYOUTS, arrange, class_axis, make_case
 from memory_gauge import peak_and_result
 from numpy.testing import assert_allclose, assert_array_equal
 
@@ -59,27 +59,6 @@ def float_dtype(name):
     if name == "bfloat16":
         return np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
     return np.dtype(name)
-
-
-def make_case(rng, shape, axis, dtype, option):
-    ax = class_axis(len(shape), axis)
-    C = shape[ax]
-    tshape = shape[:ax] + shape[ax + 1 :]
-    logits = (rng.standard_normal(shape) * 2).astype(dtype)
-    target = rng.integers(0, max(C, 1), size=tshape)
-    kwargs = {"axis": axis}
-    weight = rng.uniform(0.1, 2.0, C) if option.get("weight") else None
-    if "label_smoothing" in option:
-        kwargs["label_smoothing"] = option["label_smoothing"]
-    if "ignore_index" in option:
-        kwargs["ignore_index"] = option["ignore_index"]
-        target = np.where(rng.random(tshape) < 0.3, option["ignore_index"], target)
-    if option.get("specials") and logits.size > 8:
-        flat = logits.reshape(-1)
-        idx = rng.choice(flat.size, size=4, replace=False)
-        flat[idx] = np.array([np.nan, np.inf, -np.inf, -np.inf], dtype)
-        logits = flat.reshape(shape)
-    return logits, np.asarray(target), weight, kwargs
 
 
 def all_cases(dtype):

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from cases import LAYOUTS, arrange, class_axis
+from cases import LAYOUTS, arrange, class_axis, loss_shape, make_case
 from numpy.testing import assert_allclose, assert_array_equal
 
 import fastce
@@ -108,44 +108,6 @@ def assert_unmodified(before, after, msg=""):
         assert_array_equal(a, b, err_msg="input modified: " + msg)
 
 
-def loss_shape(logits_shape, axis):
-    shape = list(logits_shape)
-    del shape[class_axis(len(shape), axis)]
-    return tuple(shape)
-
-
-def make_ce_case(rng, shape, axis, dtype, index_dtype, option):
-    """``(logits, target, weight, kwargs)`` for one cross-entropy case, or None
-    when the combination cannot be expressed (a negative ignore_index in uint8)."""
-    ax = class_axis(len(shape), axis)
-    C = shape[ax]
-    tshape = loss_shape(shape, axis)
-    logits = (rng.standard_normal(shape) * 3).astype(dtype)
-    kwargs = {"axis": axis}
-    if "label_smoothing" in option:
-        kwargs["label_smoothing"] = option["label_smoothing"]
-    weight = rng.uniform(0.1, 2.0, C) if option.get("weight") else None
-    if option.get("prob"):
-        target = rng.random(shape)
-        if C:
-            target /= target.sum(axis=ax, keepdims=True)
-        return logits, target.astype(dtype), weight, kwargs
-
-    ignore = option.get("ignore_index")
-    if ignore is not None and ignore < 0 and np.dtype(index_dtype).kind == "u":
-        return None
-    target = rng.integers(0, max(C, 1), size=tshape)
-    if ignore is not None:
-        kwargs["ignore_index"] = ignore
-        target = np.where(rng.random(tshape) < 0.3, ignore, target)
-    if option.get("specials") and logits.size:
-        flat = logits.reshape(-1)
-        idx = rng.choice(flat.size, size=min(4, flat.size), replace=False)
-        flat[idx] = np.array([np.nan, np.inf, -np.inf, -np.inf], dtype)[: idx.size]
-        logits = flat.reshape(shape)
-    return logits, np.asarray(target).astype(index_dtype), weight, kwargs
-
-
 def ce_cases(dtype, reduction):
     """Yield ``(description, logits, target, weight, kwargs, grad_output)``."""
     rng = np.random.default_rng(12345)
@@ -154,7 +116,7 @@ def ce_cases(dtype, reduction):
     ):
         if option.get("prob") and index_dtype is not np.int64:
             continue
-        case = make_ce_case(rng, shape, axis, dtype, index_dtype, option)
+        case = make_case(rng, shape, axis, dtype, option, index_dtype, scale=3.0)
         if case is None:
             continue
         logits, target, weight, kwargs = case
@@ -328,8 +290,7 @@ def test_larger_geometries_match_reference(shape, axis):
     for dtype, option, reduction, scale in itertools.product(
         FLOATS, options, REDUCTIONS, (3.0, 1e4)
     ):
-        logits, target, weight, kwargs = make_ce_case(rng, shape, axis, dtype, np.int64, option)
-        logits = (logits.astype(np.float64) * (scale / 3.0)).astype(dtype)
+        logits, target, weight, kwargs = make_case(rng, shape, axis, dtype, option, scale=scale)
         go = rng.standard_normal(loss_shape(shape, axis)) if reduction == "none" else 1.0
         msg = f"{np.dtype(dtype).name} {option} {reduction} scale={scale}"
         with warnings.catch_warnings():
@@ -359,7 +320,7 @@ def test_larger_geometries_match_reference(shape, axis):
 def test_cross_entropy_loss_class_matches_reference(dtype):
     rng = np.random.default_rng(3)
     for (shape, axis), option, reduction in itertools.product(GEOMETRIES[:8], OPTIONS, REDUCTIONS):
-        logits, target, weight, kwargs = make_ce_case(rng, shape, axis, dtype, np.int64, option)
+        logits, target, weight, kwargs = make_case(rng, shape, axis, dtype, option, scale=3.0)
         kw = {
             "ignore_index": kwargs.get("ignore_index", -100),
             "label_smoothing": kwargs.get("label_smoothing", 0.0),
@@ -382,7 +343,7 @@ def test_nll_loss_matches_reference(dtype):
     for (shape, axis), option, layout, index_dtype, reduction in itertools.product(
         GEOMETRIES, OPTIONS[:5], LAYOUTS, INDEX_DTYPES, REDUCTIONS
     ):
-        case = make_ce_case(rng, shape, axis, dtype, index_dtype, option)
+        case = make_case(rng, shape, axis, dtype, option, index_dtype, scale=3.0)
         if case is None:
             continue
         logits, target, weight, kwargs = case

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import zlib
 
+import cases
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
@@ -35,8 +36,8 @@ GEOMETRIES = {
 }
 OPTIONS = {
     "index": dict(),
-    "index-ignore": dict(ignore=True),
-    "index-weight-ignore-ls": dict(weight=True, ignore=True, label_smoothing=0.2),
+    "index-ignore": dict(ignore_index=-100),
+    "index-weight-ignore-ls": dict(weight=True, ignore_index=-100, label_smoothing=0.2),
     "index-ignore3": dict(ignore_index=3),
     "prob": dict(prob=True),
     "prob-weight-ls": dict(prob=True, weight=True, label_smoothing=0.1),
@@ -44,25 +45,19 @@ OPTIONS = {
 
 
 def make_case(geometry, option, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
+    """The shared generator's case (``cases.make_case``) as torch tensors:
+    ``(logits, target, kwargs)`` with the weight in ``kwargs``."""
     shape = GEOMETRIES[geometry]
-    ax = 1 if len(shape) >= 2 else 0
-    C = shape[ax]
-    tshape = shape[:ax] + shape[ax + 1 :]
-    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(dtype)
-    kwargs = dict(label_smoothing=option.get("label_smoothing", 0.0))
-    if option.get("weight"):
-        kwargs["weight"] = torch.rand(C, generator=g, dtype=torch.float64).add(0.2).to(dtype)
-    if option.get("prob"):
-        target = torch.rand(shape, generator=g, dtype=torch.float64)
-        target = (target / target.sum(ax, keepdim=True)).to(dtype)
-    else:
-        target = torch.randint(0, C, tshape, generator=g)
-        if option.get("ignore"):
-            target = torch.where(torch.rand(tshape, generator=g) < 0.3, -100, target)
-        if "ignore_index" in option:
-            kwargs["ignore_index"] = option["ignore_index"]
-    return x, target, kwargs
+    logits, target, weight, kwargs = cases.make_case(
+        np.random.default_rng(seed), shape, None, np.float64, option, scale=3.0
+    )
+    del kwargs["axis"]  # torch's rule: class axis 1, or 0 unbatched
+    kwargs.setdefault("label_smoothing", 0.0)
+    if weight is not None:
+        kwargs["weight"] = torch.from_numpy(weight).to(dtype)
+    x = torch.from_numpy(logits).to(dtype)
+    t = torch.from_numpy(target)
+    return x, t.to(dtype) if option.get("prob") else t, kwargs
 
 
 def loss_and_grad(fn, x, target, reduction, grad_output, **kwargs):
