@@ -20,7 +20,10 @@ Blocks are handed to the threads as they become free (a dynamic schedule):
 on a busy machine a thread the OS deschedules holds up only the block it is
 in, and which thread computes a block never changes its bits.  The Python
 layer validates everything; the kernels cannot fail, and the entry points
-only raise for an internal mistake or memory they cannot get.
+only raise for an internal mistake or memory they cannot get.  The one
+exception is the common call's fast path (``cross_entropy_common``,
+``nll_loss_common``): it checks the few things its own call needs and
+declines (returns None) any other call, which then takes the validating path.
 """
 
 from cpython.exc cimport PyErr_CheckSignals
