@@ -26,7 +26,8 @@ from .functional import (
     nll_loss,
     softmax,
 )
-from .metrics import Accumulator, EvalResult, evaluate
+from .linear import linear_cross_entropy, linear_cross_entropy_with_grad
+from .metrics import Accumulator, EvalResult, evaluate, evaluate_linear
 
 __version__ = "0.1.0"
 
@@ -44,7 +45,10 @@ __all__ = [
     "cross_entropy_grad",
     "cross_entropy_with_grad",
     "evaluate",
+    "evaluate_linear",
     "get_num_threads",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "logsumexp",
     "nll_loss",

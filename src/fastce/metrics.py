@@ -49,8 +49,8 @@ from __future__ import annotations
 import math
 import operator
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, SupportsIndex, overload
 
 import numpy as np
@@ -77,8 +77,17 @@ from ._validate import (
     view3,
     warn_single_class,
 )
+from .linear import (
+    DEFAULT_BLOCK_BYTES,
+    Head,
+    Products,
+    blas_threads,
+    block_rows_for,
+    check_block_bytes,
+    check_head,
+)
 
-__all__ = ["Accumulator", "EvalResult", "PerSample", "evaluate"]
+__all__ = ["Accumulator", "EvalResult", "PerSample", "evaluate", "evaluate_linear"]
 
 # Logits per kernel call (counted in the result dtype) when an input is walked
 # in blocks: a memory-mapped file is read block by block, and a byte-swapped
@@ -422,6 +431,17 @@ def plan_evaluation(logits: object, target: object, options: EvalOptions) -> Eva
     )
 
 
+def _per_sample_arrays(shape: tuple[int, ...], dtype: np.dtype[Any]) -> PerSample:
+    """What an ignored sample keeps: loss 0, target rank -1."""
+    return PerSample(
+        loss=np.zeros(shape, dtype=dtype),
+        prediction=np.zeros(shape, dtype=np.int64),
+        target_rank=np.full(shape, -1, dtype=np.int64),
+        confidence=np.zeros(shape, dtype=dtype),
+        entropy=np.zeros(shape, dtype=dtype),
+    )
+
+
 def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample | None]:
     """The totals of ``plan``'s batch, and its per-sample results when asked.
     Large inputs (a memory-mapped file, a byte-swapped array) are read in
@@ -429,15 +449,7 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
     options = plan.options
     totals = Totals.empty(options.topk, options.bins)
     shape, dtype = plan.target_shape, plan.dtype
-    outputs: PerSample | None = None
-    if per_sample:
-        outputs = PerSample(
-            loss=np.zeros(shape, dtype=dtype),
-            prediction=np.zeros(shape, dtype=np.int64),
-            target_rank=np.full(shape, -1, dtype=np.int64),
-            confidence=np.zeros(shape, dtype=dtype),
-            entropy=np.zeros(shape, dtype=dtype),
-        )
+    outputs = _per_sample_arrays(shape, dtype) if per_sample else None
     x3, t2 = plan.x3, plan.index2
     outer, n_classes, inner = x3.shape
     if outer * inner == 0:
@@ -502,6 +514,58 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
             options.threads,
         )
         totals.fold(sums, counts)
+    return totals, outputs
+
+
+def plan_linear_evaluation(head: Head, target: object, options: EvalOptions) -> EvalPlan:
+    """Checks one batch of an evaluation from a linear head: the target
+    against the logits the head would give (classes on their last axis)."""
+    return plan_evaluation(head.logits_shaped(), target, replace(options, axis=-1))
+
+
+def run_linear_evaluation(
+    plan: EvalPlan, head: Head, per_sample: bool, block_bytes: int
+) -> tuple[Totals, PerSample | None]:
+    """:func:`run_evaluation` on the logits of ``head``, made a block of rows
+    at a time into one buffer of at most ``block_bytes`` (at least a row).
+    Rows of ignored targets are skipped unless per-sample results are asked
+    for (they have a prediction, a confidence and an entropy)."""
+    options = plan.options
+    totals = Totals.empty(options.topk, options.bins)
+    outputs = _per_sample_arrays(plan.target_shape, plan.dtype) if per_sample else None
+    index1 = plan.index2.reshape(-1)
+    ignore_value, has_ignore = options.ignore
+    if has_ignore and not per_sample:
+        rows = np.flatnonzero(index1 != ignore_value)
+    else:
+        rows = np.arange(index1.size)
+    if rows.size == 0:
+        return totals, outputs
+    h2, w_c, b_c = head.operands()
+    n_classes, dtype = head.n_classes, head.dtype
+    block_rows = block_rows_for(rows.size, n_classes, dtype, block_bytes)
+    buffer = np.empty((block_rows, n_classes), dtype=dtype)
+    products = Products(dtype)
+    with blas_threads(options.threads):
+        for start in range(0, rows.size, block_rows):
+            picked = rows[start : start + block_rows]
+            n = picked.size
+            head.block_logits(h2, w_c, b_c, picked, buffer, products)
+            block_plan = EvalPlan(
+                options=options,
+                x3=buffer[:n].reshape(n, n_classes, 1),
+                index2=index1[picked].reshape(n, 1),
+                weight=plan.weight,
+                n_classes=n_classes,
+                axis=1,
+                target_shape=(n,),
+                dtype=dtype,
+            )
+            block_totals, block_outputs = run_evaluation(block_plan, per_sample)
+            totals.merge(block_totals)
+            if outputs is not None and block_outputs is not None:
+                for name in PerSample.__dataclass_fields__:
+                    getattr(outputs, name).reshape(-1)[picked] = getattr(block_outputs, name)
     return totals, outputs
 
 
@@ -665,14 +729,40 @@ class Accumulator:
         ``per_sample`` is true, else None.
         """
         plan = plan_evaluation(logits, target, self._options)
+        return self._add_batch(plan, lambda: run_evaluation(plan, per_sample))
+
+    def update_linear(
+        self,
+        hidden: ArrayLike,
+        linear_weight: ArrayLike,
+        target: ArrayLike,
+        linear_bias: ArrayLike | None = None,
+        *,
+        per_sample: bool = False,
+        max_block_bytes: int = DEFAULT_BLOCK_BYTES,
+    ) -> PerSample | None:
+        """Add a batch given as hidden states and a linear head: the logits
+        ``hidden @ linear_weight.T + linear_bias`` (classes on their last
+        axis), made block by block as :func:`evaluate_linear` makes them."""
+        head = check_head(hidden, linear_weight, linear_bias)
+        block_bytes = check_block_bytes(max_block_bytes)
+        plan = plan_linear_evaluation(head, target, self._options)
+        return self._add_batch(
+            plan, lambda: run_linear_evaluation(plan, head, per_sample, block_bytes)
+        )
+
+    def _add_batch(
+        self, plan: EvalPlan, run: Callable[[], tuple[Totals, PerSample | None]]
+    ) -> PerSample | None:
+        """Folds in the totals ``run`` computes for the checked batch ``plan``."""
         outer, _, inner = plan.x3.shape
         if outer * inner == 0:
             # an empty batch fixes nothing, not even the class count
-            return run_evaluation(plan, per_sample)[1]
+            return run()[1]
         self._check_classes(plan.n_classes, plan.axis)
         # the batch's totals are made apart and added at the end, so that an
         # update applies completely or not at all
-        totals, outputs = run_evaluation(plan, per_sample)
+        totals, outputs = run()
         with self._lock:
             self._check_classes(plan.n_classes, plan.axis)
             self.n_classes = plan.n_classes
@@ -795,4 +885,53 @@ def evaluate(
         num_threads=num_threads,
     )
     totals, outputs = run_evaluation(plan_evaluation(logits, target, options), per_sample)
+    return totals.result(per_sample=outputs)
+
+
+def evaluate_linear(
+    hidden: ArrayLike,
+    linear_weight: ArrayLike,
+    target: ArrayLike,
+    linear_bias: ArrayLike | None = None,
+    weight: ArrayLike | None = None,
+    *,
+    topk: int | Iterable[int] = (1, 5),
+    bins: int = 15,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    per_sample: bool = False,
+    max_block_bytes: int = DEFAULT_BLOCK_BYTES,
+    num_threads: int | None = None,
+) -> EvalResult:
+    """:func:`evaluate` of the logits ``hidden @ linear_weight.T + linear_bias``
+    without holding them: each block of rows is multiplied into one buffer of
+    at most ``max_block_bytes`` and evaluated there.
+
+    The arguments are :func:`fastce.linear_cross_entropy`'s (the classes are
+    the linear output's last axis) and :func:`evaluate`'s options; every
+    metric equals :func:`evaluate` on the full logits.
+
+    Examples
+    --------
+    >>> import numpy as np, fastce
+    >>> rng = np.random.default_rng(0)
+    >>> h = rng.standard_normal((500, 8)); W = rng.standard_normal((40, 8))
+    >>> t = rng.integers(0, 40, 500)
+    >>> r = fastce.evaluate_linear(h, W, t, max_block_bytes=40 * 8 * 64)
+    >>> whole = fastce.evaluate(h @ W.T, t)
+    >>> bool(np.isclose(r.loss, whole.loss, rtol=1e-12)), r.accuracy == whole.accuracy
+    (True, True)
+    """
+    options = check_eval_options(
+        weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        topk=topk,
+        bins=bins,
+        num_threads=num_threads,
+    )
+    head = check_head(hidden, linear_weight, linear_bias)
+    block_bytes = check_block_bytes(max_block_bytes)
+    plan = plan_linear_evaluation(head, target, options)
+    totals, outputs = run_linear_evaluation(plan, head, per_sample, block_bytes)
     return totals.result(per_sample=outputs)
