@@ -67,6 +67,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess
     ) from err
 
 from . import functional as _functional
+from . import linear as _linear
 from ._config import get_num_threads as _fastce_threads
 
 # NumPy has no bfloat16 of its own: ml_dtypes gives it the one a bfloat16
@@ -79,7 +80,7 @@ try:
 except ImportError:
     _NUMPY_BFLOAT16 = None
 
-__all__ = ["cross_entropy", "CrossEntropyLoss"]
+__all__ = ["cross_entropy", "CrossEntropyLoss", "linear_cross_entropy", "LinearCrossEntropyLoss"]
 
 _torch_cross_entropy = torch.nn.functional.cross_entropy
 
@@ -335,3 +336,223 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
         )
+
+
+# ---- linear heads ----------------------------------------------------------
+
+_torch_linear_cross_entropy = getattr(torch.nn.functional, "linear_cross_entropy", None)
+
+
+def _linear_served(
+    input: object,
+    linear_weight: object,
+    target: object,
+    linear_bias: object,
+    weight: object,
+    reduction: str,
+    grad_enabled: bool,
+) -> bool:
+    """Whether fastce computes this linear cross-entropy (True), or torch does."""
+    tensors = [input, linear_weight, target] + [t for t in (linear_bias, weight) if t is not None]
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return False
+    floats = cast("list[torch.Tensor]", [input, linear_weight, linear_bias, weight])
+    x, t = cast(torch.Tensor, input), cast(torch.Tensor, target)
+    if torch.overrides.has_torch_function(tuple(tensors)):
+        return False
+    if torch.compiler.is_compiling() or _transforms_active():
+        return False
+    if not all(_plain_cpu(cast(torch.Tensor, a)) for a in tensors):
+        return False
+    # torch takes classes from axis 1 of the linear output: the last axis
+    # only for 1-d and 2-d input, where fastce's rule agrees
+    if x.dim() not in (1, 2) or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if any(a is not None and a.dtype != x.dtype for a in floats):
+        return False
+    if t.dtype not in _INDEX_DTYPES and t.dtype != x.dtype:
+        return False
+    if grad_enabled and (t.requires_grad or (weight is not None and floats[3].requires_grad)):
+        return False
+    return reduction in _REDUCTIONS
+
+
+class _LinearCrossEntropyFunction(torch.autograd.Function):
+    """The loss and every gradient from one blocked pass; backward scales the
+    gradients (``"mean"``, ``"sum"``), or for ``"none"`` computes them again
+    with the incoming per-sample gradient."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: torch.Tensor,
+        linear_weight: torch.Tensor,
+        linear_bias: torch.Tensor | None,
+        target: torch.Tensor,
+        weight: torch.Tensor | None,
+        ignore_index: int,
+        reduction: str,
+        label_smoothing: float,
+    ) -> torch.Tensor:
+        args = (_numpy(input), _numpy(linear_weight), _numpy(target), _numpy(linear_bias))
+        options: dict[str, Any] = dict(
+            weight=_numpy(weight),
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            num_threads=_thread_limit(),
+        )
+        try:
+            if reduction == "none":
+                loss = _linear.linear_cross_entropy(*args, **options)
+                ctx.recompute = (args, options)
+                ctx.grads = None
+            else:
+                loss, gh, gw, gb = _linear.linear_cross_entropy_with_grad(*args, **options)
+                ctx.grads = (gh, gw, gb)
+        except (TypeError, ValueError, IndexError) as err:
+            raise _Declined from err
+        ctx.has_bias = linear_bias is not None
+        return _loss_tensor(loss, input.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.grads is None:
+            args, options = ctx.recompute
+            _, gh, gw, gb = _linear.linear_cross_entropy_with_grad(
+                *args, grad_output=grad_output.detach().numpy(), **options
+            )
+            scale = 1.0
+        else:
+            gh, gw, gb = ctx.grads
+            scale = grad_output.item()
+        grads: list[torch.Tensor | None] = [torch.from_numpy(g) for g in (gh, gw)]
+        grads.append(torch.from_numpy(gb) if ctx.has_bias else None)
+        if scale != 1.0:  # loss.backward() passes exactly 1
+            grads = [None if g is None else g * scale for g in grads]
+        if torch.is_grad_enabled():
+            grads = [None if g is None else _no_second_derivative(g) for g in grads]
+        return grads[0], grads[1], grads[2], None, None, None, None, None
+
+
+def linear_cross_entropy(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    linear_bias: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    options: object = None,
+) -> torch.Tensor:
+    """``torch.nn.functional.linear_cross_entropy``, computed by fastce on CPU
+    tensors without holding the logits (see :func:`fastce.linear_cross_entropy`).
+
+    Same signature as torch's; ``options`` (torch's chunking strategy) is
+    accepted and ignored: fastce always works in blocks.  fastce serves 1-d
+    and 2-d float32 and float64 input on CPU; every other call (and every
+    call fastce's checks reject) goes to torch's function, which gives its
+    own results and errors.  The forward pass computes the loss and all the
+    gradients; backward only scales them (for ``reduction="none"`` it runs
+    the blocked pass again with the per-sample gradient).
+
+    Examples
+    --------
+    >>> import torch, fastce.torch
+    >>> h = torch.randn(8, 4, requires_grad=True); W = torch.randn(10, 4, requires_grad=True)
+    >>> t = torch.randint(0, 10, (8,))
+    >>> loss = fastce.torch.linear_cross_entropy(h, W, t)
+    >>> loss.backward()
+    >>> torch.allclose(loss, torch.nn.functional.cross_entropy(h @ W.T, t))
+    True
+    """
+    grad_enabled = torch.is_grad_enabled()
+    index = -100 if ignore_index is None else ignore_index
+    if _linear_served(input, linear_weight, target, linear_bias, weight, reduction, grad_enabled):
+        try:
+            needs_grad = grad_enabled and any(
+                t is not None and t.requires_grad for t in (input, linear_weight, linear_bias)
+            )
+            if needs_grad:
+                return cast(
+                    torch.Tensor,
+                    _LinearCrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
+                        input,
+                        linear_weight,
+                        linear_bias,
+                        target,
+                        weight,
+                        index,
+                        reduction,
+                        label_smoothing,
+                    ),
+                )
+            loss = _linear.linear_cross_entropy(
+                _numpy(input),
+                _numpy(linear_weight),
+                _numpy(target),
+                _numpy(linear_bias),
+                _numpy(weight),
+                ignore_index=index,
+                reduction=reduction,
+                label_smoothing=label_smoothing,
+                num_threads=_thread_limit(),
+            )
+            return _loss_tensor(loss, input.dtype)
+        except (TypeError, ValueError, IndexError):
+            pass  # torch answers, or raises its own error, below
+    if _torch_linear_cross_entropy is None:
+        logits = torch.nn.functional.linear(input, linear_weight, linear_bias)
+        return _torch_cross_entropy(
+            logits,
+            target,
+            weight,
+            ignore_index=index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+    return cast(
+        torch.Tensor,
+        _torch_linear_cross_entropy(
+            input,
+            linear_weight,
+            target,
+            linear_bias=linear_bias,
+            weight=weight,
+            reduction=reduction,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            options=options,
+        ),
+    )
+
+
+if hasattr(torch.nn, "LinearCrossEntropyLoss"):
+
+    class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
+        """``torch.nn.LinearCrossEntropyLoss`` (torch 2.13 and later), computed
+        by fastce: the same module, parameters and ``state_dict``; only
+        ``forward`` differs, calling :func:`linear_cross_entropy`."""
+
+        def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            linear_weight = self.linear.weight.reshape(
+                (self.num_classes, *self.out_features, self.linear.in_features)
+            )
+            linear_bias = (
+                self.linear.bias.reshape((self.num_classes, *self.out_features))
+                if self.linear.bias is not None
+                else None
+            )
+            return linear_cross_entropy(
+                input,
+                linear_weight,
+                target,
+                linear_bias=linear_bias,
+                weight=self.weight,
+                reduction=self.reduction,
+                ignore_index=self.ignore_index,
+                label_smoothing=self.label_smoothing,
+                options=self.options,
+            )
