@@ -14,6 +14,7 @@ from memory_gauge import peak_and_result
 from numpy.testing import assert_allclose
 
 import fastce
+from fastce import linear
 
 OPTIONS = (
     {},
@@ -52,10 +53,19 @@ def full_logits(hidden, w, b):
     return logits if b is None else logits + b
 
 
+@pytest.fixture(params=["row blocks", "class slices"])
+def path(request, monkeypatch):
+    """Each of the two ways through the output layer: blocks of whole rows, or
+    (for vocabularies too large for the block) many rows walked in slices of
+    classes."""
+    monkeypatch.setattr(linear, "MIN_BLOCK_ROWS", 1 if request.param == "row blocks" else 10**9)
+    return request.param
+
+
 @pytest.mark.parametrize("option, reduction", list(itertools.product(OPTIONS, REDUCTIONS)), ids=str)
 @pytest.mark.parametrize("sample_shape", [(23,), (3, 7), ()], ids=str)
 @pytest.mark.parametrize("block_rows", [1, 5, 1000])
-def test_equals_cross_entropy_of_the_full_logits(option, reduction, sample_shape, block_rows):
+def test_equals_cross_entropy_of_the_full_logits(option, reduction, sample_shape, block_rows, path):
     rng = np.random.default_rng(len(str(option)) + len(reduction) + len(sample_shape))
     n_classes = 11
     hidden, w, b, target, cw, kwargs = make_head(rng, sample_shape, 6, n_classes, option)
@@ -86,7 +96,7 @@ def common_ce(common):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_float32_and_half_operands_compute_in_float32(dtype):
+def test_float32_and_half_operands_compute_in_float32(dtype, path):
     rng = np.random.default_rng(1)
     hidden, w, b, target, _, _ = make_head(rng, (40,), 16, 300, {}, dtype=dtype)
     loss, gh, gw, gb = fastce.linear_cross_entropy_with_grad(
@@ -107,7 +117,7 @@ def test_a_float64_operand_makes_it_float64():
     assert loss.dtype == np.float64
 
 
-def test_gradients_match_finite_differences():
+def test_gradients_match_finite_differences(path):
     rng = np.random.default_rng(3)
     option = {"label_smoothing": 0.1, "weight": True, "ignore_index": -100}
     hidden, w, b, target, cw, kwargs = make_head(rng, (5,), 3, 4, option)
@@ -132,7 +142,7 @@ def test_gradients_match_finite_differences():
     assert_allclose(gb, numerical(b, lambda v: loss(bb=v)), rtol=1e-6, atol=1e-9)
 
 
-def test_matches_torch_autograd():
+def test_matches_torch_autograd(path):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
     rng = np.random.default_rng(4)
@@ -154,7 +164,7 @@ def test_matches_torch_autograd():
         assert_allclose(loss, torch_linear.item(), rtol=1e-12)
 
 
-def test_every_target_ignored():
+def test_every_target_ignored(path):
     rng = np.random.default_rng(5)
     hidden, w, b, _, _, _ = make_head(rng, (6,), 4, 5, {})
     target = np.full(6, -100)
@@ -173,7 +183,7 @@ def test_no_bias_gives_no_bias_gradient():
     assert gb is None
 
 
-def test_holds_one_block_of_logits_at_a_time():
+def test_holds_one_block_of_logits_at_a_time(path):
     rng = np.random.default_rng(7)
     n, n_features, n_classes = 512, 32, 20000
     hidden = rng.standard_normal((n, n_features), dtype=np.float32)
@@ -230,9 +240,7 @@ def test_thread_count_does_not_change_the_result():
         assert_allclose(a, c, rtol=1e-12)
 
 
-def test_without_scipy_the_products_are_numpys_and_the_same(monkeypatch):
-    from fastce import linear
-
+def test_without_scipy_the_products_are_numpys_and_the_same(monkeypatch, path):
     rng = np.random.default_rng(9)
     hidden, w, b, target, _, _ = make_head(rng, (50,), 8, 300, {"ignore_index": -100})
     with_gemm = fastce.linear_cross_entropy_with_grad(hidden, w, target, b, max_block_bytes=4000)

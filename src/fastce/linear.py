@@ -36,6 +36,7 @@ from ._plan import (
     plan_cross_entropy,
 )
 from ._validate import as_array, check_float_dtype
+from .functional import logsumexp
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
 
@@ -99,6 +100,15 @@ class Products:
         if self.gemm is None:
             return cast("npt.NDArray[Any]", g @ w)
         return cast("npt.NDArray[Any]", self.gemm(1.0, w.T, g.T).T)
+
+    def add_product(self, into: npt.NDArray[Any], a: npt.NDArray[Any], b: npt.NDArray[Any]) -> None:
+        """``into += a @ b``."""
+        if self.gemm is not None:
+            result = self.gemm(1.0, b.T, a.T, beta=1.0, c=into.T, overwrite_c=True)
+            if not np.shares_memory(result, into):
+                into[...] = result.T
+            return
+        into += a @ b
 
     def add_weight_grad(
         self, into: npt.NDArray[Any], g: npt.NDArray[Any], h: npt.NDArray[Any]
@@ -209,6 +219,210 @@ def block_rows_for(n_rows: int, n_classes: int, dtype: np.dtype[Any], block_byte
     return max(1, min(n_rows, block_bytes // max(1, n_classes * dtype.itemsize)))
 
 
+# fewer rows per block than this (a vocabulary too large for the block size)
+# and the output layer is walked in slices of classes instead, many rows at
+# a time: each slice is then read once per many rows, not once per few
+MIN_BLOCK_ROWS = 256
+# rows per block when the classes are walked in slices
+CHUNK_ROWS = 2048
+# the fewest classes in a slice
+MIN_CHUNK_CLASSES = 512
+
+
+class _Work(NamedTuple):
+    """What a blocked pass reads and writes."""
+
+    head: Head
+    checked: ClassPlan  # cross_entropy's checks of the call
+    h2: npt.NDArray[Any]  # hidden states, (N, H)
+    w_c: npt.NDArray[Any]  # the output layer in the computing dtype, C-ordered
+    b_c: npt.NDArray[Any] | None
+    index1: npt.NDArray[Any] | None  # class indices, (N,)
+    probs2: npt.NDArray[Any] | None  # target probabilities, (N, V)
+    row_go: npt.NDArray[np.float64] | None  # per-sample gradient scales, (N,)
+    scalar_go: float | None  # or one scale for every sample
+    loss_rows: npt.NDArray[Any] | None  # per-sample losses, for reduction="none"
+    grad_h2: npt.NDArray[Any] | None  # (N, H)
+    grad_w: npt.NDArray[Any] | None
+    grad_b: npt.NDArray[Any] | None
+    products: Products
+
+
+def _by_row_blocks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) -> float:
+    """Blocks of whole rows: cross_entropy's kernel makes each block's loss
+    and, in place of its logits, their gradient.  Returns the summed loss."""
+    head, checked = work.head, work.checked
+    dtype, n_classes = head.dtype, head.n_classes
+    block_rows = block_rows_for(len(rows), n_classes, dtype, block_bytes)
+    buffer = np.empty((block_rows, n_classes), dtype=dtype)
+    want_grad = work.grad_w is not None
+    total = 0.0
+    for start in range(0, len(rows), block_rows):
+        picked = rows[start : start + block_rows]
+        n = len(picked)
+        h_block = head.block_logits(work.h2, work.w_c, work.b_c, picked, buffer, work.products)
+        block = buffer[:n]
+        block_go = None
+        if work.row_go is not None:
+            block_go = work.row_go[picked]
+        elif work.scalar_go is not None:
+            # a scalar stays 0-d: the kernel reads it at every sample
+            block_go = np.array(work.scalar_go)
+        block_plan = checked._replace(
+            kernel=CROSS_ENTROPY_PROBS if work.probs2 is not None else CROSS_ENTROPY_INDEX,
+            x=block,
+            x3=block.reshape(n, n_classes, 1),
+            reduction="none" if work.loss_rows is not None else "sum",
+            per_sample_shape=(n,) if work.loss_rows is not None else None,
+            denominator=1.0,
+            index2=None if work.index1 is None else work.index1[picked].reshape(n, 1),
+            probs3=None if work.probs2 is None else work.probs2[picked].reshape(n, n_classes, 1),
+            has_ignore=False,  # ignored rows were dropped
+            grad_output=block_go,
+            per_class=want_grad,
+            out=block if want_grad else None,
+        )
+        block_loss, block_grad = execute(block_plan)
+        if work.loss_rows is not None:
+            work.loss_rows[picked] = block_loss
+        else:
+            total += float(block_loss)
+        if block_grad is None:
+            continue
+        # block_grad is the block buffer, overwritten with the logits' gradient
+        assert work.grad_h2 is not None and work.grad_w is not None
+        work.grad_h2[picked] = work.products.hidden_grad(block_grad, work.w_c)
+        work.products.add_weight_grad(work.grad_w, block_grad, h_block)
+        if work.grad_b is not None:
+            np.add(work.grad_b, block_grad.sum(axis=0), out=work.grad_b)
+    return total
+
+
+def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) -> float:
+    """Blocks of many rows, walked in slices of classes: a first walk adds up
+    each row's log-sum-exp and the logits its loss reads, a second (for the
+    gradient) makes each slice's logits again and their gradient from the
+    final log-sum-exp.  Returns the summed loss."""
+    head, checked = work.head, work.checked
+    dtype, n_classes, n_features = head.dtype, head.n_classes, head.n_features
+    smoothing = checked.smoothing
+    class_weight = checked.weight if checked.weight.size else None
+    weight_total = float(class_weight.sum()) if class_weight is not None else float(n_classes)
+    item = dtype.itemsize
+    want_grad = work.grad_w is not None
+    # a slice's logits, and where the loss or gradient needs one, a second
+    # slice-sized buffer for a product with the targets
+    spare_needed = work.probs2 is not None or (smoothing > 0 and want_grad)
+    space = max(1, block_bytes // 2 if spare_needed else block_bytes)
+    block_rows = max(1, min(len(rows), CHUNK_ROWS, space // (MIN_CHUNK_CLASSES * item)))
+    step = max(1, min(n_classes, space // (block_rows * item)))
+    logits_space = np.empty(block_rows * step, dtype=dtype)
+    spare_space = np.empty(block_rows * step if spare_needed else 0, dtype=dtype)
+    total = 0.0
+
+    def chunk_logits(h_block: npt.NDArray[Any], c0: int, c1: int) -> npt.NDArray[Any]:
+        out = logits_space[: len(h_block) * (c1 - c0)].reshape(len(h_block), c1 - c0)
+        work.products.logits(h_block, work.w_c[c0:c1], out)
+        if work.b_c is not None:
+            out += work.b_c[c0:c1]
+        return out
+
+    def target_terms(y_block: npt.NDArray[Any], c0: int, c1: int) -> npt.NDArray[Any]:
+        """``w_c * ((1 - eps) y + eps / C)`` of a slice, in the spare buffer."""
+        n = len(y_block)
+        u = spare_space[: n * (c1 - c0)].reshape(n, c1 - c0)
+        np.multiply(y_block[:, c0:c1], 1.0 - smoothing, out=u)
+        u += smoothing / n_classes
+        if class_weight is not None:
+            u *= class_weight[c0:c1].astype(dtype)
+        return u
+
+    for start in range(0, len(rows), block_rows):
+        picked = rows[start : start + block_rows]
+        n = len(picked)
+        h_block = np.asarray(work.h2[picked], dtype=dtype)
+        y_block = None if work.probs2 is None else work.probs2[picked]
+        t = None if work.index1 is None else work.index1[picked].astype(np.intp)
+        lse = np.full(n, -np.inf)
+        # the logits the loss reads besides the log-sum-exp: the target's
+        # (class indices), and sum_c u_c z_c (probabilities, or smoothing)
+        target_logit = np.zeros(n)
+        weighted_sum = np.zeros(n)
+        for c0 in range(0, n_classes, step):
+            c1 = min(n_classes, c0 + step)
+            z = chunk_logits(h_block, c0, c1)
+            lse = np.logaddexp(lse, logsumexp(z, axis=1, num_threads=checked.threads or None))
+            if t is not None:
+                inside = (t >= c0) & (t < c1)
+                target_logit[inside] = z[inside, t[inside] - c0]
+                if smoothing:
+                    weighted_sum += (
+                        z @ class_weight[c0:c1].astype(dtype)
+                        if class_weight is not None
+                        else z.sum(axis=1)
+                    )
+            else:
+                assert y_block is not None
+                weighted_sum += np.einsum("ij,ij->i", z, target_terms(y_block, c0, c1))
+        if t is not None:
+            w_t = class_weight[t] if class_weight is not None else np.ones(n)
+            a_total = (1.0 - smoothing) * w_t + smoothing / n_classes * weight_total
+            loss = (1.0 - smoothing) * w_t * (lse - target_logit)
+            if smoothing:
+                loss += smoothing / n_classes * (weight_total * lse - weighted_sum)
+        else:
+            assert y_block is not None
+            weights = class_weight if class_weight is not None else np.ones(n_classes)
+            a_total = (1.0 - smoothing) * (y_block @ weights) + smoothing / n_classes * (
+                weight_total
+            )
+            loss = a_total * lse - weighted_sum
+        if work.loss_rows is not None:
+            work.loss_rows[picked] = loss
+        else:
+            total += float(loss.sum())
+        if not want_grad:
+            continue
+        assert work.grad_h2 is not None and work.grad_w is not None
+        g = work.row_go[picked] if work.row_go is not None else np.full(n, work.scalar_go)
+        scale = (a_total * g).astype(dtype)[:, None]
+        shift = lse.astype(dtype)[:, None]
+        grad_h_block = np.zeros((n, n_features), dtype=dtype)
+        for c0 in range(0, n_classes, step):
+            c1 = min(n_classes, c0 + step)
+            z = chunk_logits(h_block, c0, c1)
+            # the gradient of the slice, in place of its logits:
+            # g * (A * exp(z - lse) - a)
+            z -= shift
+            np.exp(z, out=z)
+            z *= scale
+            if t is not None:
+                if smoothing:
+                    per_class = (
+                        class_weight[c0:c1].astype(dtype)
+                        if class_weight is not None
+                        else np.ones(c1 - c0, dtype)
+                    )
+                    spare = spare_space[: n * (c1 - c0)].reshape(n, c1 - c0)
+                    np.multiply.outer(
+                        (smoothing / n_classes * g).astype(dtype), per_class, out=spare
+                    )
+                    z -= spare
+                inside = (t >= c0) & (t < c1)
+                z[inside, t[inside] - c0] -= ((1.0 - smoothing) * w_t * g)[inside].astype(dtype)
+            else:
+                assert y_block is not None
+                u = target_terms(y_block, c0, c1)
+                u *= g.astype(dtype)[:, None]
+                z -= u
+            work.products.add_product(grad_h_block, z, work.w_c[c0:c1])
+            work.products.add_weight_grad(work.grad_w[c0:c1], z, h_block)
+            if work.grad_b is not None:
+                work.grad_b[c0:c1] += z.sum(axis=0)
+        work.grad_h2[picked] = grad_h_block
+    return total
+
+
 def _linear(
     hidden: object,
     linear_weight: object,
@@ -271,54 +485,32 @@ def _linear(
             if go.ndim
             else np.full(1, float(go) * scale, dtype=np.float64)
         )
-    block_rows = block_rows_for(len(rows), n_classes, dtype, block_bytes)
     # the gradient of the output layer is added block by block in slices of
     # classes, so that each product's temporary stays within the same bound
     class_step = max(1, block_bytes // max(1, n_features * dtype.itemsize))
-    buffer = np.empty((block_rows, n_classes), dtype=dtype)
-    products = Products(dtype, class_step)
-    total = 0.0
+    work = _Work(
+        head=head,
+        checked=checked,
+        h2=h2,
+        w_c=w_c,
+        b_c=b_c,
+        index1=index1,
+        probs2=probs2,
+        row_go=go1 if go_per_sample else None,
+        scalar_go=float(go1[0]) if go1 is not None and not go_per_sample else None,
+        loss_rows=loss_rows,
+        grad_h2=None if grad_h is None else grad_h.reshape(n_samples, n_features),
+        grad_w=grad_w,
+        grad_b=grad_b,
+        products=Products(dtype, class_step),
+    )
     with blas_threads(threads):
-        for start in range(0, len(rows), block_rows):
-            picked = rows[start : start + block_rows]
-            n = len(picked)
-            h_block = head.block_logits(h2, w_c, b_c, picked, buffer, products)
-            block = buffer[:n]
-            block_go = None
-            if go1 is not None:
-                # a scalar stays 0-d: the kernel reads it at every sample
-                block_go = go1[picked] if go_per_sample else go1.reshape(())
-            block_plan = ClassPlan(
-                kernel=CROSS_ENTROPY_PROBS if probs2 is not None else CROSS_ENTROPY_INDEX,
-                x=block,
-                x3=block.reshape(n, n_classes, 1),
-                dtype=dtype,
-                reduction="none" if reduction == "none" else "sum",
-                per_sample_shape=(n,) if reduction == "none" else None,
-                denominator=1.0,
-                index2=None if index1 is None else index1[picked].reshape(n, 1),
-                probs3=None if probs2 is None else probs2[picked].reshape(n, n_classes, 1),
-                weight=checked.weight,
-                smoothing=checked.smoothing,
-                has_ignore=False,  # ignored rows were dropped
-                grad_output=block_go,
-                per_class=want_grad,
-                out=block if want_grad else None,
-                threads=threads,
-            )
-            block_loss, block_grad = execute(block_plan)
-            if loss_rows is not None:
-                loss_rows[picked] = block_loss
-            else:
-                total += float(block_loss)
-            if block_grad is None:
-                continue
-            # block_grad is the block buffer, overwritten with the logits' gradient
-            assert grad_h is not None and grad_w is not None
-            grad_h.reshape(n_samples, n_features)[picked] = products.hidden_grad(block_grad, w_c)
-            products.add_weight_grad(grad_w, block_grad, h_block)
-            if grad_b is not None:
-                grad_b += block_grad.sum(axis=0)
+        if block_rows_for(len(rows), n_classes, dtype, block_bytes) >= min(
+            len(rows), MIN_BLOCK_ROWS
+        ):
+            total = _by_row_blocks(work, rows, block_bytes)
+        else:
+            total = _by_class_chunks(work, rows, block_bytes)
     if loss_rows is not None:
         loss: Any = loss_rows.reshape(sample_shape)
     else:
