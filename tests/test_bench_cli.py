@@ -66,3 +66,28 @@ def test_family_and_busy_tables(tmp_path, capsys, monkeypatch):
             )
     busy = [r for r in rows if r[0] == "| cross_entropy" and len(r) == 6]
     assert len(busy) == 1 and float(busy[0][5].rstrip(" |")) > 0
+
+
+def test_linear_head_table(tmp_path, capsys, monkeypatch):
+    # the linear-head workloads on a small shape: every library's row, with
+    # time and (where Linux tells) peak extra memory
+    monkeypatch.setattr(bench, "LINEAR_WORKLOADS", {"L1": (64, 16, 300)})
+    path = tmp_path / "speed.md"
+    argv = ["--workload", "W7a", "--repeats", "1", "--libraries", "", "--linear"]
+    assert bench.main(argv + ["--markdown", str(path)]) == 0
+    assert "Linear heads" in capsys.readouterr().out
+    rows = [
+        line.strip("| ").split(" | ")
+        for line in path.read_text().splitlines()
+        if line.startswith("| L1")
+    ]
+    libraries = {(r[2], r[3]) for r in rows}
+    assert ("forward", "fastce") in libraries and ("forward+backward", "fastce") in libraries
+    assert ("forward", "numpy matmul + fastce") in libraries
+    for r in rows:
+        assert float(r[4]) > 0
+        if r[3] != "fastce":
+            assert float(r[6].rstrip("x")) > 0
+    fastce_rows = [r for r in rows if r[3] == "fastce"]
+    for r in fastce_rows:
+        assert r[5] == "" or float(r[5]) < 64

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeAlias, TypedDict, TypeVar, cast
 
 import numpy as np
@@ -242,7 +243,21 @@ def median_times(calls: list[Callable[[], object]], repeats: int, min_time: floa
     return [statistics.median(s) for s in samples]
 
 
-MEMORY_SCRIPT = """
+# Restarts Linux's resident high-water mark at the current size: a memory
+# script's measured call then adds status("VmHWM") - before.
+_HIGH_WATER_RESET = """
+def status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+before = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")   # restart the high-water mark at the current size
+"""
+
+MEMORY_SCRIPT = (
+    """
 import sys
 import numpy as np
 lib, shape = sys.argv[1], tuple(int(v) for v in sys.argv[2].split("x"))
@@ -267,17 +282,13 @@ else:
         def call():
             fastce.cross_entropy_with_grad(x, t, out=x)
 call()
-def status(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-before = status("VmRSS")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")   # restart the high-water mark at the current size
+"""
+    + _HIGH_WATER_RESET
+    + """
 call()
 print((status("VmHWM") - before) / 1024)
 """
+)
 
 
 def peak_memory_mb(library: str, shape: tuple[int, ...]) -> float | None:
@@ -539,6 +550,155 @@ def family_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]
     return ["function", "variant", "shape", "dtype", "fastce ms", "torch ms", "vs torch"], body
 
 
+# linear heads: (N, H, V) of hidden states, features and classes, float32
+LINEAR_WORKLOADS = {"L1": (4096, 1024, 32000), "L2": (1024, 1024, 128256)}
+
+LINEAR_SCRIPT = (
+    """
+import sys
+import numpy as np
+lib, kind = sys.argv[1], sys.argv[2]
+n, h, v = (int(a) for a in sys.argv[3].split("x"))
+rng = np.random.default_rng(0)
+hidden = rng.standard_normal((n, h), dtype=np.float32) * 0.5
+w = rng.standard_normal((v, h), dtype=np.float32) * 0.03
+t = rng.integers(0, v, n)
+if lib == "fastce":
+    import fastce
+    def call(rows):
+        if kind == "forward":
+            return [fastce.linear_cross_entropy(hidden[rows], w, t[rows])]
+        return list(fastce.linear_cross_entropy_with_grad(hidden[rows], w, t[rows])[1:3])
+else:
+    import torch, torch.nn.functional as F
+    opts = torch.nn.LinearCrossEntropyOptions() if lib == "torch-chunked" else None
+    th, tw, tt = torch.from_numpy(hidden), torch.from_numpy(w), torch.from_numpy(t)
+    def call(rows):
+        a = th[rows].clone().requires_grad_(kind != "forward")
+        b = tw.clone().requires_grad_(kind != "forward") if kind != "forward" else tw
+        with torch.set_grad_enabled(kind != "forward"):
+            if opts is None:
+                loss = F.cross_entropy(a @ b.T, tt[rows])
+            else:
+                loss = F.linear_cross_entropy(a, b, tt[rows], options=opts)
+        if kind == "forward":
+            return [loss]
+        loss.backward()
+        return [a.grad, b.grad, b]   # b: the clone that holds the gradient
+# load kernels, and start thread pools with their buffers (a call of a few rows
+# would run on one thread), before measuring
+call(slice(0, 256))
+"""
+    + _HIGH_WATER_RESET
+    + """
+kept = call(slice(None))
+returned = sum(int(np.prod(a.shape)) * a.element_size() if hasattr(a, "element_size")
+               else a.nbytes for a in kept)
+print((status("VmHWM") - before) / 1024 - returned / 2**20)
+"""
+)
+
+
+def linear_memory_mb(library: str, kind: str, shape: tuple[int, int, int]) -> float | None:
+    """Peak memory one linear-head call adds beyond its inputs and what it
+    returns (the gradients), in MiB, from Linux's resident high-water mark
+    in a fresh process; None where that cannot be read."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", LINEAR_SCRIPT, library, kind, "x".join(map(str, shape))],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        return None
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def _numpy_head_loss(
+    hidden: npt.NDArray[np.float32], w: npt.NDArray[np.float32], t: npt.NDArray[np.int64]
+) -> object:
+    return fastce.cross_entropy(hidden @ w.T, t)
+
+
+def linear_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]]:
+    """The linear-head workloads: fastce against matmul + torch's cross-entropy
+    on the whole logits, torch's chunked linear_cross_entropy and NumPy's
+    matmul + fastce.cross_entropy, interleaved; time and peak extra memory."""
+    fastce.set_num_threads(threads)
+    try:
+        torch: Any = importlib.import_module("torch")
+        F: Any = importlib.import_module("torch.nn.functional")
+        torch.set_num_threads(threads)
+    except ImportError:
+        torch = None
+    body = []
+    for key, (n, h, v) in LINEAR_WORKLOADS.items():
+        rng = np.random.default_rng(0)
+        hidden = rng.standard_normal((n, h), dtype=np.float32) * 0.5
+        w = rng.standard_normal((v, h), dtype=np.float32) * 0.03
+        t = rng.integers(0, v, n)
+        for kind in ("forward", "forward+backward"):
+            calls: dict[str, Callable[[], object]] = {}
+            if kind == "forward":
+                calls["fastce"] = partial(fastce.linear_cross_entropy, hidden, w, t)
+                calls["numpy matmul + fastce"] = partial(_numpy_head_loss, hidden, w, t)
+            else:
+                calls["fastce"] = partial(fastce.linear_cross_entropy_with_grad, hidden, w, t)
+            if torch is not None:
+                th, tw, tt = torch.from_numpy(hidden), torch.from_numpy(w), torch.from_numpy(t)
+                chunked = torch.nn.LinearCrossEntropyOptions()
+
+                def torch_call(
+                    options: Any, kind: str = kind, th: Any = th, tw: Any = tw, tt: Any = tt
+                ) -> Callable[[], object]:
+                    def call() -> object:
+                        grad = kind != "forward"
+                        a = th.clone().requires_grad_(grad) if grad else th
+                        b = tw.clone().requires_grad_(grad) if grad else tw
+                        with torch.set_grad_enabled(grad):
+                            if options is None:
+                                loss = F.cross_entropy(a @ b.T, tt)
+                            else:
+                                loss = F.linear_cross_entropy(a, b, tt, options=options)
+                        if grad:
+                            loss.backward()
+                        return loss
+
+                    return call
+
+                calls["torch, chunked"] = torch_call(chunked)
+                calls["torch, whole logits"] = torch_call(None)
+            names = list(calls)
+            times = median_times(list(calls.values()), repeats, 0.0)
+            library_of = {
+                "fastce": "fastce",
+                "torch, chunked": "torch-chunked",
+                "torch, whole logits": "torch",
+            }
+            for name, seconds in zip(names, times):
+                mb = (
+                    linear_memory_mb(library_of[name], kind, (n, h, v))
+                    if name in library_of
+                    else None
+                )
+                body.append(
+                    [
+                        key,
+                        f"{n}x{h}x{v}",
+                        kind,
+                        name,
+                        f"{seconds:.3g}",
+                        "" if mb is None else f"{mb:.0f}",
+                        "" if name == "fastce" else f"{seconds / times[0]:.2f}x",
+                    ]
+                )
+    fastce.set_num_threads(None)
+    cols = ["workload", "N x H x V", "pass", "library", "s", "extra MiB", "fastce speed-up"]
+    return cols, body
+
+
 BUSY_SCRIPT = "while True: pass"
 
 
@@ -692,6 +852,11 @@ def main(argv: list[str] | None = None) -> int:
         "--family", action="store_true", help="also time every public function against torch"
     )
     parser.add_argument(
+        "--linear",
+        action="store_true",
+        help="also time the linear-head workloads (L1, L2) against torch's two paths",
+    )
+    parser.add_argument(
         "--busy",
         action="store_true",
         help="also time 1 and 2 threads while another process spins on a core",
@@ -725,6 +890,11 @@ def main(argv: list[str] | None = None) -> int:
     if family:
         print()
         print(render(*family, False))
+    linear = linear_table(args.threads, min(args.repeats, 3)) if args.linear else None
+    if linear:
+        print()
+        print("Linear heads (float32; extra MiB: beyond the inputs and the returned gradients):")
+        print(render(*linear, False))
     busy = busy_table(args.repeats) if args.busy else None
     if busy:
         print()
@@ -744,6 +914,8 @@ def main(argv: list[str] | None = None) -> int:
                 f.write("\n```\n" + memory + "\n```\n")
             if family:
                 f.write("\n" + render(*family, True) + "\n")
+            if linear:
+                f.write("\nLinear heads:\n\n" + render(*linear, True) + "\n")
             if busy:
                 f.write(
                     "\nWith another process spinning on a core:\n\n" + render(*busy, True) + "\n"

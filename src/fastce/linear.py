@@ -1,16 +1,20 @@
 """Cross-entropy of a linear head, ``cross_entropy(hidden @ linear_weight.T + linear_bias)``,
 computed block by block so that the ``(N, V)`` logits never exist at once.
 
-Each block of rows (the rows with an ignored target dropped first) is
-multiplied by the whole output layer into one reused buffer of at most
-``max_block_bytes``; fastce's cross-entropy kernel then turns the buffer into
-its loss and, in place, its logit gradient while it is fresh, and that
-gradient goes straight into the two gradient products.  The products
-run on SciPy's BLAS (``gemm``) where SciPy is installed, else on NumPy's
-(``matmul``): see ``Products``.  Either is limited to fastce's thread
-count (``threadpoolctl``).  Nothing is
-approximated: every logit of every counted row enters the loss and the
-gradients.
+The rows with an ignored target are dropped first.  Then, where a block of
+whole rows of logits fits in ``max_block_bytes`` (at least ``MIN_BLOCK_ROWS``
+of them), each block is multiplied into one reused buffer, fastce's
+cross-entropy kernel turns the buffer into its loss and, in place, its logit
+gradient while it is fresh, and that gradient goes straight into the two
+gradient products.  For larger vocabularies many rows at a time are walked
+through slices of the output layer, so that each slice is read once per many
+rows: a first walk adds up the log-sum-exp and the logits the loss reads, a
+second makes each slice's logit gradient from the final log-sum-exp.
+
+The products run on SciPy's BLAS (``gemm``) where SciPy is installed, else on
+NumPy's (``matmul``): see ``Products``.  Either is limited to fastce's thread
+count (``threadpoolctl``).  Nothing is approximated: every logit of every
+counted row enters the loss and the gradients.
 """
 
 from __future__ import annotations
@@ -48,9 +52,11 @@ _controller: Any = None
 
 @contextmanager
 def blas_threads(threads: int) -> Iterator[None]:
-    """The BLAS behind NumPy limited to ``threads`` (fastce's count when 0)."""
+    """The BLAS the products run on limited to ``threads`` (fastce's count when 0)."""
     global _controller
     if _controller is None:
+        # SciPy's BLAS loaded first, so that the controller finds it too
+        _gemm_of(np.dtype(np.float32))
         # imported by name: it ships no types, which users' type checkers would report
         _controller = importlib.import_module("threadpoolctl").ThreadpoolController()
     with _controller.limit(limits=threads or get_num_threads(), user_api="blas"):
@@ -74,7 +80,7 @@ def check_block_bytes(max_block_bytes: object) -> int:
 
 
 class Products:
-    """The three products of a block of rows, all on one BLAS: SciPy's
+    """The products of a block of rows, all on one BLAS: SciPy's
     ``gemm`` where SciPy is installed, NumPy's ``matmul`` otherwise.  Mixing
     the two would run two BLAS thread pools, each spinning while the other
     works (measured: 1.5x slower).  SciPy's ``gemm`` also adds a product into
@@ -91,9 +97,7 @@ class Products:
         if self.gemm is None:
             np.matmul(h, w.T, out=out)
             return
-        result = self.gemm(1.0, w.T, h.T, beta=0.0, c=out.T, trans_a=True, overwrite_c=True)
-        if not np.shares_memory(result, out):
-            out[...] = result.T
+        _written(out, self.gemm(1.0, w.T, h.T, beta=0.0, c=out.T, trans_a=True, overwrite_c=True))
 
     def hidden_grad(self, g: npt.NDArray[Any], w: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """``g @ w``."""
@@ -104,9 +108,7 @@ class Products:
     def add_product(self, into: npt.NDArray[Any], a: npt.NDArray[Any], b: npt.NDArray[Any]) -> None:
         """``into += a @ b``."""
         if self.gemm is not None:
-            result = self.gemm(1.0, b.T, a.T, beta=1.0, c=into.T, overwrite_c=True)
-            if not np.shares_memory(result, into):
-                into[...] = result.T
+            _written(into, self.gemm(1.0, b.T, a.T, beta=1.0, c=into.T, overwrite_c=True))
             return
         into += a @ b
 
@@ -116,13 +118,19 @@ class Products:
         """``into += g.T @ h``."""
         if self.gemm is not None:
             result = self.gemm(1.0, h.T, g.T, beta=1.0, c=into.T, trans_b=True, overwrite_c=True)
-            if not np.shares_memory(result, into):
-                into[...] = result.T
+            _written(into, result)
             return
         # slices of classes keep each product's temporary within the block bound
         for c0 in range(0, into.shape[0], self.class_step):
             c1 = min(into.shape[0], c0 + self.class_step)
             into[c0:c1] += g[:, c0:c1].T @ h
+
+
+def _written(out: npt.NDArray[Any], result: npt.NDArray[Any]) -> None:
+    """Makes sure ``out`` holds ``gemm``'s ``result``, the transpose of ``out``
+    that it overwrote in place (a copy only if the wrapper could not)."""
+    if not np.shares_memory(result, out):
+        out[...] = result.T
 
 
 def _gemm_of(dtype: np.dtype[Any]) -> Any:

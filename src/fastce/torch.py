@@ -48,6 +48,12 @@ A second derivative is not supported: differentiating the gradient again
 (after ``create_graph=True``) raises a ``RuntimeError`` saying so; use
 torch's function there.
 
+``linear_cross_entropy`` and ``LinearCrossEntropyLoss`` are the same kind of
+drop-in for ``torch.nn.functional.linear_cross_entropy`` and
+``torch.nn.LinearCrossEntropyLoss``: the loss of a linear head without the
+logits, computed by :func:`fastce.linear_cross_entropy` for 1-d and 2-d
+float32 and float64 CPU input, and by torch for any other call.
+
 This module imports torch: import it only where torch is installed.
 """
 
