@@ -73,26 +73,91 @@ def make_case(rng, shape, axis, dtype=np.float64, option=(), index_dtype=np.int6
     return Case(logits, target.astype(index_dtype), weight, kwargs)
 
 
-def arrange(a, layout):
-    """The values of ``a`` in one of LAYOUTS: C or Fortran order, every
-    other element of a larger array, negative strides, the other byte
-    order, or read-only."""
-    a = np.asarray(a)
-    if layout == "C" or a.ndim == 0 and layout in ("F", "strided", "reversed"):
-        return np.array(a, order="C")
+def arrange(a, layout, rng=None):
+    """The values of ``a`` in a memory layout: C or Fortran order; every
+    other element (``rng``: every k-th) of a larger array (``strided``); all
+    axes (``rng``: some) walked backwards (``reversed``); the other byte order;
+    read-only; axes permuted in memory; one byte off alignment; and for the
+    fuzzer, a list, a torch tensor, and layouts that change the values:
+    ``broadcast`` (zero strides) and ``overlap`` (elements sharing memory),
+    which is why a reference is always computed from the array this returns."""
+    a = np.array(a, order="C")  # np.ascontiguousarray would make 0-d arrays 1-d
+    if layout == "C" or (
+        a.ndim == 0 and layout not in ("list", "readonly", "misaligned", "byteswapped")
+    ):
+        return a
     if layout == "F":
-        return np.array(a, order="F")
+        return np.asfortranarray(a)
+    if layout == "reversed":
+        flips = tuple(
+            slice(None, None, -1) if rng is None or rng.random() < 0.6 else slice(None)
+            for _ in range(a.ndim)
+        )
+        return np.array(a[flips], order="C")[flips]
     if layout == "strided":
-        big = np.zeros(tuple(2 * s + 1 for s in a.shape), a.dtype)
-        view = big[tuple(slice(1, None, 2) for _ in a.shape)]
+        steps = [2 if rng is None else int(rng.integers(1, 4)) for _ in range(a.ndim)]
+        big = np.zeros(tuple(s * k + 1 for s, k in zip(a.shape, steps)), dtype=a.dtype)
+        view = big[tuple(slice(1, None, k) for k in steps)][tuple(slice(0, s) for s in a.shape)]
         view[...] = a
         return view
-    if layout == "reversed":
-        return np.flip(np.flip(a).copy())
     if layout == "byteswapped":
         return a.astype(a.dtype.newbyteorder())
     if layout == "readonly":
-        b = a.copy()
-        b.setflags(write=False)
-        return b
+        a.setflags(write=False)
+        return a
+    if layout == "permuted":
+        perm = np.arange(a.ndim)[::-1] if rng is None else rng.permutation(a.ndim)
+        inverse = np.argsort(perm)
+        return np.array(a.transpose(perm), order="C").transpose(inverse)
+    if layout == "misaligned":
+        if a.dtype.itemsize == 1 or a.dtype.kind == "O":
+            return a
+        raw = np.zeros(a.nbytes + 1, dtype=np.uint8)
+        view = raw[1:].view(a.dtype).reshape(a.shape)
+        view[...] = a
+        return view
+    if layout == "broadcast":
+        axes = [i for i, s in enumerate(a.shape) if s > 1]
+        if not axes:
+            return a
+        axis = axes[0] if rng is None else int(rng.choice(axes))
+        return np.broadcast_to(a.take([0], axis=axis), a.shape)
+    if layout == "overlap":
+        if a.size == 0 or a.dtype.kind == "O":
+            return a
+        steps = [1 if rng is None else int(rng.integers(0, 3)) for _ in range(a.ndim)]
+        n = 1 + sum((s - 1) * k for s, k in zip(a.shape, steps))
+        flat = np.resize(a.reshape(-1), n)
+        strides = tuple(k * a.dtype.itemsize for k in steps)
+        return np.lib.stride_tricks.as_strided(flat, a.shape, strides, writeable=False)
+    if layout == "list":
+        # an empty array's tolist() forgets its shape
+        if not 0 < a.size <= 64 or a.dtype not in (np.float64, np.int64):
+            return a
+        return a.tolist()
+    if layout == "torch":
+        try:
+            import torch
+        except ImportError:
+            return a
+        if a.dtype not in TORCH_DTYPES:
+            return a
+        return torch.from_numpy(a.copy())
     raise AssertionError(layout)
+
+
+# what torch.from_numpy takes
+TORCH_DTYPES = tuple(
+    np.dtype(d)
+    for d in (
+        np.float16,
+        np.float32,
+        np.float64,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.int8,
+        np.int16,
+        np.bool_,
+    )
+)

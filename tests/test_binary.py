@@ -23,7 +23,7 @@ LAYOUTS = [
 ]
 
 
-def make_case(shape, w_shape, pw_shape, dtype, seed=0, probs=False):
+def make_binary_case(shape, w_shape, pw_shape, dtype, seed=0, probs=False):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(shape) * 6).astype(dtype)
     if probs:
@@ -42,7 +42,7 @@ def close(got, want, dtype):
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_with_logits_matches_the_twin_on_every_path(simd_path, layout, dtype):
     shape, w_shape, pw_shape = layout
-    x, y, w, pw = make_case(shape, w_shape, pw_shape, dtype)
+    x, y, w, pw = make_binary_case(shape, w_shape, pw_shape, dtype)
     for reduction in ("none", "mean", "sum"):
         kw = dict(pos_weight=pw, reduction=reduction)
         loss, grad = fastce.binary_cross_entropy_with_logits_with_grad(x, y, w, **kw)
@@ -58,7 +58,7 @@ def test_with_logits_matches_the_twin_on_every_path(simd_path, layout, dtype):
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_probabilities_match_the_twin_on_every_path(simd_path, layout, dtype):
     shape, w_shape, _ = layout
-    p, y, w, _ = make_case(shape, w_shape, None, dtype, probs=True)
+    p, y, w, _ = make_binary_case(shape, w_shape, None, dtype, probs=True)
     for reduction in ("none", "mean", "sum"):
         loss, grad = fastce.binary_cross_entropy_with_grad(p, y, w, reduction=reduction)
         want_loss, want_grad = reference.binary_cross_entropy_with_grad(
@@ -140,7 +140,7 @@ def test_targets_and_probabilities_outside_the_unit_interval_are_refused(bad):
 
 
 def test_grad_output_and_out():
-    x, y, w, pw = make_case((40, 30), (30,), (30,), np.float64, seed=3)
+    x, y, w, pw = make_binary_case((40, 30), (30,), (30,), np.float64, seed=3)
     go = np.random.default_rng(4).standard_normal((40, 30))
     got = fastce.binary_cross_entropy_with_logits_grad(
         x, y, w, pos_weight=pw, reduction="none", grad_output=go
@@ -189,7 +189,7 @@ def test_a_failed_call_leaves_out_untouched():
 
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_any_thread_count_gives_the_same_bits(dtype):
-    x, y, w, pw = make_case((300, 999), (999,), (999,), dtype, seed=5)
+    x, y, w, pw = make_binary_case((300, 999), (999,), (999,), dtype, seed=5)
     runs = [
         fastce.binary_cross_entropy_with_logits_with_grad(x, y, w, pos_weight=pw, num_threads=n)
         for n in (1, 2, 8)
@@ -204,7 +204,7 @@ def test_any_thread_count_gives_the_same_bits(dtype):
 
 
 def test_half_precision_is_computed_in_float32():
-    x, y, w, _ = make_case((20, 30), (30,), None, np.float32, seed=6)
+    x, y, w, _ = make_binary_case((20, 30), (30,), None, np.float32, seed=6)
     for half in (np.float16,):
         loss, grad = fastce.binary_cross_entropy_with_logits_with_grad(x.astype(half), y, w)
         want, want_grad = fastce.binary_cross_entropy_with_logits_with_grad(
@@ -216,7 +216,7 @@ def test_half_precision_is_computed_in_float32():
 
 
 def test_finite_differences():
-    x, y, w, pw = make_case((6, 7), (7,), (7,), np.float64, seed=7)
+    x, y, w, pw = make_binary_case((6, 7), (7,), (7,), np.float64, seed=7)
     h = 1e-4
     grad = fastce.binary_cross_entropy_with_logits_grad(x, y, w, pos_weight=pw, reduction="sum")
     for i, j in itertools.product(range(6), range(7)):
@@ -253,7 +253,7 @@ def test_gradients_match_torch_autograd():
         return torch.tensor(a.astype(np.float64))
 
     for dtype in FLOATS:
-        x, y, w, pw = make_case((64, 33), (33,), (33,), dtype, seed=8)
+        x, y, w, pw = make_binary_case((64, 33), (33,), (33,), dtype, seed=8)
         p = (1 / (1 + np.exp(-x.astype(np.float64)))).astype(dtype)
         go = np.random.default_rng(9).standard_normal(x.shape).astype(dtype)
         for reduction in ("mean", "sum", "none"):

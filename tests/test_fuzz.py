@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
+from cases import arrange  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -199,77 +200,6 @@ LAYOUTS = (
     "list",
     "torch",
 )
-
-
-def arrange(values: np.ndarray, layout: str, rng):
-    """``values`` in a memory layout.  Most layouts keep the values; ``broadcast``
-    and ``overlap`` make new ones (zero and overlapping strides), which is why
-    the reference is always computed from the array this returns."""
-    a = np.array(values, order="C")  # np.ascontiguousarray would make 0-d arrays 1-d
-    if layout == "C" or a.ndim == 0 and layout not in ("list", "readonly", "misaligned"):
-        return a
-    if layout == "F":
-        return np.asfortranarray(a)
-    if layout == "reversed":
-        flips = tuple(
-            slice(None, None, -1) if rng.random() < 0.6 else slice(None) for _ in range(a.ndim)
-        )
-        return np.array(a[flips], order="C")[flips]
-    if layout == "strided":
-        steps = [int(rng.integers(1, 4)) for _ in range(a.ndim)]
-        big = np.zeros(tuple(s * k + 1 for s, k in zip(a.shape, steps)), dtype=a.dtype)
-        view = big[tuple(slice(1, None, k) for k in steps)][tuple(slice(0, s) for s in a.shape)]
-        view[...] = a
-        return view
-    if layout == "permuted":
-        perm = rng.permutation(a.ndim)
-        inverse = np.argsort(perm)
-        return np.array(a.transpose(perm), order="C").transpose(inverse)
-    if layout == "misaligned":
-        if a.dtype.itemsize == 1 or a.dtype.kind == "O":
-            return a
-        raw = np.zeros(a.nbytes + 1, dtype=np.uint8)
-        view = raw[1:].view(a.dtype).reshape(a.shape)
-        view[...] = a
-        return view
-    if layout == "readonly":
-        a = a.copy()
-        a.flags.writeable = False
-        return a
-    if layout == "broadcast":
-        axes = [i for i, s in enumerate(a.shape) if s > 1]
-        if not axes:
-            return a
-        axis = int(rng.choice(axes))
-        return np.broadcast_to(a.take([0], axis=axis), a.shape)
-    if layout == "overlap":
-        if a.size == 0 or a.dtype.kind == "O":
-            return a
-        steps = [int(rng.integers(0, 3)) for _ in range(a.ndim)]
-        n = 1 + sum((s - 1) * k for s, k in zip(a.shape, steps))
-        flat = np.resize(a.reshape(-1), n)
-        strides = tuple(k * a.dtype.itemsize for k in steps)
-        return np.lib.stride_tricks.as_strided(flat, a.shape, strides, writeable=False)
-    if layout == "list":
-        # an empty array's tolist() forgets its shape
-        if not 0 < a.size <= 64 or a.dtype not in (np.float64, np.int64):
-            return a
-        return a.tolist()
-    if layout == "torch":
-        if torch is None or a.dtype not in (
-            np.float16,
-            np.float32,
-            np.float64,
-            np.int32,
-            np.int64,
-            np.uint8,
-            np.int8,
-            np.int16,
-            np.bool_,
-        ):
-            return a
-        return torch.from_numpy(a.copy())
-    raise AssertionError(layout)
 
 
 def float_values(shape, rng, special_rate: float, scale: float) -> np.ndarray:

@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+from cases import arrange
 from memory_gauge import peak_bytes
 
 import fastce
@@ -63,19 +64,6 @@ def half_dtype(name):
     return bfloat16() if name == "bfloat16" else np.dtype(name)
 
 
-def arranged(values, layout):
-    """``values`` in a memory layout: C order, Fortran order, or every other
-    element of a larger array along every axis."""
-    if layout == "F":
-        return np.asfortranarray(values)
-    if layout == "strided":
-        big = np.zeros(tuple(2 * s + 1 for s in values.shape), values.dtype)
-        view = big[tuple(slice(1, None, 2) for _ in values.shape)]
-        view[...] = values
-        return view
-    return np.ascontiguousarray(values)
-
-
 # bfloat16 values are exact in float64 and computed in float32, so fastce
 # meets the float64 reference to float32's tolerance: rtol, and an atol
 # scaled by the largest magnitude
@@ -116,13 +104,13 @@ def bf16_case(shape, axis, layout, option, seed):
     bf = bfloat16()
     ax = axis % len(shape)
     n_classes = shape[ax]
-    x = arranged((g.standard_normal(shape) * 4).astype(bf), layout)
+    x = arrange((g.standard_normal(shape) * 4).astype(bf), layout)
     kwargs = {"axis": axis}
     if option.get("weight"):
         kwargs["weight"] = g.uniform(0.2, 2.0, n_classes).astype(bf)
     if option.get("prob"):
         p = g.random(shape)
-        target = arranged((p / p.sum(axis=ax, keepdims=True)).astype(bf), layout)
+        target = arrange((p / p.sum(axis=ax, keepdims=True)).astype(bf), layout)
     else:
         target = g.integers(0, n_classes, shape[:ax] + shape[ax + 1 :])
         if "ignore_index" in option:
@@ -185,9 +173,9 @@ def test_bfloat16_softmax_family_matches_the_float64_reference(shape, axis, layo
 def test_bfloat16_binary_cross_entropy_matches_the_float64_reference(layout):
     bf = bfloat16()
     g = np.random.default_rng(9)
-    x = arranged((g.standard_normal((40, 6)) * 4).astype(bf), layout)
-    y = arranged(g.random((40, 6)).astype(bf), layout)
-    p = arranged(g.uniform(0.01, 0.99, (40, 6)).astype(bf), layout)
+    x = arrange((g.standard_normal((40, 6)) * 4).astype(bf), layout)
+    y = arrange(g.random((40, 6)).astype(bf), layout)
+    p = arrange(g.uniform(0.01, 0.99, (40, 6)).astype(bf), layout)
     w = g.uniform(0.5, 2.0, 6).astype(bf)
     pw = g.uniform(0.5, 3.0, 6).astype(bf)
     x64, y64, p64, w64, pw64 = (a.astype(np.float64) for a in (x, y, p, w, pw))
@@ -249,7 +237,7 @@ def test_half_floats_run_in_float32_blocks(shape, axis, layout, name):
     # float16 and bfloat16 logits are converted a block at a time; every
     # per-sample value equals the float32 computation on the converted array
     # exactly
-    xh = arranged(rng.standard_normal(shape).astype(half_dtype(name)), layout)
+    xh = arrange(rng.standard_normal(shape).astype(half_dtype(name)), layout)
     x32 = xh.astype(np.float32)
     ax = axis % len(shape)
     t_shape = shape[:ax] + shape[ax + 1 :]

@@ -10,6 +10,7 @@ import itertools
 import warnings
 import zlib
 
+import cases
 import numpy as np
 import pytest
 from cases import class_axis
@@ -80,24 +81,12 @@ def option_id(option):
 
 
 def make_case(geometry, option, dtype, seed):
+    """The shared generator's case for one geometry: ``(logits, target, weight,
+    ignore_index, label_smoothing, axis)``."""
     shape, axis = CE_GEOMETRIES[geometry]
     rng = np.random.default_rng(seed)
-    ax = class_axis(len(shape), axis)
-    C = shape[ax]
-    tshape = shape[:ax] + shape[ax + 1 :]
-    x = (rng.standard_normal(shape) * 3).astype(dtype)
-    weight = rng.uniform(0.2, 2.0, C) if option.get("weight") else None
-    if option.get("prob"):
-        y = rng.random(shape)
-        y /= y.sum(axis=ax, keepdims=True)
-        target = y.astype(dtype)
-        ignore_index = -100
-    else:
-        ignore_index = option["ignore_index"]
-        target = rng.integers(0, C, size=tshape)
-        if ignore_index == -100:
-            target = np.where(rng.random(tshape) < 0.25, -100, target)
-        target = np.asarray(target, dtype=np.int64)
+    x, target, weight, kwargs = cases.make_case(rng, shape, axis, dtype, option, scale=3.0)
+    ignore_index = kwargs.get("ignore_index", -100)
     return x, target, weight, ignore_index, option["label_smoothing"], axis
 
 
