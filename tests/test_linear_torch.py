@@ -156,3 +156,15 @@ def test_training_run_matches_torchs_loss():
         for opt in optimisers:
             opt.step()
     assert np.isfinite(losses[0])
+
+
+def test_inputs_modified_before_backward_are_refused():
+    # reduction="none" reads the inputs again in backward: as torch's own
+    # functions do, a change in place between the passes is an error
+    h, w, b, t, _ = head_case()
+    h = h.clone().requires_grad_(True)
+    x = h * 1.0
+    loss = ft.linear_cross_entropy(x, w, t, linear_bias=b, reduction="none")
+    x.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.sum().backward()

@@ -41,6 +41,7 @@ from ._validate import (
     writable_view,
 )
 
+# what the public functions return: float32 or float64 values (float64 for float64 input)
 FloatScalar: TypeAlias = np.floating[Any]
 FloatArray: TypeAlias = npt.NDArray[np.floating[Any]]
 _A = TypeVar("_A", bound=npt.NDArray[Any])

@@ -622,6 +622,31 @@ def _numpy_head_loss(
     return fastce.cross_entropy(hidden @ w.T, t)
 
 
+def _torch_head_loss(options: Any, grad: bool, th: Any, tw: Any, tt: Any) -> object:
+    """torch's loss of a linear head (chunked with ``options``, else on the
+    whole logits), and with ``grad`` its backward pass."""
+    torch: Any = importlib.import_module("torch")
+    F: Any = importlib.import_module("torch.nn.functional")
+    a = th.clone().requires_grad_(True) if grad else th
+    b = tw.clone().requires_grad_(True) if grad else tw
+    with torch.set_grad_enabled(grad):
+        if options is None:
+            loss = F.cross_entropy(a @ b.T, tt)
+        else:
+            loss = F.linear_cross_entropy(a, b, tt, options=options)
+    if grad:
+        loss.backward()
+    return loss
+
+
+# the library LINEAR_SCRIPT measures for each row of the linear-head table
+_MEMORY_SCRIPT_LIBRARY = {
+    "fastce": "fastce",
+    "torch, chunked": "torch-chunked",
+    "torch, whole logits": "torch",
+}
+
+
 def linear_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]]:
     """The linear-head workloads: fastce against matmul + torch's cross-entropy
     on the whole logits, torch's chunked linear_cross_entropy and NumPy's
@@ -629,7 +654,6 @@ def linear_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]
     fastce.set_num_threads(threads)
     try:
         torch: Any = importlib.import_module("torch")
-        F: Any = importlib.import_module("torch.nn.functional")
         torch.set_num_threads(threads)
     except ImportError:
         torch = None
@@ -648,39 +672,16 @@ def linear_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]
                 calls["fastce"] = partial(fastce.linear_cross_entropy_with_grad, hidden, w, t)
             if torch is not None:
                 th, tw, tt = torch.from_numpy(hidden), torch.from_numpy(w), torch.from_numpy(t)
+                grad = kind != "forward"
                 chunked = torch.nn.LinearCrossEntropyOptions()
-
-                def torch_call(
-                    options: Any, kind: str = kind, th: Any = th, tw: Any = tw, tt: Any = tt
-                ) -> Callable[[], object]:
-                    def call() -> object:
-                        grad = kind != "forward"
-                        a = th.clone().requires_grad_(grad) if grad else th
-                        b = tw.clone().requires_grad_(grad) if grad else tw
-                        with torch.set_grad_enabled(grad):
-                            if options is None:
-                                loss = F.cross_entropy(a @ b.T, tt)
-                            else:
-                                loss = F.linear_cross_entropy(a, b, tt, options=options)
-                        if grad:
-                            loss.backward()
-                        return loss
-
-                    return call
-
-                calls["torch, chunked"] = torch_call(chunked)
-                calls["torch, whole logits"] = torch_call(None)
+                calls["torch, chunked"] = partial(_torch_head_loss, chunked, grad, th, tw, tt)
+                calls["torch, whole logits"] = partial(_torch_head_loss, None, grad, th, tw, tt)
             names = list(calls)
             times = median_times(list(calls.values()), repeats, 0.0)
-            library_of = {
-                "fastce": "fastce",
-                "torch, chunked": "torch-chunked",
-                "torch, whole logits": "torch",
-            }
             for name, seconds in zip(names, times):
                 mb = (
-                    linear_memory_mb(library_of[name], kind, (n, h, v))
-                    if name in library_of
+                    linear_memory_mb(_MEMORY_SCRIPT_LIBRARY[name], kind, (n, h, v))
+                    if name in _MEMORY_SCRIPT_LIBRARY
                     else None
                 )
                 body.append(

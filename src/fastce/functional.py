@@ -4,7 +4,7 @@ take a fast path first (see ``_plain_options``)."""
 
 from __future__ import annotations
 
-from typing import Literal, SupportsIndex, TypeAlias, TypedDict, cast, overload
+from typing import Literal, SupportsIndex, TypedDict, cast, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -14,14 +14,14 @@ from ._plan import (
     LOG_SOFTMAX,
     LOGSUMEXP,
     SOFTMAX,
-    FloatArray,
-    FloatScalar,
     execute,
     plan_binary,
     plan_cross_entropy,
     plan_nll_loss,
     plan_softmax,
 )
+from ._plan import FloatArray as _FloatArray
+from ._plan import FloatScalar as _FloatScalar
 from ._validate import (
     check_axis_option,
     check_ignore_index,
@@ -46,10 +46,6 @@ __all__ = [
     "binary_cross_entropy_with_grad",
     "CrossEntropyLoss",
 ]
-
-# what the public functions return: float32 or float64 values (float64 for float64 input)
-_FloatScalar: TypeAlias = FloatScalar
-_FloatArray: TypeAlias = FloatArray
 
 
 @overload

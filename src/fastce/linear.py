@@ -316,11 +316,15 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
     smoothing = checked.smoothing
     class_weight = checked.weight if checked.weight.size else None
     weight_total = float(class_weight.sum()) if class_weight is not None else float(n_classes)
+    # the class weights as the slices are multiplied by them
+    class_weight_c = None if class_weight is None else class_weight.astype(dtype)
     item = dtype.itemsize
     want_grad = work.grad_w is not None
     # a slice's logits, and where the loss or gradient needs one, a second
     # slice-sized buffer for a product with the targets
-    spare_needed = work.probs2 is not None or (smoothing > 0 and want_grad)
+    spare_needed = work.probs2 is not None or (
+        smoothing > 0 and want_grad and class_weight is not None
+    )
     space = max(1, block_bytes // 2 if spare_needed else block_bytes)
     block_rows = max(1, min(len(rows), CHUNK_ROWS, space // (MIN_CHUNK_CLASSES * item)))
     step = max(1, min(n_classes, space // (block_rows * item)))
@@ -341,8 +345,8 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
         u = spare_space[: n * (c1 - c0)].reshape(n, c1 - c0)
         np.multiply(y_block[:, c0:c1], 1.0 - smoothing, out=u)
         u += smoothing / n_classes
-        if class_weight is not None:
-            u *= class_weight[c0:c1].astype(dtype)
+        if class_weight_c is not None:
+            u *= class_weight_c[c0:c1]
         return u
 
     for start in range(0, len(rows), block_rows):
@@ -365,9 +369,7 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
                 target_logit[inside] = z[inside, t[inside] - c0]
                 if smoothing:
                     weighted_sum += (
-                        z @ class_weight[c0:c1].astype(dtype)
-                        if class_weight is not None
-                        else z.sum(axis=1)
+                        z @ class_weight_c[c0:c1] if class_weight_c is not None else z.sum(axis=1)
                     )
             else:
                 assert y_block is not None
@@ -406,16 +408,14 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
             z *= scale
             if t is not None:
                 if smoothing:
-                    per_class = (
-                        class_weight[c0:c1].astype(dtype)
-                        if class_weight is not None
-                        else np.ones(c1 - c0, dtype)
-                    )
-                    spare = spare_space[: n * (c1 - c0)].reshape(n, c1 - c0)
-                    np.multiply.outer(
-                        (smoothing / n_classes * g).astype(dtype), per_class, out=spare
-                    )
-                    z -= spare
+                    # the uniform part of the target, g * eps / C * w_c
+                    spread = (smoothing / n_classes * g).astype(dtype)
+                    if class_weight_c is None:
+                        z -= spread[:, None]
+                    else:
+                        spare = spare_space[: n * (c1 - c0)].reshape(n, c1 - c0)
+                        np.multiply.outer(spread, class_weight_c[c0:c1], out=spare)
+                        z -= spare
                 inside = (t >= c0) & (t < c1)
                 z[inside, t[inside] - c0] -= ((1.0 - smoothing) * w_t * g)[inside].astype(dtype)
             else:
@@ -480,19 +480,17 @@ def _linear(
     n_features = head.n_features
     loss_rows = np.zeros(n_samples, dtype=dtype) if reduction == "none" else None
     grad_h = grad_w = grad_b = None
-    go1: npt.NDArray[np.float64] | None = None
-    go_per_sample = go is not None and go.ndim > 0
-    if want_grad:
-        assert go is not None
+    # each sample's share of the gradient: grad_output, over the mean's denominator
+    row_go = scalar_go = None
+    if go is not None:
         grad_h = np.zeros(sample_shape + (n_features,), dtype=dtype)
         grad_w = np.zeros((n_classes, n_features), dtype=dtype)
         grad_b = np.zeros(n_classes, dtype=dtype) if head.bias is not None else None
         scale = 1.0 / denominator if reduction == "mean" and denominator else 1.0
-        go1 = (
-            go.reshape(n_samples) * scale
-            if go.ndim
-            else np.full(1, float(go) * scale, dtype=np.float64)
-        )
+        if go.ndim:
+            row_go = go.reshape(n_samples) * scale
+        else:
+            scalar_go = float(go) * scale
     # the gradient of the output layer is added block by block in slices of
     # classes, so that each product's temporary stays within the same bound
     class_step = max(1, block_bytes // max(1, n_features * dtype.itemsize))
@@ -504,8 +502,8 @@ def _linear(
         b_c=b_c,
         index1=index1,
         probs2=probs2,
-        row_go=go1 if go_per_sample else None,
-        scalar_go=float(go1[0]) if go1 is not None and not go_per_sample else None,
+        row_go=row_go,
+        scalar_go=scalar_go,
         loss_rows=loss_rows,
         grad_h2=None if grad_h is None else grad_h.reshape(n_samples, n_features),
         grad_w=grad_w,

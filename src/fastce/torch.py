@@ -411,7 +411,10 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
         try:
             if reduction == "none":
                 loss = _linear.linear_cross_entropy(*args, **options)
-                ctx.recompute = (args, options)
+                # the inputs are read again in backward: saved, so that torch
+                # refuses to differentiate after they are modified in place
+                ctx.save_for_backward(input, linear_weight, linear_bias, target, weight)
+                ctx.options = options
                 ctx.grads = None
             else:
                 loss, gh, gw, gb = _linear.linear_cross_entropy_with_grad(*args, **options)
@@ -424,9 +427,14 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if ctx.grads is None:
-            args, options = ctx.recompute
+            input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
             _, gh, gw, gb = _linear.linear_cross_entropy_with_grad(
-                *args, grad_output=grad_output.detach().numpy(), **options
+                _numpy(input),
+                _numpy(linear_weight),
+                _numpy(target),
+                _numpy(linear_bias),
+                grad_output=grad_output.detach().numpy(),
+                **dict(ctx.options, weight=_numpy(weight)),
             )
             scale = 1.0
         else:
