@@ -1,5 +1,7 @@
 """``python -m fastce.bench``: the table users read, on the smallest workload."""
 
+import dataclasses
+
 from fastce import bench
 
 
@@ -91,3 +93,22 @@ def test_linear_head_table(tmp_path, capsys, monkeypatch):
     fastce_rows = [r for r in rows if r[3] == "fastce"]
     for r in fastce_rows:
         assert r[5] == "" or float(r[5]) < 64
+
+
+def test_transform_table(tmp_path, capsys, monkeypatch):
+    # each logit transform beside the plain call, on small shapes
+    small = {k: dataclasses.replace(w, shape=(64, 300)) for k, w in bench.WORKLOADS.items()}
+    monkeypatch.setattr(bench, "WORKLOADS", small)
+    path = tmp_path / "speed.md"
+    argv = ["--workload", "W7a", "--repeats", "1", "--libraries", "", "--transforms"]
+    assert bench.main(argv + ["--markdown", str(path)]) == 0
+    assert "Logit transforms" in capsys.readouterr().out
+    rows = [
+        line.strip("| ").split(" | ")
+        for line in path.read_text().splitlines()
+        if line.startswith(("| W1 | 64x300", "| W3 | 64x300"))
+    ]
+    fastce_rows = {(r[0], r[3]) for r in rows if r[2] == "fastce"}
+    assert fastce_rows == {(w, t) for w in ("W1", "W3") for t in bench.TRANSFORMS}
+    for r in rows:
+        assert float(r[4]) > 0 and float(r[5].rstrip("x")) > 0

@@ -65,12 +65,19 @@ def path(request, monkeypatch):
 @pytest.mark.parametrize("option, reduction", list(itertools.product(OPTIONS, REDUCTIONS)), ids=str)
 @pytest.mark.parametrize("sample_shape", [(23,), (3, 7), ()], ids=str)
 @pytest.mark.parametrize("block_rows", [1, 5, 1000])
-def test_equals_cross_entropy_of_the_full_logits(option, reduction, sample_shape, block_rows, path):
+@pytest.mark.parametrize(
+    "transform", [{}, {"softcap": 2.0, "temperature": 0.7, "z_loss": 0.05}], ids=str
+)
+def test_equals_cross_entropy_of_the_full_logits(
+    option, reduction, sample_shape, block_rows, transform, path
+):
     rng = np.random.default_rng(len(str(option)) + len(reduction) + len(sample_shape))
     n_classes = 11
     hidden, w, b, target, cw, kwargs = make_head(rng, sample_shape, 6, n_classes, option)
     go = rng.standard_normal(sample_shape) if reduction == "none" else 0.8
-    common = dict(reduction=reduction, max_block_bytes=block_rows * n_classes * 8, **kwargs)
+    common = dict(
+        reduction=reduction, max_block_bytes=block_rows * n_classes * 8, **kwargs, **transform
+    )
     logits = full_logits(hidden, w, b)
     # the classes are the last axis of the linear output
     want_loss = fastce.cross_entropy(logits, target, cw, axis=-1, **common_ce(common))

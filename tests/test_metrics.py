@@ -80,12 +80,13 @@ def assert_per_sample_matches(ps, slow, dtype, msg):
     assert_allclose(
         ps.entropy.reshape(-1), slow["ent"], rtol=rtol, atol=1e-5, equal_nan=True, err_msg=msg
     )
+    assert_allclose(ps.lse.reshape(-1), slow["lse"], rtol=rtol, equal_nan=True, err_msg=msg)
 
 
 def assert_result_matches(fast, slow, dtype, msg):
     rtol = 1e-10 if dtype == np.float64 else 2e-5
     assert fast.count == slow["count"], msg
-    for name in ("loss", "perplexity", "confidence", "entropy", "weight_sum"):
+    for name in ("loss", "perplexity", "confidence", "entropy", "weight_sum", "z_loss"):
         assert_allclose(
             getattr(fast, name),
             slow[name],
@@ -565,6 +566,7 @@ def test_accumulator_state_reset_repr_and_empty_result():
         "ece",
         "count",
         "weight_sum",
+        "z_loss",
     }
     acc.reset()
     assert acc.count == 0 and acc.n_classes is None

@@ -21,7 +21,7 @@
 #   exponentials) and the class-index loss computed from those statistics:
 #   the evaluation computes its loss with the core's own code, to the last bit.
 
-from libc.math cimport isinf, INFINITY, NAN
+from libc.math cimport exp, isinf, log, INFINITY, NAN
 from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t,
                           uint64_t)
 
@@ -104,6 +104,11 @@ cdef extern from "csrc/dispatch.h":
                                 const double*, double*, double*) noexcept nogil
         Py_ssize_t (*first_outside_unit_f32)(const float*, Py_ssize_t) noexcept nogil
         Py_ssize_t (*first_outside_unit_f64)(const double*, Py_ssize_t) noexcept nogil
+        void (*transform_f32)(const float*, Py_ssize_t, float, float, float*) noexcept nogil
+        void (*transform_f64)(const double*, Py_ssize_t, double, double, double*) noexcept nogil
+        void (*transform_grad_f32)(const float*, Py_ssize_t, float, float, float*) noexcept nogil
+        void (*transform_grad_f64)(const double*, Py_ssize_t, double, double,
+                                   double*) noexcept nogil
         void (*tile_log)(const double*, Py_ssize_t, double*) noexcept nogil
         void (*stream_fence)() noexcept nogil
         void (*half_to_f32)(const uint16_t*, Py_ssize_t, float*, int) noexcept nogil
@@ -146,6 +151,7 @@ cdef struct CEOptions:
     int64_t ignore_index
     bint has_ignore
     double denominator      # g[n] = grad_output[n] / denominator
+    double z_loss           # coefficient of the z-loss, z * w[t] * logsumexp(x)^2 (0: none)
 
 
 # ---- class-index targets of any integer dtype, read as they are ----------------
@@ -257,6 +263,12 @@ cdef struct Walk:
     char* y
     Py_ssize_t yo, yc, yi
     bint stream_y           # y is far larger than the caches (walk_output)
+    # the logit transform: without it (transform False) the bodies see the
+    # logits; with it, t_outer * tanh(t_inner * x), or t_outer * x when
+    # t_inner is 0, computed into each thread's buffer a piece at a time,
+    # and the per-class output is multiplied by the transform's derivative
+    bint transform
+    double t_outer, t_inner
     int threads             # requested thread count, 0 for the default
     Py_ssize_t work         # elements the call reads, for the thread rule
     # set by walk_plan
@@ -272,6 +284,7 @@ cdef struct Walk:
 cdef const fastce_ops_t* simd_ops() noexcept nogil
 cdef int thread_count(Py_ssize_t work_items, Py_ssize_t n_elements, int requested) noexcept nogil
 cdef void walk_from(Walk* w, object x) except *
+cdef void walk_transform(Walk* w, double logit_scale, double softcap) noexcept
 cdef void walk_plan(Walk* w, const Body* body, bint gather, Py_ssize_t block_rows,
                     Py_ssize_t max_units) noexcept nogil
 cdef int walk_run(const Walk* w, const Body* body, const void* call, double* totals) except -1
@@ -321,6 +334,26 @@ cdef inline double row_stats_ahead(const floating* x, Py_ssize_t n, Py_ssize_t s
         return fastce_active_ops.row_max_sumexp_ahead_f32(x, n, m, next, ahead)
     else:
         return fastce_active_ops.row_max_sumexp_ahead_f64(x, n, m, next, ahead)
+
+
+cdef inline double logsumexp_unshifted(const floating* x, Py_ssize_t xc,
+                                       Py_ssize_t C) noexcept nogil:
+    # log(sum(exp(x))) for a row whose maximum is infinite: inf for +inf, -inf
+    # for a row of -inf, NaN with a NaN
+    cdef double s = 0.0
+    cdef Py_ssize_t c
+    for c in range(C):
+        s += exp(<double>x[c * xc])
+    return log(s)
+
+
+cdef inline double row_logsumexp(const floating* x, Py_ssize_t xc, Py_ssize_t C, floating m,
+                                 double log_s) noexcept nogil:
+    """log(sum(exp(x))) of a row from its maximum and the log of its sum of
+    exp(x - m)."""
+    if isinf(m):
+        return logsumexp_unshifted(x, xc, C)
+    return <double>m + log_s
 
 
 cdef inline double row_weighted_shifted_sum(const floating* x, Py_ssize_t n, Py_ssize_t stride,

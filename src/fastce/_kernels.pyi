@@ -43,6 +43,10 @@ def cross_entropy_index(
     grad: NDArray[_Float] | None,
     num_threads: int = ...,
     grad_given: bool = ...,
+    logit_scale: float = ...,
+    softcap: float = ...,
+    z_loss: float = ...,
+    lse_out: NDArray[_Float] | None = ...,
 ) -> float: ...
 def cross_entropy_common(
     logits: object,
@@ -65,6 +69,10 @@ def cross_entropy_probs(
     grad: NDArray[_Float] | None,
     num_threads: int = ...,
     grad_given: bool = ...,
+    logit_scale: float = ...,
+    softcap: float = ...,
+    z_loss: float = ...,
+    lse_out: NDArray[_Float] | None = ...,
 ) -> float: ...
 def softmax_family(
     x: _Logits,

@@ -12,7 +12,9 @@ transposed into tiles, or tiles of up to ``TILE`` neighbouring samples walked
 class by class (channels-first data such as ``(N, C, H, W)``) -- and hands
 each piece to the kernel's body for rows or for tiles (``Body``).  float16
 and bfloat16 logits are converted to float32 by the thread that computes the
-piece, into a buffer of its own, in the same parallel region.
+piece, into a buffer of its own, in the same parallel region; a logit
+transform (soft-cap, scale) is computed the same way, and the walk multiplies
+the piece's per-class output by the transform's derivative afterwards.
 
 Reductions over samples are computed per fixed block into float64 totals,
 then added in block order, so totals do not depend on the number of threads.
@@ -28,7 +30,7 @@ declines (returns None) any other call, which then takes the validating path.
 
 from cpython.exc cimport PyErr_CheckSignals
 from cython.parallel cimport prange, threadid
-from libc.math cimport exp, log, isinf, NAN
+from libc.math cimport log, isinf, NAN
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport int64_t, uint16_t
 
@@ -389,8 +391,20 @@ cdef void walk_from(Walk* w, object x) except *:
     w.y = NULL
     w.yo = w.yc = w.yi = 0
     w.stream_y = False
+    w.transform = False
+    w.t_outer, w.t_inner = 1.0, 0.0
     w.threads = 0
     w.work = w.outer * w.C * w.inner
+
+
+cdef void walk_transform(Walk* w, double logit_scale, double softcap) noexcept:
+    """Sets the walk's logit transform: ``logit_scale * softcap * tanh(x /
+    softcap)``, or ``logit_scale * x`` when ``softcap`` is 0; none when both
+    leave the logits as they are.  Before walk_output: a transformed walk
+    multiplies its output after the body wrote it, so never streams it."""
+    w.transform = softcap != 0.0 or logit_scale != 1.0
+    w.t_outer = logit_scale * softcap if softcap != 0.0 else logit_scale
+    w.t_inner = 1.0 / softcap if softcap != 0.0 else 0.0
 
 
 cdef inline int result_typenum(const Walk* w) noexcept:
@@ -432,7 +446,8 @@ cdef inline bint streams_output(const Walk* w, bint given) noexcept nogil:
     stored past the caches.  Only memory written before gains: the pages of a
     new allocation arrive zeroed and in cache, and a streamed store would
     first have to evict each line."""
-    return given and w.work * (8 if w.dtype == DT_F64 else 4) >= STREAM_OUTPUT_BYTES
+    return (given and not w.transform
+            and w.work * (8 if w.dtype == DT_F64 else 4) >= STREAM_OUTPUT_BYTES)
 
 
 cdef void targets_from(Targets* t, object target) except *:
@@ -484,30 +499,37 @@ cdef void walk_plan(Walk* w, const Body* body, bint gather, Py_ssize_t block_row
     w.n_units = (w.n_blocks + per - 1) // per
 
 
-cdef Py_ssize_t half_buffer_elements(const Walk* w, const Body* body) noexcept nogil:
-    """float32 elements of each thread's buffer for half logits."""
-    if w.dtype != DT_F16 and w.dtype != DT_BF16:
+cdef Py_ssize_t buffer_elements(const Walk* w, const Body* body) noexcept nogil:
+    """float32 elements of each thread's buffer, for half logits converted
+    to float32 and for transformed logits (a float64 takes two)."""
+    cdef bint half = w.dtype == DT_F16 or w.dtype == DT_BF16
+    cdef Py_ssize_t n
+    if not half and not w.transform:
         return 0
     if w.shape == WALK_TILES:
-        return w.C * half_tile_width(w.C)
-    if w.shape == WALK_SMALL_C:
-        return TILE * SMALL_C
-    if body.rows_half != NULL:
-        return 0
-    # and the row after them, read ahead
-    return w.C * (half_rows_at_once(w.C) + 1 if half_rows_at_once(w.C) < w.block_rows
-                  else w.block_rows)
+        n = w.C * half_tile_width(w.C)
+    elif w.shape == WALK_SMALL_C:
+        # transformed in the tile itself; half rows converted first
+        n = TILE * SMALL_C if half else 0
+    elif body.rows_half != NULL and not w.transform:
+        n = 0
+    else:
+        # and the row after them, read ahead
+        n = w.C * (half_rows_at_once(w.C) + 1 if half_rows_at_once(w.C) < w.block_rows
+                   else w.block_rows)
+    return 2 * n if w.dtype == DT_F64 else n
 
 
 cdef int walk_run(const Walk* w, const Body* body, const void* call, double* totals) except -1:
     """Runs ``body`` over every unit of a planned walk, each unit's total
     into ``totals[unit]``; float16 and bfloat16 logits are converted to
-    float32 by each thread, a piece at a time, into its own buffer.  A long
+    float32, and transformed logits computed, by each thread, a piece at a
+    time, into its own buffer.  A long
     walk goes in stretches of about SIGNAL_CHECK_LOGITS logits and checks for
     signals between them: Ctrl-C stops it with KeyboardInterrupt (the units
     not yet computed are left as they are)."""
     cdef int nthreads = thread_count(w.n_units, w.work, w.threads)
-    cdef Py_ssize_t per_thread = half_buffer_elements(w, body)
+    cdef Py_ssize_t per_thread = buffer_elements(w, body)
     cdef Py_ssize_t per_unit = w.work // w.n_units if w.n_units > 0 else 1
     cdef Py_ssize_t stretch = SIGNAL_CHECK_LOGITS // (per_unit if per_unit > 0 else 1)
     cdef Py_ssize_t start, end
@@ -517,7 +539,7 @@ cdef int walk_run(const Walk* w, const Body* body, const void* call, double* tot
     if per_thread:
         buffers = <float*>malloc(nthreads * per_thread * sizeof(float))
         if buffers == NULL:
-            raise MemoryError(f"cannot allocate {nthreads} conversion buffers of "
+            raise MemoryError(f"cannot allocate {nthreads} logit buffers of "
                               f"{per_thread * 4} bytes")
     try:
         start = 0
@@ -610,34 +632,121 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
             p.xs, p.ys = w.xi, w.yi
         x = w.x + isz * (p.o * w.xo + p.i * w.xi)
         y = NULL if w.y == NULL else w.y + ysz * (p.o * w.yo + p.i * w.yi)
-        if w.dtype == DT_F32:
+        if w.transform or (w.dtype != DT_F32 and w.dtype != DT_F64 and body.rows_half == NULL):
+            buffered_rows(w, body, call, &p, x, y, buffer, total)
+        elif w.dtype == DT_F32:
             body.rows_f32(call, &p, <const float*>x, <float*>y, total)
         elif w.dtype == DT_F64:
             body.rows_f64(call, &p, <const double*>x, <double*>y, total)
-        elif body.rows_half != NULL:
-            body.rows_half(call, &p, <const uint16_t*>x, <float*>y, total)
         else:
-            half_rows(body, call, &p, <const uint16_t*>x, <float*>y, buffer, total)
+            body.rows_half(call, &p, <const uint16_t*>x, <float*>y, total)
         j += p.n
 
 
-cdef void half_rows(const Body* body, const void* call, const Piece* p, const uint16_t* x,
-                    float* y, float* buffer, double* total) noexcept nogil:
-    """A piece of half rows, a few rows at a time converted into the
-    thread's buffer, small enough to be read back from the first-level cache."""
+cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const Piece* p,
+                        const char* x, char* y, float* buffer, double* total) noexcept nogil:
+    """A piece of rows, a few at a time computed into the thread's buffer
+    (half rows converted to float32, then transformed when the walk has a
+    transform), small enough to be read back from the first-level cache;
+    the output rows then take the transform's derivative."""
     cdef Piece q = p[0]
     cdef Py_ssize_t start = 0, step = half_rows_at_once(p.C), converted
+    cdef Py_ssize_t ysz = 8 if w.dtype == DT_F64 else 4
+    cdef char* yrows
     q.xc, q.xs = 1, p.C
     while start < p.n:
         q.n = p.n - start if p.n - start < step else step
         q.o = p.o + start * p.o_step
         q.i = p.i + start * p.i_step
-        # one row more when there is one: the last row's body reads it ahead
-        converted = q.n + 1 if start + q.n < p.n else q.n
-        rows_to_f32(x + start * p.xs, p.xs, p.xc, converted, p.C, p.bf16, buffer)
+        # one row more when there is one and converting it costs little: the
+        # last row's body reads it ahead (a transformed row would be computed twice)
+        converted = q.n + 1 if start + q.n < p.n and not w.transform else q.n
+        yrows = NULL if y == NULL else y + ysz * start * p.ys
+        if w.dtype == DT_F64:
+            transform_rows(w, <const double*>x + start * p.xs, p.xs, p.xc, converted, p.C,
+                           <double*>buffer, p.C)
+            q.after = <double*>buffer + q.n * p.C if converted > q.n else NULL
+            body.rows_f64(call, &q, <double*>buffer, <double*>yrows, total)
+            if yrows != NULL:
+                transform_grad_rows(w, <double*>buffer, p.C, q.n, p.C, <double*>yrows, p.ys,
+                                    p.yc)
+            start += q.n
+            continue
+        if w.dtype == DT_F32:
+            transform_rows(w, <const float*>x + start * p.xs, p.xs, p.xc, converted, p.C,
+                           buffer, p.C)
+        else:
+            rows_to_f32(<const uint16_t*>x + start * p.xs, p.xs, p.xc, converted, p.C, p.bf16,
+                        buffer)
+            if w.transform:
+                transform_values(w, buffer, converted * p.C, buffer)
         q.after = buffer + q.n * p.C if converted > q.n else NULL
-        body.rows_f32(call, &q, buffer, NULL if y == NULL else y + start * p.ys, total)
+        body.rows_f32(call, &q, buffer, <float*>yrows, total)
+        if yrows != NULL and w.transform:
+            transform_grad_rows(w, buffer, p.C, q.n, p.C, <float*>yrows, p.ys, p.yc)
         start += q.n
+
+
+cdef inline void transform_values(const Walk* w, const floating* x, Py_ssize_t n,
+                                  floating* y) noexcept nogil:
+    """The walk's transform of ``n`` contiguous values (``y`` may be ``x``)."""
+    if floating is float:
+        fastce_active_ops.transform_f32(x, n, <float>w.t_outer, <float>w.t_inner, y)
+    else:
+        fastce_active_ops.transform_f64(x, n, w.t_outer, w.t_inner, y)
+
+
+cdef void transform_rows(const Walk* w, const floating* x, Py_ssize_t xs, Py_ssize_t xc,
+                         Py_ssize_t n, Py_ssize_t C, floating* out,
+                         Py_ssize_t os) noexcept nogil:
+    """``n`` rows of ``C`` values, ``xs`` apart, transformed into the
+    contiguous rows of ``out``, ``os`` apart (``out`` may be ``x`` itself
+    when its rows are contiguous and as far apart)."""
+    cdef Py_ssize_t k, c
+    if xc == 1 and xs == C and os == C:
+        transform_values(w, x, n * C, out)
+        return
+    for k in range(n):
+        if xc == 1:
+            transform_values(w, x + k * xs, C, out + k * os)
+        else:
+            for c in range(C):
+                out[k * os + c] = x[k * xs + c * xc]
+            transform_values(w, out + k * os, C, out + k * os)
+
+
+cdef inline void chain_rule(const Walk* w, floating* g, floating t) noexcept nogil:
+    """Multiplies ``g`` by the transform's derivative where it took the value
+    ``t``, as transform_grad does (a zero ``g`` stays zero)."""
+    cdef floating u
+    if g[0] == 0:
+        return
+    if w.t_inner == 0.0:
+        g[0] *= <floating>w.t_outer
+        return
+    u = t * <floating>(1.0 / w.t_outer)
+    g[0] *= <floating>(w.t_outer * w.t_inner) * (1 - u * u)
+
+
+cdef void transform_grad_rows(const Walk* w, const floating* t, Py_ssize_t ts, Py_ssize_t n,
+                              Py_ssize_t C, floating* g, Py_ssize_t gs,
+                              Py_ssize_t gc) noexcept nogil:
+    """Multiplies ``n`` output rows of ``C`` values (``gs`` apart, value
+    stride ``gc``) by the transform's derivative at the transformed values
+    ``t`` (contiguous rows, ``ts`` apart): the chain rule from the
+    transformed logits to the logits."""
+    cdef Py_ssize_t k, c
+    for k in range(n):
+        if gc == 1:
+            if floating is float:
+                fastce_active_ops.transform_grad_f32(t + k * ts, C, <float>w.t_outer,
+                                                     <float>w.t_inner, g + k * gs)
+            else:
+                fastce_active_ops.transform_grad_f64(t + k * ts, C, w.t_outer, w.t_inner,
+                                                     g + k * gs)
+        else:
+            for c in range(C):
+                chain_rule(w, &g[k * gs + c * gc], t[k * ts + c])
 
 
 cdef inline Py_ssize_t half_rows_at_once(Py_ssize_t C) noexcept nogil:
@@ -674,6 +783,8 @@ cdef void walk_tile(const Walk* w, const Body* body, const void* call, Py_ssize_
     cdef const char* x = w.x + isz * (o * w.xo + i * w.xi)
     cdef char* y = NULL if w.y == NULL else w.y + ysz * (o * w.yo + i * w.yi)
     cdef const uint16_t* src
+    cdef float* out32
+    cdef double* out64
     p.C = w.C
     p.o, p.i, p.o_step, p.i_step = o, i, 0, 1
     p.unit = unit
@@ -682,29 +793,61 @@ cdef void walk_tile(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.after = NULL
     p.ahead = NULL
     p.yc, p.ys = w.yc, w.yi
-    if w.dtype == DT_F32 or w.dtype == DT_F64:
+    if (w.dtype == DT_F32 or w.dtype == DT_F64) and not w.transform:
         p.n, p.xc, p.xs = n, w.xc, w.xi
         if w.dtype == DT_F32:
             body.tile_f32(call, &p, <const float*>x, <float*>y, total)
         else:
             body.tile_f64(call, &p, <const double*>x, <double*>y, total)
         return
+    # a few samples at a time into the thread's buffer, class by class
     width = half_tile_width(w.C)
     start = 0
     while start < n:
         p.n = n - start if n - start < width else width
         p.i = i + start
         p.xc, p.xs = p.n, 1
-        src = <const uint16_t*>x + start * w.xi
-        for c in range(w.C):
-            if w.xi == 1:
-                fastce_active_ops.half_to_f32(src + c * w.xc, p.n, buffer + c * p.n, p.bf16)
-            else:
-                for k in range(p.n):
-                    buffer[c * p.n + k] = half_value(src[c * w.xc + k * w.xi], p.bf16)
-        body.tile_f32(call, &p, buffer,
-                      NULL if y == NULL else <float*>y + start * w.yi, total)
+        if w.dtype == DT_F64:
+            transform_rows(w, <const double*>x + start * w.xi, w.xc, w.xi, w.C, p.n,
+                           <double*>buffer, p.n)
+            out64 = NULL if y == NULL else <double*>y + start * w.yi
+            body.tile_f64(call, &p, <double*>buffer, out64, total)
+            if out64 != NULL:
+                transform_grad_tile(w, <double*>buffer, w.C, p.n, out64, w.yc, w.yi)
+            start += p.n
+            continue
+        if w.dtype == DT_F32:
+            transform_rows(w, <const float*>x + start * w.xi, w.xc, w.xi, w.C, p.n, buffer,
+                           p.n)
+        else:
+            src = <const uint16_t*>x + start * w.xi
+            for c in range(w.C):
+                if w.xi == 1:
+                    fastce_active_ops.half_to_f32(src + c * w.xc, p.n, buffer + c * p.n,
+                                                  p.bf16)
+                else:
+                    for k in range(p.n):
+                        buffer[c * p.n + k] = half_value(src[c * w.xc + k * w.xi], p.bf16)
+            if w.transform:
+                transform_values(w, buffer, w.C * p.n, buffer)
+        out32 = NULL if y == NULL else <float*>y + start * w.yi
+        body.tile_f32(call, &p, buffer, out32, total)
+        if out32 != NULL and w.transform:
+            transform_grad_tile(w, buffer, w.C, p.n, out32, w.yc, w.yi)
         start += p.n
+
+
+cdef void transform_grad_tile(const Walk* w, const floating* t, Py_ssize_t C, Py_ssize_t n,
+                              floating* g, Py_ssize_t gc, Py_ssize_t gi) noexcept nogil:
+    """transform_grad_rows for a tile: ``t`` holds class ``c`` of sample
+    ``k`` at ``t[c * n + k]``, the output at ``g[c * gc + k * gi]``."""
+    cdef Py_ssize_t c, k
+    if gi == 1:
+        transform_grad_rows(w, t, n, C, n, g, gc, 1)
+        return
+    for c in range(C):
+        for k in range(n):
+            chain_rule(w, &g[c * gc + k * gi], t[c * n + k])
 
 
 cdef inline void gather_rows(const floating* x, Py_ssize_t row_stride, Py_ssize_t C,
@@ -755,8 +898,12 @@ cdef void walk_small_c(const Walk* w, const Body* body, const void* call, Py_ssi
         x = w.x + isz * j * w.xo
         if w.dtype == DT_F64:
             gather_rows(<const double*>x, w.xo, w.C, p.n, x64)
+            if w.transform:
+                transform_rows(w, x64, TILE, 1, w.C, p.n, x64, TILE)
             body.tile_f64(call, &p, x64, NULL if w.y == NULL else y64, total)
             if w.y != NULL:
+                if w.transform:
+                    transform_grad_rows(w, x64, TILE, w.C, p.n, y64, TILE, 1)
                 scatter_rows(y64, w.C, p.n, <double*>w.y + j * w.yo, w.yo, w.yc)
         else:
             if w.dtype == DT_F32:
@@ -769,8 +916,12 @@ cdef void walk_small_c(const Walk* w, const Body* body, const void* call, Py_ssi
                     for c in range(w.C):
                         x32[c * TILE + k] = half_value((<const uint16_t*>x)[k * w.xo + c],
                                                        p.bf16)
+            if w.transform:
+                transform_rows(w, x32, TILE, 1, w.C, p.n, x32, TILE)
             body.tile_f32(call, &p, x32, NULL if w.y == NULL else y32, total)
             if w.y != NULL:
+                if w.transform:
+                    transform_grad_rows(w, x32, TILE, w.C, p.n, y32, TILE, 1)
                 scatter_rows(y32, w.C, p.n, <float*>w.y + j * w.yo, w.yo, w.yc)
         j += p.n
 
@@ -820,15 +971,17 @@ cdef double walk_total(Walk* w, const Body* body, const void* call, bint gather,
 cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
                                 int64_t target, const CEOptions* opt,
                                 floating* grad, Py_ssize_t yc, double g, bint stream,
-                                const floating* next, fastce_ahead_t* ahead) noexcept nogil:
-    """Loss of one sample with a class-index target; writes its gradient row
-    scaled by ``g`` when ``grad`` is not NULL (``stream``: as row_scaled_exp).
-    With ``ahead`` (contiguous rows only), the row's maxima come from there
-    when the previous row left them, and ``next``'s (another row, or NULL)
-    are left there."""
+                                const floating* next, fastce_ahead_t* ahead,
+                                floating* lse_out) noexcept nogil:
+    """Loss of one sample with a class-index target (its z-loss included);
+    writes its gradient row scaled by ``g`` when ``grad`` is not NULL
+    (``stream``: as row_scaled_exp), and its log-sum-exp to ``lse_out`` when
+    that is not NULL.  With ``ahead`` (contiguous rows only), the row's
+    maxima come from there when the previous row left them, and ``next``'s
+    (another row, or NULL) are left there."""
     cdef Py_ssize_t c
     cdef double eps = opt.smoothing
-    cdef double a_t, A, s, loss, smooth_coef = eps / C
+    cdef double a_t, A, s, loss, lse, wz, smooth_coef = eps / C
     cdef floating m, scale_f, x_t
 
     cdef bint active
@@ -838,13 +991,25 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
         if grad != NULL:
             for c in range(C):
                 grad[c * yc] = 0
-        if ahead != NULL:
+        if lse_out != NULL:
+            s = row_stats_ahead(x, C, xc, &m, next, ahead)
+            lse_out[0] = <floating>row_logsumexp(x, xc, C, m, log(s))
+        elif ahead != NULL:
             ahead.valid = 0
         return 0.0
 
     s = row_stats_ahead(x, C, xc, &m, next, ahead)
     x_t = x[target * xc]  # kept: with out=logits the gradient pass overwrites it
     loss = index_row_loss(x, xc, C, target, m, log(s), A, a_t, opt)
+    if lse_out != NULL or opt.z_loss != 0.0:
+        lse = row_logsumexp(x, xc, C, m, log(s))
+        if lse_out != NULL:
+            lse_out[0] = <floating>lse
+        if opt.z_loss != 0.0:
+            wz = opt.z_loss * (1.0 if opt.weight == NULL else opt.weight[target])
+            loss += wz * lse * lse
+            # d(wz lse^2) = 2 wz lse softmax: one more coefficient on the softmax
+            A += 2.0 * wz * lse
 
     if grad != NULL:
         scale_f = <floating>(g * A / s)
@@ -865,16 +1030,22 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
 
 cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
                                const floating* p, Py_ssize_t pc, const CEOptions* opt,
-                               floating* grad, Py_ssize_t yc, double g) noexcept nogil:
-    """Loss of one sample with a probability target row ``p``."""
+                               floating* grad, Py_ssize_t yc, double g,
+                               floating* lse_out) noexcept nogil:
+    """Loss of one sample with a probability target row ``p``; otherwise as
+    ce_index_row."""
     cdef Py_ssize_t c
     cdef double eps = opt.smoothing
     cdef double smooth = eps / C
-    cdef double s, A = 0.0, dot = 0.0, a, wc, gp
+    cdef double s, A = 0.0, dot = 0.0, a, wc, gp, lse = 0.0, loss
     cdef bint any_coefficient = False
     cdef floating m
 
     s = row_stats(x, C, xc, &m)
+    if lse_out != NULL or opt.z_loss != 0.0:
+        lse = row_logsumexp(x, xc, C, m, log(s))
+        if lse_out != NULL:
+            lse_out[0] = <floating>lse
     for c in range(C):
         wc = 1.0 if opt.weight == NULL else opt.weight[c]
         a = wc * ((1.0 - eps) * <double>p[c * pc] + smooth)
@@ -889,13 +1060,17 @@ cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
             for c in range(C):
                 grad[c * yc] = 0
         return 0.0
+    loss = A * log(s) - dot
+    if opt.z_loss != 0.0:
+        loss += opt.z_loss * lse * lse
+        A += 2.0 * opt.z_loss * lse
     if grad != NULL:
         gp = g * A / s
         for c in range(C):
             wc = 1.0 if opt.weight == NULL else opt.weight[c]
             a = wc * ((1.0 - eps) * <double>p[c * pc] + smooth)
             grad[c * yc] = <floating>(gp * exp_neg(x[c * xc] - m) - g * a)
-    return A * log(s) - dot
+    return loss
 
 
 # --------------------------------------------------------------------------
@@ -909,6 +1084,8 @@ cdef struct CECall:
     Py_ssize_t po, pc, pi
     char* loss              # per-sample losses (or NULL)
     Py_ssize_t lo, li
+    char* lse               # per-sample log-sum-exp of the logits the body sees (or NULL)
+    Py_ssize_t so, si
     const double* gout      # grad_output (NULL without a gradient)
     Py_ssize_t go, gi
 
@@ -923,7 +1100,9 @@ cdef void ce_rows(const void* call_, const Piece* p, const floating* x, floating
     cdef const CECall* call = <const CECall*>call_
     cdef const floating* probs = <const floating*>call.p
     cdef floating* loss_out = <floating*>call.loss
+    cdef floating* lse_out = <floating*>call.lse
     cdef floating* grow = NULL
+    cdef floating* lse_k = NULL
     cdef const floating* next_row
     cdef Py_ssize_t k
     cdef double g = 0.0, loss
@@ -934,15 +1113,17 @@ cdef void ce_rows(const void* call_, const Piece* p, const floating* x, floating
         if y != NULL:
             g = call.gout[sample_offset(p, k, call.go, call.gi)] / call.opt.denominator
             grow = y + k * p.ys
+        if lse_out != NULL:
+            lse_k = lse_out + sample_offset(p, k, call.so, call.si)
         if call.t.data != NULL:
             target = target_at(&call.t, p.o + k * p.o_step, p.i + k * p.i_step)
             next_row = x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after
             loss = ce_index_row(x + k * p.xs, p.xc, p.C, target, &call.opt, grow, p.yc, g,
-                                p.stream_y, next_row, look_ahead)
+                                p.stream_y, next_row, look_ahead, lse_k)
         else:
             loss = ce_prob_row(x + k * p.xs, p.xc, p.C,
                                probs + sample_offset(p, k, call.po, call.pi), call.pc,
-                               &call.opt, grow, p.yc, g)
+                               &call.opt, grow, p.yc, g, lse_k)
         if loss_out != NULL:
             loss_out[sample_offset(p, k, call.lo, call.li)] = <floating>loss
         total[0] += loss
@@ -970,7 +1151,7 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
     cdef Py_ssize_t xc = p.xc, xi = p.xs, yc = p.yc, yi = p.ys
     cdef double eps = opt.smoothing
     cdef double smooth = eps / C
-    cdef double wc, a, loss, g
+    cdef double wc, a, loss, g, lse, wz
     cdef bint any_zero = False
     cdef const floating* xrow
     cdef floating* yrow
@@ -978,12 +1159,15 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
     cdef const floating* probs = NULL
     cdef Py_ssize_t pk = 0, pc = call.pc
     cdef floating* loss_out = NULL
+    cdef floating* lse_out = NULL
     cdef const double* gout = NULL
     if not index:
         probs = <const floating*>call.p + sample_offset(p, 0, call.po, call.pi)
         pk = sample_step(p, call.po, call.pi)
     if call.loss != NULL:
         loss_out = <floating*>call.loss + sample_offset(p, 0, call.lo, call.li)
+    if call.lse != NULL:
+        lse_out = <floating*>call.lse + sample_offset(p, 0, call.so, call.si)
     if grad != NULL:
         gout = call.gout + sample_offset(p, 0, call.go, call.gi)
 
@@ -1009,6 +1193,15 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
     fastce_active_ops.tile_log(s, n, log_s)
     for k in range(n):
         loss = sample_loss(active[k], A[k], log_s[k], dot[k])
+        if lse_out != NULL or opt.z_loss != 0.0:
+            lse = row_logsumexp(x + k * xi, xc, C, m[k], log_s[k])
+            if lse_out != NULL:
+                lse_out[k * sample_step(p, call.so, call.si)] = <floating>lse
+            if opt.z_loss != 0.0 and active[k]:
+                wz = opt.z_loss * (1.0 if not index or opt.weight == NULL
+                                   else opt.weight[tgt[k]])
+                loss += wz * lse * lse
+                A[k] += 2.0 * wz * lse  # as in ce_index_row
         any_zero = any_zero or not active[k]
         total[0] += loss
         if loss_out != NULL:
@@ -1068,7 +1261,7 @@ cdef Body CE_BODY = make_body(
 
 cdef void ce_options(CEOptions* opt, const double[::1] weight, double weight_sum,
                      double smoothing, int64_t ignore_index, bint has_ignore,
-                     double denominator) noexcept:
+                     double denominator, double z_loss=0.0) noexcept:
     opt.weight = &weight[0] if weight.shape[0] > 0 else NULL
     opt.weight_sum = weight_sum
     opt.any_weight = any_nonzero(opt.weight, weight.shape[0])
@@ -1076,17 +1269,20 @@ cdef void ce_options(CEOptions* opt, const double[::1] weight, double weight_sum
     opt.ignore_index = ignore_index
     opt.has_ignore = has_ignore
     opt.denominator = denominator
+    opt.z_loss = z_loss
 
 
-cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object grad_output,
-                     object grad, bint grad_given) except *:
-    """The per-sample losses (or None), and the gradient (or None, given as
-    walk_output's) with its grad_output: an (outer, inner) array, or (1, 1)
-    for one value read at every sample."""
+cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object lse_out,
+                     object grad_output, object grad, bint grad_given) except *:
+    """The per-sample losses and log-sum-exps (or None), and the gradient
+    (or None, given as walk_output's) with its grad_output: an (outer,
+    inner) array, or (1, 1) for one value read at every sample."""
     cdef Py_ssize_t s[2]
     cdef int rt = result_typenum(w)
     call.loss = array_data(loss_out, 2, rt, s)
     call.lo, call.li = s[0], s[1]
+    call.lse = array_data(lse_out, 2, rt, s)
+    call.so, call.si = s[0], s[1]
     walk_output(w, grad, grad_given)
     call.gout = NULL
     call.go = call.gi = 0
@@ -1100,7 +1296,9 @@ cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object grad_output,
 def cross_entropy_index(object x, object target, const double[::1] weight, double weight_sum,
                         double smoothing, int64_t ignore_index, bint has_ignore,
                         object loss_out, object grad_output, double denominator,
-                        object grad, int num_threads=0, bint grad_given=False):
+                        object grad, int num_threads=0, bint grad_given=False,
+                        double logit_scale=1.0, double softcap=0.0, double z_loss=0.0,
+                        object lse_out=None):
     """Cross-entropy with class-index targets over an ``(outer, C, inner)``
     view ``x`` (float32, float64, float16 or bfloat16); returns the float64
     sum of the per-sample losses.
@@ -1110,37 +1308,46 @@ def cross_entropy_index(object x, object target, const double[::1] weight, doubl
     ``grad_output / denominator`` times the gradient; both have the result
     dtype (float32 for half logits); ``grad_given`` says it is memory the
     caller handed in (out=).  ``weight`` is empty when there are no
-    class weights.  The caller has validated everything: targets are in
-    ``[0, C)`` or equal ``ignore_index``, shapes agree, and ``outer * inner >
-    0`` with ``C > 0``.
+    class weights.  The logits the loss sees are ``logit_scale * softcap *
+    tanh(x / softcap)`` (``logit_scale * x`` for ``softcap`` 0), and the
+    gradient is with respect to ``x``; each sample's loss includes its z-loss
+    ``z_loss * w[t] * lse^2`` and ``lse_out`` (or None, the shape of
+    ``loss_out``) receives ``lse``, the log-sum-exp of the transformed logits.
+    The caller has validated everything: targets are in ``[0, C)`` or equal
+    ``ignore_index``, shapes agree, and ``outer * inner > 0`` with ``C > 0``.
     """
     cdef Walk w
     cdef CECall call
     walk_from(&w, x)
+    walk_transform(&w, logit_scale, softcap)
     w.threads = num_threads
     targets_from(&call.t, target)
     call.p = NULL
     call.po = call.pc = call.pi = 0
-    ce_options(&call.opt, weight, weight_sum, smoothing, ignore_index, has_ignore, denominator)
-    ce_outputs(&w, &call, loss_out, grad_output, grad, grad_given)
+    ce_options(&call.opt, weight, weight_sum, smoothing, ignore_index, has_ignore, denominator,
+               z_loss)
+    ce_outputs(&w, &call, loss_out, lse_out, grad_output, grad, grad_given)
     return walk_total(&w, &CE_BODY, &call, True, 0)
 
 
 def cross_entropy_probs(object x, object probs, const double[::1] weight, double smoothing,
                         object loss_out, object grad_output, double denominator, object grad,
-                        int num_threads=0, bint grad_given=False):
+                        int num_threads=0, bint grad_given=False, double logit_scale=1.0,
+                        double softcap=0.0, double z_loss=0.0, object lse_out=None):
     """Cross-entropy with probability targets ``probs`` (the shape of ``x``,
-    the result dtype); otherwise as :func:`cross_entropy_index`."""
+    the result dtype); otherwise as :func:`cross_entropy_index`, the z-loss
+    of every sample being ``z_loss * lse^2``."""
     cdef Walk w
     cdef CECall call
     cdef Py_ssize_t s[3]
     walk_from(&w, x)
+    walk_transform(&w, logit_scale, softcap)
     w.threads = num_threads
     targets_from(&call.t, None)
     call.p = array_data(probs, 3, result_typenum(&w), s)
     call.po, call.pc, call.pi = s[0], s[1], s[2]
-    ce_options(&call.opt, weight, 0.0, smoothing, 0, False, denominator)
-    ce_outputs(&w, &call, loss_out, grad_output, grad, grad_given)
+    ce_options(&call.opt, weight, 0.0, smoothing, 0, False, denominator, z_loss)
+    ce_outputs(&w, &call, loss_out, lse_out, grad_output, grad, grad_given)
     # rows of few classes stay rows: their probabilities would need the same transposition
     return walk_total(&w, &CE_BODY, &call, False, 0)
 
@@ -1245,11 +1452,12 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
     w.yo, w.yc, w.yi = n_classes, 1, 1
     w.threads = num_threads
     w.work = n * n_classes
+    w.transform = False
     w.stream_y = want_grad and streams_output(&w, out is not None)
     call.p = NULL
     call.po = call.pc = call.pi = 0
-    call.loss = NULL
-    call.lo = call.li = 0
+    call.loss = call.lse = NULL
+    call.lo = call.li = call.so = call.si = 0
     call.gout = &grad_output
     call.go = call.gi = 0
     ce_options(&call.opt, NO_CLASS_WEIGHTS, <double>n_classes, 0.0, ignore_index, True,
@@ -1264,17 +1472,6 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
 # --------------------------------------------------------------------------
 # log_softmax, softmax, logsumexp
 # --------------------------------------------------------------------------
-
-cdef inline double logsumexp_unshifted(const floating* x, Py_ssize_t xc,
-                                       Py_ssize_t C) noexcept nogil:
-    # log(sum(exp(x))) for a row whose maximum is infinite: inf for +inf, -inf
-    # for a row of -inf, NaN with a NaN
-    cdef double s = 0.0
-    cdef Py_ssize_t c
-    for c in range(C):
-        s += exp(<double>x[c * xc])
-    return log(s)
-
 
 cdef inline void softmax_row(const floating* x, Py_ssize_t xc, Py_ssize_t C, int op,
                              floating* y, Py_ssize_t yc, bint stream, const floating* next,
@@ -1291,10 +1488,7 @@ cdef inline void softmax_row(const floating* x, Py_ssize_t xc, Py_ssize_t C, int
     cdef double s
     s = row_stats_ahead(x, C, xc, &m, next, ahead)
     if op == OP_LOGSUMEXP:
-        if isinf(m):
-            y[0] = <floating>logsumexp_unshifted(x, xc, C)
-        else:
-            y[0] = <floating>(<double>m + log(s))
+        y[0] = <floating>row_logsumexp(x, xc, C, m, log(s))
     elif op == OP_LOG_SOFTMAX:
         row_shift(x, xc, C, m, <floating>log(s), y, yc, stream)
     else:
@@ -1316,10 +1510,7 @@ cdef inline void softmax_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, P
         fastce_active_ops.tile_log(s, n, log_s)
     if op == OP_LOGSUMEXP:
         for k in range(n):
-            if isinf(m[k]):
-                y[k * yi] = <floating>logsumexp_unshifted(x + k * xi, xc, C)
-            else:
-                y[k * yi] = <floating>(<double>m[k] + log_s[k])
+            y[k * yi] = <floating>row_logsumexp(x + k * xi, xc, C, m[k], log_s[k])
         return
     for k in range(n):
         zero[k] = 0

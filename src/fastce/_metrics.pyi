@@ -10,6 +10,7 @@ LOSS_ROW: int
 WEIGHT_ROW: int
 CONFIDENCE_ROW: int
 ENTROPY_ROW: int
+LSE_SQUARED_ROW: int
 FIRST_BIN_ROW: int
 
 class Counts(NamedTuple):
@@ -41,5 +42,8 @@ def evaluate_index(
     rank_out: NDArray[np.int64] | None,
     conf_out: NDArray[_Float] | None,
     entropy_out: NDArray[_Float] | None,
+    lse_out: NDArray[_Float] | None,
     num_threads: int = ...,
+    logit_scale: float = ...,
+    softcap: float = ...,
 ) -> tuple[NDArray[np.float64], Counts]: ...

@@ -38,10 +38,10 @@ cimport fastce._kernels as core
 from fastce._kernels cimport (
     Body, CEOptions, FASTCE_CHUNK, Piece, TILE, Targets, Walk, fastce_active_ops,
     fastce_ahead_t, floating,
-    any_nonzero, exp_neg, index_coefficient, index_row_loss, make_body, row_stats_ahead,
-    sample_loss,
+    any_nonzero, exp_neg, index_coefficient, index_row_loss, make_body, row_logsumexp,
+    row_stats_ahead, sample_loss,
     simd_ops, target_at, targets_from, tile_index_terms, tile_stats, tile_targets, walk_from,
-    walk_plan, walk_run,
+    walk_plan, walk_run, walk_transform,
 )
 
 from typing import NamedTuple
@@ -72,7 +72,8 @@ cdef enum:
     SUM_WEIGHT = 1
     SUM_CONFIDENCE = 2
     SUM_ENTROPY = 3
-    SUM_BINS = 4
+    SUM_LSE_SQUARED = 4     # w * lse^2, the z-loss without its coefficient
+    SUM_BINS = 5
 
 # Layout of the integer counts: the samples counted, then per bin its samples,
 # then per bin its correct ones, then the samples of each target rank below
@@ -94,6 +95,7 @@ TILE_SIZE = TILE
 # the rows of the sums evaluate_index returns, by name
 LOSS_ROW, WEIGHT_ROW = SUM_LOSS, SUM_WEIGHT
 CONFIDENCE_ROW, ENTROPY_ROW = SUM_CONFIDENCE, SUM_ENTROPY
+LSE_SQUARED_ROW = SUM_LSE_SQUARED
 FIRST_BIN_ROW = SUM_BINS
 
 
@@ -127,17 +129,20 @@ cdef struct Options:
 
 cdef struct Outputs:
     # per-sample arrays of shape (outer, inner), NULL when not wanted, and
-    # their byte strides; loss, confidence and entropy have the logits' dtype
+    # their byte strides; loss, confidence, entropy and log-sum-exp have the
+    # logits' dtype
     char* loss
     char* pred
     char* rank
     char* conf
     char* entropy
+    char* lse
     Py_ssize_t[2] loss_s
     Py_ssize_t[2] pred_s
     Py_ssize_t[2] rank_s
     Py_ssize_t[2] conf_s
     Py_ssize_t[2] entropy_s
+    Py_ssize_t[2] lse_s
 
 
 cdef inline void dd_add(double* acc, double b) noexcept nogil:
@@ -151,7 +156,7 @@ cdef inline void dd_add(double* acc, double b) noexcept nogil:
 
 
 cdef inline void record(double* fp, int64_t* ip, const Options* opt, double loss, double w,
-                        double s, double log_s, double e, Py_ssize_t rank,
+                        double s, double log_s, double e, double lse, Py_ssize_t rank,
                         bint valid) noexcept nogil:
     """Adds one sample that is not ignored to a unit's partials."""
     cdef double conf = 1.0 / s
@@ -159,6 +164,7 @@ cdef inline void record(double* fp, int64_t* ip, const Options* opt, double loss
     cdef Py_ssize_t b
     dd_add(fp + 2 * SUM_LOSS, loss)
     dd_add(fp + 2 * SUM_WEIGHT, w)
+    dd_add(fp + 2 * SUM_LSE_SQUARED, w * lse * lse)
     dd_add(fp + 2 * SUM_CONFIDENCE, conf)
     dd_add(fp + 2 * SUM_ENTROPY, ent)
     ip[COUNT_SAMPLES] += 1
@@ -186,12 +192,13 @@ cdef inline char* at(char* base, const Py_ssize_t* strides, Py_ssize_t o,
 
 cdef inline void write_sample(const Outputs* out, Py_ssize_t o, Py_ssize_t i, floating loss,
                               Py_ssize_t pred, Py_ssize_t rank, double s, double log_s,
-                              double e) noexcept nogil:
+                              double e, double lse) noexcept nogil:
     (<floating*>at(out.loss, out.loss_s, o, i))[0] = loss
     (<int64_t*>at(out.pred, out.pred_s, o, i))[0] = pred
     (<int64_t*>at(out.rank, out.rank_s, o, i))[0] = rank
     (<floating*>at(out.conf, out.conf_s, o, i))[0] = <floating>(1.0 / s)
     (<floating*>at(out.entropy, out.entropy_s, o, i))[0] = <floating>(log_s - e / s)
+    (<floating*>at(out.lse, out.lse_s, o, i))[0] = <floating>lse
 
 
 cdef inline Py_ssize_t first_nan(const floating* x, Py_ssize_t n,
@@ -205,11 +212,13 @@ cdef inline Py_ssize_t first_nan(const floating* x, Py_ssize_t n,
 
 cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                                const Options* opt, const Outputs* out, Py_ssize_t o,
-                               Py_ssize_t i, int64_t target, double loss, double s,
+                               Py_ssize_t i, int64_t target, double loss, double m, double s,
                                double log_s, double e, Py_ssize_t arg, Py_ssize_t rank,
                                double* fp, int64_t* ip) noexcept nogil:
-    """Records (and writes) one sample; ``target < 0`` where it is ignored."""
+    """Records (and writes) one sample of maximum ``m``; ``target < 0``
+    where it is ignored."""
     cdef bint valid = s == s
+    cdef double lse = row_logsumexp(xr, xc, C, <floating>m, log_s)
     cdef Py_ssize_t bad
     if not valid:
         # numpy.argmax's answer: the first NaN, if there is one
@@ -221,9 +230,10 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
         arg = 0
     if target >= 0:
         record(fp, ip, opt, loss, 1.0 if opt.ce.weight == NULL else opt.ce.weight[target],
-               s, log_s, e, rank, valid)
+               s, log_s, e, lse, rank, valid)
     if out.loss != NULL:
-        write_sample(out, o, i, <floating>loss, arg, rank if target >= 0 else -1, s, log_s, e)
+        write_sample(out, o, i, <floating>loss, arg, rank if target >= 0 else -1, s, log_s, e,
+                     lse)
 
 
 # --------------------------------------------------------------------------
@@ -307,7 +317,8 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
         tt = -1 if ignored else <Py_ssize_t>target
         x_t = xr[tt * xc] if tt >= 0 else 0
         row_rank_entropy(xr, C, xc, m, tt, x_t, opt, &e, &arg, &rank)
-        finish_sample(xr, C, xc, opt, &call.out, o, i, tt, loss, s, log_s, e, arg, rank, fp, ip)
+        finish_sample(xr, C, xc, opt, &call.out, o, i, tt, loss, m, s, log_s, e, arg, rank, fp,
+                      ip)
 
 
 # --------------------------------------------------------------------------
@@ -390,8 +401,8 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
     for k in range(n):
         finish_sample(x + k * xi, C, xc, opt, &call.out, p.o + k * p.o_step,
                       p.i + k * p.i_step, tgt[k],
-                      sample_loss(active[k], A[k], log_s[k], dot[k]), s[k], log_s[k], e[k],
-                      arg[k], rank[k], fp, ip)
+                      sample_loss(active[k], A[k], log_s[k], dot[k]), m[k], s[k], log_s[k],
+                      e[k], arg[k], rank[k], fp, ip)
 
 
 cdef Body METRICS_BODY = make_body(
@@ -429,21 +440,29 @@ def evaluate_index(object x,
                    object rank_out,
                    object conf_out,
                    object entropy_out,
-                   int num_threads=0):
+                   object lse_out,
+                   int num_threads=0,
+                   double logit_scale=1.0,
+                   double softcap=0.0):
     """Every metric over an ``(outer, C, inner)`` view (float32, float64,
     float16 or bfloat16) with class-index targets of shape ``(outer, inner)``.
 
+    The logits are seen through the transform ``logit_scale * softcap *
+    tanh(x / softcap)`` (``logit_scale * x`` for ``softcap`` 0).
+
     Returns ``(sums, counts)``: ``sums`` is a float64 array of shape
-    ``(4 + bins, 2)`` holding double-double totals (high and low parts) of the
-    loss, the targets' weights, the confidence, the entropy, then each
-    confidence bin's confidence; ``counts`` is an int64 array holding the
+    ``(5 + bins, 2)`` holding double-double totals (high and low parts) of the
+    loss, the targets' weights, the confidence, the entropy, the weighted
+    squared log-sum-exp (``w[t] * lse^2``), then each confidence bin's
+    confidence; ``counts`` is an int64 array holding the
     number of samples not ignored, the samples per bin, the top-1 correct
     samples per bin, and a histogram of the targets' ranks below ``ranks``.
 
     The per-sample arrays (all of them, or all None; any strides, shape
-    ``(outer, inner)``; loss, confidence and entropy of the result dtype,
-    prediction and rank int64) receive the loss, the prediction, the
-    target's rank (-1 where ignored), the confidence and the entropy.
+    ``(outer, inner)``; loss, confidence, entropy and log-sum-exp of the
+    result dtype, prediction and rank int64) receive the loss, the
+    prediction, the target's rank (-1 where ignored), the confidence, the
+    entropy and the log-sum-exp.
     ``num_threads`` 0 uses the process-wide count.  The caller has validated
     everything: targets are in ``[0, C)`` or equal ``ignore_index``,
     ``outer * inner > 0``, ``C > 0``, ``bins > 0`` and ``0 < ranks <= C``.
@@ -453,6 +472,7 @@ def evaluate_index(object x,
     cdef Options* opt = &call.opt
     cdef Py_ssize_t u, f, max_units
     walk_from(&w, x)
+    walk_transform(&w, logit_scale, softcap)
     w.threads = num_threads
     targets_from(&call.t, target)
     opt.ce.weight = &weight[0] if weight.shape[0] > 0 else NULL
@@ -462,17 +482,20 @@ def evaluate_index(object x,
     opt.ce.ignore_index = ignore_index
     opt.ce.has_ignore = has_ignore
     opt.ce.denominator = 1.0
+    opt.ce.z_loss = 0.0
     opt.bins = bins
     opt.ranks = ranks
     opt.nf = 2 * (SUM_BINS + bins)
     opt.ni = count_ranks_at(bins) + ranks
     call.out.loss = call.out.pred = call.out.rank = call.out.conf = call.out.entropy = NULL
+    call.out.lse = NULL
     if loss_out is not None:
         set_output(&call.out.loss, call.out.loss_s, loss_out)
         set_output(&call.out.pred, call.out.pred_s, pred_out)
         set_output(&call.out.rank, call.out.rank_s, rank_out)
         set_output(&call.out.conf, call.out.conf_s, conf_out)
         set_output(&call.out.entropy, call.out.entropy_s, entropy_out)
+        set_output(&call.out.lse, call.out.lse_s, lse_out)
 
     # many bins or a long rank histogram mean fewer, larger units
     max_units = PARTIALS_BYTES // (8 * (opt.nf + opt.ni))

@@ -17,6 +17,8 @@ import numpy.typing as npt
 
 from . import _kernels
 from ._validate import (
+    NO_TRANSFORM,
+    LogitTransform,
     as_array,
     check_classes_present,
     check_grad_output,
@@ -88,6 +90,8 @@ class ClassPlan(NamedTuple):
     per_class: bool = False  # whether a per-class result (gradient, softmax) is written
     out: npt.NDArray[Any] | None = None  # where the caller wants it
     threads: int = 0
+    transform: LogitTransform = NO_TRANSFORM  # what the loss sees of the logits
+    lse_shape: tuple[int, ...] | None = None  # the per-sample log-sum-exp's, when wanted
 
 
 class BinaryPlan(NamedTuple):
@@ -120,8 +124,12 @@ def plan_cross_entropy(
     grad_output: object,
     out: FloatArray | None,
     num_threads: int | None,
+    transform: LogitTransform = NO_TRANSFORM,
+    want_lse: bool = False,
 ) -> ClassPlan:
-    """The plan of a cross-entropy call (and of its gradient with ``want_grad``)."""
+    """The plan of a cross-entropy call (and of its gradient with
+    ``want_grad``, and of each sample's log-sum-exp with ``want_lse``) on
+    the logits ``transform`` makes."""
     threads = check_num_threads(num_threads)
     x = native_float_array(logits, "logits")
     axis = class_axis(axis, x.ndim)
@@ -168,6 +176,8 @@ def plan_cross_entropy(
         per_class=want_grad,
         out=out if want_grad else None,
         threads=threads,
+        transform=transform,
+        lse_shape=loss_shape if want_lse else None,
     )
 
 
@@ -420,10 +430,11 @@ def _class_output(
     return out, view, x3, buffered
 
 
-def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any]:
-    """Runs ``plan``: returns ``(reduced, per_class)``, the loss (a scalar, or
-    the per-sample array; the log-sum-exp) and the per-class result (the
-    gradient, softmax, log_softmax), each None where the call has none."""
+def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any]:
+    """Runs ``plan``: returns ``(reduced, per_class, lse)``, the loss (a
+    scalar, or the per-sample array; the log-sum-exp), the per-class result
+    (the gradient, softmax, log_softmax) and the cross-entropy's per-sample
+    log-sum-exp, each None where the call has none."""
     if isinstance(plan, BinaryPlan):
         return _execute_binary(plan)
     # read once: a tuple unpacks faster than its fields are looked up one by one
@@ -445,9 +456,12 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any]:
         wants_per_class,
         out,
         threads,
+        transform,
+        lse_shape,
     ) = plan
     outer, n_classes, inner = x3.shape
     per_sample = np.empty(per_sample_shape, dtype=dtype) if per_sample_shape is not None else None
+    lse = np.empty(lse_shape, dtype=dtype) if lse_shape is not None else None
     per_class = per_class3 = None
     buffered = False
     if wants_per_class:
@@ -457,6 +471,7 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any]:
     if outer * inner and n_classes:
         go2 = None
         per_sample2 = None if per_sample is None else per_sample.reshape(outer, inner)
+        lse2 = None if lse is None else lse.reshape(outer, inner)
         if grad_output is not None:
             go = grad_output
             # a scalar stays one element: the kernels read a (1, 1) grad_output
@@ -476,6 +491,7 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any]:
             index2 = outer_as_inner(index2)
             probs3 = outer_as_inner(probs3)
             per_sample2 = outer_as_inner(per_sample2)
+            lse2 = outer_as_inner(lse2)
             go2 = outer_as_inner(go2)
             per_class3 = outer_as_inner(per_class3)
         # an out= of the caller's is written past the caches when large; a new
@@ -496,7 +512,9 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any]:
                 denominator,
                 per_class3,
                 threads,
-                grad_given=given,
+                given,
+                *transform,
+                lse2,
             )
         elif kernel == CROSS_ENTROPY_PROBS:
             total = _kernels.cross_entropy_probs(
@@ -509,7 +527,9 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any]:
                 denominator,
                 per_class3,
                 threads,
-                grad_given=given,
+                given,
+                *transform,
+                lse2,
             )
         elif kernel == NLL_LOSS:
             total = _kernels.nll_loss_kernel(
@@ -542,14 +562,41 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any]:
         assert result is not None
         if result.ndim == 0 and out is None:
             result = result[()]
-        return (result, None) if kernel == LOGSUMEXP else (None, result)
+        return (result, None, None) if kernel == LOGSUMEXP else (None, result, None)
     reduced = (
         per_sample if per_sample is not None else _reduce(total, denominator, reduction, dtype)
     )
-    return reduced, per_class
+    return reduced, per_class, lse
 
 
-def _execute_binary(plan: BinaryPlan) -> tuple[Any, Any]:
+def z_loss_of(plan: ClassPlan, lse: npt.NDArray[Any]) -> FloatScalar | FloatArray:
+    """The z-loss part of a cross-entropy call's loss, from each sample's
+    log-sum-exp ``lse``, weighted and reduced as the kernels count it:
+    ``z_loss * w[t] * lse^2`` for a class index ``t`` (0 where ignored),
+    ``z_loss * lse^2`` for a probability target, 0 for a sample whose every
+    coefficient is 0."""
+    outer, n_classes, inner = plan.x3.shape
+    lse2 = lse.reshape(outer, inner).astype(np.float64)
+    if plan.index2 is not None:
+        index = plan.index2
+        counted = ~(index == plan.ignore_value) if plan.has_ignore else np.ones(index.shape, bool)
+        safe_index = np.where(counted, index, 0)
+        w = plan.weight[safe_index] if plan.weight.size else np.ones(index.shape)
+        weight = np.where(counted, w, 0.0)
+    else:
+        probs = cast("npt.NDArray[Any]", plan.probs3)
+        coefficient = (1.0 - plan.smoothing) * probs + plan.smoothing / n_classes
+        if plan.weight.size:
+            coefficient = coefficient * plan.weight[:, None]
+        weight = np.any(coefficient != 0, axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        per_sample = np.where(weight != 0, plan.transform.z_loss * weight * lse2 * lse2, 0.0)
+    if plan.reduction == "none":
+        return per_sample.astype(plan.dtype).reshape(lse.shape)
+    return _reduce(float(per_sample.sum()), plan.denominator, plan.reduction, plan.dtype)
+
+
+def _execute_binary(plan: BinaryPlan) -> tuple[Any, Any, Any]:
     dtype = plan.dtype
     shape = plan.x.shape
     n = plan.x.size
@@ -597,4 +644,4 @@ def _execute_binary(plan: BinaryPlan) -> tuple[Any, Any]:
     if buffered:
         cast("npt.NDArray[Any]", grad)[...] = cast("npt.NDArray[Any]", grad_flat).reshape(shape)
     loss = loss_arr if loss_arr is not None else _reduce(total, float(n), plan.reduction, dtype)
-    return loss, grad
+    return loss, grad, None

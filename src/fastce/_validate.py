@@ -10,7 +10,7 @@ import math
 import operator
 import warnings
 from dataclasses import dataclass
-from typing import Any, SupportsIndex, TypeVar, cast, overload
+from typing import Any, NamedTuple, SupportsIndex, TypeVar, cast, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -210,6 +210,52 @@ def check_label_smoothing(label_smoothing: object) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1]; got {label_smoothing!r}")
     return value
+
+
+def _real_option(value: object, name: str, requirement: str) -> float:
+    """A real number option, as check_label_smoothing takes one."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be {requirement}, not a bool")
+    if not isinstance(value, (int, float, np.integer, np.floating)) and not (
+        isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf"
+    ):
+        raise TypeError(f"{name} must be {requirement}; got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+class LogitTransform(NamedTuple):
+    """The logits a loss sees, ``logit_scale * softcap * tanh(x / softcap)``
+    (``logit_scale * x`` for ``softcap`` 0), and the z-loss coefficient."""
+
+    logit_scale: float
+    softcap: float
+    z_loss: float
+
+
+NO_TRANSFORM = LogitTransform(1.0, 0.0, 0.0)
+
+
+def check_logit_transform(softcap: object, temperature: object, z_loss: object) -> LogitTransform:
+    """The checked ``softcap`` (None or > 0), ``temperature`` (> 0) and
+    ``z_loss`` (>= 0), all finite."""
+    cap = 0.0
+    if softcap is not None:
+        cap = _real_option(softcap, "softcap", "None or a positive number")
+        if not (0.0 < cap < np.inf):
+            raise ValueError(f"softcap must be None or a positive finite number; got {softcap!r}")
+    t = _real_option(temperature, "temperature", "a positive number")
+    if not (0.0 < t < np.inf) or not 1.0 / t < np.inf:
+        raise ValueError(f"temperature must be a positive finite number; got {temperature!r}")
+    z = _real_option(z_loss, "z_loss", "a number >= 0")
+    if not (0.0 <= z < np.inf):
+        raise ValueError(f"z_loss must be a finite number >= 0; got {z_loss!r}")
+    return LogitTransform(1.0 / t, cap, z)
+
+
+def check_flag(value: object, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def check_ignore_index(ignore_index: SupportsIndex) -> tuple[int, bool]:

@@ -700,6 +700,63 @@ def linear_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]
     return cols, body
 
 
+# the logit transforms timed by transform_table: a Gemma-2-like soft-cap, a
+# temperature, a PaLM-like z-loss, and all three
+TRANSFORMS: dict[str, dict[str, float]] = {
+    "plain": {},
+    "temperature": {"temperature": 0.7},
+    "softcap": {"softcap": 30.0},
+    "z_loss": {"z_loss": 1e-4},
+    "all three": {"softcap": 30.0, "temperature": 0.7, "z_loss": 1e-4},
+}
+
+
+def _torch_transformed_loss(torch: Any, x: Any, t: Any, cap: float | None) -> object:
+    """torch's cross-entropy of soft-capped logits, the transform as its own operations."""
+    y = cap * torch.tanh(x / cap) if cap is not None else x
+    return torch.nn.functional.cross_entropy(y, t)
+
+
+def transform_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]]:
+    """The forward cross-entropy of W1 and W3 with each logit transform, beside
+    the plain call, interleaved; torch's plain and soft-capped losses too."""
+    fastce.set_num_threads(threads)
+    try:
+        torch: Any = importlib.import_module("torch")
+        torch.set_num_threads(threads)
+    except ImportError:
+        torch = None
+    body = []
+    for key in ("W1", "W3"):
+        workload = WORKLOADS[key]
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(workload.shape, dtype=np.float32) * 3
+        t = rng.integers(0, workload.shape[1], workload.shape[0])
+        calls: dict[tuple[str, str], Callable[[], object]] = {
+            ("fastce", name): partial(fastce.cross_entropy, x, t, **options)
+            for name, options in TRANSFORMS.items()
+        }
+        if torch is not None:
+            tx, tt = torch.from_numpy(x), torch.from_numpy(t)
+            calls[("torch", "plain")] = partial(_torch_transformed_loss, torch, tx, tt, None)
+            calls[("torch", "softcap")] = partial(_torch_transformed_loss, torch, tx, tt, 30.0)
+        times = median_times(list(calls.values()), repeats, 0.02)
+        plain = times[0]
+        for (library, name), seconds in zip(calls, times):
+            body.append(
+                [
+                    key,
+                    "x".join(map(str, workload.shape)),
+                    library,
+                    name,
+                    f"{seconds * 1e3:.3g}",
+                    f"{seconds / plain:.2f}x",
+                ]
+            )
+    fastce.set_num_threads(None)
+    return ["workload", "shape", "library", "transform", "ms", "over fastce plain"], body
+
+
 BUSY_SCRIPT = "while True: pass"
 
 
@@ -858,6 +915,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also time the linear-head workloads (L1, L2) against torch's two paths",
     )
     parser.add_argument(
+        "--transforms",
+        action="store_true",
+        help="also time the logit transforms (soft-cap, temperature, z-loss) on W1 and W3",
+    )
+    parser.add_argument(
         "--busy",
         action="store_true",
         help="also time 1 and 2 threads while another process spins on a core",
@@ -896,6 +958,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("Linear heads (float32; extra MiB: beyond the inputs and the returned gradients):")
         print(render(*linear, False))
+    transforms = transform_table(args.threads, args.repeats) if args.transforms else None
+    if transforms:
+        print()
+        print("Logit transforms (forward, float32):")
+        print(render(*transforms, False))
     busy = busy_table(args.repeats) if args.busy else None
     if busy:
         print()
@@ -917,6 +984,8 @@ def main(argv: list[str] | None = None) -> int:
                 f.write("\n" + render(*family, True) + "\n")
             if linear:
                 f.write("\nLinear heads:\n\n" + render(*linear, True) + "\n")
+            if transforms:
+                f.write("\nLogit transforms:\n\n" + render(*transforms, True) + "\n")
             if busy:
                 f.write(
                     "\nWith another process spinning on a core:\n\n" + render(*busy, True) + "\n"

@@ -14,18 +14,23 @@ from ._plan import (
     LOG_SOFTMAX,
     LOGSUMEXP,
     SOFTMAX,
+    ClassPlan,
     execute,
     plan_binary,
     plan_cross_entropy,
     plan_nll_loss,
     plan_softmax,
+    z_loss_of,
 )
 from ._plan import FloatArray as _FloatArray
 from ._plan import FloatScalar as _FloatScalar
 from ._validate import (
+    NO_TRANSFORM,
     check_axis_option,
+    check_flag,
     check_ignore_index,
     check_label_smoothing,
+    check_logit_transform,
     check_reduction,
     check_weight_option,
 )
@@ -59,6 +64,11 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     axis: SupportsIndex | None = None,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: Literal[False] = False,
+    return_lse: Literal[False] = False,
 ) -> _FloatScalar: ...
 @overload
 def cross_entropy(
@@ -71,6 +81,11 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     axis: SupportsIndex | None = None,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: Literal[False] = False,
+    return_lse: Literal[False] = False,
 ) -> _FloatArray: ...
 @overload
 def cross_entropy(
@@ -83,7 +98,13 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     axis: SupportsIndex | None = None,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: Literal[False] = False,
+    return_lse: Literal[False] = False,
 ) -> _FloatScalar | _FloatArray: ...
+@overload
 def cross_entropy(
     logits: ArrayLike,
     target: ArrayLike,
@@ -94,7 +115,28 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     axis: SupportsIndex | None = None,
     num_threads: int | None = None,
-) -> _FloatScalar | _FloatArray:
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: bool = False,
+    return_lse: bool = False,
+) -> _FloatScalar | _FloatArray | tuple[_FloatScalar | _FloatArray, ...]: ...
+def cross_entropy(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: bool = False,
+    return_lse: bool = False,
+) -> _FloatScalar | _FloatArray | tuple[_FloatScalar | _FloatArray, ...]:
     """Softmax cross-entropy between logits and a target, as PyTorch computes it.
 
     Parameters
@@ -124,12 +166,36 @@ def cross_entropy(
     num_threads : int, optional
         The most threads this call may use; by default the process-wide
         count (:func:`get_num_threads`).
+    softcap : float > 0, optional
+        Soft-caps the logits to ``softcap * tanh(logits / softcap)`` (as
+        Gemma 2 does) before the softmax.
+    temperature : float > 0, default 1.0
+        Divides the (soft-capped) logits: the loss sees
+        ``softcap * tanh(logits / softcap) / temperature``, or
+        ``logits / temperature`` without a soft-cap.  A logit scale ``s``
+        is ``temperature = 1 / s``.  The transform is applied inside the
+        kernels, never to a copy of the logits, and every gradient is with
+        respect to the logits themselves.
+    z_loss : float >= 0, default 0.0
+        Adds ``z_loss * lse**2`` to each sample's loss, where ``lse`` is the
+        log-sum-exp of its (transformed) logits (PaLM's auxiliary loss).  It
+        is counted as the sample's cross-entropy is: weighted by the target
+        class's weight, not at all for an ignored target, and divided by the
+        same ``"mean"`` denominator.
+    return_z_loss : bool, default False
+        Also return the z-loss part of the loss, reduced as the loss is, so
+        that the cross-entropy alone (``loss - z_loss``) can be logged.
+    return_lse : bool, default False
+        Also return each sample's log-sum-exp of the transformed logits (the
+        loss's per-sample shape, for every sample, ignored ones included).
 
     Returns
     -------
     loss : numpy scalar or ndarray
         A scalar for ``"mean"`` and ``"sum"``, the per-sample losses for
-        ``"none"``; float64 for float64 logits, float32 otherwise.
+        ``"none"``; float64 for float64 logits, float32 otherwise.  It
+        includes the z-loss.  With ``return_z_loss`` or ``return_lse``, a
+        tuple: ``(loss, z_loss)``, ``(loss, lse)`` or ``(loss, z_loss, lse)``.
 
     Raises
     ------
@@ -149,8 +215,19 @@ def cross_entropy(
     >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]], dtype=np.float32)
     >>> fastce.cross_entropy(logits, np.array([0, 2]), reduction="none").round(5)
     array([0.24131, 0.09492], dtype=float32)
+    >>> loss, z = fastce.cross_entropy(logits, np.array([0, 2]), softcap=2.0, z_loss=1e-2,
+    ...                                return_z_loss=True)
+    >>> print(round(float(loss), 5), round(float(z), 5))
+    0.36443 0.03976
     """
-    if _plain_options(weight, ignore_index, reduction, label_smoothing, axis, num_threads):
+    if (
+        softcap is None
+        and temperature == 1.0
+        and z_loss == 0.0
+        and return_z_loss is False
+        and return_lse is False
+        and _plain_options(weight, ignore_index, reduction, label_smoothing, axis, num_threads)
+    ):
         common: _FloatScalar | None = _kernels.cross_entropy_common(
             logits,
             target,
@@ -172,9 +249,34 @@ def cross_entropy(
         None,
         None,
         num_threads,
+        check_logit_transform(softcap, temperature, z_loss),
+        _wants_lse(return_z_loss, return_lse),
     )
-    loss: _FloatScalar | _FloatArray = execute(plan)[0]
-    return loss
+    loss, _, lse = execute(plan)
+    result = _with_extras(plan, (loss,), lse, return_z_loss, return_lse)
+    return result if len(result) > 1 else result[0]
+
+
+def _wants_lse(return_z_loss: object, return_lse: object) -> bool:
+    """Whether a call needs the per-sample log-sum-exp: to return it, or the z-loss."""
+    z = check_flag(return_z_loss, "return_z_loss")
+    return check_flag(return_lse, "return_lse") or z
+
+
+def _with_extras(
+    plan: ClassPlan,
+    head: tuple[_FloatScalar | _FloatArray, ...],
+    lse: _FloatArray | None,
+    return_z_loss: bool,
+    return_lse: bool,
+) -> tuple[_FloatScalar | _FloatArray, ...]:
+    """``head`` followed by the z-loss and the log-sum-exps asked for."""
+    extras: tuple[_FloatScalar | _FloatArray, ...] = ()
+    if return_z_loss:
+        extras += (z_loss_of(plan, cast("_FloatArray", lse)),)
+    if return_lse:
+        extras += (cast("_FloatArray", lse),)
+    return head + extras
 
 
 def _plain_options(
@@ -212,10 +314,14 @@ def cross_entropy_grad(
     axis: SupportsIndex | None = None,
     out: _FloatArray | None = None,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> _FloatArray:
     """Gradient of :func:`cross_entropy` with respect to the logits.
 
-    Takes :func:`cross_entropy`'s arguments, and:
+    Takes :func:`cross_entropy`'s arguments (``softcap``, ``temperature``
+    and ``z_loss`` too: the gradient goes through them to the logits), and:
 
     Parameters
     ----------
@@ -239,18 +345,21 @@ def cross_entropy_grad(
     >>> fastce.cross_entropy_grad(np.array([1.0, 2.0, 0.1]), np.array(1)).round(6)
     array([ 0.242433, -0.340999,  0.098566])
     """
-    both = _common_with_grad(
-        logits,
-        target,
-        weight,
-        grad_output,
-        ignore_index,
-        reduction,
-        label_smoothing,
-        axis,
-        out,
-        num_threads,
-    )
+    transform = check_logit_transform(softcap, temperature, z_loss)
+    both = None
+    if transform == NO_TRANSFORM:
+        both = _common_with_grad(
+            logits,
+            target,
+            weight,
+            grad_output,
+            ignore_index,
+            reduction,
+            label_smoothing,
+            axis,
+            out,
+            num_threads,
+        )
     if both is not None:
         return both[1]
     plan = plan_cross_entropy(
@@ -265,6 +374,7 @@ def cross_entropy_grad(
         grad_output,
         out,
         num_threads,
+        transform,
     )
     grad: _FloatArray = execute(plan)[1]
     return grad
@@ -283,6 +393,11 @@ def cross_entropy_with_grad(
     axis: SupportsIndex | None = None,
     out: _FloatArray | None = None,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: Literal[False] = False,
+    return_lse: Literal[False] = False,
 ) -> tuple[_FloatScalar, _FloatArray]: ...
 @overload
 def cross_entropy_with_grad(
@@ -297,6 +412,11 @@ def cross_entropy_with_grad(
     axis: SupportsIndex | None = None,
     out: _FloatArray | None = None,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: Literal[False] = False,
+    return_lse: Literal[False] = False,
 ) -> tuple[_FloatArray, _FloatArray]: ...
 @overload
 def cross_entropy_with_grad(
@@ -311,7 +431,13 @@ def cross_entropy_with_grad(
     axis: SupportsIndex | None = None,
     out: _FloatArray | None = None,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: Literal[False] = False,
+    return_lse: Literal[False] = False,
 ) -> tuple[_FloatScalar | _FloatArray, _FloatArray]: ...
+@overload
 def cross_entropy_with_grad(
     logits: ArrayLike,
     target: ArrayLike,
@@ -324,11 +450,36 @@ def cross_entropy_with_grad(
     axis: SupportsIndex | None = None,
     out: _FloatArray | None = None,
     num_threads: int | None = None,
-) -> tuple[_FloatScalar | _FloatArray, _FloatArray]:
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: bool = False,
+    return_lse: bool = False,
+) -> tuple[_FloatScalar | _FloatArray, ...]: ...
+def cross_entropy_with_grad(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    *,
+    grad_output: ArrayLike = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    axis: SupportsIndex | None = None,
+    out: _FloatArray | None = None,
+    num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: bool = False,
+    return_lse: bool = False,
+) -> tuple[_FloatScalar | _FloatArray, ...]:
     """The loss and its gradient from one pass over the logits.
 
     Arguments as :func:`cross_entropy_grad`; returns ``(loss, grad)``, equal
-    to what :func:`cross_entropy` and :func:`cross_entropy_grad` return.
+    to what :func:`cross_entropy` and :func:`cross_entropy_grad` return,
+    followed by the z-loss and the log-sum-exps when ``return_z_loss`` and
+    ``return_lse`` ask for them (as :func:`cross_entropy`).
 
     Examples
     --------
@@ -338,18 +489,22 @@ def cross_entropy_with_grad(
     >>> float(round(loss, 6)), grad is logits
     (0.41703, True)
     """
-    both = _common_with_grad(
-        logits,
-        target,
-        weight,
-        grad_output,
-        ignore_index,
-        reduction,
-        label_smoothing,
-        axis,
-        out,
-        num_threads,
-    )
+    transform = check_logit_transform(softcap, temperature, z_loss)
+    want_lse = _wants_lse(return_z_loss, return_lse)
+    both = None
+    if transform == NO_TRANSFORM and not want_lse:
+        both = _common_with_grad(
+            logits,
+            target,
+            weight,
+            grad_output,
+            ignore_index,
+            reduction,
+            label_smoothing,
+            axis,
+            out,
+            num_threads,
+        )
     if both is not None:
         return both
     plan = plan_cross_entropy(
@@ -364,11 +519,11 @@ def cross_entropy_with_grad(
         grad_output,
         out,
         num_threads,
+        transform,
+        want_lse,
     )
-    loss: _FloatScalar | _FloatArray
-    grad: _FloatArray
-    loss, grad = execute(plan)
-    return loss, grad
+    loss, grad, lse = execute(plan)
+    return _with_extras(plan, (loss, grad), lse, return_z_loss, return_lse)
 
 
 def _common_with_grad(
@@ -717,7 +872,7 @@ def binary_cross_entropy_with_logits_with_grad(
         plan_binary(
             logits, target, weight, pos_weight, reduction, True, True, grad_output, out, num_threads
         )
-    )
+    )[:2]
     return loss, grad
 
 
@@ -860,7 +1015,7 @@ def binary_cross_entropy_with_grad(
         plan_binary(
             probs, target, weight, None, reduction, False, True, grad_output, out, num_threads
         )
-    )
+    )[:2]
     return loss, grad
 
 
@@ -871,14 +1026,18 @@ class _Options(TypedDict):
     reduction: str
     label_smoothing: float
     axis: int | None
+    softcap: float | None
+    temperature: float
+    z_loss: float
 
 
 class CrossEntropyLoss:
     """A cross-entropy criterion with fixed options, like ``torch.nn.CrossEntropyLoss``.
 
     ``criterion(logits, target)`` is ``cross_entropy(logits, target, **options)``;
-    :meth:`grad` and :meth:`with_grad` give the gradient.  The options are
-    checked when the criterion is made.
+    :meth:`grad` and :meth:`with_grad` give the gradient.  The options
+    (``softcap``, ``temperature`` and ``z_loss`` too) are checked when the
+    criterion is made.
 
     Examples
     --------
@@ -895,6 +1054,10 @@ class CrossEntropyLoss:
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         axis: SupportsIndex | None = None,
+        *,
+        softcap: float | None = None,
+        temperature: float = 1.0,
+        z_loss: float = 0.0,
     ) -> None:
         self.reduction = check_reduction(reduction)
         self.label_smoothing = check_label_smoothing(label_smoothing)
@@ -902,6 +1065,10 @@ class CrossEntropyLoss:
         self.ignore_index = ignore_index
         self.weight = check_weight_option(weight)
         self.axis = check_axis_option(axis)
+        check_logit_transform(softcap, temperature, z_loss)
+        self.softcap = softcap
+        self.temperature = temperature
+        self.z_loss = z_loss
 
     def _options(self) -> _Options:
         return dict(
@@ -909,6 +1076,9 @@ class CrossEntropyLoss:
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
             axis=self.axis,
+            softcap=self.softcap,
+            temperature=self.temperature,
+            z_loss=self.z_loss,
         )
 
     def __call__(self, logits: ArrayLike, target: ArrayLike) -> _FloatScalar | _FloatArray:
@@ -938,9 +1108,10 @@ class CrossEntropyLoss:
         out: _FloatArray | None = None,
     ) -> tuple[_FloatScalar | _FloatArray, _FloatArray]:
         """``(loss, grad)`` from one pass."""
-        return cross_entropy_with_grad(
+        loss, grad = cross_entropy_with_grad(
             logits, target, self.weight, grad_output=grad_output, out=out, **self._options()
         )
+        return loss, grad
 
     def __repr__(self) -> str:
         parts = [f"{k}={v!r}" for k, v in self._options().items()]

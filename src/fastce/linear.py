@@ -39,7 +39,7 @@ from ._plan import (
     execute,
     plan_cross_entropy,
 )
-from ._validate import as_array, check_float_dtype
+from ._validate import LogitTransform, as_array, check_float_dtype, check_logit_transform
 from .functional import logsumexp
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
@@ -290,7 +290,7 @@ def _by_row_blocks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) ->
             per_class=want_grad,
             out=block if want_grad else None,
         )
-        block_loss, block_grad = execute(block_plan)
+        block_loss, block_grad, _ = execute(block_plan)
         if work.loss_rows is not None:
             work.loss_rows[picked] = block_loss
         else:
@@ -314,6 +314,11 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
     head, checked = work.head, work.checked
     dtype, n_classes, n_features = head.dtype, head.n_classes, head.n_features
     smoothing = checked.smoothing
+    cap, scale, z_coefficient = (
+        checked.transform.softcap,
+        checked.transform.logit_scale,
+        (checked.transform.z_loss),
+    )
     class_weight = checked.weight if checked.weight.size else None
     weight_total = float(class_weight.sum()) if class_weight is not None else float(n_classes)
     # the class weights as the slices are multiplied by them
@@ -325,19 +330,40 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
     spare_needed = work.probs2 is not None or (
         smoothing > 0 and want_grad and class_weight is not None
     )
-    space = max(1, block_bytes // 2 if spare_needed else block_bytes)
+    # and with a soft-cap, the transform's slope of a slice for its gradient
+    slope_needed = bool(cap) and want_grad
+    space = max(1, block_bytes // (1 + spare_needed + slope_needed))
     block_rows = max(1, min(len(rows), CHUNK_ROWS, space // (MIN_CHUNK_CLASSES * item)))
     step = max(1, min(n_classes, space // (block_rows * item)))
     logits_space = np.empty(block_rows * step, dtype=dtype)
     spare_space = np.empty(block_rows * step if spare_needed else 0, dtype=dtype)
+    slope_space = np.empty(block_rows * step if slope_needed else 0, dtype=dtype)
     total = 0.0
 
     def chunk_logits(h_block: npt.NDArray[Any], c0: int, c1: int) -> npt.NDArray[Any]:
+        """A slice's logits, transformed as the kernels transform them."""
         out = logits_space[: len(h_block) * (c1 - c0)].reshape(len(h_block), c1 - c0)
         work.products.logits(h_block, work.w_c[c0:c1], out)
         if work.b_c is not None:
             out += work.b_c[c0:c1]
+        if cap:
+            out /= cap
+            np.tanh(out, out=out)
+            out *= cap * scale
+        elif scale != 1.0:
+            out *= scale
         return out
+
+    def chunk_slope(z: npt.NDArray[Any]) -> npt.NDArray[Any] | float:
+        """The transform's derivative at a slice's transformed logits ``z``."""
+        if not cap:
+            return scale
+        slope = slope_space[: z.size].reshape(z.shape)
+        np.multiply(z, 1.0 / (cap * scale), out=slope)
+        np.square(slope, out=slope)
+        np.subtract(1.0, slope, out=slope)
+        slope *= scale
+        return slope
 
     def target_terms(y_block: npt.NDArray[Any], c0: int, c1: int) -> npt.NDArray[Any]:
         """``w_c * ((1 - eps) y + eps / C)`` of a slice, in the spare buffer."""
@@ -360,6 +386,8 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
         # (class indices), and sum_c u_c z_c (probabilities, or smoothing)
         target_logit = np.zeros(n)
         weighted_sum = np.zeros(n)
+        # whether a probability target has a coefficient that is not 0
+        active = np.zeros(n, dtype=bool)
         for c0 in range(0, n_classes, step):
             c1 = min(n_classes, c0 + step)
             z = chunk_logits(h_block, c0, c1)
@@ -373,7 +401,9 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
                     )
             else:
                 assert y_block is not None
-                weighted_sum += np.einsum("ij,ij->i", z, target_terms(y_block, c0, c1))
+                u = target_terms(y_block, c0, c1)
+                weighted_sum += np.einsum("ij,ij->i", z, u)
+                active |= np.any(u != 0, axis=1)
         if t is not None:
             w_t = class_weight[t] if class_weight is not None else np.ones(n)
             a_total = (1.0 - smoothing) * w_t + smoothing / n_classes * weight_total
@@ -387,6 +417,11 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
                 weight_total
             )
             loss = a_total * lse - weighted_sum
+        if z_coefficient:
+            # the z-loss, counted as the kernels count it, and its share of the softmax
+            z_weight = z_coefficient * (w_t if t is not None else active.astype(np.float64))
+            loss = loss + z_weight * lse * lse
+            a_total = a_total + 2.0 * z_weight * lse
         if work.loss_rows is not None:
             work.loss_rows[picked] = loss
         else:
@@ -395,17 +430,18 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
             continue
         assert work.grad_h2 is not None and work.grad_w is not None
         g = work.row_go[picked] if work.row_go is not None else np.full(n, work.scalar_go)
-        scale = (a_total * g).astype(dtype)[:, None]
+        softmax_scale = (a_total * g).astype(dtype)[:, None]
         shift = lse.astype(dtype)[:, None]
         grad_h_block = np.zeros((n, n_features), dtype=dtype)
         for c0 in range(0, n_classes, step):
             c1 = min(n_classes, c0 + step)
             z = chunk_logits(h_block, c0, c1)
+            slope = chunk_slope(z)
             # the gradient of the slice, in place of its logits:
-            # g * (A * exp(z - lse) - a)
+            # g * (A * exp(z - lse) - a), times the transform's slope
             z -= shift
             np.exp(z, out=z)
-            z *= scale
+            z *= softmax_scale
             if t is not None:
                 if smoothing:
                     # the uniform part of the target, g * eps / C * w_c
@@ -423,6 +459,8 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
                 u = target_terms(y_block, c0, c1)
                 u *= g.astype(dtype)[:, None]
                 z -= u
+            if cap or scale != 1.0:
+                z *= slope
             work.products.add_product(grad_h_block, z, work.w_c[c0:c1])
             work.products.add_weight_grad(work.grad_w[c0:c1], z, h_block)
             if work.grad_b is not None:
@@ -444,6 +482,7 @@ def _linear(
     grad_output: object,
     max_block_bytes: object,
     num_threads: int | None,
+    transform: LogitTransform,
 ) -> tuple[Any, Any, Any, Any]:
     """Shared body: ``(loss, grad_hidden, grad_weight, grad_bias)``, the
     gradients None without ``want_grad``."""
@@ -463,6 +502,7 @@ def _linear(
         grad_output,
         None,
         num_threads,
+        transform,
     )
     reduction, threads, denominator = checked.reduction, checked.threads, checked.denominator
     dtype, sample_shape, n_classes = head.dtype, head.sample_shape, head.n_classes
@@ -541,6 +581,9 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     max_block_bytes: int = DEFAULT_BLOCK_BYTES,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> FloatScalar: ...
 @overload
 def linear_cross_entropy(
@@ -555,6 +598,9 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     max_block_bytes: int = DEFAULT_BLOCK_BYTES,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> FloatArray: ...
 @overload
 def linear_cross_entropy(
@@ -569,6 +615,9 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     max_block_bytes: int = DEFAULT_BLOCK_BYTES,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> FloatScalar | FloatArray: ...
 def linear_cross_entropy(
     hidden: ArrayLike,
@@ -582,6 +631,9 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     max_block_bytes: int = DEFAULT_BLOCK_BYTES,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> FloatScalar | FloatArray:
     """Cross-entropy of the logits ``hidden @ linear_weight.T + linear_bias``
     without holding them: the loss of a language model's output layer.
@@ -604,6 +656,9 @@ def linear_cross_entropy(
     max_block_bytes : int, default 32 MiB
         The most logits (in bytes) that exist at once: a block of rows times
         the vocabulary, at least one row.
+    softcap, temperature, z_loss
+        As in :func:`fastce.cross_entropy`: the loss of the transformed
+        logits, the z-loss included.
 
     Returns
     -------
@@ -643,6 +698,7 @@ def linear_cross_entropy(
         None,
         max_block_bytes,
         num_threads,
+        check_logit_transform(softcap, temperature, z_loss),
     )[0]
     return loss
 
@@ -660,6 +716,9 @@ def linear_cross_entropy_with_grad(
     label_smoothing: float = 0.0,
     max_block_bytes: int = DEFAULT_BLOCK_BYTES,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> tuple[FloatScalar | FloatArray, FloatArray, FloatArray, FloatArray | None]:
     """The loss of :func:`linear_cross_entropy` and its gradients, in one pass.
 
@@ -694,5 +753,6 @@ def linear_cross_entropy_with_grad(
         grad_output,
         max_block_bytes,
         num_threads,
+        check_logit_transform(softcap, temperature, z_loss),
     )
     return loss, grad_h, grad_w, grad_b

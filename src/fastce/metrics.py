@@ -58,12 +58,14 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels, _metrics
 from ._validate import (
+    LogitTransform,
     as_array,
     check_axis_option,
     check_classes_present,
     check_float_dtype,
     check_ignore_index,
     check_label_smoothing,
+    check_logit_transform,
     check_num_threads,
     check_target,
     check_targets_in_range,
@@ -149,6 +151,11 @@ class EvalOptions:
     bins: int
     num_threads: int | None
     threads: int  # what the kernels are asked for: 0 for the process-wide count
+    transform: LogitTransform  # the soft-cap and temperature, and the z-loss coefficient
+    # as given, for presentation and comparison
+    softcap: float | None
+    temperature: float
+    z_loss: float
 
 
 def check_eval_options(
@@ -160,6 +167,9 @@ def check_eval_options(
     topk: int | Iterable[int] = (1, 5),
     bins: int = 15,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> EvalOptions:
     """Every option of an evaluation checked, before any logits are seen (the
     weights' length is checked against the logits' classes later)."""
@@ -170,6 +180,7 @@ def check_eval_options(
     checked_topk = check_topk(topk)
     checked_bins = check_bins(bins)
     threads = check_num_threads(num_threads)
+    transform = check_logit_transform(softcap, temperature, z_loss)
     return EvalOptions(
         weight=checked_weight,
         ignore_index=operator.index(ignore_index),
@@ -180,6 +191,10 @@ def check_eval_options(
         bins=checked_bins,
         num_threads=num_threads,
         threads=threads,
+        transform=transform,
+        softcap=softcap,
+        temperature=temperature,
+        z_loss=z_loss,
     )
 
 
@@ -190,8 +205,9 @@ class PerSample:
     ``loss`` is ``cross_entropy(..., reduction="none")`` (0 where ignored);
     ``prediction`` the argmax class; ``target_rank`` the target's rank (-1
     where ignored; top-k correct iff ``0 <= rank < k``); ``confidence`` the
-    largest probability; ``entropy`` the predictive entropy.  The float
-    arrays have the loss's dtype, the others are int64.
+    largest probability; ``entropy`` the predictive entropy; ``lse`` the
+    log-sum-exp of the (transformed) logits.  The float arrays have the
+    loss's dtype, the others are int64.
     """
 
     loss: NDArray[np.float32 | np.float64]
@@ -199,6 +215,7 @@ class PerSample:
     target_rank: NDArray[np.int64]
     confidence: NDArray[np.float32 | np.float64]
     entropy: NDArray[np.float32 | np.float64]
+    lse: NDArray[np.float32 | np.float64]
 
 
 @dataclass(frozen=True, eq=False)
@@ -222,6 +239,10 @@ class EvalResult:
         Samples that are not ignored.
     weight_sum : float
         The sum of their targets' class weights (the mean's denominator).
+    z_loss : float
+        The mean z-loss, ``z_loss * w[t] * lse**2`` over the samples counted
+        divided by ``weight_sum`` (0.0 with a ``z_loss`` coefficient of 0).
+        It is reported apart: ``loss`` and ``perplexity`` never include it.
     bin_count, bin_accuracy, bin_confidence : ndarray
         The reliability diagram: samples, top-1 accuracy and mean confidence
         per bin (nan for an empty bin).
@@ -237,6 +258,7 @@ class EvalResult:
     ece: float
     count: int
     weight_sum: float
+    z_loss: float
     bin_count: NDArray[np.int64] = field(repr=False)
     bin_accuracy: NDArray[np.float64] = field(repr=False)
     bin_confidence: NDArray[np.float64] = field(repr=False)
@@ -252,6 +274,7 @@ class EvalResult:
             ece=self.ece,
             count=self.count,
             weight_sum=self.weight_sum,
+            z_loss=self.z_loss,
         )
         return out
 
@@ -343,16 +366,17 @@ class Totals:
         """One of the sums (``_metrics.LOSS_ROW``, ...) as a float."""
         return _dd_value(*self.sums[row])
 
-    def result(self, per_sample: PerSample | None = None) -> EvalResult:
-        """The metrics these totals give."""
+    def result(self, per_sample: PerSample | None = None, z_loss: float = 0.0) -> EvalResult:
+        """The metrics these totals give, with the z-loss of coefficient ``z_loss``."""
         n = self.samples
-        loss_sum, weight_sum, conf_sum, entropy_sum = (
+        loss_sum, weight_sum, conf_sum, entropy_sum, lse_squared_sum = (
             self.sum_of(row)
             for row in (
                 _metrics.LOSS_ROW,
                 _metrics.WEIGHT_ROW,
                 _metrics.CONFIDENCE_ROW,
                 _metrics.ENTROPY_ROW,
+                _metrics.LSE_SQUARED_ROW,
             )
         )
         hi, lo = self.sums[_BIN_ROWS:, 0], self.sums[_BIN_ROWS:, 1]
@@ -373,6 +397,7 @@ class Totals:
             ece=_divide(float(np.sum(gaps)), n),
             count=n,
             weight_sum=weight_sum,
+            z_loss=z_loss * _divide(lse_squared_sum, weight_sum) if z_loss else 0.0,
             bin_count=self.bin_samples.copy(),
             bin_accuracy=bin_accuracy,
             bin_confidence=bin_confidence,
@@ -439,6 +464,7 @@ def _per_sample_arrays(shape: tuple[int, ...], dtype: np.dtype[Any]) -> PerSampl
         target_rank=np.full(shape, -1, dtype=np.int64),
         confidence=np.zeros(shape, dtype=dtype),
         entropy=np.zeros(shape, dtype=dtype),
+        lse=np.zeros(shape, dtype=dtype),
     )
 
 
@@ -464,6 +490,7 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
                 outputs.target_rank,
                 outputs.confidence,
                 outputs.entropy,
+                outputs.lse,
             )
         ]
     if samples_closer_than_classes(x3):
@@ -492,10 +519,10 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
         step = max(tile, _BLOCK_BYTES // block_bytes // tile * tile)
         blocks = [(slice(None), slice(a, b)) for a, b in _blocks(inner, step, 2)]
     for rows, cols in blocks:
-        outs: list[NDArray[Any] | None] = [a[rows, cols] for a in out2] or [None] * 5
-        # the five outputs named one by one: a starred list of them would
+        outs: list[NDArray[Any] | None] = [a[rows, cols] for a in out2] or [None] * 6
+        # the six outputs named one by one: a starred list of them would
         # leave the type checker unable to place the argument after it
-        loss_out, pred_out, rank_out, conf_out, entropy_out = outs
+        loss_out, pred_out, rank_out, conf_out, entropy_out, lse_out = outs
         sums, counts = _metrics.evaluate_index(
             native_float_array(x3[rows, :, cols], "logits"),
             t2[rows, cols],
@@ -511,7 +538,10 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
             rank_out,
             conf_out,
             entropy_out,
+            lse_out,
             options.threads,
+            options.transform.logit_scale,
+            options.transform.softcap,
         )
         totals.fold(sums, counts)
     return totals, outputs
@@ -602,6 +632,13 @@ class Accumulator:
         Equal-width confidence bins of the calibration error.
     num_threads : int, optional
         The most threads an update may use.
+    softcap, temperature : float, optional
+        The logit transform of :func:`fastce.cross_entropy`, applied in every
+        metric (the probabilities, ranks, confidence and entropy are those
+        of the transformed logits).
+    z_loss : float, default 0.0
+        The z-loss coefficient: its mean is reported as ``z_loss`` apart from
+        the loss.
 
     Examples
     --------
@@ -629,6 +666,9 @@ class Accumulator:
         topk: int | Iterable[int] = (1, 5),
         bins: int = 15,
         num_threads: int | None = None,
+        softcap: float | None = None,
+        temperature: float = 1.0,
+        z_loss: float = 0.0,
     ) -> None:
         options = check_eval_options(
             weight,
@@ -638,6 +678,9 @@ class Accumulator:
             topk=topk,
             bins=bins,
             num_threads=num_threads,
+            softcap=softcap,
+            temperature=temperature,
+            z_loss=z_loss,
         )
         self._options = options
         self.label_smoothing: float = options.label_smoothing
@@ -695,8 +738,15 @@ class Accumulator:
         """The mean loss so far (``cross_entropy(..., reduction="mean")``)."""
         return _divide(self.loss_sum, self.weight_sum)
 
-    def _config(self) -> tuple[tuple[int, ...], int, int, float, int | None]:
-        return (self.topk, self.bins, self.ignore_index, self.label_smoothing, self.axis)
+    def _config(self) -> tuple[Any, ...]:
+        return (
+            self.topk,
+            self.bins,
+            self.ignore_index,
+            self.label_smoothing,
+            self.axis,
+            self._options.transform,
+        )
 
     def _same_weight(self, other: Accumulator) -> bool:
         if self.weight is None or other.weight is None:
@@ -801,7 +851,7 @@ class Accumulator:
         with self._lock:
             # one consistent set of totals, whatever other threads add meanwhile
             totals = self._totals.copy()
-        return totals.result(per_sample)
+        return totals.result(per_sample, self._options.transform.z_loss)
 
     # ---- presentation ----------------------------------------------------
 
@@ -813,6 +863,13 @@ class Accumulator:
             f"label_smoothing={self.label_smoothing}",
             f"axis={self.axis}",
         ]
+        options = self._options
+        if options.softcap is not None:
+            parts.append(f"softcap={options.softcap!r}")
+        if options.temperature != 1.0:
+            parts.append(f"temperature={options.temperature!r}")
+        if options.z_loss != 0.0:
+            parts.append(f"z_loss={options.z_loss!r}")
         if self.weight is not None:
             parts.insert(0, f"weight={np.asarray(self.weight).tolist()!r}")
         return ", ".join(parts)
@@ -833,6 +890,9 @@ def evaluate(
     axis: SupportsIndex | None = None,
     per_sample: bool = False,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> EvalResult:
     """Loss, perplexity, top-k accuracy, confidence, entropy and calibration
     error from one pass over the logits.
@@ -850,6 +910,14 @@ def evaluate(
         Equal-width confidence bins over ``[0, 1]`` for the calibration error.
     per_sample : bool, default False
         Also return per-sample arrays (:class:`PerSample`) in ``.per_sample``.
+    softcap, temperature : float, optional
+        The logit transform of :func:`fastce.cross_entropy`
+        (``softcap * tanh(logits / softcap) / temperature``), applied inside
+        the kernels to every metric: the loss, the probabilities behind the
+        confidence, entropy and calibration, and the ranks.
+    z_loss : float, default 0.0
+        Reports the mean z-loss (``z_loss * w[t] * lse**2``) as ``.z_loss``;
+        the loss and perplexity stay the cross-entropy's alone.
 
     Returns
     -------
@@ -883,9 +951,12 @@ def evaluate(
         topk=topk,
         bins=bins,
         num_threads=num_threads,
+        softcap=softcap,
+        temperature=temperature,
+        z_loss=z_loss,
     )
     totals, outputs = run_evaluation(plan_evaluation(logits, target, options), per_sample)
-    return totals.result(per_sample=outputs)
+    return totals.result(outputs, options.transform.z_loss)
 
 
 def evaluate_linear(
@@ -902,6 +973,9 @@ def evaluate_linear(
     per_sample: bool = False,
     max_block_bytes: int = DEFAULT_BLOCK_BYTES,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> EvalResult:
     """:func:`evaluate` of the logits ``hidden @ linear_weight.T + linear_bias``
     without holding them: each block of rows is multiplied into one buffer of
@@ -929,9 +1003,12 @@ def evaluate_linear(
         topk=topk,
         bins=bins,
         num_threads=num_threads,
+        softcap=softcap,
+        temperature=temperature,
+        z_loss=z_loss,
     )
     head = check_head(hidden, linear_weight, linear_bias)
     block_bytes = check_block_bytes(max_block_bytes)
     plan = plan_linear_evaluation(head, target, options)
     totals, outputs = run_linear_evaluation(plan, head, per_sample, block_bytes)
-    return totals.result(per_sample=outputs)
+    return totals.result(outputs, options.transform.z_loss)

@@ -144,6 +144,30 @@ def _coefficients(
     return a, denominator
 
 
+class _Transform(TypedDict):
+    """The logit transform and z-loss options of the cross-entropy family."""
+
+    softcap: float | None
+    temperature: float
+    z_loss: float
+
+
+_NO_TRANSFORM: _Transform = {"softcap": None, "temperature": 1.0, "z_loss": 0.0}
+
+
+class _CrossEntropyTerms(TypedDict):
+    """What cross-entropy computes per sample, class axis last."""
+
+    logp: _Array  # log_softmax of the transformed logits
+    slope: _Array  # d(transformed logits) / d(logits)
+    a: _Array  # the coefficients
+    loss: _Losses  # the cross-entropy plus the z-loss
+    lse: _Losses  # log-sum-exp of the transformed logits
+    z_weight: _Losses  # z_loss times the sample's weight (0 for an inactive sample)
+    denominator: float
+    axis: int
+
+
 def _per_sample(
     logits: npt.ArrayLike,
     target: npt.ArrayLike,
@@ -151,17 +175,65 @@ def _per_sample(
     ignore_index: int,
     label_smoothing: float,
     axis: int | None,
-) -> tuple[_Array, _Array, _Array, _Losses, float, int]:
-    """``(x_last, logp, a, loss, denominator, axis)`` for cross-entropy."""
+    transform: _Transform = _NO_TRANSFORM,
+) -> _CrossEntropyTerms:
+    """Cross-entropy's per-sample terms, on the logits
+    ``softcap * tanh(x / softcap) / temperature`` (``x / temperature``
+    without a soft-cap), with ``z_loss * w[t] * lse**2`` added to the loss
+    (``z_loss * lse**2`` for probability targets) of every sample that has a
+    nonzero coefficient."""
     x = _as_float64(logits)
     axis = _class_axis(x.ndim, axis)
     x_last = np.moveaxis(x, axis, -1)
-    logp = _log_softmax_last(x_last)
-    a, denominator = _coefficients(
-        x_last, np.asarray(target), weight, ignore_index, label_smoothing, axis
-    )
-    loss: _Losses = 0.0 - np.sum(_xlogy(a, logp), axis=-1)
-    return x_last, logp, a, loss, denominator, axis
+    cap, temperature = transform["softcap"], float(transform["temperature"])
+    if cap is None:
+        y = x_last / temperature
+        slope = np.full(x_last.shape, 1.0 / temperature)
+    else:
+        tanh = np.tanh(x_last / cap)
+        y = cap * tanh / temperature
+        slope = (1.0 - tanh * tanh) / temperature
+    logp = _log_softmax_last(y)
+    lse = logsumexp(y)
+    tgt = np.asarray(target)
+    a, denominator = _coefficients(y, tgt, weight, ignore_index, label_smoothing, axis)
+    active = np.any(a != 0, axis=-1)
+    if _is_probability_target(tgt):
+        sample_weight = np.ones(active.shape)
+    else:
+        w = np.ones(y.shape[-1]) if weight is None else _as_float64(weight)
+        t = tgt.astype(np.int64)
+        sample_weight = np.where(t == ignore_index, 0.0, w[np.where(t == ignore_index, 0, t)])
+    z_weight = np.where(active, transform["z_loss"] * sample_weight, 0.0)
+    with np.errstate(invalid="ignore"):
+        z_part = np.where(z_weight != 0, z_weight * lse * lse, 0.0)
+    loss: _Losses = 0.0 - np.sum(_xlogy(a, logp), axis=-1) + z_part
+    return {
+        "logp": logp,
+        "slope": slope,
+        "a": a,
+        "loss": loss,
+        "lse": lse,
+        "z_weight": z_weight,
+        "denominator": denominator,
+        "axis": axis,
+    }
+
+
+def _extras(
+    terms: _CrossEntropyTerms, reduction: str, return_z_loss: bool, return_lse: bool
+) -> tuple[_Losses, ...]:
+    """The z-loss (reduced as the loss) and the log-sum-exps, where asked for."""
+    extras: tuple[_Losses, ...] = ()
+    if return_z_loss:
+        with np.errstate(invalid="ignore"):
+            z_part = np.where(
+                terms["z_weight"] != 0, terms["z_weight"] * terms["lse"] * terms["lse"], 0.0
+            )
+        extras += (_reduce(z_part, terms["denominator"], reduction),)
+    if return_lse:
+        extras += (terms["lse"],)
+    return extras
 
 
 def _reduce(loss: _Losses, denominator: float, reduction: str) -> _Losses:
@@ -203,6 +275,11 @@ def cross_entropy(
     reduction: Literal["mean", "sum"] = "mean",
     label_smoothing: float = 0.0,
     axis: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: Literal[False] = False,
+    return_lse: Literal[False] = False,
 ) -> np.float64: ...
 @overload
 def cross_entropy(
@@ -214,7 +291,13 @@ def cross_entropy(
     reduction: str,
     label_smoothing: float = 0.0,
     axis: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: Literal[False] = False,
+    return_lse: Literal[False] = False,
 ) -> _Losses: ...
+@overload
 def cross_entropy(
     logits: npt.ArrayLike,
     target: npt.ArrayLike,
@@ -224,12 +307,41 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     axis: int | None = None,
-) -> _Losses:
-    """Softmax cross-entropy: ``loss[n] = -sum_c a[n, c] * logp[n, c]``, reduced."""
-    _, _, _, loss, denominator, _ = _per_sample(
-        logits, target, weight, ignore_index, label_smoothing, axis
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: bool = False,
+    return_lse: bool = False,
+) -> _Losses | tuple[_Losses, ...]: ...
+def cross_entropy(
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    axis: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: bool = False,
+    return_lse: bool = False,
+) -> _Losses | tuple[_Losses, ...]:
+    """Softmax cross-entropy: ``loss[n] = -sum_c a[n, c] * logp[n, c]``, reduced;
+    on transformed logits, plus the z-loss, as :func:`_per_sample` says."""
+    terms = _per_sample(
+        logits,
+        target,
+        weight,
+        ignore_index,
+        label_smoothing,
+        axis,
+        {"softcap": softcap, "temperature": temperature, "z_loss": z_loss},
     )
-    return _reduce(loss, denominator, reduction)
+    loss = _reduce(terms["loss"], terms["denominator"], reduction)
+    extras = _extras(terms, reduction, return_z_loss, return_lse)
+    return (loss, *extras) if extras else loss
 
 
 @overload
@@ -244,6 +356,11 @@ def cross_entropy_with_grad(
     label_smoothing: float = 0.0,
     axis: int | None = None,
     out: npt.NDArray[Any] | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: Literal[False] = False,
+    return_lse: Literal[False] = False,
 ) -> tuple[np.float64, _Array]: ...
 @overload
 def cross_entropy_with_grad(
@@ -257,7 +374,13 @@ def cross_entropy_with_grad(
     label_smoothing: float = 0.0,
     axis: int | None = None,
     out: npt.NDArray[Any] | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: Literal[False] = False,
+    return_lse: Literal[False] = False,
 ) -> tuple[_Losses, _Array]: ...
+@overload
 def cross_entropy_with_grad(
     logits: npt.ArrayLike,
     target: npt.ArrayLike,
@@ -269,24 +392,63 @@ def cross_entropy_with_grad(
     label_smoothing: float = 0.0,
     axis: int | None = None,
     out: npt.NDArray[Any] | None = None,
-) -> tuple[_Losses, _Array]:
-    """``(loss, grad)`` with ``grad[n, c] = g[n] * (A[n] * p[n, c] - a[n, c])``.
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: bool = False,
+    return_lse: bool = False,
+) -> tuple[_Losses, ...]: ...
+def cross_entropy_with_grad(
+    logits: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike | None = None,
+    *,
+    grad_output: npt.ArrayLike = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    axis: int | None = None,
+    out: npt.NDArray[Any] | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: bool = False,
+    return_lse: bool = False,
+) -> tuple[_Losses, ...]:
+    """``(loss, grad)`` with ``grad[n, c] = g[n] * (A[n] * p[n, c] - a[n, c])``,
+    where the z-loss adds ``2 * z_loss * w[t] * lse[n]`` to ``A[n]`` and a
+    transform multiplies by its derivative; then the extras of
+    :func:`cross_entropy`.
 
     Samples whose coefficients are all zero (ignored samples) get a zero gradient.
     ``out`` is ignored.
     """
-    _, logp, a, loss, denominator, axis = _per_sample(
-        logits, target, weight, ignore_index, label_smoothing, axis
+    terms = _per_sample(
+        logits,
+        target,
+        weight,
+        ignore_index,
+        label_smoothing,
+        axis,
+        {"softcap": softcap, "temperature": temperature, "z_loss": z_loss},
     )
+    a, loss, denominator = terms["a"], terms["loss"], terms["denominator"]
     g = _scale(loss, denominator, reduction, grad_output)[..., None]
     A = np.sum(a, axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", over="ignore"):
-        p = np.exp(logp)
-        grad = g * (A * p - a)
+        A = (
+            A
+            + np.where(terms["z_weight"] != 0, 2.0 * terms["z_weight"] * terms["lse"], 0.0)[
+                ..., None
+            ]
+        )
+        p = np.exp(terms["logp"])
+        grad = g * (A * p - a) * terms["slope"]
     # a sample with no coefficient at all contributes nothing, even with NaN
     # logits; coefficients that cancel (A == 0) still contribute
     grad = np.where(np.any(a != 0, axis=-1, keepdims=True), grad, 0.0)
-    return _reduce(loss, denominator, reduction), np.moveaxis(grad, -1, axis)
+    extras = _extras(terms, reduction, return_z_loss, return_lse)
+    return (_reduce(loss, denominator, reduction), np.moveaxis(grad, -1, terms["axis"]), *extras)
 
 
 def cross_entropy_grad(
@@ -300,6 +462,9 @@ def cross_entropy_grad(
     label_smoothing: float = 0.0,
     axis: int | None = None,
     out: npt.NDArray[Any] | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> _Array:
     """The gradient of :func:`cross_entropy` with respect to the logits."""
     return cross_entropy_with_grad(
@@ -311,6 +476,9 @@ def cross_entropy_grad(
         reduction=reduction,
         label_smoothing=label_smoothing,
         axis=axis,
+        softcap=softcap,
+        temperature=temperature,
+        z_loss=z_loss,
     )[1]
 
 
@@ -703,11 +871,13 @@ class Evaluation(TypedDict):
     ece: float
     count: int
     weight_sum: float
+    z_loss: float
     per_loss: _Array
     pred: npt.NDArray[np.int64]
     rank: npt.NDArray[np.int64]
     conf: _Array
     ent: _Array
+    lse: _Array
 
 
 def evaluate(
@@ -720,6 +890,9 @@ def evaluate(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     axis: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> Evaluation:
     """Every metric of ``fastce.evaluate``, computed literally in float64
     with the class axis last: a sample's rank is the number of classes whose
@@ -727,8 +900,14 @@ def evaluate(
     the first class at the maximum, its confidence the largest probability;
     a row whose probabilities are not defined (NaN, or +inf and -inf only)
     counts as wrong with NaN confidence and entropy; calibration error is
-    over ``bins`` equal-width confidence bins."""
+    over ``bins`` equal-width confidence bins.  Every metric is of the
+    transformed logits ``softcap * tanh(logits / softcap) / temperature``;
+    the z-loss is ``z_loss * w[t] * lse**2`` over the weight sum."""
     x = np.asarray(logits, dtype=np.float64)
+    if softcap is not None:
+        x = softcap * np.tanh(x / softcap)
+    x = x / temperature
+    logits = x
     t = np.asarray(target).astype(np.int64)
     ax = (1 if x.ndim >= 2 else 0) if axis is None else axis % x.ndim
     x = np.moveaxis(x, ax, -1).reshape(-1, x.shape[ax])
@@ -760,6 +939,8 @@ def evaluate(
             rank[n] = (row > row[tn]).sum() + (row[:tn] == row[tn]).sum() if valid[n] else C
         w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
         weight_sum = float(w[t[keep]].sum())
+        lse = logsumexp(x, axis=-1)
+        z_total = float(np.sum(w[t[keep]] * lse[keep] ** 2))
         loss = float(losses[keep].sum() / weight_sum) if weight_sum else np.nan
         N = int(keep.sum())
         r, c, ok = rank[keep], conf[keep], valid[keep]
@@ -776,9 +957,11 @@ def evaluate(
             ece=float(sum(gaps) / N) if N else np.nan,
             count=N,
             weight_sum=weight_sum,
+            z_loss=z_loss * (z_total / weight_sum if weight_sum else np.nan) if z_loss else 0.0,
             per_loss=losses,
             pred=pred,
             rank=rank,
             conf=conf,
             ent=entropy,
+            lse=lse,
         )

@@ -75,6 +75,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess
 from . import functional as _functional
 from . import linear as _linear
 from ._config import get_num_threads as _fastce_threads
+from ._validate import NO_TRANSFORM, LogitTransform, check_flag, check_logit_transform
 
 # NumPy has no bfloat16 of its own: ml_dtypes gives it the one a bfloat16
 # tensor's memory is viewed as; without it such tensors go to torch
@@ -220,16 +221,66 @@ class _CrossEntropyFunction(torch.autograd.Function):
     def backward(
         ctx: Any, grad_output: torch.Tensor
     ) -> tuple[torch.Tensor, None, None, None, None, None]:
-        (grad,) = ctx.saved_tensors
-        create_graph = torch.is_grad_enabled()
-        with torch.no_grad():
-            if ctx.reduction == "none":
-                grad = grad * grad_output.unsqueeze(ctx.class_dim)
-            elif grad_output.item() != 1.0:  # loss.backward() passes exactly 1
-                grad = grad * grad_output
-        if create_graph:
-            grad = _no_second_derivative(grad)
-        return grad, None, None, None, None, None
+        return _scaled_grad(ctx, grad_output), None, None, None, None, None
+
+
+def _scaled_grad(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
+    """The gradient the forward pass saved, times ``grad_output``."""
+    grad: torch.Tensor = ctx.saved_tensors[0]
+    create_graph = torch.is_grad_enabled()
+    with torch.no_grad():
+        if ctx.reduction == "none":
+            grad = grad * grad_output.unsqueeze(ctx.class_dim)
+        elif grad_output.item() != 1.0:  # loss.backward() passes exactly 1
+            grad = grad * grad_output
+    if create_graph:
+        grad = _no_second_derivative(grad)
+    return grad
+
+
+class _TransformedCrossEntropyFunction(torch.autograd.Function):
+    """_CrossEntropyFunction with a logit transform and a z-loss: returns the
+    loss, its z-loss part and the per-sample log-sum-exps (the last two
+    without a gradient)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None,
+        ignore_index: int,
+        reduction: str,
+        label_smoothing: float,
+        transform: LogitTransform,
+        softcap: float | None,
+        temperature: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loss, g, z_part, lse = _transformed_arrays(
+            input,
+            target,
+            weight,
+            ignore_index,
+            reduction,
+            label_smoothing,
+            transform,
+            softcap,
+            temperature,
+            True,
+        )
+        ctx.save_for_backward(torch.from_numpy(g).to(input.dtype))
+        ctx.reduction = reduction
+        ctx.class_dim = 1 if input.dim() >= 2 else 0
+        z_tensor = _loss_tensor(z_part, input.dtype)
+        lse_tensor = _loss_tensor(lse, input.dtype)
+        ctx.mark_non_differentiable(z_tensor, lse_tensor)
+        return _loss_tensor(loss, input.dtype), z_tensor, lse_tensor
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_output: torch.Tensor, *unused: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        return (_scaled_grad(ctx, grad_output),) + (None,) * 8
 
 
 _SECOND_DERIVATIVE = (
@@ -289,11 +340,24 @@ def cross_entropy(
     reduce: bool | None = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
-) -> torch.Tensor:
+    *,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_z_loss: bool = False,
+    return_lse: bool = False,
+) -> Any:
     """``torch.nn.functional.cross_entropy``, computed by fastce on CPU tensors.
 
     Same signature, results, gradients and errors as torch's function; see
     the module's documentation for the calls torch computes itself.
+
+    The keyword-only ``softcap``, ``temperature``, ``z_loss``,
+    ``return_z_loss`` and ``return_lse`` are :func:`fastce.cross_entropy`'s:
+    the loss of ``softcap * tanh(input / softcap) / temperature`` plus the
+    z-loss, returned with the z-loss part and the per-sample log-sum-exps
+    (both detached) when asked for.  Calls fastce does not serve compute the
+    same expression with torch's operations (differentiable throughout).
 
     Examples
     --------
@@ -306,6 +370,38 @@ def cross_entropy(
     tensor([[ 0.2424, -0.3410,  0.0986]])
     """
     grad_enabled = torch.is_grad_enabled()
+    if (
+        softcap is not None
+        or temperature != 1.0
+        or z_loss != 0.0
+        or return_z_loss is not False
+        or return_lse is not False
+    ):
+        transform = check_logit_transform(softcap, temperature, z_loss)
+        flags = check_flag(return_z_loss, "return_z_loss"), check_flag(return_lse, "return_lse")
+        outputs = None
+        if transform != NO_TRANSFORM or any(flags):
+            if _served(input, target, weight, size_average, reduce, reduction, grad_enabled):
+                try:
+                    outputs = _fastce_transformed(
+                        input,
+                        target,
+                        weight,
+                        ignore_index,
+                        reduction,
+                        label_smoothing,
+                        transform,
+                        softcap,
+                        temperature,
+                    )
+                except _Declined:
+                    pass  # torch's operations answer below
+            if outputs is None:
+                outputs = _torch_transformed(
+                    input, target, weight, ignore_index, reduction, label_smoothing, transform
+                )
+            picked = (outputs[0],) + tuple(o for o, f in zip(outputs[1:], flags) if f)
+            return picked if len(picked) > 1 else picked[0]
     if _served(input, target, weight, size_average, reduce, reduction, grad_enabled):
         try:
             return _fastce_cross_entropy(
@@ -316,6 +412,139 @@ def cross_entropy(
     return _torch_cross_entropy(
         input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing
     )
+
+
+def _fastce_transformed(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    transform: LogitTransform,
+    softcap: float | None,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, z_loss, lse)`` of a transformed call, from fastce's kernels."""
+    if torch.is_grad_enabled() and input.requires_grad:
+        # torch.autograd.Function.apply is untyped; it returns forward's tensors
+        return cast(
+            "tuple[torch.Tensor, torch.Tensor, torch.Tensor]",
+            _TransformedCrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
+                input,
+                target,
+                weight,
+                ignore_index,
+                reduction,
+                label_smoothing,
+                transform,
+                softcap,
+                temperature,
+            ),
+        )
+    loss, z_part, lse = _transformed_arrays(
+        input,
+        target,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        transform,
+        softcap,
+        temperature,
+        False,
+    )
+    return (
+        _loss_tensor(loss, input.dtype),
+        _loss_tensor(z_part, input.dtype),
+        _loss_tensor(lse, input.dtype),
+    )
+
+
+def _transformed_arrays(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    transform: LogitTransform,
+    softcap: float | None,
+    temperature: float,
+    want_grad: bool,
+) -> tuple[Any, ...]:
+    """fastce's ``(loss, grad, z_loss, lse)`` of a transformed call (without
+    ``grad`` unless ``want_grad``); _Declined where its checks reject the call."""
+    # either function, called alike: typed as what both accept
+    call: Any = _functional.cross_entropy_with_grad if want_grad else _functional.cross_entropy
+    try:
+        return tuple(
+            call(
+                _numpy(input),
+                _numpy(target),
+                _numpy(weight),
+                ignore_index=ignore_index,
+                reduction=reduction,
+                label_smoothing=label_smoothing,
+                num_threads=_thread_limit(),
+                softcap=softcap,
+                temperature=temperature,
+                z_loss=transform.z_loss,
+                return_z_loss=True,
+                return_lse=True,
+            )
+        )
+    except (TypeError, ValueError, IndexError) as err:
+        raise _Declined from err
+
+
+def _torch_transformed(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    transform: LogitTransform,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, z_loss, lse)`` of a transformed call in torch's operations,
+    counted as fastce counts it (see :func:`fastce.cross_entropy`)."""
+    y = input
+    if transform.softcap:
+        y = transform.softcap * torch.tanh(y / transform.softcap)
+    if transform.logit_scale != 1.0:
+        y = y * transform.logit_scale
+    class_dim = 1 if y.dim() >= 2 else 0
+    ce = _torch_cross_entropy(
+        y,
+        target,
+        weight,
+        ignore_index=ignore_index,
+        reduction="none",
+        label_smoothing=label_smoothing,
+    )
+    lse = torch.logsumexp(y, dim=class_dim)
+    if target.dtype.is_floating_point:
+        sample_weight = torch.ones_like(lse)
+        denominator = torch.tensor(float(lse.numel()), dtype=lse.dtype)
+    else:
+        counted = target != ignore_index
+        safe = torch.where(counted, target, torch.zeros_like(target))
+        w = torch.ones_like(lse) if weight is None else weight[safe]
+        sample_weight = torch.where(counted, w, torch.zeros_like(w))
+        denominator = sample_weight.sum()
+    zeros = torch.zeros_like(lse)
+    z_part = torch.where(
+        sample_weight != 0, transform.z_loss * sample_weight * lse * lse, zeros
+    ).detach()
+    total = ce + torch.where(
+        sample_weight != 0, transform.z_loss * sample_weight * lse * lse, zeros
+    )
+    if reduction == "mean":
+        return total.sum() / denominator, z_part.sum() / denominator, lse.detach()
+    if reduction == "sum":
+        return total.sum(), z_part.sum(), lse.detach()
+    return total, z_part, lse.detach()
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
@@ -334,7 +563,7 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     """
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(
+        loss: torch.Tensor = cross_entropy(
             input,
             target,
             weight=self.weight,
@@ -342,6 +571,7 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
         )
+        return loss
 
 
 # ---- linear heads ----------------------------------------------------------
@@ -399,6 +629,7 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
         ignore_index: int,
         reduction: str,
         label_smoothing: float,
+        transform: dict[str, Any],
     ) -> torch.Tensor:
         args = (_numpy(input), _numpy(linear_weight), _numpy(target), _numpy(linear_bias))
         options: dict[str, Any] = dict(
@@ -407,6 +638,7 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
             reduction=reduction,
             label_smoothing=label_smoothing,
             num_threads=_thread_limit(),
+            **transform,
         )
         try:
             if reduction == "none":
@@ -446,7 +678,7 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
             grads = [None if g is None else g * scale for g in grads]
         if torch.is_grad_enabled():
             grads = [None if g is None else _no_second_derivative(g) for g in grads]
-        return grads[0], grads[1], grads[2], None, None, None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -460,9 +692,17 @@ def linear_cross_entropy(
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     options: object = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> torch.Tensor:
     """``torch.nn.functional.linear_cross_entropy``, computed by fastce on CPU
     tensors without holding the logits (see :func:`fastce.linear_cross_entropy`).
+
+    ``softcap``, ``temperature`` and ``z_loss`` are fastce's logit transform
+    and z-loss (see :func:`fastce.cross_entropy`); a call with them that
+    fastce does not serve is computed with torch's operations on the full
+    logits.
 
     Same signature as torch's; ``options`` (torch's chunking strategy) is
     accepted and ignored: fastce always works in blocks.  fastce serves 1-d
@@ -484,6 +724,12 @@ def linear_cross_entropy(
     """
     grad_enabled = torch.is_grad_enabled()
     index = -100 if ignore_index is None else ignore_index
+    checked = check_logit_transform(softcap, temperature, z_loss)
+    transform = (
+        {}
+        if checked == NO_TRANSFORM
+        else dict(softcap=softcap, temperature=temperature, z_loss=z_loss)
+    )
     if _linear_served(input, linear_weight, target, linear_bias, weight, reduction, grad_enabled):
         try:
             needs_grad = grad_enabled and any(
@@ -501,6 +747,7 @@ def linear_cross_entropy(
                         index,
                         reduction,
                         label_smoothing,
+                        transform,
                     ),
                 )
             loss = _linear.linear_cross_entropy(
@@ -513,10 +760,18 @@ def linear_cross_entropy(
                 reduction=reduction,
                 label_smoothing=label_smoothing,
                 num_threads=_thread_limit(),
+                softcap=softcap,
+                temperature=temperature,
+                z_loss=z_loss,
             )
             return _loss_tensor(loss, input.dtype)
         except (TypeError, ValueError, IndexError):
             pass  # torch answers, or raises its own error, below
+    if transform:
+        logits = torch.nn.functional.linear(input, linear_weight, linear_bias)
+        return _torch_transformed(
+            logits, target, weight, index, reduction, label_smoothing, checked
+        )[0]
     if _torch_linear_cross_entropy is None:
         logits = torch.nn.functional.linear(input, linear_weight, linear_bias)
         return _torch_cross_entropy(

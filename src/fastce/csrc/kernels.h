@@ -69,7 +69,9 @@ typedef struct {
     double (*bce_logits_##SFX)(const T *, const T *, const T *, const T *, ptrdiff_t, T,           \
                                const T *, T *, T *);                                               \
     double (*bce_probs_##SFX)(const T *, const T *, const T *, ptrdiff_t, T, const T *, T *, T *); \
-    ptrdiff_t (*first_outside_unit_##SFX)(const T *, ptrdiff_t);
+    ptrdiff_t (*first_outside_unit_##SFX)(const T *, ptrdiff_t);                                   \
+    void (*transform_##SFX)(const T *, ptrdiff_t, T, T, T *);                                      \
+    void (*transform_grad_##SFX)(const T *, ptrdiff_t, T, T, T *);
 
 typedef struct {
     FASTCE_KERNEL_FIELDS(float, f32)

@@ -10,6 +10,8 @@
  */
 #include <math.h>
 
+#include "prefetch.h"
+
 #define T FASTCE_T
 #define V VOP(t)
 #define M VOP(m)
@@ -817,6 +819,83 @@ static ptrdiff_t KNAME(first_outside_unit)(const T *x, ptrdiff_t n) {
         if (at >= 0) return k + at;
     }
     return -1;
+}
+
+/* ---- the logit transform: soft-cap and scale ----------------------------------- */
+
+/* tanh(u) to about an ulp: an odd polynomial (float) or rational function
+ * (double) below |u| = 0.625, where 1 - e would cancel, and (1 - e) / (1 + e)
+ * with e = exp(-2|u|) above it (Cephes' split); NaN stays NaN. */
+VINLINE V KNAME(vtanh)(V u) {
+    const V zero = VOP(zero)(), one = VOP(set1)(1);
+    V a = VOP(max)(u, VOP(sub)(zero, u)); /* |u|; a NaN u gives NaN */
+    V e = KNAME(vexp_neg)(VOP(mul)(a, VOP(set1)(-2)));
+    V large = VOP(div)(VOP(sub)(one, e), VOP(add)(one, e));
+    V s = VOP(mul)(a, a);
+#ifdef FASTCE_F64
+    V p = VOP(fma)(VOP(set1)(-9.64399179425052238628e-1), s, VOP(set1)(-9.92877231001918586564e1));
+    p = VOP(fma)(p, s, VOP(set1)(-1.61468768441708447952e3));
+    V q = VOP(add)(s, VOP(set1)(1.12811678491632931402e2));
+    q = VOP(fma)(q, s, VOP(set1)(2.23548839060100448583e3));
+    q = VOP(fma)(q, s, VOP(set1)(4.84406305325125486048e3));
+    V small = VOP(fma)(VOP(mul)(a, s), VOP(div)(p, q), a);
+#else
+    V p = VOP(fma)(VOP(set1)(-5.70498872745e-3f), s, VOP(set1)(2.06390887954e-2f));
+    p = VOP(fma)(p, s, VOP(set1)(-5.37397155531e-2f));
+    p = VOP(fma)(p, s, VOP(set1)(1.33314422036e-1f));
+    p = VOP(fma)(p, s, VOP(set1)(-3.33332819422e-1f));
+    V small = VOP(fma)(VOP(mul)(a, s), p, a);
+#endif
+    V t = VOP(select)(VOP(lt)(a, VOP(set1)(0.625)), small, large);
+    return VOP(select)(VOP(lt)(u, zero), VOP(sub)(zero, t), t);
+}
+
+#ifndef TRANSFORM_PREFETCH
+/* elements ahead of the transform's reads that it asks the caches for */
+#define TRANSFORM_PREFETCH 512
+#endif
+
+VINLINE V KNAME(transform_at)(V x, V outer, V inner, int capped) {
+    return capped ? VOP(mul)(outer, KNAME(vtanh)(VOP(mul)(inner, x))) : VOP(mul)(outer, x);
+}
+
+/* y = outer * tanh(inner * x), or outer * x when inner is 0: a soft-cap c
+ * and a scale s are outer = s * c, inner = 1 / c.  y may be x. */
+static void KNAME(transform)(const T *x, ptrdiff_t n, T outer, T inner, T *y) {
+    const V vo = VOP(set1)(outer), vi = VOP(set1)(inner);
+    const int capped = inner != 0;
+    ptrdiff_t k = 0;
+    for (; k + L <= n; k += L) {
+        /* the soft-cap's arithmetic leaves the hardware prefetchers behind */
+        fastce_prefetch(x + k + TRANSFORM_PREFETCH);
+        VOP(store)(y + k, KNAME(transform_at)(VOP(load)(x + k), vo, vi, capped));
+    }
+    if (k < n) {
+        M in = VOP(first)(n - k);
+        VOP(store_part)(y + k, in, KNAME(transform_at)(VOP(load_part)(x + k, in), vo, vi, capped));
+    }
+}
+
+/* g *= dy/dx at each transformed value y (transform's outer and inner):
+ * outer * inner * (1 - (y / outer)^2) for a soft-cap, outer without one.
+ * A zero g stays zero: an ignored sample's gradient is 0 even where its
+ * logit is NaN. */
+static void KNAME(transform_grad)(const T *y, ptrdiff_t n, T outer, T inner, T *g) {
+    const V one = VOP(set1)(1), zero = VOP(zero)();
+    const V vslope = VOP(set1)(inner != 0 ? outer * inner : outer);
+    const V vinv = VOP(set1)(inner != 0 ? 1 / outer : 0);
+    ptrdiff_t k = 0;
+    for (; k + L <= n; k += L) {
+        V t = VOP(mul)(VOP(load)(y + k), vinv), gk = VOP(load)(g + k);
+        V chained = VOP(mul)(gk, VOP(mul)(vslope, VOP(fnma)(t, t, one)));
+        VOP(store)(g + k, VOP(select)(VOP(eq)(gk, zero), gk, chained));
+    }
+    if (k < n) {
+        M in = VOP(first)(n - k);
+        V t = VOP(mul)(VOP(load_part)(y + k, in), vinv), gk = VOP(load_part)(g + k, in);
+        V chained = VOP(mul)(gk, VOP(mul)(vslope, VOP(fnma)(t, t, one)));
+        VOP(store_part)(g + k, in, VOP(select)(VOP(eq)(gk, zero), gk, chained));
+    }
 }
 
 /* the sum in the working precision for FASTCE_CHUNK elements at a time, as

@@ -23,7 +23,10 @@
     ops->tile_rank_entropy_##SFX = FASTCE_NAME5(fastce_tile_rank_entropy_, SFX, _, FASTCE_ISA, ); \
     ops->bce_logits_##SFX = FASTCE_NAME5(fastce_bce_logits_, SFX, _, FASTCE_ISA, );               \
     ops->bce_probs_##SFX = FASTCE_NAME5(fastce_bce_probs_, SFX, _, FASTCE_ISA, );                 \
-    ops->first_outside_unit_##SFX = FASTCE_NAME5(fastce_first_outside_unit_, SFX, _, FASTCE_ISA, );
+    ops->first_outside_unit_##SFX =                                                               \
+        FASTCE_NAME5(fastce_first_outside_unit_, SFX, _, FASTCE_ISA, );                           \
+    ops->transform_##SFX = FASTCE_NAME5(fastce_transform_, SFX, _, FASTCE_ISA, );                 \
+    ops->transform_grad_##SFX = FASTCE_NAME5(fastce_transform_grad_, SFX, _, FASTCE_ISA, );
 
 void FASTCE_NAME5(fastce_fill_ops_, FASTCE_ISA, , , )(fastce_ops_t *ops) {
     FASTCE_FILL_TYPE(f32)
