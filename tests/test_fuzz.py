@@ -616,7 +616,37 @@ CE_FAULTS = {
     "out_type": (TypeError,),
     "threads_value": (ValueError,),
     "threads_type": (TypeError,),
+    "transform_value": (ValueError,),
+    "transform_type": (TypeError,),
 }
+# the logit transforms a valid call draws from (mostly none), and bad ones
+GOOD_TRANSFORMS = [
+    {},
+    {},
+    {},
+    {"softcap": 1.0},
+    {"softcap": 30.0},
+    {"temperature": 2.0},
+    {"z_loss": 1e-4},
+    {"z_loss": 0.1},
+    {"softcap": 5.0, "temperature": 1.5, "z_loss": 1e-2},
+]
+BAD_TRANSFORM_VALUES = [
+    {"softcap": 0.0},
+    {"softcap": -2.0},
+    {"softcap": math.inf},
+    {"temperature": 0.0},
+    {"temperature": -1.0},
+    {"temperature": math.nan},
+    {"z_loss": -0.5},
+    {"z_loss": math.inf},
+]
+BAD_TRANSFORM_TYPES = [
+    {"softcap": "2"},
+    {"softcap": True},
+    {"temperature": [1.0]},
+    {"z_loss": None},
+]
 GRAD_ONLY = {
     "grad_output_shape",
     "grad_output_dtype",
@@ -746,6 +776,7 @@ def ce_expectation(
     grad_output,
     want_loss,
     want_grad,
+    transform,
 ):
     """Reference (loss, grad) and error bounds for a valid cross-entropy call."""
     x = as_array(logits)
@@ -763,9 +794,14 @@ def ce_expectation(
         reduction=reduction,
         label_smoothing=smoothing,
         axis=ax,
+        **transform,
     )
-    # magnitudes: sum_c |a[n, c]| and the largest |logit| of each sample
+    # magnitudes: sum_c |a[n, c]| and the largest |logit| the loss sees, of each sample
     x64 = moved(x.astype(np.float64), ax)
+    if transform.get("softcap"):
+        x64 = transform["softcap"] * np.tanh(x64 / transform["softcap"])
+    x64 = x64 / transform.get("temperature", 1.0)
+    z = transform.get("z_loss", 0.0)
     n_classes = x64.shape[-1]
     w_signed = np.ones(n_classes) if weight is None else as_array(weight).astype(np.float64)
     w = np.abs(w_signed)
@@ -786,6 +822,10 @@ def ce_expectation(
         wt = w[safe] if n_classes else np.zeros(ti.shape)
         amag = np.where(ignored, 0.0, abs(1 - eps) * wt + smooth * w.sum())
         denominator = float(np.sum(np.where(ignored, 0.0, w_signed[safe] if n_classes else 0.0)))
+        # the z-loss's coefficient on the softmax, 2 z w[t] lse
+        amag = amag + np.where(ignored, 0.0, 2 * z * wt * row_magnitude(x64))
+    if t.dtype.kind == "f":
+        amag = amag + 2 * z * row_magnitude(x64)
     per_sample = amag * row_magnitude(x64)
     e = eps_for(dtype)
     if reduction == "none":
@@ -886,6 +926,11 @@ def ce_cases(draw):
         threads = draw(bad_thread_values)
     if "threads_type" in bad:
         threads = draw(bad_thread_types)
+    transform = dict(draw(st.sampled_from(GOOD_TRANSFORMS)))
+    if "transform_value" in bad:
+        transform.update(draw(st.sampled_from(BAD_TRANSFORM_VALUES)))
+    if "transform_type" in bad:
+        transform.update(draw(st.sampled_from(BAD_TRANSFORM_TYPES)))
 
     # target
     probs = draw(st.booleans()) and ndim > 0
@@ -1032,7 +1077,11 @@ def ce_cases(draw):
 
     errors = tuple(sorted({e for f in bad for e in CE_FAULTS[f]}, key=lambda e: e.__name__))
     kwargs = dict(
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing, axis=axis
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=smoothing,
+        axis=axis,
+        **transform,
     )
     grad_kwargs = dict(grad_output=grad_output, out=out) if want_grad else {}
 
@@ -1061,6 +1110,7 @@ def ce_cases(draw):
             grad_output,
             want_loss,
             want_grad,
+            transform,
         )
 
     def check(result, e):
@@ -1090,6 +1140,7 @@ def ce_cases(draw):
         reduction=reduction,
         label_smoothing=smoothing,
         axis=axis,
+        **transform,
     )
     if want_grad:
         args.update(grad_output=grad_output, out=out)

@@ -483,3 +483,20 @@ def test_torch_linear_drop_in_takes_the_transforms():
     w64 = torch.tensor(rng.standard_normal((9, 4)))
     with pytest.raises(RuntimeError):
         ft.linear_cross_entropy(h32, w64, t, **options)  # torch's own dtype error
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=lambda t: "-".join(t))
+def test_infinite_logits_keep_the_plain_calls_meaning(simd_path, transform):
+    # a -inf target logit: an infinite loss and a finite gradient, as without a
+    # transform (the chain rule must not multiply inf by a zero of its own)
+    x = np.array([[0.5, -np.inf, 1.0, -np.inf] + [0.0] * 20, [1.0, 2.0, -np.inf, 0.0] + [0.0] * 20])
+    t = np.array([1, 0])
+    for dtype in (np.float64, np.float32, np.float16):
+        xs = x.astype(dtype)
+        loss, grad = fastce.cross_entropy_with_grad(xs, t, reduction="none", **transform)
+        want_loss, want_grad = reference.cross_entropy_with_grad(
+            xs.astype(np.float64), t, reduction="none", **transform
+        )
+        np.testing.assert_array_equal(np.isnan(grad), np.isnan(want_grad))
+        _close(grad, want_grad, dtype if dtype != np.float16 else np.float32)
+        np.testing.assert_array_equal(np.isinf(loss), np.isinf(want_loss))

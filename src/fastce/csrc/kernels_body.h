@@ -880,20 +880,29 @@ static void KNAME(transform)(const T *x, ptrdiff_t n, T outer, T inner, T *y) {
  * outer * inner * (1 - (y / outer)^2) for a soft-cap, outer without one.
  * A zero g stays zero: an ignored sample's gradient is 0 even where its
  * logit is NaN. */
+/* the transform's slope at one vector of transformed values y */
+VINLINE V KNAME(transform_slope)(V y, V slope, V inv_outer, int capped) {
+    if (!capped) return slope; /* a constant: y, infinite or not, is not read */
+    V t = VOP(mul)(y, inv_outer);
+    return VOP(mul)(slope, VOP(fnma)(t, t, VOP(set1)(1)));
+}
+
 static void KNAME(transform_grad)(const T *y, ptrdiff_t n, T outer, T inner, T *g) {
-    const V one = VOP(set1)(1), zero = VOP(zero)();
-    const V vslope = VOP(set1)(inner != 0 ? outer * inner : outer);
-    const V vinv = VOP(set1)(inner != 0 ? 1 / outer : 0);
+    const V zero = VOP(zero)();
+    const int capped = inner != 0;
+    const V vslope = VOP(set1)(capped ? outer * inner : outer);
+    const V vinv = VOP(set1)(capped ? 1 / outer : 0);
     ptrdiff_t k = 0;
     for (; k + L <= n; k += L) {
-        V t = VOP(mul)(VOP(load)(y + k), vinv), gk = VOP(load)(g + k);
-        V chained = VOP(mul)(gk, VOP(mul)(vslope, VOP(fnma)(t, t, one)));
+        V gk = VOP(load)(g + k);
+        V chained = VOP(mul)(gk, KNAME(transform_slope)(VOP(load)(y + k), vslope, vinv, capped));
         VOP(store)(g + k, VOP(select)(VOP(eq)(gk, zero), gk, chained));
     }
     if (k < n) {
         M in = VOP(first)(n - k);
-        V t = VOP(mul)(VOP(load_part)(y + k, in), vinv), gk = VOP(load_part)(g + k, in);
-        V chained = VOP(mul)(gk, VOP(mul)(vslope, VOP(fnma)(t, t, one)));
+        V gk = VOP(load_part)(g + k, in);
+        V chained =
+            VOP(mul)(gk, KNAME(transform_slope)(VOP(load_part)(y + k, in), vslope, vinv, capped));
         VOP(store_part)(g + k, in, VOP(select)(VOP(eq)(gk, zero), gk, chained));
     }
 }
