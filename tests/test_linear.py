@@ -210,6 +210,43 @@ def test_holds_one_block_of_logits_at_a_time(path):
     assert_allclose(loss, fastce.cross_entropy(hidden @ w.T, target), rtol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["float16", "bfloat16", "fortran"])
+def test_an_output_layer_not_in_place_is_converted_a_slice_at_a_time(layout):
+    # a float16 or bfloat16 output layer (or one not C-ordered) is never
+    # converted whole: the call holds a block of logits and a slice of the layer
+    rng = np.random.default_rng(8)
+    n, n_features, n_classes = 300, 64, 20000
+    hidden = rng.standard_normal((n, n_features), dtype=np.float32)
+    w32 = rng.standard_normal((n_classes, n_features), dtype=np.float32) * 0.2
+    if layout == "fortran":
+        w = np.asfortranarray(w32)
+    else:
+        dtype = np.float16 if layout == "float16" else pytest.importorskip("ml_dtypes").bfloat16
+        w = w32.astype(dtype)
+    target = rng.integers(0, n_classes, n)
+    block = 1 << 20
+    whole = n_classes * n_features * 4  # 5 MB: the float32 layer
+    peak, loss = peak_and_result(
+        lambda: fastce.linear_cross_entropy(hidden, w, target, max_block_bytes=block)
+    )
+    assert peak < 3 * block + (1 << 19) < whole
+    peak, (loss2, gh, gw, _) = peak_and_result(
+        lambda: fastce.linear_cross_entropy_with_grad(hidden, w, target, max_block_bytes=block)
+    )
+    assert peak - gh.nbytes - gw.nbytes < 4 * block + (1 << 19)
+    w_used = w.astype(np.float32)
+    g = fastce.cross_entropy_grad(hidden @ w_used.T, target)
+    assert_allclose(loss, fastce.cross_entropy(hidden @ w_used.T, target), rtol=1e-5)
+    assert_allclose(loss2, loss, rtol=1e-6)
+    assert_allclose(gh, g @ w_used, rtol=1e-3, atol=1e-6)
+    assert_allclose(gw, g.T @ hidden, rtol=1e-3, atol=1e-6)
+    peak, result = peak_and_result(
+        lambda: fastce.evaluate_linear(hidden, w, target, max_block_bytes=block)
+    )
+    assert peak < 3 * block + (1 << 19)
+    assert_allclose(result.loss, loss, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "change, error, match",
     [

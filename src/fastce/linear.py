@@ -142,6 +142,30 @@ def _gemm_of(dtype: np.dtype[Any]) -> Any:
     return blas.sgemm if dtype == np.float32 else blas.dgemm
 
 
+class OutputLayer:
+    """The output layer ``(V, H)`` as the products read it, in the computing
+    dtype and C-ordered: the array itself when it already is, else each slice
+    of classes converted when it is read, into one buffer of the largest
+    slice read (float16 and bfloat16 layers are never converted whole)."""
+
+    def __init__(self, weight: npt.NDArray[Any], dtype: np.dtype[Any]) -> None:
+        self.weight = weight
+        self.dtype = dtype
+        self.in_place = weight.dtype == dtype and weight.flags.c_contiguous
+        self._buffer = np.empty(0, dtype=dtype)
+
+    def rows(self, c0: int, c1: int) -> npt.NDArray[Any]:
+        """Classes ``c0 <= c < c1``; converted ones are valid until the next call."""
+        if self.in_place:
+            return self.weight[c0:c1]
+        size = (c1 - c0) * self.weight.shape[1]
+        if self._buffer.size < size:
+            self._buffer = np.empty(size, dtype=self.dtype)
+        out = self._buffer[:size].reshape(c1 - c0, self.weight.shape[1])
+        out[...] = self.weight[c0:c1]
+        return out
+
+
 class Head(NamedTuple):
     """A checked linear head: hidden states ``(..., H)``, the output layer
     ``(V, H)`` and its bias, and the dtype the logits are computed in."""
@@ -168,28 +192,34 @@ class Head(NamedTuple):
         checks of the target look at."""
         return np.broadcast_to(np.zeros((), self.dtype), self.sample_shape + (self.n_classes,))
 
-    def operands(self) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any] | None]:
-        """The hidden states as ``(N, H)`` rows, and the output layer and bias
-        in the computing dtype (copied only when they are not in it)."""
+    def operands(self) -> tuple[npt.NDArray[Any], OutputLayer, npt.NDArray[Any] | None]:
+        """The hidden states as ``(N, H)`` rows, the output layer as the
+        products read it, and the bias in the computing dtype."""
         h2 = self.hidden.reshape(-1, self.n_features)
-        w_c = np.ascontiguousarray(self.weight, dtype=self.dtype)
         b_c = None if self.bias is None else np.asarray(self.bias, dtype=self.dtype)
-        return h2, w_c, b_c
+        return h2, OutputLayer(self.weight, self.dtype), b_c
 
     def block_logits(
         self,
         h2: npt.NDArray[Any],
-        w_c: npt.NDArray[Any],
+        layer: OutputLayer,
         b_c: npt.NDArray[Any] | None,
         picked: npt.NDArray[np.intp],
         buffer: npt.NDArray[Any],
         products: Products,
+        class_step: int,
     ) -> npt.NDArray[Any]:
-        """Writes the logits of rows ``picked`` into the start of ``buffer``;
+        """Writes the logits of rows ``picked`` into the start of ``buffer``
+        (an output layer not in place ``class_step`` classes at a time);
         returns those rows' hidden states in the computing dtype."""
         h_block = np.asarray(h2[picked], dtype=self.dtype)
         block = buffer[: len(picked)]
-        products.logits(h_block, w_c, block)
+        if layer.in_place:
+            products.logits(h_block, layer.weight, block)
+        else:
+            for c0 in range(0, self.n_classes, class_step):
+                c1 = min(self.n_classes, c0 + class_step)
+                np.matmul(h_block, layer.rows(c0, c1).T, out=block[:, c0:c1])
         if b_c is not None:
             block += b_c
         return h_block
@@ -243,7 +273,7 @@ class _Work(NamedTuple):
     head: Head
     checked: ClassPlan  # cross_entropy's checks of the call
     h2: npt.NDArray[Any]  # hidden states, (N, H)
-    w_c: npt.NDArray[Any]  # the output layer in the computing dtype, C-ordered
+    layer: OutputLayer
     b_c: npt.NDArray[Any] | None
     index1: npt.NDArray[Any] | None  # class indices, (N,)
     probs2: npt.NDArray[Any] | None  # target probabilities, (N, V)
@@ -268,7 +298,9 @@ def _by_row_blocks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) ->
     for start in range(0, len(rows), block_rows):
         picked = rows[start : start + block_rows]
         n = len(picked)
-        h_block = head.block_logits(work.h2, work.w_c, work.b_c, picked, buffer, work.products)
+        h_block = head.block_logits(
+            work.h2, work.layer, work.b_c, picked, buffer, work.products, n_classes
+        )
         block = buffer[:n]
         block_go = None
         if work.row_go is not None:
@@ -299,7 +331,7 @@ def _by_row_blocks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) ->
             continue
         # block_grad is the block buffer, overwritten with the logits' gradient
         assert work.grad_h2 is not None and work.grad_w is not None
-        work.grad_h2[picked] = work.products.hidden_grad(block_grad, work.w_c)
+        work.grad_h2[picked] = work.products.hidden_grad(block_grad, work.layer.weight)
         work.products.add_weight_grad(work.grad_w, block_grad, h_block)
         if work.grad_b is not None:
             np.add(work.grad_b, block_grad.sum(axis=0), out=work.grad_b)
@@ -335,15 +367,20 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
     space = max(1, block_bytes // (1 + spare_needed + slope_needed))
     block_rows = max(1, min(len(rows), CHUNK_ROWS, space // (MIN_CHUNK_CLASSES * item)))
     step = max(1, min(n_classes, space // (block_rows * item)))
+    if not work.layer.in_place:
+        # a slice of the output layer is converted too: no larger than a logits slice's share
+        step = max(1, min(step, space // (n_features * item)))
     logits_space = np.empty(block_rows * step, dtype=dtype)
     spare_space = np.empty(block_rows * step if spare_needed else 0, dtype=dtype)
     slope_space = np.empty(block_rows * step if slope_needed else 0, dtype=dtype)
     total = 0.0
 
-    def chunk_logits(h_block: npt.NDArray[Any], c0: int, c1: int) -> npt.NDArray[Any]:
+    def chunk_logits(
+        h_block: npt.NDArray[Any], w_slice: npt.NDArray[Any], c0: int, c1: int
+    ) -> npt.NDArray[Any]:
         """A slice's logits, transformed as the kernels transform them."""
         out = logits_space[: len(h_block) * (c1 - c0)].reshape(len(h_block), c1 - c0)
-        work.products.logits(h_block, work.w_c[c0:c1], out)
+        work.products.logits(h_block, w_slice, out)
         if work.b_c is not None:
             out += work.b_c[c0:c1]
         if cap:
@@ -390,7 +427,8 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
         active = np.zeros(n, dtype=bool)
         for c0 in range(0, n_classes, step):
             c1 = min(n_classes, c0 + step)
-            z = chunk_logits(h_block, c0, c1)
+            w_slice = work.layer.rows(c0, c1)
+            z = chunk_logits(h_block, w_slice, c0, c1)
             lse = np.logaddexp(lse, logsumexp(z, axis=1, num_threads=checked.threads or None))
             if t is not None:
                 inside = (t >= c0) & (t < c1)
@@ -435,7 +473,8 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
         grad_h_block = np.zeros((n, n_features), dtype=dtype)
         for c0 in range(0, n_classes, step):
             c1 = min(n_classes, c0 + step)
-            z = chunk_logits(h_block, c0, c1)
+            w_slice = work.layer.rows(c0, c1)
+            z = chunk_logits(h_block, w_slice, c0, c1)
             slope = chunk_slope(z)
             # the gradient of the slice, in place of its logits:
             # g * (A * exp(z - lse) - a), times the transform's slope
@@ -461,7 +500,7 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
                 z -= u
             if cap or scale != 1.0:
                 z *= slope
-            work.products.add_product(grad_h_block, z, work.w_c[c0:c1])
+            work.products.add_product(grad_h_block, z, w_slice)
             work.products.add_weight_grad(work.grad_w[c0:c1], z, h_block)
             if work.grad_b is not None:
                 work.grad_b[c0:c1] += z.sum(axis=0)
@@ -516,7 +555,7 @@ def _linear(
         rows = np.arange(n_samples)
 
     # every check has passed: from here on only outputs are written
-    h2, w_c, b_c = head.operands()
+    h2, layer, b_c = head.operands()
     n_features = head.n_features
     loss_rows = np.zeros(n_samples, dtype=dtype) if reduction == "none" else None
     grad_h = grad_w = grad_b = None
@@ -538,7 +577,7 @@ def _linear(
         head=head,
         checked=checked,
         h2=h2,
-        w_c=w_c,
+        layer=layer,
         b_c=b_c,
         index1=index1,
         probs2=probs2,
@@ -551,7 +590,8 @@ def _linear(
         products=Products(dtype, class_step),
     )
     with blas_threads(threads):
-        if block_rows_for(len(rows), n_classes, dtype, block_bytes) >= min(
+        # an output layer converted slice by slice is read in slices only
+        if layer.in_place and block_rows_for(len(rows), n_classes, dtype, block_bytes) >= min(
             len(rows), MIN_BLOCK_ROWS
         ):
             total = _by_row_blocks(work, rows, block_bytes)

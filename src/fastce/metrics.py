@@ -571,16 +571,18 @@ def run_linear_evaluation(
         rows = np.arange(index1.size)
     if rows.size == 0:
         return totals, outputs
-    h2, w_c, b_c = head.operands()
+    h2, layer, b_c = head.operands()
     n_classes, dtype = head.n_classes, head.dtype
     block_rows = block_rows_for(rows.size, n_classes, dtype, block_bytes)
+    # an output layer not in the computing dtype is converted a slice at a time
+    class_step = max(1, block_bytes // (head.n_features * dtype.itemsize))
     buffer = np.empty((block_rows, n_classes), dtype=dtype)
     products = Products(dtype)
     with blas_threads(options.threads):
         for start in range(0, rows.size, block_rows):
             picked = rows[start : start + block_rows]
             n = picked.size
-            head.block_logits(h2, w_c, b_c, picked, buffer, products)
+            head.block_logits(h2, layer, b_c, picked, buffer, products, class_step)
             block_plan = EvalPlan(
                 options=options,
                 x3=buffer[:n].reshape(n, n_classes, 1),
