@@ -52,6 +52,19 @@ def test_evaluate_equals_the_in_memory_result(data, scheduler, chunks):
     same_result(got, expected)
 
 
+def test_logit_transforms_reach_every_block(data):
+    x, t, w = data
+    transform = dict(softcap=3.0, temperature=1.3, z_loss=1e-3)
+    whole = fastce.evaluate(x, t, w, **OPTIONS, **transform)
+    got = fdask.evaluate(da.from_array(x, chunks=(1000, 120)), t, w, **OPTIONS, **transform)
+    same_result(got, whole)
+    assert got.z_loss == pytest.approx(whole.z_loss, rel=1e-12) and got.z_loss > 0
+    acc = fdask.accumulate(da.from_array(x, chunks=(1500, 120)), t, w, **OPTIONS, **transform)
+    assert acc.compute().result().loss == pytest.approx(whole.loss, rel=1e-12)
+    with pytest.raises(ValueError, match="softcap"):
+        fdask.evaluate(da.from_array(x, chunks=(1000, 120)), t, softcap=-1.0)
+
+
 def test_channels_first_and_class_last_layouts():
     rng = np.random.default_rng(52)
     x = rng.standard_normal((6, 10, 40, 30))

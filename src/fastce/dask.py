@@ -74,6 +74,9 @@ class _Options(TypedDict):
     topk: int | Iterable[int]
     bins: int
     num_threads: int | None
+    softcap: float | None
+    temperature: float
+    z_loss: float
 
 
 def _placeholder(shape: tuple[int, ...], dtype: DTypeLike) -> NDArray[Any]:
@@ -166,6 +169,9 @@ def _options(
     topk: int | Iterable[int],
     bins: int,
     num_threads: int | None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> _Options:
     options: _Options = dict(
         weight=weight,
@@ -175,6 +181,9 @@ def _options(
         topk=topk,
         bins=bins,
         num_threads=num_threads,
+        softcap=softcap,
+        temperature=temperature,
+        z_loss=z_loss,
     )
     check_eval_options(**options)  # every option is checked before the graph is built
     return options
@@ -191,12 +200,26 @@ def accumulate(
     topk: int | Iterable[int] = (1, 5),
     bins: int = 15,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> Delayed:
     """A :class:`dask.delayed.Delayed` that computes to the
     :class:`fastce.Accumulator` of every block, merged; for evaluations that
     go on adding data, or several evaluations computed together
     (``dask.compute(a, b)``).  Arguments as :func:`evaluate`."""
-    options = _options(weight, ignore_index, label_smoothing, axis, topk, bins, num_threads)
+    options = _options(
+        weight,
+        ignore_index,
+        label_smoothing,
+        axis,
+        topk,
+        bins,
+        num_threads,
+        softcap,
+        temperature,
+        z_loss,
+    )
     return _accumulate(logits, target, options)
 
 
@@ -216,6 +239,9 @@ def evaluate(
     label_smoothing: float = ...,
     axis: SupportsIndex | None = ...,
     num_threads: int | None = ...,
+    softcap: float | None = ...,
+    temperature: float = ...,
+    z_loss: float = ...,
     compute: Literal[True] = ...,
 ) -> EvalResult: ...
 @overload
@@ -230,6 +256,9 @@ def evaluate(
     label_smoothing: float = ...,
     axis: SupportsIndex | None = ...,
     num_threads: int | None = ...,
+    softcap: float | None = ...,
+    temperature: float = ...,
+    z_loss: float = ...,
     compute: Literal[False],
 ) -> Delayed: ...
 @overload
@@ -244,6 +273,9 @@ def evaluate(
     label_smoothing: float = ...,
     axis: SupportsIndex | None = ...,
     num_threads: int | None = ...,
+    softcap: float | None = ...,
+    temperature: float = ...,
+    z_loss: float = ...,
     compute: bool = ...,
 ) -> EvalResult | Delayed: ...
 def evaluate(
@@ -257,6 +289,9 @@ def evaluate(
     label_smoothing: float = 0.0,
     axis: SupportsIndex | None = None,
     num_threads: int | None = None,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
     compute: bool = True,
 ) -> EvalResult | Delayed:
     """:func:`fastce.evaluate` of dask arrays (or anything ``dask.array.asarray``
@@ -265,7 +300,18 @@ def evaluate(
     With ``compute=False`` returns a :class:`dask.delayed.Delayed` of the
     result instead of computing it on the current scheduler.
     """
-    options = _options(weight, ignore_index, label_smoothing, axis, topk, bins, num_threads)
+    options = _options(
+        weight,
+        ignore_index,
+        label_smoothing,
+        axis,
+        topk,
+        bins,
+        num_threads,
+        softcap,
+        temperature,
+        z_loss,
+    )
     result: Delayed = delayed(_result, pure=True)(_accumulate(logits, target, options))
     return cast(EvalResult, result.compute()) if compute else result
 
