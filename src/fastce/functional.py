@@ -25,7 +25,6 @@ from ._plan import (
 from ._plan import FloatArray as _FloatArray
 from ._plan import FloatScalar as _FloatScalar
 from ._validate import (
-    NO_TRANSFORM,
     check_axis_option,
     check_flag,
     check_ignore_index,
@@ -221,9 +220,7 @@ def cross_entropy(
     0.36443 0.03976
     """
     if (
-        softcap is None
-        and temperature == 1.0
-        and z_loss == 0.0
+        _untransformed(softcap, temperature, z_loss)
         and return_z_loss is False
         and return_lse is False
         and _plain_options(weight, ignore_index, reduction, label_smoothing, axis, num_threads)
@@ -255,6 +252,18 @@ def cross_entropy(
     loss, _, lse = execute(plan)
     result = _with_extras(plan, (loss,), lse, return_z_loss, return_lse)
     return result if len(result) > 1 else result[0]
+
+
+def _untransformed(softcap: object, temperature: object, z_loss: object) -> bool:
+    """Whether the logit transform and z-loss options are the defaults, checked
+    by exact type as _plain_options checks (a cheap test before any validation)."""
+    return (
+        softcap is None
+        and type(temperature) is float
+        and temperature == 1.0
+        and type(z_loss) is float
+        and z_loss == 0.0
+    )
 
 
 def _wants_lse(return_z_loss: object, return_lse: object) -> bool:
@@ -345,9 +354,8 @@ def cross_entropy_grad(
     >>> fastce.cross_entropy_grad(np.array([1.0, 2.0, 0.1]), np.array(1)).round(6)
     array([ 0.242433, -0.340999,  0.098566])
     """
-    transform = check_logit_transform(softcap, temperature, z_loss)
     both = None
-    if transform == NO_TRANSFORM:
+    if _untransformed(softcap, temperature, z_loss):
         both = _common_with_grad(
             logits,
             target,
@@ -374,7 +382,7 @@ def cross_entropy_grad(
         grad_output,
         out,
         num_threads,
-        transform,
+        check_logit_transform(softcap, temperature, z_loss),
     )
     grad: _FloatArray = execute(plan)[1]
     return grad
@@ -489,10 +497,12 @@ def cross_entropy_with_grad(
     >>> float(round(loss, 6)), grad is logits
     (0.41703, True)
     """
-    transform = check_logit_transform(softcap, temperature, z_loss)
-    want_lse = _wants_lse(return_z_loss, return_lse)
     both = None
-    if transform == NO_TRANSFORM and not want_lse:
+    if (
+        _untransformed(softcap, temperature, z_loss)
+        and return_z_loss is False
+        and return_lse is False
+    ):
         both = _common_with_grad(
             logits,
             target,
@@ -519,8 +529,8 @@ def cross_entropy_with_grad(
         grad_output,
         out,
         num_threads,
-        transform,
-        want_lse,
+        check_logit_transform(softcap, temperature, z_loss),
+        _wants_lse(return_z_loss, return_lse),
     )
     loss, grad, lse = execute(plan)
     return _with_extras(plan, (loss, grad), lse, return_z_loss, return_lse)
