@@ -1,7 +1,7 @@
 """Helpers the test files share: the class axis PyTorch's rule gives, the
 memory layouts a case's arrays are laid out in, and the one generator of
 cross-entropy cases (logits, target, weight, options) the reference, gradient,
-metrics and torch tests draw from."""
+metrics, torch and fuzz tests draw from."""
 
 from typing import NamedTuple
 

@@ -16,6 +16,10 @@ SPEC's table fixes.  The call must then
   input and ``out`` keep their bytes;
 * never modify an input (except ``out=logits``), and never crash.
 
+Valid calls also come from the suite's one case generator (``cases.make_case``,
+in every layout ``cases.arrange`` makes, with logit transforms), which must
+give the reference's value.
+
 The default run is short.  ``python tests/fuzz_long.py`` runs the same
 properties for many more examples (``FASTCE_FUZZ_EXAMPLES`` sets the count
 per test; ``FASTCE_FUZZ_LOG`` names a file that receives every case just
@@ -35,7 +39,7 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from cases import arrange  # noqa: E402
+from cases import arrange, make_case  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -1162,6 +1166,92 @@ def ce_cases(draw):
     )
 
 
+# the options of the suite's shared case generator (cases.make_case)
+SHARED_OPTIONS = [
+    {},
+    {"weight": True},
+    {"ignore_index": -100},
+    {"ignore_index": 0, "weight": True},
+    {"label_smoothing": 0.2, "weight": True, "ignore_index": -100},
+    {"prob": True},
+    {"prob": True, "label_smoothing": 0.1, "weight": True},
+    {"specials": True},
+    {"specials": True, "ignore_index": -100, "weight": True},
+]
+
+
+@st.composite
+def shared_ce_cases(draw):
+    """Valid cross-entropy calls drawn from the suite's one case generator,
+    ``cases.make_case``: any shape, class axis, dtype, target dtype, option,
+    memory layout and logit transform.  Each must give the reference's value
+    (ce_cases covers the malformed calls)."""
+    ndim = draw(st.integers(1, 4))
+    shape = tuple(draw(st.integers(0, 6)) for _ in range(ndim))
+    axis = None if draw(st.booleans()) else draw(st.integers(-ndim, ndim - 1))
+    ax = (1 if ndim >= 2 else 0) if axis is None else axis % ndim
+    shape = shape[:ax] + (draw(st.integers(1, 40)),) + shape[ax + 1 :]
+    dtype = draw(st.sampled_from([np.float16, np.float32, np.float64]))
+    option = draw(st.sampled_from(SHARED_OPTIONS))
+    index_dtype = draw(st.sampled_from([np.int64, np.int32, np.int16, np.uint8]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    case = make_case(
+        np.random.default_rng(seed),
+        shape,
+        axis,
+        dtype,
+        option,
+        index_dtype,
+        scale=draw(st.sampled_from([1.0, 2.0, 30.0])),
+    )
+    hypothesis.assume(case is not None)
+    logits_layout = draw(st.sampled_from(LAYOUTS))
+    target_layout = draw(st.sampled_from(LAYOUTS))
+    rng = np.random.default_rng(seed + 1)
+    logits = arrange(case.logits, logits_layout, rng)
+    target = arrange(case.target, target_layout, rng)
+    transform = draw(st.sampled_from(GOOD_TRANSFORMS))
+    reduction = draw(st.sampled_from(["mean", "sum", "none"]))
+    kwargs = dict(case.kwargs, reduction=reduction, **transform)
+    ignore_index = kwargs.get("ignore_index", -100)
+    smoothing = kwargs.get("label_smoothing", 0.0)
+    n_classes = shape[ax]
+
+    def call():
+        return fastce.cross_entropy_with_grad(logits, target, case.weight, **kwargs)
+
+    def expect():
+        return ce_expectation(
+            logits,
+            target,
+            case.weight,
+            ignore_index,
+            reduction,
+            smoothing,
+            axis,
+            1.0,
+            True,
+            True,
+            transform,
+        )
+
+    def check(result, e):
+        loss, grad = result
+        assert_result_loss(loss, e["dtype"], reduction, e["loss_shape"], "loss")
+        assert_close(loss, e["loss"], e["loss_bound"], e["dtype"], "loss")
+        assert_result_array(grad, e["dtype"], shape, "grad")
+        assert_close(grad, e["grad"], e["grad_bound"], e["dtype"], "grad")
+
+    return Case(
+        name="cross_entropy_with_grad (shared generator)",
+        call=call,
+        args=dict(logits=logits, target=target, weight=case.weight, **kwargs),
+        expect=expect,
+        check=check,
+        warns_single_class=n_classes == 1,
+    )
+
+
 # --------------------------------------------------------------------------
 # nll_loss
 
@@ -1670,6 +1760,12 @@ def bce_cases(draw):
 @FUZZ
 @given(case=ce_cases())
 def test_cross_entropy_family_returns_the_reference_or_a_spec_error(case):
+    run_case(case)
+
+
+@FUZZ
+@given(case=shared_ce_cases())
+def test_cases_of_the_shared_generator_return_the_reference(case):
     run_case(case)
 
 
