@@ -346,11 +346,7 @@ def _by_class_chunks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) 
     head, checked = work.head, work.checked
     dtype, n_classes, n_features = head.dtype, head.n_classes, head.n_features
     smoothing = checked.smoothing
-    cap, scale, z_coefficient = (
-        checked.transform.softcap,
-        checked.transform.logit_scale,
-        (checked.transform.z_loss),
-    )
+    scale, cap, z_coefficient = checked.transform
     class_weight = checked.weight if checked.weight.size else None
     weight_total = float(class_weight.sum()) if class_weight is not None else float(n_classes)
     # the class weights as the slices are multiplied by them
