@@ -647,16 +647,23 @@ _MEMORY_SCRIPT_LIBRARY = {
 }
 
 
+def _with_threads(threads: int) -> Any:
+    """Sets fastce's thread count, and torch's where it is installed; returns
+    torch, or None."""
+    fastce.set_num_threads(threads)
+    try:
+        torch: Any = importlib.import_module("torch")
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return torch
+
+
 def linear_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]]:
     """The linear-head workloads: fastce against matmul + torch's cross-entropy
     on the whole logits, torch's chunked linear_cross_entropy and NumPy's
     matmul + fastce.cross_entropy, interleaved; time and peak extra memory."""
-    fastce.set_num_threads(threads)
-    try:
-        torch: Any = importlib.import_module("torch")
-        torch.set_num_threads(threads)
-    except ImportError:
-        torch = None
+    torch = _with_threads(threads)
     body = []
     for key, (n, h, v) in LINEAR_WORKLOADS.items():
         rng = np.random.default_rng(0)
@@ -720,12 +727,7 @@ def _torch_transformed_loss(torch: Any, x: Any, t: Any, cap: float | None) -> ob
 def transform_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]]:
     """The forward cross-entropy of W1 and W3 with each logit transform, beside
     the plain call, interleaved; torch's plain and soft-capped losses too."""
-    fastce.set_num_threads(threads)
-    try:
-        torch: Any = importlib.import_module("torch")
-        torch.set_num_threads(threads)
-    except ImportError:
-        torch = None
+    torch = _with_threads(threads)
     body = []
     for key in ("W1", "W3"):
         workload = WORKLOADS[key]

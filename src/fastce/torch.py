@@ -252,21 +252,10 @@ class _TransformedCrossEntropyFunction(torch.autograd.Function):
         ignore_index: int,
         reduction: str,
         label_smoothing: float,
-        transform: LogitTransform,
-        softcap: float | None,
-        temperature: float,
+        options: dict[str, Any],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         loss, g, z_part, lse = _transformed_arrays(
-            input,
-            target,
-            weight,
-            ignore_index,
-            reduction,
-            label_smoothing,
-            transform,
-            softcap,
-            temperature,
-            True,
+            input, target, weight, ignore_index, reduction, label_smoothing, options, True
         )
         ctx.save_for_backward(torch.from_numpy(g).to(input.dtype))
         ctx.reduction = reduction
@@ -280,7 +269,7 @@ class _TransformedCrossEntropyFunction(torch.autograd.Function):
     def backward(
         ctx: Any, grad_output: torch.Tensor, *unused: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        return (_scaled_grad(ctx, grad_output),) + (None,) * 8
+        return (_scaled_grad(ctx, grad_output),) + (None,) * 6
 
 
 _SECOND_DERIVATIVE = (
@@ -390,9 +379,7 @@ def cross_entropy(
                         ignore_index,
                         reduction,
                         label_smoothing,
-                        transform,
-                        softcap,
-                        temperature,
+                        dict(softcap=softcap, temperature=temperature, z_loss=z_loss),
                     )
                 except _Declined:
                     pass  # torch's operations answer below
@@ -421,11 +408,10 @@ def _fastce_transformed(
     ignore_index: int,
     reduction: str,
     label_smoothing: float,
-    transform: LogitTransform,
-    softcap: float | None,
-    temperature: float,
+    options: dict[str, Any],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, z_loss, lse)`` of a transformed call, from fastce's kernels."""
+    """``(loss, z_loss, lse)`` of a transformed call (``options``: its
+    softcap, temperature and z_loss), from fastce's kernels."""
     if torch.is_grad_enabled() and input.requires_grad:
         # torch.autograd.Function.apply is untyped; it returns forward's tensors
         return cast(
@@ -437,22 +423,11 @@ def _fastce_transformed(
                 ignore_index,
                 reduction,
                 label_smoothing,
-                transform,
-                softcap,
-                temperature,
+                options,
             ),
         )
     loss, z_part, lse = _transformed_arrays(
-        input,
-        target,
-        weight,
-        ignore_index,
-        reduction,
-        label_smoothing,
-        transform,
-        softcap,
-        temperature,
-        False,
+        input, target, weight, ignore_index, reduction, label_smoothing, options, False
     )
     return (
         _loss_tensor(loss, input.dtype),
@@ -468,9 +443,7 @@ def _transformed_arrays(
     ignore_index: int,
     reduction: str,
     label_smoothing: float,
-    transform: LogitTransform,
-    softcap: float | None,
-    temperature: float,
+    options: dict[str, Any],
     want_grad: bool,
 ) -> tuple[Any, ...]:
     """fastce's ``(loss, grad, z_loss, lse)`` of a transformed call (without
@@ -487,11 +460,9 @@ def _transformed_arrays(
                 reduction=reduction,
                 label_smoothing=label_smoothing,
                 num_threads=_thread_limit(),
-                softcap=softcap,
-                temperature=temperature,
-                z_loss=transform.z_loss,
                 return_z_loss=True,
                 return_lse=True,
+                **options,
             )
         )
     except (TypeError, ValueError, IndexError) as err:
@@ -533,13 +504,11 @@ def _torch_transformed(
         w = torch.ones_like(lse) if weight is None else weight[safe]
         sample_weight = torch.where(counted, w, torch.zeros_like(w))
         denominator = sample_weight.sum()
-    zeros = torch.zeros_like(lse)
-    z_part = torch.where(
-        sample_weight != 0, transform.z_loss * sample_weight * lse * lse, zeros
-    ).detach()
-    total = ce + torch.where(
-        sample_weight != 0, transform.z_loss * sample_weight * lse * lse, zeros
+    z_terms = torch.where(
+        sample_weight != 0, transform.z_loss * sample_weight * lse * lse, torch.zeros_like(lse)
     )
+    z_part = z_terms.detach()
+    total = ce + z_terms
     if reduction == "mean":
         return total.sum() / denominator, z_part.sum() / denominator, lse.detach()
     if reduction == "sum":
