@@ -24,7 +24,7 @@ def general_path(x, t, want_grad=False, out=None, **options):
         "num_threads": None,
     }
     args.update(options)
-    loss, grad, _ = execute(
+    loss, grad, _, _ = execute(
         plan_cross_entropy(
             x,
             t,

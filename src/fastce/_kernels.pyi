@@ -47,6 +47,7 @@ def cross_entropy_index(
     softcap: float = ...,
     z_loss: float = ...,
     lse_out: NDArray[_Float] | None = ...,
+    z_out: NDArray[np.float64] | None = ...,
 ) -> float: ...
 def cross_entropy_common(
     logits: object,
@@ -73,6 +74,7 @@ def cross_entropy_probs(
     softcap: float = ...,
     z_loss: float = ...,
     lse_out: NDArray[_Float] | None = ...,
+    z_out: NDArray[np.float64] | None = ...,
 ) -> float: ...
 def softmax_family(
     x: _Logits,

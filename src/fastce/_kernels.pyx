@@ -972,16 +972,16 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
                                 int64_t target, const CEOptions* opt,
                                 floating* grad, Py_ssize_t yc, double g, bint stream,
                                 const floating* next, fastce_ahead_t* ahead,
-                                floating* lse_out) noexcept nogil:
+                                floating* lse_out, double* z_out) noexcept nogil:
     """Loss of one sample with a class-index target (its z-loss included);
     writes its gradient row scaled by ``g`` when ``grad`` is not NULL
-    (``stream``: as row_scaled_exp), and its log-sum-exp to ``lse_out`` when
-    that is not NULL.  With ``ahead`` (contiguous rows only), the row's
+    (``stream``: as row_scaled_exp), its log-sum-exp to ``lse_out`` and its
+    z-loss to ``z_out`` when those are not NULL.  With ``ahead`` (contiguous rows only), the row's
     maxima come from there when the previous row left them, and ``next``'s
     (another row, or NULL) are left there."""
     cdef Py_ssize_t c
     cdef double eps = opt.smoothing
-    cdef double a_t, A, s, loss, lse, wz, smooth_coef = eps / C
+    cdef double a_t, A, s, loss, lse, wz, z_term = 0.0, smooth_coef = eps / C
     cdef floating m, scale_f, x_t
 
     cdef bint active
@@ -996,6 +996,8 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
             lse_out[0] = <floating>row_logsumexp(x, xc, C, m, log(s))
         elif ahead != NULL:
             ahead.valid = 0
+        if z_out != NULL:
+            z_out[0] = 0.0
         return 0.0
 
     s = row_stats_ahead(x, C, xc, &m, next, ahead)
@@ -1007,9 +1009,12 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
             lse_out[0] = <floating>lse
         if opt.z_loss != 0.0:
             wz = opt.z_loss * (1.0 if opt.weight == NULL else opt.weight[target])
-            loss += wz * lse * lse
+            z_term = wz * lse * lse
+            loss += z_term
             # d(wz lse^2) = 2 wz lse softmax: one more coefficient on the softmax
             A += 2.0 * wz * lse
+    if z_out != NULL:
+        z_out[0] = z_term
 
     if grad != NULL:
         scale_f = <floating>(g * A / s)
@@ -1031,13 +1036,13 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
 cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
                                const floating* p, Py_ssize_t pc, const CEOptions* opt,
                                floating* grad, Py_ssize_t yc, double g,
-                               floating* lse_out) noexcept nogil:
+                               floating* lse_out, double* z_out) noexcept nogil:
     """Loss of one sample with a probability target row ``p``; otherwise as
     ce_index_row."""
     cdef Py_ssize_t c
     cdef double eps = opt.smoothing
     cdef double smooth = eps / C
-    cdef double s, A = 0.0, dot = 0.0, a, wc, gp, lse = 0.0, loss
+    cdef double s, A = 0.0, dot = 0.0, a, wc, gp, lse = 0.0, loss, z_term = 0.0
     cdef bint any_coefficient = False
     cdef floating m
 
@@ -1059,11 +1064,16 @@ cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
         if grad != NULL:
             for c in range(C):
                 grad[c * yc] = 0
+        if z_out != NULL:
+            z_out[0] = 0.0
         return 0.0
     loss = A * log(s) - dot
     if opt.z_loss != 0.0:
-        loss += opt.z_loss * lse * lse
+        z_term = opt.z_loss * lse * lse
+        loss += z_term
         A += 2.0 * opt.z_loss * lse
+    if z_out != NULL:
+        z_out[0] = z_term
     if grad != NULL:
         gp = g * A / s
         for c in range(C):
@@ -1086,6 +1096,8 @@ cdef struct CECall:
     Py_ssize_t lo, li
     char* lse               # per-sample log-sum-exp of the logits the body sees (or NULL)
     Py_ssize_t so, si
+    double* z_terms         # per-sample z-loss, included in the loss (or NULL)
+    Py_ssize_t zo, zi
     const double* gout      # grad_output (NULL without a gradient)
     Py_ssize_t go, gi
 
@@ -1103,6 +1115,7 @@ cdef void ce_rows(const void* call_, const Piece* p, const floating* x, floating
     cdef floating* lse_out = <floating*>call.lse
     cdef floating* grow = NULL
     cdef floating* lse_k = NULL
+    cdef double* z_k = NULL
     cdef const floating* next_row
     cdef Py_ssize_t k
     cdef double g = 0.0, loss
@@ -1115,15 +1128,17 @@ cdef void ce_rows(const void* call_, const Piece* p, const floating* x, floating
             grow = y + k * p.ys
         if lse_out != NULL:
             lse_k = lse_out + sample_offset(p, k, call.so, call.si)
+        if call.z_terms != NULL:
+            z_k = call.z_terms + sample_offset(p, k, call.zo, call.zi)
         if call.t.data != NULL:
             target = target_at(&call.t, p.o + k * p.o_step, p.i + k * p.i_step)
             next_row = x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after
             loss = ce_index_row(x + k * p.xs, p.xc, p.C, target, &call.opt, grow, p.yc, g,
-                                p.stream_y, next_row, look_ahead, lse_k)
+                                p.stream_y, next_row, look_ahead, lse_k, z_k)
         else:
             loss = ce_prob_row(x + k * p.xs, p.xc, p.C,
                                probs + sample_offset(p, k, call.po, call.pi), call.pc,
-                               &call.opt, grow, p.yc, g, lse_k)
+                               &call.opt, grow, p.yc, g, lse_k, z_k)
         if loss_out != NULL:
             loss_out[sample_offset(p, k, call.lo, call.li)] = <floating>loss
         total[0] += loss
@@ -1151,7 +1166,7 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
     cdef Py_ssize_t xc = p.xc, xi = p.xs, yc = p.yc, yi = p.ys
     cdef double eps = opt.smoothing
     cdef double smooth = eps / C
-    cdef double wc, a, loss, g, lse, wz
+    cdef double wc, a, loss, g, lse, wz, z_term
     cdef bint any_zero = False
     cdef const floating* xrow
     cdef floating* yrow
@@ -1160,6 +1175,7 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
     cdef Py_ssize_t pk = 0, pc = call.pc
     cdef floating* loss_out = NULL
     cdef floating* lse_out = NULL
+    cdef double* z_out = NULL
     cdef const double* gout = NULL
     if not index:
         probs = <const floating*>call.p + sample_offset(p, 0, call.po, call.pi)
@@ -1168,6 +1184,8 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
         loss_out = <floating*>call.loss + sample_offset(p, 0, call.lo, call.li)
     if call.lse != NULL:
         lse_out = <floating*>call.lse + sample_offset(p, 0, call.so, call.si)
+    if call.z_terms != NULL:
+        z_out = call.z_terms + sample_offset(p, 0, call.zo, call.zi)
     if grad != NULL:
         gout = call.gout + sample_offset(p, 0, call.go, call.gi)
 
@@ -1193,6 +1211,7 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
     fastce_active_ops.tile_log(s, n, log_s)
     for k in range(n):
         loss = sample_loss(active[k], A[k], log_s[k], dot[k])
+        z_term = 0.0
         if lse_out != NULL or opt.z_loss != 0.0:
             lse = row_logsumexp(x + k * xi, xc, C, m[k], log_s[k])
             if lse_out != NULL:
@@ -1200,8 +1219,11 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
             if opt.z_loss != 0.0 and active[k]:
                 wz = opt.z_loss * (1.0 if not index or opt.weight == NULL
                                    else opt.weight[tgt[k]])
-                loss += wz * lse * lse
+                z_term = wz * lse * lse
+                loss += z_term
                 A[k] += 2.0 * wz * lse  # as in ce_index_row
+        if z_out != NULL:
+            z_out[k * sample_step(p, call.zo, call.zi)] = z_term
         any_zero = any_zero or not active[k]
         total[0] += loss
         if loss_out != NULL:
@@ -1272,17 +1294,19 @@ cdef void ce_options(CEOptions* opt, const double[::1] weight, double weight_sum
     opt.z_loss = z_loss
 
 
-cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object lse_out,
+cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object lse_out, object z_out,
                      object grad_output, object grad, bint grad_given) except *:
-    """The per-sample losses and log-sum-exps (or None), and the gradient
-    (or None, given as walk_output's) with its grad_output: an (outer,
-    inner) array, or (1, 1) for one value read at every sample."""
+    """The per-sample losses, log-sum-exps and (float64) z-losses (or None),
+    and the gradient (or None, given as walk_output's) with its grad_output:
+    an (outer, inner) array, or (1, 1) for one value read at every sample."""
     cdef Py_ssize_t s[2]
     cdef int rt = result_typenum(w)
     call.loss = array_data(loss_out, 2, rt, s)
     call.lo, call.li = s[0], s[1]
     call.lse = array_data(lse_out, 2, rt, s)
     call.so, call.si = s[0], s[1]
+    call.z_terms = <double*>array_data(z_out, 2, cnp.NPY_DOUBLE, s)
+    call.zo, call.zi = s[0], s[1]
     walk_output(w, grad, grad_given)
     call.gout = NULL
     call.go = call.gi = 0
@@ -1298,7 +1322,7 @@ def cross_entropy_index(object x, object target, const double[::1] weight, doubl
                         object loss_out, object grad_output, double denominator,
                         object grad, int num_threads=0, bint grad_given=False,
                         double logit_scale=1.0, double softcap=0.0, double z_loss=0.0,
-                        object lse_out=None):
+                        object lse_out=None, object z_out=None):
     """Cross-entropy with class-index targets over an ``(outer, C, inner)``
     view ``x`` (float32, float64, float16 or bfloat16); returns the float64
     sum of the per-sample losses.
@@ -1311,8 +1335,9 @@ def cross_entropy_index(object x, object target, const double[::1] weight, doubl
     class weights.  The logits the loss sees are ``logit_scale * softcap *
     tanh(x / softcap)`` (``logit_scale * x`` for ``softcap`` 0), and the
     gradient is with respect to ``x``; each sample's loss includes its z-loss
-    ``z_loss * w[t] * lse^2`` and ``lse_out`` (or None, the shape of
-    ``loss_out``) receives ``lse``, the log-sum-exp of the transformed logits.
+    ``z_loss * w[t] * lse^2``; ``lse_out`` (or None, the shape of
+    ``loss_out``) receives ``lse``, the log-sum-exp of the transformed logits,
+    and ``z_out`` (or None, float64) each sample's z-loss.
     The caller has validated everything: targets are in ``[0, C)`` or equal
     ``ignore_index``, shapes agree, and ``outer * inner > 0`` with ``C > 0``.
     """
@@ -1326,14 +1351,15 @@ def cross_entropy_index(object x, object target, const double[::1] weight, doubl
     call.po = call.pc = call.pi = 0
     ce_options(&call.opt, weight, weight_sum, smoothing, ignore_index, has_ignore, denominator,
                z_loss)
-    ce_outputs(&w, &call, loss_out, lse_out, grad_output, grad, grad_given)
+    ce_outputs(&w, &call, loss_out, lse_out, z_out, grad_output, grad, grad_given)
     return walk_total(&w, &CE_BODY, &call, True, 0)
 
 
 def cross_entropy_probs(object x, object probs, const double[::1] weight, double smoothing,
                         object loss_out, object grad_output, double denominator, object grad,
                         int num_threads=0, bint grad_given=False, double logit_scale=1.0,
-                        double softcap=0.0, double z_loss=0.0, object lse_out=None):
+                        double softcap=0.0, double z_loss=0.0, object lse_out=None,
+                        object z_out=None):
     """Cross-entropy with probability targets ``probs`` (the shape of ``x``,
     the result dtype); otherwise as :func:`cross_entropy_index`, the z-loss
     of every sample being ``z_loss * lse^2``."""
@@ -1347,7 +1373,7 @@ def cross_entropy_probs(object x, object probs, const double[::1] weight, double
     call.p = array_data(probs, 3, result_typenum(&w), s)
     call.po, call.pc, call.pi = s[0], s[1], s[2]
     ce_options(&call.opt, weight, 0.0, smoothing, 0, False, denominator, z_loss)
-    ce_outputs(&w, &call, loss_out, lse_out, grad_output, grad, grad_given)
+    ce_outputs(&w, &call, loss_out, lse_out, z_out, grad_output, grad, grad_given)
     # rows of few classes stay rows: their probabilities would need the same transposition
     return walk_total(&w, &CE_BODY, &call, False, 0)
 
@@ -1457,7 +1483,8 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
     call.p = NULL
     call.po = call.pc = call.pi = 0
     call.loss = call.lse = NULL
-    call.lo = call.li = call.so = call.si = 0
+    call.z_terms = NULL
+    call.lo = call.li = call.so = call.si = call.zo = call.zi = 0
     call.gout = &grad_output
     call.go = call.gi = 0
     ce_options(&call.opt, NO_CLASS_WEIGHTS, <double>n_classes, 0.0, ignore_index, True,

@@ -92,6 +92,7 @@ class ClassPlan(NamedTuple):
     threads: int = 0
     transform: LogitTransform = NO_TRANSFORM  # what the loss sees of the logits
     lse_shape: tuple[int, ...] | None = None  # the per-sample log-sum-exp's, when wanted
+    z_loss_shape: tuple[int, ...] | None = None  # the per-sample z-loss's, when wanted
 
 
 class BinaryPlan(NamedTuple):
@@ -126,10 +127,11 @@ def plan_cross_entropy(
     num_threads: int | None,
     transform: LogitTransform = NO_TRANSFORM,
     want_lse: bool = False,
+    want_z_loss: bool = False,
 ) -> ClassPlan:
     """The plan of a cross-entropy call (and of its gradient with
-    ``want_grad``, and of each sample's log-sum-exp with ``want_lse``) on
-    the logits ``transform`` makes."""
+    ``want_grad``, and of each sample's log-sum-exp and z-loss with
+    ``want_lse`` and ``want_z_loss``) on the logits ``transform`` makes."""
     threads = check_num_threads(num_threads)
     x = native_float_array(logits, "logits")
     axis = class_axis(axis, x.ndim)
@@ -178,6 +180,7 @@ def plan_cross_entropy(
         threads=threads,
         transform=transform,
         lse_shape=loss_shape if want_lse else None,
+        z_loss_shape=loss_shape if want_z_loss else None,
     )
 
 
@@ -430,11 +433,12 @@ def _class_output(
     return out, view, x3, buffered
 
 
-def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any]:
-    """Runs ``plan``: returns ``(reduced, per_class, lse)``, the loss (a
-    scalar, or the per-sample array; the log-sum-exp), the per-class result
-    (the gradient, softmax, log_softmax) and the cross-entropy's per-sample
-    log-sum-exp, each None where the call has none."""
+def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any, Any]:
+    """Runs ``plan``: returns ``(reduced, per_class, lse, z_loss)``, the loss
+    (a scalar, or the per-sample array; the log-sum-exp), the per-class
+    result (the gradient, softmax, log_softmax), and the cross-entropy's
+    per-sample log-sum-exp and z-loss (reduced as the loss), each None where
+    the call has none."""
     if isinstance(plan, BinaryPlan):
         return _execute_binary(plan)
     # read once: a tuple unpacks faster than its fields are looked up one by one
@@ -458,10 +462,13 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any]:
         threads,
         transform,
         lse_shape,
+        z_loss_shape,
     ) = plan
     outer, n_classes, inner = x3.shape
     per_sample = np.empty(per_sample_shape, dtype=dtype) if per_sample_shape is not None else None
     lse = np.empty(lse_shape, dtype=dtype) if lse_shape is not None else None
+    # float64: summed into the reduced z-loss as the kernels sum the loss
+    z_terms = np.zeros(z_loss_shape) if z_loss_shape is not None else None
     per_class = per_class3 = None
     buffered = False
     if wants_per_class:
@@ -472,6 +479,7 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any]:
         go2 = None
         per_sample2 = None if per_sample is None else per_sample.reshape(outer, inner)
         lse2 = None if lse is None else lse.reshape(outer, inner)
+        z2 = None if z_terms is None else z_terms.reshape(outer, inner)
         if grad_output is not None:
             go = grad_output
             # a scalar stays one element: the kernels read a (1, 1) grad_output
@@ -492,6 +500,7 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any]:
             probs3 = outer_as_inner(probs3)
             per_sample2 = outer_as_inner(per_sample2)
             lse2 = outer_as_inner(lse2)
+            z2 = outer_as_inner(z2)
             go2 = outer_as_inner(go2)
             per_class3 = outer_as_inner(per_class3)
         # an out= of the caller's is written past the caches when large; a new
@@ -515,6 +524,7 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any]:
                 given,
                 *transform,
                 lse2,
+                z2,
             )
         elif kernel == CROSS_ENTROPY_PROBS:
             total = _kernels.cross_entropy_probs(
@@ -530,6 +540,7 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any]:
                 given,
                 *transform,
                 lse2,
+                z2,
             )
         elif kernel == NLL_LOSS:
             total = _kernels.nll_loss_kernel(
@@ -562,41 +573,21 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any]:
         assert result is not None
         if result.ndim == 0 and out is None:
             result = result[()]
-        return (result, None, None) if kernel == LOGSUMEXP else (None, result, None)
+        return (result, None, None, None) if kernel == LOGSUMEXP else (None, result, None, None)
     reduced = (
         per_sample if per_sample is not None else _reduce(total, denominator, reduction, dtype)
     )
-    return reduced, per_class, lse
+    z_loss = None
+    if z_terms is not None:
+        z_loss = (
+            z_terms.astype(dtype)
+            if reduction == "none"
+            else _reduce(float(z_terms.sum()), denominator, reduction, dtype)
+        )
+    return reduced, per_class, lse, z_loss
 
 
-def z_loss_of(plan: ClassPlan, lse: npt.NDArray[Any]) -> FloatScalar | FloatArray:
-    """The z-loss part of a cross-entropy call's loss, from each sample's
-    log-sum-exp ``lse``, weighted and reduced as the kernels count it:
-    ``z_loss * w[t] * lse^2`` for a class index ``t`` (0 where ignored),
-    ``z_loss * lse^2`` for a probability target, 0 for a sample whose every
-    coefficient is 0."""
-    outer, n_classes, inner = plan.x3.shape
-    lse2 = lse.reshape(outer, inner).astype(np.float64)
-    if plan.index2 is not None:
-        index = plan.index2
-        counted = ~(index == plan.ignore_value) if plan.has_ignore else np.ones(index.shape, bool)
-        safe_index = np.where(counted, index, 0)
-        w = plan.weight[safe_index] if plan.weight.size else np.ones(index.shape)
-        weight = np.where(counted, w, 0.0)
-    else:
-        probs = cast("npt.NDArray[Any]", plan.probs3)
-        coefficient = (1.0 - plan.smoothing) * probs + plan.smoothing / n_classes
-        if plan.weight.size:
-            coefficient = coefficient * plan.weight[:, None]
-        weight = np.any(coefficient != 0, axis=1).astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        per_sample = np.where(weight != 0, plan.transform.z_loss * weight * lse2 * lse2, 0.0)
-    if plan.reduction == "none":
-        return per_sample.astype(plan.dtype).reshape(lse.shape)
-    return _reduce(float(per_sample.sum()), plan.denominator, plan.reduction, plan.dtype)
-
-
-def _execute_binary(plan: BinaryPlan) -> tuple[Any, Any, Any]:
+def _execute_binary(plan: BinaryPlan) -> tuple[Any, Any, Any, Any]:
     dtype = plan.dtype
     shape = plan.x.shape
     n = plan.x.size
@@ -644,4 +635,4 @@ def _execute_binary(plan: BinaryPlan) -> tuple[Any, Any, Any]:
     if buffered:
         cast("npt.NDArray[Any]", grad)[...] = cast("npt.NDArray[Any]", grad_flat).reshape(shape)
     loss = loss_arr if loss_arr is not None else _reduce(total, float(n), plan.reduction, dtype)
-    return loss, grad, None
+    return loss, grad, None, None

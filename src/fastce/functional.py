@@ -14,13 +14,11 @@ from ._plan import (
     LOG_SOFTMAX,
     LOGSUMEXP,
     SOFTMAX,
-    ClassPlan,
     execute,
     plan_binary,
     plan_cross_entropy,
     plan_nll_loss,
     plan_softmax,
-    z_loss_of,
 )
 from ._plan import FloatArray as _FloatArray
 from ._plan import FloatScalar as _FloatScalar
@@ -247,10 +245,11 @@ def cross_entropy(
         None,
         num_threads,
         check_logit_transform(softcap, temperature, z_loss),
-        _wants_lse(return_z_loss, return_lse),
+        check_flag(return_lse, "return_lse"),
+        check_flag(return_z_loss, "return_z_loss"),
     )
-    loss, _, lse = execute(plan)
-    result = _with_extras(plan, (loss,), lse, return_z_loss, return_lse)
+    loss, _, lse, z_loss_part = execute(plan)
+    result = _with_extras((loss,), z_loss_part, lse)
     return result if len(result) > 1 else result[0]
 
 
@@ -266,26 +265,13 @@ def _untransformed(softcap: object, temperature: object, z_loss: object) -> bool
     )
 
 
-def _wants_lse(return_z_loss: object, return_lse: object) -> bool:
-    """Whether a call needs the per-sample log-sum-exp: to return it, or the z-loss."""
-    z = check_flag(return_z_loss, "return_z_loss")
-    return check_flag(return_lse, "return_lse") or z
-
-
 def _with_extras(
-    plan: ClassPlan,
     head: tuple[_FloatScalar | _FloatArray, ...],
+    z_loss_part: _FloatScalar | _FloatArray | None,
     lse: _FloatArray | None,
-    return_z_loss: bool,
-    return_lse: bool,
 ) -> tuple[_FloatScalar | _FloatArray, ...]:
-    """``head`` followed by the z-loss and the log-sum-exps asked for."""
-    extras: tuple[_FloatScalar | _FloatArray, ...] = ()
-    if return_z_loss:
-        extras += (z_loss_of(plan, cast("_FloatArray", lse)),)
-    if return_lse:
-        extras += (cast("_FloatArray", lse),)
-    return head + extras
+    """``head`` followed by the z-loss and the log-sum-exps the plan asked for."""
+    return head + tuple(extra for extra in (z_loss_part, lse) if extra is not None)
 
 
 def _plain_options(
@@ -530,10 +516,11 @@ def cross_entropy_with_grad(
         out,
         num_threads,
         check_logit_transform(softcap, temperature, z_loss),
-        _wants_lse(return_z_loss, return_lse),
+        check_flag(return_lse, "return_lse"),
+        check_flag(return_z_loss, "return_z_loss"),
     )
-    loss, grad, lse = execute(plan)
-    return _with_extras(plan, (loss, grad), lse, return_z_loss, return_lse)
+    loss, grad, lse, z_loss_part = execute(plan)
+    return _with_extras((loss, grad), z_loss_part, lse)
 
 
 def _common_with_grad(
@@ -878,11 +865,11 @@ def binary_cross_entropy_with_logits_with_grad(
     """
     loss: _FloatScalar | _FloatArray
     grad: _FloatArray
-    loss, grad = execute(
+    loss, grad, _, _ = execute(
         plan_binary(
             logits, target, weight, pos_weight, reduction, True, True, grad_output, out, num_threads
         )
-    )[:2]
+    )
     return loss, grad
 
 
@@ -1021,11 +1008,11 @@ def binary_cross_entropy_with_grad(
     """
     loss: _FloatScalar | _FloatArray
     grad: _FloatArray
-    loss, grad = execute(
+    loss, grad, _, _ = execute(
         plan_binary(
             probs, target, weight, None, reduction, False, True, grad_output, out, num_threads
         )
-    )[:2]
+    )
     return loss, grad
 
 

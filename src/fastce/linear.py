@@ -322,7 +322,7 @@ def _by_row_blocks(work: _Work, rows: npt.NDArray[np.intp], block_bytes: int) ->
             per_class=want_grad,
             out=block if want_grad else None,
         )
-        block_loss, block_grad, _ = execute(block_plan)
+        block_loss, block_grad, _, _ = execute(block_plan)
         if work.loss_rows is not None:
             work.loss_rows[picked] = block_loss
         else:
