@@ -559,8 +559,12 @@ def test_accumulator_state_reset_repr_and_empty_result():
     assert "count=2" in repr(acc) and "topk=(2,)" in repr(acc)
     assert set(acc.result().as_dict()) == {
         "loss",
+        "loss_se",
         "perplexity",
+        "perplexity_low",
+        "perplexity_high",
         "top2",
+        "top2_se",
         "confidence",
         "entropy",
         "ece",

@@ -11,6 +11,9 @@ WEIGHT_ROW: int
 CONFIDENCE_ROW: int
 ENTROPY_ROW: int
 LSE_SQUARED_ROW: int
+LOSS_SQUARED_ROW: int
+LOSS_WEIGHT_ROW: int
+WEIGHT_SQUARED_ROW: int
 FIRST_BIN_ROW: int
 
 class Counts(NamedTuple):
@@ -43,7 +46,15 @@ def evaluate_index(
     conf_out: NDArray[_Float] | None,
     entropy_out: NDArray[_Float] | None,
     lse_out: NDArray[_Float] | None,
+    logprob_out: NDArray[_Float] | None,
     num_threads: int = ...,
     logit_scale: float = ...,
     softcap: float = ...,
 ) -> tuple[NDArray[np.float64], Counts]: ...
+def group_sums(
+    group: NDArray[np.int64],
+    loss: NDArray[np.float64],
+    weight: NDArray[np.float64],
+    logprob: NDArray[np.float64],
+    sums: NDArray[np.float64],
+) -> None: ...

@@ -30,7 +30,7 @@ splitting the samples into calls.  The Python layer validates everything;
 these functions cannot fail.
 """
 
-from libc.math cimport log
+from libc.math cimport isinf, log
 from libc.stdint cimport int64_t
 
 cimport numpy as cnp
@@ -73,7 +73,11 @@ cdef enum:
     SUM_CONFIDENCE = 2
     SUM_ENTROPY = 3
     SUM_LSE_SQUARED = 4     # w * lse^2, the z-loss without its coefficient
-    SUM_BINS = 5
+    # the second moments behind the loss's standard error
+    SUM_LOSS_SQUARED = 5
+    SUM_LOSS_WEIGHT = 6
+    SUM_WEIGHT_SQUARED = 7
+    SUM_BINS = 8
 
 # Layout of the integer counts: the samples counted, then per bin its samples,
 # then per bin its correct ones, then the samples of each target rank below
@@ -96,6 +100,8 @@ TILE_SIZE = TILE
 LOSS_ROW, WEIGHT_ROW = SUM_LOSS, SUM_WEIGHT
 CONFIDENCE_ROW, ENTROPY_ROW = SUM_CONFIDENCE, SUM_ENTROPY
 LSE_SQUARED_ROW = SUM_LSE_SQUARED
+LOSS_SQUARED_ROW, LOSS_WEIGHT_ROW = SUM_LOSS_SQUARED, SUM_LOSS_WEIGHT
+WEIGHT_SQUARED_ROW = SUM_WEIGHT_SQUARED
 FIRST_BIN_ROW = SUM_BINS
 
 
@@ -129,20 +135,22 @@ cdef struct Options:
 
 cdef struct Outputs:
     # per-sample arrays of shape (outer, inner), NULL when not wanted, and
-    # their byte strides; loss, confidence, entropy and log-sum-exp have the
-    # logits' dtype
+    # their byte strides; loss, confidence, entropy, log-sum-exp and the
+    # target's log-probability have the logits' dtype
     char* loss
     char* pred
     char* rank
     char* conf
     char* entropy
     char* lse
+    char* logprob
     Py_ssize_t[2] loss_s
     Py_ssize_t[2] pred_s
     Py_ssize_t[2] rank_s
     Py_ssize_t[2] conf_s
     Py_ssize_t[2] entropy_s
     Py_ssize_t[2] lse_s
+    Py_ssize_t[2] logprob_s
 
 
 cdef inline void dd_add(double* acc, double b) noexcept nogil:
@@ -165,6 +173,9 @@ cdef inline void record(double* fp, int64_t* ip, const Options* opt, double loss
     dd_add(fp + 2 * SUM_LOSS, loss)
     dd_add(fp + 2 * SUM_WEIGHT, w)
     dd_add(fp + 2 * SUM_LSE_SQUARED, w * lse * lse)
+    dd_add(fp + 2 * SUM_LOSS_SQUARED, loss * loss)
+    dd_add(fp + 2 * SUM_LOSS_WEIGHT, loss * w)
+    dd_add(fp + 2 * SUM_WEIGHT_SQUARED, w * w)
     dd_add(fp + 2 * SUM_CONFIDENCE, conf)
     dd_add(fp + 2 * SUM_ENTROPY, ent)
     ip[COUNT_SAMPLES] += 1
@@ -192,13 +203,14 @@ cdef inline char* at(char* base, const Py_ssize_t* strides, Py_ssize_t o,
 
 cdef inline void write_sample(const Outputs* out, Py_ssize_t o, Py_ssize_t i, floating loss,
                               Py_ssize_t pred, Py_ssize_t rank, double s, double log_s,
-                              double e, double lse) noexcept nogil:
+                              double e, double lse, double logprob) noexcept nogil:
     (<floating*>at(out.loss, out.loss_s, o, i))[0] = loss
     (<int64_t*>at(out.pred, out.pred_s, o, i))[0] = pred
     (<int64_t*>at(out.rank, out.rank_s, o, i))[0] = rank
     (<floating*>at(out.conf, out.conf_s, o, i))[0] = <floating>(1.0 / s)
     (<floating*>at(out.entropy, out.entropy_s, o, i))[0] = <floating>(log_s - e / s)
     (<floating*>at(out.lse, out.lse_s, o, i))[0] = <floating>lse
+    (<floating*>at(out.logprob, out.logprob_s, o, i))[0] = <floating>logprob
 
 
 cdef inline Py_ssize_t first_nan(const floating* x, Py_ssize_t n,
@@ -208,6 +220,16 @@ cdef inline Py_ssize_t first_nan(const floating* x, Py_ssize_t n,
         if x[c * stride] != x[c * stride]:
             return c
     return -1
+
+
+cdef inline double target_logprob(const floating* xr, Py_ssize_t xc, int64_t target, double m,
+                                  double log_s, double lse) noexcept nogil:
+    """log p_t = x_t - lse, from the shifted logit where the maximum is finite
+    (as the loss takes it)."""
+    cdef double x_t = xr[target * xc]
+    if isinf(m):
+        return x_t - lse
+    return (x_t - m) - log_s
 
 
 cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
@@ -233,7 +255,7 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                s, log_s, e, lse, rank, valid)
     if out.loss != NULL:
         write_sample(out, o, i, <floating>loss, arg, rank if target >= 0 else -1, s, log_s, e,
-                     lse)
+                     lse, target_logprob(xr, xc, target, m, log_s, lse) if target >= 0 else 0.0)
 
 
 # --------------------------------------------------------------------------
@@ -441,6 +463,7 @@ def evaluate_index(object x,
                    object conf_out,
                    object entropy_out,
                    object lse_out,
+                   object logprob_out,
                    int num_threads=0,
                    double logit_scale=1.0,
                    double softcap=0.0):
@@ -451,9 +474,10 @@ def evaluate_index(object x,
     tanh(x / softcap)`` (``logit_scale * x`` for ``softcap`` 0).
 
     Returns ``(sums, counts)``: ``sums`` is a float64 array of shape
-    ``(5 + bins, 2)`` holding double-double totals (high and low parts) of the
-    loss, the targets' weights, the confidence, the entropy, the weighted
-    squared log-sum-exp (``w[t] * lse^2``), then each confidence bin's
+    ``(FIRST_BIN_ROW + bins, 2)`` holding double-double totals (high and low
+    parts) of the loss, the targets' weights, the confidence, the entropy,
+    the weighted squared log-sum-exp (``w[t] * lse^2``), ``loss^2``,
+    ``loss * w[t]`` and ``w[t]^2``, then each confidence bin's
     confidence; ``counts`` is an int64 array holding the
     number of samples not ignored, the samples per bin, the top-1 correct
     samples per bin, and a histogram of the targets' ranks below ``ranks``.
@@ -462,7 +486,8 @@ def evaluate_index(object x,
     ``(outer, inner)``; loss, confidence, entropy and log-sum-exp of the
     result dtype, prediction and rank int64) receive the loss, the
     prediction, the target's rank (-1 where ignored), the confidence, the
-    entropy and the log-sum-exp.
+    entropy, the log-sum-exp and the target's log-probability (0 where
+    ignored).
     ``num_threads`` 0 uses the process-wide count.  The caller has validated
     everything: targets are in ``[0, C)`` or equal ``ignore_index``,
     ``outer * inner > 0``, ``C > 0``, ``bins > 0`` and ``0 < ranks <= C``.
@@ -488,7 +513,7 @@ def evaluate_index(object x,
     opt.nf = 2 * (SUM_BINS + bins)
     opt.ni = count_ranks_at(bins) + ranks
     call.out.loss = call.out.pred = call.out.rank = call.out.conf = call.out.entropy = NULL
-    call.out.lse = NULL
+    call.out.lse = call.out.logprob = NULL
     if loss_out is not None:
         set_output(&call.out.loss, call.out.loss_s, loss_out)
         set_output(&call.out.pred, call.out.pred_s, pred_out)
@@ -496,6 +521,7 @@ def evaluate_index(object x,
         set_output(&call.out.conf, call.out.conf_s, conf_out)
         set_output(&call.out.entropy, call.out.entropy_s, entropy_out)
         set_output(&call.out.lse, call.out.lse_s, lse_out)
+        set_output(&call.out.logprob, call.out.logprob_s, logprob_out)
 
     # many bins or a long rank histogram mean fewer, larger units
     max_units = PARTIALS_BYTES // (8 * (opt.nf + opt.ni))
@@ -525,3 +551,21 @@ def evaluate_index(object x,
         bin_samples=counts[COUNT_BINS:COUNT_BINS + bins],
         bin_correct=counts[count_correct_at(bins):count_correct_at(bins) + bins],
         rank_samples=counts[count_ranks_at(bins):count_ranks_at(bins) + ranks])
+
+
+def group_sums(const int64_t[::1] group,
+               const double[::1] loss,
+               const double[::1] weight,
+               const double[::1] logprob,
+               double[:, :, ::1] sums):
+    """Adds each sample's loss, target weight and target log-probability to
+    its group's double-double totals: ``sums[group[n], q]`` for the three
+    quantities ``q`` in that order, in sample order.  The caller has checked
+    that ``group`` indexes ``sums`` and that the arrays have one length."""
+    cdef Py_ssize_t n, g
+    with nogil:
+        for n in range(group.shape[0]):
+            g = group[n]
+            dd_add(&sums[g, 0, 0], loss[n])
+            dd_add(&sums[g, 1, 0], weight[n])
+            dd_add(&sums[g, 2, 0], logprob[n])

@@ -476,6 +476,23 @@ def check_target(
     return TargetPlan(shape=expected, index2=t.reshape(outer, inner))
 
 
+def check_segments(segments: object, shape: tuple[int, ...]) -> npt.NDArray[np.int64]:
+    """``segments`` as int64 group ids of the target's ``shape``."""
+    s = as_array(segments)
+    if s.dtype.kind not in "iu":
+        raise TypeError(
+            f"segments must hold integer group ids (an array of the target's shape {shape}); "
+            f"got dtype {s.dtype}."
+        )
+    if s.shape != shape:
+        raise ValueError(
+            f"segments must have the target's shape {shape}, one group id per token; got {s.shape}."
+        )
+    if s.dtype == np.uint64 and s.size and s.max() > _INT64_MAX:
+        raise ValueError(f"segments ids must fit in int64; got {int(s.max())}, above {_INT64_MAX}.")
+    return s.astype(np.int64, copy=False)
+
+
 def check_classes_present(
     n_samples: int, n_classes: int, axis: int, shape: tuple[int, ...], name: str, what: str
 ) -> None:

@@ -48,6 +48,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without dask
 
 from ._validate import (
     check_reduction,
+    check_segments,
     check_target,
     check_weight,
     class_axis,
@@ -127,9 +128,11 @@ def _prepare(
     return x, t, ax
 
 
-def _block(xb: NDArray[Any], tb: NDArray[Any], options: _Options) -> Accumulator:
+def _block(
+    xb: NDArray[Any], tb: NDArray[Any], sb: NDArray[Any] | None, options: _Options
+) -> Accumulator:
     acc = Accumulator(**options)
-    acc.update(xb, tb)
+    acc.update(xb, tb, segments=sb)
     return acc
 
 
@@ -141,7 +144,10 @@ def _merge(options: _Options, *parts: Accumulator) -> Accumulator:
 
 
 def _accumulate(
-    logits: da.Array | ArrayLike, target: da.Array | ArrayLike, options: _Options
+    logits: da.Array | ArrayLike,
+    target: da.Array | ArrayLike,
+    segments: da.Array | ArrayLike | None,
+    options: _Options,
 ) -> Delayed:
     # blocks keep the logits' number of dimensions, so ``axis`` (None included)
     # names the same class axis in each of them
@@ -149,10 +155,17 @@ def _accumulate(
     check_weight(options["weight"], x.shape[ax])
     xblocks = x.to_delayed()
     tblocks = t.to_delayed()
+    sblocks = None
+    if segments is not None:
+        s: da.Array = da.asarray(segments)
+        # dtype and shape checked on a stand-in; the ids are read block by block
+        check_segments(_placeholder(s.shape, s.dtype), t.shape)
+        sblocks = s.rechunk(t.chunks).to_delayed()
     parts: list[Delayed] = []
     for idx in np.ndindex(*x.numblocks):
         tidx = idx[:ax] + idx[ax + 1 :]
-        parts.append(delayed(_block, pure=True)(xblocks[idx], tblocks[tidx], options))
+        sb = None if sblocks is None else sblocks[tidx]
+        parts.append(delayed(_block, pure=True)(xblocks[idx], tblocks[tidx], sb, options))
     while len(parts) > 1:
         parts = [
             delayed(_merge, pure=True)(options, *parts[i : i + _FAN_IN])
@@ -199,6 +212,7 @@ def accumulate(
     axis: SupportsIndex | None = None,
     topk: int | Iterable[int] = (1, 5),
     bins: int = 15,
+    segments: da.Array | ArrayLike | None = None,
     num_threads: int | None = None,
     softcap: float | None = None,
     temperature: float = 1.0,
@@ -220,7 +234,7 @@ def accumulate(
         temperature,
         z_loss,
     )
-    return _accumulate(logits, target, options)
+    return _accumulate(logits, target, segments, options)
 
 
 def _result(acc: Accumulator) -> EvalResult:
@@ -238,6 +252,7 @@ def evaluate(
     ignore_index: int = ...,
     label_smoothing: float = ...,
     axis: SupportsIndex | None = ...,
+    segments: da.Array | ArrayLike | None = ...,
     num_threads: int | None = ...,
     softcap: float | None = ...,
     temperature: float = ...,
@@ -255,6 +270,7 @@ def evaluate(
     ignore_index: int = ...,
     label_smoothing: float = ...,
     axis: SupportsIndex | None = ...,
+    segments: da.Array | ArrayLike | None = ...,
     num_threads: int | None = ...,
     softcap: float | None = ...,
     temperature: float = ...,
@@ -272,6 +288,7 @@ def evaluate(
     ignore_index: int = ...,
     label_smoothing: float = ...,
     axis: SupportsIndex | None = ...,
+    segments: da.Array | ArrayLike | None = ...,
     num_threads: int | None = ...,
     softcap: float | None = ...,
     temperature: float = ...,
@@ -288,6 +305,7 @@ def evaluate(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     axis: SupportsIndex | None = None,
+    segments: da.Array | ArrayLike | None = None,
     num_threads: int | None = None,
     softcap: float | None = None,
     temperature: float = 1.0,
@@ -312,7 +330,7 @@ def evaluate(
         temperature,
         z_loss,
     )
-    result: Delayed = delayed(_result, pure=True)(_accumulate(logits, target, options))
+    result: Delayed = delayed(_result, pure=True)(_accumulate(logits, target, segments, options))
     return cast(EvalResult, result.compute()) if compute else result
 
 
@@ -395,7 +413,7 @@ def cross_entropy(
             ),
         )
     options = _options(weight, ignore_index, label_smoothing, ax - x.ndim, 1, 1, num_threads)
-    acc = _accumulate(x, t, options)
+    acc = _accumulate(x, t, None, options)
     value: Delayed = delayed(_reduced_loss, pure=True)(acc, reduction, dtype)
     return cast(da.Array, da.from_delayed(value, shape=(), dtype=dtype))
 

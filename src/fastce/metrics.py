@@ -28,6 +28,29 @@ Definitions, per sample ``n`` that is not ignored (``p = softmax(x[n])``,
   ``ECE = sum_b (n_b / N) |acc_b - conf_b|`` with ``acc_b`` the bin's top-1
   accuracy and ``conf_b`` its mean confidence.
 
+Standard errors (``loss_se``, ``accuracy_se``) are those of a ratio of sums,
+``R = sum_i v_i / sum_i s_i`` with ``v`` the loss and ``s`` the target's
+weight (or ``v`` a top-k hit and ``s = 1``): ``SE = sqrt(G / (G - 1) *
+sum_g (V_g - R S_g)**2) / sum_g S_g`` over ``G`` independent clusters, which
+are the samples (``V_g = v_i``; unweighted, this is the sample standard
+deviation over ``sqrt(N)``) or, with ``segments``, the groups (``V_g`` and
+``S_g`` summed over the group's counted tokens; groups with none are left
+out), because the tokens of one document are correlated.  The perplexity's
+95 % interval is ``exp(loss -/+ 1.959964 * loss_se)``.  Both come from
+compensated totals (the samples' second moments, or the groups' sums), so
+they too stream exactly.
+
+**Groups** (``segments``): each token names its group; a group's tokens may
+lie anywhere, in any batch.  Ignored tokens count in no group, but their ids
+are listed (an empty group: no tokens, NaN mean loss and hit rates, not a
+greedy match).  A group's ``log_likelihood`` is ``sum log p_t`` over its
+counted tokens (neither weighted nor smoothed), its ``loss`` the summed loss
+over the summed weight, ``greedy`` whether each counted token's target is
+the top-1 class.  ``macro_loss`` is the mean of the non-empty groups' losses
+and ``macro_perplexity`` the mean of their perplexities (as a per-document
+perplexity is usually reported: not ``exp(macro_loss)``); ``loss`` and
+``perplexity`` stay token-weighted.
+
 Accuracy, confidence, entropy and ECE are unweighted means over the ``N``
 samples that are not ignored; class weights and label smoothing change the
 loss only.  A row whose probabilities are undefined (a NaN or ``+inf`` logit,
@@ -67,6 +90,7 @@ from ._validate import (
     check_label_smoothing,
     check_logit_transform,
     check_num_threads,
+    check_segments,
     check_target,
     check_targets_in_range,
     check_weight,
@@ -89,7 +113,14 @@ from .linear import (
     check_head,
 )
 
-__all__ = ["Accumulator", "EvalResult", "PerSample", "evaluate", "evaluate_linear"]
+__all__ = [
+    "Accumulator",
+    "EvalResult",
+    "GroupResult",
+    "PerSample",
+    "evaluate",
+    "evaluate_linear",
+]
 
 # Logits per kernel call (counted in the result dtype) when an input is walked
 # in blocks: a memory-mapped file is read block by block, and a byte-swapped
@@ -206,8 +237,10 @@ class PerSample:
     ``prediction`` the argmax class; ``target_rank`` the target's rank (-1
     where ignored; top-k correct iff ``0 <= rank < k``); ``confidence`` the
     largest probability; ``entropy`` the predictive entropy; ``lse`` the
-    log-sum-exp of the (transformed) logits.  The float arrays have the
-    loss's dtype, the others are int64.
+    log-sum-exp of the (transformed) logits; ``target_logprob`` the target's
+    log-probability ``log p_t`` (0 where ignored; unweighted and unsmoothed,
+    so it is ``-loss`` only without weights and label smoothing).  The float
+    arrays have the loss's dtype, the others are int64.
     """
 
     loss: NDArray[np.float32 | np.float64]
@@ -216,6 +249,45 @@ class PerSample:
     confidence: NDArray[np.float32 | np.float64]
     entropy: NDArray[np.float32 | np.float64]
     lse: NDArray[np.float32 | np.float64]
+    target_logprob: NDArray[np.float32 | np.float64]
+
+
+@dataclass(frozen=True, eq=False)
+class GroupResult:
+    """Per-group results of an evaluation with ``segments``: arrays keyed by
+    ``ids``, the distinct segment ids in increasing order.
+
+    Attributes
+    ----------
+    ids : ndarray of int64
+        Every id that occurs in ``segments``, ignored tokens' ids included.
+    count : ndarray of int64
+        The group's tokens that are not ignored.
+    weight_sum, loss_sum : ndarray of float64
+        Their targets' class weights, their summed loss (as ``loss`` and
+        ``weight_sum`` of :class:`EvalResult`, restricted to the group).
+    log_likelihood : ndarray of float64
+        The summed log-probability of the group's targets, ``sum log p_t``:
+        neither weighted nor smoothed (what log-likelihood harnesses score).
+    loss, perplexity : ndarray of float64
+        The group's mean loss ``loss_sum / weight_sum`` and ``exp(loss)``
+        (NaN for a group with no token counted).
+    greedy : ndarray of bool
+        Whether every counted token's target is the top-1 class (False for a
+        group with no token counted).
+    accuracy : dict of int to ndarray of float64
+        Each group's top-k hit rate, per requested ``k`` (NaN when empty).
+    """
+
+    ids: NDArray[np.int64]
+    count: NDArray[np.int64]
+    weight_sum: NDArray[np.float64]
+    loss_sum: NDArray[np.float64]
+    log_likelihood: NDArray[np.float64]
+    loss: NDArray[np.float64]
+    perplexity: NDArray[np.float64]
+    greedy: NDArray[np.bool_]
+    accuracy: dict[int, NDArray[np.float64]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -243,6 +315,20 @@ class EvalResult:
         The mean z-loss, ``z_loss * w[t] * lse**2`` over the samples counted
         divided by ``weight_sum`` (0.0 with a ``z_loss`` coefficient of 0).
         It is reported apart: ``loss`` and ``perplexity`` never include it.
+    loss_se : float
+        The standard error of ``loss`` (NaN with fewer than two samples, or
+        two groups when clustered); see ``fastce.metrics`` for the formula.
+    accuracy_se : dict of int to float
+        The standard error of each top-k accuracy.
+    perplexity_interval : tuple of float
+        The 95 % interval of the perplexity, ``exp(loss -/+ 1.96 loss_se)``.
+    macro_loss, macro_perplexity : float
+        With ``segments``: the mean over groups of each group's mean loss and
+        of each group's perplexity (groups with no token counted left out);
+        NaN without segments.  ``loss`` and ``perplexity`` stay the
+        token-weighted (micro) figures.
+    groups : GroupResult or None
+        The per-group arrays, with ``segments``.
     bin_count, bin_accuracy, bin_confidence : ndarray
         The reliability diagram: samples, top-1 accuracy and mean confidence
         per bin (nan for an empty bin).
@@ -259,15 +345,28 @@ class EvalResult:
     count: int
     weight_sum: float
     z_loss: float
+    loss_se: float
+    accuracy_se: dict[int, float]
+    perplexity_interval: tuple[float, float]
+    macro_loss: float
+    macro_perplexity: float
     bin_count: NDArray[np.int64] = field(repr=False)
     bin_accuracy: NDArray[np.float64] = field(repr=False)
     bin_confidence: NDArray[np.float64] = field(repr=False)
     per_sample: PerSample | None = field(default=None, repr=False)
+    groups: GroupResult | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, float]:
-        """The scalar results, with top-k accuracies as ``"top{k}"``."""
-        out = {"loss": self.loss, "perplexity": self.perplexity}
-        out.update({f"top{k}": v for k, v in self.accuracy.items()})
+        """The scalar results, with top-k accuracies as ``"top{k}"`` and
+        standard errors as ``"<name>_se"``; the macro figures only with
+        segments."""
+        out = {"loss": self.loss, "loss_se": self.loss_se, "perplexity": self.perplexity}
+        out.update(perplexity_low=self.perplexity_interval[0])
+        out.update(perplexity_high=self.perplexity_interval[1])
+        if self.groups is not None:
+            out.update(macro_loss=self.macro_loss, macro_perplexity=self.macro_perplexity)
+        for k, v in self.accuracy.items():
+            out.update({f"top{k}": v, f"top{k}_se": self.accuracy_se[k]})
         out.update(
             confidence=self.confidence,
             entropy=self.entropy,
@@ -296,6 +395,12 @@ def _dd_fold(into: NDArray[np.float64], add: NDArray[np.float64]) -> None:
     into[..., 0] = s
 
 
+def _bernoulli_se(p: float, n: int) -> float:
+    """The standard error of a proportion ``p`` of ``n`` independent samples
+    (the sample variance with ``n - 1``)."""
+    return math.sqrt(p * (1.0 - p) / (n - 1)) if n > 1 and p == p else math.nan
+
+
 def _divide(a: float, b: float) -> float:
     return float(a) / float(b) if b else math.nan
 
@@ -307,6 +412,143 @@ def _blocks(n: int, step: int, min_last: int = 1) -> list[tuple[int, int]]:
     if len(starts) > 1 and n - starts[-1] < min_last:
         starts.pop()
     return list(zip(starts, starts[1:] + [n]))
+
+
+# z of a two-sided 95 % normal interval
+_Z95 = 1.959963984540054
+
+# the quantities of a group's double-double sums, in group_sums' order
+_GROUP_LOSS, _GROUP_WEIGHT, _GROUP_LOGPROB = range(3)
+
+
+def _dd_values(pairs: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``hi + lo`` of double-double pairs ``(..., 2)`` (``hi`` where not finite)."""
+    hi, lo = pairs[..., 0], pairs[..., 1]
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(hi), hi + lo, hi)
+
+
+def _clustered_se(values: NDArray[np.float64], sizes: NDArray[np.float64], ratio: float) -> float:
+    """The standard error of the ratio ``sum(values) / sum(sizes)`` = ``ratio``
+    over clusters (samples or groups): ``sqrt(G / (G - 1) * sum e**2) /
+    sum(sizes)`` with residuals ``e = values - ratio * sizes`` over the ``G``
+    clusters given."""
+    g = values.size
+    total = float(sizes.sum())
+    if g < 2 or not total:
+        return math.nan
+    with np.errstate(invalid="ignore", over="ignore"):
+        residual = values - ratio * sizes
+        return math.sqrt(g / (g - 1) * float(residual @ residual)) / total
+
+
+@dataclass(eq=False)
+class GroupTotals:
+    """Exact per-group totals of an evaluation with segments, keyed by the
+    sorted ids: tokens counted, top-1 and top-k hits (integers), and the
+    double-double sums of the loss, the target's weight and its
+    log-probability."""
+
+    topk: tuple[int, ...]
+    ids: NDArray[np.int64]
+    count: NDArray[np.int64]
+    top1: NDArray[np.int64]
+    correct: NDArray[np.int64]  # (groups, len(topk))
+    sums: NDArray[np.float64]  # (groups, 3, 2)
+
+    @classmethod
+    def of_ids(cls, topk: tuple[int, ...], ids: NDArray[np.int64]) -> GroupTotals:
+        """Empty totals of the sorted distinct ``ids``."""
+        g = ids.size
+        return cls(
+            topk=topk,
+            ids=ids,
+            count=np.zeros(g, dtype=np.int64),
+            top1=np.zeros(g, dtype=np.int64),
+            correct=np.zeros((g, len(topk)), dtype=np.int64),
+            sums=np.zeros((g, 3, 2), dtype=np.float64),
+        )
+
+    def fold(
+        self,
+        segments: NDArray[np.int64],
+        rank: NDArray[np.int64],
+        loss: NDArray[Any],
+        target_weight: NDArray[np.float64],
+        logprob: NDArray[Any],
+        n_classes: int,
+    ) -> None:
+        """Adds the counted tokens of a block (1-d arrays, ids among ``ids``):
+        their ranks, losses, target weights and target log-probabilities.
+        A rank of ``n_classes`` marks a row without probabilities, never a hit."""
+        g = self.ids.size
+        group = np.searchsorted(self.ids, segments)
+        self.count += np.bincount(group, minlength=g)
+        self.top1 += np.bincount(group[rank == 0], minlength=g)
+        for j, k in enumerate(self.topk):
+            self.correct[:, j] += np.bincount(group[rank < min(k, n_classes)], minlength=g)
+        _metrics.group_sums(
+            group,
+            loss.astype(np.float64),
+            np.ascontiguousarray(target_weight, dtype=np.float64),
+            logprob.astype(np.float64),
+            self.sums,
+        )
+
+    def on_ids(self, ids: NDArray[np.int64]) -> GroupTotals:
+        """These totals laid out on ``ids``, a sorted superset of ``self.ids``."""
+        out = GroupTotals.of_ids(self.topk, ids)
+        at = np.searchsorted(ids, self.ids)
+        out.count[at] = self.count
+        out.top1[at] = self.top1
+        out.correct[at] = self.correct
+        out.sums[at] = self.sums
+        return out
+
+    def merge(self, other: GroupTotals) -> GroupTotals:
+        """The totals of both, on the union of their ids."""
+        ids = np.union1d(self.ids, other.ids)
+        out = self.on_ids(ids) if ids.size != self.ids.size else self.copy()
+        add = other.on_ids(ids) if ids.size != other.ids.size else other
+        out.count += add.count
+        out.top1 += add.top1
+        out.correct += add.correct
+        _dd_fold(out.sums, add.sums)
+        return out
+
+    def copy(self) -> GroupTotals:
+        return GroupTotals(
+            self.topk,
+            self.ids.copy(),
+            self.count.copy(),
+            self.top1.copy(),
+            self.correct.copy(),
+            self.sums.copy(),
+        )
+
+    def result(self) -> GroupResult:
+        values = _dd_values(self.sums)
+        loss_sum = values[:, _GROUP_LOSS]
+        weight_sum = values[:, _GROUP_WEIGHT]
+        counted = self.count > 0
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            loss = np.where(counted, loss_sum / weight_sum, math.nan)
+            perplexity = np.exp(loss)
+            accuracy = {
+                k: np.where(counted, self.correct[:, j] / self.count, math.nan)
+                for j, k in enumerate(self.topk)
+            }
+        return GroupResult(
+            ids=self.ids.copy(),
+            count=self.count.copy(),
+            weight_sum=weight_sum,
+            loss_sum=loss_sum,
+            log_likelihood=values[:, _GROUP_LOGPROB],
+            loss=loss,
+            perplexity=perplexity,
+            greedy=counted & (self.top1 == self.count),
+            accuracy=accuracy,
+        )
 
 
 @dataclass(eq=False)
@@ -321,9 +563,13 @@ class Totals:
     bin_samples: NDArray[np.int64]
     bin_correct: NDArray[np.int64]
     correct: NDArray[np.int64]  # per k of topk
+    groups: GroupTotals | None = None  # with segments
 
     @classmethod
-    def empty(cls, topk: tuple[int, ...], bins: int) -> Totals:
+    def empty(
+        cls, topk: tuple[int, ...], bins: int, group_ids: NDArray[np.int64] | None = None
+    ) -> Totals:
+        """No samples yet; per-group totals of ``group_ids`` when given."""
         return cls(
             topk=topk,
             sums=np.zeros((_BIN_ROWS + bins, 2), dtype=np.float64),
@@ -331,6 +577,7 @@ class Totals:
             bin_samples=np.zeros(bins, dtype=np.int64),
             bin_correct=np.zeros(bins, dtype=np.int64),
             correct=np.zeros(len(topk), dtype=np.int64),
+            groups=None if group_ids is None else GroupTotals.of_ids(topk, group_ids),
         )
 
     def fold(self, sums: NDArray[np.float64], counts: _metrics.Counts) -> None:
@@ -351,6 +598,10 @@ class Totals:
         self.bin_samples += other.bin_samples
         self.bin_correct += other.bin_correct
         self.correct += other.correct
+        if other.groups is not None:
+            self.groups = (
+                other.groups.copy() if self.groups is None else self.groups.merge(other.groups)
+            )
 
     def copy(self) -> Totals:
         return Totals(
@@ -360,6 +611,7 @@ class Totals:
             self.bin_samples.copy(),
             self.bin_correct.copy(),
             self.correct.copy(),
+            None if self.groups is None else self.groups.copy(),
         )
 
     def sum_of(self, row: int) -> float:
@@ -388,20 +640,72 @@ class Totals:
             bin_accuracy = self.bin_correct / self.bin_samples
             bin_confidence = bin_conf / self.bin_samples
         gaps = np.abs(self.bin_correct - bin_conf)
+        accuracy = {k: _divide(c, n) for k, c in zip(self.topk, self.correct.tolist())}
+        group_totals = self.groups
+        groups = None if group_totals is None else group_totals.result()
+        if group_totals is None or groups is None:
+            loss_se = self._loss_se(loss)
+            accuracy_se = {k: _bernoulli_se(p, n) for k, p in accuracy.items()}
+            macro_loss = macro_perplexity = math.nan
+        else:
+            # clustered by group: tokens of one group are not independent
+            counted = groups.count > 0
+            sizes = groups.count[counted].astype(np.float64)
+            loss_se = _clustered_se(groups.loss_sum[counted], groups.weight_sum[counted], loss)
+            accuracy_se = {
+                k: _clustered_se(group_totals.correct[counted, j].astype(np.float64), sizes, p)
+                for j, (k, p) in enumerate(accuracy.items())
+            }
+            with np.errstate(invalid="ignore", over="ignore"):
+                macro_loss = float(np.mean(groups.loss[counted])) if counted.any() else math.nan
+                macro_perplexity = (
+                    float(np.mean(groups.perplexity[counted])) if counted.any() else math.nan
+                )
+        with np.errstate(over="ignore", invalid="ignore"):
+            interval = (
+                float(np.exp(loss - _Z95 * loss_se)),
+                float(np.exp(loss + _Z95 * loss_se)),
+            )
         return EvalResult(
             loss=loss,
             perplexity=perplexity,
-            accuracy={k: _divide(c, n) for k, c in zip(self.topk, self.correct.tolist())},
+            accuracy=accuracy,
             confidence=_divide(conf_sum, n),
             entropy=_divide(entropy_sum, n),
             ece=_divide(float(np.sum(gaps)), n),
             count=n,
             weight_sum=weight_sum,
             z_loss=z_loss * _divide(lse_squared_sum, weight_sum) if z_loss else 0.0,
+            loss_se=loss_se,
+            accuracy_se=accuracy_se,
+            perplexity_interval=interval,
+            macro_loss=macro_loss,
+            macro_perplexity=macro_perplexity,
             bin_count=self.bin_samples.copy(),
             bin_accuracy=bin_accuracy,
             bin_confidence=bin_confidence,
             per_sample=per_sample,
+            groups=groups,
+        )
+
+    def _loss_se(self, loss: float) -> float:
+        """The standard error of the mean loss ``sum l / sum w`` over
+        independent samples, from the second moments: ``sum e**2`` with
+        ``e = l - loss * w`` is ``sum l**2 - 2 loss sum l w + loss**2 sum w**2``."""
+        n = self.samples
+        weight_sum = self.sum_of(_metrics.WEIGHT_ROW)
+        if n < 2 or not weight_sum:
+            return math.nan
+        squares = (
+            self.sum_of(_metrics.LOSS_SQUARED_ROW)
+            - 2.0 * loss * self.sum_of(_metrics.LOSS_WEIGHT_ROW)
+            + loss * loss * self.sum_of(_metrics.WEIGHT_SQUARED_ROW)
+        )
+        # rounding can take a zero spread just below zero
+        return (
+            math.sqrt(n / (n - 1) * max(squares, 0.0)) / weight_sum
+            if squares == squares
+            else math.nan
         )
 
 
@@ -417,10 +721,14 @@ class EvalPlan:
     axis: int
     target_shape: tuple[int, ...]
     dtype: np.dtype[Any]  # of the per-sample float results
+    segments2: NDArray[np.int64] | None = None  # group ids, (outer, inner)
 
 
-def plan_evaluation(logits: object, target: object, options: EvalOptions) -> EvalPlan:
-    """Checks one batch of an evaluation with ``options``."""
+def plan_evaluation(
+    logits: object, target: object, options: EvalOptions, segments: object = None
+) -> EvalPlan:
+    """Checks one batch of an evaluation with ``options`` (and the group id of
+    each token, ``segments``, when given)."""
     arr = as_array(logits)
     # the logits' dtype is checked here; each block is converted on its own
     check_float_dtype(arr.dtype, "logits")
@@ -443,6 +751,9 @@ def plan_evaluation(logits: object, target: object, options: EvalOptions) -> Eva
     ignore_value, has_ignore = options.ignore
     if n_samples:
         check_targets_in_range(target, target_plan.index2, n_classes, ignore_value, has_ignore, w)
+    segments2 = None
+    if segments is not None:
+        segments2 = check_segments(segments, target_plan.shape).reshape(outer, inner)
     warn_single_class(n_classes)
     return EvalPlan(
         options=options,
@@ -453,6 +764,7 @@ def plan_evaluation(logits: object, target: object, options: EvalOptions) -> Eva
         axis=axis,
         target_shape=target_plan.shape,
         dtype=result_dtype(arr.dtype),
+        segments2=segments2,
     )
 
 
@@ -465,6 +777,38 @@ def _per_sample_arrays(shape: tuple[int, ...], dtype: np.dtype[Any]) -> PerSampl
         confidence=np.zeros(shape, dtype=dtype),
         entropy=np.zeros(shape, dtype=dtype),
         lse=np.zeros(shape, dtype=dtype),
+        target_logprob=np.zeros(shape, dtype=dtype),
+    )
+
+
+def _group_ids(segments: NDArray[np.int64] | None) -> NDArray[np.int64] | None:
+    return None if segments is None else np.unique(segments)
+
+
+def _fold_groups(
+    groups: GroupTotals,
+    segments: NDArray[np.int64],
+    target: NDArray[Any],
+    rank: NDArray[np.int64],
+    loss: NDArray[Any],
+    logprob: NDArray[Any],
+    weight: NDArray[np.float64],
+    ignore: tuple[int, bool],
+    n_classes: int,
+) -> None:
+    """Adds a block's counted tokens (arrays of one shape) to their groups."""
+    target = target.reshape(-1)
+    ignore_value, has_ignore = ignore
+    counted = target != ignore_value if has_ignore else slice(None)
+    classes = target[counted]
+    target_weight = weight[classes] if weight.size else np.ones(classes.shape)
+    groups.fold(
+        segments.reshape(-1)[counted],
+        rank.reshape(-1)[counted],
+        loss.reshape(-1)[counted],
+        target_weight,
+        logprob.reshape(-1)[counted],
+        n_classes,
     )
 
 
@@ -473,29 +817,22 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
     Large inputs (a memory-mapped file, a byte-swapped array) are read in
     blocks, each converted on its own."""
     options = plan.options
-    totals = Totals.empty(options.topk, options.bins)
+    totals = Totals.empty(options.topk, options.bins, _group_ids(plan.segments2))
     shape, dtype = plan.target_shape, plan.dtype
     outputs = _per_sample_arrays(shape, dtype) if per_sample else None
-    x3, t2 = plan.x3, plan.index2
+    x3, t2, seg2 = plan.x3, plan.index2, plan.segments2
     outer, n_classes, inner = x3.shape
     if outer * inner == 0:
         return totals, outputs
     out2: list[NDArray[Any]] = []
     if outputs is not None:
         out2 = [
-            a.reshape(outer, inner)
-            for a in (
-                outputs.loss,
-                outputs.prediction,
-                outputs.target_rank,
-                outputs.confidence,
-                outputs.entropy,
-                outputs.lse,
-            )
+            getattr(outputs, name).reshape(outer, inner) for name in PerSample.__dataclass_fields__
         ]
     if samples_closer_than_classes(x3):
         x3 = outer_as_inner(x3)
         t2 = outer_as_inner(t2)
+        seg2 = outer_as_inner(seg2)
         out2 = [outer_as_inner(a) for a in out2]
     outer, _, inner = x3.shape
     w = plan.weight
@@ -519,10 +856,14 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
         step = max(tile, _BLOCK_BYTES // block_bytes // tile * tile)
         blocks = [(slice(None), slice(a, b)) for a, b in _blocks(inner, step, 2)]
     for rows, cols in blocks:
-        outs: list[NDArray[Any] | None] = [a[rows, cols] for a in out2] or [None] * 6
-        # the six outputs named one by one: a starred list of them would
-        # leave the type checker unable to place the argument after it
-        loss_out, pred_out, rank_out, conf_out, entropy_out, lse_out = outs
+        outs: list[NDArray[Any] | None] = [a[rows, cols] for a in out2] or [None] * 7
+        if seg2 is not None and not out2:
+            # the groups are counted from the per-sample results of the block
+            block = _per_sample_arrays(t2[rows, cols].shape, dtype)
+            outs = [getattr(block, name) for name in PerSample.__dataclass_fields__]
+        # the outputs named one by one: a starred list of them would leave
+        # the type checker unable to place the argument after it
+        loss_out, pred_out, rank_out, conf_out, entropy_out, lse_out, logprob_out = outs
         sums, counts = _metrics.evaluate_index(
             native_float_array(x3[rows, :, cols], "logits"),
             t2[rows, cols],
@@ -539,18 +880,34 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
             conf_out,
             entropy_out,
             lse_out,
+            logprob_out,
             options.threads,
             options.transform.logit_scale,
             options.transform.softcap,
         )
         totals.fold(sums, counts)
+        if totals.groups is not None and seg2 is not None:
+            assert rank_out is not None and loss_out is not None and logprob_out is not None
+            _fold_groups(
+                totals.groups,
+                seg2[rows, cols],
+                t2[rows, cols],
+                rank_out,
+                loss_out,
+                logprob_out,
+                plan.weight,
+                options.ignore,
+                n_classes,
+            )
     return totals, outputs
 
 
-def plan_linear_evaluation(head: Head, target: object, options: EvalOptions) -> EvalPlan:
+def plan_linear_evaluation(
+    head: Head, target: object, options: EvalOptions, segments: object = None
+) -> EvalPlan:
     """Checks one batch of an evaluation from a linear head: the target
     against the logits the head would give (classes on their last axis)."""
-    return plan_evaluation(head.logits_shaped(), target, replace(options, axis=-1))
+    return plan_evaluation(head.logits_shaped(), target, replace(options, axis=-1), segments)
 
 
 def run_linear_evaluation(
@@ -561,9 +918,11 @@ def run_linear_evaluation(
     Rows of ignored targets are skipped unless per-sample results are asked
     for (they have a prediction, a confidence and an entropy)."""
     options = plan.options
-    totals = Totals.empty(options.topk, options.bins)
+    # every group is listed, even one whose tokens are all ignored (and skipped)
+    totals = Totals.empty(options.topk, options.bins, _group_ids(plan.segments2))
     outputs = _per_sample_arrays(plan.target_shape, plan.dtype) if per_sample else None
     index1 = plan.index2.reshape(-1)
+    segments1 = None if plan.segments2 is None else plan.segments2.reshape(-1)
     ignore_value, has_ignore = options.ignore
     if has_ignore and not per_sample:
         rows = np.flatnonzero(index1 != ignore_value)
@@ -592,6 +951,7 @@ def run_linear_evaluation(
                 axis=1,
                 target_shape=(n,),
                 dtype=dtype,
+                segments2=None if segments1 is None else segments1[picked].reshape(n, 1),
             )
             block_totals, block_outputs = run_evaluation(block_plan, per_sample)
             totals.merge(block_totals)
@@ -702,6 +1062,8 @@ class Accumulator:
         """Forget every sample seen."""
         with self._lock:
             self.n_classes: int | None = None
+            # whether the batches have segments; None before the first one
+            self.grouped: bool | None = None
             self._totals = Totals.empty(self.topk, self.bins)
 
     def _check_classes(self, n_classes: int, axis: int) -> None:
@@ -759,28 +1121,51 @@ class Accumulator:
 
     @overload
     def update(
-        self, logits: ArrayLike, target: ArrayLike, *, per_sample: Literal[False] = ...
+        self,
+        logits: ArrayLike,
+        target: ArrayLike,
+        *,
+        segments: ArrayLike | None = ...,
+        per_sample: Literal[False] = ...,
     ) -> None: ...
     @overload
     def update(
-        self, logits: ArrayLike, target: ArrayLike, *, per_sample: Literal[True]
+        self,
+        logits: ArrayLike,
+        target: ArrayLike,
+        *,
+        segments: ArrayLike | None = ...,
+        per_sample: Literal[True],
     ) -> PerSample: ...
     @overload
     def update(
-        self, logits: ArrayLike, target: ArrayLike, *, per_sample: bool = ...
+        self,
+        logits: ArrayLike,
+        target: ArrayLike,
+        *,
+        segments: ArrayLike | None = ...,
+        per_sample: bool = ...,
     ) -> PerSample | None: ...
     def update(
-        self, logits: ArrayLike, target: ArrayLike, *, per_sample: bool = False
+        self,
+        logits: ArrayLike,
+        target: ArrayLike,
+        *,
+        segments: ArrayLike | None = None,
+        per_sample: bool = False,
     ) -> PerSample | None:
         """Add a batch.
 
         ``logits`` and ``target`` are what :func:`fastce.cross_entropy` takes
         with class-index targets; the class count must not change between
-        batches.  Large inputs (a memory-mapped file, say) are read in blocks
-        without a full copy.  Returns a :class:`PerSample` of this batch when
-        ``per_sample`` is true, else None.
+        batches.  ``segments`` gives each token's group id (see
+        :func:`evaluate`): a group may continue in later batches, and either
+        every batch of an accumulator has segments or none has.  Large
+        inputs (a memory-mapped file, say) are read in blocks without a full
+        copy.  Returns a :class:`PerSample` of this batch when ``per_sample``
+        is true, else None.
         """
-        plan = plan_evaluation(logits, target, self._options)
+        plan = plan_evaluation(logits, target, self._options, segments)
         return self._add_batch(plan, lambda: run_evaluation(plan, per_sample))
 
     def update_linear(
@@ -790,6 +1175,7 @@ class Accumulator:
         target: ArrayLike,
         linear_bias: ArrayLike | None = None,
         *,
+        segments: ArrayLike | None = None,
         per_sample: bool = False,
         max_block_bytes: int = DEFAULT_BLOCK_BYTES,
     ) -> PerSample | None:
@@ -798,7 +1184,7 @@ class Accumulator:
         axis), made block by block as :func:`evaluate_linear` makes them."""
         head = check_head(hidden, linear_weight, linear_bias)
         block_bytes = check_block_bytes(max_block_bytes)
-        plan = plan_linear_evaluation(head, target, self._options)
+        plan = plan_linear_evaluation(head, target, self._options, segments)
         return self._add_batch(
             plan, lambda: run_linear_evaluation(plan, head, per_sample, block_bytes)
         )
@@ -808,18 +1194,30 @@ class Accumulator:
     ) -> PerSample | None:
         """Folds in the totals ``run`` computes for the checked batch ``plan``."""
         outer, _, inner = plan.x3.shape
+        grouped = plan.segments2 is not None
         if outer * inner == 0:
             # an empty batch fixes nothing, not even the class count
             return run()[1]
         self._check_classes(plan.n_classes, plan.axis)
+        self._check_grouped(grouped)
         # the batch's totals are made apart and added at the end, so that an
         # update applies completely or not at all
         totals, outputs = run()
         with self._lock:
             self._check_classes(plan.n_classes, plan.axis)
+            self._check_grouped(grouped)
             self.n_classes = plan.n_classes
+            self.grouped = grouped
             self._totals.merge(totals)
         return outputs
+
+    def _check_grouped(self, grouped: bool) -> None:
+        if self.grouped is not None and grouped != self.grouped:
+            raise ValueError(
+                "every batch of one evaluation needs segments, or none does: earlier batches "
+                + ("had segments and this one has none" if self.grouped else "had no segments")
+                + " (the groups' totals and clustered errors would miss tokens)"
+            )
 
     def merge(self, other: Accumulator) -> Accumulator:
         """Add the totals of ``other`` (made with the same options); returns self."""
@@ -838,6 +1236,10 @@ class Accumulator:
         # both locks, always in the same order, so that two merges cannot wait on each other
         first, second = sorted((self, other), key=id)
         with first._lock, second._lock:
+            if None not in (self.grouped, other.grouped) and self.grouped != other.grouped:
+                raise ValueError(
+                    "cannot merge an accumulator of batches with segments and one without"
+                )
             if other.n_classes is not None:
                 if self.n_classes is not None and other.n_classes != self.n_classes:
                     raise ValueError(
@@ -845,6 +1247,8 @@ class Accumulator:
                         f"{other.n_classes} classes"
                     )
                 self.n_classes = other.n_classes
+            if other.grouped is not None:
+                self.grouped = other.grouped
             self._totals.merge(other._totals)
         return self
 
@@ -890,6 +1294,7 @@ def evaluate(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     axis: SupportsIndex | None = None,
+    segments: ArrayLike | None = None,
     per_sample: bool = False,
     num_threads: int | None = None,
     softcap: float | None = None,
@@ -897,7 +1302,8 @@ def evaluate(
     z_loss: float = 0.0,
 ) -> EvalResult:
     """Loss, perplexity, top-k accuracy, confidence, entropy and calibration
-    error from one pass over the logits.
+    error from one pass over the logits, with standard errors, and per-group
+    scores when ``segments`` are given.
 
     Parameters
     ----------
@@ -910,6 +1316,14 @@ def evaluate(
         1.0 for every row with defined probabilities).
     bins : int, default 15
         Equal-width confidence bins over ``[0, 1]`` for the calibration error.
+    segments : array of int, optional
+        A group id per token (the target's shape), e.g. the document or the
+        continuation each token belongs to, in a packed batch several per
+        row.  Gives ``.groups`` (:class:`GroupResult`: per group its summed
+        log-likelihood, tokens, mean loss, greedy match and top-k hit rates),
+        the macro (mean over groups) loss and perplexity, and standard errors
+        clustered by group.  Ignored tokens count in no group; a group whose
+        tokens are all ignored is listed, empty.
     per_sample : bool, default False
         Also return per-sample arrays (:class:`PerSample`) in ``.per_sample``.
     softcap, temperature : float, optional
@@ -957,7 +1371,8 @@ def evaluate(
         temperature=temperature,
         z_loss=z_loss,
     )
-    totals, outputs = run_evaluation(plan_evaluation(logits, target, options), per_sample)
+    plan = plan_evaluation(logits, target, options, segments)
+    totals, outputs = run_evaluation(plan, per_sample)
     return totals.result(outputs, options.transform.z_loss)
 
 
@@ -972,6 +1387,7 @@ def evaluate_linear(
     bins: int = 15,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
+    segments: ArrayLike | None = None,
     per_sample: bool = False,
     max_block_bytes: int = DEFAULT_BLOCK_BYTES,
     num_threads: int | None = None,
@@ -1011,6 +1427,6 @@ def evaluate_linear(
     )
     head = check_head(hidden, linear_weight, linear_bias)
     block_bytes = check_block_bytes(max_block_bytes)
-    plan = plan_linear_evaluation(head, target, options)
+    plan = plan_linear_evaluation(head, target, options, segments)
     totals, outputs = run_linear_evaluation(plan, head, per_sample, block_bytes)
     return totals.result(outputs, options.transform.z_loss)

@@ -878,6 +878,36 @@ class Evaluation(TypedDict):
     conf: _Array
     ent: _Array
     lse: _Array
+    target_logprob: _Array  # log p_t, 0 where ignored
+    loss_se: float
+    accuracy_se: dict[int, float]
+    # with segments (else None / NaN): clustered errors above, and per group
+    groups: Groups | None
+    macro_loss: float
+    macro_perplexity: float
+
+
+class Groups(TypedDict):
+    """Per-group totals of :func:`evaluate` with segments, keyed by ``ids``."""
+
+    ids: npt.NDArray[np.int64]
+    count: npt.NDArray[np.int64]
+    weight_sum: _Array
+    loss_sum: _Array
+    log_likelihood: _Array
+    loss: _Array
+    greedy: npt.NDArray[np.bool_]
+    accuracy: dict[int, _Array]
+
+
+def _ratio_se(values: _Array, sizes: _Array) -> float:
+    """Standard error of ``sum(values) / sum(sizes)`` over independent
+    clusters, written out: ``sqrt(G / (G - 1) * sum((v - r s)**2)) / sum(s)``."""
+    g = len(values)
+    if g < 2 or sizes.sum() == 0:
+        return np.nan
+    r = values.sum() / sizes.sum()
+    return float(np.sqrt(g / (g - 1) * np.sum((values - r * sizes) ** 2)) / sizes.sum())
 
 
 def evaluate(
@@ -893,6 +923,7 @@ def evaluate(
     softcap: float | None = None,
     temperature: float = 1.0,
     z_loss: float = 0.0,
+    segments: npt.ArrayLike | None = None,
 ) -> Evaluation:
     """Every metric of ``fastce.evaluate``, computed literally in float64
     with the class axis last: a sample's rank is the number of classes whose
@@ -902,7 +933,11 @@ def evaluate(
     counts as wrong with NaN confidence and entropy; calibration error is
     over ``bins`` equal-width confidence bins.  Every metric is of the
     transformed logits ``softcap * tanh(logits / softcap) / temperature``;
-    the z-loss is ``z_loss * w[t] * lse**2`` over the weight sum."""
+    the z-loss is ``z_loss * w[t] * lse**2`` over the weight sum.
+
+    Standard errors treat the samples as independent clusters of one, or,
+    with ``segments``, the groups as the clusters; a group's loss is its
+    summed loss over its summed target weight."""
     x = np.asarray(logits, dtype=np.float64)
     if softcap is not None:
         x = softcap * np.tanh(x / softcap)
@@ -945,6 +980,46 @@ def evaluate(
         N = int(keep.sum())
         r, c, ok = rank[keep], conf[keep], valid[keep]
         accuracy = {k: float(((r < k) & ok).sum() / N) if N else np.nan for k in topk}
+        logprob = np.zeros(n_rows)
+        logprob[keep] = x[keep, t[keep]] - lse[keep]
+        hits = {k: ((r < k) & ok).astype(np.float64) for k in topk}
+        w_kept = w[t[keep]]
+        groups: Groups | None = None
+        macro_loss = macro_perplexity = np.nan
+        if segments is None:
+            loss_se = _ratio_se(losses[keep], w_kept)
+            accuracy_se = {k: _ratio_se(hits[k], np.ones(N)) for k in topk}
+        else:
+            seg_all = np.asarray(segments).astype(np.int64).reshape(-1)
+            ids = np.unique(seg_all)
+            seg = seg_all[keep]
+            members = [seg == g for g in ids]
+            count = np.array([m.sum() for m in members], dtype=np.int64)
+            g_weight = np.array([w_kept[m].sum() for m in members])
+            g_loss = np.array([losses[keep][m].sum() for m in members])
+            g_hits = {k: np.array([hits[k][m].sum() for m in members]) for k in topk}
+            top1 = np.array([((r == 0) & ok)[m].sum() for m in members])
+            filled = count > 0
+            mean = np.where(filled, g_loss / np.where(filled, g_weight, 1.0), np.nan)
+            groups = Groups(
+                ids=ids,
+                count=count,
+                weight_sum=g_weight,
+                loss_sum=g_loss,
+                log_likelihood=np.array([logprob[keep][m].sum() for m in members]),
+                loss=mean,
+                greedy=filled & (top1 == count),
+                accuracy={
+                    k: np.where(filled, g_hits[k] / np.maximum(count, 1), np.nan) for k in topk
+                },
+            )
+            if filled.any():
+                macro_loss = float(mean[filled].mean())
+                macro_perplexity = float(np.exp(mean[filled]).mean())
+            loss_se = _ratio_se(g_loss[filled], g_weight[filled])
+            accuracy_se = {
+                k: _ratio_se(g_hits[k][filled], count[filled].astype(np.float64)) for k in topk
+            }
         b = np.clip(np.floor(np.nan_to_num(c, nan=0.0) * bins).astype(np.int64), 0, bins - 1)
         correct = (r == 0) & ok
         gaps = [abs(correct[b == i].sum() - c[b == i].sum()) for i in range(bins)]
@@ -964,4 +1039,10 @@ def evaluate(
             conf=conf,
             ent=entropy,
             lse=lse,
+            target_logprob=logprob,
+            loss_se=loss_se,
+            accuracy_se=accuracy_se,
+            groups=groups,
+            macro_loss=macro_loss,
+            macro_perplexity=macro_perplexity,
         )
