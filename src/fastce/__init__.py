@@ -27,7 +27,7 @@ from .functional import (
     softmax,
 )
 from .linear import linear_cross_entropy, linear_cross_entropy_with_grad
-from .metrics import Accumulator, EvalResult, evaluate, evaluate_linear
+from .metrics import Accumulator, EvalResult, evaluate, evaluate_linear, fit_temperature
 
 __version__ = "0.1.0"
 
@@ -46,6 +46,7 @@ __all__ = [
     "cross_entropy_with_grad",
     "evaluate",
     "evaluate_linear",
+    "fit_temperature",
     "get_num_threads",
     "linear_cross_entropy",
     "linear_cross_entropy_with_grad",

@@ -77,7 +77,9 @@ cdef enum:
     SUM_LOSS_SQUARED = 5
     SUM_LOSS_WEIGHT = 6
     SUM_WEIGHT_SQUARED = 7
-    SUM_BINS = 8
+    # w * entropy: with the entropy, the temperature derivative of the loss
+    SUM_WEIGHTED_ENTROPY = 8
+    SUM_BINS = 9
 
 # Layout of the integer counts: the samples counted, then per bin its samples,
 # then per bin its correct ones, then the samples of each target rank below
@@ -102,6 +104,7 @@ CONFIDENCE_ROW, ENTROPY_ROW = SUM_CONFIDENCE, SUM_ENTROPY
 LSE_SQUARED_ROW = SUM_LSE_SQUARED
 LOSS_SQUARED_ROW, LOSS_WEIGHT_ROW = SUM_LOSS_SQUARED, SUM_LOSS_WEIGHT
 WEIGHT_SQUARED_ROW = SUM_WEIGHT_SQUARED
+WEIGHTED_ENTROPY_ROW = SUM_WEIGHTED_ENTROPY
 FIRST_BIN_ROW = SUM_BINS
 
 
@@ -178,6 +181,7 @@ cdef inline void record(double* fp, int64_t* ip, const Options* opt, double loss
     dd_add(fp + 2 * SUM_WEIGHT_SQUARED, w * w)
     dd_add(fp + 2 * SUM_CONFIDENCE, conf)
     dd_add(fp + 2 * SUM_ENTROPY, ent)
+    dd_add(fp + 2 * SUM_WEIGHTED_ENTROPY, w * ent)
     ip[COUNT_SAMPLES] += 1
     if conf == conf:
         b = <Py_ssize_t>(conf * opt.bins)
@@ -477,8 +481,8 @@ def evaluate_index(object x,
     ``(FIRST_BIN_ROW + bins, 2)`` holding double-double totals (high and low
     parts) of the loss, the targets' weights, the confidence, the entropy,
     the weighted squared log-sum-exp (``w[t] * lse^2``), ``loss^2``,
-    ``loss * w[t]`` and ``w[t]^2``, then each confidence bin's
-    confidence; ``counts`` is an int64 array holding the
+    ``loss * w[t]``, ``w[t]^2`` and ``w[t] * entropy``, then each confidence
+    bin's confidence; ``counts`` is an int64 array holding the
     number of samples not ignored, the samples per bin, the top-1 correct
     samples per bin, and a histogram of the targets' ranks below ``ranks``.
 
