@@ -98,6 +98,15 @@ def assert_result_matches(fast, slow, dtype, msg):
     assert_allclose(
         fast.ece, slow["ece"], rtol=rtol, atol=1e-6, equal_nan=True, err_msg=f"ece: {msg}"
     )
+    # sum p^2 - 2 p_t + 1 cancels where p_t is near 1: absolute float rounding
+    assert_allclose(
+        fast.brier,
+        slow["brier"],
+        rtol=rtol,
+        atol=1e-12 if dtype == np.float64 else 1e-6,
+        equal_nan=True,
+        err_msg=f"brier: {msg}",
+    )
     assert fast.accuracy.keys() == slow["accuracy"].keys(), msg
     for k in fast.accuracy:
         assert_allclose(
@@ -567,6 +576,7 @@ def test_accumulator_state_reset_repr_and_empty_result():
         "top2_se",
         "confidence",
         "entropy",
+        "brier",
         "ece",
         "count",
         "weight_sum",

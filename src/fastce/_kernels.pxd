@@ -61,9 +61,9 @@ cdef extern from "csrc/dispatch.h":
         void (*row_softmax_f64)(const double*, Py_ssize_t, double*, const double*,
                                 fastce_ahead_t*) noexcept nogil
         void (*row_rank_entropy_f32)(const float*, Py_ssize_t, float, Py_ssize_t, float,
-                                     double*, Py_ssize_t*, Py_ssize_t*) noexcept nogil
+                                     double*, double*, Py_ssize_t*, Py_ssize_t*) noexcept nogil
         void (*row_rank_entropy_f64)(const double*, Py_ssize_t, double, Py_ssize_t, double,
-                                     double*, Py_ssize_t*, Py_ssize_t*) noexcept nogil
+                                     double*, double*, Py_ssize_t*, Py_ssize_t*) noexcept nogil
         void (*tile_max_f32)(const float*, Py_ssize_t, float*) noexcept nogil
         void (*tile_max_f64)(const double*, Py_ssize_t, double*) noexcept nogil
         void (*tile_sumexp_f32)(const float*, Py_ssize_t, const float*, float*,
@@ -89,11 +89,11 @@ cdef extern from "csrc/dispatch.h":
                                             const double*, const double*, const double*,
                                             const double*, double*, Py_ssize_t) noexcept nogil
         void (*tile_rank_entropy_f32)(const float*, Py_ssize_t, int64_t, const float*,
-                                      const float*, const int64_t*, float*, int64_t*,
+                                      const float*, const int64_t*, float*, float*, int64_t*,
                                       int64_t*) noexcept nogil
         void (*tile_rank_entropy_f64)(const double*, Py_ssize_t, int64_t, const double*,
-                                      const double*, const int64_t*, double*, int64_t*,
-                                      int64_t*) noexcept nogil
+                                      const double*, const int64_t*, double*, double*,
+                                      int64_t*, int64_t*) noexcept nogil
         double (*bce_logits_f32)(const float*, const float*, const float*, const float*, Py_ssize_t,
                                  float, const float*, float*, float*) noexcept nogil
         double (*bce_logits_f64)(const double*, const double*, const double*, const double*,

@@ -15,6 +15,7 @@ LOSS_SQUARED_ROW: int
 LOSS_WEIGHT_ROW: int
 WEIGHT_SQUARED_ROW: int
 WEIGHTED_ENTROPY_ROW: int
+BRIER_ROW: int
 FIRST_BIN_ROW: int
 
 class Counts(NamedTuple):

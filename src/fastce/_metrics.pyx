@@ -18,6 +18,8 @@ loss does not need:
 * the prediction, the first index of the maximum (as ``numpy.argmax``);
 * ``sum_c exp(x_c - m) * (x_c - m)``, which gives the predictive entropy
   ``H = log(s) - that / s``;
+* ``sum_c exp(x_c - m)^2``, which gives ``sum_c p_c^2`` and so the Brier
+  score ``sum_c p_c^2 - 2 p_t + 1``;
 * the target's rank: the number of classes with a strictly larger logit plus
   those with an equal logit at a lower index (top-k correct iff rank < k);
 * the confidence ``max_c p_c = 1 / s``.
@@ -30,7 +32,7 @@ splitting the samples into calls.  The Python layer validates everything;
 these functions cannot fail.
 """
 
-from libc.math cimport isinf, log
+from libc.math cimport exp, isinf, log
 from libc.stdint cimport int64_t
 
 cimport numpy as cnp
@@ -79,7 +81,8 @@ cdef enum:
     SUM_WEIGHT_SQUARED = 7
     # w * entropy: with the entropy, the temperature derivative of the loss
     SUM_WEIGHTED_ENTROPY = 8
-    SUM_BINS = 9
+    SUM_BRIER = 9           # sum_c (p_c - [c == t])^2
+    SUM_BINS = 10
 
 # Layout of the integer counts: the samples counted, then per bin its samples,
 # then per bin its correct ones, then the samples of each target rank below
@@ -105,6 +108,7 @@ LSE_SQUARED_ROW = SUM_LSE_SQUARED
 LOSS_SQUARED_ROW, LOSS_WEIGHT_ROW = SUM_LOSS_SQUARED, SUM_LOSS_WEIGHT
 WEIGHT_SQUARED_ROW = SUM_WEIGHT_SQUARED
 WEIGHTED_ENTROPY_ROW = SUM_WEIGHTED_ENTROPY
+BRIER_ROW = SUM_BRIER
 FIRST_BIN_ROW = SUM_BINS
 
 
@@ -167,8 +171,8 @@ cdef inline void dd_add(double* acc, double b) noexcept nogil:
 
 
 cdef inline void record(double* fp, int64_t* ip, const Options* opt, double loss, double w,
-                        double s, double log_s, double e, double lse, Py_ssize_t rank,
-                        bint valid) noexcept nogil:
+                        double s, double log_s, double e, double lse, double brier,
+                        Py_ssize_t rank, bint valid) noexcept nogil:
     """Adds one sample that is not ignored to a unit's partials."""
     cdef double conf = 1.0 / s
     cdef double ent = log_s - e / s
@@ -182,6 +186,7 @@ cdef inline void record(double* fp, int64_t* ip, const Options* opt, double loss
     dd_add(fp + 2 * SUM_CONFIDENCE, conf)
     dd_add(fp + 2 * SUM_ENTROPY, ent)
     dd_add(fp + 2 * SUM_WEIGHTED_ENTROPY, w * ent)
+    dd_add(fp + 2 * SUM_BRIER, brier)
     ip[COUNT_SAMPLES] += 1
     if conf == conf:
         b = <Py_ssize_t>(conf * opt.bins)
@@ -239,12 +244,13 @@ cdef inline double target_logprob(const floating* xr, Py_ssize_t xc, int64_t tar
 cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                                const Options* opt, const Outputs* out, Py_ssize_t o,
                                Py_ssize_t i, int64_t target, double loss, double m, double s,
-                               double log_s, double e, Py_ssize_t arg, Py_ssize_t rank,
-                               double* fp, int64_t* ip) noexcept nogil:
-    """Records (and writes) one sample of maximum ``m``; ``target < 0``
-    where it is ignored."""
+                               double log_s, double e, double sq, Py_ssize_t arg,
+                               Py_ssize_t rank, double* fp, int64_t* ip) noexcept nogil:
+    """Records (and writes) one sample of maximum ``m``, whose
+    ``sum_c exp(x_c - m)^2`` is ``sq``; ``target < 0`` where it is ignored."""
     cdef bint valid = s == s
     cdef double lse = row_logsumexp(xr, xc, C, <floating>m, log_s)
+    cdef double logprob = target_logprob(xr, xc, target, m, log_s, lse) if target >= 0 else 0.0
     cdef Py_ssize_t bad
     if not valid:
         # numpy.argmax's answer: the first NaN, if there is one
@@ -255,11 +261,12 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
     if arg < 0:
         arg = 0
     if target >= 0:
+        # Brier: sum_c p_c^2 - 2 p_t + 1
         record(fp, ip, opt, loss, 1.0 if opt.ce.weight == NULL else opt.ce.weight[target],
-               s, log_s, e, lse, rank, valid)
+               s, log_s, e, lse, sq / (s * s) - 2.0 * exp(logprob) + 1.0, rank, valid)
     if out.loss != NULL:
         write_sample(out, o, i, <floating>loss, arg, rank if target >= 0 else -1, s, log_s, e,
-                     lse, target_logprob(xr, xc, target, m, log_s, lse) if target >= 0 else 0.0)
+                     lse, logprob)
 
 
 # --------------------------------------------------------------------------
@@ -268,23 +275,26 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
 
 cdef inline void row_rank_entropy(const floating* x, Py_ssize_t n, Py_ssize_t stride,
                                   floating m, Py_ssize_t t, floating xt, const Options* opt,
-                                  double* e_out, Py_ssize_t* arg_out,
+                                  double* e_out, double* sq_out, Py_ssize_t* arg_out,
                                   Py_ssize_t* rank_out) noexcept nogil:
     """The pass beside the loss over one row (see the module docstring);
     ``t < 0`` skips the rank."""
     cdef floating v, d, ev
-    cdef double e = 0.0
+    cdef double e = 0.0, sq = 0.0
     cdef Py_ssize_t c, arg = -1, rank = 0
     if stride == 1:
         if floating is float:
-            fastce_active_ops.row_rank_entropy_f32(x, n, m, t, xt, e_out, arg_out, rank_out)
+            fastce_active_ops.row_rank_entropy_f32(x, n, m, t, xt, e_out, sq_out, arg_out,
+                                                   rank_out)
         else:
-            fastce_active_ops.row_rank_entropy_f64(x, n, m, t, xt, e_out, arg_out, rank_out)
+            fastce_active_ops.row_rank_entropy_f64(x, n, m, t, xt, e_out, sq_out, arg_out,
+                                                   rank_out)
         return
     for c in range(n):
         v = x[c * stride]
         d = v - m
         ev = exp_neg(d)
+        sq += ev * ev
         if ev > 0:
             e += ev * d
         if arg < 0 and v == m:
@@ -292,6 +302,7 @@ cdef inline void row_rank_entropy(const floating* x, Py_ssize_t n, Py_ssize_t st
         if t >= 0 and (v > xt or (v == xt and c < t)):
             rank += 1
     e_out[0] = e
+    sq_out[0] = sq
     arg_out[0] = arg
     rank_out[0] = rank
 
@@ -318,7 +329,7 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
     cdef bint every = call.out.loss != NULL
     cdef const floating* xr
     cdef floating m, x_t
-    cdef double s, log_s, e, A, a_t, loss
+    cdef double s, log_s, e, sq, A, a_t, loss
     # contiguous rows take their maxima while the previous row is summed
     cdef fastce_ahead_t* look_ahead = p.ahead if xc == 1 else NULL
     for k in range(p.n):
@@ -342,9 +353,9 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
         # the rest, from the row in cache
         tt = -1 if ignored else <Py_ssize_t>target
         x_t = xr[tt * xc] if tt >= 0 else 0
-        row_rank_entropy(xr, C, xc, m, tt, x_t, opt, &e, &arg, &rank)
-        finish_sample(xr, C, xc, opt, &call.out, o, i, tt, loss, m, s, log_s, e, arg, rank, fp,
-                      ip)
+        row_rank_entropy(xr, C, xc, m, tt, x_t, opt, &e, &sq, &arg, &rank)
+        finish_sample(xr, C, xc, opt, &call.out, o, i, tt, loss, m, s, log_s, e, sq, arg, rank,
+                      fp, ip)
 
 
 # --------------------------------------------------------------------------
@@ -353,20 +364,21 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
 
 cdef inline void tile_rank_entropy(const floating* x, Py_ssize_t xi, Py_ssize_t n,
                                    Py_ssize_t c, const floating* m, const floating* xt,
-                                   const int64_t* tgt, floating* e, int64_t* arg, int64_t* rank,
-                                   const Options* opt) noexcept nogil:
+                                   const int64_t* tgt, floating* e, floating* sq, int64_t* arg,
+                                   int64_t* rank, const Options* opt) noexcept nogil:
     cdef Py_ssize_t k
     cdef floating v, d, ev
     if xi == 1:
         if floating is float:
-            fastce_active_ops.tile_rank_entropy_f32(x, n, c, m, xt, tgt, e, arg, rank)
+            fastce_active_ops.tile_rank_entropy_f32(x, n, c, m, xt, tgt, e, sq, arg, rank)
         else:
-            fastce_active_ops.tile_rank_entropy_f64(x, n, c, m, xt, tgt, e, arg, rank)
+            fastce_active_ops.tile_rank_entropy_f64(x, n, c, m, xt, tgt, e, sq, arg, rank)
         return
     for k in range(n):
         v = x[k * xi]
         d = v - m[k]
         ev = exp_neg(d)
+        sq[k] += ev * ev
         if ev > 0:
             e[k] += ev * d
         if arg[k] < 0 and v == m[k]:
@@ -385,12 +397,14 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
     cdef floating m[TILE]
     cdef floating x_t[TILE]
     cdef floating epart[TILE]
+    cdef floating sqpart[TILE]
     cdef double s[TILE]
     cdef double log_s[TILE]
     cdef double A[TILE]
     cdef bint active[TILE]
     cdef double dot[TILE]
     cdef double e[TILE]
+    cdef double sq[TILE]
     cdef int64_t tgt[TILE]
     cdef int64_t arg[TILE]
     cdef int64_t rank[TILE]
@@ -407,6 +421,7 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
     # the rest, from the tile in cache, in chunks of classes as tile_stats
     for k in range(n):
         e[k] = 0.0
+        sq[k] = 0.0
         arg[k] = -1
         rank[k] = 0
         if tgt[k] < 0:
@@ -418,17 +433,19 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
             end = C
         for k in range(n):
             epart[k] = 0
+            sqpart[k] = 0
         for c in range(start, end):
-            tile_rank_entropy(x + c * xc, xi, n, c, m, x_t, tgt, epart, arg, rank, opt)
+            tile_rank_entropy(x + c * xc, xi, n, c, m, x_t, tgt, epart, sqpart, arg, rank, opt)
         for k in range(n):
             e[k] += epart[k]
+            sq[k] += sqpart[k]
         start = end
 
     for k in range(n):
         finish_sample(x + k * xi, C, xc, opt, &call.out, p.o + k * p.o_step,
                       p.i + k * p.i_step, tgt[k],
                       sample_loss(active[k], A[k], log_s[k], dot[k]), m[k], s[k], log_s[k],
-                      e[k], arg[k], rank[k], fp, ip)
+                      e[k], sq[k], arg[k], rank[k], fp, ip)
 
 
 cdef Body METRICS_BODY = make_body(
@@ -481,8 +498,8 @@ def evaluate_index(object x,
     ``(FIRST_BIN_ROW + bins, 2)`` holding double-double totals (high and low
     parts) of the loss, the targets' weights, the confidence, the entropy,
     the weighted squared log-sum-exp (``w[t] * lse^2``), ``loss^2``,
-    ``loss * w[t]``, ``w[t]^2`` and ``w[t] * entropy``, then each confidence
-    bin's confidence; ``counts`` is an int64 array holding the
+    ``loss * w[t]``, ``w[t]^2``, ``w[t] * entropy`` and the Brier score
+    ``sum_c (p_c - [c == t])^2``, then each confidence bin's confidence; ``counts`` is an int64 array holding the
     number of samples not ignored, the samples per bin, the top-1 correct
     samples per bin, and a histogram of the targets' ranks below ``ranks``.
 

@@ -22,7 +22,8 @@ Definitions, per sample ``n`` that is not ignored (``p = softmax(x[n])``,
   (top-1 correct iff the prediction is the target).  scikit-learn's
   ``top_k_accuracy_score`` breaks ties the other way (towards the higher
   index); without ties the two agree.
-* **confidence**: ``max_c p_c``; **entropy**: ``-sum_c p_c log p_c`` (nats).
+* **confidence**: ``max_c p_c``; **entropy**: ``-sum_c p_c log p_c`` (nats);
+  **Brier score**: ``sum_c (p_c - [c == t])^2`` (between 0 and 2).
 * **ECE**: ``bins`` equal-width bins over ``[0, 1]`` (bin ``b`` holds
   confidences in ``[b / bins, (b + 1) / bins)``, the last one also 1.0);
   ``ECE = sum_b (n_b / N) |acc_b - conf_b|`` with ``acc_b`` the bin's top-1
@@ -307,6 +308,8 @@ class EvalResult:
         Top-k accuracy for each requested ``k``.
     confidence, entropy : float
         Mean largest probability, mean predictive entropy (nats).
+    brier : float
+        The mean Brier score, ``sum_c (p_c - [c == t])**2`` over the classes.
     ece : float
         Expected calibration error over ``bins`` equal-width bins.
     count : int
@@ -343,6 +346,7 @@ class EvalResult:
     accuracy: dict[int, float]
     confidence: float
     entropy: float
+    brier: float
     ece: float
     count: int
     weight_sum: float
@@ -372,6 +376,7 @@ class EvalResult:
         out.update(
             confidence=self.confidence,
             entropy=self.entropy,
+            brier=self.brier,
             ece=self.ece,
             count=self.count,
             weight_sum=self.weight_sum,
@@ -674,6 +679,7 @@ class Totals:
             accuracy=accuracy,
             confidence=_divide(conf_sum, n),
             entropy=_divide(entropy_sum, n),
+            brier=_divide(self.sum_of(_metrics.BRIER_ROW), n),
             ece=_divide(float(np.sum(gaps)), n),
             count=n,
             weight_sum=weight_sum,

@@ -868,6 +868,7 @@ class Evaluation(TypedDict):
     accuracy: dict[int, float]
     confidence: float
     entropy: float
+    brier: float
     ece: float
     count: int
     weight_sum: float
@@ -968,6 +969,9 @@ def evaluate(
         plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
         entropy = np.where(valid, -plogp.sum(axis=-1), np.nan)
         pred = np.array([np.argmax(row) for row in x], dtype=np.int64)
+        onehot = np.zeros_like(p)
+        onehot[np.flatnonzero(keep), t[keep]] = 1.0
+        brier = np.sum((p - onehot) ** 2, axis=-1)
         rank = np.full(n_rows, -1, dtype=np.int64)
         for n in np.flatnonzero(keep):
             row, tn = x[n], t[n]
@@ -1029,6 +1033,7 @@ def evaluate(
             accuracy=accuracy,
             confidence=float(c.mean()) if N else np.nan,
             entropy=float(entropy[keep].mean()) if N else np.nan,
+            brier=float(brier[keep].mean()) if N else np.nan,
             ece=float(sum(gaps) / N) if N else np.nan,
             count=N,
             weight_sum=weight_sum,

@@ -55,8 +55,8 @@ typedef struct {
     void (*row_shift_##SFX)(const T *, ptrdiff_t, T, T, T *, int);                                 \
     void (*row_softmax_##SFX)(const T *, ptrdiff_t, T *, const T *, fastce_ahead_t *);             \
     void (*row_pending_##SFX)(fastce_ahead_t *, ptrdiff_t);                                        \
-    void (*row_rank_entropy_##SFX)(const T *, ptrdiff_t, T, ptrdiff_t, T, double *, ptrdiff_t *,   \
-                                   ptrdiff_t *);                                                   \
+    void (*row_rank_entropy_##SFX)(const T *, ptrdiff_t, T, ptrdiff_t, T, double *, double *,      \
+                                   ptrdiff_t *, ptrdiff_t *);                                      \
     void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                             \
     void (*tile_sumexp_##SFX)(const T *, ptrdiff_t, const T *, T *, T *);                          \
     void (*tile_scaled_exp_##SFX)(const T *, ptrdiff_t, const T *, const T *, T, const T *, T *);  \
@@ -65,7 +65,7 @@ typedef struct {
     void (*tile_scaled_exp_classes_##SFX)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *,   \
                                           const T *, const double *, const T *, T *, ptrdiff_t);   \
     void (*tile_rank_entropy_##SFX)(const T *, ptrdiff_t, int64_t, const T *, const T *,           \
-                                    const int64_t *, T *, int64_t *, int64_t *);                   \
+                                    const int64_t *, T *, T *, int64_t *, int64_t *);              \
     double (*bce_logits_##SFX)(const T *, const T *, const T *, const T *, ptrdiff_t, T,           \
                                const T *, T *, T *);                                               \
     double (*bce_probs_##SFX)(const T *, const T *, const T *, ptrdiff_t, T, const T *, T *, T *); \

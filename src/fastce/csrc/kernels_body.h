@@ -478,30 +478,32 @@ static void KNAME(row_pending)(fastce_ahead_t *ahead, ptrdiff_t n) {
         KNAME(row_scale)(py, n, (T)ahead->pending_a);
 }
 
-/* exp(d) d, 0 where exp(d) is 0: a -inf logit adds nothing, never NaN */
-VINLINE V KNAME(entropy_term)(V d) {
-    V e = KNAME(vexp_neg)(d);
+/* exp(d) d from e = exp(d), 0 where e is 0: a -inf logit adds nothing, never NaN */
+VINLINE V KNAME(entropy_term)(V e, V d) {
     return VOP(keep)(VOP(gt)(e, VOP(zero)()), VOP(mul)(e, d));
 }
 
 /* What evaluation needs beside the loss from a row of n contiguous classes
- * whose maximum is m, in one sweep: e = sum exp(x - m) (x - m), the first
- * index of m (-1: none), and the target's rank, the classes above the
- * target's logit xt plus those equal to it before the target t (t < 0: no
- * rank). */
+ * whose maximum is m, in one sweep: e = sum exp(x - m) (x - m),
+ * sq = sum exp(x - m)^2, the first index of m (-1: none), and the target's
+ * rank, the classes above the target's logit xt plus those equal to it
+ * before the target t (t < 0: no rank). */
 static void KNAME(row_rank_entropy)(const T *x, ptrdiff_t n, T m, ptrdiff_t t, T xt, double *e_out,
-                                    ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
+                                    double *sq_out, ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
     const V vm = VOP(set1)(m), vt = VOP(set1)(xt);
     ptrdiff_t arg = -1, rank = 0;
-    double e = 0.0;
+    double e = 0.0, sq = 0.0;
     for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
         ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
         const T *xs = x + start;
-        V en = VOP(zero)();
+        V en = VOP(zero)(), sqn = VOP(zero)();
         for (ptrdiff_t c = 0; c < len; c += L) {
             M in = VOP(first)(len - c);
             V v = VOP(load_part)(xs + c, in);
-            en = VOP(add)(en, VOP(keep)(in, KNAME(entropy_term)(VOP(sub)(v, vm))));
+            V d = VOP(sub)(v, vm), ev = KNAME(vexp_neg)(d);
+            en = VOP(add)(en, VOP(keep)(in, KNAME(entropy_term)(ev, d)));
+            /* sum_c exp(x - m)^2 / s^2 = sum_c p_c^2, of the Brier score */
+            sqn = VOP(add)(sqn, VOP(keep)(in, VOP(mul)(ev, ev)));
             if (arg < 0) {
                 int at = VOP(first_set)(VOP(and_m)(in, VOP(eq)(v, vm)));
                 if (at >= 0) arg = start + c + at;
@@ -515,8 +517,10 @@ static void KNAME(row_rank_entropy)(const T *x, ptrdiff_t n, T m, ptrdiff_t t, T
             }
         }
         e += VOP(hsum)(en);
+        sq += VOP(hsum)(sqn);
     }
     *e_out = e;
+    *sq_out = sq;
     *arg_out = arg;
     *rank_out = rank;
 }
@@ -628,19 +632,23 @@ static void KNAME(tile_shift)(const T *x, ptrdiff_t n, const T *m, const T *log_
     FASTCE_TILE_LOOP(KNAME(tile_shift_at), x, m, log_s, y);
 }
 
-VINLINE void KNAME(tile_entropy_at)(ptrdiff_t k, M in, int full, const T *x, const T *m, T *e) {
+VINLINE void KNAME(tile_entropy_at)(ptrdiff_t k, M in, int full, const T *x, const T *m, T *e,
+                                    T *sq) {
     V d = VOP(sub)(KNAME(load_in)(x + k, in, full), KNAME(load_in)(m + k, in, full));
+    V ev = KNAME(vexp_neg)(d);
     KNAME(store_in)(e + k, in, full,
-                    VOP(add)(KNAME(load_in)(e + k, in, full), KNAME(entropy_term)(d)));
+                    VOP(add)(KNAME(load_in)(e + k, in, full), KNAME(entropy_term)(ev, d)));
+    KNAME(store_in)(sq + k, in, full,
+                    VOP(add)(KNAME(load_in)(sq + k, in, full), VOP(mul)(ev, ev)));
 }
 
 /* One class c of a tile of n contiguous samples, for evaluation:
- * e[k] += exp(x - m) (x - m); arg[k] the first class equal to the maximum
- * (-1: none yet); rank[k] counts the classes above the target's logit xt[k]
- * (t[k] the target class, -1 where ignored). */
+ * e[k] += exp(x - m) (x - m); sq[k] += exp(x - m)^2; arg[k] the first class
+ * equal to the maximum (-1: none yet); rank[k] counts the classes above the
+ * target's logit xt[k] (t[k] the target class, -1 where ignored). */
 static void KNAME(tile_rank_entropy)(const T *x, ptrdiff_t n, int64_t c, const T *m, const T *xt,
-                                     const int64_t *t, T *e, int64_t *arg, int64_t *rank) {
-    FASTCE_TILE_LOOP(KNAME(tile_entropy_at), x, m, e);
+                                     const int64_t *t, T *e, T *sq, int64_t *arg, int64_t *rank) {
+    FASTCE_TILE_LOOP(KNAME(tile_entropy_at), x, m, e, sq);
     /* integer lanes: a plain loop, which the compiler vectorises for this ISA */
     for (ptrdiff_t k = 0; k < n; k++) {
         T v = x[k];
