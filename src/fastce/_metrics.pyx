@@ -499,9 +499,10 @@ def evaluate_index(object x,
     parts) of the loss, the targets' weights, the confidence, the entropy,
     the weighted squared log-sum-exp (``w[t] * lse^2``), ``loss^2``,
     ``loss * w[t]``, ``w[t]^2``, ``w[t] * entropy`` and the Brier score
-    ``sum_c (p_c - [c == t])^2``, then each confidence bin's confidence; ``counts`` is an int64 array holding the
-    number of samples not ignored, the samples per bin, the top-1 correct
-    samples per bin, and a histogram of the targets' ranks below ``ranks``.
+    ``sum_c (p_c - [c == t])^2``, then each confidence bin's confidence;
+    ``counts`` is an int64 array holding the number of samples not ignored,
+    the samples per bin, the top-1 correct samples per bin, and a histogram
+    of the targets' ranks below ``ranks``.
 
     The per-sample arrays (all of them, or all None; any strides, shape
     ``(outer, inner)``; loss, confidence, entropy and log-sum-exp of the

@@ -638,8 +638,7 @@ VINLINE void KNAME(tile_entropy_at)(ptrdiff_t k, M in, int full, const T *x, con
     V ev = KNAME(vexp_neg)(d);
     KNAME(store_in)(e + k, in, full,
                     VOP(add)(KNAME(load_in)(e + k, in, full), KNAME(entropy_term)(ev, d)));
-    KNAME(store_in)(sq + k, in, full,
-                    VOP(add)(KNAME(load_in)(sq + k, in, full), VOP(mul)(ev, ev)));
+    KNAME(store_in)(sq + k, in, full, VOP(add)(KNAME(load_in)(sq + k, in, full), VOP(mul)(ev, ev)));
 }
 
 /* One class c of a tile of n contiguous samples, for evaluation:
