@@ -78,6 +78,7 @@ class _Options(TypedDict):
     softcap: float | None
     temperature: float
     z_loss: float
+    temperatures: Iterable[float] | None
 
 
 def _placeholder(shape: tuple[int, ...], dtype: DTypeLike) -> NDArray[Any]:
@@ -185,6 +186,7 @@ def _options(
     softcap: float | None = None,
     temperature: float = 1.0,
     z_loss: float = 0.0,
+    temperatures: Iterable[float] | None = None,
 ) -> _Options:
     options: _Options = dict(
         weight=weight,
@@ -197,6 +199,7 @@ def _options(
         softcap=softcap,
         temperature=temperature,
         z_loss=z_loss,
+        temperatures=temperatures,
     )
     check_eval_options(**options)  # every option is checked before the graph is built
     return options
@@ -217,6 +220,7 @@ def accumulate(
     softcap: float | None = None,
     temperature: float = 1.0,
     z_loss: float = 0.0,
+    temperatures: Iterable[float] | None = None,
 ) -> Delayed:
     """A :class:`dask.delayed.Delayed` that computes to the
     :class:`fastce.Accumulator` of every block, merged; for evaluations that
@@ -233,6 +237,7 @@ def accumulate(
         softcap,
         temperature,
         z_loss,
+        temperatures,
     )
     return _accumulate(logits, target, segments, options)
 
@@ -257,6 +262,7 @@ def evaluate(
     softcap: float | None = ...,
     temperature: float = ...,
     z_loss: float = ...,
+    temperatures: Iterable[float] | None = ...,
     compute: Literal[True] = ...,
 ) -> EvalResult: ...
 @overload
@@ -275,6 +281,7 @@ def evaluate(
     softcap: float | None = ...,
     temperature: float = ...,
     z_loss: float = ...,
+    temperatures: Iterable[float] | None = ...,
     compute: Literal[False],
 ) -> Delayed: ...
 @overload
@@ -293,6 +300,7 @@ def evaluate(
     softcap: float | None = ...,
     temperature: float = ...,
     z_loss: float = ...,
+    temperatures: Iterable[float] | None = ...,
     compute: bool = ...,
 ) -> EvalResult | Delayed: ...
 def evaluate(
@@ -310,6 +318,7 @@ def evaluate(
     softcap: float | None = None,
     temperature: float = 1.0,
     z_loss: float = 0.0,
+    temperatures: Iterable[float] | None = None,
     compute: bool = True,
 ) -> EvalResult | Delayed:
     """:func:`fastce.evaluate` of dask arrays (or anything ``dask.array.asarray``
@@ -329,6 +338,7 @@ def evaluate(
         softcap,
         temperature,
         z_loss,
+        temperatures,
     )
     result: Delayed = delayed(_result, pure=True)(_accumulate(logits, target, segments, options))
     return cast(EvalResult, result.compute()) if compute else result

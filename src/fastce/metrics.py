@@ -129,6 +129,9 @@ __all__ = [
 # in blocks: a memory-mapped file is read block by block, and a byte-swapped
 # input is converted one block at a time.
 _BLOCK_BYTES = 1 << 26
+# ... and with a temperature scan, which evaluates each block once per
+# temperature: small enough that the later passes read it from the caches
+_SCAN_BLOCK_BYTES = 1 << 22
 
 _BIN_ROWS = _metrics.FIRST_BIN_ROW  # the sums' rows before the per-bin ones
 
@@ -170,6 +173,27 @@ def check_bins(bins: int) -> int:
     return int(bins)
 
 
+def check_temperatures(temperatures: Iterable[float] | None) -> tuple[float, ...]:
+    """The temperatures of a scan: distinct positive finite numbers, in the
+    order given (none: an empty tuple)."""
+    if temperatures is None:
+        return ()
+    try:
+        values = list(temperatures)
+    except TypeError:
+        raise ValueError(
+            f"temperatures must be a sequence of positive numbers, e.g. temperatures=[0.5, 1, 2]; "
+            f"got {temperatures!r}"
+        ) from None
+    out: list[float] = []
+    for t in values:
+        check_logit_transform(None, t, 0.0)  # a positive finite number, or a clear error
+        if float(t) in out:
+            raise ValueError(f"temperatures must be distinct; {t!r} is given twice")
+        out.append(float(t))
+    return tuple(out)
+
+
 @dataclass(frozen=True, eq=False)
 class EvalOptions:
     """The options of an evaluation (``evaluate``, an :class:`Accumulator`,
@@ -186,6 +210,7 @@ class EvalOptions:
     num_threads: int | None
     threads: int  # what the kernels are asked for: 0 for the process-wide count
     transform: LogitTransform  # the soft-cap and temperature, and the z-loss coefficient
+    temperatures: tuple[float, ...]  # of the scan: each block evaluated at each too
     # as given, for presentation and comparison
     softcap: float | None
     temperature: float
@@ -204,6 +229,7 @@ def check_eval_options(
     softcap: float | None = None,
     temperature: float = 1.0,
     z_loss: float = 0.0,
+    temperatures: Iterable[float] | None = None,
 ) -> EvalOptions:
     """Every option of an evaluation checked, before any logits are seen (the
     weights' length is checked against the logits' classes later)."""
@@ -215,6 +241,7 @@ def check_eval_options(
     checked_bins = check_bins(bins)
     threads = check_num_threads(num_threads)
     transform = check_logit_transform(softcap, temperature, z_loss)
+    scan = check_temperatures(temperatures)
     return EvalOptions(
         weight=checked_weight,
         ignore_index=operator.index(ignore_index),
@@ -226,6 +253,7 @@ def check_eval_options(
         num_threads=num_threads,
         threads=threads,
         transform=transform,
+        temperatures=scan,
         softcap=softcap,
         temperature=temperature,
         z_loss=z_loss,
@@ -334,6 +362,10 @@ class EvalResult:
         token-weighted (micro) figures.
     groups : GroupResult or None
         The per-group arrays, with ``segments``.
+    by_temperature : dict of float to EvalResult
+        With ``temperatures``: the metrics of ``logits / T`` (soft-capped
+        first) for each ``T``, from the same read of the logits; empty
+        otherwise.
     bin_count, bin_accuracy, bin_confidence : ndarray
         The reliability diagram: samples, top-1 accuracy and mean confidence
         per bin (nan for an empty bin).
@@ -361,6 +393,7 @@ class EvalResult:
     bin_confidence: NDArray[np.float64] = field(repr=False)
     per_sample: PerSample | None = field(default=None, repr=False)
     groups: GroupResult | None = field(default=None, repr=False)
+    by_temperature: dict[float, EvalResult] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, float]:
         """The scalar results, with top-k accuracies as ``"top{k}"`` and
@@ -571,12 +604,19 @@ class Totals:
     bin_correct: NDArray[np.int64]
     correct: NDArray[np.int64]  # per k of topk
     groups: GroupTotals | None = None  # with segments
+    # the totals at each temperature of a scan, in the options' order
+    scans: tuple[Totals, ...] = ()
 
     @classmethod
     def empty(
-        cls, topk: tuple[int, ...], bins: int, group_ids: NDArray[np.int64] | None = None
+        cls,
+        topk: tuple[int, ...],
+        bins: int,
+        group_ids: NDArray[np.int64] | None = None,
+        scans: int = 0,
     ) -> Totals:
-        """No samples yet; per-group totals of ``group_ids`` when given."""
+        """No samples yet; per-group totals of ``group_ids`` when given, and
+        ``scans`` totals of a temperature scan."""
         return cls(
             topk=topk,
             sums=np.zeros((_BIN_ROWS + bins, 2), dtype=np.float64),
@@ -585,6 +625,7 @@ class Totals:
             bin_correct=np.zeros(bins, dtype=np.int64),
             correct=np.zeros(len(topk), dtype=np.int64),
             groups=None if group_ids is None else GroupTotals.of_ids(topk, group_ids),
+            scans=tuple(cls.empty(topk, bins) for _ in range(scans)),
         )
 
     def fold(self, sums: NDArray[np.float64], counts: _metrics.Counts) -> None:
@@ -609,6 +650,8 @@ class Totals:
             self.groups = (
                 other.groups.copy() if self.groups is None else self.groups.merge(other.groups)
             )
+        for mine, theirs in zip(self.scans, other.scans):
+            mine.merge(theirs)
 
     def copy(self) -> Totals:
         return Totals(
@@ -619,14 +662,21 @@ class Totals:
             self.bin_correct.copy(),
             self.correct.copy(),
             None if self.groups is None else self.groups.copy(),
+            tuple(scan.copy() for scan in self.scans),
         )
 
     def sum_of(self, row: int) -> float:
         """One of the sums (``_metrics.LOSS_ROW``, ...) as a float."""
         return _dd_value(*self.sums[row])
 
-    def result(self, per_sample: PerSample | None = None, z_loss: float = 0.0) -> EvalResult:
-        """The metrics these totals give, with the z-loss of coefficient ``z_loss``."""
+    def result(
+        self,
+        per_sample: PerSample | None = None,
+        z_loss: float = 0.0,
+        temperatures: tuple[float, ...] = (),
+    ) -> EvalResult:
+        """The metrics these totals give, with the z-loss of coefficient
+        ``z_loss``; ``temperatures`` name the scan's totals."""
         n = self.samples
         loss_sum, weight_sum, conf_sum, entropy_sum, lse_squared_sum = (
             self.sum_of(row)
@@ -694,6 +744,9 @@ class Totals:
             bin_confidence=bin_confidence,
             per_sample=per_sample,
             groups=groups,
+            by_temperature={
+                t: scan.result(None, z_loss) for t, scan in zip(temperatures, self.scans)
+            },
         )
 
     def _loss_se(self, loss: float) -> float:
@@ -825,7 +878,8 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
     Large inputs (a memory-mapped file, a byte-swapped array) are read in
     blocks, each converted on its own."""
     options = plan.options
-    totals = Totals.empty(options.topk, options.bins, _group_ids(plan.segments2))
+    scan_scales = [1.0 / t for t in options.temperatures]
+    totals = Totals.empty(options.topk, options.bins, _group_ids(plan.segments2), len(scan_scales))
     shape, dtype = plan.target_shape, plan.dtype
     outputs = _per_sample_arrays(shape, dtype) if per_sample else None
     x3, t2, seg2 = plan.x3, plan.index2, plan.segments2
@@ -849,8 +903,9 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
     ignore_value, has_ignore = options.ignore
 
     block_bytes = max(1, n_classes * dtype.itemsize)
+    most = _SCAN_BLOCK_BYTES if scan_scales else _BLOCK_BYTES
     if outer > 1:
-        step = max(1, _BLOCK_BYTES // (block_bytes * inner))
+        step = max(1, most // (block_bytes * inner))
         if inner == 1:
             # whole blocks of the row kernel: rows of few classes are
             # computed in tiles laid from the start of each block
@@ -861,20 +916,21 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
         # one outer slice: walk the samples along the inner axis in whole
         # tiles, never leaving a single sample (it would take the row kernel)
         tile = _metrics.TILE_SIZE
-        step = max(tile, _BLOCK_BYTES // block_bytes // tile * tile)
+        step = max(tile, most // block_bytes // tile * tile)
         blocks = [(slice(None), slice(a, b)) for a, b in _blocks(inner, step, 2)]
-    for rows, cols in blocks:
-        outs: list[NDArray[Any] | None] = [a[rows, cols] for a in out2] or [None] * 7
-        if seg2 is not None and not out2:
-            # the groups are counted from the per-sample results of the block
-            block = _per_sample_arrays(t2[rows, cols].shape, dtype)
-            outs = [getattr(block, name) for name in PerSample.__dataclass_fields__]
+
+    def block_totals(
+        x_block: NDArray[Any],
+        t_block: NDArray[Any],
+        outs: list[NDArray[Any] | None],
+        logit_scale: float,
+    ) -> tuple[NDArray[np.float64], _metrics.Counts]:
         # the outputs named one by one: a starred list of them would leave
         # the type checker unable to place the argument after it
         loss_out, pred_out, rank_out, conf_out, entropy_out, lse_out, logprob_out = outs
-        sums, counts = _metrics.evaluate_index(
-            native_float_array(x3[rows, :, cols], "logits"),
-            t2[rows, cols],
+        return _metrics.evaluate_index(
+            x_block,
+            t_block,
             w,
             weight_sum,
             options.label_smoothing,
@@ -890,16 +946,29 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
             lse_out,
             logprob_out,
             options.threads,
-            options.transform.logit_scale,
+            logit_scale,
             options.transform.softcap,
         )
-        totals.fold(sums, counts)
+
+    for rows, cols in blocks:
+        outs: list[NDArray[Any] | None] = [a[rows, cols] for a in out2] or [None] * 7
+        if seg2 is not None and not out2:
+            # the groups are counted from the per-sample results of the block
+            block = _per_sample_arrays(t2[rows, cols].shape, dtype)
+            outs = [getattr(block, name) for name in PerSample.__dataclass_fields__]
+        x_block = native_float_array(x3[rows, :, cols], "logits")
+        t_block = t2[rows, cols]
+        totals.fold(*block_totals(x_block, t_block, outs, options.transform.logit_scale))
+        for scan, scale in zip(totals.scans, scan_scales):
+            # the block again, from the caches, at each temperature of the scan
+            scan.fold(*block_totals(x_block, t_block, [None] * 7, scale))
+        loss_out, rank_out, logprob_out = outs[0], outs[2], outs[6]
         if totals.groups is not None and seg2 is not None:
             assert rank_out is not None and loss_out is not None and logprob_out is not None
             _fold_groups(
                 totals.groups,
                 seg2[rows, cols],
-                t2[rows, cols],
+                t_block,
                 rank_out,
                 loss_out,
                 logprob_out,
@@ -927,7 +996,9 @@ def run_linear_evaluation(
     for (they have a prediction, a confidence and an entropy)."""
     options = plan.options
     # every group is listed, even one whose tokens are all ignored (and skipped)
-    totals = Totals.empty(options.topk, options.bins, _group_ids(plan.segments2))
+    totals = Totals.empty(
+        options.topk, options.bins, _group_ids(plan.segments2), len(options.temperatures)
+    )
     outputs = _per_sample_arrays(plan.target_shape, plan.dtype) if per_sample else None
     index1 = plan.index2.reshape(-1)
     segments1 = None if plan.segments2 is None else plan.segments2.reshape(-1)
@@ -1039,6 +1110,7 @@ class Accumulator:
         softcap: float | None = None,
         temperature: float = 1.0,
         z_loss: float = 0.0,
+        temperatures: Iterable[float] | None = None,
     ) -> None:
         options = check_eval_options(
             weight,
@@ -1051,6 +1123,7 @@ class Accumulator:
             softcap=softcap,
             temperature=temperature,
             z_loss=z_loss,
+            temperatures=temperatures,
         )
         self._options = options
         self.label_smoothing: float = options.label_smoothing
@@ -1072,7 +1145,7 @@ class Accumulator:
             self.n_classes: int | None = None
             # whether the batches have segments; None before the first one
             self.grouped: bool | None = None
-            self._totals = Totals.empty(self.topk, self.bins)
+            self._totals = Totals.empty(self.topk, self.bins, scans=len(self._options.temperatures))
 
     def _check_classes(self, n_classes: int, axis: int) -> None:
         if self.n_classes is not None and n_classes != self.n_classes:
@@ -1118,6 +1191,7 @@ class Accumulator:
             self.label_smoothing,
             self.axis,
             self._options.transform,
+            self._options.temperatures,
         )
 
     def _same_weight(self, other: Accumulator) -> bool:
@@ -1265,7 +1339,7 @@ class Accumulator:
         with self._lock:
             # one consistent set of totals, whatever other threads add meanwhile
             totals = self._totals.copy()
-        return totals.result(per_sample, self._options.transform.z_loss)
+        return totals.result(per_sample, self._options.transform.z_loss, self._options.temperatures)
 
     # ---- presentation ----------------------------------------------------
 
@@ -1284,6 +1358,8 @@ class Accumulator:
             parts.append(f"temperature={options.temperature!r}")
         if options.z_loss != 0.0:
             parts.append(f"z_loss={options.z_loss!r}")
+        if options.temperatures:
+            parts.append(f"temperatures={list(options.temperatures)!r}")
         if self.weight is not None:
             parts.insert(0, f"weight={np.asarray(self.weight).tolist()!r}")
         return ", ".join(parts)
@@ -1308,6 +1384,7 @@ def evaluate(
     softcap: float | None = None,
     temperature: float = 1.0,
     z_loss: float = 0.0,
+    temperatures: Iterable[float] | None = None,
 ) -> EvalResult:
     """Loss, perplexity, top-k accuracy, confidence, entropy and calibration
     error from one pass over the logits, with standard errors, and per-group
@@ -1342,6 +1419,12 @@ def evaluate(
     z_loss : float, default 0.0
         Reports the mean z-loss (``z_loss * w[t] * lse**2``) as ``.z_loss``;
         the loss and perplexity stay the cross-entropy's alone.
+    temperatures : sequence of float, optional
+        A temperature scan: ``.by_temperature[T]`` holds every metric (NLL,
+        ECE, Brier, accuracy, ...) of ``logits / T`` (after the soft-cap,
+        in place of ``temperature``) for each ``T``.  The logits are read
+        once: each block of a few MiB is evaluated at every temperature
+        while it is in the caches.
 
     Returns
     -------
@@ -1378,10 +1461,11 @@ def evaluate(
         softcap=softcap,
         temperature=temperature,
         z_loss=z_loss,
+        temperatures=temperatures,
     )
     plan = plan_evaluation(logits, target, options, segments)
     totals, outputs = run_evaluation(plan, per_sample)
-    return totals.result(outputs, options.transform.z_loss)
+    return totals.result(outputs, options.transform.z_loss, options.temperatures)
 
 
 def evaluate_linear(
@@ -1402,6 +1486,7 @@ def evaluate_linear(
     softcap: float | None = None,
     temperature: float = 1.0,
     z_loss: float = 0.0,
+    temperatures: Iterable[float] | None = None,
 ) -> EvalResult:
     """:func:`evaluate` of the logits ``hidden @ linear_weight.T + linear_bias``
     without holding them: each block of rows is multiplied into one buffer of
@@ -1432,12 +1517,13 @@ def evaluate_linear(
         softcap=softcap,
         temperature=temperature,
         z_loss=z_loss,
+        temperatures=temperatures,
     )
     head = check_head(hidden, linear_weight, linear_bias)
     block_bytes = check_block_bytes(max_block_bytes)
     plan = plan_linear_evaluation(head, target, options, segments)
     totals, outputs = run_linear_evaluation(plan, head, per_sample, block_bytes)
-    return totals.result(outputs, options.transform.z_loss)
+    return totals.result(outputs, options.transform.z_loss, options.temperatures)
 
 
 @dataclass(frozen=True)
