@@ -79,6 +79,7 @@ class _Options(TypedDict):
     temperature: float
     z_loss: float
     temperatures: Iterable[float] | None
+    equal_mass: bool
 
 
 def _placeholder(shape: tuple[int, ...], dtype: DTypeLike) -> NDArray[Any]:
@@ -187,6 +188,7 @@ def _options(
     temperature: float = 1.0,
     z_loss: float = 0.0,
     temperatures: Iterable[float] | None = None,
+    equal_mass: bool = False,
 ) -> _Options:
     options: _Options = dict(
         weight=weight,
@@ -200,6 +202,7 @@ def _options(
         temperature=temperature,
         z_loss=z_loss,
         temperatures=temperatures,
+        equal_mass=equal_mass,
     )
     check_eval_options(**options)  # every option is checked before the graph is built
     return options
@@ -221,6 +224,7 @@ def accumulate(
     temperature: float = 1.0,
     z_loss: float = 0.0,
     temperatures: Iterable[float] | None = None,
+    equal_mass: bool = False,
 ) -> Delayed:
     """A :class:`dask.delayed.Delayed` that computes to the
     :class:`fastce.Accumulator` of every block, merged; for evaluations that
@@ -238,6 +242,7 @@ def accumulate(
         temperature,
         z_loss,
         temperatures,
+        equal_mass,
     )
     return _accumulate(logits, target, segments, options)
 
@@ -263,6 +268,7 @@ def evaluate(
     temperature: float = ...,
     z_loss: float = ...,
     temperatures: Iterable[float] | None = ...,
+    equal_mass: bool = ...,
     compute: Literal[True] = ...,
 ) -> EvalResult: ...
 @overload
@@ -282,6 +288,7 @@ def evaluate(
     temperature: float = ...,
     z_loss: float = ...,
     temperatures: Iterable[float] | None = ...,
+    equal_mass: bool = ...,
     compute: Literal[False],
 ) -> Delayed: ...
 @overload
@@ -301,6 +308,7 @@ def evaluate(
     temperature: float = ...,
     z_loss: float = ...,
     temperatures: Iterable[float] | None = ...,
+    equal_mass: bool = ...,
     compute: bool = ...,
 ) -> EvalResult | Delayed: ...
 def evaluate(
@@ -319,6 +327,7 @@ def evaluate(
     temperature: float = 1.0,
     z_loss: float = 0.0,
     temperatures: Iterable[float] | None = None,
+    equal_mass: bool = False,
     compute: bool = True,
 ) -> EvalResult | Delayed:
     """:func:`fastce.evaluate` of dask arrays (or anything ``dask.array.asarray``
@@ -339,6 +348,7 @@ def evaluate(
         temperature,
         z_loss,
         temperatures,
+        equal_mass,
     )
     result: Delayed = delayed(_result, pure=True)(_accumulate(logits, target, segments, options))
     return cast(EvalResult, result.compute()) if compute else result

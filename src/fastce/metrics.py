@@ -86,6 +86,7 @@ from ._validate import (
     as_array,
     check_axis_option,
     check_classes_present,
+    check_flag,
     check_float_dtype,
     check_ignore_index,
     check_label_smoothing,
@@ -211,6 +212,7 @@ class EvalOptions:
     threads: int  # what the kernels are asked for: 0 for the process-wide count
     transform: LogitTransform  # the soft-cap and temperature, and the z-loss coefficient
     temperatures: tuple[float, ...]  # of the scan: each block evaluated at each too
+    equal_mass: bool  # also the ECE over equal-mass bins (keeps every confidence)
     # as given, for presentation and comparison
     softcap: float | None
     temperature: float
@@ -230,6 +232,7 @@ def check_eval_options(
     temperature: float = 1.0,
     z_loss: float = 0.0,
     temperatures: Iterable[float] | None = None,
+    equal_mass: bool = False,
 ) -> EvalOptions:
     """Every option of an evaluation checked, before any logits are seen (the
     weights' length is checked against the logits' classes later)."""
@@ -254,6 +257,7 @@ def check_eval_options(
         threads=threads,
         transform=transform,
         temperatures=scan,
+        equal_mass=check_flag(equal_mass, "equal_mass"),
         softcap=softcap,
         temperature=temperature,
         z_loss=z_loss,
@@ -322,6 +326,29 @@ class GroupResult:
 
 
 @dataclass(frozen=True, eq=False)
+class Reliability:
+    """A reliability diagram's data: per confidence bin, its samples, their
+    top-1 accuracy and mean confidence (NaN for an empty bin), and the bin's
+    bounds (for equal-mass bins, the smallest and largest confidence in it)."""
+
+    count: NDArray[np.int64]
+    accuracy: NDArray[np.float64]
+    confidence: NDArray[np.float64]
+    lower: NDArray[np.float64]
+    upper: NDArray[np.float64]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(
+            'plotting a reliability diagram needs matplotlib: pip install "fastce[plot]"'
+        ) from None
+    return plt
+
+
+@dataclass(frozen=True, eq=False)
 class EvalResult:
     """What :func:`evaluate` and :meth:`Accumulator.result` return.
 
@@ -369,6 +396,12 @@ class EvalResult:
     bin_count, bin_accuracy, bin_confidence : ndarray
         The reliability diagram: samples, top-1 accuracy and mean confidence
         per bin (nan for an empty bin).
+    ece_equal_mass : float
+        With ``equal_mass=True``: the ECE over ``bins`` bins of (as near as
+        possible) equal numbers of samples, taken in increasing confidence
+        (ties in a fixed order); NaN otherwise.
+    mass_bins : Reliability or None
+        Those bins' reliability data, with ``equal_mass=True``.
     per_sample : PerSample or None
         Per-sample arrays, when asked for.
     """
@@ -391,6 +424,8 @@ class EvalResult:
     bin_count: NDArray[np.int64] = field(repr=False)
     bin_accuracy: NDArray[np.float64] = field(repr=False)
     bin_confidence: NDArray[np.float64] = field(repr=False)
+    ece_equal_mass: float = field(default=math.nan, repr=False)
+    mass_bins: Reliability | None = field(default=None, repr=False)
     per_sample: PerSample | None = field(default=None, repr=False)
     groups: GroupResult | None = field(default=None, repr=False)
     by_temperature: dict[float, EvalResult] = field(default_factory=dict, repr=False)
@@ -406,6 +441,8 @@ class EvalResult:
             out.update(macro_loss=self.macro_loss, macro_perplexity=self.macro_perplexity)
         for k, v in self.accuracy.items():
             out.update({f"top{k}": v, f"top{k}_se": self.accuracy_se[k]})
+        if self.mass_bins is not None:
+            out.update(ece_equal_mass=self.ece_equal_mass)
         out.update(
             confidence=self.confidence,
             entropy=self.entropy,
@@ -416,6 +453,56 @@ class EvalResult:
             z_loss=self.z_loss,
         )
         return out
+
+    def reliability(self, equal_mass: bool = False) -> Reliability:
+        """The reliability diagram's data, of the equal-width bins of ``ece``
+        or (``equal_mass=True``, when evaluated so) of ``ece_equal_mass``."""
+        if equal_mass:
+            if self.mass_bins is None:
+                raise ValueError(
+                    "this result has no equal-mass bins: evaluate with equal_mass=True"
+                )
+            return self.mass_bins
+        edges = np.linspace(0.0, 1.0, self.bin_count.size + 1)
+        return Reliability(
+            count=self.bin_count,
+            accuracy=self.bin_accuracy,
+            confidence=self.bin_confidence,
+            lower=edges[:-1],
+            upper=edges[1:],
+        )
+
+    def plot(self, ax: Any = None, *, equal_mass: bool = False) -> Any:
+        """Draws the reliability diagram (matplotlib, ``pip install
+        "fastce[plot]"``): each bin's accuracy as a bar over its confidence
+        range, its mean confidence as a point, and the diagonal of perfect
+        calibration.  Draws into ``ax`` (a new figure's axes by default) and
+        returns it."""
+        plt = _pyplot()
+        r = self.reliability(equal_mass)
+        if ax is None:
+            _, ax = plt.subplots()
+        filled = r.count > 0
+        ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", label="perfect calibration")
+        ax.bar(
+            r.lower[filled],
+            r.accuracy[filled],
+            width=(r.upper - r.lower)[filled],
+            align="edge",
+            edgecolor="black",
+            alpha=0.6,
+            label="accuracy in bin",
+        )
+        ax.plot(r.confidence[filled], r.accuracy[filled], "o", color="C3", label="mean confidence")
+        ece = self.ece_equal_mass if equal_mass else self.ece
+        kind = "equal-mass" if equal_mass else "equal-width"
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (largest probability)")
+        ax.set_ylabel("accuracy (top-1)")
+        ax.set_title(f"Reliability diagram: {r.count.size} {kind} bins, ECE = {ece:.4f}")
+        ax.legend(loc="lower right")
+        return ax
 
 
 def _dd_value(hi: float, lo: float) -> float:
@@ -592,6 +679,51 @@ class GroupTotals:
 
 
 @dataclass(eq=False)
+class CalibrationSamples:
+    """The confidence and top-1 hit of every counted sample, batch by batch,
+    for equal-mass bins; they are sorted only when the bins are made, so any
+    batches and merges give the same bins."""
+
+    confidence: list[NDArray[np.float64]]
+    correct: list[NDArray[np.bool_]]
+
+    def add(self, confidence: NDArray[Any], correct: NDArray[np.bool_]) -> None:
+        self.confidence.append(confidence.astype(np.float64))
+        self.correct.append(correct)
+
+    def copy(self) -> CalibrationSamples:
+        return CalibrationSamples(list(self.confidence), list(self.correct))
+
+    def bins(self, bins: int) -> tuple[float, Reliability]:
+        """The ECE over ``bins`` equal-mass bins, and their reliability data:
+        the samples in increasing confidence (a hit after a miss of the same
+        confidence), bin ``b`` the ``[b N / bins, (b + 1) N / bins)``-th."""
+        conf = np.concatenate([np.zeros(0), *self.confidence])
+        hit = np.concatenate([np.zeros(0, dtype=bool), *self.correct])
+        order = np.lexsort((hit, conf))
+        conf, hit = conf[order], hit[order].astype(np.float64)
+        n = conf.size
+        ends = conf if n else np.full(1, math.nan)  # an empty bin's bounds are NaN anyway
+        cut = np.arange(bins + 1) * n // bins
+        conf_sums = np.concatenate([[0.0], np.cumsum(conf)])
+        hit_sums = np.concatenate([[0.0], np.cumsum(hit)])
+        count = np.diff(cut)
+        conf_in = conf_sums[cut[1:]] - conf_sums[cut[:-1]]
+        hits_in = hit_sums[cut[1:]] - hit_sums[cut[:-1]]
+        filled = count > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reliability = Reliability(
+                count=count.astype(np.int64),
+                accuracy=np.where(filled, hits_in / count, math.nan),
+                confidence=np.where(filled, conf_in / count, math.nan),
+                lower=np.where(filled, ends[np.clip(cut[:-1], 0, ends.size - 1)], math.nan),
+                upper=np.where(filled, ends[np.clip(cut[1:] - 1, 0, ends.size - 1)], math.nan),
+            )
+        ece = _divide(float(np.sum(np.abs(hits_in - conf_in))), n)
+        return ece, reliability
+
+
+@dataclass(eq=False)
 class Totals:
     """The exact totals an evaluation's metrics are computed from: the
     kernel's compensated float64 sums (rows named by ``_metrics``'s ``*_ROW``
@@ -606,6 +738,8 @@ class Totals:
     groups: GroupTotals | None = None  # with segments
     # the totals at each temperature of a scan, in the options' order
     scans: tuple[Totals, ...] = ()
+    # with equal-mass bins: each counted sample's confidence and top-1 hit
+    calibration: CalibrationSamples | None = None
 
     @classmethod
     def empty(
@@ -614,9 +748,11 @@ class Totals:
         bins: int,
         group_ids: NDArray[np.int64] | None = None,
         scans: int = 0,
+        equal_mass: bool = False,
     ) -> Totals:
-        """No samples yet; per-group totals of ``group_ids`` when given, and
-        ``scans`` totals of a temperature scan."""
+        """No samples yet; per-group totals of ``group_ids`` when given,
+        ``scans`` totals of a temperature scan, and the samples of
+        equal-mass bins when asked."""
         return cls(
             topk=topk,
             sums=np.zeros((_BIN_ROWS + bins, 2), dtype=np.float64),
@@ -626,6 +762,7 @@ class Totals:
             correct=np.zeros(len(topk), dtype=np.int64),
             groups=None if group_ids is None else GroupTotals.of_ids(topk, group_ids),
             scans=tuple(cls.empty(topk, bins) for _ in range(scans)),
+            calibration=CalibrationSamples([], []) if equal_mass else None,
         )
 
     def fold(self, sums: NDArray[np.float64], counts: _metrics.Counts) -> None:
@@ -652,6 +789,9 @@ class Totals:
             )
         for mine, theirs in zip(self.scans, other.scans):
             mine.merge(theirs)
+        if self.calibration is not None and other.calibration is not None:
+            self.calibration.confidence.extend(other.calibration.confidence)
+            self.calibration.correct.extend(other.calibration.correct)
 
     def copy(self) -> Totals:
         return Totals(
@@ -663,6 +803,7 @@ class Totals:
             self.correct.copy(),
             None if self.groups is None else self.groups.copy(),
             tuple(scan.copy() for scan in self.scans),
+            None if self.calibration is None else self.calibration.copy(),
         )
 
     def sum_of(self, row: int) -> float:
@@ -697,6 +838,7 @@ class Totals:
             bin_accuracy = self.bin_correct / self.bin_samples
             bin_confidence = bin_conf / self.bin_samples
         gaps = np.abs(self.bin_correct - bin_conf)
+        mass = None if self.calibration is None else self.calibration.bins(len(hi))
         accuracy = {k: _divide(c, n) for k, c in zip(self.topk, self.correct.tolist())}
         group_totals = self.groups
         groups = None if group_totals is None else group_totals.result()
@@ -742,6 +884,8 @@ class Totals:
             bin_count=self.bin_samples.copy(),
             bin_accuracy=bin_accuracy,
             bin_confidence=bin_confidence,
+            ece_equal_mass=math.nan if mass is None else mass[0],
+            mass_bins=None if mass is None else mass[1],
             per_sample=per_sample,
             groups=groups,
             by_temperature={
@@ -879,7 +1023,13 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
     blocks, each converted on its own."""
     options = plan.options
     scan_scales = [1.0 / t for t in options.temperatures]
-    totals = Totals.empty(options.topk, options.bins, _group_ids(plan.segments2), len(scan_scales))
+    totals = Totals.empty(
+        options.topk,
+        options.bins,
+        _group_ids(plan.segments2),
+        len(scan_scales),
+        options.equal_mass,
+    )
     shape, dtype = plan.target_shape, plan.dtype
     outputs = _per_sample_arrays(shape, dtype) if per_sample else None
     x3, t2, seg2 = plan.x3, plan.index2, plan.segments2
@@ -952,8 +1102,8 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
 
     for rows, cols in blocks:
         outs: list[NDArray[Any] | None] = [a[rows, cols] for a in out2] or [None] * 7
-        if seg2 is not None and not out2:
-            # the groups are counted from the per-sample results of the block
+        if (seg2 is not None or totals.calibration is not None) and not out2:
+            # groups and equal-mass bins are made from the per-sample results
             block = _per_sample_arrays(t2[rows, cols].shape, dtype)
             outs = [getattr(block, name) for name in PerSample.__dataclass_fields__]
         x_block = native_float_array(x3[rows, :, cols], "logits")
@@ -962,7 +1112,11 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
         for scan, scale in zip(totals.scans, scan_scales):
             # the block again, from the caches, at each temperature of the scan
             scan.fold(*block_totals(x_block, t_block, [None] * 7, scale))
-        loss_out, rank_out, logprob_out = outs[0], outs[2], outs[6]
+        loss_out, rank_out, conf_out, logprob_out = outs[0], outs[2], outs[3], outs[6]
+        if totals.calibration is not None:
+            assert rank_out is not None and conf_out is not None
+            counted = t_block != ignore_value if has_ignore else np.ones(t_block.shape, bool)
+            totals.calibration.add(conf_out[counted], rank_out[counted] == 0)
         if totals.groups is not None and seg2 is not None:
             assert rank_out is not None and loss_out is not None and logprob_out is not None
             _fold_groups(
@@ -997,7 +1151,11 @@ def run_linear_evaluation(
     options = plan.options
     # every group is listed, even one whose tokens are all ignored (and skipped)
     totals = Totals.empty(
-        options.topk, options.bins, _group_ids(plan.segments2), len(options.temperatures)
+        options.topk,
+        options.bins,
+        _group_ids(plan.segments2),
+        len(options.temperatures),
+        options.equal_mass,
     )
     outputs = _per_sample_arrays(plan.target_shape, plan.dtype) if per_sample else None
     index1 = plan.index2.reshape(-1)
@@ -1111,6 +1269,7 @@ class Accumulator:
         temperature: float = 1.0,
         z_loss: float = 0.0,
         temperatures: Iterable[float] | None = None,
+        equal_mass: bool = False,
     ) -> None:
         options = check_eval_options(
             weight,
@@ -1124,6 +1283,7 @@ class Accumulator:
             temperature=temperature,
             z_loss=z_loss,
             temperatures=temperatures,
+            equal_mass=equal_mass,
         )
         self._options = options
         self.label_smoothing: float = options.label_smoothing
@@ -1145,7 +1305,12 @@ class Accumulator:
             self.n_classes: int | None = None
             # whether the batches have segments; None before the first one
             self.grouped: bool | None = None
-            self._totals = Totals.empty(self.topk, self.bins, scans=len(self._options.temperatures))
+            self._totals = Totals.empty(
+                self.topk,
+                self.bins,
+                scans=len(self._options.temperatures),
+                equal_mass=self._options.equal_mass,
+            )
 
     def _check_classes(self, n_classes: int, axis: int) -> None:
         if self.n_classes is not None and n_classes != self.n_classes:
@@ -1192,6 +1357,7 @@ class Accumulator:
             self.axis,
             self._options.transform,
             self._options.temperatures,
+            self._options.equal_mass,
         )
 
     def _same_weight(self, other: Accumulator) -> bool:
@@ -1360,6 +1526,8 @@ class Accumulator:
             parts.append(f"z_loss={options.z_loss!r}")
         if options.temperatures:
             parts.append(f"temperatures={list(options.temperatures)!r}")
+        if options.equal_mass:
+            parts.append("equal_mass=True")
         if self.weight is not None:
             parts.insert(0, f"weight={np.asarray(self.weight).tolist()!r}")
         return ", ".join(parts)
@@ -1385,6 +1553,7 @@ def evaluate(
     temperature: float = 1.0,
     z_loss: float = 0.0,
     temperatures: Iterable[float] | None = None,
+    equal_mass: bool = False,
 ) -> EvalResult:
     """Loss, perplexity, top-k accuracy, confidence, entropy and calibration
     error from one pass over the logits, with standard errors, and per-group
@@ -1425,6 +1594,10 @@ def evaluate(
         in place of ``temperature``) for each ``T``.  The logits are read
         once: each block of a few MiB is evaluated at every temperature
         while it is in the caches.
+    equal_mass : bool, default False
+        Also the ECE over ``bins`` equal-mass bins (``.ece_equal_mass``,
+        ``.mass_bins``), which needs every sample's confidence: 9 bytes per
+        sample, kept by an :class:`Accumulator` until its result.
 
     Returns
     -------
@@ -1462,6 +1635,7 @@ def evaluate(
         temperature=temperature,
         z_loss=z_loss,
         temperatures=temperatures,
+        equal_mass=equal_mass,
     )
     plan = plan_evaluation(logits, target, options, segments)
     totals, outputs = run_evaluation(plan, per_sample)
@@ -1487,6 +1661,7 @@ def evaluate_linear(
     temperature: float = 1.0,
     z_loss: float = 0.0,
     temperatures: Iterable[float] | None = None,
+    equal_mass: bool = False,
 ) -> EvalResult:
     """:func:`evaluate` of the logits ``hidden @ linear_weight.T + linear_bias``
     without holding them: each block of rows is multiplied into one buffer of
@@ -1518,6 +1693,7 @@ def evaluate_linear(
         temperature=temperature,
         z_loss=z_loss,
         temperatures=temperatures,
+        equal_mass=equal_mass,
     )
     head = check_head(hidden, linear_weight, linear_bias)
     block_bytes = check_block_bytes(max_block_bytes)
