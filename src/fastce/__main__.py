@@ -1,4 +1,8 @@
-"""``python -m fastce``: the worked example, then a short speed comparison."""
+"""``python -m fastce``: the worked example, then a short speed comparison;
+``python -m fastce evaluate LOGITS.npy TARGETS.npy``: an evaluation of saved
+logits (``--help`` for its options)."""
+
+import sys
 
 import numpy as np
 
@@ -7,6 +11,10 @@ from fastce import bench
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["evaluate"]:
+        from . import cli
+
+        return cli.main(sys.argv[2:])
     logits = np.array([1.0, 2.0, 0.1])
     target = np.array(1)
     loss, grad = fastce.cross_entropy_with_grad(logits, target)
