@@ -64,6 +64,10 @@ cdef extern from "csrc/dispatch.h":
                                      double*, double*, Py_ssize_t*, Py_ssize_t*) noexcept nogil
         void (*row_rank_entropy_f64)(const double*, Py_ssize_t, double, Py_ssize_t, double,
                                      double*, double*, Py_ssize_t*, Py_ssize_t*) noexcept nogil
+        void (*row_pair_terms_f32)(const float*, const float*, Py_ssize_t, float, double*,
+                                   Py_ssize_t*) noexcept nogil
+        void (*row_pair_terms_f64)(const double*, const double*, Py_ssize_t, double, double*,
+                                   Py_ssize_t*) noexcept nogil
         void (*tile_max_f32)(const float*, Py_ssize_t, float*) noexcept nogil
         void (*tile_max_f64)(const double*, Py_ssize_t, double*) noexcept nogil
         void (*tile_sumexp_f32)(const float*, Py_ssize_t, const float*, float*,

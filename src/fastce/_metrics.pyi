@@ -16,6 +16,13 @@ LOSS_WEIGHT_ROW: int
 WEIGHT_SQUARED_ROW: int
 WEIGHTED_ENTROPY_ROW: int
 BRIER_ROW: int
+KL_ROW: int
+REF_LOSS_ROW: int
+REF_LOSS_WEIGHT_ROW: int
+DIFF_SQUARED_ROW: int
+DP_ROW: int
+DP_SQUARED_ROW: int
+AGREE_ROW: int
 FIRST_BIN_ROW: int
 
 class Counts(NamedTuple):
@@ -52,6 +59,8 @@ def evaluate_index(
     num_threads: int = ...,
     logit_scale: float = ...,
     softcap: float = ...,
+    reference: NDArray[_Float] | None = ...,
+    kl_out: NDArray[_Float] | None = ...,
 ) -> tuple[NDArray[np.float64], Counts]: ...
 def group_sums(
     group: NDArray[np.int64],

@@ -40,7 +40,7 @@ cimport fastce._kernels as core
 from fastce._kernels cimport (
     Body, CEOptions, FASTCE_CHUNK, Piece, TILE, Targets, Walk, fastce_active_ops,
     fastce_ahead_t, floating,
-    any_nonzero, exp_neg, index_coefficient, index_row_loss, make_body, row_logsumexp,
+    any_nonzero, exp_neg, index_coefficient, index_row_loss, make_body, row_logsumexp, row_stats,
     row_stats_ahead, sample_loss,
     simd_ops, target_at, targets_from, tile_index_terms, tile_stats, tile_targets, walk_from,
     walk_plan, walk_run, walk_transform,
@@ -82,7 +82,17 @@ cdef enum:
     # w * entropy: with the entropy, the temperature derivative of the loss
     SUM_WEIGHTED_ENTROPY = 8
     SUM_BRIER = 9           # sum_c (p_c - [c == t])^2
-    SUM_BINS = 10
+    # against a reference model: KL(reference || model), the reference's loss
+    # and the paired moments of the loss difference, the change in the
+    # target's probability, and top-1 agreement
+    SUM_KL = 10
+    SUM_REF_LOSS = 11
+    SUM_REF_LOSS_WEIGHT = 12
+    SUM_DIFF_SQUARED = 13
+    SUM_DP = 14
+    SUM_DP_SQUARED = 15
+    SUM_AGREE = 16
+    SUM_BINS = 17
 
 # Layout of the integer counts: the samples counted, then per bin its samples,
 # then per bin its correct ones, then the samples of each target rank below
@@ -109,6 +119,9 @@ LOSS_SQUARED_ROW, LOSS_WEIGHT_ROW = SUM_LOSS_SQUARED, SUM_LOSS_WEIGHT
 WEIGHT_SQUARED_ROW = SUM_WEIGHT_SQUARED
 WEIGHTED_ENTROPY_ROW = SUM_WEIGHTED_ENTROPY
 BRIER_ROW = SUM_BRIER
+KL_ROW, REF_LOSS_ROW, REF_LOSS_WEIGHT_ROW = SUM_KL, SUM_REF_LOSS, SUM_REF_LOSS_WEIGHT
+DIFF_SQUARED_ROW, DP_ROW, DP_SQUARED_ROW, AGREE_ROW = (
+    SUM_DIFF_SQUARED, SUM_DP, SUM_DP_SQUARED, SUM_AGREE)
 FIRST_BIN_ROW = SUM_BINS
 
 
@@ -241,10 +254,69 @@ cdef inline double target_logprob(const floating* xr, Py_ssize_t xc, int64_t tar
     return (x_t - m) - log_s
 
 
+cdef struct Reference:
+    # a reference model's logits, the model's (outer, C, inner) view's shape,
+    # of the model's computing dtype; data NULL: none
+    const char* data
+    Py_ssize_t so, sc, si   # byte strides
+    # each sample's KL(reference || model), of the logits' dtype (NULL: not wanted)
+    char* kl
+    Py_ssize_t[2] kl_s
+
+
+cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
+                             const Options* opt, const Reference* ref, Py_ssize_t o,
+                             Py_ssize_t i, int64_t target, double loss, double lse,
+                             double logprob, Py_ssize_t arg, bint valid,
+                             double* fp) noexcept nogil:
+    """Adds what a counted sample gives against the reference's row: the
+    row's statistics as the model's (row_stats, index_row_loss), then
+    KL(p_ref || p) = sum_c p_ref,c (r_c - x_c) + lse - lse_ref from one sweep
+    over both rows, with the reference's first maximum."""
+    cdef const floating* rr = <const floating*>(ref.data + o * ref.so + i * ref.si)
+    cdef Py_ssize_t rc = ref.sc // sizeof(floating)
+    cdef floating m_r
+    cdef double s_r = row_stats(rr, C, rc, &m_r)
+    cdef double log_s_r = log(s_r)
+    cdef double lse_r = row_logsumexp(rr, rc, C, m_r, log_s_r)
+    cdef double cross = 0.0, a_t, A, ref_loss = 0.0, kl, dp, w, ev, d
+    cdef Py_ssize_t c, arg_r = -1
+    cdef bint active
+    if rc == 1 and xc == 1:
+        if floating is float:
+            fastce_active_ops.row_pair_terms_f32(rr, xr, C, m_r, &cross, &arg_r)
+        else:
+            fastce_active_ops.row_pair_terms_f64(rr, xr, C, m_r, &cross, &arg_r)
+    else:
+        for c in range(C):
+            d = rr[c * rc] - m_r
+            ev = exp_neg(<floating>d)
+            if ev > 0:
+                cross += ev * (<double>rr[c * rc] - <double>xr[c * xc])
+            if arg_r < 0 and rr[c * rc] == m_r:
+                arg_r = c
+    kl = cross / s_r + lse - lse_r
+    A = index_coefficient(&opt.ce, target, C, &a_t, &active)
+    if active:
+        ref_loss = index_row_loss(rr, rc, C, target, m_r, log_s_r, A, a_t, &opt.ce)
+    dp = exp(logprob) - exp(target_logprob(rr, rc, target, m_r, log_s_r, lse_r))
+    w = 1.0 if opt.ce.weight == NULL else opt.ce.weight[target]
+    dd_add(fp + 2 * SUM_KL, kl)
+    dd_add(fp + 2 * SUM_REF_LOSS, ref_loss)
+    dd_add(fp + 2 * SUM_REF_LOSS_WEIGHT, ref_loss * w)
+    dd_add(fp + 2 * SUM_DIFF_SQUARED, (loss - ref_loss) * (loss - ref_loss))
+    dd_add(fp + 2 * SUM_DP, dp)
+    dd_add(fp + 2 * SUM_DP_SQUARED, dp * dp)
+    # rows without probabilities never agree
+    dd_add(fp + 2 * SUM_AGREE, 1.0 if valid and s_r == s_r and arg == arg_r else 0.0)
+    if ref.kl != NULL:
+        (<floating*>at(ref.kl, ref.kl_s, o, i))[0] = <floating>kl
+
+
 cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
-                               const Options* opt, const Outputs* out, Py_ssize_t o,
-                               Py_ssize_t i, int64_t target, double loss, double m, double s,
-                               double log_s, double e, double sq, Py_ssize_t arg,
+                               const Options* opt, const Outputs* out, const Reference* ref,
+                               Py_ssize_t o, Py_ssize_t i, int64_t target, double loss, double m,
+                               double s, double log_s, double e, double sq, Py_ssize_t arg,
                                Py_ssize_t rank, double* fp, int64_t* ip) noexcept nogil:
     """Records (and writes) one sample of maximum ``m``, whose
     ``sum_c exp(x_c - m)^2`` is ``sq``; ``target < 0`` where it is ignored."""
@@ -264,6 +336,8 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
         # Brier: sum_c p_c^2 - 2 p_t + 1
         record(fp, ip, opt, loss, 1.0 if opt.ce.weight == NULL else opt.ce.weight[target],
                s, log_s, e, lse, sq / (s * s) - 2.0 * exp(logprob) + 1.0, rank, valid)
+        if ref.data != NULL:
+            pair_sample(xr, C, xc, opt, ref, o, i, target, loss, lse, logprob, arg, valid, fp)
     if out.loss != NULL:
         write_sample(out, o, i, <floating>loss, arg, rank if target >= 0 else -1, s, log_s, e,
                      lse, logprob)
@@ -310,6 +384,7 @@ cdef inline void row_rank_entropy(const floating* x, Py_ssize_t n, Py_ssize_t st
 cdef struct MetricsCall:
     Options opt
     Outputs out
+    Reference ref
     Targets t
     double* fp              # per unit: nf float64 totals (double-double pairs)
     int64_t* ip             # per unit: ni counts
@@ -354,8 +429,8 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
         tt = -1 if ignored else <Py_ssize_t>target
         x_t = xr[tt * xc] if tt >= 0 else 0
         row_rank_entropy(xr, C, xc, m, tt, x_t, opt, &e, &sq, &arg, &rank)
-        finish_sample(xr, C, xc, opt, &call.out, o, i, tt, loss, m, s, log_s, e, sq, arg, rank,
-                      fp, ip)
+        finish_sample(xr, C, xc, opt, &call.out, &call.ref, o, i, tt, loss, m, s, log_s, e, sq,
+                      arg, rank, fp, ip)
 
 
 # --------------------------------------------------------------------------
@@ -442,7 +517,7 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
         start = end
 
     for k in range(n):
-        finish_sample(x + k * xi, C, xc, opt, &call.out, p.o + k * p.o_step,
+        finish_sample(x + k * xi, C, xc, opt, &call.out, &call.ref, p.o + k * p.o_step,
                       p.i + k * p.i_step, tgt[k],
                       sample_loss(active[k], A[k], log_s[k], dot[k]), m[k], s[k], log_s[k],
                       e[k], sq[k], arg[k], rank[k], fp, ip)
@@ -450,6 +525,8 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
 
 cdef Body METRICS_BODY = make_body(
     metrics_rows[float], metrics_rows[double], metrics_tile[float], metrics_tile[double], NULL)
+# with a reference, rows only: the reference's row is read beside each model row
+cdef Body PAIRED_BODY = make_body(metrics_rows[float], metrics_rows[double], NULL, NULL, NULL)
 
 
 cdef void set_output(char** ptr, Py_ssize_t* strides, object a) except *:
@@ -487,7 +564,9 @@ def evaluate_index(object x,
                    object logprob_out,
                    int num_threads=0,
                    double logit_scale=1.0,
-                   double softcap=0.0):
+                   double softcap=0.0,
+                   object reference=None,
+                   object kl_out=None):
     """Every metric over an ``(outer, C, inner)`` view (float32, float64,
     float16 or bfloat16) with class-index targets of shape ``(outer, inner)``.
 
@@ -510,6 +589,10 @@ def evaluate_index(object x,
     prediction, the target's rank (-1 where ignored), the confidence, the
     entropy, the log-sum-exp and the target's log-probability (0 where
     ignored).
+    With ``reference`` (the model's ``(outer, C, inner)`` shape, any strides,
+    float32 for float32, float16 or bfloat16 logits, else float64) the paired
+    sums are made too, and ``kl_out`` (shape ``(outer, inner)``, the result
+    dtype, or None) receives each counted sample's KL(reference || model).
     ``num_threads`` 0 uses the process-wide count.  The caller has validated
     everything: targets are in ``[0, C)`` or equal ``ignore_index``,
     ``outer * inner > 0``, ``C > 0``, ``bins > 0`` and ``0 < ranks <= C``.
@@ -536,6 +619,19 @@ def evaluate_index(object x,
     opt.ni = count_ranks_at(bins) + ranks
     call.out.loss = call.out.pred = call.out.rank = call.out.conf = call.out.entropy = NULL
     call.out.lse = call.out.logprob = NULL
+    call.ref.data = NULL
+    call.ref.kl = NULL
+    cdef cnp.ndarray ref_arr
+    cdef const Body* body = &METRICS_BODY
+    if reference is not None:
+        ref_arr = reference
+        call.ref.data = <const char*>cnp.PyArray_DATA(ref_arr)
+        call.ref.so = cnp.PyArray_STRIDE(ref_arr, 0)
+        call.ref.sc = cnp.PyArray_STRIDE(ref_arr, 1)
+        call.ref.si = cnp.PyArray_STRIDE(ref_arr, 2)
+        body = &PAIRED_BODY
+        if kl_out is not None:
+            set_output(&call.ref.kl, call.ref.kl_s, kl_out)
     if loss_out is not None:
         set_output(&call.out.loss, call.out.loss_s, loss_out)
         set_output(&call.out.pred, call.out.pred_s, pred_out)
@@ -551,14 +647,14 @@ def evaluate_index(object x,
         max_units = MAX_UNITS
     if max_units < 1:
         max_units = 1
-    walk_plan(&w, &METRICS_BODY, True, 0, max_units)
+    walk_plan(&w, body, True, 0, max_units)
 
     cdef double[:, ::1] fpart = np.zeros((w.n_units, opt.nf), dtype=np.float64)
     cdef int64_t[:, ::1] ipart = np.zeros((w.n_units, opt.ni), dtype=np.int64)
     cdef double[::1] unit_totals = np.empty(w.n_units, dtype=np.float64)
     call.fp = &fpart[0, 0]
     call.ip = &ipart[0, 0]
-    walk_run(&w, &METRICS_BODY, &call, &unit_totals[0])
+    walk_run(&w, body, &call, &unit_totals[0])
     sums_arr = np.zeros((SUM_BINS + bins, 2), dtype=np.float64)
     cdef double[:, ::1] sums = sums_arr
     with nogil:

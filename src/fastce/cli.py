@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         "and errors clustered by group",
     )
     p.add_argument(
+        "--reference",
+        metavar="FILE",
+        help="a .npy file of a reference model's logits (the logits' shape): KL, top-1 "
+        "agreement and the perplexity ratio against it",
+    )
+    p.add_argument(
         "--temperatures",
         type=lambda s: _numbers(float, s),
         default=None,
@@ -174,6 +180,25 @@ def _summary(r: EvalResult) -> str:
             ("macro perplexity", f"{r.macro_perplexity:.4f}"),
             ("greedy groups", f"{int(np.sum(r.groups.greedy))}"),
         ]
+    if r.paired is not None:
+        q = r.paired
+        rows += [
+            ("KL(reference || model)", f"{q.kl:.6f}"),
+            (
+                "KL percentiles",
+                "  ".join(f"{k} {v:.6f}" for k, v in q.kl_percentiles.items()),
+            ),
+            ("top-1 agreement", f"{q.top1_agreement:.6f}"),
+            (
+                "target probability change",
+                f"{q.target_prob_change:+.6f} (sd {q.target_prob_change_sd:.6f})",
+            ),
+            ("reference perplexity", f"{q.reference_perplexity:.4f}"),
+            (
+                "log perplexity ratio",
+                f"{q.log_perplexity_ratio:+.6f} ± {q.log_perplexity_ratio_se:.6f}",
+            ),
+        ]
     text = _table(rows)
     if r.by_temperature:
         ks = list(r.accuracy)
@@ -216,6 +241,8 @@ def _jsonable(r: EvalResult) -> dict[str, Any]:
             "greedy": g.greedy.tolist(),
             "accuracy": {str(k): v.tolist() for k, v in g.accuracy.items()},
         }
+    if r.paired is not None:
+        out["paired"] = dict(vars(r.paired))
     if r.by_temperature:
         out["by_temperature"] = {str(t): s.as_dict() for t, s in r.by_temperature.items()}
     return out
@@ -227,6 +254,7 @@ def main(argv: Sequence[str], stdout: TextIO = sys.stdout, stderr: TextIO = sys.
     logits = _load(args.logits, "logits", parser)
     targets = _load(args.targets, "targets", parser)
     segments = None if args.segments is None else _load(args.segments, "segments", parser)
+    reference = None if args.reference is None else _load(args.reference, "reference", parser)
     try:
         acc = Accumulator(
             ignore_index=args.ignore_index,
@@ -257,6 +285,7 @@ def main(argv: Sequence[str], stdout: TextIO = sys.stdout, stderr: TextIO = sys.
                 block,
                 np.asarray(targets[t_index]),
                 segments=None if segments is None else np.asarray(segments[t_index]),
+                reference=None if reference is None else reference[index],
             )
             progress.update(progress.done + block.nbytes)
         progress.close()

@@ -131,10 +131,14 @@ def _prepare(
 
 
 def _block(
-    xb: NDArray[Any], tb: NDArray[Any], sb: NDArray[Any] | None, options: _Options
+    xb: NDArray[Any],
+    tb: NDArray[Any],
+    sb: NDArray[Any] | None,
+    rb: NDArray[Any] | None,
+    options: _Options,
 ) -> Accumulator:
     acc = Accumulator(**options)
-    acc.update(xb, tb, segments=sb)
+    acc.update(xb, tb, segments=sb, reference=rb)
     return acc
 
 
@@ -150,6 +154,7 @@ def _accumulate(
     target: da.Array | ArrayLike,
     segments: da.Array | ArrayLike | None,
     options: _Options,
+    reference: da.Array | ArrayLike | None = None,
 ) -> Delayed:
     # blocks keep the logits' number of dimensions, so ``axis`` (None included)
     # names the same class axis in each of them
@@ -163,11 +168,21 @@ def _accumulate(
         # dtype and shape checked on a stand-in; the ids are read block by block
         check_segments(_placeholder(s.shape, s.dtype), t.shape)
         sblocks = s.rechunk(t.chunks).to_delayed()
+    rblocks = None
+    if reference is not None:
+        r: da.Array = da.asarray(reference)
+        native_float_array(np.empty(0, dtype=r.dtype), "reference")
+        if r.shape != x.shape:
+            raise ValueError(
+                f"reference logits must have the logits' shape {x.shape}; got {r.shape}"
+            )
+        rblocks = r.rechunk(x.chunks).to_delayed()
     parts: list[Delayed] = []
     for idx in np.ndindex(*x.numblocks):
         tidx = idx[:ax] + idx[ax + 1 :]
         sb = None if sblocks is None else sblocks[tidx]
-        parts.append(delayed(_block, pure=True)(xblocks[idx], tblocks[tidx], sb, options))
+        rb = None if rblocks is None else rblocks[idx]
+        parts.append(delayed(_block, pure=True)(xblocks[idx], tblocks[tidx], sb, rb, options))
     while len(parts) > 1:
         parts = [
             delayed(_merge, pure=True)(options, *parts[i : i + _FAN_IN])
@@ -219,6 +234,7 @@ def accumulate(
     topk: int | Iterable[int] = (1, 5),
     bins: int = 15,
     segments: da.Array | ArrayLike | None = None,
+    reference: da.Array | ArrayLike | None = None,
     num_threads: int | None = None,
     softcap: float | None = None,
     temperature: float = 1.0,
@@ -244,7 +260,7 @@ def accumulate(
         temperatures,
         equal_mass,
     )
-    return _accumulate(logits, target, segments, options)
+    return _accumulate(logits, target, segments, options, reference)
 
 
 def _result(acc: Accumulator) -> EvalResult:
@@ -263,6 +279,7 @@ def evaluate(
     label_smoothing: float = ...,
     axis: SupportsIndex | None = ...,
     segments: da.Array | ArrayLike | None = ...,
+    reference: da.Array | ArrayLike | None = ...,
     num_threads: int | None = ...,
     softcap: float | None = ...,
     temperature: float = ...,
@@ -283,6 +300,7 @@ def evaluate(
     label_smoothing: float = ...,
     axis: SupportsIndex | None = ...,
     segments: da.Array | ArrayLike | None = ...,
+    reference: da.Array | ArrayLike | None = ...,
     num_threads: int | None = ...,
     softcap: float | None = ...,
     temperature: float = ...,
@@ -303,6 +321,7 @@ def evaluate(
     label_smoothing: float = ...,
     axis: SupportsIndex | None = ...,
     segments: da.Array | ArrayLike | None = ...,
+    reference: da.Array | ArrayLike | None = ...,
     num_threads: int | None = ...,
     softcap: float | None = ...,
     temperature: float = ...,
@@ -322,6 +341,7 @@ def evaluate(
     label_smoothing: float = 0.0,
     axis: SupportsIndex | None = None,
     segments: da.Array | ArrayLike | None = None,
+    reference: da.Array | ArrayLike | None = None,
     num_threads: int | None = None,
     softcap: float | None = None,
     temperature: float = 1.0,
@@ -350,7 +370,9 @@ def evaluate(
         temperatures,
         equal_mass,
     )
-    result: Delayed = delayed(_result, pure=True)(_accumulate(logits, target, segments, options))
+    result: Delayed = delayed(_result, pure=True)(
+        _accumulate(logits, target, segments, options, reference)
+    )
     return cast(EvalResult, result.compute()) if compute else result
 
 

@@ -285,6 +285,54 @@ class PerSample:
     entropy: NDArray[np.float32 | np.float64]
     lse: NDArray[np.float32 | np.float64]
     target_logprob: NDArray[np.float32 | np.float64]
+    kl: NDArray[np.float32 | np.float64]
+
+
+# the per-sample arrays the kernel writes, in its argument order
+_KERNEL_OUTPUTS = (
+    "loss",
+    "prediction",
+    "target_rank",
+    "confidence",
+    "entropy",
+    "lse",
+    "target_logprob",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class PairedResult:
+    """What an evaluation against a reference model's logits adds, over the
+    samples counted (see :func:`evaluate`'s ``reference``).
+
+    Attributes
+    ----------
+    kl : float
+        The mean KL(reference || model) of the samples' distributions (nats).
+    kl_percentiles : dict of str to float
+        Its ``"p50"``, ``"p90"``, ``"p99"`` and ``"max"`` over the samples.
+    top1_agreement : float
+        The share of samples whose most likely class is the same for both.
+    target_prob_change, target_prob_change_sd : float
+        The mean and standard deviation of ``p_t - p_ref,t``, the change in
+        the target's probability.
+    reference_loss, reference_perplexity : float
+        The reference's mean loss (the same options) and its exponential.
+    log_perplexity_ratio, log_perplexity_ratio_se : float
+        ``log(perplexity / reference_perplexity)``, the difference of the
+        mean losses, and its paired standard error (from each sample's loss
+        difference).
+    """
+
+    kl: float
+    kl_percentiles: dict[str, float]
+    top1_agreement: float
+    target_prob_change: float
+    target_prob_change_sd: float
+    reference_loss: float
+    reference_perplexity: float
+    log_perplexity_ratio: float
+    log_perplexity_ratio_se: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -389,6 +437,8 @@ class EvalResult:
         token-weighted (micro) figures.
     groups : GroupResult or None
         The per-group arrays, with ``segments``.
+    paired : PairedResult or None
+        With ``reference``: the comparison with the reference model.
     by_temperature : dict of float to EvalResult
         With ``temperatures``: the metrics of ``logits / T`` (soft-capped
         first) for each ``T``, from the same read of the logits; empty
@@ -428,6 +478,7 @@ class EvalResult:
     mass_bins: Reliability | None = field(default=None, repr=False)
     per_sample: PerSample | None = field(default=None, repr=False)
     groups: GroupResult | None = field(default=None, repr=False)
+    paired: PairedResult | None = field(default=None, repr=False)
     by_temperature: dict[float, EvalResult] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, float]:
@@ -740,6 +791,8 @@ class Totals:
     scans: tuple[Totals, ...] = ()
     # with equal-mass bins: each counted sample's confidence and top-1 hit
     calibration: CalibrationSamples | None = None
+    # against a reference: each counted sample's KL, batch by batch
+    kl_samples: list[NDArray[np.float64]] | None = None
 
     @classmethod
     def empty(
@@ -749,6 +802,7 @@ class Totals:
         group_ids: NDArray[np.int64] | None = None,
         scans: int = 0,
         equal_mass: bool = False,
+        paired: bool = False,
     ) -> Totals:
         """No samples yet; per-group totals of ``group_ids`` when given,
         ``scans`` totals of a temperature scan, and the samples of
@@ -763,6 +817,7 @@ class Totals:
             groups=None if group_ids is None else GroupTotals.of_ids(topk, group_ids),
             scans=tuple(cls.empty(topk, bins) for _ in range(scans)),
             calibration=CalibrationSamples([], []) if equal_mass else None,
+            kl_samples=[] if paired else None,
         )
 
     def fold(self, sums: NDArray[np.float64], counts: _metrics.Counts) -> None:
@@ -789,6 +844,8 @@ class Totals:
             )
         for mine, theirs in zip(self.scans, other.scans):
             mine.merge(theirs)
+        if other.kl_samples is not None:
+            self.kl_samples = (self.kl_samples or []) + other.kl_samples
         if self.calibration is not None and other.calibration is not None:
             self.calibration.confidence.extend(other.calibration.confidence)
             self.calibration.correct.extend(other.calibration.correct)
@@ -804,6 +861,7 @@ class Totals:
             None if self.groups is None else self.groups.copy(),
             tuple(scan.copy() for scan in self.scans),
             None if self.calibration is None else self.calibration.copy(),
+            None if self.kl_samples is None else list(self.kl_samples),
         )
 
     def sum_of(self, row: int) -> float:
@@ -888,30 +946,73 @@ class Totals:
             mass_bins=None if mass is None else mass[1],
             per_sample=per_sample,
             groups=groups,
+            paired=None if self.kl_samples is None else self._paired(loss, weight_sum),
             by_temperature={
                 t: scan.result(None, z_loss) for t, scan in zip(temperatures, self.scans)
             },
         )
 
+    def _paired(self, loss: float, weight_sum: float) -> PairedResult:
+        """The comparison with the reference, from the paired sums."""
+        n = self.samples
+        kl = np.concatenate([np.zeros(0), *(self.kl_samples or [])])
+        with np.errstate(invalid="ignore"):
+            percentiles = (
+                dict(
+                    zip(
+                        ("p50", "p90", "p99", "max"),
+                        [*np.percentile(kl, [50, 90, 99]).tolist(), float(kl.max())],
+                    )
+                )
+                if kl.size
+                else dict.fromkeys(("p50", "p90", "p99", "max"), math.nan)
+            )
+        ref_loss = _divide(self.sum_of(_metrics.REF_LOSS_ROW), weight_sum)
+        dp_mean = _divide(self.sum_of(_metrics.DP_ROW), n)
+        dp_squares = self.sum_of(_metrics.DP_SQUARED_ROW) - n * dp_mean * dp_mean
+        # the loss difference d = l - l_ref per sample: a ratio sum d / sum w
+        ratio = loss - ref_loss
+        diff_weight = self.sum_of(_metrics.LOSS_WEIGHT_ROW) - self.sum_of(
+            _metrics.REF_LOSS_WEIGHT_ROW
+        )
+        squares = (
+            self.sum_of(_metrics.DIFF_SQUARED_ROW)
+            - 2.0 * ratio * diff_weight
+            + ratio * ratio * self.sum_of(_metrics.WEIGHT_SQUARED_ROW)
+        )
+        with np.errstate(over="ignore"):
+            reference_perplexity = float(np.exp(ref_loss))
+        return PairedResult(
+            kl=_divide(self.sum_of(_metrics.KL_ROW), n),
+            kl_percentiles=percentiles,
+            top1_agreement=_divide(self.sum_of(_metrics.AGREE_ROW), n),
+            target_prob_change=dp_mean,
+            target_prob_change_sd=math.sqrt(max(dp_squares, 0.0) / (n - 1)) if n > 1 else math.nan,
+            reference_loss=ref_loss,
+            reference_perplexity=reference_perplexity,
+            log_perplexity_ratio=ratio,
+            log_perplexity_ratio_se=self._ratio_se(squares, weight_sum),
+        )
+
+    def _ratio_se(self, squares: float, weight_sum: float) -> float:
+        """The standard error of a ratio ``sum v / sum w`` over the samples
+        counted, from ``sum e**2`` of the residuals ``e = v - ratio * w``."""
+        n = self.samples
+        if n < 2 or not weight_sum or squares != squares:
+            return math.nan
+        # rounding can take a zero spread just below zero
+        return math.sqrt(n / (n - 1) * max(squares, 0.0)) / weight_sum
+
     def _loss_se(self, loss: float) -> float:
         """The standard error of the mean loss ``sum l / sum w`` over
         independent samples, from the second moments: ``sum e**2`` with
         ``e = l - loss * w`` is ``sum l**2 - 2 loss sum l w + loss**2 sum w**2``."""
-        n = self.samples
-        weight_sum = self.sum_of(_metrics.WEIGHT_ROW)
-        if n < 2 or not weight_sum:
-            return math.nan
         squares = (
             self.sum_of(_metrics.LOSS_SQUARED_ROW)
             - 2.0 * loss * self.sum_of(_metrics.LOSS_WEIGHT_ROW)
             + loss * loss * self.sum_of(_metrics.WEIGHT_SQUARED_ROW)
         )
-        # rounding can take a zero spread just below zero
-        return (
-            math.sqrt(n / (n - 1) * max(squares, 0.0)) / weight_sum
-            if squares == squares
-            else math.nan
-        )
+        return self._ratio_se(squares, self.sum_of(_metrics.WEIGHT_ROW))
 
 
 @dataclass(frozen=True, eq=False)
@@ -927,13 +1028,19 @@ class EvalPlan:
     target_shape: tuple[int, ...]
     dtype: np.dtype[Any]  # of the per-sample float results
     segments2: NDArray[np.int64] | None = None  # group ids, (outer, inner)
+    # a reference model's logits, (outer, C, inner) as given: converted block by block
+    reference3: NDArray[Any] | None = None
 
 
 def plan_evaluation(
-    logits: object, target: object, options: EvalOptions, segments: object = None
+    logits: object,
+    target: object,
+    options: EvalOptions,
+    segments: object = None,
+    reference: object = None,
 ) -> EvalPlan:
     """Checks one batch of an evaluation with ``options`` (and the group id of
-    each token, ``segments``, when given)."""
+    each token, ``segments``, and a reference model's logits, when given)."""
     arr = as_array(logits)
     # the logits' dtype is checked here; each block is converted on its own
     check_float_dtype(arr.dtype, "logits")
@@ -959,6 +1066,15 @@ def plan_evaluation(
     segments2 = None
     if segments is not None:
         segments2 = check_segments(segments, target_plan.shape).reshape(outer, inner)
+    reference3 = None
+    if reference is not None:
+        ref = as_array(reference)
+        check_float_dtype(ref.dtype, "reference")
+        if ref.shape != arr.shape:
+            raise ValueError(
+                f"reference logits must have the logits' shape {arr.shape}; got {ref.shape}"
+            )
+        reference3 = view3(ref, axis)
     warn_single_class(n_classes)
     return EvalPlan(
         options=options,
@@ -970,6 +1086,7 @@ def plan_evaluation(
         target_shape=target_plan.shape,
         dtype=result_dtype(arr.dtype),
         segments2=segments2,
+        reference3=reference3,
     )
 
 
@@ -983,6 +1100,7 @@ def _per_sample_arrays(shape: tuple[int, ...], dtype: np.dtype[Any]) -> PerSampl
         entropy=np.zeros(shape, dtype=dtype),
         lse=np.zeros(shape, dtype=dtype),
         target_logprob=np.zeros(shape, dtype=dtype),
+        kl=np.zeros(shape, dtype=dtype),
     )
 
 
@@ -1029,22 +1147,24 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
         _group_ids(plan.segments2),
         len(scan_scales),
         options.equal_mass,
+        plan.reference3 is not None,
     )
     shape, dtype = plan.target_shape, plan.dtype
     outputs = _per_sample_arrays(shape, dtype) if per_sample else None
-    x3, t2, seg2 = plan.x3, plan.index2, plan.segments2
+    x3, t2, seg2, ref3 = plan.x3, plan.index2, plan.segments2, plan.reference3
     outer, n_classes, inner = x3.shape
     if outer * inner == 0:
         return totals, outputs
     out2: list[NDArray[Any]] = []
     if outputs is not None:
-        out2 = [
-            getattr(outputs, name).reshape(outer, inner) for name in PerSample.__dataclass_fields__
-        ]
+        out2 = [getattr(outputs, name).reshape(outer, inner) for name in _KERNEL_OUTPUTS]
+    kl2 = None if outputs is None else outputs.kl.reshape(outer, inner)
     if samples_closer_than_classes(x3):
         x3 = outer_as_inner(x3)
         t2 = outer_as_inner(t2)
         seg2 = outer_as_inner(seg2)
+        ref3 = outer_as_inner(ref3)
+        kl2 = outer_as_inner(kl2)
         out2 = [outer_as_inner(a) for a in out2]
     outer, _, inner = x3.shape
     w = plan.weight
@@ -1074,6 +1194,8 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
         t_block: NDArray[Any],
         outs: list[NDArray[Any] | None],
         logit_scale: float,
+        reference: NDArray[Any] | None = None,
+        kl_out: NDArray[Any] | None = None,
     ) -> tuple[NDArray[np.float64], _metrics.Counts]:
         # the outputs named one by one: a starred list of them would leave
         # the type checker unable to place the argument after it
@@ -1098,6 +1220,8 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
             options.threads,
             logit_scale,
             options.transform.softcap,
+            reference,
+            kl_out,
         )
 
     for rows, cols in blocks:
@@ -1105,10 +1229,24 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
         if (seg2 is not None or totals.calibration is not None) and not out2:
             # groups and equal-mass bins are made from the per-sample results
             block = _per_sample_arrays(t2[rows, cols].shape, dtype)
-            outs = [getattr(block, name) for name in PerSample.__dataclass_fields__]
+            outs = [getattr(block, name) for name in _KERNEL_OUTPUTS]
         x_block = native_float_array(x3[rows, :, cols], "logits")
         t_block = t2[rows, cols]
-        totals.fold(*block_totals(x_block, t_block, outs, options.transform.logit_scale))
+        ref_block = kl_block = None
+        if ref3 is not None:
+            # the reference's block, in the model's computing dtype
+            ref_block = np.asarray(ref3[rows, :, cols], dtype=dtype)
+            if not ref_block.dtype.isnative or not ref_block.flags.aligned:
+                ref_block = ref_block.astype(dtype)
+            kl_block = kl2[rows, cols] if kl2 is not None else np.zeros(t_block.shape, dtype)
+        totals.fold(
+            *block_totals(
+                x_block, t_block, outs, options.transform.logit_scale, ref_block, kl_block
+            )
+        )
+        if totals.kl_samples is not None and kl_block is not None:
+            kept = t_block != ignore_value if has_ignore else np.ones(t_block.shape, bool)
+            totals.kl_samples.append(kl_block[kept].astype(np.float64))
         for scan, scale in zip(totals.scans, scan_scales):
             # the block again, from the caches, at each temperature of the scan
             scan.fold(*block_totals(x_block, t_block, [None] * 7, scale))
@@ -1303,8 +1441,9 @@ class Accumulator:
         """Forget every sample seen."""
         with self._lock:
             self.n_classes: int | None = None
-            # whether the batches have segments; None before the first one
+            # whether the batches have segments, and a reference; None before the first one
             self.grouped: bool | None = None
+            self.paired: bool | None = None
             self._totals = Totals.empty(
                 self.topk,
                 self.bins,
@@ -1374,6 +1513,7 @@ class Accumulator:
         target: ArrayLike,
         *,
         segments: ArrayLike | None = ...,
+        reference: ArrayLike | None = ...,
         per_sample: Literal[False] = ...,
     ) -> None: ...
     @overload
@@ -1383,6 +1523,7 @@ class Accumulator:
         target: ArrayLike,
         *,
         segments: ArrayLike | None = ...,
+        reference: ArrayLike | None = ...,
         per_sample: Literal[True],
     ) -> PerSample: ...
     @overload
@@ -1392,6 +1533,7 @@ class Accumulator:
         target: ArrayLike,
         *,
         segments: ArrayLike | None = ...,
+        reference: ArrayLike | None = ...,
         per_sample: bool = ...,
     ) -> PerSample | None: ...
     def update(
@@ -1400,6 +1542,7 @@ class Accumulator:
         target: ArrayLike,
         *,
         segments: ArrayLike | None = None,
+        reference: ArrayLike | None = None,
         per_sample: bool = False,
     ) -> PerSample | None:
         """Add a batch.
@@ -1408,12 +1551,13 @@ class Accumulator:
         with class-index targets; the class count must not change between
         batches.  ``segments`` gives each token's group id (see
         :func:`evaluate`): a group may continue in later batches, and either
-        every batch of an accumulator has segments or none has.  Large
+        every batch of an accumulator has segments or none has, and the same
+        for ``reference``, the batch's logits from a reference model.  Large
         inputs (a memory-mapped file, say) are read in blocks without a full
         copy.  Returns a :class:`PerSample` of this batch when ``per_sample``
         is true, else None.
         """
-        plan = plan_evaluation(logits, target, self._options, segments)
+        plan = plan_evaluation(logits, target, self._options, segments, reference)
         return self._add_batch(plan, lambda: run_evaluation(plan, per_sample))
 
     def update_linear(
@@ -1443,28 +1587,34 @@ class Accumulator:
         """Folds in the totals ``run`` computes for the checked batch ``plan``."""
         outer, _, inner = plan.x3.shape
         grouped = plan.segments2 is not None
+        paired = plan.reference3 is not None
         if outer * inner == 0:
             # an empty batch fixes nothing, not even the class count
             return run()[1]
         self._check_classes(plan.n_classes, plan.axis)
-        self._check_grouped(grouped)
+        self._check_kind(grouped, paired)
         # the batch's totals are made apart and added at the end, so that an
         # update applies completely or not at all
         totals, outputs = run()
         with self._lock:
             self._check_classes(plan.n_classes, plan.axis)
-            self._check_grouped(grouped)
+            self._check_kind(grouped, paired)
             self.n_classes = plan.n_classes
-            self.grouped = grouped
+            self.grouped, self.paired = grouped, paired
             self._totals.merge(totals)
         return outputs
 
-    def _check_grouped(self, grouped: bool) -> None:
+    def _check_kind(self, grouped: bool, paired: bool) -> None:
         if self.grouped is not None and grouped != self.grouped:
             raise ValueError(
                 "every batch of one evaluation needs segments, or none does: earlier batches "
                 + ("had segments and this one has none" if self.grouped else "had no segments")
                 + " (the groups' totals and clustered errors would miss tokens)"
+            )
+        if self.paired is not None and paired != self.paired:
+            raise ValueError(
+                "every batch of one evaluation needs a reference, or none does: earlier batches "
+                + ("had one and this one has none" if self.paired else "had none")
             )
 
     def merge(self, other: Accumulator) -> Accumulator:
@@ -1488,6 +1638,10 @@ class Accumulator:
                 raise ValueError(
                     "cannot merge an accumulator of batches with segments and one without"
                 )
+            if None not in (self.paired, other.paired) and self.paired != other.paired:
+                raise ValueError(
+                    "cannot merge an accumulator of batches with a reference and one without"
+                )
             if other.n_classes is not None:
                 if self.n_classes is not None and other.n_classes != self.n_classes:
                     raise ValueError(
@@ -1497,6 +1651,8 @@ class Accumulator:
                 self.n_classes = other.n_classes
             if other.grouped is not None:
                 self.grouped = other.grouped
+            if other.paired is not None:
+                self.paired = other.paired
             self._totals.merge(other._totals)
         return self
 
@@ -1547,6 +1703,7 @@ def evaluate(
     label_smoothing: float = 0.0,
     axis: SupportsIndex | None = None,
     segments: ArrayLike | None = None,
+    reference: ArrayLike | None = None,
     per_sample: bool = False,
     num_threads: int | None = None,
     softcap: float | None = None,
@@ -1578,6 +1735,15 @@ def evaluate(
         the macro (mean over groups) loss and perplexity, and standard errors
         clustered by group.  Ignored tokens count in no group; a group whose
         tokens are all ignored is listed, empty.
+    reference : array, optional
+        Another model's logits of the same shape (a quantised, distilled or
+        draft model's reference), read beside the logits a block at a time
+        and computed in their dtype.  Gives ``.paired``
+        (:class:`PairedResult`): KL(reference || model) with percentiles,
+        top-1 agreement, the change in the target's probability, and the
+        log perplexity ratio with its paired standard error, over the
+        samples counted.  Its logits are taken as they are (no soft-cap or
+        temperature).
     per_sample : bool, default False
         Also return per-sample arrays (:class:`PerSample`) in ``.per_sample``.
     softcap, temperature : float, optional
@@ -1637,7 +1803,7 @@ def evaluate(
         temperatures=temperatures,
         equal_mass=equal_mass,
     )
-    plan = plan_evaluation(logits, target, options, segments)
+    plan = plan_evaluation(logits, target, options, segments, reference)
     totals, outputs = run_evaluation(plan, per_sample)
     return totals.result(outputs, options.transform.z_loss, options.temperatures)
 

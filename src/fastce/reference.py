@@ -886,6 +886,10 @@ class Evaluation(TypedDict):
     groups: Groups | None
     macro_loss: float
     macro_perplexity: float
+    # with a reference model's logits (else None): what PairedResult holds, and each
+    # sample's KL(reference || model) (0 where ignored)
+    paired: dict[str, Any] | None
+    kl: _Array
 
 
 class Groups(TypedDict):
@@ -925,6 +929,7 @@ def evaluate(
     temperature: float = 1.0,
     z_loss: float = 0.0,
     segments: npt.ArrayLike | None = None,
+    reference: npt.ArrayLike | None = None,
 ) -> Evaluation:
     """Every metric of ``fastce.evaluate``, computed literally in float64
     with the class axis last: a sample's rank is the number of classes whose
@@ -935,6 +940,10 @@ def evaluate(
     over ``bins`` equal-width confidence bins.  Every metric is of the
     transformed logits ``softcap * tanh(logits / softcap) / temperature``;
     the z-loss is ``z_loss * w[t] * lse**2`` over the weight sum.
+
+    With ``reference``, its logits (untransformed) are compared with the
+    model's over the samples counted: KL(p_ref || p) = sum p_ref (log p_ref -
+    log p), written out.
 
     Standard errors treat the samples as independent clusters of one, or,
     with ``segments``, the groups as the clusters; a group's loss is its
@@ -951,17 +960,21 @@ def evaluate(
     n_rows, C = x.shape
     keep = t != ignore_index
     with np.errstate(all="ignore"):
-        losses = np.asarray(
-            cross_entropy(
-                np.asarray(logits, np.float64),
-                target,
-                weight,
-                ignore_index=ignore_index,
-                reduction="none",
-                label_smoothing=label_smoothing,
-                axis=axis,
-            )
-        ).reshape(-1)
+
+        def sample_losses(of: npt.ArrayLike) -> _Array:
+            return np.asarray(
+                cross_entropy(
+                    np.asarray(of, np.float64),
+                    target,
+                    weight,
+                    ignore_index=ignore_index,
+                    reduction="none",
+                    label_smoothing=label_smoothing,
+                    axis=axis,
+                )
+            ).reshape(-1)
+
+        losses = sample_losses(logits)
         p = np.asarray(softmax(x, axis=-1))
         valid = np.asarray(~np.isnan(p).any(axis=-1))
         conf = p.max(axis=-1, initial=-np.inf) if C else np.zeros(n_rows)
@@ -1027,6 +1040,36 @@ def evaluate(
         b = np.clip(np.floor(np.nan_to_num(c, nan=0.0) * bins).astype(np.int64), 0, bins - 1)
         correct = (r == 0) & ok
         gaps = [abs(correct[b == i].sum() - c[b == i].sum()) for i in range(bins)]
+        paired = None
+        kl_all = np.zeros(n_rows)
+        if reference is not None:
+            r = np.moveaxis(np.asarray(reference, dtype=np.float64), ax, -1).reshape(-1, C)
+            log_pr = np.asarray(log_softmax(r, axis=-1))
+            log_px = np.asarray(log_softmax(x, axis=-1))
+            pr = np.exp(log_pr)
+            terms = np.where(pr > 0, pr * (log_pr - log_px), 0.0)
+            kl_all = np.where(keep, terms.sum(axis=-1), 0.0)
+            kl = kl_all[keep]
+            ref_losses = sample_losses(reference)[keep]
+            rows = np.flatnonzero(keep)
+            ref_valid = np.asarray(~np.isnan(pr).any(axis=-1))[keep]
+            dp = np.exp(log_px[rows, t[keep]]) - pr[rows, t[keep]]
+            agree = np.array([np.argmax(a) == np.argmax(b) for a, b in zip(x[keep], r[keep])])
+            ref_loss = float(ref_losses.sum() / weight_sum) if weight_sum else np.nan
+            paired = {
+                "kl": float(kl.mean()) if N else np.nan,
+                "kl_percentiles": dict(
+                    zip(("p50", "p90", "p99", "max"), np.percentile(kl, [50, 90, 99, 100]))
+                )
+                if N
+                else {},
+                "top1_agreement": float((agree & ok & ref_valid).mean()) if N else np.nan,
+                "target_prob_change": float(dp.mean()) if N else np.nan,
+                "target_prob_change_sd": float(dp.std(ddof=1)) if N > 1 else np.nan,
+                "reference_loss": ref_loss,
+                "log_perplexity_ratio": loss - ref_loss,
+                "log_perplexity_ratio_se": _ratio_se(losses[keep] - ref_losses, w_kept),
+            }
         return Evaluation(
             loss=loss,
             perplexity=float(np.exp(loss)),
@@ -1050,4 +1093,6 @@ def evaluate(
             groups=groups,
             macro_loss=macro_loss,
             macro_perplexity=macro_perplexity,
+            paired=paired,
+            kl=kl_all,
         )

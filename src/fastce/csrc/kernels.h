@@ -57,6 +57,7 @@ typedef struct {
     void (*row_pending_##SFX)(fastce_ahead_t *, ptrdiff_t);                                        \
     void (*row_rank_entropy_##SFX)(const T *, ptrdiff_t, T, ptrdiff_t, T, double *, double *,      \
                                    ptrdiff_t *, ptrdiff_t *);                                      \
+    void (*row_pair_terms_##SFX)(const T *, const T *, ptrdiff_t, T, double *, ptrdiff_t *);       \
     void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                             \
     void (*tile_sumexp_##SFX)(const T *, ptrdiff_t, const T *, T *, T *);                          \
     void (*tile_scaled_exp_##SFX)(const T *, ptrdiff_t, const T *, const T *, T, const T *, T *);  \

@@ -525,6 +525,36 @@ static void KNAME(row_rank_entropy)(const T *x, ptrdiff_t n, T m, ptrdiff_t t, T
     *rank_out = rank;
 }
 
+/* A reference row r and a model row x of n contiguous classes, r's maximum
+ * m_r: kl = sum_c exp(r_c - m_r) (r_c - x_c), a class whose exp is 0 adding
+ * nothing (so a -inf reference logit never makes NaN), and the first index of
+ * m_r (-1: none). With s_r = sum_c exp(r_c - m_r), KL(p_r || p_x) is
+ * kl / s_r + lse(x) - lse(r). */
+static void KNAME(row_pair_terms)(const T *r, const T *x, ptrdiff_t n, T m_r, double *kl_out,
+                                  ptrdiff_t *arg_out) {
+    const V vm = VOP(set1)(m_r);
+    ptrdiff_t arg = -1;
+    double kl = 0.0;
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
+        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
+        V acc = VOP(zero)();
+        for (ptrdiff_t c = 0; c < len; c += L) {
+            M in = VOP(first)(len - c);
+            V vr = VOP(load_part)(r + start + c, in), vx = VOP(load_part)(x + start + c, in);
+            V ev = KNAME(vexp_neg)(VOP(sub)(vr, vm));
+            M live = VOP(and_m)(in, VOP(gt)(ev, VOP(zero)()));
+            acc = VOP(add)(acc, VOP(keep)(live, VOP(mul)(ev, VOP(sub)(vr, vx))));
+            if (arg < 0) {
+                int at = VOP(first_set)(VOP(and_m)(in, VOP(eq)(vr, vm)));
+                if (at >= 0) arg = start + c + at;
+            }
+        }
+        kl += VOP(hsum)(acc);
+    }
+    *kl_out = kl;
+    *arg_out = arg;
+}
+
 /* ---- tiles ------------------------------------------------------------------- */
 
 /* Whole vectors in the loop, the masked tail once after it: each tile kernel
