@@ -118,18 +118,82 @@ def test_bfloat16_logits_give_the_in_memory_results(data):
     )
 
 
-def test_class_axis_split_across_chunks_is_rechunked_with_a_warning(data):
+def test_class_axis_split_across_chunks_is_rechunked_where_rows_are_needed(data):
     x, t, w = data
     xd = da.from_array(x, chunks=(1000, 50))
+    # a soft-cap (as temperatures, equal-mass bins, segments, a reference) needs whole rows
     with pytest.warns(PerformanceWarning, match="class axis"):
-        got = fdask.evaluate(xd, da.from_array(t, chunks=1000), **OPTIONS)
-    same_result(got, fastce.evaluate(x, t, **OPTIONS))
+        got = fdask.evaluate(xd, da.from_array(t, chunks=1000), softcap=5.0, **OPTIONS)
+    same_result(got, fastce.evaluate(x, t, softcap=5.0, **OPTIONS))
     with pytest.warns(PerformanceWarning, match="class axis"):
         loss = fdask.cross_entropy(xd, da.from_array(t, chunks=1000)).compute()
     assert_allclose(loss, fastce.cross_entropy(x, t), rtol=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fdask.evaluate(da.from_array(x, chunks=(1000, -1)), t)  # no warning when whole
+
+
+def close_result(a, b, rtol):
+    """Two EvalResults agree: counts exactly, totals to ``rtol``."""
+    assert a.count == b.count and a.accuracy == b.accuracy
+    assert_array_equal(a.bin_count, b.bin_count)
+    for name in ("loss", "confidence", "entropy", "brier", "ece", "weight_sum", "loss_se"):
+        assert_allclose(getattr(a, name), getattr(b, name), rtol=rtol, err_msg=name)
+
+
+SHARD_OPTIONS = [
+    {},
+    {"label_smoothing": 0.1, "topk": (1, 5, 200), "bins": 12},
+    {"weighted": True, "label_smoothing": 0.2, "z_loss": 1e-3, "topk": (1, 2)},
+]
+
+
+@pytest.mark.parametrize("options", SHARD_OPTIONS, ids=["plain", "smoothing", "weighted"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_a_vocabulary_in_shards_gives_the_unsharded_result(data, options, dtype):
+    x, t, w = data
+    x = x.astype(dtype)
+    kwargs = dict(options)
+    if kwargs.pop("weighted", False):
+        w = w.copy()
+        w[7] = 0.0
+        kwargs["weight"] = w
+    x = x.copy()
+    x[3, [10, 70]] = x[3].max() + 1  # the largest logit twice, in two shards
+    t[3] = 70
+    x[4, :60] = -np.inf  # a shard with nothing above -inf
+    x[5, [20, 90]] = x[5, 20]  # the target's logit tied in another shard
+    t[5] = 90
+    want = fastce.evaluate(x, t, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # shards are not rechunked
+        got = fdask.evaluate(
+            da.from_array(x, chunks=(1700, (60, 35, 25))), da.from_array(t, chunks=2000), **kwargs
+        )
+    close_result(got, want, 1e-12 if dtype == np.float64 else 1e-7)
+    assert_allclose(got.z_loss, want.z_loss, rtol=1e-7)
+
+
+def test_shards_of_special_rows_and_three_dimensional_logits():
+    rng = np.random.default_rng(52)
+    x = rng.standard_normal((4, 30, 60))
+    t = rng.integers(0, 60, (4, 30))
+    x[0, 1, 5] = np.nan
+    x[0, 2, :] = -np.inf
+    x[0, 3, 7] = np.inf
+    for axis, chunks in ((-1, (2, 15, (20, 40))), (1, (2, (10, 50), 15))):
+        xa = x if axis == -1 else np.ascontiguousarray(np.moveaxis(x, 2, 1))
+        want = fastce.evaluate(xa, t, axis=axis, topk=(1, 3))
+        got = fdask.evaluate(da.from_array(xa, chunks=chunks), t, axis=axis, topk=(1, 3))
+        assert got.count == want.count and got.accuracy == want.accuracy
+        assert np.isnan(got.loss) and np.isnan(want.loss)
+        clean = t.copy()
+        clean[0, 1:4] = -100  # without the special rows: the same numbers
+        close_result(
+            fdask.evaluate(da.from_array(xa, chunks=chunks), clean, axis=axis, topk=(1, 3)),
+            fastce.evaluate(xa, clean, axis=axis, topk=(1, 3)),
+            1e-12,
+        )
 
 
 def test_accumulate_gives_a_mergeable_accumulator(data):
@@ -245,3 +309,50 @@ def test_docstring_examples_run():
     result = doctest.testmod(fdask, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def _slowly(block):
+    """The block, after a pause: keeps a computation running long enough to
+    lose a worker in the middle of it."""
+    import time
+
+    time.sleep(0.05)
+    return block
+
+
+def test_a_sharded_evaluation_survives_a_killed_worker(cluster_client, data):
+    """Logits split along the vocabulary, on worker processes; one worker is
+    killed part way through, its tasks rerun elsewhere, and the result is
+    the same as the run that lost nothing, to the bit."""
+    import os
+    import signal
+    import time
+
+    import cloudpickle
+
+    pytest.importorskip("distributed")
+    cloudpickle.register_pickle_by_value(__import__(__name__))
+    x, t, w = data
+    xd = da.from_array(x, chunks=(300, (50, 40, 30))).map_blocks(_slowly)
+    td = da.from_array(t, chunks=300)
+    kwargs = dict(OPTIONS, weight=w, num_threads=1)
+    undisturbed = fdask.evaluate(xd, td, **kwargs, compute=False).compute(scheduler="sync")
+    future = cluster_client.compute(fdask.evaluate(xd, td, **kwargs, compute=False))
+    pids = cluster_client.run(os.getpid)
+    # wait until the work has started on both workers, then kill one
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        processing = cluster_client.processing()
+        if sum(len(v) for v in processing.values()) and not future.done():
+            break
+        time.sleep(0.02)
+    assert not future.done()  # killed in the middle of the work
+    victim = sorted(pids)[0]
+    os.kill(pids[victim], signal.SIGKILL)
+    got = future.result(timeout=120)
+    assert not future.cancelled()
+    same_result(got, undisturbed)
+    assert got.loss_se == undisturbed.loss_se and got.brier == undisturbed.brier
+    close_result(got, fastce.evaluate(x, t, w, **OPTIONS), 1e-7)
+    # the cluster lost a worker process on the way
+    assert pids[victim] not in cluster_client.run(os.getpid).values()

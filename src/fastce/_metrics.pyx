@@ -687,3 +687,14 @@ def group_sums(const int64_t[::1] group,
             dd_add(&sums[g, 0, 0], loss[n])
             dd_add(&sums[g, 1, 0], weight[n])
             dd_add(&sums[g, 2, 0], logprob[n])
+
+
+def column_sums(const double[:, ::1] values, double[:, ::1] sums):
+    """Adds each column of ``values`` to its row of double-double totals
+    ``sums`` (``sums[j]`` the (high, low) pair of column ``j``), in row
+    order.  The caller has checked the shapes."""
+    cdef Py_ssize_t n, j
+    with nogil:
+        for n in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                dd_add(&sums[j, 0], values[n, j])

@@ -7,8 +7,17 @@ fixed tree, so the result is the in-memory one (to float64 rounding, in
 practice to the last bit) whatever the chunking, the scheduler or the number
 of workers.
 
-The class axis must lie within one chunk: logits split along it are
-rechunked, with a :class:`dask.array.PerformanceWarning`.  Targets are
+Logits split along the class axis (a vocabulary too wide for one worker)
+are evaluated shard by shard without moving them: each shard gives its
+samples' partial statistics -- the log-sum-exp, entropy, largest logit and
+its class, the target's logit, the sums for label smoothing and the Brier
+score, and its top-k candidates -- which are combined exactly into each
+sample's loss, rank, confidence and entropy (equal to the unsharded values to
+float64 rounding; the top-k counts exactly).  This covers the class weights,
+``ignore_index``, label smoothing, ``topk``, ``bins`` and the z-loss; the other
+options (a soft-cap, temperatures, equal-mass bins, segments, a reference)
+need whole rows, so such logits are rechunked, with a
+:class:`dask.array.PerformanceWarning`, as :func:`cross_entropy` does.  Targets are
 rechunked to match the logits' blocks.  Targets are class indices; their
 dtype and shape are checked when the graph is built, their values (a class
 out of range) when it is computed.
@@ -32,7 +41,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable
-from typing import Any, Literal, SupportsIndex, TypedDict, cast, overload
+from typing import Any, Literal, NamedTuple, SupportsIndex, TypedDict, cast, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -57,7 +66,8 @@ from ._validate import (
     view3,
 )
 from .functional import cross_entropy as _cross_entropy
-from .metrics import Accumulator, EvalResult, check_eval_options
+from .metrics import Accumulator, EvalResult, check_eval_options, totals_of_samples
+from .metrics import evaluate as _evaluate
 
 __all__ = ["accumulate", "cross_entropy", "evaluate", "from_npy"]
 
@@ -92,9 +102,11 @@ def _prepare(
     target: da.Array | ArrayLike,
     axis: SupportsIndex | None,
     stacklevel: int,
+    sharded: bool = False,
 ) -> tuple[da.Array, da.Array, int]:
-    """Validated dask arrays: the class axis in one chunk, the target's chunks
-    matching the logits' blocks."""
+    """Validated dask arrays: the class axis in one chunk (or in several,
+    when the caller evaluates shards), the target's chunks matching the
+    logits' blocks."""
     x: da.Array = da.asarray(logits)
     t: da.Array = da.asarray(target)
     native_float_array(np.empty(0, dtype=x.dtype), "logits")
@@ -114,7 +126,7 @@ def _prepare(
             "fastce.dask needs class indices (an integer target of shape "
             f"{x.shape[:ax] + x.shape[ax + 1 :]}); got probabilities of shape {t.shape}."
         )
-    if len(x.chunks[ax]) > 1:
+    if len(x.chunks[ax]) > 1 and not sharded:
         warnings.warn(
             f"the logits are split along the class axis ({ax}) into {len(x.chunks[ax])} "
             "chunks; rechunking them so that each block holds whole rows of classes. "
@@ -128,6 +140,196 @@ def _prepare(
     if t.chunks != expected:
         t = t.rechunk(expected)
     return x, t, ax
+
+
+# ---- a vocabulary in shards ----------------------------------------------------
+
+
+class _Shard(NamedTuple):
+    """One shard's statistics of a block's samples (in the target's order)."""
+
+    lse: NDArray[np.float64]  # log-sum-exp over the shard's classes
+    entropy: NDArray[np.float64]  # of the distribution over the shard alone
+    top: NDArray[np.float64]  # the largest logit
+    top_class: NDArray[np.int64]  # its first class (global index)
+    target_logit: NDArray[np.float64]  # NaN where the target is elsewhere or ignored
+    weighted_sum: NDArray[np.float64]  # sum_c w_c x_c, for label smoothing
+    squares: NDArray[np.float64]  # sum_c q_c^2 of the shard's distribution q
+    candidates: NDArray[np.float64]  # (n, k) the largest logits, in class order at ties
+    candidate_classes: NDArray[np.int64]
+
+
+def _top_candidates(x: NDArray[np.float64], k: int) -> tuple[NDArray[Any], NDArray[Any]]:
+    """Each row's ``k`` largest values and their columns, ties to the lower
+    column (a row with a NaN: its NaN-free order does not matter, the row
+    never counts as correct)."""
+    n, c = x.shape
+    k = min(k, c)
+    keyed = np.where(np.isnan(x), -np.inf, x)
+    kth = -np.partition(-keyed, k - 1, axis=1)[:, k - 1 : k]
+    above = keyed > kth
+    # of the values equal to the k-th, the first columns that complete k
+    room = k - above.sum(axis=1, keepdims=True)
+    equal = keyed == kth
+    chosen = above | (equal & (np.cumsum(equal, axis=1) <= room))
+    cols = np.nonzero(chosen)[1].reshape(n, k)
+    return np.take_along_axis(keyed, cols, axis=1), cols
+
+
+def _shard(
+    xb: NDArray[Any],
+    tb: NDArray[Any],
+    offset: int,
+    ax: int,
+    weight: NDArray[np.float64] | None,
+    options: _Options,
+) -> _Shard:
+    """The statistics of the classes ``[offset, offset + C_j)`` of a block,
+    computed in float64 by fastce's kernels (and NumPy for the candidates)."""
+    x = np.asarray(xb, dtype=np.float64)
+    c = x.shape[ax]
+    t = np.asarray(tb).astype(np.int64).reshape(-1)
+    inside = (t >= offset) & (t < offset + c) & (t != options["ignore_index"])
+    local = np.where(inside, t - offset, -1).reshape(np.shape(tb))
+    # per sample, whatever its target: the rows of the shard with the target
+    # where it lies there (-1, ignored, elsewhere)
+    r = _evaluate(
+        x,
+        local,
+        axis=ax,
+        ignore_index=-1,
+        topk=1,
+        bins=1,
+        per_sample=True,
+        num_threads=options["num_threads"],
+    )
+    ps = r.per_sample
+    assert ps is not None
+    rows = np.moveaxis(x, ax, -1).reshape(-1, c)
+    n = rows.shape[0]
+    pred = ps.prediction.reshape(-1)
+    lse = ps.lse.reshape(-1).astype(np.float64)
+    top = rows[np.arange(n), pred] if n else np.zeros(0)
+    target_logit = np.full(n, np.nan)
+    target_logit[inside] = rows[np.flatnonzero(inside), t[inside] - offset]
+    with np.errstate(all="ignore"):
+        q = np.exp(rows - lse[:, None])
+        squares = np.sum(q * q, axis=1)
+        # a zero weight adds nothing, even against a -inf logit
+        if not options["label_smoothing"]:
+            weighted = np.zeros(n)
+        elif weight is None:
+            weighted = rows.sum(axis=1)
+        else:
+            weighted = np.sum(np.where(weight != 0, rows * weight, 0.0), axis=1)
+    k = max(_topk_of(options))
+    values, cols = _top_candidates(rows, k) if n else (np.zeros((0, 0)), np.zeros((0, 0), int))
+    return _Shard(
+        lse=lse,
+        entropy=ps.entropy.reshape(-1).astype(np.float64),
+        top=top,
+        top_class=pred + offset,
+        target_logit=target_logit,
+        weighted_sum=weighted,
+        squares=squares,
+        candidates=values,
+        candidate_classes=cols + offset,
+    )
+
+
+def _topk_of(options: _Options) -> tuple[int, ...]:
+    topk = options["topk"]
+    return (topk,) if isinstance(topk, (int, np.integer)) else tuple(topk)
+
+
+def _combine(tb: NDArray[Any], n_classes: int, options: _Options, *shards: _Shard) -> Accumulator:
+    """A block's accumulator from its shards' statistics, in class order:
+    each sample's log-sum-exp, loss, rank, confidence, entropy and Brier
+    score as one row's kernel computes them from all its classes."""
+    acc = Accumulator(**options)
+    t = np.asarray(tb).astype(np.int64).reshape(-1)
+    counted = t != options["ignore_index"]
+    if not counted.any():
+        return acc
+    lse_j = np.stack([sh.lse for sh in shards])  # (shards, n)
+    with np.errstate(all="ignore"):
+        top = np.max(lse_j, axis=0)
+        lse = top + np.log(np.sum(np.exp(lse_j - top), axis=0))
+        share = np.exp(lse_j - lse)  # each shard's probability mass
+        # a shard with nothing above -inf has no mass, and adds nothing (not its NaN)
+        massive = share > 0
+        entropy = np.sum(
+            np.where(massive, share * (np.stack([sh.entropy for sh in shards]) + lse - lse_j), 0),
+            axis=0,
+        )
+        tops = np.stack([sh.top for sh in shards])
+        best = np.max(tops, axis=0)
+        confidence = np.exp(best - lse)
+        target_logit = np.nansum(np.stack([sh.target_logit for sh in shards]), axis=0)
+        w = check_weight(options["weight"], n_classes)
+        w_all = w if w.size else np.ones(n_classes)
+        eps = float(options["label_smoothing"])
+        w_t = w_all[np.where(counted, t, 0)]
+        weighted_sum = np.sum(np.stack([sh.weighted_sum for sh in shards]), axis=0)
+        loss = (1.0 - eps) * w_t * (lse - target_logit)
+        if eps:
+            loss = loss + eps / n_classes * (float(w_all.sum()) * lse - weighted_sum)
+        p_t = np.exp(target_logit - lse)
+        squares = np.sum(
+            np.where(massive, share * share * np.stack([sh.squares for sh in shards]), 0), axis=0
+        )
+        brier = squares - 2.0 * p_t + 1.0
+        valid = ~np.isnan(lse) & ~np.isnan(tops).any(axis=0)
+        # the rank from the candidates: exact below the largest k asked for
+        cand = np.concatenate([sh.candidates for sh in shards], axis=1)
+        cand_class = np.concatenate([sh.candidate_classes for sh in shards], axis=1)
+        above = (cand > target_logit[:, None]) | (
+            (cand == target_logit[:, None]) & (cand_class < t[:, None])
+        )
+    rank = np.where(valid, above.sum(axis=1), n_classes)
+    confidence = np.where(valid, confidence, np.nan)
+    entropy = np.where(valid, entropy, np.nan)
+    # a row of -inf and +inf only, or nothing above -inf, has NaN probabilities
+    loss = np.where(valid | np.isnan(loss), loss, np.nan)
+    keep = np.flatnonzero(counted)
+    totals = totals_of_samples(
+        acc.topk,
+        acc.bins,
+        n_classes,
+        loss[keep],
+        w_t[keep].astype(np.float64),
+        confidence[keep],
+        entropy[keep],
+        lse[keep],
+        brier[keep],
+        rank[keep].astype(np.int64),
+    )
+    acc.n_classes = n_classes
+    acc.grouped = acc.paired = False
+    acc._totals = totals
+    return acc
+
+
+def _accumulate_shards(x: da.Array, t: da.Array, ax: int, options: _Options) -> Delayed:
+    """The accumulator of logits split along the class axis ``ax``."""
+    n_classes = x.shape[ax]
+    w = check_weight(options["weight"], n_classes)
+    offsets = np.concatenate([[0], np.cumsum(x.chunks[ax])])
+    xblocks = x.to_delayed()
+    tblocks = t.to_delayed()
+    parts: list[Delayed] = []
+    for tidx in np.ndindex(*t.numblocks):
+        shards = []
+        for j in range(len(x.chunks[ax])):
+            idx = tidx[:ax] + (j,) + tidx[ax:]
+            w_j = w[offsets[j] : offsets[j + 1]] if w.size else None
+            shards.append(
+                delayed(_shard, pure=True)(
+                    xblocks[idx], tblocks[tidx], int(offsets[j]), ax, w_j, options
+                )
+            )
+        parts.append(delayed(_combine, pure=True)(tblocks[tidx], n_classes, options, *shards))
+    return _merge_tree(parts, options)
 
 
 def _block(
@@ -158,7 +360,17 @@ def _accumulate(
 ) -> Delayed:
     # blocks keep the logits' number of dimensions, so ``axis`` (None included)
     # names the same class axis in each of them
-    x, t, ax = _prepare(logits, target, options["axis"], stacklevel=5)
+    whole_rows = (
+        segments is not None
+        or reference is not None
+        or options["softcap"] is not None
+        or options["temperature"] != 1.0
+        or bool(options["temperatures"])
+        or options["equal_mass"]
+    )
+    x, t, ax = _prepare(logits, target, options["axis"], stacklevel=5, sharded=not whole_rows)
+    if len(x.chunks[ax]) > 1:
+        return _accumulate_shards(x, t, ax, options)
     check_weight(options["weight"], x.shape[ax])
     xblocks = x.to_delayed()
     tblocks = t.to_delayed()
@@ -183,6 +395,11 @@ def _accumulate(
         sb = None if sblocks is None else sblocks[tidx]
         rb = None if rblocks is None else rblocks[idx]
         parts.append(delayed(_block, pure=True)(xblocks[idx], tblocks[tidx], sb, rb, options))
+    return _merge_tree(parts, options)
+
+
+def _merge_tree(parts: list[Delayed], options: _Options) -> Delayed:
+    """The blocks' accumulators merged in a fixed tree."""
     while len(parts) > 1:
         parts = [
             delayed(_merge, pure=True)(options, *parts[i : i + _FAN_IN])

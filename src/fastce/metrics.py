@@ -1015,6 +1015,53 @@ class Totals:
         return self._ratio_se(squares, self.sum_of(_metrics.WEIGHT_ROW))
 
 
+def totals_of_samples(
+    topk: tuple[int, ...],
+    bins: int,
+    n_classes: int,
+    loss: NDArray[np.float64],
+    weight: NDArray[np.float64],
+    confidence: NDArray[np.float64],
+    entropy: NDArray[np.float64],
+    lse: NDArray[np.float64],
+    brier: NDArray[np.float64],
+    rank: NDArray[np.int64],
+) -> Totals:
+    """The totals the kernel would make of the counted samples whose values
+    these are (1-d arrays; a rank of ``n_classes`` marks a row without
+    probabilities): for per-sample values computed elsewhere, such as from
+    the shards of a vocabulary split across workers."""
+    totals = Totals.empty(topk, bins)
+    n = loss.size
+    columns = np.zeros((n, _BIN_ROWS))
+    for row, value in (
+        (_metrics.LOSS_ROW, loss),
+        (_metrics.WEIGHT_ROW, weight),
+        (_metrics.CONFIDENCE_ROW, confidence),
+        (_metrics.ENTROPY_ROW, entropy),
+        (_metrics.LSE_SQUARED_ROW, weight * lse * lse),
+        (_metrics.LOSS_SQUARED_ROW, loss * loss),
+        (_metrics.LOSS_WEIGHT_ROW, loss * weight),
+        (_metrics.WEIGHT_SQUARED_ROW, weight * weight),
+        (_metrics.WEIGHTED_ENTROPY_ROW, weight * entropy),
+        (_metrics.BRIER_ROW, brier),
+    ):
+        columns[:, row] = value
+    _metrics.column_sums(columns, totals.sums)
+    # the kernel's bins: conf * bins truncated, clamped; a NaN confidence in bin 0
+    with np.errstate(invalid="ignore"):
+        b = np.clip(np.nan_to_num(confidence * bins, nan=0.0), 0, bins - 1).astype(np.int64)
+    bin_sums = np.zeros((bins, 3, 2))
+    zeros = np.zeros(n)
+    _metrics.group_sums(b, np.ascontiguousarray(confidence), zeros, zeros, bin_sums)
+    totals.sums[_BIN_ROWS:] = bin_sums[:, 0]
+    totals.samples = n
+    totals.bin_samples = np.bincount(b, minlength=bins)
+    totals.bin_correct = np.bincount(b[rank == 0], minlength=bins)
+    totals.correct = np.array([np.sum(rank < min(k, n_classes)) for k in topk], dtype=np.int64)
+    return totals
+
+
 @dataclass(frozen=True, eq=False)
 class EvalPlan:
     """A checked batch of an evaluation, as :func:`run_evaluation` reads it."""
