@@ -112,3 +112,29 @@ def test_transform_table(tmp_path, capsys, monkeypatch):
     assert fastce_rows == {(w, t) for w in ("W1", "W3") for t in bench.TRANSFORMS}
     for r in rows:
         assert float(r[4]) > 0 and float(r[5].rstrip("x")) > 0
+
+
+def test_evaluation_table(tmp_path, capsys, monkeypatch):
+    # evaluate's optional outputs beside the plain call, on small shapes
+    small = {k: dataclasses.replace(w, shape=(128, 300)) for k, w in bench.WORKLOADS.items()}
+    monkeypatch.setattr(bench, "WORKLOADS", small)
+    path = tmp_path / "speed.md"
+    argv = ["--workload", "W7a", "--repeats", "1", "--libraries", "", "--evaluation"]
+    assert bench.main(argv + ["--markdown", str(path)]) == 0
+    assert "Evaluation outputs" in capsys.readouterr().out
+    rows = [
+        line.strip("| ").split(" | ")
+        for line in path.read_text().splitlines()
+        if line.startswith(("| W1 | 128x300", "| W3 | 128x300"))
+    ]
+    # fit_temperature's row names its passes
+    assert [r[2].split(" (", 1)[0] if r[2].startswith("fit") else r[2] for r in rows] == 2 * [
+        "evaluate",
+        "segments",
+        "temperatures, one",
+        "equal_mass",
+        "reference (paired)",
+        "fit_temperature",
+    ]
+    for r in rows:
+        assert float(r[3]) > 0 and float(r[4].rstrip("x")) > 0

@@ -759,6 +759,53 @@ def transform_table(threads: int, repeats: int) -> tuple[list[str], list[list[st
     return ["workload", "shape", "library", "transform", "ms", "over fastce plain"], body
 
 
+def _evaluation_calls(
+    x: npt.NDArray[np.float32], t: npt.NDArray[np.int64]
+) -> dict[str, Callable[[], object]]:
+    """evaluate plain and with each of its optional outputs, and fit_temperature."""
+    rng = np.random.default_rng(1)
+    # documents of about 64 tokens, a reference model's logits near the model's
+    documents = np.arange(t.size) // 64
+    reference = x + rng.standard_normal(x.shape, dtype=np.float32) * 0.1
+    return {
+        "evaluate": partial(fastce.evaluate, x, t),
+        "segments": partial(fastce.evaluate, x, t, segments=documents),
+        "temperatures, one": partial(fastce.evaluate, x, t, temperatures=[0.8]),
+        "equal_mass": partial(fastce.evaluate, x, t, equal_mass=True),
+        "reference (paired)": partial(fastce.evaluate, x, t, reference=reference),
+        "fit_temperature": partial(fastce.fit_temperature, x, t),
+    }
+
+
+def evaluation_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]]:
+    """evaluate on W1 and W3 with each optional output beside the plain call,
+    interleaved, and the passes fit_temperature takes."""
+    fastce.set_num_threads(threads)
+    body = []
+    for key in ("W1", "W3"):
+        workload = WORKLOADS[key]
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(workload.shape, dtype=np.float32) * 3
+        t = rng.integers(0, workload.shape[1], workload.shape[0])
+        # right about half the time, so that a temperature can be fitted
+        x[np.arange(0, t.size, 2), t[::2]] += 12.0
+        calls = _evaluation_calls(x, t)
+        times = median_times(list(calls.values()), repeats, 0.02)
+        passes = fastce.fit_temperature(x, t).passes
+        for name, seconds in zip(calls, times):
+            body.append(
+                [
+                    key,
+                    "x".join(map(str, workload.shape)),
+                    name + (f" ({passes} passes)" if name == "fit_temperature" else ""),
+                    f"{seconds * 1e3:.3g}",
+                    f"{seconds / times[0]:.2f}x",
+                ]
+            )
+    fastce.set_num_threads(None)
+    return ["workload", "shape", "evaluate with", "ms", "over plain evaluate"], body
+
+
 BUSY_SCRIPT = "while True: pass"
 
 
@@ -922,6 +969,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also time the logit transforms (soft-cap, temperature, z-loss) on W1 and W3",
     )
     parser.add_argument(
+        "--evaluation",
+        action="store_true",
+        help="also time evaluate's optional outputs (segments, a temperature scan, equal-mass "
+        "bins, a reference model) and fit_temperature on W1 and W3",
+    )
+    parser.add_argument(
         "--busy",
         action="store_true",
         help="also time 1 and 2 threads while another process spins on a core",
@@ -965,6 +1018,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("Logit transforms (forward, float32):")
         print(render(*transforms, False))
+    evaluation = evaluation_table(args.threads, args.repeats) if args.evaluation else None
+    if evaluation:
+        print()
+        print("Evaluation outputs (float32):")
+        print(render(*evaluation, False))
     busy = busy_table(args.repeats) if args.busy else None
     if busy:
         print()
@@ -988,6 +1046,8 @@ def main(argv: list[str] | None = None) -> int:
                 f.write("\nLinear heads:\n\n" + render(*linear, True) + "\n")
             if transforms:
                 f.write("\nLogit transforms:\n\n" + render(*transforms, True) + "\n")
+            if evaluation:
+                f.write("\nEvaluation outputs:\n\n" + render(*evaluation, True) + "\n")
             if busy:
                 f.write(
                     "\nWith another process spinning on a core:\n\n" + render(*busy, True) + "\n"
