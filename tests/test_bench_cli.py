@@ -95,19 +95,25 @@ def test_linear_head_table(tmp_path, capsys, monkeypatch):
         assert r[5] == "" or float(r[5]) < 64
 
 
-def test_transform_table(tmp_path, capsys, monkeypatch):
-    # each logit transform beside the plain call, on small shapes
-    small = {k: dataclasses.replace(w, shape=(64, 300)) for k, w in bench.WORKLOADS.items()}
+def _markdown_rows(tmp_path, monkeypatch, flag, shape):
+    """The W1 and W3 rows of the Markdown table ``flag`` adds, on small shapes."""
+    small = {k: dataclasses.replace(w, shape=shape) for k, w in bench.WORKLOADS.items()}
     monkeypatch.setattr(bench, "WORKLOADS", small)
     path = tmp_path / "speed.md"
-    argv = ["--workload", "W7a", "--repeats", "1", "--libraries", "", "--transforms"]
+    argv = ["--workload", "W7a", "--repeats", "1", "--libraries", "", flag]
     assert bench.main(argv + ["--markdown", str(path)]) == 0
-    assert "Logit transforms" in capsys.readouterr().out
-    rows = [
+    prefix = "x".join(map(str, shape))
+    return [
         line.strip("| ").split(" | ")
         for line in path.read_text().splitlines()
-        if line.startswith(("| W1 | 64x300", "| W3 | 64x300"))
+        if line.startswith((f"| W1 | {prefix}", f"| W3 | {prefix}"))
     ]
+
+
+def test_transform_table(tmp_path, capsys, monkeypatch):
+    # each logit transform beside the plain call, on small shapes
+    rows = _markdown_rows(tmp_path, monkeypatch, "--transforms", (64, 300))
+    assert "Logit transforms" in capsys.readouterr().out
     fastce_rows = {(r[0], r[3]) for r in rows if r[2] == "fastce"}
     assert fastce_rows == {(w, t) for w in ("W1", "W3") for t in bench.TRANSFORMS}
     for r in rows:
@@ -116,17 +122,8 @@ def test_transform_table(tmp_path, capsys, monkeypatch):
 
 def test_evaluation_table(tmp_path, capsys, monkeypatch):
     # evaluate's optional outputs beside the plain call, on small shapes
-    small = {k: dataclasses.replace(w, shape=(128, 300)) for k, w in bench.WORKLOADS.items()}
-    monkeypatch.setattr(bench, "WORKLOADS", small)
-    path = tmp_path / "speed.md"
-    argv = ["--workload", "W7a", "--repeats", "1", "--libraries", "", "--evaluation"]
-    assert bench.main(argv + ["--markdown", str(path)]) == 0
+    rows = _markdown_rows(tmp_path, monkeypatch, "--evaluation", (128, 300))
     assert "Evaluation outputs" in capsys.readouterr().out
-    rows = [
-        line.strip("| ").split(" | ")
-        for line in path.read_text().splitlines()
-        if line.startswith(("| W1 | 128x300", "| W3 | 128x300"))
-    ]
     # fit_temperature's row names its passes
     assert [r[2].split(" (", 1)[0] if r[2].startswith("fit") else r[2] for r in rows] == 2 * [
         "evaluate",

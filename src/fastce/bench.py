@@ -724,6 +724,14 @@ def _torch_transformed_loss(torch: Any, x: Any, t: Any, cap: float | None) -> ob
     return torch.nn.functional.cross_entropy(y, t)
 
 
+def _scaled_logits(key: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Random float32 logits of workload ``key``'s shape, 3 times the unit
+    scale, and random targets."""
+    shape = WORKLOADS[key].shape
+    rng = np.random.default_rng(0)
+    return rng.standard_normal(shape, dtype=np.float32) * 3, rng.integers(0, shape[1], shape[0])
+
+
 def transform_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]]:
     """The forward cross-entropy of W1 and W3 with each logit transform, beside
     the plain call, interleaved; torch's plain and soft-capped losses too."""
@@ -731,9 +739,7 @@ def transform_table(threads: int, repeats: int) -> tuple[list[str], list[list[st
     body = []
     for key in ("W1", "W3"):
         workload = WORKLOADS[key]
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal(workload.shape, dtype=np.float32) * 3
-        t = rng.integers(0, workload.shape[1], workload.shape[0])
+        x, t = _scaled_logits(key)
         calls: dict[tuple[str, str], Callable[[], object]] = {
             ("fastce", name): partial(fastce.cross_entropy, x, t, **options)
             for name, options in TRANSFORMS.items()
@@ -784,9 +790,7 @@ def evaluation_table(threads: int, repeats: int) -> tuple[list[str], list[list[s
     body = []
     for key in ("W1", "W3"):
         workload = WORKLOADS[key]
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal(workload.shape, dtype=np.float32) * 3
-        t = rng.integers(0, workload.shape[1], workload.shape[0])
+        x, t = _scaled_logits(key)
         # right about half the time, so that a temperature can be fitted
         x[np.arange(0, t.size, 2), t[::2]] += 12.0
         calls = _evaluation_calls(x, t)
