@@ -52,6 +52,15 @@ and ``macro_perplexity`` the mean of their perplexities (as a per-document
 perplexity is usually reported: not ``exp(macro_loss)``); ``loss`` and
 ``perplexity`` stay token-weighted.
 
+**Beside those**, from the same read of the logits: a temperature scan
+(``temperatures``: every metric at each temperature, each block evaluated
+at each while it is in the caches), equal-mass calibration bins
+(``equal_mass``: the samples in increasing confidence cut into ``bins`` of
+equal counts, made from every sample's confidence when the result is asked
+for), and a comparison with a reference model (``reference``: its logits'
+rows read beside the model's).  :func:`fit_temperature` finds the
+NLL-optimal temperature in a few reads.
+
 Accuracy, confidence, entropy and ECE are unweighted means over the ``N``
 samples that are not ignored; class weights and label smoothing change the
 loss only.  A row whose probabilities are undefined (a NaN or ``+inf`` logit,
