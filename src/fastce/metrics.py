@@ -760,7 +760,11 @@ class CalibrationSamples:
         confidence), bin ``b`` the ``[b N / bins, (b + 1) N / bins)``-th."""
         conf = np.concatenate([np.zeros(0), *self.confidence])
         hit = np.concatenate([np.zeros(0, dtype=bool), *self.correct])
-        order = np.lexsort((hit, conf))
+        order = np.argsort(conf)
+        ordered = conf[order]
+        if np.any(ordered[1:] == ordered[:-1]):
+            # ties: misses before hits, whatever order the samples came in
+            order = np.lexsort((hit, conf))
         conf, hit = conf[order], hit[order].astype(np.float64)
         n = conf.size
         ends = conf if n else np.full(1, math.nan)  # an empty bin's bounds are NaN anyway
@@ -1161,7 +1165,14 @@ def _per_sample_arrays(shape: tuple[int, ...], dtype: np.dtype[Any]) -> PerSampl
 
 
 def _group_ids(segments: NDArray[np.int64] | None) -> NDArray[np.int64] | None:
-    return None if segments is None else np.unique(segments)
+    """The distinct ids of ``segments``, sorted."""
+    if segments is None:
+        return None
+    flat = segments.reshape(-1)
+    if flat.size and bool(np.all(flat[1:] >= flat[:-1])):
+        # documents in order, the usual layout: no sort needed
+        return flat[np.concatenate(([True], flat[1:] != flat[:-1]))]
+    return np.unique(flat)
 
 
 def _fold_groups(
