@@ -174,7 +174,10 @@ def test_a_vocabulary_in_shards_gives_the_unsharded_result(data, options, dtype)
     assert_allclose(got.z_loss, want.z_loss, rtol=1e-7)
 
 
-def test_shards_of_special_rows_and_three_dimensional_logits():
+@pytest.mark.parametrize("slice_bytes", [1 << 24, 8 * 60 * 7])
+def test_shards_of_special_rows_and_three_dimensional_logits(monkeypatch, slice_bytes):
+    # small slices: each shard's rows are taken a few at a time
+    monkeypatch.setattr(fdask, "_SHARD_SLICE_BYTES", slice_bytes)
     rng = np.random.default_rng(52)
     x = rng.standard_normal((4, 30, 60))
     t = rng.integers(0, 60, (4, 30))

@@ -176,6 +176,10 @@ def _top_candidates(x: NDArray[np.float64], k: int) -> tuple[NDArray[Any], NDArr
     return np.take_along_axis(keyed, cols, axis=1), cols
 
 
+# float64 values a shard's statistics are computed over at once (a slice of its rows)
+_SHARD_SLICE_BYTES = 1 << 24
+
+
 def _shard(
     xb: NDArray[Any],
     tb: NDArray[Any],
@@ -185,56 +189,64 @@ def _shard(
     options: _Options,
 ) -> _Shard:
     """The statistics of the classes ``[offset, offset + C_j)`` of a block,
-    computed in float64 by fastce's kernels (and NumPy for the candidates)."""
-    x = np.asarray(xb, dtype=np.float64)
-    c = x.shape[ax]
+    computed in float64 by fastce's kernels (and NumPy for the candidates and
+    the sums of squares), a slice of rows at a time so that the float64
+    temporaries stay small."""
+    c = np.shape(xb)[ax]
+    rows = np.moveaxis(np.asarray(xb), ax, -1).reshape(-1, c)
+    n = rows.shape[0]
     t = np.asarray(tb).astype(np.int64).reshape(-1)
     inside = (t >= offset) & (t < offset + c) & (t != options["ignore_index"])
-    local = np.where(inside, t - offset, -1).reshape(np.shape(tb))
-    # per sample, whatever its target: the rows of the shard with the target
-    # where it lies there (-1, ignored, elsewhere)
-    r = _evaluate(
-        x,
-        local,
-        axis=ax,
-        ignore_index=-1,
-        topk=1,
-        bins=1,
-        per_sample=True,
-        num_threads=options["num_threads"],
+    # each sample's target where it lies in this shard, else -1 (ignored here)
+    local = np.where(inside, t - offset, -1)
+    k = min(max(_topk_of(options)), c)
+    out = _Shard(
+        lse=np.empty(n),
+        entropy=np.empty(n),
+        top=np.empty(n),
+        top_class=np.empty(n, dtype=np.int64),
+        target_logit=np.full(n, np.nan),
+        weighted_sum=np.zeros(n),
+        squares=np.empty(n),
+        candidates=np.empty((n, k)),
+        candidate_classes=np.empty((n, k), dtype=np.int64),
     )
-    ps = r.per_sample
-    assert ps is not None
-    rows = np.moveaxis(x, ax, -1).reshape(-1, c)
-    n = rows.shape[0]
-    pred = ps.prediction.reshape(-1)
-    lse = ps.lse.reshape(-1).astype(np.float64)
-    top = rows[np.arange(n), pred] if n else np.zeros(0)
-    target_logit = np.full(n, np.nan)
-    target_logit[inside] = rows[np.flatnonzero(inside), t[inside] - offset]
-    with np.errstate(all="ignore"):
-        q = np.exp(rows - lse[:, None])
-        squares = np.sum(q * q, axis=1)
-        # a zero weight adds nothing, even against a -inf logit
-        if not options["label_smoothing"]:
-            weighted = np.zeros(n)
-        elif weight is None:
-            weighted = rows.sum(axis=1)
-        else:
-            weighted = np.sum(np.where(weight != 0, rows * weight, 0.0), axis=1)
-    k = max(_topk_of(options))
-    values, cols = _top_candidates(rows, k) if n else (np.zeros((0, 0)), np.zeros((0, 0), int))
-    return _Shard(
-        lse=lse,
-        entropy=ps.entropy.reshape(-1).astype(np.float64),
-        top=top,
-        top_class=pred + offset,
-        target_logit=target_logit,
-        weighted_sum=weighted,
-        squares=squares,
-        candidates=values,
-        candidate_classes=cols + offset,
-    )
+    step = max(1, _SHARD_SLICE_BYTES // (8 * c))
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        part = rows[a:b].astype(np.float64)
+        r = _evaluate(
+            part,
+            local[a:b],
+            ignore_index=-1,
+            topk=1,
+            bins=1,
+            per_sample=True,
+            num_threads=options["num_threads"],
+        )
+        ps = r.per_sample
+        assert ps is not None
+        pred = ps.prediction
+        out.lse[a:b] = ps.lse
+        out.entropy[a:b] = ps.entropy
+        out.top[a:b] = part[np.arange(b - a), pred]
+        out.top_class[a:b] = pred + offset
+        here = np.flatnonzero(inside[a:b])
+        out.target_logit[a + here] = part[here, local[a + here]]
+        with np.errstate(all="ignore"):
+            q = np.exp(part - ps.lse[:, None])
+            out.squares[a:b] = np.sum(q * q, axis=1)
+            # a zero weight adds nothing, even against a -inf logit
+            if options["label_smoothing"]:
+                out.weighted_sum[a:b] = (
+                    part.sum(axis=1)
+                    if weight is None
+                    else np.sum(np.where(weight != 0, part * weight, 0.0), axis=1)
+                )
+        values, cols = _top_candidates(part, k)
+        out.candidates[a:b] = values
+        out.candidate_classes[a:b] = cols + offset
+    return out
 
 
 def _topk_of(options: _Options) -> tuple[int, ...]:
