@@ -131,3 +131,23 @@ def test_the_module_entry_point(files):
         check=True,
     )
     assert "top-5 accuracy" in done.stdout and done.stderr == ""
+
+
+def test_bfloat16_files(tmp_path, capsys):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((500, 20)).astype(ml_dtypes.bfloat16)
+    t = rng.integers(0, 20, 500)
+    np.save(tmp_path / "x.npy", x)  # saved as 2-byte records
+    np.save(tmp_path / "t.npy", t)
+    code, out, err = _run(tmp_path / "x.npy", tmp_path / "t.npy")
+    assert code == 2 and "dtype" in err
+    code, out, err = _run(
+        tmp_path / "x.npy", tmp_path / "t.npy", "--bfloat16", "--json", tmp_path / "o.json"
+    )
+    assert code == 0, err
+    saved = json.loads((tmp_path / "o.json").read_text())
+    assert_allclose(saved["loss"], fastce.evaluate(x, t).loss, rtol=1e-12)
+    with pytest.raises(SystemExit):
+        _run(tmp_path / "t.npy", tmp_path / "t.npy", "--bfloat16")
+    assert "not 2-byte values" in capsys.readouterr().err

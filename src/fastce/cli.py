@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
             "errors. The .npy files are memory-mapped and read block by block."
         ),
     )
-    p.add_argument("logits", help="a .npy file of logits (float16, bfloat16, float32, float64)")
+    p.add_argument("logits", help="a .npy file of logits (float16, float32, float64)")
     p.add_argument(
         "targets", help="a .npy file of class indices, the logits' shape without the class axis"
     )
@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bins", type=int, default=15, help="calibration bins (default 15)")
     p.add_argument("--equal-mass", action="store_true", help="also equal-mass calibration bins")
+    p.add_argument(
+        "--bfloat16",
+        action="store_true",
+        help="read logits of 2-byte records (as NumPy saves bfloat16 arrays) as bfloat16; "
+        "needs ml_dtypes",
+    )
     p.add_argument("--threads", type=int, default=None, help="threads (default: all)")
     p.add_argument("--json", metavar="FILE", help="also write every result to FILE as JSON")
     p.add_argument(
@@ -98,6 +104,17 @@ def _load(path: str, what: str, parser: argparse.ArgumentParser) -> NDArray[Any]
     except (ValueError, OSError) as e:
         parser.error(f"cannot read {what} file {path} as a .npy array: {e}")
     return array
+
+
+def _as_bfloat16(a: NDArray[Any], what: str, parser: argparse.ArgumentParser) -> NDArray[Any]:
+    """A file of 2-byte records (NumPy saves bfloat16 so) seen as bfloat16."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        parser.error('--bfloat16 needs ml_dtypes: pip install "fastce[bfloat16]"')
+    if a.dtype.itemsize != 2 or a.dtype.kind not in "Vf":
+        parser.error(f"--bfloat16: the {what} file holds {a.dtype}, not 2-byte values")
+    return a.view(ml_dtypes.bfloat16)
 
 
 Index = tuple[slice, ...]
@@ -255,6 +272,10 @@ def main(argv: Sequence[str], stdout: TextIO = sys.stdout, stderr: TextIO = sys.
     targets = _load(args.targets, "targets", parser)
     segments = None if args.segments is None else _load(args.segments, "segments", parser)
     reference = None if args.reference is None else _load(args.reference, "reference", parser)
+    if args.bfloat16:
+        logits = _as_bfloat16(logits, "logits", parser)
+        if reference is not None:
+            reference = _as_bfloat16(reference, "reference", parser)
     try:
         acc = Accumulator(
             ignore_index=args.ignore_index,
