@@ -1443,6 +1443,15 @@ class Accumulator:
     z_loss : float, default 0.0
         The z-loss coefficient: its mean is reported as ``z_loss`` apart from
         the loss.
+    temperatures : sequence of float, optional
+        A temperature scan, as in :func:`evaluate`.
+    equal_mass : bool, default False
+        Also equal-mass calibration bins, as in :func:`evaluate`: the
+        accumulator keeps every counted sample's confidence (9 bytes each).
+
+    Batches may bring ``segments`` (groups merged by id across batches) and
+    a ``reference`` model's logits; every batch of one accumulator has them
+    or none has.
 
     Examples
     --------
