@@ -84,7 +84,7 @@ def main():
 
             import fastce.dask as fdask
         except ImportError:
-            print("dask is not installed: pip install 'fastce[dask]'")
+            print("dask is not installed: pip install 'dask[array]'")
             return
         chunked = fdask.from_npy(path)
         target_d = da.from_array(target, chunks=chunked.chunks[0])

@@ -111,7 +111,7 @@ def _as_bfloat16(a: NDArray[Any], what: str, parser: argparse.ArgumentParser) ->
     try:
         import ml_dtypes
     except ImportError:
-        parser.error('--bfloat16 needs ml_dtypes: pip install "fastce[bfloat16]"')
+        parser.error("--bfloat16 needs ml_dtypes: pip install ml_dtypes")
     if a.dtype.itemsize != 2 or a.dtype.kind not in "Vf":
         parser.error(f"--bfloat16: the {what} file holds {a.dtype}, not 2-byte values")
     return a.view(ml_dtypes.bfloat16)

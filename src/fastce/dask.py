@@ -1,6 +1,6 @@
 """Cross-entropy and evaluation of Dask arrays, for data beyond one machine.
 
-Install with ``pip install "fastce[dask]"``.  Each block of logits is
+Needs ``dask[array]`` (``pip install ".[dask]"`` in fastce's checkout).  Each block of logits is
 computed by fastce's own kernels into an :class:`fastce.Accumulator`, and the
 blocks' accumulators are combined with :meth:`~fastce.Accumulator.merge` in a
 fixed tree, so the result is the in-memory one (to float64 rounding, in
@@ -52,7 +52,7 @@ try:
     from dask.delayed import Delayed, delayed
 except ImportError as exc:  # pragma: no cover - exercised only without dask
     raise ImportError(
-        "fastce.dask needs dask[array]; install it with: pip install 'fastce[dask]'"
+        "fastce.dask needs dask[array]; install it with: pip install 'dask[array]'"
     ) from exc
 
 from ._validate import (

@@ -400,7 +400,7 @@ def _pyplot() -> Any:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError(
-            'plotting a reliability diagram needs matplotlib: pip install "fastce[plot]"'
+            "plotting a reliability diagram needs matplotlib: pip install matplotlib"
         ) from None
     return plt
 
@@ -533,11 +533,11 @@ class EvalResult:
         )
 
     def plot(self, ax: Any = None, *, equal_mass: bool = False) -> Any:
-        """Draws the reliability diagram (matplotlib, ``pip install
-        "fastce[plot]"``): each bin's accuracy as a bar over its confidence
-        range, its mean confidence as a point, and the diagonal of perfect
-        calibration.  Draws into ``ax`` (a new figure's axes by default) and
-        returns it."""
+        """Draws the reliability diagram with matplotlib (``pip install
+        ".[plot]"`` in fastce's checkout): each bin's accuracy as a bar over
+        its confidence range, its mean confidence as a point, and the
+        diagonal of perfect calibration.  Draws into ``ax`` (a new figure's
+        axes by default) and returns it."""
         plt = _pyplot()
         r = self.reliability(equal_mass)
         if ax is None:
