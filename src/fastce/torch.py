@@ -17,9 +17,12 @@ NumPy can describe), and the backward pass only scales that gradient.
 When no gradient is needed (``torch.no_grad()``, or logits that do not
 require one) only the loss is computed.
 
-Every call fastce cannot serve goes, silently, to
-``torch.nn.functional.cross_entropy``, so its result and its errors are
-torch's own:
+Every call fastce cannot serve goes to ``torch.nn.functional.cross_entropy``
+(``linear_cross_entropy`` likewise), so its result and its errors are
+torch's own; the logger ``"fastce.torch"`` records each such call and why at
+DEBUG level (``logging.getLogger("fastce.torch").setLevel(logging.DEBUG)``
+with a handler, or ``logging.basicConfig(level=logging.DEBUG)``), except the
+calls ``torch.compile`` traces, which it does not run as Python:
 
 - tensors off the CPU (CUDA, MPS, meta), sparse, quantized or nested ones,
   tensor subclasses with ``__torch_function__``, and calls made while
@@ -59,6 +62,7 @@ This module imports torch: import it only where torch is installed.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, cast, overload
 
 import numpy as np
@@ -97,6 +101,20 @@ _LOGIT_DTYPES = (torch.float32, torch.float64, torch.float16) + (
 _INDEX_DTYPES = (torch.int64, torch.uint8)  # the class-index dtypes torch accepts
 _REDUCTIONS = ("none", "mean", "sum")
 
+# why a call went to torch, at DEBUG level (see the module documentation)
+_log = logging.getLogger("fastce.torch")
+
+
+def _to_torch(function: str, reason: str) -> None:
+    """Records that ``function``'s call is torch's, and why (not while
+    torch.compile traces it: a logger call would break its graph)."""
+    if not torch.compiler.is_compiling():
+        _log.debug("%s: computed by torch: %s", function, reason)
+
+
+def _declined(function: str, err: _Declined) -> None:
+    _to_torch(function, f"fastce's checks rejected the call ({err.__cause__})")
+
 
 class _Declined(Exception):
     """fastce's checks rejected the call: torch answers it instead."""
@@ -117,7 +135,39 @@ def _plain_cpu(t: torch.Tensor) -> bool:
     )
 
 
-def _served(
+def _unplain(t: torch.Tensor) -> str | None:
+    """What keeps a tensor from being read as NumPy memory, if anything."""
+    if t.device.type != "cpu":
+        return f"a tensor on {t.device}"
+    if t.layout != torch.strided:
+        return f"a {t.layout} tensor"
+    if t.is_quantized:
+        return "a quantized tensor"
+    if t.is_nested:
+        return "a nested tensor"
+    if t.is_neg():
+        return "a lazily negated tensor"
+    return None
+
+
+def _common_reason(tensors: tuple[object, ...]) -> str | None:
+    """Why fastce serves none of a call's ``tensors``, if it does not."""
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return "an argument that is not a tensor"
+    if torch.overrides.has_torch_function(tensors):
+        return "a tensor subclass with __torch_function__"
+    if torch.compiler.is_compiling():
+        return "torch.compile is tracing"
+    if _transforms_active():
+        return "a torch.func transform (vmap, grad, ...) is active"
+    for t in tensors:
+        reason = _unplain(cast(torch.Tensor, t))
+        if reason is not None:
+            return reason
+    return None
+
+
+def _why_not_served(
     input: object,
     target: object,
     weight: object,
@@ -125,30 +175,32 @@ def _served(
     reduce: bool | None,
     reduction: str,
     grad_enabled: bool,
-) -> bool:
-    """Whether fastce computes this call (True), or torch does (False)."""
+) -> str | None:
+    """Why torch computes this call, or None when fastce does."""
     if size_average is not None or reduce is not None:
-        return False
-    if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
-        return False
-    if weight is not None and not isinstance(weight, torch.Tensor):
-        return False
+        return "the deprecated size_average= or reduce= argument"
     tensors = (input, target) if weight is None else (input, target, weight)
-    if torch.overrides.has_torch_function(tensors):
-        return False
-    if torch.compiler.is_compiling() or _transforms_active():
-        return False
-    if not all(_plain_cpu(t) for t in tensors):
-        return False
-    if input.dtype not in _LOGIT_DTYPES:
-        return False
-    if target.dtype not in _INDEX_DTYPES and target.dtype != input.dtype:
-        return False  # torch promotes mixed probabilities (float32 logits, float64 target)
-    if weight is not None and weight.dtype != input.dtype:
-        return False
-    if grad_enabled and (target.requires_grad or (weight is not None and weight.requires_grad)):
-        return False
-    return reduction in _REDUCTIONS
+    reason = _common_reason(tensors)
+    if reason is not None:
+        return reason
+    x, t = cast(torch.Tensor, input), cast(torch.Tensor, target)
+    w = cast("torch.Tensor | None", weight)
+    if x.dtype not in _LOGIT_DTYPES:
+        if x.dtype == torch.bfloat16:
+            return "bfloat16 logits without ml_dtypes installed"
+        return f"logits of dtype {x.dtype}"
+    if t.dtype not in _INDEX_DTYPES and t.dtype != x.dtype:
+        # torch promotes mixed probabilities (float32 logits, float64 target)
+        return f"a target of dtype {t.dtype} for {x.dtype} logits"
+    if w is not None and w.dtype != x.dtype:
+        return f"a weight of dtype {w.dtype} for {x.dtype} logits"
+    if grad_enabled and t.requires_grad:
+        return "a target that requires a gradient"
+    if grad_enabled and w is not None and w.requires_grad:
+        return "a weight that requires a gradient"
+    if reduction not in _REDUCTIONS:
+        return f"reduction={reduction!r}"
+    return None
 
 
 @overload
@@ -370,7 +422,10 @@ def cross_entropy(
         flags = check_flag(return_z_loss, "return_z_loss"), check_flag(return_lse, "return_lse")
         outputs = None
         if transform != NO_TRANSFORM or any(flags):
-            if _served(input, target, weight, size_average, reduce, reduction, grad_enabled):
+            reason = _why_not_served(
+                input, target, weight, size_average, reduce, reduction, grad_enabled
+            )
+            if reason is None:
                 try:
                     outputs = _fastce_transformed(
                         input,
@@ -381,21 +436,26 @@ def cross_entropy(
                         label_smoothing,
                         dict(softcap=softcap, temperature=temperature, z_loss=z_loss),
                     )
-                except _Declined:
-                    pass  # torch's operations answer below
+                except _Declined as err:
+                    _declined("cross_entropy", err)  # torch's operations answer below
+            else:
+                _to_torch("cross_entropy", reason)
             if outputs is None:
                 outputs = _torch_transformed(
                     input, target, weight, ignore_index, reduction, label_smoothing, transform
                 )
             picked = (outputs[0],) + tuple(o for o, f in zip(outputs[1:], flags) if f)
             return picked if len(picked) > 1 else picked[0]
-    if _served(input, target, weight, size_average, reduce, reduction, grad_enabled):
+    reason = _why_not_served(input, target, weight, size_average, reduce, reduction, grad_enabled)
+    if reason is None:
         try:
             return _fastce_cross_entropy(
                 input, target, weight, ignore_index, reduction, label_smoothing, grad_enabled
             )
-        except _Declined:
-            pass  # torch answers, or raises its own error, below
+        except _Declined as err:
+            _declined("cross_entropy", err)  # torch answers, or raises its own error, below
+    else:
+        _to_torch("cross_entropy", reason)
     return _torch_cross_entropy(
         input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing
     )
@@ -548,7 +608,7 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
 _torch_linear_cross_entropy = getattr(torch.nn.functional, "linear_cross_entropy", None)
 
 
-def _linear_served(
+def _why_linear_not_served(
     input: object,
     linear_weight: object,
     target: object,
@@ -556,30 +616,31 @@ def _linear_served(
     weight: object,
     reduction: str,
     grad_enabled: bool,
-) -> bool:
-    """Whether fastce computes this linear cross-entropy (True), or torch does."""
+) -> str | None:
+    """Why torch computes this linear cross-entropy, or None when fastce does."""
     tensors = [input, linear_weight, target] + [t for t in (linear_bias, weight) if t is not None]
-    if not all(isinstance(t, torch.Tensor) for t in tensors):
-        return False
+    reason = _common_reason(tuple(tensors))
+    if reason is not None:
+        return reason
     floats = cast("list[torch.Tensor]", [input, linear_weight, linear_bias, weight])
     x, t = cast(torch.Tensor, input), cast(torch.Tensor, target)
-    if torch.overrides.has_torch_function(tuple(tensors)):
-        return False
-    if torch.compiler.is_compiling() or _transforms_active():
-        return False
-    if not all(_plain_cpu(cast(torch.Tensor, a)) for a in tensors):
-        return False
     # torch takes classes from axis 1 of the linear output: the last axis
     # only for 1-d and 2-d input, where fastce's rule agrees
-    if x.dim() not in (1, 2) or x.dtype not in (torch.float32, torch.float64):
-        return False
+    if x.dim() not in (1, 2):
+        return f"{x.dim()}-d hidden states"
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"hidden states of dtype {x.dtype}"
     if any(a is not None and a.dtype != x.dtype for a in floats):
-        return False
+        return "operands of different dtypes"
     if t.dtype not in _INDEX_DTYPES and t.dtype != x.dtype:
-        return False
-    if grad_enabled and (t.requires_grad or (weight is not None and floats[3].requires_grad)):
-        return False
-    return reduction in _REDUCTIONS
+        return f"a target of dtype {t.dtype} for {x.dtype} hidden states"
+    if grad_enabled and t.requires_grad:
+        return "a target that requires a gradient"
+    if grad_enabled and weight is not None and floats[3].requires_grad:
+        return "a weight that requires a gradient"
+    if reduction not in _REDUCTIONS:
+        return f"reduction={reduction!r}"
+    return None
 
 
 class _LinearCrossEntropyFunction(torch.autograd.Function):
@@ -699,7 +760,12 @@ def linear_cross_entropy(
         if checked == NO_TRANSFORM
         else dict(softcap=softcap, temperature=temperature, z_loss=z_loss)
     )
-    if _linear_served(input, linear_weight, target, linear_bias, weight, reduction, grad_enabled):
+    reason = _why_linear_not_served(
+        input, linear_weight, target, linear_bias, weight, reduction, grad_enabled
+    )
+    if reason is not None:
+        _to_torch("linear_cross_entropy", reason)
+    else:
         try:
             needs_grad = grad_enabled and any(
                 t is not None and t.requires_grad for t in (input, linear_weight, linear_bias)
@@ -734,8 +800,10 @@ def linear_cross_entropy(
                 z_loss=z_loss,
             )
             return _loss_tensor(loss, input.dtype)
-        except (TypeError, ValueError, IndexError):
-            pass  # torch answers, or raises its own error, below
+        except _Declined as err:
+            _declined("linear_cross_entropy", err)  # torch answers, or raises its own error
+        except (TypeError, ValueError, IndexError) as err:
+            _to_torch("linear_cross_entropy", f"fastce's checks rejected the call ({err})")
     if transform:
         logits = torch.nn.functional.linear(input, linear_weight, linear_bias)
         return _torch_transformed(
