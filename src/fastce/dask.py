@@ -283,7 +283,8 @@ def _combine(tb: NDArray[Any], n_classes: int, options: _Options, *shards: _Shar
         eps = float(options["label_smoothing"])
         w_t = w_all[np.where(counted, t, 0)]
         weighted_sum = np.sum(np.stack([sh.weighted_sum for sh in shards]), axis=0)
-        loss = (1.0 - eps) * w_t * (lse - target_logit)
+        # a target of zero weight adds nothing, even at a -inf logit (as the kernels)
+        loss = np.where(w_t != 0, (1.0 - eps) * w_t * (lse - target_logit), 0.0)
         if eps:
             loss = loss + eps / n_classes * (float(w_all.sum()) * lse - weighted_sum)
         p_t = np.exp(target_logit - lse)
