@@ -1183,14 +1183,12 @@ def _fold_groups(
     loss: NDArray[Any],
     logprob: NDArray[Any],
     weight: NDArray[np.float64],
-    ignore: tuple[int, bool],
+    counted: NDArray[np.bool_] | slice,
     n_classes: int,
 ) -> None:
-    """Adds a block's counted tokens (arrays of one shape) to their groups."""
-    target = target.reshape(-1)
-    ignore_value, has_ignore = ignore
-    counted = target != ignore_value if has_ignore else slice(None)
-    classes = target[counted]
+    """Adds a block's counted tokens (arrays of one shape; ``counted`` picks
+    them from the flattened block) to their groups."""
+    classes = target.reshape(-1)[counted]
     target_weight = weight[classes] if weight.size else np.ones(classes.shape)
     groups.fold(
         segments.reshape(-1)[counted],
@@ -1311,17 +1309,24 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
                 x_block, t_block, outs, options.transform.logit_scale, ref_block, kl_block
             )
         )
+        # the block's samples that are not ignored, flattened, for what needs them
+        needs_samples = (
+            totals.kl_samples is not None or totals.calibration is not None or seg2 is not None
+        )
+        counted = (
+            (t_block != ignore_value).reshape(-1) if has_ignore and needs_samples else slice(None)
+        )
         if totals.kl_samples is not None and kl_block is not None:
-            kept = t_block != ignore_value if has_ignore else np.ones(t_block.shape, bool)
-            totals.kl_samples.append(kl_block[kept].astype(np.float64))
+            totals.kl_samples.append(kl_block.reshape(-1)[counted].astype(np.float64))
         for scan, scale in zip(totals.scans, scan_scales):
             # the block again, from the caches, at each temperature of the scan
             scan.fold(*block_totals(x_block, t_block, [None] * 7, scale))
         loss_out, rank_out, conf_out, logprob_out = outs[0], outs[2], outs[3], outs[6]
         if totals.calibration is not None:
             assert rank_out is not None and conf_out is not None
-            counted = t_block != ignore_value if has_ignore else np.ones(t_block.shape, bool)
-            totals.calibration.add(conf_out[counted], rank_out[counted] == 0)
+            totals.calibration.add(
+                conf_out.reshape(-1)[counted], rank_out.reshape(-1)[counted] == 0
+            )
         if totals.groups is not None and seg2 is not None:
             assert rank_out is not None and loss_out is not None and logprob_out is not None
             _fold_groups(
@@ -1332,7 +1337,7 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
                 loss_out,
                 logprob_out,
                 plan.weight,
-                options.ignore,
+                counted,
                 n_classes,
             )
     return totals, outputs
