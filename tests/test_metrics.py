@@ -81,6 +81,14 @@ def assert_per_sample_matches(ps, slow, dtype, msg):
         ps.entropy.reshape(-1), slow["ent"], rtol=rtol, atol=1e-5, equal_nan=True, err_msg=msg
     )
     assert_allclose(ps.lse.reshape(-1), slow["lse"], rtol=rtol, equal_nan=True, err_msg=msg)
+    assert_allclose(
+        ps.brier.reshape(-1),
+        slow["sample_brier"],
+        rtol=rtol,
+        atol=1e-12 if dtype == np.float64 else 1e-6,
+        equal_nan=True,
+        err_msg=msg,
+    )
 
 
 def assert_result_matches(fast, slow, dtype, msg):

@@ -56,6 +56,7 @@ def evaluate_index(
     entropy_out: NDArray[_Float] | None,
     lse_out: NDArray[_Float] | None,
     logprob_out: NDArray[_Float] | None,
+    brier_out: NDArray[_Float] | None,
     num_threads: int = ...,
     logit_scale: float = ...,
     softcap: float = ...,

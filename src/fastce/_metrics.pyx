@@ -155,8 +155,8 @@ cdef struct Options:
 
 cdef struct Outputs:
     # per-sample arrays of shape (outer, inner), NULL when not wanted, and
-    # their byte strides; loss, confidence, entropy, log-sum-exp and the
-    # target's log-probability have the logits' dtype
+    # their byte strides; loss, confidence, entropy, log-sum-exp, the
+    # target's log-probability and the Brier score have the logits' dtype
     char* loss
     char* pred
     char* rank
@@ -164,6 +164,7 @@ cdef struct Outputs:
     char* entropy
     char* lse
     char* logprob
+    char* brier
     Py_ssize_t[2] loss_s
     Py_ssize_t[2] pred_s
     Py_ssize_t[2] rank_s
@@ -171,6 +172,7 @@ cdef struct Outputs:
     Py_ssize_t[2] entropy_s
     Py_ssize_t[2] lse_s
     Py_ssize_t[2] logprob_s
+    Py_ssize_t[2] brier_s
 
 
 cdef inline void dd_add(double* acc, double b) noexcept nogil:
@@ -225,7 +227,8 @@ cdef inline char* at(char* base, const Py_ssize_t* strides, Py_ssize_t o,
 
 cdef inline void write_sample(const Outputs* out, Py_ssize_t o, Py_ssize_t i, floating loss,
                               Py_ssize_t pred, Py_ssize_t rank, double s, double log_s,
-                              double e, double lse, double logprob) noexcept nogil:
+                              double e, double lse, double logprob,
+                              double brier) noexcept nogil:
     (<floating*>at(out.loss, out.loss_s, o, i))[0] = loss
     (<int64_t*>at(out.pred, out.pred_s, o, i))[0] = pred
     (<int64_t*>at(out.rank, out.rank_s, o, i))[0] = rank
@@ -233,6 +236,7 @@ cdef inline void write_sample(const Outputs* out, Py_ssize_t o, Py_ssize_t i, fl
     (<floating*>at(out.entropy, out.entropy_s, o, i))[0] = <floating>(log_s - e / s)
     (<floating*>at(out.lse, out.lse_s, o, i))[0] = <floating>lse
     (<floating*>at(out.logprob, out.logprob_s, o, i))[0] = <floating>logprob
+    (<floating*>at(out.brier, out.brier_s, o, i))[0] = <floating>brier
 
 
 cdef inline Py_ssize_t first_nan(const floating* x, Py_ssize_t n,
@@ -323,6 +327,8 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
     cdef bint valid = s == s
     cdef double lse = row_logsumexp(xr, xc, C, <floating>m, log_s)
     cdef double logprob = target_logprob(xr, xc, target, m, log_s, lse) if target >= 0 else 0.0
+    # Brier: sum_c p_c^2 - 2 p_t + 1
+    cdef double brier = sq / (s * s) - 2.0 * exp(logprob) + 1.0 if target >= 0 else 0.0
     cdef Py_ssize_t bad
     if not valid:
         # numpy.argmax's answer: the first NaN, if there is one
@@ -333,14 +339,13 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
     if arg < 0:
         arg = 0
     if target >= 0:
-        # Brier: sum_c p_c^2 - 2 p_t + 1
         record(fp, ip, opt, loss, 1.0 if opt.ce.weight == NULL else opt.ce.weight[target],
-               s, log_s, e, lse, sq / (s * s) - 2.0 * exp(logprob) + 1.0, rank, valid)
+               s, log_s, e, lse, brier, rank, valid)
         if ref.data != NULL:
             pair_sample(xr, C, xc, opt, ref, o, i, target, loss, lse, logprob, arg, valid, fp)
     if out.loss != NULL:
         write_sample(out, o, i, <floating>loss, arg, rank if target >= 0 else -1, s, log_s, e,
-                     lse, logprob)
+                     lse, logprob, brier)
 
 
 # --------------------------------------------------------------------------
@@ -562,6 +567,7 @@ def evaluate_index(object x,
                    object entropy_out,
                    object lse_out,
                    object logprob_out,
+                   object brier_out,
                    int num_threads=0,
                    double logit_scale=1.0,
                    double softcap=0.0,
@@ -587,8 +593,8 @@ def evaluate_index(object x,
     ``(outer, inner)``; loss, confidence, entropy and log-sum-exp of the
     result dtype, prediction and rank int64) receive the loss, the
     prediction, the target's rank (-1 where ignored), the confidence, the
-    entropy, the log-sum-exp and the target's log-probability (0 where
-    ignored).
+    entropy, the log-sum-exp, and the target's log-probability and Brier
+    score (0 where ignored).
     With ``reference`` (the model's ``(outer, C, inner)`` shape, any strides,
     float32 for float32, float16 or bfloat16 logits, else float64) the paired
     sums are made too, and ``kl_out`` (shape ``(outer, inner)``, the result
@@ -618,7 +624,7 @@ def evaluate_index(object x,
     opt.nf = 2 * (SUM_BINS + bins)
     opt.ni = count_ranks_at(bins) + ranks
     call.out.loss = call.out.pred = call.out.rank = call.out.conf = call.out.entropy = NULL
-    call.out.lse = call.out.logprob = NULL
+    call.out.lse = call.out.logprob = call.out.brier = NULL
     call.ref.data = NULL
     call.ref.kl = NULL
     cdef cnp.ndarray ref_arr
@@ -640,6 +646,7 @@ def evaluate_index(object x,
         set_output(&call.out.entropy, call.out.entropy_s, entropy_out)
         set_output(&call.out.lse, call.out.lse_s, lse_out)
         set_output(&call.out.logprob, call.out.logprob_s, logprob_out)
+        set_output(&call.out.brier, call.out.brier_s, brier_out)
 
     # many bins or a long rank histogram mean fewer, larger units
     max_units = PARTIALS_BYTES // (8 * (opt.nf + opt.ni))

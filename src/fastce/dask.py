@@ -190,15 +190,18 @@ def _shard(
 ) -> _Shard:
     """The statistics of the classes ``[offset, offset + C_j)`` of a block,
     computed in float64 by fastce's kernels (and NumPy for the candidates and
-    the sums of squares), a slice of rows at a time so that the float64
+    the smoothing sums), a slice of rows at a time so that the float64
     temporaries stay small."""
     c = np.shape(xb)[ax]
     rows = np.moveaxis(np.asarray(xb), ax, -1).reshape(-1, c)
     n = rows.shape[0]
     t = np.asarray(tb).astype(np.int64).reshape(-1)
     inside = (t >= offset) & (t < offset + c) & (t != options["ignore_index"])
-    # each sample's target where it lies in this shard, else -1 (ignored here)
-    local = np.where(inside, t - offset, -1)
+    # each sample's target where it lies in this shard, else the shard's
+    # first class: every sample then has the kernel's Brier score, from which
+    # sum_c q_c^2 = brier + 2 q_t - 1 (the other per-sample values do not
+    # depend on the target)
+    local = np.where(inside, t - offset, 0)
     k = min(max(_topk_of(options)), c)
     out = _Shard(
         lse=np.empty(n),
@@ -218,7 +221,6 @@ def _shard(
         r = _evaluate(
             part,
             local[a:b],
-            ignore_index=-1,
             topk=1,
             bins=1,
             per_sample=True,
@@ -234,8 +236,7 @@ def _shard(
         here = np.flatnonzero(inside[a:b])
         out.target_logit[a + here] = part[here, local[a + here]]
         with np.errstate(all="ignore"):
-            q = np.exp(part - ps.lse[:, None])
-            out.squares[a:b] = np.sum(q * q, axis=1)
+            out.squares[a:b] = ps.brier + 2.0 * np.exp(ps.target_logprob) - 1.0
             # a zero weight adds nothing, even against a -inf logit
             if options["label_smoothing"]:
                 out.weighted_sum[a:b] = (

@@ -283,8 +283,10 @@ class PerSample:
     largest probability; ``entropy`` the predictive entropy; ``lse`` the
     log-sum-exp of the (transformed) logits; ``target_logprob`` the target's
     log-probability ``log p_t`` (0 where ignored; unweighted and unsmoothed,
-    so it is ``-loss`` only without weights and label smoothing).  The float
-    arrays have the loss's dtype, the others are int64.
+    so it is ``-loss`` only without weights and label smoothing);
+    ``brier`` the Brier score ``sum_c (p_c - [c == t])^2`` (0 where
+    ignored); ``kl`` KL(reference || model) with a ``reference`` (else 0).
+    The float arrays have the loss's dtype, the others are int64.
     """
 
     loss: NDArray[np.float32 | np.float64]
@@ -294,6 +296,7 @@ class PerSample:
     entropy: NDArray[np.float32 | np.float64]
     lse: NDArray[np.float32 | np.float64]
     target_logprob: NDArray[np.float32 | np.float64]
+    brier: NDArray[np.float32 | np.float64]
     kl: NDArray[np.float32 | np.float64]
 
 
@@ -306,6 +309,7 @@ _KERNEL_OUTPUTS = (
     "entropy",
     "lse",
     "target_logprob",
+    "brier",
 )
 
 
@@ -1160,6 +1164,7 @@ def _per_sample_arrays(shape: tuple[int, ...], dtype: np.dtype[Any]) -> PerSampl
         entropy=np.zeros(shape, dtype=dtype),
         lse=np.zeros(shape, dtype=dtype),
         target_logprob=np.zeros(shape, dtype=dtype),
+        brier=np.zeros(shape, dtype=dtype),
         kl=np.zeros(shape, dtype=dtype),
     )
 
@@ -1264,7 +1269,7 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
     ) -> tuple[NDArray[np.float64], _metrics.Counts]:
         # the outputs named one by one: a starred list of them would leave
         # the type checker unable to place the argument after it
-        loss_out, pred_out, rank_out, conf_out, entropy_out, lse_out, logprob_out = outs
+        loss_out, pred_out, rank_out, conf_out, entropy_out, lse_out, logprob_out, brier_out = outs
         return _metrics.evaluate_index(
             x_block,
             t_block,
@@ -1282,6 +1287,7 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
             entropy_out,
             lse_out,
             logprob_out,
+            brier_out,
             options.threads,
             logit_scale,
             options.transform.softcap,
@@ -1290,7 +1296,9 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
         )
 
     for rows, cols in blocks:
-        outs: list[NDArray[Any] | None] = [a[rows, cols] for a in out2] or [None] * 7
+        outs: list[NDArray[Any] | None] = [a[rows, cols] for a in out2] or [None] * len(
+            _KERNEL_OUTPUTS
+        )
         if (seg2 is not None or totals.calibration is not None) and not out2:
             # groups and equal-mass bins are made from the per-sample results
             block = _per_sample_arrays(t2[rows, cols].shape, dtype)
@@ -1320,7 +1328,7 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
             totals.kl_samples.append(kl_block.reshape(-1)[counted].astype(np.float64))
         for scan, scale in zip(totals.scans, scan_scales):
             # the block again, from the caches, at each temperature of the scan
-            scan.fold(*block_totals(x_block, t_block, [None] * 7, scale))
+            scan.fold(*block_totals(x_block, t_block, [None] * len(_KERNEL_OUTPUTS), scale))
         loss_out, rank_out, conf_out, logprob_out = outs[0], outs[2], outs[3], outs[6]
         if totals.calibration is not None:
             assert rank_out is not None and conf_out is not None

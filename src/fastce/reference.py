@@ -880,6 +880,7 @@ class Evaluation(TypedDict):
     ent: _Array
     lse: _Array
     target_logprob: _Array  # log p_t, 0 where ignored
+    sample_brier: _Array  # sum_c (p_c - [c == t])^2, 0 where ignored
     loss_se: float
     accuracy_se: dict[int, float]
     # with segments (else None / NaN): clustered errors above, and per group
@@ -1088,6 +1089,7 @@ def evaluate(
             ent=entropy,
             lse=lse,
             target_logprob=logprob,
+            sample_brier=np.where(keep, brier, 0.0),
             loss_se=loss_se,
             accuracy_se=accuracy_se,
             groups=groups,
