@@ -1,7 +1,8 @@
 """fastce.torch tells why a call went to torch: the logger "fastce.torch"
 records each such call at DEBUG level with its reason, one case per reason
-the README lists (but torch.compile's: a traced call does not run as
-Python); calls fastce serves record nothing."""
+the README lists; calls fastce serves record nothing (and calls that
+torch.compile traces record nothing either: a traced call does not run
+as Python)."""
 
 import logging
 import warnings
@@ -21,10 +22,6 @@ class Tagged(torch.Tensor):
     """A tensor subclass with its own __torch_function__."""
 
 
-def _compiled(x, t):
-    return torch.compile(lambda a, b: ft.cross_entropy(a, b), backend="eager", fullgraph=True)(x, t)
-
-
 CASES = {
     "meta": (lambda: ft.cross_entropy(X.to("meta"), T.to("meta")), "a tensor on meta"),
     "sparse": (lambda: ft.cross_entropy(X.to_sparse(), T), "sparse"),
@@ -32,9 +29,13 @@ CASES = {
         lambda: ft.cross_entropy(X.as_subclass(Tagged), T),
         "a tensor subclass with __torch_function__",
     ),
-    "torch.func": (
-        lambda: torch.func.grad(lambda x: ft.cross_entropy(x, T))(X),
-        "a torch.func transform",
+    "torch.func second derivative": (
+        lambda: torch.func.jacrev(torch.func.grad(lambda x: ft.cross_entropy(x, T)))(X),
+        "nested torch.func gradient transforms",
+    ),
+    "torch.func forward mode": (
+        lambda: torch.func.jacfwd(lambda x: ft.cross_entropy(x, T))(X),
+        "a torch.func forward-mode transform",
     ),
     "int logits": (lambda: ft.cross_entropy(X.long(), T), "logits of dtype torch.int64"),
     "int32 target": (lambda: ft.cross_entropy(X, T.int()), "a target of dtype torch.int32"),

@@ -17,6 +17,18 @@ NumPy can describe), and the backward pass only scales that gradient.
 When no gradient is needed (``torch.no_grad()``, or logits that do not
 require one) only the loss is computed.
 
+``torch.compile`` and ``torch.func``: fastce's kernels are registered as
+the operator ``torch.ops.fastce.cross_entropy`` (with its shape function,
+gradient formula and batching rule), which a compiled graph calls without a
+graph break and which ``torch.func.grad``, ``vjp``, ``jacrev`` and ``vmap``
+(per-sample gradients) go through.
+
+Under CPU autocast (``torch.autocast("cpu", dtype=torch.bfloat16)``, or
+float16), where torch casts half-precision logits to float32 and returns a
+float32 loss, fastce returns the same float32 loss, computed from the
+half-precision logits in place (no float32 copy of them); their gradient
+has their dtype, as torch's has.
+
 Every call fastce cannot serve goes to ``torch.nn.functional.cross_entropy``
 (``linear_cross_entropy`` likewise), so its result and its errors are
 torch's own; the logger ``"fastce.torch"`` records each such call and why at
@@ -25,9 +37,10 @@ with a handler, or ``logging.basicConfig(level=logging.DEBUG)``), except the
 calls ``torch.compile`` traces, which it does not run as Python:
 
 - tensors off the CPU (CUDA, MPS, meta), sparse, quantized or nested ones,
-  tensor subclasses with ``__torch_function__``, and calls made while
-  ``torch.compile`` traces or a ``torch.func`` transform (``vmap``,
-  ``grad``) is active;
+  and tensor subclasses with ``__torch_function__``;
+- ``torch.func`` transforms that differentiate fastce's gradient (nested
+  ``grad``/``jacrev``, ``hessian``) or use forward mode (``jvp``,
+  ``jacfwd``): fastce's gradient has no derivative of its own;
 - logits of a dtype other than float32, float64, float16 and bfloat16
   (bfloat16 only where ``ml_dtypes`` is installed, which gives NumPy that
   dtype), class indices of a dtype torch rejects (it takes int64 and uint8),
@@ -41,8 +54,9 @@ calls ``torch.compile`` traces, which it does not run as Python:
   its usual ``IndexError``, ``ValueError`` or ``RuntimeError``.
 
 Differences from torch: float16 and bfloat16 logits are read in place and
-computed in float32, block by block, and only the loss and the gradient are
-rounded (to nearest even) to the logits' dtype at the end, where torch
+computed in float32, block by block, and only the loss (outside autocast)
+and the gradient are rounded (to nearest even) to the logits' dtype at the
+end, where torch
 rounds intermediate steps too: fastce's results are typically closer to the
 exact values than torch's, and not always torch's bits.  A single class
 gives fastce's ``RuntimeWarning``; the kernels use at most
@@ -98,6 +112,7 @@ _torch_cross_entropy = torch.nn.functional.cross_entropy
 _LOGIT_DTYPES = (torch.float32, torch.float64, torch.float16) + (
     (torch.bfloat16,) if _NUMPY_BFLOAT16 is not None else ()
 )
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int64, torch.uint8)  # the class-index dtypes torch accepts
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -125,14 +140,23 @@ def _transforms_active() -> bool:
     return bool(check()) if check is not None else False
 
 
-def _plain_cpu(t: torch.Tensor) -> bool:
-    return (
-        t.device.type == "cpu"
-        and t.layout == torch.strided
-        and not t.is_quantized
-        and not t.is_nested
-        and not t.is_neg()
-    )
+def _transform_reason() -> str | None:
+    """Why the active torch.func transforms need torch's function, if they
+    do: fastce's gradient has no derivative of its own and no forward mode."""
+    if torch.compiler.is_compiling() or not _transforms_active():
+        return None
+    try:
+        from torch._C._functorch import TransformType
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+        kinds = [interpreter.key() for interpreter in retrieve_all_functorch_interpreters()]
+    except (ImportError, AttributeError):  # a torch without these (private) helpers
+        return "a torch.func transform is active"
+    if TransformType.Jvp in kinds:
+        return "a torch.func forward-mode transform (jvp, jacfwd, hessian) is active"
+    if kinds.count(TransformType.Grad) > 1:
+        return "nested torch.func gradient transforms (a second derivative) are active"
+    return None
 
 
 def _unplain(t: torch.Tensor) -> str | None:
@@ -145,7 +169,8 @@ def _unplain(t: torch.Tensor) -> str | None:
         return "a quantized tensor"
     if t.is_nested:
         return "a nested tensor"
-    if t.is_neg():
+    # a traced graph hands the operator the negation's result
+    if not torch.compiler.is_compiling() and t.is_neg():
         return "a lazily negated tensor"
     return None
 
@@ -156,10 +181,9 @@ def _common_reason(tensors: tuple[object, ...]) -> str | None:
         return "an argument that is not a tensor"
     if torch.overrides.has_torch_function(tensors):
         return "a tensor subclass with __torch_function__"
-    if torch.compiler.is_compiling():
-        return "torch.compile is tracing"
-    if _transforms_active():
-        return "a torch.func transform (vmap, grad, ...) is active"
+    reason = _transform_reason()
+    if reason is not None:
+        return reason
     for t in tensors:
         reason = _unplain(cast(torch.Tensor, t))
         if reason is not None:
@@ -225,17 +249,120 @@ def _loss_tensor(loss: ArrayLike, dtype: torch.dtype) -> torch.Tensor:
     return result if result.dtype == dtype else result.to(dtype)
 
 
-def _result_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype fastce returns for logits of ``dtype``."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _thread_limit() -> int:
     return max(1, min(torch.get_num_threads(), _fastce_threads()))
 
 
-class _CrossEntropyFunction(torch.autograd.Function):
-    """Loss and gradient from one fused pass; backward scales the gradient."""
+def _class_dim(input: torch.Tensor) -> int:
+    return 1 if input.dim() >= 2 else 0
+
+
+def _loss_dtype(input: torch.Tensor) -> torch.dtype:
+    """The dtype of the loss torch returns: float32 for half-precision logits
+    under CPU autocast (cross-entropy is on autocast's float32 list), else the
+    logits' dtype."""
+    if input.dtype in _HALF_DTYPES and torch.is_autocast_enabled("cpu"):
+        return torch.float32
+    return input.dtype
+
+
+# (loss, z_loss, lse, grad): the last three None where the call does not ask for them
+_Outputs = tuple[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None", "torch.Tensor | None"]
+
+
+def _kernel_outputs(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    transform: dict[str, Any] | None,
+    want_grad: bool,
+    loss_dtype: torch.dtype,
+) -> _Outputs:
+    """The loss from fastce's kernels, with the z-loss part and the per-sample
+    log-sum-exps for a transformed call (``transform``: its softcap,
+    temperature and z_loss) and the gradient (in the logits' dtype) when
+    ``want_grad``; _Declined where fastce's checks reject the call."""
+    # either function, called alike: typed as what both accept
+    call: Any = _functional.cross_entropy_with_grad if want_grad else _functional.cross_entropy
+    extras: dict[str, Any] = (
+        {} if transform is None else dict(return_z_loss=True, return_lse=True, **transform)
+    )
+    if want_grad:
+        extras["grad_output"] = 1.0
+    try:
+        # a gradient in memory the call allocates (laid out as the logits),
+        # which the kernels know to be new
+        results = call(
+            _numpy(input),
+            _numpy(target),
+            _numpy(weight),
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            num_threads=_thread_limit(),
+            **extras,
+        )
+    except (TypeError, ValueError, IndexError) as err:
+        raise _Declined from err
+    if not isinstance(results, tuple):
+        results = (results,)
+    grad = None
+    if want_grad:
+        grad = torch.from_numpy(results[1]).to(input.dtype)
+        results = results[:1] + results[2:]
+    values = [_loss_tensor(r, loss_dtype) for r in results]
+    if transform is None:
+        return values[0], None, None, grad
+    return values[0], values[1], values[2], grad
+
+
+def _torch_outputs(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    transform: dict[str, Any] | None,
+    want_grad: bool,
+    loss_dtype: torch.dtype,
+) -> _Outputs:
+    """What _kernel_outputs gives, computed by torch (which raises its own
+    error for a call it rejects)."""
+    x = input.detach().requires_grad_(want_grad)
+    with torch.enable_grad():
+        if transform is None:
+            loss = _torch_cross_entropy(
+                x,
+                target,
+                weight,
+                ignore_index=ignore_index,
+                reduction=reduction,
+                label_smoothing=label_smoothing,
+            )
+            z, lse = None, None
+        else:
+            checked = check_logit_transform(**transform)
+            loss, z, lse = _torch_transformed(
+                x, target, weight, ignore_index, reduction, label_smoothing, checked
+            )
+        grad = torch.autograd.grad(loss, x, torch.ones_like(loss))[0] if want_grad else None
+    return (
+        loss.detach().to(loss_dtype),
+        None if z is None else z.to(loss_dtype),
+        None if lse is None else lse.to(loss_dtype),
+        grad,
+    )
+
+
+class _EagerCrossEntropy(torch.autograd.Function):
+    """The loss and its gradient from one fused pass (and for a transformed
+    call the z-loss part and the log-sum-exps, without a gradient); backward
+    scales the gradient.  torch's older form of Function: the newer one
+    (setup_context) costs about 20 us more per call."""
 
     @staticmethod
     def forward(
@@ -246,82 +373,234 @@ class _CrossEntropyFunction(torch.autograd.Function):
         ignore_index: int,
         reduction: str,
         label_smoothing: float,
-    ) -> torch.Tensor:
-        x = _numpy(input)
-        try:
-            # the gradient in memory the call allocates (laid out as the
-            # logits), which the kernels know to be new
-            loss, g = _functional.cross_entropy_with_grad(
-                x,
-                _numpy(target),
-                _numpy(weight),
-                grad_output=1.0,
-                ignore_index=ignore_index,
-                reduction=reduction,
-                label_smoothing=label_smoothing,
-                num_threads=_thread_limit(),
-            )
-        except (TypeError, ValueError, IndexError) as err:
-            raise _Declined from err
-        grad = torch.from_numpy(g).to(input.dtype)
+        transform: dict[str, Any] | None,
+        loss_dtype: torch.dtype,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        loss, z, lse, grad = _kernel_outputs(
+            input,
+            target,
+            weight,
+            ignore_index,
+            reduction,
+            label_smoothing,
+            transform,
+            True,
+            loss_dtype,
+        )
         ctx.save_for_backward(grad)
         ctx.reduction = reduction
-        ctx.class_dim = 1 if input.dim() >= 2 else 0
-        return _loss_tensor(loss, input.dtype)
+        ctx.class_dim = _class_dim(input)
+        if z is None or lse is None:
+            return loss
+        ctx.mark_non_differentiable(z, lse)
+        return loss, z, lse
 
     @staticmethod
-    def backward(
-        ctx: Any, grad_output: torch.Tensor
-    ) -> tuple[torch.Tensor, None, None, None, None, None]:
-        return _scaled_grad(ctx, grad_output), None, None, None, None, None
+    def backward(ctx: Any, grad_output: torch.Tensor, *unused: torch.Tensor) -> tuple[Any, ...]:
+        grad = _scaled_grad(ctx.saved_tensors[0], grad_output, ctx.reduction, ctx.class_dim, True)
+        if torch.is_grad_enabled():
+            grad = _no_second_derivative(grad)
+        return (grad,) + (None,) * 7
 
 
-def _scaled_grad(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
-    """The gradient the forward pass saved, times ``grad_output``."""
-    grad: torch.Tensor = ctx.saved_tensors[0]
-    create_graph = torch.is_grad_enabled()
-    with torch.no_grad():
-        if ctx.reduction == "none":
-            grad = grad * grad_output.unsqueeze(ctx.class_dim)
-        elif grad_output.item() != 1.0:  # loss.backward() passes exactly 1
-            grad = grad * grad_output
-    if create_graph:
-        grad = _no_second_derivative(grad)
-    return grad
+# ---- the registered operator: what torch.compile graphs and torch.func see --
 
 
-class _TransformedCrossEntropyFunction(torch.autograd.Function):
-    """_CrossEntropyFunction with a logit transform and a z-loss: returns the
-    loss, its z-loss part and the per-sample log-sum-exps (the last two
-    without a gradient)."""
+@torch.library.custom_op("fastce::cross_entropy", mutates_args=())
+def _cross_entropy_op(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    softcap: float | None,
+    temperature: float,
+    z_loss: float,
+    transformed: bool,
+    want_grad: bool,
+    float32_loss: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, z_loss, lse, grad)`` of a cross-entropy call, as
+    :func:`cross_entropy` computes it; ``z_loss`` and ``lse`` are empty unless
+    ``transformed``, ``grad`` unless ``want_grad``.  A call fastce's checks
+    reject is computed by torch, which raises its own error for it."""
+    transform = (
+        dict(softcap=softcap, temperature=temperature, z_loss=z_loss) if transformed else None
+    )
+    # a lazily negated tensor has no memory NumPy can read (a no-op otherwise)
+    input, target = input.resolve_neg(), target.resolve_neg()
+    weight = None if weight is None else weight.resolve_neg()
+    args = (input, target, weight, ignore_index, reduction, label_smoothing, transform, want_grad)
+    loss_dtype = torch.float32 if float32_loss else input.dtype
+    try:
+        outputs = _kernel_outputs(*args, loss_dtype)
+    except _Declined:
+        outputs = _torch_outputs(*args, loss_dtype)
+    loss, z, lse, grad = outputs
+    if grad is not None and grad.stride() != _fake_grad(input).stride():
+        # the layout the graph was traced with (the fake function's)
+        grad = _fake_grad(input).copy_(grad)
+    # outputs must not alias: an empty tensor each
+    return (
+        loss,
+        loss.new_empty(0) if z is None else z,
+        loss.new_empty(0) if lse is None else lse,
+        input.new_empty(0) if grad is None else grad,
+    )
 
-    @staticmethod
-    def forward(
-        ctx: Any,
-        input: torch.Tensor,
-        target: torch.Tensor,
-        weight: torch.Tensor | None,
-        ignore_index: int,
-        reduction: str,
-        label_smoothing: float,
-        options: dict[str, Any],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        loss, g, z_part, lse = _transformed_arrays(
-            input, target, weight, ignore_index, reduction, label_smoothing, options, True
+
+def _fake_grad(input: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(input)
+
+
+@_cross_entropy_op.register_fake
+def _cross_entropy_fake(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    softcap: float | None,
+    temperature: float,
+    z_loss: float,
+    transformed: bool,
+    want_grad: bool,
+    float32_loss: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dtype = torch.float32 if float32_loss else input.dtype
+    class_dim = _class_dim(input)
+    samples = input.shape[:class_dim] + input.shape[class_dim + 1 :]
+    loss_shape = samples if reduction == "none" else torch.Size()
+    return (
+        input.new_empty(loss_shape, dtype=dtype),
+        input.new_empty(loss_shape if transformed else (0,), dtype=dtype),
+        input.new_empty(samples if transformed else (0,), dtype=dtype),
+        _fake_grad(input) if want_grad else input.new_empty(0),
+    )
+
+
+def _cross_entropy_vmap(
+    info: Any, in_dims: tuple[int | None, ...], *args: Any
+) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
+    """The operator under ``torch.func.vmap``: one call per batch entry."""
+
+    def entry(i: int) -> tuple[torch.Tensor, ...]:
+        picked = [a if d is None else a.select(d, i) for a, d in zip(args, in_dims)]
+        return tuple(_cross_entropy_op(*picked))
+
+    entries = [entry(i) for i in range(info.batch_size)]
+    return tuple(torch.stack(column) for column in zip(*entries)), (0, 0, 0, 0)
+
+
+torch.library.register_vmap(_cross_entropy_op, _cross_entropy_vmap)
+
+
+def _operator_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+    ctx.save_for_backward(output[3])
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.reduction = inputs[4]
+    ctx.class_dim = _class_dim(inputs[0])
+    ctx.with_grad = inputs[10]
+
+
+def _operator_backward(
+    ctx: Any, grad_output: torch.Tensor, *unused: torch.Tensor
+) -> tuple[Any, ...]:
+    if not ctx.with_grad:
+        raise RuntimeError(
+            "fastce.cross_entropy was called with want_grad=False: it has no gradient to give"
         )
-        ctx.save_for_backward(torch.from_numpy(g).to(input.dtype))
-        ctx.reduction = reduction
-        ctx.class_dim = 1 if input.dim() >= 2 else 0
-        z_tensor = _loss_tensor(z_part, input.dtype)
-        lse_tensor = _loss_tensor(lse, input.dtype)
-        ctx.mark_non_differentiable(z_tensor, lse_tensor)
-        return _loss_tensor(loss, input.dtype), z_tensor, lse_tensor
+    # no second derivative can reach here: fastce.torch's checks send nested
+    # gradient transforms to torch, and a compiled graph has none
+    grad = _scaled_grad(ctx.saved_tensors[0], grad_output, ctx.reduction, ctx.class_dim, False)
+    return (grad,) + (None,) * 11
+
+
+_cross_entropy_op.register_autograd(_operator_backward, setup_context=_operator_setup)
+
+
+class _TransformableCrossEntropy(torch.autograd.Function):
+    """The operator with its gradient, in the form of Function that torch.func
+    transforms take (the operator's own autograd formula serves compiled
+    graphs and eager autograd, not torch.func)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(
-        ctx: Any, grad_output: torch.Tensor, *unused: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
-        return (_scaled_grad(ctx, grad_output),) + (None,) * 6
+    def forward(*args: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(_cross_entropy_op(*args))
+
+    setup_context = staticmethod(_operator_setup)
+    backward = staticmethod(_operator_backward)
+
+
+def _scaled_grad(
+    grad: torch.Tensor, grad_output: torch.Tensor, reduction: str, class_dim: int, eager: bool
+) -> torch.Tensor:
+    """The gradient the forward pass saved, times ``grad_output`` (in eager
+    mode, not for the exact 1 that ``loss.backward()`` passes: a graph being
+    traced cannot read the value)."""
+    with torch.no_grad():
+        if reduction == "none":
+            return (grad * grad_output.unsqueeze(class_dim)).to(grad.dtype)
+        if eager and grad_output.item() == 1.0:
+            return grad
+        return (grad * grad_output).to(grad.dtype)
+
+
+def _served(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    transform: dict[str, Any] | None,
+    grad_enabled: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(loss, z_loss, lse)`` from fastce (the last two for a transformed
+    call), differentiable where the logits need a gradient: through the
+    registered operator where torch.compile traces or a torch.func
+    transform runs, else directly; _Declined where fastce's checks reject an
+    eager call."""
+    want_grad = grad_enabled and input.requires_grad
+    loss_dtype = _loss_dtype(input)
+    if torch.compiler.is_compiling() or _transforms_active():
+        options = transform or dict(softcap=None, temperature=1.0, z_loss=0.0)
+        args = (
+            input, target, weight, ignore_index, reduction, label_smoothing,
+            options["softcap"], options["temperature"], options["z_loss"], transform is not None,
+        )  # fmt: skip
+        float32_loss = loss_dtype == torch.float32 and input.dtype != torch.float32
+        if want_grad and not torch.compiler.is_compiling():
+            # torch.autograd.Function.apply is untyped; it returns forward's tensors
+            outputs = _TransformableCrossEntropy.apply(  # type: ignore[no-untyped-call]
+                *args, True, float32_loss
+            )
+        else:
+            outputs = _cross_entropy_op(*args, want_grad, float32_loss)
+        if transform is None:
+            return outputs[0], None, None
+        return outputs[0], outputs[1], outputs[2]
+    if want_grad:
+        eager = _EagerCrossEntropy.apply(  # type: ignore[no-untyped-call]
+            input, target, weight, ignore_index, reduction, label_smoothing, transform, loss_dtype
+        )
+        return (eager, None, None) if transform is None else tuple(eager)
+    loss, z, lse, _ = _kernel_outputs(
+        input,
+        target,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        transform,
+        False,
+        loss_dtype,
+    )
+    return loss, z, lse
 
 
 _SECOND_DERIVATIVE = (
@@ -338,38 +617,6 @@ def _no_second_derivative(grad: torch.Tensor) -> torch.Tensor:
     grad = grad.detach().requires_grad_(True)
     # a private torch class, found at run time: untyped
     return cast(torch.Tensor, delayed(_SECOND_DERIVATIVE.encode(), 1)(grad))
-
-
-def _fastce_cross_entropy(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    grad_enabled: bool,
-) -> torch.Tensor:
-    if grad_enabled and input.requires_grad:
-        # torch.autograd.Function.apply is untyped; it returns forward's tensor
-        return cast(
-            torch.Tensor,
-            _CrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
-                input, target, weight, ignore_index, reduction, label_smoothing
-            ),
-        )
-    try:
-        loss = _functional.cross_entropy(
-            _numpy(input),
-            _numpy(target),
-            _numpy(weight),
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-            num_threads=_thread_limit(),
-        )
-    except (TypeError, ValueError, IndexError) as err:
-        raise _Declined from err
-    return _loss_tensor(loss, input.dtype)
 
 
 def cross_entropy(
@@ -411,6 +658,8 @@ def cross_entropy(
     tensor([[ 0.2424, -0.3410,  0.0986]])
     """
     grad_enabled = torch.is_grad_enabled()
+    transform: dict[str, Any] | None = None
+    flags = (False, False)
     if (
         softcap is not None
         or temperature != 1.0
@@ -418,115 +667,40 @@ def cross_entropy(
         or return_z_loss is not False
         or return_lse is not False
     ):
-        transform = check_logit_transform(softcap, temperature, z_loss)
+        checked = check_logit_transform(softcap, temperature, z_loss)
         flags = check_flag(return_z_loss, "return_z_loss"), check_flag(return_lse, "return_lse")
-        outputs = None
-        if transform != NO_TRANSFORM or any(flags):
-            reason = _why_not_served(
-                input, target, weight, size_average, reduce, reduction, grad_enabled
-            )
-            if reason is None:
-                try:
-                    outputs = _fastce_transformed(
-                        input,
-                        target,
-                        weight,
-                        ignore_index,
-                        reduction,
-                        label_smoothing,
-                        dict(softcap=softcap, temperature=temperature, z_loss=z_loss),
-                    )
-                except _Declined as err:
-                    _declined("cross_entropy", err)  # torch's operations answer below
-            else:
-                _to_torch("cross_entropy", reason)
-            if outputs is None:
-                outputs = _torch_transformed(
-                    input, target, weight, ignore_index, reduction, label_smoothing, transform
-                )
-            picked = (outputs[0],) + tuple(o for o, f in zip(outputs[1:], flags) if f)
-            return picked if len(picked) > 1 else picked[0]
+        if checked != NO_TRANSFORM or any(flags):
+            transform = dict(softcap=softcap, temperature=temperature, z_loss=z_loss)
     reason = _why_not_served(input, target, weight, size_average, reduce, reduction, grad_enabled)
+    outputs = None
     if reason is None:
         try:
-            return _fastce_cross_entropy(
-                input, target, weight, ignore_index, reduction, label_smoothing, grad_enabled
-            )
-        except _Declined as err:
-            _declined("cross_entropy", err)  # torch answers, or raises its own error, below
-    else:
-        _to_torch("cross_entropy", reason)
-    return _torch_cross_entropy(
-        input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing
-    )
-
-
-def _fastce_transformed(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    options: dict[str, Any],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, z_loss, lse)`` of a transformed call (``options``: its
-    softcap, temperature and z_loss), from fastce's kernels."""
-    if torch.is_grad_enabled() and input.requires_grad:
-        # torch.autograd.Function.apply is untyped; it returns forward's tensors
-        return cast(
-            "tuple[torch.Tensor, torch.Tensor, torch.Tensor]",
-            _TransformedCrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
+            outputs = _served(
                 input,
                 target,
                 weight,
                 ignore_index,
                 reduction,
                 label_smoothing,
-                options,
-            ),
-        )
-    loss, z_part, lse = _transformed_arrays(
-        input, target, weight, ignore_index, reduction, label_smoothing, options, False
-    )
-    return (
-        _loss_tensor(loss, input.dtype),
-        _loss_tensor(z_part, input.dtype),
-        _loss_tensor(lse, input.dtype),
-    )
-
-
-def _transformed_arrays(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    options: dict[str, Any],
-    want_grad: bool,
-) -> tuple[Any, ...]:
-    """fastce's ``(loss, grad, z_loss, lse)`` of a transformed call (without
-    ``grad`` unless ``want_grad``); _Declined where its checks reject the call."""
-    # either function, called alike: typed as what both accept
-    call: Any = _functional.cross_entropy_with_grad if want_grad else _functional.cross_entropy
-    try:
-        return tuple(
-            call(
-                _numpy(input),
-                _numpy(target),
-                _numpy(weight),
-                ignore_index=ignore_index,
-                reduction=reduction,
-                label_smoothing=label_smoothing,
-                num_threads=_thread_limit(),
-                return_z_loss=True,
-                return_lse=True,
-                **options,
+                transform,
+                grad_enabled,
             )
+        except _Declined as err:
+            _declined("cross_entropy", err)  # torch answers, or raises its own error, below
+    else:
+        _to_torch("cross_entropy", reason)
+    if transform is None:
+        if outputs is not None:
+            return outputs[0]
+        return _torch_cross_entropy(
+            input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing
         )
-    except (TypeError, ValueError, IndexError) as err:
-        raise _Declined from err
+    if outputs is None:
+        outputs = _torch_transformed(
+            input, target, weight, ignore_index, reduction, label_smoothing, checked
+        )
+    picked = (outputs[0],) + tuple(o for o, f in zip(outputs[1:], flags) if f)
+    return picked if len(picked) > 1 else picked[0]
 
 
 def _torch_transformed(
