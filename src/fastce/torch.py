@@ -105,7 +105,14 @@ try:
 except ImportError:
     _NUMPY_BFLOAT16 = None
 
-__all__ = ["cross_entropy", "CrossEntropyLoss", "linear_cross_entropy", "LinearCrossEntropyLoss"]
+__all__ = [
+    "cross_entropy",
+    "CrossEntropyLoss",
+    "linear_cross_entropy",
+    "LinearCrossEntropyLoss",
+    "causal_lm_loss",
+    "trainer_causal_lm_loss",
+]
 
 _torch_cross_entropy = torch.nn.functional.cross_entropy
 
@@ -559,14 +566,14 @@ def _served(
     label_smoothing: float,
     transform: dict[str, Any] | None,
     grad_enabled: bool,
+    loss_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(loss, z_loss, lse)`` from fastce (the last two for a transformed
-    call), differentiable where the logits need a gradient: through the
+    call, all three in ``loss_dtype``), differentiable where the logits need a gradient: through the
     registered operator where torch.compile traces or a torch.func
     transform runs, else directly; _Declined where fastce's checks reject an
     eager call."""
     want_grad = grad_enabled and input.requires_grad
-    loss_dtype = _loss_dtype(input)
     if torch.compiler.is_compiling() or _transforms_active():
         options = transform or dict(softcap=None, temperature=1.0, z_loss=0.0)
         args = (
@@ -684,6 +691,7 @@ def cross_entropy(
                 label_smoothing,
                 transform,
                 grad_enabled,
+                _loss_dtype(input),
             )
         except _Declined as err:
             _declined("cross_entropy", err)  # torch answers, or raises its own error, below
@@ -748,6 +756,104 @@ def _torch_transformed(
     if reduction == "sum":
         return total.sum(), z_part.sum(), lse.detach()
     return total, z_part, lse.detach()
+
+
+# ---- causal language models ------------------------------------------------
+
+
+def causal_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    vocab_size: int | None = None,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+    shift_labels: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """The causal-LM loss of Hugging Face transformers (``ForCausalLMLoss``),
+    computed by fastce from the logits in place.
+
+    Position ``t`` of ``logits`` (``(..., T, V)``) predicts label ``t + 1``:
+    the labels are shifted by padding (the last position gets
+    ``ignore_index``), never by slicing the logits, so the logits are read
+    where they are, with no copy, no reshape and no float32 upcast of
+    half-precision logits.  ``shift_labels``, when given, are the already
+    shifted labels.  The loss is the mean over the labels that are not
+    ``ignore_index``, or with ``num_items_in_batch`` (gradient accumulation)
+    their sum divided by it.  It is float32, as transformers' is (it upcasts
+    the logits), and the gradient has the logits' dtype.  Other keyword
+    arguments (which transformers' models pass along) are ignored.
+
+    Use it as a model's loss, or as a ``Trainer``'s (see
+    :func:`trainer_causal_lm_loss`)::
+
+        model.loss_function = fastce.torch.causal_lm_loss
+
+    Examples
+    --------
+    >>> import torch, fastce.torch
+    >>> logits = torch.randn(2, 5, 11)
+    >>> labels = torch.tensor([[1, 2, 3, -100, -100], [4, 5, 6, 7, 8]])
+    >>> loss = fastce.torch.causal_lm_loss(logits, labels)
+    >>> want = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11),
+    ...                                          labels[:, 1:].reshape(-1))
+    >>> torch.allclose(loss, want)
+    True
+    """
+    if vocab_size is not None and logits.shape[-1] != vocab_size:
+        raise ValueError(
+            f"logits of shape {tuple(logits.shape)} do not end in vocab_size={vocab_size}"
+        )
+    if shift_labels is None:
+        padded = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)
+        shift_labels = padded[..., 1:]
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    # the class axis where torch's rule looks for it (axis 1): a view, not a copy
+    classes_at_1 = logits.movedim(-1, 1) if logits.dim() > 2 else logits
+    loss = None
+    if shift_labels.shape != classes_at_1.shape[:1] + classes_at_1.shape[2:]:
+        reason: str | None = (
+            f"labels of shape {tuple(shift_labels.shape)} for logits of shape {tuple(logits.shape)}"
+        )
+    else:
+        grad_enabled = torch.is_grad_enabled()
+        reason = _why_not_served(
+            classes_at_1, shift_labels, None, None, None, reduction, grad_enabled
+        )
+    if reason is None:
+        try:
+            loss = _served(
+                classes_at_1, shift_labels, None, ignore_index, reduction, 0.0, None,
+                grad_enabled, torch.float32,
+            )[0]  # fmt: skip
+        except _Declined as err:
+            _declined("causal_lm_loss", err)
+    else:
+        _to_torch("causal_lm_loss", reason)
+    if loss is None:  # transformers' own computation, with its errors
+        loss = _torch_cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            shift_labels.reshape(-1),
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
+    if num_items_in_batch is not None:
+        if isinstance(num_items_in_batch, torch.Tensor):
+            num_items_in_batch = num_items_in_batch.to(loss.device)
+        loss = loss / num_items_in_batch
+    return loss
+
+
+def trainer_causal_lm_loss(
+    outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """:func:`causal_lm_loss` in the form of a transformers ``Trainer``'s
+    ``compute_loss_func``::
+
+        Trainer(..., compute_loss_func=fastce.torch.trainer_causal_lm_loss)
+    """
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+    return causal_lm_loss(logits, labels, num_items_in_batch=num_items_in_batch)
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
