@@ -10,7 +10,12 @@ with ``fastce.torch.CrossEntropyLoss``:
 - ``head``: a linear classifier over 1000 classes, a training step on a batch
   of 1024 feature vectors of 512 and an eval step over 4096;
 - ``vocab``: a 32000-class output layer (a language model's last layer), a
-  training step on 256 positions of 256 features and an eval step on 1024.
+  training step on 256 positions of 256 features and an eval step on 1024;
+- ``gpt2``: a GPT-2 built from its config with random weights (2 layers of
+  256, GPT-2's 50257-token vocabulary), a batch of 4 sequences of 128 tokens
+  with padding labelled -100, its loss transformers' own causal-LM loss or
+  ``fastce.torch.causal_lm_loss`` (``model.loss_function``); only where
+  transformers is installed.
 
 A training step is ``zero_grad``, forward, loss, ``backward`` and an SGD
 step; an eval step is forward and loss under ``torch.no_grad()``.
@@ -24,6 +29,7 @@ both alike, and prints the medians and torch's time over fastce's.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import time
@@ -43,7 +49,9 @@ WORKLOADS = {
     "logits": ((1000,), 4096, 4096),
     "head": ((512, 1000), 1024, 4096),
     "vocab": ((256, 32000), 256, 1024),
+    "gpt2": ((256, 50257), 4, 4),
 }
+CAUSAL_LM = {"layers": 2, "heads": 4, "tokens": 128}
 
 
 class Bench:
@@ -81,6 +89,46 @@ class Bench:
             return self.criterion(self.model(self.x_eval), self.y_eval).item()
 
 
+class CausalLMBench(Bench):
+    """A config-built GPT-2, stepped with transformers' loss or fastce's."""
+
+    def __init__(self, workload: str, loss: str):
+        transformers = pytest.importorskip("transformers")
+        (width, vocab), batch, _ = WORKLOADS[workload]
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(
+            vocab_size=vocab, n_positions=CAUSAL_LM["tokens"], n_embd=width,
+            n_layer=CAUSAL_LM["layers"], n_head=CAUSAL_LM["heads"], bos_token_id=0,
+            eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        )  # fmt: skip
+        self.model = transformers.GPT2LMHeadModel(config)
+        if loss == "fastce":
+            self.model.loss_function = ft.causal_lm_loss
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3)
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, vocab, (batch, CAUSAL_LM["tokens"]), generator=g)
+        mask = torch.ones_like(ids)
+        mask[::2, CAUSAL_LM["tokens"] * 3 // 4 :] = 0  # every other sequence padded
+        self.inputs = dict(
+            input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)
+        )
+
+    def train_step(self) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.model(**self.inputs).loss
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def eval_step(self) -> float:
+        with torch.no_grad():
+            return self.model(**self.inputs).loss.item()
+
+
+def make_bench(workload: str, loss: str) -> Bench:
+    return (CausalLMBench if workload == "gpt2" else Bench)(workload, loss)
+
+
 CASES = [(w, s, loss) for w in WORKLOADS for s in ("train", "eval") for loss in LOSSES]
 
 
@@ -89,8 +137,8 @@ CASES = [(w, s, loss) for w in WORKLOADS for s in ("train", "eval") for loss in 
 )
 def test_step(benchmark, workload, step, loss):
     benchmark.group = f"{workload}-{step}"
-    bench = Bench(workload, loss)
-    reference = Bench(workload, "torch")
+    bench = make_bench(workload, loss)
+    reference = make_bench(workload, "torch")
     run = bench.train_step if step == "train" else bench.eval_step
     want = reference.train_step() if step == "train" else reference.eval_step()
     first = run()
@@ -100,7 +148,7 @@ def test_step(benchmark, workload, step, loss):
 
 def interleaved(workload: str, step: str, repeats: int, min_time: float):
     """Median seconds per step for each loss, timed in alternation."""
-    benches = {loss: Bench(workload, loss) for loss in LOSSES}
+    benches = {loss: make_bench(workload, loss) for loss in LOSSES}
     runs = {loss: getattr(b, f"{step}_step") for loss, b in benches.items()}
     for run in runs.values():  # warm up, and size the inner loop
         run()
@@ -129,6 +177,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
     args = parser.parse_args(argv)
+    if "gpt2" in args.workloads and importlib.util.find_spec("transformers") is None:
+        print('gpt2 skipped: transformers is not installed (pip install ".[transformers]")')
+        args.workloads.remove("gpt2")
     info = fastce._config.config()
     print(
         f"fastce {info['version']} (openmp {'on' if info['openmp'] else 'off'}, "
@@ -143,6 +194,9 @@ def main(argv=None) -> int:
             times = interleaved(workload, step, args.repeats, args.min_time)
             batch = train_batch if step == "train" else eval_batch
             shape = "-".join(map(str, widths))
+            if workload == "gpt2":
+                shape = f"{CAUSAL_LM['layers']} layers of {widths[0]}, vocabulary {widths[1]}"
+                batch = f"{batch} x {CAUSAL_LM['tokens']}"
             print(
                 f"| {workload} ({shape}), batch {batch} | {step} | {_format(times['torch'])} "
                 f"| {_format(times['fastce'])} | {times['torch'] / times['fastce']:.2f}x |",
