@@ -67,6 +67,12 @@ CASES = {
         lambda: ft.linear_cross_entropy(torch.randn(2, 3, 4), torch.randn(5, 4), T[:2]),
         "3-d hidden states",
     ),
+    "linear torch.func": (
+        lambda: torch.func.grad(lambda h: ft.linear_cross_entropy(h, torch.randn(5, 4), T))(
+            torch.randn(6, 4)
+        ),
+        "a torch.func transform is active over a linear cross-entropy",
+    ),
     "linear float16": (
         lambda: ft.linear_cross_entropy(torch.randn(6, 4).half(), torch.randn(5, 4).half(), T),
         "hidden states of dtype torch.float16",

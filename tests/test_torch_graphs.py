@@ -198,3 +198,13 @@ def test_compiled_autocast_loss_is_float32(kernel_calls):
     got = torch.compile(step, backend="aot_eager", fullgraph=True)(x, t)
     assert got.dtype == torch.float32 and len(kernel_calls) == 1
     torch.testing.assert_close(got, F.cross_entropy(x.float(), t))
+
+
+def test_compiled_linear_cross_entropy_is_torchs_without_a_graph_break():
+    h = torch.randn(8, 4, requires_grad=True)
+    w = torch.randn(10, 4, requires_grad=True)
+    t = torch.randint(0, 10, (8,))
+    explanation = torch._dynamo.explain(ft.linear_cross_entropy)(h, w, t)
+    assert explanation.graph_break_count == 0
+    got = torch.compile(ft.linear_cross_entropy, backend="aot_eager", fullgraph=True)(h, w, t)
+    torch.testing.assert_close(got, F.cross_entropy(h @ w.T, t))

@@ -69,7 +69,9 @@ torch's function there.
 drop-in for ``torch.nn.functional.linear_cross_entropy`` and
 ``torch.nn.LinearCrossEntropyLoss``: the loss of a linear head without the
 logits, computed by :func:`fastce.linear_cross_entropy` for 1-d and 2-d
-float32 and float64 CPU input, and by torch for any other call.
+float32 and float64 CPU input in eager mode, and by torch for any other
+call (under ``torch.compile`` and ``torch.func`` too: it is not a registered
+operator).
 
 This module imports torch: import it only where torch is installed.
 """
@@ -898,6 +900,12 @@ def _why_linear_not_served(
     grad_enabled: bool,
 ) -> str | None:
     """Why torch computes this linear cross-entropy, or None when fastce does."""
+    # cross_entropy alone is a registered operator (a linear head's blocked
+    # pass is Python that a graph cannot trace)
+    if torch.compiler.is_compiling():
+        return "torch.compile is tracing a linear cross-entropy"
+    if _transforms_active():
+        return "a torch.func transform is active over a linear cross-entropy"
     tensors = [input, linear_weight, target] + [t for t in (linear_bias, weight) if t is not None]
     reason = _common_reason(tuple(tensors))
     if reason is not None:
