@@ -208,3 +208,22 @@ def test_compiled_linear_cross_entropy_is_torchs_without_a_graph_break():
     assert explanation.graph_break_count == 0
     got = torch.compile(ft.linear_cross_entropy, backend="aot_eager", fullgraph=True)(h, w, t)
     torch.testing.assert_close(got, F.cross_entropy(h @ w.T, t))
+
+
+def test_operator_answers_a_declined_call_with_torchs_loss(monkeypatch):
+    """Where fastce's checks reject a call torch accepts (none is known: a
+    stand-in rejects every call here), the operator gives torch's loss, and
+    refuses its gradient with a clear error rather than a wrong one."""
+
+    def reject(*args, **kwargs):
+        raise ValueError("a stand-in rejection")
+
+    for name in ("cross_entropy", "cross_entropy_with_grad"):
+        monkeypatch.setattr(ft._functional, name, reject)
+    x = torch.randn(5, 4, requires_grad=True)
+    t = torch.tensor([0, 1, 2, 3, -100])
+    compiled = torch.compile(ft.cross_entropy, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, t), F.cross_entropy(x, t))
+    with pytest.raises(RuntimeError, match="a stand-in rejection.*torch.nn.functional"):
+        compiled(x, t)

@@ -328,7 +328,7 @@ def _kernel_outputs(
     return values[0], values[1], values[2], grad
 
 
-def _torch_outputs(
+def _torch_answer(
     input: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
@@ -338,14 +338,15 @@ def _torch_outputs(
     transform: dict[str, Any] | None,
     want_grad: bool,
     loss_dtype: torch.dtype,
+    declined: _Declined,
 ) -> _Outputs:
-    """What _kernel_outputs gives, computed by torch (which raises its own
-    error for a call it rejects)."""
-    x = input.detach().requires_grad_(want_grad)
-    with torch.enable_grad():
+    """torch's answer, inside the operator, to a call fastce's checks reject:
+    its own error, or where it accepts the call its loss; a gradient it cannot
+    give there (an operator runs below autograd), and says so."""
+    with torch.no_grad():
         if transform is None:
             loss = _torch_cross_entropy(
-                x,
+                input,
                 target,
                 weight,
                 ignore_index=ignore_index,
@@ -356,14 +357,19 @@ def _torch_outputs(
         else:
             checked = check_logit_transform(**transform)
             loss, z, lse = _torch_transformed(
-                x, target, weight, ignore_index, reduction, label_smoothing, checked
+                input, target, weight, ignore_index, reduction, label_smoothing, checked
             )
-        grad = torch.autograd.grad(loss, x, torch.ones_like(loss))[0] if want_grad else None
+    if want_grad:
+        raise RuntimeError(
+            "fastce.torch.cross_entropy cannot differentiate this call inside a compiled graph "
+            f"or a torch.func transform ({declined.__cause__}): use "
+            "torch.nn.functional.cross_entropy there"
+        ) from declined
     return (
-        loss.detach().to(loss_dtype),
+        loss.to(loss_dtype),
         None if z is None else z.to(loss_dtype),
         None if lse is None else lse.to(loss_dtype),
-        grad,
+        None,
     )
 
 
@@ -444,8 +450,8 @@ def _cross_entropy_op(
     loss_dtype = torch.float32 if float32_loss else input.dtype
     try:
         outputs = _kernel_outputs(*args, loss_dtype)
-    except _Declined:
-        outputs = _torch_outputs(*args, loss_dtype)
+    except _Declined as err:
+        outputs = _torch_answer(*args, loss_dtype, err)
     loss, z, lse, grad = outputs
     if grad is not None and grad.stride() != _fake_grad(input).stride():
         # the layout the graph was traced with (the fake function's)
