@@ -200,14 +200,73 @@ def test_compiled_autocast_loss_is_float32(kernel_calls):
     torch.testing.assert_close(got, F.cross_entropy(x.float(), t))
 
 
-def test_compiled_linear_cross_entropy_is_torchs_without_a_graph_break():
-    h = torch.randn(8, 4, requires_grad=True)
-    w = torch.randn(10, 4, requires_grad=True)
-    t = torch.randint(0, 10, (8,))
-    explanation = torch._dynamo.explain(ft.linear_cross_entropy)(h, w, t)
+LINEAR_OPCHECK_CASES = {
+    "mean-bias": lambda: (
+        torch.randn(6, 4, requires_grad=True), torch.randn(9, 4, requires_grad=True),
+        torch.randn(9, requires_grad=True), torch.tensor([0, 1, 8, -100, 3, 3]), None,
+        -100, "mean", 0.0, None, 1.0, 0.0, True, None,
+    ),
+    "none-weight-transformed": lambda: (
+        torch.randn(5, 3, dtype=torch.float64, requires_grad=True),
+        torch.randn(7, 3, dtype=torch.float64, requires_grad=True), None,
+        torch.tensor([6, 0, 1, 2, 2]), torch.rand(7, dtype=torch.float64),
+        -100, "none", 0.1, 3.0, 0.8, 1e-3, False, None,
+    ),
+    "no-grad-unbatched": lambda: (
+        torch.randn(4), torch.randn(6, 4), None, torch.tensor(5), None,
+        -100, "sum", 0.0, None, 1.0, 0.0, False, None,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(LINEAR_OPCHECK_CASES))
+def test_linear_operator_passes_torchs_checks(case):
+    torch.library.opcheck(
+        torch.ops.fastce.linear_cross_entropy.default, LINEAR_OPCHECK_CASES[case]()
+    )
+
+
+@pytest.fixture
+def linear_calls(monkeypatch):
+    calls = []
+    for name in ("linear_cross_entropy", "linear_cross_entropy_with_grad"):
+        real = getattr(ft._linear, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(ft._linear, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_compiled_linear_cross_entropy_calls_fastce(reduction, linear_calls):
+    torch.manual_seed(2)
+    h = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(10, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 9, 3, -100, 4, 4, 1, 2])
+
+    def loss_of(fn):
+        loss = fn(h, w, t, linear_bias=b, reduction=reduction, label_smoothing=0.1)
+        return loss if reduction != "none" else (loss * torch.arange(8.0)).sum()
+
+    explanation = torch._dynamo.explain(loss_of)(ft.linear_cross_entropy)
     assert explanation.graph_break_count == 0
-    got = torch.compile(ft.linear_cross_entropy, backend="aot_eager", fullgraph=True)(h, w, t)
-    torch.testing.assert_close(got, F.cross_entropy(h @ w.T, t))
+    linear_calls.clear()
+    got = torch.compile(loss_of, backend="aot_eager", fullgraph=True)(ft.linear_cross_entropy)
+    got_grads = torch.autograd.grad(got, (h, w, b))
+    want = loss_of(F.linear_cross_entropy)
+    want_grads = torch.autograd.grad(want, (h, w, b))
+    torch.testing.assert_close(got, want)
+    for g, v in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, v)
+    assert linear_calls == (
+        ["linear_cross_entropy_with_grad"]
+        if reduction == "mean"
+        else ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
+    )
 
 
 def test_operator_answers_a_declined_call_with_torchs_loss(monkeypatch):

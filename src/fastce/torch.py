@@ -21,7 +21,8 @@ require one) only the loss is computed.
 the operator ``torch.ops.fastce.cross_entropy`` (with its shape function,
 gradient formula and batching rule), which a compiled graph calls without a
 graph break and which ``torch.func.grad``, ``vjp``, ``jacrev`` and ``vmap``
-(per-sample gradients) go through.
+(per-sample gradients) go through; ``torch.ops.fastce.linear_cross_entropy``
+likewise for compiled graphs.
 
 Under CPU autocast (``torch.autocast("cpu", dtype=torch.bfloat16)``, or
 float16), where torch casts half-precision logits to float32 and returns a
@@ -69,9 +70,9 @@ torch's function there.
 drop-in for ``torch.nn.functional.linear_cross_entropy`` and
 ``torch.nn.LinearCrossEntropyLoss``: the loss of a linear head without the
 logits, computed by :func:`fastce.linear_cross_entropy` for 1-d and 2-d
-float32 and float64 CPU input in eager mode, and by torch for any other
-call (under ``torch.compile`` and ``torch.func`` too: it is not a registered
-operator).
+float32 and float64 CPU input (registered as the operator
+``torch.ops.fastce.linear_cross_entropy``, which compiled graphs call), and
+by torch for any other call, and under ``torch.func`` transforms.
 
 This module imports torch: import it only where torch is installed.
 """
@@ -906,11 +907,8 @@ def _why_linear_not_served(
     grad_enabled: bool,
 ) -> str | None:
     """Why torch computes this linear cross-entropy, or None when fastce does."""
-    # cross_entropy alone is a registered operator (a linear head's blocked
-    # pass is Python that a graph cannot trace)
-    if torch.compiler.is_compiling():
-        return "torch.compile is tracing a linear cross-entropy"
-    if _transforms_active():
+    # the operator has no batching rule, and its gradient no derivative
+    if not torch.compiler.is_compiling() and _transforms_active():
         return "a torch.func transform is active over a linear cross-entropy"
     tensors = [input, linear_weight, target] + [t for t in (linear_bias, weight) if t is not None]
     reason = _common_reason(tuple(tensors))
@@ -937,6 +935,59 @@ def _why_linear_not_served(
     return None
 
 
+# (loss, grad_input, grad_linear_weight, grad_linear_bias): the gradients None
+# where the call does not ask for them (the bias's where there is none)
+_LinearOutputs = tuple[
+    torch.Tensor, "torch.Tensor | None", "torch.Tensor | None", "torch.Tensor | None"
+]
+
+
+def _linear_kernel_outputs(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    linear_bias: torch.Tensor | None,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    transform: dict[str, Any],
+    want_grad: bool,
+    grad_output: torch.Tensor | None = None,
+) -> _LinearOutputs:
+    """The loss of a linear head from fastce's blocked pass, with every
+    gradient when ``want_grad`` (for ``grad_output``, the incoming per-sample
+    gradient of ``reduction="none"``, when given); _Declined where fastce's
+    checks reject the call."""
+    args = (_numpy(input), _numpy(linear_weight), _numpy(target), _numpy(linear_bias))
+    options: dict[str, Any] = dict(
+        weight=_numpy(weight),
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        num_threads=_thread_limit(),
+        **transform,
+    )
+    try:
+        if not want_grad:
+            return _loss_tensor(_linear.linear_cross_entropy(*args, **options), input.dtype), *(
+                None,
+                None,
+                None,
+            )
+        if grad_output is not None:
+            options["grad_output"] = grad_output.detach().numpy()
+        loss, gh, gw, gb = _linear.linear_cross_entropy_with_grad(*args, **options)
+    except (TypeError, ValueError, IndexError) as err:
+        raise _Declined from err
+    return (
+        _loss_tensor(loss, input.dtype),
+        torch.from_numpy(gh),
+        torch.from_numpy(gw),
+        None if linear_bias is None else torch.from_numpy(gb),
+    )
+
+
 class _LinearCrossEntropyFunction(torch.autograd.Function):
     """The loss and every gradient from one blocked pass; backward scales the
     gradients (``"mean"``, ``"sum"``), or for ``"none"`` computes them again
@@ -955,54 +1006,167 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
         label_smoothing: float,
         transform: dict[str, Any],
     ) -> torch.Tensor:
-        args = (_numpy(input), _numpy(linear_weight), _numpy(target), _numpy(linear_bias))
-        options: dict[str, Any] = dict(
-            weight=_numpy(weight),
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-            num_threads=_thread_limit(),
-            **transform,
-        )
-        try:
-            if reduction == "none":
-                loss = _linear.linear_cross_entropy(*args, **options)
-                # the inputs are read again in backward: saved, so that torch
-                # refuses to differentiate after they are modified in place
-                ctx.save_for_backward(input, linear_weight, linear_bias, target, weight)
-                ctx.options = options
-                ctx.grads = None
-            else:
-                loss, gh, gw, gb = _linear.linear_cross_entropy_with_grad(*args, **options)
-                ctx.grads = (gh, gw, gb)
-        except (TypeError, ValueError, IndexError) as err:
-            raise _Declined from err
-        ctx.has_bias = linear_bias is not None
-        return _loss_tensor(loss, input.dtype)
+        args = (input, linear_weight, linear_bias, target, weight, ignore_index, reduction)
+        ctx.call = args[5:] + (label_smoothing, transform)
+        if reduction == "none":
+            # the inputs are read again in backward: saved, so that torch
+            # refuses to differentiate after they are modified in place
+            ctx.save_for_backward(*args[:5])
+            ctx.grads = None
+            return _linear_kernel_outputs(*args, label_smoothing, transform, False)[0]
+        loss, *ctx.grads = _linear_kernel_outputs(*args, label_smoothing, transform, True)
+        return loss
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if ctx.grads is None:
             input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
-            _, gh, gw, gb = _linear.linear_cross_entropy_with_grad(
-                _numpy(input),
-                _numpy(linear_weight),
-                _numpy(target),
-                _numpy(linear_bias),
-                grad_output=grad_output.detach().numpy(),
-                **dict(ctx.options, weight=_numpy(weight)),
-            )
-            scale = 1.0
+            index, reduction, label_smoothing, transform = ctx.call
+            grads = list(
+                _linear_kernel_outputs(
+                    input, linear_weight, linear_bias, target, weight, index, reduction,
+                    label_smoothing, transform, True, grad_output,
+                )[1:]
+            )  # fmt: skip
         else:
-            gh, gw, gb = ctx.grads
+            grads = list(ctx.grads)
             scale = grad_output.item()
-        grads: list[torch.Tensor | None] = [torch.from_numpy(g) for g in (gh, gw)]
-        grads.append(torch.from_numpy(gb) if ctx.has_bias else None)
-        if scale != 1.0:  # loss.backward() passes exactly 1
-            grads = [None if g is None else g * scale for g in grads]
+            if scale != 1.0:  # loss.backward() passes exactly 1
+                grads = [None if g is None else g * scale for g in grads]
         if torch.is_grad_enabled():
             grads = [None if g is None else _no_second_derivative(g) for g in grads]
         return grads[0], grads[1], grads[2], None, None, None, None, None, None
+
+
+@torch.library.custom_op("fastce::linear_cross_entropy", mutates_args=())
+def _linear_op(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    linear_bias: torch.Tensor | None,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    softcap: float | None,
+    temperature: float,
+    z_loss: float,
+    want_grad: bool,
+    grad_output: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, grad_input, grad_linear_weight, grad_linear_bias)`` of a
+    linear cross-entropy, as :func:`linear_cross_entropy` computes it; the
+    gradients (for ``grad_output``, ``"none"``'s per-sample incoming gradient,
+    when given) empty unless ``want_grad``, the bias's without a bias.  A call
+    fastce's checks reject gets torch's error, or its loss."""
+    transform = dict(softcap=softcap, temperature=temperature, z_loss=z_loss)
+    args = (input, linear_weight, linear_bias, target, weight, ignore_index, reduction)
+    try:
+        outputs = _linear_kernel_outputs(*args, label_smoothing, transform, want_grad, grad_output)
+    except _Declined as err:
+        with torch.no_grad():
+            loss = _torch_linear(*args, label_smoothing, None, check_logit_transform(**transform))
+        if want_grad:
+            raise RuntimeError(
+                "fastce.torch.linear_cross_entropy cannot differentiate this call inside a "
+                f"compiled graph ({err.__cause__}): use torch's function there"
+            ) from err
+        outputs = (loss, None, None, None)
+    fakes = _linear_fake(*args, label_smoothing, softcap, temperature, z_loss, want_grad, None)
+    # outputs must not alias: an empty tensor each, laid out as the fakes
+    return cast(
+        "tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]",
+        tuple(
+            f if o is None else (o if o.stride() == f.stride() else f.copy_(o))
+            for o, f in zip(outputs, fakes)
+        ),
+    )
+
+
+@_linear_op.register_fake
+def _linear_fake(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    linear_bias: torch.Tensor | None,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    softcap: float | None,
+    temperature: float,
+    z_loss: float,
+    want_grad: bool,
+    grad_output: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    empty = input.new_empty(0)
+    return (
+        input.new_empty(target.shape if reduction == "none" else ()),
+        torch.empty_like(input) if want_grad else empty.clone(),
+        torch.empty_like(linear_weight) if want_grad else empty.clone(),
+        torch.empty_like(linear_bias) if want_grad and linear_bias is not None else empty.clone(),
+    )
+
+
+def _linear_operator_setup(
+    ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]
+) -> None:
+    ctx.reduction = inputs[6]
+    ctx.has_bias = inputs[2] is not None
+    if ctx.reduction == "none":  # backward runs the blocked pass again
+        ctx.save_for_backward(*inputs[:5])
+        ctx.call = inputs[5:11]
+    else:
+        ctx.save_for_backward(*output[1:])
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _linear_operator_backward(
+    ctx: Any, grad_output: torch.Tensor, *unused: torch.Tensor
+) -> tuple[Any, ...]:
+    if ctx.reduction == "none":
+        grads = list(_linear_op(*ctx.saved_tensors, *ctx.call, True, grad_output)[1:])
+    else:
+        grads = [g * grad_output for g in ctx.saved_tensors]
+    return grads[0], grads[1], grads[2] if ctx.has_bias else None, *(None,) * 10
+
+
+_linear_op.register_autograd(_linear_operator_backward, setup_context=_linear_operator_setup)
+
+
+def _torch_linear(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    linear_bias: torch.Tensor | None,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int | None,
+    reduction: str,
+    label_smoothing: float,
+    options: object,
+    transform: LogitTransform,
+) -> torch.Tensor:
+    """torch's linear cross-entropy, or with a transform its operations."""
+    index = -100 if ignore_index is None else ignore_index
+    if transform != NO_TRANSFORM or _torch_linear_cross_entropy is None:
+        logits = torch.nn.functional.linear(input, linear_weight, linear_bias)
+        return _torch_transformed(
+            logits, target, weight, index, reduction, label_smoothing, transform
+        )[0]
+    return cast(
+        torch.Tensor,
+        _torch_linear_cross_entropy(
+            input,
+            linear_weight,
+            target,
+            linear_bias=linear_bias,
+            weight=weight,
+            reduction=reduction,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            options=options,
+        ),
+    )
 
 
 def linear_cross_entropy(
@@ -1059,74 +1223,34 @@ def linear_cross_entropy(
     )
     if reason is not None:
         _to_torch("linear_cross_entropy", reason)
-    else:
-        try:
-            needs_grad = grad_enabled and any(
-                t is not None and t.requires_grad for t in (input, linear_weight, linear_bias)
-            )
-            if needs_grad:
-                return cast(
-                    torch.Tensor,
-                    _LinearCrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
-                        input,
-                        linear_weight,
-                        linear_bias,
-                        target,
-                        weight,
-                        index,
-                        reduction,
-                        label_smoothing,
-                        transform,
-                    ),
-                )
-            loss = _linear.linear_cross_entropy(
-                _numpy(input),
-                _numpy(linear_weight),
-                _numpy(target),
-                _numpy(linear_bias),
-                _numpy(weight),
-                ignore_index=index,
-                reduction=reduction,
-                label_smoothing=label_smoothing,
-                num_threads=_thread_limit(),
-                softcap=softcap,
-                temperature=temperature,
-                z_loss=z_loss,
-            )
-            return _loss_tensor(loss, input.dtype)
-        except _Declined as err:
-            _declined("linear_cross_entropy", err)  # torch answers, or raises its own error
-        except (TypeError, ValueError, IndexError) as err:
-            _to_torch("linear_cross_entropy", f"fastce's checks rejected the call ({err})")
-    if transform:
-        logits = torch.nn.functional.linear(input, linear_weight, linear_bias)
-        return _torch_transformed(
-            logits, target, weight, index, reduction, label_smoothing, checked
-        )[0]
-    if _torch_linear_cross_entropy is None:
-        logits = torch.nn.functional.linear(input, linear_weight, linear_bias)
-        return _torch_cross_entropy(
-            logits,
-            target,
-            weight,
-            ignore_index=index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-        )
-    return cast(
-        torch.Tensor,
-        _torch_linear_cross_entropy(
-            input,
-            linear_weight,
-            target,
-            linear_bias=linear_bias,
-            weight=weight,
-            reduction=reduction,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            options=options,
-        ),
+        return _torch_linear(
+            input, linear_weight, linear_bias, target, weight, ignore_index, reduction,
+            label_smoothing, options, checked,
+        )  # fmt: skip
+    args = (input, linear_weight, linear_bias, target, weight, index, reduction, label_smoothing)
+    needs_grad = grad_enabled and any(
+        t is not None and t.requires_grad for t in (input, linear_weight, linear_bias)
     )
+    if torch.compiler.is_compiling():
+        outputs = _linear_op(
+            *args, softcap, temperature, z_loss, needs_grad and reduction != "none", None
+        )
+        return cast(torch.Tensor, outputs[0])
+    try:
+        if needs_grad:
+            return cast(
+                torch.Tensor,
+                _LinearCrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
+                    *args, transform
+                ),
+            )
+        return _linear_kernel_outputs(*args, transform, False)[0]
+    except _Declined as err:
+        _declined("linear_cross_entropy", err)  # torch answers, or raises its own error
+    return _torch_linear(
+        input, linear_weight, linear_bias, target, weight, ignore_index, reduction,
+        label_smoothing, options, checked,
+    )  # fmt: skip
 
 
 if hasattr(torch.nn, "LinearCrossEntropyLoss"):
