@@ -57,9 +57,9 @@ calls ``torch.compile`` traces, which it does not run as Python:
 Differences from torch: float16 and bfloat16 logits are read in place and
 computed in float32, block by block, and only the loss (outside autocast)
 and the gradient are rounded (to nearest even) to the logits' dtype at the
-end, where torch
-rounds intermediate steps too: fastce's results are typically closer to the
-exact values than torch's, and not always torch's bits.  A single class
+end, where torch rounds intermediate steps too: fastce's results are
+typically closer to the exact values than torch's, and not always torch's
+bits.  A single class
 gives fastce's ``RuntimeWarning``; the kernels use at most
 ``torch.get_num_threads()`` threads (and at most ``fastce.get_num_threads()``).
 A second derivative is not supported: differentiating the gradient again
@@ -440,7 +440,7 @@ def _cross_entropy_op(
     """``(loss, z_loss, lse, grad)`` of a cross-entropy call, as
     :func:`cross_entropy` computes it; ``z_loss`` and ``lse`` are empty unless
     ``transformed``, ``grad`` unless ``want_grad``.  A call fastce's checks
-    reject is computed by torch, which raises its own error for it."""
+    reject gets torch's error, or its loss (see _torch_answer)."""
     transform = (
         dict(softcap=softcap, temperature=temperature, z_loss=z_loss) if transformed else None
     )
@@ -578,10 +578,10 @@ def _served(
     loss_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(loss, z_loss, lse)`` from fastce (the last two for a transformed
-    call, all three in ``loss_dtype``), differentiable where the logits need a gradient: through the
-    registered operator where torch.compile traces or a torch.func
-    transform runs, else directly; _Declined where fastce's checks reject an
-    eager call."""
+    call, all three in ``loss_dtype``), differentiable where the logits need
+    a gradient: through the registered operator where torch.compile traces
+    or a torch.func transform runs, else directly; _Declined where fastce's
+    checks reject an eager call."""
     want_grad = grad_enabled and input.requires_grad
     if torch.compiler.is_compiling() or _transforms_active():
         options = transform or dict(softcap=None, temperature=1.0, z_loss=0.0)
@@ -970,11 +970,8 @@ def _linear_kernel_outputs(
     )
     try:
         if not want_grad:
-            return _loss_tensor(_linear.linear_cross_entropy(*args, **options), input.dtype), *(
-                None,
-                None,
-                None,
-            )
+            loss = _linear.linear_cross_entropy(*args, **options)
+            return _loss_tensor(loss, input.dtype), None, None, None
         if grad_output is not None:
             options["grad_output"] = grad_output.detach().numpy()
         loss, gh, gw, gb = _linear.linear_cross_entropy_with_grad(*args, **options)
