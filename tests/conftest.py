@@ -15,6 +15,9 @@ def pytest_configure(config):
         "markers",
         "slow: a long test (the 8.6 GB array); it runs by default, -m 'not slow' skips it",
     )
+    # the marks of SciPy's own tests, which tests/test_scipy_own.py runs
+    for mark in ("array_api_backends", "skip_xp_backends", "xfail_xp_backends"):
+        config.addinivalue_line("markers", f"{mark}: a mark of SciPy's tests of array-API backends")
     # a warning is a failure unless its test expects it (pytest.warns)
     config.addinivalue_line("filterwarnings", "error")
 
