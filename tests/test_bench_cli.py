@@ -135,3 +135,37 @@ def test_evaluation_table(tmp_path, capsys, monkeypatch):
     ]
     for r in rows:
         assert float(r[3]) > 0 and float(r[4].rstrip("x")) > 0
+
+
+def test_faces_table(tmp_path, capsys, monkeypatch):
+    # a row per function of fastce.scipy and fastce.sklearn, on small shapes
+    import pytest
+
+    pytest.importorskip("scipy")
+    pytest.importorskip("sklearn")
+    small = {k: dataclasses.replace(w, shape=(64, 30)) for k, w in bench.WORKLOADS.items()}
+    monkeypatch.setattr(bench, "WORKLOADS", small)
+    path = tmp_path / "speed.md"
+    argv = ["--workload", "W7a", "--repeats", "1", "--libraries", "", "--faces"]
+    assert bench.main(argv + ["--markdown", str(path)]) == 0
+    assert "The SciPy and scikit-learn faces" in capsys.readouterr().out
+    rows = [
+        line.strip("| ").split(" | ")
+        for line in path.read_text().splitlines()
+        if line.startswith(tuple(f"| {key} | 64x30" for key in bench.FACE_WORKLOADS))
+    ]
+    functions = [
+        "logsumexp(axis=1)",
+        "softmax(axis=1)",
+        "log_softmax(axis=1)",
+        "log_loss",
+        "log_loss(from_logits=True)",
+        "top_k_accuracy_score(k=5)",
+    ]
+    assert [(r[0], r[3]) for r in rows] == [
+        (key, f) for key in bench.FACE_WORKLOADS for f in functions
+    ]
+    for r in rows:
+        fastce_ms, rival_ms, speedup = float(r[5]), float(r[6]), float(r[7].rstrip("x"))
+        assert fastce_ms > 0 and rival_ms > 0
+        assert abs(rival_ms / fastce_ms - speedup) < 0.05 * speedup + 0.1

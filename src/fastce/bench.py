@@ -16,6 +16,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -810,6 +811,113 @@ def evaluation_table(threads: int, repeats: int) -> tuple[list[str], list[list[s
     return ["workload", "shape", "evaluate with", "ms", "over plain evaluate"], body
 
 
+# the workloads of the SciPy and scikit-learn faces
+FACE_WORKLOADS = ("W1", "W6", "W3")
+
+
+def _face_calls(
+    x: npt.NDArray[np.floating[Any]], t: npt.NDArray[np.int64]
+) -> list[tuple[str, str, Callable[[], object], Callable[[], object] | None]]:
+    """(function, rival, fastce call, rival call or None) for each function of
+    fastce.scipy and fastce.sklearn: the same call on the original, where it
+    is installed; a logits path against the original on the softmax of the
+    logits, as it is computed without fastce."""
+    import fastce.scipy
+    import fastce.sklearn
+
+    try:  # optional rivals, typed Any whether installed or not
+        special: Any = importlib.import_module("scipy.special")
+    except ImportError:
+        special = None
+    try:
+        sk_metrics: Any = importlib.import_module("sklearn.metrics")
+    except ImportError:
+        sk_metrics = None
+    labels = np.arange(x.shape[1])  # not every class is among the targets
+    p = fastce.scipy.softmax(x, axis=1)
+    calls: list[tuple[str, str, Callable[[], object], Callable[[], object] | None]] = []
+    for name in ("logsumexp", "softmax", "log_softmax"):
+        calls.append(
+            (
+                f"{name}(axis=1)",
+                "scipy.special",
+                partial(getattr(fastce.scipy, name), x, axis=1),
+                partial(getattr(special, name), x, axis=1) if special is not None else None,
+            )
+        )
+    # (name, scores, fastce's options, the rival's options: None for the
+    # rival on the softmax of the logits)
+    metric_calls: list[tuple[str, npt.NDArray[Any], dict[str, Any], dict[str, Any] | None]] = [
+        ("log_loss", p, {}, {}),
+        ("log_loss(from_logits=True)", x, {"from_logits": True}, None),
+        ("top_k_accuracy_score(k=5)", x, {"k": 5}, {"k": 5}),
+    ]
+    for name, scores, options, rival_options in metric_calls:
+        function = name.split("(")[0]
+        rival: Callable[[], object] | None = None
+        if sk_metrics is not None and special is not None:
+            if rival_options is None:
+                rival = _sklearn_on_softmax(sk_metrics, special, function, x, t, labels)
+            else:
+                rival = partial(
+                    getattr(sk_metrics, function), t, scores, labels=labels, **rival_options
+                )
+        calls.append(
+            (
+                name,
+                "sklearn.metrics",
+                partial(getattr(fastce.sklearn, function), t, scores, labels=labels, **options),
+                rival,
+            )
+        )
+    return calls
+
+
+def _sklearn_on_softmax(
+    sk_metrics: Any,
+    special: Any,
+    function: str,
+    x: npt.NDArray[np.floating[Any]],
+    t: npt.NDArray[np.int64],
+    labels: npt.NDArray[np.int64],
+) -> Callable[[], object]:
+    def call() -> object:
+        return getattr(sk_metrics, function)(t, special.softmax(x, axis=1), labels=labels)
+
+    return call
+
+
+def faces_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]]:
+    """fastce.scipy and fastce.sklearn against SciPy and scikit-learn on W1,
+    W6 and W3, each pair interleaved."""
+    fastce.set_num_threads(threads)
+    body = []
+    for key in FACE_WORKLOADS:
+        workload = WORKLOADS[key]
+        x, t = make_inputs(workload)
+        for name, rival_name, call, rival in _face_calls(x, t):
+            with warnings.catch_warnings():
+                # SciPy's and scikit-learn's own warnings (k of no meaning on
+                # small test shapes) are not what is timed
+                warnings.simplefilter("ignore")
+                times = median_times([call] + ([rival] if rival else []), repeats, 0.02)
+            body.append(
+                [
+                    key,
+                    "x".join(map(str, workload.shape)),
+                    np.dtype(workload.dtype).name,
+                    name,
+                    rival_name,
+                    f"{times[0] * 1e3:.4g}",
+                    f"{times[1] * 1e3:.4g}" if rival else "",
+                    f"{times[1] / times[0]:.1f}x" if rival else "",
+                ]
+            )
+    fastce.set_num_threads(None)
+    cols = ["workload", "shape", "dtype", "function", "rival", "fastce ms", "rival ms", "speed-up"]
+    return cols, body
+
+
 BUSY_SCRIPT = "while True: pass"
 
 
@@ -979,6 +1087,12 @@ def main(argv: list[str] | None = None) -> int:
         "bins, a reference model) and fit_temperature on W1 and W3",
     )
     parser.add_argument(
+        "--faces",
+        action="store_true",
+        help="also time fastce.scipy and fastce.sklearn against SciPy and scikit-learn on W1, "
+        "W6 and W3",
+    )
+    parser.add_argument(
         "--busy",
         action="store_true",
         help="also time 1 and 2 threads while another process spins on a core",
@@ -1027,6 +1141,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("Evaluation outputs (float32):")
         print(render(*evaluation, False))
+    faces = faces_table(args.threads, min(args.repeats, 5)) if args.faces else None
+    if faces:
+        print()
+        print("The SciPy and scikit-learn faces:")
+        print(render(*faces, False))
     busy = busy_table(args.repeats) if args.busy else None
     if busy:
         print()
@@ -1052,6 +1171,8 @@ def main(argv: list[str] | None = None) -> int:
                 f.write("\nLogit transforms:\n\n" + render(*transforms, True) + "\n")
             if evaluation:
                 f.write("\nEvaluation outputs:\n\n" + render(*evaluation, True) + "\n")
+            if faces:
+                f.write("\nThe SciPy and scikit-learn faces:\n\n" + render(*faces, True) + "\n")
             if busy:
                 f.write(
                     "\nWith another process spinning on a core:\n\n" + render(*busy, True) + "\n"
