@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import pytest
+
 from fastce import bench
 
 
@@ -95,8 +97,8 @@ def test_linear_head_table(tmp_path, capsys, monkeypatch):
         assert r[5] == "" or float(r[5]) < 64
 
 
-def _markdown_rows(tmp_path, monkeypatch, flag, shape):
-    """The W1 and W3 rows of the Markdown table ``flag`` adds, on small shapes."""
+def _markdown_rows(tmp_path, monkeypatch, flag, shape, keys=("W1", "W3")):
+    """The rows of workloads ``keys`` of the Markdown table ``flag`` adds, on small shapes."""
     small = {k: dataclasses.replace(w, shape=shape) for k, w in bench.WORKLOADS.items()}
     monkeypatch.setattr(bench, "WORKLOADS", small)
     path = tmp_path / "speed.md"
@@ -106,7 +108,7 @@ def _markdown_rows(tmp_path, monkeypatch, flag, shape):
     return [
         line.strip("| ").split(" | ")
         for line in path.read_text().splitlines()
-        if line.startswith((f"| W1 | {prefix}", f"| W3 | {prefix}"))
+        if line.startswith(tuple(f"| {key} | {prefix}" for key in keys))
     ]
 
 
@@ -139,21 +141,10 @@ def test_evaluation_table(tmp_path, capsys, monkeypatch):
 
 def test_faces_table(tmp_path, capsys, monkeypatch):
     # a row per function of fastce.scipy and fastce.sklearn, on small shapes
-    import pytest
-
     pytest.importorskip("scipy")
     pytest.importorskip("sklearn")
-    small = {k: dataclasses.replace(w, shape=(64, 30)) for k, w in bench.WORKLOADS.items()}
-    monkeypatch.setattr(bench, "WORKLOADS", small)
-    path = tmp_path / "speed.md"
-    argv = ["--workload", "W7a", "--repeats", "1", "--libraries", "", "--faces"]
-    assert bench.main(argv + ["--markdown", str(path)]) == 0
+    rows = _markdown_rows(tmp_path, monkeypatch, "--faces", (64, 30), bench.FACE_WORKLOADS)
     assert "The SciPy and scikit-learn faces" in capsys.readouterr().out
-    rows = [
-        line.strip("| ").split(" | ")
-        for line in path.read_text().splitlines()
-        if line.startswith(tuple(f"| {key} | 64x30" for key in bench.FACE_WORKLOADS))
-    ]
     functions = [
         "logsumexp(axis=1)",
         "softmax(axis=1)",
