@@ -263,6 +263,8 @@ def test_bad_axes_raise_as_numpy(name):
         f(x, axis=1.0)
     with pytest.raises(TypeError, match="axis must be"):
         f(x, axis="0")
+    with pytest.raises(TypeError, match="axis must be"):
+        f(x, axis=[0, 1])  # NumPy's reductions take a tuple, not a list
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)

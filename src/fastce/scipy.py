@@ -94,7 +94,8 @@ def _reduced_axes(axis: _Axis, ndim: int) -> tuple[int, ...]:
     normalised and sorted; NumPy's errors for a bad one."""
     if axis is None:
         return tuple(range(ndim))
-    items = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    # a tuple, as NumPy's reductions take it (a list is refused there too)
+    items = axis if isinstance(axis, tuple) else (axis,)
     axes = []
     for item in items:
         if isinstance(item, (bool, np.bool_)):
@@ -246,7 +247,8 @@ def logsumexp(
     a_arr = as_array(a)
     b_arr = None if b is None else as_array(b)
     if _needs_scipy(a_arr, b_arr):
-        lse = _scipy_function("logsumexp", a_arr.dtype)
+        both = a_arr.dtype if b_arr is None else np.result_type(a_arr.dtype, b_arr.dtype)
+        lse = _scipy_function("logsumexp", both)
         return lse(a, axis=axis, b=b, keepdims=keepdims, return_sign=return_sign)
     _refuse_unconvertible(a_arr, "a")
     dtype = _promoted(a, a_arr, b, b_arr)
