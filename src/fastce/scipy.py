@@ -173,10 +173,9 @@ class _ClassView:
         where = [i for i, ax in enumerate(order) if ax in reduced]
         lo, hi = (where[0], where[-1] + 1) if where else (len(order), len(order))
         shape = xt.shape
-        view = writable_view(
+        return writable_view(
             xt, (math.prod(shape[:lo]), math.prod(shape[lo:hi]), math.prod(shape[hi:]))
         )
-        return view
 
     def kept_result(self, r2: _Array) -> _Array:
         """A kernel's ``(outer, inner)`` result as an array of the kept axes,
