@@ -21,12 +21,63 @@ def test_summary_and_markdown(tmp_path, capsys):
     summary = [line for line in text.splitlines() if line.startswith("| W7a")]
     # one summary line per pass, then one detailed line per library and pass
     assert len(summary) == 2 + 4
-    fastce_ms, numpy_ms, speedup = summary[0].split(" | ")[4:7]
+    # each median with its interquartile range as a percentage of it
+    fastce_ms, numpy_ms, speedup = (cell.split(" (")[0] for cell in summary[0].split(" | ")[4:7])
+    assert all(cell.endswith("%)") for cell in summary[0].split(" | ")[4:6])
     assert float(speedup.rstrip("x")) > 0 and float(fastce_ms) > 0 and float(numpy_ms) > 0
     assert (
         abs(float(numpy_ms) / float(fastce_ms) - float(speedup.rstrip("x")))
         < 0.05 * float(speedup.rstrip("x")) + 0.01
     )
+    # the detailed lines give the quartiles around each median
+    for line in summary[2:]:
+        ms, quartiles = line.split(" | ")[5:7]
+        q1, q3 = (float(q) for q in quartiles.split("-"))
+        assert q1 <= float(ms) <= q3
+
+
+def _row(library, ms, q1, q3, workload="W1", kind="forward"):
+    return dict(
+        workload=workload,
+        title="",
+        shape=(4, 3),
+        dtype="float32",
+        kind=kind,
+        library=library,
+        ms=ms,
+        q1_ms=q1,
+        q3_ms=q3,
+        gelem=1.0,
+        speedup=1.0,
+    )
+
+
+def test_busy_warnings(monkeypatch):
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 4)
+    quiet = [_row("fastce", 1.0, 0.98, 1.03), _row("torch 2.13.0", 3.0, 2.9, 3.15)]
+    assert bench.busy_warnings(quiet, 0.3, threads=4) == []
+    # two idle cores for two threads: quiet enough
+    assert bench.busy_warnings(quiet, 2.4, threads=2) == []
+    # one row's rounds spread over 20% of its median: that row is named
+    spread = quiet + [_row("jax 0.10.2", 2.0, 1.8, 2.2, kind="forward+backward")]
+    (warning,) = bench.busy_warnings(spread, None, threads=4)
+    assert "in 1 of 3 rows" in warning and "W1 forward+backward jax 20%" in warning
+    assert "torch" not in warning
+    # a load average of 1.2 leaves fewer than 4 idle cores for 4 threads
+    (warning,) = bench.busy_warnings(quiet, 1.2, threads=4)
+    assert "load average was 1.20" in warning and "4 logical cores" in warning
+    assert len(bench.busy_warnings(spread, 3.5, threads=2)) == 2
+
+
+def test_busy_warning_printed(tmp_path, capsys, monkeypatch):
+    # the load average is read before the timings, and its warning reaches
+    # the printed output and the Markdown file
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    path = tmp_path / "speed.md"
+    argv = ["--workload", "W7a", "--repeats", "2", "--libraries", "", "--forward-only"]
+    assert bench.main(argv + ["--markdown", str(path)]) == 0
+    assert "load average was 64.00" in capsys.readouterr().out
+    assert "load average was 64.00" in path.read_text()
 
 
 def test_family_and_busy_tables(tmp_path, capsys, monkeypatch):

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 import fastce
+from fastce import _kernels
 
 
 @dataclass
@@ -86,14 +87,17 @@ class _Timing(TypedDict):
     kind: str
     library: str
     ms: float
+    q1_ms: float
+    q3_ms: float
     gelem: float
     speedup: float
 
 
 class Row(_Timing, total=False):
-    """One library's median on one workload and pass, as :func:`run` returns it;
-    fastce's forward row on a 2-d C-ordered input also holds ``roof``, the
-    exp-sum roof's time over fastce's."""
+    """One library's median on one workload and pass, as :func:`run` returns
+    it, with the quartiles of the same rounds (``q1_ms``, ``q3_ms``); fastce's
+    forward row on a 2-d C-ordered input also holds ``roof``, the exp-sum
+    roof's time over fastce's."""
 
     roof: float
 
@@ -215,15 +219,16 @@ def jax_contender(
 def roof_call(x: npt.NDArray[np.floating[Any]], threads: int) -> Callable[[], float] | None:
     """A pass that only sums exp(x) with the same vector code and threads:
     what the forward pass is measured against (2-d C-ordered inputs)."""
-    from fastce import _kernels
-
     if x.ndim != 2 or not x.flags.c_contiguous:
         return None
     return lambda: _kernels.exp_sum_roof(x, threads)
 
 
-def median_times(calls: list[Callable[[], object]], repeats: int, min_time: float) -> list[float]:
-    """Median seconds per call, the calls interleaved round by round."""
+def interleaved_samples(
+    calls: list[Callable[[], object]], repeats: int, min_time: float
+) -> list[list[float]]:
+    """Seconds per call of each call, one sample a round, the calls
+    interleaved round by round."""
     for call in calls:  # warm up: compilation, caches, thread pools
         call()
         call()
@@ -241,7 +246,12 @@ def median_times(calls: list[Callable[[], object]], repeats: int, min_time: floa
             for _ in range(batch[i]):
                 call()
             samples[i].append((time.perf_counter() - start) / batch[i])
-    return [statistics.median(s) for s in samples]
+    return samples
+
+
+def median_times(calls: list[Callable[[], object]], repeats: int, min_time: float) -> list[float]:
+    """Median seconds per call, the calls interleaved round by round."""
+    return [statistics.median(s) for s in interleaved_samples(calls, repeats, min_time)]
 
 
 # Restarts Linux's resident high-water mark at the current size: a memory
@@ -337,7 +347,8 @@ def cpu_name() -> str:
 def header(threads: int) -> list[str]:
     lines = [
         f"fastce {fastce.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}",
-        f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; threads: {threads}",
+        f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; "
+        f"vector path: {_kernels.simd_isa()}; threads: {threads}",
     ]
     return lines
 
@@ -376,8 +387,10 @@ def run(
             ]
             if kind == "forward" and roof is not None:
                 calls.append(roof)
-            times = median_times(calls, repeats, min_time)
-            for c, seconds in zip(contenders, times):
+            samples = interleaved_samples(calls, repeats, min_time)
+            times = [statistics.median(s) for s in samples]
+            for c, seconds, spread in zip(contenders, times, samples):
+                q1, q3 = np.percentile(spread, [25, 75])
                 rows.append(
                     dict(
                         workload=key,
@@ -387,6 +400,8 @@ def run(
                         kind=kind,
                         library=c.name,
                         ms=seconds * 1e3,
+                        q1_ms=float(q1) * 1e3,
+                        q3_ms=float(q3) * 1e3,
                         gelem=w.n_elements / seconds / 1e9,
                         speedup=seconds / times[0],
                     )
@@ -978,8 +993,29 @@ def render(cols: list[str], body: list[list[str]], markdown: bool) -> str:
     return "\n".join([fmt.format(*cols)] + [fmt.format(*b) for b in body])
 
 
+def relative_spread(r: Row) -> float:
+    """The interquartile range of a row's rounds over their median."""
+    return (r["q3_ms"] - r["q1_ms"]) / r["ms"]
+
+
+SPREAD_NOTE = (
+    "ms: median of the rounds; IQR: their interquartile range (in the summary, "
+    "as a percentage of the median)"
+)
+
+
 def format_table(rows: list[Row], markdown: bool = False) -> str:
-    cols = ["workload", "shape", "dtype", "pass", "library", "ms", "Gelem/s", "fastce speed-up"]
+    cols = [
+        "workload",
+        "shape",
+        "dtype",
+        "pass",
+        "library",
+        "ms",
+        "IQR ms",
+        "Gelem/s",
+        "fastce speed-up",
+    ]
     body = []
     for r in rows:
         if r["library"] != "fastce":
@@ -996,6 +1032,7 @@ def format_table(rows: list[Row], markdown: bool = False) -> str:
                 r["kind"],
                 r["library"],
                 f"{r['ms']:.4g}",
+                f"{r['q1_ms']:.4g}-{r['q3_ms']:.4g}",
                 f"{r['gelem']:.2f}",
                 note,
             ]
@@ -1004,13 +1041,14 @@ def format_table(rows: list[Row], markdown: bool = False) -> str:
 
 
 def summary_table(rows: list[Row], markdown: bool = False) -> str:
-    """One line per workload and pass: every library's median, and fastce's
-    speed-up over each rival (the roof ratio for forward passes)."""
+    """One line per workload and pass: every library's median with its
+    interquartile range as a percentage of it, and fastce's speed-up over
+    each rival (the roof ratio for forward passes)."""
     libraries = list(dict.fromkeys(r["library"] for r in rows))
     rivals = [name for name in libraries if name != "fastce"]
     cols = (
         ["workload", "shape", "dtype", "pass"]
-        + [f"{name} ms" for name in libraries]
+        + [f"{name} ms (IQR)" for name in libraries]
         + [f"vs {name.split()[0]}" for name in rivals]
         + ["roof ratio"]
     )
@@ -1020,11 +1058,57 @@ def summary_table(rows: list[Row], markdown: bool = False) -> str:
         first = group["fastce"]
         body.append(
             [first["workload"], "x".join(map(str, first["shape"])), first["dtype"], first["kind"]]
-            + [f"{group[name]['ms']:.4g}" if name in group else "" for name in libraries]
+            + [
+                f"{group[name]['ms']:.4g} ({100 * relative_spread(group[name]):.0f}%)"
+                if name in group
+                else ""
+                for name in libraries
+            ]
             + [f"{group[name]['speedup']:.2f}x" if name in group else "" for name in rivals]
             + [f"{first['roof']:.2f}" if "roof" in first else ""]
         )
     return render(cols, body, markdown)
+
+
+# a row whose interquartile range exceeds this fraction of its median was
+# timed while something else took the cores: on a quiet machine the rounds of
+# a call lie within a few percent of each other
+SPREAD_LIMIT = 0.1
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the system has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_warnings(rows: list[Row], load: float | None, threads: int) -> list[str]:
+    """Warnings that the timings may not be the libraries' own: rows whose
+    rounds spread widely, and a load average taken before the timings that
+    left fewer idle cores than the bench's threads."""
+    warnings = []
+    wide = [r for r in rows if relative_spread(r) > SPREAD_LIMIT]
+    if wide:
+        listed = ", ".join(
+            f"{r['workload']} {r['kind']} {r['library'].split()[0]} {relative_spread(r):.0%}"
+            for r in wide
+        )
+        warnings.append(
+            f"WARNING: the machine looks busy: in {len(wide)} of {len(rows)} rows the "
+            f"interquartile range exceeds {100 * SPREAD_LIMIT:.0f}% of the median ({listed}); "
+            "their medians and speed-ups may not be the libraries' own"
+        )
+    cores = os.cpu_count() or 1
+    # half a core of margin: a shell, an editor or the bench's own imports
+    if load is not None and load > cores - threads + 0.5:
+        warnings.append(
+            f"WARNING: the machine was busy: the 1-minute load average was {load:.2f} before "
+            f"the timings, with {cores} logical cores and {threads} threads for the bench; "
+            "other processes took cores the libraries timed here would have used"
+        )
+    return warnings
 
 
 def plot(rows: list[Row], path: str) -> None:
@@ -1109,6 +1193,7 @@ def main(argv: list[str] | None = None) -> int:
     passes = ("forward",) if args.forward_only else ("forward", "forward+backward")
     for line in header(args.threads):
         print(line)
+    load = load_average()
     rows = run(
         workloads,
         args.threads,
@@ -1116,9 +1201,13 @@ def main(argv: list[str] | None = None) -> int:
         passes,
         tuple(args.libraries.split(",")) if args.libraries else (),
     )
+    warnings = busy_warnings(rows, load, args.threads)
+    print(SPREAD_NOTE)
     print(format_table(rows))
     print()
     print(summary_table(rows))
+    for line in warnings:
+        print(line)
     memory = memory_table() if args.memory else ""
     if memory:
         print(memory)
@@ -1154,7 +1243,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(
-                "\n".join(header(args.threads))
+                "\n\n".join(["\n".join(header(args.threads)), *warnings, SPREAD_NOTE])
                 + "\n\n"
                 + summary_table(rows, True)
                 + "\n\n"
