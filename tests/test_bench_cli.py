@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from fastce import bench
+from fastce import _kernels, bench
 
 
 def test_summary_and_markdown(tmp_path, capsys):
@@ -36,11 +36,11 @@ def test_summary_and_markdown(tmp_path, capsys):
         assert q1 <= float(ms) <= q3
 
 
-def _row(library, ms, q1, q3, workload="W1", kind="forward"):
+def _row(library, ms, q1, q3, workload="W1", kind="forward", speedup=1.0):
     return dict(
         workload=workload,
         title="",
-        shape=(4, 3),
+        shape=bench.WORKLOADS[workload].shape,
         dtype="float32",
         kind=kind,
         library=library,
@@ -48,7 +48,7 @@ def _row(library, ms, q1, q3, workload="W1", kind="forward"):
         q1_ms=q1,
         q3_ms=q3,
         gelem=1.0,
-        speedup=1.0,
+        speedup=speedup,
     )
 
 
@@ -211,3 +211,76 @@ def test_faces_table(tmp_path, capsys, monkeypatch):
         fastce_ms, rival_ms, speedup = float(r[5]), float(r[6]), float(r[7].rstrip("x"))
         assert fastce_ms > 0 and rival_ms > 0
         assert abs(rival_ms / fastce_ms - speedup) < 0.05 * speedup + 0.1
+
+
+def _chart_rows():
+    """fastce and three rivals on W1 and W7a, the ONNX Runtime one forward only;
+    each rival's median is ``speedup`` times fastce's, its quartiles 10% around it."""
+    rows = []
+    for workload in ("W1", "W7a"):
+        for kind in ("forward", "forward+backward"):
+            rows.append(_row("fastce", 2.0, 1.9, 2.2, workload, kind))
+            for library, speedup in [("torch 2.13.0", 3.0), ("onnxruntime 1.32.0", 0.5)] + [
+                ("numpy", 40.0)
+            ]:
+                if library.startswith("onnxruntime") and kind != "forward":
+                    continue
+                ms = 2.0 * speedup
+                rows.append(_row(library, ms, 0.9 * ms, 1.1 * ms, workload, kind, speedup))
+    return rows
+
+
+def test_plot_structure():
+    BarContainer = pytest.importorskip("matplotlib.container").BarContainer
+    fig = bench.plot_figure(_chart_rows(), threads=2)
+    # one panel per pass, on a shared log axis with a line at 1x
+    assert len(fig.axes) == 2
+    assert [ax.get_title() for ax in fig.axes] == [
+        "forward",
+        "forward+backward (no onnxruntime pass)",
+    ]
+    for ax in fig.axes:
+        assert ax.get_yscale() == "log"
+        assert any(list(line.get_ydata()) == [1.0, 1.0] for line in ax.get_lines())
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels == ["W1\n4096x1000", "W7a\n32x10"]
+    assert fig.axes[0].get_ylabel().startswith("fastce's speed-up")
+    # one colour per rival, named in one legend
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "torch 2.13.0",
+        "onnxruntime 1.32.0",
+        "numpy",
+    ]
+    bar_sets = [[c for c in ax.containers if isinstance(c, BarContainer)] for ax in fig.axes]
+    assert [len(bars) for bars in bar_sets] == [3, 2]
+    colours = [bars.patches[0].get_facecolor() for bars in bar_sets[0]]
+    assert len(set(colours)) == 3
+    title = fig.get_suptitle()
+    for fact in (bench.cpu_name(), _kernels.simd_isa(), "2 threads", "fastce ", "torch 2.13.0"):
+        assert fact in title
+    # each bar rises from 1x to the speed-up, its error bar spans the
+    # rival's quartiles over fastce's: (0.9 to 1.1) x 2 s over 2.2 to 1.9
+    for bars, speedup in zip(bar_sets[0], (3.0, 0.5, 40.0)):
+        for patch in bars.patches:
+            assert patch.get_y() == 1.0
+            assert patch.get_y() + patch.get_height() == pytest.approx(speedup)
+        assert bars.errorbar is not None
+        (segments,) = [c.get_segments() for c in bars.errorbar.lines[2]]
+        for segment in segments:
+            low, high = sorted(segment[:, 1])
+            assert low == pytest.approx(0.9 * 2 * speedup / 2.2)
+            assert high == pytest.approx(1.1 * 2 * speedup / 1.9)
+    assert "WARNING" not in fig.get_supxlabel()
+    warned = bench.plot_figure(_chart_rows(), threads=2, warnings=["WARNING: busy"])
+    assert "WARNING" in warned.get_supxlabel()
+
+
+def test_plot_file(tmp_path):
+    # the CLI's chart, on the smallest workload: a PNG that fits a laptop screen
+    image = pytest.importorskip("matplotlib.image")
+    path = tmp_path / "speed.png"
+    argv = ["--workload", "W7a", "--repeats", "2", "--libraries", "numpy", "--plot", str(path)]
+    assert bench.main(argv) == 0
+    height, width = image.imread(path).shape[:2]
+    assert width <= 1400 and height <= 600

@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeAlias, TypedDict, TypeVar, cast
@@ -346,7 +346,7 @@ def cpu_name() -> str:
 
 def header(threads: int) -> list[str]:
     lines = [
-        f"fastce {fastce.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}",
+        library_versions(),
         f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; "
         f"vector path: {_kernels.simd_isa()}; threads: {threads}",
     ]
@@ -1111,21 +1111,100 @@ def busy_warnings(rows: list[Row], load: float | None, threads: int) -> list[str
     return warnings
 
 
-def plot(rows: list[Row], path: str) -> None:
-    import matplotlib
+def speedup_range(rival: Row, fastce_row: Row) -> tuple[float, float]:
+    """The speed-up's range over the middle halves of both libraries' rounds:
+    the rival's lower quartile over fastce's upper one, and the reverse."""
+    return rival["q1_ms"] / fastce_row["q3_ms"], rival["q3_ms"] / fastce_row["q1_ms"]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    others = [r for r in rows if r["library"] != "fastce"]
-    labels = [f"{r['workload']} {r['kind'][:3]}\nvs {r['library'].split()[0]}" for r in others]
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(others)), 4))
-    ax.bar(range(len(others)), [r["speedup"] for r in others])
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(others)), labels, rotation=90, fontsize=7)
-    ax.set_ylabel("fastce speed-up (x)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+def library_versions() -> str:
+    """fastce's, NumPy's and Python's versions (the rivals name theirs)."""
+    return f"fastce {fastce.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}"
+
+
+def workload_label(r: Row) -> str:
+    """A workload's name, shape (thousands as k) and dtype where not float32,
+    on three lines."""
+    shape = "x".join(
+        f"{n // 1000}k" if n >= 10000 and n % 1000 == 0 else str(n) for n in r["shape"]
+    )
+    return f"{r['workload']}\n{shape}" + ("" if r["dtype"] == "float32" else f"\n{r['dtype']}")
+
+
+def plot_figure(rows: list[Row], threads: int, warnings: Sequence[str] = ()) -> Any:
+    """A matplotlib Figure of fastce's speed-up over each rival: a panel per
+    pass, a group of bars per workload, a colour per rival, on a log axis
+    where bars rise from 1x when fastce is faster and fall when it is slower."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    passes = list(dict.fromkeys(r["kind"] for r in rows))
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    rivals = list(dict.fromkeys(r["library"] for r in rows if r["library"] != "fastce"))
+    fastce_rows = {(r["workload"], r["kind"]): r for r in rows if r["library"] == "fastce"}
+    # about 1400x560 pixels for two panels at 100 dpi: a laptop screen's width
+    fig = Figure(figsize=(1.0 + 6.5 * len(passes), 5.6), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(passes), sharey=True, squeeze=False)[0]
+    width = 0.8 / max(1, len(rivals))
+    handles: dict[str, Any] = {}
+    for ax, kind in zip(axes, passes):
+        for i, name in enumerate(rivals):
+            drawn = [r for r in rows if r["library"] == name and r["kind"] == kind]
+            if not drawn:
+                continue
+            x = [
+                workloads.index(r["workload"]) + (i - (len(rivals) - 1) / 2) * width for r in drawn
+            ]
+            speedups = [r["speedup"] for r in drawn]
+            ranges = [speedup_range(r, fastce_rows[(r["workload"], kind)]) for r in drawn]
+            handles[name] = ax.bar(
+                x,
+                [s - 1 for s in speedups],
+                width,
+                bottom=1,
+                color=f"C{i}",
+                yerr=[
+                    [max(0.0, s - low) for s, (low, _) in zip(speedups, ranges)],
+                    [max(0.0, high - s) for s, (_, high) in zip(speedups, ranges)],
+                ],
+                error_kw={"elinewidth": 0.8, "capsize": 2},
+            )
+        ax.axhline(1.0, color="black", linewidth=1)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        ax.grid(axis="y", which="major", linewidth=0.5, alpha=0.5)
+        ax.set_xticks(
+            range(len(workloads)),
+            [workload_label(fastce_rows[(key, kind)]) for key in workloads],
+            fontsize=7,
+        )
+        absent = [
+            name.split()[0]
+            for name in rivals
+            if not any(r["library"] == name and r["kind"] == kind for r in rows)
+        ]
+        ax.set_title(kind + (f" (no {', '.join(absent)} pass)" if absent else ""))
+    axes[0].set_ylabel("fastce's speed-up: their median time / fastce's")
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper")
+    rival_versions = ", ".join(name for name in rivals if name != "numpy")
+    fig.suptitle(
+        "fastce's speed-up over each library (above 1x: fastce is faster)\n"
+        f"{cpu_name()}, {os.cpu_count()} logical cores; vector path {_kernels.simd_isa()}; "
+        f"{threads} threads\n{library_versions()}"
+        + (f", {rival_versions}" if rival_versions else ""),
+        fontsize=10,
+    )
+    footnote = "error bars: each rival's lower to upper quartile over fastce's upper to lower one"
+    if warnings:
+        footnote += "; WARNING: the machine was busy during this run (see the printed warnings)"
+    fig.supxlabel(footnote, fontsize=8, color="firebrick" if warnings else "black")
+    return fig
+
+
+def plot(rows: list[Row], path: str, threads: int, warnings: Sequence[str] = ()) -> None:
+    plot_figure(rows, threads, warnings).savefig(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1267,7 +1346,7 @@ def main(argv: list[str] | None = None) -> int:
                     "\nWith another process spinning on a core:\n\n" + render(*busy, True) + "\n"
                 )
     if args.plot:
-        plot(rows, args.plot)
+        plot(rows, args.plot, args.threads, warnings)
     return 0
 
 
