@@ -13,19 +13,14 @@ from fastce import bench
 
 pytest.importorskip("pytest_benchmark")
 
-LIBRARIES = ["fastce", "torch", "jax", "numpy"]
+LIBRARIES = ["fastce", *bench.RIVALS]
 
 
 def contender(library, w, x, t):
     if library == "fastce":
         return bench.fastce_contender(w, x, t)
-    if library == "numpy":
-        return bench.numpy_contender(w, x, t)
-    if library == "torch":
-        pytest.importorskip("torch")
-        return bench.torch_contender(w, x, t, fastce.get_num_threads())
-    pytest.importorskip("jax")
-    return bench.jax_contender(w, x, t)
+    pytest.importorskip(library)
+    return bench.RIVALS[library](w, x, t, fastce.get_num_threads())
 
 
 @pytest.mark.parametrize("library", LIBRARIES)

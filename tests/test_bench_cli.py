@@ -1,7 +1,10 @@
 """``python -m fastce.bench``: the table users read, on the smallest workload."""
 
 import dataclasses
+import importlib.util
+import sys
 
+import numpy as np
 import pytest
 
 from fastce import _kernels, bench
@@ -284,3 +287,72 @@ def test_plot_file(tmp_path):
     assert bench.main(argv) == 0
     height, width = image.imread(path).shape[:2]
     assert width <= 1400 and height <= 600
+
+
+# small shapes that keep each workload's class axis, dtype and ignored targets
+SMALL_SHAPES = {"W1": (64, 30), "W4": (2, 5, 4, 6), "W5": (2, 8, 50), "W6": (64, 30)}
+
+
+def test_rivals_agree_with_fastce(monkeypatch):
+    # every rival installed computes fastce's loss and gradient (classes on
+    # axis 1 of a 4-d array, on the last axis with ignored targets, float64);
+    # each one missing says so
+    small = {k: dataclasses.replace(bench.WORKLOADS[k], shape=s) for k, s in SMALL_SHAPES.items()}
+    monkeypatch.setattr(bench, "WORKLOADS", small)
+    said = []
+    rows = bench.run(
+        list(small),
+        threads=2,
+        repeats=1,
+        passes=("forward", "forward+backward"),
+        libraries=tuple(bench.RIVALS),
+        min_time=0.0,
+        out=said.append,
+    )
+    assert not [line for line in said if "differ" in line]
+    timed = {r["library"].split()[0] for r in rows}
+    for name in bench.RIVALS:
+        installed = importlib.util.find_spec(name) is not None
+        assert (name in timed) == installed
+        assert (f"{name}: not installed, not timed" in said) == (not installed)
+    assert len(rows) == len(small) * 2 * len(timed)
+
+
+def test_missing_rivals_skipped(monkeypatch, capsys):
+    # a rival that cannot be imported is left out with a note, not an error
+    monkeypatch.setitem(sys.modules, "jax", None)
+    argv = ["--workload", "W7a", "--repeats", "1", "--libraries", "jax"]
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "jax: not installed, not timed" in printed
+    assert "vs jax" not in printed
+
+
+def test_unknown_rival_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--workload", "W7a", "--libraries", "torch,mxnet"])
+    assert "no rival mxnet" in capsys.readouterr().err
+
+
+def test_disagreement_found():
+    # a rival whose loss or gradient is off, or NaN, is named
+    w = dataclasses.replace(bench.WORKLOADS["W1"], shape=(16, 7))
+    x, t = bench.make_inputs(w)
+    fastce = bench.fastce_contender(w, x, t)
+    loss, grad = bench.fastce.cross_entropy_with_grad(x, t)
+    rivals = [
+        bench.Contender("close", lambda: loss * (1 + 1e-6), lambda: (loss, grad * (1 + 1e-6))),
+        bench.Contender("scaled", lambda: loss * 1.01, lambda: (loss, grad * 1.01)),
+        bench.Contender("nan", lambda: np.float32("nan"), lambda: (np.nan * loss, grad)),
+        # the gradient of the loss summed, not averaged
+        bench.Contender("summed", lambda: loss, lambda: (loss, grad * len(t))),
+    ]
+    assert bench.disagreements([fastce, *rivals], "forward", x.dtype) == [
+        "scaled's loss",
+        "nan's loss",
+    ]
+    assert bench.disagreements([fastce, *rivals], "forward+backward", x.dtype) == [
+        "scaled's gradient",
+        "nan's loss",
+        "summed's gradient",
+    ]

@@ -1,10 +1,12 @@
 """Side-by-side timings of fastce against the libraries users already have.
 
 ``python -m fastce.bench`` prints a table: for each workload and each library
-that is installed (fastce, PyTorch, JAX, NumPy/SciPy), the median time of a
-call, the throughput in logits per second, and fastce's speed-up.  The calls
-of the different libraries are interleaved, repeat by repeat, so that a
-noisy machine slows them all alike.
+that is installed (fastce, PyTorch, JAX, NumPy), the
+median time of a call with the interquartile range of its rounds, the
+throughput in logits per second, and fastce's speed-up.  The calls of the
+different libraries are interleaved, repeat by repeat, so that a noisy
+machine slows them all alike; every rival's result is checked against
+fastce's first.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def fastce_contender(
 
 
 def numpy_contender(
-    w: Workload, x: npt.NDArray[np.floating[Any]], t: npt.NDArray[np.int64]
+    w: Workload, x: npt.NDArray[np.floating[Any]], t: npt.NDArray[np.int64], threads: int
 ) -> Contender:
     axis = w.axis % x.ndim
 
@@ -151,17 +153,15 @@ def numpy_contender(
 
 def torch_contender(
     w: Workload, x: npt.NDArray[np.floating[Any]], t: npt.NDArray[np.int64], threads: int
-) -> Contender | None:
-    try:  # an optional rival, typed Any whether installed or not
-        torch: Any = importlib.import_module("torch")
-        F: Any = importlib.import_module("torch.nn.functional")
-    except ImportError:
-        return None
+) -> Contender:
+    torch: Any = importlib.import_module("torch")  # optional: typed Any whether installed or not
+    F: Any = importlib.import_module("torch.nn.functional")
     torch.set_num_threads(threads)
     xt = torch.from_numpy(x)
     tt = torch.from_numpy(t)
     axis = w.axis % x.ndim
-    if axis != 1 and x.ndim > 1:
+    moved = axis != 1 and x.ndim > 1
+    if moved:
         # torch wants classes on axis 1: a view, as a user would write it
         xt = xt.movedim(axis, 1)
 
@@ -175,19 +175,19 @@ def torch_contender(
         leaf.grad = None
         loss = F.cross_entropy(leaf, tt)
         loss.backward()
-        return loss, leaf.grad
+        # the gradient in the logits' layout, as the other libraries give it (a view)
+        return loss, leaf.grad.movedim(1, axis) if moved else leaf.grad
 
     return Contender(f"torch {torch.__version__.split('+')[0]}", forward, forward_backward)
 
 
 def jax_contender(
-    w: Workload, x: npt.NDArray[np.floating[Any]], t: npt.NDArray[np.int64]
-) -> Contender | None:
-    try:  # an optional rival, typed Any whether installed or not
-        jax: Any = importlib.import_module("jax")
-        jnp: Any = importlib.import_module("jax.numpy")
-    except ImportError:
-        return None
+    w: Workload, x: npt.NDArray[np.floating[Any]], t: npt.NDArray[np.int64], threads: int
+) -> Contender:
+    """JAX's jitted loss and value_and_grad; its threads are XLA's: all cores,
+    or one where ``main`` sets XLA_FLAGS before the import (``--threads 1``)."""
+    jax: Any = importlib.import_module("jax")  # optional: typed Any whether installed or not
+    jnp: Any = importlib.import_module("jax.numpy")
     if x.dtype == np.float64:
         jax.config.update("jax_enable_x64", True)
     axis = w.axis % x.ndim
@@ -353,6 +353,50 @@ def header(threads: int) -> list[str]:
     return lines
 
 
+_Factory: TypeAlias = Callable[
+    [Workload, npt.NDArray[np.floating[Any]], npt.NDArray[np.int64], int], Contender
+]
+
+# each rival beside fastce, by the name --libraries takes; a factory raises
+# ImportError where its library is not installed
+RIVALS: dict[str, _Factory] = {
+    "torch": torch_contender,
+    "jax": jax_contender,
+    "numpy": numpy_contender,
+}
+
+
+def as_array(value: object) -> npt.NDArray[Any]:
+    """A library's result as a NumPy array (a torch tensor detached first)."""
+    detach = getattr(value, "detach", None)
+    return np.asarray(detach() if detach is not None else value)
+
+
+def disagreements(contenders: list[Contender], kind: str, dtype: np.dtype[Any]) -> list[str]:
+    """The rivals whose loss (and gradient, forward+backward) differ from
+    fastce's, the first contender's, by more than rounding allows."""
+    # relative to the loss, and to the gradient's largest element
+    tolerance = 1e-9 if dtype == np.float64 else 1e-4
+    results = [
+        [as_array(c.forward())]
+        if kind == "forward"
+        else [as_array(v) for v in cast(Callable[[], tuple[object, object]], c.forward_backward)()]
+        for c in contenders
+    ]
+    expected = results[0]
+    found = []
+    for c, got in zip(contenders[1:], results[1:]):
+        for what, a, b in zip(("loss", "gradient"), got, expected):
+            scale = float(np.abs(b).max())
+            # written so that a NaN disagrees
+            if (
+                a.shape != b.shape
+                or not np.abs(a.astype(np.float64) - b).max() <= tolerance * scale
+            ):
+                found.append(f"{c.name.split()[0]}'s {what}")
+    return found
+
+
 def run(
     workloads: list[str],
     threads: int,
@@ -362,34 +406,47 @@ def run(
     min_time: float = 0.02,
     out: Callable[[str], object] = print,
 ) -> list[Row]:
+    """Times fastce and each of ``libraries`` that is installed on each
+    workload and pass, interleaved; says through ``out`` which libraries
+    were skipped, what they do not cover, and any result that disagrees
+    with fastce's."""
     fastce.set_num_threads(threads)
     rows: list[Row] = []
+    said: set[str] = set()
+
+    def say(line: str) -> None:
+        if line not in said:
+            said.add(line)
+            out(line)
+
     for key in workloads:
         w = WORKLOADS[key]
         x, t = make_inputs(w)
         contenders = [fastce_contender(w, x, t)]
-        if "torch" in libraries:
-            c = torch_contender(w, x, t, threads)
-            if c:
-                contenders.append(c)
-        if "jax" in libraries:
-            c = jax_contender(w, x, t)
-            if c:
-                contenders.append(c)
-        if "numpy" in libraries:
-            contenders.append(numpy_contender(w, x, t))
+        for name in libraries:
+            try:
+                contenders.append(RIVALS[name](w, x, t, threads))
+            except ImportError:
+                say(f"{name}: not installed, not timed")
+        for c in contenders:
+            for line in c.notes:
+                say(line)
         roof = roof_call(x, threads)
         for kind in passes:
+            timed = [c for c in contenders if kind == "forward" or c.forward_backward]
+            wrong = disagreements(timed, kind, x.dtype)
+            if wrong:
+                say(f"WARNING: on {key} {kind}, {', '.join(wrong)} differ from fastce's")
             calls = [
-                # every contender here has a forward_backward
+                # the contenders of this pass, each with a forward_backward
                 c.forward if kind == "forward" else cast(Callable[[], object], c.forward_backward)
-                for c in contenders
+                for c in timed
             ]
             if kind == "forward" and roof is not None:
                 calls.append(roof)
             samples = interleaved_samples(calls, repeats, min_time)
             times = [statistics.median(s) for s in samples]
-            for c, seconds, spread in zip(contenders, times, samples):
+            for c, seconds, spread in zip(timed, times, samples):
                 q1, q3 = np.percentile(spread, [25, 75])
                 rows.append(
                     dict(
@@ -407,7 +464,7 @@ def run(
                     )
                 )
             if kind == "forward" and roof is not None:
-                rows[-len(contenders)]["roof"] = times[-1] / times[0]
+                rows[-len(timed)]["roof"] = times[-1] / times[0]
         del x, t, contenders
     fastce.set_num_threads(None)
     return rows
@@ -1074,6 +1131,8 @@ def summary_table(rows: list[Row], markdown: bool = False) -> str:
 # timed while something else took the cores: on a quiet machine the rounds of
 # a call lie within a few percent of each other
 SPREAD_LIMIT = 0.1
+# how many of those rows a warning names, the widest first
+WIDEST_LISTED = 5
 
 
 def load_average() -> float | None:
@@ -1091,10 +1150,11 @@ def busy_warnings(rows: list[Row], load: float | None, threads: int) -> list[str
     warnings = []
     wide = [r for r in rows if relative_spread(r) > SPREAD_LIMIT]
     if wide:
+        widest = sorted(wide, key=relative_spread, reverse=True)
         listed = ", ".join(
             f"{r['workload']} {r['kind']} {r['library'].split()[0]} {relative_spread(r):.0%}"
-            for r in wide
-        )
+            for r in widest[:WIDEST_LISTED]
+        ) + (f" and {len(wide) - WIDEST_LISTED} more" if len(wide) > WIDEST_LISTED else "")
         warnings.append(
             f"WARNING: the machine looks busy: in {len(wide)} of {len(rows)} rows the "
             f"interquartile range exceeds {100 * SPREAD_LIMIT:.0f}% of the median ({listed}); "
@@ -1220,8 +1280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forward-only", action="store_true")
     parser.add_argument(
         "--libraries",
-        default="torch,jax,numpy",
-        help="comma-separated rivals to time beside fastce",
+        default=",".join(RIVALS),
+        help="comma-separated rivals to time beside fastce, from: " + ", ".join(RIVALS),
     )
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     parser.add_argument("--plot", metavar="FILE.png", help="bar chart of the speed-ups")
@@ -1263,6 +1323,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    libraries = tuple(args.libraries.split(",")) if args.libraries else ()
+    unknown = [name for name in libraries if name not in RIVALS]
+    if unknown:
+        parser.error(f"--libraries: no rival {', '.join(unknown)}; the rivals: {', '.join(RIVALS)}")
     if args.threads == 1:
         # XLA reads its thread settings once, when jax is first imported
         os.environ.setdefault(
@@ -1273,13 +1337,13 @@ def main(argv: list[str] | None = None) -> int:
     for line in header(args.threads):
         print(line)
     load = load_average()
-    rows = run(
-        workloads,
-        args.threads,
-        args.repeats,
-        passes,
-        tuple(args.libraries.split(",")) if args.libraries else (),
-    )
+    notes: list[str] = []
+
+    def note(line: str) -> None:
+        print(line)
+        notes.append(line)
+
+    rows = run(workloads, args.threads, args.repeats, passes, libraries, out=note)
     warnings = busy_warnings(rows, load, args.threads)
     print(SPREAD_NOTE)
     print(format_table(rows))
@@ -1322,7 +1386,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(
-                "\n\n".join(["\n".join(header(args.threads)), *warnings, SPREAD_NOTE])
+                "\n\n".join(["\n".join(header(args.threads)), *notes, *warnings, SPREAD_NOTE])
                 + "\n\n"
                 + summary_table(rows, True)
                 + "\n\n"
