@@ -295,8 +295,8 @@ SMALL_SHAPES = {"W1": (64, 30), "W4": (2, 5, 4, 6), "W5": (2, 8, 50), "W6": (64,
 
 def test_rivals_agree_with_fastce(monkeypatch):
     # every rival installed computes fastce's loss and gradient (classes on
-    # axis 1 of a 4-d array, on the last axis with ignored targets, float64);
-    # each one missing says so
+    # axis 1 of a 4-d array, on the last axis with ignored targets, float64),
+    # ONNX Runtime forward only; each one missing says so
     small = {k: dataclasses.replace(bench.WORKLOADS[k], shape=s) for k, s in SMALL_SHAPES.items()}
     monkeypatch.setattr(bench, "WORKLOADS", small)
     said = []
@@ -315,17 +315,25 @@ def test_rivals_agree_with_fastce(monkeypatch):
         installed = importlib.util.find_spec(name) is not None
         assert (name in timed) == installed
         assert (f"{name}: not installed, not timed" in said) == (not installed)
-    assert len(rows) == len(small) * 2 * len(timed)
+    passes = {(r["library"].split()[0], r["kind"]) for r in rows}
+    if "onnxruntime" in timed:
+        assert ("onnxruntime", "forward+backward") not in passes
+        assert "onnxruntime: forward only (an inference session computes no gradient)" in said
+    if "tensorflow" in timed:
+        assert ("tensorflow", "forward+backward") in passes
+    assert len(rows) == len(small) * (2 * len(timed) - ("onnxruntime" in timed))
 
 
 def test_missing_rivals_skipped(monkeypatch, capsys):
     # a rival that cannot be imported is left out with a note, not an error
-    monkeypatch.setitem(sys.modules, "jax", None)
-    argv = ["--workload", "W7a", "--repeats", "1", "--libraries", "jax"]
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    argv = ["--workload", "W7a", "--repeats", "1", "--libraries", "onnxruntime,tensorflow"]
     assert bench.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "jax: not installed, not timed" in printed
-    assert "vs jax" not in printed
+    assert "onnxruntime: not installed, not timed" in printed
+    assert "tensorflow: not installed, not timed" in printed
+    assert "vs onnxruntime" not in printed and "vs tensorflow" not in printed
 
 
 def test_unknown_rival_refused(capsys):

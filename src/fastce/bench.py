@@ -1,7 +1,7 @@
 """Side-by-side timings of fastce against the libraries users already have.
 
 ``python -m fastce.bench`` prints a table: for each workload and each library
-that is installed (fastce, PyTorch, JAX, NumPy), the
+that is installed (fastce, PyTorch, JAX, ONNX Runtime, TensorFlow, NumPy), the
 median time of a call with the interquartile range of its rounds, the
 throughput in logits per second, and fastce's speed-up.  The calls of the
 different libraries are interleaved, repeat by repeat, so that a noisy
@@ -216,6 +216,121 @@ def jax_contender(
     return Contender(f"jax {jax.__version__}", forward, forward_backward)
 
 
+# the ONNX opset of the models onnxruntime_contender builds: the one of
+# SoftmaxCrossEntropyLoss's newest definition, rather than the onnx package's
+# newest opset, which an older onnxruntime may not run yet
+ONNX_OPSET = 13
+
+
+def onnxruntime_contender(
+    w: Workload, x: npt.NDArray[np.floating[Any]], t: npt.NDArray[np.int64], threads: int
+) -> Contender:
+    """ONNX Runtime's SoftmaxCrossEntropyLoss (mean over the targets that are
+    not -100), in a model built with onnx.helper and run by an
+    InferenceSession on the CPU, as an inference pipeline runs it."""
+    onnx: Any = importlib.import_module("onnx")  # optional: typed Any whether installed or not
+    ort: Any = importlib.import_module("onnxruntime")
+    helper, tensor = onnx.helper, onnx.TensorProto
+    elem = tensor.DOUBLE if x.dtype == np.float64 else tensor.FLOAT
+    axis = w.axis % x.ndim
+    nodes, scores = [], "logits"
+    if axis != 1 and x.ndim > 1:
+        # the operator wants classes on axis 1: a transpose in the graph, which copies
+        perm = [0, axis] + [d for d in range(1, x.ndim) if d != axis]
+        nodes.append(helper.make_node("Transpose", ["logits"], ["scores"], perm=perm))
+        scores = "scores"
+    nodes.append(
+        helper.make_node(
+            "SoftmaxCrossEntropyLoss",
+            [scores, "labels"],
+            ["loss"],
+            reduction="mean",
+            ignore_index=-100,
+        )
+    )
+    graph = helper.make_graph(
+        nodes,
+        "cross_entropy",
+        [
+            helper.make_tensor_value_info("logits", elem, list(x.shape)),
+            helper.make_tensor_value_info("labels", tensor.INT64, list(t.shape)),
+        ],
+        [helper.make_tensor_value_info("loss", elem, [])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    onnx.checker.check_model(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # Workers that spin after a run take the cores from the call timed next
+    # (fastce's W1 forward went from 1.5 to 4.8 ms beside them on 2 cores), and
+    # onnxruntime itself ran faster without (W1: 11 against 5.9 ms)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    feed = {"logits": x, "labels": t}
+
+    def forward() -> Any:
+        return session.run(["loss"], feed)[0]
+
+    return Contender(
+        f"onnxruntime {ort.__version__}",
+        forward,
+        notes=["onnxruntime: forward only (an inference session computes no gradient)"],
+    )
+
+
+def tensorflow_contender(
+    w: Workload, x: npt.NDArray[np.floating[Any]], t: npt.NDArray[np.int64], threads: int
+) -> Contender:
+    """TensorFlow's sparse_softmax_cross_entropy_with_logits, its mean over the
+    targets that are not -100, and the gradient from a GradientTape, each a
+    tf.function compiled by XLA (jit_compile=True): on the CPU the fastest of
+    eager, graph and XLA execution for all but the smallest calls."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no INFO lines at import
+    tf: Any = importlib.import_module("tensorflow")  # optional: typed Any whether installed or not
+    notes = []
+    try:
+        # TensorFlow reads its thread counts once, when it first runs an operation
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        if tf.config.threading.get_intra_op_parallelism_threads() != threads:
+            notes.append(
+                "tensorflow: its threads were set earlier in this process, "
+                f"to {tf.config.threading.get_intra_op_parallelism_threads()}, not {threads}"
+            )
+    axis = w.axis % x.ndim
+    last = x.ndim - 1
+    perm = [d for d in range(x.ndim) if d != axis] + [axis]
+
+    def loss_fn(logits: Any, target: Any) -> Any:
+        if axis != last:  # the function wants classes last: a transpose, as a user writes it
+            logits = tf.transpose(logits, perm)
+        valid = target != -100
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.where(valid, target, 0), logits=logits
+        )
+        weights = tf.cast(valid, logits.dtype)
+        return tf.reduce_sum(losses * weights) / tf.reduce_sum(weights)
+
+    def loss_and_grad(logits: Any, target: Any) -> tuple[Any, Any]:
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss = loss_fn(logits, target)
+        return loss, tape.gradient(loss, logits)
+
+    forward_xla = tf.function(loss_fn, jit_compile=True)
+    both_xla = tf.function(loss_and_grad, jit_compile=True)
+    xt, tt = tf.constant(x), tf.constant(t)
+    return Contender(
+        f"tensorflow {tf.__version__}",
+        partial(forward_xla, xt, tt),
+        partial(both_xla, xt, tt),
+        notes,
+    )
+
+
 def roof_call(x: npt.NDArray[np.floating[Any]], threads: int) -> Callable[[], float] | None:
     """A pass that only sums exp(x) with the same vector code and threads:
     what the forward pass is measured against (2-d C-ordered inputs)."""
@@ -362,6 +477,8 @@ _Factory: TypeAlias = Callable[
 RIVALS: dict[str, _Factory] = {
     "torch": torch_contender,
     "jax": jax_contender,
+    "onnxruntime": onnxruntime_contender,
+    "tensorflow": tensorflow_contender,
     "numpy": numpy_contender,
 }
 
