@@ -70,6 +70,10 @@ def test_busy_warnings(monkeypatch):
     (warning,) = bench.busy_warnings(quiet, 1.2, threads=4)
     assert "load average was 1.20" in warning and "4 logical cores" in warning
     assert len(bench.busy_warnings(spread, 3.5, threads=2)) == 2
+    # one thread needs one idle core of the four
+    assert bench.busy_warnings(quiet, 3.4, threads=1) == []
+    (warning,) = bench.busy_warnings(quiet, 3.6, threads=1)
+    assert "4 logical cores and 1 thread for the bench" in warning
 
 
 def test_busy_warning_printed(tmp_path, capsys, monkeypatch):
@@ -274,6 +278,9 @@ def test_plot_structure():
             low, high = sorted(segment[:, 1])
             assert low == pytest.approx(0.9 * 2 * speedup / 2.2)
             assert high == pytest.approx(1.1 * 2 * speedup / 1.9)
+    # the shared range holds every error bar
+    low, high = fig.axes[1].get_ylim()
+    assert low < 0.9 * 2 * 0.5 / 2.2 and high > 1.1 * 2 * 40 / 1.9
     assert "WARNING" not in fig.get_supxlabel()
     warned = bench.plot_figure(_chart_rows(), threads=2, warnings=["WARNING: busy"])
     assert "WARNING" in warned.get_supxlabel()

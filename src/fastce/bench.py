@@ -1282,8 +1282,9 @@ def busy_warnings(rows: list[Row], load: float | None, threads: int) -> list[str
     if load is not None and load > cores - threads + 0.5:
         warnings.append(
             f"WARNING: the machine was busy: the 1-minute load average was {load:.2f} before "
-            f"the timings, with {cores} logical cores and {threads} threads for the bench; "
-            "other processes took cores the libraries timed here would have used"
+            f"the timings, with {cores} logical cores and {threads} "
+            f"thread{'s' if threads > 1 else ''} for the bench; other processes took cores the "
+            "libraries timed here would have used"
         )
     return warnings
 
@@ -1363,6 +1364,16 @@ def plot_figure(rows: list[Row], threads: int, warnings: Sequence[str] = ()) -> 
             if not any(r["library"] == name and r["kind"] == kind for r in rows)
         ]
         ax.set_title(kind + (f" (no {', '.join(absent)} pass)" if absent else ""))
+    # the axes share one range, wide enough for every error bar and for a
+    # margin below the line at 1x
+    ends = [
+        end
+        for r in rows
+        if r["library"] != "fastce"
+        for end in speedup_range(r, fastce_rows[(r["workload"], r["kind"])])
+    ]
+    if ends:
+        axes[0].set_ylim(min(0.8, min(ends) / 1.25), max(1.25, max(ends) * 1.25))
     axes[0].set_ylabel("fastce's speed-up: their median time / fastce's")
     fig.legend(list(handles.values()), list(handles), loc="outside right upper")
     rival_versions = ", ".join(name for name in rivals if name != "numpy")
