@@ -25,10 +25,12 @@ def main() -> int:
     print()
     threads = fastce.get_num_threads()
     print(
-        "Comparison on random data (median of interleaved runs; speed-up = their time / fastce's):"
+        "Comparison on random data (median of interleaved runs with their interquartile range; "
+        "speed-up = their time / fastce's):"
     )
     for line in bench.header(threads):
         print("  " + line)
+    load = bench.load_average()
     rows = bench.run(
         ["W1", "W2", "W7a"],
         threads,
@@ -37,6 +39,8 @@ def main() -> int:
         libraries=("torch", "jax", "numpy"),
     )
     print(bench.summary_table(rows))
+    for line in bench.busy_warnings(rows, load, threads):
+        print(line)
     print("\nThe full suite: python -m fastce.bench --help")
     return 0
 
