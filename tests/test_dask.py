@@ -304,9 +304,10 @@ def test_a_local_cluster_of_worker_processes_gives_the_in_memory_result(
     same_result(got, fastce.evaluate(x, t, w, **OPTIONS))
     loss = fdask.cross_entropy(xd, td, w, label_smoothing=0.1, num_threads=1).compute()
     assert_allclose(loss, fastce.cross_entropy(x, t, w, label_smoothing=0.1), rtol=1e-6)
-    # the blocks ran in both worker processes
+    # the blocks ran in the worker processes (how the scheduler spreads them over
+    # the two is its own affair: on a busy machine one worker may take them all)
     workers = {task["worker"] for task in stream.data if str(task["key"]).startswith("_block")}
-    assert workers == set(cluster_client.scheduler_info()["workers"]), workers
+    assert workers and workers <= set(cluster_client.scheduler_info()["workers"]), workers
 
 
 def test_docstring_examples_run():
