@@ -187,10 +187,13 @@ class _ClassView:
     def per_class_buffer(self, dtype: np.dtype[Any]) -> tuple[_Array, _Array]:
         """A new array of the caller's shape and ``dtype`` for a per-class
         result, and its ``(outer, C, inner)`` view for the kernel to write."""
-        transposed_shape = tuple(self.shape[ax] for ax in self.order)
-        buffer = np.empty(transposed_shape, dtype=dtype)
-        inverse = np.argsort(self.order)
-        return buffer.transpose(inverse), buffer.reshape(self.x3.shape)
+        buffer = np.empty(tuple(self.shape[ax] for ax in self.order), dtype=dtype)
+        return self.per_class_result(buffer.reshape(self.x3.shape)), buffer.reshape(self.x3.shape)
+
+    def per_class_result(self, result3: _Array) -> _Array:
+        """The caller's view of a C-ordered ``(outer, C, inner)`` per-class result."""
+        transposed = result3.reshape(tuple(self.shape[ax] for ax in self.order))
+        return transposed.transpose(np.argsort(self.order))
 
 
 # ---- logsumexp ---------------------------------------------------------------
@@ -500,12 +503,18 @@ def _per_class(x: ArrayLike, axis: _Axis, name: str) -> Any:
     # float16 is read as it is and computed in float32
     computed = np.dtype(np.float64 if dtype.itemsize == 8 else np.float32)
     view = _ClassView(arr if _kernel_dtype(arr.dtype) else arr.astype(computed), reduced)
-    result, result3 = view.per_class_buffer(computed)
     kernel = _functional.softmax if name == "softmax" else _functional.log_softmax
-    if result.size:
-        kernel(view.x3, axis=1, out=result3)
-        if name == "log_softmax":
-            _log_softmax_infinite_rows(view.x3, result3)
+    if view.x3.size and view.x3.flags.c_contiguous:
+        # the kernel's own result, C-ordered as the view: memory it knows to be
+        # new, which it writes through the caches (a fresh out= it would stream)
+        result3 = kernel(view.x3, axis=1)
+        result = view.per_class_result(result3)
+    else:
+        result, result3 = view.per_class_buffer(computed)
+        if result.size:
+            kernel(view.x3, axis=1, out=result3)
+    if result.size and name == "log_softmax":
+        _log_softmax_infinite_rows(view.x3, result3)
     if result.dtype != dtype:
         result = result.astype(dtype)
     return result[0] if zero_d else result
