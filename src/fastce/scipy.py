@@ -507,7 +507,7 @@ def _per_class(x: ArrayLike, axis: _Axis, name: str) -> Any:
     if view.x3.size and view.x3.flags.c_contiguous:
         # the kernel's own result, C-ordered as the view: memory it knows to be
         # new, which it writes through the caches (a fresh out= it would stream)
-        result3 = kernel(view.x3, axis=1)
+        result3 = cast(_Array, kernel(view.x3, axis=1))
         result = view.per_class_result(result3)
     else:
         result, result3 = view.per_class_buffer(computed)
