@@ -66,6 +66,14 @@ OPCHECK_CASES = {
         transform=(5.0, 0.7, 1e-3),
         want_grad=True,
     ),
+    "strided-grad": lambda: _op_args(
+        torch.randn(8, 12)[:, ::2].requires_grad_(),
+        torch.tensor([0, 1, 2, 3, 4, 5, 0, 1]),
+        want_grad=True,
+    ),
+    "transposed-grad": lambda: _op_args(
+        torch.randn(6, 4).t().requires_grad_(), torch.tensor([0, 1, 5, 3]), want_grad=True
+    ),
     "unbatched-half-float32-loss": lambda: _op_args(
         torch.randn(9).bfloat16(), torch.tensor(3), want_grad=True, f32=True
     ),

@@ -454,9 +454,8 @@ def _cross_entropy_op(
     except _Declined as err:
         outputs = _torch_answer(*args, loss_dtype, err)
     loss, z, lse, grad = outputs
-    if grad is not None and grad.stride() != _fake_grad(input).stride():
-        # the layout the graph was traced with (the fake function's)
-        grad = _fake_grad(input).copy_(grad)
+    if grad is not None:
+        grad = _laid_out_like(grad, input)
     # outputs must not alias: an empty tensor each
     return (
         loss,
@@ -468,6 +467,16 @@ def _cross_entropy_op(
 
 def _fake_grad(input: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(input)
+
+
+def _laid_out_like(result: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``result`` in the layout the fake functions give a tensor shaped as
+    ``like`` (``empty_like``'s), the one a graph was traced with: itself
+    where it has it (as the kernels' results do for dense input), else a
+    copy.  The layout is read off a meta tensor, which allocates nothing."""
+    if result.stride() == torch.empty_like(like, device="meta").stride():
+        return result
+    return torch.empty_like(like).copy_(result)
 
 
 @_cross_entropy_op.register_fake
@@ -1069,14 +1078,19 @@ def _linear_op(
                 f"compiled graph ({err.__cause__}): use torch's function there"
             ) from err
         outputs = (loss, None, None, None)
-    fakes = _linear_fake(*args, label_smoothing, softcap, temperature, z_loss, want_grad, None)
-    # outputs must not alias: an empty tensor each, laid out as the fakes
-    return cast(
-        "tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]",
-        tuple(
-            f if o is None else (o if o.stride() == f.stride() else f.copy_(o))
-            for o, f in zip(outputs, fakes)
-        ),
+    loss, grad_input, grad_weight, grad_bias = outputs
+
+    def laid_out(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor:
+        # outputs must not alias: an empty tensor each for the gradients not given
+        if grad is None or like is None:
+            return input.new_empty(0)
+        return _laid_out_like(grad, like)
+
+    return (
+        loss,
+        laid_out(grad_input, input),
+        laid_out(grad_weight, linear_weight),
+        laid_out(grad_bias, linear_bias),
     )
 
 
