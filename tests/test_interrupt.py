@@ -7,6 +7,7 @@ thread): a timer armed before the call could fire before it began or, on a
 fast machine, after its last check for signals, and either way outside it."""
 
 import _thread
+import signal
 import threading
 import time
 
@@ -14,6 +15,16 @@ import numpy as np
 import pytest
 
 import fastce
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Python's own SIGINT handler while a test runs: a library imported by
+    another test may have replaced it (interrupt_main does nothing when
+    SIGINT is ignored or left to the operating system)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def interrupt_when(ready, timeout=30.0):
