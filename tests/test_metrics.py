@@ -217,6 +217,8 @@ def test_per_sample_loss_is_cross_entropys_on_every_path(simd_path, name):
             {},
             {"weight": weight, "label_smoothing": 0.1, "ignore_index": 3},
             {"label_smoothing": 0.3},
+            # a logit scale, which the row kernels apply as they read the logits
+            {"temperature": 0.7, "weight": weight, "label_smoothing": 0.1},
         ):
             desc = f"{simd_path} {shape} {layout} {kwargs}"
             r = fastce.evaluate(x, target, axis=axis, per_sample=True, **kwargs)

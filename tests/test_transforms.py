@@ -26,8 +26,15 @@ OPTIONS = [
 ]
 
 # (shape, axis): rows, rows of few classes (transposed into tiles), channels
-# first (tiles), and one long row
-SHAPES = [((9, 300), None), ((70, 5), None), ((3, 7, 33), 1), ((2, 5000), None)]
+# first (tiles), long rows, and rows longer than the kernels read twice from
+# cache (a running maximum, the sum rescaled as it moves)
+SHAPES = [
+    ((9, 300), None),
+    ((70, 5), None),
+    ((3, 7, 33), 1),
+    ((2, 5000), None),
+    ((2, 20000), None),
+]
 
 TOLERANCE = {np.float64: 1e-10, np.float32: 2e-5, np.float16: 2e-5}
 

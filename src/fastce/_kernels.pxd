@@ -37,20 +37,20 @@ cdef extern from "csrc/dispatch.h":
     enum:
         FASTCE_PENDING_SHIFT
     ctypedef struct fastce_ops_t:
-        double (*row_max_sumexp_f32)(const float*, Py_ssize_t, float*) noexcept nogil
-        double (*row_max_sumexp_f64)(const double*, Py_ssize_t, double*) noexcept nogil
+        double (*row_max_sumexp_f32)(const float*, Py_ssize_t, float*, float) noexcept nogil
+        double (*row_max_sumexp_f64)(const double*, Py_ssize_t, double*, double) noexcept nogil
         double (*row_max_sumexp_ahead_f32)(const float*, Py_ssize_t, float*, const float*,
-                                           fastce_ahead_t*) noexcept nogil
+                                           fastce_ahead_t*, float) noexcept nogil
         double (*row_max_sumexp_ahead_f64)(const double*, Py_ssize_t, double*, const double*,
-                                           fastce_ahead_t*) noexcept nogil
+                                           fastce_ahead_t*, double) noexcept nogil
         double (*row_sum_shifted_f32)(const float*, Py_ssize_t, float) noexcept nogil
         double (*row_sum_shifted_f64)(const double*, Py_ssize_t, double) noexcept nogil
         double (*sum_exp_f32)(const float*, Py_ssize_t) noexcept nogil
         double (*sum_exp_f64)(const double*, Py_ssize_t) noexcept nogil
-        void (*row_scaled_exp_f32)(const float*, Py_ssize_t, float, float, float, float*,
-                                   int) noexcept nogil
-        void (*row_scaled_exp_f64)(const double*, Py_ssize_t, double, double, double, double*,
-                                   int) noexcept nogil
+        void (*row_scaled_exp_f32)(const float*, Py_ssize_t, float, float, float, float,
+                                   float*, int) noexcept nogil
+        void (*row_scaled_exp_f64)(const double*, Py_ssize_t, double, double, double, double,
+                                   double*, int) noexcept nogil
         void (*row_shift_f32)(const float*, Py_ssize_t, float, float, float*, int) noexcept nogil
         void (*row_shift_f64)(const double*, Py_ssize_t, double, double, double*,
                               int) noexcept nogil
@@ -60,10 +60,11 @@ cdef extern from "csrc/dispatch.h":
         void (*row_pending_f64)(fastce_ahead_t*, Py_ssize_t) noexcept nogil
         void (*row_softmax_f64)(const double*, Py_ssize_t, double*, const double*,
                                 fastce_ahead_t*) noexcept nogil
-        void (*row_rank_entropy_f32)(const float*, Py_ssize_t, float, Py_ssize_t, float,
+        void (*row_rank_entropy_f32)(const float*, Py_ssize_t, float, float, Py_ssize_t, float,
                                      double*, double*, Py_ssize_t*, Py_ssize_t*) noexcept nogil
-        void (*row_rank_entropy_f64)(const double*, Py_ssize_t, double, Py_ssize_t, double,
-                                     double*, double*, Py_ssize_t*, Py_ssize_t*) noexcept nogil
+        void (*row_rank_entropy_f64)(const double*, Py_ssize_t, double, double, Py_ssize_t,
+                                     double, double*, double*, Py_ssize_t*,
+                                     Py_ssize_t*) noexcept nogil
         void (*row_pair_terms_f32)(const float*, const float*, Py_ssize_t, float, double*,
                                    Py_ssize_t*) noexcept nogil
         void (*row_pair_terms_f64)(const double*, const double*, Py_ssize_t, double, double*,
@@ -223,6 +224,9 @@ cdef struct Piece:
     # keeps computing the next row's maxima while it sums a row
     const void* after
     fastce_ahead_t* ahead
+    # the logit scale a row body applies itself, to the logits as they are
+    # (Body.rows_scale; the walk then computes no transformed copy), else 1
+    double logit_scale
 
 
 cdef inline Py_ssize_t sample_offset(const Piece* p, Py_ssize_t k, Py_ssize_t so,
@@ -247,13 +251,16 @@ cdef struct Body:
     body_f32 tile_f32       # a tile, walked class by class; NULL: rows only
     body_f64 tile_f64
     body_half rows_half     # half rows read as they are; NULL: converted first
+    bint rows_scale         # the row bodies apply a logit scale (Piece.logit_scale)
 
 
 cdef inline Body make_body(body_f32 rows_f32, body_f64 rows_f64, body_f32 tile_f32,
-                           body_f64 tile_f64, body_half rows_half) noexcept:
+                           body_f64 tile_f64, body_half rows_half,
+                           bint rows_scale=False) noexcept:
     cdef Body b
     b.rows_f32, b.rows_f64, b.tile_f32, b.tile_f64 = rows_f32, rows_f64, tile_f32, tile_f64
     b.rows_half = rows_half
+    b.rows_scale = rows_scale
     return b
 
 
@@ -305,59 +312,67 @@ cdef inline floating exp_neg(floating v) noexcept nogil:
         return fastce_exp_neg_f64(v)
 
 
+cdef inline floating scaled_shift(floating x, floating m, floating scale) noexcept nogil:
+    """(x - m) * scale, as the vector kernels compute it (no multiply by 1)."""
+    return x - m if scale == 1 else (x - m) * scale
+
+
 cdef inline double row_stats(const floating* x, Py_ssize_t n, Py_ssize_t stride,
-                             floating* m) noexcept nogil:
-    """Sets ``m`` to the row maximum and returns the sum of exp(x - m); a NaN
+                             floating* m, floating scale) noexcept nogil:
+    """Sets ``m`` to the row maximum and returns the sum of exp((x - m) *
+    scale), the row seen through a positive logit scale (1: as it is); a NaN
     logit, or a row with nothing above -inf, gives NaN."""
     cdef floating v, mx = -INFINITY
     cdef double s = 0.0
     cdef Py_ssize_t c
     if stride == 1:
         if floating is float:
-            return fastce_active_ops.row_max_sumexp_f32(x, n, m)
+            return fastce_active_ops.row_max_sumexp_f32(x, n, m, scale)
         else:
-            return fastce_active_ops.row_max_sumexp_f64(x, n, m)
+            return fastce_active_ops.row_max_sumexp_f64(x, n, m, scale)
     for c in range(n):
         v = x[c * stride]
         mx = v if v > mx else mx
     for c in range(n):
-        s += exp_neg(x[c * stride] - mx)
+        s += exp_neg(scaled_shift(x[c * stride], mx, scale))
     m[0] = mx
     return s
 
 
+
 cdef inline double row_stats_ahead(const floating* x, Py_ssize_t n, Py_ssize_t stride,
                                    floating* m, const floating* next,
-                                   fastce_ahead_t* ahead) noexcept nogil:
+                                   fastce_ahead_t* ahead, floating scale) noexcept nogil:
     """row_stats, to the bit; with ``ahead`` (contiguous rows only) the row's
     maxima come from there when the previous row left them, and ``next``'s
     (another row, or NULL) are left there while this row is summed."""
     if ahead == NULL:
-        return row_stats(x, n, stride, m)
+        return row_stats(x, n, stride, m, scale)
     if floating is float:
-        return fastce_active_ops.row_max_sumexp_ahead_f32(x, n, m, next, ahead)
+        return fastce_active_ops.row_max_sumexp_ahead_f32(x, n, m, next, ahead, scale)
     else:
-        return fastce_active_ops.row_max_sumexp_ahead_f64(x, n, m, next, ahead)
+        return fastce_active_ops.row_max_sumexp_ahead_f64(x, n, m, next, ahead, scale)
 
 
-cdef inline double logsumexp_unshifted(const floating* x, Py_ssize_t xc,
-                                       Py_ssize_t C) noexcept nogil:
-    # log(sum(exp(x))) for a row whose maximum is infinite: inf for +inf, -inf
-    # for a row of -inf, NaN with a NaN
+cdef inline double logsumexp_unshifted(const floating* x, Py_ssize_t xc, Py_ssize_t C,
+                                       double scale) noexcept nogil:
+    # log(sum(exp(x * scale))) for a row whose maximum is infinite: inf for
+    # +inf, -inf for a row of -inf, NaN with a NaN
     cdef double s = 0.0
     cdef Py_ssize_t c
     for c in range(C):
-        s += exp(<double>x[c * xc])
+        s += exp(<double>x[c * xc] * scale)
     return log(s)
 
 
 cdef inline double row_logsumexp(const floating* x, Py_ssize_t xc, Py_ssize_t C, floating m,
-                                 double log_s) noexcept nogil:
-    """log(sum(exp(x))) of a row from its maximum and the log of its sum of
-    exp(x - m)."""
+                                 double log_s, double scale) noexcept nogil:
+    """log(sum(exp(x * scale))) of a row from its maximum and the log of its
+    sum of exp((x - m) * scale), for a positive logit scale (1: the row as
+    it is)."""
     if isinf(m):
-        return logsumexp_unshifted(x, xc, C)
-    return <double>m + log_s
+        return logsumexp_unshifted(x, xc, C, scale)
+    return <double>m * scale + log_s
 
 
 cdef inline double row_weighted_shifted_sum(const floating* x, Py_ssize_t n, Py_ssize_t stride,
@@ -486,14 +501,15 @@ cdef inline double index_coefficient(const CEOptions* opt, int64_t target, Py_ss
 
 cdef inline double index_row_loss(const floating* x, Py_ssize_t xc, Py_ssize_t C,
                                   int64_t target, floating m, double log_s, double A,
-                                  double a_t, const CEOptions* opt) noexcept nogil:
-    """The loss of one row whose maximum is ``m`` and whose log-sum of
-    exp(x - m) is ``log_s``, for an active sample (see index_coefficient)."""
+                                  double a_t, const CEOptions* opt, double scale) noexcept nogil:
+    """The loss of one row seen through a positive logit ``scale``, whose
+    maximum is ``m`` and whose log-sum of exp((x - m) * scale) is ``log_s``,
+    for an active sample (see index_coefficient)."""
     cdef double loss = A * log_s
     if a_t != 0.0:
-        loss -= a_t * (<double>x[target * xc] - <double>m)
+        loss -= a_t * ((<double>x[target * xc] - <double>m) * scale)
     if opt.smoothing != 0.0:
-        loss -= opt.smoothing / C * row_weighted_shifted_sum(x, C, xc, m, opt.weight)
+        loss -= opt.smoothing / C * (row_weighted_shifted_sum(x, C, xc, m, opt.weight) * scale)
     return loss
 
 

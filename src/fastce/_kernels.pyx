@@ -14,7 +14,11 @@ each piece to the kernel's body for rows or for tiles (``Body``).  float16
 and bfloat16 logits are converted to float32 by the thread that computes the
 piece, into a buffer of its own, in the same parallel region; a logit
 transform (soft-cap, scale) is computed the same way, and the walk multiplies
-the piece's per-class output by the transform's derivative afterwards.
+the piece's per-class output by the transform's derivative afterwards.  A
+logit scale alone (a temperature) costs no such pass on float32 and float64
+rows: the row bodies that can (``Body.rows_scale``) take it as
+``Piece.logit_scale`` and compute exp((x - max) * scale) as they read the
+logits, and the chain rule in the same loop.
 
 Reductions over samples are computed per fixed block into float64 totals,
 then added in block order, so totals do not depend on the number of threads.
@@ -184,19 +188,20 @@ simd_init(_os.environ.get("FASTCE_SIMD", "").strip())
 
 
 cdef inline void row_scaled_exp(const floating* x, Py_ssize_t xc, Py_ssize_t n, floating m,
-                                floating scale, floating offset,
+                                floating xscale, floating scale, floating offset,
                                 floating* y, Py_ssize_t yc, bint stream) noexcept nogil:
-    """y = scale * exp(x - m) - offset; ``y`` may be ``x``; ``stream``: a
-    contiguous ``y`` is stored past the caches."""
+    """y = scale * exp((x - m) * xscale) - offset, ``xscale`` positive (1:
+    exp(x - m)); ``y`` may be ``x``; ``stream``: a contiguous ``y`` is
+    stored past the caches."""
     cdef Py_ssize_t c
     if xc == 1 and yc == 1:
         if floating is float:
-            fastce_active_ops.row_scaled_exp_f32(x, n, m, scale, offset, y, stream)
+            fastce_active_ops.row_scaled_exp_f32(x, n, m, xscale, scale, offset, y, stream)
         else:
-            fastce_active_ops.row_scaled_exp_f64(x, n, m, scale, offset, y, stream)
+            fastce_active_ops.row_scaled_exp_f64(x, n, m, xscale, scale, offset, y, stream)
         return
     for c in range(n):
-        y[c * yc] = scale * exp_neg(x[c * xc] - m) - offset
+        y[c * yc] = scale * exp_neg(scaled_shift(x[c * xc], m, xscale)) - offset
 
 
 cdef inline void row_shift(const floating* x, Py_ssize_t xc, Py_ssize_t n, floating m,
@@ -499,6 +504,14 @@ cdef void walk_plan(Walk* w, const Body* body, bint gather, Py_ssize_t block_row
     w.n_units = (w.n_blocks + per - 1) // per
 
 
+cdef inline bint scale_in_rows(const Walk* w, const Body* body) noexcept nogil:
+    """Whether the row bodies apply the walk's transform themselves, as they
+    read the logits: a logit scale alone, on float32 or float64 rows, for a
+    body that can (no transformed copy, which would cost a pass of its own)."""
+    return (w.transform and w.t_inner == 0.0 and body.rows_scale
+            and (w.dtype == DT_F32 or w.dtype == DT_F64))
+
+
 cdef Py_ssize_t buffer_elements(const Walk* w, const Body* body) noexcept nogil:
     """float32 elements of each thread's buffer, for half logits converted
     to float32 and for transformed logits (a float64 takes two)."""
@@ -511,7 +524,7 @@ cdef Py_ssize_t buffer_elements(const Walk* w, const Body* body) noexcept nogil:
     elif w.shape == WALK_SMALL_C:
         # transformed in the tile itself; half rows converted first
         n = TILE * SMALL_C if half else 0
-    elif body.rows_half != NULL and not w.transform:
+    elif (body.rows_half != NULL and not w.transform) or scale_in_rows(w, body):
         n = 0
     else:
         # and the row after them, read ahead
@@ -609,6 +622,7 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
     cdef const char* x
     cdef char* y
     cdef fastce_ahead_t ahead
+    cdef bint scaled_rows = scale_in_rows(w, body)
     p.C = w.C
     p.xc = w.xc
     p.yc = w.yc
@@ -618,6 +632,7 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.after = NULL
     p.ahead = &ahead
     ahead.pending_y = NULL
+    p.logit_scale = w.t_outer if scaled_rows else 1.0
     while j < last:
         ahead.valid = 0
         if w.inner == 1:
@@ -632,7 +647,8 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
             p.xs, p.ys = w.xi, w.yi
         x = w.x + isz * (p.o * w.xo + p.i * w.xi)
         y = NULL if w.y == NULL else w.y + ysz * (p.o * w.yo + p.i * w.yi)
-        if w.transform or (w.dtype != DT_F32 and w.dtype != DT_F64 and body.rows_half == NULL):
+        if (w.transform and not scaled_rows) or (
+                w.dtype != DT_F32 and w.dtype != DT_F64 and body.rows_half == NULL):
             buffered_rows(w, body, call, &p, x, y, buffer, total)
         elif w.dtype == DT_F32:
             body.rows_f32(call, &p, <const float*>x, <float*>y, total)
@@ -792,6 +808,7 @@ cdef void walk_tile(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.stream_y = False
     p.after = NULL
     p.ahead = NULL
+    p.logit_scale = 1.0
     p.yc, p.ys = w.yc, w.yi
     if (w.dtype == DT_F32 or w.dtype == DT_F64) and not w.transform:
         p.n, p.xc, p.xs = n, w.xc, w.xi
@@ -892,6 +909,7 @@ cdef void walk_small_c(const Walk* w, const Body* body, const void* call, Py_ssi
     p.stream_y = False
     p.after = NULL
     p.ahead = NULL
+    p.logit_scale = 1.0
     while j < last:
         p.n = last - j if last - j < TILE else TILE
         p.o = j
@@ -972,17 +990,19 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
                                 int64_t target, const CEOptions* opt,
                                 floating* grad, Py_ssize_t yc, double g, bint stream,
                                 const floating* next, fastce_ahead_t* ahead,
-                                floating* lse_out, double* z_out) noexcept nogil:
-    """Loss of one sample with a class-index target (its z-loss included);
-    writes its gradient row scaled by ``g`` when ``grad`` is not NULL
-    (``stream``: as row_scaled_exp), its log-sum-exp to ``lse_out`` and its
-    z-loss to ``z_out`` when those are not NULL.  With ``ahead`` (contiguous rows only), the row's
-    maxima come from there when the previous row left them, and ``next``'s
-    (another row, or NULL) are left there."""
+                                floating* lse_out, double* z_out, double sc) noexcept nogil:
+    """Loss of one sample with a class-index target (its z-loss included),
+    the row seen through the positive logit scale ``sc`` (1: as it is);
+    writes its gradient row (with respect to the logits as they are) scaled
+    by ``g`` when ``grad`` is not NULL (``stream``: as row_scaled_exp), its
+    log-sum-exp to ``lse_out`` and its z-loss to ``z_out`` when those are
+    not NULL.  With ``ahead`` (contiguous rows only), the row's maxima come
+    from there when the previous row left them, and ``next``'s (another
+    row, or NULL) are left there."""
     cdef Py_ssize_t c
     cdef double eps = opt.smoothing
     cdef double a_t, A, s, loss, lse, wz, z_term = 0.0, smooth_coef = eps / C
-    cdef floating m, scale_f, x_t
+    cdef floating m, scale_f, x_t, fsc = <floating>sc
 
     cdef bint active
     A = index_coefficient(opt, target, C, &a_t, &active)
@@ -992,19 +1012,19 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
             for c in range(C):
                 grad[c * yc] = 0
         if lse_out != NULL:
-            s = row_stats_ahead(x, C, xc, &m, next, ahead)
-            lse_out[0] = <floating>row_logsumexp(x, xc, C, m, log(s))
+            s = row_stats_ahead(x, C, xc, &m, next, ahead, fsc)
+            lse_out[0] = <floating>row_logsumexp(x, xc, C, m, log(s), sc)
         elif ahead != NULL:
             ahead.valid = 0
         if z_out != NULL:
             z_out[0] = 0.0
         return 0.0
 
-    s = row_stats_ahead(x, C, xc, &m, next, ahead)
+    s = row_stats_ahead(x, C, xc, &m, next, ahead, fsc)
     x_t = x[target * xc]  # kept: with out=logits the gradient pass overwrites it
-    loss = index_row_loss(x, xc, C, target, m, log(s), A, a_t, opt)
+    loss = index_row_loss(x, xc, C, target, m, log(s), A, a_t, opt, sc)
     if lse_out != NULL or opt.z_loss != 0.0:
-        lse = row_logsumexp(x, xc, C, m, log(s))
+        lse = row_logsumexp(x, xc, C, m, log(s), sc)
         if lse_out != NULL:
             lse_out[0] = <floating>lse
         if opt.z_loss != 0.0:
@@ -1017,18 +1037,20 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
         z_out[0] = z_term
 
     if grad != NULL:
+        # the chain rule through the scale: g * sc on every term
+        g *= sc
         scale_f = <floating>(g * A / s)
         if eps == 0.0 or opt.weight == NULL:
             # no smoothing, no offset: an infinite g must not meet a 0 coefficient
-            row_scaled_exp(x, xc, C, m, scale_f,
+            row_scaled_exp(x, xc, C, m, fsc, scale_f,
                            <floating>(g * smooth_coef) if eps != 0.0 else 0, grad, yc, stream)
         else:
             for c in range(C):
-                grad[c * yc] = (scale_f * exp_neg(x[c * xc] - m)
+                grad[c * yc] = (scale_f * exp_neg(scaled_shift(x[c * xc], m, fsc))
                                 - <floating>(g * smooth_coef * opt.weight[c]))
         # the target's element once more in float64: p_t - 1 cancels
         grad[target * yc] = <floating>(
-            g * A / s * <double>exp_neg(x_t - m)
+            g * A / s * <double>exp_neg(scaled_shift(x_t, m, fsc))
             - g * (a_t + smooth_coef * (1.0 if opt.weight == NULL else opt.weight[target])))
     return loss
 
@@ -1036,7 +1058,7 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
 cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
                                const floating* p, Py_ssize_t pc, const CEOptions* opt,
                                floating* grad, Py_ssize_t yc, double g,
-                               floating* lse_out, double* z_out) noexcept nogil:
+                               floating* lse_out, double* z_out, double sc) noexcept nogil:
     """Loss of one sample with a probability target row ``p``; otherwise as
     ce_index_row."""
     cdef Py_ssize_t c
@@ -1044,11 +1066,11 @@ cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
     cdef double smooth = eps / C
     cdef double s, A = 0.0, dot = 0.0, a, wc, gp, lse = 0.0, loss, z_term = 0.0
     cdef bint any_coefficient = False
-    cdef floating m
+    cdef floating m, fsc = <floating>sc
 
-    s = row_stats(x, C, xc, &m)
+    s = row_stats(x, C, xc, &m, fsc)
     if lse_out != NULL or opt.z_loss != 0.0:
-        lse = row_logsumexp(x, xc, C, m, log(s))
+        lse = row_logsumexp(x, xc, C, m, log(s), sc)
         if lse_out != NULL:
             lse_out[0] = <floating>lse
     for c in range(C):
@@ -1057,7 +1079,7 @@ cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
         A += a
         if a != 0.0:
             any_coefficient = True
-            dot += a * (<double>x[c * xc] - <double>m)
+            dot += a * ((<double>x[c * xc] - <double>m) * sc)
     if not any_coefficient:
         # nothing contributes, not even NaN logits; signed coefficients that
         # sum to 0 still do
@@ -1075,11 +1097,12 @@ cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
     if z_out != NULL:
         z_out[0] = z_term
     if grad != NULL:
+        g *= sc  # the chain rule through the scale
         gp = g * A / s
         for c in range(C):
             wc = 1.0 if opt.weight == NULL else opt.weight[c]
             a = wc * ((1.0 - eps) * <double>p[c * pc] + smooth)
-            grad[c * yc] = <floating>(gp * exp_neg(x[c * xc] - m) - g * a)
+            grad[c * yc] = <floating>(gp * exp_neg(scaled_shift(x[c * xc], m, fsc)) - g * a)
     return loss
 
 
@@ -1134,11 +1157,11 @@ cdef void ce_rows(const void* call_, const Piece* p, const floating* x, floating
             target = target_at(&call.t, p.o + k * p.o_step, p.i + k * p.i_step)
             next_row = x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after
             loss = ce_index_row(x + k * p.xs, p.xc, p.C, target, &call.opt, grow, p.yc, g,
-                                p.stream_y, next_row, look_ahead, lse_k, z_k)
+                                p.stream_y, next_row, look_ahead, lse_k, z_k, p.logit_scale)
         else:
             loss = ce_prob_row(x + k * p.xs, p.xc, p.C,
                                probs + sample_offset(p, k, call.po, call.pi), call.pc,
-                               &call.opt, grow, p.yc, g, lse_k, z_k)
+                               &call.opt, grow, p.yc, g, lse_k, z_k, p.logit_scale)
         if loss_out != NULL:
             loss_out[sample_offset(p, k, call.lo, call.li)] = <floating>loss
         total[0] += loss
@@ -1213,7 +1236,7 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
         loss = sample_loss(active[k], A[k], log_s[k], dot[k])
         z_term = 0.0
         if lse_out != NULL or opt.z_loss != 0.0:
-            lse = row_logsumexp(x + k * xi, xc, C, m[k], log_s[k])
+            lse = row_logsumexp(x + k * xi, xc, C, m[k], log_s[k], 1.0)
             if lse_out != NULL:
                 lse_out[k * sample_step(p, call.so, call.si)] = <floating>lse
             if opt.z_loss != 0.0 and active[k]:
@@ -1274,7 +1297,7 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
 
 
 cdef Body CE_BODY = make_body(
-    ce_rows[float], ce_rows[double], ce_tile[float], ce_tile[double], NULL)
+    ce_rows[float], ce_rows[double], ce_tile[float], ce_tile[double], NULL, rows_scale=True)
 
 
 # --------------------------------------------------------------------------
@@ -1513,13 +1536,13 @@ cdef inline void softmax_row(const floating* x, Py_ssize_t xc, Py_ssize_t C, int
         return
     cdef floating m
     cdef double s
-    s = row_stats_ahead(x, C, xc, &m, next, ahead)
+    s = row_stats_ahead(x, C, xc, &m, next, ahead, 1)
     if op == OP_LOGSUMEXP:
-        y[0] = <floating>row_logsumexp(x, xc, C, m, log(s))
+        y[0] = <floating>row_logsumexp(x, xc, C, m, log(s), 1.0)
     elif op == OP_LOG_SOFTMAX:
         row_shift(x, xc, C, m, <floating>log(s), y, yc, stream)
     else:
-        row_scaled_exp(x, xc, C, m, <floating>(1.0 / s), 0, y, yc, stream)
+        row_scaled_exp(x, xc, C, m, 1, <floating>(1.0 / s), 0, y, yc, stream)
 
 
 cdef inline void softmax_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, Py_ssize_t C,
@@ -1537,7 +1560,7 @@ cdef inline void softmax_tile(const floating* x, Py_ssize_t xc, Py_ssize_t xi, P
         fastce_active_ops.tile_log(s, n, log_s)
     if op == OP_LOGSUMEXP:
         for k in range(n):
-            y[k * yi] = <floating>row_logsumexp(x + k * xi, xc, C, m[k], log_s[k])
+            y[k * yi] = <floating>row_logsumexp(x + k * xi, xc, C, m[k], log_s[k], 1.0)
         return
     for k in range(n):
         zero[k] = 0
@@ -1569,7 +1592,7 @@ cdef void softmax_rows(const void* call_, const Piece* p, const floating* x, flo
         # each row's log_softmax is written while the next row is summed
         for k in range(p.n):
             next_row = x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after
-            s = row_stats_ahead(x + k * p.xs, p.C, 1, &m, next_row, look_ahead)
+            s = row_stats_ahead(x + k * p.xs, p.C, 1, &m, next_row, look_ahead, 1)
             look_ahead.pending_op = FASTCE_PENDING_SHIFT
             look_ahead.pending_x = x + k * p.xs
             look_ahead.pending_y = y + k * p.ys

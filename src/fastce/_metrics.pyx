@@ -41,7 +41,7 @@ from fastce._kernels cimport (
     Body, CEOptions, FASTCE_CHUNK, Piece, TILE, Targets, Walk, fastce_active_ops,
     fastce_ahead_t, floating,
     any_nonzero, exp_neg, index_coefficient, index_row_loss, make_body, row_logsumexp, row_stats,
-    row_stats_ahead, sample_loss,
+    row_stats_ahead, sample_loss, scaled_shift,
     simd_ops, target_at, targets_from, tile_index_terms, tile_stats, tile_targets, walk_from,
     walk_plan, walk_run, walk_transform,
 )
@@ -249,13 +249,13 @@ cdef inline Py_ssize_t first_nan(const floating* x, Py_ssize_t n,
 
 
 cdef inline double target_logprob(const floating* xr, Py_ssize_t xc, int64_t target, double m,
-                                  double log_s, double lse) noexcept nogil:
-    """log p_t = x_t - lse, from the shifted logit where the maximum is finite
-    (as the loss takes it)."""
+                                  double log_s, double lse, double scale) noexcept nogil:
+    """log p_t = x_t * scale - lse, from the shifted logit where the maximum
+    is finite (as the loss takes it)."""
     cdef double x_t = xr[target * xc]
     if isinf(m):
-        return x_t - lse
-    return (x_t - m) - log_s
+        return x_t * scale - lse
+    return (x_t - m) * scale - log_s
 
 
 cdef struct Reference:
@@ -280,9 +280,9 @@ cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
     cdef const floating* rr = <const floating*>(ref.data + o * ref.so + i * ref.si)
     cdef Py_ssize_t rc = ref.sc // sizeof(floating)
     cdef floating m_r
-    cdef double s_r = row_stats(rr, C, rc, &m_r)
+    cdef double s_r = row_stats(rr, C, rc, &m_r, 1)
     cdef double log_s_r = log(s_r)
-    cdef double lse_r = row_logsumexp(rr, rc, C, m_r, log_s_r)
+    cdef double lse_r = row_logsumexp(rr, rc, C, m_r, log_s_r, 1.0)
     cdef double cross = 0.0, a_t, A, ref_loss = 0.0, kl, dp, w, ev, d
     cdef Py_ssize_t c, arg_r = -1
     cdef bint active
@@ -302,8 +302,8 @@ cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
     kl = cross / s_r + lse - lse_r
     A = index_coefficient(&opt.ce, target, C, &a_t, &active)
     if active:
-        ref_loss = index_row_loss(rr, rc, C, target, m_r, log_s_r, A, a_t, &opt.ce)
-    dp = exp(logprob) - exp(target_logprob(rr, rc, target, m_r, log_s_r, lse_r))
+        ref_loss = index_row_loss(rr, rc, C, target, m_r, log_s_r, A, a_t, &opt.ce, 1.0)
+    dp = exp(logprob) - exp(target_logprob(rr, rc, target, m_r, log_s_r, lse_r, 1.0))
     w = 1.0 if opt.ce.weight == NULL else opt.ce.weight[target]
     dd_add(fp + 2 * SUM_KL, kl)
     dd_add(fp + 2 * SUM_REF_LOSS, ref_loss)
@@ -321,12 +321,15 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                                const Options* opt, const Outputs* out, const Reference* ref,
                                Py_ssize_t o, Py_ssize_t i, int64_t target, double loss, double m,
                                double s, double log_s, double e, double sq, Py_ssize_t arg,
-                               Py_ssize_t rank, double* fp, int64_t* ip) noexcept nogil:
-    """Records (and writes) one sample of maximum ``m``, whose
-    ``sum_c exp(x_c - m)^2`` is ``sq``; ``target < 0`` where it is ignored."""
+                               Py_ssize_t rank, double scale, double* fp,
+                               int64_t* ip) noexcept nogil:
+    """Records (and writes) one sample of maximum ``m`` seen through the
+    logit scale ``scale``, whose ``sum_c exp((x_c - m) * scale)^2`` is ``sq``;
+    ``target < 0`` where it is ignored."""
     cdef bint valid = s == s
-    cdef double lse = row_logsumexp(xr, xc, C, <floating>m, log_s)
-    cdef double logprob = target_logprob(xr, xc, target, m, log_s, lse) if target >= 0 else 0.0
+    cdef double lse = row_logsumexp(xr, xc, C, <floating>m, log_s, scale)
+    cdef double logprob = (target_logprob(xr, xc, target, m, log_s, lse, scale) if target >= 0
+                           else 0.0)
     # Brier: sum_c p_c^2 - 2 p_t + 1
     cdef double brier = sq / (s * s) - 2.0 * exp(logprob) + 1.0 if target >= 0 else 0.0
     cdef Py_ssize_t bad
@@ -353,25 +356,25 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
 # --------------------------------------------------------------------------
 
 cdef inline void row_rank_entropy(const floating* x, Py_ssize_t n, Py_ssize_t stride,
-                                  floating m, Py_ssize_t t, floating xt, const Options* opt,
-                                  double* e_out, double* sq_out, Py_ssize_t* arg_out,
-                                  Py_ssize_t* rank_out) noexcept nogil:
-    """The pass beside the loss over one row (see the module docstring);
-    ``t < 0`` skips the rank."""
+                                  floating m, floating scale, Py_ssize_t t, floating xt,
+                                  const Options* opt, double* e_out, double* sq_out,
+                                  Py_ssize_t* arg_out, Py_ssize_t* rank_out) noexcept nogil:
+    """The pass beside the loss over one row seen through the logit scale
+    ``scale`` (see the module docstring); ``t < 0`` skips the rank."""
     cdef floating v, d, ev
     cdef double e = 0.0, sq = 0.0
     cdef Py_ssize_t c, arg = -1, rank = 0
     if stride == 1:
         if floating is float:
-            fastce_active_ops.row_rank_entropy_f32(x, n, m, t, xt, e_out, sq_out, arg_out,
-                                                   rank_out)
+            fastce_active_ops.row_rank_entropy_f32(x, n, m, scale, t, xt, e_out, sq_out,
+                                                   arg_out, rank_out)
         else:
-            fastce_active_ops.row_rank_entropy_f64(x, n, m, t, xt, e_out, sq_out, arg_out,
-                                                   rank_out)
+            fastce_active_ops.row_rank_entropy_f64(x, n, m, scale, t, xt, e_out, sq_out,
+                                                   arg_out, rank_out)
         return
     for c in range(n):
         v = x[c * stride]
-        d = v - m
+        d = scaled_shift(v, m, scale)
         ev = exp_neg(d)
         sq += ev * ev
         if ev > 0:
@@ -408,7 +411,7 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
     cdef bint ignored, active
     cdef bint every = call.out.loss != NULL
     cdef const floating* xr
-    cdef floating m, x_t
+    cdef floating m, x_t, scale = <floating>p.logit_scale
     cdef double s, log_s, e, sq, A, a_t, loss
     # contiguous rows take their maxima while the previous row is summed
     cdef fastce_ahead_t* look_ahead = p.ahead if xc == 1 else NULL
@@ -426,16 +429,16 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
         A = index_coefficient(&opt.ce, target, C, &a_t, &active)
         s = row_stats_ahead(xr, C, xc, &m,
                             x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after,
-                            look_ahead)
+                            look_ahead, scale)
         log_s = log(s)
         loss = 0.0 if not active else index_row_loss(xr, xc, C, target, m, log_s, A, a_t,
-                                                     &opt.ce)
+                                                     &opt.ce, p.logit_scale)
         # the rest, from the row in cache
         tt = -1 if ignored else <Py_ssize_t>target
         x_t = xr[tt * xc] if tt >= 0 else 0
-        row_rank_entropy(xr, C, xc, m, tt, x_t, opt, &e, &sq, &arg, &rank)
+        row_rank_entropy(xr, C, xc, m, scale, tt, x_t, opt, &e, &sq, &arg, &rank)
         finish_sample(xr, C, xc, opt, &call.out, &call.ref, o, i, tt, loss, m, s, log_s, e, sq,
-                      arg, rank, fp, ip)
+                      arg, rank, p.logit_scale, fp, ip)
 
 
 # --------------------------------------------------------------------------
@@ -525,12 +528,14 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
         finish_sample(x + k * xi, C, xc, opt, &call.out, &call.ref, p.o + k * p.o_step,
                       p.i + k * p.i_step, tgt[k],
                       sample_loss(active[k], A[k], log_s[k], dot[k]), m[k], s[k], log_s[k],
-                      e[k], sq[k], arg[k], rank[k], fp, ip)
+                      e[k], sq[k], arg[k], rank[k], 1.0, fp, ip)
 
 
 cdef Body METRICS_BODY = make_body(
-    metrics_rows[float], metrics_rows[double], metrics_tile[float], metrics_tile[double], NULL)
-# with a reference, rows only: the reference's row is read beside each model row
+    metrics_rows[float], metrics_rows[double], metrics_tile[float], metrics_tile[double], NULL,
+    rows_scale=True)
+# with a reference, rows only: the reference's row is read beside each model row (the
+# model's, transformed, from the walk's buffer: the pair's terms read its values)
 cdef Body PAIRED_BODY = make_body(metrics_rows[float], metrics_rows[double], NULL, NULL, NULL)
 
 

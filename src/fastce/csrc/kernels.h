@@ -47,15 +47,16 @@ typedef struct {
 
 #define FASTCE_KERNEL_FIELDS(T, SFX)                                                               \
     T (*row_max_##SFX)(const T *, ptrdiff_t);                                                      \
-    double (*row_max_sumexp_##SFX)(const T *, ptrdiff_t, T *);                                     \
-    double (*row_max_sumexp_ahead_##SFX)(const T *, ptrdiff_t, T *, const T *, fastce_ahead_t *);  \
+    double (*row_max_sumexp_##SFX)(const T *, ptrdiff_t, T *, T);                                  \
+    double (*row_max_sumexp_ahead_##SFX)(const T *, ptrdiff_t, T *, const T *, fastce_ahead_t *,   \
+                                         T);                                                       \
     double (*row_sum_shifted_##SFX)(const T *, ptrdiff_t, T);                                      \
     double (*sum_exp_##SFX)(const T *, ptrdiff_t);                                                 \
-    void (*row_scaled_exp_##SFX)(const T *, ptrdiff_t, T, T, T, T *, int);                         \
+    void (*row_scaled_exp_##SFX)(const T *, ptrdiff_t, T, T, T, T, T *, int);                      \
     void (*row_shift_##SFX)(const T *, ptrdiff_t, T, T, T *, int);                                 \
     void (*row_softmax_##SFX)(const T *, ptrdiff_t, T *, const T *, fastce_ahead_t *);             \
     void (*row_pending_##SFX)(fastce_ahead_t *, ptrdiff_t);                                        \
-    void (*row_rank_entropy_##SFX)(const T *, ptrdiff_t, T, ptrdiff_t, T, double *, double *,      \
+    void (*row_rank_entropy_##SFX)(const T *, ptrdiff_t, T, T, ptrdiff_t, T, double *, double *,   \
                                    ptrdiff_t *, ptrdiff_t *);                                      \
     void (*row_pair_terms_##SFX)(const T *, const T *, ptrdiff_t, T, double *, ptrdiff_t *);       \
     void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                             \

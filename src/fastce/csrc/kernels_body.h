@@ -117,6 +117,14 @@ VINLINE V KNAME(sumexp_step)(V acc, V d, M in, int masked, int *ties) {
     return VOP(add)(acc, VOP(keep)(in, KNAME(vexp_neg_sum)(d)));
 }
 
+/* d = x - m, or (x - m) * scale for a row seen through a logit scale
+ * (scaled, a constant at each call site): d <= 0 either way for a positive
+ * scale, and d == 0 exactly where x == m, so the ties stay exact */
+VINLINE V KNAME(shifted)(V x, V vm, V vs, int scaled) {
+    V d = VOP(sub)(x, vm);
+    return scaled ? VOP(mul)(d, vs) : d;
+}
+
 /* sumexp_step for a whole vector */
 VINLINE V KNAME(sumexp_full)(V acc, V d, int masked, int *ties) {
     V e = KNAME(vexp_neg_sum)(d);
@@ -134,7 +142,7 @@ VINLINE V KNAME(sumexp_full)(V acc, V d, int masked, int *ties) {
  * reaches m pays for the tie masks (masked).  One sum accumulator: the
  * exponential's constants fill the registers. */
 VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, const T *nx,
-                                   T *next_max, const T *px, T *py, V pm, V pl) {
+                                   T *next_max, const T *px, T *py, V pm, V pl, V vs, int scaled) {
     const V vm = VOP(set1)(m), none = VOP(set1)(-INFINITY);
     V acc = VOP(zero)(), n0 = none, n1 = none, n2 = none, n3 = none;
     int ties = 0;
@@ -142,8 +150,8 @@ VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, 
     if (nx != NULL) {
         for (; c + 4 * L <= len; c += 4 * L) {
             for (int u = 0; u < 4; u++)
-                acc =
-                    KNAME(sumexp_full)(acc, VOP(sub)(VOP(load)(xs + c + u * L), vm), masked, &ties);
+                acc = KNAME(sumexp_full)(
+                    acc, KNAME(shifted)(VOP(load)(xs + c + u * L), vm, vs, scaled), masked, &ties);
             n0 = VOP(max)(VOP(load)(nx + c), n0);
             n1 = VOP(max)(VOP(load)(nx + c + L), n1);
             n2 = VOP(max)(VOP(load)(nx + c + 2 * L), n2);
@@ -155,13 +163,15 @@ VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, 
         }
     }
     for (; c + L <= len; c += L) {
-        acc = KNAME(sumexp_full)(acc, VOP(sub)(VOP(load)(xs + c), vm), masked, &ties);
+        acc = KNAME(sumexp_full)(acc, KNAME(shifted)(VOP(load)(xs + c), vm, vs, scaled), masked,
+                                 &ties);
         if (nx != NULL) n0 = VOP(max)(VOP(load)(nx + c), n0);
         if (px != NULL) VOP(store)(py + c, VOP(sub)(VOP(sub)(VOP(load)(px + c), pm), pl));
     }
     if (c < len) {
         M in = VOP(first)(len - c);
-        acc = KNAME(sumexp_step)(acc, VOP(sub)(VOP(load_part)(xs + c, in), vm), in, masked, &ties);
+        acc = KNAME(sumexp_step)(acc, KNAME(shifted)(VOP(load_part)(xs + c, in), vm, vs, scaled),
+                                 in, masked, &ties);
         if (nx != NULL) n0 = VOP(max)(VOP(load_part_or)(nx + c, in, none), n0);
         if (px != NULL)
             VOP(store_part)(py + c, in, VOP(sub)(VOP(sub)(VOP(load_part)(px + c, in), pm), pl));
@@ -173,11 +183,12 @@ VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, 
 static void KNAME(row_pending)(fastce_ahead_t *ahead, ptrdiff_t n);
 
 /* A row that fits in cache, read twice from it: its chunk maxima (from ahead
- * when the previous row left them there), then its sum, in the loop that
- * leaves next's chunk maxima in ahead (when next is not NULL) and writes the
+ * when the previous row left them there), then its sum of exp(x - max) (with
+ * scaled, of exp((x - max) * scale), scale in vs), in the loop that leaves
+ * next's chunk maxima in ahead (when next is not NULL) and writes the
  * log_softmax of the row waiting there, if any. */
 VINLINE double KNAME(row_in_cache)(const T *x, ptrdiff_t n, T *max_out, const T *next,
-                                   fastce_ahead_t *ahead) {
+                                   fastce_ahead_t *ahead, V vs, int scaled) {
     T chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];
     T m = -INFINITY;
     ptrdiff_t k = 0;
@@ -210,17 +221,20 @@ VINLINE double KNAME(row_in_cache)(const T *x, ptrdiff_t n, T *max_out, const T 
         if (py != NULL) {
             const T *pxs = px + start;
             T *pys = py + start;
-            s += chunk_max[k] < m
-                     ? KNAME(chunk_sumexp)(x + start, len, m, 0, nx, &nm, pxs, pys, pm, pl)
-                     : KNAME(chunk_sumexp)(x + start, len, m, 1, nx, &nm, pxs, pys, pm, pl);
+            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, nx, &nm, pxs, pys, pm,
+                                                        pl, vs, scaled)
+                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, nx, &nm, pxs, pys, pm,
+                                                        pl, vs, scaled);
         } else if (nx != NULL) {
-            s += chunk_max[k] < m
-                     ? KNAME(chunk_sumexp)(x + start, len, m, 0, nx, &nm, NULL, NULL, pm, pl)
-                     : KNAME(chunk_sumexp)(x + start, len, m, 1, nx, &nm, NULL, NULL, pm, pl);
+            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, nx, &nm, NULL, NULL,
+                                                        pm, pl, vs, scaled)
+                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, nx, &nm, NULL, NULL,
+                                                        pm, pl, vs, scaled);
         } else {
-            s += chunk_max[k] < m
-                     ? KNAME(chunk_sumexp)(x + start, len, m, 0, NULL, NULL, NULL, NULL, pm, pl)
-                     : KNAME(chunk_sumexp)(x + start, len, m, 1, NULL, NULL, NULL, NULL, pm, pl);
+            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, NULL, NULL, NULL,
+                                                        NULL, pm, pl, vs, scaled)
+                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, NULL, NULL, NULL,
+                                                        NULL, pm, pl, vs, scaled);
         }
         if (nx != NULL) ahead->chunk_max[k] = nm;
     }
@@ -228,14 +242,16 @@ VINLINE double KNAME(row_in_cache)(const T *x, ptrdiff_t n, T *max_out, const T 
     return s;
 }
 
-/* Sets *max_out to the row maximum and returns the sum of exp(x - max); a NaN
- * logit, a +inf one, or a row with nothing above -inf gives NaN. */
-static double KNAME(row_max_sumexp)(const T *x, ptrdiff_t n, T *max_out) {
+/* Sets *max_out to the row maximum and returns the sum of exp(x - max) (with
+ * scaled, of exp((x - max) * scale), for a positive scale); a NaN logit, a
+ * +inf one, or a row with nothing above -inf gives NaN. */
+VINLINE double KNAME(row_max_sumexp_of)(const T *x, ptrdiff_t n, T *max_out, T scale, int scaled) {
+    const V vs = VOP(set1)(scale);
     if (n <= FASTCE_ROW_IN_CACHE) {
         fastce_ahead_t none;
         none.valid = 0;
         none.pending_y = NULL;
-        return KNAME(row_in_cache)(x, n, max_out, NULL, &none);
+        return KNAME(row_in_cache)(x, n, max_out, NULL, &none, vs, scaled);
     }
     /* a long row: a running maximum, one chunk at a time, reads it once */
     const V no_pending = VOP(zero)(); /* chunk_sumexp writes no waiting row here */
@@ -253,27 +269,38 @@ static double KNAME(row_max_sumexp)(const T *x, ptrdiff_t n, T *max_out) {
             continue;
         }
         if (cm > m) {
-            if (s != 0.0) s *= exp((double)m - (double)cm);
+            if (s != 0.0)
+                s *= exp(scaled ? ((double)m - (double)cm) * scale : (double)m - (double)cm);
             m = cm;
         }
         s += cm < m ? KNAME(chunk_sumexp)(xs, len, m, 0, NULL, NULL, NULL, NULL, no_pending,
-                                          no_pending)
+                                          no_pending, vs, scaled)
                     : KNAME(chunk_sumexp)(xs, len, m, 1, NULL, NULL, NULL, NULL, no_pending,
-                                          no_pending);
+                                          no_pending, vs, scaled);
     }
     if (isinf(m) || saw_nan) s = NAN;
     *max_out = m;
     return s;
 }
 
+/* row_max_sumexp_of, each variant compiled apart: the sum of exp((x - max) *
+ * scale), where a scale of 1 costs nothing over none */
+static double KNAME(row_max_sumexp)(const T *x, ptrdiff_t n, T *max_out, T scale) {
+    if (scale == 1) return KNAME(row_max_sumexp_of)(x, n, max_out, 1, 0);
+    return KNAME(row_max_sumexp_of)(x, n, max_out, scale, 1);
+}
+
 /* row_max_sumexp, with the look-ahead of row_in_cache for the rows that fit
  * in cache; the same bits as row_max_sumexp. */
 static double KNAME(row_max_sumexp_ahead)(const T *x, ptrdiff_t n, T *max_out, const T *next,
-                                          fastce_ahead_t *ahead) {
-    if (n <= FASTCE_ROW_IN_CACHE) return KNAME(row_in_cache)(x, n, max_out, next, ahead);
+                                          fastce_ahead_t *ahead, T scale) {
+    if (n <= FASTCE_ROW_IN_CACHE) {
+        if (scale == 1) return KNAME(row_in_cache)(x, n, max_out, next, ahead, VOP(zero)(), 0);
+        return KNAME(row_in_cache)(x, n, max_out, next, ahead, VOP(set1)(scale), 1);
+    }
     ahead->valid = 0;
     KNAME(row_pending)(ahead, n);
-    return KNAME(row_max_sumexp)(x, n, max_out);
+    return KNAME(row_max_sumexp)(x, n, max_out, scale);
 }
 
 /* The roof the forward pass is measured against: a plain sum of exp(x). */
@@ -329,34 +356,45 @@ VINLINE ptrdiff_t KNAME(stream_head)(const T *y, ptrdiff_t n) {
     return head < n ? head : n;
 }
 
-VINLINE V KNAME(scaled_exp_of)(V x, V vm, V vs, V vo) {
-    return VOP(sub)(VOP(mul)(vs, KNAME(vexp_neg)(VOP(sub)(x, vm))), vo);
+VINLINE V KNAME(scaled_exp_of)(V x, V vm, V vx, int scaled, V vs, V vo) {
+    return VOP(sub)(VOP(mul)(vs, KNAME(vexp_neg)(KNAME(shifted)(x, vm, vx, scaled))), vo);
 }
 
-/* y = scale * exp(x - m) - offset; y may be x.  With stream, whole vectors
- * go past the caches: for outputs far larger than them, which would
- * otherwise be read in before they are overwritten.  The caller orders them
- * (stream_fence) before the output is read. */
-static void KNAME(row_scaled_exp)(const T *x, ptrdiff_t n, T m, T scale, T offset, T *y,
-                                  int stream) {
-    const V vm = VOP(set1)(m), vs = VOP(set1)(scale), vo = VOP(set1)(offset);
+VINLINE void KNAME(row_scaled_exp_of)(const T *x, ptrdiff_t n, T m, T xscale, int scaled, T scale,
+                                      T offset, T *y, int stream) {
+    const V vm = VOP(set1)(m), vx = VOP(set1)(xscale), vs = VOP(set1)(scale),
+            vo = VOP(set1)(offset);
     ptrdiff_t c = 0;
     if (stream) {
         c = KNAME(stream_head)(y, n);
         if (c > 0) {
             M in = VOP(first)(c);
-            VOP(store_part)(y, in, KNAME(scaled_exp_of)(VOP(load_part)(x, in), vm, vs, vo));
+            VOP(store_part)(y, in,
+                            KNAME(scaled_exp_of)(VOP(load_part)(x, in), vm, vx, scaled, vs, vo));
         }
         for (; c + L <= n; c += L)
-            VOP(stream)(y + c, KNAME(scaled_exp_of)(VOP(load)(x + c), vm, vs, vo));
+            VOP(stream)(y + c, KNAME(scaled_exp_of)(VOP(load)(x + c), vm, vx, scaled, vs, vo));
     } else {
         for (; c + L <= n; c += L)
-            VOP(store)(y + c, KNAME(scaled_exp_of)(VOP(load)(x + c), vm, vs, vo));
+            VOP(store)(y + c, KNAME(scaled_exp_of)(VOP(load)(x + c), vm, vx, scaled, vs, vo));
     }
     if (c < n) {
         M in = VOP(first)(n - c);
-        VOP(store_part)(y + c, in, KNAME(scaled_exp_of)(VOP(load_part)(x + c, in), vm, vs, vo));
+        VOP(store_part)(y + c, in,
+                        KNAME(scaled_exp_of)(VOP(load_part)(x + c, in), vm, vx, scaled, vs, vo));
     }
+}
+
+/* y = scale * exp((x - m) * xscale) - offset, xscale positive; y may be x.
+ * With stream, whole vectors go past the caches: for outputs far larger
+ * than them, which would otherwise be read in before they are overwritten.
+ * The caller orders them (stream_fence) before the output is read. */
+static void KNAME(row_scaled_exp)(const T *x, ptrdiff_t n, T m, T xscale, T scale, T offset, T *y,
+                                  int stream) {
+    if (xscale == 1)
+        KNAME(row_scaled_exp_of)(x, n, m, 1, 0, scale, offset, y, stream);
+    else
+        KNAME(row_scaled_exp_of)(x, n, m, xscale, 1, scale, offset, y, stream);
 }
 
 VINLINE void KNAME(row_scale)(T *y, ptrdiff_t n, T r) {
@@ -483,14 +521,10 @@ VINLINE V KNAME(entropy_term)(V e, V d) {
     return VOP(keep)(VOP(gt)(e, VOP(zero)()), VOP(mul)(e, d));
 }
 
-/* What evaluation needs beside the loss from a row of n contiguous classes
- * whose maximum is m, in one sweep: e = sum exp(x - m) (x - m),
- * sq = sum exp(x - m)^2, the first index of m (-1: none), and the target's
- * rank, the classes above the target's logit xt plus those equal to it
- * before the target t (t < 0: no rank). */
-static void KNAME(row_rank_entropy)(const T *x, ptrdiff_t n, T m, ptrdiff_t t, T xt, double *e_out,
-                                    double *sq_out, ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
-    const V vm = VOP(set1)(m), vt = VOP(set1)(xt);
+VINLINE void KNAME(row_rank_entropy_of)(const T *x, ptrdiff_t n, T m, T scale, int scaled,
+                                        ptrdiff_t t, T xt, double *e_out, double *sq_out,
+                                        ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
+    const V vm = VOP(set1)(m), vt = VOP(set1)(xt), vs = VOP(set1)(scale);
     ptrdiff_t arg = -1, rank = 0;
     double e = 0.0, sq = 0.0;
     for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
@@ -500,7 +534,7 @@ static void KNAME(row_rank_entropy)(const T *x, ptrdiff_t n, T m, ptrdiff_t t, T
         for (ptrdiff_t c = 0; c < len; c += L) {
             M in = VOP(first)(len - c);
             V v = VOP(load_part)(xs + c, in);
-            V d = VOP(sub)(v, vm), ev = KNAME(vexp_neg)(d);
+            V d = KNAME(shifted)(v, vm, vs, scaled), ev = KNAME(vexp_neg)(d);
             en = VOP(add)(en, VOP(keep)(in, KNAME(entropy_term)(ev, d)));
             /* sum_c exp(x - m)^2 / s^2 = sum_c p_c^2, of the Brier score */
             sqn = VOP(add)(sqn, VOP(keep)(in, VOP(mul)(ev, ev)));
@@ -523,6 +557,21 @@ static void KNAME(row_rank_entropy)(const T *x, ptrdiff_t n, T m, ptrdiff_t t, T
     *sq_out = sq;
     *arg_out = arg;
     *rank_out = rank;
+}
+
+/* What evaluation needs beside the loss from a row of n contiguous classes
+ * whose maximum is m, seen through a positive logit scale (1: as it is), in
+ * one sweep: with d = (x - m) * scale, e = sum exp(d) d, sq = sum exp(d)^2,
+ * the first index of m (-1: none), and the target's rank, the classes above
+ * the target's logit xt plus those equal to it before the target t (t < 0:
+ * no rank), which no positive scale changes. */
+static void KNAME(row_rank_entropy)(const T *x, ptrdiff_t n, T m, T scale, ptrdiff_t t, T xt,
+                                    double *e_out, double *sq_out, ptrdiff_t *arg_out,
+                                    ptrdiff_t *rank_out) {
+    if (scale == 1)
+        KNAME(row_rank_entropy_of)(x, n, m, 1, 0, t, xt, e_out, sq_out, arg_out, rank_out);
+    else
+        KNAME(row_rank_entropy_of)(x, n, m, scale, 1, t, xt, e_out, sq_out, arg_out, rank_out);
 }
 
 /* A reference row r and a model row x of n contiguous classes, r's maximum
