@@ -339,7 +339,6 @@ cdef inline double row_stats(const floating* x, Py_ssize_t n, Py_ssize_t stride,
     return s
 
 
-
 cdef inline double row_stats_ahead(const floating* x, Py_ssize_t n, Py_ssize_t stride,
                                    floating* m, const floating* next,
                                    fastce_ahead_t* ahead, floating scale) noexcept nogil:

@@ -1005,6 +1005,7 @@ cdef inline double ce_index_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
     cdef floating m, scale_f, x_t, fsc = <floating>sc
 
     cdef bint active
+    sc = <double>fsc  # the scale the vector kernels multiply by, in every term
     A = index_coefficient(opt, target, C, &a_t, &active)
     if not active:
         # every coefficient is zero: nothing contributes, not even NaN logits
@@ -1068,6 +1069,7 @@ cdef inline double ce_prob_row(const floating* x, Py_ssize_t xc, Py_ssize_t C,
     cdef bint any_coefficient = False
     cdef floating m, fsc = <floating>sc
 
+    sc = <double>fsc  # the scale the vector kernels multiply by, in every term
     s = row_stats(x, C, xc, &m, fsc)
     if lse_out != NULL or opt.z_loss != 0.0:
         lse = row_logsumexp(x, xc, C, m, log(s), sc)

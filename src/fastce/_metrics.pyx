@@ -412,6 +412,8 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
     cdef bint every = call.out.loss != NULL
     cdef const floating* xr
     cdef floating m, x_t, scale = <floating>p.logit_scale
+    # the scale the vector kernels multiply by, in every term
+    cdef double dscale = <double>scale
     cdef double s, log_s, e, sq, A, a_t, loss
     # contiguous rows take their maxima while the previous row is summed
     cdef fastce_ahead_t* look_ahead = p.ahead if xc == 1 else NULL
@@ -432,13 +434,13 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
                             look_ahead, scale)
         log_s = log(s)
         loss = 0.0 if not active else index_row_loss(xr, xc, C, target, m, log_s, A, a_t,
-                                                     &opt.ce, p.logit_scale)
+                                                     &opt.ce, dscale)
         # the rest, from the row in cache
         tt = -1 if ignored else <Py_ssize_t>target
         x_t = xr[tt * xc] if tt >= 0 else 0
         row_rank_entropy(xr, C, xc, m, scale, tt, x_t, opt, &e, &sq, &arg, &rank)
         finish_sample(xr, C, xc, opt, &call.out, &call.ref, o, i, tt, loss, m, s, log_s, e, sq,
-                      arg, rank, p.logit_scale, fp, ip)
+                      arg, rank, dscale, fp, ip)
 
 
 # --------------------------------------------------------------------------
