@@ -106,6 +106,27 @@ def test_layouts_and_half_precision(layout, transform):
             _close(g, w, np.float32)
 
 
+@pytest.mark.parametrize("shape", [(40, 300), (3, 20000)], ids=str)
+def test_half_logits_under_a_temperature(simd_path, shape):
+    # converted rows the row kernels scale as they read them, short and longer than they
+    # read twice from cache; against the twin on the half values in float64
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal(shape) * 4
+    t = rng.integers(0, shape[1], shape[0])
+    options = {"temperature": 0.7, "label_smoothing": 0.1}
+    for dtype in (np.float16, _bfloat16()):
+        xh = x.astype(dtype)
+        x64 = xh.astype(np.float64)
+        want = reference.cross_entropy_with_grad(x64, t, return_lse=True, **options)
+        got = fastce.cross_entropy_with_grad(xh, t, return_lse=True, **options)
+        for g, w in zip(got, want):
+            _close(g, w, np.float32)
+        slow = reference.evaluate(x64, t, topk=(1, 3), **options)
+        fast = fastce.evaluate(xh, t, topk=(1, 3), **options)
+        for name in ("loss", "perplexity", "confidence", "entropy", "ece"):
+            _close(getattr(fast, name), slow[name], np.float32, 4.0)
+
+
 def test_gradient_in_place():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((64, 100)) * 8

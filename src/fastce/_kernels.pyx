@@ -506,10 +506,10 @@ cdef void walk_plan(Walk* w, const Body* body, bint gather, Py_ssize_t block_row
 
 cdef inline bint scale_in_rows(const Walk* w, const Body* body) noexcept nogil:
     """Whether the row bodies apply the walk's transform themselves, as they
-    read the logits: a logit scale alone, on float32 or float64 rows, for a
-    body that can (no transformed copy, which would cost a pass of its own)."""
-    return (w.transform and w.t_inner == 0.0 and body.rows_scale
-            and (w.dtype == DT_F32 or w.dtype == DT_F64))
+    read the logits: a logit scale alone, for a body that can.  float32 and
+    float64 rows are then read as they are, half rows only converted: no
+    transformed copy, which would cost a pass of its own."""
+    return w.transform and w.t_inner == 0.0 and body.rows_scale
 
 
 cdef Py_ssize_t buffer_elements(const Walk* w, const Body* body) noexcept nogil:
@@ -524,7 +524,7 @@ cdef Py_ssize_t buffer_elements(const Walk* w, const Body* body) noexcept nogil:
     elif w.shape == WALK_SMALL_C:
         # transformed in the tile itself; half rows converted first
         n = TILE * SMALL_C if half else 0
-    elif (body.rows_half != NULL and not w.transform) or scale_in_rows(w, body):
+    elif (body.rows_half != NULL and not w.transform) or (not half and scale_in_rows(w, body)):
         n = 0
     else:
         # and the row after them, read ahead
@@ -663,9 +663,11 @@ cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const
                         const char* x, char* y, float* buffer, double* total) noexcept nogil:
     """A piece of rows, a few at a time computed into the thread's buffer
     (half rows converted to float32, then transformed when the walk has a
-    transform), small enough to be read back from the first-level cache;
-    the output rows then take the transform's derivative."""
+    transform the bodies do not apply), small enough to be read back from
+    the first-level cache; the output rows then take the transform's
+    derivative."""
     cdef Piece q = p[0]
+    cdef bint transform_here = w.transform and not scale_in_rows(w, body)
     cdef Py_ssize_t start = 0, step = half_rows_at_once(p.C), converted
     cdef Py_ssize_t ysz = 8 if w.dtype == DT_F64 else 4
     cdef char* yrows
@@ -676,7 +678,7 @@ cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const
         q.i = p.i + start * p.i_step
         # one row more when there is one and converting it costs little: the
         # last row's body reads it ahead (a transformed row would be computed twice)
-        converted = q.n + 1 if start + q.n < p.n and not w.transform else q.n
+        converted = q.n + 1 if start + q.n < p.n and not transform_here else q.n
         yrows = NULL if y == NULL else y + ysz * start * p.ys
         if w.dtype == DT_F64:
             transform_rows(w, <const double*>x + start * p.xs, p.xs, p.xc, converted, p.C,
@@ -694,11 +696,11 @@ cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const
         else:
             rows_to_f32(<const uint16_t*>x + start * p.xs, p.xs, p.xc, converted, p.C, p.bf16,
                         buffer)
-            if w.transform:
+            if transform_here:
                 transform_values(w, buffer, converted * p.C, buffer)
         q.after = buffer + q.n * p.C if converted > q.n else NULL
         body.rows_f32(call, &q, buffer, <float*>yrows, total)
-        if yrows != NULL and w.transform:
+        if yrows != NULL and transform_here:
             transform_grad_rows(w, buffer, p.C, q.n, p.C, <float*>yrows, p.ys, p.yc)
         start += q.n
 
