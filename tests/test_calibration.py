@@ -60,6 +60,28 @@ def test_equal_mass_bins_equal_the_twin(n, bins):
     assert "ece_equal_mass" not in plain.as_dict()
 
 
+def test_equal_mass_bins_order_tied_confidences_by_hit_in_any_sample_order():
+    # three distinct rows, so that most confidences tie; hits and misses among each
+    rng = np.random.default_rng(3)
+    patterns = rng.standard_normal((3, 8)) * 2
+    rows = rng.integers(0, 3, 600)
+    x = patterns[rows]
+    t = rng.integers(0, 8, 600)
+    x[5] = np.nan  # a row without probabilities: its confidence is NaN
+    r = fastce.evaluate(x, t, bins=7, equal_mass=True)
+    shuffled = rng.permutation(600)
+    s = fastce.evaluate(x[shuffled], t[shuffled], bins=7, equal_mass=True)
+    assert_array_equal(s.mass_bins.count, r.mass_bins.count)
+    assert_array_equal(s.mass_bins.accuracy, r.mass_bins.accuracy)
+    assert_array_equal(s.mass_bins.confidence, r.mass_bins.confidence)
+    finite = np.arange(600) != 5
+    ece, count, accuracy, confidence = _equal_mass_twin(x[finite], t[finite], 7)
+    clean = fastce.evaluate(x[finite], t[finite], bins=7, equal_mass=True)
+    assert_allclose(clean.ece_equal_mass, ece, rtol=1e-10)
+    assert_array_equal(clean.mass_bins.count, count)
+    assert_allclose(clean.mass_bins.accuracy, accuracy, rtol=1e-12)
+
+
 def test_equal_mass_bins_stream_to_the_bit():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3000, 50)).astype(np.float32)

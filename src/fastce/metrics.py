@@ -742,6 +742,17 @@ class GroupTotals:
         )
 
 
+def _confidence_order(conf: NDArray[np.float64], hit: NDArray[np.bool_]) -> NDArray[np.intp]:
+    """The samples in increasing confidence, a miss before a hit of the same
+    confidence (whatever order they came in), NaN last: one sort of an integer
+    key, the bits of each confidence (never negative, so they order as the
+    numbers do) then the hit, where sorting by both keys took five times as long.
+    Samples equal in both keys are alike, so their order changes no sum."""
+    canonical = np.where(np.isnan(conf), np.nan, conf + 0.0)  # one NaN; no -0.0
+    key = (canonical.view(np.uint64) << np.uint64(1)) | hit.astype(np.uint64)
+    return np.argsort(key)
+
+
 @dataclass(eq=False)
 class CalibrationSamples:
     """The confidence and top-1 hit of every counted sample, batch by batch,
@@ -764,11 +775,7 @@ class CalibrationSamples:
         confidence), bin ``b`` the ``[b N / bins, (b + 1) N / bins)``-th."""
         conf = np.concatenate([np.zeros(0), *self.confidence])
         hit = np.concatenate([np.zeros(0, dtype=bool), *self.correct])
-        order = np.argsort(conf)
-        ordered = conf[order]
-        if np.any(ordered[1:] == ordered[:-1]):
-            # ties: misses before hits, whatever order the samples came in
-            order = np.lexsort((hit, conf))
+        order = _confidence_order(conf, hit)
         conf, hit = conf[order], hit[order].astype(np.float64)
         n = conf.size
         ends = conf if n else np.full(1, math.nan)  # an empty bin's bounds are NaN anyway
