@@ -252,15 +252,19 @@ cdef struct Body:
     body_f64 tile_f64
     body_half rows_half     # half rows read as they are; NULL: converted first
     bint rows_scale         # the row bodies apply a logit scale (Piece.logit_scale)
+    # the row bodies read every class of a row: rows whose classes are not
+    # contiguous are copied so, into the thread's buffer, before they are read
+    bint whole_rows
 
 
 cdef inline Body make_body(body_f32 rows_f32, body_f64 rows_f64, body_f32 tile_f32,
                            body_f64 tile_f64, body_half rows_half,
-                           bint rows_scale=False) noexcept:
+                           bint rows_scale=False, bint whole_rows=False) noexcept:
     cdef Body b
     b.rows_f32, b.rows_f64, b.tile_f32, b.tile_f64 = rows_f32, rows_f64, tile_f32, tile_f64
     b.rows_half = rows_half
     b.rows_scale = rows_scale
+    b.whole_rows = whole_rows
     return b
 
 

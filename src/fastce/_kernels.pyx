@@ -12,8 +12,10 @@ transposed into tiles, or tiles of up to ``TILE`` neighbouring samples walked
 class by class (channels-first data such as ``(N, C, H, W)``) -- and hands
 each piece to the kernel's body for rows or for tiles (``Body``).  float16
 and bfloat16 logits are converted to float32 by the thread that computes the
-piece, into a buffer of its own, in the same parallel region; a logit
-transform (soft-cap, scale) is computed the same way, and the walk multiplies
+piece, into a buffer of its own, in the same parallel region; rows whose
+classes are not contiguous (a reversed or strided class axis) are copied so
+the same way, for the vector kernels; a logit transform (soft-cap, scale) is
+computed the same way, and the walk multiplies
 the piece's per-class output by the transform's derivative afterwards.  A
 logit scale alone (a temperature) costs no such pass on float32 and float64
 rows: the row bodies that can (``Body.rows_scale``) take it as
@@ -512,21 +514,32 @@ cdef inline bint scale_in_rows(const Walk* w, const Body* body) noexcept nogil:
     return w.transform and w.t_inner == 0.0 and body.rows_scale
 
 
+cdef inline bint rows_buffered(const Walk* w, const Body* body) noexcept nogil:
+    """Whether rows pass through the thread's buffer before the body reads
+    them: half rows for a body that reads float32 and float64 only
+    (converted), rows under a transform the body does not apply
+    (transformed), and rows whose classes are not contiguous for a body that
+    reads every class (copied, for the vector kernels: read class by class,
+    such a row cost 10-15 times as much)."""
+    cdef bint half = w.dtype == DT_F16 or w.dtype == DT_BF16
+    return ((half and body.rows_half == NULL)
+            or (w.transform and not scale_in_rows(w, body))
+            or (w.xc != 1 and body.whole_rows))
+
+
 cdef Py_ssize_t buffer_elements(const Walk* w, const Body* body) noexcept nogil:
     """float32 elements of each thread's buffer, for half logits converted
-    to float32 and for transformed logits (a float64 takes two)."""
+    to float32, transformed logits and strided rows copied (a float64 takes
+    two)."""
     cdef bint half = w.dtype == DT_F16 or w.dtype == DT_BF16
-    cdef Py_ssize_t n
-    if not half and not w.transform:
-        return 0
+    cdef Py_ssize_t n = 0
     if w.shape == WALK_TILES:
-        n = w.C * half_tile_width(w.C)
+        if half or w.transform:
+            n = w.C * half_tile_width(w.C)
     elif w.shape == WALK_SMALL_C:
         # transformed in the tile itself; half rows converted first
         n = TILE * SMALL_C if half else 0
-    elif (body.rows_half != NULL and not w.transform) or (not half and scale_in_rows(w, body)):
-        n = 0
-    else:
+    elif rows_buffered(w, body):
         # and the row after them, read ahead
         n = w.C * (half_rows_at_once(w.C) + 1 if half_rows_at_once(w.C) < w.block_rows
                    else w.block_rows)
@@ -622,7 +635,7 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
     cdef const char* x
     cdef char* y
     cdef fastce_ahead_t ahead
-    cdef bint scaled_rows = scale_in_rows(w, body)
+    cdef bint scaled_rows = scale_in_rows(w, body), buffered = rows_buffered(w, body)
     p.C = w.C
     p.xc = w.xc
     p.yc = w.yc
@@ -647,8 +660,7 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
             p.xs, p.ys = w.xi, w.yi
         x = w.x + isz * (p.o * w.xo + p.i * w.xi)
         y = NULL if w.y == NULL else w.y + ysz * (p.o * w.yo + p.i * w.yi)
-        if (w.transform and not scaled_rows) or (
-                w.dtype != DT_F32 and w.dtype != DT_F64 and body.rows_half == NULL):
+        if buffered:
             buffered_rows(w, body, call, &p, x, y, buffer, total)
         elif w.dtype == DT_F32:
             body.rows_f32(call, &p, <const float*>x, <float*>y, total)
@@ -662,8 +674,9 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
 cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const Piece* p,
                         const char* x, char* y, float* buffer, double* total) noexcept nogil:
     """A piece of rows, a few at a time computed into the thread's buffer
-    (half rows converted to float32, then transformed when the walk has a
-    transform the bodies do not apply), small enough to be read back from
+    as contiguous rows (half rows converted to float32, then transformed
+    when the walk has a transform the bodies do not apply; float32 and
+    float64 rows transformed, or copied), small enough to be read back from
     the first-level cache; the output rows then take the transform's
     derivative."""
     cdef Piece q = p[0]
@@ -681,18 +694,24 @@ cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const
         converted = q.n + 1 if start + q.n < p.n and not transform_here else q.n
         yrows = NULL if y == NULL else y + ysz * start * p.ys
         if w.dtype == DT_F64:
-            transform_rows(w, <const double*>x + start * p.xs, p.xs, p.xc, converted, p.C,
-                           <double*>buffer, p.C)
+            if transform_here:
+                transform_rows(w, <const double*>x + start * p.xs, p.xs, p.xc, converted, p.C,
+                               <double*>buffer, p.C)
+            else:
+                copy_rows(<const double*>x + start * p.xs, p.xs, p.xc, converted, p.C,
+                          <double*>buffer)
             q.after = <double*>buffer + q.n * p.C if converted > q.n else NULL
             body.rows_f64(call, &q, <double*>buffer, <double*>yrows, total)
-            if yrows != NULL:
+            if yrows != NULL and transform_here:
                 transform_grad_rows(w, <double*>buffer, p.C, q.n, p.C, <double*>yrows, p.ys,
                                     p.yc)
             start += q.n
             continue
-        if w.dtype == DT_F32:
+        if w.dtype == DT_F32 and transform_here:
             transform_rows(w, <const float*>x + start * p.xs, p.xs, p.xc, converted, p.C,
                            buffer, p.C)
+        elif w.dtype == DT_F32:
+            copy_rows(<const float*>x + start * p.xs, p.xs, p.xc, converted, p.C, buffer)
         else:
             rows_to_f32(<const uint16_t*>x + start * p.xs, p.xs, p.xc, converted, p.C, p.bf16,
                         buffer)
@@ -712,6 +731,23 @@ cdef inline void transform_values(const Walk* w, const floating* x, Py_ssize_t n
         fastce_active_ops.transform_f32(x, n, <float>w.t_outer, <float>w.t_inner, y)
     else:
         fastce_active_ops.transform_f64(x, n, w.t_outer, w.t_inner, y)
+
+
+cdef void copy_rows(const floating* x, Py_ssize_t xs, Py_ssize_t xc, Py_ssize_t n,
+                    Py_ssize_t C, floating* out) noexcept nogil:
+    """``n`` rows of ``C`` values, ``xs`` apart and ``xc`` between classes, as
+    contiguous rows of ``out``."""
+    cdef Py_ssize_t k, c
+    cdef const floating* row
+    for k in range(n):
+        row = x + k * xs
+        if xc == -1:
+            # a reversed class axis, the usual strided row: one backward sweep
+            for c in range(C):
+                out[k * C + c] = row[-c]
+        else:
+            for c in range(C):
+                out[k * C + c] = row[c * xc]
 
 
 cdef void transform_rows(const Walk* w, const floating* x, Py_ssize_t xs, Py_ssize_t xc,
@@ -1301,7 +1337,8 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
 
 
 cdef Body CE_BODY = make_body(
-    ce_rows[float], ce_rows[double], ce_tile[float], ce_tile[double], NULL, rows_scale=True)
+    ce_rows[float], ce_rows[double], ce_tile[float], ce_tile[double], NULL, rows_scale=True,
+    whole_rows=True)
 
 
 # --------------------------------------------------------------------------
@@ -1634,7 +1671,7 @@ cdef void softmax_tile_body(const void* call_, const Piece* p, const floating* x
 
 cdef Body SOFTMAX_BODY = make_body(
     softmax_rows[float], softmax_rows[double], softmax_tile_body[float],
-    softmax_tile_body[double], NULL)
+    softmax_tile_body[double], NULL, rows_scale=False, whole_rows=True)
 
 
 def softmax_family(object x, int op, object reduced_out, object out, int num_threads=0,
