@@ -62,7 +62,10 @@ def threads_used(call, cpu_ticks=40, max_seconds=20.0) -> int:
             break
     top = max(deltas)
     assert top >= 10, f"too little CPU time to judge: {deltas}"
-    return sum(d >= 0.3 * top for d in deltas)
+    # a sixth of the busiest thread's time: with more threads than cores (3 on 2), the one the
+    # scheduler shares a core with another for longest does less than a third of its blocks
+    # now and then, while a thread outside the call (an idle pool's) does next to nothing
+    return sum(d >= top / 6 for d in deltas)
 
 
 def big_inputs(seed=0):
