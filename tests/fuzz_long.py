@@ -24,7 +24,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STAT_HEADER = re.compile(r"^(\S+\.py::\S+):\s*$")
-STAT_LINE = re.compile(r"- (\d+) passing examples, (\d+) failing examples")
+# "- 300 passing examples, 0 failing examples" in older Hypothesis releases,
+# "- 300 passing, 0 failing, and 0 invalid test cases" in newer ones
+STAT_LINE = re.compile(r"- (\d+) passing(?: examples)?, (\d+) failing")
 
 
 def count_examples(output: str) -> dict:
@@ -115,6 +117,9 @@ def main(argv=None) -> int:
     seconds = time.monotonic() - started
     for name, n in sorted(totals.items()):
         print(f"  {n:>9,}  {name}")
+    if not sum(totals.values()):
+        print("== NO EXAMPLES COUNTED: Hypothesis's statistics were not read (a new format?)")
+        return 1
     print(f"== OK: {sum(totals.values()):,} examples run, none failing, in {seconds:.0f} s")
     return 0
 

@@ -1818,3 +1818,15 @@ def test_set_num_threads_takes_a_count_or_raises(n):
             assert fastce.get_num_threads() == min(int(n), _kernels.thread_cap())
     finally:
         fastce.set_num_threads(None)
+
+
+def test_the_long_runner_counts_examples_in_both_statistics_formats():
+    # a format it cannot read must not report a run of no examples as a pass
+    from fuzz_long import count_examples
+
+    old = "tests/test_fuzz.py::test_a:\n  - 120 passing examples, 0 failing examples, 3 invalid\n"
+    new = (
+        "tests/test_fuzz.py::test_b:\n  - during generate phase (0.26 seconds):\n"
+        "    - 300 passing, 0 failing, and 0 invalid test cases\n"
+    )
+    assert count_examples(old + new) == {"test_a": 120, "test_b": 300}
