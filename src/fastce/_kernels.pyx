@@ -699,7 +699,7 @@ cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const
                                <double*>buffer, p.C)
             else:
                 copy_rows(<const double*>x + start * p.xs, p.xs, p.xc, converted, p.C,
-                          <double*>buffer)
+                          <double*>buffer, p.C)
             q.after = <double*>buffer + q.n * p.C if converted > q.n else NULL
             body.rows_f64(call, &q, <double*>buffer, <double*>yrows, total)
             if yrows != NULL and transform_here:
@@ -711,7 +711,7 @@ cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const
             transform_rows(w, <const float*>x + start * p.xs, p.xs, p.xc, converted, p.C,
                            buffer, p.C)
         elif w.dtype == DT_F32:
-            copy_rows(<const float*>x + start * p.xs, p.xs, p.xc, converted, p.C, buffer)
+            copy_rows(<const float*>x + start * p.xs, p.xs, p.xc, converted, p.C, buffer, p.C)
         else:
             rows_to_f32(<const uint16_t*>x + start * p.xs, p.xs, p.xc, converted, p.C, p.bf16,
                         buffer)
@@ -734,9 +734,9 @@ cdef inline void transform_values(const Walk* w, const floating* x, Py_ssize_t n
 
 
 cdef void copy_rows(const floating* x, Py_ssize_t xs, Py_ssize_t xc, Py_ssize_t n,
-                    Py_ssize_t C, floating* out) noexcept nogil:
+                    Py_ssize_t C, floating* out, Py_ssize_t os) noexcept nogil:
     """``n`` rows of ``C`` values, ``xs`` apart and ``xc`` between classes, as
-    contiguous rows of ``out``."""
+    contiguous rows of ``out``, ``os`` apart."""
     cdef Py_ssize_t k, c
     cdef const floating* row
     for k in range(n):
@@ -744,10 +744,10 @@ cdef void copy_rows(const floating* x, Py_ssize_t xs, Py_ssize_t xc, Py_ssize_t 
         if xc == -1:
             # a reversed class axis, the usual strided row: one backward sweep
             for c in range(C):
-                out[k * C + c] = row[-c]
+                out[k * os + c] = row[-c]
         else:
             for c in range(C):
-                out[k * C + c] = row[c * xc]
+                out[k * os + c] = row[c * xc]
 
 
 cdef void transform_rows(const Walk* w, const floating* x, Py_ssize_t xs, Py_ssize_t xc,
@@ -756,7 +756,7 @@ cdef void transform_rows(const Walk* w, const floating* x, Py_ssize_t xs, Py_ssi
     """``n`` rows of ``C`` values, ``xs`` apart, transformed into the
     contiguous rows of ``out``, ``os`` apart (``out`` may be ``x`` itself
     when its rows are contiguous and as far apart)."""
-    cdef Py_ssize_t k, c
+    cdef Py_ssize_t k
     if xc == 1 and xs == C and os == C:
         transform_values(w, x, n * C, out)
         return
@@ -764,8 +764,7 @@ cdef void transform_rows(const Walk* w, const floating* x, Py_ssize_t xs, Py_ssi
         if xc == 1:
             transform_values(w, x + k * xs, C, out + k * os)
         else:
-            for c in range(C):
-                out[k * os + c] = x[k * xs + c * xc]
+            copy_rows(x + k * xs, xs, xc, 1, C, out + k * os, os)
             transform_values(w, out + k * os, C, out + k * os)
 
 
