@@ -100,13 +100,14 @@ cdef extern from "csrc/dispatch.h":
                                       const double*, const int64_t*, double*, double*,
                                       int64_t*, int64_t*) noexcept nogil
         double (*bce_logits_f32)(const float*, const float*, const float*, const float*, Py_ssize_t,
-                                 float, const float*, float*, float*) noexcept nogil
+                                 float, const float*, float*, float*, int) noexcept nogil
         double (*bce_logits_f64)(const double*, const double*, const double*, const double*,
-                                 Py_ssize_t, double, const double*, double*, double*) noexcept nogil
+                                 Py_ssize_t, double, const double*, double*, double*,
+                                 int) noexcept nogil
         double (*bce_probs_f32)(const float*, const float*, const float*, Py_ssize_t, float,
-                                const float*, float*, float*) noexcept nogil
+                                const float*, float*, float*, int) noexcept nogil
         double (*bce_probs_f64)(const double*, const double*, const double*, Py_ssize_t, double,
-                                const double*, double*, double*) noexcept nogil
+                                const double*, double*, double*, int) noexcept nogil
         Py_ssize_t (*first_outside_unit_f32)(const float*, Py_ssize_t) noexcept nogil
         Py_ssize_t (*first_outside_unit_f64)(const double*, Py_ssize_t) noexcept nogil
         void (*transform_f32)(const float*, Py_ssize_t, float, float, float*) noexcept nogil

@@ -113,5 +113,6 @@ def binary_cross_entropy_kernel(
     loss_out: NDArray[_Float] | None,
     grad: NDArray[_Float] | None,
     num_threads: int = ...,
+    want_loss: bool = ...,
 ) -> float: ...
 def first_outside_unit(x: _Logits, num_threads: int = ...) -> int: ...

@@ -1912,6 +1912,7 @@ cdef struct BinaryCall:
     char* loss
     char* grad
     bint logits             # with logits; probabilities otherwise
+    bint want_loss          # the losses' sum (a gradient alone takes no logarithm)
     bint w_per_col
     bint pw_per_col
     double g                # the gradient's scale
@@ -1919,15 +1920,18 @@ cdef struct BinaryCall:
 
 cdef inline double binary_piece(const floating* x, const floating* y, const floating* w,
                                 const floating* pw, Py_ssize_t n, floating g, const floating* go,
-                                floating* loss_out, floating* grad, bint logits) noexcept nogil:
+                                floating* loss_out, floating* grad, bint logits,
+                                bint want_loss) noexcept nogil:
     if floating is float:
         if logits:
-            return fastce_active_ops.bce_logits_f32(x, y, w, pw, n, g, go, loss_out, grad)
-        return fastce_active_ops.bce_probs_f32(x, y, w, n, g, go, loss_out, grad)
+            return fastce_active_ops.bce_logits_f32(x, y, w, pw, n, g, go, loss_out, grad,
+                                                    want_loss)
+        return fastce_active_ops.bce_probs_f32(x, y, w, n, g, go, loss_out, grad, want_loss)
     else:
         if logits:
-            return fastce_active_ops.bce_logits_f64(x, y, w, pw, n, g, go, loss_out, grad)
-        return fastce_active_ops.bce_probs_f64(x, y, w, n, g, go, loss_out, grad)
+            return fastce_active_ops.bce_logits_f64(x, y, w, pw, n, g, go, loss_out, grad,
+                                                    want_loss)
+        return fastce_active_ops.bce_probs_f64(x, y, w, n, g, go, loss_out, grad, want_loss)
 
 
 cdef void binary_rows(const void* call_, const Piece* p, const floating* x, floating* unused,
@@ -1957,7 +1961,7 @@ cdef void binary_rows(const void* call_, const Piece* p, const floating* x, floa
         total[0] += binary_piece(
             x + k * p.xs, y + e, wk, pwk, p.C if per_col else p.n * p.C, <floating>call.g, gok,
             NULL if loss_out == NULL else loss_out + e, NULL if grad == NULL else grad + e,
-            call.logits)
+            call.logits, call.want_loss)
 
 
 cdef Body BINARY_BODY = make_body(binary_rows[float], binary_rows[double], NULL, NULL, NULL)
@@ -1974,7 +1978,7 @@ cdef void flat_walk(Walk* w, object x, Py_ssize_t row_len) except *:
 
 def binary_cross_entropy_kernel(object x, object y, object w, object pw, Py_ssize_t row_len,
                                 bint logits, double g, object grad_output, object loss_out,
-                                object grad, int num_threads=0):
+                                object grad, int num_threads=0, bint want_loss=True):
     """Binary cross-entropy of ``n >= 1`` contiguous elements ``x`` (float32,
     float64, float16 or bfloat16): with logits or probabilities (``logits``
     False); returns the float64 sum of the losses.  ``y`` holds the targets;
@@ -1983,8 +1987,9 @@ def binary_cross_entropy_kernel(object x, object y, object w, object pw, Py_ssiz
     only with logits.  ``loss_out`` (or None) receives each loss, ``grad``
     (or None; it may be ``x``) ``g`` times ``grad_output`` (None: 1 each)
     times the derivative.  Every array but ``x`` is flat, of the result
-    dtype.  The caller has validated everything, probabilities and targets
-    included."""
+    dtype.  Without ``want_loss`` (and ``loss_out``) the sum is 0: a gradient
+    alone skips the logarithms.  The caller has validated everything,
+    probabilities and targets included."""
     cdef Walk walk
     cdef BinaryCall call
     cdef Py_ssize_t n = x.shape[0]
@@ -2002,6 +2007,7 @@ def binary_cross_entropy_kernel(object x, object y, object w, object pw, Py_ssiz
     call.loss = array_data(loss_out, 1, rt, s)
     call.grad = array_data(grad, 1, rt, s)
     call.logits = logits
+    call.want_loss = want_loss
     call.g = g
     return walk_total(&walk, &BINARY_BODY, &call, False, 0)
 

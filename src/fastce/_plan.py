@@ -108,6 +108,7 @@ class BinaryPlan(NamedTuple):
     grad_output: npt.NDArray[np.float64] | None
     out: npt.NDArray[Any] | None
     threads: int
+    want_loss: bool  # False for a gradient alone, which then takes no logarithm
 
 
 # ---- plans ---------------------------------------------------------------
@@ -328,6 +329,7 @@ def plan_binary(
     grad_output: object,
     out: FloatArray | None,
     num_threads: int | None,
+    want_loss: bool = True,
 ) -> BinaryPlan:
     """The plan of a binary cross-entropy call, on logits or on probabilities."""
     name = "logits" if logits else "probs"
@@ -371,6 +373,7 @@ def plan_binary(
         grad_output=go,
         out=out if want_grad else None,
         threads=threads,
+        want_loss=want_loss or not want_grad,
     )
 
 
@@ -631,6 +634,7 @@ def _execute_binary(plan: BinaryPlan) -> tuple[Any, Any, Any, Any]:
             None if loss_arr is None else loss_arr.reshape(-1),
             grad_flat,
             plan.threads,
+            plan.want_loss or loss_arr is not None,
         )
     if buffered:
         cast("npt.NDArray[Any]", grad)[...] = cast("npt.NDArray[Any]", grad_flat).reshape(shape)

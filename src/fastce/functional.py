@@ -800,7 +800,17 @@ def binary_cross_entropy_with_logits_grad(
     """
     grad: _FloatArray = execute(
         plan_binary(
-            logits, target, weight, pos_weight, reduction, True, True, grad_output, out, num_threads
+            logits,
+            target,
+            weight,
+            pos_weight,
+            reduction,
+            True,
+            True,
+            grad_output,
+            out,
+            num_threads,
+            want_loss=False,
         )
     )[1]
     return grad
@@ -947,7 +957,17 @@ def binary_cross_entropy_grad(
     """
     grad: _FloatArray = execute(
         plan_binary(
-            probs, target, weight, None, reduction, False, True, grad_output, out, num_threads
+            probs,
+            target,
+            weight,
+            None,
+            reduction,
+            False,
+            True,
+            grad_output,
+            out,
+            num_threads,
+            want_loss=False,
         )
     )[1]
     return grad

@@ -45,34 +45,35 @@ typedef struct {
     double pending_a, pending_b;
 } fastce_ahead_t;
 
-#define FASTCE_KERNEL_FIELDS(T, SFX)                                                               \
-    T (*row_max_##SFX)(const T *, ptrdiff_t);                                                      \
-    double (*row_max_sumexp_##SFX)(const T *, ptrdiff_t, T *, T);                                  \
-    double (*row_max_sumexp_ahead_##SFX)(const T *, ptrdiff_t, T *, const T *, fastce_ahead_t *,   \
-                                         T);                                                       \
-    double (*row_sum_shifted_##SFX)(const T *, ptrdiff_t, T);                                      \
-    double (*sum_exp_##SFX)(const T *, ptrdiff_t);                                                 \
-    void (*row_scaled_exp_##SFX)(const T *, ptrdiff_t, T, T, T, T, T *, int);                      \
-    void (*row_shift_##SFX)(const T *, ptrdiff_t, T, T, T *, int);                                 \
-    void (*row_softmax_##SFX)(const T *, ptrdiff_t, T *, const T *, fastce_ahead_t *);             \
-    void (*row_pending_##SFX)(fastce_ahead_t *, ptrdiff_t);                                        \
-    void (*row_rank_entropy_##SFX)(const T *, ptrdiff_t, T, T, ptrdiff_t, T, double *, double *,   \
-                                   ptrdiff_t *, ptrdiff_t *);                                      \
-    void (*row_pair_terms_##SFX)(const T *, const T *, ptrdiff_t, T, double *, ptrdiff_t *);       \
-    void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                             \
-    void (*tile_sumexp_##SFX)(const T *, ptrdiff_t, const T *, T *, T *);                          \
-    void (*tile_scaled_exp_##SFX)(const T *, ptrdiff_t, const T *, const T *, T, const T *, T *);  \
-    void (*tile_shift_##SFX)(const T *, ptrdiff_t, const T *, const T *, T *);                     \
-    void (*tile_stats_##SFX)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, T *, double *);           \
-    void (*tile_scaled_exp_classes_##SFX)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *,   \
-                                          const T *, const double *, const T *, T *, ptrdiff_t);   \
-    void (*tile_rank_entropy_##SFX)(const T *, ptrdiff_t, int64_t, const T *, const T *,           \
-                                    const int64_t *, T *, T *, int64_t *, int64_t *);              \
-    double (*bce_logits_##SFX)(const T *, const T *, const T *, const T *, ptrdiff_t, T,           \
-                               const T *, T *, T *);                                               \
-    double (*bce_probs_##SFX)(const T *, const T *, const T *, ptrdiff_t, T, const T *, T *, T *); \
-    ptrdiff_t (*first_outside_unit_##SFX)(const T *, ptrdiff_t);                                   \
-    void (*transform_##SFX)(const T *, ptrdiff_t, T, T, T *);                                      \
+#define FASTCE_KERNEL_FIELDS(T, SFX)                                                              \
+    T (*row_max_##SFX)(const T *, ptrdiff_t);                                                     \
+    double (*row_max_sumexp_##SFX)(const T *, ptrdiff_t, T *, T);                                 \
+    double (*row_max_sumexp_ahead_##SFX)(const T *, ptrdiff_t, T *, const T *, fastce_ahead_t *,  \
+                                         T);                                                      \
+    double (*row_sum_shifted_##SFX)(const T *, ptrdiff_t, T);                                     \
+    double (*sum_exp_##SFX)(const T *, ptrdiff_t);                                                \
+    void (*row_scaled_exp_##SFX)(const T *, ptrdiff_t, T, T, T, T, T *, int);                     \
+    void (*row_shift_##SFX)(const T *, ptrdiff_t, T, T, T *, int);                                \
+    void (*row_softmax_##SFX)(const T *, ptrdiff_t, T *, const T *, fastce_ahead_t *);            \
+    void (*row_pending_##SFX)(fastce_ahead_t *, ptrdiff_t);                                       \
+    void (*row_rank_entropy_##SFX)(const T *, ptrdiff_t, T, T, ptrdiff_t, T, double *, double *,  \
+                                   ptrdiff_t *, ptrdiff_t *);                                     \
+    void (*row_pair_terms_##SFX)(const T *, const T *, ptrdiff_t, T, double *, ptrdiff_t *);      \
+    void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                            \
+    void (*tile_sumexp_##SFX)(const T *, ptrdiff_t, const T *, T *, T *);                         \
+    void (*tile_scaled_exp_##SFX)(const T *, ptrdiff_t, const T *, const T *, T, const T *, T *); \
+    void (*tile_shift_##SFX)(const T *, ptrdiff_t, const T *, const T *, T *);                    \
+    void (*tile_stats_##SFX)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, T *, double *);          \
+    void (*tile_scaled_exp_classes_##SFX)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *,  \
+                                          const T *, const double *, const T *, T *, ptrdiff_t);  \
+    void (*tile_rank_entropy_##SFX)(const T *, ptrdiff_t, int64_t, const T *, const T *,          \
+                                    const int64_t *, T *, T *, int64_t *, int64_t *);             \
+    double (*bce_logits_##SFX)(const T *, const T *, const T *, const T *, ptrdiff_t, T,          \
+                               const T *, T *, T *, int);                                         \
+    double (*bce_probs_##SFX)(const T *, const T *, const T *, ptrdiff_t, T, const T *, T *, T *, \
+                              int);                                                               \
+    ptrdiff_t (*first_outside_unit_##SFX)(const T *, ptrdiff_t);                                  \
+    void (*transform_##SFX)(const T *, ptrdiff_t, T, T, T *);                                     \
     void (*transform_grad_##SFX)(const T *, ptrdiff_t, T, T, T *);
 
 typedef struct {

@@ -769,26 +769,47 @@ static void KNAME_ISA(half_to_f32)(const uint16_t *src, ptrdiff_t n, float *dst,
 #define LN2_LO FASTCE_EXPF_LN2_LO
 #endif
 
-/* 2 atanh(z) = log((1 + z) / (1 - z)) for |z| <= 1/3, as 2z + 2z z^2 P(z^2)
- * with P's coefficients 1/3, 1/5, ...: terms past the last one kept are below
- * half an ulp of the result (to z^33 in double, z^15 in float; |z| <= 0.1716,
- * as the logarithm below has it, needs fewer, but one series serves both). */
-VINLINE V KNAME(two_atanh)(V z) {
+/* 2 atanh(z) = log((1 + z) / (1 - z)) = 2z + 2z z^2 P(z^2), P's coefficients
+ * 1/3, 1/5, ..., 1/(2 terms + 1).  P is evaluated by Estrin's scheme (pairs of
+ * coefficients, then pairs of pairs, with z^2, z^4, ...): the chain of
+ * dependent operations grows with log2(terms), not with terms, and it follows
+ * a division already.  The callers' term counts leave out only terms below
+ * half an ulp of the result for their bound on |z|. */
+VINLINE V KNAME(two_atanh)(V z, int terms) {
     V z2 = VOP(mul)(z, z);
-#ifdef FASTCE_F64
-    V p = VOP(set1)(1.0 / 33.0);
-    for (int k = 31; k >= 3; k -= 2) p = VOP(fma)(p, z2, VOP(set1)(1.0 / k));
-#else
-    V p = VOP(set1)(1.0f / 15.0f);
-    for (int k = 13; k >= 3; k -= 2) p = VOP(fma)(p, z2, VOP(set1)(1.0f / (float)k));
-#endif
+    V q[16];
+    for (int j = 0; j < terms; j++) q[j] = VOP(set1)((T)1 / (T)(2 * j + 3));
+    V power = z2;
+    for (int len = terms; len > 1; len = (len + 1) / 2) {
+        for (int i = 0; i < len / 2; i++) q[i] = VOP(fma)(q[2 * i + 1], power, q[2 * i]);
+        if (len % 2) q[len / 2] = q[len - 1];
+        power = VOP(mul)(power, power);
+    }
     V two_z = VOP(add)(z, z);
-    return VOP(fma)(two_z, VOP(mul)(z2, p), two_z);
+    return VOP(fma)(two_z, VOP(mul)(z2, q[0]), two_z);
 }
+
+/* terms of two_atanh for |z| <= 1/3 (to z^33 in double, z^15 in float) and
+ * for |z| <= 0.1716, the logarithm's reduced range (to z^21, z^11) */
+#ifdef FASTCE_F64
+#define ATANH_TERMS_THIRD 16
+#define ATANH_TERMS_LOG 10
+#else
+#define ATANH_TERMS_THIRD 7
+#define ATANH_TERMS_LOG 5
+#endif
 
 /* log(1 + u) for |u| <= 1/2, accurate for tiny u: 2 atanh(u / (2 + u)) */
 VINLINE V KNAME(vlog1p_small)(V u) {
-    return KNAME(two_atanh)(VOP(div)(u, VOP(add)(VOP(set1)(2), u)));
+    return KNAME(two_atanh)(VOP(div)(u, VOP(add)(VOP(set1)(2), u)), ATANH_TERMS_THIRD);
+}
+
+/* f in [sqrt(1/2), sqrt(2)) and its exponent: s = 2^exponent f, s normal */
+VINLINE V KNAME(split_near_one)(V s, V *exponent) {
+    V f = VOP(split_exp)(s, exponent);
+    M big = VOP(gt)(f, VOP(set1)(1.4142135623730951));
+    *exponent = VOP(add)(*exponent, VOP(keep)(big, VOP(set1)(1)));
+    return VOP(select)(big, VOP(mul)(f, VOP(set1)(0.5)), f);
 }
 
 /* log(s) for s >= 0: s = 2^e f with f in [sqrt(1/2), sqrt(2)), log f =
@@ -799,16 +820,32 @@ VINLINE V KNAME(vlog)(V s) {
     const V one = VOP(set1)(1);
     M tiny = VOP(lt)(s, VOP(set1)(LOG_MIN_NORMAL));
     V exponent;
-    V f = VOP(split_exp)(VOP(select)(tiny, VOP(mul)(s, VOP(set1)(LOG_SUBNORMAL_SCALE)), s),
-                         &exponent);
+    V f = KNAME(split_near_one)(VOP(select)(tiny, VOP(mul)(s, VOP(set1)(LOG_SUBNORMAL_SCALE)), s),
+                                &exponent);
     exponent = VOP(sub)(exponent, VOP(keep)(tiny, VOP(set1)(LOG_SUBNORMAL_EXP)));
-    M big = VOP(gt)(f, VOP(set1)(1.4142135623730951));
-    f = VOP(select)(big, VOP(mul)(f, VOP(set1)(0.5)), f);
-    exponent = VOP(add)(exponent, VOP(keep)(big, one));
-    V log_f = KNAME(two_atanh)(VOP(div)(VOP(sub)(f, one), VOP(add)(f, one)));
+    V log_f = KNAME(two_atanh)(VOP(div)(VOP(sub)(f, one), VOP(add)(f, one)), ATANH_TERMS_LOG);
     V r = VOP(fma)(exponent, VOP(set1)(LN2_HI), VOP(fma)(exponent, VOP(set1)(LN2_LO), log_f));
     r = VOP(select)(VOP(eq)(s, VOP(zero)()), VOP(set1)(-INFINITY), r);
     return VOP(select)(VOP(lt)(s, VOP(set1)(INFINITY)), r, s);
+}
+
+/* log(1 - p) for p in [0, 1] with one division and one series for both
+ * halves: below 1/2 it is 2 atanh(-p / (2 - p)), accurate for tiny p; from
+ * 1/2 up, 1 - p is exact and its logarithm taken as vlog takes it.  1 gives
+ * -inf; NaN stays NaN. */
+VINLINE V KNAME(vlog1m)(V p) {
+    const V one = VOP(set1)(1);
+    M low = VOP(lt)(p, VOP(set1)(0.5));
+    V u = VOP(sub)(one, p);
+    V exponent;
+    V f = KNAME(split_near_one)(u, &exponent);
+    V num = VOP(select)(low, VOP(sub)(VOP(zero)(), p), VOP(sub)(f, one));
+    V den = VOP(select)(low, VOP(sub)(VOP(set1)(2), p), VOP(add)(f, one));
+    exponent = VOP(drop)(low, exponent);
+    V log_f = KNAME(two_atanh)(VOP(div)(num, den), ATANH_TERMS_THIRD);
+    V r = VOP(fma)(exponent, VOP(set1)(LN2_HI), VOP(fma)(exponent, VOP(set1)(LN2_LO), log_f));
+    r = VOP(select)(VOP(eq)(u, VOP(zero)()), VOP(set1)(-INFINITY), r);
+    return VOP(select)(VOP(lt)(u, VOP(set1)(INFINITY)), r, u);
 }
 
 #ifdef FASTCE_F64
@@ -829,8 +866,9 @@ static void KNAME_ISA(tile_log)(const double *s, ptrdiff_t n, double *out) {
  * w the weights and pw the positive weights (NULL: 1 each).  loss_out (NULL:
  * not wanted) receives each element's loss; grad (NULL: not wanted) receives
  * g * go * dloss/dx, with go the per-element grad_output (NULL: 1 each).
- * Returns the sum of the losses.  y, w, pw and go are never written; grad may
- * be x. */
+ * Returns the sum of the losses, or 0 without want_loss (and loss_out NULL):
+ * a gradient alone takes no logarithm.  y, w, pw and go are never written;
+ * grad may be x. */
 
 /* the lanes of in from p, 1 where p is NULL */
 VINLINE V KNAME(load_or_one)(const T *p, M in, int full) {
@@ -843,7 +881,7 @@ VINLINE V KNAME(load_or_one)(const T *p, M in, int full) {
  * w (x < 0 ? c s - pw y : (1 - y) - c s), s = sigmoid(-|x|) = e / (1 + e).  A
  * logit of -inf gives NaN, +inf NaN or inf, as torch's formula does. */
 VINLINE V KNAME(bce_logits_at)(ptrdiff_t k, M in, int full, const T *x, const T *y, const T *w,
-                               const T *pw, T g, const T *go, T *loss_out, T *grad) {
+                               const T *pw, T g, const T *go, T *loss_out, T *grad, int want_loss) {
     const V one = VOP(set1)(1), zero = VOP(zero)();
     V xv = KNAME(load_in)(x + k, in, full), yv = KNAME(load_in)(y + k, in, full);
     V e = KNAME(vexp_neg)(VOP(sub)(zero, VOP(max)(xv, VOP(sub)(zero, xv)))); /* exp(-|x|) */
@@ -851,11 +889,14 @@ VINLINE V KNAME(bce_logits_at)(ptrdiff_t k, M in, int full, const T *x, const T 
     V c = VOP(add)(VOP(sub)(one, yv), pw_y);
     V one_minus_y = VOP(sub)(one, yv);
     M negative = VOP(lt)(xv, zero);
-    V linear = VOP(mul)(VOP(select)(negative, VOP(sub)(zero, pw_y), one_minus_y), xv);
     V wv = KNAME(load_or_one)(w == NULL ? NULL : w + k, in, full);
-    V loss = VOP(mul)(wv, VOP(fma)(c, KNAME(vlog1p_small)(e), linear));
-    loss = VOP(select)(VOP(eq)(xv, VOP(set1)(-INFINITY)), VOP(set1)(NAN), loss);
-    if (loss_out != NULL) KNAME(store_in)(loss_out + k, in, full, loss);
+    V loss = zero;
+    if (want_loss) {
+        V linear = VOP(mul)(VOP(select)(negative, VOP(sub)(zero, pw_y), one_minus_y), xv);
+        loss = VOP(mul)(wv, VOP(fma)(c, KNAME(vlog1p_small)(e), linear));
+        loss = VOP(select)(VOP(eq)(xv, VOP(set1)(-INFINITY)), VOP(set1)(NAN), loss);
+        if (loss_out != NULL) KNAME(store_in)(loss_out + k, in, full, loss);
+    }
     if (grad != NULL) {
         V c_s = VOP(mul)(c, VOP(div)(e, VOP(add)(one, e)));
         V d = VOP(mul)(wv, VOP(select)(negative, VOP(sub)(c_s, pw_y), VOP(sub)(one_minus_y, c_s)));
@@ -869,20 +910,20 @@ VINLINE V KNAME(bce_logits_at)(ptrdiff_t k, M in, int full, const T *x, const T 
  * as log1p(-p) below 1/2; its derivative w (p - y) / max((1 - p) p, 1e-12),
  * as torch's. */
 VINLINE V KNAME(bce_probs_at)(ptrdiff_t k, M in, int full, const T *p, const T *y, const T *w,
-                              const T *pw, T g, const T *go, T *loss_out, T *grad) {
+                              const T *pw, T g, const T *go, T *loss_out, T *grad, int want_loss) {
     (void)pw;
     const V one = VOP(set1)(1), floor = VOP(set1)(-100);
     V pv = KNAME(load_in)(p + k, in, full), yv = KNAME(load_in)(y + k, in, full);
-    V log_p = VOP(max)(KNAME(vlog)(pv), floor);
     V one_minus_p = VOP(sub)(one, pv);
-    V log_1mp =
-        VOP(select)(VOP(lt)(pv, VOP(set1)(0.5)), KNAME(vlog1p_small)(VOP(sub)(VOP(zero)(), pv)),
-                    KNAME(vlog)(one_minus_p));
-    log_1mp = VOP(max)(log_1mp, floor);
     V wv = KNAME(load_or_one)(w == NULL ? NULL : w + k, in, full);
-    V loss = VOP(mul)(
-        wv, VOP(sub)(VOP(zero)(), VOP(fma)(yv, log_p, VOP(mul)(VOP(sub)(one, yv), log_1mp))));
-    if (loss_out != NULL) KNAME(store_in)(loss_out + k, in, full, loss);
+    V loss = VOP(zero)();
+    if (want_loss) {
+        V log_p = VOP(max)(KNAME(vlog)(pv), floor);
+        V log_1mp = VOP(max)(KNAME(vlog1m)(pv), floor);
+        loss = VOP(mul)(
+            wv, VOP(sub)(VOP(zero)(), VOP(fma)(yv, log_p, VOP(mul)(VOP(sub)(one, yv), log_1mp))));
+        if (loss_out != NULL) KNAME(store_in)(loss_out + k, in, full, loss);
+    }
     if (grad != NULL) {
         V denominator = VOP(max)(VOP(mul)(one_minus_p, pv), VOP(set1)(1e-12));
         V d = VOP(div)(VOP(mul)(wv, VOP(sub)(pv, yv)), denominator);
@@ -994,34 +1035,44 @@ static void KNAME(transform_grad)(const T *y, ptrdiff_t n, T outer, T inner, T *
 }
 
 /* the sum in the working precision for FASTCE_CHUNK elements at a time, as
- * the row sums are, then in double */
-#define FASTCE_ELEMENTWISE_SUM(step)                                                             \
+ * the row sums are, then in double; the loop is compiled with and without
+ * the loss (want a constant in each) */
+#define FASTCE_ELEMENTWISE_SUM(step, want)                                                       \
     double total = 0.0;                                                                          \
     for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                                \
         ptrdiff_t end = n - start < FASTCE_CHUNK ? n : start + FASTCE_CHUNK;                     \
         V acc = VOP(zero)();                                                                     \
         ptrdiff_t k = start;                                                                     \
         for (; k + L <= end; k += L)                                                             \
-            acc = VOP(add)(acc, step(k, VOP(first)(L), 1, x, y, w, pw, g, go, loss_out, grad));  \
-        if (k < end)                                                                             \
             acc = VOP(add)(acc,                                                                  \
-                           step(k, VOP(first)(end - k), 0, x, y, w, pw, g, go, loss_out, grad)); \
+                           step(k, VOP(first)(L), 1, x, y, w, pw, g, go, loss_out, grad, want)); \
+        if (k < end)                                                                             \
+            acc = VOP(add)(                                                                      \
+                acc, step(k, VOP(first)(end - k), 0, x, y, w, pw, g, go, loss_out, grad, want)); \
         total += VOP(hsum)(acc);                                                                 \
     }                                                                                            \
     return total;
 
 static double KNAME(bce_logits)(const T *x, const T *y, const T *w, const T *pw, ptrdiff_t n, T g,
-                                const T *go, T *loss_out, T *grad) {
-    FASTCE_ELEMENTWISE_SUM(KNAME(bce_logits_at))
+                                const T *go, T *loss_out, T *grad, int want_loss) {
+    if (want_loss || loss_out != NULL) {
+        FASTCE_ELEMENTWISE_SUM(KNAME(bce_logits_at), 1)
+    }
+    FASTCE_ELEMENTWISE_SUM(KNAME(bce_logits_at), 0)
 }
 
 static double KNAME(bce_probs)(const T *x, const T *y, const T *w, ptrdiff_t n, T g, const T *go,
-                               T *loss_out, T *grad) {
+                               T *loss_out, T *grad, int want_loss) {
     const T *pw = NULL;
-    FASTCE_ELEMENTWISE_SUM(KNAME(bce_probs_at))
+    if (want_loss || loss_out != NULL) {
+        FASTCE_ELEMENTWISE_SUM(KNAME(bce_probs_at), 1)
+    }
+    FASTCE_ELEMENTWISE_SUM(KNAME(bce_probs_at), 0)
 }
 
 #undef FASTCE_ELEMENTWISE_SUM
+#undef ATANH_TERMS_THIRD
+#undef ATANH_TERMS_LOG
 #undef LOG_MIN_NORMAL
 #undef LOG_SUBNORMAL_SCALE
 #undef LOG_SUBNORMAL_EXP
