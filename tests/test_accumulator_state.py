@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastce
-from fastce import metrics
+from fastce import _eval_plan
 
 rng = np.random.default_rng(5)
 LOGITS = rng.standard_normal((600, 12))
@@ -46,9 +46,9 @@ def test_an_update_that_fails_part_way_changes_nothing(monkeypatch, failure):
     acc.update(x[:100], t[:100])
     before = totals(acc)
     # blocks of a few rows, and a kernel that fails on the third block
-    monkeypatch.setattr(metrics, "_BLOCK_BYTES", 12 * 8 * 64)
+    monkeypatch.setattr(_eval_plan, "_BLOCK_BYTES", 12 * 8 * 64)
     calls = []
-    original = metrics._metrics.evaluate_index
+    original = _eval_plan._metrics.evaluate_index
 
     def failing(*args):
         calls.append(1)
@@ -56,12 +56,12 @@ def test_an_update_that_fails_part_way_changes_nothing(monkeypatch, failure):
             raise failure()
         return original(*args)
 
-    monkeypatch.setattr(metrics._metrics, "evaluate_index", failing)
+    monkeypatch.setattr(_eval_plan._metrics, "evaluate_index", failing)
     with pytest.raises(failure):
         acc.update(x[100:], t[100:])
     assert len(calls) == 3
     assert totals(acc) == before
-    monkeypatch.setattr(metrics._metrics, "evaluate_index", original)
+    monkeypatch.setattr(_eval_plan._metrics, "evaluate_index", original)
     acc.update(x[100:], t[100:])
     whole = fastce.Accumulator(topk=(1, 3))
     whole.update(x, t)

@@ -17,6 +17,8 @@ from memory_gauge import peak_and_result
 from numpy.testing import assert_allclose, assert_array_equal
 
 import fastce
+import fastce._eval_plan
+import fastce._temperature
 import fastce.metrics
 from fastce import _kernels, _metrics
 from fastce import reference as ref
@@ -780,7 +782,7 @@ def test_blocks_give_the_same_results(monkeypatch, shape, axis, layout):
     t = rng.integers(0, shape[ax], shape[:ax] + shape[ax + 1 :])
     t.reshape(-1)[::7] = -100
     whole = fastce.evaluate(x, t, axis=axis, per_sample=True)
-    monkeypatch.setattr(fastce.metrics, "_BLOCK_BYTES", 20000)
+    monkeypatch.setattr(fastce._eval_plan, "_BLOCK_BYTES", 20000)
     blocked = fastce.evaluate(x, t, axis=axis, per_sample=True)
     results_identical(whole, blocked)
     assert_array_equal(
@@ -829,7 +831,7 @@ def test_half_float_memmap_is_converted_one_block_at_a_time(tmp_path, monkeypatc
     logits = np.load(path, mmap_mode="r").view(dtype)
     assert isinstance(logits, np.memmap) and logits.dtype == dtype
     expected = fastce.evaluate(np.array(logits), target)
-    monkeypatch.setattr(fastce.metrics, "_BLOCK_BYTES", 1 << 20)
+    monkeypatch.setattr(fastce._eval_plan, "_BLOCK_BYTES", 1 << 20)
     peak, r = peak_and_result(lambda: fastce.evaluate(logits, target), warm_up=False)
     assert peak < logits.nbytes / 4, peak
     assert r.loss == expected.loss and r.accuracy == expected.accuracy
@@ -839,8 +841,9 @@ def test_half_float_memmap_is_converted_one_block_at_a_time(tmp_path, monkeypatc
 # the build
 
 
-def test_docstring_examples_run():
-    result = doctest.testmod(fastce.metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
+@pytest.mark.parametrize("module", [fastce.metrics, fastce._temperature])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
 

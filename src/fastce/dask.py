@@ -55,6 +55,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without dask
         "fastce.dask needs dask[array]; install it with: pip install 'dask[array]'"
     ) from exc
 
+from ._eval_plan import check_eval_options
+from ._eval_totals import totals_of_samples
 from ._validate import (
     check_reduction,
     check_segments,
@@ -66,7 +68,7 @@ from ._validate import (
     view3,
 )
 from .functional import cross_entropy as _cross_entropy
-from .metrics import Accumulator, EvalResult, check_eval_options, totals_of_samples
+from .metrics import Accumulator, EvalResult
 from .metrics import evaluate as _evaluate
 
 __all__ = ["accumulate", "cross_entropy", "evaluate", "from_npy"]
