@@ -388,20 +388,28 @@ cdef void walk_from(Walk* w, object x) except *:
     for d in range(3):
         if cnp.PyArray_STRIDE(a, d) % isz:
             raise ValueError("internal: the logits' strides are not whole elements")
-    w.x = <const char*>cnp.PyArray_DATA(a)
-    w.outer = cnp.PyArray_DIM(a, 0)
-    w.C = cnp.PyArray_DIM(a, 1)
-    w.inner = cnp.PyArray_DIM(a, 2)
-    w.xo = cnp.PyArray_STRIDE(a, 0) // isz
-    w.xc = cnp.PyArray_STRIDE(a, 1) // isz
-    w.xi = cnp.PyArray_STRIDE(a, 2) // isz
+    walk_init(w, <const char*>cnp.PyArray_DATA(a), w.dtype, cnp.PyArray_DIM(a, 0),
+              cnp.PyArray_DIM(a, 1), cnp.PyArray_DIM(a, 2), cnp.PyArray_STRIDE(a, 0) // isz,
+              cnp.PyArray_STRIDE(a, 1) // isz, cnp.PyArray_STRIDE(a, 2) // isz)
+
+
+cdef inline void walk_init(Walk* w, const char* x, int dtype, Py_ssize_t outer, Py_ssize_t C,
+                           Py_ssize_t inner, Py_ssize_t xo, Py_ssize_t xc,
+                           Py_ssize_t xi) noexcept nogil:
+    """A walk over the logits at ``x``, an (outer, C, inner) view with these
+    element strides, with no per-class output, no transform and the default
+    thread count: every field walk_plan reads, set in this one place."""
+    w.x = x
+    w.dtype = dtype
+    w.outer, w.C, w.inner = outer, C, inner
+    w.xo, w.xc, w.xi = xo, xc, xi
     w.y = NULL
     w.yo = w.yc = w.yi = 0
     w.stream_y = False
     w.transform = False
     w.t_outer, w.t_inner = 1.0, 0.0
     w.threads = 0
-    w.work = w.outer * w.C * w.inner
+    w.work = outer * C * inner
 
 
 cdef void walk_transform(Walk* w, double logit_scale, double softcap) noexcept:
@@ -442,9 +450,15 @@ cdef void walk_output(Walk* w, object y, bint given) except *:
     of their result dtype; ``given``: memory the caller handed in (out=)
     rather than allocated for this call."""
     cdef Py_ssize_t s[3]
-    w.y = array_data(y, 3, result_typenum(w), s)
-    if w.y != NULL:
-        w.yo, w.yc, w.yi = s[0], s[1], s[2]
+    walk_output_at(w, array_data(y, 3, result_typenum(w), s), s, given)
+
+
+cdef inline void walk_output_at(Walk* w, char* y, const Py_ssize_t* strides,
+                                bint given) noexcept nogil:
+    """walk_output's work on ``y`` (NULL: none) and its three element strides."""
+    w.y = y
+    if y != NULL:
+        w.yo, w.yc, w.yi = strides[0], strides[1], strides[2]
         w.stream_y = streams_output(w, given)
 
 
@@ -1357,6 +1371,18 @@ cdef void ce_options(CEOptions* opt, const double[::1] weight, double weight_sum
     opt.z_loss = z_loss
 
 
+cdef inline void ce_call_init(CECall* call) noexcept nogil:
+    """No probability targets and no per-sample output or gradient: the
+    fields an entry point does not set itself."""
+    call.p = NULL
+    call.po = call.pc = call.pi = 0
+    call.loss = call.lse = NULL
+    call.z_terms = NULL
+    call.lo = call.li = call.so = call.si = call.zo = call.zi = 0
+    call.gout = NULL
+    call.go = call.gi = 0
+
+
 cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object lse_out, object z_out,
                      object grad_output, object grad, bint grad_given) except *:
     """The per-sample losses, log-sum-exps and (float64) z-losses (or None),
@@ -1410,8 +1436,7 @@ def cross_entropy_index(object x, object target, const double[::1] weight, doubl
     walk_transform(&w, logit_scale, softcap)
     w.threads = num_threads
     targets_from(&call.t, target)
-    call.p = NULL
-    call.po = call.pc = call.pi = 0
+    ce_call_init(&call)
     ce_options(&call.opt, weight, weight_sum, smoothing, ignore_index, has_ignore, denominator,
                z_loss)
     ce_outputs(&w, &call, loss_out, lse_out, z_out, grad_output, grad, grad_given)
@@ -1433,6 +1458,7 @@ def cross_entropy_probs(object x, object probs, const double[::1] weight, double
     walk_transform(&w, logit_scale, softcap)
     w.threads = num_threads
     targets_from(&call.t, None)
+    ce_call_init(&call)
     call.p = array_data(probs, 3, result_typenum(&w), s)
     call.po, call.pc, call.pi = s[0], s[1], s[2]
     ce_options(&call.opt, weight, 0.0, smoothing, 0, False, denominator, z_loss)
@@ -1533,23 +1559,15 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
         grad = np.empty((n, n_classes), dtype=_float32 if xtype == cnp.NPY_FLOAT else _float64)
     cdef double denominator = counted if mean else 1.0
     cdef double grad_output = 1.0
-    w.x = <const char*>cnp.PyArray_DATA(x)
-    w.dtype = DT_F32 if xtype == cnp.NPY_FLOAT else DT_F64
-    w.outer, w.C, w.inner = n, n_classes, 1
-    w.xo, w.xc, w.xi = n_classes, 1, 1
-    w.y = <char*>cnp.PyArray_DATA(grad) if want_grad else NULL
-    w.yo, w.yc, w.yi = n_classes, 1, 1
+    cdef Py_ssize_t row_strides[3]
+    row_strides[0], row_strides[1], row_strides[2] = n_classes, 1, 1
+    walk_init(&w, <const char*>cnp.PyArray_DATA(x), stored_dtype(x), n, n_classes, 1,
+              n_classes, 1, 1)
     w.threads = num_threads
-    w.work = n * n_classes
-    w.transform = False
-    w.stream_y = want_grad and streams_output(&w, out is not None)
-    call.p = NULL
-    call.po = call.pc = call.pi = 0
-    call.loss = call.lse = NULL
-    call.z_terms = NULL
-    call.lo = call.li = call.so = call.si = call.zo = call.zi = 0
+    walk_output_at(&w, <char*>cnp.PyArray_DATA(grad) if want_grad else NULL, row_strides,
+                   out is not None)
+    ce_call_init(&call)
     call.gout = &grad_output
-    call.go = call.gi = 0
     ce_options(&call.opt, NO_CLASS_WEIGHTS, <double>n_classes, 0.0, ignore_index, True,
                denominator)
     cdef double total = walk_total(&w, &CE_BODY, &call, True, 0)
