@@ -63,8 +63,7 @@ VINLINE V KNAME(vexp_neg)(V x) {
     V r = VOP(fnma)(n, VOP(set1)(EXP_LN2_HI), xc);
     r = VOP(fnma)(n, VOP(set1)(EXP_LN2_LO), r);
     V p = VOP(add)(VOP(fma)(KNAME(vexp_poly)(r), VOP(mul)(r, r), r), VOP(set1)(1));
-    V e = VOP(mul)(p, VOP(pow2_shifted)(t));
-    return VOP(drop)(VOP(lt)(x, lo), e);
+    return VOP(scale_pow2_unless)(VOP(lt)(x, lo), p, n, t);
 }
 
 /* exp(x) for sums: one-step range reduction and no flush below the clamp.

@@ -82,9 +82,11 @@ VINLINE float v_avx2_f32_hmax(__m256 a) {
     h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
     return _mm_cvtss_f32(h);
 }
-VINLINE __m256 v_avx2_f32_pow2_shifted(__m256 t) {
+VINLINE __m256 v_avx2_f32_scale_pow2_unless(__m256 m, __m256 p, __m256 n, __m256 t) {
+    (void)n;
     __m256i bits = _mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127 - 0x4B400000));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(bits, 23));
+    __m256 pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 23));
+    return _mm256_andnot_ps(m, _mm256_mul_ps(p, pow2));
 }
 VINLINE __m256 v_avx2_f32_ldexp_shifted(__m256 p, __m256 t) {
     return _mm256_castsi256_ps(
@@ -168,10 +170,12 @@ VINLINE double v_avx2_f64_hmax(__m256d a) {
     __m128d h = _mm_max_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     return _mm_cvtsd_f64(_mm_max_sd(h, _mm_unpackhi_pd(h, h)));
 }
-VINLINE __m256d v_avx2_f64_pow2_shifted(__m256d t) {
+VINLINE __m256d v_avx2_f64_scale_pow2_unless(__m256d m, __m256d p, __m256d n, __m256d t) {
+    (void)n;
     __m256i bits =
         _mm256_add_epi64(_mm256_castpd_si256(t), _mm256_set1_epi64x(1023 - 0x4338000000000000LL));
-    return _mm256_castsi256_pd(_mm256_slli_epi64(bits, 52));
+    __m256d pow2 = _mm256_castsi256_pd(_mm256_slli_epi64(bits, 52));
+    return _mm256_andnot_pd(m, _mm256_mul_pd(p, pow2));
 }
 VINLINE __m256d v_avx2_f64_ldexp_shifted(__m256d p, __m256d t) {
     return _mm256_castsi256_pd(

@@ -163,11 +163,12 @@ VINLINE T_ VOP(hmax)(VOP(t) a) {
     return m;
 }
 
-VINLINE VOP(t) VOP(pow2_shifted)(VOP(t) t) {
+VINLINE VOP(t) VOP(scale_pow2_unless)(VOP(m) m, VOP(t) p, VOP(t) n, VOP(t) t) {
+    (void)n;
     VOP(m)
     biased = VOP(add_bits)(VOP(bits)(t),
                            VOP(set1_bits)((U_)FASTCE_BASE_BIAS - (U_)FASTCE_BASE_SHIFTER_BITS));
-    return VOP(from_bits)(VOP(shl_bits)(biased, FASTCE_BASE_MANT));
+    return VOP(drop)(m, VOP(mul)(p, VOP(from_bits)(VOP(shl_bits)(biased, FASTCE_BASE_MANT))));
 }
 /* the shift drops t's high bits by design */
 VINLINE VOP(t) VOP(ldexp_shifted)(VOP(t) p, VOP(t) t) {

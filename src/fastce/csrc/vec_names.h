@@ -23,7 +23,8 @@
  *   keep(m, a) drop(m, a)  a where m, 0 elsewhere; 0 where m, a elsewhere
  *   count(m) first_set(m)  lanes set; index of the first lane set (-1: none)
  *   hsum(v) hmax(v)        sum of the lanes in double; maximum of the lanes
- *   pow2_shifted(t)        2^n for t = n + 1.5 * 2^mant (n in t's low bits), n >= -bias + 1
+ *   scale_pow2_unless(m, p, n, t)  p * 2^n, 0 where m; n an integer >= -bias + 1, as a
+ *                          float and as t = n + 1.5 * 2^mant (n in t's low bits)
  *   ldexp_shifted(p, t)    p * 2^n by adding n to p's exponent field
  *   split_exp(s, &e)       s = f * 2^e, f in [1, 2), for finite normal s > 0
  *   load_f16(p) load_bf16(p)  (float only) a whole vector of float16 or bfloat16 values
