@@ -406,6 +406,45 @@ VINLINE void KNAME(row_scale)(T *y, ptrdiff_t n, T r) {
     }
 }
 
+/* exp(x - m) of one chunk of row_softmax's row, stored in ys and summed: with
+ * masked (a chunk that reaches m), the terms at the maximum are counted apart
+ * as chunk_sumexp counts them; a chunk below m has none, and skips the masks.
+ * The same loop takes the maximum of next's chunk nx (when not NULL) and
+ * scales a waiting row's chunk py by pr (when not NULL). */
+VINLINE double KNAME(chunk_softmax)(const T *xs, ptrdiff_t len, V vm, T *ys, int masked,
+                                    const T *nx, T *next_max, T *py, V pr) {
+    const V none = VOP(set1)(-INFINITY);
+    V acc = VOP(zero)(), nm = none;
+    int ties = 0;
+    ptrdiff_t c = 0;
+    for (; c + L <= len; c += L) {
+        V d = VOP(sub)(VOP(load)(xs + c), vm);
+        V e = KNAME(vexp_neg)(d);
+        VOP(store)(ys + c, e);
+        if (masked) {
+            M at_max = VOP(eq)(d, VOP(zero)());
+            ties += VOP(count)(at_max);
+            e = VOP(drop)(at_max, e);
+        }
+        acc = VOP(add)(acc, e);
+        if (nx != NULL) nm = VOP(max)(VOP(load)(nx + c), nm);
+        if (py != NULL) VOP(store)(py + c, VOP(mul)(pr, VOP(load)(py + c)));
+    }
+    if (c < len) {
+        M in = VOP(first)(len - c);
+        V d = VOP(sub)(VOP(load_part)(xs + c, in), vm);
+        V e = KNAME(vexp_neg)(d);
+        VOP(store_part)(ys + c, in, e);
+        M at_max = VOP(and_m)(in, VOP(eq)(d, VOP(zero)()));
+        ties += VOP(count)(at_max);
+        acc = VOP(add)(acc, VOP(keep)(VOP(and_m)(in, VOP(not_m)(at_max)), e));
+        if (nx != NULL) nm = VOP(max)(VOP(load_part_or)(nx + c, in, none), nm);
+        if (py != NULL) VOP(store_part)(py + c, in, VOP(mul)(pr, VOP(load_part)(py + c, in)));
+    }
+    if (nx != NULL) *next_max = VOP(hmax)(nm);
+    return (double)ties + VOP(hsum)(acc);
+}
+
 /* softmax of a row of at most FASTCE_ROW_IN_CACHE elements, each exponential
  * computed once: exp(x - m) is stored in y and summed (the terms at the
  * maximum counted apart, as row_max_sumexp does), then y is scaled by 1 / sum
@@ -430,46 +469,30 @@ static void KNAME(row_softmax)(const T *x, ptrdiff_t n, T *y, const T *next,
     T *py = (T *)state->pending_y;
     const V pr = VOP(set1)(py != NULL ? (T)state->pending_a : 0);
     state->pending_y = NULL;
+    T chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];
     T m = -INFINITY;
     ptrdiff_t k = 0;
     for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
-        T cm = state->valid
-                   ? (T)state->chunk_max[k]
-                   : KNAME(row_max)(x + start, n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK);
-        m = cm > m ? cm : m;
+        chunk_max[k] =
+            state->valid
+                ? (T)state->chunk_max[k]
+                : KNAME(row_max)(x + start, n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK);
+        m = chunk_max[k] > m ? chunk_max[k] : m;
     }
     state->valid = 0;
-    const V vm = VOP(set1)(m), none = VOP(set1)(-INFINITY);
+    const V vm = VOP(set1)(m);
     double s = 0.0;
     k = 0;
     for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
-        ptrdiff_t end = n - start < FASTCE_CHUNK ? n : start + FASTCE_CHUNK;
-        V acc = VOP(zero)(), nm = none;
-        int ties = 0;
-        ptrdiff_t c = start;
-        for (; c + L <= end; c += L) {
-            V d = VOP(sub)(VOP(load)(x + c), vm);
-            V e = KNAME(vexp_neg)(d);
-            VOP(store)(y + c, e);
-            M at_max = VOP(eq)(d, VOP(zero)());
-            ties += VOP(count)(at_max);
-            acc = VOP(add)(acc, VOP(drop)(at_max, e));
-            if (next != NULL) nm = VOP(max)(VOP(load)(next + c), nm);
-            if (py != NULL) VOP(store)(py + c, VOP(mul)(pr, VOP(load)(py + c)));
-        }
-        if (c < end) {
-            M in = VOP(first)(end - c);
-            V d = VOP(sub)(VOP(load_part)(x + c, in), vm);
-            V e = KNAME(vexp_neg)(d);
-            VOP(store_part)(y + c, in, e);
-            M at_max = VOP(and_m)(in, VOP(eq)(d, VOP(zero)()));
-            ties += VOP(count)(at_max);
-            acc = VOP(add)(acc, VOP(keep)(VOP(and_m)(in, VOP(not_m)(at_max)), e));
-            if (next != NULL) nm = VOP(max)(VOP(load_part_or)(next + c, in, none), nm);
-            if (py != NULL) VOP(store_part)(py + c, in, VOP(mul)(pr, VOP(load_part)(py + c, in)));
-        }
-        s += (double)ties + VOP(hsum)(acc);
-        if (next != NULL) state->chunk_max[k] = VOP(hmax)(nm);
+        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
+        const T *nx = next != NULL ? next + start : NULL;
+        T *pys = py != NULL ? py + start : NULL;
+        T nm = 0;
+        /* a NaN chunk maximum compares false: that chunk keeps the masks */
+        s += chunk_max[k] < m
+                 ? KNAME(chunk_softmax)(x + start, len, vm, y + start, 0, nx, &nm, pys, pr)
+                 : KNAME(chunk_softmax)(x + start, len, vm, y + start, 1, nx, &nm, pys, pr);
+        if (next != NULL) state->chunk_max[k] = nm;
     }
     state->valid = next != NULL;
     T r = isinf(m) ? (T)NAN : (T)(1.0 / s);
