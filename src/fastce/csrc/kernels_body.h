@@ -811,19 +811,26 @@ VINLINE V KNAME(two_atanh)(V z, int terms) {
     return VOP(fma)(two_z, VOP(mul)(z2, q[0]), two_z);
 }
 
-/* terms of two_atanh for |z| <= 1/3 (to z^33 in double, z^15 in float) and
- * for |z| <= 0.1716, the logarithm's reduced range (to z^21, z^11) */
+/* terms of two_atanh for |z| <= 0.1716, the logarithm's reduced range (to
+ * z^21 in double, z^11 in float) */
 #ifdef FASTCE_F64
-#define ATANH_TERMS_THIRD 16
 #define ATANH_TERMS_LOG 10
 #else
-#define ATANH_TERMS_THIRD 7
 #define ATANH_TERMS_LOG 5
 #endif
 
-/* log(1 + u) for |u| <= 1/2, accurate for tiny u: 2 atanh(u / (2 + u)) */
-VINLINE V KNAME(vlog1p_small)(V u) {
-    return KNAME(two_atanh)(VOP(div)(u, VOP(add)(VOP(set1)(2), u)), ATANH_TERMS_THIRD);
+/* log(1 + e) for e in [0, 1]: 2 atanh(e / (2 + e)) up to sqrt(2) - 1, and
+ * above it ln 2 + 2 atanh((e - 1) / (e + 3)), the logarithm of (1 + e) / 2,
+ * so that |z| <= 0.1716 and the logarithm's shorter series serves: fewer
+ * constants than the loop's registers hold.  NaN stays NaN. */
+VINLINE V KNAME(vlog1p_unit)(V e) {
+    const V one = VOP(set1)(1);
+    M high = VOP(gt)(e, VOP(set1)(0.41421356237309503));
+    V num = VOP(select)(high, VOP(sub)(e, one), e);
+    V den = VOP(add)(e, VOP(select)(high, VOP(set1)(3), VOP(set1)(2)));
+    V log_f = KNAME(two_atanh)(VOP(div)(num, den), ATANH_TERMS_LOG);
+    V k = VOP(keep)(high, one);
+    return VOP(fma)(k, VOP(set1)(LN2_HI), VOP(fma)(k, VOP(set1)(LN2_LO), log_f));
 }
 
 /* f in [sqrt(1/2), sqrt(2)) and its exponent: s = 2^exponent f, s normal */
@@ -851,20 +858,25 @@ VINLINE V KNAME(vlog)(V s) {
     return VOP(select)(VOP(lt)(s, VOP(set1)(INFINITY)), r, s);
 }
 
-/* log(1 - p) for p in [0, 1] with one division and one series for both
- * halves: below 1/2 it is 2 atanh(-p / (2 - p)), accurate for tiny p; from
- * 1/2 up, 1 - p is exact and its logarithm taken as vlog takes it.  1 gives
- * -inf; NaN stays NaN. */
+/* log(1 - p) for p in [0, 1] with one division and the logarithm's series
+ * (|z| <= 0.1716) on all of it: below 1 - sqrt(1/2) it is 2 atanh(-p / (2 -
+ * p)), accurate for tiny p; up to 1/2, -ln 2 + 2 atanh((1 - 2p) / (3 - 2p)),
+ * the logarithm of 2 (1 - p), with 1 - 2p exact; from 1/2 up, 1 - p is exact
+ * and its logarithm taken as vlog takes it.  1 gives -inf; NaN stays NaN. */
 VINLINE V KNAME(vlog1m)(V p) {
-    const V one = VOP(set1)(1);
-    M low = VOP(lt)(p, VOP(set1)(0.5));
+    const V one = VOP(set1)(1), two_p = VOP(add)(p, p);
+    M low = VOP(lt)(p, VOP(set1)(0.29289321881345248));
+    M below_half = VOP(lt)(p, VOP(set1)(0.5));
     V u = VOP(sub)(one, p);
     V exponent;
     V f = KNAME(split_near_one)(u, &exponent);
-    V num = VOP(select)(low, VOP(sub)(VOP(zero)(), p), VOP(sub)(f, one));
-    V den = VOP(select)(low, VOP(sub)(VOP(set1)(2), p), VOP(add)(f, one));
+    V num = VOP(select)(below_half, VOP(sub)(one, two_p), VOP(sub)(f, one));
+    V den = VOP(select)(below_half, VOP(sub)(VOP(set1)(3), two_p), VOP(add)(f, one));
+    exponent = VOP(select)(below_half, VOP(set1)(-1), exponent);
+    num = VOP(select)(low, VOP(sub)(VOP(zero)(), p), num);
+    den = VOP(select)(low, VOP(sub)(VOP(set1)(2), p), den);
     exponent = VOP(drop)(low, exponent);
-    V log_f = KNAME(two_atanh)(VOP(div)(num, den), ATANH_TERMS_THIRD);
+    V log_f = KNAME(two_atanh)(VOP(div)(num, den), ATANH_TERMS_LOG);
     V r = VOP(fma)(exponent, VOP(set1)(LN2_HI), VOP(fma)(exponent, VOP(set1)(LN2_LO), log_f));
     r = VOP(select)(VOP(eq)(u, VOP(zero)()), VOP(set1)(-INFINITY), r);
     return VOP(select)(VOP(lt)(u, VOP(set1)(INFINITY)), r, u);
@@ -915,7 +927,7 @@ VINLINE V KNAME(bce_logits_at)(ptrdiff_t k, M in, int full, const T *x, const T 
     V loss = zero;
     if (want_loss) {
         V linear = VOP(mul)(VOP(select)(negative, VOP(sub)(zero, pw_y), one_minus_y), xv);
-        loss = VOP(mul)(wv, VOP(fma)(c, KNAME(vlog1p_small)(e), linear));
+        loss = VOP(mul)(wv, VOP(fma)(c, KNAME(vlog1p_unit)(e), linear));
         loss = VOP(select)(VOP(eq)(xv, VOP(set1)(-INFINITY)), VOP(set1)(NAN), loss);
         if (loss_out != NULL) KNAME(store_in)(loss_out + k, in, full, loss);
     }
@@ -1093,7 +1105,6 @@ static double KNAME(bce_probs)(const T *x, const T *y, const T *w, ptrdiff_t n, 
 }
 
 #undef FASTCE_ELEMENTWISE_SUM
-#undef ATANH_TERMS_THIRD
 #undef ATANH_TERMS_LOG
 #undef LOG_MIN_NORMAL
 #undef LOG_SUBNORMAL_SCALE
