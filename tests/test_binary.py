@@ -81,6 +81,10 @@ def test_extreme_logits_keep_their_accuracy_and_special_values(simd_path, dtype)
         [0.0, 1e-30, 20.0, 30.0, -30.0, big, -big, 1e4, -1e4, np.inf, -np.inf, np.nan, 3.5, -3.5],
         dtype=dtype,
     )
+    # where exp(-|x|) crosses sqrt(2) - 1, log(1 + e)'s two forms meet
+    meet = np.float64(np.arcsinh(1.0)).astype(dtype)
+    beside = [np.nextafter(meet, dtype(0)), np.nextafter(meet, dtype(2))]
+    x = np.concatenate([x, [meet, -meet, *beside]])
     for target in (0.0, 1.0, 0.3):
         y = np.full_like(x, target)
         loss = fastce.binary_cross_entropy_with_logits(x, y, reduction="none")
@@ -114,6 +118,11 @@ def test_probabilities_at_the_edges(simd_path, dtype):
             np.nextafter(dtype(1), dtype(0)),
             0.999,
             0.25,
+            # where log(1 - p)'s three forms meet: 1 - sqrt(1/2) and 1/2
+            0.29289321881345248,
+            np.nextafter(dtype(0.29289321881345248), dtype(0)),
+            np.nextafter(dtype(0.29289321881345248), dtype(1)),
+            np.nextafter(dtype(0.5), dtype(1)),
         ],
         dtype=dtype,
     )
