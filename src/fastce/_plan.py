@@ -373,7 +373,7 @@ def plan_binary(
         grad_output=go,
         out=out if want_grad else None,
         threads=threads,
-        want_loss=want_loss or not want_grad,
+        want_loss=want_loss,
     )
 
 
@@ -595,7 +595,8 @@ def _execute_binary(plan: BinaryPlan) -> tuple[Any, Any, Any, Any]:
     shape = plan.x.shape
     n = plan.x.size
     xf = plan.flat
-    loss_arr = np.empty(shape, dtype=dtype) if plan.reduction == "none" else None
+    # a gradient alone has no per-element losses to return
+    loss_arr = np.empty(shape, dtype=dtype) if plan.reduction == "none" and plan.want_loss else None
     grad = grad_flat = None
     buffered = False
     operands = plan.operands
@@ -634,9 +635,11 @@ def _execute_binary(plan: BinaryPlan) -> tuple[Any, Any, Any, Any]:
             None if loss_arr is None else loss_arr.reshape(-1),
             grad_flat,
             plan.threads,
-            plan.want_loss or loss_arr is not None,
+            plan.want_loss,
         )
     if buffered:
         cast("npt.NDArray[Any]", grad)[...] = cast("npt.NDArray[Any]", grad_flat).reshape(shape)
+    if not plan.want_loss:
+        return None, grad, None, None
     loss = loss_arr if loss_arr is not None else _reduce(total, float(n), plan.reduction, dtype)
     return loss, grad, None, None

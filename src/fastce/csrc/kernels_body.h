@@ -791,18 +791,26 @@ static void KNAME_ISA(half_to_f32)(const uint16_t *src, ptrdiff_t n, float *dst,
 #define LN2_LO FASTCE_EXPF_LN2_LO
 #endif
 
-/* 2 atanh(z) = log((1 + z) / (1 - z)) = 2z + 2z z^2 P(z^2), P's coefficients
- * 1/3, 1/5, ..., 1/(2 terms + 1).  P is evaluated by Estrin's scheme (pairs of
- * coefficients, then pairs of pairs, with z^2, z^4, ...): the chain of
- * dependent operations grows with log2(terms), not with terms, and it follows
- * a division already.  The callers' term counts leave out only terms below
- * half an ulp of the result for their bound on |z|. */
-VINLINE V KNAME(two_atanh)(V z, int terms) {
+/* the terms of two_atanh: for |z| <= 0.1716, the logarithm's reduced range,
+ * the first one left out (z^23 in double, z^13 in float) is below half an ulp
+ * of the result */
+#ifdef FASTCE_F64
+#define ATANH_TERMS 10
+#else
+#define ATANH_TERMS 5
+#endif
+
+/* 2 atanh(z) = log((1 + z) / (1 - z)) = 2z + 2z z^2 P(z^2) for |z| <= 0.1716,
+ * P's coefficients 1/3, 1/5, ..., 1/(2 ATANH_TERMS + 1).  P is evaluated by
+ * Estrin's scheme (pairs of coefficients, then pairs of pairs, with z^2, z^4,
+ * ...): the chain of dependent operations grows with log2 of the terms, not
+ * with the terms, and it follows a division already. */
+VINLINE V KNAME(two_atanh)(V z) {
     V z2 = VOP(mul)(z, z);
-    V q[16];
-    for (int j = 0; j < terms; j++) q[j] = VOP(set1)((T)1 / (T)(2 * j + 3));
+    V q[ATANH_TERMS];
+    for (int j = 0; j < ATANH_TERMS; j++) q[j] = VOP(set1)((T)1 / (T)(2 * j + 3));
     V power = z2;
-    for (int len = terms; len > 1; len = (len + 1) / 2) {
+    for (int len = ATANH_TERMS; len > 1; len = (len + 1) / 2) {
         for (int i = 0; i < len / 2; i++) q[i] = VOP(fma)(q[2 * i + 1], power, q[2 * i]);
         if (len % 2) q[len / 2] = q[len - 1];
         power = VOP(mul)(power, power);
@@ -810,14 +818,6 @@ VINLINE V KNAME(two_atanh)(V z, int terms) {
     V two_z = VOP(add)(z, z);
     return VOP(fma)(two_z, VOP(mul)(z2, q[0]), two_z);
 }
-
-/* terms of two_atanh for |z| <= 0.1716, the logarithm's reduced range (to
- * z^21 in double, z^11 in float) */
-#ifdef FASTCE_F64
-#define ATANH_TERMS_LOG 10
-#else
-#define ATANH_TERMS_LOG 5
-#endif
 
 /* log(1 + e) for e in [0, 1]: 2 atanh(e / (2 + e)) up to sqrt(2) - 1, and
  * above it ln 2 + 2 atanh((e - 1) / (e + 3)), the logarithm of (1 + e) / 2,
@@ -828,7 +828,7 @@ VINLINE V KNAME(vlog1p_unit)(V e) {
     M high = VOP(gt)(e, VOP(set1)(0.41421356237309503));
     V num = VOP(select)(high, VOP(sub)(e, one), e);
     V den = VOP(add)(e, VOP(select)(high, VOP(set1)(3), VOP(set1)(2)));
-    V log_f = KNAME(two_atanh)(VOP(div)(num, den), ATANH_TERMS_LOG);
+    V log_f = KNAME(two_atanh)(VOP(div)(num, den));
     V k = VOP(keep)(high, one);
     return VOP(fma)(k, VOP(set1)(LN2_HI), VOP(fma)(k, VOP(set1)(LN2_LO), log_f));
 }
@@ -852,7 +852,7 @@ VINLINE V KNAME(vlog)(V s) {
     V f = KNAME(split_near_one)(VOP(select)(tiny, VOP(mul)(s, VOP(set1)(LOG_SUBNORMAL_SCALE)), s),
                                 &exponent);
     exponent = VOP(sub)(exponent, VOP(keep)(tiny, VOP(set1)(LOG_SUBNORMAL_EXP)));
-    V log_f = KNAME(two_atanh)(VOP(div)(VOP(sub)(f, one), VOP(add)(f, one)), ATANH_TERMS_LOG);
+    V log_f = KNAME(two_atanh)(VOP(div)(VOP(sub)(f, one), VOP(add)(f, one)));
     V r = VOP(fma)(exponent, VOP(set1)(LN2_HI), VOP(fma)(exponent, VOP(set1)(LN2_LO), log_f));
     r = VOP(select)(VOP(eq)(s, VOP(zero)()), VOP(set1)(-INFINITY), r);
     return VOP(select)(VOP(lt)(s, VOP(set1)(INFINITY)), r, s);
@@ -876,7 +876,7 @@ VINLINE V KNAME(vlog1m)(V p) {
     num = VOP(select)(low, VOP(sub)(VOP(zero)(), p), num);
     den = VOP(select)(low, VOP(sub)(VOP(set1)(2), p), den);
     exponent = VOP(drop)(low, exponent);
-    V log_f = KNAME(two_atanh)(VOP(div)(num, den), ATANH_TERMS_LOG);
+    V log_f = KNAME(two_atanh)(VOP(div)(num, den));
     V r = VOP(fma)(exponent, VOP(set1)(LN2_HI), VOP(fma)(exponent, VOP(set1)(LN2_LO), log_f));
     r = VOP(select)(VOP(eq)(u, VOP(zero)()), VOP(set1)(-INFINITY), r);
     return VOP(select)(VOP(lt)(u, VOP(set1)(INFINITY)), r, u);
@@ -1116,7 +1116,7 @@ static double KNAME(bce_probs)(const T *x, const T *y, const T *w, ptrdiff_t n, 
 }
 
 #undef FASTCE_ELEMENTWISE_SUM
-#undef ATANH_TERMS_LOG
+#undef ATANH_TERMS
 #undef LOG_MIN_NORMAL
 #undef LOG_SUBNORMAL_SCALE
 #undef LOG_SUBNORMAL_EXP
