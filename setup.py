@@ -134,7 +134,7 @@ VECTOR_HEADERS = [
 extensions = [
     Extension(
         "fastce._kernels",
-        ["src/fastce/_kernels.pyx"] + VECTOR_LAYER,
+        ["src/fastce/_kernels.pyx", "src/fastce/csrc/result_pool.c"] + VECTOR_LAYER,
         include_dirs=[np.get_include(), "src/fastce"],
         depends=VECTOR_HEADERS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],

@@ -9,7 +9,13 @@ import os as _os
 if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "10000"
 
-from ._config import get_num_threads, set_num_threads, show_config
+from ._config import (
+    get_num_threads,
+    get_result_cache_bytes,
+    set_num_threads,
+    set_result_cache_bytes,
+    show_config,
+)
 from .functional import (
     CrossEntropyLoss,
     binary_cross_entropy,
@@ -48,12 +54,14 @@ __all__ = [
     "evaluate_linear",
     "fit_temperature",
     "get_num_threads",
+    "get_result_cache_bytes",
     "linear_cross_entropy",
     "linear_cross_entropy_with_grad",
     "log_softmax",
     "logsumexp",
     "nll_loss",
     "set_num_threads",
+    "set_result_cache_bytes",
     "show_config",
     "softmax",
 ]

@@ -3,12 +3,14 @@
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import DTypeLike, NDArray
 
 LOG_SOFTMAX: int
 SOFTMAX: int
 LOGSUMEXP: int
 STREAMED_OUT_BYTES: int
+KEPT_RESULT_MIN_BYTES: int
+KEPT_RESULT_DEFAULT_LIMIT: int
 TILE_SIZE: int
 # the C functions other extensions cimport (see _kernels.pxd), as capsules
 __pyx_capi__: dict[str, object]
@@ -29,6 +31,11 @@ def simd_isa() -> str: ...
 def tile_log(s: NDArray[np.float64]) -> NDArray[np.float64]: ...
 def forked_child_serial() -> bool: ...
 def block_rows(C: int) -> int: ...
+def new_result(
+    shape: tuple[int, ...], dtype: DTypeLike, like: NDArray[Any] | None = ...
+) -> tuple[NDArray[Any], bool]: ...
+def set_kept_result_limit(n_bytes: int) -> None: ...
+def kept_result_bytes() -> tuple[int, int]: ...
 def cross_entropy_index(
     x: _Logits,
     target: NDArray[_Index],
@@ -42,7 +49,7 @@ def cross_entropy_index(
     denominator: float,
     grad: NDArray[_Float] | None,
     num_threads: int = ...,
-    grad_given: bool = ...,
+    grad_written_before: bool = ...,
     logit_scale: float = ...,
     softcap: float = ...,
     z_loss: float = ...,
@@ -69,7 +76,7 @@ def cross_entropy_probs(
     denominator: float,
     grad: NDArray[_Float] | None,
     num_threads: int = ...,
-    grad_given: bool = ...,
+    grad_written_before: bool = ...,
     logit_scale: float = ...,
     softcap: float = ...,
     z_loss: float = ...,
@@ -82,7 +89,7 @@ def softmax_family(
     reduced_out: NDArray[_Float] | None,
     out: NDArray[_Float] | None,
     num_threads: int = ...,
-    out_given: bool = ...,
+    out_written_before: bool = ...,
 ) -> None: ...
 def nll_loss_kernel(
     log_probs: _Logits,

@@ -35,6 +35,7 @@ declines (returns None) any other call, which then takes the validating path.
 """
 
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.pycapsule cimport PyCapsule_New
 from cython.parallel cimport prange, threadid
 from libc.math cimport log, isinf, NAN
 from libc.stdlib cimport malloc, free
@@ -125,6 +126,66 @@ def set_thread_limit(int n):
 def compile_args():
     """The compiler flags the extension was built with."""
     return FASTCE_COMPILE_ARGS.decode()
+
+
+# --------------------------------------------------------------------------
+# Memory of large results, kept for the next when NumPy frees them
+# --------------------------------------------------------------------------
+
+cdef extern from "csrc/result_pool.h":
+    ctypedef struct PyDataMem_Handler:
+        pass
+    PyDataMem_Handler fastce_result_handler
+    size_t FASTCE_POOL_MIN_BYTES
+    size_t FASTCE_POOL_DEFAULT_LIMIT
+    int fastce_result_pool_init() except -1
+    void fastce_result_pool_set_limit(size_t n_bytes) noexcept
+    size_t fastce_result_pool_limit() noexcept
+    size_t fastce_result_pool_held() noexcept
+    int fastce_result_pool_took_kept() noexcept
+
+cdef extern from "numpy/arrayobject.h":
+    object PyDataMem_SetHandler(object handler)
+
+fastce_result_pool_init()
+cdef object RESULT_HANDLER = PyCapsule_New(<void*>&fastce_result_handler, "mem_handler", NULL)
+
+# results of fewer bytes are allocated as NumPy allocates any array
+KEPT_RESULT_MIN_BYTES = FASTCE_POOL_MIN_BYTES
+KEPT_RESULT_DEFAULT_LIMIT = FASTCE_POOL_DEFAULT_LIMIT
+
+
+def new_result(object shape, object dtype, object like=None):
+    """A new array for a per-class or per-element result: ``np.empty(shape,
+    dtype)``, or laid out as ``like`` (``np.empty_like``, order "K") when
+    given; and whether its memory is a freed result's, so written before and
+    out of the caches, rather than pages the operating system zeroes as they
+    are first touched.  A result of at least ``KEPT_RESULT_MIN_BYTES`` takes
+    its memory from, and gives it back to, the kept blocks."""
+    cdef object previous
+    cdef Py_ssize_t n_bytes = np.dtype(dtype).itemsize
+    for extent in shape:
+        n_bytes *= extent
+    if n_bytes < <Py_ssize_t>FASTCE_POOL_MIN_BYTES:
+        result = np.empty(shape, dtype) if like is None else np.empty_like(like, dtype, order="K")
+        return result, False
+    fastce_result_pool_took_kept()
+    previous = PyDataMem_SetHandler(RESULT_HANDLER)
+    try:
+        result = np.empty(shape, dtype) if like is None else np.empty_like(like, dtype, order="K")
+    finally:
+        PyDataMem_SetHandler(previous)
+    return result, fastce_result_pool_took_kept() != 0
+
+
+def set_kept_result_limit(size_t n_bytes):
+    """Keep at most ``n_bytes`` of freed results; what is over is freed now."""
+    fastce_result_pool_set_limit(n_bytes)
+
+
+def kept_result_bytes():
+    """(bytes of freed results held now, the most that may be held)."""
+    return fastce_result_pool_held(), fastce_result_pool_limit()
 
 
 # --------------------------------------------------------------------------
@@ -445,29 +506,29 @@ cdef char* array_data(object a, int ndim, int typenum, Py_ssize_t* strides) exce
     return <char*>cnp.PyArray_DATA(arr)
 
 
-cdef void walk_output(Walk* w, object y, bint given) except *:
+cdef void walk_output(Walk* w, object y, bint written_before) except *:
     """Sets the walk's per-class output: ``y`` (or None), the logits' shape,
-    of their result dtype; ``given``: memory the caller handed in (out=)
-    rather than allocated for this call."""
+    of their result dtype; ``written_before``: memory written before (the
+    caller's out=, or a freed result's kept memory) rather than fresh pages."""
     cdef Py_ssize_t s[3]
-    walk_output_at(w, array_data(y, 3, result_typenum(w), s), s, given)
+    walk_output_at(w, array_data(y, 3, result_typenum(w), s), s, written_before)
 
 
 cdef inline void walk_output_at(Walk* w, char* y, const Py_ssize_t* strides,
-                                bint given) noexcept nogil:
+                                bint written_before) noexcept nogil:
     """walk_output's work on ``y`` (NULL: none) and its three element strides."""
     w.y = y
     if y != NULL:
         w.yo, w.yc, w.yi = strides[0], strides[1], strides[2]
-        w.stream_y = streams_output(w, given)
+        w.stream_y = streams_output(w, written_before)
 
 
-cdef inline bint streams_output(const Walk* w, bint given) noexcept nogil:
-    """Whether the walk's per-class output (``given`` as walk_output's) is
+cdef inline bint streams_output(const Walk* w, bint written_before) noexcept nogil:
+    """Whether the walk's per-class output (``written_before`` as walk_output's) is
     stored past the caches.  Only memory written before gains: the pages of a
     new allocation arrive zeroed and in cache, and a streamed store would
     first have to evict each line."""
-    return (given and not w.transform
+    return (written_before and not w.transform
             and w.work * (8 if w.dtype == DT_F64 else 4) >= STREAM_OUTPUT_BYTES)
 
 
@@ -1384,7 +1445,7 @@ cdef inline void ce_call_init(CECall* call) noexcept nogil:
 
 
 cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object lse_out, object z_out,
-                     object grad_output, object grad, bint grad_given) except *:
+                     object grad_output, object grad, bint grad_written_before) except *:
     """The per-sample losses, log-sum-exps and (float64) z-losses (or None),
     and the gradient (or None, given as walk_output's) with its grad_output:
     an (outer, inner) array, or (1, 1) for one value read at every sample."""
@@ -1396,7 +1457,7 @@ cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object lse_out, obj
     call.so, call.si = s[0], s[1]
     call.z_terms = <double*>array_data(z_out, 2, cnp.NPY_DOUBLE, s)
     call.zo, call.zi = s[0], s[1]
-    walk_output(w, grad, grad_given)
+    walk_output(w, grad, grad_written_before)
     call.gout = NULL
     call.go = call.gi = 0
     if w.y != NULL:
@@ -1409,7 +1470,7 @@ cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object lse_out, obj
 def cross_entropy_index(object x, object target, const double[::1] weight, double weight_sum,
                         double smoothing, int64_t ignore_index, bint has_ignore,
                         object loss_out, object grad_output, double denominator,
-                        object grad, int num_threads=0, bint grad_given=False,
+                        object grad, int num_threads=0, bint grad_written_before=False,
                         double logit_scale=1.0, double softcap=0.0, double z_loss=0.0,
                         object lse_out=None, object z_out=None):
     """Cross-entropy with class-index targets over an ``(outer, C, inner)``
@@ -1419,7 +1480,7 @@ def cross_entropy_index(object x, object target, const double[::1] weight, doubl
     ``target`` has shape ``(outer, inner)``, any integer dtype.  ``loss_out``
     (or None) receives the per-sample losses; ``grad`` (or None) receives
     ``grad_output / denominator`` times the gradient; both have the result
-    dtype (float32 for half logits); ``grad_given`` says it is memory the
+    dtype (float32 for half logits); ``grad_written_before`` says it is memory the
     caller handed in (out=).  ``weight`` is empty when there are no
     class weights.  The logits the loss sees are ``logit_scale * softcap *
     tanh(x / softcap)`` (``logit_scale * x`` for ``softcap`` 0), and the
@@ -1439,13 +1500,13 @@ def cross_entropy_index(object x, object target, const double[::1] weight, doubl
     ce_call_init(&call)
     ce_options(&call.opt, weight, weight_sum, smoothing, ignore_index, has_ignore, denominator,
                z_loss)
-    ce_outputs(&w, &call, loss_out, lse_out, z_out, grad_output, grad, grad_given)
+    ce_outputs(&w, &call, loss_out, lse_out, z_out, grad_output, grad, grad_written_before)
     return walk_total(&w, &CE_BODY, &call, True, 0)
 
 
 def cross_entropy_probs(object x, object probs, const double[::1] weight, double smoothing,
                         object loss_out, object grad_output, double denominator, object grad,
-                        int num_threads=0, bint grad_given=False, double logit_scale=1.0,
+                        int num_threads=0, bint grad_written_before=False, double logit_scale=1.0,
                         double softcap=0.0, double z_loss=0.0, object lse_out=None,
                         object z_out=None):
     """Cross-entropy with probability targets ``probs`` (the shape of ``x``,
@@ -1462,7 +1523,7 @@ def cross_entropy_probs(object x, object probs, const double[::1] weight, double
     call.p = array_data(probs, 3, result_typenum(&w), s)
     call.po, call.pc, call.pi = s[0], s[1], s[2]
     ce_options(&call.opt, weight, 0.0, smoothing, 0, False, denominator, z_loss)
-    ce_outputs(&w, &call, loss_out, lse_out, z_out, grad_output, grad, grad_given)
+    ce_outputs(&w, &call, loss_out, lse_out, z_out, grad_output, grad, grad_written_before)
     # rows of few classes stay rows: their probabilities would need the same transposition
     return walk_total(&w, &CE_BODY, &call, False, 0)
 
@@ -1555,8 +1616,10 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
                            &bad_value, &counted)
     if bad >= 0:
         return None
+    cdef bint grad_written_before = out is not None
     if want_grad and out is None:
-        grad = np.empty((n, n_classes), dtype=_float32 if xtype == cnp.NPY_FLOAT else _float64)
+        grad, grad_written_before = new_result(
+            (n, n_classes), _float32 if xtype == cnp.NPY_FLOAT else _float64)
     cdef double denominator = counted if mean else 1.0
     cdef double grad_output = 1.0
     cdef Py_ssize_t row_strides[3]
@@ -1565,7 +1628,7 @@ def cross_entropy_common(object logits, object target, bint mean, int64_t ignore
               n_classes, 1, 1)
     w.threads = num_threads
     walk_output_at(&w, <char*>cnp.PyArray_DATA(grad) if want_grad else NULL, row_strides,
-                   out is not None)
+                   grad_written_before)
     ce_call_init(&call)
     call.gout = &grad_output
     ce_options(&call.opt, NO_CLASS_WEIGHTS, <double>n_classes, 0.0, ignore_index, True,
@@ -1692,11 +1755,11 @@ cdef Body SOFTMAX_BODY = make_body(
 
 
 def softmax_family(object x, int op, object reduced_out, object out, int num_threads=0,
-                   bint out_given=False):
+                   bint out_written_before=False):
     """``op`` (LOG_SOFTMAX, SOFTMAX or LOGSUMEXP) over the class axis of an
     ``(outer, C, inner)`` view (float32, float64, float16 or bfloat16).
     log_softmax and softmax write ``out`` (the shape of ``x``, the result
-    dtype; it may be ``x`` itself; ``out_given``: memory the caller handed in);
+    dtype; it may be ``x`` itself; ``out_written_before``: as walk_output's);
     logsumexp writes ``reduced_out`` of shape ``(outer, inner)``.  The caller
     guarantees ``C > 0`` and at least one sample."""
     cdef Walk w
@@ -1710,7 +1773,7 @@ def softmax_family(object x, int op, object reduced_out, object out, int num_thr
         call.ro, call.ri = s[0], s[1]
     else:
         call.reduced = NULL
-        walk_output(&w, out, out_given)
+        walk_output(&w, out, out_written_before)
     walk_total(&w, &SOFTMAX_BODY, &call, True, 0)
 
 

@@ -411,29 +411,32 @@ def _disjoint_aligned(a: _A | None, written: npt.NDArray[Any] | None) -> _A | No
 
 def _class_output(
     out: npt.NDArray[Any] | None, x: np.ndarray, x3: np.ndarray, dtype: np.dtype[Any]
-) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any], bool]:
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any], bool, bool]:
     """The array a per-class result (a gradient, softmax, log_softmax) is
     returned in: ``out`` (checked), or a new array of ``dtype`` laid out as
     the logits ``x``; its ``(outer, C, inner)`` view the kernel writes; the
     logits view to read, copied when ``out`` overlaps it without being it;
-    and whether the view is a separate buffer, to be copied into ``out``
-    afterwards because ``out``'s strides admit no such view."""
+    whether the view is a separate buffer, to be copied into ``out``
+    afterwards because ``out``'s strides admit no such view; and whether the
+    view's memory was written before (``out``, or a freed result's kept
+    memory) rather than fresh pages."""
     if out is None:
         # C order costs less to allocate, and is what order="K" gives for it
-        c_order = x.flags.c_contiguous
-        result = np.empty(x.shape, dtype) if c_order else np.empty_like(x, dtype, order="K")
+        like = None if x.flags.c_contiguous else x
+        result, written_before = _kernels.new_result(x.shape, dtype, like)
         view = writable_view(result, x3.shape)
         if view is None:
-            result = np.empty(x.shape, dtype=dtype)
+            result, written_before = _kernels.new_result(x.shape, dtype)
             view = result.reshape(x3.shape)
-        return result, view, x3, False
+        return result, view, x3, False, written_before
     view = writable_view(out, x3.shape)
     buffered = view is None or not view.flags.aligned
+    written_before = True
     if view is None or buffered:
-        view = np.empty(x3.shape, dtype=dtype)
+        view, written_before = _kernels.new_result(x3.shape, dtype)
     if np.may_share_memory(view, x3) and not _same_memory_layout(view, x3):
         x3 = x3.copy()
-    return out, view, x3, buffered
+    return out, view, x3, buffered, written_before
 
 
 def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any, Any]:
@@ -473,9 +476,9 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any, Any]:
     # float64: summed into the reduced z-loss as the kernels sum the loss
     z_terms = np.zeros(z_loss_shape) if z_loss_shape is not None else None
     per_class = per_class3 = None
-    buffered = False
+    buffered = written_before = False
     if wants_per_class:
-        per_class, per_class3, x3, buffered = _class_output(out, x, x3, dtype)
+        per_class, per_class3, x3, buffered, written_before = _class_output(out, x, x3, dtype)
     written = per_class3
     total = 0.0
     if outer * inner and n_classes:
@@ -506,9 +509,6 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any, Any]:
             z2 = outer_as_inner(z2)
             go2 = outer_as_inner(go2)
             per_class3 = outer_as_inner(per_class3)
-        # an out= of the caller's is written past the caches when large; a new
-        # result is not (its fresh pages are in cache)
-        given = out is not None and np.may_share_memory(written, out)
         if kernel == CROSS_ENTROPY_INDEX:
             weight_total = float(weight.sum()) if weight.size else float(n_classes)
             total = _kernels.cross_entropy_index(
@@ -524,7 +524,7 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any, Any]:
                 denominator,
                 per_class3,
                 threads,
-                given,
+                written_before,
                 *transform,
                 lse2,
                 z2,
@@ -540,7 +540,7 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any, Any]:
                 denominator,
                 per_class3,
                 threads,
-                given,
+                written_before,
                 *transform,
                 lse2,
                 z2,
@@ -562,7 +562,7 @@ def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any, Any]:
                 per_sample2,
                 per_class3,
                 threads,
-                out_given=given,
+                out_written_before=written_before,
             )
     elif per_sample is not None and kernel == LOGSUMEXP:
         per_sample.fill(-np.inf)  # log(sum(exp([]))) of a sample without classes
@@ -596,18 +596,22 @@ def _execute_binary(plan: BinaryPlan) -> tuple[Any, Any, Any, Any]:
     n = plan.x.size
     xf = plan.flat
     # a gradient alone has no per-element losses to return
-    loss_arr = np.empty(shape, dtype=dtype) if plan.reduction == "none" and plan.want_loss else None
+    loss_arr = (
+        _kernels.new_result(shape, dtype)[0]
+        if plan.reduction == "none" and plan.want_loss
+        else None
+    )
     grad = grad_flat = None
     buffered = False
     operands = plan.operands
     scale = 1.0
     go_flat: npt.NDArray[Any] | None = None
     if plan.grad_output is not None:
-        grad = plan.out if plan.out is not None else np.empty(shape, dtype=dtype)
+        grad = plan.out if plan.out is not None else _kernels.new_result(shape, dtype)[0]
         grad_flat = writable_view(grad, (n,))
         buffered = grad_flat is None or not grad_flat.flags.c_contiguous
         if grad_flat is None or buffered:
-            grad_flat = np.empty(n, dtype=dtype)  # written here, then copied into out
+            grad_flat = _kernels.new_result((n,), dtype)[0]  # written here, then copied into out
         elif np.may_share_memory(grad_flat, xf) and not _same_memory_layout(grad_flat, xf):
             xf = xf.copy()
         go = plan.grad_output
