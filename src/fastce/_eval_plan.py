@@ -433,9 +433,11 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
         needs_samples = (
             totals.kl_samples is not None or totals.calibration is not None or seg2 is not None
         )
-        counted = (
-            (t_block != ignore_value).reshape(-1) if has_ignore and needs_samples else slice(None)
-        )
+        counted: NDArray[np.bool_] | slice = slice(None)
+        if has_ignore and needs_samples:
+            not_ignored = (t_block != ignore_value).reshape(-1)
+            if not not_ignored.all():  # else a slice, which takes views, not copies
+                counted = not_ignored
         if totals.kl_samples is not None and kl_block is not None:
             totals.kl_samples.append(kl_block.reshape(-1)[counted].astype(np.float64))
         for scan, scale in zip(totals.scans, scan_scales):

@@ -110,17 +110,19 @@ class GroupTotals:
         """Adds the counted tokens of a block (1-d arrays, ids among ``ids``):
         their ranks, losses, target weights and target log-probabilities.
         A rank of ``n_classes`` marks a row without probabilities, never a hit."""
-        g = self.ids.size
-        group = np.searchsorted(self.ids, segments)
-        self.count += np.bincount(group, minlength=g)
-        self.top1 += np.bincount(group[rank == 0], minlength=g)
-        for j, k in enumerate(self.topk):
-            self.correct[:, j] += np.bincount(group[rank < min(k, n_classes)], minlength=g)
-        _metrics.group_sums(
-            group,
-            loss.astype(np.float64),
+        if loss.dtype != logprob.dtype or loss.dtype not in (np.float32, np.float64):
+            loss, logprob = loss.astype(np.float64), logprob.astype(np.float64)
+        _metrics.group_fold(
+            self.ids,
+            np.ascontiguousarray(segments, dtype=np.int64),
+            np.ascontiguousarray(rank, dtype=np.int64),
+            np.array([min(k, n_classes) for k in self.topk], dtype=np.int64),
+            np.ascontiguousarray(loss),
             np.ascontiguousarray(target_weight, dtype=np.float64),
-            logprob.astype(np.float64),
+            np.ascontiguousarray(logprob),
+            self.count,
+            self.top1,
+            self.correct,
             self.sums,
         )
 

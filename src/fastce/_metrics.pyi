@@ -70,4 +70,17 @@ def group_sums(
     logprob: NDArray[np.float64],
     sums: NDArray[np.float64],
 ) -> None: ...
+def group_fold(
+    ids: NDArray[np.int64],
+    segments: NDArray[np.int64],
+    rank: NDArray[np.int64],
+    hit_below: NDArray[np.int64],
+    loss: NDArray[_Float],
+    weight: NDArray[np.float64],
+    logprob: NDArray[_Float],
+    count: NDArray[np.int64],
+    top1: NDArray[np.int64],
+    correct: NDArray[np.int64],
+    sums: NDArray[np.float64],
+) -> None: ...
 def column_sums(values: NDArray[np.float64], sums: NDArray[np.float64]) -> None: ...

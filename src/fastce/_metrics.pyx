@@ -704,6 +704,58 @@ def group_sums(const int64_t[::1] group,
             dd_add(&sums[g, 2, 0], logprob[n])
 
 
+def group_fold(const int64_t[::1] ids,
+               const int64_t[::1] segments,
+               const int64_t[::1] rank,
+               const int64_t[::1] hit_below,
+               const floating[::1] loss,
+               const double[::1] weight,
+               const floating[::1] logprob,
+               int64_t[::1] count,
+               int64_t[::1] top1,
+               int64_t[:, ::1] correct,
+               double[:, :, ::1] sums):
+    """Adds counted samples to the totals of their groups, ``g`` the position
+    of the sample's segment among the sorted ``ids``, in sample order: one to
+    ``count[g]``, a top-1 hit (rank 0) to ``top1[g]``, a rank below
+    ``hit_below[j]`` to ``correct[g, j]``, and the loss, target weight and
+    target log-probability to the double-double ``sums[g, q]`` (as
+    group_sums).  The caller has checked that the arrays have one length
+    and the totals one row per id."""
+    cdef Py_ssize_t n, g = 0, j, lo, hi, mid, missing = -1
+    cdef Py_ssize_t n_ids = ids.shape[0]
+    cdef int64_t r, v
+    with nogil:
+        for n in range(segments.shape[0]):
+            v = segments[n]
+            if g >= n_ids or ids[g] != v:
+                # not the previous sample's group: a binary search (documents
+                # usually come in order, a group's tokens together)
+                lo, hi = 0, n_ids
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if ids[mid] < v:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                g = lo
+                if g >= n_ids or ids[g] != v:
+                    missing = n
+                    break
+            r = rank[n]
+            count[g] += 1
+            if r == 0:
+                top1[g] += 1
+            for j in range(hit_below.shape[0]):
+                if r < hit_below[j]:
+                    correct[g, j] += 1
+            dd_add(&sums[g, 0, 0], <double>loss[n])
+            dd_add(&sums[g, 1, 0], weight[n])
+            dd_add(&sums[g, 2, 0], <double>logprob[n])
+    if missing >= 0:
+        raise ValueError(f"internal: segment {segments[missing]} is not among the group ids")
+
+
 def column_sums(const double[:, ::1] values, double[:, ::1] sums):
     """Adds each column of ``values`` to its row of double-double totals
     ``sums`` (``sums[j]`` the (high, low) pair of column ``j``), in row
