@@ -182,15 +182,18 @@ class GroupTotals:
         )
 
 
-def _confidence_order(conf: NDArray[np.float64], hit: NDArray[np.bool_]) -> NDArray[np.intp]:
-    """The samples in increasing confidence, a miss before a hit of the same
-    confidence (whatever order they came in), NaN last: one sort of an integer
-    key, the bits of each confidence (never negative, so they order as the
-    numbers do) then the hit, where sorting by both keys took five times as long.
-    Samples equal in both keys are alike, so their order changes no sum."""
+def _in_confidence_order(
+    conf: NDArray[np.float64], hit: NDArray[np.bool_]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The confidences and hits (1.0 or 0.0) of the samples in increasing
+    confidence, a miss before a hit of the same confidence (whatever order
+    they came in), NaN last: one sort of an integer key, the bits of each
+    confidence (never negative, so they order as the numbers do) then the
+    hit, from which both come back.  Sorting by both keys took five times as
+    long, an argsort of the key and two gathers twice as long."""
     canonical = np.where(np.isnan(conf), np.nan, conf + 0.0)  # one NaN; no -0.0
-    key = (canonical.view(np.uint64) << np.uint64(1)) | hit.astype(np.uint64)
-    return np.argsort(key)
+    key = np.sort((canonical.view(np.uint64) << np.uint64(1)) | hit.astype(np.uint64))
+    return (key >> np.uint64(1)).view(np.float64), (key & np.uint64(1)).astype(np.float64)
 
 
 @dataclass(eq=False)
@@ -215,8 +218,7 @@ class CalibrationSamples:
         confidence), bin ``b`` the ``[b N / bins, (b + 1) N / bins)``-th."""
         conf = np.concatenate([np.zeros(0), *self.confidence])
         hit = np.concatenate([np.zeros(0, dtype=bool), *self.correct])
-        order = _confidence_order(conf, hit)
-        conf, hit = conf[order], hit[order].astype(np.float64)
+        conf, hit = _in_confidence_order(conf, hit)
         n = conf.size
         ends = conf if n else np.full(1, math.nan)  # an empty bin's bounds are NaN anyway
         cut = np.arange(bins + 1) * n // bins
