@@ -224,3 +224,14 @@ def test_results_made_and_freed_by_many_threads_stay_right():
     for thread in threads:
         thread.join()
     assert not failures
+
+
+def test_a_loop_that_rebinds_its_result_takes_turns_with_two_blocks():
+    # `p = softmax(x)` frees the previous p only after the new one is made
+    rng = np.random.default_rng(8)
+    addresses = []
+    for _ in range(6):
+        p = fastce.softmax(rng.standard_normal(SHAPE).astype(np.float32))
+        addresses.append(p.ctypes.data)
+    assert len(set(addresses)) == 2
+    assert addresses[2:] == addresses[:2] * 2
