@@ -30,6 +30,7 @@ static void *base_of(void *data) { return (char *)data - HEADER_BYTES; }
 static size_t capacity_of(void *data) { return *(size_t *)base_of(data); }
 
 static void *new_block(size_t capacity) {
+    if (capacity > (size_t)-1 - HEADER_BYTES) return NULL;
     void *base = malloc(HEADER_BYTES + capacity);
     if (base == NULL) return NULL;
     *(size_t *)base = capacity;
