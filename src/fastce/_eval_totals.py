@@ -46,7 +46,7 @@ def ratio_or_nan(a: float, b: float) -> float:
 # z of a two-sided 95 % normal interval
 _Z95 = 1.959963984540054
 
-# the quantities of a group's double-double sums, in group_sums' order
+# the quantities of a group's double-double sums, in group_fold's order
 _GROUP_LOSS, _GROUP_WEIGHT, _GROUP_LOGPROB = range(3)
 
 
@@ -517,12 +517,13 @@ def totals_of_samples(
     # the kernel's bins: conf * bins truncated, clamped; a NaN confidence in bin 0
     with np.errstate(invalid="ignore"):
         b = np.clip(np.nan_to_num(confidence * bins, nan=0.0), 0, bins - 1).astype(np.int64)
-    bin_sums = np.zeros((bins, 3, 2))
+    # the bins as groups: their counts, top-1 hits, top-k hits and summed confidences
+    bin_totals = GroupTotals.of_ids(topk, np.arange(bins, dtype=np.int64))
     zeros = np.zeros(n)
-    _metrics.group_sums(b, np.ascontiguousarray(confidence), zeros, zeros, bin_sums)
-    totals.sums[_BIN_ROWS:] = bin_sums[:, 0]
+    bin_totals.fold(b, rank, confidence.astype(np.float64), zeros, zeros, n_classes)
+    totals.sums[_BIN_ROWS:] = bin_totals.sums[:, _GROUP_LOSS]
     totals.samples = n
-    totals.bin_samples = np.bincount(b, minlength=bins)
-    totals.bin_correct = np.bincount(b[rank == 0], minlength=bins)
-    totals.correct = np.array([np.sum(rank < min(k, n_classes)) for k in topk], dtype=np.int64)
+    totals.bin_samples = bin_totals.count
+    totals.bin_correct = bin_totals.top1
+    totals.correct = bin_totals.correct.sum(axis=0)
     return totals

@@ -155,6 +155,10 @@ KEPT_RESULT_MIN_BYTES = FASTCE_POOL_MIN_BYTES
 KEPT_RESULT_DEFAULT_LIMIT = FASTCE_POOL_DEFAULT_LIMIT
 
 
+cdef inline object empty_result(object shape, object dtype, object like):
+    return np.empty(shape, dtype) if like is None else np.empty_like(like, dtype, order="K")
+
+
 def new_result(object shape, object dtype, object like=None):
     """A new array for a per-class or per-element result: ``np.empty(shape,
     dtype)``, or laid out as ``like`` (``np.empty_like``, order "K") when
@@ -167,12 +171,10 @@ def new_result(object shape, object dtype, object like=None):
     for extent in shape:
         n_bytes *= extent
     if n_bytes < <Py_ssize_t>FASTCE_POOL_MIN_BYTES:
-        result = np.empty(shape, dtype) if like is None else np.empty_like(like, dtype, order="K")
-        return result, False
-    fastce_result_pool_took_kept()
+        return empty_result(shape, dtype, like), False
     previous = PyDataMem_SetHandler(RESULT_HANDLER)
     try:
-        result = np.empty(shape, dtype) if like is None else np.empty_like(like, dtype, order="K")
+        result = empty_result(shape, dtype, like)
     finally:
         PyDataMem_SetHandler(previous)
     return result, fastce_result_pool_took_kept() != 0

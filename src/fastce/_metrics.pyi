@@ -63,13 +63,6 @@ def evaluate_index(
     reference: NDArray[_Float] | None = ...,
     kl_out: NDArray[_Float] | None = ...,
 ) -> tuple[NDArray[np.float64], Counts]: ...
-def group_sums(
-    group: NDArray[np.int64],
-    loss: NDArray[np.float64],
-    weight: NDArray[np.float64],
-    logprob: NDArray[np.float64],
-    sums: NDArray[np.float64],
-) -> None: ...
 def group_fold(
     ids: NDArray[np.int64],
     segments: NDArray[np.int64],

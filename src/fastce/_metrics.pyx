@@ -686,24 +686,6 @@ def evaluate_index(object x,
         rank_samples=counts[count_ranks_at(bins):count_ranks_at(bins) + ranks])
 
 
-def group_sums(const int64_t[::1] group,
-               const double[::1] loss,
-               const double[::1] weight,
-               const double[::1] logprob,
-               double[:, :, ::1] sums):
-    """Adds each sample's loss, target weight and target log-probability to
-    its group's double-double totals: ``sums[group[n], q]`` for the three
-    quantities ``q`` in that order, in sample order.  The caller has checked
-    that ``group`` indexes ``sums`` and that the arrays have one length."""
-    cdef Py_ssize_t n, g
-    with nogil:
-        for n in range(group.shape[0]):
-            g = group[n]
-            dd_add(&sums[g, 0, 0], loss[n])
-            dd_add(&sums[g, 1, 0], weight[n])
-            dd_add(&sums[g, 2, 0], logprob[n])
-
-
 def group_fold(const int64_t[::1] ids,
                const int64_t[::1] segments,
                const int64_t[::1] rank,
@@ -719,9 +701,9 @@ def group_fold(const int64_t[::1] ids,
     of the sample's segment among the sorted ``ids``, in sample order: one to
     ``count[g]``, a top-1 hit (rank 0) to ``top1[g]``, a rank below
     ``hit_below[j]`` to ``correct[g, j]``, and the loss, target weight and
-    target log-probability to the double-double ``sums[g, q]`` (as
-    group_sums).  The caller has checked that the arrays have one length
-    and the totals one row per id."""
+    target log-probability to the double-double ``sums[g, q]`` for the three
+    quantities ``q`` in that order.  The caller has checked that the arrays
+    have one length and the totals one row per id."""
     cdef Py_ssize_t n, g = 0, j, lo, hi, mid, missing = -1
     cdef Py_ssize_t n_ids = ids.shape[0]
     cdef int64_t r, v
