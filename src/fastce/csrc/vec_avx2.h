@@ -49,9 +49,11 @@ VINLINE __m256 v_avx2_f32_add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); 
 VINLINE __m256 v_avx2_f32_sub(__m256 a, __m256 b) { return _mm256_sub_ps(a, b); }
 VINLINE __m256 v_avx2_f32_mul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
 VINLINE __m256 v_avx2_f32_div(__m256 a, __m256 b) { return _mm256_div_ps(a, b); }
+VINLINE __m256 v_avx2_f32_recip(__m256 a) { return _mm256_div_ps(_mm256_set1_ps(1), a); }
 VINLINE __m256 v_avx2_f32_fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
 VINLINE __m256 v_avx2_f32_fnma(__m256 a, __m256 b, __m256 c) { return _mm256_fnmadd_ps(a, b, c); }
 VINLINE __m256 v_avx2_f32_max(__m256 a, __m256 b) { return _mm256_max_ps(a, b); }
+VINLINE __m256 v_avx2_f32_min(__m256 a, __m256 b) { return _mm256_min_ps(a, b); }
 VINLINE __m256 v_avx2_f32_eq(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
 VINLINE __m256 v_avx2_f32_gt(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
 VINLINE __m256 v_avx2_f32_lt(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
@@ -137,11 +139,13 @@ VINLINE __m256d v_avx2_f64_add(__m256d a, __m256d b) { return _mm256_add_pd(a, b
 VINLINE __m256d v_avx2_f64_sub(__m256d a, __m256d b) { return _mm256_sub_pd(a, b); }
 VINLINE __m256d v_avx2_f64_mul(__m256d a, __m256d b) { return _mm256_mul_pd(a, b); }
 VINLINE __m256d v_avx2_f64_div(__m256d a, __m256d b) { return _mm256_div_pd(a, b); }
+VINLINE __m256d v_avx2_f64_recip(__m256d a) { return _mm256_div_pd(_mm256_set1_pd(1), a); }
 VINLINE __m256d v_avx2_f64_fma(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
 VINLINE __m256d v_avx2_f64_fnma(__m256d a, __m256d b, __m256d c) {
     return _mm256_fnmadd_pd(a, b, c);
 }
 VINLINE __m256d v_avx2_f64_max(__m256d a, __m256d b) { return _mm256_max_pd(a, b); }
+VINLINE __m256d v_avx2_f64_min(__m256d a, __m256d b) { return _mm256_min_pd(a, b); }
 VINLINE __m256d v_avx2_f64_eq(__m256d a, __m256d b) { return _mm256_cmp_pd(a, b, _CMP_EQ_OQ); }
 VINLINE __m256d v_avx2_f64_gt(__m256d a, __m256d b) { return _mm256_cmp_pd(a, b, _CMP_GT_OQ); }
 VINLINE __m256d v_avx2_f64_lt(__m256d a, __m256d b) { return _mm256_cmp_pd(a, b, _CMP_LT_OQ); }
