@@ -478,8 +478,7 @@ cdef inline void walk_init(Walk* w, const char* x, int dtype, Py_ssize_t outer, 
 cdef void walk_transform(Walk* w, double logit_scale, double softcap) noexcept:
     """Sets the walk's logit transform: ``logit_scale * softcap * tanh(x /
     softcap)``, or ``logit_scale * x`` when ``softcap`` is 0; none when both
-    leave the logits as they are.  Before walk_output: a transformed walk
-    multiplies its output after the body wrote it, so never streams it."""
+    leave the logits as they are."""
     w.transform = softcap != 0.0 or logit_scale != 1.0
     w.t_outer = logit_scale * softcap if softcap != 0.0 else logit_scale
     w.t_inner = 1.0 / softcap if softcap != 0.0 else 0.0
@@ -530,8 +529,7 @@ cdef inline bint streams_output(const Walk* w, bint written_before) noexcept nog
     stored past the caches.  Only memory written before gains: the pages of a
     new allocation arrive zeroed and in cache, and a streamed store would
     first have to evict each line."""
-    return (written_before and not w.transform
-            and w.work * (8 if w.dtype == DT_F64 else 4) >= STREAM_OUTPUT_BYTES)
+    return written_before and w.work * (8 if w.dtype == DT_F64 else 4) >= STREAM_OUTPUT_BYTES
 
 
 cdef void targets_from(Targets* t, object target) except *:
@@ -718,7 +716,9 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.yc = w.yc
     p.unit = unit
     p.bf16 = w.dtype == DT_BF16
-    p.stream_y = w.stream_y
+    # a transform the body does not apply multiplies the output after the
+    # body wrote it, which would read a streamed output back from memory
+    p.stream_y = w.stream_y and (scaled_rows or not w.transform)
     p.after = NULL
     p.ahead = &ahead
     ahead.pending_y = NULL
