@@ -241,6 +241,25 @@ def test_outputs_streamed_past_the_caches_have_the_bits_of_allocated_ones(
     same_bits(out[~nan], expected[~nan], name)
 
 
+@pytest.mark.parametrize("transform", [{"softcap": 5.0}, {"temperature": 0.7}])
+def test_half_logits_gradient_streamed_past_the_caches(simd_path, transform):
+    # float16 rows converted, then transformed, into the thread's buffer; the
+    # float32 gradient stored past the caches against one in fresh memory
+    rng = np.random.default_rng(6)
+    shape = streamed_shape(np.float32, 1000)
+    x = (rng.standard_normal(shape) * 4).astype(np.float16)
+    t = rng.integers(0, 1000, shape[0])
+    t[::5] = -100
+    fastce.set_result_cache_bytes(0)
+    try:
+        expected = fastce.cross_entropy_grad(x, t, **transform)
+    finally:
+        fastce.set_result_cache_bytes(None)
+    out = np.full(shape, np.nan, np.float32)
+    assert fastce.cross_entropy_grad(x, t, out=out, **transform) is out
+    same_bits(out, expected, str(transform))
+
+
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("in_place", [False, True])

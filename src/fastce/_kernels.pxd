@@ -112,9 +112,10 @@ cdef extern from "csrc/dispatch.h":
         Py_ssize_t (*first_outside_unit_f64)(const double*, Py_ssize_t) noexcept nogil
         void (*transform_f32)(const float*, Py_ssize_t, float, float, float*) noexcept nogil
         void (*transform_f64)(const double*, Py_ssize_t, double, double, double*) noexcept nogil
-        void (*transform_grad_f32)(const float*, Py_ssize_t, float, float, float*) noexcept nogil
-        void (*transform_grad_f64)(const double*, Py_ssize_t, double, double,
-                                   double*) noexcept nogil
+        void (*transform_grad_f32)(const float*, Py_ssize_t, float, float, const float*, float*,
+                                   int) noexcept nogil
+        void (*transform_grad_f64)(const double*, Py_ssize_t, double, double, const double*,
+                                   double*, int) noexcept nogil
         void (*tile_log)(const double*, Py_ssize_t, double*) noexcept nogil
         void (*stream_fence)() noexcept nogil
         void (*half_to_f32)(const uint16_t*, Py_ssize_t, float*, int) noexcept nogil

@@ -615,10 +615,22 @@ cdef Py_ssize_t buffer_elements(const Walk* w, const Body* body) noexcept nogil:
         # transformed in the tile itself; half rows converted first
         n = TILE * SMALL_C if half else 0
     elif rows_buffered(w, body):
-        # and the row after them, read ahead
-        n = w.C * (half_rows_at_once(w.C) + 1 if half_rows_at_once(w.C) < w.block_rows
-                   else w.block_rows)
+        n = w.C * rows_held(w) * (2 if stages_output(w, body) else 1)
     return 2 * n if w.dtype == DT_F64 else n
+
+
+cdef inline Py_ssize_t rows_held(const Walk* w) noexcept nogil:
+    """Rows a thread's buffer holds for buffered_rows: a few at a time, and
+    the row after them, read ahead."""
+    return half_rows_at_once(w.C) + 1 if half_rows_at_once(w.C) < w.block_rows else w.block_rows
+
+
+cdef inline bint stages_output(const Walk* w, const Body* body) noexcept nogil:
+    """Whether buffered rows under a transform the body does not apply have
+    the body write its output into the thread's buffer too, from which the
+    chain rule streams it past the caches: written in place, an output to be
+    streamed would be read in from memory first."""
+    return w.stream_y and w.transform and not scale_in_rows(w, body) and w.yc == 1
 
 
 cdef int walk_run(const Walk* w, const Body* body, const void* call, double* totals) except -1:
@@ -755,13 +767,20 @@ cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const
     when the walk has a transform the bodies do not apply; float32 and
     float64 rows transformed, or copied), small enough to be read back from
     the first-level cache; the output rows then take the transform's
-    derivative."""
+    derivative (in place, or from the buffer as they are streamed: see
+    stages_output)."""
     cdef Piece q = p[0]
     cdef bint transform_here = w.transform and not scale_in_rows(w, body)
+    cdef bint staged = stages_output(w, body)
     cdef Py_ssize_t start = 0, step = half_rows_at_once(p.C), converted
     cdef Py_ssize_t ysz = 8 if w.dtype == DT_F64 else 4
     cdef char* yrows
+    # the staged output rows follow the logit rows in the buffer
+    cdef float* stage32 = buffer + rows_held(w) * p.C
+    cdef double* stage64 = <double*>buffer + rows_held(w) * p.C
     q.xc, q.xs = 1, p.C
+    if staged:
+        q.yc, q.ys = 1, p.C
     while start < p.n:
         q.n = p.n - start if p.n - start < step else step
         q.o = p.o + start * p.o_step
@@ -778,10 +797,15 @@ cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const
                 copy_rows(<const double*>x + start * p.xs, p.xs, p.xc, converted, p.C,
                           <double*>buffer, p.C)
             q.after = <double*>buffer + q.n * p.C if converted > q.n else NULL
-            body.rows_f64(call, &q, <double*>buffer, <double*>yrows, total)
-            if yrows != NULL and transform_here:
-                transform_grad_rows(w, <double*>buffer, p.C, q.n, p.C, <double*>yrows, p.ys,
-                                    p.yc)
+            if staged:
+                body.rows_f64(call, &q, <double*>buffer, stage64, total)
+                transform_grad_streamed(w, <double*>buffer, q.n, p.C, stage64, <double*>yrows,
+                                        p.ys)
+            else:
+                body.rows_f64(call, &q, <double*>buffer, <double*>yrows, total)
+                if yrows != NULL and transform_here:
+                    transform_grad_rows(w, <double*>buffer, p.C, q.n, p.C, <double*>yrows, p.ys,
+                                        p.yc)
             start += q.n
             continue
         if w.dtype == DT_F32 and transform_here:
@@ -795,9 +819,13 @@ cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const
             if transform_here:
                 transform_values(w, buffer, converted * p.C, buffer)
         q.after = buffer + q.n * p.C if converted > q.n else NULL
-        body.rows_f32(call, &q, buffer, <float*>yrows, total)
-        if yrows != NULL and transform_here:
-            transform_grad_rows(w, buffer, p.C, q.n, p.C, <float*>yrows, p.ys, p.yc)
+        if staged:
+            body.rows_f32(call, &q, buffer, stage32, total)
+            transform_grad_streamed(w, buffer, q.n, p.C, stage32, <float*>yrows, p.ys)
+        else:
+            body.rows_f32(call, &q, buffer, <float*>yrows, total)
+            if yrows != NULL and transform_here:
+                transform_grad_rows(w, buffer, p.C, q.n, p.C, <float*>yrows, p.ys, p.yc)
         start += q.n
 
 
@@ -868,15 +896,29 @@ cdef void transform_grad_rows(const Walk* w, const floating* t, Py_ssize_t ts, P
     cdef Py_ssize_t k, c
     for k in range(n):
         if gc == 1:
-            if floating is float:
-                fastce_active_ops.transform_grad_f32(t + k * ts, C, <float>w.t_outer,
-                                                     <float>w.t_inner, g + k * gs)
-            else:
-                fastce_active_ops.transform_grad_f64(t + k * ts, C, w.t_outer, w.t_inner,
-                                                     g + k * gs)
+            chain_row(w, t + k * ts, C, g + k * gs, g + k * gs, False)
         else:
             for c in range(C):
                 chain_rule(w, &g[k * gs + c * gc], t[k * ts + c])
+
+
+cdef void transform_grad_streamed(const Walk* w, const floating* t, Py_ssize_t n, Py_ssize_t C,
+                                  const floating* g, floating* out,
+                                  Py_ssize_t os) noexcept nogil:
+    """transform_grad_rows of ``n`` contiguous rows ``g`` (``t``'s layout),
+    stored past the caches into the rows of ``out``, ``os`` apart."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        chain_row(w, t + k * C, C, g + k * C, out + k * os, True)
+
+
+cdef inline void chain_row(const Walk* w, const floating* t, Py_ssize_t C, const floating* g,
+                           floating* out, bint stream) noexcept nogil:
+    if floating is float:
+        fastce_active_ops.transform_grad_f32(t, C, <float>w.t_outer, <float>w.t_inner, g, out,
+                                             stream)
+    else:
+        fastce_active_ops.transform_grad_f64(t, C, w.t_outer, w.t_inner, g, out, stream)
 
 
 cdef inline Py_ssize_t half_rows_at_once(Py_ssize_t C) noexcept nogil:

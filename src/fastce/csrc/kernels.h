@@ -74,7 +74,7 @@ typedef struct {
                               int);                                                               \
     ptrdiff_t (*first_outside_unit_##SFX)(const T *, ptrdiff_t);                                  \
     void (*transform_##SFX)(const T *, ptrdiff_t, T, T, T *);                                     \
-    void (*transform_grad_##SFX)(const T *, ptrdiff_t, T, T, T *);
+    void (*transform_grad_##SFX)(const T *, ptrdiff_t, T, T, const T *, T *, int);
 
 typedef struct {
     FASTCE_KERNEL_FIELDS(float, f32)

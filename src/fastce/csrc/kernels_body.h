@@ -1057,10 +1057,6 @@ static void KNAME(transform)(const T *x, ptrdiff_t n, T outer, T inner, T *y) {
     }
 }
 
-/* g *= dy/dx at each transformed value y (transform's outer and inner):
- * outer * inner * (1 - (y / outer)^2) for a soft-cap, outer without one.
- * A zero g stays zero: an ignored sample's gradient is 0 even where its
- * logit is NaN. */
 /* the transform's slope at one vector of transformed values y */
 VINLINE V KNAME(transform_slope)(V y, V slope, V inv_outer, int capped) {
     if (!capped) return slope; /* a constant: y, infinite or not, is not read */
@@ -1068,23 +1064,42 @@ VINLINE V KNAME(transform_slope)(V y, V slope, V inv_outer, int capped) {
     return VOP(mul)(slope, VOP(fnma)(t, t, VOP(set1)(1)));
 }
 
-static void KNAME(transform_grad)(const T *y, ptrdiff_t n, T outer, T inner, T *g) {
-    const V zero = VOP(zero)();
+/* g times the slope at y, of the elements k.. of the lanes in (all with full) */
+VINLINE V KNAME(chained_at)(const T *g, const T *y, ptrdiff_t k, M in, int full, V slope,
+                            V inv_outer, int capped) {
+    V gk = KNAME(load_in)(g + k, in, full);
+    V yk = KNAME(load_in)(y + k, in, full);
+    V chained = VOP(mul)(gk, KNAME(transform_slope)(yk, slope, inv_outer, capped));
+    return VOP(select)(VOP(eq)(gk, VOP(zero)()), gk, chained);
+}
+
+/* dst = g * dy/dx at each transformed value y (transform's outer and inner):
+ * outer * inner * (1 - (y / outer)^2) for a soft-cap, outer without one.
+ * A zero g stays zero: an ignored sample's gradient is 0 even where its
+ * logit is NaN.  dst may be g; with stream (dst apart from g and y), whole
+ * vectors go past the caches, as row_scaled_exp's. */
+static void KNAME(transform_grad)(const T *y, ptrdiff_t n, T outer, T inner, const T *g, T *dst,
+                                  int stream) {
     const int capped = inner != 0;
-    const V vslope = VOP(set1)(capped ? outer * inner : outer);
-    const V vinv = VOP(set1)(capped ? 1 / outer : 0);
+    const V vs = VOP(set1)(capped ? outer * inner : outer);
+    const V vi = VOP(set1)(capped ? 1 / outer : 0);
+    const M all = VOP(first)(L);
     ptrdiff_t k = 0;
-    for (; k + L <= n; k += L) {
-        V gk = VOP(load)(g + k);
-        V chained = VOP(mul)(gk, KNAME(transform_slope)(VOP(load)(y + k), vslope, vinv, capped));
-        VOP(store)(g + k, VOP(select)(VOP(eq)(gk, zero), gk, chained));
+    if (stream) {
+        k = KNAME(stream_head)(dst, n);
+        if (k > 0) {
+            M in = VOP(first)(k);
+            VOP(store_part)(dst, in, KNAME(chained_at)(g, y, 0, in, 0, vs, vi, capped));
+        }
+        for (; k + L <= n; k += L)
+            VOP(stream)(dst + k, KNAME(chained_at)(g, y, k, all, 1, vs, vi, capped));
+    } else {
+        for (; k + L <= n; k += L)
+            VOP(store)(dst + k, KNAME(chained_at)(g, y, k, all, 1, vs, vi, capped));
     }
     if (k < n) {
         M in = VOP(first)(n - k);
-        V gk = VOP(load_part)(g + k, in);
-        V chained =
-            VOP(mul)(gk, KNAME(transform_slope)(VOP(load_part)(y + k, in), vslope, vinv, capped));
-        VOP(store_part)(g + k, in, VOP(select)(VOP(eq)(gk, zero), gk, chained));
+        VOP(store_part)(dst + k, in, KNAME(chained_at)(g, y, k, in, 0, vs, vi, capped));
     }
 }
 
