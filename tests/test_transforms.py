@@ -280,8 +280,8 @@ def test_transformed_values_are_accurate(simd_path):
     x = np.concatenate(
         [np.linspace(-30, 30, 200001), tiny, -tiny, [0.0, -0.0, 0.624, 0.625, 0.626, 50.0, -50.0]]
     )
-    # float32's rational form rounds up to ten times, float64's split form twice
-    for dtype, max_ulp in ((np.float64, 3.0), (np.float32, 7.0)):
+    # float32's rational form rounds ten times, float64's split form a few
+    for dtype, max_ulp in ((np.float64, 3.0), (np.float32, 6.0)):
         xs = x.astype(dtype)
         with pytest.warns(RuntimeWarning, match="single class"):
             _, lse = fastce.cross_entropy(

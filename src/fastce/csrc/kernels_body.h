@@ -987,7 +987,7 @@ static ptrdiff_t KNAME(first_outside_unit)(const T *x, ptrdiff_t n) {
 #ifdef FASTCE_F64
 /* tanh(u) to about an ulp: a rational function below |u| = 0.625, where
  * 1 - e would cancel, and (1 - e) / (1 + e) with e = exp(-2|u|) above it
- * (Cephes' split), both forms dividing by the one reciprocal; NaN stays NaN. */
+ * (Cephes' split), one division serving both forms; NaN stays NaN. */
 VINLINE V KNAME(vtanh)(V u) {
     const V zero = VOP(zero)(), one = VOP(set1)(1);
     V a = VOP(max)(u, VOP(sub)(zero, u)); /* |u|; a NaN u gives NaN */
@@ -999,17 +999,17 @@ VINLINE V KNAME(vtanh)(V u) {
     V q = VOP(add)(s, VOP(set1)(1.12811678491632931402e2));
     q = VOP(fma)(q, s, VOP(set1)(2.23548839060100448583e3));
     q = VOP(fma)(q, s, VOP(set1)(4.84406305325125486048e3));
-    V r = VOP(recip)(VOP(select)(small, q, VOP(add)(one, e)));
-    V t = VOP(select)(small, VOP(fma)(VOP(mul)(a, s), VOP(mul)(p, r), a),
-                      VOP(mul)(VOP(sub)(one, e), r));
+    V d = VOP(div)(VOP(select)(small, VOP(mul)(VOP(mul)(a, s), p), VOP(sub)(one, e)),
+                   VOP(select)(small, q, VOP(add)(one, e)));
+    V t = VOP(select)(small, VOP(add)(a, d), d);
     return VOP(select)(VOP(lt)(u, zero), VOP(sub)(zero, t), t);
 }
 #else
-/* tanh(u) within 6 ulp (7 without fused multiply-adds): u P(u^2) / Q(u^2),
- * a rational minimax fit of relative error 2.1e-8 on [-9, 9], u clamped
- * there (beyond it, +-(1 - 2^-24)); odd by construction.  Half the
- * arithmetic of the exponential's form, which the soft-cap paid per logit
- * on top of the loss's own exponential.  NaN stays NaN. */
+/* tanh(u) within 6 ulp: u P(u^2) / Q(u^2), a rational minimax fit of
+ * relative error 2.1e-8 on [-9, 9], u clamped there (beyond it,
+ * +-(1 - 2^-24)); odd by construction.  Half the arithmetic of the
+ * exponential's form, which the soft-cap paid per logit on top of the
+ * loss's own exponential.  NaN stays NaN. */
 VINLINE V KNAME(vtanh)(V u) {
     const V bound = VOP(set1)(9.0f);
     V uc = VOP(min)(bound, VOP(max)(VOP(sub)(VOP(zero)(), bound), u));
@@ -1022,7 +1022,7 @@ VINLINE V KNAME(vtanh)(V u) {
     q = VOP(fma)(q, s, VOP(set1)(4.671434462e-01f));
     p = VOP(fma)(p, s, VOP(set1)(1));
     q = VOP(fma)(q, s, VOP(set1)(1));
-    return VOP(mul)(VOP(mul)(uc, p), VOP(recip)(q));
+    return VOP(div)(VOP(mul)(uc, p), q);
 }
 #endif
 

@@ -49,7 +49,6 @@ VINLINE __m256 v_avx2_f32_add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); 
 VINLINE __m256 v_avx2_f32_sub(__m256 a, __m256 b) { return _mm256_sub_ps(a, b); }
 VINLINE __m256 v_avx2_f32_mul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
 VINLINE __m256 v_avx2_f32_div(__m256 a, __m256 b) { return _mm256_div_ps(a, b); }
-VINLINE __m256 v_avx2_f32_recip(__m256 a) { return _mm256_div_ps(_mm256_set1_ps(1), a); }
 VINLINE __m256 v_avx2_f32_fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
 VINLINE __m256 v_avx2_f32_fnma(__m256 a, __m256 b, __m256 c) { return _mm256_fnmadd_ps(a, b, c); }
 VINLINE __m256 v_avx2_f32_max(__m256 a, __m256 b) { return _mm256_max_ps(a, b); }
@@ -139,7 +138,6 @@ VINLINE __m256d v_avx2_f64_add(__m256d a, __m256d b) { return _mm256_add_pd(a, b
 VINLINE __m256d v_avx2_f64_sub(__m256d a, __m256d b) { return _mm256_sub_pd(a, b); }
 VINLINE __m256d v_avx2_f64_mul(__m256d a, __m256d b) { return _mm256_mul_pd(a, b); }
 VINLINE __m256d v_avx2_f64_div(__m256d a, __m256d b) { return _mm256_div_pd(a, b); }
-VINLINE __m256d v_avx2_f64_recip(__m256d a) { return _mm256_div_pd(_mm256_set1_pd(1), a); }
 VINLINE __m256d v_avx2_f64_fma(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
 VINLINE __m256d v_avx2_f64_fnma(__m256d a, __m256d b, __m256d c) {
     return _mm256_fnmadd_pd(a, b, c);

@@ -48,11 +48,6 @@ VINLINE __m512 v_avx512_f32_add(__m512 a, __m512 b) { return _mm512_add_ps(a, b)
 VINLINE __m512 v_avx512_f32_sub(__m512 a, __m512 b) { return _mm512_sub_ps(a, b); }
 VINLINE __m512 v_avx512_f32_mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
 VINLINE __m512 v_avx512_f32_div(__m512 a, __m512 b) { return _mm512_div_ps(a, b); }
-VINLINE __m512 v_avx512_f32_recip(__m512 a) {
-    /* 14 bits, then a Newton step */
-    __m512 r = _mm512_rcp14_ps(a);
-    return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(a, r, _mm512_set1_ps(1)), r);
-}
 VINLINE __m512 v_avx512_f32_fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
 VINLINE __m512 v_avx512_f32_fnma(__m512 a, __m512 b, __m512 c) { return _mm512_fnmadd_ps(a, b, c); }
 VINLINE __m512 v_avx512_f32_max(__m512 a, __m512 b) { return _mm512_max_ps(a, b); }
@@ -145,13 +140,6 @@ VINLINE __m512d v_avx512_f64_add(__m512d a, __m512d b) { return _mm512_add_pd(a,
 VINLINE __m512d v_avx512_f64_sub(__m512d a, __m512d b) { return _mm512_sub_pd(a, b); }
 VINLINE __m512d v_avx512_f64_mul(__m512d a, __m512d b) { return _mm512_mul_pd(a, b); }
 VINLINE __m512d v_avx512_f64_div(__m512d a, __m512d b) { return _mm512_div_pd(a, b); }
-VINLINE __m512d v_avx512_f64_recip(__m512d a) {
-    /* 14 bits, then two Newton steps */
-    const __m512d one = _mm512_set1_pd(1);
-    __m512d r = _mm512_rcp14_pd(a);
-    r = _mm512_fmadd_pd(r, _mm512_fnmadd_pd(a, r, one), r);
-    return _mm512_fmadd_pd(r, _mm512_fnmadd_pd(a, r, one), r);
-}
 VINLINE __m512d v_avx512_f64_fma(__m512d a, __m512d b, __m512d c) {
     return _mm512_fmadd_pd(a, b, c);
 }

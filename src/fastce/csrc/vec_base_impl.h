@@ -129,7 +129,6 @@ VINLINE void VOP(store_part)(T_ *p, VOP(m) m, VOP(t) a) {
 /* a * b + c; the compiler may fuse it where the target has the instruction */
 VINLINE VOP(t) VOP(fma)(VOP(t) a, VOP(t) b, VOP(t) c) { return VOP(add)(VOP(mul)(a, b), c); }
 VINLINE VOP(t) VOP(fnma)(VOP(t) a, VOP(t) b, VOP(t) c) { return VOP(sub)(c, VOP(mul)(a, b)); }
-VINLINE VOP(t) VOP(recip)(VOP(t) a) { return VOP(div)(VOP(set1)(1), a); }
 
 VINLINE VOP(m) VOP(not_m)(VOP(m) a) { return VOP(xor_bits)(a, VOP(set1_bits)((U_)0 - 1)); }
 /* bit selects, not branches, so that the compiler keeps them in vectors */

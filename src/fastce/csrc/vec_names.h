@@ -15,8 +15,6 @@
  *   load_part_or(p, m, f)  the lanes of m from p, f's elsewhere
  *   store_part(p, m, v)    writes the lanes of m only
  *   add sub mul div        lane-wise
- *   recip(a)               1 / a within an ulp, for finite normal a (an estimate refined
- *                          by Newton's steps where the ISA has one, else a division)
  *   fma(a, b, c)           a * b + c, one rounding;  fnma(a, b, c): c - a * b
  *   max(a, b)              a > b ? a : b lane-wise: a NaN in a leaves b
  *   min(a, b)              a < b ? a : b lane-wise: a NaN in a leaves b
