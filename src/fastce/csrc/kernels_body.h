@@ -1006,20 +1006,20 @@ VINLINE V KNAME(vtanh)(V u) {
 }
 #else
 /* tanh(u) within 6 ulp: u P(u^2) / Q(u^2), a rational minimax fit of
- * relative error 2.1e-8 on [-9, 9], u clamped there (beyond it,
- * +-(1 - 2^-24)); odd by construction.  Half the arithmetic of the
+ * relative error 2.1e-8 on [-9, 9] (scripts/fit_tanh.py), u clamped there
+ * (beyond it, +-(1 - 2^-24)); odd by construction.  Half the arithmetic of the
  * exponential's form, which the soft-cap paid per logit on top of the
  * loss's own exponential.  NaN stays NaN. */
 VINLINE V KNAME(vtanh)(V u) {
     const V bound = VOP(set1)(9.0f);
     V uc = VOP(min)(bound, VOP(max)(VOP(sub)(VOP(zero)(), bound), u));
     V s = VOP(mul)(uc, uc);
-    V p = VOP(fma)(VOP(set1)(1.335468802e-08f), s, VOP(set1)(2.060910992e-05f));
-    V q = VOP(fma)(VOP(set1)(7.776571920e-07f), s, VOP(set1)(3.285637940e-04f));
-    p = VOP(fma)(p, s, VOP(set1)(3.495590296e-03f));
-    q = VOP(fma)(q, s, VOP(set1)(2.587699145e-02f));
+    V p = VOP(fma)(VOP(set1)(1.335468625e-08f), s, VOP(set1)(2.060910811e-05f));
+    V q = VOP(fma)(VOP(set1)(7.776570783e-07f), s, VOP(set1)(3.285637940e-04f));
+    p = VOP(fma)(p, s, VOP(set1)(3.495590063e-03f));
+    q = VOP(fma)(q, s, VOP(set1)(2.587698959e-02f));
     p = VOP(fma)(p, s, VOP(set1)(1.338102818e-01f));
-    q = VOP(fma)(q, s, VOP(set1)(4.671434462e-01f));
+    q = VOP(fma)(q, s, VOP(set1)(4.671434164e-01f));
     p = VOP(fma)(p, s, VOP(set1)(1));
     q = VOP(fma)(q, s, VOP(set1)(1));
     return VOP(div)(VOP(mul)(uc, p), q);
