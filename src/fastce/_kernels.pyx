@@ -728,9 +728,7 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.yc = w.yc
     p.unit = unit
     p.bf16 = w.dtype == DT_BF16
-    # a transform the body does not apply multiplies the output after the
-    # body wrote it, which would read a streamed output back from memory
-    p.stream_y = w.stream_y and (scaled_rows or not w.transform)
+    p.stream_y = w.stream_y
     p.after = NULL
     p.ahead = &ahead
     ahead.pending_y = NULL
@@ -779,6 +777,10 @@ cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const
     cdef float* stage32 = buffer + rows_held(w) * p.C
     cdef double* stage64 = <double*>buffer + rows_held(w) * p.C
     q.xc, q.xs = 1, p.C
+    if transform_here:
+        # the output takes the transform's derivative after the body wrote it:
+        # streamed by the body, it would be read back from memory
+        q.stream_y = False
     if staged:
         q.yc, q.ys = 1, p.C
     while start < p.n:
@@ -797,15 +799,12 @@ cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const
                 copy_rows(<const double*>x + start * p.xs, p.xs, p.xc, converted, p.C,
                           <double*>buffer, p.C)
             q.after = <double*>buffer + q.n * p.C if converted > q.n else NULL
+            body.rows_f64(call, &q, <double*>buffer, stage64 if staged else <double*>yrows, total)
             if staged:
-                body.rows_f64(call, &q, <double*>buffer, stage64, total)
                 transform_grad_streamed(w, <double*>buffer, q.n, p.C, stage64, <double*>yrows,
                                         p.ys)
-            else:
-                body.rows_f64(call, &q, <double*>buffer, <double*>yrows, total)
-                if yrows != NULL and transform_here:
-                    transform_grad_rows(w, <double*>buffer, p.C, q.n, p.C, <double*>yrows, p.ys,
-                                        p.yc)
+            elif yrows != NULL and transform_here:
+                transform_grad_rows(w, <double*>buffer, p.C, q.n, p.C, <double*>yrows, p.ys, p.yc)
             start += q.n
             continue
         if w.dtype == DT_F32 and transform_here:
@@ -819,13 +818,11 @@ cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const
             if transform_here:
                 transform_values(w, buffer, converted * p.C, buffer)
         q.after = buffer + q.n * p.C if converted > q.n else NULL
+        body.rows_f32(call, &q, buffer, stage32 if staged else <float*>yrows, total)
         if staged:
-            body.rows_f32(call, &q, buffer, stage32, total)
             transform_grad_streamed(w, buffer, q.n, p.C, stage32, <float*>yrows, p.ys)
-        else:
-            body.rows_f32(call, &q, buffer, <float*>yrows, total)
-            if yrows != NULL and transform_here:
-                transform_grad_rows(w, buffer, p.C, q.n, p.C, <float*>yrows, p.ys, p.yc)
+        elif yrows != NULL and transform_here:
+            transform_grad_rows(w, buffer, p.C, q.n, p.C, <float*>yrows, p.ys, p.yc)
         start += q.n
 
 

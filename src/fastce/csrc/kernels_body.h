@@ -1048,7 +1048,8 @@ static void KNAME(transform)(const T *x, ptrdiff_t n, T outer, T inner, T *y) {
             VOP(store)(y + k, KNAME(transform_at)(VOP(load)(x + k), vo, vi, 1));
         }
     } else {
-        for (; k + L <= n; k += L) VOP(store)(y + k, VOP(mul)(vo, VOP(load)(x + k)));
+        for (; k + L <= n; k += L)
+            VOP(store)(y + k, KNAME(transform_at)(VOP(load)(x + k), vo, vi, 0));
     }
     if (k < n) {
         M in = VOP(first)(n - k);
