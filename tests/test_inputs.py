@@ -478,29 +478,46 @@ def misaligned(shape, dtype=np.float64):
 
 @pytest.fixture
 def kernel_arguments(monkeypatch):
-    """Records every array the public functions hand to the compiled kernels."""
-    from fastce import _kernels
+    """Records every array in the plans the public functions hand to the
+    compiled executor, which refuses (with an internal error) any array a
+    kernel would read or write misaligned, so a call that succeeds handed
+    the kernels aligned arrays whatever the plan held."""
+    from fastce import functional
 
     seen = []
+    original = functional.execute
 
-    def recording(name):
-        original = getattr(_kernels, name)
+    def recording(plan):
+        seen.extend(
+            (field, a)
+            for field, a in zip(plan._fields, plan)
+            if isinstance(a, np.ndarray) and field not in ("x", "out")
+        )
+        return original(plan)
 
-        def wrapper(*args, **kwargs):
-            seen.extend((name, i, a) for i, a in enumerate(args) if isinstance(a, np.ndarray))
-            return original(*args, **kwargs)
-
-        return wrapper
-
-    for name in (
-        "cross_entropy_index",
-        "cross_entropy_probs",
-        "softmax_family",
-        "nll_loss_kernel",
-        "check_targets",
-    ):
-        monkeypatch.setattr(_kernels, name, recording(name))
+    monkeypatch.setattr(functional, "execute", recording)
     return seen
+
+
+def test_the_executor_refuses_misaligned_arrays():
+    from fastce._kernels import execute
+    from fastce._plan import plan_cross_entropy
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 3))
+    t = rng.integers(0, 3, 50)
+    plan = plan_cross_entropy(x, t, None, -100, "mean", 0.0, None, False, None, None, None)
+    shifted = misaligned((50, 3))
+    shifted[...] = x
+    index = misaligned((50, 1), np.int64)
+    index[...] = t[:, None]
+    for bad in (
+        {"x3": shifted.reshape(50, 3, 1)},
+        {"index2": index},
+        {"weight": misaligned((3,))},
+    ):
+        with pytest.raises(ValueError, match="internal"):
+            execute(plan._replace(**bad))
 
 
 def test_aligned_inputs_reach_the_kernels_aligned(kernel_arguments):
@@ -517,7 +534,7 @@ def test_aligned_inputs_reach_the_kernels_aligned(kernel_arguments):
     fastce.nll_loss(x, t)
     fastce.softmax(x)
     assert kernel_arguments
-    assert all(a.flags.aligned for _, _, a in kernel_arguments)
+    assert all(a.flags.aligned for _, a in kernel_arguments)
 
 
 @pytest.mark.parametrize("which", ["out", "weight", "grad_output", "softmax_out"])
@@ -539,7 +556,7 @@ def test_misaligned_buffers_reach_the_kernels_aligned(which, kernel_arguments):
         fastce.cross_entropy_grad(x, t, grad_output=go, reduction="none")
     else:
         fastce.softmax(x, out=misaligned((50, 3)))
-    bad = [(name, i) for name, i, a in kernel_arguments if not a.flags.aligned]
+    bad = [field for field, a in kernel_arguments if not a.flags.aligned]
     assert not bad, f"misaligned arrays reached the kernels: {bad}"
 
 
@@ -563,5 +580,5 @@ def test_bfloat16_reaches_the_kernels_as_it_is_and_is_never_modified(kernel_argu
         np.testing.assert_array_equal(grad, want[1])
         np.testing.assert_array_equal(fastce.softmax(x), want_softmax)
         assert x.tobytes() == values.tobytes()
-    logits_seen = [a for name, i, a in kernel_arguments if name != "check_targets" and i == 0]
+    logits_seen = [a for field, a in kernel_arguments if field == "x3"]
     assert logits_seen and all(a.dtype == bf and a.flags.aligned for a in logits_seen)

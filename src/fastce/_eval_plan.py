@@ -15,8 +15,9 @@ from numpy.typing import ArrayLike, NDArray
 from . import _kernels, _metrics
 from ._eval_results import KERNEL_OUTPUTS, PerSample
 from ._eval_totals import GroupTotals, Totals
+from ._kernels import outer_as_inner, samples_closer_than_classes
+from ._plan_types import LogitTransform
 from ._validate import (
-    LogitTransform,
     as_array,
     check_axis_option,
     check_classes_present,
@@ -33,9 +34,7 @@ from ._validate import (
     check_weight_option,
     class_axis,
     native_float_array,
-    outer_as_inner,
     result_dtype,
-    samples_closer_than_classes,
     view3,
     warn_single_class,
 )

@@ -1,13 +1,12 @@
 """Types of the compiled kernels (fastce._kernels)."""
 
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-LOG_SOFTMAX: int
-SOFTMAX: int
-LOGSUMEXP: int
+from ._plan_types import BinaryPlan, ClassPlan
+
 STREAMED_OUT_BYTES: int
 KEPT_RESULT_MIN_BYTES: int
 KEPT_RESULT_DEFAULT_LIMIT: int
@@ -16,6 +15,7 @@ TILE_SIZE: int
 __pyx_capi__: dict[str, object]
 
 _Float = np.float32 | np.float64
+_A = TypeVar("_A", bound=NDArray[Any])
 # logits of float32, float64, float16 or bfloat16 (which has no NumPy scalar type to name)
 _Logits = NDArray[Any]
 _Index = np.int8 | np.int16 | np.int32 | np.int64 | np.uint8 | np.uint16 | np.uint32 | np.uint64
@@ -36,70 +36,6 @@ def new_result(
 ) -> tuple[NDArray[Any], bool]: ...
 def set_kept_result_limit(n_bytes: int) -> None: ...
 def kept_result_bytes() -> tuple[int, int]: ...
-def cross_entropy_index(
-    x: _Logits,
-    target: NDArray[_Index],
-    weight: NDArray[np.float64],
-    weight_sum: float,
-    smoothing: float,
-    ignore_index: int,
-    has_ignore: bool,
-    loss_out: NDArray[_Float] | None,
-    grad_output: NDArray[np.float64] | None,
-    denominator: float,
-    grad: NDArray[_Float] | None,
-    num_threads: int = ...,
-    grad_written_before: bool = ...,
-    logit_scale: float = ...,
-    softcap: float = ...,
-    z_loss: float = ...,
-    lse_out: NDArray[_Float] | None = ...,
-    z_out: NDArray[np.float64] | None = ...,
-) -> float: ...
-def cross_entropy_common(
-    logits: object,
-    target: object,
-    mean: bool,
-    ignore_index: int,
-    num_threads: int = ...,
-    want_grad: bool = ...,
-    out: object = ...,
-) -> Any: ...
-def nll_loss_common(log_probs: object, target: object, mean: bool, ignore_index: int) -> Any: ...
-def cross_entropy_probs(
-    x: _Logits,
-    probs: NDArray[_Float],
-    weight: NDArray[np.float64],
-    smoothing: float,
-    loss_out: NDArray[_Float] | None,
-    grad_output: NDArray[np.float64] | None,
-    denominator: float,
-    grad: NDArray[_Float] | None,
-    num_threads: int = ...,
-    grad_written_before: bool = ...,
-    logit_scale: float = ...,
-    softcap: float = ...,
-    z_loss: float = ...,
-    lse_out: NDArray[_Float] | None = ...,
-    z_out: NDArray[np.float64] | None = ...,
-) -> float: ...
-def softmax_family(
-    x: _Logits,
-    op: int,
-    reduced_out: NDArray[_Float] | None,
-    out: NDArray[_Float] | None,
-    num_threads: int = ...,
-    out_written_before: bool = ...,
-) -> None: ...
-def nll_loss_kernel(
-    log_probs: _Logits,
-    target: NDArray[_Index],
-    weight: NDArray[np.float64],
-    ignore_index: int,
-    has_ignore: bool,
-    loss_out: NDArray[_Float] | None,
-    num_threads: int = ...,
-) -> float: ...
 def check_targets(
     target: NDArray[_Index],
     C: int,
@@ -108,18 +44,36 @@ def check_targets(
     weight: NDArray[np.float64],
 ) -> tuple[int, int, float]: ...
 def exp_sum_roof(x: NDArray[_Float], num_threads: int = ...) -> float: ...
-def binary_cross_entropy_kernel(
-    x: _Logits,
-    y: NDArray[_Float],
-    w: NDArray[_Float] | None,
-    pw: NDArray[_Float] | None,
-    row_len: int,
-    logits: bool,
-    g: float,
-    grad_output: NDArray[_Float] | None,
-    loss_out: NDArray[_Float] | None,
-    grad: NDArray[_Float] | None,
-    num_threads: int = ...,
-    want_loss: bool = ...,
-) -> float: ...
 def first_outside_unit(x: _Logits, num_threads: int = ...) -> int: ...
+def reduce_total(total: float, denominator: float, reduction: str, dtype: np.dtype[Any]) -> Any: ...
+def writable_view(out: NDArray[Any], shape: tuple[int, ...]) -> NDArray[Any] | None: ...
+def same_memory_layout(a: NDArray[Any], b: NDArray[Any]) -> bool: ...
+@overload
+def disjoint_aligned(a: None, written: NDArray[Any] | None) -> None: ...
+@overload
+def disjoint_aligned(a: _A, written: NDArray[Any] | None) -> _A: ...
+def samples_closer_than_classes(x3: NDArray[Any]) -> bool: ...
+@overload
+def outer_as_inner(a: None) -> None: ...
+@overload
+def outer_as_inner(a: _A) -> _A: ...
+def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any, Any]: ...
+def flat_aligned(a: NDArray[Any], dtype: DTypeLike | None = ...) -> NDArray[Any]: ...
+def common_plan(
+    kernel: str,
+    logits: object,
+    target: object,
+    weight: object,
+    ignore_index: object,
+    reduction: object,
+    label_smoothing: object,
+    axis: object,
+    num_threads: object,
+    softcap: object,
+    temperature: object,
+    z_loss: object,
+    grad_output: object,
+    out: object,
+) -> ClassPlan | None: ...
+
+MAX_THREAD_REQUEST: int

@@ -27,17 +27,18 @@ then added in block order, so totals do not depend on the number of threads.
 Blocks are handed to the threads as they become free (a dynamic schedule):
 on a busy machine a thread the OS deschedules holds up only the block it is
 in, and which thread computes a block never changes its bits.  The Python
-layer validates everything; the kernels cannot fail, and the entry points
-only raise for an internal mistake or memory they cannot get.  The one
-exception is the common call's fast path (``cross_entropy_common``,
-``nll_loss_common``): it checks the few things its own call needs and
-declines (returns None) any other call, which then takes the validating path.
+layer validates everything into a plan, and ``execute_class_plan`` (at the
+end of this file) runs a plan on the kernels; they cannot fail, and only
+raise for an internal mistake or memory they cannot get.  For the commonest
+call, ``common_plan`` makes the plan the checks would make, without them: it
+declines (returns None) any call whose arguments do not pass them by
+construction, which then takes the checking path.
 """
 
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pycapsule cimport PyCapsule_New
 from cython.parallel cimport prange, threadid
-from libc.math cimport log, isinf, NAN
+from libc.math cimport log, isinf, INFINITY, NAN
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport int64_t, uint16_t
 
@@ -74,9 +75,6 @@ cdef enum:
     OP_SOFTMAX = 1
     OP_LOGSUMEXP = 2
 
-LOG_SOFTMAX = OP_LOG_SOFTMAX
-SOFTMAX = OP_SOFTMAX
-LOGSUMEXP = OP_LOGSUMEXP
 TILE_SIZE = TILE
 
 
@@ -117,6 +115,12 @@ def forked_child_serial():
     return bool(fastce_forked_child)
 
 
+cdef enum:
+    THREAD_REQUEST_LIMIT = 1 << 16
+# the most threads one call may ask for: a larger request is taken as this many
+MAX_THREAD_REQUEST = THREAD_REQUEST_LIMIT
+
+
 def set_thread_limit(int n):
     """Use at most ``n`` threads; 0 restores OpenMP's own maximum."""
     global fastce_thread_limit
@@ -155,29 +159,52 @@ KEPT_RESULT_MIN_BYTES = FASTCE_POOL_MIN_BYTES
 KEPT_RESULT_DEFAULT_LIMIT = FASTCE_POOL_DEFAULT_LIMIT
 
 
-cdef inline object empty_result(object shape, object dtype, object like):
-    return np.empty(shape, dtype) if like is None else np.empty_like(like, dtype, order="K")
+cdef object new_array(int ndim, const cnp.npy_intp* dims, object dtype, object like,
+                      bint* kept):
+    """``new_result``'s work on a shape of ``ndim`` extents; ``kept``: whether
+    the memory is a freed result's."""
+    cdef Py_ssize_t n_bytes = (<cnp.dtype>dtype).itemsize
+    cdef int d
+    cdef object previous
+    for d in range(ndim):
+        n_bytes *= dims[d]
+    kept[0] = False
+    if n_bytes < <Py_ssize_t>FASTCE_POOL_MIN_BYTES:
+        return empty_array(ndim, dims, dtype, like)
+    previous = PyDataMem_SetHandler(RESULT_HANDLER)
+    try:
+        result = empty_array(ndim, dims, dtype, like)
+    finally:
+        PyDataMem_SetHandler(previous)
+    kept[0] = fastce_result_pool_took_kept() != 0
+    return result
 
 
-def new_result(object shape, object dtype, object like=None):
+cdef inline object empty_array(int ndim, const cnp.npy_intp* dims, object dtype, object like):
+    if like is None:
+        return cnp.PyArray_EMPTY(ndim, <cnp.npy_intp*>dims, (<cnp.dtype>dtype).type_num, 0)
+    return np.empty_like(like, dtype, order="K")
+
+
+cpdef new_result(object shape, object dtype, object like=None):
     """A new array for a per-class or per-element result: ``np.empty(shape,
     dtype)``, or laid out as ``like`` (``np.empty_like``, order "K") when
     given; and whether its memory is a freed result's, so written before and
     out of the caches, rather than pages the operating system zeroes as they
     are first touched.  A result of at least ``KEPT_RESULT_MIN_BYTES`` takes
     its memory from, and gives it back to, the kept blocks."""
-    cdef object previous
-    cdef Py_ssize_t n_bytes = np.dtype(dtype).itemsize
+    cdef cnp.npy_intp dims[32]  # NumPy's most dimensions (NPY_MAXDIMS) is 32 or 64
+    cdef bint kept
+    cdef int ndim = 0
+    if like is not None:
+        shape = like.shape
     for extent in shape:
-        n_bytes *= extent
-    if n_bytes < <Py_ssize_t>FASTCE_POOL_MIN_BYTES:
-        return empty_result(shape, dtype, like), False
-    previous = PyDataMem_SetHandler(RESULT_HANDLER)
-    try:
-        result = empty_result(shape, dtype, like)
-    finally:
-        PyDataMem_SetHandler(previous)
-    return result, fastce_result_pool_took_kept() != 0
+        if ndim == 32:
+            raise ValueError("internal: a result of more than 32 dimensions")
+        dims[ndim] = extent
+        ndim += 1
+    result = new_array(ndim, dims, np.dtype(dtype), like, &kept)
+    return result, kept
 
 
 def set_kept_result_limit(size_t n_bytes):
@@ -390,6 +417,9 @@ cdef inline Py_ssize_t units_per_grab(Py_ssize_t n_units, Py_ssize_t n_logits,
 cdef enum:
     # logits between two checks for a signal (Ctrl-C): a few milliseconds
     SIGNAL_CHECK_LOGITS = 1 << 25
+    # logits (or targets) fewer than this are computed holding the GIL: a few
+    # microseconds, less than other threads would wait for it to be taken back
+    RELEASE_GIL_LOGITS = 1 << 15
 
 cdef enum:
     # a per-class output of at least this many bytes is stored past the
@@ -545,10 +575,16 @@ cdef void targets_from(Targets* t, object target) except *:
         raise ValueError("internal: targets are read as an aligned (outer, inner) array")
     if not cnp.PyTypeNum_ISINTEGER(typenum):
         raise TypeError(f"internal: targets of dtype {a.dtype} are not class indices")
-    if cnp.PyTypeNum_ISSIGNED(typenum):
-        t.kind = {1: T_INT8, 2: T_INT16, 4: T_INT32, 8: T_INT64}[a.itemsize]
+    cdef Py_ssize_t size = cnp.PyArray_ITEMSIZE(a)
+    cdef bint signed = cnp.PyTypeNum_ISSIGNED(typenum)
+    if size == 8:
+        t.kind = T_INT64 if signed else T_UINT64
+    elif size == 4:
+        t.kind = T_INT32 if signed else T_UINT32
+    elif size == 2:
+        t.kind = T_INT16 if signed else T_UINT16
     else:
-        t.kind = {1: T_UINT8, 2: T_UINT16, 4: T_UINT32, 8: T_UINT64}[a.itemsize]
+        t.kind = T_INT8 if signed else T_UINT8
     t.data = <const char*>cnp.PyArray_DATA(a)
     t.so = cnp.PyArray_STRIDE(a, 0)
     t.si = cnp.PyArray_STRIDE(a, 1)
@@ -658,8 +694,12 @@ cdef int walk_run(const Walk* w, const Body* body, const void* call, double* tot
         start = 0
         while start < w.n_units:
             end = start + stretch if w.n_units - start > stretch else w.n_units
-            with nogil:
+            if w.work < RELEASE_GIL_LOGITS:
                 walk_units(w, body, call, totals, start, end, nthreads, buffers, per_thread)
+            else:
+                with nogil:
+                    walk_units(w, body, call, totals, start, end, nthreads, buffers,
+                               per_thread)
             start = end
             if start < w.n_units and PyErr_CheckSignals() < 0:
                 return -1
@@ -1460,12 +1500,18 @@ cdef Body CE_BODY = make_body(
 # Cross-entropy: the entry points
 # --------------------------------------------------------------------------
 
-cdef void ce_options(CEOptions* opt, const double[::1] weight, double weight_sum,
+cdef void ce_options(CEOptions* opt, object weight, double weight_sum,
                      double smoothing, int64_t ignore_index, bint has_ignore,
-                     double denominator, double z_loss=0.0) noexcept:
-    opt.weight = &weight[0] if weight.shape[0] > 0 else NULL
+                     double denominator, double z_loss=0.0) except *:
+    """``weight``: a contiguous float64 array of a weight per class, empty for none."""
+    cdef cnp.ndarray w = weight
+    if cnp.PyArray_NDIM(w) != 1 or cnp.PyArray_TYPE(w) != cnp.NPY_DOUBLE \
+            or not cnp.PyArray_ISCARRAY_RO(w):
+        raise ValueError("internal: class weights are read as a contiguous float64 vector")
+    cdef Py_ssize_t n = cnp.PyArray_DIM(w, 0)
+    opt.weight = <const double*>cnp.PyArray_DATA(w) if n > 0 else NULL
     opt.weight_sum = weight_sum
-    opt.any_weight = any_nonzero(opt.weight, weight.shape[0])
+    opt.any_weight = any_nonzero(opt.weight, n)
     opt.smoothing = smoothing
     opt.ignore_index = ignore_index
     opt.has_ignore = has_ignore
@@ -1508,12 +1554,12 @@ cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object lse_out, obj
             call.go = call.gi = 0  # one value for every sample
 
 
-def cross_entropy_index(object x, object target, const double[::1] weight, double weight_sum,
-                        double smoothing, int64_t ignore_index, bint has_ignore,
-                        object loss_out, object grad_output, double denominator,
-                        object grad, int num_threads=0, bint grad_written_before=False,
-                        double logit_scale=1.0, double softcap=0.0, double z_loss=0.0,
-                        object lse_out=None, object z_out=None):
+cdef double cross_entropy_index(object x, object target, object weight, double weight_sum,
+                                double smoothing, int64_t ignore_index, bint has_ignore,
+                                object loss_out, object grad_output, double denominator,
+                                object grad, int num_threads, bint grad_written_before,
+                                double logit_scale, double softcap, double z_loss,
+                                object lse_out, object z_out) except *:
     """Cross-entropy with class-index targets over an ``(outer, C, inner)``
     view ``x`` (float32, float64, float16 or bfloat16); returns the float64
     sum of the per-sample losses.
@@ -1545,11 +1591,11 @@ def cross_entropy_index(object x, object target, const double[::1] weight, doubl
     return walk_total(&w, &CE_BODY, &call, True, 0)
 
 
-def cross_entropy_probs(object x, object probs, const double[::1] weight, double smoothing,
-                        object loss_out, object grad_output, double denominator, object grad,
-                        int num_threads=0, bint grad_written_before=False, double logit_scale=1.0,
-                        double softcap=0.0, double z_loss=0.0, object lse_out=None,
-                        object z_out=None):
+cdef double cross_entropy_probs(object x, object probs, object weight, double smoothing,
+                                object loss_out, object grad_output, double denominator,
+                                object grad, int num_threads, bint grad_written_before,
+                                double logit_scale, double softcap, double z_loss,
+                                object lse_out, object z_out) except *:
     """Cross-entropy with probability targets ``probs`` (the shape of ``x``,
     the result dtype); otherwise as :func:`cross_entropy_index`, the z-loss
     of every sample being ``z_loss * lse^2``."""
@@ -1569,16 +1615,8 @@ def cross_entropy_probs(object x, object probs, const double[::1] weight, double
     return walk_total(&w, &CE_BODY, &call, False, 0)
 
 
-cdef double[::1] NO_CLASS_WEIGHTS = np.empty(0, dtype=np.float64)
 _float32 = np.float32
 _float64 = np.float64
-
-
-cdef inline bint disjoint(cnp.ndarray a, cnp.ndarray b) noexcept:
-    """Whether two contiguous arrays share no byte."""
-    cdef char* a0 = <char*>cnp.PyArray_DATA(a)
-    cdef char* b0 = <char*>cnp.PyArray_DATA(b)
-    return a0 + cnp.PyArray_NBYTES(a) <= b0 or b0 + cnp.PyArray_NBYTES(b) <= a0
 
 
 cdef int stored_dtype(cnp.ndarray x):
@@ -1594,91 +1632,6 @@ cdef int stored_dtype(cnp.ndarray x):
     if xtype >= NPY_USERDEF_TYPE and cnp.PyArray_ITEMSIZE(x) == 2 and x.dtype.name == "bfloat16":
         return DT_BF16
     return -1
-
-
-cdef bint common_pair(object x, object t, bint halves=False):
-    """Whether ``x`` and ``t`` are the common call's arrays: a C-ordered,
-    aligned ``(N, C)`` float32/float64 array (float16 and bfloat16 too with
-    ``halves``) with ``N >= 1`` and ``C >= 2``, and an ``(N,)`` int64 one."""
-    if type(x) is not np.ndarray or type(t) is not np.ndarray:
-        return False
-    if cnp.PyArray_NDIM(<cnp.ndarray>x) != 2 or cnp.PyArray_NDIM(<cnp.ndarray>t) != 1:
-        return False
-    cdef int dtype = stored_dtype(<cnp.ndarray>x)
-    if dtype < 0 or (not halves and dtype != DT_F32 and dtype != DT_F64) \
-            or cnp.PyArray_TYPE(<cnp.ndarray>t) != cnp.NPY_INT64 \
-            or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>x) \
-            or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>t):
-        return False
-    cdef Py_ssize_t n = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
-    return n > 0 and cnp.PyArray_DIM(<cnp.ndarray>x, 1) >= 2 \
-        and cnp.PyArray_DIM(<cnp.ndarray>t, 0) == n
-
-
-def cross_entropy_common(object logits, object target, bint mean, int64_t ignore_index,
-                         int num_threads=0, bint want_grad=False, object out=None):
-    """The result of ``cross_entropy(logits, target, ignore_index=...)`` with
-    ``reduction="mean"`` (or ``"sum"``), no weights and no smoothing: the
-    loss as a NumPy scalar, or with ``want_grad`` ``(loss, grad)`` for
-    ``grad_output=1``, the gradient written to ``out`` (logits' shape and
-    dtype, C-ordered, the logits themselves or apart from both inputs) or to
-    a new array.  None when the arrays are not both aligned, C-ordered and
-    native (an ``(N, C)`` float32/float64 array with ``N >= 1``, ``C >= 2``
-    and an ``(N,)`` int64 array of targets in ``[0, C)`` or equal to
-    ``ignore_index``), or ``out`` is not such an array."""
-    if not common_pair(logits, target):
-        return None
-    cdef cnp.ndarray x = <cnp.ndarray>logits
-    cdef cnp.ndarray t = <cnp.ndarray>target
-    cdef cnp.ndarray grad
-    cdef int xtype = cnp.PyArray_TYPE(x)
-    cdef Py_ssize_t n = cnp.PyArray_DIM(x, 0), n_classes = cnp.PyArray_DIM(x, 1)
-    if want_grad and out is not None:
-        if type(out) is not np.ndarray:
-            return None
-        grad = <cnp.ndarray>out
-        if cnp.PyArray_TYPE(grad) != xtype or cnp.PyArray_NDIM(grad) != 2 \
-                or cnp.PyArray_DIM(grad, 0) != n or cnp.PyArray_DIM(grad, 1) != n_classes \
-                or not cnp.PyArray_ISCARRAY(grad) or not disjoint(grad, t) \
-                or not (cnp.PyArray_DATA(grad) == cnp.PyArray_DATA(x) or disjoint(grad, x)):
-            return None
-    cdef Walk w
-    cdef CECall call
-    cdef int64_t bad_value
-    cdef double counted
-    cdef Py_ssize_t bad
-    # the walk and targets the general path makes of the (N, C, 1) and (N, 1)
-    # views of C-ordered (N, C) and (N,) arrays
-    call.t.data = <const char*>cnp.PyArray_DATA(t)
-    call.t.kind = T_INT64
-    call.t.so = call.t.si = sizeof(int64_t)
-    with nogil:
-        bad = scan_targets(&call.t, n, 1, n_classes, ignore_index, True, <const double*>NULL,
-                           &bad_value, &counted)
-    if bad >= 0:
-        return None
-    cdef bint grad_written_before = out is not None
-    if want_grad and out is None:
-        grad, grad_written_before = new_result(
-            (n, n_classes), _float32 if xtype == cnp.NPY_FLOAT else _float64)
-    cdef double denominator = counted if mean else 1.0
-    cdef double grad_output = 1.0
-    cdef Py_ssize_t row_strides[3]
-    row_strides[0], row_strides[1], row_strides[2] = n_classes, 1, 1
-    walk_init(&w, <const char*>cnp.PyArray_DATA(x), stored_dtype(x), n, n_classes, 1,
-              n_classes, 1, 1)
-    w.threads = num_threads
-    walk_output_at(&w, <char*>cnp.PyArray_DATA(grad) if want_grad else NULL, row_strides,
-                   grad_written_before)
-    ce_call_init(&call)
-    call.gout = &grad_output
-    ce_options(&call.opt, NO_CLASS_WEIGHTS, <double>n_classes, 0.0, ignore_index, True,
-               denominator)
-    cdef double total = walk_total(&w, &CE_BODY, &call, True, 0)
-    if mean:
-        total = total / denominator if counted else NAN
-    loss = _float32(<float>total) if xtype == cnp.NPY_FLOAT else _float64(total)
-    return (loss, grad) if want_grad else loss
 
 
 # --------------------------------------------------------------------------
@@ -1795,8 +1748,8 @@ cdef Body SOFTMAX_BODY = make_body(
     softmax_tile_body[double], NULL, rows_scale=False, whole_rows=True)
 
 
-def softmax_family(object x, int op, object reduced_out, object out, int num_threads=0,
-                   bint out_written_before=False):
+cdef void softmax_family(object x, int op, object reduced_out, object out, int num_threads,
+                         bint out_written_before) except *:
     """``op`` (LOG_SOFTMAX, SOFTMAX or LOGSUMEXP) over the class axis of an
     ``(outer, C, inner)`` view (float32, float64, float16 or bfloat16).
     log_softmax and softmax write ``out`` (the shape of ``x``, the result
@@ -1869,8 +1822,9 @@ cdef Body NLL_BODY = make_body(
     nll_rows[float, float], nll_rows[double, double], NULL, NULL, nll_rows[uint16_t, float])
 
 
-def nll_loss_kernel(object log_probs, object target, const double[::1] weight,
-                    int64_t ignore_index, bint has_ignore, object loss_out, int num_threads=0):
+cdef double nll_loss_kernel(object log_probs, object target, object weight,
+                            int64_t ignore_index, bint has_ignore, object loss_out,
+                            int num_threads) except *:
     """The negative log-likelihood gathered at validated class indices of an
     ``(outer, C, inner)`` view (any of the four float dtypes); returns the
     float64 sum over samples and fills ``loss_out`` (the result dtype) when
@@ -1886,87 +1840,6 @@ def nll_loss_kernel(object log_probs, object target, const double[::1] weight,
     call.loss = array_data(loss_out, 2, result_typenum(&w), s)
     call.lo, call.li = s[0], s[1]
     return walk_total(&w, &NLL_BODY, &call, False, NLL_BLOCK)
-
-
-cdef enum:
-    # samples nll_loss's fast path computes on the calling thread; more go to the kernel
-    NLL_COMMON_MAX = 1 << 16
-    # how many rows ahead that path asks for the element it will read
-    NLL_PREFETCH = 16
-
-cdef extern from "csrc/prefetch.h":
-    void fastce_prefetch(const void* p) noexcept nogil
-
-
-cdef double nll_common_sum(const stored_t* lp, const int64_t* t, Py_ssize_t n, Py_ssize_t C,
-                           int64_t ignore_index, bint bf16, Py_ssize_t* counted) noexcept nogil:
-    """nll_loss_kernel's sum over the rows of a C-ordered (n, C) array without
-    weights, block by block as its walk adds them, with the target check in
-    the same pass: -1 in ``counted`` at a target outside [0, C)."""
-    cdef Py_ssize_t j, k = 0
-    cdef int64_t v
-    cdef double block, total = 0.0
-    cdef Py_ssize_t start = 0, end
-    while start < n:
-        end = start + NLL_BLOCK if n - start > NLL_BLOCK else n
-        block = 0.0
-        for j in range(start, end):
-            if j + NLL_PREFETCH < n:
-                # the rows are far apart: ask for a later row's element early
-                v = t[j + NLL_PREFETCH]
-                if 0 <= v < C:
-                    fastce_prefetch(lp + (j + NLL_PREFETCH) * C + v)
-            v = t[j]
-            if v == ignore_index:
-                block += 0.0
-                continue
-            if v < 0 or v >= C:
-                counted[0] = -1
-                return 0.0
-            if stored_t is uint16_t:
-                block += -<double>half_value(lp[j * C + v], bf16)
-            else:
-                block += -<double>lp[j * C + v]
-            k += 1
-        total += block
-        start = end
-    counted[0] = k
-    return total
-
-
-def nll_loss_common(object log_probs, object target, bint mean, int64_t ignore_index):
-    """``nll_loss(log_probs, target, ignore_index=...)`` with ``reduction="mean"``
-    (or ``"sum"``) and no weights, as a NumPy scalar, for the common call's
-    arrays (see :func:`cross_entropy_common`) of at most NLL_COMMON_MAX rows
-    whose targets are valid; None otherwise, and the caller takes the
-    general path (which also reports bad targets)."""
-    if not common_pair(log_probs, target, True):
-        return None
-    cdef cnp.ndarray x = <cnp.ndarray>log_probs
-    cdef cnp.ndarray t = <cnp.ndarray>target
-    cdef Py_ssize_t n = cnp.PyArray_DIM(x, 0), n_classes = cnp.PyArray_DIM(x, 1)
-    if n > NLL_COMMON_MAX:
-        return None
-    cdef const int64_t* tp = <const int64_t*>cnp.PyArray_DATA(t)
-    cdef const void* data = cnp.PyArray_DATA(x)
-    cdef Py_ssize_t counted
-    cdef double total
-    cdef int dtype = stored_dtype(x)
-    with nogil:
-        if dtype == DT_F32:
-            total = nll_common_sum(<const float*>data, tp, n, n_classes, ignore_index, False,
-                                   &counted)
-        elif dtype == DT_F64:
-            total = nll_common_sum(<const double*>data, tp, n, n_classes, ignore_index, False,
-                                   &counted)
-        else:
-            total = nll_common_sum(<const uint16_t*>data, tp, n, n_classes, ignore_index,
-                                   dtype == DT_BF16, &counted)
-    if counted < 0:
-        return None
-    if mean:
-        total = total / counted if counted else NAN
-    return _float64(total) if dtype == DT_F64 else _float32(<float>total)
 
 
 cdef Py_ssize_t scan_targets(const Targets* t, Py_ssize_t outer, Py_ssize_t inner, Py_ssize_t C,
@@ -2098,9 +1971,10 @@ cdef void flat_walk(Walk* w, object x, Py_ssize_t row_len) except *:
         raise ValueError("internal: the binary kernels read contiguous elements")
 
 
-def binary_cross_entropy_kernel(object x, object y, object w, object pw, Py_ssize_t row_len,
-                                bint logits, double g, object grad_output, object loss_out,
-                                object grad, int num_threads=0, bint want_loss=True):
+cdef double binary_cross_entropy_kernel(object x, object y, object w, object pw,
+                                        Py_ssize_t row_len, bint logits, double g,
+                                        object grad_output, object loss_out, object grad,
+                                        int num_threads, bint want_loss) except *:
     """Binary cross-entropy of ``n >= 1`` contiguous elements ``x`` (float32,
     float64, float16 or bfloat16): with logits or probabilities (``logits``
     False); returns the float64 sum of the losses.  ``y`` holds the targets;
@@ -2207,3 +2081,508 @@ def exp_sum_roof(object x, int num_threads=0):
     if w.xc != 1 or w.dtype == DT_F16 or w.dtype == DT_BF16:
         raise ValueError("internal: the roof reads C-contiguous float32 or float64 rows")
     return walk_total(&w, &ROOF_BODY, NULL, False, 0)
+
+
+# --------------------------------------------------------------------------
+# Running a plan
+# --------------------------------------------------------------------------
+
+cdef extern from "Python.h":
+    object PyImport_ImportModule(const char* name)
+
+# the plans' types and constants (not this module's names)
+cdef object PLAN_TYPES = PyImport_ImportModule("fastce._plan_types")
+cdef object CLASS_PLAN = PLAN_TYPES.ClassPlan
+cdef object BINARY_PLAN = PLAN_TYPES.BinaryPlan
+cdef object NO_CLASS_WEIGHTS = PLAN_TYPES.NO_CLASS_WEIGHTS
+cdef object NO_TRANSFORM = PLAN_TYPES.NO_TRANSFORM
+
+cdef enum PlanKernel:
+    K_CE_INDEX, K_CE_PROBS, K_NLL, K_LOG_SOFTMAX, K_SOFTMAX, K_LOGSUMEXP
+
+# a plan's kernel names, in PlanKernel's order
+cdef tuple KERNEL_NAMES = (
+    PLAN_TYPES.CROSS_ENTROPY_INDEX, PLAN_TYPES.CROSS_ENTROPY_PROBS, PLAN_TYPES.NLL_LOSS,
+    PLAN_TYPES.LOG_SOFTMAX, PLAN_TYPES.SOFTMAX, PLAN_TYPES.LOGSUMEXP)
+
+
+cdef int plan_kernel(object name) except -1:
+    """The PlanKernel a plan's kernel name stands for."""
+    cdef int k
+    for k in range(6):
+        if KERNEL_NAMES[k] is name:
+            return k
+    for k in range(6):
+        if KERNEL_NAMES[k] == name:
+            return k
+    raise ValueError(f"internal: no kernel is called {name!r}")
+
+
+cdef double FLOAT32_MAX = np.finfo(np.float32).max
+cdef object FLOAT32_DTYPE = np.dtype(np.float32)
+cdef object FLOAT64_DTYPE = np.dtype(np.float64)
+# grad_output=1, as check_grad_output gives it; never written
+cdef extern from "Python.h":
+    ctypedef object (*tuple_new_t)(void* subtype, object args, void* kwargs)
+    ctypedef struct TupleType "PyTypeObject":
+        tuple_new_t tp_new
+    TupleType PyTuple_Type
+cdef object ONE = np.ones(())
+ONE.setflags(write=False)
+
+
+cdef extern from "numpy/arrayobject.h":
+    # a NumPy scalar of ``descr`` holding the value at ``data``
+    object PyArray_Scalar(void* data, cnp.dtype descr, object base)
+
+
+cpdef reduce_total(double total, double denominator, str reduction, object dtype):
+    """The reduced loss, a NumPy scalar of ``dtype``: ``total`` for "sum",
+    else ``total / denominator`` (NaN for a zero denominator); a float32 total
+    past its range is inf, as ``reduction="none"`` stores it."""
+    cdef double value
+    cdef float narrow
+    if reduction == "sum":
+        value = total
+    elif denominator != 0.0:
+        value = total / denominator
+    else:
+        value = NAN
+    if dtype is FLOAT64_DTYPE or dtype.itemsize == 8:
+        return PyArray_Scalar(&value, <cnp.dtype>FLOAT64_DTYPE, None)
+    if -FLOAT32_MAX <= value <= FLOAT32_MAX or value != value:
+        narrow = <float>value
+    else:
+        narrow = INFINITY if value > 0 else -INFINITY
+    return PyArray_Scalar(&narrow, <cnp.dtype>FLOAT32_DTYPE, None)
+
+
+cpdef writable_view(out, shape):
+    """``out`` reshaped without a copy, or None when its strides forbid it."""
+    if cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out):
+        return out.reshape(shape)  # always a view of C-ordered memory
+    try:
+        return out.reshape(shape, copy=False)
+    except ValueError:
+        return None
+
+
+cdef bint byte_ranges_meet(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """Whether the byte ranges two arrays' elements span intersect: False
+    proves they share no memory (``np.may_share_memory``'s test)."""
+    cdef char* lo[2]
+    cdef char* hi[2]
+    cdef cnp.ndarray arr
+    cdef int k, d
+    cdef Py_ssize_t extent
+    for k in range(2):
+        arr = a if k == 0 else b
+        lo[k] = hi[k] = <char*>cnp.PyArray_DATA(arr)
+        for d in range(cnp.PyArray_NDIM(arr)):
+            extent = cnp.PyArray_DIM(arr, d)
+            if extent == 0:
+                return False  # no elements
+            if cnp.PyArray_STRIDE(arr, d) > 0:
+                hi[k] += cnp.PyArray_STRIDE(arr, d) * (extent - 1)
+            else:
+                lo[k] += cnp.PyArray_STRIDE(arr, d) * (extent - 1)
+        hi[k] += cnp.PyArray_ITEMSIZE(arr)
+    return lo[0] < hi[1] and lo[1] < hi[0]
+
+
+cpdef bint same_memory_layout(a, b) except -1:
+    """Whether two arrays are the same elements: shape, strides and start."""
+    cdef cnp.ndarray x = a, y = b
+    cdef int d
+    if cnp.PyArray_NDIM(x) != cnp.PyArray_NDIM(y) or cnp.PyArray_DATA(x) != cnp.PyArray_DATA(y):
+        return False
+    for d in range(cnp.PyArray_NDIM(x)):
+        if cnp.PyArray_DIM(x, d) != cnp.PyArray_DIM(y, d) \
+                or cnp.PyArray_STRIDE(x, d) != cnp.PyArray_STRIDE(y, d):
+            return False
+    return True
+
+
+cpdef disjoint_aligned(a, written):
+    """``a`` if it is aligned and shares no memory with ``written``, else a
+    copy of it: what a kernel may read while it writes ``written``."""
+    if a is None or written is None:
+        return a
+    if cnp.PyArray_ISALIGNED(<cnp.ndarray>a) and not byte_ranges_meet(a, written):
+        return a
+    return a.copy()
+
+
+cpdef bint samples_closer_than_classes(x3) except -1:
+    """True when one class row's elements lie further apart than neighbouring
+    samples (Fortran-ordered ``(N, C)``): the kernels then read the samples
+    as the contiguous inner positions of a single outer slice, through
+    :func:`outer_as_inner`."""
+    cdef cnp.ndarray a = x3
+    return cnp.PyArray_DIM(a, 2) == 1 and cnp.PyArray_DIM(a, 0) > 1 \
+        and abs(cnp.PyArray_STRIDE(a, 0)) < abs(cnp.PyArray_STRIDE(a, 1))
+
+
+cpdef outer_as_inner(a):
+    """An ``(outer, C, 1)`` array as ``(1, C, outer)``, or an ``(outer, 1)``
+    per-sample array as ``(1, outer)``: the same memory, its axes reversed
+    (None stays None)."""
+    return None if a is None else a.T
+
+
+cdef object as_2d(object a, Py_ssize_t rows, Py_ssize_t columns):
+    """``a.reshape(rows, columns)``."""
+    cdef cnp.npy_intp extents[2]
+    cdef cnp.PyArray_Dims shape
+    extents[0], extents[1] = rows, columns
+    shape.ptr, shape.len = extents, 2
+    return cnp.PyArray_Newshape(a, &shape, cnp.NPY_CORDER)
+
+
+cdef object view_shaped_as(object a, object shaped):
+    """``a`` viewed in the shape of the array ``shaped``, or None when its
+    strides forbid it (as ``writable_view``)."""
+    cdef cnp.PyArray_Dims shape
+    if cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a):
+        shape.ptr = cnp.PyArray_DIMS(<cnp.ndarray>shaped)
+        shape.len = cnp.PyArray_NDIM(<cnp.ndarray>shaped)
+        return cnp.PyArray_Newshape(a, &shape, cnp.NPY_CORDER)  # a view of C-ordered memory
+    return writable_view(a, shaped.shape)
+
+
+cdef tuple class_output(object out, object x, object x3, object dtype):
+    """The array a per-class result (a gradient, softmax, log_softmax) is
+    returned in: ``out`` (checked), or a new array of ``dtype`` laid out as
+    the logits ``x``; its ``(outer, C, inner)`` view the kernel writes; the
+    logits view to read, copied when ``out`` overlaps it without being it;
+    whether the view is a separate buffer, to be copied into ``out``
+    afterwards because ``out``'s strides admit no such view; and whether the
+    view's memory was written before (``out``, or a freed result's kept
+    memory) rather than fresh pages."""
+    cdef cnp.ndarray a = x, a3 = x3
+    cdef bint buffered, written_before
+    if out is None:
+        # C order costs less to allocate, and is what order="K" gives for it
+        like = None if cnp.PyArray_IS_C_CONTIGUOUS(a) else x
+        result = new_array(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), dtype, like,
+                           &written_before)
+        view = view_shaped_as(result, x3)
+        if view is None:
+            result = new_array(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), dtype, None,
+                               &written_before)
+            view = view_shaped_as(result, x3)
+        return result, view, x3, False, written_before
+    view = view_shaped_as(out, x3)
+    buffered = view is None or not cnp.PyArray_ISALIGNED(<cnp.ndarray>view)
+    written_before = True
+    if buffered:
+        view = new_array(3, cnp.PyArray_DIMS(a3), dtype, None, &written_before)
+    if byte_ranges_meet(view, x3) and not same_memory_layout(view, x3):
+        x3 = x3.copy()
+    return out, view, x3, buffered, written_before
+
+
+def execute(plan):
+    """Runs a plan (``ClassPlan`` or ``BinaryPlan``): returns ``(reduced,
+    per_class, lse, z_loss)``, the loss (a scalar, or the per-sample or
+    per-element array; the log-sum-exp), the per-class or per-element result
+    (the gradient, softmax, log_softmax), and the cross-entropy's per-sample
+    log-sum-exp and z-loss (reduced as the loss), each None where the call has
+    none.  It owns what every call needs between its checks and the kernels:
+    the result buffers and ``out=``, inputs the outputs overlap, the
+    transposition of sample-major views, the copy back from a buffer into
+    ``out``, and the reduction."""
+    if type(plan) is CLASS_PLAN:
+        return execute_class_plan(<tuple>plan)
+    if type(plan) is BINARY_PLAN:
+        return execute_binary_plan(plan)
+    raise TypeError(f"internal: a plan was expected, not {type(plan).__name__}")
+
+
+cdef tuple execute_class_plan(tuple p):
+    kernel = p[0]
+    x = p[1]
+    x3 = p[2]
+    dtype = p[3]
+    reduction = p[4]
+    per_sample_shape = p[5]
+    cdef double denominator = p[6]
+    index2 = p[7]
+    probs3 = p[8]
+    weight = p[9]
+    cdef double smoothing = p[10]
+    cdef int64_t ignore_value = p[11]
+    cdef bint has_ignore = p[12]
+    grad_output = p[13]
+    cdef bint wants_per_class = p[14]
+    out = p[15]
+    cdef int threads = p[16]
+    cdef tuple transform = <tuple>p[17]
+    lse_shape = p[18]
+    z_loss_shape = p[19]
+    cdef cnp.ndarray a3 = x3
+    cdef Py_ssize_t outer = cnp.PyArray_DIM(a3, 0), n_classes = cnp.PyArray_DIM(a3, 1)
+    cdef Py_ssize_t inner = cnp.PyArray_DIM(a3, 2)
+    cdef int k = plan_kernel(kernel)
+    cdef bint softmax_op = k == K_LOG_SOFTMAX or k == K_SOFTMAX or k == K_LOGSUMEXP
+    cdef bint buffered = False, written_before = False
+    cdef double total = 0.0, weight_total
+    per_sample = np.empty(per_sample_shape, dtype) if per_sample_shape is not None else None
+    lse = np.empty(lse_shape, dtype) if lse_shape is not None else None
+    # float64: summed into the reduced z-loss as the kernels sum the loss
+    z_terms = np.zeros(z_loss_shape) if z_loss_shape is not None else None
+    per_class = per_class3 = None
+    if wants_per_class:
+        per_class, per_class3, x3, buffered, written_before = class_output(out, x, x3, dtype)
+    written = per_class3
+    if outer * inner and n_classes:
+        go2 = None
+        per_sample2 = None if per_sample is None else as_2d(per_sample, outer, inner)
+        lse2 = None if lse is None else as_2d(lse, outer, inner)
+        z2 = None if z_terms is None else as_2d(z_terms, outer, inner)
+        if grad_output is not None:
+            # a scalar stays one element: the kernels read a (1, 1) grad_output
+            # at every sample
+            go2 = as_2d(grad_output, outer, inner) if cnp.PyArray_NDIM(<cnp.ndarray>grad_output) \
+                else as_2d(grad_output, 1, 1)
+            # nothing the kernels read may change under the gradient they write
+            index2 = disjoint_aligned(index2, per_class3)
+            probs3 = disjoint_aligned(probs3, per_class3)
+            go2 = disjoint_aligned(go2, per_class3)
+            weight = disjoint_aligned(weight, per_class3)
+        # a gather reads one element per sample, in any layout; row kernels
+        # compute sample-major views (class rows far apart) as tiles
+        if k != K_NLL and samples_closer_than_classes(x3):
+            x3 = outer_as_inner(x3)
+            index2 = outer_as_inner(index2)
+            probs3 = outer_as_inner(probs3)
+            per_sample2 = outer_as_inner(per_sample2)
+            lse2 = outer_as_inner(lse2)
+            z2 = outer_as_inner(z2)
+            go2 = outer_as_inner(go2)
+            per_class3 = outer_as_inner(per_class3)
+        if k == K_CE_INDEX:
+            weight_total = weight.sum() if cnp.PyArray_DIM(<cnp.ndarray>weight, 0) \
+                else <double>n_classes
+            total = cross_entropy_index(
+                x3, index2, weight, weight_total, smoothing, ignore_value, has_ignore,
+                per_sample2, go2, denominator, per_class3, threads, written_before,
+                transform[0], transform[1], transform[2], lse2, z2)
+        elif k == K_CE_PROBS:
+            total = cross_entropy_probs(
+                x3, probs3, weight, smoothing, per_sample2, go2, denominator, per_class3,
+                threads, written_before, transform[0], transform[1], transform[2], lse2, z2)
+        elif k == K_NLL:
+            total = nll_loss_kernel(x3, index2, weight, ignore_value, has_ignore, per_sample2,
+                                    threads)
+        elif softmax_op:
+            softmax_family(
+                x3,
+                OP_LOG_SOFTMAX if k == K_LOG_SOFTMAX
+                else OP_SOFTMAX if k == K_SOFTMAX else OP_LOGSUMEXP,
+                per_sample2, per_class3, threads, written_before)
+    elif per_sample is not None and k == K_LOGSUMEXP:
+        per_sample.fill(-np.inf)  # log(sum(exp([]))) of a sample without classes
+    if buffered:
+        # the kernel wrote a buffer: out's strides admit no (outer, C, inner) view
+        out[...] = written.reshape(out.shape)
+    if softmax_op:
+        # a 0-d result is a scalar, as NumPy's reductions give, unless out= holds it
+        result = per_sample if k == K_LOGSUMEXP else per_class
+        if result.ndim == 0 and out is None:
+            result = result[()]
+        return (result, None, None, None) if k == K_LOGSUMEXP \
+            else (None, result, None, None)
+    reduced = per_sample if per_sample is not None \
+        else reduce_total(total, denominator, reduction, dtype)
+    z_loss = None
+    if z_terms is not None:
+        z_loss = z_terms.astype(dtype) if reduction == "none" \
+            else reduce_total(z_terms.sum(), denominator, reduction, dtype)
+    return reduced, per_class, lse, z_loss
+
+
+cpdef flat_aligned(a, dtype=None):
+    """``a`` as a flat, contiguous and aligned array (of ``dtype``), copied
+    only if need be."""
+    return np.require(a, dtype=dtype, requirements=["C", "A"]).reshape(-1)
+
+
+cdef tuple execute_binary_plan(plan):
+    dtype = plan.dtype
+    shape = plan.x.shape
+    cdef Py_ssize_t n = plan.x.size
+    cdef bint buffered = False
+    cdef double scale = 1.0, total = 0.0
+    xf = plan.flat
+    # a gradient alone has no per-element losses to return
+    loss_arr = new_result(shape, dtype)[0] if plan.reduction == "none" and plan.want_loss \
+        else None
+    grad = grad_flat = go_flat = None
+    operands = plan.operands
+    if plan.grad_output is not None:
+        grad = plan.out if plan.out is not None else new_result(shape, dtype)[0]
+        grad_flat = writable_view(grad, (n,))
+        buffered = grad_flat is None or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>grad_flat)
+        if buffered:
+            grad_flat = new_result((n,), dtype)[0]  # written here, then copied into out
+        elif byte_ranges_meet(grad_flat, xf) and not same_memory_layout(grad_flat, xf):
+            xf = xf.copy()
+        go = plan.grad_output
+        if go.ndim:
+            go_flat = flat_aligned(go, dtype)
+        else:
+            scale = go
+        if plan.reduction == "mean" and n:
+            scale /= n
+        # nothing the kernel reads may change under the gradient it writes
+        operands = tuple([disjoint_aligned(a, grad_flat) for a in operands])
+        go_flat = disjoint_aligned(go_flat, grad_flat)
+    if n:
+        y_op, w_op, pw_op = operands
+        total = binary_cross_entropy_kernel(
+            xf, y_op, w_op, pw_op, plan.row_len, plan.logits, scale, go_flat,
+            None if loss_arr is None else loss_arr.reshape(-1), grad_flat, plan.threads,
+            plan.want_loss)
+    if buffered:
+        grad[...] = grad_flat.reshape(shape)
+    if not plan.want_loss:
+        return None, grad, None, None
+    loss = loss_arr if loss_arr is not None else reduce_total(total, n, plan.reduction, dtype)
+    return loss, grad, None, None
+
+
+cdef bint common_pair(object x, object t):
+    """Whether ``x`` and ``t`` are the commonest call's arrays: a C-ordered,
+    aligned ``(N, C)`` float32, float64, float16 or bfloat16 array with ``N
+    >= 1`` and ``C >= 2``, and an ``(N,)`` int64 one."""
+    if type(x) is not np.ndarray or type(t) is not np.ndarray:
+        return False
+    if cnp.PyArray_NDIM(<cnp.ndarray>x) != 2 or cnp.PyArray_NDIM(<cnp.ndarray>t) != 1:
+        return False
+    if stored_dtype(<cnp.ndarray>x) < 0 or cnp.PyArray_TYPE(<cnp.ndarray>t) != cnp.NPY_INT64 \
+            or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>x) \
+            or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>t):
+        return False
+    cdef Py_ssize_t n = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+    return n > 0 and cnp.PyArray_DIM(<cnp.ndarray>x, 1) >= 2 \
+        and cnp.PyArray_DIM(<cnp.ndarray>t, 0) == n
+
+
+cdef bint common_out(object out, object x, object dtype):
+    """Whether ``out`` takes the common call's gradient as ``check_out``
+    would accept it: a plain NumPy array of the logits' shape and the
+    result's dtype, writable and C-ordered (so no two elements share memory);
+    how it overlaps the inputs is ``execute_class_plan``'s concern."""
+    if type(out) is not np.ndarray:
+        return False
+    cdef cnp.ndarray o = <cnp.ndarray>out
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef int typenum = (<cnp.dtype>dtype).type_num
+    return cnp.PyArray_NDIM(o) == 2 and cnp.PyArray_DIM(o, 0) == cnp.PyArray_DIM(a, 0) \
+        and cnp.PyArray_DIM(o, 1) == cnp.PyArray_DIM(a, 1) and cnp.PyArray_TYPE(o) == typenum \
+        and cnp.PyArray_ISCARRAY(o)
+
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object value, int* overflow) except? -1
+
+
+cdef bint plain_options(object weight, object ignore_index, object reduction,
+                        object label_smoothing, object axis, object num_threads,
+                        object softcap, object temperature, object z_loss,
+                        object grad_output) except -1:
+    """Whether the options are the commonest call's: no class weights, an int64
+    ``ignore_index``, ``reduction`` "mean" or "sum", no smoothing, the class
+    axis 1 (or the default), ``num_threads`` None or in ``[1, MAX_THREAD_REQUEST]``, no
+    logit transform or z-loss, and ``grad_output`` None (no gradient) or 1.0.
+    Checked by exact type, so that no user object's ``__eq__`` runs."""
+    cdef int overflow
+    if weight is not None or softcap is not None:
+        return False
+    if type(reduction) is not str or not (reduction == "mean" or reduction == "sum"):
+        return False
+    if type(label_smoothing) is not float or <double>label_smoothing != 0.0:
+        return False
+    if type(temperature) is not float or <double>temperature != 1.0:
+        return False
+    if type(z_loss) is not float or <double>z_loss != 0.0:
+        return False
+    if grad_output is not None and (type(grad_output) is not float
+                                    or <double>grad_output != 1.0):
+        return False
+    if axis is not None and not (type(axis) is int and (axis == 1 or axis == -1)):
+        return False
+    cdef long long threads
+    if num_threads is not None:
+        if type(num_threads) is not int:
+            return False
+        threads = PyLong_AsLongLongAndOverflow(num_threads, &overflow)
+        if overflow or not 1 <= threads <= THREAD_REQUEST_LIMIT:
+            return False
+    if type(ignore_index) is not int:
+        return False
+    PyLong_AsLongLongAndOverflow(ignore_index, &overflow)
+    return overflow == 0
+
+
+def common_plan(str kernel, object logits, object target, object weight, object ignore_index,
+                object reduction, object label_smoothing, object axis, object num_threads,
+                object softcap, object temperature, object z_loss, object grad_output,
+                object out):
+    """The plan that ``plan_cross_entropy`` (``kernel`` CROSS_ENTROPY_INDEX) or
+    ``plan_nll_loss`` (NLL_LOSS) would make of the commonest call, made
+    without their checks, which its arguments pass by construction; None for
+    any other call, which then takes the checking path (and raises its
+    errors).  ``grad_output`` None asks for the loss alone; a gradient's plan
+    writes ``out`` (or a new array).
+
+    The commonest call: the options ``plain_options`` accepts, arrays
+    ``common_pair`` accepts, every target in ``[0, C)`` or equal to
+    ``ignore_index``, and for a gradient an ``out`` (or None) ``common_out``
+    accepts."""
+    if not plain_options(weight, ignore_index, reduction, label_smoothing, axis, num_threads,
+                         softcap, temperature, z_loss, grad_output):
+        return None
+    if not common_pair(logits, target):
+        return None
+    cdef bint want_grad = grad_output is not None
+    cdef bint mean = reduction == "mean"
+    cdef int64_t ignore_value = ignore_index
+    cdef int threads = 0 if num_threads is None else num_threads
+    cdef cnp.ndarray x = <cnp.ndarray>logits
+    cdef cnp.ndarray t = <cnp.ndarray>target
+    cdef Py_ssize_t n = cnp.PyArray_DIM(x, 0), n_classes = cnp.PyArray_DIM(x, 1)
+    dtype = FLOAT64_DTYPE if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE else FLOAT32_DTYPE
+    if want_grad and out is not None and not common_out(out, x, dtype):
+        return None
+    cdef Targets targets
+    cdef int64_t bad_value
+    cdef double counted
+    cdef Py_ssize_t bad
+    targets.data = <const char*>cnp.PyArray_DATA(t)
+    targets.kind = T_INT64
+    targets.so = targets.si = sizeof(int64_t)
+    if n < RELEASE_GIL_LOGITS:
+        bad = scan_targets(&targets, n, 1, n_classes, ignore_value, True, <const double*>NULL,
+                           &bad_value, &counted)
+    else:
+        with nogil:
+            bad = scan_targets(&targets, n, 1, n_classes, ignore_value, True,
+                               <const double*>NULL, &bad_value, &counted)
+    if bad >= 0:
+        return None
+    cdef cnp.npy_intp extents[3]
+    cdef cnp.PyArray_Dims shape
+    extents[0], extents[1], extents[2] = n, n_classes, 1
+    shape.ptr, shape.len = extents, 3
+    x3 = cnp.PyArray_Newshape(x, &shape, cnp.NPY_CORDER)
+    extents[1] = 1
+    shape.len = 2
+    index2 = cnp.PyArray_Newshape(t, &shape, cnp.NPY_CORDER)
+    # tuple.__new__(ClassPlan, fields), without the lookups of a Python-level call
+    return PyTuple_Type.tp_new(<void*>CLASS_PLAN, ((
+        kernel, x, x3, dtype, "mean" if mean else "sum", None,
+        counted if mean else 1.0, index2, None, NO_CLASS_WEIGHTS, 0.0, ignore_index,
+        True, ONE if want_grad else None, want_grad, out if want_grad else None, threads,
+        NO_TRANSFORM, None, None),), NULL)

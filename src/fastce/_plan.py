@@ -5,20 +5,32 @@ A ``plan_*`` function raises every error a call can raise; ``execute`` then
 only allocates and writes outputs.  ``execute`` owns what every call needs
 between the two: the result buffers and ``out=``, inputs the outputs
 overlap, the transposition of sample-major views, the copy back from a
-buffer into ``out``, and the reduction.
+buffer into ``out``, and the reduction.  The plans' types are in
+``_plan_types``; ``execute`` is compiled (``_kernels.execute``), and the
+commonest calls reach it with a plan ``_kernels.common_plan`` makes without
+the checks they pass by construction.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, SupportsIndex, TypeAlias, TypeVar, cast, overload
+from typing import Any, SupportsIndex, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _kernels
-from ._validate import (
+from ._kernels import flat_aligned
+from ._plan_types import (
+    CROSS_ENTROPY_INDEX,
+    CROSS_ENTROPY_PROBS,
+    LOGSUMEXP,
+    NLL_LOSS,
     NO_TRANSFORM,
+    BinaryPlan,
+    ClassPlan,
     LogitTransform,
+)
+from ._validate import (
     as_array,
     check_classes_present,
     check_grad_output,
@@ -35,80 +47,14 @@ from ._validate import (
     is_real,
     native_float_array,
     normalize_axis,
-    outer_as_inner,
     result_dtype,
-    samples_closer_than_classes,
     view3,
     warn_single_class,
-    writable_view,
 )
 
 # what the public functions return: float32 or float64 values (float64 for float64 input)
 FloatScalar: TypeAlias = np.floating[Any]
 FloatArray: TypeAlias = npt.NDArray[np.floating[Any]]
-_A = TypeVar("_A", bound=npt.NDArray[Any])
-
-# the kernel a plan runs
-CROSS_ENTROPY_INDEX = "cross_entropy_index"
-CROSS_ENTROPY_PROBS = "cross_entropy_probs"
-NLL_LOSS = "nll_loss"
-LOG_SOFTMAX = "log_softmax"
-SOFTMAX = "softmax"
-LOGSUMEXP = "logsumexp"
-_SOFTMAX_OPS = {
-    LOG_SOFTMAX: _kernels.LOG_SOFTMAX,
-    SOFTMAX: _kernels.SOFTMAX,
-    LOGSUMEXP: _kernels.LOGSUMEXP,
-}
-
-
-# plans are tuples (immutable, and made faster than a frozen dataclass); a
-# plan without class weights shares this one
-_NO_CLASS_WEIGHTS = np.empty(0)
-_NO_CLASS_WEIGHTS.setflags(write=False)
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-class ClassPlan(NamedTuple):
-    """A checked call of a function over a class axis: the cross-entropy
-    family, ``nll_loss``, ``log_softmax``, ``softmax``, ``logsumexp``."""
-
-    kernel: str
-    x: npt.NDArray[Any]  # the logits, native, in the caller's shape
-    x3: npt.NDArray[Any]  # their (outer, C, inner) view
-    dtype: np.dtype[Any]  # of every float result
-    reduction: str  # "mean", "sum", or "none" (a value per sample, or none at all)
-    per_sample_shape: tuple[int, ...] | None  # the per-sample result's, if there is one
-    denominator: float  # of the mean
-    index2: npt.NDArray[Any] | None = None  # class indices, (outer, inner)
-    probs3: npt.NDArray[Any] | None = None  # target probabilities, (outer, C, inner)
-    weight: npt.NDArray[np.float64] = _NO_CLASS_WEIGHTS  # per class; empty: none
-    smoothing: float = 0.0
-    ignore_value: int = 0
-    has_ignore: bool = False
-    grad_output: npt.NDArray[np.float64] | None = None  # set when a gradient is asked for
-    per_class: bool = False  # whether a per-class result (gradient, softmax) is written
-    out: npt.NDArray[Any] | None = None  # where the caller wants it
-    threads: int = 0
-    transform: LogitTransform = NO_TRANSFORM  # what the loss sees of the logits
-    lse_shape: tuple[int, ...] | None = None  # the per-sample log-sum-exp's, when wanted
-    z_loss_shape: tuple[int, ...] | None = None  # the per-sample z-loss's, when wanted
-
-
-class BinaryPlan(NamedTuple):
-    """A checked call of the binary cross-entropies: flat operands."""
-
-    logits: bool  # binary_cross_entropy_with_logits, else binary_cross_entropy
-    x: npt.NDArray[Any]  # the input, native, in the caller's shape
-    flat: npt.NDArray[Any]  # its contiguous aligned values
-    operands: tuple[npt.NDArray[Any] | None, ...]  # target, weight, pos_weight: flat
-    row_len: int  # the length of the last axis, which a per-column factor repeats along
-    dtype: np.dtype[Any]
-    reduction: str
-    grad_output: npt.NDArray[np.float64] | None
-    out: npt.NDArray[Any] | None
-    threads: int
-    want_loss: bool  # False for a gradient alone, which then takes no logarithm
 
 
 # ---- plans ---------------------------------------------------------------
@@ -309,13 +255,8 @@ def _flat_operand(
         return None
     a = a.reshape((1,) * (len(shape) - a.ndim) + a.shape)
     if len(shape) and all(n == 1 for n in a.shape[:-1]) and a.shape[-1] == row_len:
-        return _flat_aligned(a, dtype)
-    return _flat_aligned(np.broadcast_to(a, shape), dtype)
-
-
-def _flat_aligned(a: npt.NDArray[Any], dtype: np.dtype | None = None) -> npt.NDArray[Any]:
-    """``a`` as a flat, contiguous and aligned array (of ``dtype``), copied only if need be."""
-    return np.require(a, dtype=dtype, requirements=["C", "A"]).reshape(-1)
+        return flat_aligned(a, dtype)
+    return flat_aligned(np.broadcast_to(a, shape), dtype)
 
 
 def plan_binary(
@@ -348,9 +289,9 @@ def plan_binary(
     if want_grad and out is not None:
         check_out(out, x.shape, dtype)
     row_len = x.shape[-1] if x.ndim else 1
-    xf = _flat_aligned(x)
+    xf = flat_aligned(x)
     # an exact conversion, into a buffer of this call: checked below as it is
-    yf = _flat_aligned(y, dtype)
+    yf = flat_aligned(y, dtype)
     if not logits:
         _check_unit_interval(
             xf, "probs", "Pass logits to binary_cross_entropy_with_logits instead.", threads
@@ -375,275 +316,3 @@ def plan_binary(
         threads=threads,
         want_loss=want_loss,
     )
-
-
-# ---- execution -----------------------------------------------------------
-
-
-def _reduce(total: float, denominator: float, reduction: str, dtype: np.dtype[Any]) -> FloatScalar:
-    value = total if reduction == "sum" else total / denominator if denominator else np.nan
-    if abs(value) <= _FLOAT32_MAX or dtype.itemsize == 8:
-        return cast("FloatScalar", dtype.type(value))
-    # a float32 total past its range is inf, as reduction="none" stores it
-    with np.errstate(over="ignore"):
-        return cast("FloatScalar", dtype.type(value))
-
-
-def _same_memory_layout(a: np.ndarray, b: np.ndarray) -> bool:
-    return (
-        a.shape == b.shape
-        and a.strides == b.strides
-        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-    )
-
-
-@overload
-def _disjoint_aligned(a: None, written: npt.NDArray[Any] | None) -> None: ...
-@overload
-def _disjoint_aligned(a: _A, written: npt.NDArray[Any] | None) -> _A: ...
-def _disjoint_aligned(a: _A | None, written: npt.NDArray[Any] | None) -> _A | None:
-    """``a`` if it is aligned and shares no memory with ``written``, else a
-    copy of it: what a kernel may read while it writes ``written``."""
-    if a is None or (a.flags.aligned and not np.may_share_memory(a, written)):
-        return a
-    return a.copy()
-
-
-def _class_output(
-    out: npt.NDArray[Any] | None, x: np.ndarray, x3: np.ndarray, dtype: np.dtype[Any]
-) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any], bool, bool]:
-    """The array a per-class result (a gradient, softmax, log_softmax) is
-    returned in: ``out`` (checked), or a new array of ``dtype`` laid out as
-    the logits ``x``; its ``(outer, C, inner)`` view the kernel writes; the
-    logits view to read, copied when ``out`` overlaps it without being it;
-    whether the view is a separate buffer, to be copied into ``out``
-    afterwards because ``out``'s strides admit no such view; and whether the
-    view's memory was written before (``out``, or a freed result's kept
-    memory) rather than fresh pages."""
-    if out is None:
-        # C order costs less to allocate, and is what order="K" gives for it
-        like = None if x.flags.c_contiguous else x
-        result, written_before = _kernels.new_result(x.shape, dtype, like)
-        view = writable_view(result, x3.shape)
-        if view is None:
-            result, written_before = _kernels.new_result(x.shape, dtype)
-            view = result.reshape(x3.shape)
-        return result, view, x3, False, written_before
-    view = writable_view(out, x3.shape)
-    buffered = view is None or not view.flags.aligned
-    written_before = True
-    if view is None or buffered:
-        view, written_before = _kernels.new_result(x3.shape, dtype)
-    if np.may_share_memory(view, x3) and not _same_memory_layout(view, x3):
-        x3 = x3.copy()
-    return out, view, x3, buffered, written_before
-
-
-def execute(plan: ClassPlan | BinaryPlan) -> tuple[Any, Any, Any, Any]:
-    """Runs ``plan``: returns ``(reduced, per_class, lse, z_loss)``, the loss
-    (a scalar, or the per-sample array; the log-sum-exp), the per-class
-    result (the gradient, softmax, log_softmax), and the cross-entropy's
-    per-sample log-sum-exp and z-loss (reduced as the loss), each None where
-    the call has none."""
-    if isinstance(plan, BinaryPlan):
-        return _execute_binary(plan)
-    # read once: a tuple unpacks faster than its fields are looked up one by one
-    (
-        kernel,
-        x,
-        x3,
-        dtype,
-        reduction,
-        per_sample_shape,
-        denominator,
-        index2,
-        probs3,
-        weight,
-        smoothing,
-        ignore_value,
-        has_ignore,
-        grad_output,
-        wants_per_class,
-        out,
-        threads,
-        transform,
-        lse_shape,
-        z_loss_shape,
-    ) = plan
-    outer, n_classes, inner = x3.shape
-    per_sample = np.empty(per_sample_shape, dtype=dtype) if per_sample_shape is not None else None
-    lse = np.empty(lse_shape, dtype=dtype) if lse_shape is not None else None
-    # float64: summed into the reduced z-loss as the kernels sum the loss
-    z_terms = np.zeros(z_loss_shape) if z_loss_shape is not None else None
-    per_class = per_class3 = None
-    buffered = written_before = False
-    if wants_per_class:
-        per_class, per_class3, x3, buffered, written_before = _class_output(out, x, x3, dtype)
-    written = per_class3
-    total = 0.0
-    if outer * inner and n_classes:
-        go2 = None
-        per_sample2 = None if per_sample is None else per_sample.reshape(outer, inner)
-        lse2 = None if lse is None else lse.reshape(outer, inner)
-        z2 = None if z_terms is None else z_terms.reshape(outer, inner)
-        if grad_output is not None:
-            go = grad_output
-            # a scalar stays one element: the kernels read a (1, 1) grad_output
-            # at every sample
-            go2 = go.reshape(outer, inner) if go.ndim else go.reshape(1, 1)
-            # nothing the kernels read may change under the gradient they write
-            index2, probs3, go2, weight = (
-                _disjoint_aligned(index2, per_class3),
-                _disjoint_aligned(probs3, per_class3),
-                _disjoint_aligned(go2, per_class3),
-                _disjoint_aligned(weight, per_class3),
-            )
-        # a gather reads one element per sample, in any layout; row kernels
-        # compute sample-major views (class rows far apart) as tiles
-        if kernel != NLL_LOSS and samples_closer_than_classes(x3):
-            x3 = outer_as_inner(x3)
-            index2 = outer_as_inner(index2)
-            probs3 = outer_as_inner(probs3)
-            per_sample2 = outer_as_inner(per_sample2)
-            lse2 = outer_as_inner(lse2)
-            z2 = outer_as_inner(z2)
-            go2 = outer_as_inner(go2)
-            per_class3 = outer_as_inner(per_class3)
-        if kernel == CROSS_ENTROPY_INDEX:
-            weight_total = float(weight.sum()) if weight.size else float(n_classes)
-            total = _kernels.cross_entropy_index(
-                x3,
-                cast("npt.NDArray[Any]", index2),  # set: the plan of class indices
-                weight,
-                weight_total,
-                smoothing,
-                ignore_value,
-                has_ignore,
-                per_sample2,
-                go2,
-                denominator,
-                per_class3,
-                threads,
-                written_before,
-                *transform,
-                lse2,
-                z2,
-            )
-        elif kernel == CROSS_ENTROPY_PROBS:
-            total = _kernels.cross_entropy_probs(
-                x3,
-                cast("npt.NDArray[Any]", probs3),  # set: the plan of probabilities
-                weight,
-                smoothing,
-                per_sample2,
-                go2,
-                denominator,
-                per_class3,
-                threads,
-                written_before,
-                *transform,
-                lse2,
-                z2,
-            )
-        elif kernel == NLL_LOSS:
-            total = _kernels.nll_loss_kernel(
-                x3,
-                cast("npt.NDArray[Any]", index2),  # set: nll_loss takes class indices
-                weight,
-                ignore_value,
-                has_ignore,
-                per_sample2,
-                threads,
-            )
-        else:
-            _kernels.softmax_family(
-                x3,
-                _SOFTMAX_OPS[kernel],
-                per_sample2,
-                per_class3,
-                threads,
-                out_written_before=written_before,
-            )
-    elif per_sample is not None and kernel == LOGSUMEXP:
-        per_sample.fill(-np.inf)  # log(sum(exp([]))) of a sample without classes
-    if buffered:
-        # the kernel wrote a buffer: out's strides admit no (outer, C, inner) view
-        out_array = cast("npt.NDArray[Any]", out)  # given: only out= is buffered
-        out_array[...] = cast("npt.NDArray[Any]", written).reshape(out_array.shape)
-    if kernel in _SOFTMAX_OPS:
-        # a 0-d result is a scalar, as NumPy's reductions give, unless out= holds it
-        result = per_sample if kernel == LOGSUMEXP else per_class
-        assert result is not None
-        if result.ndim == 0 and out is None:
-            result = result[()]
-        return (result, None, None, None) if kernel == LOGSUMEXP else (None, result, None, None)
-    reduced = (
-        per_sample if per_sample is not None else _reduce(total, denominator, reduction, dtype)
-    )
-    z_loss = None
-    if z_terms is not None:
-        z_loss = (
-            z_terms.astype(dtype)
-            if reduction == "none"
-            else _reduce(float(z_terms.sum()), denominator, reduction, dtype)
-        )
-    return reduced, per_class, lse, z_loss
-
-
-def _execute_binary(plan: BinaryPlan) -> tuple[Any, Any, Any, Any]:
-    dtype = plan.dtype
-    shape = plan.x.shape
-    n = plan.x.size
-    xf = plan.flat
-    # a gradient alone has no per-element losses to return
-    loss_arr = (
-        _kernels.new_result(shape, dtype)[0]
-        if plan.reduction == "none" and plan.want_loss
-        else None
-    )
-    grad = grad_flat = None
-    buffered = False
-    operands = plan.operands
-    scale = 1.0
-    go_flat: npt.NDArray[Any] | None = None
-    if plan.grad_output is not None:
-        grad = plan.out if plan.out is not None else _kernels.new_result(shape, dtype)[0]
-        grad_flat = writable_view(grad, (n,))
-        buffered = grad_flat is None or not grad_flat.flags.c_contiguous
-        if grad_flat is None or buffered:
-            grad_flat = _kernels.new_result((n,), dtype)[0]  # written here, then copied into out
-        elif np.may_share_memory(grad_flat, xf) and not _same_memory_layout(grad_flat, xf):
-            xf = xf.copy()
-        go = plan.grad_output
-        if go.ndim:
-            go_flat = _flat_aligned(go, dtype)
-        else:
-            scale = float(go)
-        if plan.reduction == "mean" and n:
-            scale /= n
-        # nothing the kernel reads may change under the gradient it writes
-        operands = tuple(_disjoint_aligned(a, grad_flat) for a in operands)
-        go_flat = _disjoint_aligned(go_flat, grad_flat)
-    total = 0.0
-    if n:
-        y_op, w_op, pw_op = operands
-        total = _kernels.binary_cross_entropy_kernel(
-            xf,
-            cast("npt.NDArray[Any]", y_op),  # the target, never None
-            w_op,
-            pw_op,
-            plan.row_len,
-            plan.logits,
-            scale,
-            go_flat,
-            None if loss_arr is None else loss_arr.reshape(-1),
-            grad_flat,
-            plan.threads,
-            plan.want_loss,
-        )
-    if buffered:
-        cast("npt.NDArray[Any]", grad)[...] = cast("npt.NDArray[Any]", grad_flat).reshape(shape)
-    if not plan.want_loss:
-        return None, grad, None, None
-    loss = loss_arr if loss_arr is not None else _reduce(total, float(n), plan.reduction, dtype)
-    return loss, grad, None, None

@@ -10,18 +10,17 @@ import math
 import operator
 import warnings
 from dataclasses import dataclass
-from typing import Any, NamedTuple, SupportsIndex, TypeVar, cast, overload
+from typing import Any, SupportsIndex, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _kernels
+from ._plan_types import NO_CLASS_WEIGHTS, LogitTransform
 
 _Arr = TypeVar("_Arr", bound="npt.NDArray[Any]")
 
 REDUCTIONS = ("none", "mean", "sum")
-NO_WEIGHT = np.empty(0, dtype=np.float64)
-NO_WEIGHT.setflags(write=False)
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _FLOAT32 = np.dtype(np.float32)
@@ -184,7 +183,7 @@ def check_num_threads(num_threads: object) -> int:
         raise TypeError(f"num_threads must be a positive integer or None; got {num_threads!r}")
     if num_threads < 1:
         raise ValueError(f"num_threads must be at least 1; got {num_threads}")
-    return int(min(num_threads, 1 << 16))
+    return int(min(num_threads, _kernels.MAX_THREAD_REQUEST))
 
 
 def check_reduction(reduction: object) -> str:
@@ -221,18 +220,6 @@ def _real_option(value: object, name: str, requirement: str) -> float:
     ):
         raise TypeError(f"{name} must be {requirement}; got {type(value).__name__} {value!r}")
     return float(value)
-
-
-class LogitTransform(NamedTuple):
-    """The logits a loss sees, ``logit_scale * softcap * tanh(x / softcap)``
-    (``logit_scale * x`` for ``softcap`` 0), and the z-loss coefficient."""
-
-    logit_scale: float
-    softcap: float
-    z_loss: float
-
-
-NO_TRANSFORM = LogitTransform(1.0, 0.0, 0.0)
 
 
 def check_logit_transform(softcap: object, temperature: object, z_loss: object) -> LogitTransform:
@@ -276,7 +263,7 @@ def check_ignore_index(ignore_index: SupportsIndex) -> tuple[int, bool]:
 def check_weight(weight: object, n_classes: int, name: str = "weight") -> npt.NDArray[np.float64]:
     """Class weights as a contiguous float64 ``(C,)`` array (empty for None)."""
     if weight is None:
-        return NO_WEIGHT
+        return NO_CLASS_WEIGHTS
     w = as_array(weight)
     if not is_real(w.dtype):
         raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
@@ -305,14 +292,6 @@ def view3(arr: np.ndarray, axis: int) -> np.ndarray:
     strides allow one."""
     shape = arr.shape
     return arr.reshape(math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :]))
-
-
-def writable_view(out: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    """``out`` reshaped without a copy, or None when its strides forbid it."""
-    try:
-        return out.reshape(shape, copy=False)
-    except ValueError:
-        return None
 
 
 def check_out(
@@ -365,26 +344,6 @@ def overlaps_itself(a: np.ndarray) -> bool:
         offsets = (offsets[:, None] + stride * np.arange(n, dtype=np.int64)).ravel()
     offsets.sort()
     return bool(np.any(np.diff(offsets) < a.itemsize))
-
-
-def samples_closer_than_classes(x3: np.ndarray) -> bool:
-    """True when one class row's elements lie further apart than neighbouring
-    samples (Fortran-ordered ``(N, C)``): the kernels then read the samples
-    as the contiguous inner positions of a single outer slice, through
-    :func:`outer_as_inner`."""
-    outer, _, inner = x3.shape
-    return inner == 1 and outer > 1 and abs(x3.strides[0]) < abs(x3.strides[1])
-
-
-@overload
-def outer_as_inner(a: None) -> None: ...
-@overload
-def outer_as_inner(a: _Arr) -> _Arr: ...
-def outer_as_inner(a: _Arr | None) -> _Arr | None:
-    """An ``(outer, C, 1)`` array as ``(1, C, outer)``, or an ``(outer, 1)``
-    per-sample array as ``(1, outer)``: the same memory, its axes reversed
-    (None stays None)."""
-    return None if a is None else a.T
 
 
 @dataclass

@@ -1,27 +1,32 @@
 """The public functions: each is its documentation, a plan (``_plan.plan_*``,
 which checks the arguments) and ``_plan.execute``; the commonest calls
-take a fast path first (see ``_plain_options``)."""
+have it made first without the checks, which they pass by construction
+(``_kernels.common_plan``), and run by the same ``execute``."""
 
 from __future__ import annotations
 
-from typing import Literal, SupportsIndex, TypedDict, cast, overload
+from typing import Literal, SupportsIndex, TypedDict, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _kernels
+from ._kernels import common_plan, execute
+from ._plan import FloatArray as _FloatArray
+from ._plan import FloatScalar as _FloatScalar
 from ._plan import (
-    LOG_SOFTMAX,
-    LOGSUMEXP,
-    SOFTMAX,
-    execute,
     plan_binary,
     plan_cross_entropy,
     plan_nll_loss,
     plan_softmax,
 )
-from ._plan import FloatArray as _FloatArray
-from ._plan import FloatScalar as _FloatScalar
+from ._plan_types import (
+    CROSS_ENTROPY_INDEX,
+    LOG_SOFTMAX,
+    LOGSUMEXP,
+    NLL_LOSS,
+    SOFTMAX,
+    ClassPlan,
+)
 from ._validate import (
     check_axis_option,
     check_flag,
@@ -217,52 +222,46 @@ def cross_entropy(
     >>> print(round(float(loss), 5), round(float(z), 5))
     0.36443 0.03976
     """
-    if (
-        _untransformed(softcap, temperature, z_loss)
-        and return_z_loss is False
-        and return_lse is False
-        and _plain_options(weight, ignore_index, reduction, label_smoothing, axis, num_threads)
-    ):
-        common: _FloatScalar | None = _kernels.cross_entropy_common(
+    plan = None
+    if return_z_loss is False and return_lse is False:
+        plan = common_plan(
+            CROSS_ENTROPY_INDEX,
             logits,
             target,
-            reduction == "mean",
+            weight,
             ignore_index,
-            0 if num_threads is None else num_threads,
+            reduction,
+            label_smoothing,
+            axis,
+            num_threads,
+            softcap,
+            temperature,
+            z_loss,
+            None,
+            None,
         )
-        if common is not None:
-            return common
-    plan = plan_cross_entropy(
-        logits,
-        target,
-        weight,
-        ignore_index,
-        reduction,
-        label_smoothing,
-        axis,
-        False,
-        None,
-        None,
-        num_threads,
-        check_logit_transform(softcap, temperature, z_loss),
-        check_flag(return_lse, "return_lse"),
-        check_flag(return_z_loss, "return_z_loss"),
-    )
+    if plan is None:
+        plan = plan_cross_entropy(
+            logits,
+            target,
+            weight,
+            ignore_index,
+            reduction,
+            label_smoothing,
+            axis,
+            False,
+            None,
+            None,
+            num_threads,
+            check_logit_transform(softcap, temperature, z_loss),
+            check_flag(return_lse, "return_lse"),
+            check_flag(return_z_loss, "return_z_loss"),
+        )
     loss, _, lse, z_loss_part = execute(plan)
-    result = _with_extras((loss,), z_loss_part, lse)
-    return result if len(result) > 1 else result[0]
-
-
-def _untransformed(softcap: object, temperature: object, z_loss: object) -> bool:
-    """Whether the logit transform and z-loss options are the defaults, checked
-    by exact type as _plain_options checks (a cheap test before any validation)."""
-    return (
-        softcap is None
-        and type(temperature) is float
-        and temperature == 1.0
-        and type(z_loss) is float
-        and z_loss == 0.0
-    )
+    if lse is None and z_loss_part is None:
+        only_loss: _FloatScalar | _FloatArray = loss
+        return only_loss
+    return _with_extras((loss,), z_loss_part, lse)
 
 
 def _with_extras(
@@ -272,29 +271,6 @@ def _with_extras(
 ) -> tuple[_FloatScalar | _FloatArray, ...]:
     """``head`` followed by the z-loss and the log-sum-exps the plan asked for."""
     return head + tuple(extra for extra in (z_loss_part, lse) if extra is not None)
-
-
-def _plain_options(
-    weight: object,
-    ignore_index: object,
-    reduction: object,
-    label_smoothing: object,
-    axis: object,
-    num_threads: object,
-) -> bool:
-    """Whether the options are those :func:`_kernels.cross_entropy_common`
-    serves, checked by exact type so that no user object's ``__eq__`` runs."""
-    return (
-        weight is None
-        and (axis is None or (type(axis) is int and (axis == 1 or axis == -1)))
-        and (num_threads is None or (type(num_threads) is int and 1 <= num_threads <= 1 << 16))
-        and type(reduction) is str
-        and (reduction == "mean" or reduction == "sum")
-        and type(label_smoothing) is float
-        and label_smoothing == 0.0
-        and type(ignore_index) is int
-        and -(1 << 63) <= ignore_index < 1 << 63
-    )
 
 
 def cross_entropy_grad(
@@ -340,35 +316,22 @@ def cross_entropy_grad(
     >>> fastce.cross_entropy_grad(np.array([1.0, 2.0, 0.1]), np.array(1)).round(6)
     array([ 0.242433, -0.340999,  0.098566])
     """
-    both = None
-    if _untransformed(softcap, temperature, z_loss):
-        both = _common_with_grad(
-            logits,
-            target,
-            weight,
-            grad_output,
-            ignore_index,
-            reduction,
-            label_smoothing,
-            axis,
-            out,
-            num_threads,
-        )
-    if both is not None:
-        return both[1]
-    plan = plan_cross_entropy(
+    plan = _gradient_plan(
         logits,
         target,
         weight,
+        grad_output,
         ignore_index,
         reduction,
         label_smoothing,
         axis,
-        True,
-        grad_output,
         out,
         num_threads,
-        check_logit_transform(softcap, temperature, z_loss),
+        softcap,
+        temperature,
+        z_loss,
+        False,
+        False,
     )
     grad: _FloatArray = execute(plan)[1]
     return grad
@@ -483,47 +446,30 @@ def cross_entropy_with_grad(
     >>> float(round(loss, 6)), grad is logits
     (0.41703, True)
     """
-    both = None
-    if (
-        _untransformed(softcap, temperature, z_loss)
-        and return_z_loss is False
-        and return_lse is False
-    ):
-        both = _common_with_grad(
-            logits,
-            target,
-            weight,
-            grad_output,
-            ignore_index,
-            reduction,
-            label_smoothing,
-            axis,
-            out,
-            num_threads,
-        )
-    if both is not None:
-        return both
-    plan = plan_cross_entropy(
+    plan = _gradient_plan(
         logits,
         target,
         weight,
+        grad_output,
         ignore_index,
         reduction,
         label_smoothing,
         axis,
-        True,
-        grad_output,
         out,
         num_threads,
-        check_logit_transform(softcap, temperature, z_loss),
-        check_flag(return_lse, "return_lse"),
-        check_flag(return_z_loss, "return_z_loss"),
+        softcap,
+        temperature,
+        z_loss,
+        return_lse,
+        return_z_loss,
     )
     loss, grad, lse, z_loss_part = execute(plan)
+    if lse is None and z_loss_part is None:
+        return loss, grad
     return _with_extras((loss, grad), z_loss_part, lse)
 
 
-def _common_with_grad(
+def _gradient_plan(
     logits: ArrayLike,
     target: ArrayLike,
     weight: ArrayLike | None,
@@ -534,26 +480,50 @@ def _common_with_grad(
     axis: SupportsIndex | None,
     out: _FloatArray | None,
     num_threads: int | None,
-) -> tuple[_FloatScalar, _FloatArray] | None:
-    """``(loss, grad)`` from the fast path of the common call, or None."""
-    if (
-        type(grad_output) is not float
-        or grad_output != 1.0
-        or not _plain_options(weight, ignore_index, reduction, label_smoothing, axis, num_threads)
-    ):
-        return None
-    return cast(
-        "tuple[_FloatScalar, _FloatArray] | None",
-        _kernels.cross_entropy_common(
+    softcap: float | None,
+    temperature: float,
+    z_loss: float,
+    return_lse: bool,
+    return_z_loss: bool,
+) -> ClassPlan:
+    """The plan of a gradient: the commonest call's, made without the checks
+    it passes by construction, or the checked plan of any other call."""
+    plan = None
+    if return_z_loss is False and return_lse is False:
+        plan = common_plan(
+            CROSS_ENTROPY_INDEX,
             logits,
             target,
-            reduction == "mean",
+            weight,
             ignore_index,
-            0 if num_threads is None else num_threads,
-            True,
+            reduction,
+            label_smoothing,
+            axis,
+            num_threads,
+            softcap,
+            temperature,
+            z_loss,
+            grad_output,
             out,
-        ),
-    )
+        )
+    if plan is None:
+        plan = plan_cross_entropy(
+            logits,
+            target,
+            weight,
+            ignore_index,
+            reduction,
+            label_smoothing,
+            axis,
+            True,
+            grad_output,
+            out,
+            num_threads,
+            check_logit_transform(softcap, temperature, z_loss),
+            check_flag(return_lse, "return_lse"),
+            check_flag(return_z_loss, "return_z_loss"),
+        )
+    return plan
 
 
 @overload
@@ -622,13 +592,24 @@ def nll_loss(
     >>> float(round(fastce.nll_loss(lp, np.array([1, 0])), 6))
     0.490415
     """
-    if _plain_options(weight, ignore_index, reduction, 0.0, axis, num_threads):
-        loss: _FloatScalar | None = _kernels.nll_loss_common(
-            log_probs, target, reduction == "mean", ignore_index
-        )
-        if loss is not None:
-            return loss
-    plan = plan_nll_loss(log_probs, target, weight, ignore_index, reduction, axis, num_threads)
+    plan = common_plan(
+        NLL_LOSS,
+        log_probs,
+        target,
+        weight,
+        ignore_index,
+        reduction,
+        0.0,
+        axis,
+        num_threads,
+        None,
+        1.0,
+        0.0,
+        None,
+        None,
+    )
+    if plan is None:
+        plan = plan_nll_loss(log_probs, target, weight, ignore_index, reduction, axis, num_threads)
     result: _FloatScalar | _FloatArray = execute(plan)[0]
     return result
 

@@ -30,16 +30,14 @@ import numpy.typing as npt
 from numpy.typing import ArrayLike
 
 from ._config import get_num_threads
+from ._kernels import execute
 from ._plan import (
-    CROSS_ENTROPY_INDEX,
-    CROSS_ENTROPY_PROBS,
-    ClassPlan,
     FloatArray,
     FloatScalar,
-    execute,
     plan_cross_entropy,
 )
-from ._validate import LogitTransform, as_array, check_float_dtype, check_logit_transform
+from ._plan_types import CROSS_ENTROPY_INDEX, CROSS_ENTROPY_PROBS, ClassPlan, LogitTransform
+from ._validate import as_array, check_float_dtype, check_logit_transform
 from .functional import logsumexp
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]

@@ -40,7 +40,8 @@ import numpy.typing as npt
 from numpy.typing import ArrayLike
 
 from . import functional as _functional
-from ._validate import as_array, writable_view
+from ._kernels import writable_view
+from ._validate import as_array
 
 __all__ = ["logsumexp", "softmax", "log_softmax"]
 

@@ -96,7 +96,8 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess
 from . import functional as _functional
 from . import linear as _linear
 from ._config import get_num_threads as _fastce_threads
-from ._validate import NO_TRANSFORM, LogitTransform, check_flag, check_logit_transform
+from ._plan_types import NO_TRANSFORM, LogitTransform
+from ._validate import check_flag, check_logit_transform
 
 # NumPy has no bfloat16 of its own: ml_dtypes gives it the one a bfloat16
 # tensor's memory is viewed as; without it such tensors go to torch
