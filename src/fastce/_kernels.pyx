@@ -2121,12 +2121,13 @@ cdef int plan_kernel(object name) except -1:
 cdef double FLOAT32_MAX = np.finfo(np.float32).max
 cdef object FLOAT32_DTYPE = np.dtype(np.float32)
 cdef object FLOAT64_DTYPE = np.dtype(np.float64)
-# grad_output=1, as check_grad_output gives it; never written
 cdef extern from "Python.h":
     ctypedef object (*tuple_new_t)(void* subtype, object args, void* kwargs)
     ctypedef struct TupleType "PyTypeObject":
         tuple_new_t tp_new
     TupleType PyTuple_Type
+
+# grad_output=1, as check_grad_output gives it; never written
 cdef object ONE = np.ones(())
 ONE.setflags(write=False)
 
