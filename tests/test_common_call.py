@@ -359,3 +359,24 @@ def test_grad_output_other_than_one_takes_the_checking_path():
     np.testing.assert_array_equal(got, 2 * fastce.cross_entropy_grad(x, t))
     with pytest.raises(ValueError, match="grad_output must be a scalar"):
         fastce.cross_entropy_grad(x, t, grad_output=np.ones(8))
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 9, 17, 64, 1001])
+def test_targets_are_counted_and_checked_alike_on_every_path(simd_path, n):
+    # the commonest call's target pass is vector code of each path: every
+    # position of a vector and of its tail, and values at and past the ends
+    n_classes = 7
+    x = np.zeros((n, n_classes), dtype=np.float32)
+    rng = np.random.default_rng(n)
+    for ignore_index in (-100, 3, 2**63 - 1, -(2**63)):
+        t = rng.integers(0, n_classes, n)
+        t[rng.random(n) < 0.3] = ignore_index
+        fast = common(CROSS_ENTROPY_INDEX, x, t, ignore_index=ignore_index)
+        assert fast.denominator == np.count_nonzero(t != ignore_index)
+        for position in sorted({0, n // 2, n - 1}):
+            for bad in (-1, n_classes, 2**63 - 1, -(2**63), -100):
+                if bad == ignore_index:
+                    continue
+                spoilt = t.copy()
+                spoilt[position] = bad
+                assert common(CROSS_ENTROPY_INDEX, x, spoilt, ignore_index=ignore_index) is None

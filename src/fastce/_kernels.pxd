@@ -119,6 +119,8 @@ cdef extern from "csrc/dispatch.h":
         void (*tile_log)(const double*, Py_ssize_t, double*) noexcept nogil
         void (*stream_fence)() noexcept nogil
         void (*half_to_f32)(const uint16_t*, Py_ssize_t, float*, int) noexcept nogil
+        int (*count_targets)(const int64_t*, Py_ssize_t, int64_t, int64_t,
+                             Py_ssize_t*) noexcept nogil
         const char* isa
     # the table every kernel calls through (see above)
     const fastce_ops_t* fastce_active_ops

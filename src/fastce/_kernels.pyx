@@ -1795,6 +1795,43 @@ cdef struct NllCall:
     Py_ssize_t lo, li
 
 
+cdef enum:
+    # how many samples ahead nll_plain_sum asks for the element it will read
+    NLL_PREFETCH = 16
+
+cdef extern from "csrc/prefetch.h":
+    void fastce_prefetch(const void* p) noexcept nogil
+
+
+cdef double nll_plain_sum(const NllCall* call, const Piece* p, const stored_t* x,
+                          double total) noexcept nogil:
+    """``total`` plus nll_rows's losses of the piece without class weights, int64
+    targets and no per-sample output, added in the same order: the loop of the
+    commonest call.  The rows lie far apart, so each read would wait on memory:
+    the element NLL_PREFETCH samples later is asked for first."""
+    cdef const char* t = call.t.data + p.o * call.t.so + p.i * call.t.si
+    cdef Py_ssize_t step = p.o_step * call.t.so + p.i_step * call.t.si
+    cdef Py_ssize_t k, later
+    cdef int64_t target
+    cdef double v
+    for k in range(p.n):
+        later = k + NLL_PREFETCH
+        if later < p.n:
+            target = (<const int64_t*>(t + later * step))[0]
+            if 0 <= target < p.C:
+                fastce_prefetch(x + later * p.xs + target * p.xc)
+        target = (<const int64_t*>(t + k * step))[0]
+        if call.opt.has_ignore and target == call.opt.ignore_index:
+            total += 0.0
+            continue
+        if stored_t is uint16_t:
+            v = half_value(x[k * p.xs + target * p.xc], p.bf16)
+        else:
+            v = x[k * p.xs + target * p.xc]
+        total += -1.0 * v
+    return total
+
+
 cdef void nll_rows(const void* call_, const Piece* p, const stored_t* x, floating* unused,
                    double* total) noexcept nogil:
     cdef const NllCall* call = <const NllCall*>call_
@@ -1802,6 +1839,9 @@ cdef void nll_rows(const void* call_, const Piece* p, const stored_t* x, floatin
     cdef Py_ssize_t k
     cdef int64_t target
     cdef double w, v, loss
+    if call.t.kind == T_INT64 and call.opt.weight == NULL and loss_out == NULL:
+        total[0] = nll_plain_sum(call, p, x, total[0])
+        return
     for k in range(p.n):
         target = target_at(&call.t, p.o + k * p.o_step, p.i + k * p.i_step)
         loss = 0.0
@@ -2557,21 +2597,15 @@ def common_plan(str kernel, object logits, object target, object weight, object 
     dtype = FLOAT64_DTYPE if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE else FLOAT32_DTYPE
     if want_grad and out is not None and not common_out(out, x, dtype):
         return None
-    cdef Targets targets
-    cdef int64_t bad_value
-    cdef double counted
-    cdef Py_ssize_t bad
-    targets.data = <const char*>cnp.PyArray_DATA(t)
-    targets.kind = T_INT64
-    targets.so = targets.si = sizeof(int64_t)
+    cdef const int64_t* tp = <const int64_t*>cnp.PyArray_DATA(t)
+    cdef Py_ssize_t counted
+    cdef bint bad
     if n < RELEASE_GIL_LOGITS:
-        bad = scan_targets(&targets, n, 1, n_classes, ignore_value, True, <const double*>NULL,
-                           &bad_value, &counted)
+        bad = fastce_active_ops.count_targets(tp, n, n_classes, ignore_value, &counted)
     else:
         with nogil:
-            bad = scan_targets(&targets, n, 1, n_classes, ignore_value, True,
-                               <const double*>NULL, &bad_value, &counted)
-    if bad >= 0:
+            bad = fastce_active_ops.count_targets(tp, n, n_classes, ignore_value, &counted)
+    if bad:
         return None
     cdef cnp.npy_intp extents[3]
     cdef cnp.PyArray_Dims shape
@@ -2584,6 +2618,6 @@ def common_plan(str kernel, object logits, object target, object weight, object 
     # tuple.__new__(ClassPlan, fields), without the lookups of a Python-level call
     return PyTuple_Type.tp_new(<void*>CLASS_PLAN, ((
         kernel, x, x3, dtype, "mean" if mean else "sum", None,
-        counted if mean else 1.0, index2, None, NO_CLASS_WEIGHTS, 0.0, ignore_index,
+        <double>counted if mean else 1.0, index2, None, NO_CLASS_WEIGHTS, 0.0, ignore_index,
         True, ONE if want_grad else None, want_grad, out if want_grad else None, threads,
         NO_TRANSFORM, None, None),), NULL)

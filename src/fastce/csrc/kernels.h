@@ -85,6 +85,9 @@ typedef struct {
     void (*stream_fence)(void);
     /* float16 (last argument 0) or bfloat16 (1) values to float32 */
     void (*half_to_f32)(const uint16_t *, ptrdiff_t, float *, int);
+    /* whether an int64 class index lies outside [0, C) without being the
+     * ignored value, and how many are not that value */
+    int (*count_targets)(const int64_t *, ptrdiff_t, int64_t, int64_t, ptrdiff_t *);
     const char *isa;
 } fastce_ops_t;
 

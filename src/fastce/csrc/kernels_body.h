@@ -773,6 +773,22 @@ static void KNAME_ISA(half_to_f32)(const uint16_t *src, ptrdiff_t n, float *dst,
         for (; k < n; k++) dst[k] = fastce_f16_to_f32(src[k]);
     }
 }
+
+/* whether a class index of t[0:n] lies outside [0, C) without being
+ * ignore_index, and in *counted how many are not ignore_index: a loop
+ * without branches, which the compiler vectorises with each ISA's flags */
+static int KNAME_ISA(count_targets)(const int64_t *t, ptrdiff_t n, int64_t C, int64_t ignore_index,
+                                    ptrdiff_t *counted) {
+    ptrdiff_t kept = 0;
+    uint64_t outside = 0;
+    for (ptrdiff_t k = 0; k < n; k++) {
+        uint64_t counts = t[k] != ignore_index;
+        kept += (ptrdiff_t)counts;
+        outside |= counts & ((uint64_t)t[k] >= (uint64_t)C);
+    }
+    *counted = kept;
+    return outside != 0;
+}
 #endif
 
 /* ---- the logarithm ------------------------------------------------------------ */
