@@ -10,15 +10,13 @@ import math
 import operator
 import warnings
 from dataclasses import dataclass
-from typing import Any, SupportsIndex, TypeVar, cast
+from typing import Any, SupportsIndex, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _kernels
 from ._plan_types import NO_CLASS_WEIGHTS, LogitTransform
-
-_Arr = TypeVar("_Arr", bound="npt.NDArray[Any]")
 
 REDUCTIONS = ("none", "mean", "sum")
 _INT64_MIN = -(2**63)
