@@ -1535,7 +1535,8 @@ cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object lse_out, obj
                      object grad_output, object grad, bint grad_written_before) except *:
     """The per-sample losses, log-sum-exps and (float64) z-losses (or None),
     and the gradient (or None, given as walk_output's) with its grad_output:
-    an (outer, inner) array, or (1, 1) for one value read at every sample."""
+    an (outer, inner) array, or a 0-d one (or (1, 1)) for one value read at
+    every sample."""
     cdef Py_ssize_t s[2]
     cdef int rt = result_typenum(w)
     call.loss = array_data(loss_out, 2, rt, s)
@@ -1547,10 +1548,15 @@ cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object lse_out, obj
     walk_output(w, grad, grad_written_before)
     call.gout = NULL
     call.go = call.gi = 0
+    cdef cnp.ndarray go
     if w.y != NULL:
-        call.gout = <const double*>array_data(grad_output, 2, cnp.NPY_DOUBLE, s)
+        go = grad_output
+        if cnp.PyArray_NDIM(go) == 0:
+            call.gout = <const double*>array_data(go, 0, cnp.NPY_DOUBLE, s)
+            return  # one value for every sample: go = gi = 0
+        call.gout = <const double*>array_data(go, 2, cnp.NPY_DOUBLE, s)
         call.go, call.gi = s[0], s[1]
-        if grad_output.shape[0] == 1 and grad_output.shape[1] == 1:
+        if cnp.PyArray_DIM(go, 0) == 1 and cnp.PyArray_DIM(go, 1) == 1:
             call.go = call.gi = 0  # one value for every sample
 
 
@@ -2382,10 +2388,9 @@ cdef tuple execute_class_plan(tuple p):
         lse2 = None if lse is None else as_2d(lse, outer, inner)
         z2 = None if z_terms is None else as_2d(z_terms, outer, inner)
         if grad_output is not None:
-            # a scalar stays one element: the kernels read a (1, 1) grad_output
-            # at every sample
+            # a scalar stays one element, which the kernels read at every sample
             go2 = as_2d(grad_output, outer, inner) if cnp.PyArray_NDIM(<cnp.ndarray>grad_output) \
-                else as_2d(grad_output, 1, 1)
+                else grad_output
             # nothing the kernels read may change under the gradient they write
             index2 = disjoint_aligned(index2, per_class3)
             probs3 = disjoint_aligned(probs3, per_class3)
