@@ -25,7 +25,6 @@ from ._plan_types import (
     LOGSUMEXP,
     NLL_LOSS,
     SOFTMAX,
-    ClassPlan,
 )
 from ._validate import (
     check_axis_option,
@@ -316,25 +315,22 @@ def cross_entropy_grad(
     >>> fastce.cross_entropy_grad(np.array([1.0, 2.0, 0.1]), np.array(1)).round(6)
     array([ 0.242433, -0.340999,  0.098566])
     """
-    plan = _gradient_plan(
+    # the same pass as the loss's: the gradient is what cross_entropy_with_grad returns
+    return cross_entropy_with_grad(
         logits,
         target,
         weight,
-        grad_output,
-        ignore_index,
-        reduction,
-        label_smoothing,
-        axis,
-        out,
-        num_threads,
-        softcap,
-        temperature,
-        z_loss,
-        False,
-        False,
-    )
-    grad: _FloatArray = execute(plan)[1]
-    return grad
+        grad_output=grad_output,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        axis=axis,
+        out=out,
+        num_threads=num_threads,
+        softcap=softcap,
+        temperature=temperature,
+        z_loss=z_loss,
+    )[1]
 
 
 @overload
@@ -446,48 +442,6 @@ def cross_entropy_with_grad(
     >>> float(round(loss, 6)), grad is logits
     (0.41703, True)
     """
-    plan = _gradient_plan(
-        logits,
-        target,
-        weight,
-        grad_output,
-        ignore_index,
-        reduction,
-        label_smoothing,
-        axis,
-        out,
-        num_threads,
-        softcap,
-        temperature,
-        z_loss,
-        return_lse,
-        return_z_loss,
-    )
-    loss, grad, lse, z_loss_part = execute(plan)
-    if lse is None and z_loss_part is None:
-        return loss, grad
-    return _with_extras((loss, grad), z_loss_part, lse)
-
-
-def _gradient_plan(
-    logits: ArrayLike,
-    target: ArrayLike,
-    weight: ArrayLike | None,
-    grad_output: ArrayLike,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    axis: SupportsIndex | None,
-    out: _FloatArray | None,
-    num_threads: int | None,
-    softcap: float | None,
-    temperature: float,
-    z_loss: float,
-    return_lse: bool,
-    return_z_loss: bool,
-) -> ClassPlan:
-    """The plan of a gradient: the commonest call's, made without the checks
-    it passes by construction, or the checked plan of any other call."""
     plan = None
     if return_z_loss is False and return_lse is False:
         plan = common_plan(
@@ -523,7 +477,10 @@ def _gradient_plan(
             check_flag(return_lse, "return_lse"),
             check_flag(return_z_loss, "return_z_loss"),
         )
-    return plan
+    loss, grad, lse, z_loss_part = execute(plan)
+    if lse is None and z_loss_part is None:
+        return loss, grad
+    return _with_extras((loss, grad), z_loss_part, lse)
 
 
 @overload
