@@ -7,12 +7,14 @@ the core's own walk (see _kernels.pxd), which lays them out as it does for
 :func:`fastce.cross_entropy` -- rows, transposed tiles of rows of few
 classes, or tiles of neighbouring samples, float16 and bfloat16 converted the
 same way -- and through the core's own code: each sample's maximum ``m`` and
-``s = sum_c exp(x_c - m)`` (row_stats, tile_stats), the log of ``s`` and the
-loss from them (index_row_loss, tile_index_terms).  So each per-sample loss is
-:func:`fastce.cross_entropy`'s to the last bit, on every vector path, by
-construction.  This module supplies only the bodies for rows and tiles.
+``s = sum_c exp(x_c - m)`` (the row kernel's sum, tile_stats), the log of
+``s`` and the loss from them (index_row_loss, tile_index_terms).  So each
+per-sample loss is :func:`fastce.cross_entropy`'s to the last bit, on every
+vector path, by construction.  This module supplies only the bodies for rows
+and tiles.
 
-One more pass over the row or tile, which is then in cache, computes what the
+Beside the sum, in the same sweep of a row that fits in cache (one more sweep
+of a longer row or of a tile, which is then in cache), it computes what the
 loss does not need:
 
 * the prediction, the first index of the maximum (as ``numpy.argmax``);
@@ -39,9 +41,9 @@ cimport numpy as cnp
 cimport fastce._kernels as core
 from fastce._kernels cimport (
     Body, CEOptions, FASTCE_CHUNK, Piece, TILE, Targets, Walk, fastce_active_ops,
-    fastce_ahead_t, floating,
+    floating,
     any_nonzero, exp_neg, index_coefficient, index_row_loss, make_body, row_logsumexp, row_stats,
-    row_stats_ahead, sample_loss, scaled_shift,
+    sample_loss, scaled_shift,
     simd_ops, target_at, targets_from, tile_index_terms, tile_stats, tile_targets, walk_from,
     walk_plan, walk_run, walk_transform,
 )
@@ -355,31 +357,34 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
 # Rows, one at a time
 # --------------------------------------------------------------------------
 
-cdef inline void row_rank_entropy(const floating* x, Py_ssize_t n, Py_ssize_t stride,
-                                  floating m, floating scale, Py_ssize_t t, floating xt,
-                                  const Options* opt, double* e_out, double* sq_out,
+cdef inline double row_eval_terms(const floating* x, Py_ssize_t n, Py_ssize_t stride,
+                                  const floating* next, floating* m, floating scale,
+                                  Py_ssize_t t, floating xt, double* e_out, double* sq_out,
                                   Py_ssize_t* arg_out, Py_ssize_t* rank_out) noexcept nogil:
-    """The pass beside the loss over one row seen through the logit scale
-    ``scale`` (see the module docstring); ``t < 0`` skips the rank."""
+    """What evaluation reads from one row seen through the logit scale
+    ``scale``: its maximum and sum of exponentials as ``row_stats`` gives
+    them (returned), and the terms beside them (see the module docstring);
+    ``t < 0`` skips the rank.  A contiguous row asks the caches for ``next``
+    (NULL: nothing) meanwhile."""
     cdef floating v, d, ev
-    cdef double e = 0.0, sq = 0.0
+    cdef double s, e = 0.0, sq = 0.0
     cdef Py_ssize_t c, arg = -1, rank = 0
     if stride == 1:
         if floating is float:
-            fastce_active_ops.row_rank_entropy_f32(x, n, m, scale, t, xt, e_out, sq_out,
-                                                   arg_out, rank_out)
+            return fastce_active_ops.row_eval_terms_f32(x, n, next, m, scale, t, xt, e_out,
+                                                        sq_out, arg_out, rank_out)
         else:
-            fastce_active_ops.row_rank_entropy_f64(x, n, m, scale, t, xt, e_out, sq_out,
-                                                   arg_out, rank_out)
-        return
+            return fastce_active_ops.row_eval_terms_f64(x, n, next, m, scale, t, xt, e_out,
+                                                        sq_out, arg_out, rank_out)
+    s = row_stats(x, n, stride, m, scale)
     for c in range(n):
         v = x[c * stride]
-        d = scaled_shift(v, m, scale)
+        d = scaled_shift(v, m[0], scale)
         ev = exp_neg(d)
         sq += ev * ev
         if ev > 0:
             e += ev * d
-        if arg < 0 and v == m:
+        if arg < 0 and v == m[0]:
             arg = c
         if t >= 0 and (v > xt or (v == xt and c < t)):
             rank += 1
@@ -387,6 +392,7 @@ cdef inline void row_rank_entropy(const floating* x, Py_ssize_t n, Py_ssize_t st
     sq_out[0] = sq
     arg_out[0] = arg
     rank_out[0] = rank
+    return s
 
 
 cdef struct MetricsCall:
@@ -415,30 +421,24 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
     # the scale the vector kernels multiply by, in every term
     cdef double dscale = <double>scale
     cdef double s, log_s, e, sq, A, a_t, loss
-    # contiguous rows take their maxima while the previous row is summed
-    cdef fastce_ahead_t* look_ahead = p.ahead if xc == 1 else NULL
     for k in range(p.n):
         o = p.o + k * p.o_step
         i = p.i + k * p.i_step
         target = target_at(&call.t, o, i)
         ignored = opt.ce.has_ignore and target == opt.ce.ignore_index
         if ignored and not every:
-            if look_ahead != NULL:
-                look_ahead.valid = 0    # the maxima left were this row's
             continue
         xr = x + k * p.xs
+        tt = -1 if ignored else <Py_ssize_t>target
+        x_t = xr[tt * xc] if tt >= 0 else 0
+        s = row_eval_terms(xr, C, xc,
+                           x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after,
+                           &m, scale, tt, x_t, &e, &sq, &arg, &rank)
         # the loss, as ce_index_row computes it
         A = index_coefficient(&opt.ce, target, C, &a_t, &active)
-        s = row_stats_ahead(xr, C, xc, &m,
-                            x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after,
-                            look_ahead, scale)
         log_s = log(s)
         loss = 0.0 if not active else index_row_loss(xr, xc, C, target, m, log_s, A, a_t,
                                                      &opt.ce, dscale)
-        # the rest, from the row in cache
-        tt = -1 if ignored else <Py_ssize_t>target
-        x_t = xr[tt * xc] if tt >= 0 else 0
-        row_rank_entropy(xr, C, xc, m, scale, tt, x_t, opt, &e, &sq, &arg, &rank)
         finish_sample(xr, C, xc, opt, &call.out, &call.ref, o, i, tt, loss, m, s, log_s, e, sq,
                       arg, rank, dscale, fp, ip)
 

@@ -103,17 +103,27 @@ static T KNAME(row_max)(const T *x, ptrdiff_t n) {
     return VOP(hmax)(VOP(max)(VOP(max)(a0, a1), VOP(max)(a2, a3)));
 }
 
-/* One vector of exp(d) added to acc, where d = x - m, for the lanes of in.
- * With masked, the terms at the maximum (d == 0, exactly 1 each) are counted
- * in ties instead, so that the float lanes never add small terms to 1; a
- * vector without such terms gives the same bits either way. */
-VINLINE V KNAME(sumexp_step)(V acc, V d, M in, int masked, int *ties) {
+/* e = exp(d) added to acc, where d = x - m, for the lanes of in (all of them
+ * with full).  With masked, the terms at the maximum (d == 0, exactly 1 each)
+ * are counted in ties instead, so that the float lanes never add small terms
+ * to 1; a vector without such terms gives the same bits either way. */
+VINLINE V KNAME(add_terms)(V acc, V e, V d, M in, int full, int masked, int *ties) {
     if (masked) {
-        M at_max = VOP(and_m)(in, VOP(eq)(d, VOP(zero)()));
+        M at_max = VOP(eq)(d, VOP(zero)());
+        if (full) {
+            *ties += VOP(count)(at_max);
+            return VOP(add)(acc, VOP(drop)(at_max, e));
+        }
+        at_max = VOP(and_m)(in, at_max);
         *ties += VOP(count)(at_max);
         in = VOP(and_m)(in, VOP(not_m)(at_max));
     }
-    return VOP(add)(acc, VOP(keep)(in, KNAME(vexp_neg_sum)(d)));
+    return VOP(add)(acc, full ? e : VOP(keep)(in, e));
+}
+
+/* One vector of exp(d) added to acc, for the lanes of in, as add_terms */
+VINLINE V KNAME(sumexp_step)(V acc, V d, M in, int masked, int *ties) {
+    return KNAME(add_terms)(acc, KNAME(vexp_neg_sum)(d), d, in, 0, masked, ties);
 }
 
 /* d = x - m, or (x - m) * scale for a row seen through a logit scale
@@ -126,11 +136,7 @@ VINLINE V KNAME(shifted)(V x, V vm, V vs, int scaled) {
 
 /* sumexp_step for a whole vector */
 VINLINE V KNAME(sumexp_full)(V acc, V d, int masked, int *ties) {
-    V e = KNAME(vexp_neg_sum)(d);
-    if (!masked) return VOP(add)(acc, e);
-    M at_max = VOP(eq)(d, VOP(zero)());
-    *ties += VOP(count)(at_max);
-    return VOP(add)(acc, VOP(drop)(at_max, e));
+    return KNAME(add_terms)(acc, KNAME(vexp_neg_sum)(d), d, VOP(first)(L), 1, masked, ties);
 }
 
 /* The sum of exp(x - m) over a chunk of len <= FASTCE_CHUNK elements, while
@@ -543,57 +549,132 @@ VINLINE V KNAME(entropy_term)(V e, V d) {
     return VOP(keep)(VOP(gt)(e, VOP(zero)()), VOP(mul)(e, d));
 }
 
-VINLINE void KNAME(row_rank_entropy_of)(const T *x, ptrdiff_t n, T m, T scale, int scaled,
-                                        ptrdiff_t t, T xt, double *e_out, double *sq_out,
-                                        ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
-    const V vm = VOP(set1)(m), vt = VOP(set1)(xt), vs = VOP(set1)(scale);
-    ptrdiff_t arg = -1, rank = 0;
-    double e = 0.0, sq = 0.0;
-    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
-        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
-        const T *xs = x + start;
-        V en = VOP(zero)(), sqn = VOP(zero)();
-        for (ptrdiff_t c = 0; c < len; c += L) {
-            M in = VOP(first)(len - c);
-            V v = VOP(load_part)(xs + c, in);
-            V d = KNAME(shifted)(v, vm, vs, scaled), ev = KNAME(vexp_neg)(d);
-            en = VOP(add)(en, VOP(keep)(in, KNAME(entropy_term)(ev, d)));
-            /* sum_c exp(x - m)^2 / s^2 = sum_c p_c^2, of the Brier score */
-            sqn = VOP(add)(sqn, VOP(keep)(in, VOP(mul)(ev, ev)));
-            if (arg < 0) {
-                int at = VOP(first_set)(VOP(and_m)(in, VOP(eq)(v, vm)));
-                if (at >= 0) arg = start + c + at;
-            }
-            if (t >= 0) {
-                M over = VOP(gt)(v, vt);
-                ptrdiff_t before = t - (start + c); /* lanes before the target */
-                if (before > 0)
-                    over = VOP(or_m)(over, VOP(and_m)(VOP(eq)(v, vt), VOP(first)(before)));
-                rank += VOP(count)(VOP(and_m)(in, over));
-            }
-        }
-        e += VOP(hsum)(en);
-        sq += VOP(hsum)(sqn);
+/* One vector v of a row whose maximum is m, at offset at of the row, for
+ * evaluation, over the lanes of in (all with full); d = (x - m) * scale with
+ * scaled.  With sum, exp(d) joins acc (and ties) as chunk_sumexp adds it;
+ * en += exp(d) d where exp(d) is above the exponential's floor (so a -inf
+ * logit adds nothing, never NaN); sqn += exp(d)^2; with seek, *arg becomes
+ * the first index of m once a vector holds it; with t >= 0, *rank counts the
+ * classes above the target's logit (vt) and those equal to it before t. */
+VINLINE void KNAME(eval_at)(V v, M in, int full, ptrdiff_t at, V vm, V vs, int scaled, int sum,
+                            int masked, int seek, ptrdiff_t t, V vt, V *acc, int *ties, V *en,
+                            V *sqn, ptrdiff_t *arg, ptrdiff_t *rank) {
+    V d = KNAME(shifted)(v, vm, vs, scaled), ev = KNAME(vexp_neg_sum)(d);
+    if (sum) *acc = KNAME(add_terms)(*acc, ev, d, in, full, masked, ties);
+    M live = VOP(gt)(d, VOP(set1)(EXP_LO));
+    if (!full) {
+        live = VOP(and_m)(in, live);
+        ev = VOP(keep)(in, ev);
     }
+    *en = VOP(add)(*en, VOP(keep)(live, VOP(mul)(ev, d)));
+    *sqn = VOP(fma)(ev, ev, *sqn);
+    if (seek && *arg < 0) {
+        M hit = VOP(eq)(v, vm);
+        int first = VOP(first_set)(full ? hit : VOP(and_m)(in, hit));
+        if (first >= 0) *arg = at + first;
+    }
+    if (t >= 0) {
+        M over = VOP(gt)(v, vt);
+        ptrdiff_t before = t - at; /* lanes before the target */
+        if (before > 0) over = VOP(or_m)(over, VOP(and_m)(VOP(eq)(v, vt), VOP(first)(before)));
+        *rank += VOP(count)(full ? over : VOP(and_m)(in, over));
+    }
+}
+
+/* eval_at over a chunk xs[0:len) starting at offset start of its row; with
+ * sum, returns the chunk's sum of exp(d) with the bits chunk_sumexp gives.
+ * The caches are asked for nx[0:len) meanwhile (nx not NULL). */
+VINLINE double KNAME(chunk_eval)(const T *xs, ptrdiff_t len, ptrdiff_t start, const T *nx, V vm,
+                                 V vs, int scaled, int sum, int masked, int seek, ptrdiff_t t, V vt,
+                                 double *e, double *sq, ptrdiff_t *arg, ptrdiff_t *rank) {
+    V acc = VOP(zero)(), en = VOP(zero)(), sqn = VOP(zero)();
+    int ties = 0;
+    ptrdiff_t c = 0;
+    for (; c + L <= len; c += L) {
+        if (nx != NULL) fastce_prefetch(nx + c);
+        KNAME(eval_at)(VOP(load)(xs + c), VOP(first)(L), 1, start + c, vm, vs, scaled, sum, masked,
+                       seek, t, vt, &acc, &ties, &en, &sqn, arg, rank);
+    }
+    if (c < len) {
+        M in = VOP(first)(len - c);
+        KNAME(eval_at)(VOP(load_part)(xs + c, in), in, 0, start + c, vm, vs, scaled, sum, masked,
+                       seek, t, vt, &acc, &ties, &en, &sqn, arg, rank);
+    }
+    *e += VOP(hsum)(en);
+    *sq += VOP(hsum)(sqn);
+    return sum ? (double)ties + VOP(hsum)(acc) : 0.0;
+}
+
+VINLINE double KNAME(row_eval_terms_of)(const T *x, ptrdiff_t n, const T *next, T *max_out, T scale,
+                                        int scaled, ptrdiff_t t, T xt, double *e_out,
+                                        double *sq_out, ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
+    const V vs = VOP(set1)(scale), vt = VOP(set1)(xt);
+    ptrdiff_t arg = -1, rank = 0;
+    double s = 0.0, e = 0.0, sq = 0.0;
+    T m = -INFINITY;
+    int summed = 0;
+    if (n <= FASTCE_ROW_IN_CACHE) {
+        /* the maxima of its chunks first, as row_in_cache takes them */
+        T chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];
+        ptrdiff_t k = 0;
+        for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
+            chunk_max[k] =
+                KNAME(row_max)(x + start, n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK);
+            m = chunk_max[k] > m ? chunk_max[k] : m;
+        }
+        if (!isinf(m)) {
+            /* only a chunk that reaches m holds ties and the first index of m */
+            const V vm = VOP(set1)(m);
+            k = 0;
+            for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
+                ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
+                const T *nx = next != NULL ? next + start : NULL;
+                s += chunk_max[k] < m ? KNAME(chunk_eval)(x + start, len, start, nx, vm, vs, scaled,
+                                                          1, 0, 0, t, vt, &e, &sq, &arg, &rank)
+                                      : KNAME(chunk_eval)(x + start, len, start, nx, vm, vs, scaled,
+                                                          1, 1, 1, t, vt, &e, &sq, &arg, &rank);
+            }
+            summed = 1;
+        } else {
+            s = NAN; /* as exp(x - max) gives */
+        }
+    } else {
+        s = KNAME(row_max_sumexp_of)(x, n, &m, scale, scaled);
+    }
+    if (!summed) {
+        /* long rows, read again from the caches, and rows whose maximum is infinite */
+        const V vm = VOP(set1)(m);
+        for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
+            ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
+            KNAME(chunk_eval)(x + start, len, start, NULL, vm, vs, scaled, 0, 0, 1, t, vt, &e, &sq,
+                              &arg, &rank);
+        }
+    }
+    *max_out = m;
     *e_out = e;
     *sq_out = sq;
     *arg_out = arg;
     *rank_out = rank;
+    return s;
 }
 
-/* What evaluation needs beside the loss from a row of n contiguous classes
- * whose maximum is m, seen through a positive logit scale (1: as it is), in
- * one sweep: with d = (x - m) * scale, e = sum exp(d) d, sq = sum exp(d)^2,
- * the first index of m (-1: none), and the target's rank, the classes above
- * the target's logit xt plus those equal to it before the target t (t < 0:
- * no rank), which no positive scale changes. */
-static void KNAME(row_rank_entropy)(const T *x, ptrdiff_t n, T m, T scale, ptrdiff_t t, T xt,
-                                    double *e_out, double *sq_out, ptrdiff_t *arg_out,
-                                    ptrdiff_t *rank_out) {
+/* What evaluation needs from a row of n contiguous classes seen through a
+ * positive logit scale (1: as it is): sets *max_out to its maximum m and
+ * returns s = sum exp(d), d = (x - m) * scale, with the bits row_max_sumexp
+ * gives (so the loss equals cross_entropy's); beside it e = sum exp(d) d,
+ * sq = sum exp(d)^2, the first index of m (-1: none), and the target's rank,
+ * the classes above the target's logit xt plus those equal to it before the
+ * target t (t < 0: no rank), which no positive scale changes.  A row that
+ * fits in cache is read once after its maxima, while the caches are asked for
+ * the row next (NULL: none); a longer one is read twice. */
+static double KNAME(row_eval_terms)(const T *x, ptrdiff_t n, const T *next, T *max_out, T scale,
+                                    ptrdiff_t t, T xt, double *e_out, double *sq_out,
+                                    ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
     if (scale == 1)
-        KNAME(row_rank_entropy_of)(x, n, m, 1, 0, t, xt, e_out, sq_out, arg_out, rank_out);
-    else
-        KNAME(row_rank_entropy_of)(x, n, m, scale, 1, t, xt, e_out, sq_out, arg_out, rank_out);
+        return KNAME(row_eval_terms_of)(x, n, next, max_out, 1, 0, t, xt, e_out, sq_out, arg_out,
+                                        rank_out);
+    return KNAME(row_eval_terms_of)(x, n, next, max_out, scale, 1, t, xt, e_out, sq_out, arg_out,
+                                    rank_out);
 }
 
 /* A reference row r and a model row x of n contiguous classes, r's maximum
