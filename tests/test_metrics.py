@@ -388,6 +388,42 @@ def test_many_ties_rank_as_defined_for_every_class_count(simd_path, C):
                 assert_array_equal(r.per_sample.prediction, x.argmax(axis=1))
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_long_rows_read_once_match_the_twin(simd_path, temperature):
+    # rows longer than a cached row (16384 classes), summed chunk by chunk
+    # under a running maximum: it rises in later chunks, ties across chunks,
+    # chunks of -inf (one holding a -inf target), NaN and +inf in late chunks
+    rng = np.random.default_rng(11)
+    C = 16384 + 700
+    x = rng.standard_normal((9, C)) * 3
+    t = rng.integers(0, C, 9)
+    x[0, :2000] -= 40  # the maximum rises chunk after chunk
+    x[0, 5000:] += np.linspace(0, 30, C - 5000)
+    x[1, [300, 9000, C - 1]] = 20.0  # the first of equal maxima, chunks apart
+    t[1] = 9000
+    x[2, 256:1024] = -np.inf  # whole chunks of -inf, the target in one of them
+    t[2] = 600
+    x[3, :512] = -np.inf  # the row starts with chunks of -inf
+    x[4, 700] = np.nan
+    x[5, C - 3] = np.inf
+    x[6, 1200:1300] = np.nan
+    x[6, 1024:1200] = -np.inf
+    x[6, 1300:1536] = -np.inf  # NaN only in a chunk otherwise -inf
+    x[7] = -np.inf
+    x[8] = np.linspace(-50, 50, C)  # the maximum in the last chunk
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for dtype in FLOATS:
+            xd = x.astype(dtype)
+            kwargs = {} if temperature == 1.0 else {"temperature": temperature}
+            fast = fastce.evaluate(xd, t, topk=(1, 5), per_sample=True, **kwargs)
+            slow = ref.evaluate(xd, t, topk=(1, 5), **kwargs)
+            assert_per_sample_matches(fast.per_sample, slow, dtype, f"{dtype} {simd_path}")
+            assert_array_equal(
+                fast.per_sample.loss, fastce.cross_entropy(xd, t, reduction="none", **kwargs)
+            )
+
+
 def test_closed_form_calibration_error():
     # two classes; confidences 0.5 (bin 2 of 4), e/(1+e) = 0.731 (bin 2), 0.881 (bin 3)
     x = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])

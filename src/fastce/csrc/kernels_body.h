@@ -185,6 +185,123 @@ VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, 
     return (double)ties + VOP(hsum)(acc);
 }
 
+/* One vector v of a row whose maximum is m, at offset at of the row, for
+ * evaluation, over the lanes of in (all with full); d = (x - m) * scale with
+ * scaled.  With sum, exp(d) joins acc (and ties) as chunk_sumexp adds it,
+ * en += exp(d) d where exp(d) is above the exponential's floor (so a -inf
+ * logit adds nothing, never NaN) and sqn += exp(d)^2; with seek, *arg becomes
+ * the first index of m once a vector holds it; with t >= 0, *rank counts the
+ * classes above the target's logit (vt) and those equal to it before t. */
+VINLINE void KNAME(eval_at)(V v, M in, int full, ptrdiff_t at, V vm, V vs, int scaled, int sum,
+                            int masked, int seek, ptrdiff_t t, V vt, V *acc, int *ties, V *en,
+                            V *sqn, ptrdiff_t *arg, ptrdiff_t *rank) {
+    if (sum) {
+        V d = KNAME(shifted)(v, vm, vs, scaled), ev = KNAME(vexp_neg_sum)(d);
+        *acc = KNAME(add_terms)(*acc, ev, d, in, full, masked, ties);
+        M live = VOP(gt)(d, VOP(set1)(EXP_LO));
+        if (!full) {
+            live = VOP(and_m)(in, live);
+            ev = VOP(keep)(in, ev);
+        }
+        *en = VOP(add)(*en, VOP(keep)(live, VOP(mul)(ev, d)));
+        *sqn = VOP(fma)(ev, ev, *sqn);
+    }
+    if (seek && *arg < 0) {
+        M hit = VOP(eq)(v, vm);
+        int first = VOP(first_set)(full ? hit : VOP(and_m)(in, hit));
+        if (first >= 0) *arg = at + first;
+    }
+    if (t >= 0) {
+        M over = VOP(gt)(v, vt);
+        ptrdiff_t before = t - at; /* lanes before the target */
+        if (before > 0) over = VOP(or_m)(over, VOP(and_m)(VOP(eq)(v, vt), VOP(first)(before)));
+        *rank += VOP(count)(full ? over : VOP(and_m)(in, over));
+    }
+}
+
+/* eval_at over a chunk xs[0:len) starting at offset start of its row; with
+ * sum, returns the chunk's sum of exp(d) with the bits chunk_sumexp gives.
+ * The caches are asked for nx[0:len) meanwhile (nx not NULL). */
+VINLINE double KNAME(chunk_eval)(const T *xs, ptrdiff_t len, ptrdiff_t start, const T *nx, V vm,
+                                 V vs, int scaled, int sum, int masked, int seek, ptrdiff_t t, V vt,
+                                 double *e, double *sq, ptrdiff_t *arg, ptrdiff_t *rank) {
+    V acc = VOP(zero)(), en = VOP(zero)(), sqn = VOP(zero)();
+    int ties = 0;
+    ptrdiff_t c = 0;
+    for (; c + L <= len; c += L) {
+        if (nx != NULL) fastce_prefetch(nx + c);
+        KNAME(eval_at)(VOP(load)(xs + c), VOP(first)(L), 1, start + c, vm, vs, scaled, sum, masked,
+                       seek, t, vt, &acc, &ties, &en, &sqn, arg, rank);
+    }
+    if (c < len) {
+        M in = VOP(first)(len - c);
+        KNAME(eval_at)(VOP(load_part)(xs + c, in), in, 0, start + c, vm, vs, scaled, sum, masked,
+                       seek, t, vt, &acc, &ties, &en, &sqn, arg, rank);
+    }
+    *e += VOP(hsum)(en);
+    *sq += VOP(hsum)(sqn);
+    return sum ? (double)ties + VOP(hsum)(acc) : 0.0;
+}
+
+/* A row longer than a cached one, read once: a running maximum, one chunk
+ * at a time, sets *max_out and returns the sum of exp(d), d = (x - max) *
+ * scale with scaled (NaN for a NaN logit, a +inf one, or nothing above -inf).
+ * With eval, chunk_eval takes each chunk instead of chunk_sumexp (the same
+ * sum, to the bit), its terms rescaled as the maximum rises: exp(d + shift) =
+ * f exp(d), so e becomes f (e + shift s) and sq f^2 sq; the first index of
+ * the maximum is sought again in each chunk that raises it, and the rank
+ * (t >= 0) needs no maximum. */
+VINLINE double KNAME(long_row_sum)(const T *x, ptrdiff_t n, T *max_out, T scale, int scaled,
+                                   int eval, ptrdiff_t t, V vt, double *e, double *sq,
+                                   ptrdiff_t *arg, ptrdiff_t *rank) {
+    const V vs = VOP(set1)(scale);
+    const V no_pending = VOP(zero)(); /* chunk_sumexp writes no waiting row here */
+    int saw_nan = 0;
+    T m = -INFINITY;
+    double s = 0.0;
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
+        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
+        const T *xs = x + start;
+        T cm = KNAME(row_max)(xs, len);
+        if (cm == -INFINITY) {
+            /* only -inf (adds nothing) or NaN (must reach the result) */
+            for (ptrdiff_t c = 0; c < len; c++)
+                if (xs[c] != xs[c]) saw_nan = 1;
+            if (eval)
+                KNAME(chunk_eval)(xs, len, start, NULL, vt, vs, scaled, 0, 0, 0, t, vt, e, sq, arg,
+                                  rank);
+            continue;
+        }
+        if (cm > m) {
+            if (s != 0.0) {
+                double shift = scaled ? ((double)m - (double)cm) * scale : (double)m - (double)cm;
+                double f = exp(shift);
+                if (eval) {
+                    *e = f * (*e + shift * s);
+                    *sq *= f * f;
+                }
+                s *= f;
+            }
+            m = cm;
+            if (eval) *arg = -1;
+        }
+        const V vm = VOP(set1)(m);
+        if (eval)
+            s += cm < m ? KNAME(chunk_eval)(xs, len, start, NULL, vm, vs, scaled, 1, 0, 0, t, vt, e,
+                                            sq, arg, rank)
+                        : KNAME(chunk_eval)(xs, len, start, NULL, vm, vs, scaled, 1, 1, 1, t, vt, e,
+                                            sq, arg, rank);
+        else
+            s += cm < m ? KNAME(chunk_sumexp)(xs, len, m, 0, NULL, NULL, NULL, NULL, no_pending,
+                                              no_pending, vs, scaled)
+                        : KNAME(chunk_sumexp)(xs, len, m, 1, NULL, NULL, NULL, NULL, no_pending,
+                                              no_pending, vs, scaled);
+    }
+    if (isinf(m) || saw_nan) s = NAN;
+    *max_out = m;
+    return s;
+}
+
 static void KNAME(row_pending)(fastce_ahead_t *ahead, ptrdiff_t n);
 
 /* A row that fits in cache, read twice from it: its chunk maxima (from ahead
@@ -258,34 +375,9 @@ VINLINE double KNAME(row_max_sumexp_of)(const T *x, ptrdiff_t n, T *max_out, T s
         none.pending_y = NULL;
         return KNAME(row_in_cache)(x, n, max_out, NULL, &none, vs, scaled);
     }
-    /* a long row: a running maximum, one chunk at a time, reads it once */
-    const V no_pending = VOP(zero)(); /* chunk_sumexp writes no waiting row here */
-    int saw_nan = 0;
-    T m = -INFINITY;
-    double s = 0.0;
-    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
-        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
-        const T *xs = x + start;
-        T cm = KNAME(row_max)(xs, len);
-        if (cm == -INFINITY) {
-            /* only -inf (adds nothing) or NaN (must reach the result) */
-            for (ptrdiff_t c = 0; c < len; c++)
-                if (xs[c] != xs[c]) saw_nan = 1;
-            continue;
-        }
-        if (cm > m) {
-            if (s != 0.0)
-                s *= exp(scaled ? ((double)m - (double)cm) * scale : (double)m - (double)cm);
-            m = cm;
-        }
-        s += cm < m ? KNAME(chunk_sumexp)(xs, len, m, 0, NULL, NULL, NULL, NULL, no_pending,
-                                          no_pending, vs, scaled)
-                    : KNAME(chunk_sumexp)(xs, len, m, 1, NULL, NULL, NULL, NULL, no_pending,
-                                          no_pending, vs, scaled);
-    }
-    if (isinf(m) || saw_nan) s = NAN;
-    *max_out = m;
-    return s;
+    double e, sq;
+    ptrdiff_t arg, rank;
+    return KNAME(long_row_sum)(x, n, max_out, scale, scaled, 0, -1, vs, &e, &sq, &arg, &rank);
 }
 
 /* row_max_sumexp_of, each variant compiled apart: the sum of exp((x - max) *
@@ -549,62 +641,6 @@ VINLINE V KNAME(entropy_term)(V e, V d) {
     return VOP(keep)(VOP(gt)(e, VOP(zero)()), VOP(mul)(e, d));
 }
 
-/* One vector v of a row whose maximum is m, at offset at of the row, for
- * evaluation, over the lanes of in (all with full); d = (x - m) * scale with
- * scaled.  With sum, exp(d) joins acc (and ties) as chunk_sumexp adds it;
- * en += exp(d) d where exp(d) is above the exponential's floor (so a -inf
- * logit adds nothing, never NaN); sqn += exp(d)^2; with seek, *arg becomes
- * the first index of m once a vector holds it; with t >= 0, *rank counts the
- * classes above the target's logit (vt) and those equal to it before t. */
-VINLINE void KNAME(eval_at)(V v, M in, int full, ptrdiff_t at, V vm, V vs, int scaled, int sum,
-                            int masked, int seek, ptrdiff_t t, V vt, V *acc, int *ties, V *en,
-                            V *sqn, ptrdiff_t *arg, ptrdiff_t *rank) {
-    V d = KNAME(shifted)(v, vm, vs, scaled), ev = KNAME(vexp_neg_sum)(d);
-    if (sum) *acc = KNAME(add_terms)(*acc, ev, d, in, full, masked, ties);
-    M live = VOP(gt)(d, VOP(set1)(EXP_LO));
-    if (!full) {
-        live = VOP(and_m)(in, live);
-        ev = VOP(keep)(in, ev);
-    }
-    *en = VOP(add)(*en, VOP(keep)(live, VOP(mul)(ev, d)));
-    *sqn = VOP(fma)(ev, ev, *sqn);
-    if (seek && *arg < 0) {
-        M hit = VOP(eq)(v, vm);
-        int first = VOP(first_set)(full ? hit : VOP(and_m)(in, hit));
-        if (first >= 0) *arg = at + first;
-    }
-    if (t >= 0) {
-        M over = VOP(gt)(v, vt);
-        ptrdiff_t before = t - at; /* lanes before the target */
-        if (before > 0) over = VOP(or_m)(over, VOP(and_m)(VOP(eq)(v, vt), VOP(first)(before)));
-        *rank += VOP(count)(full ? over : VOP(and_m)(in, over));
-    }
-}
-
-/* eval_at over a chunk xs[0:len) starting at offset start of its row; with
- * sum, returns the chunk's sum of exp(d) with the bits chunk_sumexp gives.
- * The caches are asked for nx[0:len) meanwhile (nx not NULL). */
-VINLINE double KNAME(chunk_eval)(const T *xs, ptrdiff_t len, ptrdiff_t start, const T *nx, V vm,
-                                 V vs, int scaled, int sum, int masked, int seek, ptrdiff_t t, V vt,
-                                 double *e, double *sq, ptrdiff_t *arg, ptrdiff_t *rank) {
-    V acc = VOP(zero)(), en = VOP(zero)(), sqn = VOP(zero)();
-    int ties = 0;
-    ptrdiff_t c = 0;
-    for (; c + L <= len; c += L) {
-        if (nx != NULL) fastce_prefetch(nx + c);
-        KNAME(eval_at)(VOP(load)(xs + c), VOP(first)(L), 1, start + c, vm, vs, scaled, sum, masked,
-                       seek, t, vt, &acc, &ties, &en, &sqn, arg, rank);
-    }
-    if (c < len) {
-        M in = VOP(first)(len - c);
-        KNAME(eval_at)(VOP(load_part)(xs + c, in), in, 0, start + c, vm, vs, scaled, sum, masked,
-                       seek, t, vt, &acc, &ties, &en, &sqn, arg, rank);
-    }
-    *e += VOP(hsum)(en);
-    *sq += VOP(hsum)(sqn);
-    return sum ? (double)ties + VOP(hsum)(acc) : 0.0;
-}
-
 VINLINE double KNAME(row_eval_terms_of)(const T *x, ptrdiff_t n, const T *next, T *max_out, T scale,
                                         int scaled, ptrdiff_t t, T xt, double *e_out,
                                         double *sq_out, ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
@@ -612,8 +648,9 @@ VINLINE double KNAME(row_eval_terms_of)(const T *x, ptrdiff_t n, const T *next, 
     ptrdiff_t arg = -1, rank = 0;
     double s = 0.0, e = 0.0, sq = 0.0;
     T m = -INFINITY;
-    int summed = 0;
-    if (n <= FASTCE_ROW_IN_CACHE) {
+    if (n > FASTCE_ROW_IN_CACHE) {
+        s = KNAME(long_row_sum)(x, n, &m, scale, scaled, 1, t, vt, &e, &sq, &arg, &rank);
+    } else {
         /* the maxima of its chunks first, as row_in_cache takes them */
         T chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];
         ptrdiff_t k = 0;
@@ -622,33 +659,21 @@ VINLINE double KNAME(row_eval_terms_of)(const T *x, ptrdiff_t n, const T *next, 
                 KNAME(row_max)(x + start, n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK);
             m = chunk_max[k] > m ? chunk_max[k] : m;
         }
-        if (!isinf(m)) {
-            /* only a chunk that reaches m holds ties and the first index of m */
-            const V vm = VOP(set1)(m);
-            k = 0;
-            for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
-                ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
-                const T *nx = next != NULL ? next + start : NULL;
+        const V vm = VOP(set1)(m);
+        k = 0;
+        for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
+            ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
+            const T *nx = next != NULL ? next + start : NULL;
+            if (isinf(m)) /* no sum, as below; the first index of m and the rank */
+                KNAME(chunk_eval)(x + start, len, start, NULL, vm, vs, scaled, 0, 0, 1, t, vt, &e,
+                                  &sq, &arg, &rank);
+            else /* only a chunk that reaches m holds ties and the first index of m */
                 s += chunk_max[k] < m ? KNAME(chunk_eval)(x + start, len, start, nx, vm, vs, scaled,
                                                           1, 0, 0, t, vt, &e, &sq, &arg, &rank)
                                       : KNAME(chunk_eval)(x + start, len, start, nx, vm, vs, scaled,
                                                           1, 1, 1, t, vt, &e, &sq, &arg, &rank);
-            }
-            summed = 1;
-        } else {
-            s = NAN; /* as exp(x - max) gives */
         }
-    } else {
-        s = KNAME(row_max_sumexp_of)(x, n, &m, scale, scaled);
-    }
-    if (!summed) {
-        /* long rows, read again from the caches, and rows whose maximum is infinite */
-        const V vm = VOP(set1)(m);
-        for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
-            ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
-            KNAME(chunk_eval)(x + start, len, start, NULL, vm, vs, scaled, 0, 0, 1, t, vt, &e, &sq,
-                              &arg, &rank);
-        }
+        if (isinf(m)) s = NAN; /* as exp(x - max) gives */
     }
     *max_out = m;
     *e_out = e;
@@ -666,7 +691,7 @@ VINLINE double KNAME(row_eval_terms_of)(const T *x, ptrdiff_t n, const T *next, 
  * the classes above the target's logit xt plus those equal to it before the
  * target t (t < 0: no rank), which no positive scale changes.  A row that
  * fits in cache is read once after its maxima, while the caches are asked for
- * the row next (NULL: none); a longer one is read twice. */
+ * the row next (NULL: none); a longer one is read once. */
 static double KNAME(row_eval_terms)(const T *x, ptrdiff_t n, const T *next, T *max_out, T scale,
                                     ptrdiff_t t, T xt, double *e_out, double *sq_out,
                                     ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
