@@ -60,16 +60,12 @@ cdef extern from "csrc/dispatch.h":
         void (*row_pending_f64)(fastce_ahead_t*, Py_ssize_t) noexcept nogil
         void (*row_softmax_f64)(const double*, Py_ssize_t, double*, const double*,
                                 fastce_ahead_t*) noexcept nogil
-        double (*row_eval_terms_f32)(const float*, Py_ssize_t, const float*, float*, float,
-                                     Py_ssize_t, float, double*, double*, Py_ssize_t*,
-                                     Py_ssize_t*) noexcept nogil
-        double (*row_eval_terms_f64)(const double*, Py_ssize_t, const double*, double*, double,
-                                     Py_ssize_t, double, double*, double*, Py_ssize_t*,
-                                     Py_ssize_t*) noexcept nogil
-        void (*row_pair_terms_f32)(const float*, const float*, Py_ssize_t, float, double*,
-                                   Py_ssize_t*) noexcept nogil
-        void (*row_pair_terms_f64)(const double*, const double*, Py_ssize_t, double, double*,
-                                   Py_ssize_t*) noexcept nogil
+        double (*row_eval_terms_f32)(const float*, Py_ssize_t, const float*, const float*,
+                                     float*, float, Py_ssize_t, float, double*, double*,
+                                     Py_ssize_t*, Py_ssize_t*) noexcept nogil
+        double (*row_eval_terms_f64)(const double*, Py_ssize_t, const double*, const double*,
+                                     double*, double, Py_ssize_t, double, double*, double*,
+                                     Py_ssize_t*, Py_ssize_t*) noexcept nogil
         void (*tile_max_f32)(const float*, Py_ssize_t, float*) noexcept nogil
         void (*tile_max_f64)(const double*, Py_ssize_t, double*) noexcept nogil
         void (*tile_sumexp_f32)(const float*, Py_ssize_t, const float*, float*,

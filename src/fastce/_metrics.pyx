@@ -276,24 +276,25 @@ cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                              double logprob, Py_ssize_t arg, bint valid,
                              double* fp) noexcept nogil:
     """Adds what a counted sample gives against the reference's row: the
-    row's statistics as the model's (row_stats, index_row_loss), then
-    KL(p_ref || p) = sum_c p_ref,c (r_c - x_c) + lse - lse_ref from one sweep
-    over both rows, with the reference's first maximum."""
+    row's statistics as the model's (row_stats, index_row_loss), and
+    KL(p_ref || p) = sum_c p_ref,c (r_c - x_c) + lse - lse_ref, with the
+    reference's first maximum, from the same sweep of a contiguous row."""
     cdef const floating* rr = <const floating*>(ref.data + o * ref.so + i * ref.si)
     cdef Py_ssize_t rc = ref.sc // sizeof(floating)
     cdef floating m_r
-    cdef double s_r = row_stats(rr, C, rc, &m_r, 1)
-    cdef double log_s_r = log(s_r)
-    cdef double lse_r = row_logsumexp(rr, rc, C, m_r, log_s_r, 1.0)
+    cdef double s_r, log_s_r, lse_r, sq_unused
     cdef double cross = 0.0, a_t, A, ref_loss = 0.0, kl, dp, w, ev, d
-    cdef Py_ssize_t c, arg_r = -1
+    cdef Py_ssize_t c, arg_r = -1, rank_unused
     cdef bint active
     if rc == 1 and xc == 1:
         if floating is float:
-            fastce_active_ops.row_pair_terms_f32(rr, xr, C, m_r, &cross, &arg_r)
+            s_r = fastce_active_ops.row_eval_terms_f32(rr, C, NULL, xr, &m_r, 1, -1, 0, &cross,
+                                                       &sq_unused, &arg_r, &rank_unused)
         else:
-            fastce_active_ops.row_pair_terms_f64(rr, xr, C, m_r, &cross, &arg_r)
+            s_r = fastce_active_ops.row_eval_terms_f64(rr, C, NULL, xr, &m_r, 1, -1, 0, &cross,
+                                                       &sq_unused, &arg_r, &rank_unused)
     else:
+        s_r = row_stats(rr, C, rc, &m_r, 1)
         for c in range(C):
             d = rr[c * rc] - m_r
             ev = exp_neg(<floating>d)
@@ -301,6 +302,8 @@ cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                 cross += ev * (<double>rr[c * rc] - <double>xr[c * xc])
             if arg_r < 0 and rr[c * rc] == m_r:
                 arg_r = c
+    log_s_r = log(s_r)
+    lse_r = row_logsumexp(rr, rc, C, m_r, log_s_r, 1.0)
     kl = cross / s_r + lse - lse_r
     A = index_coefficient(&opt.ce, target, C, &a_t, &active)
     if active:
@@ -371,10 +374,10 @@ cdef inline double row_eval_terms(const floating* x, Py_ssize_t n, Py_ssize_t st
     cdef Py_ssize_t c, arg = -1, rank = 0
     if stride == 1:
         if floating is float:
-            return fastce_active_ops.row_eval_terms_f32(x, n, next, m, scale, t, xt, e_out,
+            return fastce_active_ops.row_eval_terms_f32(x, n, next, NULL, m, scale, t, xt, e_out,
                                                         sq_out, arg_out, rank_out)
         else:
-            return fastce_active_ops.row_eval_terms_f64(x, n, next, m, scale, t, xt, e_out,
+            return fastce_active_ops.row_eval_terms_f64(x, n, next, NULL, m, scale, t, xt, e_out,
                                                         sq_out, arg_out, rank_out)
     s = row_stats(x, n, stride, m, scale)
     for c in range(n):

@@ -56,9 +56,8 @@ typedef struct {
     void (*row_shift_##SFX)(const T *, ptrdiff_t, T, T, T *, int);                                \
     void (*row_softmax_##SFX)(const T *, ptrdiff_t, T *, const T *, fastce_ahead_t *);            \
     void (*row_pending_##SFX)(fastce_ahead_t *, ptrdiff_t);                                       \
-    double (*row_eval_terms_##SFX)(const T *, ptrdiff_t, const T *, T *, T, ptrdiff_t, T,         \
-                                   double *, double *, ptrdiff_t *, ptrdiff_t *);                 \
-    void (*row_pair_terms_##SFX)(const T *, const T *, ptrdiff_t, T, double *, ptrdiff_t *);      \
+    double (*row_eval_terms_##SFX)(const T *, ptrdiff_t, const T *, const T *, T *, T, ptrdiff_t, \
+                                   T, double *, double *, ptrdiff_t *, ptrdiff_t *);              \
     void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                            \
     void (*tile_sumexp_##SFX)(const T *, ptrdiff_t, const T *, T *, T *);                         \
     void (*tile_scaled_exp_##SFX)(const T *, ptrdiff_t, const T *, const T *, T, const T *, T *); \

@@ -188,13 +188,15 @@ VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, 
 /* One vector v of a row whose maximum is m, at offset at of the row, for
  * evaluation, over the lanes of in (all with full); d = (x - m) * scale with
  * scaled.  With sum, exp(d) joins acc (and ties) as chunk_sumexp adds it,
- * en += exp(d) d where exp(d) is above the exponential's floor (so a -inf
- * logit adds nothing, never NaN) and sqn += exp(d)^2; with seek, *arg becomes
- * the first index of m once a vector holds it; with t >= 0, *rank counts the
- * classes above the target's logit (vt) and those equal to it before t. */
+ * and where exp(d) is above the exponential's floor (so a -inf logit adds
+ * nothing, never NaN) en += exp(d) d and sqn += exp(d)^2, or with pair (v a
+ * reference row's, vo the model's) en += exp(d) (v - vo); with seek, *arg
+ * becomes the first index of m once a vector holds it; with t >= 0, *rank
+ * counts the classes above the target's logit (vt) and those equal to it
+ * before t. */
 VINLINE void KNAME(eval_at)(V v, M in, int full, ptrdiff_t at, V vm, V vs, int scaled, int sum,
-                            int masked, int seek, ptrdiff_t t, V vt, V *acc, int *ties, V *en,
-                            V *sqn, ptrdiff_t *arg, ptrdiff_t *rank) {
+                            int masked, int seek, int pair, V vo, ptrdiff_t t, V vt, V *acc,
+                            int *ties, V *en, V *sqn, ptrdiff_t *arg, ptrdiff_t *rank) {
     if (sum) {
         V d = KNAME(shifted)(v, vm, vs, scaled), ev = KNAME(vexp_neg_sum)(d);
         *acc = KNAME(add_terms)(*acc, ev, d, in, full, masked, ties);
@@ -203,8 +205,12 @@ VINLINE void KNAME(eval_at)(V v, M in, int full, ptrdiff_t at, V vm, V vs, int s
             live = VOP(and_m)(in, live);
             ev = VOP(keep)(in, ev);
         }
-        *en = VOP(add)(*en, VOP(keep)(live, VOP(mul)(ev, d)));
-        *sqn = VOP(fma)(ev, ev, *sqn);
+        if (pair) {
+            *en = VOP(add)(*en, VOP(keep)(live, VOP(mul)(ev, VOP(sub)(v, vo))));
+        } else {
+            *en = VOP(add)(*en, VOP(keep)(live, VOP(mul)(ev, d)));
+            *sqn = VOP(fma)(ev, ev, *sqn);
+        }
     }
     if (seek && *arg < 0) {
         M hit = VOP(eq)(v, vm);
@@ -219,24 +225,28 @@ VINLINE void KNAME(eval_at)(V v, M in, int full, ptrdiff_t at, V vm, V vs, int s
     }
 }
 
-/* eval_at over a chunk xs[0:len) starting at offset start of its row; with
- * sum, returns the chunk's sum of exp(d) with the bits chunk_sumexp gives.
- * The caches are asked for nx[0:len) meanwhile (nx not NULL). */
+/* eval_at over a chunk xs[0:len) starting at offset start of its row (with
+ * pair, beside the model's os[0:len)); with sum, returns the chunk's sum of
+ * exp(d) with the bits chunk_sumexp gives.  The caches are asked for
+ * nx[0:len) meanwhile (nx not NULL). */
 VINLINE double KNAME(chunk_eval)(const T *xs, ptrdiff_t len, ptrdiff_t start, const T *nx, V vm,
-                                 V vs, int scaled, int sum, int masked, int seek, ptrdiff_t t, V vt,
-                                 double *e, double *sq, ptrdiff_t *arg, ptrdiff_t *rank) {
-    V acc = VOP(zero)(), en = VOP(zero)(), sqn = VOP(zero)();
+                                 V vs, int scaled, int sum, int masked, int seek, int pair,
+                                 const T *os, ptrdiff_t t, V vt, double *e, double *sq,
+                                 ptrdiff_t *arg, ptrdiff_t *rank) {
+    V acc = VOP(zero)(), en = VOP(zero)(), sqn = VOP(zero)(), vo = VOP(zero)();
     int ties = 0;
     ptrdiff_t c = 0;
     for (; c + L <= len; c += L) {
         if (nx != NULL) fastce_prefetch(nx + c);
+        if (pair) vo = VOP(load)(os + c);
         KNAME(eval_at)(VOP(load)(xs + c), VOP(first)(L), 1, start + c, vm, vs, scaled, sum, masked,
-                       seek, t, vt, &acc, &ties, &en, &sqn, arg, rank);
+                       seek, pair, vo, t, vt, &acc, &ties, &en, &sqn, arg, rank);
     }
     if (c < len) {
         M in = VOP(first)(len - c);
+        if (pair) vo = VOP(load_part)(os + c, in);
         KNAME(eval_at)(VOP(load_part)(xs + c, in), in, 0, start + c, vm, vs, scaled, sum, masked,
-                       seek, t, vt, &acc, &ties, &en, &sqn, arg, rank);
+                       seek, pair, vo, t, vt, &acc, &ties, &en, &sqn, arg, rank);
     }
     *e += VOP(hsum)(en);
     *sq += VOP(hsum)(sqn);
@@ -248,12 +258,13 @@ VINLINE double KNAME(chunk_eval)(const T *xs, ptrdiff_t len, ptrdiff_t start, co
  * scale with scaled (NaN for a NaN logit, a +inf one, or nothing above -inf).
  * With eval, chunk_eval takes each chunk instead of chunk_sumexp (the same
  * sum, to the bit), its terms rescaled as the maximum rises: exp(d + shift) =
- * f exp(d), so e becomes f (e + shift s) and sq f^2 sq; the first index of
- * the maximum is sought again in each chunk that raises it, and the rank
- * (t >= 0) needs no maximum. */
+ * f exp(d), so e becomes f (e + shift s) and sq f^2 sq (with pair, beside
+ * the model's row other, e becomes f e); the first index of the maximum is
+ * sought again in each chunk that raises it, and the rank (t >= 0) needs no
+ * maximum. */
 VINLINE double KNAME(long_row_sum)(const T *x, ptrdiff_t n, T *max_out, T scale, int scaled,
-                                   int eval, ptrdiff_t t, V vt, double *e, double *sq,
-                                   ptrdiff_t *arg, ptrdiff_t *rank) {
+                                   int eval, int pair, const T *other, ptrdiff_t t, V vt, double *e,
+                                   double *sq, ptrdiff_t *arg, ptrdiff_t *rank) {
     const V vs = VOP(set1)(scale);
     const V no_pending = VOP(zero)(); /* chunk_sumexp writes no waiting row here */
     int saw_nan = 0;
@@ -268,8 +279,8 @@ VINLINE double KNAME(long_row_sum)(const T *x, ptrdiff_t n, T *max_out, T scale,
             for (ptrdiff_t c = 0; c < len; c++)
                 if (xs[c] != xs[c]) saw_nan = 1;
             if (eval)
-                KNAME(chunk_eval)(xs, len, start, NULL, vt, vs, scaled, 0, 0, 0, t, vt, e, sq, arg,
-                                  rank);
+                KNAME(chunk_eval)(xs, len, start, NULL, vt, vs, scaled, 0, 0, 0, 0, NULL, t, vt, e,
+                                  sq, arg, rank);
             continue;
         }
         if (cm > m) {
@@ -277,7 +288,7 @@ VINLINE double KNAME(long_row_sum)(const T *x, ptrdiff_t n, T *max_out, T scale,
                 double shift = scaled ? ((double)m - (double)cm) * scale : (double)m - (double)cm;
                 double f = exp(shift);
                 if (eval) {
-                    *e = f * (*e + shift * s);
+                    *e = pair ? f * *e : f * (*e + shift * s);
                     *sq *= f * f;
                 }
                 s *= f;
@@ -286,11 +297,12 @@ VINLINE double KNAME(long_row_sum)(const T *x, ptrdiff_t n, T *max_out, T scale,
             if (eval) *arg = -1;
         }
         const V vm = VOP(set1)(m);
+        const T *os = pair ? other + start : NULL;
         if (eval)
-            s += cm < m ? KNAME(chunk_eval)(xs, len, start, NULL, vm, vs, scaled, 1, 0, 0, t, vt, e,
-                                            sq, arg, rank)
-                        : KNAME(chunk_eval)(xs, len, start, NULL, vm, vs, scaled, 1, 1, 1, t, vt, e,
-                                            sq, arg, rank);
+            s += cm < m ? KNAME(chunk_eval)(xs, len, start, NULL, vm, vs, scaled, 1, 0, 0, pair, os,
+                                            t, vt, e, sq, arg, rank)
+                        : KNAME(chunk_eval)(xs, len, start, NULL, vm, vs, scaled, 1, 1, 1, pair, os,
+                                            t, vt, e, sq, arg, rank);
         else
             s += cm < m ? KNAME(chunk_sumexp)(xs, len, m, 0, NULL, NULL, NULL, NULL, no_pending,
                                               no_pending, vs, scaled)
@@ -377,7 +389,8 @@ VINLINE double KNAME(row_max_sumexp_of)(const T *x, ptrdiff_t n, T *max_out, T s
     }
     double e, sq;
     ptrdiff_t arg, rank;
-    return KNAME(long_row_sum)(x, n, max_out, scale, scaled, 0, -1, vs, &e, &sq, &arg, &rank);
+    return KNAME(long_row_sum)(x, n, max_out, scale, scaled, 0, 0, NULL, -1, vs, &e, &sq, &arg,
+                               &rank);
 }
 
 /* row_max_sumexp_of, each variant compiled apart: the sum of exp((x - max) *
@@ -642,14 +655,16 @@ VINLINE V KNAME(entropy_term)(V e, V d) {
 }
 
 VINLINE double KNAME(row_eval_terms_of)(const T *x, ptrdiff_t n, const T *next, T *max_out, T scale,
-                                        int scaled, ptrdiff_t t, T xt, double *e_out,
-                                        double *sq_out, ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
+                                        int scaled, int pair, const T *other, ptrdiff_t t, T xt,
+                                        double *e_out, double *sq_out, ptrdiff_t *arg_out,
+                                        ptrdiff_t *rank_out) {
     const V vs = VOP(set1)(scale), vt = VOP(set1)(xt);
     ptrdiff_t arg = -1, rank = 0;
     double s = 0.0, e = 0.0, sq = 0.0;
     T m = -INFINITY;
     if (n > FASTCE_ROW_IN_CACHE) {
-        s = KNAME(long_row_sum)(x, n, &m, scale, scaled, 1, t, vt, &e, &sq, &arg, &rank);
+        s = KNAME(long_row_sum)(x, n, &m, scale, scaled, 1, pair, other, t, vt, &e, &sq, &arg,
+                                &rank);
     } else {
         /* the maxima of its chunks first, as row_in_cache takes them */
         T chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];
@@ -664,14 +679,16 @@ VINLINE double KNAME(row_eval_terms_of)(const T *x, ptrdiff_t n, const T *next, 
         for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
             ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
             const T *nx = next != NULL ? next + start : NULL;
+            const T *os = pair ? other + start : NULL;
             if (isinf(m)) /* no sum, as below; the first index of m and the rank */
-                KNAME(chunk_eval)(x + start, len, start, NULL, vm, vs, scaled, 0, 0, 1, t, vt, &e,
-                                  &sq, &arg, &rank);
+                KNAME(chunk_eval)(x + start, len, start, NULL, vm, vs, scaled, 0, 0, 1, 0, NULL, t,
+                                  vt, &e, &sq, &arg, &rank);
             else /* only a chunk that reaches m holds ties and the first index of m */
-                s += chunk_max[k] < m ? KNAME(chunk_eval)(x + start, len, start, nx, vm, vs, scaled,
-                                                          1, 0, 0, t, vt, &e, &sq, &arg, &rank)
-                                      : KNAME(chunk_eval)(x + start, len, start, nx, vm, vs, scaled,
-                                                          1, 1, 1, t, vt, &e, &sq, &arg, &rank);
+                s += chunk_max[k] < m
+                         ? KNAME(chunk_eval)(x + start, len, start, nx, vm, vs, scaled, 1, 0, 0,
+                                             pair, os, t, vt, &e, &sq, &arg, &rank)
+                         : KNAME(chunk_eval)(x + start, len, start, nx, vm, vs, scaled, 1, 1, 1,
+                                             pair, os, t, vt, &e, &sq, &arg, &rank);
         }
         if (isinf(m)) s = NAN; /* as exp(x - max) gives */
     }
@@ -691,45 +708,22 @@ VINLINE double KNAME(row_eval_terms_of)(const T *x, ptrdiff_t n, const T *next, 
  * the classes above the target's logit xt plus those equal to it before the
  * target t (t < 0: no rank), which no positive scale changes.  A row that
  * fits in cache is read once after its maxima, while the caches are asked for
- * the row next (NULL: none); a longer one is read once. */
-static double KNAME(row_eval_terms)(const T *x, ptrdiff_t n, const T *next, T *max_out, T scale,
-                                    ptrdiff_t t, T xt, double *e_out, double *sq_out,
-                                    ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
+ * the row next (NULL: none); a longer one is read once.
+ *
+ * With other (not NULL), x is a reference model's row (scale 1, t < 0) and
+ * other the model's row: e = sum_c exp(x_c - m) (x_c - other_c) instead,
+ * which gives KL(p_x || p_other) = e / s + lse(other) - lse(x), and no sq. */
+static double KNAME(row_eval_terms)(const T *x, ptrdiff_t n, const T *next, const T *other,
+                                    T *max_out, T scale, ptrdiff_t t, T xt, double *e_out,
+                                    double *sq_out, ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
+    if (other != NULL)
+        return KNAME(row_eval_terms_of)(x, n, next, max_out, 1, 0, 1, other, -1, 0, e_out, sq_out,
+                                        arg_out, rank_out);
     if (scale == 1)
-        return KNAME(row_eval_terms_of)(x, n, next, max_out, 1, 0, t, xt, e_out, sq_out, arg_out,
-                                        rank_out);
-    return KNAME(row_eval_terms_of)(x, n, next, max_out, scale, 1, t, xt, e_out, sq_out, arg_out,
-                                    rank_out);
-}
-
-/* A reference row r and a model row x of n contiguous classes, r's maximum
- * m_r: kl = sum_c exp(r_c - m_r) (r_c - x_c), a class whose exp is 0 adding
- * nothing (so a -inf reference logit never makes NaN), and the first index of
- * m_r (-1: none). With s_r = sum_c exp(r_c - m_r), KL(p_r || p_x) is
- * kl / s_r + lse(x) - lse(r). */
-static void KNAME(row_pair_terms)(const T *r, const T *x, ptrdiff_t n, T m_r, double *kl_out,
-                                  ptrdiff_t *arg_out) {
-    const V vm = VOP(set1)(m_r);
-    ptrdiff_t arg = -1;
-    double kl = 0.0;
-    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
-        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
-        V acc = VOP(zero)();
-        for (ptrdiff_t c = 0; c < len; c += L) {
-            M in = VOP(first)(len - c);
-            V vr = VOP(load_part)(r + start + c, in), vx = VOP(load_part)(x + start + c, in);
-            V ev = KNAME(vexp_neg)(VOP(sub)(vr, vm));
-            M live = VOP(and_m)(in, VOP(gt)(ev, VOP(zero)()));
-            acc = VOP(add)(acc, VOP(keep)(live, VOP(mul)(ev, VOP(sub)(vr, vx))));
-            if (arg < 0) {
-                int at = VOP(first_set)(VOP(and_m)(in, VOP(eq)(vr, vm)));
-                if (at >= 0) arg = start + c + at;
-            }
-        }
-        kl += VOP(hsum)(acc);
-    }
-    *kl_out = kl;
-    *arg_out = arg;
+        return KNAME(row_eval_terms_of)(x, n, next, max_out, 1, 0, 0, NULL, t, xt, e_out, sq_out,
+                                        arg_out, rank_out);
+    return KNAME(row_eval_terms_of)(x, n, next, max_out, scale, 1, 0, NULL, t, xt, e_out, sq_out,
+                                    arg_out, rank_out);
 }
 
 /* ---- tiles ------------------------------------------------------------------- */
