@@ -62,3 +62,33 @@ def test_rows_of_special_values(n_classes, special, expect_nan):
     assert np.isnan(loss[1]) == expect_nan
     assert np.all(np.isfinite(loss[[0, 2]]))
     assert np.isnan(fastce.log_softmax(logits)[1]).all()
+
+
+def _subnormal_product_survives():
+    # 1e-38 * 1e-3 is a float32 subnormal unless the thread flushes such results
+    return bool(np.float32(1e-38) * np.float32(1e-3) > 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(6, 40), (2048, 1000), (64, 20000)])
+def test_logits_spread_far_below_the_maximum(simd_path, dtype, shape):
+    # probabilities far below the maximum scale into the subnormal range,
+    # which the kernels flush to zero: nothing a tolerance sees changes, and
+    # the calling thread's own floating-point mode is as it was
+    assert _subnormal_product_survives()
+    rng = np.random.default_rng(shape[1])
+    x = (rng.standard_normal(shape) * (40 if dtype == np.float32 else 400)).astype(dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    # the kernels' exponential is 0 below a few times the smallest normal number
+    tiny = 4 * np.finfo(dtype).tiny
+    loss, grad = fastce.cross_entropy_with_grad(x, t)
+    ref_loss, ref_grad = reference.cross_entropy_with_grad(x, t)
+    np.testing.assert_allclose(loss, ref_loss, rtol=rtol)
+    np.testing.assert_allclose(grad, ref_grad, rtol=rtol, atol=tiny)
+    np.testing.assert_allclose(
+        fastce.softmax(x, axis=-1), reference.softmax(x, axis=-1), rtol=rtol, atol=tiny
+    )
+    r = fastce.evaluate(x, t, per_sample=True)
+    np.testing.assert_allclose(r.brier, reference.evaluate(x, t)["brier"], rtol=rtol, atol=1e-12)
+    assert _subnormal_product_survives()

@@ -287,6 +287,10 @@ cdef struct Walk:
     double t_outer, t_inner
     int threads             # requested thread count, 0 for the default
     Py_ssize_t work         # elements the call reads, for the thread rule
+    # the units flush subnormal results to zero (see csrc/denormals.h): where
+    # a gradient or evaluate's terms are computed, whose tiny products of
+    # probabilities are no output's own value
+    bint flush_subnormals
     # set by walk_plan
     int shape
     Py_ssize_t block_rows   # samples per block of the row shapes

@@ -47,6 +47,11 @@ cimport numpy as cnp
 
 cnp.import_array()
 
+cdef extern from "csrc/denormals.h":
+    ctypedef unsigned int fastce_fp_mode_t
+    fastce_fp_mode_t fastce_flush_denormals() noexcept nogil
+    void fastce_restore_fp_mode(fastce_fp_mode_t mode) noexcept nogil
+
 cdef extern from "csrc/threads.h":
     const char* FASTCE_COMPILE_ARGS
     int FASTCE_OPENMP
@@ -503,6 +508,7 @@ cdef inline void walk_init(Walk* w, const char* x, int dtype, Py_ssize_t outer, 
     w.t_outer, w.t_inner = 1.0, 0.0
     w.threads = 0
     w.work = outer * C * inner
+    w.flush_subnormals = False
 
 
 cdef void walk_transform(Walk* w, double logit_scale, double softcap) noexcept:
@@ -727,6 +733,9 @@ cdef double walk_unit(const Walk* w, const Body* body, const void* call, Py_ssiz
     cdef double total = 0.0
     cdef Py_ssize_t b, o, i, n, first, last, tiles
     cdef Py_ssize_t end = (unit + 1) * w.blocks_per_unit
+    cdef fastce_fp_mode_t caller_mode = 0
+    if w.flush_subnormals:
+        caller_mode = fastce_flush_denormals()
     if end > w.n_blocks:
         end = w.n_blocks
     for b in range(unit * w.blocks_per_unit, end):
@@ -747,6 +756,8 @@ cdef double walk_unit(const Walk* w, const Body* body, const void* call, Py_ssiz
             walk_rows(w, body, call, unit, first, last, buffer, &total)
     if w.stream_y:
         fastce_active_ops.stream_fence()
+    if w.flush_subnormals:
+        fastce_restore_fp_mode(caller_mode)
     return total
 
 
@@ -1550,6 +1561,7 @@ cdef void ce_outputs(Walk* w, CECall* call, object loss_out, object lse_out, obj
     call.go = call.gi = 0
     cdef cnp.ndarray go
     if w.y != NULL:
+        w.flush_subnormals = True
         go = grad_output
         if cnp.PyArray_NDIM(go) == 0:
             call.gout = <const double*>array_data(go, 0, cnp.NPY_DOUBLE, s)
@@ -2041,6 +2053,7 @@ cdef double binary_cross_entropy_kernel(object x, object y, object w, object pw,
     call.pw_per_col = pw is not None and pw.shape[0] != n
     flat_walk(&walk, x, row_len if call.w_per_col or call.pw_per_col else 1)
     walk.threads = num_threads
+    walk.flush_subnormals = grad is not None
     rt = result_typenum(&walk)
     call.y = array_data(y, 1, rt, s)
     call.w = array_data(w, 1, rt, s)

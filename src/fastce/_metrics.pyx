@@ -621,6 +621,7 @@ def evaluate_index(object x,
     walk_from(&w, x)
     walk_transform(&w, logit_scale, softcap)
     w.threads = num_threads
+    w.flush_subnormals = True
     targets_from(&call.t, target)
     opt.ce.weight = &weight[0] if weight.shape[0] > 0 else NULL
     opt.ce.weight_sum = weight_sum
