@@ -85,3 +85,26 @@ def _public_calls():
 def test_public_function(benchmark, name):
     benchmark.group = "public functions, (4096, 1000) float32"
     benchmark(_public_calls()[name])
+
+
+@pytest.mark.parametrize("spread", [3, 30])
+@pytest.mark.parametrize(
+    "name", ["cross_entropy_grad", "evaluate", "binary_cross_entropy_with_logits_grad"]
+)
+def test_logits_spread_like_a_language_models(benchmark, name, spread):
+    # probabilities far below a row's maximum are subnormal once scaled; a
+    # spread of 30 should take the time of a spread of 3 (see denormals.h)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4096, 1000), dtype=np.float32) * spread
+    t = rng.integers(0, 1000, 4096)
+    y = (x > 0).astype(np.float32)
+    out = np.empty_like(x)
+    calls = {
+        "cross_entropy_grad": lambda: fastce.cross_entropy_grad(x, t, out=out),
+        "evaluate": lambda: fastce.evaluate(x, t),
+        "binary_cross_entropy_with_logits_grad": lambda: (
+            fastce.binary_cross_entropy_with_logits_grad(x, y)
+        ),
+    }
+    benchmark.group = f"{name}, (4096, 1000) float32, by logit spread"
+    benchmark(calls[name])
