@@ -13,9 +13,8 @@ per-sample loss is :func:`fastce.cross_entropy`'s to the last bit, on every
 vector path, by construction.  This module supplies only the bodies for rows
 and tiles.
 
-Beside the sum, in the same sweep of a row that fits in cache (one more sweep
-of a longer row or of a tile, which is then in cache), it computes what the
-loss does not need:
+Beside the sum, in the same sweep of a row (one more sweep of a tile, which
+is then in cache), it computes what the loss does not need:
 
 * the prediction, the first index of the maximum (as ``numpy.argmax``);
 * ``sum_c exp(x_c - m) * (x_c - m)``, which gives the predictive entropy
