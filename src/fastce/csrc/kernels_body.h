@@ -188,12 +188,12 @@ VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, 
 /* One vector v of a row whose maximum is m, at offset at of the row, for
  * evaluation, over the lanes of in (all with full); d = (x - m) * scale with
  * scaled.  With sum, exp(d) joins acc (and ties) as chunk_sumexp adds it,
- * and where exp(d) is above the exponential's floor (so a -inf logit adds
- * nothing, never NaN) en += exp(d) d and sqn += exp(d)^2, or with pair (v a
- * reference row's, vo the model's) en += exp(d) (v - vo); with seek, *arg
- * becomes the first index of m once a vector holds it; with t >= 0, *rank
- * counts the classes above the target's logit (vt) and those equal to it
- * before t. */
+ * sqn += exp(d)^2, and where exp(d) is above the exponential's floor (so a
+ * -inf logit adds nothing, never NaN) en += exp(d) d, or with pair (v a
+ * reference row's, vo the model's, and no sqn) en += exp(d) (v - vo); with
+ * seek, *arg becomes the first index of m once a vector holds it; with
+ * t >= 0, *rank counts the classes above the target's logit (vt) and those
+ * equal to it before t. */
 VINLINE void KNAME(eval_at)(V v, M in, int full, ptrdiff_t at, V vm, V vs, int scaled, int sum,
                             int masked, int seek, int pair, V vo, ptrdiff_t t, V vt, V *acc,
                             int *ties, V *en, V *sqn, ptrdiff_t *arg, ptrdiff_t *rank) {
