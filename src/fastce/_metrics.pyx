@@ -42,7 +42,7 @@ from fastce._kernels cimport (
     Body, CEOptions, FASTCE_CHUNK, Piece, TILE, Targets, Walk, fastce_active_ops,
     floating,
     any_nonzero, exp_neg, index_coefficient, index_row_loss, make_body, row_logsumexp, row_stats,
-    sample_loss, scaled_shift,
+    sample_loss,
     simd_ops, target_at, targets_from, tile_index_terms, tile_stats, tile_targets, walk_from,
     walk_plan, walk_run, walk_transform,
 )
@@ -359,42 +359,22 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
 # Rows, one at a time
 # --------------------------------------------------------------------------
 
-cdef inline double row_eval_terms(const floating* x, Py_ssize_t n, Py_ssize_t stride,
-                                  const floating* next, floating* m, floating scale,
-                                  Py_ssize_t t, floating xt, double* e_out, double* sq_out,
-                                  Py_ssize_t* arg_out, Py_ssize_t* rank_out) noexcept nogil:
-    """What evaluation reads from one row seen through the logit scale
-    ``scale``: its maximum and sum of exponentials as ``row_stats`` gives
-    them (returned), and the terms beside them (see the module docstring);
-    ``t < 0`` skips the rank.  A contiguous row asks the caches for ``next``
-    (NULL: nothing) meanwhile."""
-    cdef floating v, d, ev
-    cdef double s, e = 0.0, sq = 0.0
-    cdef Py_ssize_t c, arg = -1, rank = 0
-    if stride == 1:
-        if floating is float:
-            return fastce_active_ops.row_eval_terms_f32(x, n, next, NULL, m, scale, t, xt, e_out,
-                                                        sq_out, arg_out, rank_out)
-        else:
-            return fastce_active_ops.row_eval_terms_f64(x, n, next, NULL, m, scale, t, xt, e_out,
-                                                        sq_out, arg_out, rank_out)
-    s = row_stats(x, n, stride, m, scale)
-    for c in range(n):
-        v = x[c * stride]
-        d = scaled_shift(v, m[0], scale)
-        ev = exp_neg(d)
-        sq += ev * ev
-        if ev > 0:
-            e += ev * d
-        if arg < 0 and v == m[0]:
-            arg = c
-        if t >= 0 and (v > xt or (v == xt and c < t)):
-            rank += 1
-    e_out[0] = e
-    sq_out[0] = sq
-    arg_out[0] = arg
-    rank_out[0] = rank
-    return s
+cdef inline double row_eval_terms(const floating* x, Py_ssize_t n, const floating* next,
+                                  floating* m, floating scale, Py_ssize_t t, floating xt,
+                                  double* e_out, double* sq_out, Py_ssize_t* arg_out,
+                                  Py_ssize_t* rank_out) noexcept nogil:
+    """What evaluation reads from one contiguous row seen through the logit
+    scale ``scale``: its maximum and sum of exponentials as ``row_stats``
+    gives them (returned), and the terms beside them (see the module
+    docstring); ``t < 0`` skips the rank.  It asks the caches for ``next``
+    (NULL: nothing) meanwhile.  The bodies read every class (whole_rows), so
+    the walk hands them rows whose classes are not contiguous as copies."""
+    if floating is float:
+        return fastce_active_ops.row_eval_terms_f32(x, n, next, NULL, m, scale, t, xt, e_out,
+                                                    sq_out, arg_out, rank_out)
+    else:
+        return fastce_active_ops.row_eval_terms_f64(x, n, next, NULL, m, scale, t, xt, e_out,
+                                                    sq_out, arg_out, rank_out)
 
 
 cdef struct MetricsCall:
@@ -433,7 +413,7 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
         xr = x + k * p.xs
         tt = -1 if ignored else <Py_ssize_t>target
         x_t = xr[tt * xc] if tt >= 0 else 0
-        s = row_eval_terms(xr, C, xc,
+        s = row_eval_terms(xr, C,
                            x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after,
                            &m, scale, tt, x_t, &e, &sq, &arg, &rank)
         # the loss, as ce_index_row computes it
