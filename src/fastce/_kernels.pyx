@@ -443,6 +443,8 @@ cdef enum:
     HALF_LANES = 16
     # float32 elements of half rows converted at once (whole rows, at least one)
     HALF_ROW_ELEMENTS = 1 << 12
+    # the floats of two cache lines: where each thread's buffer starts
+    BUFFER_ALIGN_FLOATS = 32
 
 
 cdef inline Py_ssize_t half_tile_width(Py_ssize_t C) noexcept nogil:
@@ -688,14 +690,21 @@ cdef int walk_run(const Walk* w, const Body* body, const void* call, double* tot
     cdef Py_ssize_t per_unit = w.work // w.n_units if w.n_units > 0 else 1
     cdef Py_ssize_t stretch = SIGNAL_CHECK_LOGITS // (per_unit if per_unit > 0 else 1)
     cdef Py_ssize_t start, end
+    cdef void* allocated = NULL
     cdef float* buffers = NULL
     if stretch < 1:
         stretch = 1
     if per_thread:
-        buffers = <float*>malloc(nthreads * per_thread * sizeof(float))
-        if buffers == NULL:
+        # each thread's buffer on cache lines of its own, and a line pair
+        # apart from the next: two threads writing one line (or one the
+        # adjacent-line prefetcher pairs) would pass it back and forth
+        per_thread = ((per_thread + 2 * BUFFER_ALIGN_FLOATS - 1)
+                      // BUFFER_ALIGN_FLOATS * BUFFER_ALIGN_FLOATS)
+        allocated = malloc((nthreads * per_thread + BUFFER_ALIGN_FLOATS) * sizeof(float))
+        if allocated == NULL:
             raise MemoryError(f"cannot allocate {nthreads} logit buffers of "
                               f"{per_thread * 4} bytes")
+        buffers = <float*>allocated + aligned_offset(allocated)
     try:
         start = 0
         while start < w.n_units:
@@ -710,8 +719,14 @@ cdef int walk_run(const Walk* w, const Body* body, const void* call, double* tot
             if start < w.n_units and PyErr_CheckSignals() < 0:
                 return -1
     finally:
-        free(buffers)
+        free(allocated)
     return 0
+
+
+cdef inline Py_ssize_t aligned_offset(const void* p) noexcept nogil:
+    """The floats from ``p`` (float-aligned) to the next BUFFER_ALIGN_FLOATS boundary."""
+    cdef size_t at = (<size_t>p // sizeof(float)) % BUFFER_ALIGN_FLOATS
+    return <Py_ssize_t>((BUFFER_ALIGN_FLOATS - at) % BUFFER_ALIGN_FLOATS)
 
 
 cdef void walk_units(const Walk* w, const Body* body, const void* call, double* totals,
