@@ -34,6 +34,8 @@ cdef extern from "csrc/dispatch.h":
         const void* pending_x
         void* pending_y
         double pending_a, pending_b
+        const uint16_t* next_half
+        int next_bf16
     enum:
         FASTCE_PENDING_SHIFT
     ctypedef struct fastce_ops_t:
@@ -60,12 +62,12 @@ cdef extern from "csrc/dispatch.h":
         void (*row_pending_f64)(fastce_ahead_t*, Py_ssize_t) noexcept nogil
         void (*row_softmax_f64)(const double*, Py_ssize_t, double*, const double*,
                                 fastce_ahead_t*) noexcept nogil
-        double (*row_eval_terms_f32)(const float*, Py_ssize_t, const float*, const float*,
-                                     float*, float, Py_ssize_t, float, double*, double*,
-                                     Py_ssize_t*, Py_ssize_t*) noexcept nogil
-        double (*row_eval_terms_f64)(const double*, Py_ssize_t, const double*, const double*,
-                                     double*, double, Py_ssize_t, double, double*, double*,
-                                     Py_ssize_t*, Py_ssize_t*) noexcept nogil
+        double (*row_eval_terms_f32)(const float*, Py_ssize_t, const float*, fastce_ahead_t*,
+                                     const float*, float*, float, Py_ssize_t, float, double*,
+                                     double*, Py_ssize_t*, Py_ssize_t*) noexcept nogil
+        double (*row_eval_terms_f64)(const double*, Py_ssize_t, const double*, fastce_ahead_t*,
+                                     const double*, double*, double, Py_ssize_t, double, double*,
+                                     double*, Py_ssize_t*, Py_ssize_t*) noexcept nogil
         void (*tile_max_f32)(const float*, Py_ssize_t, float*) noexcept nogil
         void (*tile_max_f64)(const double*, Py_ssize_t, double*) noexcept nogil
         void (*tile_sumexp_f32)(const float*, Py_ssize_t, const float*, float*,

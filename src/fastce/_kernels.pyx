@@ -646,6 +646,16 @@ cdef inline bint rows_buffered(const Walk* w, const Body* body) noexcept nogil:
             or (w.xc != 1 and body.whole_rows))
 
 
+cdef inline bint converts_ahead(const Walk* w, const Body* body) noexcept nogil:
+    """Whether half rows are converted one at a time, each by the loop of
+    the body that sums the row before it (half_rows_ahead): rows of
+    contiguous classes that fit in cache, for a body without half rows of
+    its own, under no transform the walk computes."""
+    return ((w.dtype == DT_F16 or w.dtype == DT_BF16) and body.rows_half == NULL
+            and w.shape == WALK_ROWS and w.xc == 1 and w.C <= FASTCE_ROW_IN_CACHE
+            and not (w.transform and not scale_in_rows(w, body)))
+
+
 cdef Py_ssize_t buffer_elements(const Walk* w, const Body* body) noexcept nogil:
     """float32 elements of each thread's buffer, for half logits converted
     to float32, transformed logits and strided rows copied (a float64 takes
@@ -658,6 +668,8 @@ cdef Py_ssize_t buffer_elements(const Walk* w, const Body* body) noexcept nogil:
     elif w.shape == WALK_SMALL_C:
         # transformed in the tile itself; half rows converted first
         n = TILE * SMALL_C if half else 0
+    elif converts_ahead(w, body):
+        n = 2 * w.C
     elif rows_buffered(w, body):
         n = w.C * rows_held(w) * (2 if stages_output(w, body) else 1)
     return 2 * n if w.dtype == DT_F64 else n
@@ -789,6 +801,7 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
     cdef char* y
     cdef fastce_ahead_t ahead
     cdef bint scaled_rows = scale_in_rows(w, body), buffered = rows_buffered(w, body)
+    cdef bint converting = converts_ahead(w, body)
     p.C = w.C
     p.xc = w.xc
     p.yc = w.yc
@@ -798,6 +811,7 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.after = NULL
     p.ahead = &ahead
     ahead.pending_y = NULL
+    ahead.next_half = NULL
     p.logit_scale = w.t_outer if scaled_rows else 1.0
     while j < last:
         ahead.valid = 0
@@ -813,7 +827,9 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
             p.xs, p.ys = w.xi, w.yi
         x = w.x + isz * (p.o * w.xo + p.i * w.xi)
         y = NULL if w.y == NULL else w.y + ysz * (p.o * w.yo + p.i * w.yi)
-        if buffered:
+        if converting:
+            half_rows_ahead(body, call, &p, <const uint16_t*>x, <float*>y, buffer, total)
+        elif buffered:
             buffered_rows(w, body, call, &p, x, y, buffer, total)
         elif w.dtype == DT_F32:
             body.rows_f32(call, &p, <const float*>x, <float*>y, total)
@@ -822,6 +838,37 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
         else:
             body.rows_half(call, &p, <const uint16_t*>x, <float*>y, total)
         j += p.n
+
+
+cdef void half_rows_ahead(const Body* body, const void* call, const Piece* p,
+                          const uint16_t* x, float* y, float* buffer,
+                          double* total) noexcept nogil:
+    """A piece of half rows, one at a time, through two rows of the thread's
+    buffer: the body's loop over a row converts the next row into the other
+    one as it takes that row's maxima (fastce_ahead_t.next_half), so that
+    its bits come from memory while the exponentials run, not in a loop of
+    their own.  A row the body did not convert is converted here."""
+    cdef Piece q = p[0]
+    cdef Py_ssize_t k, C = p.C
+    cdef float* row
+    cdef float* following
+    q.n = 1
+    q.xc, q.xs = 1, C
+    q.ahead.next_bf16 = p.bf16
+    fastce_active_ops.half_to_f32(x, C, buffer, p.bf16)
+    for k in range(p.n):
+        row = buffer + (k % 2) * C
+        following = buffer + ((k + 1) % 2) * C
+        q.o = p.o + k * p.o_step
+        q.i = p.i + k * p.i_step
+        q.ahead.next_half = x + (k + 1) * p.xs if k + 1 < p.n else NULL
+        q.after = following if k + 1 < p.n else NULL
+        body.rows_f32(call, &q, row, NULL if y == NULL else y + k * p.ys, total)
+        if q.ahead.next_half != NULL:
+            fastce_active_ops.half_to_f32(q.ahead.next_half, C, following, p.bf16)
+            q.ahead.next_half = NULL
+            # maxima taken from the row before it was converted are not its own
+            q.ahead.valid = 0
 
 
 cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const Piece* p,

@@ -287,11 +287,11 @@ cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
     cdef bint active
     if rc == 1 and xc == 1:
         if floating is float:
-            s_r = fastce_active_ops.row_eval_terms_f32(rr, C, NULL, xr, &m_r, 1, -1, 0, &cross,
-                                                       &sq_unused, &arg_r, &rank_unused)
+            s_r = fastce_active_ops.row_eval_terms_f32(rr, C, NULL, NULL, xr, &m_r, 1, -1, 0,
+                                                       &cross, &sq_unused, &arg_r, &rank_unused)
         else:
-            s_r = fastce_active_ops.row_eval_terms_f64(rr, C, NULL, xr, &m_r, 1, -1, 0, &cross,
-                                                       &sq_unused, &arg_r, &rank_unused)
+            s_r = fastce_active_ops.row_eval_terms_f64(rr, C, NULL, NULL, xr, &m_r, 1, -1, 0,
+                                                       &cross, &sq_unused, &arg_r, &rank_unused)
     else:
         s_r = row_stats(rr, C, rc, &m_r, 1)
         for c in range(C):
@@ -360,21 +360,23 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
 # --------------------------------------------------------------------------
 
 cdef inline double row_eval_terms(const floating* x, Py_ssize_t n, const floating* next,
-                                  floating* m, floating scale, Py_ssize_t t, floating xt,
-                                  double* e_out, double* sq_out, Py_ssize_t* arg_out,
-                                  Py_ssize_t* rank_out) noexcept nogil:
+                                  core.fastce_ahead_t* ahead, floating* m, floating scale,
+                                  Py_ssize_t t, floating xt, double* e_out, double* sq_out,
+                                  Py_ssize_t* arg_out, Py_ssize_t* rank_out) noexcept nogil:
     """What evaluation reads from one contiguous row seen through the logit
     scale ``scale``: its maximum and sum of exponentials as ``row_stats``
     gives them (returned), and the terms beside them (see the module
-    docstring); ``t < 0`` skips the rank.  It asks the caches for ``next``
-    (NULL: nothing) meanwhile.  The bodies read every class (whole_rows), so
-    the walk hands them rows whose classes are not contiguous as copies."""
+    docstring); ``t < 0`` skips the rank.  Meanwhile it takes the chunk
+    maxima of ``next`` (NULL: none) into ``ahead``, as the cross-entropy
+    rows do, and the row's own from there when the row before left them.
+    The bodies read every class (whole_rows), so the walk hands them rows
+    whose classes are not contiguous as copies."""
     if floating is float:
-        return fastce_active_ops.row_eval_terms_f32(x, n, next, NULL, m, scale, t, xt, e_out,
-                                                    sq_out, arg_out, rank_out)
+        return fastce_active_ops.row_eval_terms_f32(x, n, next, ahead, NULL, m, scale, t, xt,
+                                                    e_out, sq_out, arg_out, rank_out)
     else:
-        return fastce_active_ops.row_eval_terms_f64(x, n, next, NULL, m, scale, t, xt, e_out,
-                                                    sq_out, arg_out, rank_out)
+        return fastce_active_ops.row_eval_terms_f64(x, n, next, ahead, NULL, m, scale, t, xt,
+                                                    e_out, sq_out, arg_out, rank_out)
 
 
 cdef struct MetricsCall:
@@ -403,19 +405,24 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
     # the scale the vector kernels multiply by, in every term
     cdef double dscale = <double>scale
     cdef double s, log_s, e, sq, A, a_t, loss
+    # contiguous rows take their maxima while the previous row is summed
+    cdef core.fastce_ahead_t* look_ahead = p.ahead if p.xc == 1 else NULL
     for k in range(p.n):
         o = p.o + k * p.o_step
         i = p.i + k * p.i_step
         target = target_at(&call.t, o, i)
         ignored = opt.ce.has_ignore and target == opt.ce.ignore_index
         if ignored and not every:
+            # the maxima the row before left are this row's, not the next one's
+            if look_ahead != NULL:
+                look_ahead.valid = 0
             continue
         xr = x + k * p.xs
         tt = -1 if ignored else <Py_ssize_t>target
         x_t = xr[tt * xc] if tt >= 0 else 0
         s = row_eval_terms(xr, C,
                            x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after,
-                           &m, scale, tt, x_t, &e, &sq, &arg, &rank)
+                           look_ahead, &m, scale, tt, x_t, &e, &sq, &arg, &rank)
         # the loss, as ce_index_row computes it
         A = index_coefficient(&opt.ce, target, C, &a_t, &active)
         log_s = log(s)

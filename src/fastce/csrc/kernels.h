@@ -43,6 +43,12 @@ typedef struct {
     const void *pending_x;
     void *pending_y;
     double pending_a, pending_b;
+    /* float rows of half logits: the next row's bits, converted into the
+     * next row by the loop that takes its chunk maxima (then set to NULL),
+     * so that they arrive from memory while this row's exponentials run;
+     * still set after the row's kernel, the row is not yet converted */
+    const uint16_t *next_half;
+    int next_bf16;
 } fastce_ahead_t;
 
 #define FASTCE_KERNEL_FIELDS(T, SFX)                                                              \
@@ -56,8 +62,9 @@ typedef struct {
     void (*row_shift_##SFX)(const T *, ptrdiff_t, T, T, T *, int);                                \
     void (*row_softmax_##SFX)(const T *, ptrdiff_t, T *, const T *, fastce_ahead_t *);            \
     void (*row_pending_##SFX)(fastce_ahead_t *, ptrdiff_t);                                       \
-    double (*row_eval_terms_##SFX)(const T *, ptrdiff_t, const T *, const T *, T *, T, ptrdiff_t, \
-                                   T, double *, double *, ptrdiff_t *, ptrdiff_t *);              \
+    double (*row_eval_terms_##SFX)(const T *, ptrdiff_t, const T *, fastce_ahead_t *, const T *,  \
+                                   T *, T, ptrdiff_t, T, double *, double *, ptrdiff_t *,         \
+                                   ptrdiff_t *);                                                  \
     void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                            \
     void (*tile_sumexp_##SFX)(const T *, ptrdiff_t, const T *, T *, T *);                         \
     void (*tile_scaled_exp_##SFX)(const T *, ptrdiff_t, const T *, const T *, T, const T *, T *); \

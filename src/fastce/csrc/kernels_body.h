@@ -139,6 +139,37 @@ VINLINE V KNAME(sumexp_full)(V acc, V d, int masked, int *ties) {
     return KNAME(add_terms)(acc, KNAME(vexp_neg_sum)(d), d, VOP(first)(L), 1, masked, ties);
 }
 
+/* The vector at c of the next row, for its look-ahead maximum: read from
+ * nx, or with nh (float rows of half logits) converted from the bits at nh
+ * and stored at nx first, for that row's own turn */
+VINLINE V KNAME(ahead_load)(const T *nx, const uint16_t *nh, int bf16, ptrdiff_t c) {
+#ifndef FASTCE_F64
+    if (nh != NULL) {
+        V v = bf16 ? VOP(load_bf16)(nh + c) : VOP(load_f16)(nh + c);
+        VOP(store)((T *)nx + c, v);
+        return v;
+    }
+#else
+    (void)nh;
+    (void)bf16;
+#endif
+    return VOP(load)(nx + c);
+}
+
+/* ahead_load of the count < L elements at c; the other lanes are -inf */
+VINLINE V KNAME(ahead_load_part)(const T *nx, const uint16_t *nh, int bf16, ptrdiff_t c,
+                                 ptrdiff_t count) {
+#ifndef FASTCE_F64
+    if (nh != NULL)
+        for (ptrdiff_t k = c; k < c + count; k++)
+            ((T *)nx)[k] = bf16 ? fastce_bf16_to_f32(nh[k]) : fastce_f16_to_f32(nh[k]);
+#else
+    (void)nh;
+    (void)bf16;
+#endif
+    return VOP(load_part_or)(nx + c, VOP(first)(count), VOP(set1)(-INFINITY));
+}
+
 /* The sum of exp(x - m) over a chunk of len <= FASTCE_CHUNK elements, while
  * the same loop takes the maximum of the next row's chunk nx (when nx is not
  * NULL): the sum is bound by the exponential's multiplies and the maximum by
@@ -147,7 +178,8 @@ VINLINE V KNAME(sumexp_full)(V acc, V d, int masked, int *ties) {
  * reaches m pays for the tie masks (masked).  One sum accumulator: the
  * exponential's constants fill the registers. */
 VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, const T *nx,
-                                   T *next_max, const T *px, T *py, V pm, V pl, V vs, int scaled) {
+                                   const uint16_t *nh, int bf16, T *next_max, const T *px, T *py,
+                                   V pm, V pl, V vs, int scaled) {
     const V vm = VOP(set1)(m), none = VOP(set1)(-INFINITY);
     V acc = VOP(zero)(), n0 = none, n1 = none, n2 = none, n3 = none;
     int ties = 0;
@@ -157,10 +189,10 @@ VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, 
             for (int u = 0; u < 4; u++)
                 acc = KNAME(sumexp_full)(
                     acc, KNAME(shifted)(VOP(load)(xs + c + u * L), vm, vs, scaled), masked, &ties);
-            n0 = VOP(max)(VOP(load)(nx + c), n0);
-            n1 = VOP(max)(VOP(load)(nx + c + L), n1);
-            n2 = VOP(max)(VOP(load)(nx + c + 2 * L), n2);
-            n3 = VOP(max)(VOP(load)(nx + c + 3 * L), n3);
+            n0 = VOP(max)(KNAME(ahead_load)(nx, nh, bf16, c), n0);
+            n1 = VOP(max)(KNAME(ahead_load)(nx, nh, bf16, c + L), n1);
+            n2 = VOP(max)(KNAME(ahead_load)(nx, nh, bf16, c + 2 * L), n2);
+            n3 = VOP(max)(KNAME(ahead_load)(nx, nh, bf16, c + 3 * L), n3);
             if (px != NULL)
                 for (int u = 0; u < 4; u++)
                     VOP(store)(py + c + u * L,
@@ -170,14 +202,14 @@ VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, 
     for (; c + L <= len; c += L) {
         acc = KNAME(sumexp_full)(acc, KNAME(shifted)(VOP(load)(xs + c), vm, vs, scaled), masked,
                                  &ties);
-        if (nx != NULL) n0 = VOP(max)(VOP(load)(nx + c), n0);
+        if (nx != NULL) n0 = VOP(max)(KNAME(ahead_load)(nx, nh, bf16, c), n0);
         if (px != NULL) VOP(store)(py + c, VOP(sub)(VOP(sub)(VOP(load)(px + c), pm), pl));
     }
     if (c < len) {
         M in = VOP(first)(len - c);
         acc = KNAME(sumexp_step)(acc, KNAME(shifted)(VOP(load_part)(xs + c, in), vm, vs, scaled),
                                  in, masked, &ties);
-        if (nx != NULL) n0 = VOP(max)(VOP(load_part_or)(nx + c, in, none), n0);
+        if (nx != NULL) n0 = VOP(max)(KNAME(ahead_load_part)(nx, nh, bf16, c, len - c), n0);
         if (px != NULL)
             VOP(store_part)(py + c, in, VOP(sub)(VOP(sub)(VOP(load_part)(px + c, in), pm), pl));
     }
@@ -229,25 +261,32 @@ VINLINE void KNAME(eval_at)(V v, M in, int full, ptrdiff_t at, V vm, V vs, int s
  * pair, beside the model's os[0:len)); with sum, returns the chunk's sum of
  * exp(d) with the bits chunk_sumexp gives.  The caches are asked for
  * nx[0:len) meanwhile (nx not NULL). */
-VINLINE double KNAME(chunk_eval)(const T *xs, ptrdiff_t len, ptrdiff_t start, const T *nx, V vm,
-                                 V vs, int scaled, int sum, int masked, int seek, int pair,
-                                 const T *os, ptrdiff_t t, V vt, double *e, double *sq,
-                                 ptrdiff_t *arg, ptrdiff_t *rank) {
+VINLINE double KNAME(chunk_eval)(const T *xs, ptrdiff_t len, ptrdiff_t start, const T *nx,
+                                 const uint16_t *nh, int bf16, T *next_max, V vm, V vs, int scaled,
+                                 int sum, int masked, int seek, int pair, const T *os, ptrdiff_t t,
+                                 V vt, double *e, double *sq, ptrdiff_t *arg, ptrdiff_t *rank) {
     V acc = VOP(zero)(), en = VOP(zero)(), sqn = VOP(zero)(), vo = VOP(zero)();
+    V nm = VOP(set1)(-INFINITY);
     int ties = 0;
     ptrdiff_t c = 0;
     for (; c + L <= len; c += L) {
-        if (nx != NULL) fastce_prefetch(nx + c);
+        if (nx != NULL && next_max != NULL)
+            nm = VOP(max)(KNAME(ahead_load)(nx, nh, bf16, c), nm);
+        else if (nx != NULL)
+            fastce_prefetch(nx + c);
         if (pair) vo = VOP(load)(os + c);
         KNAME(eval_at)(VOP(load)(xs + c), VOP(first)(L), 1, start + c, vm, vs, scaled, sum, masked,
                        seek, pair, vo, t, vt, &acc, &ties, &en, &sqn, arg, rank);
     }
     if (c < len) {
         M in = VOP(first)(len - c);
+        if (nx != NULL && next_max != NULL)
+            nm = VOP(max)(KNAME(ahead_load_part)(nx, nh, bf16, c, len - c), nm);
         if (pair) vo = VOP(load_part)(os + c, in);
         KNAME(eval_at)(VOP(load_part)(xs + c, in), in, 0, start + c, vm, vs, scaled, sum, masked,
                        seek, pair, vo, t, vt, &acc, &ties, &en, &sqn, arg, rank);
     }
+    if (nx != NULL && next_max != NULL) *next_max = VOP(hmax)(nm);
     *e += VOP(hsum)(en);
     *sq += VOP(hsum)(sqn);
     return sum ? (double)ties + VOP(hsum)(acc) : 0.0;
@@ -279,8 +318,8 @@ VINLINE double KNAME(long_row_sum)(const T *x, ptrdiff_t n, T *max_out, T scale,
             for (ptrdiff_t c = 0; c < len; c++)
                 if (xs[c] != xs[c]) saw_nan = 1;
             if (eval)
-                KNAME(chunk_eval)(xs, len, start, NULL, vt, vs, scaled, 0, 0, 0, 0, NULL, t, vt, e,
-                                  sq, arg, rank);
+                KNAME(chunk_eval)(xs, len, start, NULL, NULL, 0, NULL, vt, vs, scaled, 0, 0, 0, 0,
+                                  NULL, t, vt, e, sq, arg, rank);
             continue;
         }
         if (cm > m) {
@@ -303,15 +342,15 @@ VINLINE double KNAME(long_row_sum)(const T *x, ptrdiff_t n, T *max_out, T scale,
          * past the row never faults) */
         const T *nx = n - start > 4 * FASTCE_CHUNK ? xs + 4 * FASTCE_CHUNK : NULL;
         if (eval)
-            s += cm < m ? KNAME(chunk_eval)(xs, len, start, nx, vm, vs, scaled, 1, 0, 0, pair, os,
-                                            t, vt, e, sq, arg, rank)
-                        : KNAME(chunk_eval)(xs, len, start, nx, vm, vs, scaled, 1, 1, 1, pair, os,
-                                            t, vt, e, sq, arg, rank);
+            s += cm < m ? KNAME(chunk_eval)(xs, len, start, nx, NULL, 0, NULL, vm, vs, scaled, 1, 0,
+                                            0, pair, os, t, vt, e, sq, arg, rank)
+                        : KNAME(chunk_eval)(xs, len, start, nx, NULL, 0, NULL, vm, vs, scaled, 1, 1,
+                                            1, pair, os, t, vt, e, sq, arg, rank);
         else
-            s += cm < m ? KNAME(chunk_sumexp)(xs, len, m, 0, NULL, NULL, NULL, NULL, no_pending,
-                                              no_pending, vs, scaled)
-                        : KNAME(chunk_sumexp)(xs, len, m, 1, NULL, NULL, NULL, NULL, no_pending,
-                                              no_pending, vs, scaled);
+            s += cm < m ? KNAME(chunk_sumexp)(xs, len, m, 0, NULL, NULL, 0, NULL, NULL, NULL,
+                                              no_pending, no_pending, vs, scaled)
+                        : KNAME(chunk_sumexp)(xs, len, m, 1, NULL, NULL, 0, NULL, NULL, NULL,
+                                              no_pending, no_pending, vs, scaled);
     }
     if (isinf(m) || saw_nan) s = NAN;
     *max_out = m;
@@ -320,17 +359,55 @@ VINLINE double KNAME(long_row_sum)(const T *x, ptrdiff_t n, T *max_out, T scale,
 
 static void KNAME(row_pending)(fastce_ahead_t *ahead, ptrdiff_t n);
 
+/* row_in_cache's sweep of a row whose chunk maxima are chunk_max and maximum
+ * m (see there); with nh, next's values come converted from these half bits */
+VINLINE double KNAME(in_cache_sweep)(const T *x, ptrdiff_t n, const T *chunk_max, T m,
+                                     const T *next, const uint16_t *nh, int bf16,
+                                     fastce_ahead_t *ahead, const T *px, T *py, V pm, V pl, V vs,
+                                     int scaled) {
+    double s = 0.0;
+    ptrdiff_t k = 0;
+    /* chunk maxima are never NaN, so a chunk below m has no tie; each call
+     * site has constant flags, so each variant of the loop is compiled apart */
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
+        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
+        const T *nx = next != NULL ? next + start : NULL;
+        const uint16_t *nhs = nh != NULL ? nh + start : NULL;
+        T nm = 0;
+        if (py != NULL) {
+            const T *pxs = px + start;
+            T *pys = py + start;
+            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, nx, nhs, bf16, &nm,
+                                                        pxs, pys, pm, pl, vs, scaled)
+                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, nx, nhs, bf16, &nm,
+                                                        pxs, pys, pm, pl, vs, scaled);
+        } else if (nx != NULL) {
+            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, nx, nhs, bf16, &nm,
+                                                        NULL, NULL, pm, pl, vs, scaled)
+                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, nx, nhs, bf16, &nm,
+                                                        NULL, NULL, pm, pl, vs, scaled);
+        } else {
+            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, NULL, NULL, 0, NULL,
+                                                        NULL, NULL, pm, pl, vs, scaled)
+                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, NULL, NULL, 0, NULL,
+                                                        NULL, NULL, pm, pl, vs, scaled);
+        }
+        if (nx != NULL) ahead->chunk_max[k] = nm;
+    }
+    return s;
+}
+
 /* A row that fits in cache, read twice from it: its chunk maxima (from ahead
  * when the previous row left them there), then its sum of exp(x - max) (with
  * scaled, of exp((x - max) * scale), scale in vs), in the loop that leaves
- * next's chunk maxima in ahead (when next is not NULL) and writes the
- * log_softmax of the row waiting there, if any. */
+ * next's chunk maxima in ahead (when next is not NULL; converting next from
+ * ahead->next_half first when that is set) and writes the log_softmax of the
+ * row waiting there, if any. */
 VINLINE double KNAME(row_in_cache)(const T *x, ptrdiff_t n, T *max_out, const T *next,
                                    fastce_ahead_t *ahead, V vs, int scaled) {
     T chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];
     T m = -INFINITY;
     ptrdiff_t k = 0;
-    double s = 0.0;
     for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
         chunk_max[k] =
             ahead->valid
@@ -349,32 +426,14 @@ VINLINE double KNAME(row_in_cache)(const T *x, ptrdiff_t n, T *max_out, const T 
     const V pm = VOP(set1)(py != NULL ? (T)ahead->pending_a : 0),
             pl = VOP(set1)(py != NULL ? (T)ahead->pending_b : 0);
     ahead->pending_y = NULL;
-    /* chunk maxima are never NaN, so a chunk below m has no tie; each call
-     * site has constant flags, so each variant of the loop is compiled apart */
-    k = 0;
-    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
-        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
-        const T *nx = next != NULL ? next + start : NULL;
-        T nm = 0;
-        if (py != NULL) {
-            const T *pxs = px + start;
-            T *pys = py + start;
-            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, nx, &nm, pxs, pys, pm,
-                                                        pl, vs, scaled)
-                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, nx, &nm, pxs, pys, pm,
-                                                        pl, vs, scaled);
-        } else if (nx != NULL) {
-            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, nx, &nm, NULL, NULL,
-                                                        pm, pl, vs, scaled)
-                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, nx, &nm, NULL, NULL,
-                                                        pm, pl, vs, scaled);
-        } else {
-            s += chunk_max[k] < m ? KNAME(chunk_sumexp)(x + start, len, m, 0, NULL, NULL, NULL,
-                                                        NULL, pm, pl, vs, scaled)
-                                  : KNAME(chunk_sumexp)(x + start, len, m, 1, NULL, NULL, NULL,
-                                                        NULL, pm, pl, vs, scaled);
-        }
-        if (nx != NULL) ahead->chunk_max[k] = nm;
+    double s;
+    if (next != NULL && ahead->next_half != NULL) {
+        s = KNAME(in_cache_sweep)(x, n, chunk_max, m, next, ahead->next_half, ahead->next_bf16,
+                                  ahead, px, py, pm, pl, vs, scaled);
+        ahead->next_half = NULL;
+    } else {
+        s = KNAME(in_cache_sweep)(x, n, chunk_max, m, next, NULL, 0, ahead, px, py, pm, pl, vs,
+                                  scaled);
     }
     ahead->valid = next != NULL;
     return s;
@@ -389,6 +448,7 @@ VINLINE double KNAME(row_max_sumexp_of)(const T *x, ptrdiff_t n, T *max_out, T s
         fastce_ahead_t none;
         none.valid = 0;
         none.pending_y = NULL;
+        none.next_half = NULL;
         return KNAME(row_in_cache)(x, n, max_out, NULL, &none, vs, scaled);
     }
     double e, sq;
@@ -524,10 +584,12 @@ VINLINE void KNAME(row_scale)(T *y, ptrdiff_t n, T r) {
 /* exp(x - m) of one chunk of row_softmax's row, stored in ys and summed: with
  * masked (a chunk that reaches m), the terms at the maximum are counted apart
  * as chunk_sumexp counts them; a chunk below m has none, and skips the masks.
- * The same loop takes the maximum of next's chunk nx (when not NULL) and
- * scales a waiting row's chunk py by pr (when not NULL). */
+ * The same loop takes the maximum of next's chunk nx (when not NULL; with
+ * nh, converted from those half bits first, as ahead_load does) and scales a
+ * waiting row's chunk py by pr (when not NULL). */
 VINLINE double KNAME(chunk_softmax)(const T *xs, ptrdiff_t len, V vm, T *ys, int masked,
-                                    const T *nx, T *next_max, T *py, V pr) {
+                                    const T *nx, const uint16_t *nh, int bf16, T *next_max, T *py,
+                                    V pr) {
     const V none = VOP(set1)(-INFINITY);
     V acc = VOP(zero)(), nm = none;
     int ties = 0;
@@ -542,7 +604,7 @@ VINLINE double KNAME(chunk_softmax)(const T *xs, ptrdiff_t len, V vm, T *ys, int
             e = VOP(drop)(at_max, e);
         }
         acc = VOP(add)(acc, e);
-        if (nx != NULL) nm = VOP(max)(VOP(load)(nx + c), nm);
+        if (nx != NULL) nm = VOP(max)(KNAME(ahead_load)(nx, nh, bf16, c), nm);
         if (py != NULL) VOP(store)(py + c, VOP(mul)(pr, VOP(load)(py + c)));
     }
     if (c < len) {
@@ -553,7 +615,7 @@ VINLINE double KNAME(chunk_softmax)(const T *xs, ptrdiff_t len, V vm, T *ys, int
         M at_max = VOP(and_m)(in, VOP(eq)(d, VOP(zero)()));
         ties += VOP(count)(at_max);
         acc = VOP(add)(acc, VOP(keep)(VOP(and_m)(in, VOP(not_m)(at_max)), e));
-        if (nx != NULL) nm = VOP(max)(VOP(load_part_or)(nx + c, in, none), nm);
+        if (nx != NULL) nm = VOP(max)(KNAME(ahead_load_part)(nx, nh, bf16, c, len - c), nm);
         if (py != NULL) VOP(store_part)(py + c, in, VOP(mul)(pr, VOP(load_part)(py + c, in)));
     }
     if (nx != NULL) *next_max = VOP(hmax)(nm);
@@ -577,6 +639,7 @@ static void KNAME(row_softmax)(const T *x, ptrdiff_t n, T *y, const T *next,
     if (state == NULL) {
         own.valid = 0;
         own.pending_y = NULL;
+        own.next_half = NULL;
         state = &own;
     }
     if (state->pending_y != NULL && state->pending_op != FASTCE_PENDING_SCALE)
@@ -596,19 +659,24 @@ static void KNAME(row_softmax)(const T *x, ptrdiff_t n, T *y, const T *next,
     }
     state->valid = 0;
     const V vm = VOP(set1)(m);
+    const uint16_t *nh = next != NULL ? state->next_half : NULL;
+    const int bf16 = state->next_bf16;
     double s = 0.0;
     k = 0;
     for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
         ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
         const T *nx = next != NULL ? next + start : NULL;
+        const uint16_t *nhs = nh != NULL ? nh + start : NULL;
         T *pys = py != NULL ? py + start : NULL;
         T nm = 0;
         /* a NaN chunk maximum compares false: that chunk keeps the masks */
-        s += chunk_max[k] < m
-                 ? KNAME(chunk_softmax)(x + start, len, vm, y + start, 0, nx, &nm, pys, pr)
-                 : KNAME(chunk_softmax)(x + start, len, vm, y + start, 1, nx, &nm, pys, pr);
+        s += chunk_max[k] < m ? KNAME(chunk_softmax)(x + start, len, vm, y + start, 0, nx, nhs,
+                                                     bf16, &nm, pys, pr)
+                              : KNAME(chunk_softmax)(x + start, len, vm, y + start, 1, nx, nhs,
+                                                     bf16, &nm, pys, pr);
         if (next != NULL) state->chunk_max[k] = nm;
     }
+    if (nh != NULL) state->next_half = NULL;
     state->valid = next != NULL;
     T r = isinf(m) ? (T)NAN : (T)(1.0 / s);
     if (ahead == NULL) {
@@ -658,41 +726,56 @@ VINLINE V KNAME(entropy_term)(V e, V d) {
     return VOP(keep)(VOP(gt)(e, VOP(zero)()), VOP(mul)(e, d));
 }
 
-VINLINE double KNAME(row_eval_terms_of)(const T *x, ptrdiff_t n, const T *next, T *max_out, T scale,
-                                        int scaled, int pair, const T *other, ptrdiff_t t, T xt,
-                                        double *e_out, double *sq_out, ptrdiff_t *arg_out,
-                                        ptrdiff_t *rank_out) {
+VINLINE double KNAME(row_eval_terms_of)(const T *x, ptrdiff_t n, const T *next,
+                                        fastce_ahead_t *ahead, const uint16_t *nh, int bf16,
+                                        T *max_out, T scale, int scaled, int pair, const T *other,
+                                        ptrdiff_t t, T xt, double *e_out, double *sq_out,
+                                        ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
     const V vs = VOP(set1)(scale), vt = VOP(set1)(xt);
     ptrdiff_t arg = -1, rank = 0;
     double s = 0.0, e = 0.0, sq = 0.0;
     T m = -INFINITY;
     if (n > FASTCE_ROW_IN_CACHE) {
+        if (ahead != NULL) ahead->valid = 0;
         s = KNAME(long_row_sum)(x, n, &m, scale, scaled, 1, pair, other, t, vt, &e, &sq, &arg,
                                 &rank);
     } else {
-        /* the maxima of its chunks first, as row_in_cache takes them */
+        /* the maxima of its chunks first, as row_in_cache takes them (from
+         * ahead when the row before left them there) */
         T chunk_max[FASTCE_ROW_IN_CACHE / FASTCE_CHUNK];
         ptrdiff_t k = 0;
         for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
-            chunk_max[k] =
-                KNAME(row_max)(x + start, n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK);
+            chunk_max[k] = ahead != NULL && ahead->valid
+                               ? (T)ahead->chunk_max[k]
+                               : KNAME(row_max)(x + start, n - start < FASTCE_CHUNK ? n - start
+                                                                                    : FASTCE_CHUNK);
             m = chunk_max[k] > m ? chunk_max[k] : m;
         }
+        if (ahead != NULL) ahead->valid = 0;
         const V vm = VOP(set1)(m);
         k = 0;
         for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK, k++) {
             ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
             const T *nx = next != NULL ? next + start : NULL;
+            const uint16_t *nhs = nh != NULL ? nh + start : NULL;
             const T *os = pair ? other + start : NULL;
+            /* next's chunk maximum, with ahead; else next is only asked for */
+            T nm = 0, *nmp = ahead != NULL ? &nm : NULL;
             if (isinf(m)) /* no sum, as below; the first index of m and the rank */
-                KNAME(chunk_eval)(x + start, len, start, NULL, vm, vs, scaled, 0, 0, 1, 0, NULL, t,
-                                  vt, &e, &sq, &arg, &rank);
+                KNAME(chunk_eval)(x + start, len, start, nx, nhs, bf16, nmp, vm, vs, scaled, 0, 0,
+                                  1, 0, NULL, t, vt, &e, &sq, &arg, &rank);
             else /* only a chunk that reaches m holds ties and the first index of m */
-                s += chunk_max[k] < m
-                         ? KNAME(chunk_eval)(x + start, len, start, nx, vm, vs, scaled, 1, 0, 0,
-                                             pair, os, t, vt, &e, &sq, &arg, &rank)
-                         : KNAME(chunk_eval)(x + start, len, start, nx, vm, vs, scaled, 1, 1, 1,
-                                             pair, os, t, vt, &e, &sq, &arg, &rank);
+                s +=
+                    chunk_max[k] < m
+                        ? KNAME(chunk_eval)(x + start, len, start, nx, nhs, bf16, nmp, vm, vs,
+                                            scaled, 1, 0, 0, pair, os, t, vt, &e, &sq, &arg, &rank)
+                        : KNAME(chunk_eval)(x + start, len, start, nx, nhs, bf16, nmp, vm, vs,
+                                            scaled, 1, 1, 1, pair, os, t, vt, &e, &sq, &arg, &rank);
+            if (ahead != NULL && nx != NULL) ahead->chunk_max[k] = nm;
+        }
+        if (ahead != NULL && next != NULL) {
+            ahead->valid = 1;
+            if (nh != NULL) ahead->next_half = NULL;
         }
         if (isinf(m)) s = NAN; /* as exp(x - max) gives */
     }
@@ -712,22 +795,35 @@ VINLINE double KNAME(row_eval_terms_of)(const T *x, ptrdiff_t n, const T *next, 
  * the classes above the target's logit xt plus those equal to it before the
  * target t (t < 0: no rank), which no positive scale changes.  A row that
  * fits in cache is read once after its maxima, while the caches are asked for
- * the row next (NULL: none); a longer one is read once.
+ * the row next (NULL: none), or with ahead, as row_in_cache does, its maxima
+ * come from there when the row before left them, and next's are left there
+ * (next converted from ahead->next_half first when that is set); a longer
+ * row is read once.
  *
  * With other (not NULL), x is a reference model's row (scale 1, t < 0) and
  * other the model's row: e = sum_c exp(x_c - m) (x_c - other_c) instead,
  * which gives KL(p_x || p_other) = e / s + lse(other) - lse(x), and no sq. */
-static double KNAME(row_eval_terms)(const T *x, ptrdiff_t n, const T *next, const T *other,
-                                    T *max_out, T scale, ptrdiff_t t, T xt, double *e_out,
-                                    double *sq_out, ptrdiff_t *arg_out, ptrdiff_t *rank_out) {
+static double KNAME(row_eval_terms)(const T *x, ptrdiff_t n, const T *next, fastce_ahead_t *ahead,
+                                    const T *other, T *max_out, T scale, ptrdiff_t t, T xt,
+                                    double *e_out, double *sq_out, ptrdiff_t *arg_out,
+                                    ptrdiff_t *rank_out) {
     if (other != NULL)
-        return KNAME(row_eval_terms_of)(x, n, next, max_out, 1, 0, 1, other, -1, 0, e_out, sq_out,
-                                        arg_out, rank_out);
+        return KNAME(row_eval_terms_of)(x, n, next, NULL, NULL, 0, max_out, 1, 0, 1, other, -1, 0,
+                                        e_out, sq_out, arg_out, rank_out);
+    if (ahead != NULL && next != NULL && ahead->next_half != NULL) {
+        if (scale == 1)
+            return KNAME(row_eval_terms_of)(x, n, next, ahead, ahead->next_half, ahead->next_bf16,
+                                            max_out, 1, 0, 0, NULL, t, xt, e_out, sq_out, arg_out,
+                                            rank_out);
+        return KNAME(row_eval_terms_of)(x, n, next, ahead, ahead->next_half, ahead->next_bf16,
+                                        max_out, scale, 1, 0, NULL, t, xt, e_out, sq_out, arg_out,
+                                        rank_out);
+    }
     if (scale == 1)
-        return KNAME(row_eval_terms_of)(x, n, next, max_out, 1, 0, 0, NULL, t, xt, e_out, sq_out,
-                                        arg_out, rank_out);
-    return KNAME(row_eval_terms_of)(x, n, next, max_out, scale, 1, 0, NULL, t, xt, e_out, sq_out,
-                                    arg_out, rank_out);
+        return KNAME(row_eval_terms_of)(x, n, next, ahead, NULL, 0, max_out, 1, 0, 0, NULL, t, xt,
+                                        e_out, sq_out, arg_out, rank_out);
+    return KNAME(row_eval_terms_of)(x, n, next, ahead, NULL, 0, max_out, scale, 1, 0, NULL, t, xt,
+                                    e_out, sq_out, arg_out, rank_out);
 }
 
 /* ---- tiles ------------------------------------------------------------------- */
