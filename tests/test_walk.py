@@ -36,6 +36,16 @@ def rows_contiguous_nonfinite(rng, dtype):
     return x.astype(dtype), 1
 
 
+def long_rows(rng, dtype):
+    # rows longer than a cached one, each its own block: each row converted
+    # chunk by chunk beside the row before it, across the blocks of a thread
+    x = rng.standard_normal((9, 17_000)) * 4
+    x[2, 16_999] = np.inf
+    x[5, 3] = np.nan
+    x[6] = -np.inf
+    return x.astype(dtype), 1
+
+
 def rows_strided(rng, dtype):
     # every other class: rows whose classes are not contiguous
     return (rng.standard_normal((130, 400)) * 4).astype(dtype)[:, ::2], 1
@@ -73,6 +83,7 @@ def class_axis_in_the_middle(rng, dtype):
 LAYOUTS = [
     rows_contiguous,
     rows_contiguous_nonfinite,
+    long_rows,
     rows_strided,
     few_classes,
     few_classes_many_rows,

@@ -445,6 +445,9 @@ cdef enum:
     HALF_ROW_ELEMENTS = 1 << 12
     # the floats of two cache lines: where each thread's buffer starts
     BUFFER_ALIGN_FLOATS = 32
+    # the head of a thread's buffer for half_rows_ahead: which row of the
+    # logits its rows hold converted (-1: none) and where, as two int64
+    HALF_HEAD_FLOATS = 32
 
 
 cdef inline Py_ssize_t half_tile_width(Py_ssize_t C) noexcept nogil:
@@ -649,10 +652,10 @@ cdef inline bint rows_buffered(const Walk* w, const Body* body) noexcept nogil:
 cdef inline bint converts_ahead(const Walk* w, const Body* body) noexcept nogil:
     """Whether half rows are converted one at a time, each by the loop of
     the body that sums the row before it (half_rows_ahead): rows of
-    contiguous classes that fit in cache, for a body without half rows of
-    its own, under no transform the walk computes."""
+    contiguous classes, for a body without half rows of its own, under no
+    transform the walk computes."""
     return ((w.dtype == DT_F16 or w.dtype == DT_BF16) and body.rows_half == NULL
-            and w.shape == WALK_ROWS and w.xc == 1 and w.C <= FASTCE_ROW_IN_CACHE
+            and w.shape == WALK_ROWS and w.xc == 1
             and not (w.transform and not scale_in_rows(w, body)))
 
 
@@ -669,7 +672,7 @@ cdef Py_ssize_t buffer_elements(const Walk* w, const Body* body) noexcept nogil:
         # transformed in the tile itself; half rows converted first
         n = TILE * SMALL_C if half else 0
     elif converts_ahead(w, body):
-        n = 2 * w.C
+        n = HALF_HEAD_FLOATS + 2 * w.C
     elif rows_buffered(w, body):
         n = w.C * rows_held(w) * (2 if stages_output(w, body) else 1)
     return 2 * n if w.dtype == DT_F64 else n
@@ -701,7 +704,7 @@ cdef int walk_run(const Walk* w, const Body* body, const void* call, double* tot
     cdef Py_ssize_t per_thread = buffer_elements(w, body)
     cdef Py_ssize_t per_unit = w.work // w.n_units if w.n_units > 0 else 1
     cdef Py_ssize_t stretch = SIGNAL_CHECK_LOGITS // (per_unit if per_unit > 0 else 1)
-    cdef Py_ssize_t start, end
+    cdef Py_ssize_t start, end, t
     cdef void* allocated = NULL
     cdef float* buffers = NULL
     if stretch < 1:
@@ -717,6 +720,9 @@ cdef int walk_run(const Walk* w, const Body* body, const void* call, double* tot
             raise MemoryError(f"cannot allocate {nthreads} logit buffers of "
                               f"{per_thread * 4} bytes")
         buffers = <float*>allocated + aligned_offset(allocated)
+        if converts_ahead(w, body):
+            for t in range(nthreads):
+                (<int64_t*>(buffers + t * per_thread))[0] = -1
     try:
         start = 0
         while start < w.n_units:
@@ -828,7 +834,7 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
         x = w.x + isz * (p.o * w.xo + p.i * w.xi)
         y = NULL if w.y == NULL else w.y + ysz * (p.o * w.yo + p.i * w.yi)
         if converting:
-            half_rows_ahead(body, call, &p, <const uint16_t*>x, <float*>y, buffer, total)
+            half_rows_ahead(w, body, call, &p, <const uint16_t*>x, <float*>y, buffer, total)
         elif buffered:
             buffered_rows(w, body, call, &p, x, y, buffer, total)
         elif w.dtype == DT_F32:
@@ -840,35 +846,51 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
         j += p.n
 
 
-cdef void half_rows_ahead(const Body* body, const void* call, const Piece* p,
+cdef void half_rows_ahead(const Walk* w, const Body* body, const void* call, const Piece* p,
                           const uint16_t* x, float* y, float* buffer,
                           double* total) noexcept nogil:
     """A piece of half rows, one at a time, through two rows of the thread's
     buffer: the body's loop over a row converts the next row into the other
-    one as it takes that row's maxima (fastce_ahead_t.next_half), so that
-    its bits come from memory while the exponentials run, not in a loop of
-    their own.  A row the body did not convert is converted here."""
+    one as it reads the row (fastce_ahead_t.next_half), so that its bits
+    come from memory while the exponentials run, not in a loop of their own.
+    A row the body did not convert is converted here.  Rows one stride
+    apart (inner == 1) carry on past the piece: its last row converts the
+    row after it, which the thread's next piece starts from when it is that
+    row's (the buffer's head says which row it holds, see HALF_HEAD_FLOATS);
+    pieces of one row, as long rows are cut, then convert no row apart."""
     cdef Piece q = p[0]
     cdef Py_ssize_t k, C = p.C
+    cdef int64_t* held = <int64_t*>buffer
+    cdef float* rows = buffer + HALF_HEAD_FLOATS
     cdef float* row
     cdef float* following
+    cdef Py_ssize_t at = 0          # the buffer row of the piece's first row
+    cdef bint carries = w.inner == 1, has_next
     q.n = 1
     q.xc, q.xs = 1, C
     q.ahead.next_bf16 = p.bf16
-    fastce_active_ops.half_to_f32(x, C, buffer, p.bf16)
+    if carries and held[0] == p.o:
+        at = held[1]
+    else:
+        fastce_active_ops.half_to_f32(x, C, rows, p.bf16)
+    held[0] = -1
     for k in range(p.n):
-        row = buffer + (k % 2) * C
-        following = buffer + ((k + 1) % 2) * C
+        row = rows + ((at + k) % 2) * C
+        following = rows + ((at + k + 1) % 2) * C
+        has_next = k + 1 < p.n or (carries and p.o + k + 1 < w.outer)
         q.o = p.o + k * p.o_step
         q.i = p.i + k * p.i_step
-        q.ahead.next_half = x + (k + 1) * p.xs if k + 1 < p.n else NULL
-        q.after = following if k + 1 < p.n else NULL
+        q.ahead.next_half = x + (k + 1) * p.xs if has_next else NULL
+        q.after = following if has_next else NULL
         body.rows_f32(call, &q, row, NULL if y == NULL else y + k * p.ys, total)
         if q.ahead.next_half != NULL:
             fastce_active_ops.half_to_f32(q.ahead.next_half, C, following, p.bf16)
             q.ahead.next_half = NULL
             # maxima taken from the row before it was converted are not its own
             q.ahead.valid = 0
+        if has_next and k + 1 == p.n:
+            held[0] = p.o + p.n
+            held[1] = (at + p.n) % 2
 
 
 cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const Piece* p,

@@ -170,6 +170,13 @@ VINLINE V KNAME(ahead_load_part)(const T *nx, const uint16_t *nh, int bf16, ptrd
     return VOP(load_part_or)(nx + c, VOP(first)(count), VOP(set1)(-INFINITY));
 }
 
+/* The len half values at nh converted into nx, as ahead_load converts them */
+VINLINE void KNAME(convert_ahead)(const T *nx, const uint16_t *nh, int bf16, ptrdiff_t len) {
+    ptrdiff_t c = 0;
+    for (; c + L <= len; c += L) (void)KNAME(ahead_load)(nx, nh, bf16, c);
+    if (c < len) (void)KNAME(ahead_load_part)(nx, nh, bf16, c, len - c);
+}
+
 /* The sum of exp(x - m) over a chunk of len <= FASTCE_CHUNK elements, while
  * the same loop takes the maximum of the next row's chunk nx (when nx is not
  * NULL): the sum is bound by the exponential's multiplies and the maximum by
@@ -300,10 +307,13 @@ VINLINE double KNAME(chunk_eval)(const T *xs, ptrdiff_t len, ptrdiff_t start, co
  * f exp(d), so e becomes f (e + shift s) and sq f^2 sq (with pair, beside
  * the model's row other, e becomes f e); the first index of the maximum is
  * sought again in each chunk that raises it, and the rank (t >= 0) needs no
- * maximum. */
+ * maximum.  With nh (float rows of half logits), each chunk of the next row
+ * (next, as long) is converted from the half bits nh beside the same chunk
+ * of this one, those bits asked for four chunks ahead. */
 VINLINE double KNAME(long_row_sum)(const T *x, ptrdiff_t n, T *max_out, T scale, int scaled,
                                    int eval, int pair, const T *other, ptrdiff_t t, V vt, double *e,
-                                   double *sq, ptrdiff_t *arg, ptrdiff_t *rank) {
+                                   double *sq, ptrdiff_t *arg, ptrdiff_t *rank, const T *next,
+                                   const uint16_t *nh, int bf16) {
     const V vs = VOP(set1)(scale);
     const V no_pending = VOP(zero)(); /* chunk_sumexp writes no waiting row here */
     int saw_nan = 0;
@@ -312,6 +322,12 @@ VINLINE double KNAME(long_row_sum)(const T *x, ptrdiff_t n, T *max_out, T scale,
     for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
         ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
         const T *xs = x + start;
+        if (nh != NULL) {
+            if (n - start > 4 * FASTCE_CHUNK)
+                for (ptrdiff_t b = 0; b < FASTCE_CHUNK; b += 32)
+                    fastce_prefetch(nh + start + 4 * FASTCE_CHUNK + b);
+            KNAME(convert_ahead)(next + start, nh + start, bf16, len);
+        }
         T cm = KNAME(row_max)(xs, len);
         if (cm == -INFINITY) {
             /* only -inf (adds nothing) or NaN (must reach the result) */
@@ -454,7 +470,7 @@ VINLINE double KNAME(row_max_sumexp_of)(const T *x, ptrdiff_t n, T *max_out, T s
     double e, sq;
     ptrdiff_t arg, rank;
     return KNAME(long_row_sum)(x, n, max_out, scale, scaled, 0, 0, NULL, -1, vs, &e, &sq, &arg,
-                               &rank);
+                               &rank, NULL, NULL, 0);
 }
 
 /* row_max_sumexp_of, each variant compiled apart: the sum of exp((x - max) *
@@ -474,6 +490,19 @@ static double KNAME(row_max_sumexp_ahead)(const T *x, ptrdiff_t n, T *max_out, c
     }
     ahead->valid = 0;
     KNAME(row_pending)(ahead, n);
+    if (next != NULL && ahead->next_half != NULL) {
+        /* a long row of half logits: the next one converted beside it */
+        const uint16_t *nh = ahead->next_half;
+        const V no_target = VOP(zero)();
+        double e, sq;
+        ptrdiff_t arg, rank;
+        ahead->next_half = NULL;
+        if (scale == 1)
+            return KNAME(long_row_sum)(x, n, max_out, 1, 0, 0, 0, NULL, -1, no_target, &e, &sq,
+                                       &arg, &rank, next, nh, ahead->next_bf16);
+        return KNAME(long_row_sum)(x, n, max_out, scale, 1, 0, 0, NULL, -1, no_target, &e, &sq,
+                                   &arg, &rank, next, nh, ahead->next_bf16);
+    }
     return KNAME(row_max_sumexp)(x, n, max_out, scale);
 }
 
@@ -738,7 +767,8 @@ VINLINE double KNAME(row_eval_terms_of)(const T *x, ptrdiff_t n, const T *next,
     if (n > FASTCE_ROW_IN_CACHE) {
         if (ahead != NULL) ahead->valid = 0;
         s = KNAME(long_row_sum)(x, n, &m, scale, scaled, 1, pair, other, t, vt, &e, &sq, &arg,
-                                &rank);
+                                &rank, next, nh, bf16);
+        if (nh != NULL) ahead->next_half = NULL;
     } else {
         /* the maxima of its chunks first, as row_in_cache takes them (from
          * ahead when the row before left them there) */
