@@ -227,6 +227,10 @@ cdef struct Piece:
     # keeps computing the next row's maxima while it sums a row
     const void* after
     fastce_ahead_t* ahead
+    # the rows stay where they are after the body returns, so that a row
+    # body may leave the last row's output waiting in ahead (the walk
+    # writes it at the end of the piece); else it writes it before returning
+    bint keeps_pending
     # the logit scale a row body applies itself, to the logits as they are
     # (Body.rows_scale; the walk then computes no transformed copy), else 1
     double logit_scale

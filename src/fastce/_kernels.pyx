@@ -672,7 +672,7 @@ cdef Py_ssize_t buffer_elements(const Walk* w, const Body* body) noexcept nogil:
         # transformed in the tile itself; half rows converted first
         n = TILE * SMALL_C if half else 0
     elif converts_ahead(w, body):
-        n = HALF_HEAD_FLOATS + 2 * w.C
+        n = HALF_HEAD_FLOATS + half_row_slots(w.C) * w.C
     elif rows_buffered(w, body):
         n = w.C * rows_held(w) * (2 if stages_output(w, body) else 1)
     return 2 * n if w.dtype == DT_F64 else n
@@ -815,6 +815,7 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.bf16 = w.dtype == DT_BF16
     p.stream_y = w.stream_y
     p.after = NULL
+    p.keeps_pending = False
     p.ahead = &ahead
     ahead.pending_y = NULL
     ahead.next_half = NULL
@@ -853,13 +854,14 @@ cdef void half_rows_ahead(const Walk* w, const Body* body, const void* call, con
     buffer: the body's loop over a row converts the next row into the other
     one as it reads the row (fastce_ahead_t.next_half), so that its bits
     come from memory while the exponentials run, not in a loop of their own.
-    A row the body did not convert is converted here.  Rows one stride
+    A row the body did not convert is converted here; a row's output may
+    wait for the next row's loop, and the piece's last for its end.  Rows one stride
     apart (inner == 1) carry on past the piece: its last row converts the
     row after it, which the thread's next piece starts from when it is that
     row's (the buffer's head says which row it holds, see HALF_HEAD_FLOATS);
     pieces of one row, as long rows are cut, then convert no row apart."""
     cdef Piece q = p[0]
-    cdef Py_ssize_t k, C = p.C
+    cdef Py_ssize_t k, C = p.C, slots = half_row_slots(C)
     cdef int64_t* held = <int64_t*>buffer
     cdef float* rows = buffer + HALF_HEAD_FLOATS
     cdef float* row
@@ -869,14 +871,17 @@ cdef void half_rows_ahead(const Walk* w, const Body* body, const void* call, con
     q.n = 1
     q.xc, q.xs = 1, C
     q.ahead.next_bf16 = p.bf16
+    # a row's output may wait for the next row's loop (fastce_ahead_t): its
+    # buffer row is not the one that loop converts into (see half_row_slots)
+    q.keeps_pending = True
     if carries and held[0] == p.o:
         at = held[1]
     else:
         fastce_active_ops.half_to_f32(x, C, rows, p.bf16)
     held[0] = -1
     for k in range(p.n):
-        row = rows + ((at + k) % 2) * C
-        following = rows + ((at + k + 1) % 2) * C
+        row = rows + ((at + k) % slots) * C
+        following = rows + ((at + k + 1) % slots) * C
         has_next = k + 1 < p.n or (carries and p.o + k + 1 < w.outer)
         q.o = p.o + k * p.o_step
         q.i = p.i + k * p.i_step
@@ -890,7 +895,15 @@ cdef void half_rows_ahead(const Walk* w, const Body* body, const void* call, con
             q.ahead.valid = 0
         if has_next and k + 1 == p.n:
             held[0] = p.o + p.n
-            held[1] = (at + p.n) % 2
+            held[1] = (at + p.n) % slots
+    fastce_active_ops.row_pending_f32(q.ahead, C)
+
+
+cdef inline Py_ssize_t half_row_slots(Py_ssize_t C) noexcept nogil:
+    """Rows of half_rows_ahead's buffer: the row computed, the next one
+    converted, and for rows that fit in cache the row before, whose output
+    may be written in the loop over the row computed."""
+    return 3 if C <= FASTCE_ROW_IN_CACHE else 2
 
 
 cdef void buffered_rows(const Walk* w, const Body* body, const void* call, const Piece* p,
@@ -1095,6 +1108,7 @@ cdef void walk_tile(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.bf16 = w.dtype == DT_BF16
     p.stream_y = False
     p.after = NULL
+    p.keeps_pending = False
     p.ahead = NULL
     p.logit_scale = 1.0
     p.yc, p.ys = w.yc, w.yi
@@ -1196,6 +1210,7 @@ cdef void walk_small_c(const Walk* w, const Body* body, const void* call, Py_ssi
     p.bf16 = w.dtype == DT_BF16
     p.stream_y = False
     p.after = NULL
+    p.keeps_pending = False
     p.ahead = NULL
     p.logit_scale = 1.0
     while j < last:
@@ -1826,8 +1841,8 @@ cdef void softmax_rows(const void* call_, const Piece* p, const floating* x, flo
                 softmax_row(x + k * p.xs, p.xc, p.C, call.op, y + k * p.ys, p.yc, p.stream_y,
                             next_row, look_ahead)
     # the last row may still wait: the look-ahead state outlives this call,
-    # a half row's buffer does not
-    if look_ahead != NULL:
+    # the rows of a buffer the walk refills may not
+    if look_ahead != NULL and not p.keeps_pending:
         if floating is float:
             fastce_active_ops.row_pending_f32(look_ahead, p.C)
         else:
