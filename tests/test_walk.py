@@ -154,11 +154,16 @@ def test_half_logits_give_the_bits_of_their_float32_values(layout, dtype):
 
 
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("shape", [(3, 5), (40_000,), (70, 1001)])
-def test_half_binary_losses_give_the_bits_of_their_float32_values(dtype, shape):
+@pytest.mark.parametrize("shape", [(3, 5), (40_000,), (70, 1001), (3, 5000)])
+@pytest.mark.parametrize("target_dtype", ["float32", "the logits'"])
+def test_half_binary_losses_give_the_bits_of_their_float32_values(dtype, shape, target_dtype):
+    # targets of the logits' own dtype are converted by the kernels, as the
+    # logits are; rows wider than a few thousand go one at a time
     rng = np.random.default_rng(8)
     x = (rng.standard_normal(shape) * 4).astype(half_dtype(dtype))
     y = rng.random(shape).astype(np.float32)
+    if target_dtype != "float32":
+        y = y.astype(x.dtype)
     p = 1 / (1 + np.exp(-x.astype(np.float32)))
     probs = p.astype(x.dtype)
     pos = rng.random(shape[-1]).astype(np.float32) + 0.5
@@ -167,11 +172,28 @@ def test_half_binary_losses_give_the_bits_of_their_float32_values(dtype, shape):
             (fastce.binary_cross_entropy_with_logits_with_grad, x),
             (fastce.binary_cross_entropy_with_grad, probs),
         ):
-            kwargs = {"pos_weight": pos} if a is x else {}
-            got = f(a, y, reduction="none", num_threads=threads, **kwargs)
-            want = f(a.astype(np.float32), y, reduction="none", num_threads=threads, **kwargs)
-            for g, w in zip(got, want):
-                same_bits(g, w)
+            for reduction in ("none", "sum"):
+                kwargs = {"pos_weight": pos} if a is x else {}
+                got = f(a, y, reduction=reduction, num_threads=threads, **kwargs)
+                want = f(
+                    a.astype(np.float32),
+                    y.astype(np.float32),
+                    reduction=reduction,
+                    num_threads=threads,
+                    **kwargs,
+                )
+                for g, w in zip(got, want):
+                    same_bits(g, w, f"{f.__name__} {reduction}")
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_targets_outside_the_unit_interval_are_found(dtype):
+    target = np.full(50_000, 0.5, half_dtype(dtype))
+    target[41_234] = 1.5
+    with pytest.raises(ValueError, match="41234"):
+        fastce.binary_cross_entropy(np.full(50_000, 0.5, np.float32), target)
+    with pytest.raises(ValueError, match="41234"):
+        fastce.binary_cross_entropy(np.full(50_000, 0.5, target.dtype), target)
 
 
 def test_half_probabilities_outside_the_unit_interval_are_found():

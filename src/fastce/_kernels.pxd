@@ -231,6 +231,9 @@ cdef struct Piece:
     # body may leave the last row's output waiting in ahead (the walk
     # writes it at the end of the piece); else it writes it before returning
     bint keeps_pending
+    # the thread's buffer, for a half body that converts its rows itself
+    # (Body.half_buffer elements; NULL for the others)
+    float* buffer
     # the logit scale a row body applies itself, to the logits as they are
     # (Body.rows_scale; the walk then computes no transformed copy), else 1
     double logit_scale
@@ -262,16 +265,26 @@ cdef struct Body:
     # the row bodies read every class of a row: rows whose classes are not
     # contiguous are copied so, into the thread's buffer, before they are read
     bint whole_rows
+    # the row bodies read the next row (Piece.after) while they sum a row, and
+    # convert it there from half bits (fastce_ahead_t.next_half): half rows
+    # go to them one at a time, each converted by the loop before it
+    bint reads_ahead
+    # rows_half converts its rows into Piece.buffer, this many float32 per
+    # class of a row (0: rows_half reads the half bits as they are)
+    int half_buffer
 
 
 cdef inline Body make_body(body_f32 rows_f32, body_f64 rows_f64, body_f32 tile_f32,
                            body_f64 tile_f64, body_half rows_half,
-                           bint rows_scale=False, bint whole_rows=False) noexcept:
+                           bint rows_scale=False, bint whole_rows=False,
+                           bint reads_ahead=False, int half_buffer=0) noexcept:
     cdef Body b
     b.rows_f32, b.rows_f64, b.tile_f32, b.tile_f64 = rows_f32, rows_f64, tile_f32, tile_f64
     b.rows_half = rows_half
     b.rows_scale = rows_scale
     b.whole_rows = whole_rows
+    b.reads_ahead = reads_ahead
+    b.half_buffer = half_buffer
     return b
 
 

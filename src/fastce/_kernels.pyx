@@ -652,10 +652,10 @@ cdef inline bint rows_buffered(const Walk* w, const Body* body) noexcept nogil:
 cdef inline bint converts_ahead(const Walk* w, const Body* body) noexcept nogil:
     """Whether half rows are converted one at a time, each by the loop of
     the body that sums the row before it (half_rows_ahead): rows of
-    contiguous classes, for a body without half rows of its own, under no
-    transform the walk computes."""
-    return ((w.dtype == DT_F16 or w.dtype == DT_BF16) and body.rows_half == NULL
-            and w.shape == WALK_ROWS and w.xc == 1
+    contiguous classes, for a body that reads ahead (Body.reads_ahead) and
+    has no half rows of its own, under no transform the walk computes."""
+    return ((w.dtype == DT_F16 or w.dtype == DT_BF16) and body.reads_ahead
+            and body.rows_half == NULL and w.shape == WALK_ROWS and w.xc == 1
             and not (w.transform and not scale_in_rows(w, body)))
 
 
@@ -671,6 +671,8 @@ cdef Py_ssize_t buffer_elements(const Walk* w, const Body* body) noexcept nogil:
     elif w.shape == WALK_SMALL_C:
         # transformed in the tile itself; half rows converted first
         n = TILE * SMALL_C if half else 0
+    elif half and body.rows_half != NULL:
+        n = body.half_buffer * w.C * half_rows_at_once(w.C)
     elif converts_ahead(w, body):
         n = HALF_HEAD_FLOATS + half_row_slots(w.C) * w.C
     elif rows_buffered(w, body):
@@ -816,6 +818,7 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.stream_y = w.stream_y
     p.after = NULL
     p.keeps_pending = False
+    p.buffer = buffer
     p.ahead = &ahead
     ahead.pending_y = NULL
     ahead.next_half = NULL
@@ -1109,6 +1112,7 @@ cdef void walk_tile(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.stream_y = False
     p.after = NULL
     p.keeps_pending = False
+    p.buffer = NULL
     p.ahead = NULL
     p.logit_scale = 1.0
     p.yc, p.ys = w.yc, w.yi
@@ -1211,6 +1215,7 @@ cdef void walk_small_c(const Walk* w, const Body* body, const void* call, Py_ssi
     p.stream_y = False
     p.after = NULL
     p.keeps_pending = False
+    p.buffer = NULL
     p.ahead = NULL
     p.logit_scale = 1.0
     while j < last:
@@ -1603,7 +1608,7 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
 
 cdef Body CE_BODY = make_body(
     ce_rows[float], ce_rows[double], ce_tile[float], ce_tile[double], NULL, rows_scale=True,
-    whole_rows=True)
+    whole_rows=True, reads_ahead=True)
 
 
 # --------------------------------------------------------------------------
@@ -1862,7 +1867,7 @@ cdef void softmax_tile_body(const void* call_, const Piece* p, const floating* x
 
 cdef Body SOFTMAX_BODY = make_body(
     softmax_rows[float], softmax_rows[double], softmax_tile_body[float],
-    softmax_tile_body[double], NULL, rows_scale=False, whole_rows=True)
+    softmax_tile_body[double], NULL, rows_scale=False, whole_rows=True, reads_ahead=True)
 
 
 cdef void softmax_family(object x, int op, object reduced_out, object out, int num_threads,
@@ -2057,7 +2062,7 @@ def check_targets(object target, Py_ssize_t C, int64_t ignore_index, bint has_ig
 
 cdef struct BinaryCall:
     # flat arrays of the walk's elements, of the result dtype (NULL: absent)
-    const char* y           # targets
+    const char* y           # targets (of the half logits' own dtype with y_half)
     const char* w           # weights: one per element, or per column
     const char* pw          # positive-class weights (with logits): the same
     const char* go          # grad_output, one per element
@@ -2067,6 +2072,7 @@ cdef struct BinaryCall:
     bint want_loss          # the losses' sum (a gradient alone takes no logarithm)
     bint w_per_col
     bint pw_per_col
+    bint y_half             # half logits' targets, of their dtype: converted as they are
     double g                # the gradient's scale
 
 
@@ -2091,8 +2097,13 @@ cdef void binary_rows(const void* call_, const Piece* p, const floating* x, floa
     """Rows of ``p.C`` elements (one each when no factor repeats per column),
     contiguous from element ``p.o * p.C`` on."""
     cdef const BinaryCall* call = <const BinaryCall*>call_
+    binary_span(call, p, x, <const floating*>call.y + p.o * p.C, total)
+
+
+cdef void binary_span(const BinaryCall* call, const Piece* p, const floating* x,
+                      const floating* y, double* total) noexcept nogil:
+    """binary_rows with the piece's targets at ``y``."""
     cdef Py_ssize_t k, e, e0 = p.o * p.C
-    cdef const floating* y = <const floating*>call.y
     cdef const floating* w = <const floating*>call.w
     cdef const floating* pw = <const floating*>call.pw
     cdef const floating* go = <const floating*>call.go
@@ -2111,12 +2122,39 @@ cdef void binary_rows(const void* call_, const Piece* p, const floating* x, floa
         if go != NULL:
             gok = go + e
         total[0] += binary_piece(
-            x + k * p.xs, y + e, wk, pwk, p.C if per_col else p.n * p.C, <floating>call.g, gok,
-            NULL if loss_out == NULL else loss_out + e, NULL if grad == NULL else grad + e,
-            call.logits, call.want_loss)
+            x + k * p.xs, y + k * p.C, wk, pwk, p.C if per_col else p.n * p.C,
+            <floating>call.g, gok, NULL if loss_out == NULL else loss_out + e,
+            NULL if grad == NULL else grad + e, call.logits, call.want_loss)
 
 
-cdef Body BINARY_BODY = make_body(binary_rows[float], binary_rows[double], NULL, NULL, NULL)
+cdef void binary_rows_half(const void* call_, const Piece* p, const uint16_t* x, float* unused,
+                           double* total) noexcept nogil:
+    """binary_rows of half logits, converted (with targets of their dtype,
+    y_half) a few rows at a time into the thread's buffer, in the pieces and
+    so with the bits of float32 logits cut as buffered_rows cuts them."""
+    cdef const BinaryCall* call = <const BinaryCall*>call_
+    cdef Py_ssize_t start = 0, step = half_rows_at_once(p.C)
+    cdef float* x32 = p.buffer
+    cdef float* y32 = p.buffer + step * p.C
+    cdef Piece q = p[0]
+    cdef const float* y
+    q.xc, q.xs = 1, p.C
+    while start < p.n:
+        q.n = p.n - start if p.n - start < step else step
+        q.o = p.o + start
+        fastce_active_ops.half_to_f32(x + start * p.xs, q.n * p.C, x32, p.bf16)
+        if call.y_half:
+            fastce_active_ops.half_to_f32(<const uint16_t*>call.y + q.o * p.C, q.n * p.C, y32,
+                                          p.bf16)
+            y = y32
+        else:
+            y = <const float*>call.y + q.o * p.C
+        binary_span(call, &q, x32, y, total)
+        start += q.n
+
+
+cdef Body BINARY_BODY = make_body(binary_rows[float], binary_rows[double], NULL, NULL,
+                                  binary_rows_half, False, False, False, 2)
 
 
 cdef void flat_walk(Walk* w, object x, Py_ssize_t row_len) except *:
@@ -2154,7 +2192,8 @@ cdef double binary_cross_entropy_kernel(object x, object y, object w, object pw,
     walk.threads = num_threads
     walk.flush_subnormals = grad is not None
     rt = result_typenum(&walk)
-    call.y = array_data(y, 1, rt, s)
+    call.y_half = (walk.dtype == DT_F16 or walk.dtype == DT_BF16) and y.dtype == x.dtype
+    call.y = array_data(y, 1, cnp.PyArray_TYPE(<cnp.ndarray>y) if call.y_half else rt, s)
     call.w = array_data(w, 1, rt, s)
     call.pw = array_data(pw, 1, rt, s)
     call.go = array_data(grad_output, 1, rt, s)

@@ -524,11 +524,11 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
 
 cdef Body METRICS_BODY = make_body(
     metrics_rows[float], metrics_rows[double], metrics_tile[float], metrics_tile[double], NULL,
-    rows_scale=True, whole_rows=True)
+    rows_scale=True, whole_rows=True, reads_ahead=True)
 # with a reference, rows only: the reference's row is read beside each model row (the
 # model's, transformed, from the walk's buffer: the pair's terms read its values)
 cdef Body PAIRED_BODY = make_body(metrics_rows[float], metrics_rows[double], NULL, NULL, NULL,
-                                  rows_scale=False, whole_rows=True)
+                                  rows_scale=False, whole_rows=True, reads_ahead=True)
 
 
 cdef void set_output(char** ptr, Py_ssize_t* strides, object a) except *:

@@ -290,8 +290,10 @@ def plan_binary(
         check_out(out, x.shape, dtype)
     row_len = x.shape[-1] if x.ndim else 1
     xf = flat_aligned(x)
-    # an exact conversion, into a buffer of this call: checked below as it is
-    yf = flat_aligned(y, dtype)
+    # targets of the half logits' own dtype are converted by the kernels, as
+    # the logits are; others exactly, into a buffer of this call: checked
+    # below as they are
+    yf = flat_aligned(y, y.dtype if y.dtype == x.dtype else dtype)
     if not logits:
         _check_unit_interval(
             xf, "probs", "Pass logits to binary_cross_entropy_with_logits instead.", threads
