@@ -443,6 +443,7 @@ cdef enum:
     HALF_LANES = 16
     # float32 elements of half rows converted at once (whole rows, at least one)
     HALF_ROW_ELEMENTS = 1 << 12
+    BINARY_HALF_ELEMENTS = 1 << 10
     # the floats of two cache lines: where each thread's buffer starts
     BUFFER_ALIGN_FLOATS = 32
     # the head of a thread's buffer for half_rows_ahead: which row of the
@@ -2133,7 +2134,7 @@ cdef void binary_rows_half(const void* call_, const Piece* p, const uint16_t* x,
     y_half) a few rows at a time into the thread's buffer, in the pieces and
     so with the bits of float32 logits cut as buffered_rows cuts them."""
     cdef const BinaryCall* call = <const BinaryCall*>call_
-    cdef Py_ssize_t start = 0, step = half_rows_at_once(p.C)
+    cdef Py_ssize_t start = 0, step = binary_half_rows(p.C)
     cdef float* x32 = p.buffer
     cdef float* y32 = p.buffer + step * p.C
     cdef Piece q = p[0]
@@ -2149,8 +2150,25 @@ cdef void binary_rows_half(const void* call_, const Piece* p, const uint16_t* x,
             y = y32
         else:
             y = <const float*>call.y + q.o * p.C
+        if start + q.n < p.n:
+            prefetch_span(<const char*>(x + (start + q.n) * p.xs), 2 * q.n * p.C)
+            if call.y_half:
+                prefetch_span(<const char*>(<const uint16_t*>call.y + (q.o + q.n) * p.C),
+                              2 * q.n * p.C)
         binary_span(call, &q, x32, y, total)
         start += q.n
+
+
+cdef inline void prefetch_span(const char* a, Py_ssize_t nbytes) noexcept nogil:
+    cdef Py_ssize_t b = 0
+    while b < nbytes:
+        fastce_prefetch(a + b)
+        b += 64
+
+
+cdef inline Py_ssize_t binary_half_rows(Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t rows = BINARY_HALF_ELEMENTS // C
+    return rows if rows > 1 else 1
 
 
 cdef Body BINARY_BODY = make_body(binary_rows[float], binary_rows[double], NULL, NULL,
