@@ -130,6 +130,27 @@ def test_family_and_busy_tables(tmp_path, capsys, monkeypatch):
     assert len(busy) == 1 and float(busy[0][5].rstrip(" |")) > 0
 
 
+def test_half_table(tmp_path, capsys, monkeypatch):
+    # every public function on float16 (and bfloat16, where ml_dtypes is
+    # installed) beside float32, on a small shape: times and their ratios
+    monkeypatch.setattr(bench, "HALF_SHAPES", [(64, 40)])
+    path = tmp_path / "speed.md"
+    argv = ["--workload", "W7a", "--repeats", "2", "--libraries", "", "--half"]
+    assert bench.main(argv + ["--markdown", str(path)]) == 0
+    assert "Half precision" in capsys.readouterr().out
+    rows = [line.split(" | ") for line in path.read_text().splitlines() if line.startswith("| ")]
+    halves = len(bench.half_dtypes())
+    table = [r for r in rows if len(r) == 4 + 2 * halves and r[2] == "64x40"]
+    names = {r[0].lstrip("| ") for r in table}
+    assert {"cross_entropy", "nll_loss", "evaluate", "binary_cross_entropy_grad"} <= names
+    for r in table:
+        f32 = float(r[3])
+        for k in range(halves):
+            t, ratio = float(r[4 + 2 * k]), float(r[5 + 2 * k].rstrip(" |"))
+            assert f32 > 0 and t > 0
+            assert abs(t / f32 - ratio) < 0.05 * ratio + 0.01
+
+
 def test_linear_head_table(tmp_path, capsys, monkeypatch):
     # the linear-head workloads on a small shape: every library's row, with
     # time and (where Linux tells) peak extra memory

@@ -600,19 +600,23 @@ _FamilyCall: TypeAlias = tuple[str, str, Callable[[], object], Callable[[], obje
 
 
 def family_calls(
-    shape: tuple[int, ...], dtype: type[np.floating[Any]], threads: int
+    shape: tuple[int, ...], dtype: Any, threads: int, rivals_too: bool = True
 ) -> list[_FamilyCall]:
     """(function, variant, fastce call, torch call or None) for every public
-    function on logits of ``shape`` and ``dtype``: what a user of each library
-    writes for the same result (torch's autograd for a gradient)."""
+    function on logits of ``shape`` and ``dtype`` (float16 and bfloat16
+    included, whose inputs all have that dtype and whose results are float32):
+    what a user of each library writes for the same result (torch's autograd
+    for a gradient; no torch call without ``rivals_too``)."""
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(shape, dtype=np.float32) * 2).astype(dtype)
     t = rng.integers(0, shape[1], shape[0])
     y = rng.random(shape).astype(dtype)
-    p = (1.0 / (1.0 + np.exp(-x))).astype(dtype)
-    logp = fastce.log_softmax(x)
-    buf = np.empty_like(x)
-    red = np.empty(shape[0], dtype=dtype)
+    wide = x.astype(np.float64)
+    p = (1.0 / (1.0 + np.exp(-wide))).astype(dtype)
+    logp = fastce.log_softmax(x).astype(dtype)
+    result = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    buf = np.empty(shape, dtype=result)
+    red = np.empty(shape[0], dtype=result)
     calls = [
         ("cross_entropy", "", lambda: fastce.cross_entropy(x, t)),
         ("cross_entropy_grad", "", lambda: fastce.cross_entropy_grad(x, t)),
@@ -645,11 +649,14 @@ def family_calls(
         ("evaluate", "", lambda: fastce.evaluate(x, t, topk=(1, 5))),
     ]
     rivals: dict[tuple[str, str], Callable[[], object]] = {}
-    try:  # an optional rival, typed Any whether installed or not
-        torch: Any = importlib.import_module("torch")
-        F: Any = importlib.import_module("torch.nn.functional")
-    except ImportError:
-        torch = None
+    torch: Any = None  # an optional rival, typed Any whether installed or not
+    F: Any = None
+    if rivals_too:
+        try:
+            torch = importlib.import_module("torch")
+            F = importlib.import_module("torch.nn.functional")
+        except ImportError:
+            torch = None
     if torch is not None:
         torch.set_num_threads(threads)
         tx, tt, ty, tp = (torch.from_numpy(a) for a in (x, t, y, p))
@@ -738,6 +745,44 @@ def family_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]
             )
     fastce.set_num_threads(None)
     return ["function", "variant", "shape", "dtype", "fastce ms", "torch ms", "vs torch"], body
+
+
+# the shapes of the half-precision table, each beside float32
+HALF_SHAPES: list[tuple[int, ...]] = [(4096, 1000), (512, 128000)]
+
+
+def half_dtypes() -> list[tuple[str, Any]]:
+    """float16, and bfloat16 when ml_dtypes is installed."""
+    dtypes: list[tuple[str, Any]] = [("float16", np.float16)]
+    try:
+        dtypes.append(("bfloat16", importlib.import_module("ml_dtypes").bfloat16))
+    except ImportError:
+        pass
+    return dtypes
+
+
+def half_table(threads: int, repeats: int) -> tuple[list[str], list[list[str]]]:
+    """Every public function on float16 and bfloat16 inputs beside the same
+    call on float32 ones of the same shape, interleaved: the columns and
+    rows of a table, the half calls' time over the float32 one's."""
+    fastce.set_num_threads(threads)
+    halves = half_dtypes()
+    body = []
+    for shape in HALF_SHAPES:
+        per_dtype = [family_calls(shape, np.float32, threads, rivals_too=False)]
+        per_dtype += [family_calls(shape, d, threads, rivals_too=False) for _, d in halves]
+        for i, (name, variant, _, _) in enumerate(per_dtype[0]):
+            times = median_times([calls[i][2] for calls in per_dtype], repeats, 0.02)
+            row = [name, variant, "x".join(map(str, shape)), f"{times[0] * 1e3:.4g}"]
+            for t in times[1:]:
+                row += [f"{t * 1e3:.4g}", f"{t / times[0]:.2f}"]
+            body.append(row)
+        del per_dtype
+    fastce.set_num_threads(None)
+    columns = ["function", "variant", "shape", "float32 ms"]
+    for label, _ in halves:
+        columns += [f"{label} ms", f"{label} / float32"]
+    return columns, body
 
 
 # linear heads: (N, H, V) of hidden states, features and classes, float32
@@ -1422,6 +1467,11 @@ def main(argv: list[str] | None = None) -> int:
         "--family", action="store_true", help="also time every public function against torch"
     )
     parser.add_argument(
+        "--half",
+        action="store_true",
+        help="also time every public function on float16 and bfloat16 inputs beside float32",
+    )
+    parser.add_argument(
         "--linear",
         action="store_true",
         help="also time the linear-head workloads (L1, L2) against torch's two paths",
@@ -1486,6 +1536,11 @@ def main(argv: list[str] | None = None) -> int:
     if family:
         print()
         print(render(*family, False))
+    half = half_table(args.threads, args.repeats) if args.half else None
+    if half:
+        print()
+        print("Half precision (the same calls on float16 and bfloat16 inputs):")
+        print(render(*half, False))
     linear = linear_table(args.threads, min(args.repeats, 3)) if args.linear else None
     if linear:
         print()
@@ -1525,6 +1580,8 @@ def main(argv: list[str] | None = None) -> int:
                 f.write("\n```\n" + memory + "\n```\n")
             if family:
                 f.write("\n" + render(*family, True) + "\n")
+            if half:
+                f.write("\nHalf precision:\n\n" + render(*half, True) + "\n")
             if linear:
                 f.write("\nLinear heads:\n\n" + render(*linear, True) + "\n")
             if transforms:
