@@ -443,6 +443,8 @@ cdef enum:
     HALF_LANES = 16
     # float32 elements of half rows converted at once (whole rows, at least one)
     HALF_ROW_ELEMENTS = 1 << 12
+    # elements of half binary-loss inputs converted at once: logits and
+    # targets stay in the first-level cache (a multiple of FASTCE_CHUNK)
     BINARY_HALF_ELEMENTS = 1 << 10
     # the floats of two cache lines: where each thread's buffer starts
     BUFFER_ALIGN_FLOATS = 32
@@ -873,16 +875,17 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
 cdef void half_rows_ahead(const Walk* w, const Body* body, const void* call, const Piece* p,
                           const uint16_t* x, float* y, float* buffer,
                           double* total) noexcept nogil:
-    """A piece of half rows, one at a time, through two rows of the thread's
-    buffer: the body's loop over a row converts the next row into the other
-    one as it reads the row (fastce_ahead_t.next_half), so that its bits
-    come from memory while the exponentials run, not in a loop of their own.
-    A row the body did not convert is converted here; a row's output may
-    wait for the next row's loop, and the piece's last for its end.  Rows one stride
-    apart (inner == 1) carry on past the piece: its last row converts the
-    row after it, which the thread's next piece starts from when it is that
-    row's (the buffer's head says which row it holds, see HALF_HEAD_FLOATS);
-    pieces of one row, as long rows are cut, then convert no row apart."""
+    """A piece of half rows, one at a time, through a few rows of the
+    thread's buffer (half_row_slots): the body's loop over a row converts
+    the next row into another one as it reads the row
+    (fastce_ahead_t.next_half), so that its bits come from memory while the
+    exponentials run, not in a loop of their own.  A row the body did not
+    convert is converted here; a row's output may wait for the next row's
+    loop, and the piece's last for its end.  Rows one stride apart (inner
+    == 1) carry on past the piece: its last row converts the row after it,
+    which the thread's next piece starts from when it is that row's (the
+    buffer's head says which row it holds, see HALF_HEAD_FLOATS); pieces of
+    one row, as long rows are cut, then convert no row apart."""
     cdef Piece q = p[0]
     cdef Py_ssize_t k, C = p.C, slots = half_row_slots(C)
     cdef int64_t* held = <int64_t*>buffer
@@ -2150,8 +2153,11 @@ cdef void binary_span(const BinaryCall* call, const Piece* p, const floating* x,
 cdef void binary_rows_half(const void* call_, const Piece* p, const uint16_t* x, float* unused,
                            double* total) noexcept nogil:
     """binary_rows of half logits, converted (with targets of their dtype,
-    y_half) a few rows at a time into the thread's buffer, in the pieces and
-    so with the bits of float32 logits cut as buffered_rows cuts them."""
+    y_half) into the thread's buffer BINARY_HALF_ELEMENTS at a time (or a
+    row, when rows are longer), the next step's bits asked for before a
+    step's losses.  The element sums are cut every FASTCE_CHUNK elements
+    from a piece's start, which the steps keep: the bits are those of
+    float32 inputs."""
     cdef const BinaryCall* call = <const BinaryCall*>call_
     cdef Py_ssize_t start = 0, step = binary_half_rows(p.C)
     cdef float* x32 = p.buffer

@@ -266,8 +266,10 @@ VINLINE void KNAME(eval_at)(V v, M in, int full, ptrdiff_t at, V vm, V vs, int s
 
 /* eval_at over a chunk xs[0:len) starting at offset start of its row (with
  * pair, beside the model's os[0:len)); with sum, returns the chunk's sum of
- * exp(d) with the bits chunk_sumexp gives.  The caches are asked for
- * nx[0:len) meanwhile (nx not NULL). */
+ * exp(d) with the bits chunk_sumexp gives.  Meanwhile (nx not NULL) the
+ * maximum of nx[0:len) goes to *next_max, converted from the half bits nh
+ * first as ahead_load converts them, or without next_max the caches are
+ * asked for nx[0:len). */
 VINLINE double KNAME(chunk_eval)(const T *xs, ptrdiff_t len, ptrdiff_t start, const T *nx,
                                  const uint16_t *nh, int bf16, T *next_max, V vm, V vs, int scaled,
                                  int sum, int masked, int seek, int pair, const T *os, ptrdiff_t t,
