@@ -398,8 +398,7 @@ cdef inline Py_ssize_t rows_per_block(Py_ssize_t C) noexcept nogil:
     # totals are what make totals reproducible.  Transposed small-C rows
     # are tiled from the start of each block, so the block also fixes which
     # vector lane each row is computed in.
-    cdef Py_ssize_t r = BLOCK_LOGITS // (C if C > 0 else 1)
-    return r if r > 0 else 1
+    return rows_within(BLOCK_LOGITS, C)
 
 
 cdef inline Py_ssize_t units_per_grab(Py_ssize_t n_units, Py_ssize_t n_logits,
@@ -1093,7 +1092,12 @@ cdef inline void chain_row(const Walk* w, const floating* t, Py_ssize_t C, const
 
 
 cdef inline Py_ssize_t half_rows_at_once(Py_ssize_t C) noexcept nogil:
-    cdef Py_ssize_t rows = HALF_ROW_ELEMENTS // (C if C > 0 else 1)
+    return rows_within(HALF_ROW_ELEMENTS, C)
+
+
+cdef inline Py_ssize_t rows_within(Py_ssize_t elements, Py_ssize_t C) noexcept nogil:
+    """Whole rows of ``C`` elements in ``elements``, at least one."""
+    cdef Py_ssize_t rows = elements // (C if C > 0 else 1)
     return rows if rows > 1 else 1
 
 
@@ -2159,7 +2163,7 @@ cdef void binary_rows_half(const void* call_, const Piece* p, const uint16_t* x,
     from a piece's start, which the steps keep: the bits are those of
     float32 inputs."""
     cdef const BinaryCall* call = <const BinaryCall*>call_
-    cdef Py_ssize_t start = 0, step = binary_half_rows(p.C)
+    cdef Py_ssize_t start = 0, step = rows_within(BINARY_HALF_ELEMENTS, p.C)
     cdef float* x32 = p.buffer
     cdef float* y32 = p.buffer + step * p.C
     cdef Piece q = p[0]
@@ -2189,11 +2193,6 @@ cdef inline void prefetch_span(const char* a, Py_ssize_t nbytes) noexcept nogil:
     while b < nbytes:
         fastce_prefetch(a + b)
         b += 64
-
-
-cdef inline Py_ssize_t binary_half_rows(Py_ssize_t C) noexcept nogil:
-    cdef Py_ssize_t rows = BINARY_HALF_ELEMENTS // C
-    return rows if rows > 1 else 1
 
 
 cdef Body BINARY_BODY = make_body(binary_rows[float], binary_rows[double], NULL, NULL,
