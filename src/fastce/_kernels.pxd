@@ -118,6 +118,9 @@ cdef extern from "csrc/dispatch.h":
         void (*tile_log)(const double*, Py_ssize_t, double*) noexcept nogil
         void (*stream_fence)() noexcept nogil
         void (*half_to_f32)(const uint16_t*, Py_ssize_t, float*, int) noexcept nogil
+        double (*bce_half)(int, const uint16_t*, const void*, int, int, const float*,
+                           const float*, Py_ssize_t, float, const float*, float*, float*,
+                           int) noexcept nogil
         int (*count_targets)(const int64_t*, Py_ssize_t, int64_t, int64_t,
                              Py_ssize_t*) noexcept nogil
         const char* isa
@@ -231,9 +234,6 @@ cdef struct Piece:
     # body may leave the last row's output waiting in ahead (the walk
     # writes it at the end of the piece); else it writes it before returning
     bint keeps_pending
-    # the thread's buffer, for a half body that converts its rows itself
-    # (Body.half_buffer elements; NULL for the others)
-    float* buffer
     # the logit scale a row body applies itself, to the logits as they are
     # (Body.rows_scale; the walk then computes no transformed copy), else 1
     double logit_scale
@@ -269,22 +269,18 @@ cdef struct Body:
     # convert it there from half bits (fastce_ahead_t.next_half): half rows
     # go to them one at a time, each converted by the loop before it
     bint reads_ahead
-    # rows_half converts its rows into Piece.buffer, this many float32 per
-    # class of a row (0: rows_half reads the half bits as they are)
-    int half_buffer
 
 
 cdef inline Body make_body(body_f32 rows_f32, body_f64 rows_f64, body_f32 tile_f32,
                            body_f64 tile_f64, body_half rows_half,
                            bint rows_scale=False, bint whole_rows=False,
-                           bint reads_ahead=False, int half_buffer=0) noexcept:
+                           bint reads_ahead=False) noexcept:
     cdef Body b
     b.rows_f32, b.rows_f64, b.tile_f32, b.tile_f64 = rows_f32, rows_f64, tile_f32, tile_f64
     b.rows_half = rows_half
     b.rows_scale = rows_scale
     b.whole_rows = whole_rows
     b.reads_ahead = reads_ahead
-    b.half_buffer = half_buffer
     return b
 
 

@@ -442,9 +442,6 @@ cdef enum:
     HALF_LANES = 16
     # float32 elements of half rows converted at once (whole rows, at least one)
     HALF_ROW_ELEMENTS = 1 << 12
-    # elements of half binary-loss inputs converted at once: logits and
-    # targets stay in the first-level cache (a multiple of FASTCE_CHUNK)
-    BINARY_HALF_ELEMENTS = 1 << 10
     # the floats of two cache lines: where each thread's buffer starts
     BUFFER_ALIGN_FLOATS = 32
     # the head of a thread's buffer for half_rows_ahead: which row of the
@@ -693,7 +690,7 @@ cdef Py_ssize_t buffer_elements(const Walk* w, const Body* body) noexcept nogil:
         # transformed in the tile itself; half rows converted first
         n = TILE * SMALL_C if half else 0
     elif half and body.rows_half != NULL:
-        n = body.half_buffer * w.C * half_rows_at_once(w.C)
+        n = 0  # the body reads the half bits as they are
     elif converts_ahead(w, body):
         n = HALF_HEAD_FLOATS + half_row_slots(w.C) * w.C
     elif rows_buffered(w, body):
@@ -839,7 +836,6 @@ cdef void walk_rows(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.stream_y = w.stream_y
     p.after = NULL
     p.keeps_pending = False
-    p.buffer = buffer
     p.ahead = &ahead
     ahead.pending_y = NULL
     ahead.next_half = NULL
@@ -1139,7 +1135,6 @@ cdef void walk_tile(const Walk* w, const Body* body, const void* call, Py_ssize_
     p.stream_y = False
     p.after = NULL
     p.keeps_pending = False
-    p.buffer = NULL
     p.ahead = NULL
     p.logit_scale = 1.0
     p.yc, p.ys = w.yc, w.yi
@@ -1242,7 +1237,6 @@ cdef void walk_small_c(const Walk* w, const Body* body, const void* call, Py_ssi
     p.stream_y = False
     p.after = NULL
     p.keeps_pending = False
-    p.buffer = NULL
     p.ahead = NULL
     p.logit_scale = 1.0
     while j < last:
@@ -2103,100 +2097,78 @@ cdef struct BinaryCall:
     double g                # the gradient's scale
 
 
-cdef inline double binary_piece(const floating* x, const floating* y, const floating* w,
-                                const floating* pw, Py_ssize_t n, floating g, const floating* go,
-                                floating* loss_out, floating* grad, bint logits,
+cdef inline double binary_piece(int dtype, bint y_half, const char* x, const char* y,
+                                const char* w, const char* pw, Py_ssize_t n, double g,
+                                const char* go, char* loss_out, char* grad, bint logits,
                                 bint want_loss) noexcept nogil:
-    if floating is float:
+    """The losses of ``n`` elements of the logits' ``dtype`` (their targets
+    of that dtype with ``y_half``, else of the result's), the result's
+    other arrays."""
+    if dtype == DT_F32:
         if logits:
-            return fastce_active_ops.bce_logits_f32(x, y, w, pw, n, g, go, loss_out, grad,
-                                                    want_loss)
-        return fastce_active_ops.bce_probs_f32(x, y, w, n, g, go, loss_out, grad, want_loss)
-    else:
+            return fastce_active_ops.bce_logits_f32(
+                <const float*>x, <const float*>y, <const float*>w, <const float*>pw, n,
+                <float>g, <const float*>go, <float*>loss_out, <float*>grad, want_loss)
+        return fastce_active_ops.bce_probs_f32(
+            <const float*>x, <const float*>y, <const float*>w, n, <float>g, <const float*>go,
+            <float*>loss_out, <float*>grad, want_loss)
+    if dtype == DT_F64:
         if logits:
-            return fastce_active_ops.bce_logits_f64(x, y, w, pw, n, g, go, loss_out, grad,
-                                                    want_loss)
-        return fastce_active_ops.bce_probs_f64(x, y, w, n, g, go, loss_out, grad, want_loss)
+            return fastce_active_ops.bce_logits_f64(
+                <const double*>x, <const double*>y, <const double*>w, <const double*>pw, n, g,
+                <const double*>go, <double*>loss_out, <double*>grad, want_loss)
+        return fastce_active_ops.bce_probs_f64(
+            <const double*>x, <const double*>y, <const double*>w, n, g, <const double*>go,
+            <double*>loss_out, <double*>grad, want_loss)
+    return fastce_active_ops.bce_half(
+        logits, <const uint16_t*>x, y, dtype == DT_BF16, y_half, <const float*>w,
+        <const float*>pw, n, <float>g, <const float*>go, <float*>loss_out, <float*>grad,
+        want_loss)
 
 
 cdef void binary_rows(const void* call_, const Piece* p, const floating* x, floating* unused,
                       double* total) noexcept nogil:
     """Rows of ``p.C`` elements (one each when no factor repeats per column),
     contiguous from element ``p.o * p.C`` on."""
-    cdef const BinaryCall* call = <const BinaryCall*>call_
-    binary_span(call, p, x, <const floating*>call.y + p.o * p.C, total)
-
-
-cdef void binary_span(const BinaryCall* call, const Piece* p, const floating* x,
-                      const floating* y, double* total) noexcept nogil:
-    """binary_rows with the piece's targets at ``y``."""
-    cdef Py_ssize_t k, e, e0 = p.o * p.C
-    cdef const floating* w = <const floating*>call.w
-    cdef const floating* pw = <const floating*>call.pw
-    cdef const floating* go = <const floating*>call.go
-    cdef floating* loss_out = <floating*>call.loss
-    cdef floating* grad = <floating*>call.grad
-    cdef bint per_col = call.w_per_col or call.pw_per_col
-    cdef const floating* wk = w
-    cdef const floating* pwk = pw
-    cdef const floating* gok = go
-    for k in range(1 if not per_col else p.n):
-        e = e0 + k * p.C
-        if w != NULL and not call.w_per_col:
-            wk = w + e
-        if pw != NULL and not call.pw_per_col:
-            pwk = pw + e
-        if go != NULL:
-            gok = go + e
-        total[0] += binary_piece(
-            x + k * p.xs, y + k * p.C, wk, pwk, p.C if per_col else p.n * p.C,
-            <floating>call.g, gok, NULL if loss_out == NULL else loss_out + e,
-            NULL if grad == NULL else grad + e, call.logits, call.want_loss)
+    binary_span(<const BinaryCall*>call_, p, DT_F32 if floating is float else DT_F64,
+                <const char*>x, total)
 
 
 cdef void binary_rows_half(const void* call_, const Piece* p, const uint16_t* x, float* unused,
                            double* total) noexcept nogil:
-    """binary_rows of half logits, converted (with targets of their dtype,
-    y_half) into the thread's buffer BINARY_HALF_ELEMENTS at a time (or a
-    row, when rows are longer), the next step's bits asked for before a
-    step's losses.  The element sums are cut every FASTCE_CHUNK elements
-    from a piece's start, which the steps keep: the bits are those of
-    float32 inputs."""
-    cdef const BinaryCall* call = <const BinaryCall*>call_
-    cdef Py_ssize_t start = 0, step = rows_within(BINARY_HALF_ELEMENTS, p.C)
-    cdef float* x32 = p.buffer
-    cdef float* y32 = p.buffer + step * p.C
-    cdef Piece q = p[0]
-    cdef const float* y
-    q.xc, q.xs = 1, p.C
-    while start < p.n:
-        q.n = p.n - start if p.n - start < step else step
-        q.o = p.o + start
-        fastce_active_ops.half_to_f32(x + start * p.xs, q.n * p.C, x32, p.bf16)
-        if call.y_half:
-            fastce_active_ops.half_to_f32(<const uint16_t*>call.y + q.o * p.C, q.n * p.C, y32,
-                                          p.bf16)
-            y = y32
-        else:
-            y = <const float*>call.y + q.o * p.C
-        if start + q.n < p.n:
-            prefetch_span(<const char*>(x + (start + q.n) * p.xs), 2 * q.n * p.C)
-            if call.y_half:
-                prefetch_span(<const char*>(<const uint16_t*>call.y + (q.o + q.n) * p.C),
-                              2 * q.n * p.C)
-        binary_span(call, &q, x32, y, total)
-        start += q.n
+    """binary_rows of half logits, converted in the kernels' registers (and
+    targets of their dtype, y_half, too): the bits of float32 inputs."""
+    binary_span(<const BinaryCall*>call_, p, DT_BF16 if p.bf16 else DT_F16, <const char*>x,
+                total)
 
 
-cdef inline void prefetch_span(const char* a, Py_ssize_t nbytes) noexcept nogil:
-    cdef Py_ssize_t b = 0
-    while b < nbytes:
-        fastce_prefetch(a + b)
-        b += 64
+cdef void binary_span(const BinaryCall* call, const Piece* p, int dtype, const char* x,
+                      double* total) noexcept nogil:
+    """binary_rows of logits of ``dtype`` at ``x``."""
+    cdef Py_ssize_t k, e, e0 = p.o * p.C
+    cdef Py_ssize_t xsz = element_size(dtype), rsz = 8 if dtype == DT_F64 else 4
+    cdef Py_ssize_t ysz = xsz if call.y_half else rsz
+    cdef bint per_col = call.w_per_col or call.pw_per_col
+    cdef const char* wk = call.w
+    cdef const char* pwk = call.pw
+    cdef const char* gok = call.go
+    for k in range(1 if not per_col else p.n):
+        e = e0 + k * p.C
+        if call.w != NULL and not call.w_per_col:
+            wk = call.w + e * rsz
+        if call.pw != NULL and not call.pw_per_col:
+            pwk = call.pw + e * rsz
+        if call.go != NULL:
+            gok = call.go + e * rsz
+        total[0] += binary_piece(
+            dtype, call.y_half, x + k * p.xs * xsz, call.y + e * ysz, wk, pwk,
+            p.C if per_col else p.n * p.C, call.g, gok,
+            NULL if call.loss == NULL else call.loss + e * rsz,
+            NULL if call.grad == NULL else call.grad + e * rsz, call.logits, call.want_loss)
 
 
 cdef Body BINARY_BODY = make_body(binary_rows[float], binary_rows[double], NULL, NULL,
-                                  binary_rows_half, False, False, False, 2)
+                                  binary_rows_half)
 
 
 cdef void flat_walk(Walk* w, object x, Py_ssize_t row_len) except *:

@@ -40,4 +40,9 @@ VINLINE float fastce_f16_to_f32(uint16_t h) {
     return f;
 }
 
+/* How a kernel's input is stored: as the working type, or (float only) as
+ * float16 or bfloat16 bits converted in the registers that compute with
+ * them (the binary losses). */
+enum { FASTCE_AS_T = 0, FASTCE_AS_F16 = 1, FASTCE_AS_BF16 = 2 };
+
 #endif /* FASTCE_HALF_H */

@@ -91,6 +91,11 @@ typedef struct {
     void (*stream_fence)(void);
     /* float16 (last argument 0) or bfloat16 (1) values to float32 */
     void (*half_to_f32)(const uint16_t *, ptrdiff_t, float *, int);
+    /* the binary losses (with logits: first argument 1) of float16 or
+     * bfloat16 (third argument 1) inputs, their targets of the same type
+     * (fourth argument 1) or float32; the rest as bce_logits_f32 */
+    double (*bce_half)(int, const uint16_t *, const void *, int, int, const float *, const float *,
+                       ptrdiff_t, float, const float *, float *, float *, int);
     /* whether an int64 class index lies outside [0, C) without being the
      * ignored value, and how many are not that value */
     int (*count_targets)(const int64_t *, ptrdiff_t, int64_t, int64_t, ptrdiff_t *);

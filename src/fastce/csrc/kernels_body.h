@@ -1152,6 +1152,27 @@ static void KNAME_ISA(tile_log)(const double *s, ptrdiff_t n, double *out) {
  * a gradient alone takes no logarithm.  y, w, pw and go are never written;
  * grad may be x. */
 
+/* the lanes of in of element k of p, stored as kind says (half.h): a
+ * constant at every call, so that each loop is compiled for its kinds */
+VINLINE V KNAME(load_kind)(const void *p, ptrdiff_t k, M in, int full, int kind) {
+#ifndef FASTCE_F64
+    if (kind != FASTCE_AS_T) {
+        const uint16_t *h = (const uint16_t *)p + k;
+        if (full) return kind == FASTCE_AS_BF16 ? VOP(load_bf16)(h) : VOP(load_f16)(h);
+        /* a tail: its bits copied, the lanes past it zero (and then masked) */
+        uint16_t bits[VOP(lanes)] = {0};
+        for (int c = 0; c < VOP(count)(in); c++) bits[c] = h[c];
+        return kind == FASTCE_AS_BF16 ? VOP(load_bf16)(bits) : VOP(load_f16)(bits);
+    }
+#else
+    (void)kind;
+#endif
+    return KNAME(load_in)((const T *)p + k, in, full);
+}
+
+/* bytes of an element stored as kind says */
+#define FASTCE_KIND_BYTES(kind) ((kind) == FASTCE_AS_T ? (ptrdiff_t)sizeof(T) : 2)
+
 /* the lanes of in from p, 1 where p is NULL */
 VINLINE V KNAME(load_or_one)(const T *p, M in, int full) {
     return p == NULL ? VOP(set1)(1) : KNAME(load_in)(p, in, full);
@@ -1162,10 +1183,11 @@ VINLINE V KNAME(load_or_one)(const T *p, M in, int full) {
  * of one sign, so a small loss keeps its relative accuracy.  Its derivative is
  * w (x < 0 ? c s - pw y : (1 - y) - c s), s = sigmoid(-|x|) = e / (1 + e).  A
  * logit of -inf gives NaN, +inf NaN or inf, as torch's formula does. */
-VINLINE V KNAME(bce_logits_at)(ptrdiff_t k, M in, int full, const T *x, const T *y, const T *w,
-                               const T *pw, T g, const T *go, T *loss_out, T *grad, int want_loss) {
+VINLINE V KNAME(bce_logits_at)(ptrdiff_t k, M in, int full, const void *x, const void *y,
+                               const T *w, const T *pw, T g, const T *go, T *loss_out, T *grad,
+                               int want_loss, int x_kind, int y_kind) {
     const V one = VOP(set1)(1), zero = VOP(zero)();
-    V xv = KNAME(load_in)(x + k, in, full), yv = KNAME(load_in)(y + k, in, full);
+    V xv = KNAME(load_kind)(x, k, in, full, x_kind), yv = KNAME(load_kind)(y, k, in, full, y_kind);
     V e = KNAME(vexp_neg)(VOP(sub)(zero, VOP(max)(xv, VOP(sub)(zero, xv)))); /* exp(-|x|) */
     V pw_y = pw == NULL ? yv : VOP(mul)(KNAME(load_in)(pw + k, in, full), yv);
     V c = VOP(add)(VOP(sub)(one, yv), pw_y);
@@ -1191,11 +1213,12 @@ VINLINE V KNAME(bce_logits_at)(ptrdiff_t k, M in, int full, const T *x, const T 
 /* loss = -w (y max(log p, -100) + (1 - y) max(log(1 - p), -100)), log(1 - p)
  * as log1p(-p) below 1/2; its derivative w (p - y) / max((1 - p) p, 1e-12),
  * as torch's. */
-VINLINE V KNAME(bce_probs_at)(ptrdiff_t k, M in, int full, const T *p, const T *y, const T *w,
-                              const T *pw, T g, const T *go, T *loss_out, T *grad, int want_loss) {
+VINLINE V KNAME(bce_probs_at)(ptrdiff_t k, M in, int full, const void *p, const void *y, const T *w,
+                              const T *pw, T g, const T *go, T *loss_out, T *grad, int want_loss,
+                              int p_kind, int y_kind) {
     (void)pw;
     const V one = VOP(set1)(1), floor = VOP(set1)(-100);
-    V pv = KNAME(load_in)(p + k, in, full), yv = KNAME(load_in)(y + k, in, full);
+    V pv = KNAME(load_kind)(p, k, in, full, p_kind), yv = KNAME(load_kind)(y, k, in, full, y_kind);
     V one_minus_p = VOP(sub)(one, pv);
     V wv = KNAME(load_or_one)(w == NULL ? NULL : w + k, in, full);
     V loss = VOP(zero)();
@@ -1361,44 +1384,76 @@ static void KNAME(transform_grad)(const T *y, ptrdiff_t n, T outer, T inner, con
 #endif
 
 /* the sum in the working precision for FASTCE_CHUNK elements at a time, as
- * the row sums are, then in double; the loop is compiled with and without
- * the loss (want a constant in each) */
-#define FASTCE_ELEMENTWISE_SUM(step, want)                                                       \
-    double total = 0.0;                                                                          \
-    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                                \
-        ptrdiff_t end = n - start < FASTCE_CHUNK ? n : start + FASTCE_CHUNK;                     \
-        V acc = VOP(zero)();                                                                     \
-        ptrdiff_t k = start;                                                                     \
-        for (; k + L <= end; k += L) {                                                           \
-            fastce_prefetch(x + k + ELEMENTWISE_PREFETCH);                                       \
-            fastce_prefetch(y + k + ELEMENTWISE_PREFETCH);                                       \
-            acc = VOP(add)(acc,                                                                  \
-                           step(k, VOP(first)(L), 1, x, y, w, pw, g, go, loss_out, grad, want)); \
-        }                                                                                        \
-        if (k < end)                                                                             \
-            acc = VOP(add)(                                                                      \
-                acc, step(k, VOP(first)(end - k), 0, x, y, w, pw, g, go, loss_out, grad, want)); \
-        total += VOP(hsum)(acc);                                                                 \
-    }                                                                                            \
-    return total;
+ * the row sums are, then in double; the loop is compiled for each constant
+ * want (with or without the loss) and each pair of storage kinds.  Each
+ * cache line is asked for once: a vector of half bits fills half a line. */
+#define FASTCE_ELEMENTWISE_SUM(step, want, x_kind, y_kind)                                        \
+    {                                                                                             \
+        const char *x_bytes = (const char *)x, *y_bytes = (const char *)y;                        \
+        const ptrdiff_t x_size = FASTCE_KIND_BYTES(x_kind), y_size = FASTCE_KIND_BYTES(y_kind);   \
+        double total = 0.0;                                                                       \
+        for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {                             \
+            ptrdiff_t end = n - start < FASTCE_CHUNK ? n : start + FASTCE_CHUNK;                  \
+            V acc = VOP(zero)();                                                                  \
+            ptrdiff_t k = start;                                                                  \
+            for (; k + L <= end; k += L) {                                                        \
+                if ((k * x_size) % 64 < L * x_size)                                               \
+                    fastce_prefetch(x_bytes + (k + ELEMENTWISE_PREFETCH) * x_size);               \
+                if ((k * y_size) % 64 < L * y_size)                                               \
+                    fastce_prefetch(y_bytes + (k + ELEMENTWISE_PREFETCH) * y_size);               \
+                acc = VOP(add)(acc, step(k, VOP(first)(L), 1, x, y, w, pw, g, go, loss_out, grad, \
+                                         want, x_kind, y_kind));                                  \
+            }                                                                                     \
+            if (k < end)                                                                          \
+                acc = VOP(add)(acc, step(k, VOP(first)(end - k), 0, x, y, w, pw, g, go, loss_out, \
+                                         grad, want, x_kind, y_kind));                            \
+            total += VOP(hsum)(acc);                                                              \
+        }                                                                                         \
+        return total;                                                                             \
+    }
+
+/* FASTCE_ELEMENTWISE_SUM with the loss when it is wanted (or stored), else without */
+#define FASTCE_ELEMENTWISE(step, x_kind, y_kind)                                           \
+    {                                                                                      \
+        if (want_loss || loss_out != NULL) FASTCE_ELEMENTWISE_SUM(step, 1, x_kind, y_kind) \
+        FASTCE_ELEMENTWISE_SUM(step, 0, x_kind, y_kind)                                    \
+    }
 
 static double KNAME(bce_logits)(const T *x, const T *y, const T *w, const T *pw, ptrdiff_t n, T g,
                                 const T *go, T *loss_out, T *grad, int want_loss) {
-    if (want_loss || loss_out != NULL) {
-        FASTCE_ELEMENTWISE_SUM(KNAME(bce_logits_at), 1)
-    }
-    FASTCE_ELEMENTWISE_SUM(KNAME(bce_logits_at), 0)
+    FASTCE_ELEMENTWISE(KNAME(bce_logits_at), FASTCE_AS_T, FASTCE_AS_T)
 }
 
 static double KNAME(bce_probs)(const T *x, const T *y, const T *w, ptrdiff_t n, T g, const T *go,
                                T *loss_out, T *grad, int want_loss) {
     const T *pw = NULL;
-    if (want_loss || loss_out != NULL) {
-        FASTCE_ELEMENTWISE_SUM(KNAME(bce_probs_at), 1)
-    }
-    FASTCE_ELEMENTWISE_SUM(KNAME(bce_probs_at), 0)
+    FASTCE_ELEMENTWISE(KNAME(bce_probs_at), FASTCE_AS_T, FASTCE_AS_T)
 }
 
+#ifndef FASTCE_F64
+/* The binary losses of half inputs x (bfloat16 with bf16, else float16),
+ * converted as they are loaded, their targets y of the same half type with
+ * y_half (else float): as bce_logits and bce_probs of the same values as
+ * float32, to the bit, with no pass of their own over the inputs.
+ * Everything else, results included, is float32. */
+static double KNAME_ISA(bce_half)(int logits, const uint16_t *x, const void *y, int bf16,
+                                  int y_half, const float *w, const float *pw, ptrdiff_t n, float g,
+                                  const float *go, float *loss_out, float *grad, int want_loss) {
+    if (logits) {
+        if (bf16 && y_half) FASTCE_ELEMENTWISE(KNAME(bce_logits_at), FASTCE_AS_BF16, FASTCE_AS_BF16)
+        if (bf16) FASTCE_ELEMENTWISE(KNAME(bce_logits_at), FASTCE_AS_BF16, FASTCE_AS_T)
+        if (y_half) FASTCE_ELEMENTWISE(KNAME(bce_logits_at), FASTCE_AS_F16, FASTCE_AS_F16)
+        FASTCE_ELEMENTWISE(KNAME(bce_logits_at), FASTCE_AS_F16, FASTCE_AS_T)
+    }
+    if (bf16 && y_half) FASTCE_ELEMENTWISE(KNAME(bce_probs_at), FASTCE_AS_BF16, FASTCE_AS_BF16)
+    if (bf16) FASTCE_ELEMENTWISE(KNAME(bce_probs_at), FASTCE_AS_BF16, FASTCE_AS_T)
+    if (y_half) FASTCE_ELEMENTWISE(KNAME(bce_probs_at), FASTCE_AS_F16, FASTCE_AS_F16)
+    FASTCE_ELEMENTWISE(KNAME(bce_probs_at), FASTCE_AS_F16, FASTCE_AS_T)
+}
+#endif
+
+#undef FASTCE_ELEMENTWISE
+#undef FASTCE_KIND_BYTES
 #undef FASTCE_ELEMENTWISE_SUM
 #undef ATANH_TERMS
 #undef LOG_MIN_NORMAL

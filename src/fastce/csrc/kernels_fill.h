@@ -34,6 +34,7 @@ void FASTCE_NAME5(fastce_fill_ops_, FASTCE_ISA, , , )(fastce_ops_t *ops) {
     ops->tile_log = FASTCE_NAME5(fastce_tile_log_, FASTCE_ISA, , , );
     ops->stream_fence = FASTCE_NAME5(fastce_stream_fence_, FASTCE_ISA, , , );
     ops->half_to_f32 = FASTCE_NAME5(fastce_half_to_f32_, FASTCE_ISA, , , );
+    ops->bce_half = FASTCE_NAME5(fastce_bce_half_, FASTCE_ISA, , , );
     ops->count_targets = FASTCE_NAME5(fastce_count_targets_, FASTCE_ISA, , , );
 }
 
