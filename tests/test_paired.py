@@ -98,6 +98,29 @@ def test_layouts_and_dtypes(layout, tmp_path):
     _assert_paired(fast, slow, 1e-10 if np.asarray(x).dtype == np.float64 else 5e-5)
 
 
+def test_ignored_rows_between_pairs_change_no_bit(simd_path):
+    # a reference row reads the next one's maxima while it is summed: an
+    # ignored row between two pairs (here with a far larger maximum) must
+    # leave the pairs as they are without it
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((301, 700)).astype(np.float32)
+    r = (x + rng.standard_normal(x.shape) * 0.5).astype(np.float32)
+    t = rng.integers(0, 700, 301)
+    t[::3] = -100
+    r[::3] += 50.0
+    r[1::7] -= 30.0
+    keep = t != -100
+    for threads in (1, 2):
+        for per_sample in (True, False):
+            got = fastce.evaluate(x, t, reference=r, per_sample=per_sample, num_threads=threads)
+            want = fastce.evaluate(
+                x[keep], t[keep], reference=r[keep], per_sample=per_sample, num_threads=threads
+            )
+            assert vars(got.paired) == vars(want.paired)
+            if per_sample:
+                np.testing.assert_array_equal(got.per_sample.kl[keep], want.per_sample.kl)
+
+
 def test_the_same_model_and_special_rows():
     rng = np.random.default_rng(2)
     x, t, _ = _pair(rng, n=200, C=30)

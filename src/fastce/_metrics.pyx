@@ -272,12 +272,16 @@ cdef struct Reference:
 cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                              const Options* opt, const Reference* ref, Py_ssize_t o,
                              Py_ssize_t i, int64_t target, double loss, double lse,
-                             double logprob, Py_ssize_t arg, bint valid,
-                             double* fp) noexcept nogil:
+                             double logprob, Py_ssize_t arg, bint valid, double* fp,
+                             const floating* ref_next,
+                             core.fastce_ahead_t* ref_ahead) noexcept nogil:
     """Adds what a counted sample gives against the reference's row: the
     row's statistics as the model's (row_stats, index_row_loss), and
     KL(p_ref || p) = sum_c p_ref,c (r_c - x_c) + lse - lse_ref, with the
-    reference's first maximum, from the same sweep of a contiguous row."""
+    reference's first maximum, from the same sweep of a contiguous row.
+    That sweep takes the chunk maxima of the reference's next row
+    ``ref_next`` (NULL: none) into ``ref_ahead``, and the row's own from
+    there when the row before left them, as the model's rows do."""
     cdef const floating* rr = <const floating*>(ref.data + o * ref.so + i * ref.si)
     cdef Py_ssize_t rc = ref.sc // sizeof(floating)
     cdef floating m_r
@@ -287,11 +291,13 @@ cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
     cdef bint active
     if rc == 1 and xc == 1:
         if floating is float:
-            s_r = fastce_active_ops.row_eval_terms_f32(rr, C, NULL, NULL, xr, &m_r, 1, -1, 0,
-                                                       &cross, &sq_unused, &arg_r, &rank_unused)
+            s_r = fastce_active_ops.row_eval_terms_f32(rr, C, ref_next, ref_ahead, xr, &m_r, 1,
+                                                       -1, 0, &cross, &sq_unused, &arg_r,
+                                                       &rank_unused)
         else:
-            s_r = fastce_active_ops.row_eval_terms_f64(rr, C, NULL, NULL, xr, &m_r, 1, -1, 0,
-                                                       &cross, &sq_unused, &arg_r, &rank_unused)
+            s_r = fastce_active_ops.row_eval_terms_f64(rr, C, ref_next, ref_ahead, xr, &m_r, 1,
+                                                       -1, 0, &cross, &sq_unused, &arg_r,
+                                                       &rank_unused)
     else:
         s_r = row_stats(rr, C, rc, &m_r, 1)
         for c in range(C):
@@ -325,11 +331,13 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                                const Options* opt, const Outputs* out, const Reference* ref,
                                Py_ssize_t o, Py_ssize_t i, int64_t target, double loss, double m,
                                double s, double log_s, double e, double sq, Py_ssize_t arg,
-                               Py_ssize_t rank, double scale, double* fp,
-                               int64_t* ip) noexcept nogil:
+                               Py_ssize_t rank, double scale, double* fp, int64_t* ip,
+                               const floating* ref_next,
+                               core.fastce_ahead_t* ref_ahead) noexcept nogil:
     """Records (and writes) one sample of maximum ``m`` seen through the
     logit scale ``scale``, whose ``sum_c exp((x_c - m) * scale)^2`` is ``sq``;
-    ``target < 0`` where it is ignored."""
+    ``target < 0`` where it is ignored.  ``ref_next`` and ``ref_ahead``: as
+    pair_sample takes them."""
     cdef bint valid = s == s
     cdef double lse = row_logsumexp(xr, xc, C, <floating>m, log_s, scale)
     cdef double logprob = (target_logprob(xr, xc, target, m, log_s, lse, scale) if target >= 0
@@ -349,7 +357,8 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
         record(fp, ip, opt, loss, 1.0 if opt.ce.weight == NULL else opt.ce.weight[target],
                s, log_s, e, lse, brier, rank, valid)
         if ref.data != NULL:
-            pair_sample(xr, C, xc, opt, ref, o, i, target, loss, lse, logprob, arg, valid, fp)
+            pair_sample(xr, C, xc, opt, ref, o, i, target, loss, lse, logprob, arg, valid, fp,
+                        ref_next, ref_ahead)
     if out.loss != NULL:
         write_sample(out, o, i, <floating>loss, arg, rank if target >= 0 else -1, s, log_s, e,
                      lse, logprob, brier)
@@ -407,6 +416,14 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
     cdef double s, log_s, e, sq, A, a_t, loss
     # contiguous rows take their maxima while the previous row is summed
     cdef core.fastce_ahead_t* look_ahead = p.ahead if p.xc == 1 else NULL
+    # so do a reference's contiguous rows, within the piece
+    cdef core.fastce_ahead_t ref_ahead
+    cdef const floating* ref_next
+    cdef bint paired_rows = (call.ref.data != NULL and p.xc == 1
+                             and call.ref.sc == <Py_ssize_t>sizeof(floating))
+    ref_ahead.valid = 0
+    ref_ahead.pending_y = NULL
+    ref_ahead.next_half = NULL
     for k in range(p.n):
         o = p.o + k * p.o_step
         i = p.i + k * p.i_step
@@ -416,6 +433,7 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
             # the maxima the row before left are this row's, not the next one's
             if look_ahead != NULL:
                 look_ahead.valid = 0
+            ref_ahead.valid = 0
             continue
         xr = x + k * p.xs
         tt = -1 if ignored else <Py_ssize_t>target
@@ -428,8 +446,15 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
         log_s = log(s)
         loss = 0.0 if not active else index_row_loss(xr, xc, C, target, m, log_s, A, a_t,
                                                      &opt.ce, dscale)
+        # the reference's next row, read ahead while this row's is summed
+        ref_next = NULL
+        if paired_rows and tt >= 0 and k + 1 < p.n:
+            ref_next = <const floating*>(call.ref.data + (o + p.o_step) * call.ref.so
+                                         + (i + p.i_step) * call.ref.si)
         finish_sample(xr, C, xc, opt, &call.out, &call.ref, o, i, tt, loss, m, s, log_s, e, sq,
-                      arg, rank, dscale, fp, ip)
+                      arg, rank, dscale, fp, ip, ref_next, &ref_ahead)
+        if tt < 0:
+            ref_ahead.valid = 0  # no pair: the maxima left there are this row's
 
 
 # --------------------------------------------------------------------------
@@ -519,7 +544,7 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
         finish_sample(x + k * xi, C, xc, opt, &call.out, &call.ref, p.o + k * p.o_step,
                       p.i + k * p.i_step, tgt[k],
                       sample_loss(active[k], A[k], log_s[k], dot[k]), m[k], s[k], log_s[k],
-                      e[k], sq[k], arg[k], rank[k], 1.0, fp, ip)
+                      e[k], sq[k], arg[k], rank[k], 1.0, fp, ip, NULL, NULL)
 
 
 cdef Body METRICS_BODY = make_body(

@@ -840,7 +840,7 @@ static double KNAME(row_eval_terms)(const T *x, ptrdiff_t n, const T *next, fast
                                     double *e_out, double *sq_out, ptrdiff_t *arg_out,
                                     ptrdiff_t *rank_out) {
     if (other != NULL)
-        return KNAME(row_eval_terms_of)(x, n, next, NULL, NULL, 0, max_out, 1, 0, 1, other, -1, 0,
+        return KNAME(row_eval_terms_of)(x, n, next, ahead, NULL, 0, max_out, 1, 0, 1, other, -1, 0,
                                         e_out, sq_out, arg_out, rank_out);
     if (ahead != NULL && next != NULL && ahead->next_half != NULL) {
         if (scale == 1)
