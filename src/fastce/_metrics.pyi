@@ -77,3 +77,13 @@ def group_fold(
     sums: NDArray[np.float64],
 ) -> None: ...
 def column_sums(values: NDArray[np.float64], sums: NDArray[np.float64]) -> None: ...
+def equal_mass_bins(
+    confidence: NDArray[np.float64], correct: NDArray[np.uint8], bins: int
+) -> tuple[
+    float,
+    NDArray[np.int64],
+    NDArray[np.float64],
+    NDArray[np.float64],
+    NDArray[np.float64],
+    NDArray[np.float64],
+]: ...

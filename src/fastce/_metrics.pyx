@@ -33,8 +33,9 @@ splitting the samples into calls.  The Python layer validates everything;
 these functions cannot fail.
 """
 
-from libc.math cimport exp, isinf, log
-from libc.stdint cimport int64_t
+from libc.math cimport NAN, exp, fabs, isinf, log
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.string cimport memcpy
 
 cimport numpy as cnp
 cimport fastce._kernels as core
@@ -762,3 +763,61 @@ def column_sums(const double[:, ::1] values, double[:, ::1] sums):
         for n in range(values.shape[0]):
             for j in range(values.shape[1]):
                 dd_add(&sums[j, 0], values[n, j])
+
+
+def equal_mass_bins(const double[::1] confidence, const uint8_t[::1] correct, Py_ssize_t bins):
+    """Equal-mass bins of samples' confidences and top-1 hits (0 or 1): the
+    samples in increasing confidence, a miss before a hit of the same
+    confidence, NaN last, bin ``b`` the ``[b N / bins, (b + 1) N / bins)``-th.
+    Returns the sum over the bins of ``|hits - summed confidence|``, and per
+    bin its samples, their accuracy and mean confidence and its smallest and
+    largest confidence (NaN for an empty bin).
+
+    One sort of an integer key orders them: a confidence's bits (never
+    negative, so they order as the numbers do) then the hit, from which both
+    come back; sorting by both keys took five times as long, and the bins'
+    sums as NumPy calls on the sorted arrays most of the time of an
+    evaluation's equal-mass bins."""
+    cdef Py_ssize_t n = confidence.shape[0], k, b, lo, hi
+    cdef double c, conf_sum, gap = 0.0
+    cdef uint64_t bits
+    cdef int64_t hits
+    key = np.empty(n, dtype=np.uint64)
+    cdef uint64_t[::1] keys = key
+    for k in range(n):
+        c = confidence[k]
+        c = NAN if c != c else c + 0.0  # one NaN; no -0.0
+        memcpy(&bits, &c, sizeof(double))
+        keys[k] = (bits << 1) | (correct[k] != 0)
+    key.sort()
+    count = np.empty(bins, dtype=np.int64)
+    accuracy = np.empty(bins)
+    mean_confidence = np.empty(bins)
+    lower = np.empty(bins)
+    upper = np.empty(bins)
+    cdef int64_t[::1] count_v = count
+    cdef double[::1] accuracy_v = accuracy, mean_v = mean_confidence
+    cdef double[::1] lower_v = lower, upper_v = upper
+    for b in range(bins):
+        lo = b * n // bins
+        hi = (b + 1) * n // bins
+        conf_sum = 0.0
+        hits = 0
+        for k in range(lo, hi):
+            bits = keys[k]
+            hits += <int64_t>(bits & 1)
+            bits >>= 1
+            memcpy(&c, &bits, sizeof(double))
+            conf_sum += c
+        count_v[b] = hi - lo
+        if hi > lo:
+            accuracy_v[b] = <double>hits / (hi - lo)
+            mean_v[b] = conf_sum / (hi - lo)
+            bits = keys[lo] >> 1
+            memcpy(&lower_v[b], &bits, sizeof(double))
+            bits = keys[hi - 1] >> 1
+            memcpy(&upper_v[b], &bits, sizeof(double))
+        else:
+            accuracy_v[b] = mean_v[b] = lower_v[b] = upper_v[b] = NAN
+        gap += fabs(<double>hits - conf_sum)
+    return gap, count, accuracy, mean_confidence, lower, upper
