@@ -369,3 +369,22 @@ def test_rows_of_strided_classes_give_the_bits_of_their_contiguous_copy(simd_pat
         w = fastce.evaluate(copy, t, per_sample=True, **options)
         same_bits(r.loss, w.loss, f"evaluate {options}")
         same_bits(r.per_sample.entropy, w.per_sample.entropy, f"entropy {options}")
+
+
+@pytest.mark.parametrize("stride", [(1 << 27) - 1, (1 << 27) + 16])
+def test_rows_of_few_classes_far_apart(simd_path, stride, tmp_path):
+    # rows of few classes are gathered into tiles, a class's lanes in one
+    # instruction where the ISA has one, whose 32-bit offsets reach 16 rows
+    # of up to 2^27 elements; rows farther apart are copied element by
+    # element (a sparse file holds them)
+    n, C = 17, 10  # a whole vector of rows and a tail
+    big = np.memmap(tmp_path / "rows.bin", dtype=np.float32, mode="w+", shape=(n, stride))
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((n, C), dtype=np.float32)
+    big[:, :C] = values
+    t = rng.integers(0, C, n)
+    want = fastce.cross_entropy_with_grad(values, t, reduction="none")
+    got = fastce.cross_entropy_with_grad(big[:, :C], t, reduction="none")
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    del big

@@ -41,6 +41,15 @@ VINLINE __m512 v_avx512_f32_load_part(const float *p, __mmask16 m) {
 VINLINE __m512 v_avx512_f32_load_part_or(const float *p, __mmask16 m, __m512 fill) {
     return _mm512_mask_loadu_ps(fill, m, p);
 }
+/* one instruction per vector: AVX2's, in the tiles of a gradient of few
+ * classes, took 6 % longer than element-by-element copies */
+#define FASTCE_HAS_GATHER 1
+VINLINE __m512 v_avx512_f32_gather(const float *p, ptrdiff_t stride, __mmask16 m) {
+    __m512i at =
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32((int)stride));
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, at, p, 4);
+}
 VINLINE void v_avx512_f32_store_part(float *p, __mmask16 m, __m512 a) {
     _mm512_mask_storeu_ps(p, m, a);
 }
@@ -129,6 +138,11 @@ VINLINE __mmask8 v_avx512_f64_first(ptrdiff_t n) {
 }
 VINLINE __m512d v_avx512_f64_load_part(const double *p, __mmask8 m) {
     return _mm512_maskz_loadu_pd(m, p);
+}
+VINLINE __m512d v_avx512_f64_gather(const double *p, ptrdiff_t stride, __mmask8 m) {
+    __m256i at = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                    _mm256_set1_epi32((int)stride));
+    return _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m, at, p, 8);
 }
 VINLINE __m512d v_avx512_f64_load_part_or(const double *p, __mmask8 m, __m512d fill) {
     return _mm512_mask_loadu_pd(fill, m, p);
