@@ -861,30 +861,27 @@ static double KNAME(row_eval_terms)(const T *x, ptrdiff_t n, const T *next, fast
 /* ---- tiles ------------------------------------------------------------------- */
 
 /* Rows of at most a few classes into a tile: x[k * row_stride + c] for c < C
- * and k < n into tile[c * width + k], each class's lanes in one gather where
- * the ISA has one (one element at a time, the copy cost a quarter of the loss
- * of (65536, 10)); else, or for strides too long for the gather's 32-bit
- * offsets, one element at a time. */
+ * and k < n into tile[c * width + k], each class's lanes in one gather (one
+ * element at a time, the copy cost a quarter of the loss of (65536, 10));
+ * strides too long for the gather's 32-bit offsets go one at a time. */
 static void KNAME(gather_tile)(const T *x, ptrdiff_t row_stride, ptrdiff_t C, ptrdiff_t n, T *tile,
                                ptrdiff_t width) {
-#ifdef FASTCE_HAS_GATHER
-    if (row_stride <= INT32_MAX / L) {
-        for (ptrdiff_t c = 0; c < C; c++) {
-            ptrdiff_t k = 0;
-            for (; k + L <= n; k += L)
-                VOP(store)(tile + c * width + k,
-                           VOP(gather)(x + k * row_stride + c, row_stride, VOP(first)(L)));
-            if (k < n) {
-                M in = VOP(first)(n - k);
-                VOP(store_part)(tile + c * width + k, in,
-                                VOP(gather)(x + k * row_stride + c, row_stride, in));
-            }
-        }
+    if (row_stride > INT32_MAX / L) {
+        for (ptrdiff_t k = 0; k < n; k++)
+            for (ptrdiff_t c = 0; c < C; c++) tile[c * width + k] = x[k * row_stride + c];
         return;
     }
-#endif
-    for (ptrdiff_t k = 0; k < n; k++)
-        for (ptrdiff_t c = 0; c < C; c++) tile[c * width + k] = x[k * row_stride + c];
+    for (ptrdiff_t c = 0; c < C; c++) {
+        ptrdiff_t k = 0;
+        for (; k + L <= n; k += L)
+            VOP(store)(tile + c * width + k,
+                       VOP(gather)(x + k * row_stride + c, row_stride, VOP(first)(L)));
+        if (k < n) {
+            M in = VOP(first)(n - k);
+            VOP(store_part)(tile + c * width + k, in,
+                            VOP(gather)(x + k * row_stride + c, row_stride, in));
+        }
+    }
 }
 
 /* Whole vectors in the loop, the masked tail once after it: each tile kernel

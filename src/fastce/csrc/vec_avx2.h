@@ -42,6 +42,11 @@ VINLINE __m256 v_avx2_f32_load_part(const float *p, __m256 m) {
 VINLINE __m256 v_avx2_f32_load_part_or(const float *p, __m256 m, __m256 fill) {
     return _mm256_blendv_ps(fill, _mm256_maskload_ps(p, _mm256_castps_si256(m)), m);
 }
+VINLINE __m256 v_avx2_f32_gather(const float *p, ptrdiff_t stride, __m256 m) {
+    __m256i at = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                    _mm256_set1_epi32((int)stride));
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, at, m, 4);
+}
 VINLINE void v_avx2_f32_store_part(float *p, __m256 m, __m256 a) {
     _mm256_maskstore_ps(p, _mm256_castps_si256(m), a);
 }
@@ -127,6 +132,10 @@ VINLINE __m256d v_avx2_f64_first(ptrdiff_t n) {
 }
 VINLINE __m256d v_avx2_f64_load_part(const double *p, __m256d m) {
     return _mm256_maskload_pd(p, _mm256_castpd_si256(m));
+}
+VINLINE __m256d v_avx2_f64_gather(const double *p, ptrdiff_t stride, __m256d m) {
+    __m128i at = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32((int)stride));
+    return _mm256_mask_i32gather_pd(_mm256_setzero_pd(), p, at, m, 8);
 }
 VINLINE __m256d v_avx2_f64_load_part_or(const double *p, __m256d m, __m256d fill) {
     return _mm256_blendv_pd(fill, _mm256_maskload_pd(p, _mm256_castpd_si256(m)), m);

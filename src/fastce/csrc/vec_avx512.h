@@ -41,9 +41,6 @@ VINLINE __m512 v_avx512_f32_load_part(const float *p, __mmask16 m) {
 VINLINE __m512 v_avx512_f32_load_part_or(const float *p, __mmask16 m, __m512 fill) {
     return _mm512_mask_loadu_ps(fill, m, p);
 }
-/* one instruction per vector: AVX2's, in the tiles of a gradient of few
- * classes, took 6 % longer than element-by-element copies */
-#define FASTCE_HAS_GATHER 1
 VINLINE __m512 v_avx512_f32_gather(const float *p, ptrdiff_t stride, __mmask16 m) {
     __m512i at =
         _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),

@@ -125,6 +125,11 @@ VINLINE VOP(t) VOP(load_part)(const T_ *p, VOP(m) m) {
 VINLINE void VOP(store_part)(T_ *p, VOP(m) m, VOP(t) a) {
     LANES_ if (LANE_(m, k)) p[k] = LANE_(a, k);
 }
+VINLINE VOP(t) VOP(gather)(const T_ *p, ptrdiff_t stride, VOP(m) m) {
+    VOP(t) r = VOP(zero)();
+    LANES_ if (LANE_(m, k)) LANE_(r, k) = p[k * stride];
+    return r;
+}
 
 /* a * b + c; the compiler may fuse it where the target has the instruction */
 VINLINE VOP(t) VOP(fma)(VOP(t) a, VOP(t) b, VOP(t) c) { return VOP(add)(VOP(mul)(a, b), c); }

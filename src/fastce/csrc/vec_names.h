@@ -14,8 +14,8 @@
  *   load_part(p, m)        the lanes of m from p, 0 elsewhere; never reads past them
  *   load_part_or(p, m, f)  the lanes of m from p, f's elsewhere
  *   store_part(p, m, v)    writes the lanes of m only
- *   gather(p, stride, m)   (where FASTCE_HAS_GATHER is defined) the lanes k of m from
- *                          p[k * stride], 0 elsewhere; stride * lanes below 2^31
+ *   gather(p, stride, m)   the lanes k of m from p[k * stride], 0 elsewhere; stride * lanes
+ *                          below 2^31
  *   add sub mul div        lane-wise
  *   fma(a, b, c)           a * b + c, one rounding;  fnma(a, b, c): c - a * b
  *   max(a, b)              a > b ? a : b lane-wise: a NaN in a leaves b
