@@ -417,11 +417,10 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
     cdef double s, log_s, e, sq, A, a_t, loss
     # contiguous rows take their maxima while the previous row is summed
     cdef core.fastce_ahead_t* look_ahead = p.ahead if p.xc == 1 else NULL
-    # so do a reference's contiguous rows, within the piece
+    # so do a reference's contiguous rows, within the piece (pair_sample
+    # reads ahead only where both rows are contiguous)
     cdef core.fastce_ahead_t ref_ahead
     cdef const floating* ref_next
-    cdef bint paired_rows = (call.ref.data != NULL and p.xc == 1
-                             and call.ref.sc == <Py_ssize_t>sizeof(floating))
     ref_ahead.valid = 0
     ref_ahead.pending_y = NULL
     ref_ahead.next_half = NULL
@@ -449,7 +448,7 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
                                                      &opt.ce, dscale)
         # the reference's next row, read ahead while this row's is summed
         ref_next = NULL
-        if paired_rows and tt >= 0 and k + 1 < p.n:
+        if call.ref.data != NULL and tt >= 0 and k + 1 < p.n:
             ref_next = <const floating*>(call.ref.data + (o + p.o_step) * call.ref.so
                                          + (i + p.i_step) * call.ref.si)
         finish_sample(xr, C, xc, opt, &call.out, &call.ref, o, i, tt, loss, m, s, log_s, e, sq,
