@@ -5,6 +5,7 @@ The compiler is probed for OpenMP (``-fopenmp`` on gcc, libomp behind
 it the kernels build serially and a loud warning says so; setting
 ``FASTCE_REQUIRE_OPENMP=1`` turns that warning into an error.
 ``FASTCE_CYTHON_CHECKS=1`` builds with Cython's bounds and index checks on.
+The C files of the extensions compile side by side, one per CPU.
 """
 
 import os
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import textwrap
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from Cython.Build import cythonize
@@ -61,6 +63,24 @@ def _compiles_and_links(compiler, compile_args, link_args):
     return True
 
 
+def _compile_side_by_side(compile_sources, workers):
+    """The compiler's ``compile``, one source per call, ``workers`` calls at a time.
+
+    Each instantiation of the kernel body is a file of its own and takes most of
+    a build (minutes under the sanitizers); compiled one after another they
+    leave every core but one idle.
+    """
+
+    def compile_each(sources, *args, **kwargs):
+        if len(sources) < 2 or workers < 2:
+            return compile_sources(sources, *args, **kwargs)
+        with ThreadPoolExecutor(workers) as pool:
+            parts = pool.map(lambda source: compile_sources([source], *args, **kwargs), sources)
+            return [obj for objects in parts for obj in objects]
+
+    return compile_each
+
+
 class BuildExtWithOpenMP(build_ext):
     """Adds the OpenMP flags the compiler accepts, or builds serially."""
 
@@ -101,6 +121,13 @@ class BuildExtWithOpenMP(build_ext):
             ext.define_macros = ext.define_macros + [
                 ("FASTCE_COMPILE_ARGS", '"{}"'.format(flags.replace('"', ""))),
             ]
+        # MSVC's compiler object sets itself up on its first call: it stays serial
+        if compiler_type != "msvc":
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+            workers = workers or os.cpu_count() or 1
+            self.compiler.compile = _compile_side_by_side(self.compiler.compile, workers)
+            if not self.parallel:
+                self.parallel = workers  # the extensions side by side as well
         super().build_extensions()
 
 
@@ -116,12 +143,13 @@ directives = {
 }
 
 # the vector layer: one kernel body, instantiated per ISA in a file of its own,
-# and the one place that chooses among them at run time (src/fastce/csrc)
+# and the one place that chooses among them at run time (src/fastce/csrc); the
+# slowest to compile first, so that the others fill the remaining cores
 VECTOR_LAYER = [
-    "src/fastce/csrc/dispatch.c",
     "src/fastce/csrc/kernels_base.c",
-    "src/fastce/csrc/kernels_avx2.c",
     "src/fastce/csrc/kernels_avx512.c",
+    "src/fastce/csrc/kernels_avx2.c",
+    "src/fastce/csrc/dispatch.c",
 ]
 VECTOR_HEADERS = [
     os.path.join("src/fastce/csrc", name)
@@ -134,7 +162,7 @@ VECTOR_HEADERS = [
 extensions = [
     Extension(
         "fastce._kernels",
-        ["src/fastce/_kernels.pyx", "src/fastce/csrc/result_pool.c"] + VECTOR_LAYER,
+        VECTOR_LAYER + ["src/fastce/_kernels.pyx", "src/fastce/csrc/result_pool.c"],
         include_dirs=[np.get_include(), "src/fastce"],
         depends=VECTOR_HEADERS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
