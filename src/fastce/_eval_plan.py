@@ -300,19 +300,18 @@ def _fold_groups(
     loss: NDArray[Any],
     logprob: NDArray[Any],
     weight: NDArray[np.float64],
-    counted: NDArray[np.bool_] | slice,
     n_classes: int,
 ) -> None:
-    """Adds a block's counted tokens (arrays of one shape; ``counted`` picks
-    them from the flattened block) to their groups."""
-    classes = target.reshape(-1)[counted]
-    target_weight = weight[classes] if weight.size else np.ones(classes.shape)
+    """Adds a block's tokens (arrays of one shape) to their groups; the
+    ignored ones, of rank -1, are left out by the fold."""
+    # an ignored target may lie outside the classes: clipped, its weight is never read
+    target_weight = np.take(weight, target.reshape(-1), mode="clip") if weight.size else weight
     groups.fold(
-        segments.reshape(-1)[counted],
-        rank.reshape(-1)[counted],
-        loss.reshape(-1)[counted],
+        segments.reshape(-1),
+        rank.reshape(-1),
+        loss.reshape(-1),
         target_weight,
-        logprob.reshape(-1)[counted],
+        logprob.reshape(-1),
         n_classes,
     )
 
@@ -411,9 +410,12 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
             KERNEL_OUTPUTS
         )
         if (seg2 is not None or totals.calibration is not None) and not out2:
-            # groups and equal-mass bins are made from the per-sample results
+            # groups and equal-mass bins are made from some per-sample results
             block = _per_sample_arrays(t2[rows, cols].shape, dtype)
-            outs = [getattr(block, name) for name in KERNEL_OUTPUTS]
+            wanted = {"loss", "target_rank"}
+            wanted |= {"target_logprob"} if seg2 is not None else set()
+            wanted |= {"confidence"} if totals.calibration is not None else set()
+            outs = [getattr(block, name) if name in wanted else None for name in KERNEL_OUTPUTS]
         x_block = native_float_array(x3[rows, :, cols], "logits")
         t_block = t2[rows, cols]
         ref_block = kl_block = None
@@ -429,9 +431,7 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
             )
         )
         # the block's samples that are not ignored, flattened, for what needs them
-        needs_samples = (
-            totals.kl_samples is not None or totals.calibration is not None or seg2 is not None
-        )
+        needs_samples = totals.kl_samples is not None or totals.calibration is not None
         counted: NDArray[np.bool_] | slice = slice(None)
         if has_ignore and needs_samples:
             not_ignored = (t_block != ignore_value).reshape(-1)
@@ -458,7 +458,6 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
                 loss_out,
                 logprob_out,
                 plan.weight,
-                counted,
                 n_classes,
             )
     return totals, outputs

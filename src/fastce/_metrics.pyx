@@ -232,13 +232,20 @@ cdef inline void write_sample(const Outputs* out, Py_ssize_t o, Py_ssize_t i, fl
                               double e, double lse, double logprob,
                               double brier) noexcept nogil:
     (<floating*>at(out.loss, out.loss_s, o, i))[0] = loss
-    (<int64_t*>at(out.pred, out.pred_s, o, i))[0] = pred
-    (<int64_t*>at(out.rank, out.rank_s, o, i))[0] = rank
-    (<floating*>at(out.conf, out.conf_s, o, i))[0] = <floating>(1.0 / s)
-    (<floating*>at(out.entropy, out.entropy_s, o, i))[0] = <floating>(log_s - e / s)
-    (<floating*>at(out.lse, out.lse_s, o, i))[0] = <floating>lse
-    (<floating*>at(out.logprob, out.logprob_s, o, i))[0] = <floating>logprob
-    (<floating*>at(out.brier, out.brier_s, o, i))[0] = <floating>brier
+    if out.pred != NULL:
+        (<int64_t*>at(out.pred, out.pred_s, o, i))[0] = pred
+    if out.rank != NULL:
+        (<int64_t*>at(out.rank, out.rank_s, o, i))[0] = rank
+    if out.conf != NULL:
+        (<floating*>at(out.conf, out.conf_s, o, i))[0] = <floating>(1.0 / s)
+    if out.entropy != NULL:
+        (<floating*>at(out.entropy, out.entropy_s, o, i))[0] = <floating>(log_s - e / s)
+    if out.lse != NULL:
+        (<floating*>at(out.lse, out.lse_s, o, i))[0] = <floating>lse
+    if out.logprob != NULL:
+        (<floating*>at(out.logprob, out.logprob_s, o, i))[0] = <floating>logprob
+    if out.brier != NULL:
+        (<floating*>at(out.brier, out.brier_s, o, i))[0] = <floating>brier
 
 
 cdef inline Py_ssize_t first_nan(const floating* x, Py_ssize_t n,
@@ -557,6 +564,9 @@ cdef Body PAIRED_BODY = make_body(metrics_rows[float], metrics_rows[double], NUL
 
 
 cdef void set_output(char** ptr, Py_ssize_t* strides, object a) except *:
+    # None leaves the pointer NULL: that output is not written
+    if a is None:
+        return
     cdef cnp.ndarray arr = a
     ptr[0] = <char*>cnp.PyArray_DATA(arr)
     strides[0] = cnp.PyArray_STRIDE(arr, 0)
@@ -611,9 +621,10 @@ def evaluate_index(object x,
     the samples per bin, the top-1 correct samples per bin, and a histogram
     of the targets' ranks below ``ranks``.
 
-    The per-sample arrays (all of them, or all None; any strides, shape
-    ``(outer, inner)``; loss, confidence, entropy and log-sum-exp of the
-    result dtype, prediction and rank int64) receive the loss, the
+    The per-sample arrays (None for any not wanted, all None without
+    ``loss_out``; any strides, shape ``(outer, inner)``; loss, confidence,
+    entropy and log-sum-exp of the result dtype, prediction and rank int64)
+    receive the loss, the
     prediction, the target's rank (-1 where ignored), the confidence, the
     entropy, the log-sum-exp, and the target's log-probability and Brier
     score (0 where ignored).
@@ -712,18 +723,24 @@ def group_fold(const int64_t[::1] ids,
                int64_t[::1] top1,
                int64_t[:, ::1] correct,
                double[:, :, ::1] sums):
-    """Adds counted samples to the totals of their groups, ``g`` the position
-    of the sample's segment among the sorted ``ids``, in sample order: one to
-    ``count[g]``, a top-1 hit (rank 0) to ``top1[g]``, a rank below
-    ``hit_below[j]`` to ``correct[g, j]``, and the loss, target weight and
-    target log-probability to the double-double ``sums[g, q]`` for the three
-    quantities ``q`` in that order.  The caller has checked that the arrays
-    have one length and the totals one row per id."""
+    """Adds the counted samples (a rank of at least 0; an ignored sample's
+    is -1) to the totals of their groups, ``g`` the position of the sample's
+    segment among the sorted ``ids``, in sample order: one to ``count[g]``,
+    a top-1 hit (rank 0) to ``top1[g]``, a rank below ``hit_below[j]`` to
+    ``correct[g, j]``, and the loss, target weight (1 where ``weight`` is
+    empty) and target log-probability to the double-double ``sums[g, q]``
+    for the three quantities ``q`` in that order.  The caller has checked
+    that the arrays have one length (``weight`` that or none) and the totals
+    one row per id."""
     cdef Py_ssize_t n, g = 0, j, lo, hi, mid, missing = -1
     cdef Py_ssize_t n_ids = ids.shape[0]
+    cdef bint weighted = weight.shape[0] > 0
     cdef int64_t r, v
     with nogil:
         for n in range(segments.shape[0]):
+            r = rank[n]
+            if r < 0:
+                continue
             v = segments[n]
             if g >= n_ids or ids[g] != v:
                 # not the previous sample's group: a binary search (documents
@@ -739,7 +756,6 @@ def group_fold(const int64_t[::1] ids,
                 if g >= n_ids or ids[g] != v:
                     missing = n
                     break
-            r = rank[n]
             count[g] += 1
             if r == 0:
                 top1[g] += 1
@@ -747,7 +763,7 @@ def group_fold(const int64_t[::1] ids,
                 if r < hit_below[j]:
                     correct[g, j] += 1
             dd_add(&sums[g, 0, 0], <double>loss[n])
-            dd_add(&sums[g, 1, 0], weight[n])
+            dd_add(&sums[g, 1, 0], weight[n] if weighted else 1.0)
             dd_add(&sums[g, 2, 0], <double>logprob[n])
     if missing >= 0:
         raise ValueError(f"internal: segment {segments[missing]} is not among the group ids")
