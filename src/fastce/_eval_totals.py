@@ -57,18 +57,24 @@ def _dd_values(pairs: NDArray[np.float64]) -> NDArray[np.float64]:
         return np.where(np.isfinite(hi), hi + lo, hi)
 
 
-def _clustered_se(values: NDArray[np.float64], sizes: NDArray[np.float64], ratio: float) -> float:
+def _clustered_se(
+    values: NDArray[np.float64], sizes: NDArray[np.float64], ratio: float | NDArray[np.float64]
+) -> NDArray[np.float64]:
     """The standard error of the ratio ``sum(values) / sum(sizes)`` = ``ratio``
     over clusters (samples or groups): ``sqrt(G / (G - 1) * sum e**2) /
     sum(sizes)`` with residuals ``e = values - ratio * sizes`` over the ``G``
-    clusters given."""
-    g = values.size
+    clusters given; ``values`` of shape ``(G,)`` or ``(G, K)``, a ratio per
+    column, gives one error per column."""
+    g = values.shape[0]
     total = float(sizes.sum())
+    ratio = np.asarray(ratio, dtype=np.float64)
     if g < 2 or not total:
-        return math.nan
+        return np.full(ratio.shape, math.nan)
     with np.errstate(invalid="ignore", over="ignore"):
-        residual = values - ratio * sizes
-        return math.sqrt(g / (g - 1) * float(residual @ residual)) / total
+        residual = values - ratio * sizes.reshape((g,) + (1,) * ratio.ndim)
+        squares = np.einsum("g...,g...->...", residual, residual)
+        errors: NDArray[np.float64] = np.sqrt(g / (g - 1) * squares) / total
+        return errors
 
 
 @dataclass(eq=False)
@@ -107,9 +113,10 @@ class GroupTotals:
         logprob: NDArray[Any],
         n_classes: int,
     ) -> None:
-        """Adds the counted tokens of a block (1-d arrays, ids among ``ids``):
-        their ranks, losses, target weights and target log-probabilities.
-        A rank of ``n_classes`` marks a row without probabilities, never a hit."""
+        """Adds the tokens of a block (1-d arrays, ids among ``ids``): their
+        ranks, losses, target weights (empty: each 1) and target
+        log-probabilities.  A rank of -1 marks an ignored token, left out; a
+        rank of ``n_classes`` a row without probabilities, never a hit."""
         if loss.dtype != logprob.dtype or loss.dtype not in (np.float32, np.float64):
             loss, logprob = loss.astype(np.float64), logprob.astype(np.float64)
         _metrics.group_fold(
@@ -344,16 +351,16 @@ class Totals:
             # clustered by group: tokens of one group are not independent
             counted = groups.count > 0
             sizes = groups.count[counted].astype(np.float64)
-            loss_se = _clustered_se(groups.loss_sum[counted], groups.weight_sum[counted], loss)
-            accuracy_se = {
-                k: _clustered_se(group_totals.correct[counted, j].astype(np.float64), sizes, p)
-                for j, (k, p) in enumerate(accuracy.items())
-            }
+            loss_se = float(
+                _clustered_se(groups.loss_sum[counted], groups.weight_sum[counted], loss)
+            )
+            hits = group_totals.correct[counted].astype(np.float64)
+            errors = _clustered_se(hits, sizes, np.array(list(accuracy.values())))
+            accuracy_se = dict(zip(accuracy, errors.tolist()))
+            g = sizes.size
             with np.errstate(invalid="ignore", over="ignore"):
-                macro_loss = float(np.mean(groups.loss[counted])) if counted.any() else math.nan
-                macro_perplexity = (
-                    float(np.mean(groups.perplexity[counted])) if counted.any() else math.nan
-                )
+                macro_loss = float(groups.loss[counted].sum()) / g if g else math.nan
+                macro_perplexity = float(groups.perplexity[counted].sum()) / g if g else math.nan
         with np.errstate(over="ignore", invalid="ignore"):
             interval = (
                 float(np.exp(loss - _Z95 * loss_se)),
