@@ -712,6 +712,17 @@ def evaluate_index(object x,
         rank_samples=counts[count_ranks_at(bins):count_ranks_at(bins) + ranks])
 
 
+cdef inline void store_group(Py_ssize_t g, int64_t group_count, int64_t group_top1,
+                             const double* acc, int64_t[::1] count, int64_t[::1] top1,
+                             double[:, :, ::1] sums) noexcept nogil:
+    count[g] = group_count
+    top1[g] = group_top1
+    cdef Py_ssize_t q
+    for q in range(3):
+        sums[g, q, 0] = acc[2 * q]
+        sums[g, q, 1] = acc[2 * q + 1]
+
+
 def group_fold(const int64_t[::1] ids,
                const int64_t[::1] segments,
                const int64_t[::1] rank,
@@ -732,19 +743,25 @@ def group_fold(const int64_t[::1] ids,
     for the three quantities ``q`` in that order.  The caller has checked
     that the arrays have one length (``weight`` that or none) and the totals
     one row per id."""
-    cdef Py_ssize_t n, g = 0, j, lo, hi, mid, missing = -1
+    cdef Py_ssize_t n, g = -1, j, q, lo, hi, mid, missing = -1
     cdef Py_ssize_t n_ids = ids.shape[0]
     cdef bint weighted = weight.shape[0] > 0
-    cdef int64_t r, v
+    cdef int64_t r, v, group_count = 0, group_top1 = 0
+    # the current group's totals, in registers while its tokens run (a chain
+    # through memory would cost a store and a load per token); the same
+    # additions in the same order as into ``sums``, so the same bits
+    cdef double acc[6]
     with nogil:
         for n in range(segments.shape[0]):
             r = rank[n]
             if r < 0:
                 continue
             v = segments[n]
-            if g >= n_ids or ids[g] != v:
-                # not the previous sample's group: a binary search (documents
+            if g < 0 or ids[g] != v:
+                # not the previous token's group: a binary search (documents
                 # usually come in order, a group's tokens together)
+                if g >= 0:
+                    store_group(g, group_count, group_top1, acc, count, top1, sums)
                 lo, hi = 0, n_ids
                 while lo < hi:
                     mid = (lo + hi) // 2
@@ -752,19 +769,26 @@ def group_fold(const int64_t[::1] ids,
                         lo = mid + 1
                     else:
                         hi = mid
-                g = lo
-                if g >= n_ids or ids[g] != v:
+                if lo >= n_ids or ids[lo] != v:
+                    g = -1
                     missing = n
                     break
-            count[g] += 1
+                g = lo
+                group_count, group_top1 = count[g], top1[g]
+                for q in range(3):
+                    acc[2 * q] = sums[g, q, 0]
+                    acc[2 * q + 1] = sums[g, q, 1]
+            group_count += 1
             if r == 0:
-                top1[g] += 1
+                group_top1 += 1
             for j in range(hit_below.shape[0]):
                 if r < hit_below[j]:
                     correct[g, j] += 1
-            dd_add(&sums[g, 0, 0], <double>loss[n])
-            dd_add(&sums[g, 1, 0], weight[n] if weighted else 1.0)
-            dd_add(&sums[g, 2, 0], <double>logprob[n])
+            dd_add(&acc[0], <double>loss[n])
+            dd_add(&acc[2], weight[n] if weighted else 1.0)
+            dd_add(&acc[4], <double>logprob[n])
+        if g >= 0:
+            store_group(g, group_count, group_top1, acc, count, top1, sums)
     if missing >= 0:
         raise ValueError(f"internal: segment {segments[missing]} is not among the group ids")
 
