@@ -1565,6 +1565,9 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
                     dot[k] += a * (<double>xrow[k * xi] - <double>m[k])
 
     fastce_active_ops.tile_log(s, n, log_s)
+    # the running total in a register: through memory, every sample's addition
+    # would wait for the store of the one before (the same additions, in order)
+    cdef double running_total = total[0]
     for k in range(n):
         loss = sample_loss(active[k], A[k], log_s[k], dot[k])
         z_term = 0.0
@@ -1581,9 +1584,10 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
         if z_out != NULL:
             z_out[k * sample_step(p, call.zo, call.zi)] = z_term
         any_zero = any_zero or not active[k]
-        total[0] += loss
+        running_total += loss
         if loss_out != NULL:
             loss_out[k * sample_step(p, call.lo, call.li)] = <floating>loss
+    total[0] = running_total
 
     if grad == NULL:
         return
