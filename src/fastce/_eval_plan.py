@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, SupportsIndex
 
 import numpy as np
@@ -266,19 +266,28 @@ def plan_evaluation(
     )
 
 
+def _per_sample_array(name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> NDArray[Any]:
+    """The per-sample array ``name`` as an ignored sample keeps it: target
+    rank -1, the rest 0; prediction and rank int64, the rest ``dtype``."""
+    if name == "target_rank":
+        return np.full(shape, -1, dtype=np.int64)
+    return np.zeros(shape, dtype=np.int64 if name == "prediction" else dtype)
+
+
 def _per_sample_arrays(shape: tuple[int, ...], dtype: np.dtype[Any]) -> PerSample:
-    """What an ignored sample keeps: loss 0, target rank -1."""
     return PerSample(
-        loss=np.zeros(shape, dtype=dtype),
-        prediction=np.zeros(shape, dtype=np.int64),
-        target_rank=np.full(shape, -1, dtype=np.int64),
-        confidence=np.zeros(shape, dtype=dtype),
-        entropy=np.zeros(shape, dtype=dtype),
-        lse=np.zeros(shape, dtype=dtype),
-        target_logprob=np.zeros(shape, dtype=dtype),
-        brier=np.zeros(shape, dtype=dtype),
-        kl=np.zeros(shape, dtype=dtype),
+        **{field.name: _per_sample_array(field.name, shape, dtype) for field in fields(PerSample)}
     )
+
+
+def _kernel_outputs(
+    shape: tuple[int, ...], dtype: np.dtype[Any], wanted: set[str]
+) -> list[NDArray[Any] | None]:
+    """The kernel's per-sample arrays (KERNEL_OUTPUTS) named in ``wanted``;
+    None for the others, which the kernel then leaves unwritten."""
+    return [
+        _per_sample_array(name, shape, dtype) if name in wanted else None for name in KERNEL_OUTPUTS
+    ]
 
 
 def _group_ids(segments: NDArray[np.int64] | None) -> NDArray[np.int64] | None:
@@ -411,11 +420,10 @@ def run_evaluation(plan: EvalPlan, per_sample: bool) -> tuple[Totals, PerSample 
         )
         if (seg2 is not None or totals.calibration is not None) and not out2:
             # groups and equal-mass bins are made from some per-sample results
-            block = _per_sample_arrays(t2[rows, cols].shape, dtype)
             wanted = {"loss", "target_rank"}
             wanted |= {"target_logprob"} if seg2 is not None else set()
             wanted |= {"confidence"} if totals.calibration is not None else set()
-            outs = [getattr(block, name) if name in wanted else None for name in KERNEL_OUTPUTS]
+            outs = _kernel_outputs(t2[rows, cols].shape, dtype, wanted)
         x_block = native_float_array(x3[rows, :, cols], "logits")
         t_block = t2[rows, cols]
         ref_block = kl_block = None
