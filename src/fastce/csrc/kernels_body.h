@@ -257,9 +257,11 @@ VINLINE void KNAME(eval_at)(V v, M in, int full, ptrdiff_t at, V vm, V vs, int s
         if (first >= 0) *arg = at + first;
     }
     if (t >= 0) {
-        M over = VOP(gt)(v, vt);
         ptrdiff_t before = t - at; /* lanes before the target */
-        if (before > 0) over = VOP(or_m)(over, VOP(and_m)(VOP(eq)(v, vt), VOP(first)(before)));
+        /* a vector wholly before the target takes one compare, not three */
+        M over = before >= L ? VOP(ge)(v, vt) : VOP(gt)(v, vt);
+        if (before > 0 && before < L)
+            over = VOP(or_m)(over, VOP(and_m)(VOP(eq)(v, vt), VOP(first)(before)));
         *rank += VOP(count)(full ? over : VOP(and_m)(in, over));
     }
 }

@@ -61,6 +61,7 @@ VINLINE __m256 v_avx2_f32_min(__m256 a, __m256 b) { return _mm256_min_ps(a, b); 
 VINLINE __m256 v_avx2_f32_eq(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
 VINLINE __m256 v_avx2_f32_gt(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
 VINLINE __m256 v_avx2_f32_lt(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+VINLINE __m256 v_avx2_f32_ge(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
 VINLINE __m256 v_avx2_f32_and_m(__m256 a, __m256 b) { return _mm256_and_ps(a, b); }
 VINLINE __m256 v_avx2_f32_or_m(__m256 a, __m256 b) { return _mm256_or_ps(a, b); }
 VINLINE __m256 v_avx2_f32_not_m(__m256 a) {
@@ -156,6 +157,7 @@ VINLINE __m256d v_avx2_f64_min(__m256d a, __m256d b) { return _mm256_min_pd(a, b
 VINLINE __m256d v_avx2_f64_eq(__m256d a, __m256d b) { return _mm256_cmp_pd(a, b, _CMP_EQ_OQ); }
 VINLINE __m256d v_avx2_f64_gt(__m256d a, __m256d b) { return _mm256_cmp_pd(a, b, _CMP_GT_OQ); }
 VINLINE __m256d v_avx2_f64_lt(__m256d a, __m256d b) { return _mm256_cmp_pd(a, b, _CMP_LT_OQ); }
+VINLINE __m256d v_avx2_f64_ge(__m256d a, __m256d b) { return _mm256_cmp_pd(a, b, _CMP_GE_OQ); }
 VINLINE __m256d v_avx2_f64_and_m(__m256d a, __m256d b) { return _mm256_and_pd(a, b); }
 VINLINE __m256d v_avx2_f64_or_m(__m256d a, __m256d b) { return _mm256_or_pd(a, b); }
 VINLINE __m256d v_avx2_f64_not_m(__m256d a) {

@@ -67,6 +67,9 @@ VINLINE __mmask16 v_avx512_f32_gt(__m512 a, __m512 b) {
 VINLINE __mmask16 v_avx512_f32_lt(__m512 a, __m512 b) {
     return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ);
 }
+VINLINE __mmask16 v_avx512_f32_ge(__m512 a, __m512 b) {
+    return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ);
+}
 VINLINE __mmask16 v_avx512_f32_and_m(__mmask16 a, __mmask16 b) { return a & b; }
 VINLINE __mmask16 v_avx512_f32_or_m(__mmask16 a, __mmask16 b) { return a | b; }
 VINLINE __mmask16 v_avx512_f32_not_m(__mmask16 a) { return (__mmask16)~a; }
@@ -167,6 +170,9 @@ VINLINE __mmask8 v_avx512_f64_gt(__m512d a, __m512d b) {
 }
 VINLINE __mmask8 v_avx512_f64_lt(__m512d a, __m512d b) {
     return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ);
+}
+VINLINE __mmask8 v_avx512_f64_ge(__m512d a, __m512d b) {
+    return _mm512_cmp_pd_mask(a, b, _CMP_GE_OQ);
 }
 VINLINE __mmask8 v_avx512_f64_and_m(__mmask8 a, __mmask8 b) { return a & b; }
 VINLINE __mmask8 v_avx512_f64_or_m(__mmask8 a, __mmask8 b) { return a | b; }

@@ -20,7 +20,7 @@
  *   fma(a, b, c)           a * b + c, one rounding;  fnma(a, b, c): c - a * b
  *   max(a, b)              a > b ? a : b lane-wise: a NaN in a leaves b
  *   min(a, b)              a < b ? a : b lane-wise: a NaN in a leaves b
- *   eq gt lt               ordered, quiet compares into a mask
+ *   eq gt lt ge            ordered, quiet compares into a mask
  *   and_m or_m not_m       mask logic
  *   select(m, a, b)        a where m, b elsewhere
  *   keep(m, a) drop(m, a)  a where m, 0 elsewhere; 0 where m, a elsewhere
