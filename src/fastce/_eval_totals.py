@@ -51,10 +51,11 @@ _GROUP_LOSS, _GROUP_WEIGHT, _GROUP_LOGPROB = range(3)
 
 
 def _dd_values(pairs: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``hi + lo`` of double-double pairs ``(..., 2)`` (``hi`` where not finite)."""
+    """``hi + lo`` of double-double pairs ``(..., 2)`` (``hi`` where not finite;
+    the caller ignores the invalid operations of infinite pairs, as
+    ``Totals.result`` does)."""
     hi, lo = pairs[..., 0], pairs[..., 1]
-    with np.errstate(invalid="ignore"):
-        return np.where(np.isfinite(hi), hi + lo, hi)
+    return np.where(np.isfinite(hi), hi + lo, hi)
 
 
 def _clustered_se(
@@ -319,32 +320,30 @@ class Totals:
     ) -> EvalResult:
         """The metrics these totals give, with the z-loss of coefficient
         ``z_loss``; ``temperatures`` name the scan's totals."""
-        n = self.samples
-        loss_sum, weight_sum, conf_sum, entropy_sum, lse_squared_sum = (
-            self.sum_of(row)
-            for row in (
-                _metrics.LOSS_ROW,
-                _metrics.WEIGHT_ROW,
-                _metrics.CONFIDENCE_ROW,
-                _metrics.ENTROPY_ROW,
-                _metrics.LSE_SQUARED_ROW,
-            )
-        )
-        hi, lo = self.sums[_BIN_ROWS:, 0], self.sums[_BIN_ROWS:, 1]
-        with np.errstate(invalid="ignore"):
-            bin_conf = np.where(np.isfinite(hi), hi + lo, hi)
-        loss = ratio_or_nan(loss_sum, weight_sum)
+        # one state for every exponential and division of the metrics: each
+        # NaN or infinity they give is a metric's value, not a warning
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            perplexity = float(np.exp(loss))
-            bin_accuracy = self.bin_correct / self.bin_samples
-            bin_confidence = bin_conf / self.bin_samples
+            return self._result(per_sample, z_loss, temperatures)
+
+    def _result(
+        self, per_sample: PerSample | None, z_loss: float, temperatures: tuple[float, ...]
+    ) -> EvalResult:
+        n = self.samples
+        # every sum as a float at once: hi + lo (hi where not finite)
+        total = _dd_values(self.sums).tolist()
+        loss_sum, weight_sum = total[_metrics.LOSS_ROW], total[_metrics.WEIGHT_ROW]
+        bin_conf = np.array(total[_BIN_ROWS:])
+        loss = ratio_or_nan(loss_sum, weight_sum)
+        perplexity = float(np.exp(loss))
+        bin_accuracy = self.bin_correct / self.bin_samples
+        bin_confidence = bin_conf / self.bin_samples
         gaps = np.abs(self.bin_correct - bin_conf)
-        mass = None if self.calibration is None else self.calibration.bins(len(hi))
+        mass = None if self.calibration is None else self.calibration.bins(len(bin_conf))
         accuracy = {k: ratio_or_nan(c, n) for k, c in zip(self.topk, self.correct.tolist())}
         group_totals = self.groups
         groups = None if group_totals is None else group_totals.result()
         if group_totals is None or groups is None:
-            loss_se = self._loss_se(loss)
+            loss_se = self._loss_se(total, loss)
             accuracy_se = {k: _bernoulli_se(p, n) for k, p in accuracy.items()}
             macro_loss = macro_perplexity = math.nan
         else:
@@ -358,25 +357,22 @@ class Totals:
             errors = _clustered_se(hits, sizes, np.array(list(accuracy.values())))
             accuracy_se = dict(zip(accuracy, errors.tolist()))
             g = sizes.size
-            with np.errstate(invalid="ignore", over="ignore"):
-                macro_loss = float(groups.loss[counted].sum()) / g if g else math.nan
-                macro_perplexity = float(groups.perplexity[counted].sum()) / g if g else math.nan
-        with np.errstate(over="ignore", invalid="ignore"):
-            interval = (
-                float(np.exp(loss - _Z95 * loss_se)),
-                float(np.exp(loss + _Z95 * loss_se)),
-            )
+            macro_loss = float(groups.loss[counted].sum()) / g if g else math.nan
+            macro_perplexity = float(groups.perplexity[counted].sum()) / g if g else math.nan
+        interval = (float(np.exp(loss - _Z95 * loss_se)), float(np.exp(loss + _Z95 * loss_se)))
         return EvalResult(
             loss=loss,
             perplexity=perplexity,
             accuracy=accuracy,
-            confidence=ratio_or_nan(conf_sum, n),
-            entropy=ratio_or_nan(entropy_sum, n),
-            brier=ratio_or_nan(self.sum_of(_metrics.BRIER_ROW), n),
+            confidence=ratio_or_nan(total[_metrics.CONFIDENCE_ROW], n),
+            entropy=ratio_or_nan(total[_metrics.ENTROPY_ROW], n),
+            brier=ratio_or_nan(total[_metrics.BRIER_ROW], n),
             ece=ratio_or_nan(float(np.sum(gaps)), n),
             count=n,
             weight_sum=weight_sum,
-            z_loss=z_loss * ratio_or_nan(lse_squared_sum, weight_sum) if z_loss else 0.0,
+            z_loss=z_loss * ratio_or_nan(total[_metrics.LSE_SQUARED_ROW], weight_sum)
+            if z_loss
+            else 0.0,
             loss_se=loss_se,
             accuracy_se=accuracy_se,
             perplexity_interval=interval,
@@ -389,46 +385,43 @@ class Totals:
             mass_bins=None if mass is None else mass[1],
             per_sample=per_sample,
             groups=groups,
-            paired=None if self.kl_samples is None else self._paired(loss, weight_sum),
+            paired=None if self.kl_samples is None else self._paired(total, loss, weight_sum),
             by_temperature={
-                t: scan.result(None, z_loss) for t, scan in zip(temperatures, self.scans)
+                t: scan._result(None, z_loss, ()) for t, scan in zip(temperatures, self.scans)
             },
         )
 
-    def _paired(self, loss: float, weight_sum: float) -> PairedResult:
-        """The comparison with the reference, from the paired sums."""
+    def _paired(self, total: list[float], loss: float, weight_sum: float) -> PairedResult:
+        """The comparison with the reference, from the paired sums (``total``:
+        every sum as a float)."""
         n = self.samples
         kl = np.concatenate([np.zeros(0), *(self.kl_samples or [])])
-        with np.errstate(invalid="ignore"):
-            percentiles = (
-                dict(
-                    zip(
-                        ("p50", "p90", "p99", "max"),
-                        [*np.percentile(kl, [50, 90, 99]).tolist(), float(kl.max())],
-                    )
+        percentiles = (
+            dict(
+                zip(
+                    ("p50", "p90", "p99", "max"),
+                    [*np.percentile(kl, [50, 90, 99]).tolist(), float(kl.max())],
                 )
-                if kl.size
-                else dict.fromkeys(("p50", "p90", "p99", "max"), math.nan)
             )
-        ref_loss = ratio_or_nan(self.sum_of(_metrics.REF_LOSS_ROW), weight_sum)
-        dp_mean = ratio_or_nan(self.sum_of(_metrics.DP_ROW), n)
-        dp_squares = self.sum_of(_metrics.DP_SQUARED_ROW) - n * dp_mean * dp_mean
+            if kl.size
+            else dict.fromkeys(("p50", "p90", "p99", "max"), math.nan)
+        )
+        ref_loss = ratio_or_nan(total[_metrics.REF_LOSS_ROW], weight_sum)
+        dp_mean = ratio_or_nan(total[_metrics.DP_ROW], n)
+        dp_squares = total[_metrics.DP_SQUARED_ROW] - n * dp_mean * dp_mean
         # the loss difference d = l - l_ref per sample: a ratio sum d / sum w
         ratio = loss - ref_loss
-        diff_weight = self.sum_of(_metrics.LOSS_WEIGHT_ROW) - self.sum_of(
-            _metrics.REF_LOSS_WEIGHT_ROW
-        )
+        diff_weight = total[_metrics.LOSS_WEIGHT_ROW] - total[_metrics.REF_LOSS_WEIGHT_ROW]
         squares = (
-            self.sum_of(_metrics.DIFF_SQUARED_ROW)
+            total[_metrics.DIFF_SQUARED_ROW]
             - 2.0 * ratio * diff_weight
-            + ratio * ratio * self.sum_of(_metrics.WEIGHT_SQUARED_ROW)
+            + ratio * ratio * total[_metrics.WEIGHT_SQUARED_ROW]
         )
-        with np.errstate(over="ignore"):
-            reference_perplexity = float(np.exp(ref_loss))
+        reference_perplexity = float(np.exp(ref_loss))
         return PairedResult(
-            kl=ratio_or_nan(self.sum_of(_metrics.KL_ROW), n),
+            kl=ratio_or_nan(total[_metrics.KL_ROW], n),
             kl_percentiles=percentiles,
-            top1_agreement=ratio_or_nan(self.sum_of(_metrics.AGREE_ROW), n),
+            top1_agreement=ratio_or_nan(total[_metrics.AGREE_ROW], n),
             target_prob_change=dp_mean,
             target_prob_change_sd=math.sqrt(max(dp_squares, 0.0) / (n - 1)) if n > 1 else math.nan,
             reference_loss=ref_loss,
@@ -446,16 +439,16 @@ class Totals:
         # rounding can take a zero spread just below zero
         return math.sqrt(n / (n - 1) * max(squares, 0.0)) / weight_sum
 
-    def _loss_se(self, loss: float) -> float:
+    def _loss_se(self, total: list[float], loss: float) -> float:
         """The standard error of the mean loss ``sum l / sum w`` over
         independent samples, from the second moments: ``sum e**2`` with
         ``e = l - loss * w`` is ``sum l**2 - 2 loss sum l w + loss**2 sum w**2``."""
         squares = (
-            self.sum_of(_metrics.LOSS_SQUARED_ROW)
-            - 2.0 * loss * self.sum_of(_metrics.LOSS_WEIGHT_ROW)
-            + loss * loss * self.sum_of(_metrics.WEIGHT_SQUARED_ROW)
+            total[_metrics.LOSS_SQUARED_ROW]
+            - 2.0 * loss * total[_metrics.LOSS_WEIGHT_ROW]
+            + loss * loss * total[_metrics.WEIGHT_SQUARED_ROW]
         )
-        return self._ratio_se(squares, self.sum_of(_metrics.WEIGHT_ROW))
+        return self._ratio_se(squares, total[_metrics.WEIGHT_ROW])
 
 
 def totals_of_samples(
