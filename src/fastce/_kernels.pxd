@@ -120,6 +120,9 @@ cdef extern from "csrc/dispatch.h":
         void (*transform_grad_f64)(const double*, Py_ssize_t, double, double, const double*,
                                    double*, int) noexcept nogil
         void (*tile_log)(const double*, Py_ssize_t, double*) noexcept nogil
+        void (*tile_exp_neg)(const double*, Py_ssize_t, double*) noexcept nogil
+        void (*dd_add_columns)(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                               double*) noexcept nogil
         void (*stream_fence)() noexcept nogil
         void (*half_to_f32)(const uint16_t*, Py_ssize_t, float*, int) noexcept nogil
         double (*bce_half)(int, const uint16_t*, const void*, int, int, const float*,

@@ -33,7 +33,7 @@ splitting the samples into calls.  The Python layer validates everything;
 these functions cannot fail.
 """
 
-from libc.math cimport NAN, exp, fabs, isinf, log
+from libc.math cimport NAN, fabs, isinf, log
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy
 
@@ -177,33 +177,52 @@ cdef struct Outputs:
     Py_ssize_t[2] brier_s
 
 
-cdef inline void dd_add(double* acc, double b) noexcept nogil:
-    """acc[0] + acc[1] += b, keeping the rounding error of the high part
-    (Knuth's two-sum; the low parts are added plainly)."""
-    cdef double a = acc[0]
-    cdef double s = a + b
-    cdef double bp = s - a
-    acc[1] += (a - (s - bp)) + (b - bp)
-    acc[0] = s
+cdef extern from "csrc/dd_sum.h":
+    # acc[0] + acc[1] += b, keeping the rounding error of the high part
+    void dd_add "fastce_dd_add"(double* acc, double b) noexcept nogil
 
 
-cdef inline void record(double* fp, int64_t* ip, const Options* opt, double loss, double w,
-                        double s, double log_s, double e, double lse, double brier,
+cdef enum:
+    # the sums of every counted sample's terms: the sums' rows 0 .. N_TERMS - 1
+    N_TERMS = SUM_BRIER + 1
+
+
+cdef struct Terms:
+    # the terms of up to TILE counted samples, a column of TILE per sum row,
+    # added to a unit's partials together (flush_terms)
+    double v[N_TERMS * TILE]
+    Py_ssize_t n
+
+
+cdef inline void flush_terms(Terms* terms, double* fp) noexcept nogil:
+    """Adds the terms waiting in ``terms`` to the partials ``fp``."""
+    if terms.n > 0:
+        fastce_active_ops.dd_add_columns(terms.v, TILE, terms.n, N_TERMS, fp)
+        terms.n = 0
+
+
+cdef inline void record(Terms* terms, double* fp, int64_t* ip, const Options* opt, double loss,
+                        double w, double s, double log_s, double e, double lse, double brier,
                         Py_ssize_t rank, bint valid) noexcept nogil:
-    """Adds one sample that is not ignored to a unit's partials."""
+    """Adds one sample that is not ignored to a unit's partials: its terms
+    wait in ``terms`` (flushed when full, and by the caller at the end)."""
     cdef double conf = 1.0 / s
     cdef double ent = log_s - e / s
     cdef Py_ssize_t b
-    dd_add(fp + 2 * SUM_LOSS, loss)
-    dd_add(fp + 2 * SUM_WEIGHT, w)
-    dd_add(fp + 2 * SUM_LSE_SQUARED, w * lse * lse)
-    dd_add(fp + 2 * SUM_LOSS_SQUARED, loss * loss)
-    dd_add(fp + 2 * SUM_LOSS_WEIGHT, loss * w)
-    dd_add(fp + 2 * SUM_WEIGHT_SQUARED, w * w)
-    dd_add(fp + 2 * SUM_CONFIDENCE, conf)
-    dd_add(fp + 2 * SUM_ENTROPY, ent)
-    dd_add(fp + 2 * SUM_WEIGHTED_ENTROPY, w * ent)
-    dd_add(fp + 2 * SUM_BRIER, brier)
+    cdef double* v = terms.v + terms.n
+    v[SUM_LOSS * TILE] = loss
+    v[SUM_WEIGHT * TILE] = w
+    v[SUM_LSE_SQUARED * TILE] = w * lse * lse
+    v[SUM_LOSS_SQUARED * TILE] = loss * loss
+    v[SUM_LOSS_WEIGHT * TILE] = loss * w
+    v[SUM_WEIGHT_SQUARED * TILE] = w * w
+    v[SUM_CONFIDENCE * TILE] = conf
+    v[SUM_ENTROPY * TILE] = ent
+    v[SUM_WEIGHTED_ENTROPY * TILE] = w * ent
+    v[SUM_BRIER * TILE] = brier
+    terms.n += 1
+    if terms.n == TILE:
+        flush_terms(terms, fp)
     ip[COUNT_SAMPLES] += 1
     if conf == conf:
         b = <Py_ssize_t>(conf * opt.bins)
@@ -267,6 +286,22 @@ cdef inline double target_logprob(const floating* xr, Py_ssize_t xc, int64_t tar
     return (x_t - m) * scale - log_s
 
 
+cdef inline double sample_logprob(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
+                                  int64_t target, double m, double log_s, double scale,
+                                  double* lse) noexcept nogil:
+    """The target's log-probability (0 where ``target < 0``, ignored), and
+    the row's log-sum-exp in ``lse``."""
+    lse[0] = row_logsumexp(xr, xc, C, <floating>m, log_s, scale)
+    return target_logprob(xr, xc, target, m, log_s, lse[0], scale) if target >= 0 else 0.0
+
+
+cdef inline double prob_of(double logprob) noexcept nogil:
+    """exp(logprob) for one log-probability, as a tile's are taken."""
+    cdef double p
+    fastce_active_ops.tile_exp_neg(&logprob, 1, &p)
+    return p
+
+
 cdef struct Reference:
     # a reference model's logits, the model's (outer, C, inner) view's shape,
     # of the model's computing dtype; data NULL: none
@@ -280,7 +315,7 @@ cdef struct Reference:
 cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                              const Options* opt, const Reference* ref, Py_ssize_t o,
                              Py_ssize_t i, int64_t target, double loss, double lse,
-                             double logprob, Py_ssize_t arg, bint valid, double* fp,
+                             double p_t, Py_ssize_t arg, bint valid, double* fp,
                              const floating* ref_next,
                              core.fastce_ahead_t* ref_ahead) noexcept nogil:
     """Adds what a counted sample gives against the reference's row: the
@@ -321,7 +356,7 @@ cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
     A = index_coefficient(&opt.ce, target, C, &a_t, &active)
     if active:
         ref_loss = index_row_loss(rr, rc, C, target, m_r, log_s_r, A, a_t, &opt.ce, 1.0)
-    dp = exp(logprob) - exp(target_logprob(rr, rc, target, m_r, log_s_r, lse_r, 1.0))
+    dp = p_t - prob_of(target_logprob(rr, rc, target, m_r, log_s_r, lse_r, 1.0))
     w = 1.0 if opt.ce.weight == NULL else opt.ce.weight[target]
     dd_add(fp + 2 * SUM_KL, kl)
     dd_add(fp + 2 * SUM_REF_LOSS, ref_loss)
@@ -337,21 +372,20 @@ cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
 
 cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                                const Options* opt, const Outputs* out, const Reference* ref,
-                               Py_ssize_t o, Py_ssize_t i, int64_t target, double loss, double m,
-                               double s, double log_s, double e, double sq, Py_ssize_t arg,
-                               Py_ssize_t rank, double scale, double* fp, int64_t* ip,
-                               const floating* ref_next,
+                               Py_ssize_t o, Py_ssize_t i, int64_t target, double loss,
+                               double s, double log_s, double e, double sq, double lse,
+                               double logprob, double p_t, Py_ssize_t arg, Py_ssize_t rank,
+                               Terms* terms, double* fp, int64_t* ip, const floating* ref_next,
                                core.fastce_ahead_t* ref_ahead) noexcept nogil:
-    """Records (and writes) one sample of maximum ``m`` seen through the
-    logit scale ``scale``, whose ``sum_c exp((x_c - m) * scale)^2`` is ``sq``;
-    ``target < 0`` where it is ignored.  ``ref_next`` and ``ref_ahead``: as
-    pair_sample takes them."""
+    """Records (and writes) one sample from its row's sums (``s`` of the
+    exponentials, ``log_s`` its log, ``e`` and ``sq`` as row_eval_terms gives
+    them), its log-sum-exp ``lse``, and its target's log-probability
+    ``logprob`` and probability ``p_t`` (sample_logprob, prob_of);
+    ``target < 0`` where it is ignored.  Its terms wait in ``terms``.
+    ``ref_next`` and ``ref_ahead``: as pair_sample takes them."""
     cdef bint valid = s == s
-    cdef double lse = row_logsumexp(xr, xc, C, <floating>m, log_s, scale)
-    cdef double logprob = (target_logprob(xr, xc, target, m, log_s, lse, scale) if target >= 0
-                           else 0.0)
     # Brier: sum_c p_c^2 - 2 p_t + 1
-    cdef double brier = sq / (s * s) - 2.0 * exp(logprob) + 1.0 if target >= 0 else 0.0
+    cdef double brier = sq / (s * s) - 2.0 * p_t + 1.0 if target >= 0 else 0.0
     cdef Py_ssize_t bad
     if not valid:
         # numpy.argmax's answer: the first NaN, if there is one
@@ -362,10 +396,11 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
     if arg < 0:
         arg = 0
     if target >= 0:
-        record(fp, ip, opt, loss, 1.0 if opt.ce.weight == NULL else opt.ce.weight[target],
-               s, log_s, e, lse, brier, rank, valid)
+        record(terms, fp, ip, opt, loss,
+               1.0 if opt.ce.weight == NULL else opt.ce.weight[target], s, log_s, e, lse, brier,
+               rank, valid)
         if ref.data != NULL:
-            pair_sample(xr, C, xc, opt, ref, o, i, target, loss, lse, logprob, arg, valid, fp,
+            pair_sample(xr, C, xc, opt, ref, o, i, target, loss, lse, p_t, arg, valid, fp,
                         ref_next, ref_ahead)
     if out.loss != NULL:
         write_sample(out, o, i, <floating>loss, arg, rank if target >= 0 else -1, s, log_s, e,
@@ -421,7 +456,8 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
     cdef floating m, x_t, scale = <floating>p.logit_scale
     # the scale the vector kernels multiply by, in every term
     cdef double dscale = <double>scale
-    cdef double s, log_s, e, sq, A, a_t, loss
+    cdef double s, log_s, e, sq, A, a_t, loss, lse, logprob
+    cdef Terms terms
     # contiguous rows take their maxima while the previous row is summed
     cdef core.fastce_ahead_t* look_ahead = p.ahead if p.xc == 1 else NULL
     # so do a reference's contiguous rows, within the piece (pair_sample
@@ -431,6 +467,7 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
     ref_ahead.valid = 0
     ref_ahead.pending_y = NULL
     ref_ahead.next_half = NULL
+    terms.n = 0
     for k in range(p.n):
         o = p.o + k * p.o_step
         i = p.i + k * p.i_step
@@ -458,10 +495,13 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
         if call.ref.data != NULL and tt >= 0 and k + 1 < p.n:
             ref_next = <const floating*>(call.ref.data + (o + p.o_step) * call.ref.so
                                          + (i + p.i_step) * call.ref.si)
-        finish_sample(xr, C, xc, opt, &call.out, &call.ref, o, i, tt, loss, m, s, log_s, e, sq,
-                      arg, rank, dscale, fp, ip, ref_next, &ref_ahead)
+        logprob = sample_logprob(xr, C, xc, tt, m, log_s, dscale, &lse)
+        finish_sample(xr, C, xc, opt, &call.out, &call.ref, o, i, tt, loss, s, log_s, e, sq, lse,
+                      logprob, prob_of(logprob), arg, rank, &terms, fp, ip, ref_next,
+                      &ref_ahead)
         if tt < 0:
             ref_ahead.valid = 0  # no pair: the maxima left there are this row's
+    flush_terms(&terms, fp)
 
 
 # --------------------------------------------------------------------------
@@ -514,6 +554,10 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
     cdef int64_t tgt[TILE]
     cdef int64_t arg[TILE]
     cdef int64_t rank[TILE]
+    cdef double lse[TILE]
+    cdef double logprob[TILE]
+    cdef double p_t[TILE]
+    cdef Terms terms
     cdef Py_ssize_t c, k, start, end
     cdef Py_ssize_t n = p.n, C = p.C, xc = p.xc, xi = p.xs
 
@@ -548,10 +592,15 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
         start = end
 
     for k in range(n):
+        logprob[k] = sample_logprob(x + k * xi, C, xc, tgt[k], m[k], log_s[k], 1.0, &lse[k])
+    fastce_active_ops.tile_exp_neg(logprob, n, p_t)
+    terms.n = 0
+    for k in range(n):
         finish_sample(x + k * xi, C, xc, opt, &call.out, &call.ref, p.o + k * p.o_step,
-                      p.i + k * p.i_step, tgt[k],
-                      sample_loss(active[k], A[k], log_s[k], dot[k]), m[k], s[k], log_s[k],
-                      e[k], sq[k], arg[k], rank[k], 1.0, fp, ip, NULL, NULL)
+                      p.i + k * p.i_step, tgt[k], sample_loss(active[k], A[k], log_s[k], dot[k]),
+                      s[k], log_s[k], e[k], sq[k], lse[k], logprob[k], p_t[k], arg[k], rank[k],
+                      &terms, fp, ip, NULL, NULL)
+    flush_terms(&terms, fp)
 
 
 cdef Body METRICS_BODY = make_body(

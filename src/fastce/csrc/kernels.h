@@ -88,6 +88,11 @@ typedef struct {
     FASTCE_KERNEL_FIELDS(double, f64)
     /* log of per-sample sums of exponentials: each at least 1, or NaN, or +inf */
     void (*tile_log)(const double *, ptrdiff_t, double *);
+    /* exp of per-sample log-probabilities: each at most 0, or NaN */
+    void (*tile_exp_neg)(const double *, ptrdiff_t, double *);
+    /* n values of each of count columns (stride apart) into as many
+     * double-double pairs */
+    void (*dd_add_columns)(const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t, double *);
     /* orders the streamed stores of row_scaled_exp and row_shift */
     void (*stream_fence)(void);
     /* float16 (last argument 0) or bfloat16 (1) values to float32 */

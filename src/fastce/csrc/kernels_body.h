@@ -10,6 +10,7 @@
  */
 #include <math.h>
 
+#include "dd_sum.h"
 #include "prefetch.h"
 
 #define T FASTCE_T
@@ -1166,6 +1167,45 @@ VINLINE void KNAME(tile_log_at)(ptrdiff_t k, M in, int full, const double *s, do
 /* log of per-sample sums of exponentials (each at least 1, or NaN, or +inf) */
 static void KNAME_ISA(tile_log)(const double *s, ptrdiff_t n, double *out) {
     FASTCE_TILE_LOOP(KNAME(tile_log_at), s, out);
+}
+
+VINLINE void KNAME(tile_exp_neg_at)(ptrdiff_t k, M in, int full, const double *x, double *out) {
+    /* min(0, x) keeps a NaN x */
+    V v = VOP(min)(VOP(zero)(), KNAME(load_in)(x + k, in, full));
+    KNAME(store_in)(out + k, in, full, KNAME(vexp_neg)(v));
+}
+
+/* exp of per-sample log-probabilities (each at most 0, or NaN) */
+static void KNAME_ISA(tile_exp_neg)(const double *x, ptrdiff_t n, double *out) {
+    FASTCE_TILE_LOOP(KNAME(tile_exp_neg_at), x, out);
+}
+
+/* Adds, for each j < count, the n values terms[j * stride + k] to the
+ * double-double pair acc[2 j], acc[2 j + 1]: a pair per lane takes the
+ * values of its lane (a two-sum each, as fastce_dd_add), then the lanes
+ * join the pair in lane order.  The order depends on n alone. */
+static void KNAME_ISA(dd_add_columns)(const double *terms, ptrdiff_t stride, ptrdiff_t n,
+                                      ptrdiff_t count, double *acc) {
+    double hi_lanes[16], lo_lanes[16]; /* L of them, 8 at most */
+    ptrdiff_t used = n < L ? n : L;
+    for (ptrdiff_t j = 0; j < count; j++) {
+        const double *col = terms + j * stride;
+        V hi = VOP(zero)(), lo = VOP(zero)();
+        for (ptrdiff_t k = 0; k < n; k += L) {
+            V b = k + L <= n ? VOP(load)(col + k) : VOP(load_part)(col + k, VOP(first)(n - k));
+            V s = VOP(add)(hi, b);
+            V bp = VOP(sub)(s, hi);
+            V err = VOP(add)(VOP(sub)(hi, VOP(sub)(s, bp)), VOP(sub)(b, bp));
+            lo = VOP(add)(lo, err);
+            hi = s;
+        }
+        VOP(store)(hi_lanes, hi);
+        VOP(store)(lo_lanes, lo);
+        for (ptrdiff_t l = 0; l < used; l++) {
+            fastce_dd_add(acc + 2 * j, hi_lanes[l]);
+            acc[2 * j + 1] += lo_lanes[l];
+        }
+    }
 }
 #endif
 

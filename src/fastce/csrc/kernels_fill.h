@@ -33,6 +33,8 @@ void FASTCE_NAME5(fastce_fill_ops_, FASTCE_ISA, , , )(fastce_ops_t *ops) {
     FASTCE_FILL_TYPE(f32)
     FASTCE_FILL_TYPE(f64)
     ops->tile_log = FASTCE_NAME5(fastce_tile_log_, FASTCE_ISA, , , );
+    ops->tile_exp_neg = FASTCE_NAME5(fastce_tile_exp_neg_, FASTCE_ISA, , , );
+    ops->dd_add_columns = FASTCE_NAME5(fastce_dd_add_columns_, FASTCE_ISA, , , );
     ops->stream_fence = FASTCE_NAME5(fastce_stream_fence_, FASTCE_ISA, , , );
     ops->half_to_f32 = FASTCE_NAME5(fastce_half_to_f32_, FASTCE_ISA, , , );
     ops->bce_half = FASTCE_NAME5(fastce_bce_half_, FASTCE_ISA, , , );
