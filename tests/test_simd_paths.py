@@ -151,6 +151,12 @@ def test_half_precision_converts_exactly_on_every_path(simd_path, bfloat16):
         assert got.dtype == np.float32
         np.testing.assert_array_equal(np.isnan(got), nan)
         np.testing.assert_array_equal(got[~nan], want[~nan])
+    # nll_loss reads one value per sample with the scalar conversion: every
+    # value again, signed zeros and subnormals included
+    got = fastce.nll_loss(values[:, None], np.zeros(values.size, dtype=np.int64), reduction="none")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    assert got[~nan].tobytes() == (-want[~nan]).tobytes()
     # a length with a tail after the whole vectors, and a block the kernels convert in pieces
     x = (np.random.default_rng(2).standard_normal((301, 1003)) * 3).astype(dtype)
     t = np.random.default_rng(3).integers(0, 1003, 301)

@@ -18,24 +18,25 @@ VINLINE float fastce_bf16_to_f32(uint16_t b) {
     return f;
 }
 
+/* The exponent rebiased by an integer addition (twice for inf and NaN,
+ * whose payload is kept); zero and subnormal values renormalised by one
+ * float subtraction, exact.  No branch on the common path, whose loaded
+ * value would otherwise decide which way to go. */
 VINLINE float fastce_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exponent = (h >> 10) & 0x1Fu;
-    uint32_t mantissa = h & 0x3FFu;
-    uint32_t bits;
-    if (exponent == 0x1Fu) {
-        bits = sign | 0x7F800000u | (mantissa << 13); /* inf, NaN (payload kept) */
-    } else if (exponent != 0) {
-        bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
-    } else if (mantissa == 0) {
-        bits = sign; /* +-0 */
-    } else {
-        /* subnormal: mantissa * 2^-24, exact in float */
-        float f = (float)mantissa * 5.9604644775390625e-08f;
-        memcpy(&bits, &f, sizeof bits);
-        bits |= sign;
-    }
+    const uint32_t exponent_mask = 0x7C00u << 13;
+    uint32_t bits = (uint32_t)(h & 0x7FFFu) << 13;
+    uint32_t exponent = bits & exponent_mask;
+    bits += (127u - 15u) << 23;
+    bits += exponent == exponent_mask ? (128u - 16u) << 23 : 0u;
     float f;
+    if (exponent == 0) {
+        /* 2^-14 (1 + m 2^-10) - 2^-14 = m 2^-24 */
+        bits += 1u << 23;
+        memcpy(&f, &bits, sizeof f);
+        f -= 6.103515625e-05f;
+        memcpy(&bits, &f, sizeof bits);
+    }
+    bits |= (uint32_t)(h & 0x8000u) << 16;
     memcpy(&f, &bits, sizeof f);
     return f;
 }
