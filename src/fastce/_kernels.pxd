@@ -549,9 +549,25 @@ cdef inline bint tile_targets(const Targets* t, const Piece* p, const CEOptions*
     ignored), ``A[k]`` its coefficient sum (0 where ignored) and
     ``active[k]`` whether it has a coefficient that is not 0.  Returns
     whether any sample is not ignored."""
-    cdef Py_ssize_t k
-    cdef double a_t
-    cdef bint any_active = False
+    cdef Py_ssize_t k, step
+    cdef double a_t, A_counted
+    cdef bint any_active = False, ignored, counted_active
+    cdef const char* v
+    if t.kind == T_INT64 and opt.weight == NULL:
+        # the commonest targets: without class weights every counted sample
+        # has the coefficients of any class that is not the ignored one
+        A_counted = index_coefficient(opt, 1 if opt.ignore_index == 0 else 0, p.C, &a_t,
+                                      &counted_active)
+        v = t.data + p.o * t.so + p.i * t.si
+        step = p.o_step * t.so + p.i_step * t.si
+        for k in range(p.n):
+            tgt[k] = (<const int64_t*>(v + k * step))[0]
+            ignored = opt.has_ignore and tgt[k] == opt.ignore_index
+            tgt[k] = -1 if ignored else tgt[k]
+            A[k] = 0.0 if ignored else A_counted
+            active[k] = counted_active and not ignored
+            any_active = any_active or not ignored
+        return any_active
     for k in range(p.n):
         tgt[k] = target_at(t, p.o + k * p.o_step, p.i + k * p.i_step)
         A[k] = index_coefficient(opt, tgt[k], p.C, &a_t, &active[k])
@@ -584,6 +600,13 @@ cdef inline void tile_index_terms(const floating* x, Py_ssize_t xc, Py_ssize_t x
             for k in range(n):
                 if tgt[k] >= 0:
                     dot[k] += smooth * wc * (<double>xrow[k * xi] - <double>m[k])
+    if eps == 0.0 and opt.weight == NULL:
+        # each coefficient 1: dot[k] = 0 + 1 * (x_t - m) as below, to the bit
+        for k in range(n):
+            if tgt[k] >= 0:
+                x_t[k] = x[tgt[k] * xc + k * xi]
+                dot[k] = 0.0 + (<double>x_t[k] - <double>m[k])
+        return
     for k in range(n):
         if tgt[k] >= 0:
             x_t[k] = x[tgt[k] * xc + k * xi]

@@ -1568,10 +1568,12 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
     # the running total in a register: through memory, every sample's addition
     # would wait for the store of the one before (the same additions, in order)
     cdef double running_total = total[0]
+    # read once: the stores below could alias the options, as far as the compiler knows
+    cdef bint wants_lse = lse_out != NULL or opt.z_loss != 0.0
     for k in range(n):
         loss = sample_loss(active[k], A[k], log_s[k], dot[k])
         z_term = 0.0
-        if lse_out != NULL or opt.z_loss != 0.0:
+        if wants_lse:
             lse = row_logsumexp(x + k * xi, xc, C, m[k], log_s[k], 1.0)
             if lse_out != NULL:
                 lse_out[k * sample_step(p, call.so, call.si)] = <floating>lse
