@@ -27,7 +27,10 @@ is then in cache), it computes what the loss does not need:
 
 Totals are accumulated per work unit of the walk (whole blocks, grouped so
 that there are at most MAX_UNITS) as compensated (double-double) float64 sums
-and integer counts, and the units are combined in order, so the result is
+and integer counts: each sample's terms wait beside those of up to TILE
+others and are added a vector at a time (a double-double pair per lane, the
+lanes then joining the unit's pair in order).  The units are combined in
+order, so the result is
 identical for any thread count and, to float64 rounding, for any way of
 splitting the samples into calls.  The Python layer validates everything;
 these functions cannot fail.
