@@ -75,6 +75,19 @@ def test_long_rows_equal_the_twin_on_every_path(simd_path, dtype):
     rtol = 1e-10 if dtype == np.float64 else 3e-5
     _assert_paired(fast, slow, rtol)
     assert_allclose(fast.per_sample.kl, slow["kl"], rtol=rtol, atol=1e-6)
+    # a long row is swept beside its reference's: the model's own metrics
+    # are still those of evaluate alone, to the bit
+    plain = fastce.evaluate(x.astype(dtype), t, per_sample=True)
+    for name in ("loss", "prediction", "target_rank", "confidence", "entropy", "brier"):
+        got, want = getattr(fast.per_sample, name), getattr(plain.per_sample, name)
+        assert got.tobytes() == want.tobytes(), name
+    assert (fast.loss, fast.entropy, fast.brier, fast.ece) == (
+        plain.loss,
+        plain.entropy,
+        plain.brier,
+        plain.ece,
+    )
+    assert fast.accuracy == plain.accuracy
 
 
 @pytest.mark.parametrize("layout", ["fortran", "classes in the middle", "float16", "mixed"])

@@ -36,6 +36,12 @@ cdef extern from "csrc/dispatch.h":
         double pending_a, pending_b
         const uint16_t* next_half
         int next_bf16
+    # a reference model's row, as its pair takes it (see kernels.h)
+    ctypedef struct fastce_ref_row_t:
+        double max
+        double sum
+        double cross
+        Py_ssize_t arg
     enum:
         FASTCE_PENDING_SHIFT
     ctypedef struct fastce_ops_t:
@@ -68,6 +74,12 @@ cdef extern from "csrc/dispatch.h":
         double (*row_eval_terms_f64)(const double*, Py_ssize_t, const double*, fastce_ahead_t*,
                                      const double*, double*, double, Py_ssize_t, double, double*,
                                      double*, Py_ssize_t*, Py_ssize_t*) noexcept nogil
+        double (*long_pair_terms_f32)(const float*, const float*, Py_ssize_t, float*, float,
+                                      Py_ssize_t, float, double*, double*, Py_ssize_t*,
+                                      Py_ssize_t*, fastce_ref_row_t*) noexcept nogil
+        double (*long_pair_terms_f64)(const double*, const double*, Py_ssize_t, double*, double,
+                                      Py_ssize_t, double, double*, double*, Py_ssize_t*,
+                                      Py_ssize_t*, fastce_ref_row_t*) noexcept nogil
         void (*gather_tile_f32)(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*,
                                 Py_ssize_t) noexcept nogil
         void (*gather_tile_f64)(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*,

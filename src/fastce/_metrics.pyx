@@ -43,7 +43,8 @@ from libc.string cimport memcpy
 cimport numpy as cnp
 cimport fastce._kernels as core
 from fastce._kernels cimport (
-    Body, CEOptions, FASTCE_CHUNK, Piece, TILE, Targets, Walk, fastce_active_ops,
+    Body, CEOptions, FASTCE_CHUNK, FASTCE_ROW_IN_CACHE, Piece, TILE, Targets, Walk,
+    fastce_active_ops,
     floating,
     any_nonzero, exp_neg, index_coefficient, index_row_loss, make_body, row_logsumexp, row_stats,
     sample_loss,
@@ -319,15 +320,16 @@ cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                              const Options* opt, const Reference* ref, Py_ssize_t o,
                              Py_ssize_t i, int64_t target, double loss, double lse,
                              double p_t, Py_ssize_t arg, bint valid, double* fp,
-                             const floating* ref_next,
-                             core.fastce_ahead_t* ref_ahead) noexcept nogil:
+                             const floating* ref_next, core.fastce_ahead_t* ref_ahead,
+                             const core.fastce_ref_row_t* swept) noexcept nogil:
     """Adds what a counted sample gives against the reference's row: the
     row's statistics as the model's (row_stats, index_row_loss), and
     KL(p_ref || p) = sum_c p_ref,c (r_c - x_c) + lse - lse_ref, with the
     reference's first maximum, from the same sweep of a contiguous row.
     That sweep takes the chunk maxima of the reference's next row
     ``ref_next`` (NULL: none) into ``ref_ahead``, and the row's own from
-    there when the row before left them, as the model's rows do."""
+    there when the row before left them, as the model's rows do; or it was
+    made beside the model's row (``swept``, not NULL: long_pair_terms)."""
     cdef const floating* rr = <const floating*>(ref.data + o * ref.so + i * ref.si)
     cdef Py_ssize_t rc = ref.sc // sizeof(floating)
     cdef floating m_r
@@ -335,7 +337,12 @@ cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
     cdef double cross = 0.0, a_t, A, ref_loss = 0.0, kl, dp, w, ev, d
     cdef Py_ssize_t c, arg_r = -1, rank_unused
     cdef bint active
-    if rc == 1 and xc == 1:
+    if swept != NULL:
+        s_r = swept.sum
+        m_r = <floating>swept.max
+        cross = swept.cross
+        arg_r = swept.arg
+    elif rc == 1 and xc == 1:
         if floating is float:
             s_r = fastce_active_ops.row_eval_terms_f32(rr, C, ref_next, ref_ahead, xr, &m_r, 1,
                                                        -1, 0, &cross, &sq_unused, &arg_r,
@@ -379,13 +386,14 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                                double s, double log_s, double e, double sq, double lse,
                                double logprob, double p_t, Py_ssize_t arg, Py_ssize_t rank,
                                Terms* terms, double* fp, int64_t* ip, const floating* ref_next,
-                               core.fastce_ahead_t* ref_ahead) noexcept nogil:
+                               core.fastce_ahead_t* ref_ahead,
+                               const core.fastce_ref_row_t* swept) noexcept nogil:
     """Records (and writes) one sample from its row's sums (``s`` of the
     exponentials, ``log_s`` its log, ``e`` and ``sq`` as row_eval_terms gives
     them), its log-sum-exp ``lse``, and its target's log-probability
     ``logprob`` and probability ``p_t`` (sample_logprob, prob_of);
     ``target < 0`` where it is ignored.  Its terms wait in ``terms``.
-    ``ref_next`` and ``ref_ahead``: as pair_sample takes them."""
+    ``ref_next``, ``ref_ahead`` and ``swept``: as pair_sample takes them."""
     cdef bint valid = s == s
     # Brier: sum_c p_c^2 - 2 p_t + 1
     cdef double brier = sq / (s * s) - 2.0 * p_t + 1.0 if target >= 0 else 0.0
@@ -404,7 +412,7 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                rank, valid)
         if ref.data != NULL:
             pair_sample(xr, C, xc, opt, ref, o, i, target, loss, lse, p_t, arg, valid, fp,
-                        ref_next, ref_ahead)
+                        ref_next, ref_ahead, swept)
     if out.loss != NULL:
         write_sample(out, o, i, <floating>loss, arg, rank if target >= 0 else -1, s, log_s, e,
                      lse, logprob, brier)
@@ -432,6 +440,22 @@ cdef inline double row_eval_terms(const floating* x, Py_ssize_t n, const floatin
     else:
         return fastce_active_ops.row_eval_terms_f64(x, n, next, ahead, NULL, m, scale, t, xt,
                                                     e_out, sq_out, arg_out, rank_out)
+
+
+cdef inline double long_pair_terms(const floating* x, const floating* r, Py_ssize_t n,
+                                   floating* m, floating scale, Py_ssize_t t, floating xt,
+                                   double* e_out, double* sq_out, Py_ssize_t* arg_out,
+                                   Py_ssize_t* rank_out,
+                                   core.fastce_ref_row_t* ref) noexcept nogil:
+    """row_eval_terms of a long contiguous row ``x`` (``t >= 0``) and, in
+    ``ref``, what pair_sample sweeps of the reference's row ``r``, both from
+    one read of each row, to the bit."""
+    if floating is float:
+        return fastce_active_ops.long_pair_terms_f32(x, r, n, m, scale, t, xt, e_out, sq_out,
+                                                     arg_out, rank_out, ref)
+    else:
+        return fastce_active_ops.long_pair_terms_f64(x, r, n, m, scale, t, xt, e_out, sq_out,
+                                                     arg_out, rank_out, ref)
 
 
 cdef struct MetricsCall:
@@ -467,6 +491,8 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
     # reads ahead only where both rows are contiguous)
     cdef core.fastce_ahead_t ref_ahead
     cdef const floating* ref_next
+    cdef core.fastce_ref_row_t swept
+    cdef const core.fastce_ref_row_t* swept_row
     ref_ahead.valid = 0
     ref_ahead.pending_y = NULL
     ref_ahead.next_half = NULL
@@ -485,9 +511,24 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
         xr = x + k * p.xs
         tt = -1 if ignored else <Py_ssize_t>target
         x_t = xr[tt * xc] if tt >= 0 else 0
-        s = row_eval_terms(xr, C,
-                           x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after,
-                           look_ahead, &m, scale, tt, x_t, &e, &sq, &arg, &rank)
+        swept_row = NULL
+        if (call.ref.data != NULL and tt >= 0 and C > FASTCE_ROW_IN_CACHE and xc == 1
+                and call.ref.sc == sizeof(floating)
+                and (look_ahead == NULL or look_ahead.next_half == NULL)):
+            # a long row and its reference's, a chunk of each in turn: read
+            # apart, the model's row would come from memory twice
+            s = long_pair_terms(xr, <const floating*>(call.ref.data + o * call.ref.so
+                                                      + i * call.ref.si),
+                                C, &m, scale, tt, x_t, &e, &sq, &arg, &rank, &swept)
+            swept_row = &swept
+            # neither row leaves chunk maxima for the next, as a long row's sweep does not
+            if look_ahead != NULL:
+                look_ahead.valid = 0
+            ref_ahead.valid = 0
+        else:
+            s = row_eval_terms(xr, C,
+                               x + (k + 1) * p.xs if k + 1 < p.n else <const floating*>p.after,
+                               look_ahead, &m, scale, tt, x_t, &e, &sq, &arg, &rank)
         # the loss, as ce_index_row computes it
         A = index_coefficient(&opt.ce, target, C, &a_t, &active)
         log_s = log(s)
@@ -501,7 +542,7 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
         logprob = sample_logprob(xr, C, xc, tt, m, log_s, dscale, &lse)
         finish_sample(xr, C, xc, opt, &call.out, &call.ref, o, i, tt, loss, s, log_s, e, sq, lse,
                       logprob, prob_of(logprob), arg, rank, &terms, fp, ip, ref_next,
-                      &ref_ahead)
+                      &ref_ahead, swept_row)
         if tt < 0:
             ref_ahead.valid = 0  # no pair: the maxima left there are this row's
     flush_terms(&terms, fp)
@@ -602,7 +643,7 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
         finish_sample(x + k * xi, C, xc, opt, &call.out, &call.ref, p.o + k * p.o_step,
                       p.i + k * p.i_step, tgt[k], sample_loss(active[k], A[k], log_s[k], dot[k]),
                       s[k], log_s[k], e[k], sq[k], lse[k], logprob[k], p_t[k], arg[k], rank[k],
-                      &terms, fp, ip, NULL, NULL)
+                      &terms, fp, ip, NULL, NULL, NULL)
     flush_terms(&terms, fp)
 
 

@@ -51,6 +51,17 @@ typedef struct {
     int next_bf16;
 } fastce_ahead_t;
 
+/* A reference model's row as its pair takes it (row_eval_terms with other,
+ * long_pair_terms): its maximum, its sum of exp(r - max), the cross terms
+ * sum exp(r - max) (r - x) against the model's row x, and the first index of
+ * its maximum (-1: none). */
+typedef struct {
+    double max;
+    double sum;
+    double cross;
+    ptrdiff_t arg;
+} fastce_ref_row_t;
+
 #define FASTCE_KERNEL_FIELDS(T, SFX)                                                              \
     T (*row_max_##SFX)(const T *, ptrdiff_t);                                                     \
     double (*row_max_sumexp_##SFX)(const T *, ptrdiff_t, T *, T);                                 \
@@ -65,6 +76,9 @@ typedef struct {
     double (*row_eval_terms_##SFX)(const T *, ptrdiff_t, const T *, fastce_ahead_t *, const T *,  \
                                    T *, T, ptrdiff_t, T, double *, double *, ptrdiff_t *,         \
                                    ptrdiff_t *);                                                  \
+    double (*long_pair_terms_##SFX)(const T *, const T *, ptrdiff_t, T *, T, ptrdiff_t, T,        \
+                                    double *, double *, ptrdiff_t *, ptrdiff_t *,                 \
+                                    fastce_ref_row_t *);                                          \
     void (*gather_tile_##SFX)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, T *, ptrdiff_t);        \
     void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                            \
     void (*tile_sumexp_##SFX)(const T *, ptrdiff_t, const T *, T *, T *);                         \

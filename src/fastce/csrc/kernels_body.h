@@ -304,6 +304,73 @@ VINLINE double KNAME(chunk_eval)(const T *xs, ptrdiff_t len, ptrdiff_t start, co
     return sum ? (double)ties + VOP(hsum)(acc) : 0.0;
 }
 
+/* What long_row_sum carries from one chunk of a row to the next: the maximum
+ * so far, the sum of exp(d) below it, and whether a NaN was seen. */
+typedef struct {
+    T m;
+    double s;
+    int saw_nan;
+} KNAME(long_row_t);
+#define LONG_ROW KNAME(long_row_t)
+
+VINLINE void KNAME(long_row_start)(LONG_ROW *row) {
+    row->m = -INFINITY;
+    row->s = 0.0;
+    row->saw_nan = 0;
+}
+
+/* long_row_sum's work on one chunk xs[0:len) starting at offset start of its
+ * row (see there; os the same chunk of the model's row, with pair; nx asked
+ * of the caches) */
+VINLINE void KNAME(long_row_chunk)(LONG_ROW *row, const T *xs, ptrdiff_t len, ptrdiff_t start,
+                                   const T *nx, V vs, T scale, int scaled, int eval, int pair,
+                                   const T *os, ptrdiff_t t, V vt, double *e, double *sq,
+                                   ptrdiff_t *arg, ptrdiff_t *rank) {
+    const V no_pending = VOP(zero)(); /* chunk_sumexp writes no waiting row here */
+    T cm = KNAME(row_max)(xs, len);
+    if (cm == -INFINITY) {
+        /* only -inf (adds nothing) or NaN (must reach the result) */
+        for (ptrdiff_t c = 0; c < len; c++)
+            if (xs[c] != xs[c]) row->saw_nan = 1;
+        if (eval)
+            KNAME(chunk_eval)(xs, len, start, NULL, NULL, 0, NULL, vt, vs, scaled, 0, 0, 0, 0, NULL,
+                              t, vt, e, sq, arg, rank);
+        return;
+    }
+    if (cm > row->m) {
+        if (row->s != 0.0) {
+            double shift =
+                scaled ? ((double)row->m - (double)cm) * scale : (double)row->m - (double)cm;
+            double f = exp(shift);
+            if (eval) {
+                *e = pair ? f * *e : f * (*e + shift * row->s);
+                *sq *= f * f;
+            }
+            row->s *= f;
+        }
+        row->m = cm;
+        if (eval) *arg = -1;
+    }
+    const T m = row->m;
+    const V vm = VOP(set1)(m);
+    if (eval)
+        row->s += cm < m ? KNAME(chunk_eval)(xs, len, start, nx, NULL, 0, NULL, vm, vs, scaled, 1,
+                                             0, 0, pair, os, t, vt, e, sq, arg, rank)
+                         : KNAME(chunk_eval)(xs, len, start, nx, NULL, 0, NULL, vm, vs, scaled, 1,
+                                             1, 1, pair, os, t, vt, e, sq, arg, rank);
+    else
+        row->s += cm < m ? KNAME(chunk_sumexp)(xs, len, m, 0, NULL, NULL, 0, NULL, NULL, NULL,
+                                               no_pending, no_pending, vs, scaled)
+                         : KNAME(chunk_sumexp)(xs, len, m, 1, NULL, NULL, 0, NULL, NULL, NULL,
+                                               no_pending, no_pending, vs, scaled);
+}
+
+/* The sum long_row_sum returns once every chunk is in, and the maximum */
+VINLINE double KNAME(long_row_end)(const LONG_ROW *row, T *max_out) {
+    *max_out = row->m;
+    return isinf(row->m) || row->saw_nan ? NAN : row->s;
+}
+
 /* A row longer than a cached one, read once: a running maximum, one chunk
  * at a time, sets *max_out and returns the sum of exp(d), d = (x - max) *
  * scale with scaled (NaN for a NaN logit, a +inf one, or nothing above -inf).
@@ -320,10 +387,8 @@ VINLINE double KNAME(long_row_sum)(const T *x, ptrdiff_t n, T *max_out, T scale,
                                    double *sq, ptrdiff_t *arg, ptrdiff_t *rank, const T *next,
                                    const uint16_t *nh, int bf16) {
     const V vs = VOP(set1)(scale);
-    const V no_pending = VOP(zero)(); /* chunk_sumexp writes no waiting row here */
-    int saw_nan = 0;
-    T m = -INFINITY;
-    double s = 0.0;
+    LONG_ROW row;
+    KNAME(long_row_start)(&row);
     for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
         ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
         const T *xs = x + start;
@@ -333,49 +398,14 @@ VINLINE double KNAME(long_row_sum)(const T *x, ptrdiff_t n, T *max_out, T scale,
                     fastce_prefetch(nh + start + 4 * FASTCE_CHUNK + b);
             KNAME(convert_ahead)(next + start, nh + start, bf16, len);
         }
-        T cm = KNAME(row_max)(xs, len);
-        if (cm == -INFINITY) {
-            /* only -inf (adds nothing) or NaN (must reach the result) */
-            for (ptrdiff_t c = 0; c < len; c++)
-                if (xs[c] != xs[c]) saw_nan = 1;
-            if (eval)
-                KNAME(chunk_eval)(xs, len, start, NULL, NULL, 0, NULL, vt, vs, scaled, 0, 0, 0, 0,
-                                  NULL, t, vt, e, sq, arg, rank);
-            continue;
-        }
-        if (cm > m) {
-            if (s != 0.0) {
-                double shift = scaled ? ((double)m - (double)cm) * scale : (double)m - (double)cm;
-                double f = exp(shift);
-                if (eval) {
-                    *e = pair ? f * *e : f * (*e + shift * s);
-                    *sq *= f * f;
-                }
-                s *= f;
-            }
-            m = cm;
-            if (eval) *arg = -1;
-        }
-        const V vm = VOP(set1)(m);
-        const T *os = pair ? other + start : NULL;
         /* the chunk four ahead asked for while this one is computed: one
          * chunk's arithmetic is shorter than a read from memory (a prefetch
          * past the row never faults) */
         const T *nx = n - start > 4 * FASTCE_CHUNK ? xs + 4 * FASTCE_CHUNK : NULL;
-        if (eval)
-            s += cm < m ? KNAME(chunk_eval)(xs, len, start, nx, NULL, 0, NULL, vm, vs, scaled, 1, 0,
-                                            0, pair, os, t, vt, e, sq, arg, rank)
-                        : KNAME(chunk_eval)(xs, len, start, nx, NULL, 0, NULL, vm, vs, scaled, 1, 1,
-                                            1, pair, os, t, vt, e, sq, arg, rank);
-        else
-            s += cm < m ? KNAME(chunk_sumexp)(xs, len, m, 0, NULL, NULL, 0, NULL, NULL, NULL,
-                                              no_pending, no_pending, vs, scaled)
-                        : KNAME(chunk_sumexp)(xs, len, m, 1, NULL, NULL, 0, NULL, NULL, NULL,
-                                              no_pending, no_pending, vs, scaled);
+        KNAME(long_row_chunk)(&row, xs, len, start, nx, vs, scale, scaled, eval, pair,
+                              pair ? other + start : NULL, t, vt, e, sq, arg, rank);
     }
-    if (isinf(m) || saw_nan) s = NAN;
-    *max_out = m;
-    return s;
+    return KNAME(long_row_end)(&row, max_out);
 }
 
 static void KNAME(row_pending)(fastce_ahead_t *ahead, ptrdiff_t n);
@@ -859,6 +889,56 @@ static double KNAME(row_eval_terms)(const T *x, ptrdiff_t n, const T *next, fast
                                         e_out, sq_out, arg_out, rank_out);
     return KNAME(row_eval_terms_of)(x, n, next, ahead, NULL, 0, max_out, scale, 1, 0, NULL, t, xt,
                                     e_out, sq_out, arg_out, rank_out);
+}
+
+/* A row longer than a cached one of the model (x, seen through a positive
+ * scale) and the same row of a reference model (r), a chunk of each in turn,
+ * so that the reference's cross terms read the model's chunk from the
+ * caches rather than from memory: returns the model's sum and sets its
+ * terms as row_eval_terms does for x, and *ref as row_eval_terms with other
+ * = x gives the reference's, each to the bit. */
+VINLINE double KNAME(long_pair_terms_of)(const T *x, const T *r, ptrdiff_t n, T *max_out, T scale,
+                                         int scaled, ptrdiff_t t, T xt, double *e_out,
+                                         double *sq_out, ptrdiff_t *arg_out, ptrdiff_t *rank_out,
+                                         fastce_ref_row_t *ref) {
+    const V vs = VOP(set1)(scale), vt = VOP(set1)(xt), unit = VOP(set1)(1), zero = VOP(zero)();
+    LONG_ROW model_row, ref_row;
+    KNAME(long_row_start)(&model_row);
+    KNAME(long_row_start)(&ref_row);
+    double e = 0.0, sq = 0.0, cross = 0.0, ref_sq = 0.0;
+    ptrdiff_t arg = -1, rank = 0, ref_arg = -1, ref_rank = 0;
+    for (ptrdiff_t start = 0; start < n; start += FASTCE_CHUNK) {
+        ptrdiff_t len = n - start < FASTCE_CHUNK ? n - start : FASTCE_CHUNK;
+        int ahead = n - start > 4 * FASTCE_CHUNK; /* as long_row_sum asks */
+        KNAME(long_row_chunk)(&model_row, x + start, len, start,
+                              ahead ? x + start + 4 * FASTCE_CHUNK : NULL, vs, scale, scaled, 1, 0,
+                              NULL, t, vt, &e, &sq, &arg, &rank);
+        KNAME(long_row_chunk)(&ref_row, r + start, len, start,
+                              ahead ? r + start + 4 * FASTCE_CHUNK : NULL, unit, 1, 0, 1, 1,
+                              x + start, -1, zero, &cross, &ref_sq, &ref_arg, &ref_rank);
+    }
+    T ref_max;
+    ref->sum = KNAME(long_row_end)(&ref_row, &ref_max);
+    ref->max = (double)ref_max;
+    ref->cross = cross;
+    ref->arg = ref_arg;
+    *e_out = e;
+    *sq_out = sq;
+    *arg_out = arg;
+    *rank_out = rank;
+    return KNAME(long_row_end)(&model_row, max_out);
+}
+
+/* long_pair_terms_of, a scale of 1 compiled apart */
+static double KNAME(long_pair_terms)(const T *x, const T *r, ptrdiff_t n, T *max_out, T scale,
+                                     ptrdiff_t t, T xt, double *e_out, double *sq_out,
+                                     ptrdiff_t *arg_out, ptrdiff_t *rank_out,
+                                     fastce_ref_row_t *ref) {
+    if (scale == 1)
+        return KNAME(long_pair_terms_of)(x, r, n, max_out, 1, 0, t, xt, e_out, sq_out, arg_out,
+                                         rank_out, ref);
+    return KNAME(long_pair_terms_of)(x, r, n, max_out, scale, 1, t, xt, e_out, sq_out, arg_out,
+                                     rank_out, ref);
 }
 
 /* ---- tiles ------------------------------------------------------------------- */
@@ -1537,3 +1617,4 @@ static double KNAME_ISA(bce_half)(int logits, const uint16_t *x, const void *y, 
 #undef V
 #undef M
 #undef L
+#undef LONG_ROW

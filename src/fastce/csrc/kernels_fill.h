@@ -13,6 +13,7 @@
     ops->row_softmax_##SFX = FASTCE_NAME5(fastce_row_softmax_, SFX, _, FASTCE_ISA, );             \
     ops->row_pending_##SFX = FASTCE_NAME5(fastce_row_pending_, SFX, _, FASTCE_ISA, );             \
     ops->row_eval_terms_##SFX = FASTCE_NAME5(fastce_row_eval_terms_, SFX, _, FASTCE_ISA, );       \
+    ops->long_pair_terms_##SFX = FASTCE_NAME5(fastce_long_pair_terms_, SFX, _, FASTCE_ISA, );     \
     ops->gather_tile_##SFX = FASTCE_NAME5(fastce_gather_tile_, SFX, _, FASTCE_ISA, );             \
     ops->tile_max_##SFX = FASTCE_NAME5(fastce_tile_max_, SFX, _, FASTCE_ISA, );                   \
     ops->tile_sumexp_##SFX = FASTCE_NAME5(fastce_tile_sumexp_, SFX, _, FASTCE_ISA, );             \
