@@ -299,13 +299,6 @@ cdef inline double sample_logprob(const floating* xr, Py_ssize_t C, Py_ssize_t x
     return target_logprob(xr, xc, target, m, log_s, lse[0], scale) if target >= 0 else 0.0
 
 
-cdef inline double prob_of(double logprob) noexcept nogil:
-    """exp(logprob) for one log-probability, as a tile's are taken."""
-    cdef double p
-    fastce_active_ops.tile_exp_neg(&logprob, 1, &p)
-    return p
-
-
 cdef struct Reference:
     # a reference model's logits, the model's (outer, C, inner) view's shape,
     # of the model's computing dtype; data NULL: none
@@ -316,57 +309,80 @@ cdef struct Reference:
     Py_ssize_t[2] kl_s
 
 
-cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
-                             const Options* opt, const Reference* ref, Py_ssize_t o,
-                             Py_ssize_t i, int64_t target, double loss, double lse,
-                             double p_t, Py_ssize_t arg, bint valid, double* fp,
-                             const floating* ref_next, core.fastce_ahead_t* ref_ahead,
-                             const core.fastce_ref_row_t* swept) noexcept nogil:
-    """Adds what a counted sample gives against the reference's row: the
-    row's statistics as the model's (row_stats, index_row_loss), and
-    KL(p_ref || p) = sum_c p_ref,c (r_c - x_c) + lse - lse_ref, with the
-    reference's first maximum, from the same sweep of a contiguous row.
-    That sweep takes the chunk maxima of the reference's next row
-    ``ref_next`` (NULL: none) into ``ref_ahead``, and the row's own from
-    there when the row before left them, as the model's rows do; or it was
-    made beside the model's row (``swept``, not NULL: long_pair_terms)."""
+cdef struct RefRow:
+    # a reference model's row as its pair takes it: its sweep, the log of its
+    # sum, its log-sum-exp and its target's log-probability
+    core.fastce_ref_row_t sweep
+    double log_s
+    double lse
+    double logprob
+
+
+cdef inline void sweep_reference(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
+                                 const Reference* ref, Py_ssize_t o, Py_ssize_t i,
+                                 int64_t target, const floating* ref_next,
+                                 core.fastce_ahead_t* ref_ahead, RefRow* row) noexcept nogil:
+    """The reference's row of a counted sample, beside the model's row
+    ``xr``: its statistics as the model's (row_stats), the cross terms
+    ``sum_c p_ref,c (r_c - x_c)`` of KL(p_ref || p) and its first maximum,
+    from one sweep of a contiguous row, which takes the chunk maxima of the
+    reference's next row ``ref_next`` (NULL: none) into ``ref_ahead``, and
+    the row's own from there when the row before left them, as the model's
+    rows do; then what pair_sample reads of it.  ``row.sweep`` may hold the
+    sweep already (``row.sweep.arg`` -2 otherwise: long_pair_terms made it)."""
     cdef const floating* rr = <const floating*>(ref.data + o * ref.so + i * ref.si)
     cdef Py_ssize_t rc = ref.sc // sizeof(floating)
     cdef floating m_r
-    cdef double s_r, log_s_r, lse_r, sq_unused
-    cdef double cross = 0.0, a_t, A, ref_loss = 0.0, kl, dp, w, ev, d
-    cdef Py_ssize_t c, arg_r = -1, rank_unused
-    cdef bint active
-    if swept != NULL:
-        s_r = swept.sum
-        m_r = <floating>swept.max
-        cross = swept.cross
-        arg_r = swept.arg
-    elif rc == 1 and xc == 1:
-        if floating is float:
-            s_r = fastce_active_ops.row_eval_terms_f32(rr, C, ref_next, ref_ahead, xr, &m_r, 1,
-                                                       -1, 0, &cross, &sq_unused, &arg_r,
-                                                       &rank_unused)
+    cdef double sq_unused, ev, d
+    cdef Py_ssize_t c, rank_unused
+    cdef core.fastce_ref_row_t* sweep = &row.sweep
+    if sweep.arg == -2:
+        sweep.cross = 0.0
+        sweep.arg = -1
+        if rc == 1 and xc == 1:
+            if floating is float:
+                sweep.sum = fastce_active_ops.row_eval_terms_f32(
+                    rr, C, ref_next, ref_ahead, xr, &m_r, 1, -1, 0, &sweep.cross, &sq_unused,
+                    &sweep.arg, &rank_unused)
+            else:
+                sweep.sum = fastce_active_ops.row_eval_terms_f64(
+                    rr, C, ref_next, ref_ahead, xr, &m_r, 1, -1, 0, &sweep.cross, &sq_unused,
+                    &sweep.arg, &rank_unused)
         else:
-            s_r = fastce_active_ops.row_eval_terms_f64(rr, C, ref_next, ref_ahead, xr, &m_r, 1,
-                                                       -1, 0, &cross, &sq_unused, &arg_r,
-                                                       &rank_unused)
-    else:
-        s_r = row_stats(rr, C, rc, &m_r, 1)
-        for c in range(C):
-            d = rr[c * rc] - m_r
-            ev = exp_neg(<floating>d)
-            if ev > 0:
-                cross += ev * (<double>rr[c * rc] - <double>xr[c * xc])
-            if arg_r < 0 and rr[c * rc] == m_r:
-                arg_r = c
-    log_s_r = log(s_r)
-    lse_r = row_logsumexp(rr, rc, C, m_r, log_s_r, 1.0)
-    kl = cross / s_r + lse - lse_r
+            sweep.sum = row_stats(rr, C, rc, &m_r, 1)
+            for c in range(C):
+                d = rr[c * rc] - m_r
+                ev = exp_neg(<floating>d)
+                if ev > 0:
+                    sweep.cross += ev * (<double>rr[c * rc] - <double>xr[c * xc])
+                if sweep.arg < 0 and rr[c * rc] == m_r:
+                    sweep.arg = c
+        sweep.max = m_r
+    m_r = <floating>sweep.max
+    row.log_s = log(sweep.sum)
+    row.lse = row_logsumexp(rr, rc, C, m_r, row.log_s, 1.0)
+    row.logprob = target_logprob(rr, rc, target, m_r, row.log_s, row.lse, 1.0)
+
+
+cdef inline void pair_sample(const floating* rr, Py_ssize_t rc, Py_ssize_t C,
+                             const Options* opt, const Reference* ref, Py_ssize_t o,
+                             Py_ssize_t i, int64_t target, double loss, double lse, double p_t,
+                             Py_ssize_t arg, bint valid, double* fp, const RefRow* row,
+                             double p_ref) noexcept nogil:
+    """Adds what a counted sample gives against the reference's row ``rr``
+    (swept by sweep_reference; ``p_ref`` the exp of its target's
+    log-probability): KL(p_ref || p) = cross / s_ref + lse - lse_ref, the
+    reference's loss (index_row_loss), the change in the target's
+    probability and top-1 agreement."""
+    cdef double s_r = row.sweep.sum
+    cdef double a_t, A, ref_loss = 0.0, kl, dp, w
+    cdef bint active
+    kl = row.sweep.cross / s_r + lse - row.lse
     A = index_coefficient(&opt.ce, target, C, &a_t, &active)
     if active:
-        ref_loss = index_row_loss(rr, rc, C, target, m_r, log_s_r, A, a_t, &opt.ce, 1.0)
-    dp = p_t - prob_of(target_logprob(rr, rc, target, m_r, log_s_r, lse_r, 1.0))
+        ref_loss = index_row_loss(rr, rc, C, target, <floating>row.sweep.max, row.log_s, A, a_t,
+                                  &opt.ce, 1.0)
+    dp = p_t - p_ref
     w = 1.0 if opt.ce.weight == NULL else opt.ce.weight[target]
     dd_add(fp + 2 * SUM_KL, kl)
     dd_add(fp + 2 * SUM_REF_LOSS, ref_loss)
@@ -375,7 +391,7 @@ cdef inline void pair_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
     dd_add(fp + 2 * SUM_DP, dp)
     dd_add(fp + 2 * SUM_DP_SQUARED, dp * dp)
     # rows without probabilities never agree
-    dd_add(fp + 2 * SUM_AGREE, 1.0 if valid and s_r == s_r and arg == arg_r else 0.0)
+    dd_add(fp + 2 * SUM_AGREE, 1.0 if valid and s_r == s_r and arg == row.sweep.arg else 0.0)
     if ref.kl != NULL:
         (<floating*>at(ref.kl, ref.kl_s, o, i))[0] = <floating>kl
 
@@ -385,15 +401,14 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                                Py_ssize_t o, Py_ssize_t i, int64_t target, double loss,
                                double s, double log_s, double e, double sq, double lse,
                                double logprob, double p_t, Py_ssize_t arg, Py_ssize_t rank,
-                               Terms* terms, double* fp, int64_t* ip, const floating* ref_next,
-                               core.fastce_ahead_t* ref_ahead,
-                               const core.fastce_ref_row_t* swept) noexcept nogil:
+                               Terms* terms, double* fp, int64_t* ip, const RefRow* ref_row,
+                               double p_ref) noexcept nogil:
     """Records (and writes) one sample from its row's sums (``s`` of the
     exponentials, ``log_s`` its log, ``e`` and ``sq`` as row_eval_terms gives
     them), its log-sum-exp ``lse``, and its target's log-probability
-    ``logprob`` and probability ``p_t`` (sample_logprob, prob_of);
-    ``target < 0`` where it is ignored.  Its terms wait in ``terms``.
-    ``ref_next``, ``ref_ahead`` and ``swept``: as pair_sample takes them."""
+    ``logprob`` and probability ``p_t``; ``target < 0`` where it is ignored.
+    Its terms wait in ``terms``.  With a reference, ``ref_row`` and
+    ``p_ref``: as pair_sample takes them."""
     cdef bint valid = s == s
     # Brier: sum_c p_c^2 - 2 p_t + 1
     cdef double brier = sq / (s * s) - 2.0 * p_t + 1.0 if target >= 0 else 0.0
@@ -411,8 +426,9 @@ cdef inline void finish_sample(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                1.0 if opt.ce.weight == NULL else opt.ce.weight[target], s, log_s, e, lse, brier,
                rank, valid)
         if ref.data != NULL:
-            pair_sample(xr, C, xc, opt, ref, o, i, target, loss, lse, p_t, arg, valid, fp,
-                        ref_next, ref_ahead, swept)
+            pair_sample(<const floating*>(ref.data + o * ref.so + i * ref.si),
+                        ref.sc // sizeof(floating), C, opt, ref, o, i, target, loss, lse, p_t,
+                        arg, valid, fp, ref_row, p_ref)
     if out.loss != NULL:
         write_sample(out, o, i, <floating>loss, arg, rank if target >= 0 else -1, s, log_s, e,
                      lse, logprob, brier)
@@ -467,14 +483,50 @@ cdef struct MetricsCall:
     int64_t* ip             # per unit: ni counts
 
 
+cdef struct RowSample:
+    # what a row's sample is recorded from once the probabilities of its
+    # batch of rows are in (finish_rows)
+    const char* row         # the model's row
+    Py_ssize_t o, i, target, arg, rank
+    double loss, s, log_s, e, sq, lse, logprob
+    RefRow ref              # with a reference, a counted sample's
+
+
+cdef void finish_rows(const MetricsCall* call, Py_ssize_t C, Py_ssize_t xc, RowSample* rows,
+                      Py_ssize_t n, Terms* terms, double* fp, int64_t* ip,
+                      const floating* dtype) noexcept nogil:
+    """Records the ``n`` samples waiting in ``rows``, their targets'
+    probabilities (and their references') taken together as a tile's are.
+    ``dtype`` only says the rows' element type."""
+    cdef double logprob[TILE]
+    cdef double p_t[TILE]
+    cdef double ref_logprob[TILE]
+    cdef double p_ref[TILE]
+    cdef Py_ssize_t k
+    cdef bint paired = call.ref.data != NULL
+    cdef RowSample* r
+    for k in range(n):
+        logprob[k] = rows[k].logprob
+        ref_logprob[k] = rows[k].ref.logprob if paired and rows[k].target >= 0 else 0.0
+    fastce_active_ops.tile_exp_neg(logprob, n, p_t)
+    if paired:
+        fastce_active_ops.tile_exp_neg(ref_logprob, n, p_ref)
+    for k in range(n):
+        r = &rows[k]
+        finish_sample(<const floating*>r.row, C, xc, &call.opt, &call.out, &call.ref, r.o, r.i,
+                      r.target, r.loss, r.s, r.log_s, r.e, r.sq, r.lse, r.logprob, p_t[k],
+                      r.arg, r.rank, terms, fp, ip, &r.ref, p_ref[k] if paired else 0.0)
+
+
 cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, floating* unused,
                        double* total) noexcept nogil:
-    """A piece of rows, each as the core's row body computes its loss."""
+    """A piece of rows, each as the core's row body computes its loss, and
+    recorded a batch of rows at a time (finish_rows)."""
     cdef const MetricsCall* call = <const MetricsCall*>call_
     cdef const Options* opt = &call.opt
     cdef double* fp = call.fp + p.unit * opt.nf
     cdef int64_t* ip = call.ip + p.unit * opt.ni
-    cdef Py_ssize_t k, o, i, tt, arg, rank
+    cdef Py_ssize_t k, o, i, tt, arg, rank, waiting = 0
     cdef Py_ssize_t C = p.C, xc = p.xc
     cdef int64_t target
     cdef bint ignored, active
@@ -483,16 +535,16 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
     cdef floating m, x_t, scale = <floating>p.logit_scale
     # the scale the vector kernels multiply by, in every term
     cdef double dscale = <double>scale
-    cdef double s, log_s, e, sq, A, a_t, loss, lse, logprob
+    cdef double s, log_s, e, sq, A, a_t, loss
     cdef Terms terms
+    cdef RowSample rows[TILE]
+    cdef RowSample* r
     # contiguous rows take their maxima while the previous row is summed
     cdef core.fastce_ahead_t* look_ahead = p.ahead if p.xc == 1 else NULL
-    # so do a reference's contiguous rows, within the piece (pair_sample
+    # so do a reference's contiguous rows, within the piece (sweep_reference
     # reads ahead only where both rows are contiguous)
     cdef core.fastce_ahead_t ref_ahead
     cdef const floating* ref_next
-    cdef core.fastce_ref_row_t swept
-    cdef const core.fastce_ref_row_t* swept_row
     ref_ahead.valid = 0
     ref_ahead.pending_y = NULL
     ref_ahead.next_half = NULL
@@ -511,7 +563,8 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
         xr = x + k * p.xs
         tt = -1 if ignored else <Py_ssize_t>target
         x_t = xr[tt * xc] if tt >= 0 else 0
-        swept_row = NULL
+        r = &rows[waiting]
+        r.ref.sweep.arg = -2    # not swept yet
         if (call.ref.data != NULL and tt >= 0 and C > FASTCE_ROW_IN_CACHE and xc == 1
                 and call.ref.sc == sizeof(floating)
                 and (look_ahead == NULL or look_ahead.next_half == NULL)):
@@ -519,8 +572,7 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
             # apart, the model's row would come from memory twice
             s = long_pair_terms(xr, <const floating*>(call.ref.data + o * call.ref.so
                                                       + i * call.ref.si),
-                                C, &m, scale, tt, x_t, &e, &sq, &arg, &rank, &swept)
-            swept_row = &swept
+                                C, &m, scale, tt, x_t, &e, &sq, &arg, &rank, &r.ref.sweep)
             # neither row leaves chunk maxima for the next, as a long row's sweep does not
             if look_ahead != NULL:
                 look_ahead.valid = 0
@@ -534,17 +586,24 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
         log_s = log(s)
         loss = 0.0 if not active else index_row_loss(xr, xc, C, target, m, log_s, A, a_t,
                                                      &opt.ce, dscale)
-        # the reference's next row, read ahead while this row's is summed
-        ref_next = NULL
-        if call.ref.data != NULL and tt >= 0 and k + 1 < p.n:
-            ref_next = <const floating*>(call.ref.data + (o + p.o_step) * call.ref.so
-                                         + (i + p.i_step) * call.ref.si)
-        logprob = sample_logprob(xr, C, xc, tt, m, log_s, dscale, &lse)
-        finish_sample(xr, C, xc, opt, &call.out, &call.ref, o, i, tt, loss, s, log_s, e, sq, lse,
-                      logprob, prob_of(logprob), arg, rank, &terms, fp, ip, ref_next,
-                      &ref_ahead, swept_row)
-        if tt < 0:
+        r.row = <const char*>xr
+        r.o, r.i, r.target, r.arg, r.rank = o, i, tt, arg, rank
+        r.loss, r.s, r.log_s, r.e, r.sq = loss, s, log_s, e, sq
+        r.logprob = sample_logprob(xr, C, xc, tt, m, log_s, dscale, &r.lse)
+        if call.ref.data != NULL and tt >= 0:
+            # the reference's next row, read ahead while this row's is summed
+            ref_next = NULL
+            if k + 1 < p.n:
+                ref_next = <const floating*>(call.ref.data + (o + p.o_step) * call.ref.so
+                                             + (i + p.i_step) * call.ref.si)
+            sweep_reference(xr, C, xc, &call.ref, o, i, tt, ref_next, &ref_ahead, &r.ref)
+        else:
             ref_ahead.valid = 0  # no pair: the maxima left there are this row's
+        waiting += 1
+        if waiting == TILE:
+            finish_rows(call, C, xc, rows, waiting, &terms, fp, ip, x)
+            waiting = 0
+    finish_rows(call, C, xc, rows, waiting, &terms, fp, ip, x)
     flush_terms(&terms, fp)
 
 
@@ -643,7 +702,7 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
         finish_sample(x + k * xi, C, xc, opt, &call.out, &call.ref, p.o + k * p.o_step,
                       p.i + k * p.i_step, tgt[k], sample_loss(active[k], A[k], log_s[k], dot[k]),
                       s[k], log_s[k], e[k], sq[k], lse[k], logprob[k], p_t[k], arg[k], rank[k],
-                      &terms, fp, ip, NULL, NULL, NULL)
+                      &terms, fp, ip, NULL, 0.0)
     flush_terms(&terms, fp)
 
 
