@@ -328,8 +328,8 @@ cdef inline void sweep_reference(const floating* xr, Py_ssize_t C, Py_ssize_t xc
     from one sweep of a contiguous row, which takes the chunk maxima of the
     reference's next row ``ref_next`` (NULL: none) into ``ref_ahead``, and
     the row's own from there when the row before left them, as the model's
-    rows do; then what pair_sample reads of it.  ``row.sweep`` may hold the
-    sweep already (``row.sweep.arg`` -2 otherwise: long_pair_terms made it)."""
+    rows do; then what pair_sample reads of it.  ``row.sweep`` already holds
+    the sweep where long_pair_terms made it; its ``arg`` is -2 where not."""
     cdef const floating* rr = <const floating*>(ref.data + o * ref.so + i * ref.si)
     cdef Py_ssize_t rc = ref.sc // sizeof(floating)
     cdef floating m_r
