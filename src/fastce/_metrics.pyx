@@ -321,22 +321,23 @@ cdef struct RefRow:
 cdef inline void sweep_reference(const floating* xr, Py_ssize_t C, Py_ssize_t xc,
                                  const Reference* ref, Py_ssize_t o, Py_ssize_t i,
                                  int64_t target, const floating* ref_next,
-                                 core.fastce_ahead_t* ref_ahead, RefRow* row) noexcept nogil:
+                                 core.fastce_ahead_t* ref_ahead, bint swept,
+                                 RefRow* row) noexcept nogil:
     """The reference's row of a counted sample, beside the model's row
     ``xr``: its statistics as the model's (row_stats), the cross terms
     ``sum_c p_ref,c (r_c - x_c)`` of KL(p_ref || p) and its first maximum,
     from one sweep of a contiguous row, which takes the chunk maxima of the
     reference's next row ``ref_next`` (NULL: none) into ``ref_ahead``, and
     the row's own from there when the row before left them, as the model's
-    rows do; then what pair_sample reads of it.  ``row.sweep`` already holds
-    the sweep where long_pair_terms made it; its ``arg`` is -2 where not."""
+    rows do; then what pair_sample reads of it.  With ``swept``,
+    ``row.sweep`` already holds the sweep (long_pair_terms made it)."""
     cdef const floating* rr = <const floating*>(ref.data + o * ref.so + i * ref.si)
     cdef Py_ssize_t rc = ref.sc // sizeof(floating)
     cdef floating m_r
     cdef double sq_unused, ev, d
     cdef Py_ssize_t c, rank_unused
     cdef core.fastce_ref_row_t* sweep = &row.sweep
-    if sweep.arg == -2:
+    if not swept:
         sweep.cross = 0.0
         sweep.arg = -1
         if rc == 1 and xc == 1:
@@ -483,28 +484,27 @@ cdef struct MetricsCall:
     int64_t* ip             # per unit: ni counts
 
 
-cdef struct RowSample:
-    # what a row's sample is recorded from once the probabilities of its
-    # batch of rows are in (finish_rows)
-    const char* row         # the model's row
+cdef struct Sample:
+    # what a sample is recorded from once the probabilities of its batch (a
+    # tile, or up to TILE rows) are in (finish_samples)
+    Py_ssize_t k            # its place in the piece: its row is x + k * p.xs
     Py_ssize_t o, i, target, arg, rank
     double loss, s, log_s, e, sq, lse, logprob
     RefRow ref              # with a reference, a counted sample's
 
 
-cdef void finish_rows(const MetricsCall* call, Py_ssize_t C, Py_ssize_t xc, RowSample* rows,
-                      Py_ssize_t n, Terms* terms, double* fp, int64_t* ip,
-                      const floating* dtype) noexcept nogil:
-    """Records the ``n`` samples waiting in ``rows``, their targets'
-    probabilities (and their references') taken together as a tile's are.
-    ``dtype`` only says the rows' element type."""
+cdef void finish_samples(const MetricsCall* call, const Piece* p, const floating* x,
+                         Sample* rows, Py_ssize_t n, Terms* terms, double* fp,
+                         int64_t* ip) noexcept nogil:
+    """Records the ``n`` samples of the piece ``p`` waiting in ``rows``,
+    their targets' probabilities (and their references') taken together."""
     cdef double logprob[TILE]
     cdef double p_t[TILE]
     cdef double ref_logprob[TILE]
     cdef double p_ref[TILE]
     cdef Py_ssize_t k
     cdef bint paired = call.ref.data != NULL
-    cdef RowSample* r
+    cdef Sample* r
     for k in range(n):
         logprob[k] = rows[k].logprob
         ref_logprob[k] = rows[k].ref.logprob if paired and rows[k].target >= 0 else 0.0
@@ -513,7 +513,7 @@ cdef void finish_rows(const MetricsCall* call, Py_ssize_t C, Py_ssize_t xc, RowS
         fastce_active_ops.tile_exp_neg(ref_logprob, n, p_ref)
     for k in range(n):
         r = &rows[k]
-        finish_sample(<const floating*>r.row, C, xc, &call.opt, &call.out, &call.ref, r.o, r.i,
+        finish_sample(x + r.k * p.xs, p.C, p.xc, &call.opt, &call.out, &call.ref, r.o, r.i,
                       r.target, r.loss, r.s, r.log_s, r.e, r.sq, r.lse, r.logprob, p_t[k],
                       r.arg, r.rank, terms, fp, ip, &r.ref, p_ref[k] if paired else 0.0)
 
@@ -521,7 +521,7 @@ cdef void finish_rows(const MetricsCall* call, Py_ssize_t C, Py_ssize_t xc, RowS
 cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, floating* unused,
                        double* total) noexcept nogil:
     """A piece of rows, each as the core's row body computes its loss, and
-    recorded a batch of rows at a time (finish_rows)."""
+    recorded a batch of rows at a time (finish_samples)."""
     cdef const MetricsCall* call = <const MetricsCall*>call_
     cdef const Options* opt = &call.opt
     cdef double* fp = call.fp + p.unit * opt.nf
@@ -537,8 +537,9 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
     cdef double dscale = <double>scale
     cdef double s, log_s, e, sq, A, a_t, loss
     cdef Terms terms
-    cdef RowSample rows[TILE]
-    cdef RowSample* r
+    cdef Sample rows[TILE]
+    cdef Sample* r
+    cdef bint swept
     # contiguous rows take their maxima while the previous row is summed
     cdef core.fastce_ahead_t* look_ahead = p.ahead if p.xc == 1 else NULL
     # so do a reference's contiguous rows, within the piece (sweep_reference
@@ -564,7 +565,7 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
         tt = -1 if ignored else <Py_ssize_t>target
         x_t = xr[tt * xc] if tt >= 0 else 0
         r = &rows[waiting]
-        r.ref.sweep.arg = -2    # not swept yet
+        swept = False
         if (call.ref.data != NULL and tt >= 0 and C > FASTCE_ROW_IN_CACHE and xc == 1
                 and call.ref.sc == sizeof(floating)
                 and (look_ahead == NULL or look_ahead.next_half == NULL)):
@@ -573,6 +574,7 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
             s = long_pair_terms(xr, <const floating*>(call.ref.data + o * call.ref.so
                                                       + i * call.ref.si),
                                 C, &m, scale, tt, x_t, &e, &sq, &arg, &rank, &r.ref.sweep)
+            swept = True
             # neither row leaves chunk maxima for the next, as a long row's sweep does not
             if look_ahead != NULL:
                 look_ahead.valid = 0
@@ -586,8 +588,7 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
         log_s = log(s)
         loss = 0.0 if not active else index_row_loss(xr, xc, C, target, m, log_s, A, a_t,
                                                      &opt.ce, dscale)
-        r.row = <const char*>xr
-        r.o, r.i, r.target, r.arg, r.rank = o, i, tt, arg, rank
+        r.k, r.o, r.i, r.target, r.arg, r.rank = k, o, i, tt, arg, rank
         r.loss, r.s, r.log_s, r.e, r.sq = loss, s, log_s, e, sq
         r.logprob = sample_logprob(xr, C, xc, tt, m, log_s, dscale, &r.lse)
         if call.ref.data != NULL and tt >= 0:
@@ -596,14 +597,14 @@ cdef void metrics_rows(const void* call_, const Piece* p, const floating* x, flo
             if k + 1 < p.n:
                 ref_next = <const floating*>(call.ref.data + (o + p.o_step) * call.ref.so
                                              + (i + p.i_step) * call.ref.si)
-            sweep_reference(xr, C, xc, &call.ref, o, i, tt, ref_next, &ref_ahead, &r.ref)
+            sweep_reference(xr, C, xc, &call.ref, o, i, tt, ref_next, &ref_ahead, swept, &r.ref)
         else:
             ref_ahead.valid = 0  # no pair: the maxima left there are this row's
         waiting += 1
         if waiting == TILE:
-            finish_rows(call, C, xc, rows, waiting, &terms, fp, ip, x)
+            finish_samples(call, p, x, rows, waiting, &terms, fp, ip)
             waiting = 0
-    finish_rows(call, C, xc, rows, waiting, &terms, fp, ip, x)
+    finish_samples(call, p, x, rows, waiting, &terms, fp, ip)
     flush_terms(&terms, fp)
 
 
@@ -657,9 +658,8 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
     cdef int64_t tgt[TILE]
     cdef int64_t arg[TILE]
     cdef int64_t rank[TILE]
-    cdef double lse[TILE]
-    cdef double logprob[TILE]
-    cdef double p_t[TILE]
+    cdef Sample samples[TILE]
+    cdef Sample* r
     cdef Terms terms
     cdef Py_ssize_t c, k, start, end
     cdef Py_ssize_t n = p.n, C = p.C, xc = p.xc, xi = p.xs
@@ -695,14 +695,14 @@ cdef void metrics_tile(const void* call_, const Piece* p, const floating* x, flo
         start = end
 
     for k in range(n):
-        logprob[k] = sample_logprob(x + k * xi, C, xc, tgt[k], m[k], log_s[k], 1.0, &lse[k])
-    fastce_active_ops.tile_exp_neg(logprob, n, p_t)
+        r = &samples[k]
+        r.k, r.o, r.i, r.target, r.arg, r.rank = k, p.o + k * p.o_step, p.i + k * p.i_step, \
+            tgt[k], arg[k], rank[k]
+        r.loss = sample_loss(active[k], A[k], log_s[k], dot[k])
+        r.s, r.log_s, r.e, r.sq = s[k], log_s[k], e[k], sq[k]
+        r.logprob = sample_logprob(x + k * xi, C, xc, tgt[k], m[k], log_s[k], 1.0, &r.lse)
     terms.n = 0
-    for k in range(n):
-        finish_sample(x + k * xi, C, xc, opt, &call.out, &call.ref, p.o + k * p.o_step,
-                      p.i + k * p.i_step, tgt[k], sample_loss(active[k], A[k], log_s[k], dot[k]),
-                      s[k], log_s[k], e[k], sq[k], lse[k], logprob[k], p_t[k], arg[k], rank[k],
-                      &terms, fp, ip, NULL, 0.0)
+    finish_samples(call, p, x, samples, n, &terms, fp, ip)
     flush_terms(&terms, fp)
 
 
