@@ -601,28 +601,23 @@ cdef inline void tile_index_terms(const floating* x, Py_ssize_t xc, Py_ssize_t x
     cdef double smooth = eps / C
     cdef double wc, a
     cdef const floating* xrow
+    # read once: the stores below could alias the options, as far as the compiler knows
+    cdef const double* weight = opt.weight
     for k in range(n):
         dot[k] = 0.0
     if eps != 0.0:
         for c in range(C):
-            wc = 1.0 if opt.weight == NULL else opt.weight[c]
+            wc = 1.0 if weight == NULL else weight[c]
             if wc == 0.0:
                 continue
             xrow = x + c * xc
             for k in range(n):
                 if tgt[k] >= 0:
                     dot[k] += smooth * wc * (<double>xrow[k * xi] - <double>m[k])
-    if eps == 0.0 and opt.weight == NULL:
-        # each coefficient 1: dot[k] = 0 + 1 * (x_t - m) as below, to the bit
-        for k in range(n):
-            if tgt[k] >= 0:
-                x_t[k] = x[tgt[k] * xc + k * xi]
-                dot[k] = 0.0 + (<double>x_t[k] - <double>m[k])
-        return
     for k in range(n):
         if tgt[k] >= 0:
             x_t[k] = x[tgt[k] * xc + k * xi]
-            wc = 1.0 if opt.weight == NULL else opt.weight[tgt[k]]
+            wc = 1.0 if weight == NULL else weight[tgt[k]]
             a = (1.0 - eps) * wc
             if a != 0.0:
                 dot[k] += a * (<double>x_t[k] - <double>m[k])
