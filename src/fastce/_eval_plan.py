@@ -295,7 +295,7 @@ def _group_ids(segments: NDArray[np.int64] | None) -> NDArray[np.int64] | None:
     if segments is None:
         return None
     flat = segments.reshape(-1)
-    if flat.size and bool(np.all(flat[1:] >= flat[:-1])):
+    if flat.size and (flat[1:] >= flat[:-1]).all():
         # documents in order, the usual layout: no sort needed
         return flat[np.concatenate(([True], flat[1:] != flat[:-1]))]
     return np.unique(flat)

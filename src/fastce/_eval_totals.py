@@ -71,11 +71,11 @@ def _clustered_se(
     ratio = np.asarray(ratio, dtype=np.float64)
     if g < 2 or not total:
         return np.full(ratio.shape, math.nan)
-    with np.errstate(invalid="ignore", over="ignore"):
-        residual = values - ratio * sizes.reshape((g,) + (1,) * ratio.ndim)
-        squares = np.einsum("g...,g...->...", residual, residual)
-        errors: NDArray[np.float64] = np.sqrt(g / (g - 1) * squares) / total
-        return errors
+    # the caller's error state holds (Totals.result): an infinite loss gives NaN
+    residual = values - ratio * (sizes if ratio.ndim == 0 else sizes[:, None])
+    squares = np.add.reduce(residual * residual, axis=0)
+    errors: NDArray[np.float64] = np.sqrt(g / (g - 1) * squares) / total
+    return errors
 
 
 @dataclass(eq=False)
@@ -166,17 +166,17 @@ class GroupTotals:
         )
 
     def result(self) -> GroupResult:
+        """The per-group results; called within Totals.result's error state,
+        where an empty group's 0 / 0 is its NaN, not a warning."""
         values = _dd_values(self.sums)
         loss_sum = values[:, _GROUP_LOSS]
         weight_sum = values[:, _GROUP_WEIGHT]
         counted = self.count > 0
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            loss = np.where(counted, loss_sum / weight_sum, math.nan)
-            perplexity = np.exp(loss)
-            accuracy = {
-                k: np.where(counted, self.correct[:, j] / self.count, math.nan)
-                for j, k in enumerate(self.topk)
-            }
+        loss = np.where(counted, loss_sum / weight_sum, math.nan)
+        perplexity = np.exp(loss)
+        # every k at once, a column each (a count of 0 gives NaN)
+        rates = np.ascontiguousarray((self.correct / self.count[:, None]).T)
+        accuracy = dict(zip(self.topk, rates))
         return GroupResult(
             ids=self.ids.copy(),
             count=self.count.copy(),
@@ -348,7 +348,10 @@ class Totals:
             macro_loss = macro_perplexity = math.nan
         else:
             # clustered by group: tokens of one group are not independent
-            counted = groups.count > 0
+            # the groups with tokens counted: all of them, usually, taken as views
+            counted: NDArray[np.bool_] | slice = (
+                slice(None) if groups.count.all() else groups.count > 0
+            )
             sizes = groups.count[counted].astype(np.float64)
             loss_se = float(
                 _clustered_se(groups.loss_sum[counted], groups.weight_sum[counted], loss)
