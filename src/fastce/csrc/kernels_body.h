@@ -192,7 +192,9 @@ VINLINE double KNAME(chunk_sumexp)(const T *xs, ptrdiff_t len, T m, int masked, 
     V acc = VOP(zero)(), n0 = none, n1 = none, n2 = none, n3 = none;
     int ties = 0;
     ptrdiff_t c = 0;
-    if (nx != NULL) {
+    /* four vectors a step, unless the vocabulary would spill the sum to the
+     * stack (its store and reload would lengthen every step) */
+    if (nx != NULL && VOP(sum_ahead_unroll) == 4) {
         for (; c + 4 * L <= len; c += 4 * L) {
             for (int u = 0; u < 4; u++)
                 acc = KNAME(sumexp_full)(

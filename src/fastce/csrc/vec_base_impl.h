@@ -73,7 +73,7 @@ VINLINE VOP(t) VOP(from_bits)(VOP(m) a) {
     return r;
 }
 #endif
-enum { VOP(lanes) = N_ };
+enum { VOP(lanes) = N_, VOP(sum_ahead_unroll) = 4 };
 
 LANEWISE_(add, +)
 LANEWISE_(sub, -)
