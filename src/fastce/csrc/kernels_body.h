@@ -47,12 +47,14 @@ VINLINE V KNAME(vexp_poly)(V r) {
 #define EXP_LOG2E FASTCE_EXP_LOG2E
 #define EXP_LN2_HI FASTCE_EXP_LN2_HI
 #define EXP_LN2_LO FASTCE_EXP_LN2_LO
+#define EXP_LN2 FASTCE_EXP_LN2
 #else
 #define EXP_LO FASTCE_EXPF_LO
 #define EXP_SHIFTER FASTCE_EXPF_SHIFTER
 #define EXP_LOG2E FASTCE_EXPF_LOG2E
 #define EXP_LN2_HI FASTCE_EXPF_LN2_HI
 #define EXP_LN2_LO FASTCE_EXPF_LN2_LO
+#define EXP_LN2 FASTCE_EXPF_LN2
 #endif
 
 /* exp(x), 0 below EXP_LO, NaN for NaN */
@@ -68,21 +70,20 @@ VINLINE V KNAME(vexp_neg)(V x) {
 }
 
 /* exp(x) for sums: one-step range reduction and no flush below the clamp.
- * Both errors are relative to terms of at most exp(EXP_LO) of the largest
- * term, which is 1, so no sum can see them; NaN gives NaN. */
+ * The reduction's error is relative to a term of about 2^n (n <= 0): n times
+ * ln 2's rounding, a tenth of an ulp per unit of n in double and a fiftieth
+ * in float, small beside the summation's own rounding; the unflushed terms
+ * below the clamp are smaller than any ulp of the sum, which is at least 1.
+ * NaN gives NaN. */
 VINLINE V KNAME(vexp_neg_sum)(V x) {
-#ifdef FASTCE_F64
-    return KNAME(vexp_neg)(x);
-#else
     const V shifter = VOP(set1)(EXP_SHIFTER), one = VOP(set1)(1);
     V xc = VOP(max)(VOP(set1)(EXP_LO), x); /* lo first: a NaN x stays NaN */
     V t = VOP(fma)(xc, VOP(set1)(EXP_LOG2E), shifter);
     V n = VOP(sub)(t, shifter);
-    V r = VOP(fnma)(n, VOP(set1)(FASTCE_EXPF_LN2), xc);
+    V r = VOP(fnma)(n, VOP(set1)(EXP_LN2), xc);
     V p = VOP(fma)(KNAME(vexp_poly)(r), r, one);
     p = VOP(fma)(p, r, one); /* 1 + r (1 + r P(r)) */
     return VOP(ldexp_shifted)(p, t);
-#endif
 }
 
 /* ---- rows -------------------------------------------------------------------- */
@@ -1615,6 +1616,7 @@ static double KNAME_ISA(bce_half)(int logits, const uint16_t *x, const void *y, 
 #undef EXP_LOG2E
 #undef EXP_LN2_HI
 #undef EXP_LN2_LO
+#undef EXP_LN2
 #undef T
 #undef V
 #undef M
