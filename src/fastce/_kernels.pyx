@@ -1513,6 +1513,9 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
     cdef double dot[TILE]
     cdef double gk[TILE]
     cdef floating x_t[TILE]
+    cdef floating e_t[TILE]          # exp(x_t - m), for the targets' gradient
+    cdef floating unit[TILE]
+    cdef floating nothing[TILE]
     cdef double log_s[TILE]
     cdef int64_t tgt[TILE]
     # whether any of the sample's coefficients is not 0: a sample without one
@@ -1625,13 +1628,20 @@ cdef void ce_tile(const void* call_, const Piece* p, const floating* x, floating
                 if not active[k]:
                     yrow[k * yi] = 0
     if index:
-        # the targets' elements once more in float64: p_t - 1 cancels
+        # the targets' elements once more in float64: p_t - 1 cancels; their
+        # exp(x_t - m) a vector at a time (the rest of x_t is not read again)
+        for k in range(n):
+            unit[k] = 1
+            nothing[k] = 0
+            if not (tgt[k] >= 0 and active[k]):
+                x_t[k] = m[k]
+        tile_scaled_exp(x_t, 1, n, m, unit, 0, nothing, e_t, 1)
         for k in range(n):
             if tgt[k] >= 0 and active[k]:
                 wc = 1.0 if opt.weight == NULL else opt.weight[tgt[k]]
                 c = tgt[k]
                 grad[c * yc + k * yi] = <floating>(
-                    gk[k] * A[k] / s[k] * <double>exp_neg(x_t[k] - m[k])
+                    gk[k] * A[k] / s[k] * <double>e_t[k]
                     - gk[k] * ((1.0 - eps) * wc + smooth * wc))
 
 
