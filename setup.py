@@ -5,6 +5,9 @@ The compiler is probed for OpenMP (``-fopenmp`` on gcc, libomp behind
 it the kernels build serially and a loud warning says so; setting
 ``FASTCE_REQUIRE_OPENMP=1`` turns that warning into an error.
 ``FASTCE_CYTHON_CHECKS=1`` builds with Cython's bounds and index checks on.
+``FASTCE_OPT_LEVEL`` (0, 1, 2 or 3, the default) is the optimisation level of
+gcc and clang builds: the sanitizer build uses 1, AddressSanitizer's advice,
+which compiles in half the time of 3.
 The C files of the extensions compile side by side, one per CPU.
 """
 
@@ -35,6 +38,13 @@ OPENMP_PROBE = textwrap.dedent(
 
 def _env_flag(name):
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _opt_level():
+    level = os.environ.get("FASTCE_OPT_LEVEL", "").strip() or "3"
+    if level not in {"0", "1", "2", "3"}:
+        raise RuntimeError(f"FASTCE_OPT_LEVEL must be 0, 1, 2 or 3, not {level!r}")
+    return level
 
 
 def _openmp_candidates(compiler_type):
@@ -111,7 +121,7 @@ class BuildExtWithOpenMP(build_ext):
             base_args = ["/O2"]
         else:
             # neither changes a result: errno is never read, FP traps are never on
-            base_args = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+            base_args = [f"-O{_opt_level()}", "-fno-math-errno", "-fno-trapping-math"]
         for ext in self.extensions:
             compile_args = base_args + (openmp[0] if openmp else [])
             link_args = openmp[1] if openmp else []

@@ -126,3 +126,28 @@ def test_a_checked_build_raises_on_an_index_out_of_bounds(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip().splitlines()[-1] == "raised", done.stdout + done.stderr
+
+
+def test_the_optimisation_level_is_chosen_by_its_switch(monkeypatch):
+    # FASTCE_OPT_LEVEL: 3 unless set (the sanitizer build sets 1); a value a
+    # compiler would not take stops the build with its name
+    import pathlib
+    import runpy
+
+    project = pathlib.Path(__file__).resolve().parents[1]
+    if not (project / "setup.py").exists():
+        pytest.skip("setup.py is not beside this test (an installed wheel)")
+    Build = pytest.importorskip("Cython.Build")
+    setuptools = pytest.importorskip("setuptools")
+    monkeypatch.setattr(Build, "cythonize", lambda extensions, compiler_directives: [])
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: None)
+    monkeypatch.chdir(project)
+    opt_level = runpy.run_path("setup.py")["_opt_level"]
+    monkeypatch.delenv("FASTCE_OPT_LEVEL", raising=False)
+    assert opt_level() == "3"
+    monkeypatch.setenv("FASTCE_OPT_LEVEL", " 1 ")
+    assert opt_level() == "1"
+    for bad in ("fast", "4", "-O2"):
+        monkeypatch.setenv("FASTCE_OPT_LEVEL", bad)
+        with pytest.raises(RuntimeError, match="FASTCE_OPT_LEVEL must be 0, 1, 2 or 3"):
+            opt_level()
