@@ -947,12 +947,13 @@ static double KNAME(long_pair_terms)(const T *x, const T *r, ptrdiff_t n, T *max
 /* ---- tiles ------------------------------------------------------------------- */
 
 /* Rows of at most a few classes into a tile: x[k * row_stride + c] for c < C
- * and k < n into tile[c * width + k], each class's lanes in one gather (one
- * element at a time, the copy cost a quarter of the loss of (65536, 10));
- * strides too long for the gather's 32-bit offsets go one at a time. */
+ * and k < n into tile[c * width + k].  Where the ISA's gathers are fast, each
+ * class's lanes in one gather (the copy cost a quarter of the loss of
+ * (65536, 10)); elsewhere, and for strides too long for the gather's 32-bit
+ * offsets, an element at a time, the rows read in order. */
 static void KNAME(gather_tile)(const T *x, ptrdiff_t row_stride, ptrdiff_t C, ptrdiff_t n, T *tile,
                                ptrdiff_t width) {
-    if (row_stride > INT32_MAX / L) {
+    if (!VOP(gathers_fast) || row_stride > INT32_MAX / L) {
         for (ptrdiff_t k = 0; k < n; k++)
             for (ptrdiff_t c = 0; c < C; c++) tile[c * width + k] = x[k * row_stride + c];
         return;

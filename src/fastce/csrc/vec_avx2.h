@@ -24,8 +24,9 @@
 /* ---- float, 8 lanes ---- */
 typedef __m256 v_avx2_f32_t;
 typedef __m256 v_avx2_f32_m;
-/* 16 registers: four steps at once spill the sum (kernels_body.h's chunk_sumexp) */
-enum { v_avx2_f32_lanes = 8, v_avx2_f32_sum_ahead_unroll = 1 };
+/* 16 registers: four steps at once spill the sum (kernels_body.h's chunk_sumexp);
+ * Zen 3's gathers took longer than the loads and stores of one element at a time */
+enum { v_avx2_f32_lanes = 8, v_avx2_f32_sum_ahead_unroll = 1, v_avx2_f32_gathers_fast = 0 };
 
 VINLINE __m256 v_avx2_f32_set1(float a) { return _mm256_set1_ps(a); }
 VINLINE __m256 v_avx2_f32_zero(void) { return _mm256_setzero_ps(); }
@@ -120,7 +121,7 @@ VINLINE __m256 v_avx2_f32_load_bf16(const uint16_t *p) {
 /* ---- double, 4 lanes ---- */
 typedef __m256d v_avx2_f64_t;
 typedef __m256d v_avx2_f64_m;
-enum { v_avx2_f64_lanes = 4, v_avx2_f64_sum_ahead_unroll = 1 };
+enum { v_avx2_f64_lanes = 4, v_avx2_f64_sum_ahead_unroll = 1, v_avx2_f64_gathers_fast = 0 };
 
 VINLINE __m256d v_avx2_f64_set1(double a) { return _mm256_set1_pd(a); }
 VINLINE __m256d v_avx2_f64_zero(void) { return _mm256_setzero_pd(); }

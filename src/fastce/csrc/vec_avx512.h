@@ -24,7 +24,7 @@
 /* ---- float, 16 lanes ---- */
 typedef __m512 v_avx512_f32_t;
 typedef __mmask16 v_avx512_f32_m;
-enum { v_avx512_f32_lanes = 16, v_avx512_f32_sum_ahead_unroll = 4 };
+enum { v_avx512_f32_lanes = 16, v_avx512_f32_sum_ahead_unroll = 4, v_avx512_f32_gathers_fast = 1 };
 
 VINLINE __m512 v_avx512_f32_set1(float a) { return _mm512_set1_ps(a); }
 VINLINE __m512 v_avx512_f32_zero(void) { return _mm512_setzero_ps(); }
@@ -125,7 +125,7 @@ VINLINE __m512 v_avx512_f32_load_bf16(const uint16_t *p) {
 /* ---- double, 8 lanes ---- */
 typedef __m512d v_avx512_f64_t;
 typedef __mmask8 v_avx512_f64_m;
-enum { v_avx512_f64_lanes = 8, v_avx512_f64_sum_ahead_unroll = 4 };
+enum { v_avx512_f64_lanes = 8, v_avx512_f64_sum_ahead_unroll = 4, v_avx512_f64_gathers_fast = 1 };
 
 VINLINE __m512d v_avx512_f64_set1(double a) { return _mm512_set1_pd(a); }
 VINLINE __m512d v_avx512_f64_zero(void) { return _mm512_setzero_pd(); }

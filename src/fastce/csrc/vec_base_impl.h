@@ -73,7 +73,8 @@ VINLINE VOP(t) VOP(from_bits)(VOP(m) a) {
     return r;
 }
 #endif
-enum { VOP(lanes) = N_, VOP(sum_ahead_unroll) = 4 };
+/* the gather is a lane at a time here */
+enum { VOP(lanes) = N_, VOP(sum_ahead_unroll) = 4, VOP(gathers_fast) = 0 };
 
 LANEWISE_(add, +)
 LANEWISE_(sub, -)

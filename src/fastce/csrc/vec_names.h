@@ -7,6 +7,7 @@
  *   t, m, lanes            vector type, mask type, lane count
  *   sum_ahead_unroll       vectors a step of chunk_sumexp's loop that also reads the next
  *                          row takes: 4, or 1 where four would spill its sum to the stack
+ *   gathers_fast           1 where gather beats reading its lanes one at a time
  *   set1 zero              broadcast, all zero
  *   load store             unaligned whole vectors
  *   stream(p, v)           a whole vector to p, aligned to the vector's width, past the
