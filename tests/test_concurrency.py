@@ -45,6 +45,19 @@ def thread_cpu_ticks() -> dict:
     return ticks
 
 
+class ThreadCount(int):
+    """A count of threads that shows, in a failed comparison, the CPU ticks
+    each thread of the process spent: what the count was judged from."""
+
+    def __new__(cls, count, ticks):
+        self = super().__new__(cls, count)
+        self.ticks = ticks
+        return self
+
+    def __repr__(self):
+        return f"{int(self)} (CPU ticks per thread: {self.ticks})"
+
+
 def threads_used(call, cpu_ticks=40, max_seconds=20.0) -> int:
     """How many threads did a comparable share of the work of ``call``, run
     again and again until the busiest thread has ``cpu_ticks`` of CPU time
@@ -65,7 +78,7 @@ def threads_used(call, cpu_ticks=40, max_seconds=20.0) -> int:
     # a sixth of the busiest thread's time: with more threads than cores (3 on 2), the one the
     # scheduler shares a core with another for longest does less than a third of its blocks
     # now and then, while a thread outside the call (an idle pool's) does next to nothing
-    return sum(d >= top / 6 for d in deltas)
+    return ThreadCount(sum(d >= top / 6 for d in deltas), sorted(deltas, reverse=True))
 
 
 def big_inputs(seed=0):
