@@ -152,15 +152,15 @@ directives = {
     "autotestdict": False,
 }
 
-# the vector layer: one kernel body, instantiated per ISA in a file of its own,
-# and the one place that chooses among them at run time (src/fastce/csrc); the
-# slowest to compile first, so that the others fill the remaining cores
+# the vector layer: one kernel body, instantiated per ISA and element type in a
+# file of its own, and the one place that chooses among them at run time
+# (src/fastce/csrc); the slowest to compile first, so that the others fill the
+# remaining cores
 VECTOR_LAYER = [
-    "src/fastce/csrc/kernels_base.c",
-    "src/fastce/csrc/kernels_avx512.c",
-    "src/fastce/csrc/kernels_avx2.c",
-    "src/fastce/csrc/dispatch.c",
-]
+    f"src/fastce/csrc/kernels_{isa}_{dtype}.c"
+    for isa in ("base", "avx512", "avx2")
+    for dtype in ("f64", "f32")
+] + ["src/fastce/csrc/dispatch.c"]
 VECTOR_HEADERS = [
     os.path.join("src/fastce/csrc", name)
     for name in sorted(

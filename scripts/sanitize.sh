@@ -42,8 +42,9 @@ build_start=$(date +%s)
 (
     cd "$WORK/src"
     # in CC, so that the compiler, setup.py's OpenMP probe and the linker all get them;
-    # -O1, as AddressSanitizer advises: at -O3 kernels_avx2.c took 67 s instead of 28 (the
-    # portable kernels_base.c is the slowest either way, over 5 minutes at -O1)
+    # -O1, as AddressSanitizer advises: at -O3 the AVX2 kernels took 67 s instead of 28 (the
+    # portable ones are the slowest either way: over 5 minutes at -O1 in one file, which is
+    # why each element type has a file of its own, compiled side by side)
     CC="${CC:-gcc} $SANITIZE" FASTCE_REQUIRE_OPENMP=1 FASTCE_OPT_LEVEL=1 \
         "$PYTHON" -m pip install --no-build-isolation --no-deps -q --target "$WORK/site" .
 )

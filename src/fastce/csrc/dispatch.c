@@ -33,10 +33,19 @@ const fastce_ops_t *fastce_simd_select(const char *name) {
                 return fastce_simd_select(fastce_simd_names[k]);
     }
     if (!fastce_simd_available(name)) return 0;
-    if (strcmp(name, "baseline") == 0) fastce_fill_ops_base(&fastce_ops);
+    if (strcmp(name, "baseline") == 0) {
+        fastce_fill_ops_base_f32(&fastce_ops);
+        fastce_fill_ops_base_f64(&fastce_ops);
+    }
 #ifdef FASTCE_X86_DISPATCH
-    if (strcmp(name, "avx2") == 0) fastce_fill_ops_avx2(&fastce_ops);
-    if (strcmp(name, "avx512") == 0) fastce_fill_ops_avx512(&fastce_ops);
+    if (strcmp(name, "avx2") == 0) {
+        fastce_fill_ops_avx2_f32(&fastce_ops);
+        fastce_fill_ops_avx2_f64(&fastce_ops);
+    }
+    if (strcmp(name, "avx512") == 0) {
+        fastce_fill_ops_avx512_f32(&fastce_ops);
+        fastce_fill_ops_avx512_f64(&fastce_ops);
+    }
 #endif
     for (int k = 0; fastce_simd_names[k] != 0; k++)
         if (strcmp(name, fastce_simd_names[k]) == 0) fastce_ops.isa = fastce_simd_names[k];

@@ -1,9 +1,9 @@
 /*
  * The table of vectorised row and tile kernels: what every ISA provides and
- * every Cython kernel calls through.  Each kernels_<isa>.c instantiates
- * kernels_body.h for float and double against its vocabulary (vec_<isa>.h)
- * and fills a table (kernels_fill.h), through kernels_instantiate.h; dispatch.c
- * chooses one at run time.
+ * every Cython kernel calls through.  Each kernels_<isa>_<type>.c instantiates
+ * kernels_body.h for one element type against its ISA's vocabulary
+ * (vec_<isa>.h) and fills that type's part of a table (kernels_fill.h),
+ * through kernels_instantiate.h; dispatch.c chooses an ISA at run time.
  *
  * Row kernels walk n contiguous classes of one sample; tile kernels walk n
  * contiguous samples of one class, updating per-sample state.
@@ -122,12 +122,16 @@ typedef struct {
     const char *isa;
 } fastce_ops_t;
 
-/* Fill a table with one ISA's kernels (kernels_<isa>.c). */
-void fastce_fill_ops_base(fastce_ops_t *ops);
+/* Fill one element type's part of a table with one ISA's kernels
+ * (kernels_<isa>_<type>.c); a table needs both parts. */
+void fastce_fill_ops_base_f32(fastce_ops_t *ops);
+void fastce_fill_ops_base_f64(fastce_ops_t *ops);
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #define FASTCE_X86_DISPATCH 1
-void fastce_fill_ops_avx2(fastce_ops_t *ops);
-void fastce_fill_ops_avx512(fastce_ops_t *ops);
+void fastce_fill_ops_avx2_f32(fastce_ops_t *ops);
+void fastce_fill_ops_avx2_f64(fastce_ops_t *ops);
+void fastce_fill_ops_avx512_f32(fastce_ops_t *ops);
+void fastce_fill_ops_avx512_f64(fastce_ops_t *ops);
 #endif
 
 #endif /* FASTCE_KERNELS_H */

@@ -1,9 +1,10 @@
 /*
  * The row and tile kernels, written once against a vector vocabulary (see
- * vec_names.h).  kernels_<isa>.c includes this file once per element type,
- * with FASTCE_ISA, FASTCE_SFX and FASTCE_T defined (FASTCE_F64 for double)
- * and the ISA's vocabulary included; every kernel is static to that file
- * and reaches the rest of fastce through the table kernels_fill.h fills.
+ * vec_names.h).  Each kernels_<isa>_<type>.c includes this file once (through
+ * kernels_instantiate.h), with FASTCE_ISA, FASTCE_SFX and FASTCE_T defined
+ * (FASTCE_F64 for double) and the ISA's vocabulary included; every kernel is
+ * static to that file and reaches the rest of fastce through the table
+ * kernels_fill.h fills.
  *
  * Tails are masked vectors, never scalar loops: lanes past the end are not
  * read, and are kept out of every sum and every store.

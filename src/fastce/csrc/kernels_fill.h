@@ -1,5 +1,7 @@
-/* The one list of table entries: kernels_<isa>.c include it last, after
- * instantiating kernels_body.h for float and double with FASTCE_ISA set. */
+/* The one list of table entries: kernels_instantiate.h includes it last, after
+ * instantiating kernels_body.h for one element type (FASTCE_SFX) of the ISA
+ * FASTCE_ISA; it defines the function that fills that type's part of the
+ * table, with the kernels of the whole ISA that the same pass defines. */
 
 #define FASTCE_FILL_TYPE(SFX)                                                                     \
     ops->row_max_##SFX = FASTCE_NAME5(fastce_row_max_, SFX, _, FASTCE_ISA, );                     \
@@ -30,16 +32,19 @@
     ops->transform_##SFX = FASTCE_NAME5(fastce_transform_, SFX, _, FASTCE_ISA, );                 \
     ops->transform_grad_##SFX = FASTCE_NAME5(fastce_transform_grad_, SFX, _, FASTCE_ISA, );
 
-void FASTCE_NAME5(fastce_fill_ops_, FASTCE_ISA, , , )(fastce_ops_t *ops) {
-    FASTCE_FILL_TYPE(f32)
+void FASTCE_NAME5(fastce_fill_ops_, FASTCE_ISA, _, FASTCE_SFX, )(fastce_ops_t *ops) {
+#ifdef FASTCE_F64
     FASTCE_FILL_TYPE(f64)
     ops->tile_log = FASTCE_NAME5(fastce_tile_log_, FASTCE_ISA, , , );
     ops->tile_exp_neg = FASTCE_NAME5(fastce_tile_exp_neg_, FASTCE_ISA, , , );
     ops->dd_add_columns = FASTCE_NAME5(fastce_dd_add_columns_, FASTCE_ISA, , , );
+#else
+    FASTCE_FILL_TYPE(f32)
     ops->stream_fence = FASTCE_NAME5(fastce_stream_fence_, FASTCE_ISA, , , );
     ops->half_to_f32 = FASTCE_NAME5(fastce_half_to_f32_, FASTCE_ISA, , , );
     ops->bce_half = FASTCE_NAME5(fastce_bce_half_, FASTCE_ISA, , , );
     ops->count_targets = FASTCE_NAME5(fastce_count_targets_, FASTCE_ISA, , , );
+#endif
 }
 
 #undef FASTCE_FILL_TYPE

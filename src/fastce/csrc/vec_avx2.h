@@ -2,7 +2,7 @@
  * The AVX2 + FMA (and F16C) vocabulary: 256-bit vectors; a mask is a vector whose lanes
  * are all ones or all zeros, as the compare instructions give them.  Every
  * function after this header is compiled for AVX2 + FMA: include it only in a
- * file of its own (kernels_avx2.c), chosen at run time.
+ * file of its own (kernels_avx2_<type>.c), chosen at run time.
  */
 #ifndef FASTCE_VEC_AVX2_H
 #define FASTCE_VEC_AVX2_H

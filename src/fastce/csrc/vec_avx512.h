@@ -2,7 +2,7 @@
  * The AVX-512 vocabulary (F, VL, BW, DQ): 512-bit vectors and the mask
  * registers, so a tail is one masked load or store and a masked select costs
  * nothing.  Every function after this header is compiled for AVX-512: include
- * it only in a file of its own (kernels_avx512.c), chosen at run time.
+ * it only in a file of its own (kernels_avx512_<type>.c), chosen at run time.
  */
 #ifndef FASTCE_VEC_AVX512_H
 #define FASTCE_VEC_AVX512_H

@@ -1,8 +1,9 @@
-/* The AVX-512 kernels, chosen at run time where the CPU has them. */
+/* The AVX-512 kernels for double, chosen at run time where the CPU has them. */
 #include "kernels.h"
 #ifdef FASTCE_X86_DISPATCH
 #include "vec_avx512.h"
 #define FASTCE_ISA avx512
+#define FASTCE_PART_F64 1
 #include "kernels_instantiate.h"
 #ifdef __clang__
 #pragma clang attribute pop
