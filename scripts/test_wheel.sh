@@ -5,8 +5,9 @@
 #   2. check that the sdist holds every file the build and the tests need;
 #   3. install the wheel into a fresh virtual environment (no system site-packages)
 #      with torch and the test extra;
-#   4. run the test suite from a copy of tests/ in a directory without src/, so that
-#      only the installed package can be imported.
+#   4. import every module of the source package from the installed one, then run the
+#      test suite from a copy of tests/ in a directory without src/, so that only the
+#      installed package can be imported.
 # Usage: scripts/test_wheel.sh [extra pytest arguments]
 # Environment: PYTHON (default python3), TORCH_REQUIREMENT (default torch==2.13.0),
 #              FASTCE_KEEP_WHEEL_DIR=1 keeps the work directory.
@@ -71,7 +72,7 @@ step "the test suite against the installed wheel"
 cp -R "$root/tests" "$work/tests"
 cd "$work"
 "$work/test-env/bin/python" - "$root" <<'EOF'
-import os, sys
+import importlib, os, sys
 import fastce
 
 root = os.path.realpath(sys.argv[1])
@@ -81,6 +82,16 @@ if where.startswith(root + os.sep) or "site-packages" not in where:
     sys.exit("fastce was not imported from the installed wheel")
 if not fastce.show_config()["openmp"]:
     sys.exit("the wheel was built without OpenMP")
+# every module of the source package imports from the wheel, those whose tests CI leaves
+# out of this run too (their optional dependencies are installed here)
+source = os.path.join(root, "src", "fastce")
+names = sorted({name.split(".")[0] for name in os.listdir(source)
+                if name.endswith((".py", ".pyx")) and not name.startswith("__")})
+for name in names:
+    module = importlib.import_module("fastce." + name)
+    if not os.path.realpath(module.__file__).startswith(os.path.dirname(where) + os.sep):
+        sys.exit(f"fastce.{name} was not imported from the installed wheel")
+print(f"imported {len(names)} modules of the installed package")
 EOF
 "$work/test-env/bin/python" -m pytest -p no:cacheprovider --rootdir "$work" "$work/tests" "$@"
 step "done"
