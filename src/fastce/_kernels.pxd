@@ -84,6 +84,10 @@ cdef extern from "csrc/dispatch.h":
                                 Py_ssize_t) noexcept nogil
         void (*gather_tile_f64)(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*,
                                 Py_ssize_t) noexcept nogil
+        void (*scatter_tile_f32)(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*,
+                                 Py_ssize_t, Py_ssize_t) noexcept nogil
+        void (*scatter_tile_f64)(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*,
+                                 Py_ssize_t, Py_ssize_t) noexcept nogil
         void (*tile_max_f32)(const float*, Py_ssize_t, float*) noexcept nogil
         void (*tile_max_f64)(const double*, Py_ssize_t, double*) noexcept nogil
         void (*tile_sumexp_f32)(const float*, Py_ssize_t, const float*, float*,

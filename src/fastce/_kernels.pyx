@@ -1206,12 +1206,11 @@ cdef inline void gather_rows(const floating* x, Py_ssize_t row_stride, Py_ssize_
 
 cdef inline void scatter_rows(const floating* buf, Py_ssize_t C, Py_ssize_t n,
                               floating* y, Py_ssize_t row_stride, Py_ssize_t yc) noexcept nogil:
-    cdef Py_ssize_t k, c
-    cdef floating* row
-    for k in range(n):
-        row = y + k * row_stride
-        for c in range(C):
-            row[c * yc] = buf[c * TILE + k]
+    """``buf[c * TILE + k]`` back into ``y[k * row_stride + c * yc]``."""
+    if floating is float:
+        fastce_active_ops.scatter_tile_f32(buf, TILE, C, n, y, row_stride, yc)
+    else:
+        fastce_active_ops.scatter_tile_f64(buf, TILE, C, n, y, row_stride, yc)
 
 
 cdef void walk_small_c(const Walk* w, const Body* body, const void* call, Py_ssize_t unit,

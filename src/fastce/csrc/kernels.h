@@ -80,6 +80,8 @@ typedef struct {
                                     double *, double *, ptrdiff_t *, ptrdiff_t *,                 \
                                     fastce_ref_row_t *);                                          \
     void (*gather_tile_##SFX)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, T *, ptrdiff_t);        \
+    void (*scatter_tile_##SFX)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, T *, ptrdiff_t,        \
+                               ptrdiff_t);                                                        \
     void (*tile_max_##SFX)(const T *, ptrdiff_t, T *);                                            \
     void (*tile_sumexp_##SFX)(const T *, ptrdiff_t, const T *, T *, T *);                         \
     void (*tile_scaled_exp_##SFX)(const T *, ptrdiff_t, const T *, const T *, T, const T *, T *); \

@@ -951,11 +951,17 @@ static double KNAME(long_pair_terms)(const T *x, const T *r, ptrdiff_t n, T *max
  * and k < n into tile[c * width + k].  Where the ISA's gathers are fast, each
  * class's lanes in one gather (the copy cost a quarter of the loss of
  * (65536, 10)); elsewhere, and for strides too long for the gather's 32-bit
- * offsets, an element at a time, the rows read in order. */
+ * offsets, each class's lanes read one at a time into a register, stored as
+ * a vector: on Zen 3 the stores of one element at a time into the tile's
+ * columns cost 1.4 ns an element, six times as much (0.22 ns). */
 static void KNAME(gather_tile)(const T *x, ptrdiff_t row_stride, ptrdiff_t C, ptrdiff_t n, T *tile,
                                ptrdiff_t width) {
     if (!VOP(gathers_fast) || row_stride > INT32_MAX / L) {
-        for (ptrdiff_t k = 0; k < n; k++)
+        ptrdiff_t k = 0;
+        for (; k + L <= n; k += L)
+            for (ptrdiff_t c = 0; c < C; c++)
+                VOP(store)(tile + c * width + k, VOP(strided)(x + k * row_stride + c, row_stride));
+        for (; k < n; k++)
             for (ptrdiff_t c = 0; c < C; c++) tile[c * width + k] = x[k * row_stride + c];
         return;
     }
@@ -970,6 +976,21 @@ static void KNAME(gather_tile)(const T *x, ptrdiff_t row_stride, ptrdiff_t C, pt
                             VOP(gather)(x + k * row_stride + c, row_stride, in));
         }
     }
+}
+
+/* A tile back into rows: tile[c * width + k] for c < C and k < n into
+ * y[k * row_stride + c * yc].  Each class's lanes are loaded as a vector and
+ * stored a lane at a time: on Zen 3 0.40 ns an element, against 1.49 ns for
+ * loading and storing one element at a time, the rows written in order. */
+static void KNAME(scatter_tile)(const T *tile, ptrdiff_t width, ptrdiff_t C, ptrdiff_t n, T *y,
+                                ptrdiff_t row_stride, ptrdiff_t yc) {
+    ptrdiff_t k = 0;
+    for (; k + L <= n; k += L)
+        for (ptrdiff_t c = 0; c < C; c++)
+            VOP(store_strided)(y + k * row_stride + c * yc, row_stride,
+                               VOP(load)(tile + c * width + k));
+    for (; k < n; k++)
+        for (ptrdiff_t c = 0; c < C; c++) y[k * row_stride + c * yc] = tile[c * width + k];
 }
 
 /* Whole vectors in the loop, the masked tail once after it: each tile kernel

@@ -17,6 +17,7 @@
     ops->row_eval_terms_##SFX = FASTCE_NAME5(fastce_row_eval_terms_, SFX, _, FASTCE_ISA, );       \
     ops->long_pair_terms_##SFX = FASTCE_NAME5(fastce_long_pair_terms_, SFX, _, FASTCE_ISA, );     \
     ops->gather_tile_##SFX = FASTCE_NAME5(fastce_gather_tile_, SFX, _, FASTCE_ISA, );             \
+    ops->scatter_tile_##SFX = FASTCE_NAME5(fastce_scatter_tile_, SFX, _, FASTCE_ISA, );           \
     ops->tile_max_##SFX = FASTCE_NAME5(fastce_tile_max_, SFX, _, FASTCE_ISA, );                   \
     ops->tile_sumexp_##SFX = FASTCE_NAME5(fastce_tile_sumexp_, SFX, _, FASTCE_ISA, );             \
     ops->tile_scaled_exp_##SFX = FASTCE_NAME5(fastce_tile_scaled_exp_, SFX, _, FASTCE_ISA, );     \

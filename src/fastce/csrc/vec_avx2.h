@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "vec_names.h"
+#include "vec_x86_lanes.h"
 
 /* ---- float, 8 lanes ---- */
 typedef __m256 v_avx2_f32_t;
@@ -48,6 +49,13 @@ VINLINE __m256 v_avx2_f32_gather(const float *p, ptrdiff_t stride, __m256 m) {
     __m256i at = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                     _mm256_set1_epi32((int)stride));
     return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, at, m, 4);
+}
+VINLINE __m256 v_avx2_f32_strided(const float *p, ptrdiff_t s) {
+    return fastce_x86_load_lanes_f32(p, s);
+}
+VINLINE void v_avx2_f32_store_strided(float *p, ptrdiff_t s, __m256 a) {
+    fastce_x86_store_lanes_f32(p, s, _mm256_castps256_ps128(a));
+    fastce_x86_store_lanes_f32(p + 4 * s, s, _mm256_extractf128_ps(a, 1));
 }
 VINLINE void v_avx2_f32_store_part(float *p, __m256 m, __m256 a) {
     _mm256_maskstore_ps(p, _mm256_castps_si256(m), a);
@@ -139,6 +147,13 @@ VINLINE __m256d v_avx2_f64_load_part(const double *p, __m256d m) {
 VINLINE __m256d v_avx2_f64_gather(const double *p, ptrdiff_t stride, __m256d m) {
     __m128i at = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32((int)stride));
     return _mm256_mask_i32gather_pd(_mm256_setzero_pd(), p, at, m, 8);
+}
+VINLINE __m256d v_avx2_f64_strided(const double *p, ptrdiff_t s) {
+    return fastce_x86_load_lanes_f64(p, s);
+}
+VINLINE void v_avx2_f64_store_strided(double *p, ptrdiff_t s, __m256d a) {
+    fastce_x86_store_lanes_f64(p, s, _mm256_castpd256_pd128(a));
+    fastce_x86_store_lanes_f64(p + 2 * s, s, _mm256_extractf128_pd(a, 1));
 }
 VINLINE __m256d v_avx2_f64_load_part_or(const double *p, __m256d m, __m256d fill) {
     return _mm256_blendv_pd(fill, _mm256_maskload_pd(p, _mm256_castpd_si256(m)), m);

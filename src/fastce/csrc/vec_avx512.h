@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "vec_names.h"
+#include "vec_x86_lanes.h"
 
 /* ---- float, 16 lanes ---- */
 typedef __m512 v_avx512_f32_t;
@@ -46,6 +47,16 @@ VINLINE __m512 v_avx512_f32_gather(const float *p, ptrdiff_t stride, __mmask16 m
         _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                            _mm512_set1_epi32((int)stride));
     return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, at, p, 4);
+}
+VINLINE __m512 v_avx512_f32_strided(const float *p, ptrdiff_t s) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(fastce_x86_load_lanes_f32(p, s)),
+                              fastce_x86_load_lanes_f32(p + 8 * s, s), 1);
+}
+VINLINE void v_avx512_f32_store_strided(float *p, ptrdiff_t s, __m512 a) {
+    fastce_x86_store_lanes_f32(p, s, _mm512_castps512_ps128(a));
+    fastce_x86_store_lanes_f32(p + 4 * s, s, _mm512_extractf32x4_ps(a, 1));
+    fastce_x86_store_lanes_f32(p + 8 * s, s, _mm512_extractf32x4_ps(a, 2));
+    fastce_x86_store_lanes_f32(p + 12 * s, s, _mm512_extractf32x4_ps(a, 3));
 }
 VINLINE void v_avx512_f32_store_part(float *p, __mmask16 m, __m512 a) {
     _mm512_mask_storeu_ps(p, m, a);
@@ -143,6 +154,16 @@ VINLINE __m512d v_avx512_f64_gather(const double *p, ptrdiff_t stride, __mmask8 
     __m256i at = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                     _mm256_set1_epi32((int)stride));
     return _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m, at, p, 8);
+}
+VINLINE __m512d v_avx512_f64_strided(const double *p, ptrdiff_t s) {
+    return _mm512_insertf64x4(_mm512_castpd256_pd512(fastce_x86_load_lanes_f64(p, s)),
+                              fastce_x86_load_lanes_f64(p + 4 * s, s), 1);
+}
+VINLINE void v_avx512_f64_store_strided(double *p, ptrdiff_t s, __m512d a) {
+    fastce_x86_store_lanes_f64(p, s, _mm512_castpd512_pd128(a));
+    fastce_x86_store_lanes_f64(p + 2 * s, s, _mm512_extractf64x2_pd(a, 1));
+    fastce_x86_store_lanes_f64(p + 4 * s, s, _mm512_extractf64x2_pd(a, 2));
+    fastce_x86_store_lanes_f64(p + 6 * s, s, _mm512_extractf64x2_pd(a, 3));
 }
 VINLINE __m512d v_avx512_f64_load_part_or(const double *p, __mmask8 m, __m512d fill) {
     return _mm512_mask_loadu_pd(fill, m, p);

@@ -127,6 +127,14 @@ VINLINE VOP(t) VOP(load_part)(const T_ *p, VOP(m) m) {
 VINLINE void VOP(store_part)(T_ *p, VOP(m) m, VOP(t) a) {
     LANES_ if (LANE_(m, k)) p[k] = LANE_(a, k);
 }
+VINLINE VOP(t) VOP(strided)(const T_ *p, ptrdiff_t stride) {
+    VOP(t) r;
+    LANES_ LANE_(r, k) = p[k * stride];
+    return r;
+}
+VINLINE void VOP(store_strided)(T_ *p, ptrdiff_t stride, VOP(t) a) {
+    LANES_ p[k * stride] = LANE_(a, k);
+}
 VINLINE VOP(t) VOP(gather)(const T_ *p, ptrdiff_t stride, VOP(m) m) {
     VOP(t) r = VOP(zero)();
     LANES_ if (LANE_(m, k)) LANE_(r, k) = p[k * stride];

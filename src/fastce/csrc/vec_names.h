@@ -7,7 +7,7 @@
  *   t, m, lanes            vector type, mask type, lane count
  *   sum_ahead_unroll       vectors a step of chunk_sumexp's loop that also reads the next
  *                          row takes: 4, or 1 where four would spill its sum to the stack
- *   gathers_fast           1 where gather beats reading its lanes one at a time
+ *   gathers_fast           1 where gather beats strided
  *   set1 zero              broadcast, all zero
  *   load store             unaligned whole vectors
  *   stream(p, v)           a whole vector to p, aligned to the vector's width, past the
@@ -19,6 +19,9 @@
  *   store_part(p, m, v)    writes the lanes of m only
  *   gather(p, stride, m)   the lanes k of m from p[k * stride], 0 elsewhere; stride * lanes
  *                          below 2^31
+ *   strided(p, stride)     every lane k from p[k * stride], read one at a time into the
+ *                          register (any stride)
+ *   store_strided(p, stride, v)  every lane k of v to p[k * stride], one at a time
  *   add sub mul div        lane-wise
  *   fma(a, b, c)           a * b + c, one rounding;  fnma(a, b, c): c - a * b
  *   max(a, b)              a > b ? a : b lane-wise: a NaN in a leaves b
