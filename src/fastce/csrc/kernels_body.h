@@ -953,7 +953,9 @@ static double KNAME(long_pair_terms)(const T *x, const T *r, ptrdiff_t n, T *max
  * (65536, 10)); elsewhere, and for strides too long for the gather's 32-bit
  * offsets, each class's lanes read one at a time into a register, stored as
  * a vector: on Zen 3 the stores of one element at a time into the tile's
- * columns cost 1.4 ns an element, six times as much (0.22 ns). */
+ * columns cost 1.4 ns an element, six times as much (0.22 ns).  The samples
+ * past the last whole vector (a tile's, fewer than a vector) are copied an
+ * element at a time: strided has no masked form. */
 static void KNAME(gather_tile)(const T *x, ptrdiff_t row_stride, ptrdiff_t C, ptrdiff_t n, T *tile,
                                ptrdiff_t width) {
     if (!VOP(gathers_fast) || row_stride > INT32_MAX / L) {
@@ -981,7 +983,8 @@ static void KNAME(gather_tile)(const T *x, ptrdiff_t row_stride, ptrdiff_t C, pt
 /* A tile back into rows: tile[c * width + k] for c < C and k < n into
  * y[k * row_stride + c * yc].  Each class's lanes are loaded as a vector and
  * stored a lane at a time: on Zen 3 0.40 ns an element, against 1.49 ns for
- * loading and storing one element at a time, the rows written in order. */
+ * loading and storing one element at a time, the rows written in order.  The
+ * samples past the last whole vector as in gather_tile. */
 static void KNAME(scatter_tile)(const T *tile, ptrdiff_t width, ptrdiff_t C, ptrdiff_t n, T *y,
                                 ptrdiff_t row_stride, ptrdiff_t yc) {
     ptrdiff_t k = 0;
