@@ -11,6 +11,10 @@ const char *const fastce_simd_names[] = {
 
 static fastce_ops_t fastce_ops;
 
+/* a table needs both element types' parts of its ISA (kernels_<isa>_<type>.c) */
+#define FASTCE_FILL_BOTH_PARTS(isa) \
+    (fastce_fill_ops_##isa##_f32(&fastce_ops), fastce_fill_ops_##isa##_f64(&fastce_ops))
+
 int fastce_simd_available(const char *name) {
     if (strcmp(name, "baseline") == 0) return 1;
 #ifdef FASTCE_X86_DISPATCH
@@ -33,19 +37,10 @@ const fastce_ops_t *fastce_simd_select(const char *name) {
                 return fastce_simd_select(fastce_simd_names[k]);
     }
     if (!fastce_simd_available(name)) return 0;
-    if (strcmp(name, "baseline") == 0) {
-        fastce_fill_ops_base_f32(&fastce_ops);
-        fastce_fill_ops_base_f64(&fastce_ops);
-    }
+    if (strcmp(name, "baseline") == 0) FASTCE_FILL_BOTH_PARTS(base);
 #ifdef FASTCE_X86_DISPATCH
-    if (strcmp(name, "avx2") == 0) {
-        fastce_fill_ops_avx2_f32(&fastce_ops);
-        fastce_fill_ops_avx2_f64(&fastce_ops);
-    }
-    if (strcmp(name, "avx512") == 0) {
-        fastce_fill_ops_avx512_f32(&fastce_ops);
-        fastce_fill_ops_avx512_f64(&fastce_ops);
-    }
+    if (strcmp(name, "avx2") == 0) FASTCE_FILL_BOTH_PARTS(avx2);
+    if (strcmp(name, "avx512") == 0) FASTCE_FILL_BOTH_PARTS(avx512);
 #endif
     for (int k = 0; fastce_simd_names[k] != 0; k++)
         if (strcmp(name, fastce_simd_names[k]) == 0) fastce_ops.isa = fastce_simd_names[k];
