@@ -6,6 +6,13 @@
 #   scripts/sanitize.sh                          # the suite but the slow test
 #   scripts/sanitize.sh tests/test_fuzz.py -x    # other pytest arguments instead
 #   PYTHON=.venv/bin/python scripts/sanitize.sh  # the interpreter (default python3)
+#   FASTCE_SANITIZED_SITE=DIR scripts/sanitize.sh --build-only   # build into DIR, keep it
+#   FASTCE_SANITIZED_SITE=DIR scripts/sanitize.sh tests/...      # test DIR's build
+#
+# With FASTCE_SANITIZED_SITE the build is installed into that directory and kept, and a
+# later run that finds a build there tests it instead of building again: CI builds while
+# the suite runs and tests the build afterwards.  --build-only needs only the build
+# requirements in PYTHON's environment.
 #
 # FASTCE_FUZZ_EXAMPLES raises the fuzzer's example count for the run.  The slow
 # test (the 8.6 GB array) is left out by default: under AddressSanitizer its
@@ -26,6 +33,12 @@ ROOT=$(pwd)
 PYTHON=${PYTHON:-python3}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fastce-sanitize.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+SITE=${FASTCE_SANITIZED_SITE:-$WORK/site}
+BUILD_ONLY=0
+if [ "${1:-}" = --build-only ]; then
+    BUILD_ONLY=1
+    shift
+fi
 
 # Tests of known memory errors (strict xfails, reported as package bugs): under
 # the sanitizers they make the very report they reproduce.  Remove an entry once
@@ -37,29 +50,37 @@ KNOWN_REPORTS=()
 # float32 kernels: 200 s with -g, 131 s with -g1)
 SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g1"
 
-# build from a copy of the tracked files (a fresh build/ and .c file)
-mkdir -p "$WORK/src" "$WORK/site" "$WORK/logs"
-git ls-files -z | tar --null -T - -cf - | tar -C "$WORK/src" -xf -
-echo "== building with $SANITIZE"
-build_start=$(date +%s)
-(
-    cd "$WORK/src"
-    # in CC, so that the compiler, setup.py's OpenMP probe and the linker all get them;
-    # -O1, as AddressSanitizer advises: at -O3 the AVX2 kernels took 67 s instead of 28 (the
-    # portable ones are the slowest either way: over 5 minutes at -O1 in one file, which is
-    # why each element type has a file of its own, compiled side by side)
-    CC="${CC:-gcc} $SANITIZE" FASTCE_REQUIRE_OPENMP=1 FASTCE_OPT_LEVEL=1 \
-        "$PYTHON" -m pip install --no-build-isolation --no-deps -q --target "$WORK/site" .
-)
-echo "== built in $(( $(date +%s) - build_start ))s"
-for so in "$WORK"/site/fastce/_kernels*.so; do
+mkdir -p "$WORK/src" "$SITE" "$WORK/logs"
+SITE=$(cd "$SITE" && pwd)
+if [ "$BUILD_ONLY" = 0 ] && [ -e "$SITE/fastce/__init__.py" ]; then
+    echo "== testing the sanitized build already in $SITE"
+else
+    # build from a copy of the tracked files (a fresh build/ and .c file)
+    git ls-files -z | tar --null -T - -cf - | tar -C "$WORK/src" -xf -
+    echo "== building with $SANITIZE"
+    build_start=$(date +%s)
+    (
+        cd "$WORK/src"
+        # in CC, so that the compiler, setup.py's OpenMP probe and the linker all get them;
+        # -O1, as AddressSanitizer advises: at -O3 the AVX2 kernels took 67 s instead of 28 (the
+        # portable ones are the slowest either way: over 5 minutes at -O1 in one file, which is
+        # why each element type has a file of its own, compiled side by side)
+        CC="${CC:-gcc} $SANITIZE" FASTCE_REQUIRE_OPENMP=1 FASTCE_OPT_LEVEL=1 \
+            "$PYTHON" -m pip install --no-build-isolation --no-deps -q --target "$SITE" .
+    )
+    echo "== built in $(( $(date +%s) - build_start ))s"
+fi
+for so in "$SITE"/fastce/_kernels*.so; do
     nm -D "$so" > "$WORK/symbols"
     if ! grep -q __asan_report "$WORK/symbols" || ! grep -q __ubsan_handle "$WORK/symbols"; then
         echo "$so is not instrumented" >&2
         exit 2
     fi
 done
-export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$BUILD_ONLY" = 1 ]; then
+    exit 0
+fi
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
 LIBASAN=$(gcc -print-file-name=libasan.so)
 if [ ! -e "$LIBASAN" ]; then
@@ -80,7 +101,7 @@ import sys, fastce
 assert fastce.__file__.startswith(sys.argv[1]), fastce.__file__
 assert fastce.show_config()["openmp"], "the sanitized build has no OpenMP"
 print("== testing", fastce.__file__)
-' "$WORK/site"
+' "$SITE"
 
 # the reporting works: a deliberate heap overflow in a child process is logged
 mkdir -p "$WORK/canary"
