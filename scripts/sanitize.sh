@@ -6,7 +6,7 @@
 #   scripts/sanitize.sh                          # the suite but the slow test
 #   scripts/sanitize.sh tests/test_fuzz.py -x    # other pytest arguments instead
 #   PYTHON=.venv/bin/python scripts/sanitize.sh  # the interpreter (default python3)
-#   FASTCE_SANITIZED_SITE=DIR scripts/sanitize.sh --build-only   # build into DIR, keep it
+#   FASTCE_SANITIZED_SITE=DIR scripts/sanitize.sh --build-only   # build into a new DIR
 #   FASTCE_SANITIZED_SITE=DIR scripts/sanitize.sh tests/...      # test DIR's build
 #
 # With FASTCE_SANITIZED_SITE the build is installed into that directory and kept, and a
@@ -52,6 +52,10 @@ SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame
 
 mkdir -p "$WORK/src" "$SITE" "$WORK/logs"
 SITE=$(cd "$SITE" && pwd)
+if [ "$BUILD_ONLY" = 1 ] && [ -e "$SITE/fastce" ]; then
+    echo "$SITE already holds a build: --build-only wants a new or empty directory" >&2
+    exit 2
+fi
 if [ "$BUILD_ONLY" = 0 ] && [ -e "$SITE/fastce/__init__.py" ]; then
     echo "== testing the sanitized build already in $SITE"
 else
